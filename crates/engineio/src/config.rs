@@ -1,0 +1,69 @@
+//! Every timeout and limit of the Engine.IO server, with its default, in one place.
+
+use std::time::Duration;
+
+/// Which browser origins may talk to the server (CORS for polling, an Origin check for websocket).
+///
+/// Browsers do not apply CORS to websocket handshakes, so the same policy is enforced on both
+/// transports: a page on a foreign origin can neither poll nor open a websocket.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CorsPolicy {
+    /// Only pages served from the same host (the `Origin` host equals the `Host` header).
+    #[default]
+    SameOrigin,
+    /// Any origin. Only for public APIs and test suites; never the default.
+    Any,
+    /// These exact origins (e.g. `https://chat.example.com`), plus the same origin.
+    List(Vec<String>),
+}
+
+/// Configuration of an [`crate::Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The request path the engine answers, with leading and trailing slash.
+    pub path: String,
+    /// How often the server pings each client (Engine.IO v4: the server pings).
+    pub ping_interval: Duration,
+    /// How long the server waits for the pong before it drops the session.
+    pub ping_timeout: Duration,
+    /// Largest accepted polling body or websocket message, in bytes; also the most a polling
+    /// response carries at once. Advertised to clients in the handshake.
+    pub max_payload: usize,
+    /// Sessions open at once; a handshake beyond it is refused with 503 so one process cannot be
+    /// exhausted by connection floods.
+    pub max_sessions: usize,
+    /// Packets queued for one client before it counts as too slow and its session is closed;
+    /// bounds the memory a stalled client can pin.
+    pub max_buffered_packets: usize,
+    /// How long a websocket that started an upgrade (`2probe`) may take to finish it (`5`); after
+    /// it, the websocket is dropped and the session goes on over polling.
+    pub upgrade_timeout: Duration,
+    /// Allowed origins.
+    pub cors: CorsPolicy,
+    /// Bytes the websocket reader keeps per connection. Small, because most chat connections are
+    /// idle and memory per connection is what limits how many one worker holds.
+    pub ws_read_buffer_size: usize,
+    /// Bytes the websocket writer collects before it flushes to the socket.
+    pub ws_write_buffer_size: usize,
+    /// Prefix written at the start of every session id, for sticky routing (DESIGN §5). The rest
+    /// of the id is 128 random bits, so a tag never weakens it.
+    pub sid_tag: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            path: "/socket.io/".to_owned(),
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            max_payload: 1_000_000,
+            max_sessions: 100_000,
+            max_buffered_packets: 4096,
+            upgrade_timeout: Duration::from_secs(10),
+            cors: CorsPolicy::SameOrigin,
+            ws_read_buffer_size: 4 * 1024,
+            ws_write_buffer_size: 0,
+            sid_tag: String::new(),
+        }
+    }
+}

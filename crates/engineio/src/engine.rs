@@ -1,0 +1,408 @@
+//! The Engine.IO server: routes each HTTP request of the engine's path to the handshake, a
+//! polling transport or a websocket, and owns the table of open sessions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::config::{CorsPolicy, EngineConfig};
+use crate::packet::{Message, Packet};
+use crate::sid::generate_sid;
+use crate::socket::{DisconnectReason, Socket, Transport};
+use crate::transport::{polling, ws};
+
+/// The body type of every response the engine makes.
+pub type Body = Full<Bytes>;
+
+/// What the layer above does with sessions. Messages of one session are delivered one at a time
+/// and in order: the transport awaits `on_message` before it reads the next packet.
+pub trait Handler: Send + Sync + 'static {
+    /// State kept per session by the layer above.
+    type Data: Default + Send + Sync + 'static;
+
+    /// A session is open and its handshake is sent.
+    fn on_connect(&self, socket: &Arc<Socket<Self::Data>>);
+
+    /// A message from the client.
+    fn on_message(
+        &self,
+        socket: &Arc<Socket<Self::Data>>,
+        message: Message,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// The session ended; called exactly once, after it left the session table.
+    fn on_disconnect(
+        &self,
+        socket: Arc<Socket<Self::Data>>,
+        reason: DisconnectReason,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Engine.IO error codes, as the reference server sends them in 400 bodies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ErrorCode {
+    UnknownTransport = 0,
+    UnknownSid = 1,
+    BadHandshakeMethod = 2,
+    BadRequest = 3,
+    Forbidden = 4,
+    UnsupportedProtocolVersion = 5,
+}
+
+impl ErrorCode {
+    fn message(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownTransport => "Transport unknown",
+            ErrorCode::UnknownSid => "Session ID unknown",
+            ErrorCode::BadHandshakeMethod => "Bad handshake method",
+            ErrorCode::BadRequest => "Bad request",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::UnsupportedProtocolVersion => "Unsupported protocol version",
+        }
+    }
+}
+
+/// The query parameters Engine.IO reads.
+#[derive(Debug, Default)]
+struct EngineQuery<'a> {
+    eio: Option<&'a str>,
+    transport: Option<&'a str>,
+    sid: Option<&'a str>,
+}
+
+impl<'a> EngineQuery<'a> {
+    fn parse(query: &'a str) -> Self {
+        let mut parsed = EngineQuery::default();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "EIO" => parsed.eio = Some(value),
+                "transport" => parsed.transport = Some(value),
+                "sid" => parsed.sid = Some(value),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// An Engine.IO server for one path. Cheap to share: handlers and transports hold an `Arc`.
+pub struct Engine<H: Handler> {
+    pub(crate) config: EngineConfig,
+    pub(crate) handler: H,
+    sessions: RwLock<HashMap<Arc<str>, Arc<Socket<H::Data>>>>,
+}
+
+impl<H: Handler> Engine<H> {
+    pub fn new(config: EngineConfig, handler: H) -> Arc<Self> {
+        Arc::new(Engine { config, handler, sessions: RwLock::new(HashMap::new()) })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Whether a request path belongs to this engine.
+    pub fn handles(&self, path: &str) -> bool {
+        path == self.config.path || path == self.config.path.trim_end_matches('/')
+    }
+
+    /// Open sessions right now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// The open session with this id.
+    pub fn session(&self, sid: &str) -> Option<Arc<Socket<H::Data>>> {
+        self.sessions.read().ok()?.get(sid).cloned()
+    }
+
+    /// Closes every session (shutdown and reload drain).
+    pub fn close_all(&self, reason: DisconnectReason) {
+        let sessions: Vec<_> = match self.sessions.read() {
+            Ok(s) => s.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for socket in sessions {
+            socket.close(reason);
+        }
+    }
+
+    /// Answers one HTTP request for the engine's path.
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let allow_origin = match self.check_origin(&req) {
+            Ok(allow) => allow,
+            Err(response) => return response,
+        };
+        let mut response = self.route(req).await;
+        if let Some(origin) = allow_origin {
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        response
+    }
+
+    async fn route<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if req.method() == Method::OPTIONS {
+            return preflight();
+        }
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let query = EngineQuery::parse(&query);
+        if query.eio != Some("4") {
+            return error_response(ErrorCode::UnsupportedProtocolVersion);
+        }
+        let transport = match query.transport {
+            Some("polling") => Transport::Polling,
+            Some("websocket") => Transport::Websocket,
+            _ => return error_response(ErrorCode::UnknownTransport),
+        };
+        let method = req.method().clone();
+        match (method, transport, query.sid) {
+            (Method::GET, Transport::Polling, None) => self.open_polling(req),
+            (Method::GET, Transport::Websocket, None) => ws::open(self, req),
+            (Method::GET, Transport::Websocket, Some(sid)) => match self.live_session(sid) {
+                Some(socket) => ws::upgrade(self, socket, req),
+                None => error_response(ErrorCode::UnknownSid),
+            },
+            (method @ (Method::GET | Method::POST), Transport::Polling, Some(sid)) => {
+                let Some(socket) = self.live_session(sid) else {
+                    return error_response(ErrorCode::UnknownSid);
+                };
+                if socket.transport() != Transport::Polling {
+                    return error_response(ErrorCode::BadRequest);
+                }
+                if method == Method::GET {
+                    polling::poll(self, &socket).await
+                } else {
+                    polling::post(self, &socket, req.into_body()).await
+                }
+            }
+            _ => error_response(ErrorCode::BadHandshakeMethod),
+        }
+    }
+
+    fn live_session(&self, sid: &str) -> Option<Arc<Socket<H::Data>>> {
+        self.session(sid).filter(|socket| !socket.is_closed())
+    }
+
+    /// Applies the CORS policy. `Ok(Some(origin))` means the response must allow that origin.
+    fn check_origin<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, Response<Body>> {
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            // Not a browser, or a same-origin GET: nothing to allow or refuse.
+            return Ok(None);
+        };
+        let origin_str = origin.to_str().unwrap_or("");
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let same_origin = host.is_some_and(|host| {
+            origin_str.strip_prefix("http://").or_else(|| origin_str.strip_prefix("https://"))
+                == Some(host)
+        });
+        let allowed = same_origin
+            || match &self.config.cors {
+                CorsPolicy::SameOrigin => false,
+                CorsPolicy::Any => true,
+                CorsPolicy::List(list) => list.iter().any(|o| o == origin_str),
+            };
+        if allowed {
+            Ok(Some(origin.clone()))
+        } else {
+            tracing::debug!(origin = origin_str, "refused a request from a foreign origin");
+            Err(json_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden))
+        }
+    }
+
+    fn open_polling<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body> {
+        match self.open_session(Transport::Polling, &req) {
+            Ok(socket) => {
+                let open = self.open_packet(&socket);
+                polling::text_response(open)
+            }
+            Err(response) => response,
+        }
+    }
+
+    /// Creates a session, registers it and starts its heartbeat.
+    pub(crate) fn open_session<B>(
+        self: &Arc<Self>,
+        transport: Transport,
+        req: &Request<B>,
+    ) -> Result<Arc<Socket<H::Data>>, Response<Body>> {
+        let socket = Arc::new(Socket::new(
+            generate_sid(&self.config.sid_tag),
+            transport,
+            self.config.max_buffered_packets,
+            req.headers().clone(),
+            req.uri().clone(),
+            H::Data::default(),
+        ));
+        {
+            let Ok(mut sessions) = self.sessions.write() else {
+                return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::BadRequest));
+            };
+            if sessions.len() >= self.config.max_sessions {
+                tracing::warn!(
+                    max_sessions = self.config.max_sessions,
+                    "refused a handshake: the session limit is reached (raise max_sessions)"
+                );
+                return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::BadRequest));
+            }
+            sessions.insert(socket.id_arc(), socket.clone());
+        }
+        tokio::spawn(run_session(self.clone(), socket.clone()));
+        self.handler.on_connect(&socket);
+        Ok(socket)
+    }
+
+    /// The `0{...}` open packet for a session.
+    pub(crate) fn open_packet(&self, socket: &Socket<H::Data>) -> String {
+        let upgrades: &[&str] =
+            if socket.transport() == Transport::Polling { &["websocket"] } else { &[] };
+        let open = serde_json::json!({
+            "sid": socket.id(),
+            "upgrades": upgrades,
+            "pingInterval": self.config.ping_interval.as_millis() as u64,
+            "pingTimeout": self.config.ping_timeout.as_millis() as u64,
+            "maxPayload": self.config.max_payload,
+        });
+        format!("0{open}")
+    }
+
+    /// Handles one packet from the client, whatever transport carried it.
+    pub(crate) async fn receive(&self, socket: &Arc<Socket<H::Data>>, packet: Packet) {
+        match packet {
+            Packet::Pong(_) => socket.pong.notify_one(),
+            Packet::Message(message) => self.handler.on_message(socket, message).await,
+            Packet::Close => socket.close(DisconnectReason::ClientClose),
+            Packet::Noop => {}
+            // Clients do not ping in v4, open or upgrade outside a handshake: a broken client.
+            Packet::Ping(_) | Packet::Open | Packet::Upgrade => {
+                socket.close(DisconnectReason::PacketParsing)
+            }
+        }
+    }
+
+    /// Accepts connections on `listener` and serves this engine on them (other paths get 404).
+    /// For servers whose only job is Engine.IO: examples, tests, the conformance server.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, _peer): (_, SocketAddr) = listener.accept().await?;
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let engine = engine.clone();
+                    async move {
+                        let response = if engine.handles(req.uri().path()) {
+                            engine.handle(req).await
+                        } else {
+                            not_found()
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+/// Pings the client, ends the session when it stops answering, and tells the handler once it
+/// is over: one task per session, whatever its transport.
+async fn run_session<H: Handler>(engine: Arc<Engine<H>>, socket: Arc<Socket<H::Data>>) {
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(engine.config.ping_interval).await;
+            if socket.send(crate::packet::Frame::PING).is_err() {
+                return;
+            }
+            let pong = tokio::time::timeout(engine.config.ping_timeout, socket.pong.notified());
+            if pong.await.is_err() {
+                socket.close(DisconnectReason::PingTimeout);
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = heartbeat => {}
+        _ = socket.closed() => {}
+    }
+    if let Ok(mut sessions) = engine.sessions.write() {
+        sessions.remove(socket.id());
+    }
+    let reason = socket.close_reason().unwrap_or(DisconnectReason::ServerClose);
+    engine.handler.on_disconnect(socket, reason).await;
+}
+
+fn preflight() -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    response
+}
+
+pub(crate) fn error_response(code: ErrorCode) -> Response<Body> {
+    json_error(StatusCode::BAD_REQUEST, code)
+}
+
+pub(crate) fn json_error(status: StatusCode, code: ErrorCode) -> Response<Body> {
+    let body = serde_json::json!({ "code": code as u8, "message": code.message() }).to_string();
+    let mut response = Response::new(Body::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(crate) fn not_found() -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from_static(b"Not Found")));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_engine_query() {
+        let q = EngineQuery::parse("EIO=4&transport=polling&t=abc&sid=x1");
+        assert_eq!(q.eio, Some("4"));
+        assert_eq!(q.transport, Some("polling"));
+        assert_eq!(q.sid, Some("x1"));
+        let q = EngineQuery::parse("");
+        assert!(q.eio.is_none() && q.transport.is_none() && q.sid.is_none());
+    }
+}

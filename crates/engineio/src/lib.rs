@@ -1,0 +1,21 @@
+//! Engine.IO v4 server: the transport layer under Socket.IO.
+//!
+//! A session starts with a handshake over HTTP long-polling or a websocket, may upgrade from
+//! polling to websocket, is kept alive by server pings, and carries text and binary messages.
+//! This crate knows nothing of Socket.IO: the layer above implements [`Handler`].
+
+mod config;
+mod engine;
+mod packet;
+mod sid;
+mod socket;
+mod transport;
+
+pub use config::{CorsPolicy, EngineConfig};
+pub use engine::{Body, Engine, Handler};
+pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEPARATOR};
+pub use sid::generate_sid;
+pub use socket::{DisconnectReason, SendError, Socket, Transport};
+
+/// UTF-8 text that clones without copying; what websocket text frames are made of.
+pub use tokio_tungstenite::tungstenite::Utf8Bytes as Str;

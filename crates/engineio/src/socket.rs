@@ -1,0 +1,230 @@
+//! One Engine.IO session: its outgoing queue, its state, and how it ends.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use http::{HeaderMap, Uri};
+use tokio::sync::{mpsc, Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::packet::Frame;
+
+/// The transport that currently carries a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Polling,
+    Websocket,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Polling => "polling",
+            Transport::Websocket => "websocket",
+        }
+    }
+}
+
+/// Why a session ended; given to [`crate::Handler::on_disconnect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent a close packet.
+    ClientClose,
+    /// The websocket closed or failed under us.
+    TransportClose,
+    /// No pong within `ping_timeout` of a ping.
+    PingTimeout,
+    /// The client sent bytes that are not a valid packet.
+    PacketParsing,
+    /// A polling body or websocket message above `max_payload`.
+    PayloadTooLarge,
+    /// A second GET (or POST) while one was pending: only one of each may be in flight.
+    MultipleRequests,
+    /// More than `max_buffered_packets` queued: the client does not read fast enough.
+    SlowClient,
+    /// The server closed the session (application request or shutdown).
+    ServerClose,
+}
+
+impl DisconnectReason {
+    /// The wording Socket.IO clients and servers use for the same reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientClose => "client namespace disconnect",
+            DisconnectReason::TransportClose => "transport close",
+            DisconnectReason::PingTimeout => "ping timeout",
+            DisconnectReason::PacketParsing => "parse error",
+            DisconnectReason::PayloadTooLarge => "payload too large",
+            DisconnectReason::MultipleRequests => "transport error",
+            DisconnectReason::SlowClient => "slow client",
+            DisconnectReason::ServerClose => "server shutting down",
+        }
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("the session is closed")]
+    Closed,
+    #[error("the client is too slow: its queue is full, so its session was closed")]
+    Full,
+}
+
+/// The receiving end of a session's queue. Whoever holds its lock is the one transport that
+/// writes to the client: the pending polling GET, or the websocket writer. Holding it is how
+/// "one GET at a time" and "websocket takes over after the upgrade" are enforced.
+pub(crate) struct Outbox {
+    rx: mpsc::Receiver<Frame>,
+    /// A frame that did not fit in the last polling response; it goes first in the next one.
+    carry: Option<Frame>,
+}
+
+impl Outbox {
+    pub(crate) async fn next(&mut self) -> Option<Frame> {
+        match self.carry.take() {
+            Some(frame) => Some(frame),
+            None => self.rx.recv().await,
+        }
+    }
+
+    pub(crate) fn try_next(&mut self) -> Option<Frame> {
+        self.carry.take().or_else(|| self.rx.try_recv().ok())
+    }
+
+    pub(crate) fn put_back(&mut self, frame: Frame) {
+        self.carry = Some(frame);
+    }
+}
+
+/// An Engine.IO session, shared by its transports, its heartbeat task and the layer above.
+/// `D` is the state the layer above keeps per session (Socket.IO keeps its namespaces here).
+pub struct Socket<D> {
+    id: Arc<str>,
+    tx: mpsc::Sender<Frame>,
+    pub(crate) outbox: Mutex<Outbox>,
+    transport: AtomicU8,
+    /// Set while a websocket is probing this polling session, so a second probe is refused.
+    pub(crate) upgrading: AtomicBool,
+    /// Serialises polling POSTs: packets of one client are handled in order.
+    pub(crate) post_lock: Mutex<()>,
+    /// Woken when a websocket probes this session: a pending GET answers at once so that the
+    /// client can pause polling and finish the upgrade.
+    pub(crate) probed: Notify,
+    /// Woken by every pong; the heartbeat waits on it.
+    pub(crate) pong: Notify,
+    closed: CancellationToken,
+    close_reason: OnceLock<DisconnectReason>,
+    headers: HeaderMap,
+    uri: Uri,
+    /// The upper layer's per-session state.
+    pub data: D,
+}
+
+impl<D> Socket<D> {
+    pub(crate) fn new(
+        id: String,
+        transport: Transport,
+        queue: usize,
+        headers: HeaderMap,
+        uri: Uri,
+        data: D,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        Socket {
+            id: id.into(),
+            tx,
+            outbox: Mutex::new(Outbox { rx, carry: None }),
+            transport: AtomicU8::new(transport as u8),
+            upgrading: AtomicBool::new(false),
+            post_lock: Mutex::new(()),
+            probed: Notify::new(),
+            pong: Notify::new(),
+            closed: CancellationToken::new(),
+            close_reason: OnceLock::new(),
+            headers,
+            uri,
+            data,
+        }
+    }
+
+    /// The session id the client sends back as `sid`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) fn id_arc(&self) -> Arc<str> {
+        self.id.clone()
+    }
+
+    pub fn transport(&self) -> Transport {
+        if self.transport.load(Ordering::Acquire) == Transport::Websocket as u8 {
+            Transport::Websocket
+        } else {
+            Transport::Polling
+        }
+    }
+
+    pub(crate) fn set_transport(&self, transport: Transport) {
+        self.transport.store(transport as u8, Ordering::Release);
+    }
+
+    /// Headers of the request that opened the session (cookies, user agent, forwarded-for).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The URI of the request that opened the session (its query is the client's `query`).
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// Queues a frame for the client without waiting. A client whose queue is full is too slow
+    /// to keep; its session is closed rather than letting it pin unbounded memory.
+    pub fn send(&self, frame: Frame) -> Result<(), SendError> {
+        if self.closed.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(DisconnectReason::SlowClient);
+                Err(SendError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Ends the session. Idempotent: the first reason wins. Frames already queued are still
+    /// flushed by the transport before it closes.
+    pub fn close(&self, reason: DisconnectReason) {
+        if self.close_reason.set(reason).is_ok() {
+            tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
+            self.closed.cancel();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Completes when the session has been closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<DisconnectReason> {
+        self.close_reason.get().copied()
+    }
+}
+
+impl<D> std::fmt::Debug for Socket<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.id)
+            .field("transport", &self.transport())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

@@ -1,0 +1,4 @@
+//! The two ways a session reaches its client.
+
+pub(crate) mod polling;
+pub(crate) mod ws;

@@ -1,0 +1,131 @@
+//! HTTP long-polling: a GET waits for frames and returns them joined by `\x1e`; a POST carries
+//! packets from the client.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
+use crate::packet::{decode_payload, Frame, RECORD_SEPARATOR};
+use crate::socket::{DisconnectReason, Socket};
+
+pub(crate) fn text_response(body: String) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    response
+}
+
+/// A GET: waits until there is something for the client, then sends all that is queued, up to
+/// `max_payload` bytes.
+pub(crate) async fn poll<H: Handler>(
+    engine: &Arc<Engine<H>>,
+    socket: &Arc<Socket<H::Data>>,
+) -> Response<Body> {
+    let Ok(mut outbox) = socket.outbox.try_lock() else {
+        // Another GET (or the websocket writer after an upgrade) already holds the session.
+        socket.close(DisconnectReason::MultipleRequests);
+        return error_response(ErrorCode::BadRequest);
+    };
+    let probed = socket.probed.notified();
+    tokio::pin!(probed);
+    probed.as_mut().enable();
+    let first = if socket.upgrading.load(Ordering::Acquire) {
+        None
+    } else {
+        tokio::select! {
+            biased;
+            frame = outbox.next() => frame,
+            _ = socket.closed() => None,
+            _ = probed => None,
+        }
+    };
+    let mut body = String::new();
+    let limit = engine.config.max_payload;
+    let mut next = first.or_else(|| outbox.try_next());
+    let mut more_queued = false;
+    while let Some(frame) = next {
+        let separator = usize::from(!body.is_empty());
+        if !body.is_empty() && body.len() + separator + frame.polling_len() > limit {
+            outbox.put_back(frame);
+            more_queued = true;
+            break;
+        }
+        if separator == 1 {
+            body.push(RECORD_SEPARATOR);
+        }
+        frame.write_polling(&mut body);
+        next = outbox.try_next();
+    }
+    if body.is_empty() && !socket.is_closed() {
+        // Woken by an upgrade probe with nothing to send: a noop ends this poll.
+        Frame::NOOP.write_polling(&mut body);
+    } else if socket.is_closed() && !more_queued {
+        // The client asked to close: end its GET cleanly with a noop. We close: say so.
+        let last = match socket.close_reason() {
+            Some(DisconnectReason::ClientClose) => Frame::NOOP,
+            _ => Frame::CLOSE,
+        };
+        if !body.is_empty() {
+            body.push(RECORD_SEPARATOR);
+        }
+        last.write_polling(&mut body);
+    }
+    text_response(body)
+}
+
+/// A POST: decodes the body and hands its packets, in order, to the engine.
+pub(crate) async fn post<H, B>(
+    engine: &Arc<Engine<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    body: B,
+) -> Response<Body>
+where
+    H: Handler,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Ok(_in_order) = socket.post_lock.try_lock() else {
+        socket.close(DisconnectReason::MultipleRequests);
+        return error_response(ErrorCode::BadRequest);
+    };
+    let bytes = match Limited::new(body, engine.config.max_payload).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let too_large = error.is::<http_body_util::LengthLimitError>();
+            let (reason, status) = if too_large {
+                (DisconnectReason::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE)
+            } else {
+                (DisconnectReason::TransportClose, StatusCode::BAD_REQUEST)
+            };
+            socket.close(reason);
+            let mut response = error_response(ErrorCode::BadRequest);
+            *response.status_mut() = status;
+            return response;
+        }
+    };
+    let packets = std::str::from_utf8(&bytes)
+        .map_err(|_| crate::PacketError::Empty)
+        .and_then(decode_payload);
+    let packets = match packets {
+        Ok(packets) => packets,
+        Err(error) => {
+            tracing::debug!(sid = socket.id(), %error, "malformed polling body");
+            socket.close(DisconnectReason::PacketParsing);
+            return error_response(ErrorCode::BadRequest);
+        }
+    };
+    for packet in packets {
+        engine.receive(socket, packet).await;
+    }
+    let mut response = Response::new(Body::new(Bytes::from_static(b"ok")));
+    *response.status_mut() = StatusCode::OK;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
+}

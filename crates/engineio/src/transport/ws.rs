@@ -1,0 +1,242 @@
+//! The websocket transport: sessions that start on a websocket, and polling sessions upgraded to
+//! one (`2probe` / `3probe`, a noop to end the pending GET, then `5`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
+use crate::packet::{Frame, Message, Packet};
+use crate::socket::{DisconnectReason, Socket, Transport};
+
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A websocket handshake with no sid: a new session that lives on the websocket.
+pub(crate) fn open<H: Handler, B: Send + 'static>(
+    engine: &Arc<Engine<H>>,
+    mut req: Request<B>,
+) -> Response<Body> {
+    let response = match switching_protocols(&req) {
+        Ok(response) => response,
+        Err(response) => return response,
+    };
+    let socket = match engine.open_session(Transport::Websocket, &req) {
+        Ok(socket) => socket,
+        Err(response) => return response,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let Some(mut ws) = accept(&engine, on_upgrade).await else {
+            socket.close(DisconnectReason::TransportClose);
+            return;
+        };
+        let open = engine.open_packet(&socket);
+        if ws.send(WsMessage::text(open)).await.is_err() {
+            socket.close(DisconnectReason::TransportClose);
+            return;
+        }
+        carry_session(&engine, &socket, ws).await;
+    });
+    response
+}
+
+/// A websocket handshake for an existing polling session: probe, then take the session over.
+pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
+    engine: &Arc<Engine<H>>,
+    socket: Arc<Socket<H::Data>>,
+    mut req: Request<B>,
+) -> Response<Body> {
+    let response = match switching_protocols(&req) {
+        Ok(response) => response,
+        Err(response) => return response,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let engine = engine.clone();
+    if socket.transport() != Transport::Polling || socket.upgrading.swap(true, Ordering::AcqRel) {
+        // Already upgraded, or another websocket is probing: this one is opened and closed at
+        // once, which clients handle as a plain close rather than a handshake error.
+        tokio::spawn(async move {
+            if let Some(mut ws) = accept(&engine, on_upgrade).await {
+                let _ = ws.close(None).await;
+            }
+        });
+        return response;
+    }
+    tokio::spawn(async move {
+        let Some(mut ws) = accept(&engine, on_upgrade).await else {
+            socket.upgrading.store(false, Ordering::Release);
+            return;
+        };
+        let probed = tokio::select! {
+            probed = tokio::time::timeout(engine.config.upgrade_timeout, probe(&socket, &mut ws)) => {
+                matches!(probed, Ok(Ok(())))
+            }
+            _ = socket.closed() => false,
+        };
+        if !probed {
+            socket.upgrading.store(false, Ordering::Release);
+            tracing::debug!(sid = socket.id(), "upgrade not completed; staying on polling");
+            let _ = ws.close(None).await;
+            return;
+        }
+        // The transport switches before `upgrading` clears, so no GET slips in between.
+        socket.set_transport(Transport::Websocket);
+        socket.upgrading.store(false, Ordering::Release);
+        carry_session(&engine, &socket, ws).await;
+    });
+    response
+}
+
+/// The upgrade dialogue on the new websocket, until the client's `5`.
+async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
+    let mut probed = false;
+    while let Some(message) = ws.next().await {
+        let WsMessage::Text(text) = message.map_err(|_| ())? else {
+            continue;
+        };
+        match Packet::decode_text(text) {
+            Ok(Packet::Ping(payload)) if payload == "probe" && !probed => {
+                ws.send(ws_frame(&Frame::PONG_PROBE)).await.map_err(|_| ())?;
+                // Ends the pending GET so the client can pause polling.
+                socket.probed.notify_waiters();
+                probed = true;
+            }
+            Ok(Packet::Upgrade) if probed => return Ok(()),
+            _ => return Err(()),
+        }
+    }
+    Err(())
+}
+
+/// Carries a session on a websocket until the session or the websocket ends.
+async fn carry_session<H: Handler>(engine: &Arc<Engine<H>>, socket: &Arc<Socket<H::Data>>, ws: Ws) {
+    let (mut sink, mut stream) = ws.split();
+    let writer = async {
+        // Waits for a GET still pending from before the upgrade to hand the queue over.
+        let mut outbox = socket.outbox.lock().await;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                frame = outbox.next() => frame,
+                _ = socket.closed() => None,
+            };
+            let Some(frame) = frame else { break };
+            let mut result = sink.feed(ws_frame(&frame)).await;
+            while let (Ok(()), Some(frame)) = (&result, outbox.try_next()) {
+                result = sink.feed(ws_frame(&frame)).await;
+            }
+            if result.is_err() || sink.flush().await.is_err() {
+                socket.close(DisconnectReason::TransportClose);
+                return;
+            }
+        }
+        // Closed: what was queued before the close still goes out, then the websocket ends.
+        while let Some(frame) = outbox.try_next() {
+            if sink.feed(ws_frame(&frame)).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    };
+    let reader = async {
+        loop {
+            let message = tokio::select! {
+                message = stream.next() => message,
+                _ = socket.closed() => return,
+            };
+            let reason = match message {
+                Some(Ok(WsMessage::Text(text))) => match Packet::decode_text(text) {
+                    Ok(packet) => {
+                        engine.receive(socket, packet).await;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::debug!(sid = socket.id(), %error, "malformed websocket packet");
+                        DisconnectReason::PacketParsing
+                    }
+                },
+                Some(Ok(WsMessage::Binary(data))) => {
+                    engine.receive(socket, Packet::Message(Message::Binary(data))).await;
+                    continue;
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
+                Some(Ok(WsMessage::Close(_))) | None => DisconnectReason::TransportClose,
+                Some(Err(tungstenite::Error::Capacity(_))) => DisconnectReason::PayloadTooLarge,
+                Some(Err(_)) => DisconnectReason::TransportClose,
+            };
+            socket.close(reason);
+            return;
+        }
+    };
+    tokio::join!(writer, reader);
+}
+
+fn ws_frame(frame: &Frame) -> WsMessage {
+    match frame {
+        Frame::Text(text) => WsMessage::Text(text.clone()),
+        Frame::Binary(data) => WsMessage::Binary(data.clone()),
+    }
+}
+
+async fn accept<H: Handler>(engine: &Engine<H>, on_upgrade: hyper::upgrade::OnUpgrade) -> Option<Ws> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "websocket upgrade failed");
+            return None;
+        }
+    };
+    let config = &engine.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_size)
+        .write_buffer_size(config.ws_write_buffer_size)
+        .max_message_size(Some(config.max_payload))
+        .max_frame_size(Some(config.max_payload));
+    Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await)
+}
+
+/// Validates a websocket handshake request and builds its 101 answer.
+fn switching_protocols<B>(req: &Request<B>) -> Result<Response<Body>, Response<Body>> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    let key = headers.get(header::SEC_WEBSOCKET_KEY);
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let (Some(key), true, true, true) = (
+        key,
+        version_ok,
+        has_token(header::CONNECTION, "upgrade"),
+        has_token(header::UPGRADE, "websocket"),
+    ) else {
+        return Err(error_response(ErrorCode::BadRequest));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    Ok(response)
+}
+
