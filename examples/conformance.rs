@@ -8,7 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engineio::{CorsPolicy, DisconnectReason, Engine, EngineConfig, Frame, Handler, Message, Socket};
+use engineio::{
+    CorsPolicy, DisconnectReason, Engine, EngineConfig, Frame, Handler, Message, Socket,
+};
+use serde_json::value::RawValue;
+use socketio::{SocketIo, SocketIoConfig};
 
 /// Sends every message back to the client that sent it.
 struct Echo;
@@ -40,12 +44,51 @@ fn suite_config(path: &str) -> EngineConfig {
     }
 }
 
+/// The reference server of the Socket.IO suite: `auth` on connect, `message` echoed back as
+/// `message-back`, `message-with-ack` acknowledged with its own arguments; `/` and `/custom`.
+fn socketio_suite_server() -> SocketIo {
+    let io = SocketIo::new(SocketIoConfig {
+        engine: suite_config("/socket.io/"),
+        connect_timeout: Duration::from_millis(1000),
+        ..SocketIoConfig::default()
+    });
+    io.ns("/", |socket| async move {
+        send_auth(&socket);
+        socket.on("message", |socket, event| async move {
+            let _ = socket.emit_raw("message-back", &event.raw_args(), &event.binary);
+        });
+        socket.on("message-with-ack", |_socket, event| async move {
+            if let Some(ack) = event.ack {
+                let _ = ack.send_raw(
+                    &event.args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+                    &event.binary,
+                );
+            }
+        });
+    });
+    io.ns("/custom", |socket| async move { send_auth(&socket) });
+    io
+}
+
+fn send_auth(socket: &socketio::Socket) {
+    let auth: &RawValue = serde_json::from_str(socket.handshake().auth_raw())
+        .unwrap_or_else(|_| serde_json::from_str("{}").expect("an empty object is JSON"));
+    let _ = socket.emit_raw("auth", &[auth], &[]);
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
+    let engineio_only = std::env::args().any(|arg| arg == "--engineio");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on 127.0.0.1:3000");
-    Engine::new(suite_config("/engine.io/"), Echo).serve(listener).await
+    if engineio_only {
+        Engine::new(suite_config("/engine.io/"), Echo)
+            .serve(listener)
+            .await
+    } else {
+        socketio_suite_server().serve(listener).await
+    }
 }

@@ -195,6 +195,12 @@ impl<D> Socket<D> {
         }
     }
 
+    /// Queues a frame the client may miss (volatile): dropped, not fatal, when the queue is
+    /// full. Returns whether it was queued.
+    pub fn send_volatile(&self, frame: Frame) -> bool {
+        !self.closed.is_cancelled() && self.tx.try_send(frame).is_ok()
+    }
+
     /// Ends the session. Idempotent: the first reason wins. Frames already queued are still
     /// flushed by the transport before it closes.
     pub fn close(&self, reason: DisconnectReason) {

@@ -1,0 +1,238 @@
+//! Rooms and broadcast delivery. Every room operation and broadcast of a namespace goes
+//! through its [`Adapter`], so a cluster can swap the in-process one for one that also reaches
+//! the other workers (through the master or Redis) without touching the rest of the crate.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use engineio::Frame;
+
+use crate::namespace::Namespace;
+use crate::{Room, Sid};
+
+/// Which sockets a broadcast or a query targets.
+#[derive(Debug, Clone, Default)]
+pub struct BroadcastOptions {
+    /// Sockets in any of these rooms; empty means every socket of the namespace.
+    pub rooms: Vec<Room>,
+    /// Sockets in any of these rooms are left out.
+    pub except: Vec<Room>,
+    /// These sockets are left out (the sender, for `socket.to(room)`).
+    pub except_sids: Vec<Sid>,
+    /// Dropped for a client that cannot take it right now, instead of queued.
+    pub volatile: bool,
+    /// Only this process's sockets, even when the adapter spans several.
+    pub local: bool,
+}
+
+/// Room membership and broadcast delivery for one namespace.
+pub trait Adapter: Send + Sync + 'static {
+    /// Adds a socket to rooms.
+    fn join(&self, sid: &Sid, rooms: &[Room]);
+    /// Removes a socket from one room.
+    fn leave(&self, sid: &Sid, room: &str);
+    /// Removes a socket from every room (it disconnected).
+    fn leave_all(&self, sid: &Sid);
+    /// The rooms a local socket is in.
+    fn rooms_of(&self, sid: &str) -> Vec<Room>;
+    /// The local sockets a broadcast with these options reaches.
+    fn sockets(&self, opts: &BroadcastOptions) -> Vec<Sid>;
+    /// Every room with local members and how many there are.
+    fn rooms(&self) -> Vec<(Room, usize)>;
+
+    /// Delivers an encoded packet. The frames were encoded once; every recipient gets clones of
+    /// the same bytes. The default delivers to local sockets only.
+    fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
+        ns.deliver(&self.sockets(opts), frames, opts.volatile);
+    }
+}
+
+/// The in-process adapter: rooms live in this process's memory.
+#[derive(Debug, Default)]
+pub struct LocalAdapter {
+    state: RwLock<Rooms>,
+}
+
+#[derive(Debug, Default)]
+struct Rooms {
+    members: HashMap<Room, HashSet<Sid>>,
+    rooms_of: HashMap<Sid, HashSet<Room>>,
+}
+
+impl Adapter for LocalAdapter {
+    fn join(&self, sid: &Sid, rooms: &[Room]) {
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        for room in rooms {
+            state
+                .members
+                .entry(room.clone())
+                .or_default()
+                .insert(sid.clone());
+            state
+                .rooms_of
+                .entry(sid.clone())
+                .or_default()
+                .insert(room.clone());
+        }
+    }
+
+    fn leave(&self, sid: &Sid, room: &str) {
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        if let Some(members) = state.members.get_mut(room) {
+            members.remove(sid);
+            if members.is_empty() {
+                state.members.remove(room);
+            }
+        }
+        if let Some(rooms) = state.rooms_of.get_mut(sid) {
+            rooms.remove(room);
+        }
+    }
+
+    fn leave_all(&self, sid: &Sid) {
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        let Some(rooms) = state.rooms_of.remove(sid) else {
+            return;
+        };
+        for room in rooms {
+            if let Some(members) = state.members.get_mut(&room) {
+                members.remove(sid);
+                if members.is_empty() {
+                    state.members.remove(&room);
+                }
+            }
+        }
+    }
+
+    fn rooms_of(&self, sid: &str) -> Vec<Room> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        state
+            .rooms_of
+            .get(sid)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn sockets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        let excluded = |sid: &Sid| {
+            opts.except_sids.contains(sid)
+                || opts.except.iter().any(|room| {
+                    state
+                        .members
+                        .get(room)
+                        .is_some_and(|members| members.contains(sid))
+                })
+        };
+        if opts.rooms.is_empty() {
+            return state
+                .rooms_of
+                .keys()
+                .filter(|sid| !excluded(sid))
+                .cloned()
+                .collect();
+        }
+        let mut seen = HashSet::new();
+        let mut sids = Vec::new();
+        for room in &opts.rooms {
+            for sid in state.members.get(room).into_iter().flatten() {
+                if !excluded(sid) && seen.insert(sid) {
+                    sids.push(sid.clone());
+                }
+            }
+        }
+        sids
+    }
+
+    fn rooms(&self) -> Vec<(Room, usize)> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        state
+            .members
+            .iter()
+            .map(|(room, members)| (room.clone(), members.len()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid(s: &str) -> Sid {
+        Sid::from(s)
+    }
+
+    fn sorted(mut v: Vec<Sid>) -> Vec<Sid> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn selects_rooms_minus_except_sets() {
+        let adapter = LocalAdapter::default();
+        adapter.join(&sid("a"), &[sid("a"), sid("r1")]);
+        adapter.join(&sid("b"), &[sid("b"), sid("r1"), sid("r2")]);
+        adapter.join(&sid("c"), &[sid("c"), sid("r2")]);
+
+        let all = BroadcastOptions::default();
+        assert_eq!(
+            sorted(adapter.sockets(&all)),
+            vec![sid("a"), sid("b"), sid("c")]
+        );
+
+        let r1 = BroadcastOptions {
+            rooms: vec![sid("r1")],
+            ..Default::default()
+        };
+        assert_eq!(sorted(adapter.sockets(&r1)), vec![sid("a"), sid("b")]);
+
+        let both = BroadcastOptions {
+            rooms: vec![sid("r1"), sid("r2")],
+            ..Default::default()
+        };
+        assert_eq!(
+            sorted(adapter.sockets(&both)),
+            vec![sid("a"), sid("b"), sid("c")]
+        );
+
+        let except = BroadcastOptions {
+            rooms: vec![sid("r1"), sid("r2")],
+            except: vec![sid("r2")],
+            ..Default::default()
+        };
+        assert_eq!(adapter.sockets(&except), vec![sid("a")]);
+
+        let not_sender = BroadcastOptions {
+            rooms: vec![sid("r2")],
+            except_sids: vec![sid("b")],
+            ..Default::default()
+        };
+        assert_eq!(adapter.sockets(&not_sender), vec![sid("c")]);
+    }
+
+    #[test]
+    fn leaving_removes_empty_rooms() {
+        let adapter = LocalAdapter::default();
+        adapter.join(&sid("a"), &[sid("a"), sid("r1")]);
+        adapter.join(&sid("b"), &[sid("b"), sid("r1")]);
+        adapter.leave(&sid("a"), "r1");
+        assert_eq!(adapter.rooms_of("a"), vec![sid("a")]);
+        adapter.leave_all(&sid("b"));
+        let mut rooms = adapter.rooms();
+        rooms.sort();
+        assert_eq!(rooms, vec![(sid("a"), 1)]);
+        assert!(adapter.rooms_of("b").is_empty());
+    }
+}

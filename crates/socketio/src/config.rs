@@ -1,0 +1,45 @@
+//! Every Socket.IO-level timeout and limit, with its default, in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engineio::EngineConfig;
+
+use crate::adapter::{Adapter, LocalAdapter};
+
+/// Builds the adapter of each namespace; the default keeps rooms in this process.
+pub type AdapterFactory = Arc<dyn Fn(&str) -> Arc<dyn Adapter> + Send + Sync>;
+
+/// Configuration of a [`crate::SocketIo`] server.
+#[derive(Clone)]
+pub struct SocketIoConfig {
+    /// The transport layer underneath.
+    pub engine: EngineConfig,
+    /// How long a new connection may take to join a namespace before it is closed.
+    pub connect_timeout: Duration,
+    /// How long `emit_with_ack` waits for the client's answer by default.
+    pub ack_timeout: Duration,
+    /// Makes the adapter of a namespace: in-process by default, cross-worker in a cluster.
+    pub adapter: AdapterFactory,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            engine: EngineConfig::default(),
+            connect_timeout: Duration::from_secs(45),
+            ack_timeout: Duration::from_secs(5),
+            adapter: Arc::new(|_| Arc::new(LocalAdapter::default()) as Arc<dyn Adapter>),
+        }
+    }
+}
+
+impl std::fmt::Debug for SocketIoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketIoConfig")
+            .field("engine", &self.engine)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ack_timeout", &self.ack_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,174 @@
+//! A namespace: its connect handler and middlewares, its connected sockets, its adapter.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use engineio::Frame;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::adapter::Adapter;
+use crate::broadcast::BroadcastOperator;
+use crate::config::SocketIoConfig;
+use crate::error::{ConnectError, EmitError};
+use crate::socket::Socket;
+use crate::{Room, Sid};
+
+type ConnectFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+type MiddlewareFuture = Pin<Box<dyn Future<Output = Result<(), ConnectError>> + Send + 'static>>;
+pub(crate) type ConnectHandler = Arc<dyn Fn(Arc<Socket>) -> ConnectFuture + Send + Sync>;
+pub(crate) type Middleware = Arc<dyn Fn(Arc<Socket>) -> MiddlewareFuture + Send + Sync>;
+
+/// What happens when a client joins a namespace. Shared by the namespaces a dynamic pattern
+/// creates.
+#[derive(Clone, Default)]
+pub(crate) struct NamespaceHandlers {
+    pub(crate) on_connect: Option<ConnectHandler>,
+    pub(crate) middlewares: Vec<Middleware>,
+}
+
+/// A Socket.IO namespace (`/`, `/chat_com`, ...).
+pub struct Namespace {
+    pub(crate) path: String,
+    config: SocketIoConfig,
+    adapter: Arc<dyn Adapter>,
+    handlers: RwLock<NamespaceHandlers>,
+    sockets: RwLock<HashMap<Sid, Arc<Socket>>>,
+}
+
+impl Namespace {
+    pub(crate) fn new(
+        path: &str,
+        config: SocketIoConfig,
+        handlers: NamespaceHandlers,
+    ) -> Arc<Self> {
+        let adapter = (config.adapter)(path);
+        Arc::new(Namespace {
+            path: path.to_owned(),
+            config,
+            adapter,
+            handlers: RwLock::new(handlers),
+            sockets: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn adapter(&self) -> &Arc<dyn Adapter> {
+        &self.adapter
+    }
+
+    pub(crate) fn config(&self) -> &SocketIoConfig {
+        &self.config
+    }
+
+    pub(crate) fn handlers(&self) -> NamespaceHandlers {
+        self.handlers.read().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Runs before a client is admitted; an error refuses it with CONNECT_ERROR. Middlewares
+    /// see the handshake (headers, cookies, auth) and may attach state to the socket.
+    pub fn use_middleware<F, Fut>(&self, middleware: F)
+    where
+        F: Fn(Arc<Socket>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ConnectError>> + Send + 'static,
+    {
+        if let Ok(mut handlers) = self.handlers.write() {
+            handlers
+                .middlewares
+                .push(Arc::new(move |socket| Box::pin(middleware(socket))));
+        }
+    }
+
+    /// A connected socket of this process.
+    pub fn socket(&self, sid: &str) -> Option<Arc<Socket>> {
+        self.sockets.read().ok()?.get(sid).cloned()
+    }
+
+    /// Every connected socket of this process.
+    pub fn sockets(&self) -> Vec<Arc<Socket>> {
+        self.sockets
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Rooms with local members, and how many.
+    pub fn rooms(&self) -> Vec<(Room, usize)> {
+        self.adapter.rooms()
+    }
+
+    /// To everyone in `room`.
+    pub fn to(self: &Arc<Self>, room: impl Into<Room>) -> BroadcastOperator {
+        BroadcastOperator::new(self.clone()).to(room)
+    }
+
+    /// To everyone in the namespace but the members of `room`.
+    pub fn except(self: &Arc<Self>, room: impl Into<Room>) -> BroadcastOperator {
+        BroadcastOperator::new(self.clone()).except(room)
+    }
+
+    /// To everyone in the namespace.
+    pub fn emit<T: Serialize + ?Sized>(
+        self: &Arc<Self>,
+        event: &str,
+        data: &T,
+    ) -> Result<(), EmitError> {
+        BroadcastOperator::new(self.clone()).emit(event, data)
+    }
+
+    /// To everyone in the namespace, already-encoded arguments and attachments.
+    pub fn emit_raw(self: &Arc<Self>, event: &str, args: &[&RawValue], binary: &[Bytes]) {
+        BroadcastOperator::new(self.clone()).emit_raw(event, args, binary)
+    }
+
+    pub(crate) fn insert(&self, socket: &Arc<Socket>) {
+        if let Ok(mut sockets) = self.sockets.write() {
+            sockets.insert(socket.id().clone(), socket.clone());
+        }
+        self.adapter.join(socket.id(), &[socket.id().clone()]);
+    }
+
+    pub(crate) fn remove(&self, socket: &Socket) {
+        self.adapter.leave_all(socket.id());
+        if let Ok(mut sockets) = self.sockets.write() {
+            sockets.remove(socket.id());
+        }
+    }
+
+    /// Queues encoded frames to local sockets. A volatile frame is dropped for a client whose
+    /// queue is full instead of closing its session.
+    pub fn deliver(&self, sids: &[Sid], frames: &[Frame], volatile: bool) {
+        let Ok(sockets) = self.sockets.read() else {
+            return;
+        };
+        for sid in sids {
+            let Some(socket) = sockets.get(sid) else {
+                continue;
+            };
+            for frame in frames {
+                let sent = if volatile {
+                    socket.conn.send_volatile(frame.clone())
+                } else {
+                    socket.conn.send(frame.clone()).is_ok()
+                };
+                if !sent {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,304 @@
+//! The Socket.IO server: turns Engine.IO messages into packets and packets into namespace
+//! connections, events and acks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use engineio::{Engine, Message};
+use http::{Request, Response};
+
+use crate::config::SocketIoConfig;
+use crate::connection::{Conn, ConnState};
+use crate::error::ConnectError;
+use crate::namespace::{ConnectHandler, Namespace, NamespaceHandlers};
+use crate::packet::{encode, Packet, PacketType};
+use crate::socket::{DisconnectReason, Socket};
+
+type NamespaceMatcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The namespaces and the rules for making new ones; the Engine.IO handler of the server.
+pub struct Dispatcher {
+    config: SocketIoConfig,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    dynamic: RwLock<Vec<(NamespaceMatcher, NamespaceHandlers)>>,
+}
+
+/// A Socket.IO v5 server. Clone it freely: clones share the same server.
+#[derive(Clone)]
+pub struct SocketIo {
+    engine: Arc<Engine<Dispatcher>>,
+}
+
+impl SocketIo {
+    pub fn new(config: SocketIoConfig) -> Self {
+        let dispatcher = Dispatcher {
+            config: config.clone(),
+            namespaces: RwLock::new(HashMap::new()),
+            dynamic: RwLock::new(Vec::new()),
+        };
+        SocketIo {
+            engine: Engine::new(config.engine.clone(), dispatcher),
+        }
+    }
+
+    fn dispatcher(&self) -> &Dispatcher {
+        self.engine.handler()
+    }
+
+    /// Declares a namespace and what to do with each client that joins it.
+    pub fn ns<F, Fut>(&self, path: &str, on_connect: F) -> Arc<Namespace>
+    where
+        F: Fn(Arc<Socket>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handlers = NamespaceHandlers {
+            on_connect: Some(connect_handler(on_connect)),
+            middlewares: Vec::new(),
+        };
+        let ns = Namespace::new(path, self.dispatcher().config.clone(), handlers);
+        if let Ok(mut namespaces) = self.dispatcher().namespaces.write() {
+            namespaces.insert(path.to_owned(), ns.clone());
+        }
+        ns
+    }
+
+    /// Declares every namespace whose path matches: each is created on its first connection and
+    /// gets the same handler.
+    pub fn dynamic_ns<M, F, Fut>(&self, matches: M, on_connect: F)
+    where
+        M: Fn(&str) -> bool + Send + Sync + 'static,
+        F: Fn(Arc<Socket>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handlers = NamespaceHandlers {
+            on_connect: Some(connect_handler(on_connect)),
+            middlewares: Vec::new(),
+        };
+        if let Ok(mut dynamic) = self.dispatcher().dynamic.write() {
+            dynamic.push((Arc::new(matches), handlers));
+        }
+    }
+
+    /// A namespace that exists (declared, or created by a dynamic pattern).
+    pub fn of(&self, path: &str) -> Option<Arc<Namespace>> {
+        self.dispatcher().namespaces.read().ok()?.get(path).cloned()
+    }
+
+    /// The Engine.IO layer, for HTTP routing and session counts.
+    pub fn engine(&self) -> &Arc<Engine<Dispatcher>> {
+        &self.engine
+    }
+
+    /// Whether an HTTP request belongs to Socket.IO (its path is the engine path).
+    pub fn handles(&self, path: &str) -> bool {
+        self.engine.handles(path)
+    }
+
+    /// Answers one HTTP request of the Socket.IO path.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<engineio::Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.engine.handle(req).await
+    }
+
+    /// Accepts connections and serves only Socket.IO on them.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.engine.clone().serve(listener).await
+    }
+
+    /// Closes every connection (shutdown or drain before a reload).
+    pub fn close(&self) {
+        self.engine
+            .close_all(engineio::DisconnectReason::ServerClose);
+    }
+}
+
+fn connect_handler<F, Fut>(on_connect: F) -> ConnectHandler
+where
+    F: Fn(Arc<Socket>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |socket| Box::pin(on_connect(socket)))
+}
+
+impl Dispatcher {
+    /// The namespace for a CONNECT, creating it if a dynamic pattern matches.
+    fn namespace(&self, path: &str) -> Option<Arc<Namespace>> {
+        if let Some(ns) = self.namespaces.read().ok()?.get(path) {
+            return Some(ns.clone());
+        }
+        let handlers = self
+            .dynamic
+            .read()
+            .ok()?
+            .iter()
+            .find(|(matches, _)| matches(path))
+            .map(|(_, handlers)| handlers.clone())?;
+        let mut namespaces = self.namespaces.write().ok()?;
+        let ns = namespaces
+            .entry(path.to_owned())
+            .or_insert_with(|| Namespace::new(path, self.config.clone(), handlers));
+        Some(ns.clone())
+    }
+
+    async fn receive(&self, conn: &Conn, packet: Packet) {
+        match packet.kind {
+            PacketType::Connect => self.connect(conn, packet).await,
+            PacketType::Disconnect => {
+                if let Some(socket) = conn.forget(&packet.nsp) {
+                    socket
+                        .leave_namespace(DisconnectReason::ClientNamespaceDisconnect)
+                        .await;
+                }
+            }
+            PacketType::Event | PacketType::BinaryEvent => {
+                if let Some(socket) = conn.socket(&packet.nsp) {
+                    socket.receive_event(packet).await;
+                }
+            }
+            PacketType::Ack | PacketType::BinaryAck => {
+                if let Some(socket) = conn.socket(&packet.nsp) {
+                    socket.receive_ack(packet);
+                }
+            }
+            // Only servers send CONNECT_ERROR.
+            PacketType::ConnectError => conn.close(engineio::DisconnectReason::PacketParsing),
+        }
+    }
+
+    async fn connect(&self, conn: &Conn, packet: Packet) {
+        if conn.socket(&packet.nsp).is_some() {
+            return;
+        }
+        let refuse = |error: ConnectError| {
+            let json = error.to_json();
+            for frame in encode(
+                PacketType::ConnectError,
+                &packet.nsp,
+                None,
+                Some(&json),
+                &[],
+            ) {
+                let _ = conn.send(frame);
+            }
+        };
+        let Some(ns) = self.namespace(&packet.nsp) else {
+            refuse(ConnectError::new("Invalid namespace"));
+            return;
+        };
+        let socket = Arc::new(Socket::new(ns.clone(), conn.clone(), packet.data));
+        let handlers = ns.handlers();
+        for middleware in &handlers.middlewares {
+            if let Err(error) = middleware(socket.clone()).await {
+                tracing::debug!(ns = %ns.path(), %error, "connection refused by middleware");
+                refuse(error);
+                return;
+            }
+        }
+        if conn.is_closed() {
+            return;
+        }
+        socket.set_connected();
+        conn.insert(&packet.nsp, socket.clone());
+        ns.insert(&socket);
+        let json = serde_json::json!({ "sid": socket.id().as_ref() }).to_string();
+        if socket
+            .send_packet(PacketType::Connect, None, &json, &[])
+            .is_err()
+        {
+            return;
+        }
+        if let Some(on_connect) = handlers.on_connect {
+            on_connect(socket).await;
+        }
+    }
+}
+
+impl engineio::Handler for Dispatcher {
+    type Data = ConnState;
+
+    fn on_connect(&self, socket: &Arc<engineio::Socket<ConnState>>) {
+        // A client that joins no namespace in time is closed (`connectTimeout`).
+        let conn = Arc::downgrade(socket);
+        let timeout = self.config.connect_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(conn) = conn.upgrade().map(Conn) {
+                if !conn.has_namespaces() {
+                    conn.close(engineio::DisconnectReason::ServerClose);
+                }
+            }
+        });
+    }
+
+    async fn on_message(&self, socket: &Arc<engineio::Socket<ConnState>>, message: Message) {
+        let conn = Conn(socket.clone());
+        let packet = match message {
+            Message::Text(text) => {
+                let waiting = conn
+                    .data
+                    .partial
+                    .lock()
+                    .map(|p| p.is_some())
+                    .unwrap_or(false);
+                let decoded = if waiting {
+                    Err(crate::packet::ParseError::MissingAttachment)
+                } else {
+                    Packet::decode(&text)
+                };
+                match decoded {
+                    Ok(packet) if packet.is_complete() => packet,
+                    Ok(packet) => {
+                        if let Ok(mut partial) = conn.data.partial.lock() {
+                            *partial = Some(packet);
+                        }
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(sid = conn.id(), %error, "malformed Socket.IO packet");
+                        conn.close(engineio::DisconnectReason::PacketParsing);
+                        return;
+                    }
+                }
+            }
+            Message::Binary(data) => {
+                let Ok(mut partial) = conn.data.partial.lock() else {
+                    return;
+                };
+                let Some(mut packet) = partial.take() else {
+                    drop(partial);
+                    tracing::debug!(
+                        sid = conn.id(),
+                        "binary message without a packet waiting for it"
+                    );
+                    conn.close(engineio::DisconnectReason::PacketParsing);
+                    return;
+                };
+                packet.binary.push(data);
+                if !packet.is_complete() {
+                    *partial = Some(packet);
+                    return;
+                }
+                packet
+            }
+        };
+        self.receive(&conn, packet).await;
+    }
+
+    async fn on_disconnect(
+        &self,
+        socket: Arc<engineio::Socket<ConnState>>,
+        reason: engineio::DisconnectReason,
+    ) {
+        let conn = Conn(socket);
+        for socket in conn.forget_all() {
+            socket
+                .leave_namespace(DisconnectReason::Transport(reason))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! A client's connection to one namespace: its event handlers, rooms, emits and acks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use crate::broadcast::BroadcastOperator;
+use crate::connection::Conn;
+use crate::error::{AckError, EmitError};
+use crate::event::{AckResponse, AckSender, Event};
+use crate::handshake::Handshake;
+use crate::namespace::Namespace;
+use crate::packet::{encode, event_array, Packet, PacketType};
+use crate::{Room, Sid};
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+type EventHandler = Arc<dyn Fn(Arc<Socket>, Event) -> BoxFuture + Send + Sync>;
+type DisconnectHandler = Box<dyn FnOnce(Arc<Socket>, DisconnectReason) -> BoxFuture + Send + Sync>;
+
+/// Why a socket left its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client left the namespace (`socket.disconnect()` on the client).
+    ClientNamespaceDisconnect,
+    /// The server removed the socket (`socket.disconnect()` here).
+    ServerNamespaceDisconnect,
+    /// The underlying connection ended.
+    Transport(engineio::DisconnectReason),
+}
+
+impl DisconnectReason {
+    /// The wording the Socket.IO reference uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
+            DisconnectReason::Transport(engineio::DisconnectReason::ClientClose) => {
+                "client namespace disconnect"
+            }
+            DisconnectReason::Transport(reason) => reason.as_str(),
+        }
+    }
+}
+
+/// One client in one namespace. Shared as `Arc<Socket>` by handlers, the namespace and acks.
+pub struct Socket {
+    id: Sid,
+    ns: Arc<Namespace>,
+    pub(crate) conn: Conn,
+    handshake: Handshake,
+    handlers: RwLock<HashMap<String, EventHandler>>,
+    on_disconnect: Mutex<Option<DisconnectHandler>>,
+    /// Ids for server-to-client acks; pending answers wait in `acks`.
+    next_ack: AtomicU64,
+    acks: Mutex<HashMap<u64, oneshot::Sender<AckResponse>>>,
+    connected: AtomicBool,
+    /// Application state attached to this socket (a nickname, a session).
+    pub extensions: RwLock<http::Extensions>,
+}
+
+impl Socket {
+    pub(crate) fn new(ns: Arc<Namespace>, conn: Conn, auth: Option<Box<RawValue>>) -> Self {
+        let handshake = Handshake {
+            headers: conn.headers().clone(),
+            uri: conn.uri().clone(),
+            auth,
+            issued: std::time::SystemTime::now(),
+        };
+        Socket {
+            id: engineio::generate_sid("").into(),
+            ns,
+            conn,
+            handshake,
+            handlers: RwLock::new(HashMap::new()),
+            on_disconnect: Mutex::new(None),
+            next_ack: AtomicU64::new(0),
+            acks: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(false),
+            extensions: RwLock::new(http::Extensions::new()),
+        }
+    }
+
+    /// This socket's id, as the client sees it in `socket.id`; also a room of its own.
+    pub fn id(&self) -> &Sid {
+        &self.id
+    }
+
+    pub fn ns(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+
+    pub fn handshake(&self) -> &Handshake {
+        &self.handshake
+    }
+
+    /// The transport the connection uses right now.
+    pub fn transport(&self) -> engineio::Transport {
+        self.conn.transport()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_connected(&self) {
+        self.connected.store(true, Ordering::Release);
+    }
+
+    /// Handles an event. Handlers of one connection run one at a time, in the order the client
+    /// sent the events, so a chat keeps its order. A handler that waits for an ack from its own
+    /// client must spawn that wait, since the ack arrives after the handler returns.
+    pub fn on<F, Fut>(&self, event: &str, handler: F)
+    where
+        F: Fn(Arc<Socket>, Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler: EventHandler = Arc::new(move |socket, event| Box::pin(handler(socket, event)));
+        if let Ok(mut handlers) = self.handlers.write() {
+            handlers.insert(event.to_owned(), handler);
+        }
+    }
+
+    /// Runs once when the socket leaves the namespace, while it is still in its rooms.
+    pub fn on_disconnect<F, Fut>(&self, handler: F)
+    where
+        F: FnOnce(Arc<Socket>, DisconnectReason) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if let Ok(mut slot) = self.on_disconnect.lock() {
+            *slot = Some(Box::new(move |socket, reason| {
+                Box::pin(handler(socket, reason))
+            }));
+        }
+    }
+
+    /// Emits an event with one argument.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), EmitError> {
+        let json = event_json(event, data)?;
+        self.send_packet(PacketType::Event, None, &json, &[])
+    }
+
+    /// Emits an event with already-encoded arguments and binary attachments.
+    pub fn emit_raw(
+        &self,
+        event: &str,
+        args: &[&RawValue],
+        binary: &[Bytes],
+    ) -> Result<(), EmitError> {
+        self.send_packet(PacketType::Event, None, &event_array(event, args), binary)
+    }
+
+    /// Emits an event and waits for the client's acknowledgement (default timeout from the
+    /// configuration).
+    pub async fn emit_with_ack<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> Result<AckResponse, AckError> {
+        self.emit_with_ack_timeout(event, data, self.ns.config().ack_timeout)
+            .await
+    }
+
+    pub async fn emit_with_ack_timeout<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<AckResponse, AckError> {
+        let json = event_json(event, data)?;
+        let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.insert(id, tx);
+        }
+        let sent = self.send_packet(PacketType::Event, Some(id), &json, &[]);
+        let result = match sent {
+            Err(error) => Err(AckError::Emit(error)),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(_)) => Err(AckError::Disconnected),
+                Err(_) => Err(AckError::Timeout),
+            },
+        };
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.remove(&id);
+        }
+        result
+    }
+
+    /// Joins a room.
+    pub fn join(&self, room: impl Into<Room>) {
+        self.ns.adapter().join(&self.id, &[room.into()]);
+    }
+
+    /// Leaves a room.
+    pub fn leave(&self, room: &str) {
+        self.ns.adapter().leave(&self.id, room);
+    }
+
+    /// The rooms this socket is in (its own id included).
+    pub fn rooms(&self) -> Vec<Room> {
+        self.ns.adapter().rooms_of(&self.id)
+    }
+
+    /// To everyone in `room` but this socket.
+    pub fn to(&self, room: impl Into<Room>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+
+    /// To everyone in the namespace but this socket.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator::new(self.ns.clone()).except_sid(self.id.clone())
+    }
+
+    /// To everyone in `room`, this socket included if it is a member.
+    pub fn within(&self, room: impl Into<Room>) -> BroadcastOperator {
+        BroadcastOperator::new(self.ns.clone()).to(room)
+    }
+
+    /// Removes this socket from its namespace; the client is told, and its connection stays
+    /// open for other namespaces.
+    pub async fn disconnect(self: &Arc<Self>) {
+        let _ = self.send_packet(PacketType::Disconnect, None, "", &[]);
+        self.conn.forget(&self.ns.path);
+        self.leave_namespace(DisconnectReason::ServerNamespaceDisconnect)
+            .await;
+    }
+
+    /// Closes the whole connection: every namespace of this client.
+    pub fn close_connection(&self) {
+        self.conn.close(engineio::DisconnectReason::ServerClose);
+    }
+
+    /// Encodes and queues one packet of this namespace.
+    pub(crate) fn send_packet(
+        &self,
+        kind: PacketType,
+        id: Option<u64>,
+        json: &str,
+        binary: &[Bytes],
+    ) -> Result<(), EmitError> {
+        let json = (!json.is_empty()).then_some(json);
+        for frame in encode(kind, &self.ns.path, id, json, binary) {
+            self.conn.send(frame).map_err(|_| EmitError::Disconnected)?;
+        }
+        Ok(())
+    }
+
+    /// Dispatches an event to its handler and waits for it (see [`Socket::on`]).
+    pub(crate) async fn receive_event(self: &Arc<Self>, packet: Packet) {
+        let Some((name, args)) = packet.data.as_deref().and_then(split_event) else {
+            return;
+        };
+        let handler = self
+            .handlers
+            .read()
+            .ok()
+            .and_then(|h| h.get(&name).cloned());
+        let Some(handler) = handler else {
+            tracing::trace!(event = %name, ns = %self.ns.path, "no handler for event");
+            return;
+        };
+        let ack = packet.id.map(|id| AckSender::new(self.clone(), id));
+        handler(
+            self.clone(),
+            Event {
+                name,
+                args,
+                binary: packet.binary,
+                ack,
+            },
+        )
+        .await;
+    }
+
+    /// Resolves a pending `emit_with_ack`.
+    pub(crate) fn receive_ack(&self, packet: Packet) {
+        let Some(id) = packet.id else { return };
+        let Some(tx) = self.acks.lock().ok().and_then(|mut acks| acks.remove(&id)) else {
+            return;
+        };
+        let args = packet
+            .data
+            .and_then(|data| serde_json::from_str::<Vec<Box<RawValue>>>(data.get()).ok())
+            .unwrap_or_default();
+        let _ = tx.send(AckResponse {
+            args,
+            binary: packet.binary,
+        });
+    }
+
+    /// Runs the disconnect handler, then leaves every room and the namespace. Idempotent.
+    pub(crate) async fn leave_namespace(self: &Arc<Self>, reason: DisconnectReason) {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let handler = self
+            .on_disconnect
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        if let Some(handler) = handler {
+            handler(self.clone(), reason).await;
+        }
+        self.ns.remove(self);
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.clear();
+        }
+    }
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.id)
+            .field("ns", &self.ns.path)
+            .finish()
+    }
+}
+
+/// `["event", data]` as JSON.
+pub(crate) fn event_json<T: Serialize + ?Sized>(
+    event: &str,
+    data: &T,
+) -> Result<String, EmitError> {
+    serde_json::to_string(&(event, data)).map_err(|e| EmitError::Serialize(e.to_string()))
+}
+
+/// The event name and arguments of a validated event payload.
+fn split_event(data: &RawValue) -> Option<(String, Vec<Box<RawValue>>)> {
+    let mut items: Vec<Box<RawValue>> = serde_json::from_str(data.get()).ok()?;
+    if items.is_empty() {
+        return None;
+    }
+    let first = items.remove(0);
+    let name = match serde_json::from_str::<String>(first.get()) {
+        Ok(name) => name,
+        Err(_) => first.get().to_owned(),
+    };
+    Some((name, items))
+}
