@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests drive: the npm clients (ops/js), the PyPI clients (a venv in
+# ops/python/.venv) and, when run as root on Debian, the system packages. Idempotent and quick
+# when everything is already there.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+apt_packages=()
+for tool in node:nodejs npm:npm python3:python3; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || apt_packages+=("${tool#*:}")
+done
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test-deps: installing ${apt_packages[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+  else
+    echo "test-deps: missing ${apt_packages[*]}; install them (Debian: sudo apt-get install ${apt_packages[*]})" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -d "$root/ops/js/node_modules" ] || [ "$root/ops/js/package-lock.json" -nt "$root/ops/js/node_modules" ]; then
+  echo "test-deps: npm ci in ops/js"
+  (cd "$root/ops/js" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$root/ops/js/node_modules"
+fi
+
+venv="$root/ops/python/.venv"
+if [ ! -x "$venv/bin/python" ] || [ "$root/ops/python/requirements.txt" -nt "$venv" ]; then
+  echo "test-deps: python venv in ops/python/.venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/ops/python/requirements.txt"
+  touch "$venv"
+fi
