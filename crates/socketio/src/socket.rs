@@ -101,6 +101,12 @@ impl Socket {
         &self.handshake
     }
 
+    /// The same client's socket in another namespace, if it joined it (namespaces share one
+    /// connection).
+    pub fn sibling(&self, nsp: &str) -> Option<Arc<Socket>> {
+        self.conn.socket(nsp)
+    }
+
     /// The transport the connection uses right now.
     pub fn transport(&self) -> engineio::Transport {
         self.conn.transport()

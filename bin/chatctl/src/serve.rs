@@ -1,0 +1,118 @@
+//! `chatctl serve`: the chat app in this process, on a socket of its own or an inherited one.
+
+use std::net::TcpListener as StdListener;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chat::{ChatConfig, ChatServer, MemoryStore};
+use engineio::CorsPolicy;
+
+use crate::flags::ServeArgs;
+
+/// The first socket passed by systemd-style activation (`LISTEN_FDS`).
+const LISTEN_FDS_START: i32 = 3;
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    // Taken before the runtime starts its threads: it edits the environment.
+    let listener = match inherited_listener()? {
+        Some(listener) => listener,
+        None => {
+            let address = format!("{}:{}", args.host, args.port);
+            StdListener::bind(&address).with_context(|| {
+                format!("cannot listen on {address} — is another server using that port? choose another with --port")
+            })?
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let address = listener.local_addr()?;
+        let server = ChatServer::new(config, Arc::new(MemoryStore::default()));
+        tracing::info!(%address, "chat serving on http://{address}");
+        println!("listening on {address}");
+        server.serve(listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
+    let secret = match &args.secret {
+        Some(secret) if secret.len() >= 16 => secret.as_bytes().to_vec(),
+        Some(_) => anyhow::bail!("--secret / CHAT_SECRET must be at least 16 characters"),
+        None => {
+            let path = args
+                .secret_file
+                .clone()
+                .unwrap_or_else(|| chat::state_dir().join("secret"));
+            chat::load_or_create_secret(&path).with_context(|| {
+                format!("cannot read or create the cookie key at {}", path.display())
+            })?
+        }
+    };
+    let mut config = ChatConfig {
+        secret,
+        max_message_chars: args.max_message_chars as usize,
+        messages_per_second: args.messages_per_second,
+        max_rooms_per_socket: args.max_rooms_per_socket as usize,
+        max_connections: args.max_connections as usize,
+        secure_cookies: args.secure_cookies,
+        ..ChatConfig::default()
+    };
+    let engine = &mut config.io.engine;
+    engine.ping_interval = args.ping_interval;
+    engine.ping_timeout = args.ping_timeout;
+    engine.max_payload = args.max_payload as usize;
+    engine.max_sessions = args.max_connections as usize;
+    engine.cors = if args.allow_origins.iter().any(|o| o == "*") {
+        CorsPolicy::Any
+    } else if args.allow_origins.is_empty() {
+        CorsPolicy::SameOrigin
+    } else {
+        CorsPolicy::List(args.allow_origins.clone())
+    };
+    config.io.connect_timeout = args.connect_timeout;
+    Ok(config)
+}
+
+/// The listening socket handed over by a supervisor (chatctl's master, systemd), if any:
+/// `LISTEN_FDS=1` and `LISTEN_PID` naming this process.
+fn inherited_listener() -> anyhow::Result<Option<StdListener>> {
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let pid = std::env::var("LISTEN_PID").ok();
+    let (Some(fds), Some(pid)) = (fds, pid) else {
+        return Ok(None);
+    };
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(None);
+    }
+    if fds.parse::<i32>().ok() != Some(1) {
+        anyhow::bail!("LISTEN_FDS={fds}: expected exactly one inherited socket");
+    }
+    // SAFETY: by the LISTEN_FDS protocol, fd 3 is a listening socket this process now owns,
+    // and nothing else in the process has taken ownership of it.
+    let listener = unsafe { StdListener::from_raw_fd(LISTEN_FDS_START) };
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_PID");
+    Ok(Some(listener))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

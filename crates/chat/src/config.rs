@@ -1,0 +1,115 @@
+//! Every setting of the chat application, with its default, in one place.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use socketio::SocketIoConfig;
+
+/// Configuration of a [`crate::ChatServer`].
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// The Socket.IO and Engine.IO layers.
+    pub io: SocketIoConfig,
+    /// Key that signs session cookies; every worker of an app must share it.
+    pub secret: Vec<u8>,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+    /// Longest chat message, in characters.
+    pub max_message_chars: usize,
+    /// Messages one socket may send per second (a burst of as many is allowed); the excess is
+    /// dropped with an `error` event to that socket.
+    pub messages_per_second: u32,
+    /// Rooms one socket may be in at once.
+    pub max_rooms_per_socket: usize,
+    /// Open TCP connections at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Messages of a room kept and sent to a joiner.
+    pub history_len: usize,
+    /// How long a client may take to send a request's headers (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Adds `Secure` to the cookie: set when clients reach the app over HTTPS.
+    pub secure_cookies: bool,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            io: SocketIoConfig::default(),
+            secret: Vec::new(),
+            session_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_message_chars: 2000,
+            messages_per_second: 20,
+            max_rooms_per_socket: 10,
+            max_connections: 10_000,
+            history_len: 50,
+            header_read_timeout: Duration::from_secs(10),
+            secure_cookies: false,
+        }
+    }
+}
+
+/// Where chatctl keeps its state: `$CHATCTL_HOME`, else `~/.chatctl`.
+pub fn state_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CHATCTL_HOME") {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".chatctl")
+}
+
+/// Reads the cookie key from `path`, or creates it there (32 random bytes, hex, mode 0600) so
+/// that restarts and the other workers keep accepting existing cookies.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match file {
+        Ok(mut file) => {
+            file.write_all(hex.as_bytes())?;
+            Ok(hex.into_bytes())
+        }
+        // Another worker created it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_created_once_and_private() {
+        let dir = std::env::temp_dir().join(format!("chat-secret-{}", std::process::id()));
+        let path = dir.join("secret");
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = load_or_create_secret(&path).unwrap();
+        let second = load_or_create_secret(&path).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.len(), 64);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

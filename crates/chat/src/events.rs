@@ -1,0 +1,419 @@
+//! The chat's Socket.IO namespaces and events, with the book's names:
+//! `/chat_infra` manages rooms and presence, `/chat_com` carries messages.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use socketio::{ConnectError, Event, Socket, SocketIo};
+
+use crate::cookie::{CookieSigner, COOKIE_NAME};
+use crate::store::Store;
+use crate::validate;
+use crate::ChatConfig;
+
+pub const INFRA: &str = "/chat_infra";
+pub const COM: &str = "/chat_com";
+
+/// Prefix of the Socket.IO rooms that are chat rooms (other rooms are per user or per socket).
+const ROOM_PREFIX: &str = "room:";
+/// Prefix of the Socket.IO room every socket of one nickname joins, for private messages.
+const USER_PREFIX: &str = "user:";
+
+/// What the event handlers share.
+pub(crate) struct ChatState {
+    pub(crate) config: ChatConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) signer: CookieSigner,
+}
+
+/// Who a socket belongs to; set by the cookie middleware.
+#[derive(Debug, Clone)]
+struct User {
+    nickname: Arc<str>,
+}
+
+/// Per-socket token bucket: `messages_per_second` tokens a second, as many at most.
+#[derive(Debug)]
+struct RateLimiter {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, per_second: u32) -> bool {
+        let now = Instant::now();
+        let rate = f64::from(per_second);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+type SharedLimiter = Arc<Mutex<RateLimiter>>;
+
+#[derive(Deserialize)]
+struct NamePayload {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct PrivateMessage {
+    to: String,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct ChatLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    username: &'a str,
+    message: &'a str,
+}
+
+/// Declares both namespaces on `io`.
+pub(crate) fn register(io: &SocketIo, state: Arc<ChatState>) {
+    let infra = io.ns(INFRA, {
+        let state = state.clone();
+        move |socket| on_infra_connect(state.clone(), socket)
+    });
+    let com = io.ns(COM, {
+        let state = state.clone();
+        move |socket| on_com_connect(state.clone(), socket)
+    });
+    for ns in [infra, com] {
+        let state = state.clone();
+        ns.use_middleware(move |socket| authenticate(state.clone(), socket));
+    }
+}
+
+/// Admits a namespace connection only with a valid signed session cookie.
+async fn authenticate(state: Arc<ChatState>, socket: Arc<Socket>) -> Result<(), ConnectError> {
+    let cookie = socket
+        .handshake()
+        .cookie(COOKIE_NAME)
+        .ok_or_else(|| ConnectError::new("No cookie transmitted."))?;
+    let session_id = state
+        .signer
+        .verify(cookie)
+        .map_err(|_| ConnectError::new("Invalid session"))?;
+    let session = state
+        .store
+        .session(session_id)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "session lookup failed; refusing the connection");
+            ConnectError::new("Session store unavailable, try again")
+        })?
+        .ok_or_else(|| ConnectError::new("Invalid session"))?;
+    let limiter: SharedLimiter = Arc::new(Mutex::new(RateLimiter {
+        tokens: f64::from(state.config.messages_per_second),
+        last: Instant::now(),
+    }));
+    if let Ok(mut extensions) = socket.extensions.write() {
+        extensions.insert(User {
+            nickname: session.nickname.into(),
+        });
+        extensions.insert(limiter);
+    }
+    Ok(())
+}
+
+fn user(socket: &Socket) -> Option<User> {
+    socket.extensions.read().ok()?.get::<User>().cloned()
+}
+
+fn allow_message(state: &ChatState, socket: &Socket) -> bool {
+    let limiter = socket
+        .extensions
+        .read()
+        .ok()
+        .and_then(|e| e.get::<SharedLimiter>().cloned());
+    limiter
+        .and_then(|l| {
+            l.lock()
+                .ok()
+                .map(|mut l| l.allow(state.config.messages_per_second))
+        })
+        .unwrap_or(false)
+}
+
+fn send_error(socket: &Socket, message: impl std::fmt::Display) {
+    let _ = socket.emit("error", &json!({ "message": message.to_string() }));
+}
+
+/// The chat rooms (not per-user or per-socket rooms) a socket is in.
+fn chat_rooms(socket: &Socket) -> Vec<String> {
+    socket
+        .rooms()
+        .iter()
+        .filter_map(|room| room.strip_prefix(ROOM_PREFIX).map(str::to_owned))
+        .collect()
+}
+
+fn room_key(room: &str) -> String {
+    format!("{ROOM_PREFIX}{room}")
+}
+
+async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
+    if let Some(user) = user(&socket) {
+        socket.join(format!("{USER_PREFIX}{}", user.nickname));
+    }
+    let on = |event: &str,
+              handler: fn(
+        Arc<ChatState>,
+        Arc<Socket>,
+        Event,
+    ) -> futures_util::future::BoxFuture<'static, ()>| {
+        let state = state.clone();
+        socket.on(event, move |socket, event| {
+            handler(state.clone(), socket, event)
+        });
+    };
+    on("join_room", |state, socket, event| {
+        Box::pin(join_room(state, socket, event))
+    });
+    on("leave_room", |state, socket, event| {
+        Box::pin(leave_room_event(state, socket, event))
+    });
+    on("get_rooms", |state, socket, _| {
+        Box::pin(get_rooms(state, socket))
+    });
+    on("set_name", |_, socket, event| {
+        Box::pin(set_name(socket, event))
+    });
+    on("private_message", |state, socket, event| {
+        Box::pin(private_message(state, socket, event))
+    });
+    let state = state.clone();
+    socket.on_disconnect(move |socket, _reason| async move {
+        for room in chat_rooms(&socket) {
+            leave_room(&state, &socket, &room).await;
+        }
+    });
+}
+
+async fn on_com_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
+    // The client may join a room on /chat_infra before /chat_com connects: catch up.
+    if let Some(infra) = socket.sibling(INFRA) {
+        for room in chat_rooms(&infra) {
+            socket.join(room_key(&room));
+        }
+    }
+    socket.on("message", move |socket, event| {
+        chat_message(state.clone(), socket, event)
+    });
+}
+
+async fn join_room(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
+    let Some(user) = user(&socket) else { return };
+    let Ok(payload) = event.data::<NamePayload>() else {
+        return send_error(&socket, "join_room expects {\"name\": ROOM}");
+    };
+    let room = match validate::room(&payload.name) {
+        Ok(room) => room.to_owned(),
+        Err(error) => return send_error(&socket, error),
+    };
+    let current = chat_rooms(&socket);
+    if !current.contains(&room) && current.len() >= state.config.max_rooms_per_socket {
+        return send_error(
+            &socket,
+            format!(
+                "at most {} rooms at once",
+                state.config.max_rooms_per_socket
+            ),
+        );
+    }
+    socket.join(room_key(&room));
+    if let Some(com) = socket.sibling(COM) {
+        com.join(room_key(&room));
+    }
+    let new_user = match state
+        .store
+        .join_room(&room, &user.nickname, socket.id())
+        .await
+    {
+        Ok(new_user) => new_user,
+        Err(error) => {
+            tracing::warn!(%error, "cannot record room membership");
+            false
+        }
+    };
+    let _ = socket.emit("name_set", &json!({ "name": user.nickname.as_ref() }));
+    let welcome = json!({ "type": "serverMessage", "message": format!("Welcome to {room}!") });
+    let _ = socket.emit("message", &welcome.to_string());
+    if new_user {
+        let _ = socket
+            .to(room_key(&room))
+            .emit("user_entered", &json!({ "name": user.nickname.as_ref() }));
+    }
+    send_users_list(&state, &socket, &room, true).await;
+    let history = state.store.history(&room).await.unwrap_or_default();
+    let _ = socket.emit("history", &history);
+}
+
+async fn send_users_list(state: &ChatState, socket: &Socket, room: &str, include_self: bool) {
+    let users = state.store.room_users(room).await.unwrap_or_default();
+    let target = if include_self {
+        socket.within(room_key(room))
+    } else {
+        socket.to(room_key(room))
+    };
+    let _ = target.emit("users_list", &users);
+}
+
+async fn leave_room_event(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
+    let Ok(payload) = event.data::<NamePayload>() else {
+        return;
+    };
+    if chat_rooms(&socket).contains(&payload.name) {
+        leave_room(&state, &socket, &payload.name).await;
+    }
+}
+
+/// Takes a socket out of a room: presence, `user_left` and the new `users_list` for the others.
+async fn leave_room(state: &ChatState, socket: &Socket, room: &str) {
+    let Some(user) = user(socket) else { return };
+    let gone = state
+        .store
+        .leave_room(room, &user.nickname, socket.id())
+        .await
+        .unwrap_or(false);
+    if gone {
+        let _ = socket
+            .to(room_key(room))
+            .emit("user_left", &json!({ "name": user.nickname.as_ref() }));
+    }
+    send_users_list(state, socket, room, false).await;
+    socket.leave(&room_key(room));
+    if let Some(com) = socket.sibling(COM) {
+        com.leave(&room_key(room));
+    }
+}
+
+async fn get_rooms(state: Arc<ChatState>, socket: Arc<Socket>) {
+    match state.store.room_counts().await {
+        Ok(counts) => {
+            let rooms: serde_json::Map<String, serde_json::Value> = counts
+                .into_iter()
+                .map(|(room, n)| (room, json!(n)))
+                .collect();
+            let _ = socket.emit("rooms_list", &rooms);
+        }
+        Err(error) => send_error(&socket, format!("rooms unavailable: {error}")),
+    }
+}
+
+/// The book's chapter 3 flow: choose the name shown for this connection.
+async fn set_name(socket: Arc<Socket>, event: Event) {
+    let Ok(payload) = event.data::<NamePayload>() else {
+        return;
+    };
+    let name = match validate::nickname(&payload.name) {
+        Ok(name) => name.to_owned(),
+        Err(error) => return send_error(&socket, error),
+    };
+    for s in [Some(socket.clone()), socket.sibling(COM)]
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(mut extensions) = s.extensions.write() {
+            extensions.insert(User {
+                nickname: name.as_str().into(),
+            });
+        }
+    }
+    let _ = socket.emit("name_set", &json!({ "name": name }));
+}
+
+async fn private_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
+    let Some(user) = user(&socket) else { return };
+    if !allow_message(&state, &socket) {
+        return send_error(&socket, rate_error(&state));
+    }
+    let Ok(payload) = event.data::<PrivateMessage>() else {
+        return send_error(
+            &socket,
+            "private_message expects {\"to\": NICKNAME, \"message\": TEXT}",
+        );
+    };
+    let message = match validate::message(&payload.message, state.config.max_message_chars) {
+        Ok(message) => message,
+        Err(error) => return send_error(&socket, error),
+    };
+    let body = json!({ "from": user.nickname.as_ref(), "to": payload.to, "message": message });
+    let _ = socket
+        .ns()
+        .to(format!("{USER_PREFIX}{}", payload.to))
+        .emit("private_message", &body);
+    if payload.to != user.nickname.as_ref() {
+        let _ = socket.emit("private_message", &body);
+    }
+}
+
+fn rate_error(state: &ChatState) -> String {
+    format!(
+        "too many messages: at most {} per second",
+        state.config.messages_per_second
+    )
+}
+
+/// `message` on /chat_com: a JSON string `{"type":"userMessage","message":...}` goes to the
+/// others in the socket's rooms as `userMessage` and back to the sender as `myMessage`.
+async fn chat_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
+    let Some(user) = user(&socket) else { return };
+    if !allow_message(&state, &socket) {
+        return send_error(&socket, rate_error(&state));
+    }
+    #[derive(Deserialize)]
+    struct Incoming {
+        #[serde(rename = "type")]
+        kind: String,
+        message: String,
+    }
+    let incoming = event
+        .data::<String>()
+        .ok()
+        .and_then(|text| serde_json::from_str::<Incoming>(&text).ok())
+        .filter(|incoming| incoming.kind == "userMessage");
+    let Some(incoming) = incoming else {
+        return send_error(
+            &socket,
+            "message expects a JSON string {\"type\":\"userMessage\",\"message\":TEXT}",
+        );
+    };
+    let message = match validate::message(&incoming.message, state.config.max_message_chars) {
+        Ok(message) => message,
+        Err(error) => return send_error(&socket, error),
+    };
+    let rooms = chat_rooms(&socket);
+    if rooms.is_empty() {
+        return send_error(&socket, "join a room before sending messages");
+    }
+    let line = |kind| {
+        serde_json::to_string(&ChatLine {
+            kind,
+            username: &user.nickname,
+            message,
+        })
+        .unwrap_or_default()
+    };
+    let theirs = line("userMessage");
+    for room in &rooms {
+        let _ = socket.to(room_key(room)).emit("message", &theirs);
+        if let Err(error) = state
+            .store
+            .push_history(room, theirs.clone(), state.config.history_len)
+            .await
+        {
+            tracing::warn!(%error, room, "cannot record history");
+        }
+    }
+    let _ = socket.emit("message", &line("myMessage"));
+}

@@ -1,0 +1,19 @@
+//! The chat application (DESIGN §7): pages, signed session cookies, rooms and presence, the
+//! book's Socket.IO events, and our browser client. All shared state goes through [`Store`], and
+//! all broadcasts through the Socket.IO adapter, so several workers can share them.
+
+mod config;
+pub mod cookie;
+mod events;
+pub mod pages;
+mod server;
+pub mod store;
+pub mod validate;
+
+pub use config::{load_or_create_secret, state_dir, ChatConfig};
+pub use events::{COM, INFRA};
+pub use server::ChatServer;
+pub use store::{MemoryStore, Session, Store, StoreError};
+
+/// Our browser Socket.IO client, served at `/socket.io/socket.io.js`.
+pub const CLIENT_JS: &str = include_str!("../assets/socket.io.js");

@@ -1,0 +1,316 @@
+//! The chat's HTTP server: page routes, static assets, the browser client, and Socket.IO, on
+//! one listening socket.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use engineio::Body;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use socketio::SocketIo;
+use tokio::net::TcpListener;
+
+use crate::cookie::{clear_cookie_header, CookieSigner, COOKIE_NAME};
+use crate::events::{self, ChatState};
+use crate::store::{Session, Store};
+use crate::{pages, validate, ChatConfig};
+
+/// Largest login form accepted; a nickname needs far less.
+const MAX_FORM_BYTES: usize = 4096;
+
+const CSS: &str = include_str!("../assets/chat.css");
+const ROOMS_JS: &str = include_str!("../assets/rooms.js");
+const CHATROOM_JS: &str = include_str!("../assets/chatroom.js");
+
+/// The chat application: construct it, then [`ChatServer::serve`] a listener.
+#[derive(Clone)]
+pub struct ChatServer {
+    io: SocketIo,
+    state: Arc<ChatState>,
+}
+
+impl ChatServer {
+    pub fn new(config: ChatConfig, store: Arc<dyn Store>) -> Self {
+        let io = SocketIo::new(config.io.clone());
+        let signer = CookieSigner::new(&config.secret);
+        let state = Arc::new(ChatState {
+            config,
+            store,
+            signer,
+        });
+        events::register(&io, state.clone());
+        ChatServer { io, state }
+    }
+
+    /// The Socket.IO server underneath (for counts, broadcasts, shutdown).
+    pub fn io(&self) -> &SocketIo {
+        &self.io
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes; then stops accepting and
+    /// closes the Socket.IO sessions so clients reconnect elsewhere.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.state.config.max_connections,
+        ));
+        tokio::pin!(shutdown);
+        loop {
+            // At the connection cap, wait for a slot before accepting: excess clients queue in
+            // the kernel backlog instead of costing memory here.
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
+                _ = &mut shutdown => break,
+            };
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and friends are transient: log, back off, keep serving.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            tokio::spawn(async move {
+                server.serve_connection(stream).await;
+                drop(permit);
+            });
+        }
+        self.io.close();
+        Ok(())
+    }
+
+    /// Serves HTTP/1.1 (with websocket upgrades) on one accepted connection.
+    pub async fn serve_connection(&self, stream: tokio::net::TcpStream) {
+        let server = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            async move { Ok::<_, std::convert::Infallible>(server.handle(req).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.state.config.header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades();
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if self.io.handles(path) {
+            return self.io.handle(req).await;
+        }
+        let mut response = match (req.method(), path) {
+            (&Method::GET, "/") => html(StatusCode::OK, pages::landing(None, "")),
+            (&Method::POST, "/login") => self.login(req).await,
+            (&Method::GET, "/rooms") => self.rooms(&req).await,
+            (&Method::GET, "/chatroom") => self.chatroom(&req).await,
+            (&Method::GET, "/logout") => self.logout(&req).await,
+            (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok"),
+            (&Method::GET, "/socket.io/socket.io.js") => {
+                asset("application/javascript; charset=utf-8", crate::CLIENT_JS)
+            }
+            (&Method::GET, "/static/chat.css") => asset("text/css; charset=utf-8", CSS),
+            (&Method::GET, "/static/rooms.js") => {
+                asset("application/javascript; charset=utf-8", ROOMS_JS)
+            }
+            (&Method::GET, "/static/chatroom.js") => {
+                asset("application/javascript; charset=utf-8", CHATROOM_JS)
+            }
+            (_, "/" | "/login" | "/rooms" | "/chatroom" | "/logout" | "/healthz") => {
+                plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => html(
+                StatusCode::NOT_FOUND,
+                pages::message_page("Not found", "There is no page here."),
+            ),
+        };
+        secure_headers(response.headers_mut());
+        response
+    }
+
+    /// The session of the request's cookie, if valid.
+    async fn session<B>(&self, req: &Request<B>) -> Option<Session> {
+        let value = cookie(req, COOKIE_NAME)?;
+        let id = self.state.signer.verify(value).ok()?;
+        self.state.store.session(id).await.ok().flatten()
+    }
+
+    async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "form too large"),
+        };
+        let nickname = form_urlencoded::parse(&body)
+            .find(|(key, _)| key == "nickname")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+        let valid = match validate::nickname(&nickname) {
+            Ok(valid) => valid,
+            Err(error) => {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::landing(Some(&error.to_string()), &nickname),
+                );
+            }
+        };
+        let config = &self.state.config;
+        match self
+            .state
+            .store
+            .create_session(valid, config.session_ttl)
+            .await
+        {
+            Ok(session) => {
+                let cookie = self.state.signer.set_cookie_header(
+                    &session.id,
+                    config.session_ttl,
+                    config.secure_cookies,
+                );
+                let mut response = redirect("/rooms");
+                if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+                    response.headers_mut().insert(header::SET_COOKIE, cookie);
+                }
+                response
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot create a session");
+                html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    pages::landing(Some("Sessions are unavailable, try again."), valid),
+                )
+            }
+        }
+    }
+
+    async fn rooms(&self, req: &Request<Incoming>) -> Response<Body> {
+        let Some(session) = self.session(req).await else {
+            return redirect("/");
+        };
+        let rooms = self.state.store.room_counts().await.unwrap_or_default();
+        html(StatusCode::OK, pages::rooms(&session.nickname, &rooms))
+    }
+
+    async fn chatroom(&self, req: &Request<Incoming>) -> Response<Body> {
+        let Some(session) = self.session(req).await else {
+            return redirect("/");
+        };
+        let room = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "room")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .unwrap_or_default();
+        match validate::room(&room) {
+            Ok(room) => html(StatusCode::OK, pages::chatroom(&session.nickname, room)),
+            Err(error) => html(
+                StatusCode::BAD_REQUEST,
+                pages::message_page("Invalid room", &error.to_string()),
+            ),
+        }
+    }
+
+    async fn logout(&self, req: &Request<Incoming>) -> Response<Body> {
+        if let Some(id) = cookie(req, COOKIE_NAME).and_then(|v| self.state.signer.verify(v).ok()) {
+            let _ = self.state.store.delete_session(id).await;
+        }
+        let mut response = redirect("/");
+        if let Ok(clear) = HeaderValue::from_str(&clear_cookie_header()) {
+            response.headers_mut().insert(header::SET_COOKIE, clear);
+        }
+        response
+    }
+}
+
+fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
+}
+
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(Body::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut response = response(status, "text/html; charset=utf-8", page);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    response(status, "text/plain; charset=utf-8", text)
+}
+
+fn asset(content_type: &'static str, text: &'static str) -> Response<Body> {
+    let mut response = response(StatusCode::OK, content_type, text);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+fn redirect(to: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    response
+        .headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
+    response
+}
+
+/// Defence in depth on every page: no inline script, no foreign resources, no framing.
+fn secure_headers(headers: &mut http::HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+}
