@@ -91,16 +91,23 @@ impl<'a> EngineQuery<'a> {
     }
 }
 
+/// Open sessions by id: the table every request with a `sid` is looked up in.
+type SessionTable<D> = RwLock<HashMap<Arc<str>, Arc<Socket<D>>>>;
+
 /// An Engine.IO server for one path. Cheap to share: handlers and transports hold an `Arc`.
 pub struct Engine<H: Handler> {
     pub(crate) config: EngineConfig,
     pub(crate) handler: H,
-    sessions: RwLock<HashMap<Arc<str>, Arc<Socket<H::Data>>>>,
+    sessions: SessionTable<H::Data>,
 }
 
 impl<H: Handler> Engine<H> {
     pub fn new(config: EngineConfig, handler: H) -> Arc<Self> {
-        Arc::new(Engine { config, handler, sessions: RwLock::new(HashMap::new()) })
+        Arc::new(Engine {
+            config,
+            handler,
+            sessions: RwLock::new(HashMap::new()),
+        })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -213,9 +220,14 @@ impl<H: Handler> Engine<H> {
             return Ok(None);
         };
         let origin_str = origin.to_str().unwrap_or("");
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
         let same_origin = host.is_some_and(|host| {
-            origin_str.strip_prefix("http://").or_else(|| origin_str.strip_prefix("https://"))
+            origin_str
+                .strip_prefix("http://")
+                .or_else(|| origin_str.strip_prefix("https://"))
                 == Some(host)
         });
         let allowed = same_origin
@@ -227,7 +239,10 @@ impl<H: Handler> Engine<H> {
         if allowed {
             Ok(Some(origin.clone()))
         } else {
-            tracing::debug!(origin = origin_str, "refused a request from a foreign origin");
+            tracing::debug!(
+                origin = origin_str,
+                "refused a request from a foreign origin"
+            );
             Err(json_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden))
         }
     }
@@ -258,14 +273,20 @@ impl<H: Handler> Engine<H> {
         ));
         {
             let Ok(mut sessions) = self.sessions.write() else {
-                return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::BadRequest));
+                return Err(json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::BadRequest,
+                ));
             };
             if sessions.len() >= self.config.max_sessions {
                 tracing::warn!(
                     max_sessions = self.config.max_sessions,
                     "refused a handshake: the session limit is reached (raise max_sessions)"
                 );
-                return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::BadRequest));
+                return Err(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::BadRequest,
+                ));
             }
             sessions.insert(socket.id_arc(), socket.clone());
         }
@@ -276,8 +297,11 @@ impl<H: Handler> Engine<H> {
 
     /// The `0{...}` open packet for a session.
     pub(crate) fn open_packet(&self, socket: &Socket<H::Data>) -> String {
-        let upgrades: &[&str] =
-            if socket.transport() == Transport::Polling { &["websocket"] } else { &[] };
+        let upgrades: &[&str] = if socket.transport() == Transport::Polling {
+            &["websocket"]
+        } else {
+            &[]
+        };
         let open = serde_json::json!({
             "sid": socket.id(),
             "upgrades": upgrades,
@@ -355,7 +379,9 @@ async fn run_session<H: Handler>(engine: Arc<Engine<H>>, socket: Arc<Socket<H::D
     if let Ok(mut sessions) = engine.sessions.write() {
         sessions.remove(socket.id());
     }
-    let reason = socket.close_reason().unwrap_or(DisconnectReason::ServerClose);
+    let reason = socket
+        .close_reason()
+        .unwrap_or(DisconnectReason::ServerClose);
     engine.handler.on_disconnect(socket, reason).await;
 }
 
@@ -363,12 +389,18 @@ fn preflight() -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("content-type"),
     );
-    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
     response
 }
 
@@ -380,9 +412,10 @@ pub(crate) fn json_error(status: StatusCode, code: ErrorCode) -> Response<Body> 
     let body = serde_json::json!({ "code": code as u8, "message": code.message() }).to_string();
     let mut response = Response::new(Body::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

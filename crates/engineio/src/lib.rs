@@ -4,6 +4,10 @@
 //! polling to websocket, is kept alive by server pings, and carries text and binary messages.
 //! This crate knows nothing of Socket.IO: the layer above implements [`Handler`].
 
+// A refused request is returned as `Err(Response)`: the ready HTTP answer, built once and handed
+// to hyper as is. Boxing it would add an allocation to every refusal and gain nothing.
+#![allow(clippy::result_large_err)]
+
 mod config;
 mod engine;
 mod packet;

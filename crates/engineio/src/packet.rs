@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(text("2"), Packet::Ping(Str::from("")));
         assert_eq!(text("2probe"), Packet::Ping(Str::from("probe")));
         assert_eq!(text("3probe"), Packet::Pong(Str::from("probe")));
-        assert_eq!(text("4hello"), Packet::Message(Message::Text(Str::from("hello"))));
+        assert_eq!(
+            text("4hello"),
+            Packet::Message(Message::Text(Str::from("hello")))
+        );
         assert_eq!(text("5"), Packet::Upgrade);
         assert_eq!(text("6"), Packet::Noop);
         assert_eq!(
@@ -166,15 +169,27 @@ mod tests {
 
     #[test]
     fn keeps_utf8_after_the_type() {
-        assert_eq!(text("4€ 😀"), Packet::Message(Message::Text(Str::from("€ 😀"))));
+        assert_eq!(
+            text("4€ 😀"),
+            Packet::Message(Message::Text(Str::from("€ 😀")))
+        );
     }
 
     #[test]
     fn rejects_malformed_packets() {
         assert_eq!(Packet::decode_text(Str::from("")), Err(PacketError::Empty));
-        assert_eq!(Packet::decode_text(Str::from("abc")), Err(PacketError::UnknownType('a')));
-        assert_eq!(Packet::decode_text(Str::from("9")), Err(PacketError::UnknownType('9')));
-        assert_eq!(Packet::decode_text(Str::from("b!!!")), Err(PacketError::Base64));
+        assert_eq!(
+            Packet::decode_text(Str::from("abc")),
+            Err(PacketError::UnknownType('a'))
+        );
+        assert_eq!(
+            Packet::decode_text(Str::from("9")),
+            Err(PacketError::UnknownType('9'))
+        );
+        assert_eq!(
+            Packet::decode_text(Str::from("b!!!")),
+            Err(PacketError::Base64)
+        );
     }
 
     #[test]
@@ -187,9 +202,15 @@ mod tests {
                 Packet::Message(Message::Binary(Bytes::from_static(&[1, 2, 3, 4]))),
             ]
         );
-        assert_eq!(decode_payload("4test1\x1e4test2\x1e4test3").unwrap().len(), 3);
+        assert_eq!(
+            decode_payload("4test1\x1e4test2\x1e4test3").unwrap().len(),
+            3
+        );
         assert_eq!(decode_payload("4a\x1e\x1e4b"), Err(PacketError::Empty));
-        assert_eq!(decode_payload("4a\x1exyz"), Err(PacketError::UnknownType('x')));
+        assert_eq!(
+            decode_payload("4a\x1exyz"),
+            Err(PacketError::UnknownType('x'))
+        );
     }
 
     #[test]
@@ -199,7 +220,10 @@ mod tests {
         body.push(RECORD_SEPARATOR);
         Frame::binary(Bytes::from_static(&[1, 2, 3, 4])).write_polling(&mut body);
         assert_eq!(body, "4hello\x1ebAQIDBA==");
-        assert_eq!(Frame::binary(Bytes::from_static(&[1, 2, 3, 4])).polling_len(), 9);
+        assert_eq!(
+            Frame::binary(Bytes::from_static(&[1, 2, 3, 4])).polling_len(),
+            9
+        );
         assert_eq!(Frame::message("hello").polling_len(), 6);
     }
 

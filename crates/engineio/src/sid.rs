@@ -26,7 +26,9 @@ mod tests {
         let sid = generate_sid("w3");
         assert!(sid.starts_with("w3"));
         assert_eq!(sid.len(), 24);
-        assert!(sid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(sid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     }
 
     #[test]

@@ -14,9 +14,10 @@ use crate::socket::{DisconnectReason, Socket};
 
 pub(crate) fn text_response(body: String) -> Response<Body> {
     let mut response = Response::new(Body::new(Bytes::from(body)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
     response
 }
 
@@ -93,12 +94,18 @@ where
         socket.close(DisconnectReason::MultipleRequests);
         return error_response(ErrorCode::BadRequest);
     };
-    let bytes = match Limited::new(body, engine.config.max_payload).collect().await {
+    let bytes = match Limited::new(body, engine.config.max_payload)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
             let too_large = error.is::<http_body_util::LengthLimitError>();
             let (reason, status) = if too_large {
-                (DisconnectReason::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE)
+                (
+                    DisconnectReason::PayloadTooLarge,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                )
             } else {
                 (DisconnectReason::TransportClose, StatusCode::BAD_REQUEST)
             };

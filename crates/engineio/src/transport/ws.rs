@@ -16,7 +16,6 @@ use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
 use crate::packet::{Frame, Message, Packet};
 use crate::socket::{DisconnectReason, Socket, Transport};
 
-
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// A websocket handshake with no sid: a new session that lives on the websocket.
@@ -84,7 +83,10 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
         };
         if !probed {
             socket.upgrading.store(false, Ordering::Release);
-            tracing::debug!(sid = socket.id(), "upgrade not completed; staying on polling");
+            tracing::debug!(
+                sid = socket.id(),
+                "upgrade not completed; staying on polling"
+            );
             let _ = ws.close(None).await;
             return;
         }
@@ -105,7 +107,9 @@ async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
         };
         match Packet::decode_text(text) {
             Ok(Packet::Ping(payload)) if payload == "probe" && !probed => {
-                ws.send(ws_frame(&Frame::PONG_PROBE)).await.map_err(|_| ())?;
+                ws.send(ws_frame(&Frame::PONG_PROBE))
+                    .await
+                    .map_err(|_| ())?;
                 // Ends the pending GET so the client can pause polling.
                 socket.probed.notify_waiters();
                 probed = true;
@@ -165,7 +169,9 @@ async fn carry_session<H: Handler>(engine: &Arc<Engine<H>>, socket: &Arc<Socket<
                     }
                 },
                 Some(Ok(WsMessage::Binary(data))) => {
-                    engine.receive(socket, Packet::Message(Message::Binary(data))).await;
+                    engine
+                        .receive(socket, Packet::Message(Message::Binary(data)))
+                        .await;
                     continue;
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
@@ -187,7 +193,10 @@ fn ws_frame(frame: &Frame) -> WsMessage {
     }
 }
 
-async fn accept<H: Handler>(engine: &Engine<H>, on_upgrade: hyper::upgrade::OnUpgrade) -> Option<Ws> {
+async fn accept<H: Handler>(
+    engine: &Engine<H>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<Ws> {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => {
@@ -201,7 +210,10 @@ async fn accept<H: Handler>(engine: &Engine<H>, on_upgrade: hyper::upgrade::OnUp
         .write_buffer_size(config.ws_write_buffer_size)
         .max_message_size(Some(config.max_payload))
         .max_frame_size(Some(config.max_payload));
-    Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await)
+    Some(
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await,
+    )
 }
 
 /// Validates a websocket handshake request and builds its 101 answer.
@@ -239,4 +251,3 @@ fn switching_protocols<B>(req: &Request<B>) -> Result<Response<Body>, Response<B
     }
     Ok(response)
 }
-

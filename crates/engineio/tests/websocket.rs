@@ -1,0 +1,247 @@
+//! Websocket sessions against a real server: sessions that start on a websocket, the upgrade of
+//! a polling session (`2probe` / `3probe` / `5`), and the heartbeat.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{
+    config, expect_ws_closed, fast_heartbeat, next_message, next_text, send_text, start, within,
+    UNKNOWN_SID_BODY,
+};
+use engineio::{DisconnectReason, Transport};
+use futures_util::SinkExt;
+use http::StatusCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn websocket_handshake_sends_open_packet_without_upgrades() {
+    let server = start(config()).await;
+    let (_ws, open) = server.websocket_session().await;
+
+    assert_eq!(open.json["upgrades"], serde_json::json!([]));
+    assert_eq!(open.json["pingInterval"], 60_000);
+    assert_eq!(open.json["pingTimeout"], 60_000);
+    assert_eq!(open.json["maxPayload"], common::MAX_PAYLOAD);
+    let socket = server
+        .engine
+        .session(&open.sid)
+        .expect("registered session");
+    assert_eq!(socket.transport(), Transport::Websocket);
+}
+
+#[tokio::test]
+async fn websocket_echoes_text_frames_and_binary_frames() {
+    let server = start(config()).await;
+    let (mut ws, _) = server.websocket_session().await;
+
+    send_text(&mut ws, "4hello €").await;
+    assert_eq!(next_text(&mut ws).await, "4hello €");
+
+    let data = Bytes::from_static(&[0, 1, 2, 255]);
+    within("binary send", ws.send(WsMessage::Binary(data.clone())))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut ws).await, Some(WsMessage::Binary(data)));
+}
+
+#[tokio::test]
+async fn websocket_close_packet_ends_the_session() {
+    let server = start(config()).await;
+    let (mut ws, open) = server.websocket_session().await;
+
+    send_text(&mut ws, "1").await;
+    assert_eq!(
+        server.disconnect_reason(&open.sid).await,
+        DisconnectReason::ClientClose
+    );
+    expect_ws_closed(&mut ws).await;
+}
+
+#[tokio::test]
+async fn websocket_client_that_answers_pings_outlives_several_ping_timeouts() {
+    // Slack for a late pong on a loaded machine; see the polling twin of this test.
+    let config = engineio::EngineConfig {
+        ping_timeout: Duration::from_millis(400),
+        ..fast_heartbeat()
+    };
+    let survive = 3 * (config.ping_interval + config.ping_timeout);
+    let server = start(config).await;
+    let (mut ws, open) = server.websocket_session().await;
+
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < survive {
+        assert_eq!(next_text(&mut ws).await, "2");
+        pings += 1;
+        send_text(&mut ws, "3").await;
+    }
+    assert!(pings >= 3);
+    assert!(!server.has_ended(&open.sid));
+    send_text(&mut ws, "4alive").await;
+    loop {
+        match next_text(&mut ws).await.as_str() {
+            "2" => send_text(&mut ws, "3").await,
+            other => break assert_eq!(other, "4alive"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_session_ends_when_the_client_stops_answering_pings() {
+    let server = start(fast_heartbeat()).await;
+    let (mut ws, open) = server.websocket_session().await;
+
+    assert_eq!(next_text(&mut ws).await, "2");
+    // No pong.
+    assert_eq!(
+        server.disconnect_reason(&open.sid).await,
+        DisconnectReason::PingTimeout
+    );
+    expect_ws_closed(&mut ws).await;
+}
+
+#[tokio::test]
+async fn polling_session_upgrades_to_websocket_with_probe() {
+    let server = start(config()).await;
+    let sid = server.polling_handshake().await.sid;
+
+    // The client keeps a GET pending while it probes, as real clients do.
+    let pending_get = tokio::spawn({
+        let server = server.clone();
+        let sid = sid.clone();
+        async move { server.poll(&sid).await }
+    });
+    let mut ws = server.ws_connect(server.ws_request(Some(&sid))).await;
+    send_text(&mut ws, "2probe").await;
+    assert_eq!(next_text(&mut ws).await, "3probe");
+
+    // The probe ends the pending GET with a noop so the client can pause polling.
+    let polled = within("the pending GET", pending_get)
+        .await
+        .expect("GET task");
+    assert_eq!((polled.status, polled.body.as_str()), (StatusCode::OK, "6"));
+
+    send_text(&mut ws, "5").await;
+    send_text(&mut ws, "4over websocket").await;
+    assert_eq!(next_text(&mut ws).await, "4over websocket");
+    let socket = server.engine.session(&sid).expect("session still open");
+    assert_eq!(socket.transport(), Transport::Websocket);
+
+    // Polling with an upgraded sid is refused, without harming the session.
+    let get = server.poll(&sid).await;
+    assert_eq!(get.status, StatusCode::BAD_REQUEST);
+    assert_eq!(get.body, r#"{"code":3,"message":"Bad request"}"#);
+    assert_eq!(
+        server.post(&sid, "4x").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    send_text(&mut ws, "4still here").await;
+    assert_eq!(next_text(&mut ws).await, "4still here");
+    assert!(!server.has_ended(&sid));
+}
+
+#[tokio::test]
+async fn second_websocket_on_an_upgraded_session_is_closed_at_once() {
+    let server = start(config()).await;
+    let sid = server.polling_handshake().await.sid;
+    let mut ws = server.ws_connect(server.ws_request(Some(&sid))).await;
+    send_text(&mut ws, "2probe").await;
+    assert_eq!(next_text(&mut ws).await, "3probe");
+    send_text(&mut ws, "5").await;
+    // The echo proves the upgrade has completed before the second websocket arrives.
+    send_text(&mut ws, "4first").await;
+    assert_eq!(next_text(&mut ws).await, "4first");
+
+    let mut second = server.ws_connect(server.ws_request(Some(&sid))).await;
+    expect_ws_closed(&mut second).await;
+
+    send_text(&mut ws, "4unharmed").await;
+    assert_eq!(next_text(&mut ws).await, "4unharmed");
+}
+
+#[tokio::test]
+async fn second_websocket_while_one_is_probing_is_closed_at_once() {
+    let server = start(config()).await;
+    let sid = server.polling_handshake().await.sid;
+    let mut first = server.ws_connect(server.ws_request(Some(&sid))).await;
+    send_text(&mut first, "2probe").await;
+    assert_eq!(next_text(&mut first).await, "3probe");
+
+    let mut second = server.ws_connect(server.ws_request(Some(&sid))).await;
+    expect_ws_closed(&mut second).await;
+
+    send_text(&mut first, "5").await;
+    send_text(&mut first, "4first wins").await;
+    assert_eq!(next_text(&mut first).await, "4first wins");
+}
+
+#[tokio::test]
+async fn messages_queued_during_the_upgrade_arrive_on_the_websocket() {
+    let server = start(config()).await;
+    let sid = server.polling_handshake().await.sid;
+    let mut ws = server.ws_connect(server.ws_request(Some(&sid))).await;
+    send_text(&mut ws, "2probe").await;
+    assert_eq!(next_text(&mut ws).await, "3probe");
+
+    // Still on polling until `5`: this POST is accepted and its echo waits in the queue.
+    assert_eq!(server.post(&sid, "4during").await.status, StatusCode::OK);
+    send_text(&mut ws, "5").await;
+    assert_eq!(next_text(&mut ws).await, "4during");
+}
+
+#[tokio::test]
+async fn websocket_with_unknown_sid_is_refused_with_400() {
+    let server = start(config()).await;
+    let request = server.ws_request(Some("no-such-session"));
+    let refused = within(
+        "websocket handshake",
+        tokio_tungstenite::connect_async(request),
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            let body = response.body().as_deref().unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(body), UNKNOWN_SID_BODY);
+        }
+        other => panic!("expected an HTTP 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_that_disconnects_ends_its_session_with_transport_close() {
+    let server = start(config()).await;
+    let (ws, open) = server.websocket_session().await;
+    drop(ws);
+    assert_eq!(
+        server.disconnect_reason(&open.sid).await,
+        DisconnectReason::TransportClose
+    );
+    assert!(server.engine.session(&open.sid).is_none());
+}
+
+#[tokio::test]
+async fn upgraded_session_that_loses_its_websocket_ends() {
+    let server = start(config()).await;
+    let sid = server.polling_handshake().await.sid;
+    let mut ws = server.ws_connect(server.ws_request(Some(&sid))).await;
+    send_text(&mut ws, "2probe").await;
+    assert_eq!(next_text(&mut ws).await, "3probe");
+    send_text(&mut ws, "5").await;
+    send_text(&mut ws, "4upgraded").await;
+    assert_eq!(next_text(&mut ws).await, "4upgraded");
+
+    drop(ws);
+    // No fallback to polling once upgraded: the session is over and its sid unknown.
+    assert_eq!(
+        server.disconnect_reason(&sid).await,
+        DisconnectReason::TransportClose
+    );
+    let get = server.poll(&sid).await;
+    assert_eq!(
+        (get.status, get.body.as_str()),
+        (StatusCode::BAD_REQUEST, UNKNOWN_SID_BODY)
+    );
+}
