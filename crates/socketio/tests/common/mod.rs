@@ -1,0 +1,448 @@
+//! What the interop tests share: a real server in a runtime of its own, the real clients as
+//! child processes, and waits that are conditions with deadlines.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use socketio::{SocketIo, SocketIoConfig};
+
+/// How long any one client process may run before it is killed and the test fails. Generous:
+/// the scenarios take well under a second, but CI machines run many tests at once.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a server-side condition may take to become true.
+pub const CONDITION_DEADLINE: Duration = Duration::from_secs(15);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Polls `condition` until it holds; panics with `what` after `deadline`. Waits are conditions,
+/// never fixed sleeps: the short pause between checks only keeps the loop from spinning.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !condition() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Timers short enough that heartbeats run during every scenario, long enough for a loaded CI
+/// machine.
+pub fn test_config() -> SocketIoConfig {
+    let mut config = SocketIoConfig {
+        connect_timeout: Duration::from_secs(5),
+        ack_timeout: Duration::from_secs(10),
+        ..SocketIoConfig::default()
+    };
+    config.engine.ping_interval = Duration::from_millis(500);
+    config.engine.ping_timeout = Duration::from_secs(10);
+    config.engine.upgrade_timeout = Duration::from_secs(5);
+    config
+}
+
+/// A Socket.IO server on loopback, with a tokio runtime of its own so that stopping it is like
+/// a process exiting: every task, listener and TCP connection goes away, kept-alive polling
+/// connections included.
+pub struct TestServer {
+    pub io: SocketIo,
+    pub addr: SocketAddr,
+    /// The accept loop; stopping it first is what keeps clients from reaching a stopping server.
+    accepting: Option<tokio::task::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    /// Serves, on any free port, the namespaces `setup` declares.
+    pub fn start(setup: impl FnOnce(&SocketIo)) -> Self {
+        let listener =
+            Self::bind(0).unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:0: {error}"));
+        Self::serve(listener, setup)
+    }
+
+    /// Like [`TestServer::start`], on a free port below the kernel's ephemeral port range: while
+    /// this server is stopped, no client socket can be given its port as a local port (a busy
+    /// machine hands ephemeral ports out quickly), so [`TestServer::restart_on`] can bind it.
+    pub fn start_restartable(setup: impl FnOnce(&SocketIo)) -> Self {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let candidates = (ephemeral_low / 2)..ephemeral_low;
+        let span = u64::from(candidates.end - candidates.start);
+        // Concurrent tests start at different random ports and move on from taken ones.
+        let first = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        ) % span;
+        let listener = (0..span.min(500))
+            .map(|offset| candidates.start + ((first + offset) % span) as u16)
+            .find_map(|port| Self::bind(port).ok())
+            .unwrap_or_else(|| panic!("no free port in {candidates:?} for a restartable server"));
+        Self::serve(listener, setup)
+    }
+
+    /// Serves again on the port of a stopped server.
+    pub fn restart_on(port: u16, setup: impl FnOnce(&SocketIo)) -> Self {
+        let listener = Self::bind(port)
+            .unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:{port} again: {error}"));
+        Self::serve(listener, setup)
+    }
+
+    /// The standard library sets `SO_REUSEADDR` on Unix listeners, so connections of a stopped
+    /// server still in TIME_WAIT do not keep the next one from binding the port.
+    fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    }
+
+    fn serve(listener: std::net::TcpListener, setup: impl FnOnce(&SocketIo)) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the test server");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let listener = {
+            let _runtime = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).expect("a listener the runtime can poll")
+        };
+        let io = SocketIo::new(test_config());
+        setup(&io);
+        let serving = io.clone();
+        let accepting = runtime.spawn(async move {
+            if let Err(error) = serving.serve(listener).await {
+                eprintln!("test server stopped accepting: {error}");
+            }
+        });
+        TestServer {
+            io,
+            addr,
+            accepting: Some(accepting),
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.io.engine().session_count()
+    }
+
+    /// Stops the way a server process exits: it stops accepting (the listener closes, so a
+    /// reconnecting client cannot reach this server again), closes every session (clients are
+    /// told where their transport allows it), then drops the runtime with every connection.
+    /// The port is then free for the next server.
+    pub fn stop(mut self) {
+        let runtime = self
+            .runtime
+            .take()
+            .expect("a running server has its runtime");
+        if let Some(accepting) = self.accepting.take() {
+            accepting.abort();
+            // Returns once the task, and with it the listener, is dropped.
+            let _ = runtime.block_on(accepting);
+        }
+        self.io.close();
+        wait_until(
+            "the stopped server's sessions to end",
+            CONDITION_DEADLINE,
+            || self.session_count() == 0,
+        );
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// What the server's handlers saw, for the test to assert on. Handlers push JSON values; the
+/// test waits for the ones it expects.
+#[derive(Clone, Default)]
+pub struct Observations(Arc<Mutex<Vec<Value>>>);
+
+impl Observations {
+    pub fn record(&self, value: Value) {
+        self.0.lock().expect("observations lock").push(value);
+    }
+
+    pub fn all(&self) -> Vec<Value> {
+        self.0.lock().expect("observations lock").clone()
+    }
+
+    /// The first observation with this `"what"`, waiting for it.
+    pub fn wait_for(&self, what: &str) -> Value {
+        let until = Instant::now() + CONDITION_DEADLINE;
+        loop {
+            if let Some(found) = self.all().into_iter().find(|v| v["what"] == what) {
+                return found;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out after {CONDITION_DEADLINE:?} waiting for the server to observe \
+                 {what:?}; it observed {:?}",
+                self.all()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Which real client a test drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// npm socket.io-client 4.x, from ops/js/node_modules.
+    Node,
+    /// PyPI python-socketio 5.x, from the ops/python venv.
+    Python,
+}
+
+impl ClientKind {
+    /// The program and leading arguments that run this client's script. Panics, telling the
+    /// reader what to run, when the client is not installed: a missing client must fail the
+    /// test, never skip it.
+    fn command(self) -> Command {
+        match self {
+            ClientKind::Node => {
+                let node = node_program();
+                let mut command = Command::new(node);
+                command.arg(clients_dir().join("node_client.mjs"));
+                command
+            }
+            ClientKind::Python => {
+                let mut command = Command::new(python_program());
+                command
+                    .arg("-u")
+                    .arg(clients_dir().join("python_client.py"));
+                command
+            }
+        }
+    }
+}
+
+fn node_program() -> &'static Path {
+    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(|| {
+        let module = workspace_root().join("ops/js/node_modules/socket.io-client/package.json");
+        if !module.is_file() {
+            return Err(format!(
+                "{} is missing: the Node.js Socket.IO client is not installed; run ops/test-deps.sh",
+                module.display()
+            ));
+        }
+        match Command::new("node").arg("--version").output() {
+            Ok(output) if output.status.success() => Ok(PathBuf::from("node")),
+            Ok(output) => Err(format!(
+                "`node --version` failed ({}): run ops/test-deps.sh",
+                output.status
+            )),
+            Err(error) => Err(format!(
+                "cannot run `node` ({error}): install Node.js; run ops/test-deps.sh"
+            )),
+        }
+    });
+    match checked {
+        Ok(path) => path,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn python_program() -> &'static Path {
+    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(|| {
+        let python = std::env::var_os("CHATCTL_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("ops/python/.venv/bin/python"));
+        let imports = Command::new(&python)
+            .args(["-c", "import socketio, engineio, websocket, requests"])
+            .output();
+        match imports {
+            Ok(output) if output.status.success() => Ok(python),
+            Ok(output) => Err(format!(
+                "{} cannot import python-socketio[client] ({}): run ops/test-deps.sh",
+                python.display(),
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("no error output")
+            )),
+            Err(error) => Err(format!(
+                "cannot run {} ({error}): the Python client venv is missing; run ops/test-deps.sh \
+                 (or set CHATCTL_PYTHON)",
+                python.display()
+            )),
+        }
+    });
+    match checked {
+        Ok(path) => path,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// A real client running one scenario in a child process. It prints one JSON object per line;
+/// the test reads them as they come. Killed (by its pid, through `Child::kill`) when the test
+/// is over or its deadline passes.
+pub struct ClientProcess {
+    label: String,
+    child: Child,
+    lines: Receiver<Value>,
+    /// Every line so far, for the failure message.
+    seen: Vec<Value>,
+    /// Lines no `expect` has taken yet: what a client's handlers print on one connection is
+    /// ordered, but across handlers and promise continuations it need not be.
+    unread: Vec<Value>,
+    stderr: Option<JoinHandle<String>>,
+    deadline: Instant,
+}
+
+impl ClientProcess {
+    /// Starts `<client> <url> <scenario> <transport> <rooms>`.
+    pub fn spawn(
+        kind: ClientKind,
+        url: &str,
+        scenario: &str,
+        transport: &str,
+        rooms: &str,
+    ) -> Self {
+        let label = format!("{kind:?} client, scenario {scenario} ({transport})");
+        let mut child = kind
+            .command()
+            .args([url, scenario, transport, rooms])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start the {label}: {error}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "event": "unparsed", "line": line }));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        ClientProcess {
+            label,
+            child,
+            lines,
+            seen: Vec::new(),
+            unread: Vec::new(),
+            stderr: Some(stderr),
+            deadline: Instant::now() + CLIENT_DEADLINE,
+        }
+    }
+
+    /// Takes the earliest line not taken yet whose `"event"` is `event`, waiting for it; fails
+    /// on an error line, an early exit or the deadline.
+    pub fn expect(&mut self, event: &str) -> Value {
+        loop {
+            if let Some(at) = self.unread.iter().position(|v| v["event"] == event) {
+                return self.unread.remove(at);
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(value) => {
+                    self.seen.push(value.clone());
+                    if value["event"] == "error" {
+                        self.fail(&format!("reported an error while waiting for {event:?}"));
+                    }
+                    self.unread.push(value);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("printed no {event:?} within {CLIENT_DEADLINE:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("exited before it printed {event:?}"))
+                }
+            }
+        }
+    }
+
+    /// Waits for the client to print `done` and exit with status 0.
+    pub fn finish(mut self) {
+        self.expect("done");
+        let status = self.wait_exit();
+        if !status.success() {
+            self.fail(&format!("exited with {status}"));
+        }
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() >= self.deadline {
+                self.fail("did not exit after it printed done");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the client and panics with everything it printed.
+    fn fail(&mut self, what: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while let Ok(value) = self.lines.try_recv() {
+            self.seen.push(value);
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_default();
+        let stdout: Vec<String> = self.seen.iter().map(Value::to_string).collect();
+        panic!(
+            "the {} {what}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.label,
+            stdout.join("\n"),
+            stderr.trim_end()
+        );
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
