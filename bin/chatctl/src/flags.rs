@@ -18,8 +18,145 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start an app in the background: a master and its workers. Returns once every worker is
+    /// online, or fails with the reason and the last log lines.
+    Start(AppArgs),
+    /// Run an app's master in the foreground (for systemd `Type=notify` and containers).
+    Run(AppArgs),
+    /// Show every running app's workers.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one app's workers, with the reason of any failure.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker one at a time without dropping a request.
+    Reload { name: String },
+    /// Stop and start every worker (not zero-downtime: see reload).
+    Restart { name: String },
+    /// Change the number of workers.
+    Scale {
+        name: String,
+        #[arg(value_parser = parse_instances)]
+        instances: usize,
+    },
+    /// Stop an app (or `all`): drain its workers, then kill whatever is left.
+    Stop { name: String },
+    /// Print an app's log: workers' output and the master's own lines.
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
     /// Serve the chat app in this process (what each worker of `chatctl start` runs).
     Serve(ServeArgs),
+    /// The daemonized master of `start` (internal).
+    #[command(hide = true)]
+    Master {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Settings of an app, for `start` and `run`.
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// Start every app of this TOML file ([[app]] tables) instead of one from flags.
+    #[arg(short = 'c', long = "config", conflicts_with_all = ["name", "listen", "instances", "command"])]
+    pub config_file: Option<PathBuf>,
+    /// Name of the app.
+    #[arg(long, default_value = "chat")]
+    pub name: String,
+    /// Address the workers share.
+    #[arg(long, default_value = "0.0.0.0:3000")]
+    pub listen: std::net::SocketAddr,
+    /// Number of workers: a number, or `max` for one per CPU (default).
+    #[arg(short = 'i', long, value_parser = parse_instances)]
+    pub instances: Option<usize>,
+    /// Run workers as this user (required when chatctl runs as root).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Replace a worker whose memory exceeds this (e.g. 512M).
+    #[arg(long, value_parser = supervisor::config::parse_size)]
+    pub max_memory: Option<u64>,
+    /// Rotate the app log above this size.
+    #[arg(long, default_value = "10M", value_parser = supervisor::config::parse_size)]
+    pub log_max_size: u64,
+    /// Rotated log files kept.
+    #[arg(long, default_value_t = 5)]
+    pub log_keep: usize,
+    /// First restart delay after a crash.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub restart_delay: Duration,
+    /// Longest restart delay.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub restart_max_delay: Duration,
+    /// Uptime after which a crashed worker's delay starts over.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub restart_reset: Duration,
+    /// An exit before this uptime counts towards a crash loop.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub min_uptime: Duration,
+    /// Crash-loop exits in a row that mark a worker errored (it keeps retrying slowly).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub crash_loop_exits: u32,
+    /// Exit code that means "done, do not restart" (repeatable).
+    #[arg(long = "stop-exit-code")]
+    pub stop_exit_codes: Vec<i32>,
+    /// Time between health probes of each worker.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+    /// Time a health probe may take.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub health_timeout: Duration,
+    /// Missed probes in a row before a worker is replaced.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_misses: u32,
+    /// Time a worker may take to report ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// Time a replaced worker may take to finish its requests on reload.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Time workers get to exit on stop before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+    /// Environment for the workers, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The program the workers run, with its arguments, after `--`. It gets the listening
+    /// socket as fd 3 (LISTEN_FDS=1). Without it the workers run the chat app.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `N` or `max`.
+pub fn parse_instances(text: &str) -> Result<usize, String> {
+    if text == "max" {
+        return Ok(supervisor::config::default_instances());
+    }
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a number of workers (1-1024) or 'max'"
+        )),
+    }
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("'{text}' is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Args)]

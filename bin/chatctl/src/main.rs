@@ -1,5 +1,6 @@
 //! `chatctl`: parses the command line and prints; everything it does is a library call.
 
+mod apps;
 mod flags;
 mod serve;
 
@@ -12,19 +13,57 @@ fn main() {
         Ok(cli) => cli,
         Err(error) => exit_on_usage_error(error),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The master logs into the app log (set up once its files exist); every other command
+    // logs to stderr.
+    if !matches!(cli.command, Command::Run(_) | Command::Master { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Run(args) => apps::run(args),
+        Command::Master { name } => apps::master(&name),
+        Command::Logs {
+            name,
+            follow,
+            lines,
+        } => apps::logs(&name, follow, lines),
+        command => client_runtime().and_then(|runtime| runtime.block_on(client_command(command))),
     };
     if let Err(error) = result {
         eprintln!("chatctl: {error:#}");
         std::process::exit(1);
+    }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Commands that talk to masters over their control sockets.
+async fn client_command(command: Command) -> anyhow::Result<()> {
+    use supervisor::Request;
+    match command {
+        Command::Start(args) => apps::start(args).await,
+        Command::List { json } => apps::list(json).await,
+        Command::Status { name, json } => apps::status(&name, json).await,
+        Command::Reload { name } => apps::control(&name, Request::Reload).await,
+        Command::Restart { name } => apps::control(&name, Request::Restart).await,
+        Command::Scale { name, instances } => {
+            apps::control(&name, Request::Scale { instances }).await
+        }
+        Command::Stop { name } => apps::stop(&name).await,
+        Command::Serve(_) | Command::Run(_) | Command::Master { .. } | Command::Logs { .. } => {
+            Ok(())
+        }
     }
 }
 

@@ -8,7 +8,13 @@ use anyhow::Context;
 use chat::{ChatConfig, ChatServer, MemoryStore};
 use engineio::CorsPolicy;
 
+use futures_util::FutureExt;
+use supervisor::ipc::WorkerLink;
+
 use crate::flags::ServeArgs;
+
+/// How long a worker stopped by a signal lets its requests finish.
+const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The first socket passed by systemd-style activation (`LISTEN_FDS`).
 const LISTEN_FDS_START: i32 = 3;
@@ -31,9 +37,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let address = listener.local_addr()?;
         let server = ChatServer::new(config, Arc::new(MemoryStore::default()));
+        if let Some(fd) = std::env::var(supervisor::ipc::PRIVATE_SOCKET_ENV)
+            .ok()
+            .and_then(|fd| fd.parse().ok())
+        {
+            serve_private_socket(&server, fd)?;
+        }
         tracing::info!(%address, "chat serving on http://{address}");
         println!("listening on {address}");
-        server.serve(listener, shutdown_signal()).await?;
+        let shutdown = match WorkerLink::from_env() {
+            Some(link) => until_drain(link, server.clone()).boxed(),
+            None => async {
+                shutdown_signal().await;
+                DEFAULT_DRAIN
+            }
+            .boxed(),
+        };
+        server.serve(listener, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -115,4 +135,40 @@ async fn shutdown_signal() {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Under a chatctl master: reports ready, answers health pings, and completes with the drain
+/// timeout when the master asks this worker to drain (or on SIGTERM).
+async fn until_drain(link: WorkerLink, server: ChatServer) -> std::time::Duration {
+    let engine = server.io().engine().clone();
+    tokio::select! {
+        drain = link.serve(move || engine.session_count() as u64) => match drain {
+            Some(timeout) => timeout,
+            // The master is gone (PR_SET_PDEATHSIG ends us too): stop quickly.
+            None => std::time::Duration::from_secs(1),
+        },
+        _ = shutdown_signal() => DEFAULT_DRAIN,
+    }
+}
+
+/// The worker's private socket, passed by the master as fd `fd`: its HTTP health probes (and,
+/// later, requests that other workers forward) arrive here.
+fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
+    // SAFETY: the master passed this listening socket for us alone (CHATCTL_PRIVATE_FD).
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .context("invalid private socket from the master")?;
+    let server = server.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                server
+                    .serve_connection(stream, std::future::pending())
+                    .await
+            });
+        }
+    });
+    Ok(())
 }

@@ -49,23 +49,25 @@ impl ChatServer {
         &self.io
     }
 
-    /// Serves connections from `listener` until `shutdown` completes; then stops accepting and
-    /// closes the Socket.IO sessions so clients reconnect elsewhere.
+    /// Serves connections from `listener` until `shutdown` completes with a drain timeout.
+    /// Then it stops accepting, closes the Socket.IO sessions (clients reconnect to another
+    /// worker at once), lets in-flight requests finish and closes idle keep-alive connections,
+    /// waiting at most the drain timeout.
     pub async fn serve(
         &self,
         listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
+        shutdown: impl Future<Output = std::time::Duration>,
     ) -> std::io::Result<()> {
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            self.state.config.max_connections,
-        ));
+        let max = self.state.config.max_connections;
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let (draining, _) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
-        loop {
+        let drain_timeout = loop {
             // At the connection cap, wait for a slot before accepting: excess clients queue in
             // the kernel backlog instead of costing memory here.
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
-                _ = &mut shutdown => break,
+                timeout = &mut shutdown => break timeout,
             };
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -77,21 +79,41 @@ impl ChatServer {
                         continue;
                     }
                 },
-                _ = &mut shutdown => break,
+                timeout = &mut shutdown => break timeout,
             };
             let _ = stream.set_nodelay(true);
             let server = self.clone();
+            let mut drain = draining.subscribe();
             tokio::spawn(async move {
-                server.serve_connection(stream).await;
+                server
+                    .serve_connection(stream, async move {
+                        let _ = drain.wait_for(|d| *d).await;
+                    })
+                    .await;
                 drop(permit);
             });
-        }
+        };
+        drop(listener);
+        tracing::info!(?drain_timeout, "draining");
+        draining.send_replace(true);
         self.io.close();
+        let all_closed = slots.acquire_many(max as u32);
+        if tokio::time::timeout(drain_timeout, all_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: closing the remaining connections");
+        }
         Ok(())
     }
 
-    /// Serves HTTP/1.1 (with websocket upgrades) on one accepted connection.
-    pub async fn serve_connection(&self, stream: tokio::net::TcpStream) {
+    /// Serves HTTP/1.1 (with websocket upgrades) on one connection, of any transport (TCP, or
+    /// a worker's private unix socket). When `drain` completes, the request in flight finishes
+    /// and the connection closes.
+    pub async fn serve_connection<T>(&self, io: T, drain: impl Future<Output = ()>)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let server = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
@@ -100,9 +122,18 @@ impl ChatServer {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.state.config.header_read_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
             .with_upgrades();
-        if let Err(error) = connection.await {
+        tokio::pin!(connection);
+        tokio::pin!(drain);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = &mut drain => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
             tracing::debug!(%error, "connection ended with an error");
         }
     }

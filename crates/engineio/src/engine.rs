@@ -314,8 +314,11 @@ impl<H: Handler> Engine<H> {
 
     /// Handles one packet from the client, whatever transport carried it.
     pub(crate) async fn receive(&self, socket: &Arc<Socket<H::Data>>, packet: Packet) {
+        // Any packet proves the client alive, as in the reference server: a pong stuck behind a
+        // large upload must not cost the session.
+        socket.pong.notify_one();
         match packet {
-            Packet::Pong(_) => socket.pong.notify_one(),
+            Packet::Pong(_) => {}
             Packet::Message(message) => self.handler.on_message(socket, message).await,
             Packet::Close => socket.close(DisconnectReason::ClientClose),
             Packet::Noop => {}
@@ -330,7 +333,15 @@ impl<H: Handler> Engine<H> {
     /// For servers whose only job is Engine.IO: examples, tests, the conformance server.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, _peer): (_, SocketAddr) = listener.accept().await?;
+            let (stream, _peer): (_, SocketAddr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like pass: keep serving the others.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let engine = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {

@@ -1,0 +1,265 @@
+//! The app commands: start, run, list, status, reload, restart, scale, stop, logs. Each is a
+//! call into the supervisor crate plus printing.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use supervisor::client::{self, ClientError};
+use supervisor::paths::{home, AppPaths};
+use supervisor::{AppConfig, AppStatus, ConfigFile, Master, Request, Response};
+
+use crate::flags::AppArgs;
+
+/// The app configurations the flags (or the config file) describe.
+pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
+    if let Some(path) = &args.config_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(ConfigFile::parse(&text)?.app);
+    }
+    let defaults = AppConfig::default();
+    let config = AppConfig {
+        name: args.name.clone(),
+        listen: args.listen,
+        instances: args.instances.unwrap_or(defaults.instances),
+        command: args.command.clone(),
+        env: args.env.clone(),
+        cwd: std::env::current_dir().ok(),
+        user: args.user.clone(),
+        restart: supervisor::RestartPolicy {
+            initial_delay: args.restart_delay,
+            max_delay: args.restart_max_delay,
+            reset_after: args.restart_reset,
+            min_uptime: args.min_uptime,
+            max_fast_exits: args.crash_loop_exits,
+            stop_exit_codes: args.stop_exit_codes.clone(),
+            ..defaults.restart
+        },
+        health: supervisor::HealthConfig {
+            interval: args.health_interval,
+            timeout: args.health_timeout,
+            max_misses: args.health_misses,
+        },
+        drain_timeout: args.drain_timeout,
+        stop_timeout: args.stop_timeout,
+        ready_timeout: args.ready_timeout,
+        max_memory: args.max_memory,
+        log_max_size: args.log_max_size,
+        log_keep: args.log_keep,
+        ..defaults
+    };
+    config.validate()?;
+    Ok(vec![config])
+}
+
+pub async fn start(args: AppArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the chatctl executable")?;
+    let mut failed = false;
+    for config in configs(&args)? {
+        let started = client::start(&config, &exe).await?;
+        print_table(std::slice::from_ref(&started.status));
+        if started.all_online {
+            println!(
+                "{}: {} workers online on {}",
+                config.name,
+                started.status.workers.len(),
+                started.status.listen
+            );
+        } else {
+            failed = true;
+            for worker in &started.status.workers {
+                if let Some(error) = worker
+                    .last_error
+                    .as_deref()
+                    .filter(|_| worker.status != "online")
+                {
+                    eprintln!("worker {} {}: {error}", worker.id, worker.status);
+                }
+            }
+            eprintln!("last log lines (chatctl logs {}):", config.name);
+            for line in &started.log_tail {
+                eprintln!("  {line}");
+            }
+            eprintln!("{}: not every worker came online; the master keeps retrying (chatctl stop {} to give up)", config.name, config.name);
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The master of `start`, detached: reads the config `start` wrote.
+pub fn master(name: &str) -> anyhow::Result<()> {
+    let paths = AppPaths::new(&home(), name);
+    let text = std::fs::read_to_string(&paths.config)
+        .with_context(|| format!("cannot read {}", paths.config.display()))?;
+    let config: AppConfig = serde_json::from_str(&text).context("invalid app config")?;
+    run_master(config, paths, false)
+}
+
+/// `run`: one app's master in the foreground, logging to stderr too.
+pub fn run(args: AppArgs) -> anyhow::Result<()> {
+    let mut configs = configs(&args)?;
+    if configs.len() != 1 {
+        bail!(
+            "`run` runs one app; the config file has {} (use `start -c` for several)",
+            configs.len()
+        );
+    }
+    let config = configs.remove(0);
+    let paths = AppPaths::new(&home(), &config.name);
+    run_master(config, paths, true)
+}
+
+fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let master = Master::prepare(config, paths).await?;
+        init_master_logging(master.log(), foreground);
+        master.run(client::sd_notify_ready).await;
+        Ok(())
+    })
+}
+
+fn init_master_logging(sink: supervisor::logs::LogSink, foreground: bool) {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let file = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(sink);
+    let stderr = foreground.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(file)
+        .with(stderr)
+        .try_init();
+}
+
+pub async fn list(json: bool) -> anyhow::Result<()> {
+    let apps = client::list().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+    } else if apps.is_empty() {
+        println!("no app running (start one with `chatctl start`)");
+    } else {
+        print_table(&apps);
+    }
+    Ok(())
+}
+
+pub async fn status(name: &str, json: bool) -> anyhow::Result<()> {
+    let status = client::status(name).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "app {}  master pid {}  listen {}  scheduling {}  up {}",
+        status.name,
+        status.master_pid,
+        status.listen,
+        status.scheduling,
+        human_duration(status.uptime_ms)
+    );
+    print_table(std::slice::from_ref(&status));
+    for worker in &status.workers {
+        if let Some(error) = &worker.last_error {
+            println!("worker {}: last failure: {error}", worker.id);
+        }
+    }
+    Ok(())
+}
+
+/// reload / restart / scale: prints progress lines, then the result.
+pub async fn control(name: &str, request: Request) -> anyhow::Result<()> {
+    let response = client::send(name, &request, |line| println!("{line}")).await?;
+    match response {
+        Response::Done { message } => {
+            println!("{name}: {message}");
+            Ok(())
+        }
+        Response::Error { message } => bail!("{name}: {message}"),
+        other => bail!("{name}: unexpected answer {other:?}"),
+    }
+}
+
+pub async fn stop(name: &str) -> anyhow::Result<()> {
+    let names = if name == "all" {
+        client::running_apps()
+    } else {
+        vec![name.to_owned()]
+    };
+    if names.is_empty() {
+        println!("no app running");
+    }
+    for name in names {
+        match client::stop(&name).await {
+            Ok(()) => println!("{name}: stopped"),
+            Err(ClientError::Control(error)) => bail!("{error}"),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+pub fn logs(name: &str, follow: bool, lines: usize) -> anyhow::Result<()> {
+    let paths = AppPaths::new(&home(), name);
+    let tail = supervisor::logs::tail(&paths.log_file, lines)
+        .with_context(|| format!("no log for app '{name}' at {}", paths.log_file.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in tail {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    if follow {
+        supervisor::logs::follow(&paths.log_file, out, || true)?;
+    }
+    Ok(())
+}
+
+fn print_table(apps: &[AppStatus]) {
+    println!(
+        "{:<12} {:>6} {:>8} {:<16} {:>8} {:>8} {:>6} {:>9} {:>6}",
+        "APP", "WORKER", "PID", "STATUS", "UPTIME", "RESTARTS", "CPU", "MEM", "CONNS"
+    );
+    for app in apps {
+        for w in &app.workers {
+            println!(
+                "{:<12} {:>6} {:>8} {:<16} {:>8} {:>8} {:>5.1}% {:>9} {:>6}",
+                app.name,
+                w.id,
+                w.pid.map_or("-".to_owned(), |p| p.to_string()),
+                w.status,
+                human_duration(w.uptime_ms),
+                w.restarts,
+                w.cpu_percent,
+                human_bytes(w.memory_bytes),
+                w.connections
+            );
+        }
+    }
+}
+
+fn human_duration(ms: u64) -> String {
+    let d = Duration::from_millis(ms);
+    match d.as_secs() {
+        0 => format!("{ms}ms"),
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.0}K", b as f64 / 1024.0),
+        b => format!("{b}B"),
+    }
+}

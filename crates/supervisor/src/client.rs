@@ -1,0 +1,216 @@
+//! What the `chatctl` commands do against masters: start one as a daemon and wait for its
+//! workers, ask for status, send control requests, stop apps.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::AppConfig;
+use crate::control::{self, AppStatus, ControlError, Request, Response};
+use crate::paths::{app_names, home, AppPaths};
+
+/// Why a command against an app failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Config(#[from] crate::ConfigError),
+    #[error("app '{0}' is already running — see `chatctl list`, or `chatctl stop {0}` first")]
+    AlreadyRunning(String),
+    #[error("cannot start the master: {0}")]
+    Spawn(std::io::Error),
+    #[error("the master of '{name}' exited during start-up:\n{details}")]
+    MasterFailed { name: String, details: String },
+    #[error("the master of '{0}' did not answer within {1:?}; see `chatctl logs {0}`")]
+    Timeout(String, Duration),
+    #[error("{0}")]
+    Control(#[from] ControlError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot write {path}: {source}")]
+    Files {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The outcome of `start`: the app's status once every worker is online, or once one failed.
+pub struct Started {
+    pub status: AppStatus,
+    pub all_online: bool,
+    /// The last log lines, when something failed.
+    pub log_tail: Vec<String>,
+}
+
+/// Starts a daemonized master for `config` by running `exe master --name NAME`, and waits until
+/// every worker is online or one of them has failed.
+pub async fn start(config: &AppConfig, exe: &Path) -> Result<Started, ClientError> {
+    config.validate()?;
+    let paths = AppPaths::new(&home(), &config.name);
+    if control::is_alive(&paths.control).await {
+        return Err(ClientError::AlreadyRunning(config.name.clone()));
+    }
+    let files = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ClientError::Files { path, source }
+    };
+    paths.create().map_err(files(&paths.dir))?;
+    let json = serde_json::to_vec_pretty(config).unwrap_or_default();
+    std::fs::write(&paths.config, json).map_err(files(&paths.config))?;
+    let stderr =
+        std::fs::File::create(&paths.master_stderr).map_err(files(&paths.master_stderr))?;
+
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("master")
+        .arg("--name")
+        .arg(&config.name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid and close_range are async-signal-safe. setsid detaches the master from
+    // our terminal and makes it the leader of the app's process group; close_range drops
+    // whatever descriptors our caller leaked to us, so a daemon holds no one else's pipes.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut master = command.spawn().map_err(ClientError::Spawn)?;
+
+    let deadline = Instant::now() + config.ready_timeout + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(exit)) = master.try_wait() {
+            let mut details = std::fs::read_to_string(&paths.master_stderr)
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            if details.is_empty() {
+                details = format!("master {exit}");
+            }
+            return Err(ClientError::MasterFailed {
+                name: config.name.clone(),
+                details,
+            });
+        }
+        if let Ok(status) = status(&config.name).await {
+            let all_online = status.workers.iter().all(|w| w.status == "online");
+            let failed = status
+                .workers
+                .iter()
+                .any(|w| w.status != "online" && (w.restarts > 0 || w.last_error.is_some()));
+            if all_online || failed {
+                let log_tail = if all_online {
+                    Vec::new()
+                } else {
+                    crate::logs::tail(&paths.log_file, 15).unwrap_or_default()
+                };
+                return Ok(Started {
+                    status,
+                    all_online,
+                    log_tail,
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ClientError::Timeout(
+                config.name.clone(),
+                config.ready_timeout,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The status of one running app.
+pub async fn status(name: &str) -> Result<AppStatus, ClientError> {
+    match send(name, &Request::Status, |_| {}).await? {
+        Response::Status(status) => Ok(status),
+        other => Err(ClientError::Refused(format!(
+            "unexpected answer: {other:?}"
+        ))),
+    }
+}
+
+/// The status of every running app; apps whose master is gone are cleaned up.
+pub async fn list() -> Vec<AppStatus> {
+    let home = home();
+    let mut all = Vec::new();
+    for name in app_names(&home) {
+        match status(&name).await {
+            Ok(status) => all.push(status),
+            Err(_) => {
+                tracing::debug!(app = %name, "removing the state of a master that is gone");
+                AppPaths::new(&home, &name).remove_runtime_files();
+            }
+        }
+    }
+    all
+}
+
+/// Sends a control request; progress lines go to `on_progress`.
+pub async fn send(
+    name: &str,
+    request: &Request,
+    on_progress: impl FnMut(&str),
+) -> Result<Response, ClientError> {
+    let paths = AppPaths::new(&home(), name);
+    Ok(control::request(name, &paths.control, request, on_progress).await?)
+}
+
+/// Names of the running apps.
+pub fn running_apps() -> Vec<String> {
+    app_names(&home())
+}
+
+/// Stops an app and makes sure nothing of it is left: the master drains and stops its workers,
+/// then its whole process group is killed.
+pub async fn stop(name: &str) -> Result<(), ClientError> {
+    let paths = AppPaths::new(&home(), name);
+    let master_pid = std::fs::read_to_string(&paths.pid)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    let answered = control::request(name, &paths.control, &Request::Stop, |_| {}).await;
+    if let Some(pid) = master_pid.filter(|pid| *pid > 1) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Anything left in the app's process group (programs the workers started) goes too.
+        // SAFETY: killpg only sends a signal. The master was a group leader (setsid).
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+    }
+    paths.remove_runtime_files();
+    match answered {
+        Ok(_) => Ok(()),
+        Err(ControlError::NotRunning(..)) if master_pid.is_some() => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Tells systemd (`NOTIFY_SOCKET`) that the service is ready.
+pub fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+    } else {
+        socket.send_to(b"READY=1", &path)
+    };
+    if let Err(error) = sent {
+        tracing::warn!(%error, "cannot notify systemd of readiness");
+    }
+}

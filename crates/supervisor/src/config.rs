@@ -1,0 +1,337 @@
+//! An app's settings: what to run, how many, and every timer of supervision, with defaults as
+//! in DESIGN §8. The same struct comes from flags or from a TOML file, and is handed to the
+//! daemonized master as JSON.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How connections reach workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduling {
+    /// Every worker accepts on the inherited socket; the kernel spreads connections.
+    #[default]
+    Shared,
+}
+
+/// One app under a master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    /// Name of the app; its state lives in `$CHATCTL_HOME/apps/<name>`.
+    pub name: String,
+    /// Address the master binds and shares with the workers.
+    pub listen: SocketAddr,
+    /// Number of workers.
+    pub instances: usize,
+    pub scheduling: Scheduling,
+    /// Program the workers run, with arguments. Empty: the chat app (`chatctl serve`).
+    pub command: Vec<String>,
+    /// Extra environment for the workers.
+    pub env: Vec<(String, String)>,
+    /// Working directory of the workers (default: where `chatctl start` ran).
+    pub cwd: Option<PathBuf>,
+    /// Unprivileged user the workers run as; required when the master runs as root.
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
+    pub health: HealthConfig,
+    /// Longest a draining worker may take to finish its requests on reload.
+    #[serde(with = "millis")]
+    pub drain_timeout: Duration,
+    /// Longest `stop` waits for workers to exit after SIGTERM before SIGKILL.
+    #[serde(with = "millis")]
+    pub stop_timeout: Duration,
+    /// How long a worker may take to report ready before it counts as failed to start.
+    #[serde(with = "millis")]
+    pub ready_timeout: Duration,
+    /// Replace (like reload) a worker whose resident memory exceeds this many bytes.
+    pub max_memory: Option<u64>,
+    /// Rotate the app log above this many bytes.
+    pub log_max_size: u64,
+    /// Rotated log files kept.
+    pub log_keep: usize,
+}
+
+/// When and how fast crashed workers come back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// First restart delay.
+    #[serde(with = "millis")]
+    pub initial_delay: Duration,
+    /// Each further restart waits this much longer.
+    pub factor: f64,
+    /// Longest restart delay; an errored worker keeps retrying at this pace.
+    #[serde(with = "millis")]
+    pub max_delay: Duration,
+    /// A worker up this long is healthy again: its delay starts over.
+    #[serde(with = "millis")]
+    pub reset_after: Duration,
+    /// An exit before this much uptime counts as a crash-loop exit.
+    #[serde(with = "millis")]
+    pub min_uptime: Duration,
+    /// This many crash-loop exits in a row mark the worker `errored`.
+    pub max_fast_exits: u32,
+    /// Exit codes that mean "done, do not restart".
+    pub stop_exit_codes: Vec<i32>,
+}
+
+/// How the master tells a live worker from a hung one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between probes of each worker.
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Time a probe may take.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    /// Probes missed in a row before the worker is killed and replaced.
+    pub max_misses: u32,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            name: "chat".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            instances: default_instances(),
+            scheduling: Scheduling::Shared,
+            command: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            restart: RestartPolicy::default(),
+            health: HealthConfig::default(),
+            drain_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(30),
+            max_memory: None,
+            log_max_size: 10 * 1024 * 1024,
+            log_keep: 5,
+        }
+    }
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_delay: Duration::from_millis(100),
+            factor: 1.5,
+            max_delay: Duration::from_secs(15),
+            reset_after: Duration::from_secs(30),
+            min_uptime: Duration::from_secs(1),
+            max_fast_exits: 16,
+            stop_exit_codes: Vec::new(),
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(3),
+            max_misses: 3,
+        }
+    }
+}
+
+/// One worker per CPU.
+pub fn default_instances() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A setting that cannot work; the message names it and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl AppConfig {
+    /// Checks what serde cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError(msg));
+        if !valid_name(&self.name) {
+            return bad(format!(
+                "invalid app name '{}': use 1-64 letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if self.instances == 0 || self.instances > 1024 {
+            return bad(format!(
+                "instances must be between 1 and 1024, not {}",
+                self.instances
+            ));
+        }
+        if self.restart.factor < 1.0 || !self.restart.factor.is_finite() {
+            return bad(format!(
+                "restart factor must be at least 1, not {}",
+                self.restart.factor
+            ));
+        }
+        if self.restart.initial_delay > self.restart.max_delay {
+            return bad("restart initial delay must not exceed the maximum delay".into());
+        }
+        if self.health.interval.is_zero()
+            || self.health.timeout.is_zero()
+            || self.health.max_misses == 0
+        {
+            return bad("health interval, timeout and misses must be above zero".into());
+        }
+        if self.log_max_size < 1024 {
+            return bad("log max size must be at least 1K".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the workers run our chat app (and so speak the IPC protocol for sure).
+    pub fn runs_chat(&self) -> bool {
+        self.command.is_empty()
+    }
+}
+
+/// App names become directory names: keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name != "all"
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Several apps in one TOML file: `[[app]]` tables with the fields of [`AppConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub app: Vec<AppConfig>,
+}
+
+impl ConfigFile {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| ConfigError(format!("invalid config file: {e}")))?;
+        if file.app.is_empty() {
+            return Err(ConfigError("config file has no [[app]] table".into()));
+        }
+        for app in &file.app {
+            app.validate()?;
+        }
+        Ok(file)
+    }
+}
+
+/// Parses sizes like `512M`, `1G`, `100K`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 512M or 1G"))?;
+    let multiplier: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" => 1 << 10,
+        "M" | "MB" => 1 << 20,
+        "G" | "GB" => 1 << 30,
+        _ => return Err(format!("'{text}': unknown size unit (use K, M or G)")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Durations are written in milliseconds in config files and JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design() {
+        let config = AppConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.restart.initial_delay, Duration::from_millis(100));
+        assert_eq!(config.restart.max_delay, Duration::from_secs(15));
+        assert_eq!(config.restart.max_fast_exits, 16);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let config = AppConfig {
+            command: vec!["app".into(), "--x".into()],
+            max_memory: Some(1 << 20),
+            ..AppConfig::default()
+        };
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<AppConfig>(&json).unwrap(), config);
+    }
+
+    #[test]
+    fn reads_several_apps_from_toml() {
+        let file = ConfigFile::parse(
+            "[[app]]\nname = \"chat\"\nlisten = \"127.0.0.1:3000\"\ninstances = 2\n\
+             [[app]]\nname = \"api\"\nlisten = \"127.0.0.1:4000\"\ncommand = [\"./api\"]\n[app.restart]\nmax_delay = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(file.app.len(), 2);
+        assert_eq!(file.app[1].restart.max_delay, Duration::from_secs(5));
+        assert!(ConfigFile::parse("[[app]]\nname = \"x\"\nbogus = 1\n").is_err());
+        assert!(ConfigFile::parse("").is_err());
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        assert!(AppConfig {
+            instances: 0,
+            ..AppConfig::default()
+        }
+        .validate()
+        .is_err());
+        assert!(AppConfig {
+            name: "../etc".into(),
+            ..AppConfig::default()
+        }
+        .validate()
+        .is_err());
+        assert!(AppConfig {
+            name: "all".into(),
+            ..AppConfig::default()
+        }
+        .validate()
+        .is_err());
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("100k"), Ok(100 << 10));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+    }
+}

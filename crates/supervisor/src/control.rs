@@ -1,0 +1,104 @@
+//! The control socket: how `chatctl` talks to a running master. One JSON request line, then
+//! JSON response lines (progress lines, then one final answer). The socket is 0600.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::ipc::{read_message, write_message};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Reload,
+    Restart,
+    Scale { instances: usize },
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Status(AppStatus),
+    /// A step of a longer operation (reload prints one per worker).
+    Progress {
+        line: String,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// A running app as `list` and `status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub master_pid: u32,
+    pub listen: String,
+    pub scheduling: String,
+    pub uptime_ms: u64,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: usize,
+    pub pid: Option<u32>,
+    /// launching, online, stopping, stopped, waiting-restart, errored
+    pub status: String,
+    pub uptime_ms: u64,
+    pub restarts: u32,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub connections: u64,
+    /// Why the worker last failed, for `list` and `status`.
+    pub last_error: Option<String>,
+}
+
+/// Why the control socket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("app '{0}' is not running (no master answers at {1})")]
+    NotRunning(String, String),
+    #[error("the master of '{0}' closed the connection without an answer; see `chatctl logs {0}`")]
+    NoAnswer(String),
+    #[error("control socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sends a request and calls `on_progress` for each progress line; returns the final answer.
+pub async fn request(
+    name: &str,
+    socket: &Path,
+    request: &Request,
+    mut on_progress: impl FnMut(&str),
+) -> Result<Response, ControlError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|_| ControlError::NotRunning(name.to_owned(), socket.display().to_string()))?;
+    let (read, mut write) = stream.into_split();
+    write_message(&mut write, request).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(response) = read_message::<Response, _>(&mut lines).await {
+        match response {
+            Response::Progress { line } => on_progress(&line),
+            other => return Ok(other),
+        }
+    }
+    Err(ControlError::NoAnswer(name.to_owned()))
+}
+
+/// Whether a master answers on this socket right now.
+pub async fn is_alive(socket: &Path) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket)).await,
+        Ok(Ok(_))
+    )
+}

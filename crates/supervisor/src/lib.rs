@@ -1,0 +1,20 @@
+//! The chatctl master (DESIGN §3, §8): one worker per CPU on a shared listening socket, crash
+//! restarts with backoff, health checks, rolling reloads, memory limits, logs, and the control
+//! socket the CLI talks to. Works for our chat workers and for any program that takes its
+//! socket from `LISTEN_FDS`.
+
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod ipc;
+pub mod logs;
+pub mod master;
+pub mod paths;
+pub mod procstat;
+pub mod spawn;
+
+pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling};
+pub use control::{AppStatus, Request, Response, WorkerStatus};
+pub use master::{Master, MasterError};
+pub use paths::AppPaths;

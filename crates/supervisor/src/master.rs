@@ -1,0 +1,1205 @@
+//! The master: owns the listening socket and the control socket, starts one worker per slot,
+//! restarts crashed ones with backoff, replaces hung ones, reloads them one at a time without
+//! dropping a request, and stops them all. It never touches application traffic.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::backoff::{Backoff, RestartDecision};
+use crate::config::AppConfig;
+use crate::control::{AppStatus, Request, Response, WorkerStatus};
+use crate::ipc::{read_message, write_message, ToMaster, ToWorker};
+use crate::logs::LogSink;
+use crate::paths::AppPaths;
+use crate::procstat::{rss_bytes, CpuSampler};
+use crate::spawn::{lookup_user, signal, spawn_worker, RunAs, WorkerSpec};
+
+/// A worker slot's state, as `list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Launching,
+    Online,
+    Stopping,
+    Stopped,
+    WaitingRestart,
+    Errored,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Launching => "launching",
+            Status::Online => "online",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::WaitingRestart => "waiting-restart",
+            Status::Errored => "errored",
+        }
+    }
+}
+
+/// Why the master could not start; each names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("app '{0}' is already running — see `chatctl list`, or `chatctl stop {0}`")]
+    AlreadyRunning(String),
+    #[error(
+        "cannot bind {0}: {1} — is another chatctl app or server using it? see `chatctl list`"
+    )]
+    Bind(String, std::io::Error),
+    #[error("workers must not run as root: pass --user NAME (an unprivileged account)")]
+    RootWithoutUser,
+    #[error("--user needs the master to run as root")]
+    UserWithoutRoot,
+    #[error("{0}")]
+    Spawn(#[from] crate::spawn::SpawnError),
+    #[error("cannot set up {path}: {source}")]
+    Files {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn files_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
+    move |source| MasterError::Files {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// One worker process.
+struct Proc {
+    pid: u32,
+    generation: u64,
+    started: Instant,
+    ready: bool,
+    /// Whether it ever sent an IPC message: only those are pinged and drained over IPC.
+    speaks_ipc: bool,
+    ipc: mpsc::UnboundedSender<ToWorker>,
+    connections: u64,
+    cpu: CpuSampler,
+    memory: u64,
+    misses: u32,
+    last_pong: u64,
+    private_socket: PathBuf,
+}
+
+/// A worker position; its process changes with restarts and reloads.
+struct Slot {
+    id: usize,
+    status: Status,
+    restarts: u32,
+    backoff: Backoff,
+    last_error: Option<String>,
+    /// Removed by `scale` down: not restarted, not listed.
+    retired: bool,
+    /// A reload or memory replacement of this slot is under way.
+    replacing: bool,
+    current: Option<Proc>,
+    /// The replacement started by a reload, until it is ready.
+    incoming: Option<Proc>,
+    /// Replaced processes finishing their requests.
+    draining: Vec<Proc>,
+}
+
+impl Slot {
+    fn new(id: usize) -> Self {
+        Slot {
+            id,
+            status: Status::Launching,
+            restarts: 0,
+            backoff: Backoff::default(),
+            last_error: None,
+            retired: false,
+            replacing: false,
+            current: None,
+            incoming: None,
+            draining: Vec::new(),
+        }
+    }
+
+    fn procs_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
+        self.current
+            .iter_mut()
+            .chain(self.incoming.iter_mut())
+            .chain(self.draining.iter_mut())
+    }
+
+    fn find(&self, generation: u64) -> Option<&Proc> {
+        self.current
+            .iter()
+            .chain(self.incoming.iter())
+            .chain(self.draining.iter())
+            .find(|p| p.generation == generation)
+    }
+
+    fn find_mut(&mut self, generation: u64) -> Option<&mut Proc> {
+        self.procs_mut().find(|p| p.generation == generation)
+    }
+}
+
+struct State {
+    config: AppConfig,
+    slots: Vec<Slot>,
+    next_generation: u64,
+    next_ping: u64,
+    stopping: bool,
+}
+
+struct Inner {
+    paths: AppPaths,
+    listener: std::net::TcpListener,
+    /// The chat's cookie key, the same for every worker and every restart.
+    secret: Option<String>,
+    run_as: Option<RunAs>,
+    log: LogSink,
+    started: Instant,
+    state: Mutex<State>,
+    /// Bumped on every change of worker state; waiters re-check their condition.
+    changed: watch::Sender<u64>,
+    /// Set once everything is stopped: the master exits.
+    finished: watch::Sender<bool>,
+}
+
+/// A master ready to run: checks done, socket bound, log open.
+pub struct Master {
+    inner: Arc<Inner>,
+    control: UnixListener,
+}
+
+impl Master {
+    /// Does everything that can fail before workers start, so `start` can report it at once.
+    pub async fn prepare(config: AppConfig, paths: AppPaths) -> Result<Master, MasterError> {
+        paths.create().map_err(files_error(&paths.dir))?;
+        if crate::control::is_alive(&paths.control).await {
+            return Err(MasterError::AlreadyRunning(config.name.clone()));
+        }
+        // A master that was killed leaves its socket and pid file behind: clear them.
+        paths.remove_runtime_files();
+        paths.create().map_err(files_error(&paths.dir))?;
+
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let run_as = match (&config.user, root) {
+            (Some(user), true) => Some(lookup_user(user)?),
+            (None, true) => return Err(MasterError::RootWithoutUser),
+            (Some(_), false) => return Err(MasterError::UserWithoutRoot),
+            (None, false) => None,
+        };
+        let listener = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
+        let secret = if config.runs_chat() {
+            Some(load_secret(&paths.secret).map_err(files_error(&paths.secret))?)
+        } else {
+            None
+        };
+        let log = LogSink::open(paths.log_file.clone(), config.log_max_size, config.log_keep)
+            .map_err(files_error(&paths.log_file))?;
+        let control = UnixListener::bind(&paths.control).map_err(files_error(&paths.control))?;
+        set_mode(&paths.control, 0o600).map_err(files_error(&paths.control))?;
+        std::fs::write(&paths.pid, std::process::id().to_string())
+            .map_err(files_error(&paths.pid))?;
+        let json = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        std::fs::write(&paths.config, json).map_err(files_error(&paths.config))?;
+
+        let slots = (0..config.instances).map(Slot::new).collect();
+        let state = State {
+            config,
+            slots,
+            next_generation: 1,
+            next_ping: 1,
+            stopping: false,
+        };
+        let inner = Inner {
+            paths,
+            listener,
+            secret,
+            run_as,
+            log,
+            started: Instant::now(),
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+            finished: watch::channel(false).0,
+        };
+        Ok(Master {
+            inner: Arc::new(inner),
+            control,
+        })
+    }
+
+    /// The app log, for the master's own `tracing` output.
+    pub fn log(&self) -> LogSink {
+        self.inner.log.clone()
+    }
+
+    /// Starts the workers and supervises them until the app is stopped. `on_online` runs once,
+    /// when every worker is online for the first time (systemd readiness).
+    pub async fn run(self, on_online: impl FnOnce() + Send + 'static) {
+        let inner = self.inner;
+        let config = inner.lock().config.clone();
+        tracing::info!(app = %config.name, listen = %config.listen, workers = config.instances, "master started");
+        for slot in 0..config.instances {
+            inner.clone().start_proc(slot, Role::Current);
+        }
+        tokio::spawn(inner.clone().health_loop());
+        tokio::spawn(inner.clone().signal_loop());
+        tokio::spawn(inner.clone().notify_when_online(on_online));
+        let control = self.control;
+        let mut finished = inner.finished.subscribe();
+        loop {
+            tokio::select! {
+                accepted = control.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::spawn(inner.clone().serve_control(stream));
+                    }
+                }
+                _ = finished.wait_for(|done| *done) => break,
+            }
+        }
+        inner.paths.remove_runtime_files();
+        tracing::info!("master stopped");
+    }
+}
+
+/// One health probe of one process.
+struct ProbeTarget {
+    slot_id: usize,
+    generation: u64,
+    /// The ping sequence number its pong must reach.
+    seq: u64,
+    socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Current,
+    Incoming,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough state to keep supervising.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Waits until `condition` holds on the state, or the timeout passes.
+    async fn wait_until(&self, timeout: Duration, condition: impl Fn(&State) -> bool) -> bool {
+        let mut changed = self.changed.subscribe();
+        let wait = async {
+            loop {
+                if condition(&self.lock()) {
+                    return;
+                }
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok() && condition(&self.lock())
+    }
+
+    /// Starts a process for a slot. Failures are recorded on the slot and retried later.
+    fn start_proc(self: Arc<Self>, slot_id: usize, role: Role) -> Option<u64> {
+        let (config, generation) = {
+            let mut state = self.lock();
+            let generation = state.next_generation;
+            state.next_generation += 1;
+            (state.config.clone(), generation)
+        };
+        let private_socket = self.paths.worker_socket(slot_id, generation);
+        let spec = WorkerSpec {
+            config: &config,
+            slot: slot_id,
+            listener: std::os::fd::AsRawFd::as_raw_fd(&self.listener),
+            private_socket: &private_socket,
+            secret: self.secret.as_deref(),
+            run_as: self.run_as,
+        };
+        let spawned = match spawn_worker(&spec) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                tracing::error!(worker = slot_id, %error, "cannot start worker");
+                if role == Role::Current {
+                    self.clone().on_exit(slot_id, None, format!("{error}"));
+                }
+                return None;
+            }
+        };
+        let mut child = spawned.child;
+        let pid = child.id().unwrap_or(0);
+        let (ipc_tx, ipc_rx) = mpsc::unbounded_channel();
+        let proc = Proc {
+            pid,
+            generation,
+            started: Instant::now(),
+            ready: false,
+            speaks_ipc: false,
+            ipc: ipc_tx,
+            connections: 0,
+            cpu: CpuSampler::default(),
+            memory: 0,
+            misses: 0,
+            last_pong: 0,
+            private_socket,
+        };
+        {
+            let mut state = self.lock();
+            let slot = &mut state.slots[slot_id];
+            match role {
+                Role::Current => {
+                    slot.current = Some(proc);
+                    if slot.status != Status::Errored {
+                        slot.status = Status::Launching;
+                    }
+                }
+                Role::Incoming => slot.incoming = Some(proc),
+            }
+        }
+        self.bump();
+        tracing::info!(worker = slot_id, pid, "worker started");
+        let prefix = format!("w{slot_id}");
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(pump_lines(stdout, self.log.clone(), prefix.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(pump_lines(
+                stderr,
+                self.log.clone(),
+                format!("{prefix} err"),
+            ));
+        }
+        tokio::spawn(
+            self.clone()
+                .ipc_task(slot_id, generation, spawned.ipc, ipc_rx),
+        );
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let (code, description) = match status {
+                Ok(status) => (status.code(), describe_exit(status)),
+                Err(error) => (None, format!("lost track of the process: {error}")),
+            };
+            inner.on_proc_exit(slot_id, generation, code, description);
+        });
+        tokio::spawn(
+            self.clone()
+                .readiness_deadline(slot_id, generation, config.clone()),
+        );
+        Some(generation)
+    }
+
+    /// Programs that do not speak IPC count as ready once they survived `min_uptime`; any
+    /// worker not ready within `ready_timeout` is killed (and so restarted).
+    async fn readiness_deadline(
+        self: Arc<Self>,
+        slot_id: usize,
+        generation: u64,
+        config: AppConfig,
+    ) {
+        if !config.runs_chat() {
+            tokio::time::sleep(config.restart.min_uptime).await;
+            self.mark_ready(slot_id, generation, false);
+        }
+        tokio::time::sleep(config.ready_timeout).await;
+        let stuck = {
+            let state = self.lock();
+            state.slots[slot_id]
+                .find(generation)
+                .filter(|p| !p.ready)
+                .map(|p| p.pid)
+        };
+        if let Some(pid) = stuck {
+            tracing::warn!(
+                worker = slot_id,
+                pid,
+                "worker not ready within {:?}: killing it",
+                config.ready_timeout
+            );
+            signal(pid, libc::SIGKILL);
+        }
+    }
+
+    fn mark_ready(&self, slot_id: usize, generation: u64, via_ipc: bool) {
+        {
+            let mut state = self.lock();
+            let slot = &mut state.slots[slot_id];
+            let is_current = slot
+                .current
+                .as_ref()
+                .is_some_and(|p| p.generation == generation);
+            let Some(proc) = slot.find_mut(generation) else {
+                return;
+            };
+            if via_ipc {
+                proc.speaks_ipc = true;
+            }
+            if proc.ready {
+                return;
+            }
+            proc.ready = true;
+            if is_current && slot.status != Status::Stopping {
+                slot.status = Status::Online;
+            }
+        }
+        tracing::info!(worker = slot_id, "worker online");
+        self.bump();
+    }
+
+    /// Talks to one worker over its IPC channel until either side closes it.
+    async fn ipc_task(
+        self: Arc<Self>,
+        slot_id: usize,
+        generation: u64,
+        stream: std::os::unix::net::UnixStream,
+        mut outgoing: mpsc::UnboundedReceiver<ToWorker>,
+    ) {
+        let Ok(()) = stream.set_nonblocking(true) else {
+            return;
+        };
+        let Ok(stream) = UnixStream::from_std(stream) else {
+            return;
+        };
+        let (read, mut write) = stream.into_split();
+        let writer = async move {
+            while let Some(message) = outgoing.recv().await {
+                if write_message(&mut write, &message).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let reader = async {
+            let mut lines = BufReader::new(read).lines();
+            while let Some(message) = read_message::<ToMaster, _>(&mut lines).await {
+                match message {
+                    ToMaster::Ready => self.mark_ready(slot_id, generation, true),
+                    ToMaster::Pong { seq, connections } => {
+                        let mut state = self.lock();
+                        if let Some(proc) = state.slots[slot_id].find_mut(generation) {
+                            proc.speaks_ipc = true;
+                            proc.last_pong = proc.last_pong.max(seq);
+                            proc.connections = connections;
+                        }
+                        drop(state);
+                        self.bump();
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+        }
+    }
+
+    /// A process ended: retire it, and restart the slot if it was the current one.
+    fn on_proc_exit(
+        self: Arc<Self>,
+        slot_id: usize,
+        generation: u64,
+        code: Option<i32>,
+        description: String,
+    ) {
+        let role = {
+            let mut state = self.lock();
+            let slot = &mut state.slots[slot_id];
+            let removed = if slot
+                .current
+                .as_ref()
+                .is_some_and(|p| p.generation == generation)
+            {
+                slot.current.take().map(|p| (p, "current"))
+            } else if slot
+                .incoming
+                .as_ref()
+                .is_some_and(|p| p.generation == generation)
+            {
+                slot.incoming.take().map(|p| (p, "incoming"))
+            } else {
+                let index = slot
+                    .draining
+                    .iter()
+                    .position(|p| p.generation == generation);
+                index.map(|i| (slot.draining.remove(i), "draining"))
+            };
+            removed.map(|(proc, role)| {
+                let _ = std::fs::remove_file(&proc.private_socket);
+                (role, proc.started.elapsed(), proc.pid)
+            })
+        };
+        let Some((role, uptime, pid)) = role else {
+            return;
+        };
+        match role {
+            "current" => {
+                tracing::warn!(
+                    worker = slot_id,
+                    pid,
+                    "worker {description} after {:.1}s",
+                    uptime.as_secs_f64()
+                );
+                self.clone()
+                    .restart_after_exit(slot_id, code, uptime, description);
+            }
+            _ => tracing::info!(worker = slot_id, pid, "{role} worker {description}"),
+        }
+        self.bump();
+    }
+
+    /// Records a failure of the slot's current process (or of its start) and schedules the
+    /// restart the policy asks for.
+    fn on_exit(self: Arc<Self>, slot_id: usize, code: Option<i32>, description: String) {
+        self.clone()
+            .restart_after_exit(slot_id, code, Duration::ZERO, description);
+        self.bump();
+    }
+
+    fn restart_after_exit(
+        self: Arc<Self>,
+        slot_id: usize,
+        code: Option<i32>,
+        uptime: Duration,
+        description: String,
+    ) {
+        let delay = {
+            let mut state = self.lock();
+            let stopping = state.stopping;
+            let policy = state.config.restart.clone();
+            let slot = &mut state.slots[slot_id];
+            if stopping || slot.retired || slot.status == Status::Stopping {
+                slot.status = Status::Stopped;
+                return;
+            }
+            match slot.backoff.on_exit(&policy, code, uptime) {
+                RestartDecision::Stop => {
+                    slot.status = Status::Stopped;
+                    slot.last_error =
+                        Some(format!("{description}: a stop exit code, not restarted"));
+                    return;
+                }
+                RestartDecision::Restart { delay, errored } => {
+                    slot.restarts += 1;
+                    slot.status = if errored {
+                        Status::Errored
+                    } else {
+                        Status::WaitingRestart
+                    };
+                    slot.last_error = Some(description);
+                    if errored {
+                        tracing::error!(
+                            worker = slot_id,
+                            "worker is crash-looping: retrying every {delay:?}"
+                        );
+                    }
+                    delay
+                }
+            }
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let wanted = {
+                let state = self.lock();
+                let slot = &state.slots[slot_id];
+                !state.stopping
+                    && !slot.retired
+                    && slot.current.is_none()
+                    && slot.status != Status::Stopped
+            };
+            if wanted {
+                self.start_proc(slot_id, Role::Current);
+            }
+        });
+    }
+
+    /// Probes every worker each interval: IPC ping, HTTP `/healthz` on its private socket, and
+    /// its CPU and memory. A worker that misses `max_misses` probes in a row is killed.
+    async fn health_loop(self: Arc<Self>) {
+        loop {
+            let (health, max_memory, runs_chat) = {
+                let state = self.lock();
+                (
+                    state.config.health.clone(),
+                    state.config.max_memory,
+                    state.config.runs_chat(),
+                )
+            };
+            tokio::time::sleep(health.interval).await;
+            let mut probes = Vec::new();
+            let mut over_memory = Vec::new();
+            {
+                let mut state = self.lock();
+                if state.stopping {
+                    return;
+                }
+                let seq = state.next_ping;
+                state.next_ping += 1;
+                for slot in state.slots.iter_mut() {
+                    let slot_id = slot.id;
+                    let replacing = slot.replacing;
+                    for proc in slot.procs_mut() {
+                        proc.cpu.sample(proc.pid);
+                        proc.memory = rss_bytes(proc.pid).unwrap_or(0);
+                    }
+                    let Some(proc) = slot.current.as_mut() else {
+                        continue;
+                    };
+                    if max_memory.is_some_and(|max| proc.memory > max) && !replacing {
+                        over_memory.push((slot_id, proc.memory));
+                    }
+                    if proc.ready && proc.speaks_ipc {
+                        let _ = proc.ipc.send(ToWorker::Ping { seq });
+                        let socket = proc.private_socket.clone();
+                        probes.push(ProbeTarget {
+                            slot_id,
+                            generation: proc.generation,
+                            seq,
+                            socket,
+                        });
+                    }
+                }
+            }
+            for target in probes {
+                tokio::spawn(self.clone().probe(target, health.clone(), runs_chat));
+            }
+            for (slot_id, memory) in over_memory {
+                tracing::warn!(
+                    worker = slot_id,
+                    memory,
+                    "worker above --max-memory: replacing it"
+                );
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = inner.replace(slot_id, &|_| {}).await {
+                        tracing::error!(worker = slot_id, %error, "memory replacement failed");
+                    }
+                });
+            }
+        }
+    }
+
+    async fn probe(self: Arc<Self>, target: ProbeTarget, health: crate::HealthConfig, http: bool) {
+        let ProbeTarget {
+            slot_id,
+            generation,
+            seq,
+            socket,
+        } = target;
+        let (timeout, max_misses) = (health.timeout, health.max_misses);
+        let http_ok = async {
+            if !http {
+                return true;
+            }
+            matches!(
+                tokio::time::timeout(timeout, http_health(&socket)).await,
+                Ok(Ok(true))
+            )
+        };
+        let pong_ok = self.wait_until(timeout, |state| {
+            state.slots[slot_id]
+                .find(generation)
+                .is_none_or(|p| p.last_pong >= seq)
+        });
+        let (http_ok, pong_ok) = tokio::join!(http_ok, pong_ok);
+        let kill = {
+            let mut state = self.lock();
+            let Some(proc) = state.slots[slot_id].find_mut(generation) else {
+                return;
+            };
+            if http_ok && pong_ok {
+                proc.misses = 0;
+                None
+            } else {
+                proc.misses += 1;
+                (proc.misses >= max_misses).then_some((proc.pid, proc.misses))
+            }
+        };
+        if let Some((pid, misses)) = kill {
+            tracing::error!(
+                worker = slot_id,
+                pid,
+                misses,
+                "worker missed {misses} health probes (hung?): killing and replacing it"
+            );
+            signal(pid, libc::SIGKILL);
+        }
+    }
+
+    /// Replaces one slot's process without a gap: start the new one, wait until it is ready,
+    /// then let the old one drain and exit.
+    async fn replace(
+        self: &Arc<Self>,
+        slot_id: usize,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<(), String> {
+        let (ready_timeout, drain_timeout) = {
+            let mut state = self.lock();
+            let (ready, drain) = (state.config.ready_timeout, state.config.drain_timeout);
+            let slot = &mut state.slots[slot_id];
+            if slot.retired || slot.replacing {
+                return Ok(());
+            }
+            slot.replacing = true;
+            (ready, drain)
+        };
+        let result = self
+            .replace_locked_out(slot_id, ready_timeout, drain_timeout, progress)
+            .await;
+        self.lock().slots[slot_id].replacing = false;
+        result
+    }
+
+    async fn replace_locked_out(
+        self: &Arc<Self>,
+        slot_id: usize,
+        ready_timeout: Duration,
+        drain_timeout: Duration,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<(), String> {
+        let Some(generation) = self.clone().start_proc(slot_id, Role::Incoming) else {
+            return Err(format!("worker {slot_id}: the new process could not start"));
+        };
+        let settled = self
+            .wait_until(ready_timeout + Duration::from_secs(1), |state| {
+                state.slots[slot_id]
+                    .incoming
+                    .as_ref()
+                    .is_none_or(|p| p.generation != generation || p.ready)
+            })
+            .await;
+        let (old, new_pid) = {
+            let mut state = self.lock();
+            let slot = &mut state.slots[slot_id];
+            let ready = slot
+                .incoming
+                .as_ref()
+                .is_some_and(|p| p.generation == generation && p.ready);
+            if !settled || !ready {
+                if let Some(incoming) = slot.incoming.take() {
+                    signal(incoming.pid, libc::SIGKILL);
+                }
+                let reason = slot
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "it did not become ready".into());
+                return Err(format!("worker {slot_id}: the new process failed ({reason}); the old one keeps serving"));
+            }
+            let new = slot.incoming.take();
+            let new_pid = new.as_ref().map_or(0, |p| p.pid);
+            let old = std::mem::replace(&mut slot.current, new);
+            slot.status = Status::Online;
+            slot.backoff = Backoff::default();
+            let old_info = old.as_ref().map(|p| (p.pid, p.generation));
+            if let Some(old) = old {
+                drain(&old, drain_timeout);
+                slot.draining.push(old);
+            }
+            (old_info, new_pid)
+        };
+        self.bump();
+        let Some((old_pid, old_generation)) = old else {
+            progress(format!("worker {slot_id}: pid {new_pid} online"));
+            return Ok(());
+        };
+        progress(format!(
+            "worker {slot_id}: pid {new_pid} online, pid {old_pid} draining"
+        ));
+        self.reap(slot_id, old_generation, old_pid, drain_timeout)
+            .await;
+        Ok(())
+    }
+
+    /// Waits for a draining process to exit; kills it when its time is up.
+    async fn reap(&self, slot_id: usize, generation: u64, pid: u32, timeout: Duration) {
+        let gone = |state: &State| state.slots[slot_id].find(generation).is_none();
+        if !self
+            .wait_until(timeout + Duration::from_millis(500), gone)
+            .await
+        {
+            tracing::warn!(
+                worker = slot_id,
+                pid,
+                "worker did not finish draining in {timeout:?}: killing it"
+            );
+            signal(pid, libc::SIGKILL);
+            self.wait_until(Duration::from_secs(5), gone).await;
+        }
+    }
+
+    /// Reloads every worker, one at a time.
+    async fn reload(
+        self: &Arc<Self>,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<String, String> {
+        let slots: Vec<usize> = self
+            .lock()
+            .slots
+            .iter()
+            .filter(|s| !s.retired)
+            .map(|s| s.id)
+            .collect();
+        for slot_id in &slots {
+            self.replace(*slot_id, progress).await?;
+        }
+        Ok(format!("reloaded {} workers", slots.len()))
+    }
+
+    /// Restarts every worker: each is stopped, then started again (not zero-downtime; see reload).
+    async fn restart(
+        self: &Arc<Self>,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<String, String> {
+        let (slots, stop_timeout) = {
+            let state = self.lock();
+            (
+                state
+                    .slots
+                    .iter()
+                    .filter(|s| !s.retired)
+                    .map(|s| s.id)
+                    .collect::<Vec<_>>(),
+                state.config.stop_timeout,
+            )
+        };
+        for slot_id in &slots {
+            let old = {
+                let mut state = self.lock();
+                let slot = &mut state.slots[*slot_id];
+                slot.status = Status::Stopping;
+                slot.current.as_ref().map(|p| {
+                    drain(p, stop_timeout);
+                    (p.pid, p.generation)
+                })
+            };
+            if let Some((pid, generation)) = old {
+                self.reap(*slot_id, generation, pid, stop_timeout).await;
+            }
+            {
+                let mut state = self.lock();
+                let slot = &mut state.slots[*slot_id];
+                slot.status = Status::Launching;
+                slot.backoff = Backoff::default();
+                slot.restarts += 1;
+            }
+            let generation = self.clone().start_proc(*slot_id, Role::Current);
+            let ready_timeout = self.lock().config.ready_timeout;
+            let online = |state: &State| {
+                state.slots[*slot_id]
+                    .current
+                    .as_ref()
+                    .is_some_and(|p| p.ready && Some(p.generation) == generation)
+            };
+            if self.wait_until(ready_timeout, online).await {
+                progress(format!("worker {slot_id}: restarted"));
+            } else {
+                progress(format!("worker {slot_id}: restarted but not online yet"));
+            }
+        }
+        Ok(format!("restarted {} workers", slots.len()))
+    }
+
+    /// Changes the number of workers.
+    async fn scale(self: &Arc<Self>, instances: usize) -> Result<String, String> {
+        if instances == 0 || instances > 1024 {
+            return Err(format!(
+                "instances must be between 1 and 1024, not {instances}"
+            ));
+        }
+        let (to_start, to_stop, stop_timeout) = {
+            let mut state = self.lock();
+            state.config.instances = instances;
+            let stop_timeout = state.config.stop_timeout;
+            while state.slots.len() < instances {
+                let id = state.slots.len();
+                state.slots.push(Slot::new(id));
+                state.slots[id].retired = true;
+            }
+            let mut to_start = Vec::new();
+            let mut to_stop = Vec::new();
+            for slot in state.slots.iter_mut() {
+                if slot.id < instances && slot.retired {
+                    slot.retired = false;
+                    slot.status = Status::Launching;
+                    if slot.current.is_none() {
+                        to_start.push(slot.id);
+                    }
+                } else if slot.id >= instances && !slot.retired {
+                    slot.retired = true;
+                    slot.status = Status::Stopping;
+                    let id = slot.id;
+                    for proc in slot.procs_mut() {
+                        drain(proc, stop_timeout);
+                        to_stop.push((id, proc.generation, proc.pid));
+                    }
+                }
+            }
+            (to_start, to_stop, stop_timeout)
+        };
+        for slot_id in to_start {
+            self.clone().start_proc(slot_id, Role::Current);
+        }
+        for (slot_id, generation, pid) in to_stop {
+            self.reap(slot_id, generation, pid, stop_timeout).await;
+        }
+        self.bump();
+        Ok(format!("scaled to {instances} workers"))
+    }
+
+    /// Stops every worker: drain (or SIGTERM), then SIGKILL after the stop timeout.
+    async fn stop(self: &Arc<Self>) {
+        let (procs, timeout) = {
+            let mut state = self.lock();
+            state.stopping = true;
+            let timeout = state.config.stop_timeout;
+            let mut procs = Vec::new();
+            for slot in state.slots.iter_mut() {
+                slot.status = Status::Stopping;
+                for proc in slot.procs_mut() {
+                    drain(proc, timeout);
+                    procs.push(proc.pid);
+                }
+            }
+            (procs, timeout)
+        };
+        tracing::info!(workers = procs.len(), "stopping");
+        let all_gone = |state: &State| {
+            state
+                .slots
+                .iter()
+                .all(|s| s.current.is_none() && s.incoming.is_none() && s.draining.is_empty())
+        };
+        if !self.wait_until(timeout, all_gone).await {
+            for pid in procs {
+                signal(pid, libc::SIGKILL);
+            }
+            self.wait_until(Duration::from_secs(5), all_gone).await;
+        }
+        for slot in self.lock().slots.iter_mut() {
+            slot.status = Status::Stopped;
+        }
+        self.bump();
+    }
+
+    fn status(&self) -> AppStatus {
+        let state = self.lock();
+        let workers = state
+            .slots
+            .iter()
+            .filter(|slot| !slot.retired)
+            .map(|slot| {
+                let proc = slot.current.as_ref();
+                WorkerStatus {
+                    id: slot.id,
+                    pid: proc.map(|p| p.pid),
+                    status: slot.status.as_str().to_owned(),
+                    uptime_ms: proc.map_or(0, |p| p.started.elapsed().as_millis() as u64),
+                    restarts: slot.restarts,
+                    cpu_percent: proc.map_or(0.0, |p| p.cpu.percent),
+                    memory_bytes: proc.map_or(0, |p| {
+                        if p.memory > 0 {
+                            p.memory
+                        } else {
+                            rss_bytes(p.pid).unwrap_or(0)
+                        }
+                    }),
+                    connections: proc.map_or(0, |p| p.connections),
+                    last_error: slot.last_error.clone(),
+                }
+            })
+            .collect();
+        AppStatus {
+            name: state.config.name.clone(),
+            master_pid: std::process::id(),
+            listen: self
+                .listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            scheduling: "shared".into(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            workers,
+        }
+    }
+
+    async fn serve_control(self: Arc<Self>, stream: UnixStream) {
+        let (read, write) = stream.into_split();
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        let mut lines = BufReader::new(read).lines();
+        let Some(request) = read_message::<Request, _>(&mut lines).await else {
+            return;
+        };
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
+        let forward = {
+            let write = write.clone();
+            tokio::spawn(async move {
+                while let Some(line) = progress_rx.recv().await {
+                    let mut write = write.lock().await;
+                    let _ = write_message(&mut *write, &Response::Progress { line }).await;
+                }
+            })
+        };
+        let progress = move |line: String| {
+            tracing::info!("{line}");
+            let _ = progress_tx.send(line);
+        };
+        let answer = match request {
+            Request::Status => Response::Status(self.status()),
+            Request::Reload => done(self.reload(&progress).await),
+            Request::Restart => done(self.restart(&progress).await),
+            Request::Scale { instances } => done(self.scale(instances).await),
+            Request::Stop => {
+                self.stop().await;
+                Response::Done {
+                    message: "stopped".into(),
+                }
+            }
+        };
+        drop(progress);
+        let _ = forward.await;
+        let stop = matches!(answer, Response::Done { ref message } if message == "stopped");
+        {
+            let mut write = write.lock().await;
+            let _ = write_message(&mut *write, &answer).await;
+            let _ = write.flush().await;
+        }
+        if stop {
+            self.finished.send_replace(true);
+        }
+    }
+
+    /// SIGTERM / SIGINT stop the app, SIGHUP reloads it, SIGUSR1 reopens the log file.
+    async fn signal_loop(self: Arc<Self>) {
+        use tokio::signal::unix::{signal as unix_signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
+            unix_signal(SignalKind::terminate()),
+            unix_signal(SignalKind::interrupt()),
+            unix_signal(SignalKind::hangup()),
+            unix_signal(SignalKind::user_defined1()),
+        ) else {
+            tracing::error!("cannot install signal handlers; use `chatctl stop`");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = inner.reload(&|line| tracing::info!("{line}")).await {
+                            tracing::error!(%error, "reload failed");
+                        }
+                    });
+                }
+                _ = usr1.recv() => {
+                    self.log.reopen();
+                    tracing::info!("log file reopened");
+                }
+            }
+        }
+        self.stop().await;
+        self.finished.send_replace(true);
+    }
+
+    async fn notify_when_online(self: Arc<Self>, on_online: impl FnOnce()) {
+        let all_online = |state: &State| {
+            state
+                .slots
+                .iter()
+                .filter(|s| !s.retired)
+                .all(|s| s.status == Status::Online)
+        };
+        if self
+            .wait_until(Duration::from_secs(24 * 3600), all_online)
+            .await
+        {
+            on_online();
+        }
+    }
+}
+
+fn done(result: Result<String, String>) -> Response {
+    match result {
+        Ok(message) => Response::Done { message },
+        Err(message) => Response::Error { message },
+    }
+}
+
+/// Asks a process to finish: over IPC when it speaks it, else SIGTERM.
+fn drain(proc: &Proc, timeout: Duration) {
+    let sent = proc.speaks_ipc
+        && proc
+            .ipc
+            .send(ToWorker::Drain {
+                timeout_ms: timeout.as_millis() as u64,
+            })
+            .is_ok();
+    if !sent {
+        signal(proc.pid, libc::SIGTERM);
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "exited".into(),
+    }
+}
+
+/// Copies a worker's output lines into the app log.
+async fn pump_lines(stream: impl tokio::io::AsyncRead + Unpin, log: LogSink, prefix: String) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.line(&prefix, &line);
+    }
+}
+
+/// `GET /healthz` over a worker's private socket.
+async fn http_health(socket: &std::path::Path) -> std::io::Result<bool> {
+    let mut stream = UnixStream::connect(socket).await?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+}
+
+/// The chat's cookie key, created once per app (0600, readable by the master only) so every
+/// worker and every restart accept the same cookies.
+fn load_secret(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(secret) = std::fs::read_to_string(path) {
+        if !secret.trim().is_empty() {
+            return Ok(secret.trim().to_owned());
+        }
+    }
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(hex.as_bytes())?;
+    Ok(hex)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}

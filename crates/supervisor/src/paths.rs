@@ -1,0 +1,95 @@
+//! Where an app's state lives: `$CHATCTL_HOME/apps/<name>/{control.sock, master.pid,
+//! config.json, secret, workers/, logs/}`. The app directory is private to its owner (0700).
+
+use std::path::{Path, PathBuf};
+
+/// chatctl's state directory: `$CHATCTL_HOME`, else `~/.chatctl`.
+pub fn home() -> PathBuf {
+    if let Some(home) = std::env::var_os("CHATCTL_HOME") {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".chatctl")
+}
+
+/// The files of one app.
+#[derive(Debug, Clone)]
+pub struct AppPaths {
+    pub name: String,
+    pub dir: PathBuf,
+    pub control: PathBuf,
+    pub pid: PathBuf,
+    pub config: PathBuf,
+    pub secret: PathBuf,
+    pub workers: PathBuf,
+    pub logs: PathBuf,
+    pub log_file: PathBuf,
+    /// Where a daemonized master's own stderr goes (panics, errors before logging starts).
+    pub master_stderr: PathBuf,
+}
+
+impl AppPaths {
+    pub fn new(home: &Path, name: &str) -> Self {
+        let dir = home.join("apps").join(name);
+        let logs = dir.join("logs");
+        AppPaths {
+            name: name.to_owned(),
+            control: dir.join("control.sock"),
+            pid: dir.join("master.pid"),
+            config: dir.join("config.json"),
+            secret: dir.join("secret"),
+            workers: dir.join("workers"),
+            log_file: logs.join("app.log"),
+            master_stderr: logs.join("master.stderr"),
+            logs,
+            dir,
+        }
+    }
+
+    /// Creates the app's directories, private to the owner. Workers need nothing in them: the
+    /// master passes them their sockets as file descriptors.
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        for (dir, mode) in [
+            (&self.dir, 0o700),
+            (&self.workers, 0o700),
+            (&self.logs, 0o700),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    /// The private socket of one worker process (health probes, and forwarded requests).
+    pub fn worker_socket(&self, slot: usize, generation: u64) -> PathBuf {
+        self.workers.join(format!("w{slot}-{generation}.sock"))
+    }
+
+    /// Removes what a running master leaves behind (not the logs).
+    pub fn remove_runtime_files(&self) {
+        for file in [&self.control, &self.pid, &self.config] {
+            let _ = std::fs::remove_file(file);
+        }
+        let _ = std::fs::remove_dir_all(&self.workers);
+    }
+}
+
+/// The names of the apps that have state under `home`.
+pub fn app_names(home: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(home.join("apps")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("control.sock").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}

@@ -1,0 +1,221 @@
+//! The one place that starts worker processes: the app's program (or this binary's `serve`),
+//! with the listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID`), the IPC channel as fd 4,
+//! PR_SET_PDEATHSIG so a dead master leaves no orphans, in the master's process group, as the
+//! configured user. Never `fork()` of a running tokio process without an immediate exec.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+use crate::config::AppConfig;
+use crate::ipc::{IPC_FD, IPC_FD_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV};
+
+/// The fd of the listening socket in a worker (systemd's `SD_LISTEN_FDS_START`).
+const LISTEN_FD: RawFd = 3;
+/// The fd through which a chat worker execs this binary (`/proc/self/fd/5`): the worker's user
+/// may not be allowed to walk the path to the binary, but it may run the open file.
+const EXE_FD: RawFd = 5;
+/// The fd of the worker's private socket, bound by the master so the worker needs no access to
+/// the app's directory.
+pub const PRIVATE_FD: RawFd = 6;
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start '{program}': {source}")]
+    Exec {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the worker's sockets: {0}")]
+    Sockets(std::io::Error),
+    #[error("unknown user '{0}' (see --user)")]
+    UnknownUser(String),
+}
+
+/// A user to run workers as.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Looks up a user by name.
+pub fn lookup_user(name: &str) -> Result<RunAs, SpawnError> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| SpawnError::UnknownUser(name.to_owned()))?;
+    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes given; getpwnam_r writes only into them.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut passwd,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(SpawnError::UnknownUser(name.to_owned()));
+    }
+    Ok(RunAs {
+        uid: passwd.pw_uid,
+        gid: passwd.pw_gid,
+    })
+}
+
+/// A started worker and the master's end of its IPC channel.
+pub struct Spawned {
+    pub child: Child,
+    pub ipc: std::os::unix::net::UnixStream,
+}
+
+/// What a worker is started with.
+pub struct WorkerSpec<'a> {
+    pub config: &'a AppConfig,
+    pub slot: usize,
+    pub listener: RawFd,
+    pub private_socket: &'a Path,
+    /// The chat's cookie key, given to chat workers in `CHAT_SECRET`.
+    pub secret: Option<&'a str>,
+    pub run_as: Option<RunAs>,
+}
+
+/// The program and arguments of a worker: the configured command, or this binary's `serve`
+/// (run through [`EXE_FD`]).
+fn worker_argv(config: &AppConfig) -> Vec<String> {
+    if !config.command.is_empty() {
+        return config.command.clone();
+    }
+    vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()]
+}
+
+/// Starts one worker process.
+pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
+    let (master_end, worker_end) =
+        std::os::unix::net::UnixStream::pair().map_err(SpawnError::Sockets)?;
+    // Copies above the target numbers, so the dup2s in the child cannot overwrite each other.
+    let listener = dup_above(spec.listener, 64).map_err(SpawnError::Sockets)?;
+    let ipc = dup_above(worker_end.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
+    drop(worker_end);
+    let _ = std::fs::remove_file(spec.private_socket);
+    let private =
+        std::os::unix::net::UnixListener::bind(spec.private_socket).map_err(SpawnError::Sockets)?;
+    let private = dup_above(private.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
+    let exe = if spec.config.runs_chat() {
+        let path = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let file = std::fs::File::open(&path).map_err(|source| SpawnError::Exec {
+            program: path.display().to_string(),
+            source,
+        })?;
+        Some(dup_above(file.as_raw_fd(), 64).map_err(SpawnError::Sockets)?)
+    } else {
+        None
+    };
+
+    let argv = worker_argv(spec.config);
+    // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
+    // program runs as, which is what sd_listen_fds() checks.
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"")
+        .arg("chatctl-worker")
+        .args(&argv)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .env(IPC_FD_ENV, IPC_FD.to_string())
+        .env(WORKER_ID_ENV, spec.slot.to_string())
+        .env(PRIVATE_SOCKET_ENV, PRIVATE_FD.to_string())
+        .envs(
+            spec.config
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    if let Some(secret) = spec.secret {
+        command.env("CHAT_SECRET", secret);
+    }
+    match &spec.config.cwd {
+        Some(cwd) if !spec.config.runs_chat() => command.current_dir(cwd),
+        // The chat needs no working directory; `/` is one every user may enter.
+        _ => command.current_dir("/"),
+    };
+    if let Some(user) = spec.run_as {
+        command.uid(user.uid).gid(user.gid);
+    }
+    // SAFETY: getpgrp has no preconditions.
+    let group = unsafe { libc::getpgrp() };
+    command.process_group(group);
+    let master = std::process::id() as libc::pid_t;
+    let (listener_fd, ipc_fd) = (listener.as_raw_fd(), ipc.as_raw_fd());
+    let exe_fd = exe.as_ref().map(|fd| fd.as_raw_fd());
+    let private_fd = private.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid, dup2, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The master died before prctl took effect: do not live on as an orphan.
+            if libc::getppid() != master {
+                libc::_exit(1);
+            }
+            if libc::dup2(listener_fd, LISTEN_FD) < 0
+                || libc::dup2(ipc_fd, IPC_FD) < 0
+                || libc::dup2(private_fd, PRIVATE_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(exe_fd) = exe_fd {
+                if libc::dup2(exe_fd, EXE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|source| SpawnError::Exec {
+        program: argv.first().cloned().unwrap_or_default(),
+        source,
+    })?;
+    Ok(Spawned {
+        child,
+        ipc: master_end,
+    })
+}
+
+/// `F_DUPFD_CLOEXEC`: a copy of `fd` numbered at least `min`, closed on exec.
+fn dup_above(fd: RawFd, min: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl with F_DUPFD_CLOEXEC only creates a new descriptor.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `copy` is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
