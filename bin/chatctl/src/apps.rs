@@ -116,7 +116,12 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
 fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let runs_chat = config.runs_chat();
         let master = Master::prepare(config, paths).await?;
+        if runs_chat {
+            // No Redis: the master keeps the chat's shared state and relays broadcasts.
+            master.set_service(std::sync::Arc::new(coord::StoreService::default()));
+        }
         init_master_logging(master.log(), foreground);
         master.run(client::sd_notify_ready).await;
         Ok(())

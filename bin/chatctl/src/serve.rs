@@ -36,7 +36,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let address = listener.local_addr()?;
-        let server = ChatServer::new(config, Arc::new(MemoryStore::default()));
+        // Under a chatctl master, rooms, broadcasts and the store are shared with the other
+        // workers through it; alone, they live in this process.
+        let link = WorkerLink::from_env();
+        let mut config = config;
+        let store: Arc<dyn chat::Store> = match &link {
+            Some((link, _)) => {
+                let adapter_link = link.clone();
+                config.io.adapter = Arc::new(move |_| {
+                    Arc::new(coord::EmbeddedAdapter::new(adapter_link.clone()))
+                        as Arc<dyn socketio::Adapter>
+                });
+                Arc::new(coord::EmbeddedStore::new(link.clone()))
+            }
+            None => Arc::new(MemoryStore::default()),
+        };
+        let server = ChatServer::new(config, store);
         if let Some(fd) = std::env::var(supervisor::ipc::PRIVATE_SOCKET_ENV)
             .ok()
             .and_then(|fd| fd.parse().ok())
@@ -45,8 +60,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!(%address, "chat serving on http://{address}");
         println!("listening on {address}");
-        let shutdown = match WorkerLink::from_env() {
-            Some(link) => until_drain(link, server.clone()).boxed(),
+        let shutdown = match link {
+            Some((link, events)) => {
+                tokio::spawn(coord::embedded::deliver_remote_broadcasts(
+                    server.io().clone(),
+                    events.messages,
+                ));
+                until_drain(link, events.drain, server.clone()).boxed()
+            }
             None => async {
                 shutdown_signal().await;
                 DEFAULT_DRAIN
@@ -139,13 +160,18 @@ async fn shutdown_signal() {
 
 /// Under a chatctl master: reports ready, answers health pings, and completes with the drain
 /// timeout when the master asks this worker to drain (or on SIGTERM).
-async fn until_drain(link: WorkerLink, server: ChatServer) -> std::time::Duration {
+async fn until_drain(
+    link: Arc<WorkerLink>,
+    drain: tokio::sync::oneshot::Receiver<std::time::Duration>,
+    server: ChatServer,
+) -> std::time::Duration {
     let engine = server.io().engine().clone();
+    link.ready(move || engine.session_count() as u64);
     tokio::select! {
-        drain = link.serve(move || engine.session_count() as u64) => match drain {
-            Some(timeout) => timeout,
+        drain = drain => match drain {
+            Ok(timeout) => timeout,
             // The master is gone (PR_SET_PDEATHSIG ends us too): stop quickly.
-            None => std::time::Duration::from_secs(1),
+            Err(_) => std::time::Duration::from_secs(1),
         },
         _ = shutdown_signal() => DEFAULT_DRAIN,
     }

@@ -9,9 +9,12 @@
   var status = document.getElementById("status");
   var input = document.getElementById("message");
 
+  // Websocket from the start: a websocket stays on the worker that accepted it, while
+  // long-polling requests of one session may reach different workers of a cluster.
+  var options = { transports: ["websocket"] };
   // /chat_com first, so the server knows both sockets when join_room arrives.
-  var com = io("/chat_com");
-  var infra = io("/chat_infra");
+  var com = io("/chat_com", options);
+  var infra = io("/chat_infra", options);
 
   function show(kind, who, text) {
     var line = document.createElement("div");

@@ -2,7 +2,8 @@
 (function () {
   "use strict";
   var list = document.getElementById("rooms");
-  var infra = io("/chat_infra");
+  // Websocket from the start: see chatroom.js.
+  var infra = io("/chat_infra", { transports: ["websocket"] });
 
   function render(rooms) {
     list.textContent = "";

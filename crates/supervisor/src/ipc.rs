@@ -2,12 +2,17 @@
 //! (`CHATCTL_IPC_FD`), carrying JSON lines. A worker that does not speak it (any program run
 //! with `-- CMD`) is simply supervised by liveness.
 
+use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
 
 /// The fd number of the IPC channel in a worker.
 pub const IPC_FD: i32 = 4;
@@ -27,6 +32,10 @@ pub enum ToWorker {
     /// Stop accepting, let clients go (Socket.IO clients reconnect elsewhere), finish what is in
     /// flight within the timeout, then exit 0.
     Drain { timeout_ms: u64 },
+    /// The answer to a [`ToMaster::Request`].
+    Reply { id: u64, body: Value },
+    /// A message another worker published (a broadcast to deliver locally).
+    Message { body: Value },
 }
 
 /// From a worker to the master.
@@ -38,6 +47,15 @@ pub enum ToMaster {
     Pong {
         seq: u64,
         connections: u64,
+    },
+    /// A question for the master's [`crate::master::MasterService`] (the embedded store).
+    Request {
+        id: u64,
+        body: Value,
+    },
+    /// A message for every other worker of the app (the embedded bus).
+    Publish {
+        body: Value,
     },
 }
 
@@ -66,17 +84,40 @@ pub async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     writer.write_all(&line).await
 }
 
-/// The worker's side of the channel.
-pub struct WorkerLink {
-    stream: UnixStream,
+/// Why a request to the master got no answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError {
+    #[error("the master is gone")]
+    Closed,
+    #[error("the master did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
-/// What the worker does when the master asks it to drain.
-pub type DrainRequest = Duration;
+/// The worker's side of the channel: readiness, pings, drain, and the embedded bus and store.
+/// Cloned freely; one task reads, one writes.
+pub struct WorkerLink {
+    tx: mpsc::UnboundedSender<ToMaster>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    next_id: AtomicU64,
+    connections: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+/// What the master sends that the worker acts on.
+pub struct LinkEvents {
+    /// Completes with the drain timeout when the master asks for a drain, or `None` when the
+    /// master is gone.
+    pub drain: oneshot::Receiver<Duration>,
+    /// Messages other workers published.
+    pub messages: mpsc::UnboundedReceiver<Value>,
+}
+
+/// How long a request to the master may take before it counts as lost.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl WorkerLink {
-    /// The link inherited from a chatctl master, if this process is a worker.
-    pub fn from_env() -> Option<WorkerLink> {
+    /// The link inherited from a chatctl master, if this process is a worker. Must be called
+    /// inside a tokio runtime: it starts the tasks that read and write the channel.
+    pub fn from_env() -> Option<(Arc<WorkerLink>, LinkEvents)> {
         let fd: i32 = std::env::var(IPC_FD_ENV).ok()?.parse().ok()?;
         // SAFETY: the master passed this fd for us alone (CHATCTL_IPC_FD); nothing else in the
         // process owns it.
@@ -84,28 +125,88 @@ impl WorkerLink {
         let std_stream = std::os::unix::net::UnixStream::from(owned);
         std_stream.set_nonblocking(true).ok()?;
         let stream = UnixStream::from_std(std_stream).ok()?;
-        Some(WorkerLink { stream })
+        let (read, mut write) = stream.into_split();
+        let (tx, mut outgoing) = mpsc::unbounded_channel();
+        let link = Arc::new(WorkerLink {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            connections: OnceLock::new(),
+        });
+        tokio::spawn(async move {
+            while let Some(message) = outgoing.recv().await {
+                if write_message(&mut write, &message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (drain_tx, drain) = oneshot::channel();
+        let (messages_tx, messages) = mpsc::unbounded_channel();
+        let reader = link.clone();
+        tokio::spawn(async move {
+            let mut drain_tx = Some(drain_tx);
+            let mut lines = BufReader::new(read).lines();
+            while let Some(message) = read_message::<ToWorker, _>(&mut lines).await {
+                match message {
+                    ToWorker::Ping { seq } => {
+                        let connections = reader.connections.get().map_or(0, |count| count());
+                        let _ = reader.tx.send(ToMaster::Pong { seq, connections });
+                    }
+                    ToWorker::Drain { timeout_ms } => {
+                        if let Some(tx) = drain_tx.take() {
+                            let _ = tx.send(Duration::from_millis(timeout_ms));
+                        }
+                    }
+                    ToWorker::Reply { id, body } => {
+                        let waiter = reader.pending.lock().ok().and_then(|mut p| p.remove(&id));
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(body);
+                        }
+                    }
+                    ToWorker::Message { body } => {
+                        let _ = messages_tx.send(body);
+                    }
+                }
+            }
+            // The master is gone: pending requests fail (their senders drop), drain ends.
+            if let Ok(mut pending) = reader.pending.lock() {
+                pending.clear();
+            }
+        });
+        Some((link, LinkEvents { drain, messages }))
     }
 
-    /// Reports ready, then answers pings until the master asks for a drain (returned) or goes
-    /// away (None).
-    pub async fn serve(self, connections: impl Fn() -> u64) -> Option<DrainRequest> {
-        let (read, mut write) = self.stream.into_split();
-        write_message(&mut write, &ToMaster::Ready).await.ok()?;
-        let mut lines = BufReader::new(read).lines();
-        while let Some(message) = read_message::<ToWorker, _>(&mut lines).await {
-            match message {
-                ToWorker::Ping { seq } => {
-                    let pong = ToMaster::Pong {
-                        seq,
-                        connections: connections(),
-                    };
-                    write_message(&mut write, &pong).await.ok()?;
+    /// Tells the master this worker serves. `connections` is reported with every pong.
+    pub fn ready(&self, connections: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.connections.set(Box::new(connections));
+        let _ = self.tx.send(ToMaster::Ready);
+    }
+
+    /// Asks the master's service and waits for the answer.
+    pub async fn request(&self, body: Value) -> Result<Value, LinkError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, tx);
+        }
+        if self.tx.send(ToMaster::Request { id, body }).is_err() {
+            return Err(LinkError::Closed);
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err(LinkError::Closed),
+            Err(_) => {
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.remove(&id);
                 }
-                ToWorker::Drain { timeout_ms } => return Some(Duration::from_millis(timeout_ms)),
+                Err(LinkError::Timeout(REQUEST_TIMEOUT))
             }
         }
-        None
+    }
+
+    /// Sends a message to every other worker of the app.
+    pub fn publish(&self, body: Value) {
+        let _ = self.tx.send(ToMaster::Publish { body });
     }
 }
 

@@ -43,6 +43,15 @@ impl Status {
     }
 }
 
+/// What the master offers its workers beyond supervision: the embedded store of an app that
+/// runs without Redis. The master itself stays ignorant of what the requests mean.
+pub trait MasterService: Send + Sync + 'static {
+    /// Answers a worker's request. `worker` identifies the process for as long as it lives.
+    fn request(&self, worker: u64, body: serde_json::Value) -> serde_json::Value;
+    /// A worker process ended: forget what it owned (its users' presence).
+    fn worker_gone(&self, worker: u64);
+}
+
 /// Why the master could not start; each names the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
@@ -164,6 +173,7 @@ struct Inner {
     changed: watch::Sender<u64>,
     /// Set once everything is stopped: the master exits.
     finished: watch::Sender<bool>,
+    service: std::sync::OnceLock<Arc<dyn MasterService>>,
 }
 
 /// A master ready to run: checks done, socket bound, log open.
@@ -225,11 +235,17 @@ impl Master {
             state: Mutex::new(state),
             changed: watch::channel(0).0,
             finished: watch::channel(false).0,
+            service: std::sync::OnceLock::new(),
         };
         Ok(Master {
             inner: Arc::new(inner),
             control,
         })
+    }
+
+    /// Serves workers' requests and relays their messages (the embedded bus and store).
+    pub fn set_service(&self, service: Arc<dyn MasterService>) {
+        let _ = self.inner.service.set(service);
     }
 
     /// The app log, for the master's own `tracing` output.
@@ -339,6 +355,7 @@ impl Inner {
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
         let (ipc_tx, ipc_rx) = mpsc::unbounded_channel();
+        let replies = ipc_tx.clone();
         let proc = Proc {
             pid,
             generation,
@@ -381,7 +398,7 @@ impl Inner {
         }
         tokio::spawn(
             self.clone()
-                .ipc_task(slot_id, generation, spawned.ipc, ipc_rx),
+                .ipc_task(slot_id, generation, spawned.ipc, ipc_rx, replies),
         );
         let inner = self.clone();
         tokio::spawn(async move {
@@ -463,6 +480,7 @@ impl Inner {
         generation: u64,
         stream: std::os::unix::net::UnixStream,
         mut outgoing: mpsc::UnboundedReceiver<ToWorker>,
+        replies: mpsc::UnboundedSender<ToWorker>,
     ) {
         let Ok(()) = stream.set_nonblocking(true) else {
             return;
@@ -493,12 +511,32 @@ impl Inner {
                         drop(state);
                         self.bump();
                     }
+                    ToMaster::Request { id, body } => {
+                        let body = match self.service.get() {
+                            Some(service) => service.request(generation, body),
+                            None => serde_json::json!({ "error": "this master offers no service" }),
+                        };
+                        let _ = replies.send(ToWorker::Reply { id, body });
+                    }
+                    ToMaster::Publish { body } => self.relay(generation, body),
                 }
             }
         };
         tokio::select! {
             _ = writer => {}
             _ = reader => {}
+        }
+    }
+
+    /// Hands a worker's message to every other live worker that speaks IPC.
+    fn relay(&self, from: u64, body: serde_json::Value) {
+        let mut state = self.lock();
+        for slot in state.slots.iter_mut() {
+            for proc in slot.procs_mut() {
+                if proc.generation != from && proc.speaks_ipc {
+                    let _ = proc.ipc.send(ToWorker::Message { body: body.clone() });
+                }
+            }
         }
     }
 

@@ -1,0 +1,153 @@
+//! How broadcasts and store operations travel between processes: JSON, with binary frames in
+//! base64. A broadcast is encoded once by its sender and decoded once per receiving worker.
+
+use base64::Engine as _;
+use engineio::{Frame, Str};
+use serde::{Deserialize, Serialize};
+use socketio::{BroadcastOptions, Room};
+
+/// A broadcast for the other workers: the encoded packet and who it is for.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireBroadcast {
+    pub ns: String,
+    pub rooms: Vec<String>,
+    pub except: Vec<String>,
+    pub volatile: bool,
+    /// Text frames as they go on the wire, binary frames in base64 behind a `b`.
+    pub frames: Vec<String>,
+}
+
+impl WireBroadcast {
+    pub fn new(ns: &str, frames: &[Frame], opts: &BroadcastOptions) -> Self {
+        WireBroadcast {
+            ns: ns.to_owned(),
+            rooms: opts.rooms.iter().map(|r| r.to_string()).collect(),
+            except: opts.except.iter().map(|r| r.to_string()).collect(),
+            volatile: opts.volatile,
+            frames: frames
+                .iter()
+                .map(|frame| match frame {
+                    Frame::Text(text) => format!("t{}", text.as_str()),
+                    Frame::Binary(data) => format!(
+                        "b{}",
+                        base64::engine::general_purpose::STANDARD.encode(data)
+                    ),
+                })
+                .collect(),
+        }
+    }
+
+    /// The frames and the options to select local recipients with. `None` for a malformed one.
+    pub fn decode(self) -> Option<(String, Vec<Frame>, BroadcastOptions)> {
+        let mut frames = Vec::with_capacity(self.frames.len());
+        for frame in self.frames {
+            let frame = match frame.split_at_checked(1)? {
+                ("t", text) => Frame::Text(Str::from(text)),
+                ("b", data) => Frame::binary(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .ok()?
+                        .into(),
+                ),
+                _ => return None,
+            };
+            frames.push(frame);
+        }
+        let opts = BroadcastOptions {
+            rooms: self.rooms.into_iter().map(Room::from).collect(),
+            except: self.except.into_iter().map(Room::from).collect(),
+            except_sids: Vec::new(),
+            volatile: self.volatile,
+            local: true,
+        };
+        Some((self.ns, frames, opts))
+    }
+}
+
+/// The store operations of [`chat::Store`], as requests to the master.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StoreOp {
+    CreateSession {
+        nickname: String,
+        ttl_ms: u64,
+    },
+    Session {
+        id: String,
+    },
+    DeleteSession {
+        id: String,
+    },
+    JoinRoom {
+        room: String,
+        nickname: String,
+        socket: String,
+    },
+    LeaveRoom {
+        room: String,
+        nickname: String,
+        socket: String,
+    },
+    RoomCounts,
+    RoomUsers {
+        room: String,
+    },
+    PushHistory {
+        room: String,
+        entry: String,
+        keep: usize,
+    },
+    History {
+        room: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasts_round_trip() {
+        let frames = vec![
+            Frame::message("2[\"a\"]"),
+            Frame::binary(vec![1u8, 2, 3].into()),
+        ];
+        let opts = BroadcastOptions {
+            rooms: vec![Room::from("r")],
+            except: vec![Room::from("x")],
+            volatile: true,
+            ..Default::default()
+        };
+        let wire = WireBroadcast::new("/chat", &frames, &opts);
+        let json = serde_json::to_string(&wire).unwrap();
+        let (ns, decoded, decoded_opts) = serde_json::from_str::<WireBroadcast>(&json)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(ns, "/chat");
+        assert_eq!(decoded, frames);
+        assert_eq!(decoded_opts.rooms, opts.rooms);
+        assert_eq!(decoded_opts.except, opts.except);
+        assert!(decoded_opts.volatile && decoded_opts.local);
+    }
+
+    #[test]
+    fn malformed_broadcasts_are_refused() {
+        let wire = WireBroadcast {
+            ns: "/".into(),
+            rooms: vec![],
+            except: vec![],
+            volatile: false,
+            frames: vec!["x".into()],
+        };
+        assert!(wire.decode().is_none());
+        let wire = WireBroadcast {
+            ns: "/".into(),
+            rooms: vec![],
+            except: vec![],
+            volatile: false,
+            frames: vec!["b!!".into()],
+        };
+        assert!(wire.decode().is_none());
+    }
+}
