@@ -114,6 +114,9 @@ pub struct Socket<D> {
     /// Woken by every pong; the heartbeat waits on it.
     pub(crate) pong: Notify,
     closed: CancellationToken,
+    /// Mirrors `closed` for the send path: a token check takes a lock, and a broadcast makes
+    /// one check per recipient.
+    is_closed: AtomicBool,
     close_reason: OnceLock<DisconnectReason>,
     headers: HeaderMap,
     uri: Uri,
@@ -141,6 +144,7 @@ impl<D> Socket<D> {
             probed: Notify::new(),
             pong: Notify::new(),
             closed: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
             close_reason: OnceLock::new(),
             headers,
             uri,
@@ -182,7 +186,7 @@ impl<D> Socket<D> {
     /// Queues a frame for the client without waiting. A client whose queue is full is too slow
     /// to keep; its session is closed rather than letting it pin unbounded memory.
     pub fn send(&self, frame: Frame) -> Result<(), SendError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return Err(SendError::Closed);
         }
         match self.tx.try_send(frame) {
@@ -198,7 +202,7 @@ impl<D> Socket<D> {
     /// Queues a frame the client may miss (volatile): dropped, not fatal, when the queue is
     /// full. Returns whether it was queued.
     pub fn send_volatile(&self, frame: Frame) -> bool {
-        !self.closed.is_cancelled() && self.tx.try_send(frame).is_ok()
+        !self.is_closed() && self.tx.try_send(frame).is_ok()
     }
 
     /// Ends the session. Idempotent: the first reason wins. Frames already queued are still
@@ -206,12 +210,13 @@ impl<D> Socket<D> {
     pub fn close(&self, reason: DisconnectReason) {
         if self.close_reason.set(reason).is_ok() {
             tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
+            self.is_closed.store(true, Ordering::Release);
             self.closed.cancel();
         }
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.is_closed.load(Ordering::Acquire)
     }
 
     /// Completes when the session has been closed.
