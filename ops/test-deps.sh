@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests drive: the npm clients (ops/js), the PyPI clients (a venv in
-# ops/python/.venv) and, when run as root on Debian, the system packages. Idempotent and quick
-# when everything is already there.
+# Installs what the tests drive: the npm clients and browser driver (ops/js), the PyPI clients (a
+# venv in ops/python/.venv) and, when run as root on Debian, the system packages, among them the
+# Debian chromium that crates/chat/tests/browser.rs drives (playwright-core never downloads a
+# browser of its own). Idempotent and quick when everything is already there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -10,11 +11,15 @@ for tool in node:nodejs npm:npm python3:python3; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || apt_packages+=("${tool#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+# The browser test launches this binary; CHATCTL_CHROMIUM points it at another build.
+[ -x "${CHATCTL_CHROMIUM:-/usr/bin/chromium}" ] || apt_packages+=(chromium)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test-deps: installing ${apt_packages[*]} with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+    # Wait for another apt run (another script installing its own tools) instead of failing.
+    apt_lock=(-o DPkg::Lock::Timeout=600)
+    apt-get "${apt_lock[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get "${apt_lock[@]}" install -y -qq "${apt_packages[@]}" >/dev/null
   else
     echo "test-deps: missing ${apt_packages[*]}; install them (Debian: sudo apt-get install ${apt_packages[*]})" >&2
     exit 1

@@ -246,6 +246,11 @@ async fn join_room(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
         }
     };
     let _ = socket.emit("name_set", &json!({ "name": user.nickname.as_ref() }));
+    // The history before the welcome: a page replaces everything it shows with the history (so
+    // that a rejoin after a reconnect does not repeat lines), which would erase a greeting sent
+    // before it.
+    let history = state.store.history(&room).await.unwrap_or_default();
+    let _ = socket.emit("history", &history);
     let welcome = json!({ "type": "serverMessage", "message": format!("Welcome to {room}!") });
     let _ = socket.emit("message", &welcome.to_string());
     if new_user {
@@ -254,8 +259,6 @@ async fn join_room(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
             .emit("user_entered", &json!({ "name": user.nickname.as_ref() }));
     }
     send_users_list(&state, &socket, &room, true).await;
-    let history = state.store.history(&room).await.unwrap_or_default();
-    let _ = socket.emit("history", &history);
 }
 
 async fn send_users_list(state: &ChatState, socket: &Socket, room: &str, include_self: bool) {

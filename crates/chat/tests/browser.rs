@@ -1,0 +1,179 @@
+//! The chat in a real browser (DESIGN §7): a `ChatServer` runs in this process and
+//! `tests/js/browser_e2e.mjs` drives Debian's chromium against it with npm `playwright-core` —
+//! login through the landing page, two users chatting in one room, a third user's room kept
+//! apart, the live user counts of `/rooms`, and markup in a message shown as text (see that
+//! script for the steps). Screenshots of every page land in `target/test-output/browser/`.
+//!
+//! Needs `node`, the npm packages of `ops/js` and `/usr/bin/chromium` (or `$CHATCTL_CHROMIUM`):
+//! `ops/test-deps.sh` installs all three.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chat::{ChatConfig, ChatServer, MemoryStore};
+
+/// The run takes a few seconds when idle; this bounds a hung browser on a busy machine.
+const BROWSER_RUN_DEADLINE: Duration = Duration::from_secs(300);
+/// After SIGTERM, how long Playwright may take to close the browser before SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_secs(10);
+
+fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/test-output/browser/` of the target directory this test was built in, emptied so
+/// that only this run's screenshots are there.
+fn screenshot_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is inside the target directory");
+    let dir = target.join("test-output/browser");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
+    dir
+}
+
+/// The browser binary, checked to exist, with the packages that drive it. A missing browser
+/// fails the test: an end-to-end test that skips proves nothing.
+fn chromium() -> PathBuf {
+    let chromium = std::env::var_os("CHATCTL_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.exists(),
+        "{} is missing: run ops/test-deps.sh as root (Debian: apt-get install chromium), or set \
+         CHATCTL_CHROMIUM",
+        chromium.display()
+    );
+    let driver = crate_dir().join("../../ops/js/node_modules/playwright-core");
+    assert!(
+        driver.exists(),
+        "{} is missing: run ops/test-deps.sh",
+        driver.display()
+    );
+    chromium
+}
+
+fn test_config() -> ChatConfig {
+    ChatConfig {
+        secret: b"browser test secret".to_vec(),
+        ..ChatConfig::default()
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+struct BrowserRun {
+    /// `None` when the script overran [`BROWSER_RUN_DEADLINE`] and was killed.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs the script against `base_url` to completion, or kills it (by pid) at the deadline.
+fn run_browser(base_url: &str, chromium: &Path, screenshots: &Path) -> BrowserRun {
+    let script = crate_dir().join("tests/js/browser_e2e.mjs");
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .arg(&script)
+        .arg(base_url)
+        .arg(screenshots)
+        .env("CHATCTL_CHROMIUM", chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start node ({error}): run ops/test-deps.sh"));
+    let pid = child.id().to_string();
+    let stdout = collect(child.stdout.take().expect("stdout is piped"));
+    let stderr = collect(child.stderr.take().expect("stderr is piped"));
+    let (exited, exit) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
+    let status = match exit.recv_timeout(BROWSER_RUN_DEADLINE) {
+        Ok(status) => Some(status.expect("waiting for node")),
+        Err(_) => {
+            // `child` belongs to the waiting thread; its pid is still ours to signal, since that
+            // thread has not reaped it. SIGTERM first: Playwright then closes the browser it
+            // started.
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            if exit.recv_timeout(TERMINATE_GRACE).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                let _ = exit.recv_timeout(Duration::from_secs(5));
+            }
+            None
+        }
+    };
+    BrowserRun {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        elapsed: started.elapsed(),
+    }
+}
+
+#[test]
+fn chromium_users_log_in_chat_in_rooms_and_see_markup_as_text() {
+    let chromium = chromium();
+    let screenshots = screenshot_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind 127.0.0.1:0");
+    let address = listener.local_addr().expect("the bound address");
+    let server = ChatServer::new(test_config(), Arc::new(MemoryStore::default()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = runtime.spawn(async move {
+        server
+            .serve(listener, async {
+                let _ = stopped.await;
+                // The browser has exited: nothing is left to drain.
+                Duration::from_secs(1)
+            })
+            .await
+    });
+
+    let run = run_browser(&format!("http://{address}"), &chromium, &screenshots);
+
+    let _ = stop.send(());
+    let served = runtime.block_on(serving);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+
+    let report = format!(
+        "--- stdout ---\n{}--- stderr ---\n{}",
+        run.stdout, run.stderr
+    );
+    match run.status {
+        None => panic!(
+            "browser_e2e.mjs did not finish within {BROWSER_RUN_DEADLINE:?} and was killed \
+             (screenshots, if any, in {})\n{report}",
+            screenshots.display()
+        ),
+        Some(status) => assert!(
+            status.success(),
+            "browser_e2e.mjs failed ({status}) after {:?}; screenshots in {}\n{report}",
+            run.elapsed,
+            screenshots.display()
+        ),
+    }
+    println!("browser_e2e.mjs passed in {:?}\n{report}", run.elapsed);
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => panic!("the server stopped with an error: {error}"),
+        Err(error) => panic!("the server task failed: {error}"),
+    }
+}
