@@ -19,6 +19,9 @@ use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
 use crate::spawn::{lookup_user, signal, spawn_worker, RunAs, WorkerSpec};
 
+/// Messages queued to one worker's IPC channel before relayed broadcasts to it are dropped.
+const IPC_QUEUE: usize = 8192;
+
 /// A worker slot's state, as `list` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -89,7 +92,9 @@ struct Proc {
     ready: bool,
     /// Whether it ever sent an IPC message: only those are pinged and drained over IPC.
     speaks_ipc: bool,
-    ipc: mpsc::UnboundedSender<ToWorker>,
+    ipc: mpsc::Sender<ToWorker>,
+    /// Relayed messages dropped because this worker did not read its channel fast enough.
+    dropped: u64,
     connections: u64,
     cpu: CpuSampler,
     memory: u64,
@@ -354,7 +359,7 @@ impl Inner {
         };
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
-        let (ipc_tx, ipc_rx) = mpsc::unbounded_channel();
+        let (ipc_tx, ipc_rx) = mpsc::channel(IPC_QUEUE);
         let replies = ipc_tx.clone();
         let proc = Proc {
             pid,
@@ -364,6 +369,7 @@ impl Inner {
             speaks_ipc: false,
             ipc: ipc_tx,
             connections: 0,
+            dropped: 0,
             cpu: CpuSampler::default(),
             memory: 0,
             misses: 0,
@@ -479,8 +485,8 @@ impl Inner {
         slot_id: usize,
         generation: u64,
         stream: std::os::unix::net::UnixStream,
-        mut outgoing: mpsc::UnboundedReceiver<ToWorker>,
-        replies: mpsc::UnboundedSender<ToWorker>,
+        mut outgoing: mpsc::Receiver<ToWorker>,
+        replies: mpsc::Sender<ToWorker>,
     ) {
         let Ok(()) = stream.set_nonblocking(true) else {
             return;
@@ -516,7 +522,7 @@ impl Inner {
                             Some(service) => service.request(generation, body),
                             None => serde_json::json!({ "error": "this master offers no service" }),
                         };
-                        let _ = replies.send(ToWorker::Reply { id, body });
+                        let _ = replies.try_send(ToWorker::Reply { id, body });
                     }
                     ToMaster::Publish { body } => self.relay(generation, body),
                 }
@@ -534,7 +540,21 @@ impl Inner {
         for slot in state.slots.iter_mut() {
             for proc in slot.procs_mut() {
                 if proc.generation != from && proc.speaks_ipc {
-                    let _ = proc.ipc.send(ToWorker::Message { body: body.clone() });
+                    // Never wait for a slow worker: drop, count, and say so once per 1000.
+                    if proc
+                        .ipc
+                        .try_send(ToWorker::Message { body: body.clone() })
+                        .is_err()
+                    {
+                        proc.dropped += 1;
+                        if proc.dropped % 1000 == 1 {
+                            tracing::warn!(
+                                pid = proc.pid,
+                                dropped = proc.dropped,
+                                "worker cannot keep up with broadcasts: dropping"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -695,7 +715,7 @@ impl Inner {
                         over_memory.push((slot_id, proc.memory));
                     }
                     if proc.ready && proc.speaks_ipc {
-                        let _ = proc.ipc.send(ToWorker::Ping { seq });
+                        let _ = proc.ipc.try_send(ToWorker::Ping { seq });
                         let socket = proc.private_socket.clone();
                         probes.push(ProbeTarget {
                             slot_id,
@@ -1174,13 +1194,10 @@ fn done(result: Result<String, String>) -> Response {
 
 /// Asks a process to finish: over IPC when it speaks it, else SIGTERM.
 fn drain(proc: &Proc, timeout: Duration) {
-    let sent = proc.speaks_ipc
-        && proc
-            .ipc
-            .send(ToWorker::Drain {
-                timeout_ms: timeout.as_millis() as u64,
-            })
-            .is_ok();
+    let request = ToWorker::Drain {
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    let sent = proc.speaks_ipc && proc.ipc.try_send(request).is_ok();
     if !sent {
         signal(proc.pid, libc::SIGTERM);
     }
