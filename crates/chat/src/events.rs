@@ -157,7 +157,8 @@ fn chat_rooms(socket: &Socket) -> Vec<String> {
         .collect()
 }
 
-fn room_key(room: &str) -> String {
+/// The Socket.IO room (in both namespaces) that holds the members of a chat room.
+pub fn room_key(room: &str) -> String {
     format!("{ROOM_PREFIX}{room}")
 }
 

@@ -327,20 +327,59 @@ impl MasterService for StoreService {
         }
     }
 
-    fn worker_gone(&self, worker: u64) {
+    fn worker_gone(&self, worker: u64) -> Vec<Value> {
         let owned = self
             .members
             .lock()
             .ok()
             .and_then(|mut members| members.remove(&worker))
             .unwrap_or_default();
+        let mut left: Vec<(String, String)> = Vec::new();
         for (room, nickname, socket) in owned {
-            let _ = self
+            let gone = self
                 .store
                 .leave_room(&room, &nickname, &socket)
                 .now_or_never();
+            if matches!(gone, Some(Ok(true))) {
+                left.push((room, nickname));
+            }
         }
+        // The others in those rooms hear who left, as if each had disconnected normally.
+        let mut rooms: Vec<&str> = left.iter().map(|(room, _)| room.as_str()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let mut messages = Vec::new();
+        for (room, nickname) in &left {
+            messages.extend(room_event(room, "user_left", &json!({ "name": nickname })));
+        }
+        for room in rooms {
+            let users = self
+                .store
+                .room_users(room)
+                .now_or_never()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            messages.extend(room_event(room, "users_list", &json!(users)));
+        }
+        messages
     }
+}
+
+/// A `/chat_infra` event to the members of a chat room on every worker, as a relayed broadcast.
+fn room_event(room: &str, event: &str, data: &Value) -> Option<Value> {
+    let json = serde_json::to_string(&(event, data)).ok()?;
+    let frames = socketio::packet::encode(
+        socketio::packet::PacketType::Event,
+        chat::INFRA,
+        None,
+        Some(&json),
+        &[],
+    );
+    let opts = BroadcastOptions {
+        rooms: vec![Room::from(chat::room_key(room))],
+        ..Default::default()
+    };
+    serde_json::to_value(WireBroadcast::new(chat::INFRA, &frames, &opts)).ok()
 }
 
 #[cfg(test)]

@@ -51,8 +51,9 @@ impl Status {
 pub trait MasterService: Send + Sync + 'static {
     /// Answers a worker's request. `worker` identifies the process for as long as it lives.
     fn request(&self, worker: u64, body: serde_json::Value) -> serde_json::Value;
-    /// A worker process ended: forget what it owned (its users' presence).
-    fn worker_gone(&self, worker: u64);
+    /// A worker process ended: forget what it owned (its users' presence). Returns messages
+    /// for the remaining workers (telling their clients who left).
+    fn worker_gone(&self, worker: u64) -> Vec<serde_json::Value>;
 }
 
 /// Why the master could not start; each names the fix.
