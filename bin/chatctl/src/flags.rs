@@ -205,6 +205,24 @@ pub struct ServeArgs {
     /// Mark the session cookie Secure (when clients use HTTPS).
     #[arg(long)]
     pub secure_cookies: bool,
+    /// Share broadcasts, rooms, sessions and history through this Redis (redis://host:port)
+    /// instead of through the chatctl master (or, alone, this process's memory): for workers on
+    /// several machines. Also read from REDIS_URL.
+    #[arg(long = "redis", env = "REDIS_URL", value_name = "URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+    /// Starts every Redis key and channel of this app, so several apps can share one Redis.
+    #[arg(long, default_value = "chatctl")]
+    pub redis_prefix: String,
+    /// Broadcast with sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) instead of PUBLISH:
+    /// each room's channel then lives on one shard of a Redis Cluster.
+    #[arg(long)]
+    pub redis_sharded: bool,
+}
+
+fn parse_redis_url(text: &str) -> Result<String, String> {
+    coord::redis::validate_url(text)
+        .map(|()| text.to_owned())
+        .map_err(|error| error.to_string())
 }
 
 /// Parses `300ms`, `25s`, `5m`, `1h`.

@@ -21,6 +21,14 @@ const LISTEN_FDS_START: i32 = 3;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
+    let redis = match &args.redis_url {
+        Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
+            url: url.clone(),
+            prefix: args.redis_prefix.clone(),
+            sharded: args.redis_sharded,
+        })?),
+        None => None,
+    };
     // Taken before the runtime starts its threads: it edits the environment.
     let listener = match inherited_listener()? {
         Some(listener) => listener,
@@ -36,12 +44,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let address = listener.local_addr()?;
-        // Under a chatctl master, rooms, broadcasts and the store are shared with the other
-        // workers through it; alone, they live in this process.
+        // With Redis, rooms, broadcasts and the store are shared with the other workers
+        // through it; otherwise, under a chatctl master, through the master; alone, they live
+        // in this process.
         let link = WorkerLink::from_env();
         let mut config = config;
-        let store: Arc<dyn chat::Store> = match &link {
-            Some((link, _)) => {
+        let mut bus = None;
+        let store: Arc<dyn chat::Store> = match (redis, &link) {
+            (Some(redis), _) => {
+                let redis_bus = coord::RedisBus::new(redis.clone());
+                let adapter_bus = redis_bus.clone();
+                config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
+                bus = Some(redis_bus);
+                Arc::new(coord::RedisStore::new(redis))
+            }
+            (None, Some((link, _))) => {
                 let adapter_link = link.clone();
                 config.io.adapter = Arc::new(move |_| {
                     Arc::new(coord::EmbeddedAdapter::new(adapter_link.clone()))
@@ -49,9 +66,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 });
                 Arc::new(coord::EmbeddedStore::new(link.clone()))
             }
-            None => Arc::new(MemoryStore::default()),
+            (None, None) => Arc::new(MemoryStore::default()),
         };
         let server = ChatServer::new(config, store);
+        if let Some(bus) = &bus {
+            bus.start(server.io().clone());
+        }
         if let Some(fd) = std::env::var(supervisor::ipc::PRIVATE_SOCKET_ENV)
             .ok()
             .and_then(|fd| fd.parse().ok())

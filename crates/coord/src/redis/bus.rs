@@ -1,0 +1,464 @@
+//! Broadcasts between workers over Redis pub/sub: the [`RedisAdapter`] of each namespace
+//! publishes what it broadcasts, and the [`RedisBus`] subscriber of every other worker delivers
+//! it to that worker's sockets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engineio::Frame;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use serde::{Deserialize, Serialize};
+use socketio::{Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketIo};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Health, RedisLink, COMMAND_TIMEOUT};
+use crate::wire::WireBroadcast;
+
+/// Broadcasts waiting for the publisher; beyond this (Redis slow or down) new ones reach this
+/// worker's sockets only.
+const PUBLISH_QUEUE: usize = 16_384;
+
+/// Broadcasts sent to Redis in one pipeline.
+const PUBLISH_BATCH: usize = 512;
+
+/// Subscriber reconnection delays: the first, and the longest.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// What goes on a channel: the broadcast and the worker that sent it.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// The sender's [`RedisLink`] uid: a worker gets its own broadcasts back and skips them.
+    from: String,
+    broadcast: WireBroadcast,
+}
+
+/// An encoded broadcast for the publisher task.
+struct Publication {
+    channel: String,
+    payload: Vec<u8>,
+}
+
+enum SubscriberCommand {
+    Subscribe(String),
+    Unsubscribe(String),
+    /// Answered once every earlier command took effect on a working connection.
+    Settled(oneshot::Sender<()>),
+}
+
+/// A worker's side of the broadcast bus: makes the adapters of its namespaces, and runs the
+/// publisher and the subscriber once the Socket.IO server exists ([`RedisBus::start`]).
+pub struct RedisBus {
+    link: Arc<RedisLink>,
+    publications: mpsc::Sender<Publication>,
+    /// Set while broadcasts are dropped for a full queue, so that is logged once.
+    dropping: AtomicBool,
+    subscriptions: mpsc::UnboundedSender<SubscriberCommand>,
+    /// The tasks' ends of the channels, until [`RedisBus::start`] takes them.
+    pending: Mutex<
+        Option<(
+            mpsc::Receiver<Publication>,
+            mpsc::UnboundedReceiver<SubscriberCommand>,
+        )>,
+    >,
+}
+
+impl RedisBus {
+    pub fn new(link: Arc<RedisLink>) -> Arc<Self> {
+        let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (subscriptions, subscription_rx) = mpsc::unbounded_channel();
+        Arc::new(RedisBus {
+            link,
+            publications,
+            dropping: AtomicBool::new(false),
+            subscriptions,
+            pending: Mutex::new(Some((publication_rx, subscription_rx))),
+        })
+    }
+
+    /// The adapter of namespace `ns` (for [`socketio::SocketIoConfig::adapter`]).
+    pub fn adapter(self: &Arc<Self>, ns: &str) -> Arc<dyn Adapter> {
+        let ns_channel = self.channel(ns, None);
+        self.subscribe(ns_channel.clone());
+        Arc::new(RedisAdapter {
+            local: LocalAdapter::default(),
+            bus: self.clone(),
+            ns: ns.to_owned(),
+            ns_channel,
+            rooms: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts publishing and delivering what other workers publish to `io`'s sockets. Call once,
+    /// inside the runtime; later calls do nothing.
+    pub fn start(&self, io: SocketIo) {
+        let Some((publications, subscriptions)) = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut pending| pending.take())
+        else {
+            return;
+        };
+        tokio::spawn(publish(self.link.clone(), publications));
+        tokio::spawn(subscribe(self.link.clone(), io, subscriptions));
+    }
+
+    /// Completes once every subscription asked for so far is in place on a working connection:
+    /// from then on, broadcasts to the rooms this worker has members in reach it.
+    pub async fn subscriptions_settled(&self) {
+        let (done, settled) = oneshot::channel();
+        if self
+            .subscriptions
+            .send(SubscriberCommand::Settled(done))
+            .is_ok()
+        {
+            let _ = settled.await;
+        }
+    }
+
+    /// `P:bc:NS` for a namespace, `P:bc:NS:ROOM` for one of its rooms.
+    fn channel(&self, ns: &str, room: Option<&str>) -> String {
+        match room {
+            Some(room) => self.link.key(&["bc", ns, room]),
+            None => self.link.key(&["bc", ns]),
+        }
+    }
+
+    fn subscribe(&self, channel: String) {
+        let _ = self
+            .subscriptions
+            .send(SubscriberCommand::Subscribe(channel));
+    }
+
+    fn unsubscribe(&self, channel: String) {
+        let _ = self
+            .subscriptions
+            .send(SubscriberCommand::Unsubscribe(channel));
+    }
+
+    fn publish(&self, channel: String, payload: Vec<u8>) {
+        match self.publications.try_send(Publication { channel, payload }) {
+            Ok(()) => {
+                if self.dropping.swap(false, Ordering::Relaxed) {
+                    tracing::info!("broadcasts reach the other workers again");
+                }
+            }
+            Err(_) => {
+                if !self.dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "too many broadcasts waiting for Redis: new ones reach this worker only"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Rooms of this worker's sockets, plus publication of every broadcast on Redis, from where the
+/// other workers deliver it to their own members of the same rooms.
+pub struct RedisAdapter {
+    local: LocalAdapter,
+    bus: Arc<RedisBus>,
+    ns: String,
+    ns_channel: String,
+    /// Room -> how many local sockets are in it. Changed under this lock so the first join and
+    /// the last leave of a room, which (un)subscribe its channel, are each seen once.
+    rooms: Mutex<HashMap<Room, usize>>,
+}
+
+impl RedisAdapter {
+    fn room_left(&self, rooms: &mut HashMap<Room, usize>, room: &str) {
+        if let Some(count) = rooms.get_mut(room) {
+            *count -= 1;
+            if *count == 0 {
+                rooms.remove(room);
+                self.bus.unsubscribe(self.bus.channel(&self.ns, Some(room)));
+            }
+        }
+    }
+}
+
+impl Adapter for RedisAdapter {
+    fn join(&self, sid: &Sid, rooms: &[Room]) {
+        let Ok(mut counts) = self.rooms.lock() else {
+            return;
+        };
+        let current = self.local.rooms_of(sid);
+        for room in rooms {
+            if current.contains(room) {
+                continue;
+            }
+            let count = counts.entry(room.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                self.bus.subscribe(self.bus.channel(&self.ns, Some(room)));
+            }
+        }
+        self.local.join(sid, rooms);
+    }
+
+    fn leave(&self, sid: &Sid, room: &str) {
+        let Ok(mut counts) = self.rooms.lock() else {
+            return;
+        };
+        if self.local.rooms_of(sid).iter().any(|r| &**r == room) {
+            self.room_left(&mut counts, room);
+        }
+        self.local.leave(sid, room);
+    }
+
+    fn leave_all(&self, sid: &Sid) {
+        let Ok(mut counts) = self.rooms.lock() else {
+            return;
+        };
+        for room in self.local.rooms_of(sid) {
+            self.room_left(&mut counts, &room);
+        }
+        self.local.leave_all(sid);
+    }
+
+    fn rooms_of(&self, sid: &str) -> Vec<Room> {
+        self.local.rooms_of(sid)
+    }
+
+    fn sockets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
+        self.local.sockets(opts)
+    }
+
+    fn rooms(&self) -> Vec<(Room, usize)> {
+        self.local.rooms()
+    }
+
+    fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
+        ns.deliver(&self.local.sockets(opts), frames, opts.volatile);
+        if opts.local {
+            return;
+        }
+        // One room: its own channel, which only the workers with members in it hear. Several
+        // rooms or the whole namespace: the namespace channel, so a worker with members in two
+        // of the rooms gets the broadcast once.
+        let channel = match opts.rooms.as_slice() {
+            [room] => self.bus.channel(&self.ns, Some(room)),
+            _ => self.ns_channel.clone(),
+        };
+        let envelope = Envelope {
+            from: self.bus.link.uid.clone(),
+            broadcast: WireBroadcast::new(ns.path(), frames, opts),
+        };
+        match serde_json::to_vec(&envelope) {
+            Ok(payload) => self.bus.publish(channel, payload),
+            Err(error) => tracing::warn!(%error, "cannot encode a broadcast for the other workers"),
+        }
+    }
+}
+
+/// Sends queued broadcasts to Redis, pipelined: whatever queued up while one batch was on its
+/// way goes in the next.
+async fn publish(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Publication>) {
+    let command = if link.config.sharded {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while publications.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for publication in batch.drain(..) {
+            pipe.cmd(command)
+                .arg(publication.channel)
+                .arg(publication.payload)
+                .ignore();
+        }
+        // A failure is logged once by the link's health; these broadcasts are lost for the
+        // other workers (Socket.IO broadcasts are at-most-once).
+        let _ = link
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await;
+    }
+}
+
+/// The subscriber: keeps one RESP3 connection subscribed to the channels this worker's adapters
+/// ask for, delivers what arrives, and reconnects and resubscribes after Redis went away.
+async fn subscribe(
+    link: Arc<RedisLink>,
+    io: SocketIo,
+    mut commands: mpsc::UnboundedReceiver<SubscriberCommand>,
+) {
+    let (subscribe, unsubscribe) = if link.config.sharded {
+        ("SSUBSCRIBE", "SUNSUBSCRIBE")
+    } else {
+        ("SUBSCRIBE", "UNSUBSCRIBE")
+    };
+    let health = Health::new("subscriber");
+    let client = match link.subscriber_client() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot make the Redis subscriber: broadcasts stay local");
+            return;
+        }
+    };
+    // Channel -> adapters wanting it (two names can map to one channel; see `RedisBus::channel`).
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    let mut settled: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut delay = RECONNECT_FIRST;
+    loop {
+        let (pushes, mut push_rx) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(COMMAND_TIMEOUT)
+            .set_response_timeout(COMMAND_TIMEOUT)
+            .set_push_sender(pushes);
+        let connected = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(connection) => {
+                let all: Vec<(String, bool)> = wanted.keys().map(|c| (c.clone(), true)).collect();
+                apply(&connection, subscribe, unsubscribe, all)
+                    .await
+                    .map(|()| connection)
+            }
+            Err(error) => Err(error),
+        };
+        let connection = match connected {
+            Ok(connection) => connection,
+            Err(error) => {
+                health.down(&error);
+                // Keep track of what the adapters want while waiting to retry.
+                let retry = tokio::time::sleep(delay);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        _ = &mut retry => break,
+                        command = commands.recv() => match command {
+                            Some(command) => {
+                                record(&mut wanted, &mut settled, command);
+                            }
+                            None => return,
+                        },
+                    }
+                }
+                delay = (delay * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        health.up();
+        delay = RECONNECT_FIRST;
+        for done in settled.drain(..) {
+            let _ = done.send(());
+        }
+        loop {
+            tokio::select! {
+                push = push_rx.recv() => match push {
+                    Some(PushInfo { kind: PushKind::Message | PushKind::SMessage, data }) => {
+                        deliver(&io, &link.uid, data);
+                    }
+                    Some(PushInfo { kind: PushKind::Disconnection, .. }) | None => {
+                        health.down(&"the subscriber connection closed");
+                        break;
+                    }
+                    Some(_) => {}
+                },
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let mut changes = HashMap::new();
+                    if let Some(change) = record(&mut wanted, &mut settled, command) {
+                        changes.insert(change.0, change.1);
+                    }
+                    while let Ok(command) = commands.try_recv() {
+                        if let Some(change) = record(&mut wanted, &mut settled, command) {
+                            changes.insert(change.0, change.1);
+                        }
+                    }
+                    if let Err(error) =
+                        apply(&connection, subscribe, unsubscribe, changes.into_iter().collect()).await
+                    {
+                        health.down(&error);
+                        break;
+                    }
+                    for done in settled.drain(..) {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Updates the wanted channels; returns the channel whose subscription must change, and whether
+/// it is now wanted.
+fn record(
+    wanted: &mut HashMap<String, usize>,
+    settled: &mut Vec<oneshot::Sender<()>>,
+    command: SubscriberCommand,
+) -> Option<(String, bool)> {
+    match command {
+        SubscriberCommand::Subscribe(channel) => {
+            let count = wanted.entry(channel.clone()).or_insert(0);
+            *count += 1;
+            (*count == 1).then_some((channel, true))
+        }
+        SubscriberCommand::Unsubscribe(channel) => {
+            let count = wanted.get_mut(&channel)?;
+            *count -= 1;
+            if *count > 0 {
+                return None;
+            }
+            wanted.remove(&channel);
+            Some((channel, false))
+        }
+        SubscriberCommand::Settled(done) => {
+            settled.push(done);
+            None
+        }
+    }
+}
+
+/// (Un)subscribes channels, all in flight at once on the multiplexed connection. One channel
+/// per command: the connection matches each (un)subscribe confirmation to one command.
+async fn apply(
+    connection: &MultiplexedConnection,
+    subscribe: &str,
+    unsubscribe: &str,
+    changes: Vec<(String, bool)>,
+) -> redis::RedisResult<()> {
+    let requests = changes.into_iter().map(|(channel, on)| {
+        let mut connection = connection.clone();
+        let command = if on { subscribe } else { unsubscribe };
+        async move {
+            redis::cmd(command)
+                .arg(channel)
+                .exec_async(&mut connection)
+                .await
+        }
+    });
+    futures_util::future::try_join_all(requests)
+        .await
+        .map(|_| ())
+}
+
+/// Delivers a broadcast another worker published to this worker's sockets.
+fn deliver(io: &SocketIo, own_uid: &str, data: Vec<Value>) {
+    // A message push is [channel, payload].
+    let Some(Value::BulkString(payload)) = data.into_iter().nth(1) else {
+        return;
+    };
+    let envelope = match serde_json::from_slice::<Envelope>(&payload) {
+        Ok(envelope) if envelope.from == own_uid => return,
+        Ok(envelope) => envelope,
+        Err(error) => {
+            tracing::warn!(%error, "skipping a malformed broadcast from Redis");
+            return;
+        }
+    };
+    let Some((ns, frames, opts)) = envelope.broadcast.decode() else {
+        tracing::warn!("skipping a malformed broadcast from Redis");
+        return;
+    };
+    if let Some(ns) = io.of(&ns) {
+        ns.deliver(&ns.adapter().sockets(&opts), &frames, opts.volatile);
+    }
+}

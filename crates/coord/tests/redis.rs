@@ -1,0 +1,603 @@
+//! The Redis bus and store against a real `redis-server` (Debian package `redis-server`,
+//! installed by ops/test-deps.sh), started on a free loopback port for each test and killed by
+//! pid at its end. Two `ChatServer`s in this process, each with its own `RedisLink`, play two
+//! workers; raw Socket.IO clients over websockets talk to them.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat::{ChatConfig, ChatServer, Store, StoreError};
+use coord::{RedisBus, RedisConfig, RedisLink, RedisStore};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Bounds every wait: a hung server or client fails the test instead of stalling it.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+// ---- redis-server ----------------------------------------------------------------------------
+
+/// A `redis-server` of this test, killed (by pid) when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        Self::start_on(port)
+    }
+
+    /// Starts on `port` and returns once the server says it accepts connections.
+    fn start_on(port: u16) -> Self {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run redis-server ({error}): run ops/test-deps.sh (Debian package redis-server)")
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            let mut lines = BufReader::new(stdout);
+            let mut line = String::new();
+            let mut told = false;
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                log.push_str(&line);
+                if !told && line.contains("Ready to accept connections") {
+                    let _ = ready_tx.send(Ok(()));
+                    told = true;
+                }
+                line.clear();
+            }
+            if !told {
+                let _ = ready_tx.send(Err(log));
+            }
+        });
+        match ready_rx.recv_timeout(DEADLINE) {
+            Ok(Ok(())) => RedisServer { child, port },
+            Ok(Err(log)) => panic!("redis-server on port {port} exited:\n{log}"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("redis-server on port {port} did not get ready");
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills this server and starts an empty one on the same port.
+    fn restart(&mut self) {
+        self.kill();
+        *self = Self::start_on(self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- chat workers ----------------------------------------------------------------------------
+
+/// A `ChatServer` with the Redis bus and store, as `chatctl serve --redis` sets it up.
+struct Worker {
+    addr: SocketAddr,
+    bus: Arc<RedisBus>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn worker(config: RedisConfig) -> Worker {
+    let link = RedisLink::new(config).expect("valid Redis URL");
+    let bus = RedisBus::new(link.clone());
+    let mut config = ChatConfig {
+        secret: b"coord redis test secret".to_vec(),
+        ..ChatConfig::default()
+    };
+    let adapter_bus = bus.clone();
+    config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
+    let server = ChatServer::new(config, Arc::new(RedisStore::new(link)));
+    bus.start(server.io().clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local address");
+    let serving = tokio::spawn(async move {
+        server
+            .serve(listener, std::future::pending::<Duration>())
+            .await
+    });
+    Worker { addr, bus, serving }
+}
+
+/// Logs in through the landing form and returns the session cookie (`name=value`).
+fn login(addr: SocketAddr, nickname: &str) -> String {
+    let body = format!("nickname={nickname}");
+    let mut stream = TcpStream::connect(addr).expect("connect for login");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        stream,
+        "POST /login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send login");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("login response");
+    response
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim().split(';').next().unwrap_or("").to_owned())
+        })
+        .unwrap_or_else(|| panic!("login of {nickname} set no cookie:\n{response}"))
+}
+
+// ---- a raw Socket.IO client ------------------------------------------------------------------
+
+/// An event the server sent: namespace, name, first argument.
+#[derive(Debug, Clone)]
+struct Received {
+    ns: String,
+    name: String,
+    data: Value,
+}
+
+/// A Socket.IO client on a websocket, connected to `/chat_infra` and `/chat_com`. A task reads
+/// the socket (answering pings) and queues the events.
+struct Client {
+    nickname: String,
+    outgoing: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, cookie: &str, nickname: &str) -> Self {
+        let mut request = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket")
+            .into_client_request()
+            .expect("websocket request");
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie header"));
+        let (mut ws, _) = within(
+            "websocket handshake",
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .expect("websocket accepted");
+        let open = within("open packet", ws.next()).await;
+        assert!(
+            matches!(&open, Some(Ok(WsMessage::Text(text))) if text.starts_with('0')),
+            "expected an open packet, got {open:?}"
+        );
+        let (outgoing, mut to_send) = mpsc::unbounded_channel::<String>();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    text = to_send.recv() => match text {
+                        Some(text) => if ws.send(WsMessage::text(text)).await.is_err() { return },
+                        None => return,
+                    },
+                    message = ws.next() => match message {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if text.as_str() == "2" {
+                                if ws.send(WsMessage::text("3")).await.is_err() { return }
+                            } else if let Some(event) = parse_packet(&text) {
+                                let _ = events_tx.send(event);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return,
+                    },
+                }
+            }
+        });
+        let mut client = Client {
+            nickname: nickname.to_owned(),
+            outgoing,
+            events,
+        };
+        client.send("40/chat_infra,");
+        client.send("40/chat_com,");
+        client.expect("/chat_infra", "connect").await;
+        client.expect("/chat_com", "connect").await;
+        client
+    }
+
+    fn send(&self, packet: &str) {
+        self.outgoing
+            .send(packet.to_owned())
+            .expect("client task alive");
+    }
+
+    fn emit(&self, ns: &str, event: &str, data: Value) {
+        self.send(&format!("42{ns},{}", json!([event, data])));
+    }
+
+    fn say(&self, text: &str) {
+        let line = json!({"type": "userMessage", "message": text}).to_string();
+        self.emit("/chat_com", "message", Value::String(line));
+    }
+
+    /// The next event, or `None` when none arrives within `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits for the next `name` event on `ns`, skipping others.
+    async fn expect(&mut self, ns: &str, name: &str) -> Value {
+        let what = format!("{} to get {name} on {ns}", self.nickname);
+        within(&what, async {
+            loop {
+                let event = self.events.recv().await.expect("client connection open");
+                if event.ns == ns && event.name == name {
+                    return event.data;
+                }
+            }
+        })
+        .await
+    }
+
+    async fn join(&mut self, room: &str) {
+        self.emit("/chat_infra", "join_room", json!({ "name": room }));
+        self.expect("/chat_infra", "name_set").await;
+    }
+
+    async fn rooms(&mut self) -> Value {
+        self.emit("/chat_infra", "get_rooms", json!(null));
+        self.expect("/chat_infra", "rooms_list").await
+    }
+}
+
+/// `40/ns,{...}` (connected) or `42/ns,["event",data]`.
+fn parse_packet(text: &str) -> Option<Received> {
+    let (kind, rest) = text.split_at_checked(2)?;
+    let (ns, payload) = match rest.strip_prefix('/') {
+        Some(_) => rest.split_once(',')?,
+        None => ("/", rest),
+    };
+    match kind {
+        "40" => Some(Received {
+            ns: ns.to_owned(),
+            name: "connect".into(),
+            data: serde_json::from_str(payload).ok()?,
+        }),
+        "42" => {
+            let mut array: Vec<Value> = serde_json::from_str(payload).ok()?;
+            let data = if array.len() > 1 {
+                array.remove(1)
+            } else {
+                Value::Null
+            };
+            Some(Received {
+                ns: ns.to_owned(),
+                name: array.first()?.as_str()?.to_owned(),
+                data,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A chat line a client received: (username, message) of a `userMessage`.
+fn user_message(event: &Received) -> Option<(String, String)> {
+    if event.ns != "/chat_com" || event.name != "message" {
+        return None;
+    }
+    let line: Value = serde_json::from_str(event.data.as_str()?).ok()?;
+    if line["type"] != "userMessage" {
+        return None;
+    }
+    Some((
+        line["username"].as_str()?.to_owned(),
+        line["message"].as_str()?.to_owned(),
+    ))
+}
+
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Reads `client`'s events until `done` says the collected chat lines are complete.
+async fn collect_lines(
+    client: &mut Client,
+    lines: &mut Vec<(String, String)>,
+    done: impl Fn(&[(String, String)]) -> bool,
+) {
+    let what = format!("{}'s chat lines", client.nickname);
+    within(&what, async {
+        while !done(lines) {
+            let event = client.events.recv().await.expect("client connection open");
+            lines.extend(user_message(&event));
+        }
+    })
+    .await
+}
+
+// ---- tests -----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_share_rooms_sessions_and_broadcasts_and_survive_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let a = worker(RedisConfig::new(redis.url())).await;
+    let b = worker(RedisConfig::new(redis.url())).await;
+
+    // Ten users, all logged in through worker A; the odd ones then connect to worker B, whose
+    // store must accept A's sessions.
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let nickname = format!("user{i}");
+        let cookie = login(a.addr, &nickname);
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        let mut client = Client::connect(addr, &cookie, &nickname).await;
+        client.join("lobby").await;
+        clients.push(client);
+    }
+    a.bus.subscriptions_settled().await;
+    b.bus.subscriptions_settled().await;
+
+    // Everyone says two lines; everyone else gets each of them exactly once.
+    for client in &clients {
+        for k in 0..2 {
+            client.say(&format!("{}-{k}", client.nickname));
+        }
+    }
+    let mut received: Vec<Vec<(String, String)>> = vec![Vec::new(); clients.len()];
+    for (client, lines) in clients.iter_mut().zip(&mut received) {
+        collect_lines(client, lines, |lines| lines.len() >= 18).await;
+    }
+    // A marker from each worker, sent after every line above went through Redis: a late
+    // duplicate of an earlier line would come before it on the same channel.
+    clients[0].say("marker-a");
+    clients[1].say("marker-b");
+    for (i, (client, lines)) in clients.iter_mut().zip(&mut received).enumerate() {
+        let markers = match i {
+            0 => ["marker-b"].as_slice(),
+            1 => ["marker-a"].as_slice(),
+            _ => ["marker-a", "marker-b"].as_slice(),
+        };
+        collect_lines(client, lines, |lines| {
+            markers
+                .iter()
+                .all(|marker| lines.iter().any(|(_, message)| message == marker))
+        })
+        .await;
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for (_, message) in lines.iter() {
+            *counts.entry(message.as_str()).or_default() += 1;
+        }
+        for j in (0..10).filter(|&j| j != i) {
+            for k in 0..2 {
+                let line = format!("user{j}-{k}");
+                assert_eq!(
+                    counts.get(line.as_str()),
+                    Some(&1),
+                    "user{i} got {line} {:?} times: {lines:?}",
+                    counts.get(line.as_str())
+                );
+            }
+        }
+        assert!(
+            !counts.contains_key(format!("user{i}-0").as_str()),
+            "user{i} got its own line back as a userMessage"
+        );
+        assert_eq!(lines.len(), 18 + markers.len(), "user{i}: {lines:?}");
+    }
+
+    // Both workers count the same users in the same rooms.
+    let rooms_a = clients[0].rooms().await;
+    let rooms_b = clients[1].rooms().await;
+    assert_eq!(rooms_a, json!({"lobby": 10}));
+    assert_eq!(rooms_a, rooms_b);
+
+    // A private message from a user on A reaches a user on B.
+    clients[0].emit(
+        "/chat_infra",
+        "private_message",
+        json!({"to": "user1", "message": "psst"}),
+    );
+    let private = clients[1].expect("/chat_infra", "private_message").await;
+    assert_eq!(
+        private,
+        json!({"from": "user0", "to": "user1", "message": "psst"})
+    );
+
+    // Redis goes away: the store says so, and local traffic goes on.
+    redis.kill();
+    clients[0].emit("/chat_infra", "get_rooms", json!(null));
+    let error = clients[0].expect("/chat_infra", "error").await;
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unavailable")),
+        "{error}"
+    );
+    clients[0].say("while-down");
+    let mut lines = Vec::new();
+    collect_lines(&mut clients[2], &mut lines, |lines| {
+        lines.iter().any(|(_, m)| m == "while-down")
+    })
+    .await;
+
+    // An empty Redis comes back on the same port: cross-worker delivery resumes within seconds,
+    // both ways, and the workers put their room members back.
+    redis.restart();
+    for (from, to) in [(0, 1), (1, 0)] {
+        let deadline = Instant::now() + DEADLINE;
+        let mut attempt = 0;
+        'resumed: loop {
+            assert!(
+                Instant::now() < deadline,
+                "user{from} -> user{to} did not resume after the Redis restart"
+            );
+            attempt += 1;
+            clients[from].say(&format!("after-restart-{attempt}"));
+            // Each attempt waits a bounded time for the line, then sends another.
+            let wait_until = Instant::now() + Duration::from_millis(500);
+            while let Some(event) = clients[to]
+                .next_within(wait_until.saturating_duration_since(Instant::now()))
+                .await
+            {
+                if user_message(&event).is_some_and(|(_, m)| m.starts_with("after-restart-")) {
+                    break 'resumed;
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (counts_a, counts_b) = (clients[0].rooms().await, clients[1].rooms().await);
+        if counts_a == json!({"lobby": 10}) && counts_b == counts_a {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "room members not re-asserted after the Redis restart: {counts_a} / {counts_b}"
+        );
+    }
+    assert!(!a.serving.is_finished() && !b.serving.is_finished());
+}
+
+fn store(url: &str, prefix: &str) -> RedisStore {
+    RedisStore::new(
+        RedisLink::new(RedisConfig {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            sharded: false,
+        })
+        .expect("valid Redis URL"),
+    )
+}
+
+#[tokio::test]
+async fn store_counts_users_not_sockets_across_workers() {
+    let redis = RedisServer::start();
+    let (one, two) = (store(&redis.url(), "t"), store(&redis.url(), "t"));
+    assert!(one.join_room("r", "ann", "s1").await.unwrap());
+    assert!(!two.join_room("r", "ann", "s2").await.unwrap());
+    assert!(!two.join_room("r", "ann", "s2").await.unwrap());
+    assert!(two.join_room("r", "bob", "s3").await.unwrap());
+    assert_eq!(one.room_counts().await.unwrap(), vec![("r".to_owned(), 2)]);
+    assert_eq!(two.room_users("r").await.unwrap(), vec!["ann", "bob"]);
+    assert!(!one.leave_room("r", "ann", "s1").await.unwrap());
+    assert!(two.leave_room("r", "ann", "s2").await.unwrap());
+    assert!(!two.leave_room("r", "ann", "s2").await.unwrap());
+    assert!(one.leave_room("r", "bob", "s3").await.unwrap());
+    assert!(two.room_counts().await.unwrap().is_empty());
+    // Another prefix is another app.
+    let other = store(&redis.url(), "other");
+    other.join_room("r", "cid", "s4").await.unwrap();
+    assert!(one.room_counts().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn store_keeps_history_and_expires_sessions() {
+    let redis = RedisServer::start();
+    let one = store(&redis.url(), "t");
+    let two = store(&redis.url(), "t");
+    for i in 0..5 {
+        one.push_history("r", i.to_string(), 3).await.unwrap();
+    }
+    assert_eq!(two.history("r").await.unwrap(), vec!["2", "3", "4"]);
+    let session = one
+        .create_session("ann", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        two.session(&session.id).await.unwrap(),
+        Some(session.clone())
+    );
+    let expired = one.create_session("bob", Duration::ZERO).await.unwrap();
+    assert_eq!(two.session(&expired.id).await.unwrap(), None);
+    let brief = one
+        .create_session("cid", Duration::from_millis(1))
+        .await
+        .unwrap();
+    // Redis expires the key itself; wait for that, bounded.
+    let deadline = Instant::now() + DEADLINE;
+    while two.session(&brief.id).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "a 1 ms session never expired");
+        tokio::task::yield_now().await;
+    }
+    two.delete_session(&session.id).await.unwrap();
+    assert_eq!(one.session(&session.id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn store_reports_redis_down_and_recovers() {
+    let mut redis = RedisServer::start();
+    let one = store(&redis.url(), "t");
+    one.join_room("r", "ann", "s1").await.unwrap();
+    redis.kill();
+    let down = one.room_counts().await;
+    assert!(matches!(&down, Err(StoreError::Unavailable(_))), "{down:?}");
+    assert!(one.session("x").await.is_err());
+    redis.restart();
+    // The restarted Redis is empty; the store puts its member back on its first answer.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match one.room_counts().await {
+            Ok(counts) if counts == vec![("r".to_owned(), 1)] => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the store did not recover: {other:?}"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pub_sub_carries_broadcasts() {
+    let redis = RedisServer::start();
+    let sharded = RedisConfig {
+        sharded: true,
+        ..RedisConfig::new(redis.url())
+    };
+    let a = worker(sharded.clone()).await;
+    let b = worker(sharded).await;
+    let mut ann = Client::connect(a.addr, &login(a.addr, "ann"), "ann").await;
+    let mut bob = Client::connect(b.addr, &login(a.addr, "bob"), "bob").await;
+    ann.join("r").await;
+    bob.join("r").await;
+    a.bus.subscriptions_settled().await;
+    b.bus.subscriptions_settled().await;
+    ann.say("over a shard channel");
+    let mut lines = Vec::new();
+    collect_lines(&mut bob, &mut lines, |lines| !lines.is_empty()).await;
+    assert_eq!(
+        lines,
+        vec![("ann".to_owned(), "over a shard channel".to_owned())]
+    );
+}
