@@ -20,6 +20,11 @@ use crate::{pages, validate, ChatConfig};
 /// Largest login form accepted; a nickname needs far less.
 const MAX_FORM_BYTES: usize = 4096;
 
+/// How long a draining worker waits for the first request of a connection it has just accepted
+/// (the client sent it, or is about to) before closing the connection as idle. Go's http.Server
+/// does the same for the same reason.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 const CSS: &str = include_str!("../assets/chat.css");
 const ROOMS_JS: &str = include_str!("../assets/rooms.js");
 const CHATROOM_JS: &str = include_str!("../assets/chatroom.js");
@@ -115,7 +120,9 @@ impl ChatServer {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let server = self.clone();
+        let (first_request_tx, mut first_request) = tokio::sync::watch::channel(false);
         let service = hyper::service::service_fn(move |req| {
+            first_request_tx.send_replace(true);
             let server = server.clone();
             async move { Ok::<_, std::convert::Infallible>(server.handle(req).await) }
         });
@@ -129,8 +136,28 @@ impl ChatServer {
         let result = tokio::select! {
             result = connection.as_mut() => result,
             _ = &mut drain => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+                // hyper closes a connection that has not received a byte yet at once, but a
+                // fresh connection is not idle: its first request may be on the wire. Closing
+                // it would fail a request that was sent to a working server.
+                let first_request_or_grace = async {
+                    let _ = tokio::time::timeout(
+                        FIRST_REQUEST_GRACE,
+                        first_request.wait_for(|seen| *seen),
+                    )
+                    .await;
+                };
+                let ended = tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    _ = first_request_or_grace => None,
+                };
+                match ended {
+                    Some(result) => result,
+                    None => {
+                        // The request in flight finishes, then the connection closes.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                }
             }
         };
         if let Err(error) = result {
@@ -344,4 +371,41 @@ fn secure_headers(headers: &mut http::HeaderMap) {
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_draining_worker_answers_the_first_request_of_a_new_connection() {
+        let config = ChatConfig {
+            secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+            ..ChatConfig::default()
+        };
+        let server = ChatServer::new(config, Arc::new(MemoryStore::default()));
+        let (mut client, server_side) = tokio::io::duplex(64 * 1024);
+        // The drain starts before the connection has sent a byte: a connection accepted just
+        // as the worker was told to drain.
+        let serving = tokio::spawn(async move {
+            server
+                .serve_connection(server_side, std::future::ready(()))
+                .await
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: chat\r\n\r\n")
+            .await
+            .expect("the draining worker closed a new connection before its first request");
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        // Answered, then closed (read_to_string ended): the worker is going away.
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response:?}");
+        assert!(response.ends_with("ok"), "{response:?}");
+        serving.await.unwrap();
+    }
 }
