@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::AppConfig;
 use crate::control::{self, AppStatus, ControlError, Request, Response};
 use crate::paths::{app_names, home, AppPaths};
+use crate::procstat;
 
 /// Why a command against an app failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +18,7 @@ pub enum ClientError {
     AlreadyRunning(String),
     #[error("cannot start the master: {0}")]
     Spawn(std::io::Error),
-    #[error("the master of '{name}' exited during start-up:\n{details}")]
+    #[error("the master of '{name}' could not start: {details}")]
     MasterFailed { name: String, details: String },
     #[error("the master of '{0}' did not answer within {1:?}; see `chatctl logs {0}`")]
     Timeout(String, Duration),
@@ -84,16 +85,10 @@ pub async fn start(config: &AppConfig, exe: &Path) -> Result<Started, ClientErro
     let deadline = Instant::now() + config.ready_timeout + Duration::from_secs(10);
     loop {
         if let Ok(Some(exit)) = master.try_wait() {
-            let mut details = std::fs::read_to_string(&paths.master_stderr)
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            if details.is_empty() {
-                details = format!("master {exit}");
-            }
+            let stderr = std::fs::read_to_string(&paths.master_stderr).unwrap_or_default();
             return Err(ClientError::MasterFailed {
                 name: config.name.clone(),
-                details,
+                details: start_up_failure(&stderr, exit),
             });
         }
         if let Ok(status) = status(&config.name).await {
@@ -122,6 +117,22 @@ pub async fn start(config: &AppConfig, exe: &Path) -> Result<Started, ClientErro
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Why a master exited during start-up, from its stderr. A refusal (address in use, bad user)
+/// is one `chatctl: reason` line: that reason alone, so that `start` says it in one line too.
+/// Anything else (a panic) is shown whole.
+fn start_up_failure(stderr: &str, exit: std::process::ExitStatus) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => format!("master {exit}"),
+        [line] => line.strip_prefix("chatctl: ").unwrap_or(line).to_owned(),
+        _ => lines.join("\n"),
     }
 }
 
@@ -172,18 +183,39 @@ pub async fn stop(name: &str) -> Result<(), ClientError> {
     let paths = AppPaths::new(&home(), name);
     let master_pid = std::fs::read_to_string(&paths.pid)
         .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok());
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|pid| *pid > 1 && *pid <= i32::MAX as u32);
     let answered = control::request(name, &paths.control, &Request::Stop, |_| {}).await;
-    if let Some(pid) = master_pid.filter(|pid| *pid > 1) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Anything left in the app's process group (programs the workers started) goes too.
-        // SAFETY: killpg only sends a signal. The master was a group leader (setsid).
-        unsafe {
-            libc::killpg(pid, libc::SIGKILL);
+    if let Some(pid) = master_pid {
+        let group_is_ours = if answered.is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while procstat::is_running(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        } else {
+            // No answer: the pid file may be stale (the master was killed), and its pid may
+            // belong to another program by now. The group is ours if the pid still names this
+            // app's master (hung), or names no process: a group id stays reserved while the
+            // group has members, so then it can only be the dead master's leftovers.
+            !procstat::is_running(pid)
+                || procstat::command_line(pid).is_some_and(|args| {
+                    args.windows(3)
+                        .any(|w| w[0] == "master" && w[1] == "--name" && w[2] == name)
+                })
+        };
+        if group_is_ours {
+            // Anything left in the app's process group (programs the workers started) goes too.
+            // SAFETY: killpg only sends a signal. The master was a group leader (setsid).
+            unsafe {
+                libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+            }
+            // SIGKILL takes effect asynchronously: return once the group is gone, so that what
+            // it held (the app's port) is free for the next `start`.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while procstat::group_running(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
     paths.remove_runtime_files();
@@ -212,5 +244,23 @@ pub fn sd_notify_ready() {
     };
     if let Err(error) = sent {
         tracing::warn!(%error, "cannot notify systemd of readiness");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_start_up_refusal_is_reported_in_one_line() {
+        let exit = std::process::ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            start_up_failure("chatctl: cannot bind 127.0.0.1:3000: in use\n", exit),
+            "cannot bind 127.0.0.1:3000: in use"
+        );
+        assert_eq!(start_up_failure("", exit), "master exit status: 1");
+        let panic = "thread 'main' panicked at x.rs:1:1:\nboom\nnote: run with RUST_BACKTRACE=1\n";
+        assert_eq!(start_up_failure(panic, exit).lines().count(), 3);
     }
 }

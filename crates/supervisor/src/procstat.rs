@@ -1,6 +1,52 @@
-//! CPU and memory of a process, read from /proc.
+//! What /proc says about a process: whether it runs, its command line, its CPU and memory.
 
 use std::time::Instant;
+
+/// Whether a process with this pid runs. A zombie does not: it has exited and only waits for
+/// its parent (init, for a daemonized master) to collect it.
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain anything.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, fields)| fields.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X"))
+}
+
+/// Whether any process of process group `pgid` still runs (zombies do not count).
+pub fn group_running(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After the command name: state, ppid, pgrp.
+            let mut fields = stat
+                .rsplit_once(')')
+                .map_or("", |(_, f)| f)
+                .split_whitespace();
+            let state = fields.next();
+            let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+            group == Some(pgid) && !matches!(state, None | Some("Z" | "X"))
+        })
+}
+
+/// A process's arguments (argv), if it runs and may be inspected.
+pub fn command_line(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect(),
+    )
+}
 
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
@@ -73,6 +119,35 @@ impl CpuSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_running_processes_from_gone_ones() {
+        let pid = std::process::id();
+        assert!(is_running(pid));
+        assert!(command_line(pid).is_some_and(|args| !args.is_empty()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let child_pid = child.id();
+        // Exited but not yet collected: a zombie.
+        while std::fs::read_to_string(format!("/proc/{child_pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z"))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!is_running(child_pid));
+        child.wait().unwrap();
+        assert!(!is_running(child_pid));
+    }
+
+    #[test]
+    fn sees_the_members_of_a_process_group() {
+        // SAFETY: getpgrp has no preconditions.
+        let ours = unsafe { libc::getpgrp() } as u32;
+        assert!(group_running(ours));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!group_running(pid));
+    }
 
     #[test]
     fn reads_this_process() {
