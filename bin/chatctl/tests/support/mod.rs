@@ -1,0 +1,322 @@
+//! What the cross-process tests of `chatctl` share: an app under test with its own state
+//! directory and loopback port (stopped when the test ends, even by a panic), waiting on
+//! conditions instead of sleeping, and looking at processes through /proc.
+
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any condition may take before the test fails. Generous: the machine may be busy
+/// running other tests, and a deadline only costs time when something is broken.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// How often conditions are re-checked.
+const POLL: Duration = Duration::from_millis(75);
+
+pub fn chatctl_exe() -> &'static str {
+    env!("CARGO_BIN_EXE_chatctl")
+}
+
+/// Whether workers must be given `--user`: the master refuses to run them as root.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("no free loopback port")
+}
+
+/// One app under test: its own `CHATCTL_HOME` and port. Dropping it stops the app (whatever
+/// state the test left it in) and removes the state directory.
+pub struct App {
+    pub name: String,
+    pub home: PathBuf,
+    pub port: u16,
+}
+
+impl App {
+    pub fn new(name: &str) -> App {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let home = std::env::temp_dir().join(format!(
+            "chatctl-test-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).expect("cannot create the test's CHATCTL_HOME");
+        // Workers run as `nobody` under root and start in the directory `start` ran in: make
+        // it one they may enter.
+        set_mode(&home, 0o755);
+        App {
+            name: name.to_owned(),
+            home,
+            port: free_port(),
+        }
+    }
+
+    pub fn listen(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `chatctl ARGS` against this app's state directory.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(chatctl_exe());
+        command
+            .args(args)
+            .env("CHATCTL_HOME", &self.home)
+            .env("RUST_LOG", "info")
+            .current_dir(&self.home);
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run chatctl {args:?}: {e}"))
+    }
+
+    /// `chatctl start` of this app on its port with `flags`, running `program` (the chat app
+    /// when empty). Adds `--user nobody` when the tests run as root.
+    pub fn start(&self, flags: &[&str], program: &[&str]) -> Output {
+        let listen = self.listen();
+        let mut args = vec!["start", "--name", &self.name, "--listen", &listen];
+        if running_as_root() {
+            args.extend(["--user", "nobody"]);
+        }
+        args.extend_from_slice(flags);
+        if !program.is_empty() {
+            args.push("--");
+            args.extend_from_slice(program);
+        }
+        self.run(&args)
+    }
+
+    /// Like [`App::start`], but the test cannot go on unless it succeeds.
+    pub fn start_ok(&self, flags: &[&str], program: &[&str]) -> Value {
+        let output = self.start(flags, program);
+        assert!(
+            output.status.success(),
+            "chatctl start failed ({}):\n{}\n{}\nlog:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log_text()
+        );
+        self.status()
+            .expect("no status right after a successful start")
+    }
+
+    /// `chatctl status NAME --json`, or None when the app does not answer.
+    pub fn status(&self) -> Option<Value> {
+        let output = self.run(&["status", &self.name, "--json"]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// `chatctl list --json`.
+    pub fn list(&self) -> Vec<Value> {
+        let output = self.run(&["list", "--json"]);
+        assert!(output.status.success(), "chatctl list --json failed");
+        serde_json::from_slice(&output.stdout).expect("chatctl list --json printed no JSON array")
+    }
+
+    /// This app's entry of `list --json`.
+    pub fn listed(&self) -> Option<Value> {
+        self.list()
+            .into_iter()
+            .find(|app| app["name"] == self.name.as_str())
+    }
+
+    /// Polls `list --json` until `condition` holds on this app's entry; returns that entry.
+    pub fn wait_listed(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let mut last = None;
+        let found = wait_for_value(what, || {
+            let app = self.listed();
+            let done = app.as_ref().is_some_and(&condition);
+            last = app.clone();
+            done.then_some(app).flatten()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out waiting for {what}; last listing: {}\nlog:\n{}",
+                last.map_or("none".into(), |v| v.to_string()),
+                self.log_text()
+            )
+        })
+    }
+
+    pub fn master_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.home.join("apps").join(&self.name).join("master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn app_dir(&self) -> PathBuf {
+        self.home.join("apps").join(&self.name)
+    }
+
+    /// The app log, for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.app_dir().join("logs").join("app.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop", &self.name]).output();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// The workers of a `status` / `list` entry.
+pub fn workers(app: &Value) -> &[Value] {
+    app["workers"].as_array().map_or(&[], |w| w.as_slice())
+}
+
+pub fn worker_pids(app: &Value) -> Vec<u32> {
+    workers(app)
+        .iter()
+        .filter_map(|w| w["pid"].as_u64())
+        .map(|pid| pid as u32)
+        .collect()
+}
+
+pub fn all_online(app: &Value, count: usize) -> bool {
+    let workers = workers(app);
+    workers.len() == count
+        && workers
+            .iter()
+            .all(|w| w["status"] == "online" && w["pid"].is_u64())
+}
+
+/// Calls `probe` until it returns Some, for at most [`DEADLINE`].
+pub fn wait_for_value<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            eprintln!("gave up waiting for {what}");
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `condition` holds; panics after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    if wait_for_value(what, || condition().then_some(())).is_none() {
+        panic!("timed out after {DEADLINE:?} waiting for {what}");
+    }
+}
+
+/// Whether a process is running. A zombie is not: it has exited and only waits for its parent
+/// (often init, for a daemon) to collect it.
+pub fn alive(pid: u32) -> bool {
+    match process_state(pid) {
+        Some(state) => state != 'Z' && state != 'X',
+        None => false,
+    }
+}
+
+/// The state letter of /proc/PID/stat (R, S, T, Z, ...).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: fields follow the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Live processes whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let fields: Vec<String> = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect();
+                    // state, ppid, pgrp
+                    Some(fields.get(2)?.parse::<u32>().ok()? == pgid && fields[0] != "Z")
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+pub fn signal(pid: u32, signal: libc::c_int) {
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// Non-empty lines of a command's stderr.
+pub fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+/// `GET path` on a fresh connection; the status code and body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    Ok((status, body))
+}
