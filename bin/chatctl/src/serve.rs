@@ -23,9 +23,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
-            url: url.clone(),
             prefix: args.redis_prefix.clone(),
             sharded: args.redis_sharded,
+            ..coord::RedisConfig::new(url.clone())
         })?),
         None => None,
     };
@@ -49,14 +49,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // in this process.
         let link = WorkerLink::from_env();
         let mut config = config;
-        let mut bus = None;
+        let mut redis_parts = None;
         let store: Arc<dyn chat::Store> = match (redis, &link) {
             (Some(redis), _) => {
                 let redis_bus = coord::RedisBus::new(redis.clone());
                 let adapter_bus = redis_bus.clone();
                 config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
-                bus = Some(redis_bus);
-                Arc::new(coord::RedisStore::new(redis))
+                let store = Arc::new(coord::RedisStore::new(redis));
+                redis_parts = Some((redis_bus, store.clone()));
+                store
             }
             (None, Some((link, _))) => {
                 let adapter_link = link.clone();
@@ -69,8 +70,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             (None, None) => Arc::new(MemoryStore::default()),
         };
         let server = ChatServer::new(config, store);
-        if let Some(bus) = &bus {
+        if let Some((bus, store)) = &redis_parts {
             bus.start(server.io().clone());
+            store.start_heartbeat(server.io().clone());
         }
         if let Some(fd) = std::env::var(supervisor::ipc::PRIVATE_SOCKET_ENV)
             .ok()

@@ -119,8 +119,10 @@ async fn worker(config: RedisConfig) -> Worker {
     };
     let adapter_bus = bus.clone();
     config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
-    let server = ChatServer::new(config, Arc::new(RedisStore::new(link)));
+    let store = Arc::new(RedisStore::new(link));
+    let server = ChatServer::new(config, store.clone());
     bus.start(server.io().clone());
+    store.start_heartbeat(server.io().clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -493,9 +495,8 @@ async fn two_workers_share_rooms_sessions_and_broadcasts_and_survive_a_redis_res
 fn store(url: &str, prefix: &str) -> RedisStore {
     RedisStore::new(
         RedisLink::new(RedisConfig {
-            url: url.to_owned(),
             prefix: prefix.to_owned(),
-            sharded: false,
+            ..RedisConfig::new(url)
         })
         .expect("valid Redis URL"),
     )
@@ -600,4 +601,35 @@ async fn sharded_pub_sub_carries_broadcasts() {
         lines,
         vec![("ann".to_owned(), "over a shard channel".to_owned())]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_members_are_removed_and_announced() {
+    let redis = RedisServer::start();
+    let short = RedisConfig {
+        worker_ttl: Duration::from_millis(300),
+        ..RedisConfig::new(redis.url())
+    };
+    let a = worker(short.clone()).await;
+    let b = worker(short.clone()).await;
+    let mut ann = Client::connect(a.addr, &login(a.addr, "ann"), "ann").await;
+    let mut bob = Client::connect(b.addr, &login(a.addr, "bob"), "bob").await;
+    ann.join("lobby").await;
+    bob.join("lobby").await;
+    // A worker that puts a member in the room and dies: nothing renews its liveness. The live
+    // workers renew theirs, so the first departure announced is the ghost's.
+    let ghost = RedisStore::new(RedisLink::new(short).expect("valid Redis URL"));
+    ghost.join_room("lobby", "ghost", "g1").await.unwrap();
+    let left = ann.expect("/chat_infra", "user_left").await;
+    assert_eq!(left, json!({"name": "ghost"}));
+    assert_eq!(
+        ann.expect("/chat_infra", "users_list").await,
+        json!(["ann", "bob"])
+    );
+    // Announced through the bus to the other worker's members too.
+    assert_eq!(
+        bob.expect("/chat_infra", "user_left").await,
+        json!({"name": "ghost"})
+    );
+    assert_eq!(bob.rooms().await, json!({"lobby": 2}));
 }

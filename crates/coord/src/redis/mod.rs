@@ -9,6 +9,9 @@
 //!   (hash socket -> nickname), `P:rooms` (set of rooms with users), changed by Lua scripts so
 //!   that concurrent joins and leaves from several workers keep the counts exact;
 //! - `P:history:ROOM`, a list capped by `LTRIM`;
+//! - `P:workers` (set of worker uids), `P:worker:UID:alive` (renewed by the worker's heartbeat,
+//!   with a TTL) and `P:worker:UID:members` (its `socket room` pairs): when a worker's liveness
+//!   key lapses, another worker removes its members and tells their rooms who left;
 //! - `P:bc:NS` carries broadcasts to a whole namespace or to several rooms, `P:bc:NS:ROOM` those
 //!   to one room. Each worker subscribes to the namespace channels and to the channels of the
 //!   rooms it has members in, so a room's traffic reaches only the workers that need it. Every
@@ -41,6 +44,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) instead of PUBLISH/SUBSCRIBE.
     pub sharded: bool,
+    /// A worker that has not renewed its liveness key for this long is dead: another worker
+    /// removes its room members. It renews every third of this.
+    pub worker_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -49,6 +55,7 @@ impl RedisConfig {
             url: url.into(),
             prefix: "chatctl".into(),
             sharded: false,
+            worker_ttl: Duration::from_secs(15),
         }
     }
 }

@@ -10,12 +10,19 @@ use chat::{Session, Store, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::{AsyncCommands, Script};
+use socketio::SocketIo;
 
 use super::RedisLink;
 
 /// Adds a socket to a room unless it is there already; answers 1 when its nickname is new in
-/// the room. KEYS: users hash, sockets hash, rooms set. ARGV: room, nickname, socket.
+/// the room. Also records the socket as this worker's and renews the worker's liveness key, so
+/// that if the worker dies, another one removes its members ([`REAP`]).
+/// KEYS: users hash, sockets hash, rooms set, this worker's members set, workers set, this
+/// worker's liveness key. ARGV: room, nickname, socket, worker uid, liveness TTL in ms.
 const JOIN: &str = r"
+redis.call('SADD', KEYS[4], ARGV[3] .. ' ' .. ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[4])
+redis.call('SET', KEYS[6], '1', 'PX', ARGV[5])
 if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[2]) == 0 then return 0 end
 redis.call('SADD', KEYS[3], ARGV[1])
 if redis.call('HINCRBY', KEYS[1], ARGV[2], 1) == 1 then return 1 end
@@ -25,6 +32,7 @@ return 0
 /// Removes a socket from a room; answers 1 when that was its nickname's last socket there.
 /// Same KEYS and ARGV as [`JOIN`]; the nickname recorded at join time is the one counted down.
 const LEAVE: &str = r"
+redis.call('SREM', KEYS[4], ARGV[3] .. ' ' .. ARGV[1])
 local nickname = redis.call('HGET', KEYS[2], ARGV[3])
 if not nickname then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[3])
@@ -37,6 +45,38 @@ if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) en
 return gone
 ";
 
+/// Removes every member of a worker whose liveness key has expired; answers the users who left
+/// a room entirely, as a flat list room, nickname, room, nickname... Atomic, so of several
+/// workers reaping the same dead one, one does the work and announces the departures.
+/// KEYS: the dead worker's members set, workers set, rooms set, its liveness key.
+/// ARGV: key prefix, the dead worker's uid.
+const REAP: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
+local gone = {}
+for _, entry in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local space = string.find(entry, ' ', 1, true)
+  if space then
+    local socket = string.sub(entry, 1, space - 1)
+    local room = string.sub(entry, space + 1)
+    local users = ARGV[1] .. ':room:' .. room .. ':users'
+    local sockets = ARGV[1] .. ':room:' .. room .. ':sockets'
+    local nickname = redis.call('HGET', sockets, socket)
+    if nickname then
+      redis.call('HDEL', sockets, socket)
+      if redis.call('HINCRBY', users, nickname, -1) <= 0 then
+        redis.call('HDEL', users, nickname)
+        table.insert(gone, room)
+        table.insert(gone, nickname)
+      end
+      if redis.call('HLEN', users) == 0 then redis.call('SREM', KEYS[3], room) end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return gone
+";
+
 /// A member this worker put in a room: (room, nickname, socket id).
 type Membership = (String, String, String);
 
@@ -46,6 +86,7 @@ pub struct RedisStore {
     link: Arc<RedisLink>,
     join: Script,
     leave: Script,
+    reap: Script,
     /// The members this worker added and has not removed: a restarted Redis has lost them, and
     /// this worker puts them back.
     members: Mutex<HashSet<Membership>>,
@@ -59,17 +100,126 @@ impl RedisStore {
             link,
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
+            reap: Script::new(REAP),
             members: Mutex::new(HashSet::new()),
             asserted_epoch: AtomicU64::new(0),
         }
     }
 
-    fn room_keys(&self, room: &str) -> [String; 3] {
+    /// The KEYS of [`JOIN`] and [`LEAVE`].
+    fn member_keys(&self, room: &str) -> [String; 6] {
+        let uid = self.link.uid.as_str();
         [
             self.link.key(&["room", room, "users"]),
             self.link.key(&["room", room, "sockets"]),
             self.link.key(&["rooms"]),
+            self.link.key(&["worker", uid, "members"]),
+            self.link.key(&["workers"]),
+            self.link.key(&["worker", uid, "alive"]),
         ]
+    }
+
+    fn liveness_ttl_ms(&self) -> u64 {
+        self.link.config.worker_ttl.as_millis().max(1) as u64
+    }
+
+    /// Keeps this worker alive in Redis and removes the members of workers that died without
+    /// leaving their rooms (DESIGN §6: no ghost members), telling the users who remain in those
+    /// rooms through `io`, as if the dead worker's sockets had disconnected. Runs until the
+    /// runtime stops.
+    pub fn start_heartbeat(self: &Arc<Self>, io: SocketIo) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let period = (store.link.config.worker_ttl / 3).max(Duration::from_millis(1));
+            let mut beat = tokio::time::interval(period);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                beat.tick().await;
+                store.heartbeat(&io).await;
+            }
+        })
+    }
+
+    async fn heartbeat(&self, io: &SocketIo) {
+        let uid = self.link.uid.clone();
+        let alive = self.link.key(&["worker", &uid, "alive"]);
+        let workers = self.link.key(&["workers"]);
+        let ttl = self.liveness_ttl_ms();
+        let renewed = self
+            .link
+            .run(|mut c| async move {
+                // SET .. GET (Redis 6.2) tells whether the key had lapsed in the meantime.
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(alive)
+                    .arg("1")
+                    .arg("PX")
+                    .arg(ttl)
+                    .arg("GET")
+                    .sadd(&workers, &uid)
+                    .ignore()
+                    .smembers(&workers)
+                    .query_async::<(Option<String>, Vec<String>)>(&mut c)
+                    .await
+            })
+            .await;
+        let Ok((previous, others)) = renewed else {
+            return;
+        };
+        if previous.is_none() {
+            // Redis restarted, or this worker stalled so long that another removed its
+            // members: whatever the epoch says, put them back.
+            self.asserted_epoch.store(u64::MAX, Ordering::Release);
+        }
+        self.reassert_members().await;
+        for other in others.iter().filter(|other| **other != self.link.uid) {
+            self.reap(io, other).await;
+        }
+    }
+
+    /// Removes the members of worker `uid` if it is dead, and announces who left.
+    async fn reap(&self, io: &SocketIo, uid: &str) {
+        let mut invocation = self.reap.prepare_invoke();
+        invocation
+            .key(self.link.key(&["worker", uid, "members"]))
+            .key(self.link.key(&["workers"]))
+            .key(self.link.key(&["rooms"]))
+            .key(self.link.key(&["worker", uid, "alive"]))
+            .arg(&self.link.config.prefix)
+            .arg(uid);
+        let Ok(gone) = self
+            .link
+            .run(|mut c| async move { invocation.invoke_async::<Vec<String>>(&mut c).await })
+            .await
+        else {
+            return;
+        };
+        if gone.is_empty() {
+            return;
+        }
+        tracing::info!(
+            worker = uid,
+            users = gone.len() / 2,
+            "removed the room members of a worker that stopped answering"
+        );
+        let Some(infra) = io.of(chat::INFRA) else {
+            return;
+        };
+        let mut rooms: Vec<&str> = Vec::new();
+        for pair in gone.chunks_exact(2) {
+            let (room, nickname) = (&pair[0], &pair[1]);
+            let _ = infra
+                .to(chat::room_key(room))
+                .emit("user_left", &serde_json::json!({ "name": nickname }));
+            if !rooms.contains(&room.as_str()) {
+                rooms.push(room);
+            }
+        }
+        for room in rooms {
+            if let Ok(users) = self.room_users(room).await {
+                let _ = infra.to(chat::room_key(room)).emit("users_list", &users);
+            }
+        }
     }
 
     /// After Redis came back (or on the first command), puts this worker's members back in
@@ -90,11 +240,13 @@ impl RedisStore {
                 // EVAL, not EVALSHA: a restarted Redis has an empty script cache.
                 pipe.cmd("EVAL")
                     .arg(JOIN)
-                    .arg(3)
-                    .arg(&self.room_keys(room))
+                    .arg(6)
+                    .arg(&self.member_keys(room))
                     .arg(room)
                     .arg(nickname)
                     .arg(socket)
+                    .arg(&self.link.uid)
+                    .arg(self.liveness_ttl_ms())
                     .ignore();
             }
             let restored = self
@@ -116,14 +268,16 @@ impl RedisStore {
         nickname: &str,
         socket: &str,
     ) -> Result<bool, StoreError> {
-        let [users, sockets, rooms] = self.room_keys(room);
-        let mut invocation = script.key(users);
+        let mut invocation = script.prepare_invoke();
+        for key in self.member_keys(room) {
+            invocation.key(key);
+        }
         invocation
-            .key(sockets)
-            .key(rooms)
             .arg(room)
             .arg(nickname)
-            .arg(socket);
+            .arg(socket)
+            .arg(&self.link.uid)
+            .arg(self.liveness_ttl_ms());
         let changed: i64 = self
             .link
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
