@@ -208,14 +208,16 @@ pub struct ServeArgs {
     /// Share broadcasts, rooms, sessions and history through this Redis (redis://host:port)
     /// instead of through the chatctl master (or, alone, this process's memory): for workers on
     /// several machines. Also read from REDIS_URL.
-    #[arg(long = "redis", env = "REDIS_URL", value_name = "URL", value_parser = parse_redis_url)]
+    #[arg(long = "redis", env = "REDIS_URL", hide_env_values = true, value_name = "URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
     /// Starts every Redis key and channel of this app, so several apps can share one Redis.
-    #[arg(long, default_value = "chatctl")]
+    /// Also read from CHATCTL_REDIS_PREFIX.
+    #[arg(long, env = "CHATCTL_REDIS_PREFIX", default_value = "chatctl")]
     pub redis_prefix: String,
-    /// Broadcast with sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) instead of PUBLISH:
-    /// each room's channel then lives on one shard of a Redis Cluster.
-    #[arg(long)]
+    /// Broadcast with sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) instead of
+    /// PUBLISH/SUBSCRIBE: each room's channel is then handled by one shard. (Connecting to a
+    /// Redis Cluster is not supported yet.) Also read from CHATCTL_REDIS_SHARDED (true/false).
+    #[arg(long, env = "CHATCTL_REDIS_SHARDED")]
     pub redis_sharded: bool,
 }
 
@@ -257,6 +259,27 @@ mod tests {
         assert!(parse_duration("25").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn redis_settings_come_from_flags() {
+        let cli = Cli::try_parse_from([
+            "chatctl",
+            "serve",
+            "--redis",
+            "redis://127.0.0.1:6379/2",
+            "--redis-prefix",
+            "app",
+            "--redis-sharded",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.redis_url.as_deref(), Some("redis://127.0.0.1:6379/2"));
+        assert_eq!(args.redis_prefix, "app");
+        assert!(args.redis_sharded);
+        assert!(Cli::try_parse_from(["chatctl", "serve", "--redis", "nonsense"]).is_err());
     }
 
     #[test]
