@@ -103,8 +103,8 @@ impl RedisBus {
         else {
             return;
         };
-        tokio::spawn(publish(self.link.clone(), publications));
-        tokio::spawn(subscribe(self.link.clone(), io, subscriptions));
+        tokio::spawn(run_publisher(self.link.clone(), publications));
+        tokio::spawn(run_subscriber(self.link.clone(), io, subscriptions));
     }
 
     /// Completes once every subscription asked for so far is in place on a working connection:
@@ -258,7 +258,7 @@ impl Adapter for RedisAdapter {
 
 /// Sends queued broadcasts to Redis, pipelined: whatever queued up while one batch was on its
 /// way goes in the next.
-async fn publish(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Publication>) {
+async fn run_publisher(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Publication>) {
     let command = if link.config.sharded {
         "SPUBLISH"
     } else {
@@ -283,7 +283,7 @@ async fn publish(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Publicat
 
 /// The subscriber: keeps one RESP3 connection subscribed to the channels this worker's adapters
 /// ask for, delivers what arrives, and reconnects and resubscribes after Redis went away.
-async fn subscribe(
+async fn run_subscriber(
     link: Arc<RedisLink>,
     io: SocketIo,
     mut commands: mpsc::UnboundedReceiver<SubscriberCommand>,
@@ -460,5 +460,48 @@ fn deliver(io: &SocketIo, own_uid: &str, data: Vec<Value>) {
     };
     if let Some(ns) = io.of(&ns) {
         ns.deliver(&ns.adapter().sockets(&opts), &frames, opts.volatile);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::{RedisConfig, RedisLink};
+
+    #[test]
+    fn channels_are_per_namespace_and_per_room_under_the_prefix() {
+        let link = RedisLink::new(RedisConfig {
+            prefix: "app".into(),
+            ..RedisConfig::new("redis://127.0.0.1:1")
+        })
+        .unwrap();
+        let bus = RedisBus::new(link);
+        assert_eq!(bus.channel("/chat_com", None), "app:bc:/chat_com");
+        assert_eq!(
+            bus.channel("/chat_com", Some("room:lobby")),
+            "app:bc:/chat_com:room:lobby"
+        );
+    }
+
+    #[test]
+    fn a_channel_is_subscribed_while_anyone_wants_it() {
+        let mut wanted = HashMap::new();
+        let mut settled = Vec::new();
+        let mut apply = |command| record(&mut wanted, &mut settled, command);
+        assert_eq!(
+            apply(SubscriberCommand::Subscribe("c".into())),
+            Some(("c".to_owned(), true))
+        );
+        assert_eq!(apply(SubscriberCommand::Subscribe("c".into())), None);
+        assert_eq!(apply(SubscriberCommand::Unsubscribe("c".into())), None);
+        assert_eq!(
+            apply(SubscriberCommand::Unsubscribe("c".into())),
+            Some(("c".to_owned(), false))
+        );
+        // Unbalanced: nothing to undo.
+        assert_eq!(apply(SubscriberCommand::Unsubscribe("c".into())), None);
+        let (done, _) = oneshot::channel();
+        assert_eq!(apply(SubscriberCommand::Settled(done)), None);
+        assert_eq!(settled.len(), 1);
     }
 }

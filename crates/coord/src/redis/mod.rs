@@ -18,6 +18,10 @@
 //!   name is its own channel, so with [`RedisConfig::sharded`] (SPUBLISH/SSUBSCRIBE, Redis 7)
 //!   rooms spread over the shards of a cluster.
 //!
+//! Needs Redis 6.2 or later (RESP3 push messages for the subscriber, `SET .. GET` for the
+//! heartbeat); Redis 7 for sharded pub/sub. Connecting to a Redis Cluster is not supported yet:
+//! the room scripts touch keys of several hash slots.
+//!
 //! When Redis is down, store operations fail with [`chat::StoreError::Unavailable`] and
 //! broadcasts reach this worker's sockets only; the connections come back by themselves, the
 //! subscriber resubscribes and the store re-asserts the room members of this worker.
