@@ -10,6 +10,7 @@ use engineio::CorsPolicy;
 
 use futures_util::FutureExt;
 use supervisor::ipc::WorkerLink;
+use supervisor::route_tag;
 
 use crate::flags::ServeArgs;
 
@@ -138,6 +139,13 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         CorsPolicy::List(args.allow_origins.clone())
     };
     config.io.connect_timeout = args.connect_timeout;
+    // Under a master, session ids name this worker, so requests can be routed to it by sid.
+    if let Some(slot) = std::env::var(supervisor::ipc::WORKER_ID_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        engine.sid_tag = route_tag::encode(route_tag::Owner { node: 0, slot });
+    }
     Ok(config)
 }
 

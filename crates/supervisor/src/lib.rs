@@ -12,6 +12,7 @@ pub mod logs;
 pub mod master;
 pub mod paths;
 pub mod procstat;
+pub mod route_tag;
 pub mod spawn;
 
 pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling};

@@ -599,6 +599,12 @@ impl Inner {
         let Some((role, uptime, pid)) = role else {
             return;
         };
+        // What the process owned in the shared store goes, and the others are told.
+        if let Some(service) = self.service.get() {
+            for message in service.worker_gone(generation) {
+                self.relay(generation, message);
+            }
+        }
         match role {
             "current" => {
                 tracing::warn!(

@@ -1,0 +1,144 @@
+"""A room of chat users spread over the workers of one chatctl app (PyPI python-socketio 5.x),
+driven by bin/chatctl/tests/cluster.rs.
+
+    python cluster_chat.py <base url> <count>
+
+Phase 1: every user logs in (the session lives in the master's store, so any worker accepts the
+cookie), joins "lobby" over websocket, and sends one message. Each user must get every other
+user's message exactly once, as userMessage, and its own back as myMessage; get_rooms must count
+all users, whichever worker answers. Prints {"event": "ready", "sids": [...]} (each user's
+Engine.IO session id), then waits for a line on stdin
+with the number of users on the worker the test kills. Phase 2: once that many users have lost
+their connection, every survivor must hear user_left for each of them and end up with a
+users_list of the survivors only. Prints {"event": "done"} and exits 0; on any failure prints
+{"event": "error", "message": ...} and exits 1.
+"""
+
+import json
+import sys
+import threading
+import time
+
+import requests
+import socketio
+
+DEADLINE = 20.0
+
+
+def report(event, **fields):
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def fail(message):
+    report("error", message=message)
+    sys.exit(1)
+
+
+class User:
+    def __init__(self, base, name):
+        self.name = name
+        self.lock = threading.Condition()
+        self.messages = []
+        self.left = []
+        self.users = []
+        self.rooms = None
+        self.disconnected = False
+        session = requests.Session()
+        response = session.post(base + "/login", data={"nickname": name}, allow_redirects=False)
+        if response.status_code != 303:
+            fail(f"login of {name} answered {response.status_code}")
+        cookie = "chat_session=" + session.cookies["chat_session"]
+        self.client = socketio.Client(reconnection=False)
+        self.client.on("message", self.on_message, namespace="/chat_com")
+        self.client.on("user_left", self.on_left, namespace="/chat_infra")
+        self.client.on("users_list", self.on_users, namespace="/chat_infra")
+        self.client.on("rooms_list", self.on_rooms, namespace="/chat_infra")
+        self.client.on("disconnect", self.on_disconnect, namespace="/chat_infra")
+        self.client.connect(base, namespaces=["/chat_com", "/chat_infra"], headers={"Cookie": cookie},
+                            transports=["websocket"], wait_timeout=DEADLINE)
+
+    def notify(self, update):
+        with self.lock:
+            update()
+            self.lock.notify_all()
+
+    def on_message(self, text):
+        self.notify(lambda: self.messages.append(json.loads(text)))
+
+    def on_left(self, data):
+        self.notify(lambda: self.left.append(data["name"]))
+
+    def on_users(self, names):
+        self.notify(lambda: setattr(self, "users", names))
+
+    def on_disconnect(self, *_reason):
+        self.notify(lambda: setattr(self, "disconnected", True))
+
+    def on_rooms(self, rooms):
+        self.notify(lambda: setattr(self, "rooms", rooms))
+
+    def wait(self, what, condition):
+        with self.lock:
+            if not self.lock.wait_for(condition, timeout=DEADLINE):
+                fail(f"{self.name}: timed out waiting for {what}")
+
+
+def main():
+    base, count = sys.argv[1], int(sys.argv[2])
+    users = [User(base, f"user{i:02d}") for i in range(count)]
+    everyone = sorted(u.name for u in users)
+    for user in users:
+        user.client.emit("join_room", {"name": "lobby"}, namespace="/chat_infra")
+    for user in users:
+        user.wait("everyone in users_list", lambda: sorted(user.users) == everyone)
+
+    for user in users:
+        user.client.emit("message", json.dumps({"type": "userMessage", "message": f"hi from {user.name}"}),
+                         namespace="/chat_com")
+    for user in users:
+        user.wait("every message", lambda: len(user.messages) >= count)
+    # Exactly once: a second round proves nothing arrived twice in the meantime.
+    for user in users:
+        user.client.emit("message", json.dumps({"type": "userMessage", "message": "round 2"}), namespace="/chat_com")
+    for user in users:
+        user.wait("round 2", lambda: len(user.messages) >= 2 * count)
+    for user in users:
+        first = user.messages[:count]
+        mine = [m for m in first if m["type"] == "myMessage"]
+        theirs = sorted(m["username"] for m in first if m["type"] == "userMessage")
+        if len(mine) != 1 or theirs != sorted(n for n in everyone if n != user.name):
+            fail(f"{user.name} got {first}")
+        if len(user.messages) != 2 * count:
+            fail(f"{user.name} got {len(user.messages)} messages, expected {2 * count}")
+
+    for user in users:
+        user.client.emit("get_rooms", namespace="/chat_infra")
+    for user in users:
+        user.wait("rooms_list", lambda: user.rooms is not None)
+        if user.rooms != {"lobby": count}:
+            fail(f"{user.name} got rooms {user.rooms}")
+
+    report("ready", sids=[u.client.eio.sid for u in users])
+    expected = int(sys.stdin.readline())
+    deadline = time.monotonic() + DEADLINE
+    while sum(u.disconnected for u in users) < expected:
+        if time.monotonic() > deadline:
+            fail(f"only {sum(u.disconnected for u in users)} of {expected} users lost their connection")
+        time.sleep(0.02)
+    killed = {u.name for u in users if u.disconnected}
+    if len(killed) != expected:
+        fail(f"{len(killed)} users lost their connection, expected {expected}")
+    survivors = [u for u in users if u.name not in killed]
+    remaining = sorted(u.name for u in survivors)
+    for user in survivors:
+        user.wait("user_left of every user of the killed worker", lambda: killed <= set(user.left))
+        user.wait("users_list of the survivors", lambda: sorted(user.users) == remaining)
+    for user in survivors:
+        user.client.disconnect()
+    report("done", survivors=len(survivors))
+
+
+if __name__ == "__main__":
+    threading.Timer(60, lambda: (report("error", message="watchdog"), sys.stdout.flush(), __import__("os")._exit(1))).start()
+    main()
+    __import__("os")._exit(0)
