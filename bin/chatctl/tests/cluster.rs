@@ -1,7 +1,8 @@
 //! Workers of one app share the chat through the master (the embedded bus and store, no
 //! Redis): a room of real python-socketio users spread over two workers gets every message
-//! exactly once, the same room counts from any worker, one login for all workers, and when a
-//! worker is killed its users leave the room for everyone else.
+//! exactly once, the same room counts from any worker, one login for all workers, private
+//! messages cross workers, and when a worker is killed its users leave the room for everyone
+//! else.
 
 mod support;
 
@@ -15,7 +16,7 @@ use supervisor::route_tag;
 use support::{all_online, signal, wait_for_value, workers, App, DEADLINE};
 
 /// Users in the room.
-const USERS: u64 = 20;
+const USERS: u64 = 40;
 
 #[test]
 fn a_room_spread_over_two_workers_behaves_as_one() {

@@ -8,9 +8,9 @@ cookie), joins "lobby" over websocket, and sends one message. Each user must get
 user's message exactly once, as userMessage, and its own back as myMessage; get_rooms must count
 all users, whichever worker answers. Prints {"event": "ready", "sids": [...]} (each user's
 Engine.IO session id), then waits for a line on stdin
-with the number of users on the worker the test kills. Phase 2: once that many users have lost
-their connection, every survivor must hear user_left for each of them and end up with a
-users_list of the survivors only. Prints {"event": "done"} and exits 0; on any failure prints
+with the number of users on the worker the test kills. A private message from one user reaches users on the other worker. Phase 2: once that many
+users have lost their connection, every survivor must hear user_left for each of them and end up
+with a users_list of the survivors only, and get_rooms counts the survivors only. Prints {"event": "done"} and exits 0; on any failure prints
 {"event": "error", "message": ...} and exits 1.
 """
 
@@ -43,6 +43,7 @@ class User:
         self.users = []
         self.rooms = None
         self.disconnected = False
+        self.private = []
         session = requests.Session()
         response = session.post(base + "/login", data={"nickname": name}, allow_redirects=False)
         if response.status_code != 303:
@@ -54,6 +55,7 @@ class User:
         self.client.on("users_list", self.on_users, namespace="/chat_infra")
         self.client.on("rooms_list", self.on_rooms, namespace="/chat_infra")
         self.client.on("disconnect", self.on_disconnect, namespace="/chat_infra")
+        self.client.on("private_message", self.on_private, namespace="/chat_infra")
         self.client.connect(base, namespaces=["/chat_com", "/chat_infra"], headers={"Cookie": cookie},
                             transports=["websocket"], wait_timeout=DEADLINE)
 
@@ -70,6 +72,9 @@ class User:
 
     def on_users(self, names):
         self.notify(lambda: setattr(self, "users", names))
+
+    def on_private(self, data):
+        self.notify(lambda: self.private.append(data))
 
     def on_disconnect(self, *_reason):
         self.notify(lambda: setattr(self, "disconnected", True))
@@ -118,6 +123,20 @@ def main():
         if user.rooms != {"lobby": count}:
             fail(f"{user.name} got rooms {user.rooms}")
 
+    # A private message crosses workers: the sender's session id names its worker slot.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    slot = lambda user: alphabet.index(user.client.eio.sid[2]) * 64 + alphabet.index(user.client.eio.sid[3])
+    sender = users[0]
+    targets = [u for u in users if slot(u) != slot(sender)][:10]
+    if not targets:
+        fail("every user is on the sender's worker")
+    for target in targets:
+        sender.client.emit("private_message", {"to": target.name, "message": "psst"}, namespace="/chat_infra")
+    for target in targets:
+        target.wait("the private message", lambda: len(target.private) >= 1)
+        if target.private != [{"from": sender.name, "to": target.name, "message": "psst"}]:
+            fail(f"{target.name} got private messages {target.private}")
+
     report("ready", sids=[u.client.eio.sid for u in users])
     expected = int(sys.stdin.readline())
     deadline = time.monotonic() + DEADLINE
@@ -133,6 +152,12 @@ def main():
     for user in survivors:
         user.wait("user_left of every user of the killed worker", lambda: killed <= set(user.left))
         user.wait("users_list of the survivors", lambda: sorted(user.users) == remaining)
+    witness = survivors[0]
+    witness.rooms = None
+    witness.client.emit("get_rooms", namespace="/chat_infra")
+    witness.wait("rooms_list after the kill", lambda: witness.rooms is not None)
+    if witness.rooms != {"lobby": len(survivors)}:
+        fail(f"rooms after the kill: {witness.rooms}, expected lobby with {len(survivors)}")
     for user in survivors:
         user.client.disconnect()
     report("done", survivors=len(survivors))
