@@ -24,7 +24,12 @@ pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
         listen: args.listen,
         instances: args.instances.unwrap_or(defaults.instances),
         command: args.command.clone(),
-        env: args.env.clone(),
+        env: args
+            .env
+            .iter()
+            .cloned()
+            .chain(args.redis.iter().map(|url| ("REDIS_URL".to_owned(), url.clone())))
+            .collect(),
         cwd: std::env::current_dir().ok(),
         user: args.user.clone(),
         restart: supervisor::RestartPolicy {

@@ -130,6 +130,11 @@ pub struct AppArgs {
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+    /// Share rooms, broadcasts, sessions and history through this Redis instead of the master
+    /// (needed across machines): redis://host:port, rediss://..., unix:///path. Passed to the
+    /// chat workers as REDIS_URL.
+    #[arg(long = "redis", value_name = "URL", value_parser = parse_redis_url)]
+    pub redis: Option<String>,
     /// Environment for the workers, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
