@@ -28,7 +28,11 @@ pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
             .env
             .iter()
             .cloned()
-            .chain(args.redis.iter().map(|url| ("REDIS_URL".to_owned(), url.clone())))
+            .chain(
+                args.redis
+                    .iter()
+                    .map(|url| ("REDIS_URL".to_owned(), url.clone())),
+            )
             .collect(),
         cwd: std::env::current_dir().ok(),
         user: args.user.clone(),
