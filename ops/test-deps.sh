@@ -13,8 +13,10 @@ done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
 # The browser test launches this binary; CHATCTL_CHROMIUM points it at another build.
 [ -x "${CHATCTL_CHROMIUM:-/usr/bin/chromium}" ] || apt_packages+=(chromium)
-# crates/coord/tests/redis.rs starts redis-servers of its own on loopback ports.
+# crates/coord/tests/redis.rs starts redis-servers of its own on loopback ports;
+# redis_cluster.rs joins three of them with redis-cli --cluster create (Redis 7).
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test-deps: installing ${apt_packages[*]} with apt-get"

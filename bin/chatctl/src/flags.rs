@@ -220,10 +220,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CHATCTL_REDIS_PREFIX", default_value = "chatctl")]
     pub redis_prefix: String,
     /// Broadcast with sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) instead of
-    /// PUBLISH/SUBSCRIBE: each room's channel is then handled by one shard. (Connecting to a
-    /// Redis Cluster is not supported yet.) Also read from CHATCTL_REDIS_SHARDED (true/false).
+    /// PUBLISH/SUBSCRIBE: each room's channel is then handled by one shard (with
+    /// --redis-cluster, by the node owning its slot). Also read from CHATCTL_REDIS_SHARDED
+    /// (true/false).
     #[arg(long, env = "CHATCTL_REDIS_SHARDED")]
     pub redis_sharded: bool,
+    /// --redis names nodes of a Redis Cluster, one or several comma-separated
+    /// (redis://10.0.0.1:7000,redis://10.0.0.2:7000; the other nodes are found from them):
+    /// commands go to the node owning their keys' slot, subscriptions follow the slot owners.
+    /// Room membership keys share one hash tag ({prefix}); sessions, histories and room
+    /// channels spread over the cluster. Also read from CHATCTL_REDIS_CLUSTER (true/false).
+    #[arg(long, env = "CHATCTL_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 }
 
 fn parse_redis_url(text: &str) -> Result<String, String> {
@@ -276,6 +284,7 @@ mod tests {
             "--redis-prefix",
             "app",
             "--redis-sharded",
+            "--redis-cluster",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -284,6 +293,7 @@ mod tests {
         assert_eq!(args.redis_url.as_deref(), Some("redis://127.0.0.1:6379/2"));
         assert_eq!(args.redis_prefix, "app");
         assert!(args.redis_sharded);
+        assert!(args.redis_cluster);
         assert!(Cli::try_parse_from(["chatctl", "serve", "--redis", "nonsense"]).is_err());
     }
 

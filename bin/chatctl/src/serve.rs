@@ -26,6 +26,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
             prefix: args.redis_prefix.clone(),
             sharded: args.redis_sharded,
+            cluster: args.redis_cluster,
             ..coord::RedisConfig::new(url.clone())
         })?),
         None => None,

@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engineio::Frame;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
 use socketio::{Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketIo};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Health, RedisLink, COMMAND_TIMEOUT};
+use super::{Connection, Health, RedisLink};
 use crate::wire::WireBroadcast;
 
 /// Broadcasts waiting for the publisher; beyond this (Redis slow or down) new ones reach this
@@ -266,19 +265,50 @@ async fn run_publisher(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Pu
     };
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while publications.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for publication in batch.drain(..) {
-            pipe.cmd(command)
-                .arg(publication.channel)
-                .arg(publication.payload)
-                .ignore();
-        }
+        let pipes = publication_pipelines(command, link.is_cluster(), batch.drain(..));
         // A failure is logged once by the link's health; these broadcasts are lost for the
         // other workers (Socket.IO broadcasts are at-most-once).
         let _ = link
-            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .run(|c| async move {
+                let sent = pipes.iter().map(|pipe| {
+                    let mut c = c.clone();
+                    async move { pipe.query_async::<()>(&mut c).await }
+                });
+                futures_util::future::try_join_all(sent).await.map(drop)
+            })
             .await;
     }
+}
+
+/// The pipelines that send `publications` in order: one on a single server; on a cluster one
+/// per channel, since a pipeline goes to one node and each channel's slot has its own owner
+/// (and the order that matters, that of one room's messages, is within a channel).
+fn publication_pipelines(
+    command: &str,
+    cluster: bool,
+    publications: impl Iterator<Item = Publication>,
+) -> Vec<redis::Pipeline> {
+    let mut pipes: Vec<redis::Pipeline> = Vec::new();
+    let mut by_channel: HashMap<String, usize> = HashMap::new();
+    for publication in publications {
+        let index = if cluster {
+            let next = by_channel.len();
+            *by_channel
+                .entry(publication.channel.clone())
+                .or_insert(next)
+        } else {
+            0
+        };
+        if index == pipes.len() {
+            pipes.push(redis::pipe());
+        }
+        pipes[index]
+            .cmd(command)
+            .arg(publication.channel)
+            .arg(publication.payload)
+            .ignore();
+    }
+    pipes
 }
 
 /// The subscriber: keeps one RESP3 connection subscribed to the channels this worker's adapters
@@ -294,27 +324,13 @@ async fn run_subscriber(
         ("SUBSCRIBE", "UNSUBSCRIBE")
     };
     let health = Health::new("subscriber");
-    let client = match link.subscriber_client() {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "cannot make the Redis subscriber: broadcasts stay local");
-            return;
-        }
-    };
     // Channel -> adapters wanting it (two names can map to one channel; see `RedisBus::channel`).
     let mut wanted: HashMap<String, usize> = HashMap::new();
     let mut settled: Vec<oneshot::Sender<()>> = Vec::new();
     let mut delay = RECONNECT_FIRST;
     loop {
         let (pushes, mut push_rx) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(COMMAND_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT)
-            .set_push_sender(pushes);
-        let connected = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let connected = match link.subscriber(pushes).await {
             Ok(connection) => {
                 let all: Vec<(String, bool)> = wanted.keys().map(|c| (c.clone(), true)).collect();
                 apply(&connection, subscribe, unsubscribe, all)
@@ -420,7 +436,7 @@ fn record(
 /// (Un)subscribes channels, all in flight at once on the multiplexed connection. One channel
 /// per command: the connection matches each (un)subscribe confirmation to one command.
 async fn apply(
-    connection: &MultiplexedConnection,
+    connection: &Connection,
     subscribe: &str,
     unsubscribe: &str,
     changes: Vec<(String, bool)>,
@@ -481,6 +497,36 @@ mod tests {
             bus.channel("/chat_com", Some("room:lobby")),
             "app:bc:/chat_com:room:lobby"
         );
+    }
+
+    #[test]
+    fn on_a_cluster_publications_go_in_one_pipeline_per_channel_in_order() {
+        let publication = |channel: &str, payload: &str| Publication {
+            channel: channel.into(),
+            payload: payload.as_bytes().to_vec(),
+        };
+        let batch = || {
+            vec![
+                publication("x", "1"),
+                publication("y", "2"),
+                publication("x", "3"),
+            ]
+            .into_iter()
+        };
+        let packed = |pipe: &redis::Pipeline| {
+            pipe.cmd_iter()
+                .map(|cmd| String::from_utf8_lossy(&cmd.get_packed_command()).into_owned())
+                .collect::<Vec<_>>()
+        };
+        let cluster = publication_pipelines("SPUBLISH", true, batch());
+        assert_eq!(cluster.len(), 2);
+        let x = packed(&cluster[0]);
+        assert_eq!(x.len(), 2);
+        assert!(x[0].ends_with("$1\r\nx\r\n$1\r\n1\r\n") && x[1].ends_with("$1\r\n3\r\n"));
+        assert!(packed(&cluster[1])[0].contains("\r\ny\r\n"));
+        let single = publication_pipelines("SPUBLISH", false, batch());
+        assert_eq!(single.len(), 1);
+        assert_eq!(packed(&single[0]).len(), 3);
     }
 
     #[test]

@@ -49,7 +49,7 @@ return gone
 /// a room entirely, as a flat list room, nickname, room, nickname... Atomic, so of several
 /// workers reaping the same dead one, one does the work and announces the departures.
 /// KEYS: the dead worker's members set, workers set, rooms set, its liveness key.
-/// ARGV: key prefix, the dead worker's uid.
+/// ARGV: prefix of the room keys (in the same slot as KEYS on a cluster), the dead worker's uid.
 const REAP: &str = r"
 if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
 local gone = {}
@@ -110,12 +110,12 @@ impl RedisStore {
     fn member_keys(&self, room: &str) -> [String; 6] {
         let uid = self.link.uid.as_str();
         [
-            self.link.key(&["room", room, "users"]),
-            self.link.key(&["room", room, "sockets"]),
-            self.link.key(&["rooms"]),
-            self.link.key(&["worker", uid, "members"]),
-            self.link.key(&["workers"]),
-            self.link.key(&["worker", uid, "alive"]),
+            self.link.member_key(&["room", room, "users"]),
+            self.link.member_key(&["room", room, "sockets"]),
+            self.link.member_key(&["rooms"]),
+            self.link.member_key(&["worker", uid, "members"]),
+            self.link.member_key(&["workers"]),
+            self.link.member_key(&["worker", uid, "alive"]),
         ]
     }
 
@@ -142,8 +142,8 @@ impl RedisStore {
 
     async fn heartbeat(&self, io: &SocketIo) {
         let uid = self.link.uid.clone();
-        let alive = self.link.key(&["worker", &uid, "alive"]);
-        let workers = self.link.key(&["workers"]);
+        let alive = self.link.member_key(&["worker", &uid, "alive"]);
+        let workers = self.link.member_key(&["workers"]);
         let ttl = self.liveness_ttl_ms();
         let renewed = self
             .link
@@ -181,11 +181,11 @@ impl RedisStore {
     async fn reap(&self, io: &SocketIo, uid: &str) {
         let mut invocation = self.reap.prepare_invoke();
         invocation
-            .key(self.link.key(&["worker", uid, "members"]))
-            .key(self.link.key(&["workers"]))
-            .key(self.link.key(&["rooms"]))
-            .key(self.link.key(&["worker", uid, "alive"]))
-            .arg(&self.link.config.prefix)
+            .key(self.link.member_key(&["worker", uid, "members"]))
+            .key(self.link.member_key(&["workers"]))
+            .key(self.link.member_key(&["rooms"]))
+            .key(self.link.member_key(&["worker", uid, "alive"]))
+            .arg(&self.link.member_prefix)
             .arg(uid);
         let Ok(gone) = self
             .link
@@ -381,7 +381,7 @@ impl Store for RedisStore {
     fn room_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>> {
         async move {
             self.reassert_members().await;
-            let rooms_key = self.link.key(&["rooms"]);
+            let rooms_key = self.link.member_key(&["rooms"]);
             let mut rooms: Vec<String> = self
                 .link
                 .run(|mut c| async move { c.smembers(rooms_key).await })
@@ -389,7 +389,7 @@ impl Store for RedisStore {
             rooms.sort();
             let mut pipe = redis::pipe();
             for room in &rooms {
-                pipe.hlen(self.link.key(&["room", room, "users"]));
+                pipe.hlen(self.link.member_key(&["room", room, "users"]));
             }
             let counts: Vec<usize> = self
                 .link
@@ -407,7 +407,7 @@ impl Store for RedisStore {
     fn room_users<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         async move {
             self.reassert_members().await;
-            let key = self.link.key(&["room", room, "users"]);
+            let key = self.link.member_key(&["room", room, "users"]);
             let mut users: Vec<String> = self
                 .link
                 .run(|mut c| async move { c.hkeys(key).await })

@@ -1,0 +1,386 @@
+//! What the Redis tests share: `redis-server` processes started on free loopback ports and killed
+//! by pid, `ChatServer` workers with the Redis bus and store, and a raw Socket.IO client.
+
+#![allow(dead_code)] // Each test file uses part of it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat::{ChatConfig, ChatServer};
+use coord::{RedisBus, RedisConfig, RedisLink, RedisStore};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Bounds every wait: a hung server or client fails the test instead of stalling it.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+// ---- redis-server ----------------------------------------------------------------------------
+
+/// A `redis-server` of this test, killed (by pid) when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    /// A cluster node's own directory (its `nodes.conf`), removed when dropped.
+    dir: Option<PathBuf>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts on `port` and returns once the server says it accepts connections.
+    pub fn start_on(port: u16) -> Self {
+        Self::spawn(port, None)
+    }
+
+    /// Starts a node for a Redis Cluster (`--cluster-enabled yes`) on a free port, in a
+    /// directory of its own for its cluster state file.
+    pub fn start_cluster_node() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("coord-redis-cluster-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster node");
+        Self::spawn(port, Some(dir))
+    }
+
+    fn spawn(port: u16, dir: Option<PathBuf>) -> Self {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(dir) = &dir {
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            command
+                .current_dir(dir)
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(conf)
+                .args(["--cluster-node-timeout", "5000"]);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run redis-server ({error}): run ops/test-deps.sh (Debian package redis-server)")
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            let mut lines = BufReader::new(stdout);
+            let mut line = String::new();
+            let mut told = false;
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                log.push_str(&line);
+                if !told && line.contains("Ready to accept connections") {
+                    let _ = ready_tx.send(Ok(()));
+                    told = true;
+                }
+                line.clear();
+            }
+            if !told {
+                let _ = ready_tx.send(Err(log));
+            }
+        });
+        match ready_rx.recv_timeout(DEADLINE) {
+            Ok(Ok(())) => RedisServer { child, port, dir },
+            Ok(Err(log)) => panic!("redis-server on port {port} exited:\n{log}"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("redis-server on port {port} did not get ready");
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills this server and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        *self = Self::start_on(self.port);
+    }
+
+    /// `host:port`, as `redis-cli --cluster create` takes it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+// ---- chat workers ----------------------------------------------------------------------------
+
+/// A `ChatServer` with the Redis bus and store, as `chatctl serve --redis` sets it up.
+pub struct Worker {
+    pub addr: SocketAddr,
+    pub bus: Arc<RedisBus>,
+    pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub async fn worker(config: RedisConfig) -> Worker {
+    let link = RedisLink::new(config).expect("valid Redis URL");
+    let bus = RedisBus::new(link.clone());
+    let mut config = ChatConfig {
+        secret: b"coord redis test secret".to_vec(),
+        ..ChatConfig::default()
+    };
+    let adapter_bus = bus.clone();
+    config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
+    let store = Arc::new(RedisStore::new(link));
+    let server = ChatServer::new(config, store.clone());
+    bus.start(server.io().clone());
+    store.start_heartbeat(server.io().clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local address");
+    let serving = tokio::spawn(async move {
+        server
+            .serve(listener, std::future::pending::<Duration>())
+            .await
+    });
+    Worker { addr, bus, serving }
+}
+
+/// Logs in through the landing form and returns the session cookie (`name=value`).
+pub fn login(addr: SocketAddr, nickname: &str) -> String {
+    let body = format!("nickname={nickname}");
+    let mut stream = TcpStream::connect(addr).expect("connect for login");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        stream,
+        "POST /login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send login");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("login response");
+    response
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim().split(';').next().unwrap_or("").to_owned())
+        })
+        .unwrap_or_else(|| panic!("login of {nickname} set no cookie:\n{response}"))
+}
+
+// ---- a raw Socket.IO client ------------------------------------------------------------------
+
+/// An event the server sent: namespace, name, first argument.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub ns: String,
+    pub name: String,
+    pub data: Value,
+}
+
+/// A Socket.IO client on a websocket, connected to `/chat_infra` and `/chat_com`. A task reads
+/// the socket (answering pings) and queues the events.
+pub struct Client {
+    pub nickname: String,
+    outgoing: mpsc::UnboundedSender<String>,
+    pub events: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, cookie: &str, nickname: &str) -> Self {
+        let mut request = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket")
+            .into_client_request()
+            .expect("websocket request");
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie header"));
+        let (mut ws, _) = within(
+            "websocket handshake",
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .expect("websocket accepted");
+        let open = within("open packet", ws.next()).await;
+        assert!(
+            matches!(&open, Some(Ok(WsMessage::Text(text))) if text.starts_with('0')),
+            "expected an open packet, got {open:?}"
+        );
+        let (outgoing, mut to_send) = mpsc::unbounded_channel::<String>();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    text = to_send.recv() => match text {
+                        Some(text) => if ws.send(WsMessage::text(text)).await.is_err() { return },
+                        None => return,
+                    },
+                    message = ws.next() => match message {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if text.as_str() == "2" {
+                                if ws.send(WsMessage::text("3")).await.is_err() { return }
+                            } else if let Some(event) = parse_packet(&text) {
+                                let _ = events_tx.send(event);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return,
+                    },
+                }
+            }
+        });
+        let mut client = Client {
+            nickname: nickname.to_owned(),
+            outgoing,
+            events,
+        };
+        client.send("40/chat_infra,");
+        client.send("40/chat_com,");
+        client.expect("/chat_infra", "connect").await;
+        client.expect("/chat_com", "connect").await;
+        client
+    }
+
+    pub fn send(&self, packet: &str) {
+        self.outgoing
+            .send(packet.to_owned())
+            .expect("client task alive");
+    }
+
+    pub fn emit(&self, ns: &str, event: &str, data: Value) {
+        self.send(&format!("42{ns},{}", json!([event, data])));
+    }
+
+    pub fn say(&self, text: &str) {
+        let line = json!({"type": "userMessage", "message": text}).to_string();
+        self.emit("/chat_com", "message", Value::String(line));
+    }
+
+    /// The next event, or `None` when none arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits for the next `name` event on `ns`, skipping others.
+    pub async fn expect(&mut self, ns: &str, name: &str) -> Value {
+        let what = format!("{} to get {name} on {ns}", self.nickname);
+        within(&what, async {
+            loop {
+                let event = self.events.recv().await.expect("client connection open");
+                if event.ns == ns && event.name == name {
+                    return event.data;
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn join(&mut self, room: &str) {
+        self.emit("/chat_infra", "join_room", json!({ "name": room }));
+        self.expect("/chat_infra", "name_set").await;
+    }
+
+    pub async fn rooms(&mut self) -> Value {
+        self.emit("/chat_infra", "get_rooms", json!(null));
+        self.expect("/chat_infra", "rooms_list").await
+    }
+}
+
+/// `40/ns,{...}` (connected) or `42/ns,["event",data]`.
+pub fn parse_packet(text: &str) -> Option<Received> {
+    let (kind, rest) = text.split_at_checked(2)?;
+    let (ns, payload) = match rest.strip_prefix('/') {
+        Some(_) => rest.split_once(',')?,
+        None => ("/", rest),
+    };
+    match kind {
+        "40" => Some(Received {
+            ns: ns.to_owned(),
+            name: "connect".into(),
+            data: serde_json::from_str(payload).ok()?,
+        }),
+        "42" => {
+            let mut array: Vec<Value> = serde_json::from_str(payload).ok()?;
+            let data = if array.len() > 1 {
+                array.remove(1)
+            } else {
+                Value::Null
+            };
+            Some(Received {
+                ns: ns.to_owned(),
+                name: array.first()?.as_str()?.to_owned(),
+                data,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A chat line a client received: (username, message) of a `userMessage`.
+pub fn user_message(event: &Received) -> Option<(String, String)> {
+    if event.ns != "/chat_com" || event.name != "message" {
+        return None;
+    }
+    let line: Value = serde_json::from_str(event.data.as_str()?).ok()?;
+    if line["type"] != "userMessage" {
+        return None;
+    }
+    Some((
+        line["username"].as_str()?.to_owned(),
+        line["message"].as_str()?.to_owned(),
+    ))
+}
+
+pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Reads `client`'s events until `done` says the collected chat lines are complete.
+pub async fn collect_lines(
+    client: &mut Client,
+    lines: &mut Vec<(String, String)>,
+    done: impl Fn(&[(String, String)]) -> bool,
+) {
+    let what = format!("{}'s chat lines", client.nickname);
+    within(&what, async {
+        while !done(lines) {
+            let event = client.events.recv().await.expect("client connection open");
+            lines.extend(user_message(&event));
+        }
+    })
+    .await
+}
