@@ -144,7 +144,11 @@ fn init_master_logging(sink: supervisor::logs::LogSink, foreground: bool) {
     let file = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_writer(sink);
-    let stderr = foreground.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let stderr = foreground.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(file)

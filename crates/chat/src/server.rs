@@ -20,10 +20,10 @@ use crate::{pages, validate, ChatConfig};
 /// Largest login form accepted; a nickname needs far less.
 const MAX_FORM_BYTES: usize = 4096;
 
-/// How long a draining worker waits for the first request of a connection it has just accepted
-/// (the client sent it, or is about to) before closing the connection as idle. Go's http.Server
-/// does the same for the same reason.
-const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a draining worker keeps a quiet keep-alive connection open, so that a request the
+/// client is sending right now gets its answer (with `Connection: close`) instead of a reset.
+/// Busy connections close sooner: right after their next response.
+const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 const CSS: &str = include_str!("../assets/chat.css");
 const ROOMS_JS: &str = include_str!("../assets/rooms.js");
@@ -120,11 +120,25 @@ impl ChatServer {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let server = self.clone();
-        let (first_request_tx, mut first_request) = tokio::sync::watch::channel(false);
+        // Set when draining: every answer from then on says `Connection: close`, so the client
+        // sends its next request on a new connection (to a worker that is not going away)
+        // rather than on one this worker is about to close.
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closing_flag = closing.clone();
         let service = hyper::service::service_fn(move |req| {
-            first_request_tx.send_replace(true);
             let server = server.clone();
-            async move { Ok::<_, std::convert::Infallible>(server.handle(req).await) }
+            let closing = closing_flag.clone();
+            async move {
+                let mut response = server.handle(req).await;
+                if closing.load(std::sync::atomic::Ordering::Acquire)
+                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -136,24 +150,14 @@ impl ChatServer {
         let result = tokio::select! {
             result = connection.as_mut() => result,
             _ = &mut drain => {
-                // hyper closes a connection that has not received a byte yet at once, but a
-                // fresh connection is not idle: its first request may be on the wire. Closing
-                // it would fail a request that was sent to a working server.
-                let first_request_or_grace = async {
-                    let _ = tokio::time::timeout(
-                        FIRST_REQUEST_GRACE,
-                        first_request.wait_for(|seen| *seen),
-                    )
-                    .await;
-                };
-                let ended = tokio::select! {
-                    result = connection.as_mut() => Some(result),
-                    _ = first_request_or_grace => None,
-                };
-                match ended {
-                    Some(result) => result,
-                    None => {
-                        // The request in flight finishes, then the connection closes.
+                closing.store(true, std::sync::atomic::Ordering::Release);
+                // A connection that gets a request within the grace closes after answering it;
+                // a quiet one is closed when the grace is over (hyper finishes a request in
+                // flight first).
+                let quiet = tokio::time::sleep(DRAIN_IDLE_GRACE);
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = quiet => {
                         connection.as_mut().graceful_shutdown();
                         connection.await
                     }

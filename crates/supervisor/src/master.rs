@@ -607,12 +607,24 @@ impl Inner {
         }
         match role {
             "current" => {
-                tracing::warn!(
-                    worker = slot_id,
-                    pid,
-                    "worker {description} after {:.1}s",
-                    uptime.as_secs_f64()
-                );
+                let expected = {
+                    let state = self.lock();
+                    state.stopping || state.slots[slot_id].status == Status::Stopping
+                };
+                let uptime_s = uptime.as_secs_f64();
+                if expected {
+                    tracing::info!(
+                        worker = slot_id,
+                        pid,
+                        "worker {description} after {uptime_s:.1}s"
+                    );
+                } else {
+                    tracing::warn!(
+                        worker = slot_id,
+                        pid,
+                        "worker {description} after {uptime_s:.1}s"
+                    );
+                }
                 self.clone()
                     .restart_after_exit(slot_id, code, uptime, description);
             }

@@ -4,7 +4,7 @@
 //! configured user. Never `fork()` of a running tokio process without an immediate exec.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
@@ -107,9 +107,10 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         std::os::unix::net::UnixListener::bind(spec.private_socket).map_err(SpawnError::Sockets)?;
     let private = dup_above(private.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
     let exe = if spec.config.runs_chat() {
-        let path = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-        let file = std::fs::File::open(&path).map_err(|source| SpawnError::Exec {
-            program: path.display().to_string(),
+        // The master's own binary, even if an upgrade replaced the file on disk since: workers
+        // always speak the master's protocol. (Upgrades take a restart of the master.)
+        let file = std::fs::File::open("/proc/self/exe").map_err(|source| SpawnError::Exec {
+            program: "/proc/self/exe".into(),
             source,
         })?;
         Some(dup_above(file.as_raw_fd(), 64).map_err(SpawnError::Sockets)?)
@@ -137,6 +138,8 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         )
+        // Readiness is the master's to report: a worker must not talk to systemd.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
