@@ -232,6 +232,11 @@ pub struct ServeArgs {
     /// channels spread over the cluster. Also read from CHATCTL_REDIS_CLUSTER (true/false).
     #[arg(long, env = "CHATCTL_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// A worker that has not renewed its liveness key in Redis for this long counts as dead:
+    /// another worker removes its users from the rooms (within about 4/3 of it). Also read
+    /// from CHATCTL_REDIS_WORKER_TTL.
+    #[arg(long, env = "CHATCTL_REDIS_WORKER_TTL", default_value = "6s", value_parser = parse_duration)]
+    pub redis_worker_ttl: Duration,
 }
 
 fn parse_redis_url(text: &str) -> Result<String, String> {

@@ -27,6 +27,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             prefix: args.redis_prefix.clone(),
             sharded: args.redis_sharded,
             cluster: args.redis_cluster,
+            worker_ttl: args.redis_worker_ttl,
             ..coord::RedisConfig::new(url.clone())
         })?),
         None => None,

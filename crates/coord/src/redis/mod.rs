@@ -77,7 +77,8 @@ impl RedisConfig {
             prefix: "chatctl".into(),
             sharded: false,
             cluster: false,
-            worker_ttl: Duration::from_secs(15),
+            // Renewed every 2 s, so a dead worker's users leave within 8 s (the design's 10 s).
+            worker_ttl: Duration::from_secs(6),
         }
     }
 }
