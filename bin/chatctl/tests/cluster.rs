@@ -2,7 +2,7 @@
 //! Redis): a room of real python-socketio users spread over two workers gets every message
 //! exactly once, the same room counts from any worker, one login for all workers, private
 //! messages cross workers, and when a worker is killed its users leave the room for everyone
-//! else.
+//! else. Once with the embedded bus and store, once through a real `redis-server`.
 
 mod support;
 
@@ -13,14 +13,13 @@ use std::sync::mpsc;
 
 use serde_json::Value;
 use supervisor::route_tag;
-use support::{all_online, signal, wait_for_value, workers, App, DEADLINE};
+use support::{all_online, signal, wait_for_value, wait_until, workers, App, DEADLINE};
 
 /// Users in the room.
 const USERS: u64 = 40;
 
 #[test]
 fn a_room_spread_over_two_workers_behaves_as_one() {
-    let python = python_program();
     let app = App::new("cluster");
     app.start_ok(
         &[
@@ -33,8 +32,37 @@ fn a_room_spread_over_two_workers_behaves_as_one() {
         ],
         &[],
     );
-    app.wait_listed("two online workers", |a| all_online(a, 2));
+    room_over_two_workers(&app, None);
+}
 
+/// The same through Redis, which is restarted mid-test: delivery across workers comes back
+/// and no worker restarts; a killed worker's users leave within the liveness bound.
+#[test]
+fn a_room_spread_over_two_workers_behaves_as_one_through_redis() {
+    let mut redis = RedisServer::start(support::free_port());
+    let app = App::new("cluster-redis");
+    let url = redis.url();
+    app.start_ok(
+        &[
+            "-i",
+            "2",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "2s",
+            "--redis",
+            &url,
+            "--env",
+            "CHATCTL_REDIS_WORKER_TTL=1s",
+        ],
+        &[],
+    );
+    room_over_two_workers(&app, Some(&mut redis));
+}
+
+fn room_over_two_workers(app: &App, redis: Option<&mut RedisServer>) {
+    let python = python_program();
+    app.wait_listed("two online workers", |a| all_online(a, 2));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/cluster_chat.py");
     let mut child = Command::new(&python)
         .arg(&script)
@@ -47,7 +75,12 @@ fn a_room_spread_over_two_workers_behaves_as_one() {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     let reports = spawn_reader(&mut child);
     let ready = next_report(&reports, &mut child);
-    assert_eq!(ready["event"], "ready", "users: {ready}");
+    assert_eq!(
+        ready["event"],
+        "ready",
+        "users: {ready}\nlog:\n{}",
+        app.log_text()
+    );
 
     // Every user holds one Engine.IO session; workers report theirs with each health pong.
     let listed = wait_for_value("every session counted by the workers", || {
@@ -76,6 +109,28 @@ fn a_room_spread_over_two_workers_behaves_as_one() {
             "worker {slot}: {listed}"
         );
     }
+
+    if let Some(redis) = redis {
+        redis.restart();
+        writeln!(child.stdin.as_mut().expect("stdin"), "probe").expect("cannot tell the users");
+        let probed = next_report(&reports, &mut child);
+        assert_eq!(
+            probed["event"],
+            "probed",
+            "users: {probed}\nlog:\n{}",
+            app.log_text()
+        );
+        let after = app
+            .listed()
+            .expect("the app answers after the Redis restart");
+        for worker in workers(&after) {
+            assert_eq!(
+                worker["restarts"], 0,
+                "a worker restarted during the Redis outage: {after}"
+            );
+        }
+    }
+
     let (victim, on_victim) = workers(&listed)
         .iter()
         .map(|w| {
@@ -90,10 +145,8 @@ fn a_room_spread_over_two_workers_behaves_as_one() {
         on_victim < USERS,
         "all {USERS} users landed on one worker, so nothing crossed workers: {listed}"
     );
-
     signal(victim, libc::SIGKILL);
-    let stdin = child.stdin.as_mut().expect("stdin");
-    writeln!(stdin, "{on_victim}").expect("cannot tell the users");
+    writeln!(child.stdin.as_mut().expect("stdin"), "{on_victim}").expect("cannot tell the users");
     let done = next_report(&reports, &mut child);
     assert_eq!(
         done["event"],
@@ -103,6 +156,65 @@ fn a_room_spread_over_two_workers_behaves_as_one() {
     );
     assert_eq!(done["survivors"], USERS - on_victim);
     assert!(child.wait().expect("wait").success());
+}
+
+/// A `redis-server` of this test on loopback, killed by pid when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): run ops/test-deps.sh"));
+        let server = RedisServer { child, port };
+        wait_until("redis-server answers PING", || server.answers_ping());
+        server
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::Read;
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts an empty one on the same port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = RedisServer::start(self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn spawn_reader(child: &mut Child) -> mpsc::Receiver<Value> {

@@ -7,7 +7,8 @@ Phase 1: every user logs in (the session lives in the master's store, so any wor
 cookie), joins "lobby" over websocket, and sends one message. Each user must get every other
 user's message exactly once, as userMessage, and its own back as myMessage; get_rooms must count
 all users, whichever worker answers. Prints {"event": "ready", "sids": [...]} (each user's
-Engine.IO session id), then waits for a line on stdin
+Engine.IO session id), then waits for lines on stdin: `probe` (Redis was restarted: one user
+speaks until every other user hears it again; prints {"event": "probed"}), then
 with the number of users on the worker the test kills. A private message from one user reaches users on the other worker. Phase 2: once that many
 users have lost their connection, every survivor must hear user_left for each of them and end up
 with a users_list of the survivors only, and get_rooms counts the survivors only. Prints {"event": "done"} and exits 0; on any failure prints
@@ -88,6 +89,21 @@ class User:
                 fail(f"{self.name}: timed out waiting for {what}")
 
 
+def probe(users):
+    """After a Redis restart: one user says something every 250 ms until every other user has
+    heard at least one of those lines (delivery across workers works again)."""
+    sender, others = users[0], users[1:]
+    start = {u.name: len(u.messages) for u in others}
+    heard = lambda u: any(m.get("message") == "probe" for m in u.messages[start[u.name]:])
+    deadline = time.monotonic() + DEADLINE
+    while not all(heard(u) for u in others):
+        if time.monotonic() > deadline:
+            deaf = [u.name for u in others if not heard(u)]
+            fail(f"after the Redis restart, {len(deaf)} users never heard the sender: {deaf}")
+        sender.client.emit("message", json.dumps({"type": "userMessage", "message": "probe"}), namespace="/chat_com")
+        time.sleep(0.25)
+
+
 def main():
     base, count = sys.argv[1], int(sys.argv[2])
     users = [User(base, f"user{i:02d}") for i in range(count)]
@@ -138,7 +154,12 @@ def main():
             fail(f"{target.name} got private messages {target.private}")
 
     report("ready", sids=[u.client.eio.sid for u in users])
-    expected = int(sys.stdin.readline())
+    command = sys.stdin.readline().strip()
+    while command == "probe":
+        probe(users)
+        report("probed")
+        command = sys.stdin.readline().strip()
+    expected = int(command)
     deadline = time.monotonic() + DEADLINE
     while sum(u.disconnected for u in users) < expected:
         if time.monotonic() > deadline:
