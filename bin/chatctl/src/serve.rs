@@ -89,6 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Some((link, events)) => {
                 tokio::spawn(coord::embedded::deliver_remote_broadcasts(
                     server.io().clone(),
+                    link.clone(),
                     events.messages,
                 ));
                 until_drain(link, events.drain, server.clone()).boxed()

@@ -9,7 +9,9 @@ use engineio::Frame;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
-use socketio::{Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketIo};
+use socketio::{
+    Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketInfo, SocketIo,
+};
 use supervisor::ipc::WorkerLink;
 use supervisor::MasterService;
 
@@ -27,6 +29,13 @@ impl EmbeddedAdapter {
         EmbeddedAdapter {
             local: LocalAdapter::default(),
             link,
+        }
+    }
+
+    fn publish(&self, wire: WireBroadcast) {
+        match serde_json::to_value(wire) {
+            Ok(body) => self.link.publish(body),
+            Err(error) => tracing::warn!(%error, "cannot encode a broadcast for the other workers"),
         }
     }
 }
@@ -59,33 +68,76 @@ impl Adapter for EmbeddedAdapter {
     fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
         ns.deliver(&self.local.sockets(opts), frames, opts.volatile);
         if !opts.local {
-            match serde_json::to_value(WireBroadcast::new(ns.path(), frames, opts)) {
-                Ok(body) => self.link.publish(body),
+            self.publish(WireBroadcast::new(ns.path(), frames, opts));
+        }
+    }
+
+    fn disconnect_sockets(&self, ns: &Namespace, opts: &BroadcastOptions) {
+        ns.disconnect_local(&self.local.sockets(opts));
+        if !opts.local {
+            self.publish(WireBroadcast::disconnect(ns.path(), opts));
+        }
+    }
+
+    fn fetch_sockets(
+        &self,
+        ns: &Namespace,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'static, Vec<SocketInfo>> {
+        let mut sockets = ns.socket_infos(&self.local.sockets(opts));
+        let question = serde_json::to_value(WireBroadcast::new(ns.path(), &[], opts));
+        let link = self.link.clone();
+        async move {
+            let Ok(question) = question else {
+                return sockets;
+            };
+            match link.gather(question).await {
+                Ok(answers) => {
+                    for answer in answers {
+                        sockets.extend(
+                            serde_json::from_value::<Vec<SocketInfo>>(answer).unwrap_or_default(),
+                        );
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot encode a broadcast for the other workers")
+                    tracing::warn!(%error, "cannot ask the other workers for their sockets")
                 }
             }
+            sockets
+        }
+        .boxed()
+    }
+}
+
+/// Delivers the broadcasts other workers publish to this worker's sockets, and answers their
+/// questions about this worker's sockets, until the master goes away.
+pub async fn deliver_remote_broadcasts(
+    io: SocketIo,
+    link: Arc<WorkerLink>,
+    mut messages: tokio::sync::mpsc::UnboundedReceiver<Value>,
+) {
+    let answering = io.clone();
+    link.on_query(move |body| answer_query(&answering, body));
+    while let Some(body) = messages.recv().await {
+        let applied =
+            serde_json::from_value::<WireBroadcast>(body).is_ok_and(|wire| wire.apply(&io));
+        if !applied {
+            tracing::warn!("skipping a malformed broadcast from another worker");
         }
     }
 }
 
-/// Delivers the broadcasts other workers publish to this worker's sockets, until the master
-/// goes away.
-pub async fn deliver_remote_broadcasts(
-    io: SocketIo,
-    mut messages: tokio::sync::mpsc::UnboundedReceiver<Value>,
-) {
-    while let Some(body) = messages.recv().await {
-        let decoded = serde_json::from_value::<WireBroadcast>(body)
-            .ok()
-            .and_then(WireBroadcast::decode);
-        let Some((ns, frames, opts)) = decoded else {
-            tracing::warn!("skipping a malformed broadcast from another worker");
-            continue;
-        };
-        if let Some(ns) = io.of(&ns) {
-            ns.deliver(&ns.adapter().sockets(&opts), &frames, opts.volatile);
-        }
+/// This worker's sockets that match a [`WireBroadcast`]'s rooms, as another worker asked.
+fn answer_query(io: &SocketIo, body: Value) -> Value {
+    let decoded = serde_json::from_value::<WireBroadcast>(body)
+        .ok()
+        .and_then(WireBroadcast::decode);
+    let Some((ns, _, opts)) = decoded else {
+        return json!([]);
+    };
+    match io.of(&ns) {
+        Some(ns) => json!(ns.socket_infos(&ns.adapter().sockets(&opts))),
+        None => json!([]),
     }
 }
 

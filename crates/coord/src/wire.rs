@@ -15,6 +15,9 @@ pub struct WireBroadcast {
     pub volatile: bool,
     /// Text frames as they go on the wire, binary frames in base64 behind a `b`.
     pub frames: Vec<String>,
+    /// Not a packet: the matching sockets are to be disconnected (`io.to(room).disconnect()`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disconnect: bool,
 }
 
 impl WireBroadcast {
@@ -34,7 +37,34 @@ impl WireBroadcast {
                     ),
                 })
                 .collect(),
+            disconnect: false,
         }
+    }
+
+    /// An order to disconnect the matching sockets, for the other workers.
+    pub fn disconnect(ns: &str, opts: &BroadcastOptions) -> Self {
+        WireBroadcast {
+            disconnect: true,
+            ..WireBroadcast::new(ns, &[], opts)
+        }
+    }
+
+    /// What a worker does with a broadcast from another: deliver its frames to the matching
+    /// local sockets, or disconnect them. False for a malformed one.
+    pub fn apply(self, io: &socketio::SocketIo) -> bool {
+        let disconnect = self.disconnect;
+        let Some((ns, frames, opts)) = self.decode() else {
+            return false;
+        };
+        if let Some(ns) = io.of(&ns) {
+            let sids = ns.adapter().sockets(&opts);
+            if disconnect {
+                ns.disconnect_local(&sids);
+            } else {
+                ns.deliver(&sids, &frames, opts.volatile);
+            }
+        }
+        true
     }
 
     /// The frames and the options to select local recipients with. `None` for a malformed one.
@@ -139,6 +169,7 @@ mod tests {
             except: vec![],
             volatile: false,
             frames: vec!["x".into()],
+            disconnect: false,
         };
         assert!(wire.decode().is_none());
         let wire = WireBroadcast {
@@ -147,6 +178,7 @@ mod tests {
             except: vec![],
             volatile: false,
             frames: vec!["b!!".into()],
+            disconnect: false,
         };
         assert!(wire.decode().is_none());
     }

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use engineio::Frame;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use crate::namespace::Namespace;
 use crate::{Room, Sid};
@@ -23,6 +25,13 @@ pub struct BroadcastOptions {
     pub volatile: bool,
     /// Only this process's sockets, even when the adapter spans several.
     pub local: bool,
+}
+
+/// A socket of any process of the app, as cross-process queries return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    pub id: String,
+    pub rooms: Vec<String>,
 }
 
 /// Room membership and broadcast delivery for one namespace.
@@ -44,6 +53,21 @@ pub trait Adapter: Send + Sync + 'static {
     /// the same bytes. The default delivers to local sockets only.
     fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
         ns.deliver(&self.sockets(opts), frames, opts.volatile);
+    }
+
+    /// The matching sockets of every process of the app. The default knows this process's.
+    fn fetch_sockets(
+        &self,
+        ns: &Namespace,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'static, Vec<SocketInfo>> {
+        let local = ns.socket_infos(&self.sockets(opts));
+        Box::pin(std::future::ready(local))
+    }
+
+    /// Disconnects the matching sockets wherever they are. The default reaches this process's.
+    fn disconnect_sockets(&self, ns: &Namespace, opts: &BroadcastOptions) {
+        ns.disconnect_local(&self.sockets(opts));
     }
 }
 

@@ -79,6 +79,19 @@ impl BroadcastOperator {
         self.ns.adapter().broadcast(&self.ns, &frames, &self.opts);
     }
 
+    /// The matching sockets of every process of the app (only this one's with `local()`).
+    pub async fn fetch_sockets(&self) -> Vec<crate::SocketInfo> {
+        if self.opts.local {
+            return self.ns.socket_infos(&self.ns.adapter().sockets(&self.opts));
+        }
+        self.ns.adapter().fetch_sockets(&self.ns, &self.opts).await
+    }
+
+    /// How many sockets match, in every process of the app (only this one with `local()`).
+    pub async fn count(&self) -> usize {
+        self.fetch_sockets().await.len()
+    }
+
     /// The matching sockets of this process.
     pub fn sockets(&self) -> Vec<Arc<Socket>> {
         self.ns
@@ -104,10 +117,14 @@ impl BroadcastOperator {
         }
     }
 
-    /// Disconnects the matching sockets from the namespace.
-    pub async fn disconnect(&self) {
-        for socket in self.sockets() {
-            socket.disconnect().await;
+    /// Disconnects the matching sockets from the namespace, wherever they are (only this
+    /// process's with `local()`).
+    pub fn disconnect(&self) {
+        if self.opts.local {
+            self.ns
+                .disconnect_local(&self.ns.adapter().sockets(&self.opts));
+        } else {
+            self.ns.adapter().disconnect_sockets(&self.ns, &self.opts);
         }
     }
 }

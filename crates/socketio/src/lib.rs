@@ -29,7 +29,7 @@ mod socket;
 
 use std::sync::Arc;
 
-pub use adapter::{Adapter, BroadcastOptions, LocalAdapter};
+pub use adapter::{Adapter, BroadcastOptions, LocalAdapter, SocketInfo};
 pub use broadcast::BroadcastOperator;
 pub use config::{AdapterFactory, SocketIoConfig};
 pub use error::{AckError, ConnectError, EmitError};

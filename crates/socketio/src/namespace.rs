@@ -141,6 +141,28 @@ impl Namespace {
         }
     }
 
+    /// What cross-process queries report of these local sockets.
+    pub fn socket_infos(&self, sids: &[Sid]) -> Vec<crate::SocketInfo> {
+        sids.iter()
+            .map(|sid| crate::SocketInfo {
+                id: sid.to_string(),
+                rooms: self
+                    .adapter
+                    .rooms_of(sid)
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Disconnects these local sockets from the namespace (their clients are told).
+    pub fn disconnect_local(&self, sids: &[Sid]) {
+        for socket in sids.iter().filter_map(|sid| self.socket(sid)) {
+            tokio::spawn(async move { socket.disconnect().await });
+        }
+    }
+
     /// Queues encoded frames to local sockets. A volatile frame is dropped for a client whose
     /// queue is full instead of closing its session.
     pub fn deliver(&self, sids: &[Sid], frames: &[Frame], volatile: bool) {

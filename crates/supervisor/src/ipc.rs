@@ -36,6 +36,9 @@ pub enum ToWorker {
     Reply { id: u64, body: Value },
     /// A message another worker published (a broadcast to deliver locally).
     Message { body: Value },
+    /// A question from another worker (which of your sockets match?), to answer with
+    /// [`ToMaster::Answer`] and the same id.
+    Query { id: u64, body: Value },
 }
 
 /// From a worker to the master.
@@ -55,6 +58,17 @@ pub enum ToMaster {
     },
     /// A message for every other worker of the app (the embedded bus).
     Publish {
+        body: Value,
+    },
+    /// A question for every other worker; the master replies with all their answers, as a
+    /// JSON array, once all answered or after a second.
+    Gather {
+        id: u64,
+        body: Value,
+    },
+    /// This worker's answer to a [`ToWorker::Query`].
+    Answer {
+        id: u64,
         body: Value,
     },
 }
@@ -100,7 +114,11 @@ pub struct WorkerLink {
     pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     next_id: AtomicU64,
     connections: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+    queries: OnceLock<QueryHandler>,
 }
+
+/// Answers other workers' questions (see [`WorkerLink::on_query`]).
+type QueryHandler = Box<dyn Fn(Value) -> Value + Send + Sync>;
 
 /// What the master sends that the worker acts on.
 pub struct LinkEvents {
@@ -132,6 +150,7 @@ impl WorkerLink {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             connections: OnceLock::new(),
+            queries: OnceLock::new(),
         });
         tokio::spawn(async move {
             while let Some(message) = outgoing.recv().await {
@@ -166,6 +185,13 @@ impl WorkerLink {
                     ToWorker::Message { body } => {
                         let _ = messages_tx.send(body);
                     }
+                    ToWorker::Query { id, body } => {
+                        let body = reader
+                            .queries
+                            .get()
+                            .map_or(Value::Null, |answer| answer(body));
+                        let _ = reader.tx.send(ToMaster::Answer { id, body });
+                    }
                 }
             }
             // The master is gone: pending requests fail (their senders drop), drain ends.
@@ -184,12 +210,30 @@ impl WorkerLink {
 
     /// Asks the master's service and waits for the answer.
     pub async fn request(&self, body: Value) -> Result<Value, LinkError> {
+        self.ask(|id| ToMaster::Request { id, body }).await
+    }
+
+    /// Sets how this worker answers other workers' questions.
+    pub fn on_query(&self, answer: impl Fn(Value) -> Value + Send + Sync + 'static) {
+        let _ = self.queries.set(Box::new(answer));
+    }
+
+    /// Asks every other worker and returns their answers (those that answered within a second).
+    pub async fn gather(&self, body: Value) -> Result<Vec<Value>, LinkError> {
+        match self.ask(|id| ToMaster::Gather { id, body }).await? {
+            Value::Array(answers) => Ok(answers),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Sends a message the master answers with a [`ToWorker::Reply`], and waits for the reply.
+    async fn ask(&self, message: impl FnOnce(u64) -> ToMaster) -> Result<Value, LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(id, tx);
         }
-        if self.tx.send(ToMaster::Request { id, body }).is_err() {
+        if self.tx.send(message(id)).is_err() {
             return Err(LinkError::Closed);
         }
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {

@@ -180,7 +180,22 @@ struct Inner {
     /// Set once everything is stopped: the master exits.
     finished: watch::Sender<bool>,
     service: std::sync::OnceLock<Arc<dyn MasterService>>,
+    /// Questions a worker asked the others, while their answers come in.
+    gatherings: Mutex<std::collections::HashMap<u64, Gathering>>,
+    next_gathering: std::sync::atomic::AtomicU64,
 }
+
+/// One worker's question to all the others (e.g. which sockets are in a room).
+struct Gathering {
+    requester: mpsc::Sender<ToWorker>,
+    /// The requester's id for the reply.
+    id: u64,
+    expected: usize,
+    answers: Vec<serde_json::Value>,
+}
+
+/// How long a gathering waits for slow workers before it replies with the answers it has.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A master ready to run: checks done, socket bound, log open.
 pub struct Master {
@@ -242,6 +257,8 @@ impl Master {
             changed: watch::channel(0).0,
             finished: watch::channel(false).0,
             service: std::sync::OnceLock::new(),
+            gatherings: Mutex::new(std::collections::HashMap::new()),
+            next_gathering: std::sync::atomic::AtomicU64::new(1),
         };
         Ok(Master {
             inner: Arc::new(inner),
@@ -526,12 +543,99 @@ impl Inner {
                         let _ = replies.try_send(ToWorker::Reply { id, body });
                     }
                     ToMaster::Publish { body } => self.relay(generation, body),
+                    ToMaster::Gather { id, body } => {
+                        self.clone().gather(generation, id, body, replies.clone())
+                    }
+                    ToMaster::Answer { id, body } => self.answer(id, body),
                 }
             }
         };
         tokio::select! {
             _ = writer => {}
             _ = reader => {}
+        }
+    }
+
+    /// Asks every other live worker `body` on behalf of `from`, and replies to it with their
+    /// answers once all have answered or [`GATHER_TIMEOUT`] has passed.
+    fn gather(
+        self: Arc<Self>,
+        from: u64,
+        id: u64,
+        body: serde_json::Value,
+        requester: mpsc::Sender<ToWorker>,
+    ) {
+        let targets: Vec<mpsc::Sender<ToWorker>> = {
+            let mut state = self.lock();
+            state
+                .slots
+                .iter_mut()
+                .flat_map(|slot| slot.procs_mut())
+                .filter(|p| p.generation != from && p.speaks_ipc && p.ready)
+                .map(|p| p.ipc.clone())
+                .collect()
+        };
+        let key = self
+            .next_gathering
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let asked: Vec<_> = targets
+            .into_iter()
+            .filter(|target| {
+                target
+                    .try_send(ToWorker::Query {
+                        id: key,
+                        body: body.clone(),
+                    })
+                    .is_ok()
+            })
+            .collect();
+        if asked.is_empty() {
+            let _ = requester.try_send(ToWorker::Reply {
+                id,
+                body: serde_json::json!([]),
+            });
+            return;
+        }
+        if let Ok(mut gatherings) = self.gatherings.lock() {
+            gatherings.insert(
+                key,
+                Gathering {
+                    requester,
+                    id,
+                    expected: asked.len(),
+                    answers: Vec::new(),
+                },
+            );
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(GATHER_TIMEOUT).await;
+            self.finish_gathering(key);
+        });
+    }
+
+    fn answer(&self, key: u64, body: serde_json::Value) {
+        let complete = self.gatherings.lock().ok().is_some_and(|mut gatherings| {
+            gatherings.get_mut(&key).is_some_and(|g| {
+                g.answers.push(body);
+                g.answers.len() >= g.expected
+            })
+        });
+        if complete {
+            self.finish_gathering(key);
+        }
+    }
+
+    fn finish_gathering(&self, key: u64) {
+        let done = self
+            .gatherings
+            .lock()
+            .ok()
+            .and_then(|mut gatherings| gatherings.remove(&key));
+        if let Some(g) = done {
+            let _ = g.requester.try_send(ToWorker::Reply {
+                id: g.id,
+                body: serde_json::Value::Array(g.answers),
+            });
         }
     }
 

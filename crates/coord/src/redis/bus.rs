@@ -470,12 +470,8 @@ fn deliver(io: &SocketIo, own_uid: &str, data: Vec<Value>) {
             return;
         }
     };
-    let Some((ns, frames, opts)) = envelope.broadcast.decode() else {
+    if !envelope.broadcast.apply(io) {
         tracing::warn!("skipping a malformed broadcast from Redis");
-        return;
-    };
-    if let Some(ns) = io.of(&ns) {
-        ns.deliver(&ns.adapter().sockets(&opts), &frames, opts.volatile);
     }
 }
 
