@@ -12,7 +12,7 @@ use chat::{Store, StoreError};
 use coord::{RedisConfig, RedisLink, RedisStore};
 use serde_json::json;
 
-use common::{collect_lines, login, user_message, worker, Client, RedisServer, DEADLINE};
+use common::{collect_lines, login, user_message, worker, Client, RedisServer, Worker, DEADLINE};
 // ---- tests -----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,6 +157,95 @@ async fn two_workers_share_rooms_sessions_and_broadcasts_and_survive_a_redis_res
     assert!(!a.serving.is_finished() && !b.serving.is_finished());
 }
 
+/// The `/chat_infra` namespace of a worker, where the chat puts its users in `room:NAME`.
+fn infra(worker: &Worker) -> std::sync::Arc<socketio::Namespace> {
+    worker.io.of(chat::INFRA).expect("the chat has /chat_infra")
+}
+
+/// The ids `fetch_sockets` returns for a chat room, sorted.
+async fn ids_in_room(worker: &Worker, room: &str, local: bool) -> Vec<String> {
+    let mut operator = infra(worker).to(chat::room_key(room));
+    if local {
+        operator = operator.local();
+    }
+    let mut ids: Vec<String> = operator
+        .fetch_sockets()
+        .await
+        .into_iter()
+        .map(|socket| {
+            assert!(
+                socket.rooms.contains(&chat::room_key(room)),
+                "{socket:?} is not in {room}"
+            );
+            socket.id
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// How many sockets `/chat_infra` has on every worker.
+async fn everyone(worker: &Worker) -> usize {
+    let ns = infra(worker);
+    let all = socketio::BroadcastOptions::default();
+    ns.adapter().fetch_sockets(&ns, &all).await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fetch_sockets_count_and_disconnect_reach_every_worker() {
+    let mut redis = RedisServer::start();
+    let a = worker(RedisConfig::new(redis.url())).await;
+    let b = worker(RedisConfig::new(redis.url())).await;
+    // Ann on A, Bob and Cid on B; Dan on A stays out of the room. Joining registers each worker
+    // as live in Redis, so each expects the other's answer.
+    let mut ann = Client::connect(a.addr, &login(a.addr, "ann"), "ann").await;
+    let mut bob = Client::connect(b.addr, &login(a.addr, "bob"), "bob").await;
+    let mut cid = Client::connect(b.addr, &login(a.addr, "cid"), "cid").await;
+    let _dan = Client::connect(a.addr, &login(a.addr, "dan"), "dan").await;
+    for client in [&mut ann, &mut bob, &mut cid] {
+        client.join("r").await;
+    }
+    a.bus.subscriptions_settled().await;
+    b.bus.subscriptions_settled().await;
+
+    for side in [&a, &b] {
+        assert_eq!(infra(side).to(chat::room_key("r")).count().await, 3);
+        assert_eq!(infra(side).to(chat::room_key("nobody")).count().await, 0);
+        // The whole namespace: Dan too.
+        assert_eq!(everyone(side).await, 4);
+    }
+    let (on_a, on_b) = (
+        ids_in_room(&a, "r", true).await,
+        ids_in_room(&b, "r", true).await,
+    );
+    assert_eq!((on_a.len(), on_b.len()), (1, 2));
+    let mut everywhere = [on_a, on_b].concat();
+    everywhere.sort();
+    assert_eq!(ids_in_room(&a, "r", false).await, everywhere);
+    assert_eq!(ids_in_room(&b, "r", false).await, everywhere);
+
+    // A disconnects the room: its own member and B's are told (`41/chat_infra,`).
+    infra(&a).to(chat::room_key("r")).disconnect();
+    for client in [&mut ann, &mut bob, &mut cid] {
+        client.expect("/chat_infra", "disconnect").await;
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while infra(&b).to(chat::room_key("r")).count().await != 0 {
+        assert!(Instant::now() < deadline, "the room did not empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Redis down: this worker's sockets, after at most the query timeout.
+    redis.kill();
+    let asked = Instant::now();
+    assert_eq!(everyone(&a).await, 1);
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
 fn store(url: &str, prefix: &str) -> RedisStore {
     RedisStore::new(
         RedisLink::new(RedisConfig {
@@ -266,6 +355,11 @@ async fn sharded_pub_sub_carries_broadcasts() {
         lines,
         vec![("ann".to_owned(), "over a shard channel".to_owned())]
     );
+    // Questions, answers and disconnect orders go over shard channels too.
+    assert_eq!(infra(&a).to(chat::room_key("r")).count().await, 2);
+    infra(&b).to(chat::room_key("r")).disconnect();
+    ann.expect("/chat_infra", "disconnect").await;
+    bob.expect("/chat_infra", "disconnect").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

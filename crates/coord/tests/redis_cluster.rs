@@ -228,6 +228,15 @@ async fn two_workers_share_rooms_and_broadcasts_over_a_cluster_with_sharded_pub_
         json!({"from": "user0", "to": "user1", "message": "psst"})
     );
 
+    // Questions and answers over shard channels: each worker counts a room's four users, two
+    // of them its own.
+    for side in [&a, &b] {
+        let infra = side.io.of(chat::INFRA).expect("the chat has /chat_infra");
+        let room = chat::room_key(&rooms[0]);
+        assert_eq!(infra.to(room.clone()).count().await, 4);
+        assert_eq!(infra.to(room).local().count().await, 2);
+    }
+
     // A worker that puts a member in a room and dies: the live workers remove it (one Lua
     // script over the hash-tagged keys) and announce it on both workers.
     let ghost = RedisStore::new(RedisLink::new(config).expect("valid Redis URLs"));

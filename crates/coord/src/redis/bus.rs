@@ -1,6 +1,7 @@
 //! Broadcasts between workers over Redis pub/sub: the [`RedisAdapter`] of each namespace
-//! publishes what it broadcasts, and the [`RedisBus`] subscriber of every other worker delivers
-//! it to that worker's sockets.
+//! publishes what it broadcasts (and its disconnect orders), and the [`RedisBus`] subscriber of
+//! every other worker delivers it to that worker's sockets. The same subscriber answers the
+//! other workers' questions about this worker's sockets (see `query.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,12 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engineio::Frame;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use redis::{PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
-use socketio::{Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketIo};
+use socketio::{
+    Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketInfo, SocketIo,
+};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Connection, Health, RedisLink};
+use super::query::{Answer, PendingQuestions, Question};
+use super::{store, Connection, Health, RedisLink};
 use crate::wire::WireBroadcast;
 
 /// Broadcasts waiting for the publisher; beyond this (Redis slow or down) new ones reach this
@@ -56,6 +62,12 @@ pub struct RedisBus {
     /// Set while broadcasts are dropped for a full queue, so that is logged once.
     dropping: AtomicBool,
     subscriptions: mpsc::UnboundedSender<SubscriberCommand>,
+    /// `P:req`, where every worker hears the others' questions.
+    question_channel: String,
+    /// `P:res:UID`, where the other workers answer this one's questions.
+    answer_channel: String,
+    /// This worker's questions waiting for answers.
+    questions: PendingQuestions,
     /// The tasks' ends of the channels, until [`RedisBus::start`] takes them.
     pending: Mutex<
         Option<(
@@ -69,13 +81,21 @@ impl RedisBus {
     pub fn new(link: Arc<RedisLink>) -> Arc<Self> {
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (subscriptions, subscription_rx) = mpsc::unbounded_channel();
-        Arc::new(RedisBus {
+        let question_channel = link.key(&["req"]);
+        let answer_channel = answer_channel(&link, &link.uid);
+        let bus = Arc::new(RedisBus {
             link,
             publications,
             dropping: AtomicBool::new(false),
             subscriptions,
+            question_channel,
+            answer_channel,
+            questions: PendingQuestions::default(),
             pending: Mutex::new(Some((publication_rx, subscription_rx))),
-        })
+        });
+        bus.subscribe(bus.question_channel.clone());
+        bus.subscribe(bus.answer_channel.clone());
+        bus
     }
 
     /// The adapter of namespace `ns` (for [`socketio::SocketIoConfig::adapter`]).
@@ -93,7 +113,7 @@ impl RedisBus {
 
     /// Starts publishing and delivering what other workers publish to `io`'s sockets. Call once,
     /// inside the runtime; later calls do nothing.
-    pub fn start(&self, io: SocketIo) {
+    pub fn start(self: &Arc<Self>, io: SocketIo) {
         let Some((publications, subscriptions)) = self
             .pending
             .lock()
@@ -103,7 +123,7 @@ impl RedisBus {
             return;
         };
         tokio::spawn(run_publisher(self.link.clone(), publications));
-        tokio::spawn(run_subscriber(self.link.clone(), io, subscriptions));
+        tokio::spawn(run_subscriber(self.clone(), io, subscriptions));
     }
 
     /// Completes once every subscription asked for so far is in place on a working connection:
@@ -139,6 +159,96 @@ impl RedisBus {
             .send(SubscriberCommand::Unsubscribe(channel));
     }
 
+    /// The sockets of the other live workers that match `query` (a broadcast without frames):
+    /// as many answers as there are such workers, or those that came within
+    /// [`super::RedisConfig::query_timeout`]. Empty when Redis is down.
+    async fn ask_other_workers(&self, query: WireBroadcast) -> Vec<SocketInfo> {
+        let timeout = self.link.config.query_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (question, mut answers) = self.questions.open();
+        let payload = match serde_json::to_vec(&Question {
+            from: self.link.uid.clone(),
+            id: question.id,
+            query,
+        }) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode a question for the other workers");
+                return Vec::new();
+            }
+        };
+        let asked = tokio::time::timeout_at(deadline, async {
+            let expected = store::other_live_workers(&self.link).await?;
+            if expected > 0 {
+                // The answers come on this worker's answer channel, subscribed at start: wait
+                // until that took effect, or an early question would miss its answers.
+                self.subscriptions_settled().await;
+                self.publish_now(self.question_channel.clone(), payload)
+                    .await?;
+            }
+            Ok::<_, chat::StoreError>(expected)
+        })
+        .await;
+        let expected = match asked {
+            Ok(Ok(expected)) => expected,
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    %error,
+                    "cannot ask the other workers for their sockets: answering with this \
+                     worker's only"
+                );
+                return Vec::new();
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "Redis did not take a question for the other workers in time: answering with \
+                     this worker's sockets only"
+                );
+                return Vec::new();
+            }
+        };
+        let mut sockets = Vec::new();
+        let mut answered = 0;
+        while answered < expected {
+            match tokio::time::timeout_at(deadline, answers.recv()).await {
+                Ok(Some(found)) => {
+                    sockets.extend(found);
+                    answered += 1;
+                }
+                _ => {
+                    tracing::warn!(
+                        answered,
+                        expected,
+                        ?timeout,
+                        "not every worker said which sockets it has in time (one may have died \
+                         without being noticed yet): answering with what came"
+                    );
+                    break;
+                }
+            }
+        }
+        sockets
+    }
+
+    /// Publishes at once rather than through the publisher's queue, so a failure is known.
+    async fn publish_now(&self, channel: String, payload: Vec<u8>) -> Result<(), chat::StoreError> {
+        let command = if self.link.config.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        self.link
+            .run(|mut c| async move {
+                redis::cmd(command)
+                    .arg(channel)
+                    .arg(payload)
+                    .exec_async(&mut c)
+                    .await
+            })
+            .await
+    }
+
     fn publish(&self, channel: String, payload: Vec<u8>) {
         match self.publications.try_send(Publication { channel, payload }) {
             Ok(()) => {
@@ -157,6 +267,11 @@ impl RedisBus {
     }
 }
 
+/// `P:res:UID`, where worker UID hears the answers to its questions.
+fn answer_channel(link: &RedisLink, uid: &str) -> String {
+    link.key(&["res", uid])
+}
+
 /// Rooms of this worker's sockets, plus publication of every broadcast on Redis, from where the
 /// other workers deliver it to their own members of the same rooms.
 pub struct RedisAdapter {
@@ -170,6 +285,25 @@ pub struct RedisAdapter {
 }
 
 impl RedisAdapter {
+    /// Publishes a broadcast, or a disconnect order, on the channel of the workers it concerns.
+    fn publish(&self, opts: &BroadcastOptions, broadcast: WireBroadcast) {
+        // One room: its own channel, which only the workers with members in it hear. Several
+        // rooms or the whole namespace: the namespace channel, so a worker with members in two
+        // of the rooms gets the broadcast once.
+        let channel = match opts.rooms.as_slice() {
+            [room] => self.bus.channel(&self.ns, Some(room)),
+            _ => self.ns_channel.clone(),
+        };
+        let envelope = Envelope {
+            from: self.bus.link.uid.clone(),
+            broadcast,
+        };
+        match serde_json::to_vec(&envelope) {
+            Ok(payload) => self.bus.publish(channel, payload),
+            Err(error) => tracing::warn!(%error, "cannot encode a broadcast for the other workers"),
+        }
+    }
+
     fn room_left(&self, rooms: &mut HashMap<Room, usize>, room: &str) {
         if let Some(count) = rooms.get_mut(room) {
             *count -= 1;
@@ -234,24 +368,36 @@ impl Adapter for RedisAdapter {
 
     fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
         ns.deliver(&self.local.sockets(opts), frames, opts.volatile);
+        if !opts.local {
+            self.publish(opts, WireBroadcast::new(ns.path(), frames, opts));
+        }
+    }
+
+    /// The order travels like a broadcast to the same sockets: the workers with members in its
+    /// room hear it on the room's channel, every worker on the namespace channel.
+    fn disconnect_sockets(&self, ns: &Namespace, opts: &BroadcastOptions) {
+        ns.disconnect_local(&self.local.sockets(opts));
+        if !opts.local {
+            self.publish(opts, WireBroadcast::disconnect(ns.path(), opts));
+        }
+    }
+
+    fn fetch_sockets(
+        &self,
+        ns: &Namespace,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'static, Vec<SocketInfo>> {
+        let mut sockets = ns.socket_infos(&self.local.sockets(opts));
         if opts.local {
-            return;
+            return std::future::ready(sockets).boxed();
         }
-        // One room: its own channel, which only the workers with members in it hear. Several
-        // rooms or the whole namespace: the namespace channel, so a worker with members in two
-        // of the rooms gets the broadcast once.
-        let channel = match opts.rooms.as_slice() {
-            [room] => self.bus.channel(&self.ns, Some(room)),
-            _ => self.ns_channel.clone(),
-        };
-        let envelope = Envelope {
-            from: self.bus.link.uid.clone(),
-            broadcast: WireBroadcast::new(ns.path(), frames, opts),
-        };
-        match serde_json::to_vec(&envelope) {
-            Ok(payload) => self.bus.publish(channel, payload),
-            Err(error) => tracing::warn!(%error, "cannot encode a broadcast for the other workers"),
+        let bus = self.bus.clone();
+        let query = WireBroadcast::new(ns.path(), &[], opts);
+        async move {
+            sockets.extend(bus.ask_other_workers(query).await);
+            sockets
         }
+        .boxed()
     }
 }
 
@@ -314,10 +460,11 @@ fn publication_pipelines(
 /// The subscriber: keeps one RESP3 connection subscribed to the channels this worker's adapters
 /// ask for, delivers what arrives, and reconnects and resubscribes after Redis went away.
 async fn run_subscriber(
-    link: Arc<RedisLink>,
+    bus: Arc<RedisBus>,
     io: SocketIo,
     mut commands: mpsc::UnboundedReceiver<SubscriberCommand>,
 ) {
+    let link = bus.link.clone();
     let (subscribe, unsubscribe) = if link.config.sharded {
         ("SSUBSCRIBE", "SUNSUBSCRIBE")
     } else {
@@ -370,7 +517,7 @@ async fn run_subscriber(
             tokio::select! {
                 push = push_rx.recv() => match push {
                     Some(PushInfo { kind: PushKind::Message | PushKind::SMessage, data }) => {
-                        deliver(&io, &link.uid, data);
+                        on_message(&bus, &io, data);
                     }
                     Some(PushInfo { kind: PushKind::Disconnection, .. }) | None => {
                         health.down(&"the subscriber connection closed");
@@ -456,13 +603,48 @@ async fn apply(
         .map(|_| ())
 }
 
-/// Delivers a broadcast another worker published to this worker's sockets.
-fn deliver(io: &SocketIo, own_uid: &str, data: Vec<Value>) {
+/// What the subscriber does with a message: hand an answer to the question waiting for it,
+/// answer another worker's question, or deliver a broadcast to this worker's sockets.
+fn on_message(bus: &RedisBus, io: &SocketIo, data: Vec<Value>) {
     // A message push is [channel, payload].
-    let Some(Value::BulkString(payload)) = data.into_iter().nth(1) else {
+    let mut data = data.into_iter();
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
+    else {
         return;
     };
-    let envelope = match serde_json::from_slice::<Envelope>(&payload) {
+    if channel == bus.answer_channel.as_bytes() {
+        match serde_json::from_slice::<Answer>(&payload) {
+            Ok(answer) => bus.questions.deliver(answer),
+            Err(error) => tracing::warn!(%error, "skipping a malformed answer from Redis"),
+        }
+    } else if channel == bus.question_channel.as_bytes() {
+        answer_question(bus, io, &payload);
+    } else {
+        deliver(io, &bus.link.uid, &payload);
+    }
+}
+
+/// Tells the worker that asked which of this worker's sockets match its question.
+fn answer_question(bus: &RedisBus, io: &SocketIo, payload: &[u8]) {
+    let question = match serde_json::from_slice::<Question>(payload) {
+        Ok(question) if question.from == bus.link.uid => return,
+        Ok(question) => question,
+        Err(error) => {
+            tracing::warn!(%error, "skipping a malformed question from Redis");
+            return;
+        }
+    };
+    let channel = answer_channel(&bus.link, &question.from);
+    match serde_json::to_vec(&question.answer(io)) {
+        Ok(answer) => bus.publish(channel, answer),
+        Err(error) => tracing::warn!(%error, "cannot encode an answer for another worker"),
+    }
+}
+
+/// Delivers a broadcast another worker published to this worker's sockets.
+fn deliver(io: &SocketIo, own_uid: &str, payload: &[u8]) {
+    let envelope = match serde_json::from_slice::<Envelope>(payload) {
         Ok(envelope) if envelope.from == own_uid => return,
         Ok(envelope) => envelope,
         Err(error) => {
@@ -493,6 +675,8 @@ mod tests {
             bus.channel("/chat_com", Some("room:lobby")),
             "app:bc:/chat_com:room:lobby"
         );
+        assert_eq!(bus.question_channel, "app:req");
+        assert_eq!(bus.answer_channel, format!("app:res:{}", bus.link.uid));
     }
 
     #[test]

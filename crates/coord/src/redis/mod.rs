@@ -20,6 +20,9 @@
 //!   rooms it has members in, so a room's traffic reaches only the workers that need it. Every
 //!   name is its own channel, so with [`RedisConfig::sharded`] (SPUBLISH/SSUBSCRIBE, Redis 7)
 //!   rooms spread over the shards of a cluster.
+//! - `P:req` carries questions to every worker (which sockets match: `fetch_sockets`, `count`),
+//!   `P:res:UID` the answers to worker UID; every worker subscribes to both from the start (see
+//!   `query.rs`).
 //!
 //! On a cluster, sessions, histories and broadcasts (the bulk of the traffic) spread over the
 //! shards; room membership, small and changed only on joins and leaves, lives in one slot.
@@ -27,11 +30,14 @@
 //! Needs Redis 6.2 or later (RESP3 push messages for the subscriber, `SET .. GET` for the
 //! heartbeat); Redis 7 for sharded pub/sub.
 //!
-//! When Redis is down, store operations fail with [`chat::StoreError::Unavailable`] and
-//! broadcasts reach this worker's sockets only; the connections come back by themselves, the
-//! subscriber resubscribes and the store re-asserts the room members of this worker.
+//! When Redis is down, store operations fail with [`chat::StoreError::Unavailable`],
+//! broadcasts and disconnect orders reach this worker's sockets only, and `fetch_sockets`
+//! answers with this worker's sockets (after at most [`RedisConfig::query_timeout`]); the
+//! connections come back by themselves, the subscriber resubscribes and the store re-asserts the
+//! room members of this worker.
 
 mod bus;
+mod query;
 mod store;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -68,6 +74,9 @@ pub struct RedisConfig {
     /// A worker that has not renewed its liveness key for this long is dead: another worker
     /// removes its room members. It renews every third of this.
     pub worker_ttl: Duration,
+    /// How long `fetch_sockets` (and `count`) waits for the other workers' answers before it
+    /// returns what it has: the cost of asking while a worker is dead but not yet noticed.
+    pub query_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -79,6 +88,7 @@ impl RedisConfig {
             cluster: false,
             // Renewed every 2 s, so a dead worker's users leave within 8 s (the design's 10 s).
             worker_ttl: Duration::from_secs(6),
+            query_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -77,6 +77,30 @@ redis.call('SREM', KEYS[2], ARGV[2])
 return gone
 ";
 
+/// How many workers other than this one are alive: those in `M:workers` whose liveness key has
+/// not lapsed (a dead one stays in the set until a heartbeat reaps it). Workers register there
+/// through their [`RedisStore`] (on a join and on each heartbeat).
+pub(super) async fn other_live_workers(link: &RedisLink) -> Result<usize, StoreError> {
+    let workers = link.member_key(&["workers"]);
+    let others: Vec<String> = link
+        .run(|mut c| async move { c.smembers::<_, Vec<String>>(workers).await })
+        .await?
+        .into_iter()
+        .filter(|uid| *uid != link.uid)
+        .collect();
+    if others.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for uid in &others {
+        pipe.exists(link.member_key(&["worker", uid, "alive"]));
+    }
+    let alive: Vec<bool> = link
+        .run(|mut c| async move { pipe.query_async(&mut c).await })
+        .await?;
+    Ok(alive.into_iter().filter(|alive| *alive).count())
+}
+
 /// A member this worker put in a room: (room, nickname, socket id).
 type Membership = (String, String, String);
 

@@ -144,6 +144,8 @@ impl Drop for RedisServer {
 pub struct Worker {
     pub addr: SocketAddr,
     pub bus: Arc<RedisBus>,
+    /// The server's Socket.IO side, for operations a test makes from the server.
+    pub io: socketio::SocketIo,
     pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -158,6 +160,7 @@ pub async fn worker(config: RedisConfig) -> Worker {
     config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
     let store = Arc::new(RedisStore::new(link));
     let server = ChatServer::new(config, store.clone());
+    let io = server.io().clone();
     bus.start(server.io().clone());
     store.start_heartbeat(server.io().clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -169,7 +172,12 @@ pub async fn worker(config: RedisConfig) -> Worker {
             .serve(listener, std::future::pending::<Duration>())
             .await
     });
-    Worker { addr, bus, serving }
+    Worker {
+        addr,
+        bus,
+        io,
+        serving,
+    }
 }
 
 /// Logs in through the landing form and returns the session cookie (`name=value`).
@@ -318,7 +326,8 @@ impl Client {
     }
 }
 
-/// `40/ns,{...}` (connected) or `42/ns,["event",data]`.
+/// `40/ns,{...}` (connected), `41/ns,` (disconnected by the server, as event `disconnect`) or
+/// `42/ns,["event",data]`.
 pub fn parse_packet(text: &str) -> Option<Received> {
     let (kind, rest) = text.split_at_checked(2)?;
     let (ns, payload) = match rest.strip_prefix('/') {
@@ -330,6 +339,11 @@ pub fn parse_packet(text: &str) -> Option<Received> {
             ns: ns.to_owned(),
             name: "connect".into(),
             data: serde_json::from_str(payload).ok()?,
+        }),
+        "41" => Some(Received {
+            ns: ns.to_owned(),
+            name: "disconnect".into(),
+            data: Value::Null,
         }),
         "42" => {
             let mut array: Vec<Value> = serde_json::from_str(payload).ok()?;
