@@ -32,6 +32,8 @@ pub(crate) struct ChatState {
 #[derive(Debug, Clone)]
 struct User {
     nickname: Arc<str>,
+    /// The login this socket belongs to: logging out disconnects its sockets everywhere.
+    session: Arc<str>,
 }
 
 /// Per-socket token bucket: `messages_per_second` tokens a second, as many at most.
@@ -119,6 +121,7 @@ async fn authenticate(state: Arc<ChatState>, socket: Arc<Socket>) -> Result<(), 
     if let Ok(mut extensions) = socket.extensions.write() {
         extensions.insert(User {
             nickname: session.nickname.into(),
+            session: session.id.into(),
         });
         extensions.insert(limiter);
     }
@@ -162,9 +165,15 @@ pub fn room_key(room: &str) -> String {
     format!("{ROOM_PREFIX}{room}")
 }
 
+/// The Socket.IO room (in both namespaces) of every socket of one login.
+pub fn session_room(session_id: &str) -> String {
+    format!("session:{session_id}")
+}
+
 async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
     if let Some(user) = user(&socket) {
         socket.join(format!("{USER_PREFIX}{}", user.nickname));
+        socket.join(session_room(&user.session));
     }
     let on = |event: &str,
               handler: fn(
@@ -201,6 +210,9 @@ async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
 }
 
 async fn on_com_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
+    if let Some(user) = user(&socket) {
+        socket.join(session_room(&user.session));
+    }
     // The client may join a room on /chat_infra before /chat_com connects: catch up.
     if let Some(infra) = socket.sibling(INFRA) {
         for room in chat_rooms(&infra) {
@@ -327,9 +339,11 @@ async fn set_name(socket: Arc<Socket>, event: Event) {
         .into_iter()
         .flatten()
     {
+        let Some(user) = user(&s) else { continue };
         if let Ok(mut extensions) = s.extensions.write() {
             extensions.insert(User {
                 nickname: name.as_str().into(),
+                ..user
             });
         }
     }
@@ -351,11 +365,14 @@ async fn private_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Even
         Ok(message) => message,
         Err(error) => return send_error(&socket, error),
     };
+    // Whether the nickname is online on any worker: a message to nobody is an error, not a
+    // silent drop.
+    let recipients = socket.ns().to(format!("{USER_PREFIX}{}", payload.to));
+    if recipients.count().await == 0 {
+        return send_error(&socket, format!("{} is not online", payload.to));
+    }
     let body = json!({ "from": user.nickname.as_ref(), "to": payload.to, "message": message });
-    let _ = socket
-        .ns()
-        .to(format!("{USER_PREFIX}{}", payload.to))
-        .emit("private_message", &body);
+    let _ = recipients.emit("private_message", &body);
     if payload.to != user.nickname.as_ref() {
         let _ = socket.emit("private_message", &body);
     }

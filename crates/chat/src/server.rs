@@ -294,6 +294,12 @@ impl ChatServer {
     async fn logout(&self, req: &Request<Incoming>) -> Response<Body> {
         if let Some(id) = cookie(req, COOKIE_NAME).and_then(|v| self.state.signer.verify(v).ok()) {
             let _ = self.state.store.delete_session(id).await;
+            // The login's open chat connections end too, on whichever worker they are.
+            for path in [events::INFRA, events::COM] {
+                if let Some(ns) = self.io.of(path) {
+                    ns.to(events::session_room(id)).disconnect();
+                }
+            }
         }
         let mut response = redirect("/");
         if let Ok(clear) = HeaderValue::from_str(&clear_cookie_header()) {

@@ -98,6 +98,14 @@ class Peer:
         self.changed = threading.Condition()
         self.sio.on("*", self._record, namespace="*")
         self.sio.on("connect_error", self._refused, namespace="*")
+        self.disconnects = set()  # namespaces the server disconnected
+        # On the catch-all namespace: a handler on one namespace would hide the catch-all ones.
+        self.sio.on("disconnect", self._disconnected, namespace="*")
+
+    def _disconnected(self, namespace, *_reason):
+        with self.changed:
+            self.disconnects.add(namespace)
+            self.changed.notify_all()
 
     def _record(self, event, namespace, *args):
         data = args[0] if len(args) == 1 else list(args)
@@ -316,6 +324,12 @@ class Scenario:
             "ann got the private message bob sent to cid",
         )
 
+    def step_private_message_to_someone_offline_is_an_error(self):
+        ann = self.peers["ann"]
+        ann.emit(INFRA, "private_message", {"to": "nobody-here", "message": "hello?"})
+        error = ann.wait(INFRA, "error", lambda data: "not online" in str(data.get("message")))
+        check("nobody-here" in error["message"], f"the error does not name the user: {error!r}")
+
     def step_malformed_messages_get_an_error_and_go_nowhere(self):
         ann, bob = self.peers["ann"], self.peers["bob"]
         too_long = "x" * (MAX_MESSAGE_CHARS + 1)
@@ -419,6 +433,17 @@ class Scenario:
         expected = {"lobby": 1, "other": 1, "flood": 1}
         check(rooms == expected, f"after bob left, rooms_list is {rooms!r}, expected {expected!r}")
 
+    def step_logout_ends_the_logins_connections(self):
+        cid = self.peers["cid"]
+        http = requests.Session()
+        http.cookies.set(COOKIE, self.cookies["cid"])
+        response = http.get(f"{self.base}/logout", allow_redirects=False, timeout=WAIT_SECONDS)
+        check(response.status_code == 303, f"logout answered {response.status_code}")
+        with cid.changed:
+            ended = cid.changed.wait_for(lambda: cid.disconnects == {INFRA, COM}, WAIT_SECONDS)
+        check(ended, f"after logout, cid's namespaces still connected (disconnected: {cid.disconnects})")
+        self.refused("cid-after-logout", self.cookies["cid"], "Invalid session")
+
 
 def main():
     if len(sys.argv) != 2:
@@ -447,7 +472,9 @@ def main():
         scenario.step_later_joiner_gets_the_history,
         scenario.step_other_room_hears_nothing_of_the_lobby,
         scenario.step_rate_limit_answers_with_an_error,
+        scenario.step_private_message_to_someone_offline_is_an_error,
         scenario.step_user_left_when_a_member_disconnects,
+        scenario.step_logout_ends_the_logins_connections,
     ]
     started = time.monotonic()
     status = 0
