@@ -139,7 +139,8 @@ pub struct AppArgs {
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
     /// The program the workers run, with its arguments, after `--`. It gets the listening
-    /// socket as fd 3 (LISTEN_FDS=1). Without it the workers run the chat app.
+    /// socket as fd 3 (LISTEN_FDS=1). Without it the workers run the chat app; `-- serve
+    /// FLAGS` runs the chat app with those flags (see `chatctl serve --help`).
     #[arg(last = true)]
     pub command: Vec<String>,
 }

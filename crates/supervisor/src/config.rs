@@ -28,7 +28,8 @@ pub struct AppConfig {
     /// Number of workers.
     pub instances: usize,
     pub scheduling: Scheduling,
-    /// Program the workers run, with arguments. Empty: the chat app (`chatctl serve`).
+    /// Program the workers run, with arguments. Empty, or `serve` with its flags: the chat app
+    /// (this binary's `chatctl serve`).
     pub command: Vec<String>,
     /// Extra environment for the workers.
     pub env: Vec<(String, String)>,
@@ -190,8 +191,11 @@ impl AppConfig {
     }
 
     /// Whether the workers run our chat app (and so speak the IPC protocol for sure).
+    /// `-- serve ARGS` is the chat app with its own flags (`chatctl serve --help`).
     pub fn runs_chat(&self) -> bool {
-        self.command.is_empty()
+        self.command
+            .first()
+            .is_none_or(|program| program == "serve")
     }
 }
 
@@ -301,6 +305,21 @@ mod tests {
         assert_eq!(file.app[1].restart.max_delay, Duration::from_secs(5));
         assert!(ConfigFile::parse("[[app]]\nname = \"x\"\nbogus = 1\n").is_err());
         assert!(ConfigFile::parse("").is_err());
+    }
+
+    #[test]
+    fn serve_with_flags_is_the_chat_app() {
+        assert!(AppConfig::default().runs_chat());
+        let with_flags = AppConfig {
+            command: vec!["serve".into(), "--messages-per-second".into(), "100".into()],
+            ..AppConfig::default()
+        };
+        assert!(with_flags.runs_chat());
+        assert!(!AppConfig {
+            command: vec!["./api".into()],
+            ..AppConfig::default()
+        }
+        .runs_chat());
     }
 
     #[test]

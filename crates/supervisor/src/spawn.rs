@@ -88,10 +88,12 @@ pub struct WorkerSpec<'a> {
 /// The program and arguments of a worker: the configured command, or this binary's `serve`
 /// (run through [`EXE_FD`]).
 fn worker_argv(config: &AppConfig) -> Vec<String> {
-    if !config.command.is_empty() {
+    if !config.runs_chat() {
         return config.command.clone();
     }
-    vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()]
+    let mut argv = vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()];
+    argv.extend(config.command.iter().skip(1).cloned());
+    argv
 }
 
 /// Starts one worker process.
