@@ -114,7 +114,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
             let path = args
                 .secret_file
                 .clone()
-                .unwrap_or_else(|| chat::state_dir().join("secret"));
+                .unwrap_or_else(|| supervisor::paths::home().join("secret"));
             chat::load_or_create_secret(&path).with_context(|| {
                 format!("cannot read or create the cookie key at {}", path.display())
             })?

@@ -1,6 +1,6 @@
 //! Every setting of the chat application, with its default, in one place.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use socketio::SocketIoConfig;
@@ -46,17 +46,6 @@ impl Default for ChatConfig {
             secure_cookies: false,
         }
     }
-}
-
-/// Where chatctl keeps its state: `$CHATCTL_HOME`, else `~/.chatctl`.
-pub fn state_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CHATCTL_HOME") {
-        return PathBuf::from(home);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".chatctl")
 }
 
 /// Reads the cookie key from `path`, or creates it there (32 random bytes, hex, mode 0600) so

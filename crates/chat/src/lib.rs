@@ -10,7 +10,7 @@ mod server;
 pub mod store;
 pub mod validate;
 
-pub use config::{load_or_create_secret, state_dir, ChatConfig};
+pub use config::{load_or_create_secret, ChatConfig};
 pub use events::{room_key, COM, INFRA};
 pub use server::ChatServer;
 pub use store::{MemoryStore, Session, Store, StoreError};
