@@ -140,6 +140,36 @@ fn stop_also_ends_what_the_workers_started() {
 
 /// `chatctl stop`, then: no worker, no master, nothing in the master's process group, no
 /// runtime files.
+#[test]
+fn a_worker_above_max_memory_is_replaced_like_a_reload() {
+    let app = App::new("memory");
+    // Any chat worker needs more than 1 MiB: it is replaced at every health check.
+    app.start_ok(
+        &[
+            "-i",
+            "1",
+            "--max-memory",
+            "1M",
+            "--health-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    let first = app.wait_listed("one online worker", |a| all_online(a, 1));
+    let first_pid = pid_of(&first, 0);
+    let replaced = app.wait_listed("a new worker in place of the big one", |a| {
+        all_online(a, 1) && pid_of(a, 0) != first_pid
+    });
+    // A replacement is a reload, not a crash: nothing counts as a restart.
+    assert_eq!(workers(&replaced)[0]["restarts"], 0, "{replaced}");
+    assert!(
+        app.log_text().contains("above --max-memory"),
+        "the log does not say why:\n{}",
+        app.log_text()
+    );
+    wait_until("the big worker gone", || !alive(first_pid));
+}
+
 fn stop_and_check_nothing_is_left(app: &App, master: u32, pids: &[u32]) {
     let output = app.run(&["stop", &app.name]);
     assert!(
