@@ -1,0 +1,72 @@
+//! The main job as a user meets it: `chatctl start -i 2` (the master and two chat workers, sharing
+//! state through the master), and real Chromium users driven by npm `playwright-core` through
+//! the same scenario as crates/chat's browser test (crates/chat/tests/js/browser_e2e.mjs): login,
+//! two users chatting in one room, a third room kept apart, `/rooms` counts, markup as text.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::{all_online, App};
+
+/// The scenario takes seconds; this bounds a hung browser on a busy machine.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(300);
+
+#[test]
+fn chromium_users_chat_through_a_two_worker_app() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium = std::env::var_os("CHATCTL_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.exists(),
+        "{} is missing: run ops/test-deps.sh",
+        chromium.display()
+    );
+    assert!(
+        workspace
+            .join("ops/js/node_modules/playwright-core")
+            .exists(),
+        "playwright-core is missing: run ops/test-deps.sh"
+    );
+
+    let app = App::new("browser");
+    app.start_ok(&["-i", "2"], &[]);
+    app.wait_listed("two online workers", |a| all_online(a, 2));
+    let screenshots = app.home.join("screenshots");
+
+    let mut child = Command::new("node")
+        .arg(workspace.join("crates/chat/tests/js/browser_e2e.mjs"))
+        .arg(app.url())
+        .arg(&screenshots)
+        .env("CHATCTL_CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node ({e}): run ops/test-deps.sh"));
+    let pid = child.id();
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let output = match done.recv_timeout(BROWSER_DEADLINE) {
+        Ok(output) => output.expect("waiting for node"),
+        Err(_) => {
+            // SIGTERM lets Playwright close the browser it started.
+            support::signal(pid, libc::SIGTERM);
+            panic!("the browser scenario did not finish within {BROWSER_DEADLINE:?}");
+        }
+    };
+    assert!(
+        output.status.success(),
+        "browser scenario failed ({}):\n{}\n{}\nlog:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        app.log_text()
+    );
+}
