@@ -38,7 +38,7 @@ fn chromium_users_chat_through_a_two_worker_app() {
     app.wait_listed("two online workers", |a| all_online(a, 2));
     let screenshots = app.home.join("screenshots");
 
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg(workspace.join("crates/chat/tests/js/browser_e2e.mjs"))
         .arg(app.url())
         .arg(&screenshots)
