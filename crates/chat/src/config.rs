@@ -29,6 +29,10 @@ pub struct ChatConfig {
     pub header_read_timeout: Duration,
     /// Adds `Secure` to the cookie: set when clients reach the app over HTTPS.
     pub secure_cookies: bool,
+    /// How long a draining worker keeps a quiet keep-alive connection open, so that a request
+    /// the client is sending right now gets its answer (with `Connection: close`) instead of a
+    /// reset. Busy connections close sooner: right after their next response.
+    pub drain_idle_grace: Duration,
 }
 
 impl Default for ChatConfig {
@@ -44,6 +48,7 @@ impl Default for ChatConfig {
             history_len: 50,
             header_read_timeout: Duration::from_secs(10),
             secure_cookies: false,
+            drain_idle_grace: Duration::from_secs(1),
         }
     }
 }

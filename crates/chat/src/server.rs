@@ -20,11 +20,6 @@ use crate::{pages, validate, ChatConfig};
 /// Largest login form accepted; a nickname needs far less.
 const MAX_FORM_BYTES: usize = 4096;
 
-/// How long a draining worker keeps a quiet keep-alive connection open, so that a request the
-/// client is sending right now gets its answer (with `Connection: close`) instead of a reset.
-/// Busy connections close sooner: right after their next response.
-const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
 const CSS: &str = include_str!("../assets/chat.css");
 const ROOMS_JS: &str = include_str!("../assets/rooms.js");
 const CHATROOM_JS: &str = include_str!("../assets/chatroom.js");
@@ -154,7 +149,7 @@ impl ChatServer {
                 // A connection that gets a request within the grace closes after answering it;
                 // a quiet one is closed when the grace is over (hyper finishes a request in
                 // flight first).
-                let quiet = tokio::time::sleep(DRAIN_IDLE_GRACE);
+                let quiet = tokio::time::sleep(self.state.config.drain_idle_grace);
                 tokio::select! {
                     result = connection.as_mut() => result,
                     _ = quiet => {

@@ -48,6 +48,10 @@ pub struct AppConfig {
     /// How long a worker may take to report ready before it counts as failed to start.
     #[serde(with = "millis")]
     pub ready_timeout: Duration,
+    /// How long a question one worker asks all the others (which sockets are in a room) waits
+    /// for slow workers before it answers with what it has.
+    #[serde(with = "millis")]
+    pub gather_timeout: Duration,
     /// Replace (like reload) a worker whose resident memory exceeds this many bytes.
     pub max_memory: Option<u64>,
     /// Rotate the app log above this many bytes.
@@ -110,6 +114,7 @@ impl Default for AppConfig {
             drain_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
+            gather_timeout: Duration::from_secs(1),
             max_memory: None,
             log_max_size: 10 * 1024 * 1024,
             log_keep: 5,

@@ -194,9 +194,6 @@ struct Gathering {
     answers: Vec<serde_json::Value>,
 }
 
-/// How long a gathering waits for slow workers before it replies with the answers it has.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// A master ready to run: checks done, socket bound, log open.
 pub struct Master {
     inner: Arc<Inner>,
@@ -557,7 +554,7 @@ impl Inner {
     }
 
     /// Asks every other live worker `body` on behalf of `from`, and replies to it with their
-    /// answers once all have answered or [`GATHER_TIMEOUT`] has passed.
+    /// answers once all have answered or the app's `gather_timeout` has passed.
     fn gather(
         self: Arc<Self>,
         from: u64,
@@ -565,15 +562,17 @@ impl Inner {
         body: serde_json::Value,
         requester: mpsc::Sender<ToWorker>,
     ) {
-        let targets: Vec<mpsc::Sender<ToWorker>> = {
+        let (targets, timeout): (Vec<mpsc::Sender<ToWorker>>, Duration) = {
             let mut state = self.lock();
-            state
+            let timeout = state.config.gather_timeout;
+            let targets = state
                 .slots
                 .iter_mut()
                 .flat_map(|slot| slot.procs_mut())
                 .filter(|p| p.generation != from && p.speaks_ipc && p.ready)
                 .map(|p| p.ipc.clone())
-                .collect()
+                .collect();
+            (targets, timeout)
         };
         let key = self
             .next_gathering
@@ -608,7 +607,7 @@ impl Inner {
             );
         }
         tokio::spawn(async move {
-            tokio::time::sleep(GATHER_TIMEOUT).await;
+            tokio::time::sleep(timeout).await;
             self.finish_gathering(key);
         });
     }
