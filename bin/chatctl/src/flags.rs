@@ -59,6 +59,9 @@ pub enum Command {
     },
     /// Serve the chat app in this process (what each worker of `chatctl start` runs).
     Serve(ServeArgs),
+    /// Run a sticky reverse proxy in front of several hosts: each request with a sid goes to
+    /// the node that opened the session; handshakes go to a healthy node.
+    Proxy(ProxyArgs),
     /// The daemonized master of `start` (internal).
     #[command(hide = true)]
     Master {
@@ -240,6 +243,73 @@ pub struct ServeArgs {
     pub redis_worker_ttl: Duration,
 }
 
+/// Flags of `chatctl proxy`. Limits left out keep the defaults of `sticky::ProxyConfig`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address clients connect to.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// A host behind the proxy and the node id its workers write into sids (repeatable).
+    #[arg(long = "backend", value_name = "HOST:PORT=NODE_ID", required = true)]
+    pub backends: Vec<sticky::BackendSpec>,
+    /// How requests without a sid pick a healthy backend.
+    #[arg(long, value_enum, default_value_t = PolicyArg::LeastConn)]
+    pub policy: PolicyArg,
+    /// Time between `GET /healthz` probes of each backend [default: 2s].
+    #[arg(long, value_parser = parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// Time one probe may take [default: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// Probes missed in a row before a backend gets no new sessions [default: 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_misses: Option<u32>,
+    /// Client connections at once; further ones wait in the backlog [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Close a keep-alive client connection idle this long [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Close a websocket tunnel with no traffic this long [default: 120s].
+    #[arg(long, value_parser = parse_duration)]
+    pub tunnel_idle_timeout: Option<Duration>,
+    /// Drop a client that takes longer to send a request head [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PolicyArg {
+    LeastConn,
+    RoundRobin,
+}
+
+impl ProxyArgs {
+    /// The proxy configuration: the flags given, the library's defaults for the rest.
+    pub fn into_config(self) -> sticky::ProxyConfig {
+        let mut config = sticky::ProxyConfig::new(self.listen, self.backends);
+        config.policy = match self.policy {
+            PolicyArg::LeastConn => sticky::Policy::LeastConn,
+            PolicyArg::RoundRobin => sticky::Policy::RoundRobin,
+        };
+        let defaults = config.clone();
+        config.health_interval = self.health_interval.unwrap_or(defaults.health_interval);
+        config.health_timeout = self.health_timeout.unwrap_or(defaults.health_timeout);
+        config.health_misses = self.health_misses.unwrap_or(defaults.health_misses);
+        config.max_connections = self
+            .max_connections
+            .map_or(defaults.max_connections, |n| n as usize);
+        config.idle_timeout = self.idle_timeout.unwrap_or(defaults.idle_timeout);
+        config.tunnel_idle_timeout = self
+            .tunnel_idle_timeout
+            .unwrap_or(defaults.tunnel_idle_timeout);
+        config.header_read_timeout = self
+            .header_read_timeout
+            .unwrap_or(defaults.header_read_timeout);
+        config
+    }
+}
+
 fn parse_redis_url(text: &str) -> Result<String, String> {
     coord::redis::validate_url(text)
         .map(|()| text.to_owned())
@@ -301,6 +371,44 @@ mod tests {
         assert!(args.redis_sharded);
         assert!(args.redis_cluster);
         assert!(Cli::try_parse_from(["chatctl", "serve", "--redis", "nonsense"]).is_err());
+    }
+
+    #[test]
+    fn proxy_flags_become_a_config() {
+        let cli = Cli::try_parse_from([
+            "chatctl",
+            "proxy",
+            "--listen",
+            "127.0.0.1:8080",
+            "--backend",
+            "10.0.0.1:3000=1",
+            "--backend",
+            "10.0.0.2:3000=2",
+            "--policy",
+            "round-robin",
+            "--health-misses",
+            "4",
+        ])
+        .unwrap();
+        let Command::Proxy(args) = cli.command else {
+            panic!("not proxy")
+        };
+        let config = args.into_config();
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(config.backends[1].node, 2);
+        assert_eq!(config.policy, sticky::Policy::RoundRobin);
+        assert_eq!(config.health_misses, 4);
+        assert_eq!(config.health_interval, Duration::from_secs(2));
+        assert!(Cli::try_parse_from(["chatctl", "proxy", "--listen", "127.0.0.1:1"]).is_err());
+        assert!(Cli::try_parse_from([
+            "chatctl",
+            "proxy",
+            "--listen",
+            "127.0.0.1:1",
+            "--backend",
+            "nonode:1"
+        ])
+        .is_err());
     }
 
     #[test]

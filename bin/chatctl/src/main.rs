@@ -27,6 +27,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Proxy(args) => run_proxy(args.into_config()),
         Command::Run(args) => apps::run(args),
         Command::Master { name } => apps::master(&name),
         Command::Logs {
@@ -40,6 +41,22 @@ fn main() {
         eprintln!("chatctl: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// `chatctl proxy`: serves until Ctrl-C or SIGTERM.
+fn run_proxy(config: sticky::ProxyConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = sticky::Proxy::run(config) => Ok(result?),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = terminate.recv() => Ok(()),
+        }
+    })
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -61,9 +78,11 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
             apps::control(&name, Request::Scale { instances }).await
         }
         Command::Stop { name } => apps::stop(&name).await,
-        Command::Serve(_) | Command::Run(_) | Command::Master { .. } | Command::Logs { .. } => {
-            Ok(())
-        }
+        Command::Serve(_)
+        | Command::Proxy(_)
+        | Command::Run(_)
+        | Command::Master { .. }
+        | Command::Logs { .. } => Ok(()),
     }
 }
 

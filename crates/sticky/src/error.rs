@@ -1,0 +1,24 @@
+//! The errors of the proxy.
+
+/// Why the proxy could not start or a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no backends: give at least one --backend HOST:PORT=NODE_ID")]
+    NoBackends,
+    #[error("node id {0} is given to two backends; each sid names one node, so ids must differ")]
+    DuplicateNode(u16),
+    #[error("cannot connect to backend {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("backend {address} failed the request: {source}")]
+    Backend {
+        address: String,
+        source: hyper::Error,
+    },
+    #[error("cannot accept connections: {0}")]
+    Accept(std::io::Error),
+}

@@ -1,0 +1,241 @@
+//! Forwarding one HTTP request to its backend, and tunnelling a websocket once the backend
+//! switches protocols.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::activity::{ActiveIo, Activity};
+use crate::backends::{Backend, Backends, OpenConnection};
+use crate::error::Error;
+
+/// Bodies the proxy answers with: the backend's, streamed, or its own short error text.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// What forwarding needs from the proxy.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub backends: Arc<Backends>,
+    pub connect_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1); never passed on, except
+/// `Connection` and `Upgrade` of a websocket handshake, which the backend needs to switch.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+impl Forwarder {
+    /// Sends `request` to the backend it routes to and returns that backend's answer, or a 502
+    /// saying why there is none.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let Some(backend) = self.backends.route(request.uri().query()) else {
+            return error_response(StatusCode::BAD_GATEWAY, "no healthy backend\n");
+        };
+        let open = OpenConnection::new(backend.clone());
+        let upgrade = wants_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        prepare_request(&mut request, peer, upgrade, &backend);
+
+        let mut response = match self.send(&backend, request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(node = backend.spec.node, "{error}");
+                return error_response(StatusCode::BAD_GATEWAY, &format!("bad gateway: {error}\n"));
+            }
+        };
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
+            (response.status(), client_upgrade)
+        {
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(
+                client_upgrade,
+                backend_upgrade,
+                open,
+                self.tunnel_idle_timeout,
+            ));
+            return response.map(|_| empty());
+        }
+        strip_hop_by_hop(response.headers_mut(), false);
+        // The backend's load counts until its answer has been streamed to the client.
+        response.map(|body| {
+            body.map_frame(move |frame| {
+                let _ = &open;
+                frame
+            })
+            .boxed()
+        })
+    }
+
+    /// One backend connection per request: nothing to pool, so nothing to go stale, and a
+    /// connection that upgrades belongs to its tunnel alone.
+    async fn send(
+        &self,
+        backend: &Backend,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, Error> {
+        let address = &backend.spec.address;
+        let connect_error = |reason: String| Error::Connect {
+            address: address.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| connect_error(format!("no answer within {:?}", self.connect_timeout)))?
+            .map_err(|error| connect_error(error.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let backend_error = |source| Error::Backend {
+            address: address.clone(),
+            source,
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(backend_error)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!("backend connection ended: {error}");
+            }
+        });
+        sender.send_request(request).await.map_err(backend_error)
+    }
+}
+
+/// Whether the client asks to switch protocols (a websocket handshake).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Rewrites a client request for the backend: origin-form target, hop-by-hop headers gone,
+/// forwarding headers added.
+fn prepare_request(
+    request: &mut Request<Incoming>,
+    peer: SocketAddr,
+    upgrade: bool,
+    backend: &Backend,
+) {
+    if let Some(target) = request.uri().path_and_query().cloned() {
+        *request.uri_mut() = target.as_str().parse().unwrap_or_default();
+    }
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if !headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(&backend.spec.address) {
+            headers.insert(header::HOST, host);
+        }
+    }
+    let earlier: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let peer_ip = peer.ip().to_string();
+    let forwarded_for = if earlier.is_empty() {
+        peer_ip
+    } else {
+        format!("{}, {peer_ip}", earlier.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers that `Connection` names are hop-by-hop too.
+    let mut names: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    names.extend(HOP_BY_HOP.iter().map(|name| HeaderName::from_static(name)));
+    for name in names {
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// Copies bytes both ways between the client and the backend until either side closes or
+/// nothing moves for `idle_timeout`.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    _open: OpenConnection,
+    idle_timeout: Duration,
+) {
+    let (client, backend) = match tokio::join!(client, backend) {
+        (Ok(client), Ok(backend)) => (client, backend),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::debug!("websocket upgrade failed: {error}");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let mut client = ActiveIo::new(TokioIo::new(client), activity.clone());
+    let mut backend = TokioIo::new(backend);
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+            if let Err(error) = result {
+                tracing::debug!("websocket tunnel ended: {error}");
+            }
+        }
+        () = activity.idle(idle_timeout) => {
+            tracing::debug!("websocket tunnel idle for {idle_timeout:?}: closed");
+        }
+    }
+}
+
+fn empty() -> ProxyBody {
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A short plain-text answer of the proxy itself.
+pub fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(text.to_owned()))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
