@@ -8,7 +8,8 @@ cookie), joins "lobby" over websocket, and sends one message. Each user must get
 user's message exactly once, as userMessage, and its own back as myMessage; get_rooms must count
 all users, whichever worker answers. Prints {"event": "ready", "sids": [...]} (each user's
 Engine.IO session id), then waits for lines on stdin: `probe` (Redis was restarted: one user
-speaks until every other user hears it again; prints {"event": "probed"}), then
+speaks until every other user hears it again; prints {"event": "probed"}), then the number of
+users on the worker the test is about to kill (prints {"event": "armed"}); the test kills it.
 with the number of users on the worker the test kills. A private message from one user reaches users on the other worker. Phase 2: once that many
 users have lost their connection, every survivor must hear user_left for each of them and end up
 with a users_list of the survivors only, and get_rooms counts the survivors only. Prints {"event": "done"} and exits 0; on any failure prints
@@ -91,7 +92,9 @@ class User:
 
 def probe(users):
     """After a Redis restart: one user says something every 250 ms until every other user has
-    heard at least one of those lines (delivery across workers works again)."""
+    heard at least one of those lines (delivery across workers works again), then asks for the
+    room list until the restarted Redis counts every user again (each worker has put its
+    members back)."""
     sender, others = users[0], users[1:]
     start = {u.name: len(u.messages) for u in others}
     heard = lambda u: any(m.get("message") == "probe" for m in u.messages[start[u.name]:])
@@ -101,6 +104,16 @@ def probe(users):
             deaf = [u.name for u in others if not heard(u)]
             fail(f"after the Redis restart, {len(deaf)} users never heard the sender: {deaf}")
         sender.client.emit("message", json.dumps({"type": "userMessage", "message": "probe"}), namespace="/chat_com")
+        time.sleep(0.25)
+    while True:
+        with sender.lock:
+            sender.rooms = None
+        sender.client.emit("get_rooms", namespace="/chat_infra")
+        sender.wait("rooms_list", lambda: sender.rooms is not None)
+        if sender.rooms == {"lobby": len(users)}:
+            return
+        if time.monotonic() > deadline:
+            fail(f"after the Redis restart the rooms stay {sender.rooms}, expected lobby with {len(users)}")
         time.sleep(0.25)
 
 
@@ -160,6 +173,13 @@ def main():
         report("probed")
         command = sys.stdin.readline().strip()
     expected = int(command)
+    # Only what happens from now on counts: a worker thought dead under load and back since
+    # may have caused earlier user_left events.
+    for user in users:
+        with user.lock:
+            user.left.clear()
+            user.users = []
+    report("armed")
     deadline = time.monotonic() + DEADLINE
     while sum(u.disconnected for u in users) < expected:
         if time.monotonic() > deadline:
@@ -174,11 +194,16 @@ def main():
         user.wait("user_left of every user of the killed worker", lambda: killed <= set(user.left))
         user.wait("users_list of the survivors", lambda: sorted(user.users) == remaining)
     witness = survivors[0]
-    witness.rooms = None
-    witness.client.emit("get_rooms", namespace="/chat_infra")
-    witness.wait("rooms_list after the kill", lambda: witness.rooms is not None)
-    if witness.rooms != {"lobby": len(survivors)}:
-        fail(f"rooms after the kill: {witness.rooms}, expected lobby with {len(survivors)}")
+    while True:
+        with witness.lock:
+            witness.rooms = None
+        witness.client.emit("get_rooms", namespace="/chat_infra")
+        witness.wait("rooms_list after the kill", lambda: witness.rooms is not None)
+        if witness.rooms == {"lobby": len(survivors)}:
+            break
+        if time.monotonic() > deadline:
+            fail(f"rooms after the kill: {witness.rooms}, expected lobby with {len(survivors)}")
+        time.sleep(0.1)
     for user in survivors:
         user.client.disconnect()
     report("done", survivors=len(survivors))
