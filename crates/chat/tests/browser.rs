@@ -7,12 +7,14 @@
 //! Needs `node`, the npm packages of `ops/js` and `/usr/bin/chromium` (or `$CHATCTL_CHROMIUM`):
 //! `ops/test-deps.sh` installs all three.
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{run_bounded, ChildRun};
 
 use chat::{ChatConfig, ChatServer, MemoryStore};
 
@@ -67,63 +69,15 @@ fn test_config() -> ChatConfig {
     }
 }
 
-fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-struct BrowserRun {
-    /// `None` when the script overran [`BROWSER_RUN_DEADLINE`] and was killed.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs the script against `base_url` to completion, or kills it (by pid) at the deadline.
-fn run_browser(base_url: &str, chromium: &Path, screenshots: &Path) -> BrowserRun {
-    let script = crate_dir().join("tests/js/browser_e2e.mjs");
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(&script)
+/// Runs the script against `base_url` to completion, or stops it at the deadline.
+fn run_browser(base_url: &str, chromium: &Path, screenshots: &Path) -> ChildRun {
+    let mut command = Command::new("node");
+    command
+        .arg(crate_dir().join("tests/js/browser_e2e.mjs"))
         .arg(base_url)
         .arg(screenshots)
-        .env("CHATCTL_CHROMIUM", chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start node ({error}): run ops/test-deps.sh"));
-    let pid = child.id().to_string();
-    let stdout = collect(child.stdout.take().expect("stdout is piped"));
-    let stderr = collect(child.stderr.take().expect("stderr is piped"));
-    let (exited, exit) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = exited.send(child.wait());
-    });
-    let status = match exit.recv_timeout(BROWSER_RUN_DEADLINE) {
-        Ok(status) => Some(status.expect("waiting for node")),
-        Err(_) => {
-            // `child` belongs to the waiting thread; its pid is still ours to signal, since that
-            // thread has not reaped it. SIGTERM first: Playwright then closes the browser it
-            // started.
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            if exit.recv_timeout(TERMINATE_GRACE).is_err() {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                let _ = exit.recv_timeout(Duration::from_secs(5));
-            }
-            None
-        }
-    };
-    BrowserRun {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-        elapsed: started.elapsed(),
-    }
+        .env("CHATCTL_CHROMIUM", chromium);
+    run_bounded(command, BROWSER_RUN_DEADLINE, TERMINATE_GRACE)
 }
 
 #[test]
@@ -153,10 +107,7 @@ fn chromium_users_log_in_chat_in_rooms_and_see_markup_as_text() {
     let served = runtime.block_on(serving);
     runtime.shutdown_timeout(Duration::from_secs(5));
 
-    let report = format!(
-        "--- stdout ---\n{}--- stderr ---\n{}",
-        run.stdout, run.stderr
-    );
+    let report = run.report();
     match run.status {
         None => panic!(
             "browser_e2e.mjs did not finish within {BROWSER_RUN_DEADLINE:?} and was killed \

@@ -2,12 +2,14 @@
 //! `ChatServer` runs in this process and `tests/py/chat_protocol.py` drives it with `requests`
 //! and python-socketio 5.x, step by step (see that script for the steps).
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{run_bounded, ChildRun};
 
 use chat::{ChatConfig, ChatServer, MemoryStore};
 
@@ -52,61 +54,13 @@ fn test_config() -> ChatConfig {
     }
 }
 
-fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-struct ClientRun {
-    /// `None` when the client overran [`CLIENT_DEADLINE`] and was killed.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs the script against `base_url` to completion, or kills it (by pid) at the deadline.
-fn run_client(base_url: &str) -> ClientRun {
+/// Runs the script against `base_url` to completion, or kills it at the deadline.
+fn run_client(base_url: &str) -> ChildRun {
     let python = python_program();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/chat_protocol.py");
-    let started = Instant::now();
-    let mut child = Command::new(&python)
-        .arg("-u")
-        .arg(&script)
-        .arg(base_url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {}: {error}", python.display()));
-    let pid = child.id();
-    let stdout = collect(child.stdout.take().expect("stdout is piped"));
-    let stderr = collect(child.stderr.take().expect("stderr is piped"));
-    let (exited, exit) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = exited.send(child.wait());
-    });
-    let status = match exit.recv_timeout(CLIENT_DEADLINE) {
-        Ok(status) => Some(status.expect("waiting for the Python client")),
-        Err(_) => {
-            // `child` belongs to the waiting thread; its pid is still ours to kill, since that
-            // thread has not reaped it.
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            let _ = exit.recv_timeout(Duration::from_secs(5));
-            None
-        }
-    };
-    ClientRun {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-        elapsed: started.elapsed(),
-    }
+    let mut command = Command::new(&python);
+    command.arg("-u").arg(&script).arg(base_url);
+    run_bounded(command, CLIENT_DEADLINE, Duration::ZERO)
 }
 
 #[test]
@@ -134,10 +88,7 @@ fn python_client_sees_login_rooms_messages_and_refusals() {
     let served = runtime.block_on(serving);
     runtime.shutdown_timeout(Duration::from_secs(5));
 
-    let report = format!(
-        "--- stdout ---\n{}--- stderr ---\n{}",
-        run.stdout, run.stderr
-    );
+    let report = run.report();
     match run.status {
         None => panic!(
             "the Python client did not finish within {CLIENT_DEADLINE:?} and was killed\n{report}"
