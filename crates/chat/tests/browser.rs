@@ -11,12 +11,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{run_bounded, ChildRun};
+use common::{run_bounded, BackgroundServer, ChildRun};
 
-use chat::{ChatConfig, ChatServer, MemoryStore};
+use chat::ChatConfig;
 
 /// The run takes a few seconds when idle; this bounds a hung browser on a busy machine.
 const BROWSER_RUN_DEADLINE: Duration = Duration::from_secs(300);
@@ -84,28 +83,9 @@ fn run_browser(base_url: &str, chromium: &Path, screenshots: &Path) -> ChildRun 
 fn chromium_users_log_in_chat_in_rooms_and_see_markup_as_text() {
     let chromium = chromium();
     let screenshots = screenshot_dir();
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind 127.0.0.1:0");
-    let address = listener.local_addr().expect("the bound address");
-    let server = ChatServer::new(test_config(), Arc::new(MemoryStore::default()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = runtime.spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = stopped.await;
-                // The browser has exited: nothing is left to drain.
-                Duration::from_secs(1)
-            })
-            .await
-    });
-
-    let run = run_browser(&format!("http://{address}"), &chromium, &screenshots);
-
-    let _ = stop.send(());
-    let served = runtime.block_on(serving);
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    let server = BackgroundServer::start(test_config());
+    let run = run_browser(&server.url, &chromium, &screenshots);
+    server.stop();
 
     let report = run.report();
     match run.status {
@@ -122,9 +102,4 @@ fn chromium_users_log_in_chat_in_rooms_and_see_markup_as_text() {
         ),
     }
     println!("browser_e2e.mjs passed in {:?}\n{report}", run.elapsed);
-    match served {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => panic!("the server stopped with an error: {error}"),
-        Err(error) => panic!("the server task failed: {error}"),
-    }
 }

@@ -6,12 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{run_bounded, ChildRun};
+use common::{run_bounded, BackgroundServer, ChildRun};
 
-use chat::{ChatConfig, ChatServer, MemoryStore};
+use chat::ChatConfig;
 
 /// The scenario takes a few seconds; this only bounds a hung client or server.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
@@ -65,28 +64,9 @@ fn run_client(base_url: &str) -> ChildRun {
 
 #[test]
 fn python_client_sees_login_rooms_messages_and_refusals() {
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind 127.0.0.1:0");
-    let address = listener.local_addr().expect("the bound address");
-    let server = ChatServer::new(test_config(), Arc::new(MemoryStore::default()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = runtime.spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = stopped.await;
-                // The client has exited: nothing is left to drain.
-                Duration::from_secs(1)
-            })
-            .await
-    });
-
-    let run = run_client(&format!("http://{address}"));
-
-    let _ = stop.send(());
-    let served = runtime.block_on(serving);
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    let server = BackgroundServer::start(test_config());
+    let run = run_client(&server.url);
+    server.stop();
 
     let report = run.report();
     match run.status {
@@ -100,9 +80,4 @@ fn python_client_sees_login_rooms_messages_and_refusals() {
         ),
     }
     println!("{report}");
-    match served {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => panic!("the server stopped with an error: {error}"),
-        Err(error) => panic!("the server task failed: {error}"),
-    }
 }

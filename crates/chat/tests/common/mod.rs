@@ -72,3 +72,51 @@ pub fn run_bounded(mut command: Command, deadline: Duration, grace: Duration) ->
         elapsed: started.elapsed(),
     }
 }
+
+/// A real `ChatServer` on a loopback port, in a runtime of its own, for a client program to
+/// talk to. [`BackgroundServer::stop`] ends it and fails the test if it stopped with an error.
+pub struct BackgroundServer {
+    runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub url: String,
+}
+
+impl BackgroundServer {
+    pub fn start(config: chat::ChatConfig) -> BackgroundServer {
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind 127.0.0.1:0");
+        let address = listener.local_addr().expect("the bound address");
+        let server =
+            chat::ChatServer::new(config, std::sync::Arc::new(chat::MemoryStore::default()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = runtime.spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                    // The client has exited: nothing is left to drain.
+                    Duration::from_secs(1)
+                })
+                .await
+        });
+        BackgroundServer {
+            runtime,
+            stop,
+            serving,
+            url: format!("http://{address}"),
+        }
+    }
+
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let served = self.runtime.block_on(self.serving);
+        self.runtime.shutdown_timeout(Duration::from_secs(5));
+        match served {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => panic!("the server stopped with an error: {error}"),
+            Err(error) => panic!("the server task failed: {error}"),
+        }
+    }
+}
