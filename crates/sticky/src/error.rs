@@ -8,6 +8,8 @@ pub enum Error {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("LISTEN_FDS={0}: the proxy takes exactly one inherited socket")]
+    InheritedSockets(String),
     #[error("no backends: give at least one --backend HOST:PORT=NODE_ID")]
     NoBackends,
     #[error("node id {0} is given to two backends; each sid names one node, so ids must differ")]

@@ -17,6 +17,7 @@ use crate::config::ProxyConfig;
 use crate::error::Error;
 use crate::forward::Forwarder;
 use crate::health;
+use crate::listener;
 
 /// A bound sticky proxy; [`Proxy::serve`] runs it.
 #[derive(Debug)]
@@ -36,7 +37,8 @@ impl Drop for AbortOnDrop {
 }
 
 impl Proxy {
-    /// Checks the configuration and binds the listening socket.
+    /// Checks the configuration and binds the listening socket, or takes the one inherited
+    /// from a supervisor (`LISTEN_FDS=1`).
     pub async fn bind(config: ProxyConfig) -> Result<Proxy, Error> {
         if config.backends.is_empty() {
             return Err(Error::NoBackends);
@@ -49,12 +51,7 @@ impl Proxy {
                 return Err(Error::DuplicateNode(backend.node));
             }
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                address: config.listen,
-                source,
-            })?;
+        let listener = listener::listen(config.listen)?;
         let backends = Arc::new(Backends::new(config.backends.clone(), config.policy));
         Ok(Proxy {
             listener,
@@ -98,7 +95,8 @@ impl Proxy {
         // A permit per client connection: without one, the next accept waits and further
         // clients queue in the kernel's backlog.
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-        tracing::info!(listen = %config.listen, backends = config.backends.len(), "sticky proxy listening");
+        let listen = self.listener.local_addr().unwrap_or(config.listen);
+        tracing::info!(%listen, backends = config.backends.len(), "sticky proxy listening");
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return Ok(());

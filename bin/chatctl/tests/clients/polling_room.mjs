@@ -1,0 +1,218 @@
+// A room of long-polling chat users on the official Node.js Socket.IO client (npm
+// socket.io-client 4.x), driven by bin/chatctl/tests/proxy.rs through `chatctl proxy` in front of
+// two hosts.
+//
+//   node polling_room.mjs <base url> <count>
+//
+// Phase 1: every user logs in (POST /login sets the chat_session cookie), opens /chat_infra and
+// /chat_com on one Engine.IO session over polling only (every request of a session is a separate
+// HTTP request, so each must reach the host that owns the sid), joins "lobby" and says hello.
+// Each user must hear every other user's hello exactly once (userMessage) and its own once
+// (myMessage). Prints {"event":"ready","sids":[...]} and waits for one line on stdin: the
+// two-character node tag of the host the test has just stopped.
+// Phase 2: every user whose sid carries that tag must lose its session and reconnect (through the
+// proxy, to another host) with a sid that does not; users of other hosts must not be disturbed.
+// Once all are back in the room, everyone speaks again and must hear every other user exactly
+// once. Prints {"event":"done","sids":[...],"moved":N} and exits 0. Any failure or the watchdog
+// prints {"event":"error",...} and exits 1.
+
+import { createRequire } from "node:module";
+import http from "node:http";
+import readline from "node:readline";
+
+// ESM ignores NODE_PATH: resolve the client from the workspace's ops/js, where
+// ops/test-deps.sh installs it.
+const require = createRequire(new URL("../../../../ops/js/package.json", import.meta.url));
+let Manager;
+try {
+  ({ Manager } = require("socket.io-client"));
+} catch (error) {
+  console.error(`socket.io-client is not installed in ops/js/node_modules (${error.message}): run ops/test-deps.sh`);
+  process.exit(3);
+}
+
+const [base, countText] = process.argv.slice(2);
+const count = Number(countText);
+if (!/^http:\/\//.test(base || "") || !(count > 1)) {
+  console.error("usage: node polling_room.mjs http://HOST:PORT COUNT (COUNT >= 2)");
+  process.exit(2);
+}
+
+const ROOM = "lobby";
+// The test never waits on a silent room: give up well before the Rust side's deadline.
+const WATCHDOG_MS = 50_000;
+
+function report(event, fields = {}) {
+  // Writes to a pipe are synchronous in Node on Linux, so nothing is lost by process.exit.
+  process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
+}
+
+function fail(message) {
+  report("error", { message, phase, users: users.map((user) => user.state()) });
+  process.exit(1);
+}
+
+setTimeout(() => fail(`watchdog: stuck in phase ${phase}`), WATCHDOG_MS).unref();
+
+/** POST /login on a connection of its own; resolves with the `chat_session=...` cookie pair. */
+function login(nickname) {
+  const body = new URLSearchParams({ nickname }).toString();
+  return new Promise((resolve, reject) => {
+    const request = http.request(
+      `${base}/login`,
+      {
+        method: "POST",
+        agent: false,
+        headers: {
+          "Content-Type": "application/x-www-form-urlencoded",
+          "Content-Length": Buffer.byteLength(body),
+        },
+      },
+      (response) => {
+        response.resume();
+        const cookie = (response.headers["set-cookie"] || [])
+          .map((header) => header.split(";")[0])
+          .find((pair) => pair.startsWith("chat_session="));
+        if ((response.statusCode === 302 || response.statusCode === 303) && cookie) {
+          resolve(cookie);
+        } else {
+          reject(new Error(`POST /login answered ${response.statusCode} without a session cookie`));
+        }
+      },
+    );
+    request.on("error", (error) => reject(new Error(`POST /login failed: ${error.message}`)));
+    request.end(body);
+  });
+}
+
+/** One user: a login, then /chat_infra and /chat_com on one polling Engine.IO session. */
+class User {
+  constructor(index) {
+    this.nickname = `poller${String(index).padStart(2, "0")}`;
+    // Set by name_set, the answer to join_room; cleared when the session is lost, since a new
+    // session must join again.
+    this.joined = false;
+    this.disconnects = 0;
+    // Chat lines by round: round -> [{type, username}].
+    this.heard = new Map();
+  }
+
+  async start() {
+    const cookie = await login(this.nickname);
+    this.manager = new Manager(base, {
+      transports: ["polling"],
+      extraHeaders: { Cookie: cookie },
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 500,
+    });
+    this.infra = this.manager.socket("/chat_infra");
+    this.com = this.manager.socket("/chat_com");
+    this.infra.on("connect", () => this.infra.emit("join_room", { name: ROOM }));
+    this.infra.on("name_set", () => {
+      this.joined = true;
+      changed();
+    });
+    this.infra.on("disconnect", (reason) => {
+      this.joined = false;
+      this.disconnects += 1;
+      // The client retries by itself unless the server or this program ended the socket.
+      if (!this.infra.active) fail(`${this.nickname} was disconnected for good (${reason})`);
+    });
+    for (const socket of [this.infra, this.com]) {
+      socket.on("connect", changed);
+      socket.on("connect_error", (error) => {
+        if (!socket.active) fail(`${this.nickname} was refused: ${error.message}`);
+      });
+      socket.on("error", (error) => fail(`${this.nickname} got an error event: ${JSON.stringify(error)}`));
+    }
+    this.com.on("message", (text) => {
+      const line = JSON.parse(text);
+      const round = /^round (\d+)$/.exec(line.message || "");
+      if (!round || (line.type !== "userMessage" && line.type !== "myMessage")) return;
+      const lines = this.heard.get(round[1]) || [];
+      lines.push({ type: line.type, username: line.username });
+      this.heard.set(round[1], lines);
+      changed();
+    });
+  }
+
+  sid() {
+    return this.manager.engine ? this.manager.engine.id : null;
+  }
+
+  inRoom() {
+    return this.joined && this.infra.connected && this.com.connected;
+  }
+
+  /** Whether this user heard round `round` completely; fails on anything heard twice. */
+  heardRound(round) {
+    const lines = this.heard.get(String(round)) || [];
+    const mine = lines.filter((line) => line.type === "myMessage").length;
+    const theirs = new Set(lines.filter((line) => line.type === "userMessage").map((line) => line.username));
+    if (mine > 1 || theirs.size !== lines.length - mine) {
+      fail(`${this.nickname} heard a line of round ${round} twice: ${JSON.stringify(lines)}`);
+    }
+    return mine === 1 && theirs.size === count - 1 && !theirs.has(this.nickname);
+  }
+
+  state() {
+    return { nickname: this.nickname, sid: this.sid(), joined: this.joined, disconnects: this.disconnects };
+  }
+}
+
+const users = Array.from({ length: count }, (_, i) => new User(i));
+let phase = "joining";
+let stoppedTag = null;
+let sidsBefore = [];
+
+function speak(round) {
+  for (const user of users) {
+    user.com.emit("message", JSON.stringify({ type: "userMessage", message: `round ${round}` }));
+  }
+}
+
+function changed() {
+  if (phase === "joining" && users.every((user) => user.inRoom())) {
+    phase = "round 1";
+    speak(1);
+  } else if (phase === "round 1" && users.every((user) => user.heardRound(1))) {
+    phase = "waiting-for-stop";
+    sidsBefore = users.map((user) => user.sid());
+    report("ready", { sids: sidsBefore });
+  } else if (phase === "rejoining") {
+    const moved = (user, i) => sidsBefore[i].startsWith(stoppedTag);
+    const back = users.every((user, i) => {
+      const sid = user.sid();
+      if (!moved(user, i) && (user.disconnects > 0 || sid !== sidsBefore[i])) {
+        fail(`${user.nickname} of a host that kept running lost its session: ${JSON.stringify(user.state())}`);
+      }
+      return user.inRoom() && sid && !sid.startsWith(stoppedTag);
+    });
+    if (back) {
+      phase = "round 2";
+      speak(2);
+    }
+  } else if (phase === "round 2" && users.every((user) => user.heardRound(2))) {
+    const moved = sidsBefore.filter((sid) => sid.startsWith(stoppedTag)).length;
+    report("done", { sids: users.map((user) => user.sid()), moved });
+    process.exit(0);
+  }
+}
+
+const stdin = readline.createInterface({ input: process.stdin });
+stdin.once("line", (line) => {
+  stoppedTag = line.trim();
+  if (phase !== "waiting-for-stop" || stoppedTag.length !== 2) {
+    fail(`told "${line}" in phase ${phase}`);
+  }
+  phase = "rejoining";
+  changed();
+});
+// The test went away: do not linger.
+stdin.once("close", () => {
+  if (stoppedTag === null) fail("stdin closed before the stop was announced");
+});
+
+for (const user of users) {
+  user.start().catch((error) => fail(`${user.nickname}: ${error.message}`));
+}

@@ -1,0 +1,359 @@
+//! `chatctl proxy` in front of two hosts (two masters on loopback, `--node-id 1` and `2`, sharing
+//! the chat through a real `redis-server`): long-polling users of the npm Socket.IO client land
+//! on both hosts, every request of a session reaches the host named by its sid, and a room spread
+//! over both behaves as one. When one host stops, its users reconnect through the proxy to the
+//! other and keep chatting, while the other host's users are not disturbed.
+
+mod support;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+
+use serde_json::Value;
+use supervisor::route_tag::{self, Owner};
+use support::{all_online, chatctl_exe, free_port, http_get, wait_for_value, wait_until, workers};
+use support::{App, DEADLINE};
+
+/// Users in the room.
+const USERS: usize = 20;
+
+#[test]
+fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() {
+    let node = node_program();
+    let redis = RedisServer::start();
+    let hosts: Vec<(u16, App)> = [1, 2]
+        .into_iter()
+        .map(|node_id| (node_id, start_host(node_id, &redis.url())))
+        .collect();
+    let proxy = ProxyProcess::start(&hosts);
+
+    let mut room = PollingRoom::start(&node, &proxy.url(), USERS);
+    let ready = room.next_report();
+    assert_eq!(ready["event"], "ready", "users: {ready}\n{}", proxy.log());
+    let sids = sid_nodes(&ready);
+    for (node_id, host) in &hosts {
+        let on_host = sids.iter().filter(|node| *node == node_id).count() as u64;
+        assert!(
+            on_host > 0,
+            "no user landed on node {node_id}, so nothing crossed hosts: {ready}"
+        );
+        // The tags agree with what the host itself counts.
+        let counted = wait_for_value("the host to count every session of its node", || {
+            sessions_counted(host).filter(|counted| *counted == on_host)
+        });
+        assert_eq!(
+            counted,
+            Some(on_host),
+            "node {node_id}: {:?}",
+            host.listed()
+        );
+    }
+
+    let (stopped_node, stopped) = &hosts[0];
+    let stop = stopped.run(&["stop", &stopped.name]);
+    assert!(
+        stop.status.success(),
+        "chatctl stop failed: {}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let tag = route_tag::encode(Owner {
+        node: *stopped_node,
+        slot: 0,
+    });
+    room.announce_stop(&tag[..2]);
+    let done = room.next_report();
+    assert_eq!(done["event"], "done", "users: {done}\n{}", proxy.log());
+    let on_stopped = sids.iter().filter(|node| *node == stopped_node).count();
+    assert_eq!(done["moved"], on_stopped as u64, "{done}");
+    let after = sid_nodes(&done);
+    assert!(
+        after.iter().all(|node| *node == hosts[1].0),
+        "a session still names the stopped host: {done}"
+    );
+    room.wait_success();
+}
+
+/// `chatctl start -- chatctl proxy ...`: the proxy serves on the socket its master bound and
+/// passed down (`LISTEN_FDS`), so a master supervises it like any worker. Had it bound
+/// `--listen` itself, the master's socket on that address would have made it fail.
+#[test]
+fn the_proxy_runs_under_a_master_on_the_socket_it_inherits() {
+    let host = App::new("proxied-host");
+    host.start_ok(&["-i", "1", "--node-id", "7"], &[]);
+    host.wait_listed("the host's worker online", |a| all_online(a, 1));
+    let proxy = App::new("proxy");
+    let backend = format!("{}=7", host.listen());
+    let listen = proxy.listen();
+    let program = [
+        chatctl_exe(),
+        "proxy",
+        "--listen",
+        &listen,
+        "--backend",
+        &backend,
+    ];
+    proxy.start_ok(&["-i", "1", "--min-uptime", "200ms"], &program);
+    proxy.wait_listed("the proxy online", |a| all_online(a, 1));
+
+    let (status, body) = http_get(proxy.port, "/socket.io/?EIO=4&transport=polling")
+        .expect("no handshake through the proxy");
+    assert_eq!(status, 200, "{body}\nlog:\n{}", proxy.log_text());
+    let open: Value = serde_json::from_str(body.trim_start_matches('0'))
+        .unwrap_or_else(|e| panic!("handshake answered {body:?}: {e}"));
+    let sid = open["sid"].as_str().unwrap_or("");
+    assert_eq!(
+        route_tag::decode(sid).map(|owner| owner.node),
+        Some(7),
+        "{body}"
+    );
+}
+
+/// One host: a master of one chat worker with its own state directory and port, sessions tagged
+/// with `node_id`, and the chat shared with the other host through Redis. The hosts must sign
+/// cookies with the same secret, since a user logs in on one and may chat on the other.
+fn start_host(node_id: u16, redis_url: &str) -> App {
+    let app = App::new(&format!("host{node_id}"));
+    let node_flag = node_id.to_string();
+    app.start_ok(
+        &[
+            "-i",
+            "1",
+            "--node-id",
+            &node_flag,
+            "--redis",
+            redis_url,
+            "--env",
+            // Short, so that the users of the stopped host leave the room soon in any case; not
+            // so short that a worker starved of CPU on a loaded machine looks dead.
+            "CHATCTL_REDIS_WORKER_TTL=3s",
+            "--health-interval",
+            "200ms",
+            "--stop-timeout",
+            "5s",
+        ],
+        &[
+            "serve",
+            "--secret",
+            "one secret for every host behind the proxy",
+        ],
+    );
+    app.wait_listed("one online worker", |a| all_online(a, 1));
+    app
+}
+
+/// The Engine.IO sessions a host's workers report (with each health pong).
+fn sessions_counted(host: &App) -> Option<u64> {
+    let listed = host.listed()?;
+    Some(
+        workers(&listed)
+            .iter()
+            .map(|w| w["connections"].as_u64().unwrap_or(0))
+            .sum(),
+    )
+}
+
+/// The node id in each sid a report lists.
+fn sid_nodes(report: &Value) -> Vec<u16> {
+    report["sids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sids in {report}"))
+        .iter()
+        .map(|sid| {
+            route_tag::decode(sid.as_str().unwrap_or(""))
+                .unwrap_or_else(|| panic!("sid {sid} names no owner: {report}"))
+                .node
+        })
+        .collect()
+}
+
+/// `chatctl proxy` in front of the hosts, with health timers short enough that a stopped host
+/// gets no new sessions within a fraction of a second. Killed by pid when dropped.
+struct ProxyProcess {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl ProxyProcess {
+    fn start(hosts: &[(u16, App)]) -> ProxyProcess {
+        let port = free_port();
+        let log =
+            std::env::temp_dir().join(format!("chatctl-test-proxy-{}.log", std::process::id()));
+        let mut args = vec![
+            "proxy".to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            // Round-robin, so that the users surely land on both hosts.
+            "--policy".into(),
+            "round-robin".into(),
+            "--health-interval".into(),
+            "200ms".into(),
+            "--health-timeout".into(),
+            "500ms".into(),
+            "--health-misses".into(),
+            "1".into(),
+        ];
+        for (node_id, host) in hosts {
+            args.push("--backend".into());
+            args.push(format!("{}={node_id}", host.listen()));
+        }
+        let child = Command::new(chatctl_exe())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("cannot create the proxy's log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run chatctl proxy: {e}"));
+        let proxy = ProxyProcess { child, port, log };
+        wait_until("the proxy passes /healthz on to a host", || {
+            matches!(http_get(port, "/healthz"), Ok((200, _)))
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The proxy's log, for failure messages.
+    fn log(&self) -> String {
+        format!(
+            "proxy log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The users of `tests/clients/polling_room.mjs`; killed if the test ends early.
+struct PollingRoom {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    reports: mpsc::Receiver<Value>,
+}
+
+impl PollingRoom {
+    fn start(node: &Path, url: &str, count: usize) -> PollingRoom {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/polling_room.mjs");
+        let mut child = Command::new(node)
+            .arg(&script)
+            .arg(url)
+            .arg(count.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", node.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, reports) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(report) => {
+                        if tx.send(report).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("users: {line}"),
+                }
+            }
+        });
+        PollingRoom {
+            stdin: child.stdin.take(),
+            child,
+            reports,
+        }
+    }
+
+    /// The next report line; users that go quiet fail the test.
+    fn next_report(&mut self) -> Value {
+        // The users' own watchdog fires first; this only catches a hung `node`.
+        match self.reports.recv_timeout(DEADLINE * 3) {
+            Ok(report) => report,
+            Err(_) => panic!(
+                "the users reported nothing (exit status {:?})",
+                self.child.try_wait().ok().flatten()
+            ),
+        }
+    }
+
+    /// Tells the users which node tag's sessions are gone.
+    fn announce_stop(&mut self, tag: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{tag}")
+            .and_then(|()| stdin.flush())
+            .expect("cannot tell the users that a host stopped");
+    }
+
+    fn wait_success(&mut self) {
+        let status = self.child.wait().expect("cannot wait for the users");
+        assert!(status.success(), "the users failed: {status}");
+    }
+}
+
+impl Drop for PollingRoom {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `redis-server` of this test on a free loopback port, killed by pid when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): run ops/test-deps.sh"));
+        let server = RedisServer { child, port };
+        wait_until("redis-server accepts connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `node`, with the npm Socket.IO client installed in ops/js (by ops/test-deps.sh).
+fn node_program() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let module = workspace.join("ops/js/node_modules/socket.io-client/package.json");
+    assert!(
+        module.is_file(),
+        "{} is missing: the Node.js Socket.IO client is not installed; run ops/test-deps.sh",
+        module.display()
+    );
+    PathBuf::from("node")
+}
