@@ -1,0 +1,294 @@
+//! One simulated chat user: logs in, connects both namespaces, joins its room, then sends and
+//! receives as the run's control says.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::protocol::{self, Packet, Stamp, COM, INFRA};
+use crate::run::{Control, Shared};
+use crate::stats::SeenMessages;
+use crate::transport::{Connection, Endpoint};
+use crate::BenchError;
+
+/// Where client `index` connects: the target, from the next source address in turn.
+fn endpoint(shared: &Shared, index: u32) -> Endpoint<'_> {
+    let sources = &shared.config.sources;
+    Endpoint {
+        target: &shared.config.target,
+        source: (!sources.is_empty()).then(|| sources[index as usize % sources.len()]),
+    }
+}
+
+/// Why a joined client's loop ended.
+enum Ended {
+    /// The run told it to stop.
+    Stopped,
+    /// The connection broke or the server closed it.
+    Lost(BenchError),
+}
+
+/// One client of the run.
+pub(crate) struct ChatUser {
+    shared: Arc<Shared>,
+    index: u32,
+    nickname: String,
+    /// Its room's name and slot in `Shared::room_members`.
+    room: String,
+    room_slot: usize,
+    polling: bool,
+    /// The login, kept across the reconnections of `churn`.
+    cookie: Option<HeaderValue>,
+}
+
+impl ChatUser {
+    pub(crate) fn new(shared: Arc<Shared>, index: u32) -> Self {
+        let room_slot = (index / shared.room_size) as usize;
+        ChatUser {
+            nickname: format!("b{}", index),
+            room: format!("{}{}", shared.room_prefix, room_slot),
+            room_slot,
+            polling: shared.config.transport.polling_for(index),
+            cookie: None,
+            index,
+            shared,
+        }
+    }
+
+    /// Connects, joins and then follows the run's control until told to stop (idle, chat,
+    /// fanout).
+    pub(crate) async fn run_member(mut self) {
+        let started = Instant::now();
+        let joined =
+            tokio::time::timeout(self.shared.config.connect_timeout, self.connect_and_join())
+                .await
+                .unwrap_or_else(|_| Err(BenchError::Timeout(self.shared.config.connect_timeout)));
+        let connection = match joined {
+            Ok(connection) => connection,
+            Err(error) => {
+                self.shared.connect_failed(&error);
+                return;
+            }
+        };
+        self.shared
+            .joined(self.index, self.room_slot, started.elapsed());
+        match self.follow_control(connection).await {
+            Ended::Stopped => {}
+            Ended::Lost(error) => self
+                .shared
+                .error(&format!("client {} disconnected", self.index), &error),
+        }
+        self.shared.room_members[self.room_slot].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connect → join → disconnect until told to stop (churn).
+    pub(crate) async fn run_churn(mut self) {
+        let control = self.shared.control.subscribe();
+        let timeout = self.shared.config.connect_timeout;
+        let mut first = true;
+        while *control.borrow() != Control::Stop {
+            let started = Instant::now();
+            let joined = tokio::time::timeout(timeout, self.connect_and_join())
+                .await
+                .unwrap_or_else(|_| Err(BenchError::Timeout(timeout)));
+            match joined {
+                Ok(connection) => {
+                    let connect_latency = started.elapsed();
+                    let _ = tokio::time::timeout(timeout, connection.close()).await;
+                    self.shared.cycle_completed(
+                        connect_latency,
+                        started.elapsed(),
+                        first,
+                        self.index,
+                    );
+                    first = false;
+                }
+                Err(error) => {
+                    // A client that never got in counts once towards the settled clients.
+                    if first {
+                        self.shared.connect_failed(&error);
+                    } else {
+                        self.shared.cycle_failed(&error);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect_and_join(&mut self) -> Result<Connection, BenchError> {
+        // A clone, so that the endpoint's borrow does not hold `self` while the cookie is set.
+        let shared = self.shared.clone();
+        let endpoint = endpoint(&shared, self.index);
+        let mut connection =
+            Connection::open(endpoint, self.polling, &self.nickname, &mut self.cookie).await?;
+        loop {
+            let text = connection.recv().await?.ok_or(BenchError::Closed)?;
+            match Packet::decode(text.as_str()) {
+                Packet::Open(_) => break,
+                other => {
+                    return Err(BenchError::Protocol(format!(
+                        "expected open, got {other:?}"
+                    )))
+                }
+            }
+        }
+        connection
+            .send_all(vec![
+                protocol::connect_namespace(INFRA),
+                protocol::connect_namespace(COM),
+            ])
+            .await?;
+        let mut waiting_for = 2;
+        while waiting_for > 0 {
+            let text = connection.recv().await?.ok_or(BenchError::Closed)?;
+            match Packet::decode(text.as_str()) {
+                Packet::Connected { namespace } if namespace == INFRA || namespace == COM => {
+                    waiting_for -= 1
+                }
+                Packet::ConnectError { namespace, data } => {
+                    return Err(BenchError::ConnectRefused {
+                        namespace: namespace.to_owned(),
+                        reason: data.to_owned(),
+                    })
+                }
+                packet => Self::answer_in_setup(&mut connection, packet).await?,
+            }
+        }
+        connection.send(protocol::join_room(&self.room)).await?;
+        loop {
+            let text = connection.recv().await?.ok_or(BenchError::Closed)?;
+            match Packet::decode(text.as_str()) {
+                // Sent to this socket only, after the server recorded the membership.
+                Packet::Event {
+                    namespace: INFRA,
+                    name: "name_set",
+                    ..
+                } => break,
+                packet => Self::answer_in_setup(&mut connection, packet).await?,
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Heartbeats and errors while connecting.
+    async fn answer_in_setup(
+        connection: &mut Connection,
+        packet: Packet<'_>,
+    ) -> Result<(), BenchError> {
+        match packet {
+            Packet::Ping => connection.send("3".into()).await,
+            Packet::Close | Packet::Disconnected { .. } => Err(BenchError::Closed),
+            Packet::Event {
+                name: "error",
+                data,
+                ..
+            } => Err(BenchError::ErrorEvent(data.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Receives, answers heartbeats and sends on schedule until the run says stop.
+    async fn follow_control(&mut self, mut connection: Connection) -> Ended {
+        let shared = self.shared.clone();
+        let mut control = shared.control.subscribe();
+        let mut seen = SeenMessages::default();
+        let mut seq: u32 = 0;
+        // (phase, interval) while this client sends.
+        let mut sending: Option<(u16, Duration)> = None;
+        let next_send = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(next_send);
+        let index = self.index;
+        let apply = |control: Control,
+                     sending: &mut Option<(u16, Duration)>,
+                     next_send: std::pin::Pin<&mut tokio::time::Sleep>| {
+            match control {
+                Control::Send {
+                    phase,
+                    rate,
+                    sender,
+                } if rate > 0.0 && sender.is_none_or(|s| s == index) => {
+                    let interval = Duration::from_secs_f64(1.0 / rate);
+                    if sending.map(|(_, i)| i) != Some(interval) {
+                        // Spread the clients' sends over the interval instead of all at once.
+                        let offset = (f64::from(index) * 0.618_033_988_75).fract();
+                        next_send.reset(Instant::now() + interval.mul_f64(offset));
+                    }
+                    *sending = Some((phase, interval));
+                    true
+                }
+                Control::Stop => false,
+                Control::Send { .. } | Control::Hold => {
+                    *sending = None;
+                    true
+                }
+            }
+        };
+        if !apply(
+            *control.borrow_and_update(),
+            &mut sending,
+            next_send.as_mut(),
+        ) {
+            return Ended::Stopped;
+        }
+        loop {
+            tokio::select! {
+                changed = control.changed() => {
+                    if changed.is_err() || !apply(*control.borrow_and_update(), &mut sending, next_send.as_mut()) {
+                        return Ended::Stopped;
+                    }
+                }
+                received = connection.recv() => {
+                    let text = match received {
+                        Ok(Some(text)) => text,
+                        Ok(None) => return Ended::Lost(BenchError::Closed),
+                        Err(error) => return Ended::Lost(error),
+                    };
+                    match Packet::decode(text.as_str()) {
+                        Packet::Event { namespace: COM, name: "message", data } => {
+                            if let Some(stamp) = Stamp::find(data) {
+                                if stamp.sender != self.index {
+                                    let duplicate = !seen.first_time(stamp.sender, stamp.seq);
+                                    let latency = shared.now_us().saturating_sub(stamp.sent_us);
+                                    shared.deliveries.record(stamp.phase, latency, duplicate);
+                                }
+                            }
+                        }
+                        Packet::Ping => {
+                            if let Err(error) = connection.send("3".into()).await {
+                                return Ended::Lost(error);
+                            }
+                        }
+                        Packet::Event { name: "error", data, .. } => {
+                            shared.error(&format!("client {}", self.index), &BenchError::ErrorEvent(data.to_owned()));
+                        }
+                        Packet::Close | Packet::Disconnected { .. } => return Ended::Lost(BenchError::Closed),
+                        _ => {}
+                    }
+                }
+                () = &mut next_send, if sending.is_some() => {
+                    let Some((phase, interval)) = sending else { continue };
+                    let stamp = Stamp { sender: self.index, seq, phase, sent_us: shared.now_us() };
+                    seq = seq.wrapping_add(1);
+                    let members = shared.room_members[self.room_slot].load(Ordering::Relaxed);
+                    shared.message_sent(phase, u64::from(members.saturating_sub(1)));
+                    let mut packet = String::with_capacity(shared.config.message_bytes + 96);
+                    stamp.write_message(&mut packet, shared.config.message_bytes);
+                    if let Err(error) = connection.send(packet).await {
+                        return Ended::Lost(error);
+                    }
+                    // Keep the schedule (late sends catch up), but after a stall of more than a
+                    // second start afresh rather than burst.
+                    let now = Instant::now();
+                    let mut next = next_send.deadline() + interval;
+                    if next + Duration::from_secs(1) < now {
+                        next = now;
+                    }
+                    next_send.as_mut().reset(next);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! What a run found: one struct, printed as a table or as one JSON object with the same figures.
+
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::process_usage::ProcessUsage;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// From a histogram in microseconds; zeros when it is empty.
+    pub fn from_us(histogram: &Histogram<u64>) -> Latency {
+        if histogram.is_empty() {
+            return Latency::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// One rate of a fanout run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutStep {
+    pub rate: f64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub delivered_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The figures of a run. The JSON keys are part of the command's contract (ops/bench reads
+/// them): do not rename.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub transport: &'static str,
+    pub clients: u32,
+    pub connected: u64,
+    pub connect_failed: u64,
+    /// From the first attempt until the last client was connected and joined.
+    pub connect_time_ms: f64,
+    pub connect_p50_ms: f64,
+    pub connect_p99_ms: f64,
+    pub connect_max_ms: f64,
+    pub sent: u64,
+    /// Deliveries owed: for every message, the others in the sender's room when it was sent.
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// Error events, transport errors and unexpected disconnects.
+    pub errors: u64,
+    pub delivered_per_sec: f64,
+    /// Delivery latency (churn: a whole connect → join → disconnect cycle).
+    pub latency_ms: Latency,
+    pub cpu_percent: Option<f64>,
+    pub rss_before_kib: Option<u64>,
+    pub rss_connected_kib: Option<u64>,
+    pub rss_peak_kib: Option<u64>,
+    pub rss_per_connection_bytes: Option<f64>,
+    /// Each `--pid` on its own.
+    pub processes: Vec<ProcessUsage>,
+    pub steps: Vec<FanoutStep>,
+    pub best_rate_under_limit: Option<f64>,
+    pub cycles: Option<u64>,
+    /// Length of the measured phase.
+    pub duration_s: f64,
+}
+
+impl Report {
+    /// No message lost or duplicated, no error, every client connected.
+    pub fn passed(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.errors == 0 && self.connect_failed == 0
+    }
+
+    /// The table's last line.
+    pub fn verdict(&self) -> String {
+        if self.passed() {
+            return "OK: no losses, no errors".into();
+        }
+        let mut line = format!(
+            "FAILED: {} lost, {} errors, {} connect failures",
+            self.lost, self.errors, self.connect_failed
+        );
+        if self.duplicates > 0 {
+            let _ = write!(line, ", {} duplicates", self.duplicates);
+        }
+        line
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut row = |name: &str, value: String| {
+            let _ = writeln!(out, "{name:<26}{value}");
+        };
+        row("scenario", self.scenario.into());
+        row("transport", self.transport.into());
+        row(
+            "clients",
+            format!(
+                "{} ({} connected, {} failed)",
+                self.clients, self.connected, self.connect_failed
+            ),
+        );
+        row(
+            "connect",
+            format!(
+                "{:.0} ms for all; each p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                self.connect_time_ms, self.connect_p50_ms, self.connect_p99_ms, self.connect_max_ms
+            ),
+        );
+        if let Some(cycles) = self.cycles {
+            row("cycles", cycles.to_string());
+        }
+        row("duration", format!("{:.2} s", self.duration_s));
+        if self.scenario != "idle" && self.scenario != "churn" {
+            row("sent", self.sent.to_string());
+            row("expected", self.expected.to_string());
+            row(
+                "delivered",
+                format!("{} ({:.0}/s)", self.delivered, self.delivered_per_sec),
+            );
+            row("lost", self.lost.to_string());
+            row("duplicates", self.duplicates.to_string());
+        }
+        row("errors", self.errors.to_string());
+        let latency = &self.latency_ms;
+        let what = if self.scenario == "churn" {
+            "cycle latency"
+        } else {
+            "latency"
+        };
+        row(
+            what,
+            format!(
+                "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                latency.p50, latency.p90, latency.p99, latency.max
+            ),
+        );
+        for step in &self.steps {
+            row(
+                &format!("step {} msg/s", step.rate),
+                format!(
+                    "sent {}, delivered {} ({:.0}/s), lost {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    step.sent,
+                    step.delivered,
+                    step.delivered_per_sec,
+                    step.lost,
+                    step.p50_ms,
+                    step.p99_ms,
+                    step.max_ms
+                ),
+            );
+        }
+        if self.scenario == "fanout" {
+            row(
+                "best under p99 limit",
+                self.best_rate_under_limit
+                    .map_or("none".into(), |rate| format!("{rate:.0} deliveries/s")),
+            );
+        }
+        let kib = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} KiB"));
+        if !self.processes.is_empty() {
+            row(
+                "server cpu",
+                self.cpu_percent
+                    .map_or("-".into(), |c| format!("{c:.1} % of one core")),
+            );
+            row(
+                "server rss",
+                format!(
+                    "before {}, connected {}, peak {}",
+                    kib(self.rss_before_kib),
+                    kib(self.rss_connected_kib),
+                    kib(self.rss_peak_kib)
+                ),
+            );
+            if let Some(bytes) = self.rss_per_connection_bytes {
+                row("server rss/connection", format!("{bytes:.0} bytes"));
+            }
+            if self.processes.len() > 1 {
+                for process in &self.processes {
+                    row(
+                        &format!("  pid {}", process.pid),
+                        format!(
+                            "cpu {}, rss before {}, connected {}, peak {}",
+                            process
+                                .cpu_percent
+                                .map_or("-".into(), |c| format!("{c:.1} %")),
+                            kib(process.rss_before_kib),
+                            kib(process.rss_connected_kib),
+                            kib(process.rss_peak_kib)
+                        ),
+                    );
+                }
+            }
+        }
+        out.push_str(&self.verdict());
+        out.push('\n');
+        out
+    }
+}
