@@ -23,6 +23,9 @@ pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
         name: args.name.clone(),
         listen: args.listen,
         instances: args.instances.unwrap_or(defaults.instances),
+        scheduling: args.scheduling,
+        node_id: args.node_id,
+        peek_timeout: args.peek_timeout,
         command: args.command.clone(),
         env: args
             .env

@@ -133,6 +133,20 @@ pub struct AppArgs {
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+    /// How connections reach the chat workers: `sticky` (the master reads the session id of
+    /// each new connection's first request and hands the connection to the worker owning that
+    /// session; long-polling works) or `shared` (the workers accept on one socket; websocket
+    /// only across workers). Programs other than the chat app always get `shared`.
+    #[arg(long, default_value = "sticky")]
+    pub scheduling: supervisor::Scheduling,
+    /// This host's node id (0-4095), written into every session id, for `chatctl proxy
+    /// --backend HOST:PORT=NODE_ID` in front of several hosts.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=4095))]
+    pub node_id: u16,
+    /// Sticky scheduling: a new connection that has not sent its request line within this
+    /// time is closed (slowloris).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub peek_timeout: Duration,
     /// Share rooms, broadcasts, sessions and history through this Redis instead of the master
     /// (needed across machines): redis://host:port, rediss://..., unix:///path. Passed to the
     /// chat workers as REDIS_URL.

@@ -33,20 +33,32 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     // Taken before the runtime starts its threads: it edits the environment.
-    let listener = match inherited_listener()? {
-        Some(listener) => listener,
-        None => {
+    let handoff = handed_off_connections();
+    let listener = match (&handoff, inherited_listener()?) {
+        (Some(_), _) => None,
+        (None, Some(listener)) => Some(listener),
+        (None, None) => {
             let address = format!("{}:{}", args.host, args.port);
-            StdListener::bind(&address).with_context(|| {
+            Some(StdListener::bind(&address).with_context(|| {
                 format!("cannot listen on {address} — is another server using that port? choose another with --port")
-            })?
+            })?)
         }
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let address = listener.local_addr()?;
+        let incoming = match (handoff, listener) {
+            (Some(fd), _) => {
+                // SAFETY: the master passed this socket for us alone (CHATCTL_HANDOFF_FD).
+                let receiver = unsafe { supervisor::handoff::Receiver::from_raw_fd(fd) }
+                    .context("invalid hand-off socket from the master")?;
+                Incoming::HandedOff(receiver)
+            }
+            (None, Some(listener)) => {
+                listener.set_nonblocking(true)?;
+                Incoming::Listener(tokio::net::TcpListener::from_std(listener)?)
+            }
+            (None, None) => unreachable!("a listener is bound unless connections are handed over"),
+        };
         // With Redis, rooms, broadcasts and the store are shared with the other workers
         // through it; otherwise, under a chatctl master, through the master; alone, they live
         // in this process.
@@ -83,8 +95,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         {
             serve_private_socket(&server, fd)?;
         }
-        tracing::info!(%address, "chat serving on http://{address}");
-        println!("listening on {address}");
+        match &incoming {
+            Incoming::Listener(listener) => {
+                let address = listener.local_addr()?;
+                tracing::info!(%address, "chat serving on http://{address}");
+                println!("listening on {address}");
+            }
+            Incoming::HandedOff(_) => {
+                tracing::info!("chat serving the connections the master hands over");
+            }
+        }
         let shutdown = match link {
             Some((link, events)) => {
                 tokio::spawn(coord::embedded::deliver_remote_broadcasts(
@@ -100,7 +120,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             .boxed(),
         };
-        server.serve(listener, shutdown).await?;
+        server.serve(incoming, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -142,14 +162,79 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         CorsPolicy::List(args.allow_origins.clone())
     };
     config.io.connect_timeout = args.connect_timeout;
-    // Under a master, session ids name this worker, so requests can be routed to it by sid.
-    if let Some(slot) = std::env::var(supervisor::ipc::WORKER_ID_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        engine.sid_tag = route_tag::encode(route_tag::Owner { node: 0, slot });
+    // Under a master, session ids name this worker, so requests can be routed to it by sid,
+    // and requests for the other workers' sessions are passed to them.
+    let from_env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    if let Some(id) = from_env(supervisor::ipc::WORKER_ID_ENV) {
+        let node = from_env(supervisor::ipc::NODE_ID_ENV).unwrap_or(0);
+        engine.sid_tag = route_tag::encode(route_tag::Owner { node, slot: id });
+        if let Ok(token) = std::env::var(supervisor::handoff::PEERS_ENV) {
+            config.peers = Some(Arc::new(Workers { token, node, id }));
+        }
     }
     Ok(config)
+}
+
+/// The other workers of this worker's master.
+#[derive(Debug)]
+struct Workers {
+    token: String,
+    node: u16,
+    /// This worker's id.
+    id: u16,
+}
+
+impl chat::Peers for Workers {
+    fn owner(&self, sid: &str) -> Option<u16> {
+        let owner = route_tag::decode(sid)?;
+        (owner.node == self.node && owner.slot != self.id).then_some(owner.slot)
+    }
+
+    fn connect(&self, id: u16) -> chat::Connecting {
+        let token = self.token.clone();
+        Box::pin(async move { supervisor::handoff::connect_private(&token, id).await })
+    }
+}
+
+/// Where this process's connections come from.
+enum Incoming {
+    Listener(tokio::net::TcpListener),
+    /// Sticky scheduling: the master accepts and hands each connection over.
+    HandedOff(supervisor::handoff::Receiver),
+}
+
+impl chat::Accept for Incoming {
+    async fn accept(&mut self) -> std::io::Result<Option<tokio::net::TcpStream>> {
+        match self {
+            Incoming::Listener(listener) => chat::Accept::accept(listener).await,
+            Incoming::HandedOff(receiver) => match receiver.recv().await? {
+                Some(stream) => {
+                    stream.set_nonblocking(true)?;
+                    tokio::net::TcpStream::from_std(stream).map(Some)
+                }
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn queued(&mut self) -> Option<tokio::net::TcpStream> {
+        let Incoming::HandedOff(receiver) = self else {
+            return None;
+        };
+        let stream = receiver.try_recv().ok()??;
+        stream.set_nonblocking(true).ok()?;
+        tokio::net::TcpStream::from_std(stream).ok()
+    }
+}
+
+/// The hand-off socket passed by the master under sticky scheduling, if any.
+fn handed_off_connections() -> Option<i32> {
+    let fd = std::env::var(supervisor::handoff::HANDOFF_FD_ENV)
+        .ok()?
+        .parse()
+        .ok()?;
+    std::env::remove_var(supervisor::handoff::HANDOFF_FD_ENV);
+    Some(fd)
 }
 
 /// The listening socket handed over by a supervisor (chatctl's master, systemd), if any:
@@ -221,6 +306,10 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
     let server = server.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            if !supervisor::handoff::trusted_peer(&stream) {
+                tracing::warn!("refused a connection to the private socket from another user");
+                continue;
+            }
             let server = server.clone();
             tokio::spawn(async move {
                 server

@@ -1,6 +1,7 @@
 //! Every setting of the chat application, with its default, in one place.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socketio::SocketIoConfig;
@@ -33,6 +34,9 @@ pub struct ChatConfig {
     /// the client is sending right now gets its answer (with `Connection: close`) instead of a
     /// reset. Busy connections close sooner: right after their next response.
     pub drain_idle_grace: Duration,
+    /// The other processes of this app on this host, to which requests for their sessions
+    /// are forwarded (under chatctl's master); `None` when this process is alone.
+    pub peers: Option<Arc<dyn crate::Peers>>,
 }
 
 impl Default for ChatConfig {
@@ -49,6 +53,7 @@ impl Default for ChatConfig {
             header_read_timeout: Duration::from_secs(10),
             secure_cookies: false,
             drain_idle_grace: Duration::from_secs(1),
+            peers: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 mod config;
 pub mod cookie;
 mod events;
+mod forward;
 pub mod pages;
 mod server;
 pub mod store;
@@ -12,7 +13,8 @@ pub mod validate;
 
 pub use config::{load_or_create_secret, ChatConfig};
 pub use events::{room_key, COM, INFRA};
-pub use server::ChatServer;
+pub use forward::{Connecting, Peers};
+pub use server::{Accept, ChatServer};
 pub use store::{MemoryStore, Session, Store, StoreError};
 
 /// Our browser Socket.IO client, served at `/socket.io/socket.io.js`.

@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use socketio::SocketIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::cookie::{clear_cookie_header, CookieSigner, COOKIE_NAME};
 use crate::events::{self, ChatState};
@@ -23,6 +23,26 @@ const MAX_FORM_BYTES: usize = 4096;
 const CSS: &str = include_str!("../assets/chat.css");
 const ROOMS_JS: &str = include_str!("../assets/rooms.js");
 const CHATROOM_JS: &str = include_str!("../assets/chatroom.js");
+
+/// Where a server's connections come from: a listening socket, or a supervisor handing
+/// accepted ones over.
+pub trait Accept {
+    /// The next connection; `None` when no more will come.
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Option<TcpStream>>>;
+    /// After shutdown: a connection already on its way to this server (handed over before the
+    /// supervisor stopped sending), if there is one right now.
+    fn queued(&mut self) -> Option<TcpStream> {
+        None
+    }
+}
+
+impl Accept for TcpListener {
+    async fn accept(&mut self) -> std::io::Result<Option<TcpStream>> {
+        TcpListener::accept(self)
+            .await
+            .map(|(stream, _)| Some(stream))
+    }
+}
 
 /// The chat application: construct it, then [`ChatServer::serve`] a listener.
 #[derive(Clone)]
@@ -55,7 +75,7 @@ impl ChatServer {
     /// waiting at most the drain timeout.
     pub async fn serve(
         &self,
-        listener: TcpListener,
+        mut listener: impl Accept,
         shutdown: impl Future<Output = std::time::Duration>,
     ) -> std::io::Result<()> {
         let max = self.state.config.max_connections;
@@ -69,9 +89,11 @@ impl ChatServer {
                 permit = slots.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
                 timeout = &mut shutdown => break timeout,
             };
-            let (stream, _) = tokio::select! {
+            let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(Some(stream)) => stream,
+                    // No more connections will come: wait for the drain order.
+                    Ok(None) => break shutdown.await,
                     Err(error) => {
                         // EMFILE and friends are transient: log, back off, keep serving.
                         tracing::warn!(%error, "accept failed");
@@ -81,21 +103,18 @@ impl ChatServer {
                 },
                 timeout = &mut shutdown => break timeout,
             };
-            let _ = stream.set_nodelay(true);
-            let server = self.clone();
-            let mut drain = draining.subscribe();
-            tokio::spawn(async move {
-                server
-                    .serve_connection(stream, async move {
-                        let _ = drain.wait_for(|d| *d).await;
-                    })
-                    .await;
-                drop(permit);
-            });
+            self.spawn_connection(stream, &draining, permit);
         };
-        drop(listener);
         tracing::info!(?drain_timeout, "draining");
         draining.send_replace(true);
+        // Connections handed over before the supervisor stopped sending are answered too
+        // (with `Connection: close`); the cap does not apply to these few.
+        while let Some(stream) = listener.queued() {
+            let permit = slots.clone().acquire_many_owned(0).await;
+            let permit = permit.map_err(std::io::Error::other)?;
+            self.spawn_connection(stream, &draining, permit);
+        }
+        drop(listener);
         self.io.close();
         let all_closed = slots.acquire_many(max as u32);
         if tokio::time::timeout(drain_timeout, all_closed)
@@ -105,6 +124,25 @@ impl ChatServer {
             tracing::warn!("drain timeout: closing the remaining connections");
         }
         Ok(())
+    }
+
+    fn spawn_connection(
+        &self,
+        stream: TcpStream,
+        draining: &tokio::sync::watch::Sender<bool>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let server = self.clone();
+        let mut drain = draining.subscribe();
+        tokio::spawn(async move {
+            server
+                .serve_connection(stream, async move {
+                    let _ = drain.wait_for(|d| *d).await;
+                })
+                .await;
+            drop(permit);
+        });
     }
 
     /// Serves HTTP/1.1 (with websocket upgrades) on one connection, of any transport (TCP, or
@@ -168,6 +206,13 @@ impl ChatServer {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path();
         if self.io.handles(path) {
+            let peers = self.state.config.peers.as_ref();
+            let owner =
+                peers.and_then(|peers| Some((peers, peers.owner(crate::forward::sid_of(&req)?)?)));
+            if let Some((peers, owner)) = owner {
+                let max_body = self.state.config.io.engine.max_payload.saturating_mul(2);
+                return crate::forward::forward(req, peers.connect(owner), max_body).await;
+            }
             return self.io.handle(req).await;
         }
         let mut response = match (req.method(), path) {

@@ -12,9 +12,37 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduling {
-    /// Every worker accepts on the inherited socket; the kernel spreads connections.
+    /// The master accepts, reads the session id from the request line without consuming it
+    /// (MSG_PEEK) and hands the connection to the worker that owns the session, or to the
+    /// least-loaded worker for a new one: long-polling works across workers. Applies to the
+    /// chat app; other programs get the shared socket.
     #[default]
+    Sticky,
+    /// Every worker accepts on the inherited socket; the kernel spreads connections.
     Shared,
+}
+
+impl std::str::FromStr for Scheduling {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "sticky" => Ok(Scheduling::Sticky),
+            "shared" => Ok(Scheduling::Shared),
+            other => Err(format!(
+                "unknown scheduling {other:?}: use sticky or shared"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Scheduling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scheduling::Sticky => "sticky",
+            Scheduling::Shared => "shared",
+        })
+    }
 }
 
 /// One app under a master.
@@ -28,6 +56,13 @@ pub struct AppConfig {
     /// Number of workers.
     pub instances: usize,
     pub scheduling: Scheduling,
+    /// This master's node id (0 to 4095), written into every session id its workers open, so a
+    /// proxy in front of several masters (`chatctl proxy`) routes by it.
+    pub node_id: u16,
+    /// Longest the master waits for a new connection's request line (sticky scheduling) before
+    /// dropping it: a client that never sends one never ties up a worker.
+    #[serde(with = "millis")]
+    pub peek_timeout: Duration,
     /// Program the workers run, with arguments. Empty, or `serve` with its flags: the chat app
     /// (this binary's `chatctl serve`).
     pub command: Vec<String>,
@@ -104,7 +139,9 @@ impl Default for AppConfig {
             name: "chat".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
             instances: default_instances(),
-            scheduling: Scheduling::Shared,
+            scheduling: Scheduling::Sticky,
+            node_id: 0,
+            peek_timeout: Duration::from_secs(10),
             command: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -173,6 +210,16 @@ impl AppConfig {
                 "instances must be between 1 and 1024, not {}",
                 self.instances
             ));
+        }
+        if self.node_id > crate::route_tag::MAX_ID {
+            return bad(format!(
+                "node id must be between 0 and {}, not {}",
+                crate::route_tag::MAX_ID,
+                self.node_id
+            ));
+        }
+        if self.peek_timeout.is_zero() {
+            return bad("peek timeout must be above zero".into());
         }
         if self.restart.factor < 1.0 || !self.restart.factor.is_finite() {
             return bad(format!(

@@ -58,6 +58,9 @@ pub struct WorkerStatus {
     pub cpu_percent: f64,
     pub memory_bytes: u64,
     pub connections: u64,
+    /// How the session ids of its current process begin (`route_tag`).
+    #[serde(default)]
+    pub sid_tag: Option<String>,
     /// Why the worker last failed, for `list` and `status`.
     pub last_error: Option<String>,
 }

@@ -22,6 +22,8 @@ pub const IPC_FD_ENV: &str = "CHATCTL_IPC_FD";
 pub const PRIVATE_SOCKET_ENV: &str = "CHATCTL_PRIVATE_FD";
 /// The worker's slot number.
 pub const WORKER_ID_ENV: &str = "CHATCTL_WORKER_ID";
+/// The node id of the worker's master (`chatctl start --node-id`), for session ids.
+pub const NODE_ID_ENV: &str = "CHATCTL_NODE_ID";
 
 /// From the master to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

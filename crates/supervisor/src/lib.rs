@@ -7,6 +7,8 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod dispatch;
+pub mod handoff;
 pub mod ipc;
 pub mod logs;
 pub mod master;

@@ -1,8 +1,10 @@
 //! The master: owns the listening socket and the control socket, starts one worker per slot,
 //! restarts crashed ones with backoff, replaces hung ones, reloads them one at a time without
-//! dropping a request, and stops them all. It never touches application traffic.
+//! dropping a request, and stops them all. Under sticky scheduling it also accepts the
+//! connections and hands each to the worker owning its session (it peeks at the request line
+//! but never reads or copies application bytes).
 
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,16 +13,23 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::{Backoff, RestartDecision};
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Scheduling};
 use crate::control::{AppStatus, Request, Response, WorkerStatus};
+use crate::dispatch::{self, Peeked};
+use crate::handoff;
 use crate::ipc::{read_message, write_message, ToMaster, ToWorker};
 use crate::logs::LogSink;
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
-use crate::spawn::{lookup_user, signal, spawn_worker, RunAs, WorkerSpec};
+use crate::route_tag::{self, Owner};
+use crate::spawn::{lookup_user, signal, spawn_worker, Connections, RunAs, WorkerSpec};
 
 /// Messages queued to one worker's IPC channel before relayed broadcasts to it are dropped.
 const IPC_QUEUE: usize = 8192;
+
+/// New connections whose request line the master may wait for at once (sticky scheduling);
+/// beyond this, accepting waits and further clients queue in the kernel's backlog.
+const MAX_PEEKING: usize = 4096;
 
 /// A worker slot's state, as `list` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +110,12 @@ struct Proc {
     memory: u64,
     misses: u32,
     last_pong: u64,
-    private_socket: PathBuf,
+    /// Its id in session ids and in its private socket's name.
+    worker_id: u16,
+    /// Where its connections are handed over (sticky scheduling).
+    handoff: Option<Arc<handoff::Sender>>,
+    /// Connections handed to it since its last report of its load.
+    handed: u64,
 }
 
 /// A worker position; its process changes with restarts and reloads.
@@ -169,6 +183,8 @@ struct State {
 struct Inner {
     paths: AppPaths,
     listener: std::net::TcpListener,
+    /// Names this master's workers' private sockets (abstract unix sockets).
+    peers_token: String,
     /// The chat's cookie key, the same for every worker and every restart.
     secret: Option<String>,
     run_as: Option<RunAs>,
@@ -243,9 +259,12 @@ impl Master {
             next_ping: 1,
             stopping: false,
         };
+        let peers_token =
+            handoff::new_token().map_err(files_error(std::path::Path::new("/dev/urandom")))?;
         let inner = Inner {
             paths,
             listener,
+            peers_token,
             secret,
             run_as,
             log,
@@ -282,6 +301,9 @@ impl Master {
         for slot in 0..config.instances {
             inner.clone().start_proc(slot, Role::Current);
         }
+        if config.scheduling == Scheduling::Sticky && config.runs_chat() {
+            tokio::spawn(inner.clone().dispatch_loop());
+        }
         tokio::spawn(inner.clone().health_loop());
         tokio::spawn(inner.clone().signal_loop());
         tokio::spawn(inner.clone().notify_when_online(on_online));
@@ -308,7 +330,7 @@ struct ProbeTarget {
     generation: u64,
     /// The ping sequence number its pong must reach.
     seq: u64,
-    socket: PathBuf,
+    worker_id: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,16 +375,42 @@ impl Inner {
             state.next_generation += 1;
             (state.config.clone(), generation)
         };
-        let private_socket = self.paths.worker_socket(slot_id, generation);
-        let spec = WorkerSpec {
-            config: &config,
-            slot: slot_id,
-            listener: std::os::fd::AsRawFd::as_raw_fd(&self.listener),
-            private_socket: &private_socket,
-            secret: self.secret.as_deref(),
-            run_as: self.run_as,
-        };
-        let spawned = match spawn_worker(&spec) {
+        let worker_id = (generation % (u64::from(route_tag::MAX_ID) + 1)) as u16;
+        let sticky = config.scheduling == Scheduling::Sticky && config.runs_chat();
+        let sockets = (|| {
+            let private = handoff::bind_private(&self.peers_token, worker_id)?;
+            let pair = sticky.then(handoff::pair).transpose()?;
+            Ok::<_, std::io::Error>((private, pair))
+        })();
+        let spawned =
+            sockets
+                .map_err(crate::spawn::SpawnError::Sockets)
+                .and_then(|(private, pair)| {
+                    let connections = match &pair {
+                        Some((_, worker_end)) => Connections::HandedOff {
+                            socket: worker_end.as_raw_fd(),
+                        },
+                        None => Connections::Shared {
+                            listener: self.listener.as_raw_fd(),
+                        },
+                    };
+                    let spec = WorkerSpec {
+                        config: &config,
+                        worker_id,
+                        connections,
+                        private_socket: private.as_raw_fd(),
+                        peers_token: &self.peers_token,
+                        secret: self.secret.as_deref(),
+                        run_as: self.run_as,
+                    };
+                    let spawned = spawn_worker(&spec)?;
+                    let handoff = pair
+                        .map(|(master_end, _)| handoff::Sender::new(master_end).map(Arc::new))
+                        .transpose()
+                        .map_err(crate::spawn::SpawnError::Sockets)?;
+                    Ok((spawned, handoff))
+                });
+        let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
                 tracing::error!(worker = slot_id, %error, "cannot start worker");
@@ -372,6 +420,7 @@ impl Inner {
                 return None;
             }
         };
+        let (spawned, handoff) = spawned;
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
         let (ipc_tx, ipc_rx) = mpsc::channel(IPC_QUEUE);
@@ -389,7 +438,9 @@ impl Inner {
             memory: 0,
             misses: 0,
             last_pong: 0,
-            private_socket,
+            worker_id,
+            handoff,
+            handed: 0,
         };
         {
             let mut state = self.lock();
@@ -528,6 +579,7 @@ impl Inner {
                             proc.speaks_ipc = true;
                             proc.last_pong = proc.last_pong.max(seq);
                             proc.connections = connections;
+                            proc.handed = 0;
                         }
                         drop(state);
                         self.bump();
@@ -694,10 +746,7 @@ impl Inner {
                     .position(|p| p.generation == generation);
                 index.map(|i| (slot.draining.remove(i), "draining"))
             };
-            removed.map(|(proc, role)| {
-                let _ = std::fs::remove_file(&proc.private_socket);
-                (role, proc.started.elapsed(), proc.pid)
-            })
+            removed.map(|(proc, role)| (role, proc.started.elapsed(), proc.pid))
         };
         let Some((role, uptime, pid)) = role else {
             return;
@@ -838,12 +887,11 @@ impl Inner {
                     }
                     if proc.ready && proc.speaks_ipc {
                         let _ = proc.ipc.try_send(ToWorker::Ping { seq });
-                        let socket = proc.private_socket.clone();
                         probes.push(ProbeTarget {
                             slot_id,
                             generation: proc.generation,
                             seq,
-                            socket,
+                            worker_id: proc.worker_id,
                         });
                     }
                 }
@@ -872,7 +920,7 @@ impl Inner {
             slot_id,
             generation,
             seq,
-            socket,
+            worker_id,
         } = target;
         let (timeout, max_misses) = (health.timeout, health.max_misses);
         let http_ok = async {
@@ -880,7 +928,7 @@ impl Inner {
                 return true;
             }
             matches!(
-                tokio::time::timeout(timeout, http_health(&socket)).await,
+                tokio::time::timeout(timeout, http_health(&self.peers_token, worker_id)).await,
                 Ok(Ok(true))
             )
         };
@@ -1169,6 +1217,92 @@ impl Inner {
         self.bump();
     }
 
+    /// Sticky scheduling: accepts every connection and hands it to a worker.
+    async fn dispatch_loop(self: Arc<Self>) {
+        let listener = match self.listener.try_clone().and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        }) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "cannot accept connections: stopping");
+                self.clone().stop().await;
+                let _ = self.finished.send(true);
+                return;
+            }
+        };
+        let peeking = Arc::new(tokio::sync::Semaphore::new(MAX_PEEKING));
+        loop {
+            let Ok(permit) = peeking.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // EMFILE and friends pass: log, back off, keep accepting.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let inner = self.clone();
+            tokio::spawn(async move {
+                inner.dispatch(stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Reads the request line of one connection without consuming it and hands the
+    /// connection to the worker owning its session, or to the least-loaded one.
+    async fn dispatch(&self, stream: tokio::net::TcpStream) {
+        let timeout = self.lock().config.peek_timeout;
+        let owner = match dispatch::peek(&stream, timeout).await {
+            Peeked::Request(owner) => owner,
+            Peeked::Invalid => return dispatch::refuse(stream, dispatch::BAD_REQUEST).await,
+            Peeked::Gone => return,
+        };
+        // A worker that just died fails the hand-off: the next pick is another one.
+        for _ in 0..3 {
+            let Some(worker) = self.route(owner) else {
+                break;
+            };
+            if worker.send(stream.as_raw_fd()).await.is_ok() {
+                return;
+            }
+        }
+        dispatch::refuse(stream, dispatch::UNAVAILABLE).await;
+    }
+
+    /// The online worker owning `owner`'s sessions, or else the online worker with the
+    /// fewest connections (as last reported, plus those handed to it since).
+    fn route(&self, owner: Option<Owner>) -> Option<Arc<handoff::Sender>> {
+        let mut state = self.lock();
+        let node = state.config.node_id;
+        let mut online = state
+            .slots
+            .iter_mut()
+            .filter(|slot| slot.status == Status::Online)
+            .filter_map(|slot| slot.current.as_mut())
+            .filter(|proc| proc.ready && proc.handoff.is_some());
+        let chosen = match owner.filter(|owner| owner.node == node) {
+            Some(owner) => online.find(|proc| proc.worker_id == owner.slot),
+            None => None,
+        };
+        let chosen = match chosen {
+            Some(proc) => Some(proc),
+            None => state
+                .slots
+                .iter_mut()
+                .filter(|slot| slot.status == Status::Online)
+                .filter_map(|slot| slot.current.as_mut())
+                .filter(|proc| proc.ready && proc.handoff.is_some())
+                .min_by_key(|proc| proc.connections + proc.handed),
+        }?;
+        chosen.handed += 1;
+        chosen.handoff.clone()
+    }
+
     fn status(&self) -> AppStatus {
         let state = self.lock();
         let workers = state
@@ -1192,6 +1326,12 @@ impl Inner {
                         }
                     }),
                     connections: proc.map_or(0, |p| p.connections),
+                    sid_tag: proc.map(|p| {
+                        route_tag::encode(Owner {
+                            node: state.config.node_id,
+                            slot: p.worker_id,
+                        })
+                    }),
                     last_error: slot.last_error.clone(),
                 }
             })
@@ -1204,7 +1344,11 @@ impl Inner {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            scheduling: "shared".into(),
+            scheduling: if state.config.runs_chat() {
+                state.config.scheduling.to_string()
+            } else {
+                Scheduling::Shared.to_string()
+            },
             uptime_ms: self.started.elapsed().as_millis() as u64,
             workers,
         }
@@ -1314,8 +1458,12 @@ fn done(result: Result<String, String>) -> Response {
     }
 }
 
-/// Asks a process to finish: over IPC when it speaks it, else SIGTERM.
+/// Asks a process to finish: over IPC when it speaks it, else SIGTERM. It gets no new
+/// connections from then on; those already handed over are its to answer.
 fn drain(proc: &Proc, timeout: Duration) {
+    if let Some(handoff) = &proc.handoff {
+        handoff.close();
+    }
     let request = ToWorker::Drain {
         timeout_ms: timeout.as_millis() as u64,
     };
@@ -1343,8 +1491,8 @@ async fn pump_lines(stream: impl tokio::io::AsyncRead + Unpin, log: LogSink, pre
 }
 
 /// `GET /healthz` over a worker's private socket.
-async fn http_health(socket: &std::path::Path) -> std::io::Result<bool> {
-    let mut stream = UnixStream::connect(socket).await?;
+async fn http_health(token: &str, worker_id: u16) -> std::io::Result<bool> {
+    let mut stream = handoff::connect_private(token, worker_id).await?;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
         .await?;

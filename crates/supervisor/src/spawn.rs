@@ -1,16 +1,17 @@
 //! The one place that starts worker processes: the app's program (or this binary's `serve`),
-//! with the listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID`), the IPC channel as fd 4,
+//! with the listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID`) or, under sticky
+//! scheduling, the hand-off socket as fd 7, the IPC channel as fd 4, its private socket as fd 6,
 //! PR_SET_PDEATHSIG so a dead master leaves no orphans, in the master's process group, as the
 //! configured user. Never `fork()` of a running tokio process without an immediate exec.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
 use crate::config::AppConfig;
-use crate::ipc::{IPC_FD, IPC_FD_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV};
+use crate::handoff::{HANDOFF_FD_ENV, PEERS_ENV};
+use crate::ipc::{IPC_FD, IPC_FD_ENV, NODE_ID_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV};
 
 /// The fd of the listening socket in a worker (systemd's `SD_LISTEN_FDS_START`).
 const LISTEN_FD: RawFd = 3;
@@ -20,6 +21,8 @@ const EXE_FD: RawFd = 5;
 /// The fd of the worker's private socket, bound by the master so the worker needs no access to
 /// the app's directory.
 pub const PRIVATE_FD: RawFd = 6;
+/// The fd of the worker's end of the hand-off socket (sticky scheduling).
+const HANDOFF_FD: RawFd = 7;
 
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +80,25 @@ pub struct Spawned {
 /// What a worker is started with.
 pub struct WorkerSpec<'a> {
     pub config: &'a AppConfig,
-    pub slot: usize,
-    pub listener: RawFd,
-    pub private_socket: &'a Path,
+    /// The id the worker writes into its session ids and names its private socket with.
+    pub worker_id: u16,
+    /// How connections reach it: the shared listening socket, or (sticky) the worker's end
+    /// of its hand-off socket.
+    pub connections: Connections,
+    /// Its private socket, bound by the master ([`crate::handoff::bind_private`]).
+    pub private_socket: RawFd,
+    /// The master's token in private socket names.
+    pub peers_token: &'a str,
     /// The chat's cookie key, given to chat workers in `CHAT_SECRET`.
     pub secret: Option<&'a str>,
     pub run_as: Option<RunAs>,
+}
+
+/// Where a worker's connections come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Connections {
+    Shared { listener: RawFd },
+    HandedOff { socket: RawFd },
 }
 
 /// The program and arguments of a worker: the configured command, or this binary's `serve`
@@ -101,13 +117,14 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let (master_end, worker_end) =
         std::os::unix::net::UnixStream::pair().map_err(SpawnError::Sockets)?;
     // Copies above the target numbers, so the dup2s in the child cannot overwrite each other.
-    let listener = dup_above(spec.listener, 64).map_err(SpawnError::Sockets)?;
+    let (source, target) = match spec.connections {
+        Connections::Shared { listener } => (listener, LISTEN_FD),
+        Connections::HandedOff { socket } => (socket, HANDOFF_FD),
+    };
+    let connections = dup_above(source, 64).map_err(SpawnError::Sockets)?;
     let ipc = dup_above(worker_end.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
     drop(worker_end);
-    let _ = std::fs::remove_file(spec.private_socket);
-    let private =
-        std::os::unix::net::UnixListener::bind(spec.private_socket).map_err(SpawnError::Sockets)?;
-    let private = dup_above(private.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
+    let private = dup_above(spec.private_socket, 64).map_err(SpawnError::Sockets)?;
     let exe = if spec.config.runs_chat() {
         // The master's own binary, even if an upgrade replaced the file on disk since: workers
         // always speak the master's protocol. (Upgrades take a restart of the master.)
@@ -129,11 +146,11 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"")
         .arg("chatctl-worker")
         .args(&argv)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "http")
         .env(IPC_FD_ENV, IPC_FD.to_string())
-        .env(WORKER_ID_ENV, spec.slot.to_string())
+        .env(WORKER_ID_ENV, spec.worker_id.to_string())
+        .env(NODE_ID_ENV, spec.config.node_id.to_string())
         .env(PRIVATE_SOCKET_ENV, PRIVATE_FD.to_string())
+        .env(PEERS_ENV, spec.peers_token)
         .envs(
             spec.config
                 .env
@@ -146,6 +163,15 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
+    match spec.connections {
+        Connections::Shared { .. } => command
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", "http")
+            .env_remove(HANDOFF_FD_ENV),
+        Connections::HandedOff { .. } => command
+            .env(HANDOFF_FD_ENV, HANDOFF_FD.to_string())
+            .env_remove("LISTEN_FDS"),
+    };
     if let Some(secret) = spec.secret {
         command.env("CHAT_SECRET", secret);
     }
@@ -161,7 +187,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let group = unsafe { libc::getpgrp() };
     command.process_group(group);
     let master = std::process::id() as libc::pid_t;
-    let (listener_fd, ipc_fd) = (listener.as_raw_fd(), ipc.as_raw_fd());
+    let (connections_fd, ipc_fd) = (connections.as_raw_fd(), ipc.as_raw_fd());
     let exe_fd = exe.as_ref().map(|fd| fd.as_raw_fd());
     let private_fd = private.as_raw_fd();
     // SAFETY: the closure runs in the child between fork and exec and calls only
@@ -182,7 +208,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             if libc::getppid() != master {
                 libc::_exit(1);
             }
-            if libc::dup2(listener_fd, LISTEN_FD) < 0
+            if libc::dup2(connections_fd, target) < 0
                 || libc::dup2(ipc_fd, IPC_FD) < 0
                 || libc::dup2(private_fd, PRIVATE_FD) < 0
             {
