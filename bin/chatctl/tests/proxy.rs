@@ -7,15 +7,13 @@
 mod support;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use supervisor::route_tag::{self, Owner};
 use support::{all_online, chatctl_exe, free_port, http_get, wait_for_value, wait_until, workers};
-use support::{App, DEADLINE};
+use support::{node_program, App, PollingRoom};
 
 /// Users in the room.
 const USERS: usize = 20;
@@ -30,7 +28,7 @@ fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() 
         .collect();
     let proxy = ProxyProcess::start(&hosts);
 
-    let mut room = PollingRoom::start(&node, &proxy.url(), USERS);
+    let mut room = PollingRoom::start(&node, &proxy.url(), USERS, "polling");
     let ready = room.next_report();
     assert_eq!(ready["event"], "ready", "users: {ready}\n{}", proxy.log());
     let sids = sid_nodes(&ready);
@@ -236,81 +234,6 @@ impl Drop for ProxyProcess {
     }
 }
 
-/// The users of `tests/clients/polling_room.mjs`; killed if the test ends early.
-struct PollingRoom {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    reports: mpsc::Receiver<Value>,
-}
-
-impl PollingRoom {
-    fn start(node: &Path, url: &str, count: usize) -> PollingRoom {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/polling_room.mjs");
-        let mut child = Command::new(node)
-            .arg(&script)
-            .arg(url)
-            .arg(count.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", node.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, reports) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(report) => {
-                        if tx.send(report).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => eprintln!("users: {line}"),
-                }
-            }
-        });
-        PollingRoom {
-            stdin: child.stdin.take(),
-            child,
-            reports,
-        }
-    }
-
-    /// The next report line; users that go quiet fail the test.
-    fn next_report(&mut self) -> Value {
-        // The users' own watchdog fires first; this only catches a hung `node`.
-        match self.reports.recv_timeout(DEADLINE * 3) {
-            Ok(report) => report,
-            Err(_) => panic!(
-                "the users reported nothing (exit status {:?})",
-                self.child.try_wait().ok().flatten()
-            ),
-        }
-    }
-
-    /// Tells the users which node tag's sessions are gone.
-    fn announce_stop(&mut self, tag: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{tag}")
-            .and_then(|()| stdin.flush())
-            .expect("cannot tell the users that a host stopped");
-    }
-
-    fn wait_success(&mut self) {
-        let status = self.child.wait().expect("cannot wait for the users");
-        assert!(status.success(), "the users failed: {status}");
-    }
-}
-
-impl Drop for PollingRoom {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A `redis-server` of this test on a free loopback port, killed by pid when dropped.
 struct RedisServer {
     child: Child,
@@ -344,16 +267,4 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `node`, with the npm Socket.IO client installed in ops/js (by ops/test-deps.sh).
-fn node_program() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let module = workspace.join("ops/js/node_modules/socket.io-client/package.json");
-    assert!(
-        module.is_file(),
-        "{} is missing: the Node.js Socket.IO client is not installed; run ops/test-deps.sh",
-        module.display()
-    );
-    PathBuf::from("node")
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{all_online, wait_until, worker_pids, App, DEADLINE};
+use support::{all_online, node_program, wait_until, worker_pids, App, DEADLINE};
 
 /// Socket.IO users connected across the reload.
 const CROWD: usize = 50;
@@ -327,24 +327,5 @@ impl Drop for Crowd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-/// `node`, with the npm Socket.IO client installed in ops/js (by ops/test-deps.sh).
-fn node_program() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let module = workspace.join("ops/js/node_modules/socket.io-client/package.json");
-    assert!(
-        module.is_file(),
-        "{} is missing: the Node.js Socket.IO client is not installed; run ops/test-deps.sh",
-        module.display()
-    );
-    match Command::new("node").arg("--version").output() {
-        Ok(output) if output.status.success() => PathBuf::from("node"),
-        Ok(output) => panic!(
-            "`node --version` failed ({}): run ops/test-deps.sh",
-            output.status
-        ),
-        Err(error) => panic!("cannot run `node` ({error}): install Node.js; run ops/test-deps.sh"),
     }
 }

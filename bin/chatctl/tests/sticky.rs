@@ -235,3 +235,54 @@ fn bad_input_stops_at_the_master() {
     });
     assert!(still.is_some());
 }
+
+/// Users in the room of the npm-client tests.
+const USERS: usize = 50;
+
+#[test]
+fn long_polling_users_spread_over_two_workers_chat_and_survive_a_kill() {
+    room_across_a_worker_kill("polling");
+}
+
+#[test]
+fn upgrading_users_spread_over_two_workers_chat_and_survive_a_kill() {
+    room_across_a_worker_kill("upgrade");
+}
+
+/// 50 npm socket.io-client users in one room on a two-worker app: everyone hears everyone,
+/// whichever worker holds them; after a `kill -9` of one worker its users reconnect to a live
+/// worker and the room works again.
+fn room_across_a_worker_kill(transports: &str) {
+    let node = support::node_program();
+    let app = App::new(&format!("sticky-{transports}"));
+    app.start_ok(&["-i", "2"], &[]);
+    app.wait_listed("two online workers", |a| all_online(a, 2));
+    let tags = worker_tags(&app);
+    let mut room = support::PollingRoom::start(&node, &app.url(), USERS, transports);
+    let ready = room.next_report();
+    assert_eq!(ready["event"], "ready", "users: {ready}\n{}", app.log_text());
+    let sids: Vec<&str> = ready["sids"]
+        .as_array()
+        .expect("sids")
+        .iter()
+        .map(|sid| sid.as_str().unwrap_or(""))
+        .collect();
+    let per_worker: Vec<usize> = tags
+        .iter()
+        .map(|tag| sids.iter().filter(|sid| sid.starts_with(tag.as_str())).count())
+        .collect();
+    assert_eq!(per_worker.iter().sum::<usize>(), USERS, "{tags:?} {sids:?}");
+    assert!(per_worker.iter().all(|n| *n > 0), "one worker has everyone: {per_worker:?}");
+
+    let listed = app.listed().expect("listed");
+    let victim = &workers(&listed)[0];
+    let victim_tag = victim["sid_tag"].as_str().expect("tag").to_owned();
+    let pid = victim["pid"].as_u64().expect("pid") as u32;
+    support::signal(pid, libc::SIGKILL);
+    room.announce_stop(&victim_tag);
+    let done = room.next_report();
+    assert_eq!(done["event"], "done", "users: {done}\n{}", app.log_text());
+    let moved = sids.iter().filter(|sid| sid.starts_with(&victim_tag)).count();
+    assert_eq!(done["moved"], moved as u64, "{done}");
+    room.wait_success();
+}

@@ -9,12 +9,11 @@
   var status = document.getElementById("status");
   var input = document.getElementById("message");
 
-  // Websocket from the start: a websocket stays on the worker that accepted it, while
-  // long-polling requests of one session may reach different workers of a cluster.
-  var options = { transports: ["websocket"] };
+  // Long-polling first, then websocket (the client's default): it gets through proxies that
+  // refuse websockets, and every request of a session reaches its worker (sticky routing).
   // /chat_com first, so the server knows both sockets when join_room arrives.
-  var com = io("/chat_com", options);
-  var infra = io("/chat_infra", options);
+  var com = io("/chat_com");
+  var infra = io("/chat_infra");
 
   function show(kind, who, text) {
     var line = document.createElement("div");

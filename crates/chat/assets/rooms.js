@@ -2,8 +2,7 @@
 (function () {
   "use strict";
   var list = document.getElementById("rooms");
-  // Websocket from the start: see chatroom.js.
-  var infra = io("/chat_infra", { transports: ["websocket"] });
+  var infra = io("/chat_infra");
 
   function render(rooms) {
     list.textContent = "";

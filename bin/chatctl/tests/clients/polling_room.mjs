@@ -2,14 +2,18 @@
 // socket.io-client 4.x), driven by bin/chatctl/tests/proxy.rs through `chatctl proxy` in front of
 // two hosts.
 //
-//   node polling_room.mjs <base url> <count>
+//   node polling_room.mjs <base url> <count> [polling|upgrade]
+//
+// `polling` (the default) keeps every user on long-polling; `upgrade` is the client's default,
+// long-polling first, then websocket.
 //
 // Phase 1: every user logs in (POST /login sets the chat_session cookie), opens /chat_infra and
 // /chat_com on one Engine.IO session over polling only (every request of a session is a separate
 // HTTP request, so each must reach the host that owns the sid), joins "lobby" and says hello.
 // Each user must hear every other user's hello exactly once (userMessage) and its own once
 // (myMessage). Prints {"event":"ready","sids":[...]} and waits for one line on stdin: the
-// two-character node tag of the host the test has just stopped.
+// sid tag of what the test has just stopped: two characters for a host (its node id), four for one
+// worker of a host.
 // Phase 2: every user whose sid carries that tag must lose its session and reconnect (through the
 // proxy, to another host) with a sid that does not; users of other hosts must not be disturbed.
 // Once all are back in the room, everyone speaks again and must hear every other user exactly
@@ -31,10 +35,10 @@ try {
   process.exit(3);
 }
 
-const [base, countText] = process.argv.slice(2);
+const [base, countText, mode = "polling"] = process.argv.slice(2);
 const count = Number(countText);
-if (!/^http:\/\//.test(base || "") || !(count > 1)) {
-  console.error("usage: node polling_room.mjs http://HOST:PORT COUNT (COUNT >= 2)");
+if (!/^http:\/\//.test(base || "") || !(count > 1) || !["polling", "upgrade"].includes(mode)) {
+  console.error("usage: node polling_room.mjs http://HOST:PORT COUNT [polling|upgrade] (COUNT >= 2)");
   process.exit(2);
 }
 
@@ -100,7 +104,7 @@ class User {
   async start() {
     const cookie = await login(this.nickname);
     this.manager = new Manager(base, {
-      transports: ["polling"],
+      transports: mode === "polling" ? ["polling"] : ["polling", "websocket"],
       extraHeaders: { Cookie: cookie },
       reconnectionDelay: 100,
       reconnectionDelayMax: 500,
@@ -202,7 +206,8 @@ function changed() {
 const stdin = readline.createInterface({ input: process.stdin });
 stdin.once("line", (line) => {
   stoppedTag = line.trim();
-  if (phase !== "waiting-for-stop" || stoppedTag.length !== 2) {
+  // Two characters name a host (node id), four a worker of it (node id and worker id).
+  if (phase !== "waiting-for-stop" || ![2, 4].includes(stoppedTag.length)) {
     fail(`told "${line}" in phase ${phase}`);
   }
   phase = "rejoining";

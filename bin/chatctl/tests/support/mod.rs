@@ -5,8 +5,10 @@
 #![allow(dead_code)] // each test file uses its own part of this module
 
 use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -319,4 +321,100 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map_or("", |(_, body)| body)
         .to_owned();
     Ok((status, body))
+}
+
+/// `node`, with the npm Socket.IO client installed in ops/js (by ops/test-deps.sh).
+pub fn node_program() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let module = workspace.join("ops/js/node_modules/socket.io-client/package.json");
+    assert!(
+        module.is_file(),
+        "{} is missing: the Node.js Socket.IO client is not installed; run ops/test-deps.sh",
+        module.display()
+    );
+    match Command::new("node").arg("--version").output() {
+        Ok(output) if output.status.success() => PathBuf::from("node"),
+        Ok(output) => panic!(
+            "`node --version` failed ({}): run ops/test-deps.sh",
+            output.status
+        ),
+        Err(error) => panic!("cannot run `node` ({error}): install Node.js; run ops/test-deps.sh"),
+    }
+}
+
+/// The users of `tests/clients/polling_room.mjs`; killed if the test ends early.
+pub struct PollingRoom {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    reports: mpsc::Receiver<Value>,
+}
+
+impl PollingRoom {
+    /// `transports`: `polling` (long-polling only) or `upgrade` (polling, then websocket).
+    pub fn start(node: &Path, url: &str, count: usize, transports: &str) -> PollingRoom {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/polling_room.mjs");
+        let mut child = Command::new(node)
+            .arg(&script)
+            .arg(url)
+            .arg(count.to_string())
+            .arg(transports)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", node.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, reports) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(report) => {
+                        if tx.send(report).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("users: {line}"),
+                }
+            }
+        });
+        PollingRoom {
+            stdin: child.stdin.take(),
+            child,
+            reports,
+        }
+    }
+
+    /// The next report line; users that go quiet fail the test.
+    pub fn next_report(&mut self) -> Value {
+        // The users' own watchdog fires first; this only catches a hung `node`.
+        match self.reports.recv_timeout(DEADLINE * 3) {
+            Ok(report) => report,
+            Err(_) => panic!(
+                "the users reported nothing (exit status {:?})",
+                self.child.try_wait().ok().flatten()
+            ),
+        }
+    }
+
+    /// Tells the users which node tag's sessions are gone.
+    pub fn announce_stop(&mut self, tag: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{tag}")
+            .and_then(|()| stdin.flush())
+            .expect("cannot tell the users that a host stopped");
+    }
+
+    pub fn wait_success(&mut self) {
+        let status = self.child.wait().expect("cannot wait for the users");
+        assert!(status.success(), "the users failed: {status}");
+    }
+}
+
+impl Drop for PollingRoom {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
