@@ -1,5 +1,6 @@
 //! Where an app's state lives: `$CHATCTL_HOME/apps/<name>/{control.sock, master.pid,
-//! config.json, secret, workers/, logs/}`. The app directory is private to its owner (0700).
+//! config.json, secret, logs/}`. The app directory is private to its owner (0700). Workers'
+//! private sockets are abstract (`crate::handoff`): nothing of theirs is on disk.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,6 @@ pub struct AppPaths {
     pub pid: PathBuf,
     pub config: PathBuf,
     pub secret: PathBuf,
-    pub workers: PathBuf,
     pub logs: PathBuf,
     pub log_file: PathBuf,
     /// Where a daemonized master's own stderr goes (panics, errors before logging starts).
@@ -40,7 +40,6 @@ impl AppPaths {
             pid: dir.join("master.pid"),
             config: dir.join("config.json"),
             secret: dir.join("secret"),
-            workers: dir.join("workers"),
             log_file: logs.join("app.log"),
             master_stderr: logs.join("master.stderr"),
             logs,
@@ -52,11 +51,7 @@ impl AppPaths {
     /// master passes them their sockets as file descriptors.
     pub fn create(&self) -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        for (dir, mode) in [
-            (&self.dir, 0o700),
-            (&self.workers, 0o700),
-            (&self.logs, 0o700),
-        ] {
+        for (dir, mode) in [(&self.dir, 0o700), (&self.logs, 0o700)] {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(mode)
@@ -66,17 +61,13 @@ impl AppPaths {
         Ok(())
     }
 
-    /// The private socket of one worker process (health probes, and forwarded requests).
-    pub fn worker_socket(&self, slot: usize, generation: u64) -> PathBuf {
-        self.workers.join(format!("w{slot}-{generation}.sock"))
-    }
-
     /// Removes what a running master leaves behind (not the logs).
     pub fn remove_runtime_files(&self) {
         for file in [&self.control, &self.pid, &self.config] {
             let _ = std::fs::remove_file(file);
         }
-        let _ = std::fs::remove_dir_all(&self.workers);
+        // Where older versions kept the workers' sockets.
+        let _ = std::fs::remove_dir_all(self.dir.join("workers"));
     }
 }
 
