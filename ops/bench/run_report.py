@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""Turns the chat-bench results of ops/bench/run.sh into markdown (standard library only).
+
+Usage: run_report.py RESULTS_DIR [--doc docs/BENCHMARKS.md]
+
+RESULTS_DIR holds meta.json (the machine, versions and settings run.sh collected) and, per run,
+SCENARIO__SERVER.json (chat-bench --json), .rc (its exit code), .err (its stderr) and .dead
+(server processes gone after the run). The markdown goes to stdout and, with --doc, replaces what
+lies between `<!-- run.sh:begin -->` and `<!-- run.sh:end -->` in that file (a section holding the
+markers is appended when they are missing); the rest of the file is left as it is.
+"""
+
+import json
+import os
+import sys
+
+BEGIN = "<!-- run.sh:begin -->"
+END = "<!-- run.sh:end -->"
+SECTION_TITLE = "## Chat servers compared: chatctl, Node.js socket.io, socketioxide"
+
+SERVERS = ["chatctl", "chatctl-redis", "node-chat", "socketioxide-chat"]
+OURS = ["chatctl", "chatctl-redis"]
+LABEL = {
+    "chatctl": "chatctl embedded",
+    "chatctl-redis": "chatctl redis",
+    "node-chat": "node-chat",
+    "socketioxide-chat": "socketioxide-chat",
+}
+# What each ratio must reach against each peer (the targets of issue 7); every ratio is written
+# so that higher is better, except memory where ours/theirs must stay below the target.
+TARGET = {"node-chat": 5.0, "socketioxide-chat": 1.0}
+
+
+def load(results, scenario, server):
+    """The run's JSON (or None), its exit code (or None when it did not run) and notes."""
+    base = os.path.join(results, f"{scenario}__{server}.json")
+    if not os.path.exists(base + ".rc") and not os.path.exists(base):
+        return None, None, []
+    notes = []
+    data = None
+    try:
+        with open(base) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        pass
+    rc = None
+    try:
+        with open(base + ".rc") as f:
+            rc = int(f.read().strip() or "0")
+    except (OSError, ValueError):
+        pass
+    if rc not in (None, 0):
+        why = {1: "lost or failed", 124: "timed out", 130: "interrupted"}.get(rc, "failed")
+        notes.append(f"chat-bench exit {rc} ({why})")
+        try:
+            with open(base + ".err") as f:
+                lines = [l.strip() for l in f if l.strip()]
+            if lines and not data:
+                notes.append(lines[-1][:160])
+        except OSError:
+            pass
+    if os.path.exists(base + ".dead"):
+        notes.append("a server process died")
+    return data, rc, notes
+
+
+def num(value, digits=0):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and digits:
+        return f"{value:,.{digits}f}"
+    return f"{round(value):,}"
+
+
+def get(data, *path):
+    for key in path:
+        if not isinstance(data, dict) or data.get(key) is None:
+            return None
+        data = data[key]
+    return data
+
+
+def pct(value):
+    return "n/a" if value is None else f"{value:,.1f} %"
+
+
+def per_cpu_second(data):
+    """Deliveries per second of server CPU: the throughput at equal CPU."""
+    rate, cpu = get(data, "delivered_per_sec"), get(data, "cpu_percent")
+    if rate is None or not cpu:
+        return None
+    return rate / (cpu / 100.0)
+
+
+def ratio(ours, theirs):
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def judge_higher(value, peer):
+    """(text, met) for a higher-is-better ratio against the target for `peer`."""
+    target = TARGET[peer]
+    if value is None:
+        return "n/a", None
+    op = "≥" if target > 1 else ">"
+    met = value >= target if target > 1 else value > target
+    if met:
+        return f"{value:.2f}× (target {op} {target:g}×: met)", True
+    short = f"missed by {target / value:.2f}×" if value > 0 else "missed"
+    return f"{value:.2f}× (target {op} {target:g}×: {short})", False
+
+
+def judge_memory(value, peer):
+    """(text, met) for ours÷theirs memory: at most 1/5 of Node's, below socketioxide's."""
+    target = 1.0 / TARGET[peer]
+    if value is None:
+        return "n/a", None
+    op = "≤" if TARGET[peer] > 1 else "<"
+    met = value <= target if TARGET[peer] > 1 else value < target
+    if met:
+        return f"{value:.2f} (target {op} {target:.2f}: met)", True
+    return f"{value:.2f} (target {op} {target:.2f}: missed, {value / target:.2f}× over)", False
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def status(rc, notes):
+    if rc is None:
+        return "not run"
+    text = "ok" if rc == 0 else ""
+    return "; ".join([t for t in [text] + notes if t])
+
+
+def collect(results, scenario, servers):
+    runs = {}
+    for server in servers:
+        data, rc, notes = load(results, scenario, server)
+        if rc is not None or data is not None:
+            data = data or {}
+            if data.get("connected") == 0:
+                # Nothing connected: its zeros are not figures.
+                data = {k: data.get(k) for k in ("scenario", "clients", "connected", "connect_failed", "errors")}
+            runs[server] = (data, rc, notes)
+    return runs
+
+
+def ratio_lines(runs, figure, judge, what, verdicts):
+    """One line per (ours, peer) pair with the ratio `figure(ours, theirs)` judged; each
+    judgement is also appended to `verdicts` for the scenario's one-line verdict."""
+    lines = []
+    for ours in OURS:
+        for peer in TARGET:
+            if ours in runs and peer in runs:
+                value = figure(runs[ours][0], runs[peer][0])
+                # A figure may say why it cannot be compared instead of giving a number.
+                text, met = (value, None) if isinstance(value, str) else judge(value, peer)
+                lines.append(f"- {what}, {LABEL[ours]} vs {LABEL[peer]}: {text}")
+                verdicts.append((f"{what} vs {LABEL[peer]} ({LABEL[ours]})", text, met))
+    return lines
+
+
+def verdict(verdicts):
+    judged = [v for v in verdicts if v[2] is not None]
+    if not judged:
+        return ["", "**Verdict:** no figures to compare (see the run column)."]
+    missed = [f"{what} {text.split(': ', 1)[-1].rstrip(')')}" for what, text, met in judged if not met]
+    head = f"**Verdict:** {len(judged) - len(missed)} of {len(judged)} targets met"
+    if missed:
+        head += "; missed: " + "; ".join(missed)
+    unjudged = len(verdicts) - len(judged)
+    if unjudged:
+        head += f"; {unjudged} not decided (see above)"
+    return ["", head + "."]
+
+
+def section_idle(runs, meta):
+    verdicts = []
+    out = [f"### (a) Idle connections: memory per connection ({meta.get('idle_clients')} clients, rooms of 10, held {meta.get('idle_hold')})", ""]
+    rows = []
+    for server, (d, rc, notes) in runs.items():
+        per = get(d, "rss_per_connection_bytes")
+        rows.append([
+            LABEL[server],
+            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
+            num(get(d, "connect_failed")),
+            f"{per / 1024:,.1f} KiB" if per is not None else "n/a",
+            f"{num(get(d, 'rss_before_kib'))} KiB → {num(get(d, 'rss_connected_kib'))} KiB",
+            num(get(d, "connect_time_ms")),
+            (f"{d['split_processes']} chat-bench processes; " if d.get("split_processes") else "") + status(rc, notes),
+        ])
+    out += table(["server", "connected / clients", "failed", "memory per connection", "server RSS before → connected", "connect all (ms)", "run"], rows)
+    out += ["", "Memory: ours ÷ theirs, lower is better (server RSS growth per connection, every process of the server summed):", ""]
+    out += ratio_lines(runs, lambda o, t: ratio(get(o, "rss_per_connection_bytes"), get(t, "rss_per_connection_bytes")), judge_memory, "memory per connection", verdicts)
+    out += verdict(verdicts)
+    return out
+
+
+def section_chat(runs, meta, title):
+    verdicts = []
+    out = [title, ""]
+    rows = []
+    for server, (d, rc, notes) in runs.items():
+        pcs = per_cpu_second(d)
+        rows.append([
+            LABEL[server],
+            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
+            num(get(d, "sent")),
+            f"{num(get(d, 'delivered'))} / {num(get(d, 'expected'))}",
+            num(get(d, "lost")),
+            num(get(d, "duplicates")),
+            num(get(d, "errors")),
+            num(get(d, "delivered_per_sec")),
+            num(get(d, "latency_ms", "p50"), 1),
+            num(get(d, "latency_ms", "p99"), 1),
+            num(get(d, "latency_ms", "max"), 1),
+            pct(get(d, "cpu_percent")),
+            num(pcs),
+            status(rc, notes),
+        ])
+    out += table(["server", "connected / clients", "sent", "delivered / expected", "lost", "dup", "errors", "delivered msg/s", "p50 ms", "p99 ms", "max ms", "server CPU (% of a core)", "deliveries per CPU-second", "run"], rows)
+    out += ["", "Throughput at equal CPU (deliveries per CPU-second, ours ÷ theirs) and p99 latency (theirs ÷ ours), higher is better:", ""]
+    out += ratio_lines(runs, lambda o, t: ratio(per_cpu_second(o), per_cpu_second(t)), judge_higher, "throughput per CPU", verdicts)
+    out += ratio_lines(runs, lambda o, t: ratio(get(t, "latency_ms", "p99"), get(o, "latency_ms", "p99")), judge_higher, "p99 latency", verdicts)
+    out += verdict(verdicts)
+    return out
+
+
+def best_step(d):
+    """The step chat-bench's best_rate_under_limit (deliveries/s) comes from."""
+    best = get(d, "best_rate_under_limit")
+    for step in d.get("steps") or []:
+        if best is not None and step.get("delivered_per_sec") == best:
+            return step
+    return None
+
+
+def limit_reached(d, limit_ms):
+    return any((s.get("p99_ms") or 0) > limit_ms for s in d.get("steps") or [])
+
+
+def section_fanout(runs, meta):
+    verdicts = []
+    limit = meta.get("p99_limit", "200ms")
+    limit_ms = float(limit[:-2]) if limit.endswith("ms") else float(limit.rstrip("s")) * 1000
+    out = [f"### (c) Fan-out: one room of {meta.get('fanout_clients')}, one sender at rising rates ({meta.get('fanout_rates')} msg/s, {meta.get('fanout_step')} each) until p99 > {limit}", ""]
+    rows = []
+    for server, (d, rc, notes) in runs.items():
+        step = best_step(d) or {}
+        steps = ", ".join(
+            f"{num(s.get('rate'))}: {num(s.get('p99_ms'), 1)}" + (f" ({num(s.get('lost'))} lost)" if s.get("lost") else "")
+            for s in d.get("steps") or []
+        )
+        reached = "yes" if limit_reached(d, limit_ms) else ("no: every rate passed" if d.get("steps") else "n/a")
+        rows.append([
+            LABEL[server],
+            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
+            num(step.get("rate")),
+            num(get(d, "best_rate_under_limit")),
+            num(step.get("p99_ms"), 1),
+            reached,
+            steps or "n/a",
+            pct(get(d, "cpu_percent")),
+            status(rc, notes),
+        ])
+    out += table(["server", "connected / clients", "best step (msg/s sent)", "deliveries/s at it", "p99 ms at it", f"p99 passed {limit}", "p99 ms per step (rate: p99)", "server CPU", "run"], rows)
+    out += ["", "Most deliveries per second under the p99 limit, ours ÷ theirs (higher is better; when neither server passed the limit, both only show the highest rate tried), and p99 at the highest rate both passed, theirs ÷ ours:", ""]
+    def deliveries(o, t):
+        if not limit_reached(o, limit_ms) and not limit_reached(t, limit_ms) and o.get("steps") and t.get("steps"):
+            return "not decided: neither passed the p99 limit (raise FANOUT_RATES)"
+        return ratio(get(o, "best_rate_under_limit"), get(t, "best_rate_under_limit"))
+
+    out += ratio_lines(runs, deliveries, judge_higher, "fan-out deliveries/s", verdicts)
+
+    def common_p99(o, t):
+        rate = min((best_step(o) or {}).get("rate") or 0, (best_step(t) or {}).get("rate") or 0)
+        p99 = lambda d: next((s.get("p99_ms") for s in d.get("steps") or [] if s.get("rate") == rate), None)
+        return ratio(p99(t), p99(o)) if rate else None
+
+    out += ratio_lines(runs, common_p99, judge_higher, "p99 latency at the common rate", verdicts)
+    out += verdict(verdicts)
+    return out
+
+
+def section_storm(runs, meta):
+    verdicts = []
+    out = [f"### (d) Connection storm: {meta.get('storm_clients')} clients at once (`--ramp 0`)", ""]
+    rows = []
+    for server, (d, rc, notes) in runs.items():
+        rows.append([
+            LABEL[server],
+            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
+            num(get(d, "connect_failed")),
+            num(get(d, "errors")),
+            num(get(d, "connect_time_ms")),
+            f"{num(get(d, 'connect_p50_ms'), 1)} / {num(get(d, 'connect_p99_ms'), 1)} / {num(get(d, 'connect_max_ms'), 1)}",
+            status(rc, notes),
+        ])
+    out += table(["server", "connected / clients", "failed", "errors", "time until all connected (ms)", "per client p50 / p99 / max (ms)", "run"], rows)
+    out += ["", "Time until all connected, theirs ÷ ours (higher is better):", ""]
+    out += ratio_lines(runs, lambda o, t: ratio(get(t, "connect_time_ms"), get(o, "connect_time_ms")), judge_higher, "storm time", verdicts)
+    out += verdict(verdicts)
+    return out
+
+
+def render(results):
+    with open(os.path.join(results, "meta.json")) as f:
+        meta = json.load(f)
+    servers = [s for s in SERVERS if s in meta.get("servers", "").split()]
+    quick = meta.get("quick") == "1"
+    out = []
+    if quick:
+        out += ["**QUICK run (`--quick`): tiny smoke-test sizes, not benchmark figures.**", ""]
+    out += [
+        f"Run of {meta['started']} – {meta['finished']}, produced by `ops/bench/run.sh` (chat-bench, crates/bench).",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| Machine | `nproc` = {meta['nproc']}, {meta['cpu']}, {meta['ram']} RAM, {meta['kernel']}, load average at the end {meta['load']} |",
+        f"| Code | commit `{meta['commit']}`; {meta['chatctl']}; {meta['rustc']} |",
+        f"| Peers | node {meta['node']}, socket.io {meta['socketio']}, @socket.io/sticky {meta['sticky']}, @socket.io/redis-adapter {meta['redis_adapter']}, redis (npm) {meta['redis_client']}; socketioxide {meta['socketioxide']} |",
+        f"| Redis | {meta['redis']} (`--save '' --appendonly no`), one instance for chatctl redis and node-chat, emptied before each server starts; its own CPU and memory are not counted for either |",
+        f"| Workers | chatctl and node-chat: {meta['workers']} each; socketioxide-chat: one process (tokio multi-thread runtime) |",
+        f"| Descriptors | {meta['fd_limit']} per process |",
+        "",
+        "Command:",
+        "",
+        f"    {meta['command']}",
+        "",
+        "Each scenario runs against a freshly started server. Memory and CPU are those of every process of the",
+        "server (chatctl: master + workers; node-chat: the cluster primary, which runs @socket.io/sticky, + workers), sampled by chat-bench",
+        "(`--pid`). Targets: at most 1/5 of Node's memory per idle connection, at least 5× Node's delivered",
+        "messages per second at equal CPU, a p99 latency at least 5× lower, and ahead of socketioxide everywhere.",
+        "",
+    ]
+    for scenario in meta.get("scenarios", "").split():
+        runs = collect(results, scenario, servers)
+        if scenario == "idle":
+            out += section_idle(runs, meta)
+        elif scenario == "chat":
+            out += section_chat(runs, meta, f"### (b) Chat: {meta.get('chat_clients')} clients in rooms of {meta.get('chat_room_size')}, {meta.get('chat_rate')} msg/s each, {meta.get('chat_duration')}")
+        elif scenario == "fanout":
+            out += section_fanout(runs, meta)
+        elif scenario == "storm":
+            out += section_storm(runs, meta)
+        elif scenario == "polling":
+            out += section_chat(runs, meta, f"### (e) Long-polling clients: {meta.get('poll_clients')} clients (`--transport polling`) in rooms of 10, 1 msg/s each, {meta.get('poll_duration')}")
+        out.append("")
+    idle_clients = int(meta.get("idle_clients") or 0)
+    if idle_clients > 15000:
+        out += [f"The idle run of {idle_clients} clients was split over several chat-bench processes (each may hold 15 000 with this machine's descriptor limit); its memory figures are run.sh's own reading of the servers' RSS once `ss` counted every connection established.", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_doc(path, body):
+    with open(path) as f:
+        text = f.read()
+    block = f"{BEGIN}\n{body}{END}"
+    start, end = text.find(BEGIN), text.find(END)
+    if start != -1 and end > start:
+        text = text[:start] + block + text[end + len(END):]
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{block}\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    body = render(argv[1])
+    print(body)
+    if "--doc" in argv:
+        write_doc(argv[argv.index("--doc") + 1], body)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
