@@ -124,16 +124,13 @@ impl ChatUser {
         let endpoint = endpoint(&shared, self.index);
         let mut connection =
             Connection::open(endpoint, self.polling, &self.nickname, &mut self.cookie).await?;
-        loop {
-            let text = connection.recv().await?.ok_or(BenchError::Closed)?;
-            match Packet::decode(text.as_str()) {
-                Packet::Open(_) => break,
-                other => {
-                    return Err(BenchError::Protocol(format!(
-                        "expected open, got {other:?}"
-                    )))
-                }
-            }
+        // The server speaks first: its handshake.
+        let text = connection.recv().await?.ok_or(BenchError::Closed)?;
+        if !matches!(Packet::decode(text.as_str()), Packet::Open(_)) {
+            return Err(BenchError::Protocol(format!(
+                "expected the open packet, got {:?}",
+                text.as_str()
+            )));
         }
         connection
             .send_all(vec![
@@ -270,6 +267,10 @@ impl ChatUser {
                 }
                 () = &mut next_send, if sending.is_some() => {
                     let Some((phase, interval)) = sending else { continue };
+                    // A new control first: no message may leave after the run said hold.
+                    if control.has_changed().unwrap_or(true) {
+                        continue;
+                    }
                     let stamp = Stamp { sender: self.index, seq, phase, sent_us: shared.now_us() };
                     seq = seq.wrapping_add(1);
                     let members = shared.room_members[self.room_slot].load(Ordering::Relaxed);

@@ -30,8 +30,8 @@ struct Cli {
     transport: TransportChoice,
     /// Local addresses to connect from, round-robin: `127.0.0.1-127.0.0.16,10.0.0.5`. One
     /// address holds at most ~28,000 connections to one server address.
-    #[arg(long, value_parser = net::parse_sources)]
-    sources: Option<Vec<std::net::IpAddr>>,
+    #[arg(long, value_parser = parse_sources)]
+    sources: Option<SourceAddresses>,
     /// New clients per second; 0 starts them all at once.
     #[arg(long, default_value_t = 1000)]
     ramp: u32,
@@ -75,6 +75,14 @@ struct Cli {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+}
+
+/// The addresses of `--sources`, as one value (clap would take a `Vec` for a repeated flag).
+#[derive(Debug, Clone)]
+struct SourceAddresses(Vec<std::net::IpAddr>);
+
+fn parse_sources(text: &str) -> Result<SourceAddresses, String> {
+    net::parse_sources(text).map(SourceAddresses)
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -145,7 +153,7 @@ fn into_config(cli: Cli) -> Result<BenchConfig, String> {
     let mut config = BenchConfig::new(target, cli.scenario);
     config.clients = cli.clients;
     config.transport = cli.transport;
-    config.sources = cli.sources.unwrap_or_default();
+    config.sources = cli.sources.map(|s| s.0).unwrap_or_default();
     config.ramp = cli.ramp;
     config.connect_timeout = cli.connect_timeout;
     config.room_size = cli.room_size;

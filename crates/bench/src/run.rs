@@ -222,16 +222,19 @@ impl Conductor {
         self.shared.control.send_replace(control);
     }
 
-    /// Stops sending, then waits until phases `from..` have all their deliveries or the drain
+    /// Stops sending, then waits until phases `phases` have all their deliveries or the drain
     /// time is over.
     async fn drain(&mut self, phases: std::ops::Range<usize>) {
         self.control(Control::Hold);
         let deadline = Instant::now() + self.shared.config.drain;
         let first = phases.start as u16;
+        // A client that was already sending when told to hold still counts that message: done
+        // only when the count owed has stayed the same for a whole check interval.
+        let owed_before = std::cell::Cell::new(None);
         self.wait(Some(deadline), move |s| {
             let (_, expected) = s.sent(phases.clone());
-            let delivered = s.deliveries.delivered_since(first);
-            delivered >= expected
+            let steady = owed_before.replace(Some(expected)) == Some(expected);
+            steady && s.deliveries.delivered_since(first) >= expected
         })
         .await;
     }
