@@ -16,11 +16,8 @@ pub enum Error {
     DuplicateNode(u16),
     #[error("cannot connect to backend {address}: {reason}")]
     Connect { address: String, reason: String },
-    #[error("backend {address} failed the request: {source}")]
-    Backend {
-        address: String,
-        source: hyper::Error,
-    },
+    #[error("backend {address} failed the request: {reason}")]
+    Backend { address: String, reason: String },
     #[error("cannot accept connections: {0}")]
     Accept(std::io::Error),
 }

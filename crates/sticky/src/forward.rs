@@ -12,8 +12,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::activity::{ActiveIo, Activity};
 use crate::backends::{Backend, Backends, OpenConnection};
@@ -22,12 +23,18 @@ use crate::error::Error;
 /// Bodies the proxy answers with: the backend's, streamed, or its own short error text.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// The HTTP client towards the backends: keep-alive connections, pooled per backend address.
+type BackendClient = Client<HttpConnector, Incoming>;
+
 /// What forwarding needs from the proxy.
 #[derive(Debug)]
 pub struct Forwarder {
-    pub backends: Arc<Backends>,
-    pub connect_timeout: Duration,
-    pub tunnel_idle_timeout: Duration,
+    backends: Arc<Backends>,
+    /// Reuses backend connections: without a pool every proxied request (one per long-poll,
+    /// one per packet sent) would pay a TCP connect and the backend an accept. A connection
+    /// that upgrades leaves the pool for its tunnel.
+    client: BackendClient,
+    tunnel_idle_timeout: Duration,
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1); never passed on, except
@@ -43,7 +50,31 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// How long a backend connection may sit unused in the pool. Shorter than the keep-alive
+/// timeouts servers commonly use, so the proxy closes first and seldom sends on a connection the
+/// backend is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Forwarder {
+    pub fn new(
+        backends: Arc<Backends>,
+        connect_timeout: Duration,
+        tunnel_idle_timeout: Duration,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Forwarder {
+            backends,
+            client,
+            tunnel_idle_timeout,
+        }
+    }
+
     /// Sends `request` to the backend it routes to and returns that backend's answer, or a 502
     /// saying why there is none.
     pub async fn forward(
@@ -89,37 +120,40 @@ impl Forwarder {
         })
     }
 
-    /// One backend connection per request: nothing to pool, so nothing to go stale, and a
-    /// connection that upgrades belongs to its tunnel alone.
+    /// Sends `request` to `backend` on a pooled connection (a new one when none is idle; the
+    /// host name is resolved on every connect).
     async fn send(
         &self,
         backend: &Backend,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Result<Response<Incoming>, Error> {
         let address = &backend.spec.address;
-        let connect_error = |reason: String| Error::Connect {
-            address: address.clone(),
-            reason,
-        };
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| connect_error(format!("no answer within {:?}", self.connect_timeout)))?
-            .map_err(|error| connect_error(error.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let backend_error = |source| Error::Backend {
-            address: address.clone(),
-            source,
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(backend_error)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!("backend connection ended: {error}");
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        *request.uri_mut() = format!("http://{address}{target}").parse().map_err(
+            |error: http::uri::InvalidUri| Error::Connect {
+                address: address.clone(),
+                reason: format!("not a usable address: {error}"),
+            },
+        )?;
+        self.client.request(request).await.map_err(|error| {
+            let (address, reason) = (address.clone(), root_cause(&error));
+            if error.is_connect() {
+                Error::Connect { address, reason }
+            } else {
+                Error::Backend { address, reason }
             }
-        });
-        sender.send_request(request).await.map_err(backend_error)
+        })
     }
+}
+
+/// The innermost error of a chain, which says what happened: "Connection refused (os error
+/// 111)" rather than "client error (Connect)".
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// Whether the client asks to switch protocols (a websocket handshake).
@@ -133,17 +167,14 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Rewrites a client request for the backend: origin-form target, hop-by-hop headers gone,
-/// forwarding headers added.
+/// Rewrites a client request's headers for the backend: hop-by-hop headers gone, forwarding
+/// headers added.
 fn prepare_request(
     request: &mut Request<Incoming>,
     peer: SocketAddr,
     upgrade: bool,
     backend: &Backend,
 ) {
-    if let Some(target) = request.uri().path_and_query().cloned() {
-        *request.uri_mut() = target.as_str().parse().unwrap_or_default();
-    }
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     if !headers.contains_key(header::HOST) {

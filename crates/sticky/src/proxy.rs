@@ -87,11 +87,11 @@ impl Proxy {
             config.health_timeout,
             config.health_misses,
         )));
-        let forwarder = Arc::new(Forwarder {
-            backends: self.backends,
-            connect_timeout: config.connect_timeout,
-            tunnel_idle_timeout: config.tunnel_idle_timeout,
-        });
+        let forwarder = Arc::new(Forwarder::new(
+            self.backends,
+            config.connect_timeout,
+            config.tunnel_idle_timeout,
+        ));
         // A permit per client connection: without one, the next accept waits and further
         // clients queue in the kernel's backlog.
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));

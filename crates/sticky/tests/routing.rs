@@ -39,7 +39,11 @@ impl Backend {
             .local_addr()
             .expect("bound listener has an address");
         let accept = tokio::spawn(async move {
+            // Owned by the accept task, so stopping the backend closes its connections too, as
+            // a host that goes away does (the proxy keeps idle connections to it).
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
                 let io = io.clone();
                 let service =
                     hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -68,7 +72,7 @@ impl Backend {
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                tokio::spawn(
+                connections.spawn(
                     hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades(),
@@ -89,7 +93,8 @@ impl Backend {
         Backend::start(node, listener).await
     }
 
-    /// Stops accepting: the listener is closed once the accept task has ended.
+    /// Stops accepting and closes every connection: the listener is closed once the accept task
+    /// has ended.
     async fn stop(self) -> SocketAddr {
         self.accept.abort();
         let _ = self.accept.await;
