@@ -286,3 +286,17 @@ fn room_across_a_worker_kill(transports: &str) {
     assert_eq!(done["moved"], moved as u64, "{done}");
     room.wait_success();
 }
+
+/// `--scheduling shared`: the kernel spreads connections over the workers, so requests of one
+/// long-polling session arrive at any worker; each passes them to the session's owner.
+#[test]
+fn shared_scheduling_serves_long_polling_users_by_passing_requests_on() {
+    let node = support::node_program();
+    let app = App::new("shared-polling");
+    app.start_ok(&["-i", "2", "--scheduling", "shared"], &[]);
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    assert_eq!(listed["scheduling"], "shared", "{listed}");
+    let mut room = support::PollingRoom::start(&node, &app.url(), 20, "polling");
+    let ready = room.next_report();
+    assert_eq!(ready["event"], "ready", "users: {ready}\n{}", app.log_text());
+}
