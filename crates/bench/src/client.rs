@@ -42,6 +42,8 @@ pub(crate) struct ChatUser {
     polling: bool,
     /// The login, kept across the reconnections of `churn`.
     cookie: Option<HeaderValue>,
+    /// What connecting waits for now: named in a timeout.
+    stage: &'static str,
 }
 
 impl ChatUser {
@@ -53,6 +55,7 @@ impl ChatUser {
             room_slot,
             polling: shared.config.transport.polling_for(index),
             cookie: None,
+            stage: "",
             index,
             shared,
         }
@@ -62,11 +65,7 @@ impl ChatUser {
     /// fanout).
     pub(crate) async fn run_member(mut self) {
         let started = Instant::now();
-        let joined =
-            tokio::time::timeout(self.shared.config.connect_timeout, self.connect_and_join())
-                .await
-                .unwrap_or_else(|_| Err(BenchError::Timeout(self.shared.config.connect_timeout)));
-        let connection = match joined {
+        let connection = match self.connect_and_join_in_time().await {
             Ok(connection) => connection,
             Err(error) => {
                 self.shared.connect_failed(&error);
@@ -91,10 +90,7 @@ impl ChatUser {
         let mut first = true;
         while *control.borrow() != Control::Stop {
             let started = Instant::now();
-            let joined = tokio::time::timeout(timeout, self.connect_and_join())
-                .await
-                .unwrap_or_else(|_| Err(BenchError::Timeout(timeout)));
-            match joined {
+            match self.connect_and_join_in_time().await {
                 Ok(connection) => {
                     let connect_latency = started.elapsed();
                     let _ = tokio::time::timeout(timeout, connection.close()).await;
@@ -118,13 +114,26 @@ impl ChatUser {
         }
     }
 
+    async fn connect_and_join_in_time(&mut self) -> Result<Connection, BenchError> {
+        let after = self.shared.config.connect_timeout;
+        match tokio::time::timeout(after, self.connect_and_join()).await {
+            Ok(joined) => joined,
+            Err(_) => Err(BenchError::Timeout {
+                after,
+                waiting_for: self.stage,
+            }),
+        }
+    }
+
     async fn connect_and_join(&mut self) -> Result<Connection, BenchError> {
+        self.stage = "the login and the Engine.IO handshake";
         // A clone, so that the endpoint's borrow does not hold `self` while the cookie is set.
         let shared = self.shared.clone();
         let endpoint = endpoint(&shared, self.index);
         let mut connection =
             Connection::open(endpoint, self.polling, &self.nickname, &mut self.cookie).await?;
         // The server speaks first: its handshake.
+        self.stage = "the open packet";
         let text = connection.recv().await?.ok_or(BenchError::Closed)?;
         if !matches!(Packet::decode(text.as_str()), Packet::Open(_)) {
             return Err(BenchError::Protocol(format!(
@@ -138,6 +147,7 @@ impl ChatUser {
                 protocol::connect_namespace(COM),
             ])
             .await?;
+        self.stage = "both namespaces to accept";
         let mut waiting_for = 2;
         while waiting_for > 0 {
             let text = connection.recv().await?.ok_or(BenchError::Closed)?;
@@ -154,6 +164,7 @@ impl ChatUser {
                 packet => Self::answer_in_setup(&mut connection, packet).await?,
             }
         }
+        self.stage = "name_set after join_room";
         connection.send(protocol::join_room(&self.room)).await?;
         loop {
             let text = connection.recv().await?.ok_or(BenchError::Closed)?;

@@ -26,8 +26,11 @@ pub enum BenchError {
     ErrorEvent(String),
     #[error("the server closed the connection")]
     Closed,
-    #[error("timed out after {0:?}")]
-    Timeout(std::time::Duration),
+    #[error("timed out after {after:?} waiting for {waiting_for}")]
+    Timeout {
+        after: std::time::Duration,
+        waiting_for: &'static str,
+    },
     #[error("{0}")]
     Setup(String),
 }

@@ -79,7 +79,14 @@ impl Connection {
             let mut http = Http::handshake(stream).await?;
             let cookie = match cookie {
                 Some(cookie) => cookie.clone(),
-                None => cookie.insert(http.login(target, nickname).await?).clone(),
+                None => {
+                    let (value, keeps_open) = http.login(target, nickname).await?;
+                    if !keeps_open {
+                        let stream = net::connect(target.addr, endpoint.source).await?;
+                        http = Http::handshake(stream).await?;
+                    }
+                    cookie.insert(value).clone()
+                }
             };
             return Polling::open(endpoint, http, cookie)
                 .await
@@ -177,10 +184,7 @@ async fn login_keeping_stream(
         hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
     let connection = tokio::spawn(connection.without_shutdown());
     let response = sender.send_request(login_request(target, nickname)).await?;
-    let keeps_open = !response
-        .headers()
-        .get(CONNECTION)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let keeps_open = keeps_connection_open(&response);
     let cookie = session_cookie(&response);
     let status = response.status();
     let _ = response.into_body().collect().await?;
@@ -219,6 +223,15 @@ fn form_body(nickname: &str) -> String {
     body
 }
 
+/// Whether the server will take another request on this connection (some close it after the
+/// login: Node's sticky-session primary does).
+fn keeps_connection_open<B>(response: &http::Response<B>) -> bool {
+    !response
+        .headers()
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
 /// `chat_session=...` from the response's `Set-Cookie`, ready to send back as `Cookie`.
 fn session_cookie<B>(response: &http::Response<B>) -> Option<HeaderValue> {
     response
@@ -248,17 +261,24 @@ impl Http {
         Ok(Http { sender })
     }
 
-    async fn login(&mut self, target: &Target, nickname: &str) -> Result<HeaderValue, BenchError> {
+    /// The session cookie, and whether this connection stays open.
+    async fn login(
+        &mut self,
+        target: &Target,
+        nickname: &str,
+    ) -> Result<(HeaderValue, bool), BenchError> {
         let response = self
             .sender
             .send_request(login_request(target, nickname))
             .await?;
+        let keeps_open = keeps_connection_open(&response);
         let cookie = session_cookie(&response);
         let status = response.status();
         let _ = response.into_body().collect().await?;
-        cookie.ok_or(BenchError::Login {
+        let cookie = cookie.ok_or(BenchError::Login {
             status: status.as_u16(),
-        })
+        })?;
+        Ok((cookie, keeps_open))
     }
 }
 

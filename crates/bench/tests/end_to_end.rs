@@ -91,22 +91,23 @@ const CHAT: &[&str] = &[
     "2s",
 ];
 
-#[test]
-fn chat_over_websocket_delivers_every_message_to_the_room() {
+/// The chat scenario over `transport`: everything sent reached the 9 others of its room.
+fn chat_delivers_every_message_to_the_room(transport: &str) {
     let server = server();
-    let report = bench_json(&server, &[CHAT, &["--transport", "websocket"]].concat());
+    let report = bench_json(&server, &[CHAT, &["--transport", transport]].concat());
     server.stop();
-    assert_eq!(report["transport"], "websocket");
+    assert_eq!(report["transport"], transport);
     assert_every_message_reached_its_room(&report);
 }
 
 #[test]
+fn chat_over_websocket_delivers_every_message_to_the_room() {
+    chat_delivers_every_message_to_the_room("websocket");
+}
+
+#[test]
 fn chat_over_polling_delivers_every_message_to_the_room() {
-    let server = server();
-    let report = bench_json(&server, &[CHAT, &["--transport", "polling"]].concat());
-    server.stop();
-    assert_eq!(report["transport"], "polling");
-    assert_every_message_reached_its_room(&report);
+    chat_delivers_every_message_to_the_room("polling");
 }
 
 #[test]
