@@ -141,7 +141,7 @@ class User {
   }
 
   sid() {
-    return this.manager.engine ? this.manager.engine.id : null;
+    return this.manager && this.manager.engine ? this.manager.engine.id : null;
   }
 
   inRoom() {
