@@ -82,12 +82,18 @@ pub struct Report {
     pub cycles: Option<u64>,
     /// Length of the measured phase.
     pub duration_s: f64,
+    /// Ctrl-C or SIGTERM ended the run early.
+    pub interrupted: bool,
 }
 
 impl Report {
-    /// No message lost or duplicated, no error, every client connected.
+    /// No message lost or duplicated, no error, every client connected, the run complete.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.duplicates == 0 && self.errors == 0 && self.connect_failed == 0
+        self.lost == 0
+            && self.duplicates == 0
+            && self.errors == 0
+            && self.connect_failed == 0
+            && !self.interrupted
     }
 
     /// The table's last line.
@@ -101,6 +107,9 @@ impl Report {
         );
         if self.duplicates > 0 {
             let _ = write!(line, ", {} duplicates", self.duplicates);
+        }
+        if self.interrupted {
+            line.push_str(" (interrupted)");
         }
         line
     }
@@ -215,5 +224,114 @@ impl Report {
         out.push_str(&self.verdict());
         out.push('\n');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean_run() -> Report {
+        Report {
+            scenario: "chat",
+            transport: "websocket",
+            clients: 10,
+            connected: 10,
+            connect_failed: 0,
+            connect_time_ms: 5.0,
+            connect_p50_ms: 1.0,
+            connect_p99_ms: 2.0,
+            connect_max_ms: 2.0,
+            sent: 10,
+            expected: 90,
+            delivered: 90,
+            lost: 0,
+            duplicates: 0,
+            errors: 0,
+            delivered_per_sec: 45.0,
+            latency_ms: Latency::default(),
+            cpu_percent: None,
+            rss_before_kib: None,
+            rss_connected_kib: None,
+            rss_peak_kib: None,
+            rss_per_connection_bytes: None,
+            processes: Vec::new(),
+            steps: Vec::new(),
+            best_rate_under_limit: None,
+            cycles: None,
+            duration_s: 2.0,
+            interrupted: false,
+        }
+    }
+
+    #[test]
+    fn the_last_line_says_what_failed() {
+        let report = clean_run();
+        assert!(report.passed());
+        assert!(report.table().ends_with("OK: no losses, no errors\n"));
+        let failed = Report {
+            lost: 3,
+            errors: 2,
+            connect_failed: 1,
+            ..clean_run()
+        };
+        assert!(!failed.passed());
+        assert!(failed
+            .table()
+            .ends_with("FAILED: 3 lost, 2 errors, 1 connect failures\n"));
+        let duplicated = Report {
+            duplicates: 4,
+            ..clean_run()
+        };
+        assert_eq!(
+            duplicated.verdict(),
+            "FAILED: 0 lost, 0 errors, 0 connect failures, 4 duplicates"
+        );
+    }
+
+    #[test]
+    fn json_keys_are_the_contract() {
+        let json = serde_json::to_value(clean_run()).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "scenario",
+            "transport",
+            "clients",
+            "connected",
+            "connect_failed",
+            "connect_time_ms",
+            "connect_p50_ms",
+            "connect_p99_ms",
+            "connect_max_ms",
+            "sent",
+            "expected",
+            "delivered",
+            "lost",
+            "duplicates",
+            "errors",
+            "delivered_per_sec",
+            "latency_ms",
+            "cpu_percent",
+            "rss_before_kib",
+            "rss_connected_kib",
+            "rss_peak_kib",
+            "rss_per_connection_bytes",
+            "steps",
+            "best_rate_under_limit",
+            "cycles",
+            "duration_s",
+        ] {
+            assert!(keys.contains(&key), "missing {key}");
+        }
+        let latency = json["latency_ms"].as_object().unwrap();
+        assert_eq!(latency.len(), 4);
+        for key in ["p50", "p90", "p99", "max"] {
+            assert!(latency.contains_key(key));
+        }
     }
 }

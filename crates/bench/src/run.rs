@@ -2,7 +2,7 @@
 //! deliveries, and adding everything up into a [`Report`].
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     first_member: AtomicU32,
     connect_latency_us: Mutex<Histogram<u64>>,
     cycle_latency_us: Mutex<Histogram<u64>>,
+    /// Set by Ctrl-C or SIGTERM: every wait ends at once and the report is what was measured.
+    interrupted: AtomicBool,
 }
 
 impl Shared {
@@ -174,6 +176,9 @@ impl Conductor {
             if done(&self.shared) {
                 return true;
             }
+            if self.shared.interrupted.load(Ordering::Relaxed) {
+                return false;
+            }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return false;
@@ -266,8 +271,10 @@ pub async fn run(config: BenchConfig) -> Report {
         first_member: AtomicU32::new(u32::MAX),
         connect_latency_us: Mutex::new(new_histogram()),
         cycle_latency_us: Mutex::new(new_histogram()),
+        interrupted: AtomicBool::new(false),
         config,
     });
+    let interrupts = tokio::spawn(on_interrupt(shared.clone()));
     let started = Instant::now();
     let mut conductor = Conductor {
         watch: ProcessWatch::new(&shared.config.pids),
@@ -292,7 +299,6 @@ pub async fn run(config: BenchConfig) -> Report {
         conductor.wait(Some(deadline), |_| false).await;
         conductor.control(Control::Stop);
         measured = began.elapsed();
-        conductor.watch.connected();
         conductor.watch.stop_cpu();
     } else {
         conductor
@@ -363,6 +369,7 @@ pub async fn run(config: BenchConfig) -> Report {
         }
         conductor.control(Control::Stop);
     }
+    interrupts.abort();
     let _ = spawner.await;
     clients.close();
     // Clients leave at once when told; churn cycles in flight end within the connect timeout.
@@ -410,6 +417,27 @@ fn per_second(count: u64, over: Duration) -> f64 {
     } else {
         count as f64 / over.as_secs_f64()
     }
+}
+
+/// Ctrl-C or SIGTERM (a `timeout` around the run) ends the run early with a report.
+async fn on_interrupt(shared: Arc<Shared>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    if shared.config.progress {
+        eprintln!("chat-bench: interrupted; reporting what was measured");
+    }
+    shared.interrupted.store(true, Ordering::Relaxed);
+    shared.control.send_replace(Control::Stop);
 }
 
 /// Starts client after client, `ramp` a second.
@@ -516,5 +544,6 @@ fn build_report(
         best_rate_under_limit,
         cycles: (config.scenario == Scenario::Churn).then(|| shared.cycles.load(Ordering::Relaxed)),
         duration_s: measured.as_secs_f64(),
+        interrupted: shared.interrupted.load(Ordering::Relaxed),
     }
 }
