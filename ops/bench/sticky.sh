@@ -350,9 +350,9 @@ $(table)
   owner. \`errors\` counts non-2xx answers and socket errors.
 - **ws echo**: $WS_CONNECTIONS websocket users (npm socket.io-client), each in its own room, each
   keeping $WS_IN_FLIGHT chat messages outstanding; echoes (\`myMessage\`) per second over
-  ${DURATION} s. Once a websocket is set up, every router only copies bytes, so this shows the cost
-  of the extra hop. The chat records each message in the room history: in memory for the lone
-  worker, in the master's store for the others.
+  ${DURATION} s. Once a websocket is set up, every router only copies bytes: the proxies' rows
+  differ from the master's by the cost of that extra hop. The chat records each message in the
+  room history: in memory for the lone worker, in the master's store for the others.
 - The master runs $INSTANCES workers; the proxies are in front of it with one backend (node $NODE_ID).
   × worker and × HAProxy are the ratios of the row's figure to the worker's and HAProxy's.
 <!-- sticky.sh:end -->
