@@ -189,8 +189,10 @@ impl ProxyProcess {
             "round-robin".into(),
             "--health-interval".into(),
             "200ms".into(),
+            // A stopped host refuses connections at once; a slow probe on a busy machine must
+            // not mark a live host down.
             "--health-timeout".into(),
-            "500ms".into(),
+            "2s".into(),
             "--health-misses".into(),
             "1".into(),
         ];
