@@ -30,7 +30,9 @@
 #   SERVERS="..." SCENARIOS="..."  subsets, e.g. SERVERS="chatctl node-chat" SCENARIOS=chat
 #   IDLE_CLIENTS=10000 IDLE_HOLD=10s CHAT_CLIENTS=1000 CHAT_ROOM_SIZE=10 CHAT_RATE=1
 #   CHAT_DURATION=20s FANOUT_CLIENTS=2000 FANOUT_RATES=1,2,5,10,20,50,100,200,500,1000
-#   FANOUT_STEP=5s P99_LIMIT=200ms STORM_CLIENTS=5000 POLL_CLIENTS=500 POLL_DURATION=20s
+#   FANOUT_STEP=5s FANOUT_RAMP=200 (joins a second) FANOUT_WARMUP=5s P99_LIMIT=200ms
+#   STORM_CLIENTS=5000 POLL_CLIENTS=500 POLL_DURATION=20s
+#   CONNECT_TIMEOUT=60s      longest one client may take to connect and join (fanout, storm)
 #   SOURCES=127.0.0.1-127.0.0.16   local addresses chat-bench connects from (more ephemeral ports);
 #                           SOURCES= (empty) leaves the choice to the kernel
 #   RUN_TIMEOUT=900         seconds one chat-bench run may take before it is stopped and marked failed
@@ -78,6 +80,7 @@ if [[ $QUICK == 1 ]]; then
   IDLE_CLIENTS=${IDLE_CLIENTS:-200} IDLE_HOLD=${IDLE_HOLD:-2s}
   CHAT_CLIENTS=${CHAT_CLIENTS:-200} CHAT_DURATION=${CHAT_DURATION:-5s}
   FANOUT_CLIENTS=${FANOUT_CLIENTS:-200} FANOUT_RATES=${FANOUT_RATES:-5,20,50} FANOUT_STEP=${FANOUT_STEP:-2s}
+  FANOUT_WARMUP=${FANOUT_WARMUP:-1s}
   STORM_CLIENTS=${STORM_CLIENTS:-200}
   POLL_CLIENTS=${POLL_CLIENTS:-100} POLL_DURATION=${POLL_DURATION:-5s}
 fi
@@ -90,6 +93,11 @@ CHAT_DURATION=${CHAT_DURATION:-20s}
 FANOUT_CLIENTS=${FANOUT_CLIENTS:-2000}
 FANOUT_RATES=${FANOUT_RATES:-1,2,5,10,20,50,100,200,500,1000}
 FANOUT_STEP=${FANOUT_STEP:-5s}
+FANOUT_RAMP=${FANOUT_RAMP:-200}
+FANOUT_WARMUP=${FANOUT_WARMUP:-5s}
+# How long one client may take to connect and join in the fanout and storm scenarios, where a
+# slow join is a figure (the time until all are connected), not a failure.
+CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-60s}
 STORM_CLIENTS=${STORM_CLIENTS:-5000}
 POLL_CLIENTS=${POLL_CLIENTS:-500}
 POLL_DURATION=${POLL_DURATION:-20s}
@@ -168,14 +176,14 @@ stop_server() {
     CHATCTL_APP=
   fi
   if [[ -n $SERVER_PID ]]; then
-    local children
-    children=$(pgrep -P "$SERVER_PID" || true)
+    local children=()
+    mapfile -t children < <(pgrep -P "$SERVER_PID" || true)
     kill "$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 50); do
       kill -0 "$SERVER_PID" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$SERVER_PID" $children 2>/dev/null || true
+    kill -KILL "$SERVER_PID" "${children[@]}" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
   fi
@@ -251,8 +259,13 @@ start_chatctl() { # redis|embedded
     die "chatctl start failed: $(tail -5 "$WORK/server.log")"
   local master
   master=$(cat "$CHATCTL_HOME/apps/$CHATCTL_APP/master.pid")
-  mapfile -t PIDS < <(timeout 10 "$CHATCTL" list --json | jq -r --arg app "$CHATCTL_APP" \
-    '(if type == "array" then . else .apps end)[] | select(.name == $app) | .workers[] | select(.status == "online") | .pid')
+  local list
+  list=$(timeout 10 "$CHATCTL" list --json)
+  mapfile -t PIDS < <(jq -r --arg app "$CHATCTL_APP" \
+    '(if type == "array" then . else .apps end)[] | select(.name == $app) | .workers[] | select(.status == "online") | .pid' <<<"$list")
+  # How the master spreads connections (shared socket, or its sticky dispatch): the report says it.
+  jq -r --arg app "$CHATCTL_APP" '(if type == "array" then . else .apps end)[] | select(.name == $app) | .scheduling // "?"' \
+    <<<"$list" >"$WORK/results/chatctl-scheduling"
   ((${#PIDS[@]} == WORKERS)) || die "expected $WORKERS online workers in chatctl list --json, got: ${PIDS[*]}"
   PIDS=("$master" "${PIDS[@]}")
   URL=http://127.0.0.1:$PORT
@@ -384,11 +397,14 @@ run_scenario() { # scenario server
       --duration "$CHAT_DURATION"
     ;;
   fanout)
-    bench "$out" --scenario fanout --clients "$FANOUT_CLIENTS" --rates "$FANOUT_RATES" --step-duration "$FANOUT_STEP" \
-      --p99-limit "$P99_LIMIT"
+    # Every join sends the room's whole member list to every member: the joins of a large room
+    # are paced, given time, and their traffic lets up before the first step.
+    bench "$out" --scenario fanout --clients "$FANOUT_CLIENTS" --ramp "$FANOUT_RAMP" --connect-timeout "$CONNECT_TIMEOUT" \
+      --warmup "$FANOUT_WARMUP" --rates "$FANOUT_RATES" --step-duration "$FANOUT_STEP" --p99-limit "$P99_LIMIT"
     ;;
   storm)
-    bench "$out" --scenario idle --clients "$STORM_CLIENTS" --room-size 10 --ramp 0 --duration 2s
+    bench "$out" --scenario idle --clients "$STORM_CLIENTS" --room-size 10 --ramp 0 --connect-timeout "$CONNECT_TIMEOUT" \
+      --duration 2s
     ;;
   polling)
     bench "$out" --scenario chat --transport polling --clients "$POLL_CLIENTS" --room-size 10 --rate 1 \
@@ -410,6 +426,7 @@ run_scenario() { # scenario server
 # --- the run -----------------------------------------------------------------------------------
 
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for scenario in $SCENARIOS; do
   for server in $SERVERS; do
     run_scenario "$scenario" "$server"
@@ -419,7 +436,7 @@ done
 # The exact command: the settings given in the environment, then the arguments.
 command_line=""
 for var in QUICK WORKERS SERVERS SCENARIOS IDLE_CLIENTS IDLE_HOLD CHAT_CLIENTS CHAT_ROOM_SIZE CHAT_RATE CHAT_DURATION \
-  FANOUT_CLIENTS FANOUT_RATES FANOUT_STEP P99_LIMIT STORM_CLIENTS POLL_CLIENTS POLL_DURATION SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
+  FANOUT_CLIENTS FANOUT_RATES FANOUT_STEP FANOUT_RAMP FANOUT_WARMUP CONNECT_TIMEOUT P99_LIMIT STORM_CLIENTS POLL_CLIENTS POLL_DURATION SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
   if printenv "$var" >/dev/null; then command_line+="$var=$(printf '%q' "$(printenv "$var")") "; fi
 done
 command_line+="ops/bench/run.sh${ORIGINAL_ARGS[*]:+ ${ORIGINAL_ARGS[*]}}"
@@ -430,7 +447,8 @@ git -C "$ROOT" diff --quiet HEAD -- crates bin 2>/dev/null || commit+=" (with un
 jq -n --arg started "$STARTED" --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg command "$command_line" \
   --arg quick "$QUICK" --arg nproc "$(nproc)" --arg cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
   --arg ram "$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" --arg kernel "$(uname -sr)" \
-  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg commit "$commit" \
+  --arg load_start "$LOAD_AT_START" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg commit "$commit" \
+  --arg chatctl_scheduling "$(cat "$WORK/results/chatctl-scheduling" 2>/dev/null || echo "?")" \
   --arg chatctl "$("$CHATCTL" --version 2>/dev/null || echo "?")" --arg rustc "$(rustc --version 2>/dev/null || echo "?")" \
   --arg node "$(node --version)" --arg socketio "$(version_of socket.io)" --arg sticky "$(version_of @socket.io/sticky)" \
   --arg redis_adapter "$(version_of @socket.io/redis-adapter)" --arg redis_client "$(version_of redis)" \
@@ -440,6 +458,7 @@ jq -n --arg started "$STARTED" --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" -
   --arg idle_clients "$IDLE_CLIENTS" --arg idle_hold "$IDLE_HOLD" --arg chat_clients "$CHAT_CLIENTS" \
   --arg chat_room_size "$CHAT_ROOM_SIZE" --arg chat_rate "$CHAT_RATE" --arg chat_duration "$CHAT_DURATION" \
   --arg fanout_clients "$FANOUT_CLIENTS" --arg fanout_rates "$FANOUT_RATES" --arg fanout_step "$FANOUT_STEP" \
+  --arg fanout_ramp "$FANOUT_RAMP" --arg fanout_warmup "$FANOUT_WARMUP" --arg connect_timeout "$CONNECT_TIMEOUT" \
   --arg p99_limit "$P99_LIMIT" --arg storm_clients "$STORM_CLIENTS" --arg poll_clients "$POLL_CLIENTS" \
   --arg poll_duration "$POLL_DURATION" '$ARGS.named' >"$WORK/results/meta.json"
 

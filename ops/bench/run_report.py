@@ -54,9 +54,10 @@ def load(results, scenario, server):
         notes.append(f"chat-bench exit {rc} ({why})")
         try:
             with open(base + ".err") as f:
-                lines = [l.strip() for l in f if l.strip()]
-            if lines and not data:
-                notes.append(lines[-1][:160])
+                # chat-bench's first problem lines, without its progress lines ("[  1.0s] ...")
+                problems = [l.strip() for l in f if l.startswith("chat-bench:")]
+            if problems:
+                notes.append("first: " + problems[0].removeprefix("chat-bench: ")[:120].replace("|", "/"))
         except OSError:
             pass
     if os.path.exists(base + ".dead"):
@@ -129,11 +130,17 @@ def table(header, rows):
     return out
 
 
-def status(rc, notes):
+def status(rc, notes, d=None):
+    """The run column: ok, or what went wrong (chat-bench's exit, its counts, its first error)."""
     if rc is None:
         return "not run"
-    text = "ok" if rc == 0 else ""
-    return "; ".join([t for t in [text] + notes if t])
+    if rc == 0:
+        return "; ".join(["ok"] + notes)
+    counts = []
+    for key, what in (("connect_failed", "not connected"), ("lost", "lost"), ("duplicates", "duplicated"), ("errors", "errors")):
+        if (d or {}).get(key):
+            counts.append(f"{num(d[key])} {what}")
+    return "; ".join(notes + counts)
 
 
 def collect(results, scenario, servers):
@@ -191,9 +198,13 @@ def section_idle(runs, meta):
             f"{per / 1024:,.1f} KiB" if per is not None else "n/a",
             f"{num(get(d, 'rss_before_kib'))} KiB → {num(get(d, 'rss_connected_kib'))} KiB",
             num(get(d, "connect_time_ms")),
-            (f"{d['split_processes']} chat-bench processes; " if d.get("split_processes") else "") + status(rc, notes),
+            (f"{d['split_processes']} chat-bench processes; " if d.get("split_processes") else "") + status(rc, notes, d),
         ])
     out += table(["server", "connected / clients", "failed", "memory per connection", "server RSS before → connected", "connect all (ms)", "run"], rows)
+    fd_limit = int(meta.get("fd_limit") or 0)
+    idle_clients = int(meta.get("idle_clients") or 0)
+    if fd_limit and idle_clients > fd_limit:
+        out += ["", f"{idle_clients} clients exceed the descriptor limit of one process ({fd_limit}): socketioxide-chat (one process) cannot hold them, nor {meta.get('workers')} workers more than {meta.get('workers')} × {fd_limit}; where fewer than all connected, the row shows how far the server got, and this size could not be run in full on this machine."]
     out += ["", "Memory: ours ÷ theirs, lower is better (server RSS growth per connection, every process of the server summed):", ""]
     out += ratio_lines(runs, lambda o, t: ratio(get(o, "rss_per_connection_bytes"), get(t, "rss_per_connection_bytes")), judge_memory, "memory per connection", verdicts)
     out += verdict(verdicts)
@@ -220,7 +231,7 @@ def section_chat(runs, meta, title):
             num(get(d, "latency_ms", "max"), 1),
             pct(get(d, "cpu_percent")),
             num(pcs),
-            status(rc, notes),
+            status(rc, notes, d),
         ])
     out += table(["server", "connected / clients", "sent", "delivered / expected", "lost", "dup", "errors", "delivered msg/s", "p50 ms", "p99 ms", "max ms", "server CPU (% of a core)", "deliveries per CPU-second", "run"], rows)
     out += ["", "Throughput at equal CPU (deliveries per CPU-second, ours ÷ theirs) and p99 latency (theirs ÷ ours), higher is better:", ""]
@@ -265,7 +276,7 @@ def section_fanout(runs, meta):
             reached,
             steps or "n/a",
             pct(get(d, "cpu_percent")),
-            status(rc, notes),
+            status(rc, notes, d),
         ])
     out += table(["server", "connected / clients", "best step (msg/s sent)", "deliveries/s at it", "p99 ms at it", f"p99 passed {limit}", "p99 ms per step (rate: p99)", "server CPU", "run"], rows)
     out += ["", "Most deliveries per second under the p99 limit, ours ÷ theirs (higher is better; when neither server passed the limit, both only show the highest rate tried), and p99 at the highest rate both passed, theirs ÷ ours:", ""]
@@ -298,7 +309,7 @@ def section_storm(runs, meta):
             num(get(d, "errors")),
             num(get(d, "connect_time_ms")),
             f"{num(get(d, 'connect_p50_ms'), 1)} / {num(get(d, 'connect_p99_ms'), 1)} / {num(get(d, 'connect_max_ms'), 1)}",
-            status(rc, notes),
+            status(rc, notes, d),
         ])
     out += table(["server", "connected / clients", "failed", "errors", "time until all connected (ms)", "per client p50 / p99 / max (ms)", "run"], rows)
     out += ["", "Time until all connected, theirs ÷ ours (higher is better):", ""]
@@ -320,11 +331,12 @@ def render(results):
         "",
         "| | |",
         "| --- | --- |",
-        f"| Machine | `nproc` = {meta['nproc']}, {meta['cpu']}, {meta['ram']} RAM, {meta['kernel']}, load average at the end {meta['load']} |",
+        f"| Machine | `nproc` = {meta['nproc']}, {meta['cpu']}, {meta['ram']} RAM, {meta['kernel']} |",
+        f"| Load | load average {meta.get('load_start', '?')} at the start, {meta['load']} at the end (other work on the machine shows here) |",
         f"| Code | commit `{meta['commit']}`; {meta['chatctl']}; {meta['rustc']} |",
         f"| Peers | node {meta['node']}, socket.io {meta['socketio']}, @socket.io/sticky {meta['sticky']}, @socket.io/redis-adapter {meta['redis_adapter']}, redis (npm) {meta['redis_client']}; socketioxide {meta['socketioxide']} |",
         f"| Redis | {meta['redis']} (`--save '' --appendonly no`), one instance for chatctl redis and node-chat, emptied before each server starts; its own CPU and memory are not counted for either |",
-        f"| Workers | chatctl and node-chat: {meta['workers']} each; socketioxide-chat: one process (tokio multi-thread runtime) |",
+        f"| Workers | chatctl and node-chat: {meta['workers']} each (chatctl's scheduling: `{meta.get('chatctl_scheduling', '?')}`); socketioxide-chat: one process (tokio multi-thread runtime) |",
         f"| Descriptors | {meta['fd_limit']} per process |",
         "",
         "Command:",
@@ -335,6 +347,21 @@ def render(results):
         "server (chatctl: master + workers; node-chat: the cluster primary, which runs @socket.io/sticky, + workers), sampled by chat-bench",
         "(`--pid`). Targets: at most 1/5 of Node's memory per idle connection, at least 5× Node's delivered",
         "messages per second at equal CPU, a p99 latency at least 5× lower, and ahead of socketioxide everywhere.",
+        "",
+        "How the peers are set up, and what limits their figures:",
+        "",
+        "- Every server runs without a per-socket message limit, keeps the last 50 messages of each room as history,",
+        "  and looks the session of the signed cookie up on each namespace connection (node-chat in Redis, socketioxide-chat",
+        "  in memory, chatctl in the master or in Redis). socketioxide-chat buffers 4 096 packets per client, as chatctl does",
+        "  (its default of 128 drops packets, pings included, when a join in a large room sends everyone the member list).",
+        "- node-chat answers `POST /login` with `Connection: close`: @socket.io/sticky forwards the later chunks of a",
+        "  connection to its worker as strings, which corrupts websocket frames when a client upgrades the connection it",
+        "  logged in on (browsers open a new connection for a websocket anyway).",
+        "- node-chat with long-polling: @socket.io/sticky learns which worker owns a session from a message the worker sends",
+        "  after the handshake; a client whose first POST reaches the primary before that message goes to the least-loaded",
+        "  worker and gets HTTP 400 (`Session ID unknown`). Such clients count as not connected.",
+        "- The descriptor limit is per process: socketioxide-chat (one process) cannot hold more connections than it, and a",
+        f"  chat-bench process holds at most 15 000 clients; run.sh splits larger idle runs over several chat-bench processes.",
         "",
     ]
     for scenario in meta.get("scenarios", "").split():

@@ -432,7 +432,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rooms: Mutex::default(),
     });
 
-    let (layer, io) = SocketIo::builder().with_state(chat.clone()).build_layer();
+    // socketioxide buffers 128 packets per client by default and drops what does not fit (the
+    // pings too, so the client is then timed out): a join in a room of 2 000 queues a users_list
+    // for everyone at once. chatctl's engineio buffers 4 096 packets: the same here.
+    let (layer, io) = SocketIo::builder()
+        .max_buffer_size(4096)
+        .with_state(chat.clone())
+        .build_layer();
     io.ns(INFRA, on_infra_connect.with(authenticate));
     io.ns(COM, on_com_connect.with(authenticate));
 
