@@ -14,6 +14,9 @@ use crate::stats::SeenMessages;
 use crate::transport::{Connection, Endpoint};
 use crate::BenchError;
 
+/// How long a client leaving at the end of a run waits for the server to acknowledge it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Where client `index` connects: the target, from the next source address in turn.
 fn endpoint(shared: &Shared, index: u32) -> Endpoint<'_> {
     let sources = &shared.config.sources;
@@ -25,8 +28,8 @@ fn endpoint(shared: &Shared, index: u32) -> Endpoint<'_> {
 
 /// Why a joined client's loop ended.
 enum Ended {
-    /// The run told it to stop.
-    Stopped,
+    /// The run told it to stop; the connection is still open.
+    Stopped(Connection),
     /// The connection broke or the server closed it.
     Lost(BenchError),
 }
@@ -74,13 +77,18 @@ impl ChatUser {
         };
         self.shared
             .joined(self.index, self.room_slot, started.elapsed());
-        match self.follow_control(connection).await {
-            Ended::Stopped => {}
+        let ended = self.follow_control(connection).await;
+        self.shared.room_members[self.room_slot].fetch_sub(1, Ordering::Relaxed);
+        match ended {
+            // Say goodbye rather than drop the sockets: a long-polling session would otherwise
+            // linger on the server until its heartbeat times out, into the next run.
+            Ended::Stopped(connection) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, connection.close()).await;
+            }
             Ended::Lost(error) => self
                 .shared
                 .error(&format!("client {} disconnected", self.index), &error),
         }
-        self.shared.room_members[self.room_slot].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Connect → join → disconnect until told to stop (churn).
@@ -239,13 +247,13 @@ impl ChatUser {
             &mut sending,
             next_send.as_mut(),
         ) {
-            return Ended::Stopped;
+            return Ended::Stopped(connection);
         }
         loop {
             tokio::select! {
                 changed = control.changed() => {
                     if changed.is_err() || !apply(*control.borrow_and_update(), &mut sending, next_send.as_mut()) {
-                        return Ended::Stopped;
+                        return Ended::Stopped(connection);
                     }
                 }
                 received = connection.recv() => {
