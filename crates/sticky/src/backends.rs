@@ -92,24 +92,25 @@ impl Backends {
         self.health.subscribe()
     }
 
-    /// Where a request with this query string goes; `None` when it carries no usable sid and
-    /// no backend is healthy.
-    pub fn route(&self, query: Option<&str>) -> Option<Arc<Backend>> {
-        if let Some(owner) = query
-            .and_then(sid)
-            .and_then(|s| supervisor::route_tag::decode(&s))
-        {
-            if let Some(backend) = self.list.iter().find(|b| b.spec.node == owner.node) {
-                return Some(backend.clone());
-            }
-        }
-        // No sid, or one naming no node of ours: any healthy backend answers it (with "Session
-        // ID unknown" for a sid, which makes the client open a new session).
-        self.pick_healthy()
+    /// The backend of the node named by the sid of this query string, healthy or not (the
+    /// mark may be stale, and no other node knows the session). `None` for no sid, or one that
+    /// names no node of ours: any healthy backend answers those ([`Backends::pick_healthy_except`]),
+    /// with "Session ID unknown" for a sid, which makes the client open a new session.
+    pub fn owner(&self, query: Option<&str>) -> Option<Arc<Backend>> {
+        let owner = supervisor::route_tag::decode(&sid(query?)?)?;
+        self.list
+            .iter()
+            .find(|b| b.spec.node == owner.node)
+            .cloned()
     }
 
-    fn pick_healthy(&self) -> Option<Arc<Backend>> {
-        let healthy = self.list.iter().filter(|b| b.is_healthy());
+    /// A healthy backend by policy, other than the nodes in `excluded` (which refused this
+    /// request already); `None` when there is none.
+    pub fn pick_healthy_except(&self, excluded: &[u16]) -> Option<Arc<Backend>> {
+        let healthy = self
+            .list
+            .iter()
+            .filter(|b| b.is_healthy() && !excluded.contains(&b.spec.node));
         match self.policy {
             Policy::LeastConn => healthy.min_by_key(|b| b.open_connections()).cloned(),
             Policy::RoundRobin => {
@@ -166,6 +167,13 @@ mod tests {
     use super::*;
     use supervisor::route_tag::{encode, Owner};
 
+    /// What the forwarder does before any backend refuses.
+    fn route(backends: &Backends, query: Option<&str>) -> Option<Arc<Backend>> {
+        backends
+            .owner(query)
+            .or_else(|| backends.pick_healthy_except(&[]))
+    }
+
     fn two_nodes(policy: Policy) -> Backends {
         Backends::new(
             vec![
@@ -183,7 +191,7 @@ mod tests {
         backends.record_probe(&backends.all()[1].clone(), false, 1);
         for _ in 0..4 {
             let query = format!("EIO=4&transport=polling&sid={sid}");
-            assert_eq!(backends.route(Some(&query)).map(|b| b.spec.node), Some(2));
+            assert_eq!(route(&backends, Some(&query)).map(|b| b.spec.node), Some(2));
         }
     }
 
@@ -196,19 +204,40 @@ mod tests {
         backends.record_probe(&first, false, 2);
         assert!(!first.is_healthy());
         for _ in 0..4 {
-            assert_eq!(backends.route(Some("EIO=4")).map(|b| b.spec.node), Some(2));
+            assert_eq!(
+                route(&backends, Some("EIO=4")).map(|b| b.spec.node),
+                Some(2)
+            );
             let unknown = format!("sid={}x", encode(Owner { node: 9, slot: 0 }));
-            assert_eq!(backends.route(Some(&unknown)).map(|b| b.spec.node), Some(2));
-            assert_eq!(backends.route(Some("sid=%%")).map(|b| b.spec.node), Some(2));
+            assert_eq!(
+                route(&backends, Some(&unknown)).map(|b| b.spec.node),
+                Some(2)
+            );
+            assert_eq!(
+                route(&backends, Some("sid=%%")).map(|b| b.spec.node),
+                Some(2)
+            );
         }
         backends.record_probe(&first, true, 2);
         assert!(first.is_healthy());
     }
 
     #[test]
+    fn a_backend_that_refused_is_not_picked_again() {
+        for policy in [Policy::LeastConn, Policy::RoundRobin] {
+            let backends = two_nodes(policy);
+            for _ in 0..4 {
+                let picked = backends.pick_healthy_except(&[1]);
+                assert_eq!(picked.map(|b| b.spec.node), Some(2));
+            }
+            assert!(backends.pick_healthy_except(&[1, 2]).is_none());
+        }
+    }
+
+    #[test]
     fn least_conn_prefers_the_emptier_backend() {
         let backends = two_nodes(Policy::LeastConn);
         let _held = OpenConnection::new(backends.all()[0].clone());
-        assert_eq!(backends.route(None).map(|b| b.spec.node), Some(2));
+        assert_eq!(route(&backends, None).map(|b| b.spec.node), Some(2));
     }
 }

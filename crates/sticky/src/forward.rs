@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,11 +20,11 @@ use crate::activity::{ActiveIo, Activity};
 use crate::backends::{Backend, Backends, OpenConnection};
 use crate::error::Error;
 
-/// Bodies the proxy answers with: the backend's, streamed, or its own short error text.
+/// Bodies the proxy passes on, streamed either way, or its own short error text.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// The HTTP client towards the backends: keep-alive connections, pooled per backend address.
-type BackendClient = Client<HttpConnector, Incoming>;
+type BackendClient = Client<HttpConnector, ProxyBody>;
 
 /// What forwarding needs from the proxy.
 #[derive(Debug)]
@@ -82,20 +82,43 @@ impl Forwarder {
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        let Some(backend) = self.backends.route(request.uri().query()) else {
-            return error_response(StatusCode::BAD_GATEWAY, "no healthy backend\n");
-        };
-        let open = OpenConnection::new(backend.clone());
+        let owner = self.backends.owner(request.uri().query());
         let upgrade = wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        prepare_request(&mut request, peer, upgrade, &backend);
-
-        let mut response = match self.send(&backend, request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::warn!(node = backend.spec.node, "{error}");
+        prepare_request(&mut request, peer, upgrade);
+        // A request of no session and with no body (a handshake, a page) can be sent again: a
+        // backend that refuses the connection passes it on to the next healthy one, so new
+        // sessions avoid a stopped host before the health checks notice.
+        let replay =
+            (owner.is_none() && request.body().is_end_stream()).then(|| Replay::of(&request));
+        let mut request = Some(request.map(BodyExt::boxed));
+        let mut refused = Vec::new();
+        let (mut response, open) = loop {
+            let backend = owner
+                .clone()
+                .or_else(|| self.backends.pick_healthy_except(&refused));
+            let (Some(backend), Some(to_send)) = (backend, request.take()) else {
+                let why = if refused.is_empty() {
+                    "no healthy backend\n"
+                } else {
+                    "bad gateway: every healthy backend refused the connection\n"
+                };
+                return error_response(StatusCode::BAD_GATEWAY, why);
+            };
+            let open = OpenConnection::new(backend.clone());
+            let error = match self.send(&backend, to_send).await {
+                Ok(response) => break (response, open),
+                Err(error) => error,
+            };
+            tracing::warn!(node = backend.spec.node, "{error}");
+            let retry = replay
+                .as_ref()
+                .filter(|_| matches!(error, Error::Connect { .. }));
+            let Some(replay) = retry else {
                 return error_response(StatusCode::BAD_GATEWAY, &format!("bad gateway: {error}\n"));
-            }
+            };
+            refused.push(backend.spec.node);
+            request = Some(replay.again());
         };
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
             (response.status(), client_upgrade)
@@ -125,7 +148,7 @@ impl Forwarder {
     async fn send(
         &self,
         backend: &Backend,
-        mut request: Request<Incoming>,
+        mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, Error> {
         let address = &backend.spec.address;
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -156,6 +179,34 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// The head of a request without a body, to send it again to another backend.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<Incoming>) -> Replay {
+        Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        }
+    }
+
+    fn again(&self) -> Request<ProxyBody> {
+        let mut request = Request::new(empty());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
 /// Whether the client asks to switch protocols (a websocket handshake).
 fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -168,20 +219,10 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Rewrites a client request's headers for the backend: hop-by-hop headers gone, forwarding
-/// headers added.
-fn prepare_request(
-    request: &mut Request<Incoming>,
-    peer: SocketAddr,
-    upgrade: bool,
-    backend: &Backend,
-) {
+/// headers added. (A request without `Host` gets the backend's address from the client.)
+fn prepare_request(request: &mut Request<Incoming>, peer: SocketAddr, upgrade: bool) {
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
-    if !headers.contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(&backend.spec.address) {
-            headers.insert(header::HOST, host);
-        }
-    }
     let earlier: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()

@@ -335,6 +335,30 @@ async fn a_backend_that_stops_gets_no_handshakes_until_it_is_back() {
 }
 
 #[tokio::test]
+async fn a_handshake_refused_by_a_stopped_backend_goes_to_another_at_once() {
+    let (one, two) = (Backend::bind(1).await, Backend::bind(2).await);
+    let mut config = config(&[&one, &two], Policy::RoundRobin);
+    // The checks never run again: only the refused connection tells the proxy.
+    config.health_interval = Duration::from_secs(3600);
+    let (proxy, _) = start_proxy(config).await;
+    let mut client = client(proxy).await;
+    let _ = one.stop().await;
+    for _ in 0..4 {
+        assert_eq!(node_of(&handshake(&mut client).await), 2);
+    }
+    let _ = two.stop().await;
+    let (status, body) = call(
+        &mut client,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("refused"), "{body}");
+}
+
+#[tokio::test]
 async fn garbage_gets_400_and_a_stalled_request_head_is_dropped() {
     let one = Backend::bind(1).await;
     let (proxy, _) = start_proxy(config(&[&one], Policy::LeastConn)).await;
