@@ -12,8 +12,9 @@
 // and exits 1.
 
 import { createRequire } from "node:module";
-import http from "node:http";
 import readline from "node:readline";
+
+import { login } from "./login.mjs";
 
 // ESM ignores NODE_PATH: resolve the client from the workspace's ops/js, where
 // ops/test-deps.sh installs it.
@@ -48,39 +49,6 @@ function fail(message) {
 
 setTimeout(() => fail("watchdog: not every user got connected in time"), WATCHDOG_MS).unref();
 
-/** POST /login on a connection of its own; resolves with the `chat_session=...` cookie pair. */
-function login(nickname) {
-  const body = new URLSearchParams({ nickname }).toString();
-  return new Promise((resolve, reject) => {
-    const request = http.request(
-      `${base}/login`,
-      {
-        method: "POST",
-        // A fresh connection per login: the crowd measures Socket.IO, the test's own HTTP loop
-        // measures keep-alive.
-        agent: false,
-        headers: {
-          "Content-Type": "application/x-www-form-urlencoded",
-          "Content-Length": Buffer.byteLength(body),
-        },
-      },
-      (response) => {
-        response.resume();
-        const cookie = (response.headers["set-cookie"] || [])
-          .map((header) => header.split(";")[0])
-          .find((pair) => pair.startsWith("chat_session="));
-        if ((response.statusCode === 302 || response.statusCode === 303) && cookie) {
-          resolve(cookie);
-        } else {
-          reject(new Error(`POST /login answered ${response.statusCode} without a session cookie`));
-        }
-      },
-    );
-    request.on("error", (error) => reject(new Error(`POST /login failed: ${error.message}`)));
-    request.end(body);
-  });
-}
-
 /** One user: a login, then a socket on /chat_infra that the client reconnects by itself. */
 class User {
   constructor(index) {
@@ -91,7 +59,7 @@ class User {
   }
 
   async start() {
-    const cookie = await login(this.nickname);
+    const cookie = await login(base, this.nickname);
     const socket = io(`${base}/chat_infra`, {
       transports: ["websocket"],
       // One Engine.IO connection per user, as with separate browsers.

@@ -21,8 +21,9 @@
 // prints {"event":"error",...} and exits 1.
 
 import { createRequire } from "node:module";
-import http from "node:http";
 import readline from "node:readline";
+
+import { login } from "./login.mjs";
 
 // ESM ignores NODE_PATH: resolve the client from the workspace's ops/js, where
 // ops/test-deps.sh installs it.
@@ -58,37 +59,6 @@ function fail(message) {
 
 setTimeout(() => fail(`watchdog: stuck in phase ${phase}`), WATCHDOG_MS).unref();
 
-/** POST /login on a connection of its own; resolves with the `chat_session=...` cookie pair. */
-function login(nickname) {
-  const body = new URLSearchParams({ nickname }).toString();
-  return new Promise((resolve, reject) => {
-    const request = http.request(
-      `${base}/login`,
-      {
-        method: "POST",
-        agent: false,
-        headers: {
-          "Content-Type": "application/x-www-form-urlencoded",
-          "Content-Length": Buffer.byteLength(body),
-        },
-      },
-      (response) => {
-        response.resume();
-        const cookie = (response.headers["set-cookie"] || [])
-          .map((header) => header.split(";")[0])
-          .find((pair) => pair.startsWith("chat_session="));
-        if ((response.statusCode === 302 || response.statusCode === 303) && cookie) {
-          resolve(cookie);
-        } else {
-          reject(new Error(`POST /login answered ${response.statusCode} without a session cookie`));
-        }
-      },
-    );
-    request.on("error", (error) => reject(new Error(`POST /login failed: ${error.message}`)));
-    request.end(body);
-  });
-}
-
 /** One user: a login, then /chat_infra and /chat_com on one polling Engine.IO session. */
 class User {
   constructor(index) {
@@ -102,7 +72,7 @@ class User {
   }
 
   async start() {
-    const cookie = await login(this.nickname);
+    const cookie = await login(base, this.nickname);
     this.manager = new Manager(base, {
       transports: mode === "polling" ? ["polling"] : ["polling", "websocket"],
       extraHeaders: { Cookie: cookie },
