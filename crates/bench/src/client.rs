@@ -17,6 +17,9 @@ use crate::BenchError;
 /// How long a client leaving at the end of a run waits for the server to acknowledge it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Pause after a failed churn cycle.
+const CHURN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Where client `index` connects: the target, from the next source address in turn.
 fn endpoint(shared: &Shared, index: u32) -> Endpoint<'_> {
     let sources = &shared.config.sources;
@@ -53,7 +56,8 @@ impl ChatUser {
     pub(crate) fn new(shared: Arc<Shared>, index: u32) -> Self {
         let room_slot = (index / shared.room_size) as usize;
         ChatUser {
-            nickname: format!("b{}", index),
+            // Unique across the chat-bench processes of one load (run.sh splits large runs).
+            nickname: format!("b{}-{}", std::process::id(), index),
             room: format!("{}{}", shared.room_prefix, room_slot),
             room_slot,
             polling: shared.config.transport.polling_for(index),
@@ -111,12 +115,9 @@ impl ChatUser {
                     first = false;
                 }
                 Err(error) => {
-                    // A client that never got in counts once towards the settled clients.
-                    if first {
-                        self.shared.connect_failed(&error);
-                    } else {
-                        self.shared.cycle_failed(&error);
-                    }
+                    self.shared.cycle_failed(&error);
+                    // A server that refuses at once must not turn this loop into a busy spin.
+                    tokio::time::sleep(CHURN_RETRY_PAUSE).await;
                 }
             }
         }

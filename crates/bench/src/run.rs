@@ -223,8 +223,11 @@ impl Conductor {
         let _ = writeln!(stderr, "{line}");
     }
 
+    /// Tells every client what to do now; after an interrupt, only to stop.
     fn control(&self, control: Control) {
-        self.shared.control.send_replace(control);
+        if control == Control::Stop || !self.shared.interrupted.load(Ordering::Relaxed) {
+            self.shared.control.send_replace(control);
+        }
     }
 
     /// Stops sending, then waits until phases `phases` have all their deliveries or the drain
@@ -242,6 +245,134 @@ impl Conductor {
             steady && s.deliveries.delivered_since(first) >= expected
         })
         .await;
+    }
+}
+
+/// What the measured phase of a run covered.
+struct Measured {
+    /// Time spent sending (idle, churn: holding).
+    duration: Duration,
+    /// The phases whose messages count.
+    phases: std::ops::Range<usize>,
+    /// (phase, rate, time spent sending) of each fanout step run.
+    steps: Vec<(usize, f64, Duration)>,
+}
+
+impl Default for Measured {
+    fn default() -> Self {
+        Measured {
+            duration: Duration::ZERO,
+            phases: 1..2,
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// The scenarios, once the clients are started.
+impl Conductor {
+    /// Waits until every client has joined or given up; true if any joined.
+    async fn connect_everyone(&mut self) -> bool {
+        let total = u64::from(self.shared.config.clients);
+        self.wait(None, |s| s.settled.load(Ordering::Acquire) >= total)
+            .await;
+        self.watch.connected();
+        self.shared.connected.load(Ordering::Relaxed) > 0
+    }
+
+    /// Clients cycle from the start; the run ends after `duration`.
+    async fn churn(&mut self) -> Measured {
+        self.watch.start_cpu();
+        let began = Instant::now();
+        self.hold(self.shared.config.duration).await;
+        self.control(Control::Stop);
+        let duration = began.elapsed();
+        self.watch.stop_cpu();
+        Measured {
+            duration,
+            ..Measured::default()
+        }
+    }
+
+    async fn idle(&mut self) -> Measured {
+        self.watch.start_cpu();
+        let began = Instant::now();
+        self.hold(self.shared.config.duration).await;
+        let duration = began.elapsed();
+        self.watch.stop_cpu();
+        Measured {
+            duration,
+            ..Measured::default()
+        }
+    }
+
+    /// Everyone sends at `rate`: phase 0 during the warmup, phase 1 measured.
+    async fn chat(&mut self) -> Measured {
+        let (rate, warmup, duration) = {
+            let config = &self.shared.config;
+            (config.rate, config.warmup, config.duration)
+        };
+        let send = |phase| Control::Send {
+            phase,
+            rate,
+            sender: None,
+        };
+        if !warmup.is_zero() {
+            self.control(send(0));
+            self.hold(warmup).await;
+        }
+        self.watch.start_cpu();
+        self.control(send(1));
+        let began = Instant::now();
+        self.hold(duration).await;
+        let duration = began.elapsed();
+        self.drain(1..2).await;
+        self.watch.stop_cpu();
+        Measured {
+            duration,
+            ..Measured::default()
+        }
+    }
+
+    /// One sender, a phase per rate, until a step's p99 is over the limit.
+    async fn fanout(&mut self) -> Measured {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let sender = Some(shared.first_member.load(Ordering::Relaxed));
+        let mut measured = Measured::default();
+        if let (false, Some(&rate)) = (config.warmup.is_zero(), config.rates.first()) {
+            self.control(Control::Send {
+                phase: 0,
+                rate,
+                sender,
+            });
+            self.hold(config.warmup).await;
+            self.drain(0..1).await;
+        }
+        self.watch.start_cpu();
+        for (step, &rate) in config.rates.iter().enumerate() {
+            if shared.interrupted.load(Ordering::Relaxed) {
+                break;
+            }
+            let phase = step + 1;
+            self.control(Control::Send {
+                phase: phase as u16,
+                rate,
+                sender,
+            });
+            let began = Instant::now();
+            self.hold(config.step_duration).await;
+            let sending = began.elapsed();
+            measured.duration += sending;
+            self.drain(phase..phase + 1).await;
+            measured.phases = 1..phase + 1;
+            measured.steps.push((phase, rate, sending));
+            let p99_ms = fanout_step(&shared, phase, rate, sending).p99_ms;
+            if p99_ms > config.p99_limit.as_secs_f64() * 1000.0 {
+                break;
+            }
+        }
+        self.watch.stop_cpu();
+        measured
     }
 }
 
@@ -287,88 +418,20 @@ pub async fn run(config: BenchConfig) -> Report {
     let spawner = tokio::spawn(start_clients(shared.clone(), clients.clone()));
 
     let config = &shared.config;
-    let total = u64::from(config.clients);
-    let mut measured = Duration::ZERO;
-    // (phase, rate, time spent sending) of each fanout step run.
-    let mut steps: Vec<(usize, f64, Duration)> = Vec::new();
-    let mut measured_phases = 1..2;
-    if config.scenario == Scenario::Churn {
-        conductor.watch.start_cpu();
-        let began = Instant::now();
-        let deadline = began + config.duration;
-        conductor.wait(Some(deadline), |_| false).await;
-        conductor.control(Control::Stop);
-        measured = began.elapsed();
-        conductor.watch.stop_cpu();
-    } else {
-        conductor
-            .wait(None, |s| s.settled.load(Ordering::Acquire) >= total)
-            .await;
-        conductor.watch.connected();
-        let anyone = shared.connected.load(Ordering::Relaxed) > 0;
-        match config.scenario {
-            Scenario::Idle | Scenario::Churn => {
-                conductor.watch.start_cpu();
-                let began = Instant::now();
-                conductor.hold(config.duration).await;
-                measured = began.elapsed();
-                conductor.watch.stop_cpu();
-            }
-            Scenario::Chat if anyone => {
-                let send = |phase| Control::Send {
-                    phase,
-                    rate: config.rate,
-                    sender: None,
-                };
-                if !config.warmup.is_zero() {
-                    conductor.control(send(0));
-                    conductor.hold(config.warmup).await;
-                }
-                conductor.watch.start_cpu();
-                conductor.control(send(1));
-                let began = Instant::now();
-                conductor.hold(config.duration).await;
-                measured = began.elapsed();
-                conductor.drain(1..2).await;
-                conductor.watch.stop_cpu();
-            }
-            Scenario::Fanout if anyone => {
-                let sender = Some(shared.first_member.load(Ordering::Relaxed));
-                if let (false, Some(&rate)) = (config.warmup.is_zero(), config.rates.first()) {
-                    conductor.control(Control::Send {
-                        phase: 0,
-                        rate,
-                        sender,
-                    });
-                    conductor.hold(config.warmup).await;
-                    conductor.drain(0..1).await;
-                }
-                conductor.watch.start_cpu();
-                for (step, &rate) in config.rates.iter().enumerate() {
-                    let phase = step + 1;
-                    conductor.control(Control::Send {
-                        phase: phase as u16,
-                        rate,
-                        sender,
-                    });
-                    let began = Instant::now();
-                    conductor.hold(config.step_duration).await;
-                    let sending = began.elapsed();
-                    measured += sending;
-                    conductor.drain(phase..phase + 1).await;
-                    let step = fanout_step(&shared, phase, rate, sending);
-                    measured_phases = 1..phase + 1;
-                    steps.push((phase, rate, sending));
-                    if step.p99_ms > config.p99_limit.as_secs_f64() * 1000.0 {
-                        break;
-                    }
-                }
-                conductor.watch.stop_cpu();
-            }
-            Scenario::Chat | Scenario::Fanout => {}
+    let measured = match config.scenario {
+        Scenario::Churn => conductor.churn().await,
+        scenario => {
+            let anyone = conductor.connect_everyone().await;
+            let measured = match scenario {
+                Scenario::Chat if anyone => conductor.chat().await,
+                Scenario::Fanout if anyone => conductor.fanout().await,
+                Scenario::Idle | Scenario::Churn => conductor.idle().await,
+                Scenario::Chat | Scenario::Fanout => Measured::default(),
+            };
+            conductor.control(Control::Stop);
+            measured
         }
-        conductor.control(Control::Stop);
-    }
+    };
     interrupts.abort();
     let _ = spawner.await;
     clients.close();
@@ -381,15 +444,16 @@ pub async fn run(config: BenchConfig) -> Report {
     conductor.progress();
 
     // Fanout steps are read again: deliveries that came after a step's drain still count.
-    let steps = steps
+    let steps = measured
+        .steps
         .iter()
         .map(|&(phase, rate, sending)| fanout_step(&shared, phase, rate, sending))
         .collect();
     build_report(
         &shared,
         &conductor.watch,
-        measured,
-        measured_phases,
+        measured.duration,
+        measured.phases,
         steps,
         first_attempt_us,
     )
