@@ -9,9 +9,10 @@ use std::time::Duration;
 pub enum Scenario {
     /// Connect and join, then hold the connections.
     Idle,
-    /// Rooms of `room_size`, every client sending `rate` messages a second.
+    /// Rooms of --room-size clients, each sending --rate messages a second.
     Chat,
-    /// One room, one sender, rising rates until the p99 latency passes `p99_limit`.
+    /// Everyone in one room, one sender, a step per --rates until the p99 latency passes
+    /// --p99-limit.
     Fanout,
     /// Every client loops connect → join → disconnect.
     Churn,
@@ -31,8 +32,10 @@ impl Scenario {
 /// Which Engine.IO transport the clients use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportChoice {
+    /// One websocket connection per client.
     #[value(name = "websocket")]
     WebSocket,
+    /// HTTP long-polling: a GET held open for the server's packets, POSTs for the client's.
     Polling,
     /// Even clients over websocket, odd ones over long-polling.
     Mix,

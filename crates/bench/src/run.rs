@@ -281,18 +281,12 @@ impl Conductor {
 
     /// Clients cycle from the start; the run ends after `duration`.
     async fn churn(&mut self) -> Measured {
-        self.watch.start_cpu();
-        let began = Instant::now();
-        self.hold(self.shared.config.duration).await;
+        let measured = self.idle().await;
         self.control(Control::Stop);
-        let duration = began.elapsed();
-        self.watch.stop_cpu();
-        Measured {
-            duration,
-            ..Measured::default()
-        }
+        measured
     }
 
+    /// Holds the connections for `duration`.
     async fn idle(&mut self) -> Measured {
         self.watch.start_cpu();
         let began = Instant::now();
