@@ -260,7 +260,8 @@ pub struct ServeArgs {
 /// Flags of `chatctl proxy`. Limits left out keep the defaults of `sticky::ProxyConfig`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Address clients connect to.
+    /// Address clients connect to. Under `chatctl start` (an inherited socket, LISTEN_FDS) the
+    /// master's socket is used instead, and this only names it.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
     /// A host behind the proxy and the node id its workers write into sids (repeatable).

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use serde_json::Value;
 use supervisor::route_tag;
-use support::{all_online, signal, wait_for_value, wait_until, workers, App, DEADLINE};
+use support::{all_online, signal, wait_for_value, workers, App, DEADLINE};
 
 /// Users in the room.
 const USERS: u64 = 40;
@@ -39,7 +39,7 @@ fn a_room_spread_over_two_workers_behaves_as_one() {
 /// and no worker restarts; a killed worker's users leave within the liveness bound.
 #[test]
 fn a_room_spread_over_two_workers_behaves_as_one_through_redis() {
-    let mut redis = RedisServer::start(support::free_port());
+    let mut redis = support::RedisServer::start(support::free_port());
     let app = App::new("cluster-redis");
     let url = redis.url();
     app.start_ok(
@@ -66,7 +66,7 @@ fn a_room_spread_over_two_workers_behaves_as_one_through_redis() {
 /// worker starved of CPU long enough looks dead to the others.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn room_over_two_workers(app: &App, redis: Option<&mut RedisServer>) {
+fn room_over_two_workers(app: &App, redis: Option<&mut support::RedisServer>) {
     let _alone = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -165,65 +165,6 @@ fn room_over_two_workers(app: &App, redis: Option<&mut RedisServer>) {
     );
     assert_eq!(done["survivors"], USERS - on_victim);
     assert!(child.wait().expect("wait").success());
-}
-
-/// A `redis-server` of this test on loopback, killed by pid when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): run ops/test-deps.sh"));
-        let server = RedisServer { child, port };
-        wait_until("redis-server answers PING", || server.answers_ping());
-        server
-    }
-
-    fn answers_ping(&self) -> bool {
-        use std::io::Read;
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server and starts an empty one on the same port.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        *self = RedisServer::start(self.port);
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn_reader(child: &mut Child) -> mpsc::Receiver<Value> {

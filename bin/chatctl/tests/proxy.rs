@@ -21,7 +21,7 @@ const USERS: usize = 20;
 #[test]
 fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() {
     let node = node_program();
-    let redis = RedisServer::start();
+    let redis = support::RedisServer::start(free_port());
     let hosts: Vec<(u16, App)> = [1, 2]
         .into_iter()
         .map(|node_id| (node_id, start_host(node_id, &redis.url())))
@@ -236,37 +236,3 @@ impl Drop for ProxyProcess {
     }
 }
 
-/// A `redis-server` of this test on a free loopback port, killed by pid when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): run ops/test-deps.sh"));
-        let server = RedisServer { child, port };
-        wait_until("redis-server accepts connections", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}

@@ -172,7 +172,10 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             .env(HANDOFF_FD_ENV, HANDOFF_FD.to_string())
             .env_remove("LISTEN_FDS"),
     };
-    if let Some(secret) = spec.secret {
+    // The app's key, unless the app was given one (`--env CHAT_SECRET=...`, e.g. the same key
+    // on every host behind a proxy).
+    let own_secret = spec.config.env.iter().any(|(key, _)| key == "CHAT_SECRET");
+    if let (Some(secret), false) = (spec.secret, own_secret) {
         command.env("CHAT_SECRET", secret);
     }
     match &spec.config.cwd {
