@@ -51,8 +51,10 @@ impl<'a> Packet<'a> {
 }
 
 fn decode_socketio(text: &str) -> Packet<'_> {
-    let Some(kind) = text.as_bytes().first().copied() else {
-        return Packet::Other;
+    // An ASCII type digit, so that the rest starts on a character boundary.
+    let kind = match text.as_bytes().first() {
+        Some(&kind) if kind.is_ascii_digit() => kind,
+        _ => return Packet::Other,
     };
     let rest = &text[1..];
     let (namespace, rest) = match rest.strip_prefix('/') {
@@ -196,6 +198,26 @@ mod tests {
         );
         assert_eq!(Packet::decode("6"), Packet::Other);
         assert_eq!(Packet::decode(""), Packet::Other);
+    }
+
+    #[test]
+    fn any_text_decodes_without_panicking() {
+        let samples = [
+            "42/chat_com,[\"message\",\"{\\\"message\\\":\\\"~b1.2.3.4~x\\\"}\"]",
+            "44/chat_infra,{\"message\":\"no\"}",
+            "4é",
+            "42é/ns,",
+            "0{\"sid\":\"é\"}",
+            "42/ns,12[\"ev\"",
+            "~b1.2.3.~b4.5.6.7~",
+        ];
+        for sample in samples {
+            for (at, _) in sample.char_indices() {
+                let _ = Packet::decode(&sample[..at]);
+                let _ = Packet::decode(&sample[at..]);
+                let _ = Stamp::find(&sample[at..]);
+            }
+        }
     }
 
     #[test]
