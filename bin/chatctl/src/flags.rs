@@ -291,6 +291,10 @@ pub struct ProxyArgs {
     /// Drop a client that takes longer to send a request head [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     pub header_read_timeout: Option<Duration>,
+    /// Answer 504 when a host takes longer to start answering a request; keep it above the
+    /// Engine.IO ping interval (25s), which a long-poll may wait [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub response_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -321,6 +325,7 @@ impl ProxyArgs {
         config.header_read_timeout = self
             .header_read_timeout
             .unwrap_or(defaults.header_read_timeout);
+        config.response_timeout = self.response_timeout.unwrap_or(defaults.response_timeout);
         config
     }
 }

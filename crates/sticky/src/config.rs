@@ -82,6 +82,10 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// How long connecting to a backend may take before the request gets a 502.
     pub connect_timeout: Duration,
+    /// How long a backend may take to start answering a request (a long-poll waits up to the
+    /// ping interval, 25 s by default) before the request gets a 504: a host that vanished
+    /// without closing its connections does not hold requests forever.
+    pub response_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -99,6 +103,7 @@ impl ProxyConfig {
             tunnel_idle_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(60),
         }
     }
 }

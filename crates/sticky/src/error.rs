@@ -18,6 +18,11 @@ pub enum Error {
     Connect { address: String, reason: String },
     #[error("backend {address} failed the request: {reason}")]
     Backend { address: String, reason: String },
+    #[error("backend {address} did not answer within {timeout:?}")]
+    Timeout {
+        address: String,
+        timeout: std::time::Duration,
+    },
     #[error("cannot accept connections: {0}")]
     Accept(std::io::Error),
 }

@@ -35,6 +35,7 @@ pub struct Forwarder {
     /// that upgrades leaves the pool for its tunnel.
     client: BackendClient,
     tunnel_idle_timeout: Duration,
+    response_timeout: Duration,
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1); never passed on, except
@@ -60,6 +61,7 @@ impl Forwarder {
         backends: Arc<Backends>,
         connect_timeout: Duration,
         tunnel_idle_timeout: Duration,
+        response_timeout: Duration,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -72,6 +74,7 @@ impl Forwarder {
             backends,
             client,
             tunnel_idle_timeout,
+            response_timeout,
         }
     }
 
@@ -115,7 +118,11 @@ impl Forwarder {
                 .as_ref()
                 .filter(|_| matches!(error, Error::Connect { .. }));
             let Some(replay) = retry else {
-                return error_response(StatusCode::BAD_GATEWAY, &format!("bad gateway: {error}\n"));
+                let status = match error {
+                    Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return error_response(status, &format!("{error}\n"));
             };
             refused.push(backend.spec.node);
             request = Some(replay.again());
@@ -158,7 +165,12 @@ impl Forwarder {
                 reason: format!("not a usable address: {error}"),
             },
         )?;
-        self.client.request(request).await.map_err(|error| {
+        let answer = tokio::time::timeout(self.response_timeout, self.client.request(request));
+        let answer = answer.await.map_err(|_| Error::Timeout {
+            address: address.clone(),
+            timeout: self.response_timeout,
+        })?;
+        answer.map_err(|error| {
             let (address, reason) = (address.clone(), root_cause(&error));
             if error.is_connect() {
                 Error::Connect { address, reason }

@@ -91,6 +91,7 @@ impl Proxy {
             self.backends,
             config.connect_timeout,
             config.tunnel_idle_timeout,
+            config.response_timeout,
         ));
         // A permit per client connection: without one, the next accept waits and further
         // clients queue in the kernel's backlog.

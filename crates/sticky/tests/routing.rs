@@ -488,3 +488,37 @@ async fn clients_beyond_max_connections_wait_for_a_free_place() {
     let answer = closed_by_proxy(&mut waiting).await;
     assert!(answer.starts_with(b"HTTP/1.1 200"));
 }
+
+/// A host that accepts connections but never answers (it vanished without closing them): the
+/// request gets a 504 after the response timeout instead of hanging.
+#[tokio::test]
+async fn a_host_that_never_answers_gets_a_504_after_the_response_timeout() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = silent.local_addr().expect("address");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut config = ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("loopback address"),
+        vec![BackendSpec {
+            address: address.to_string(),
+            node: 1,
+        }],
+    );
+    config.response_timeout = Duration::from_millis(300);
+    let (proxy, _health) = start_proxy(config).await;
+    let mut client = client(proxy).await;
+    let sid = format!(
+        "{}{}",
+        route_tag::encode(Owner { node: 1, slot: 0 }),
+        "x".repeat(22)
+    );
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (status, body) = call(&mut client, "POST", &target, "3").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("did not answer"), "{body}");
+    held.abort();
+}
