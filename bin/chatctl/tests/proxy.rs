@@ -235,4 +235,3 @@ impl Drop for ProxyProcess {
         let _ = std::fs::remove_file(&self.log);
     }
 }
-

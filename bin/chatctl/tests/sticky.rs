@@ -260,7 +260,12 @@ fn room_across_a_worker_kill(transports: &str) {
     let tags = worker_tags(&app);
     let mut room = support::PollingRoom::start(&node, &app.url(), USERS, transports);
     let ready = room.next_report();
-    assert_eq!(ready["event"], "ready", "users: {ready}\n{}", app.log_text());
+    assert_eq!(
+        ready["event"],
+        "ready",
+        "users: {ready}\n{}",
+        app.log_text()
+    );
     let sids: Vec<&str> = ready["sids"]
         .as_array()
         .expect("sids")
@@ -269,10 +274,17 @@ fn room_across_a_worker_kill(transports: &str) {
         .collect();
     let per_worker: Vec<usize> = tags
         .iter()
-        .map(|tag| sids.iter().filter(|sid| sid.starts_with(tag.as_str())).count())
+        .map(|tag| {
+            sids.iter()
+                .filter(|sid| sid.starts_with(tag.as_str()))
+                .count()
+        })
         .collect();
     assert_eq!(per_worker.iter().sum::<usize>(), USERS, "{tags:?} {sids:?}");
-    assert!(per_worker.iter().all(|n| *n > 0), "one worker has everyone: {per_worker:?}");
+    assert!(
+        per_worker.iter().all(|n| *n > 0),
+        "one worker has everyone: {per_worker:?}"
+    );
 
     let listed = app.listed().expect("listed");
     let victim = &workers(&listed)[0];
@@ -282,7 +294,10 @@ fn room_across_a_worker_kill(transports: &str) {
     room.announce_stop(&victim_tag);
     let done = room.next_report();
     assert_eq!(done["event"], "done", "users: {done}\n{}", app.log_text());
-    let moved = sids.iter().filter(|sid| sid.starts_with(&victim_tag)).count();
+    let moved = sids
+        .iter()
+        .filter(|sid| sid.starts_with(&victim_tag))
+        .count();
     assert_eq!(done["moved"], moved as u64, "{done}");
     room.wait_success();
 }
@@ -298,5 +313,10 @@ fn shared_scheduling_serves_long_polling_users_by_passing_requests_on() {
     assert_eq!(listed["scheduling"], "shared", "{listed}");
     let mut room = support::PollingRoom::start(&node, &app.url(), 20, "polling");
     let ready = room.next_report();
-    assert_eq!(ready["event"], "ready", "users: {ready}\n{}", app.log_text());
+    assert_eq!(
+        ready["event"],
+        "ready",
+        "users: {ready}\n{}",
+        app.log_text()
+    );
 }
