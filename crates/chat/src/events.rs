@@ -428,13 +428,9 @@ async fn chat_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) 
     let theirs = line("userMessage");
     for room in &rooms {
         let _ = socket.to(room_key(room)).emit("message", &theirs);
-        if let Err(error) = state
+        state
             .store
-            .push_history(room, theirs.clone(), state.config.history_len)
-            .await
-        {
-            tracing::warn!(%error, room, "cannot record history");
-        }
+            .record_history(room, theirs.clone(), state.config.history_len);
     }
     let _ = socket.emit("message", &line("myMessage"));
 }

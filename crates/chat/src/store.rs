@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
 /// A logged-in user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,10 @@ pub trait Store: Send + Sync + 'static {
         entry: String,
         keep: usize,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Like [`Store::push_history`], without waiting: the entry is queued before this
+    /// returns, so entries recorded one after the other stay in that order, and a chat line
+    /// is delivered without waiting for its history write. Failures are the store's to log.
+    fn record_history(&self, room: &str, entry: String, keep: usize);
     /// A room's recent history, oldest first.
     fn history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 }
@@ -199,6 +204,10 @@ impl Store for MemoryStore {
                 history.pop_front();
             }
         }))
+    }
+
+    fn record_history(&self, room: &str, entry: String, keep: usize) {
+        let _ = self.push_history(room, entry, keep).now_or_never();
     }
 
     fn history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {

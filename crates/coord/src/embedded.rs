@@ -262,6 +262,18 @@ impl Store for EmbeddedStore {
         .boxed()
     }
 
+    fn record_history(&self, room: &str, entry: String, keep: usize) {
+        let op = StoreOp::PushHistory {
+            room: room.to_owned(),
+            entry,
+            keep,
+        };
+        match serde_json::to_value(op) {
+            Ok(body) => self.link.tell(body),
+            Err(error) => tracing::warn!(%error, "cannot record history"),
+        }
+    }
+
     fn history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         self.ask(StoreOp::History {
             room: room.to_owned(),

@@ -286,6 +286,19 @@ async fn store_keeps_history_and_expires_sessions() {
         one.push_history("r", i.to_string(), 3).await.unwrap();
     }
     assert_eq!(two.history("r").await.unwrap(), vec!["2", "3", "4"]);
+    // Recorded without waiting: written in order, batched per room, soon.
+    for i in 0..300 {
+        one.record_history("fast", i.to_string(), 50);
+        one.record_history("other", format!("o{i}"), 2);
+    }
+    let expected: Vec<String> = (250..300).map(|i| i.to_string()).collect();
+    let deadline = Instant::now() + DEADLINE;
+    while two.history("fast").await.unwrap() != expected
+        || two.history("other").await.unwrap() != ["o298", "o299"]
+    {
+        assert!(Instant::now() < deadline, "history never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let session = one
         .create_session("ann", Duration::from_secs(60))
         .await

@@ -58,6 +58,10 @@ pub enum ToMaster {
         id: u64,
         body: Value,
     },
+    /// A request for the master's service that needs no answer (e.g. recording history).
+    Tell {
+        body: Value,
+    },
     /// A message for every other worker of the app (the embedded bus).
     Publish {
         body: Value,
@@ -248,6 +252,12 @@ impl WorkerLink {
                 Err(LinkError::Timeout(REQUEST_TIMEOUT))
             }
         }
+    }
+
+    /// Sends the master's service a request without waiting for it to be done; requests
+    /// sent this way and with [`WorkerLink::request`] are served in the order they were sent.
+    pub fn tell(&self, body: Value) {
+        let _ = self.tx.send(ToMaster::Tell { body });
     }
 
     /// Sends a message to every other worker of the app.

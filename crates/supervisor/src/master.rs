@@ -591,6 +591,14 @@ impl Inner {
                         };
                         let _ = replies.try_send(ToWorker::Reply { id, body });
                     }
+                    ToMaster::Tell { body } => {
+                        if let Some(service) = self.service.get() {
+                            let answer = service.request(generation, body);
+                            if let Some(error) = answer.get("error") {
+                                tracing::warn!(worker = slot_id, %error, "a worker's request failed");
+                            }
+                        }
+                    }
                     ToMaster::Publish { body } => self.relay(generation, body),
                     ToMaster::Gather { id, body } => {
                         self.clone().gather(generation, id, body, replies.clone())

@@ -2,8 +2,8 @@
 //! scripts, history as capped lists.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chat::{Session, Store, StoreError};
@@ -116,6 +116,54 @@ pub struct RedisStore {
     members: Mutex<HashSet<Membership>>,
     /// The [`RedisLink`] epoch whose Redis has this worker's members.
     asserted_epoch: AtomicU64,
+    /// History entries on their way to Redis, in order (started with the first one).
+    history_queue: OnceLock<tokio::sync::mpsc::Sender<HistoryEntry>>,
+    /// Whether entries are being dropped because the queue is full (logged once per episode).
+    history_dropping: AtomicBool,
+}
+
+/// Entries recorded but not yet written, per worker; beyond this (Redis slow or down) new ones
+/// are dropped, and the log says so.
+const HISTORY_QUEUE: usize = 10_000;
+
+/// One `record_history`: room, entry, how many to keep.
+type HistoryEntry = (String, String, usize);
+
+/// Writes recorded history entries in the order they were recorded, each batch of queued
+/// entries in one round trip per room (a room's history is one key, so one cluster slot).
+async fn write_history(link: Arc<RedisLink>, mut queue: tokio::sync::mpsc::Receiver<HistoryEntry>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        let mut rooms: Vec<(String, Vec<String>, usize)> = Vec::new();
+        for (room, entry, keep) in batch.drain(..) {
+            match rooms.iter_mut().find(|(r, _, _)| *r == room) {
+                Some((_, entries, kept)) => {
+                    entries.push(entry);
+                    *kept = keep;
+                }
+                None => rooms.push((room, vec![entry], keep)),
+            }
+        }
+        for (room, entries, keep) in rooms {
+            let key = link.key(&["history", &room]);
+            let mut pipe = redis::pipe();
+            if keep == 0 {
+                pipe.del(&key).ignore();
+            } else {
+                let first = -(keep.min(isize::MAX as usize) as isize);
+                pipe.rpush(&key, entries)
+                    .ignore()
+                    .ltrim(&key, first, -1)
+                    .ignore();
+            }
+            let written = link
+                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await;
+            if let Err(error) = written {
+                tracing::debug!(%error, room, "history not recorded");
+            }
+        }
+    }
 }
 
 impl RedisStore {
@@ -127,6 +175,8 @@ impl RedisStore {
             reap: Script::new(REAP),
             members: Mutex::new(HashSet::new()),
             asserted_epoch: AtomicU64::new(0),
+            history_queue: OnceLock::new(),
+            history_dropping: AtomicBool::new(false),
         }
     }
 
@@ -466,6 +516,22 @@ impl Store for RedisStore {
                 .await
         }
         .boxed()
+    }
+
+    fn record_history(&self, room: &str, entry: String, keep: usize) {
+        let queue = self.history_queue.get_or_init(|| {
+            let (sender, receiver) = tokio::sync::mpsc::channel(HISTORY_QUEUE);
+            tokio::spawn(write_history(self.link.clone(), receiver));
+            sender
+        });
+        if queue.try_send((room.to_owned(), entry, keep)).is_ok() {
+            self.history_dropping.store(false, Ordering::Relaxed);
+        } else if !self.history_dropping.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "history writes to Redis are {HISTORY_QUEUE} behind (Redis slow or down): new \
+                 history entries are dropped until it catches up; messages are still delivered"
+            );
+        }
     }
 
     fn history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
