@@ -39,7 +39,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some(listener)) => Some(listener),
         (None, None) => {
             let address = format!("{}:{}", args.host, args.port);
-            Some(StdListener::bind(&address).with_context(|| {
+            Some(supervisor::listen::bind(&address).with_context(|| {
                 format!("cannot listen on {address} — is another server using that port? choose another with --port")
             })?)
         }
@@ -145,6 +145,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
         max_rooms_per_socket: args.max_rooms_per_socket as usize,
+        users_list_delay: args.users_list_delay,
         max_connections: args.max_connections as usize,
         secure_cookies: args.secure_cookies,
         ..ChatConfig::default()

@@ -26,6 +26,8 @@ pub(crate) struct ChatState {
     pub(crate) config: ChatConfig,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) signer: CookieSigner,
+    /// Rooms whose `users_list` broadcast is scheduled (see [`schedule_users_list`]).
+    pub(crate) users_lists: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Who a socket belongs to; set by the cookie middleware.
@@ -271,17 +273,43 @@ async fn join_room(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
             .to(room_key(&room))
             .emit("user_entered", &json!({ "name": user.nickname.as_ref() }));
     }
-    send_users_list(&state, &socket, &room, true).await;
+    // The joiner gets the list at once, the room soon.
+    let users = state.store.room_users(&room).await.unwrap_or_default();
+    let _ = socket.emit("users_list", &users);
+    schedule_users_list(&state, &socket, &room);
 }
 
-async fn send_users_list(state: &ChatState, socket: &Socket, room: &str, include_self: bool) {
-    let users = state.store.room_users(room).await.unwrap_or_default();
-    let target = if include_self {
-        socket.within(room_key(room))
-    } else {
-        socket.to(room_key(room))
+/// Sends the room its member list after `users_list_delay`, unless that is already scheduled:
+/// joins and leaves in between share one list. Each list goes to everyone in the room, so
+/// sending one per change would cost n² in a room where n users arrive.
+fn schedule_users_list(state: &Arc<ChatState>, socket: &Socket, room: &str) {
+    let namespace = socket.ns().clone();
+    let send = {
+        let state = state.clone();
+        let room = room.to_owned();
+        async move {
+            if let Ok(mut pending) = state.users_lists.lock() {
+                pending.remove(&room);
+            }
+            let users = state.store.room_users(&room).await.unwrap_or_default();
+            let _ = namespace.to(room_key(&room)).emit("users_list", &users);
+        }
     };
-    let _ = target.emit("users_list", &users);
+    let delay = state.config.users_list_delay;
+    if delay.is_zero() {
+        tokio::spawn(send);
+        return;
+    }
+    let first = state
+        .users_lists
+        .lock()
+        .is_ok_and(|mut pending| pending.insert(room.to_owned()));
+    if first {
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            send.await;
+        });
+    }
 }
 
 async fn leave_room_event(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
@@ -294,7 +322,7 @@ async fn leave_room_event(state: Arc<ChatState>, socket: Arc<Socket>, event: Eve
 }
 
 /// Takes a socket out of a room: presence, `user_left` and the new `users_list` for the others.
-async fn leave_room(state: &ChatState, socket: &Socket, room: &str) {
+async fn leave_room(state: &Arc<ChatState>, socket: &Socket, room: &str) {
     let Some(user) = user(socket) else { return };
     let gone = state
         .store
@@ -306,7 +334,7 @@ async fn leave_room(state: &ChatState, socket: &Socket, room: &str) {
             .to(room_key(room))
             .emit("user_left", &json!({ "name": user.nickname.as_ref() }));
     }
-    send_users_list(state, socket, room, false).await;
+    schedule_users_list(state, socket, room);
     socket.leave(&room_key(room));
     if let Some(com) = socket.sibling(COM) {
         com.leave(&room_key(room));

@@ -59,6 +59,7 @@ impl ChatServer {
             config,
             store,
             signer,
+            users_lists: Default::default(),
         });
         events::register(&io, state.clone());
         ChatServer { io, state }

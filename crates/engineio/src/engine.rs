@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
 use crate::config::{CorsPolicy, EngineConfig};
@@ -257,7 +257,8 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// Creates a session, registers it and starts its heartbeat.
+    /// Creates a session, registers it and starts its heartbeat. The session keeps copies of
+    /// the request's headers and target (see [`detached_headers`]).
     pub(crate) fn open_session<B>(
         self: &Arc<Self>,
         transport: Transport,
@@ -267,8 +268,8 @@ impl<H: Handler> Engine<H> {
             generate_sid(&self.config.sid_tag),
             transport,
             self.config.max_buffered_packets,
-            req.headers().clone(),
-            req.uri().clone(),
+            detached_headers(req.headers()),
+            detached_uri(req.uri()),
             H::Data::default(),
         ));
         {
@@ -436,6 +437,23 @@ pub(crate) fn not_found() -> Response<Body> {
     response
 }
 
+/// A copy of `headers` that owns its values. hyper's values are slices of the connection's read
+/// buffer: a session holding them for its whole life would hold that buffer (8 KiB and more)
+/// too.
+fn detached_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.append(name.clone(), owned);
+    }
+    copy
+}
+
+/// A copy of `uri` that owns its bytes, for the same reason as [`detached_headers`].
+fn detached_uri(uri: &Uri) -> Uri {
+    uri.to_string().parse().unwrap_or_else(|_| uri.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +466,23 @@ mod tests {
         assert_eq!(q.sid, Some("x1"));
         let q = EngineQuery::parse("");
         assert!(q.eio.is_none() && q.transport.is_none() && q.sid.is_none());
+    }
+
+    #[test]
+    fn sessions_keep_copies_of_the_request_not_the_read_buffer() {
+        let buffer = Bytes::from(vec![b'a'; 8192]);
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_maybe_shared(buffer.slice(10..20)).unwrap();
+        headers.insert(header::COOKIE, value);
+        let copy = detached_headers(&headers);
+        let kept = copy.get(header::COOKIE).unwrap().as_bytes();
+        assert_eq!(kept, &buffer[10..20]);
+        let inside = buffer.as_ptr_range();
+        assert!(
+            !inside.contains(&kept.as_ptr()),
+            "the copy still points into the buffer"
+        );
+        let uri: Uri = "/socket.io/?EIO=4&transport=websocket".parse().unwrap();
+        assert_eq!(detached_uri(&uri), uri);
     }
 }

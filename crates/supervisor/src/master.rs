@@ -235,7 +235,7 @@ impl Master {
             (Some(_), false) => return Err(MasterError::UserWithoutRoot),
             (None, false) => None,
         };
-        let listener = std::net::TcpListener::bind(config.listen)
+        let listener = crate::listen::bind(config.listen)
             .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
         let secret = if config.runs_chat() {
             Some(load_secret(&paths.secret).map_err(files_error(&paths.secret))?)
