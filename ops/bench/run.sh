@@ -28,11 +28,11 @@
 #   --no-doc (or DOC=0)     print the results only, leave docs/BENCHMARKS.md alone
 #   WORKERS=N               workers of chatctl and node-chat [default: nproc]
 #   SERVERS="..." SCENARIOS="..."  subsets, e.g. SERVERS="chatctl node-chat" SCENARIOS=chat
-#   IDLE_CLIENTS=10000 IDLE_HOLD=10s CHAT_CLIENTS=1000 CHAT_ROOM_SIZE=10 CHAT_RATE=1
+#   IDLE_CLIENTS=10000 IDLE_HOLD=10s IDLE_RAMP=500 (new clients a second) CHAT_CLIENTS=1000 CHAT_ROOM_SIZE=10 CHAT_RATE=1
 #   CHAT_DURATION=20s FANOUT_CLIENTS=2000 FANOUT_RATES=1,2,5,10,20,50,100,200,500,1000
 #   FANOUT_STEP=5s FANOUT_RAMP=200 (joins a second) FANOUT_WARMUP=5s P99_LIMIT=200ms
 #   STORM_CLIENTS=5000 POLL_CLIENTS=500 POLL_DURATION=20s
-#   CONNECT_TIMEOUT=60s      longest one client may take to connect and join (fanout, storm)
+#   CONNECT_TIMEOUT=60s      longest one client may take to connect and join (idle, fanout, storm)
 #   SOURCES=127.0.0.1-127.0.0.16   local addresses chat-bench connects from (more ephemeral ports);
 #                           SOURCES= (empty) leaves the choice to the kernel
 #   RUN_TIMEOUT=900         seconds one chat-bench run may take before it is stopped and marked failed
@@ -77,7 +77,7 @@ SOURCE_ARGS=()
 RUN_TIMEOUT=${RUN_TIMEOUT:-900}
 P99_LIMIT=${P99_LIMIT:-200ms}
 if [[ $QUICK == 1 ]]; then
-  IDLE_CLIENTS=${IDLE_CLIENTS:-200} IDLE_HOLD=${IDLE_HOLD:-2s}
+  IDLE_CLIENTS=${IDLE_CLIENTS:-200} IDLE_HOLD=${IDLE_HOLD:-2s} IDLE_RAMP=${IDLE_RAMP:-1000}
   CHAT_CLIENTS=${CHAT_CLIENTS:-200} CHAT_DURATION=${CHAT_DURATION:-5s}
   FANOUT_CLIENTS=${FANOUT_CLIENTS:-200} FANOUT_RATES=${FANOUT_RATES:-5,20,50} FANOUT_STEP=${FANOUT_STEP:-2s}
   FANOUT_WARMUP=${FANOUT_WARMUP:-1s}
@@ -86,6 +86,9 @@ if [[ $QUICK == 1 ]]; then
 fi
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 IDLE_HOLD=${IDLE_HOLD:-10s}
+# New idle clients a second: memory is the figure here, so the joins are paced for the slowest
+# server (node-chat's primary hands over a few hundred connections a second on 2 cores).
+IDLE_RAMP=${IDLE_RAMP:-500}
 CHAT_CLIENTS=${CHAT_CLIENTS:-1000}
 CHAT_ROOM_SIZE=${CHAT_ROOM_SIZE:-10}
 CHAT_RATE=${CHAT_RATE:-1}
@@ -95,8 +98,8 @@ FANOUT_RATES=${FANOUT_RATES:-1,2,5,10,20,50,100,200,500,1000}
 FANOUT_STEP=${FANOUT_STEP:-5s}
 FANOUT_RAMP=${FANOUT_RAMP:-200}
 FANOUT_WARMUP=${FANOUT_WARMUP:-5s}
-# How long one client may take to connect and join in the fanout and storm scenarios, where a
-# slow join is a figure (the time until all are connected), not a failure.
+# How long one client may take to connect and join in the idle, fanout and storm scenarios, where
+# a slow join is a figure (the time until all are connected), not a failure.
 CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-60s}
 STORM_CLIENTS=${STORM_CLIENTS:-5000}
 POLL_CLIENTS=${POLL_CLIENTS:-500}
@@ -339,29 +342,36 @@ bench_idle_split() { # out clients hold
   parts=$(((clients + CLIENTS_PER_BENCH - 1) / CLIENTS_PER_BENCH))
   per=$(((clients + parts - 1) / parts))
   # Each process must still hold its clients when the last one has connected: its share at
-  # chat-bench's default ramp (1 000 a second), and some slack for a loaded machine.
-  local hold_s=${3%s}
-  hold_s=$((hold_s + per / 1000 + 15))
+  # its ramp, and some slack for a loaded machine.
+  local hold_s=${3%s} ramp=$(((IDLE_RAMP + parts - 1) / parts))
+  hold_s=$((hold_s + per / ramp + 30))
   rss_before=$(rss_kib "${PIDS[@]}")
   BENCH_PIDS=()
   for ((i = 0; i < parts; i++)); do
     count=$((clients - first < per ? clients - first : per))
     "$CHAT_BENCH" --url "$URL" "${SOURCE_ARGS[@]}" --scenario idle --clients "$count" --room-size 10 \
-      --duration "${hold_s}s" --json >"$out.part$i" 2>"$out.part$i.err" &
+      --ramp "$ramp" --connect-timeout "$CONNECT_TIMEOUT" --duration "${hold_s}s" --json >"$out.part$i" 2>"$out.part$i.err" &
     BENCH_PIDS+=($!)
     first=$((first + count))
   done
   log "  $parts chat-bench processes of up to $per clients, holding ${hold_s} s"
+  # Memory is read once every client is connected, or once the count has not grown for 10 s
+  # (some clients failed): per connection then means per connection established.
+  local now_established last=0 last_change=$SECONDS measured=0
   deadline=$((SECONDS + hold_s))
   while ((SECONDS < deadline)); do
-    if (($(established) >= clients)); then
+    now_established=$(established)
+    ((now_established != last)) && last_change=$SECONDS
+    last=$now_established
+    if ((now_established >= clients || (now_established > 0 && SECONDS - last_change >= 10))); then
       sleep 2
+      measured=$(established)
       rss_connected=$(rss_kib "${PIDS[@]}")
       break
     fi
     sleep 1
   done
-  ((rss_connected > 0)) || log "  only $(established) of $clients connections were established: no memory figure"
+  ((measured >= clients)) || log "  $measured of $clients connections were established when the memory was read"
   for i in "${!BENCH_PIDS[@]}"; do
     wait "${BENCH_PIDS[$i]}" || rc=1
   done
@@ -369,14 +379,16 @@ bench_idle_split() { # out clients hold
   echo "$rc" >"$out.rc"
   cat "$out.part"*.err >"$out.err" 2>/dev/null || true
   # Sum the parts; the memory figures are this script's own (all processes at once).
-  jq -s --argjson before "$rss_before" --argjson connected "$rss_connected" --argjson parts "$parts" '
+  jq -s --argjson before "$rss_before" --argjson connected "$rss_connected" --argjson parts "$parts" \
+    --argjson measured "$measured" '
     {scenario: "idle", transport: .[0].transport, split_processes: $parts,
      clients: (map(.clients) | add), connected: (map(.connected) | add),
      connect_failed: (map(.connect_failed) | add), errors: (map(.errors) | add),
      connect_time_ms: (map(.connect_time_ms) | max), connect_p99_ms: (map(.connect_p99_ms) | max),
      connect_max_ms: (map(.connect_max_ms) | max),
      rss_before_kib: $before, rss_connected_kib: (if $connected > 0 then $connected else null end),
-     rss_per_connection_bytes: (if $connected > 0 then (($connected - $before) * 1024 / (map(.connected) | add) | floor) else null end)}
+     connections_when_measured: $measured,
+     rss_per_connection_bytes: (if $connected > 0 and $measured > 0 then (($connected - $before) * 1024 / $measured | floor) else null end)}
   ' "$out.part"*[0-9] >"$out" 2>/dev/null || echo '{}' >"$out"
 }
 
@@ -389,7 +401,8 @@ run_scenario() { # scenario server
     if ((IDLE_CLIENTS > CLIENTS_PER_BENCH)); then
       bench_idle_split "$out" "$IDLE_CLIENTS" "$IDLE_HOLD"
     else
-      bench "$out" --scenario idle --clients "$IDLE_CLIENTS" --room-size 10 --duration "$IDLE_HOLD"
+      bench "$out" --scenario idle --clients "$IDLE_CLIENTS" --room-size 10 --ramp "$IDLE_RAMP" \
+        --connect-timeout "$CONNECT_TIMEOUT" --duration "$IDLE_HOLD"
     fi
     ;;
   chat)
@@ -419,7 +432,12 @@ run_scenario() { # scenario server
       echo "$pid" >>"$out.dead"
     }
   done
-  cp "$WORK/server.log" "$out.server.log" 2>/dev/null || true
+  if [[ -n $CHATCTL_APP ]]; then
+    # The app's log: the master's and the workers' lines (restarts, health probes).
+    cp "$CHATCTL_HOME/apps/$CHATCTL_APP/logs/app.log" "$out.server.log" 2>/dev/null || true
+  else
+    cp "$WORK/server.log" "$out.server.log" 2>/dev/null || true
+  fi
   stop_server
 }
 
@@ -435,7 +453,7 @@ done
 
 # The exact command: the settings given in the environment, then the arguments.
 command_line=""
-for var in QUICK WORKERS SERVERS SCENARIOS IDLE_CLIENTS IDLE_HOLD CHAT_CLIENTS CHAT_ROOM_SIZE CHAT_RATE CHAT_DURATION \
+for var in QUICK WORKERS SERVERS SCENARIOS IDLE_CLIENTS IDLE_HOLD IDLE_RAMP CHAT_CLIENTS CHAT_ROOM_SIZE CHAT_RATE CHAT_DURATION \
   FANOUT_CLIENTS FANOUT_RATES FANOUT_STEP FANOUT_RAMP FANOUT_WARMUP CONNECT_TIMEOUT P99_LIMIT STORM_CLIENTS POLL_CLIENTS POLL_DURATION SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
   if printenv "$var" >/dev/null; then command_line+="$var=$(printf '%q' "$(printenv "$var")") "; fi
 done
@@ -455,7 +473,7 @@ jq -n --arg started "$STARTED" --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" -
   --arg socketioxide "$(awk '/^name = "socketioxide"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' "$PEERS/socketioxide-chat/Cargo.lock")" \
   --arg redis "$(redis-server --version | awk '{print $3}' | sed 's/^v=//')" --arg workers "$WORKERS" \
   --arg fd_limit "$FD_LIMIT" --arg servers "$SERVERS" --arg scenarios "$SCENARIOS" \
-  --arg idle_clients "$IDLE_CLIENTS" --arg idle_hold "$IDLE_HOLD" --arg chat_clients "$CHAT_CLIENTS" \
+  --arg idle_clients "$IDLE_CLIENTS" --arg idle_hold "$IDLE_HOLD" --arg idle_ramp "$IDLE_RAMP" --arg chat_clients "$CHAT_CLIENTS" \
   --arg chat_room_size "$CHAT_ROOM_SIZE" --arg chat_rate "$CHAT_RATE" --arg chat_duration "$CHAT_DURATION" \
   --arg fanout_clients "$FANOUT_CLIENTS" --arg fanout_rates "$FANOUT_RATES" --arg fanout_step "$FANOUT_STEP" \
   --arg fanout_ramp "$FANOUT_RAMP" --arg fanout_warmup "$FANOUT_WARMUP" --arg connect_timeout "$CONNECT_TIMEOUT" \

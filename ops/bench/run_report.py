@@ -164,8 +164,14 @@ def ratio_lines(runs, figure, judge, what, verdicts):
         for peer in TARGET:
             if ours in runs and peer in runs:
                 value = figure(runs[ours][0], runs[peer][0])
-                # A figure may say why it cannot be compared instead of giving a number.
-                text, met = (value, None) if isinstance(value, str) else judge(value, peer)
+                # A figure may say why it cannot be compared (a string), or give its own
+                # judgement (text, met), instead of a number.
+                if isinstance(value, str):
+                    text, met = value, None
+                elif isinstance(value, tuple):
+                    text, met = value
+                else:
+                    text, met = judge(value, peer)
                 lines.append(f"- {what}, {LABEL[ours]} vs {LABEL[peer]}: {text}")
                 verdicts.append((f"{what} vs {LABEL[peer]} ({LABEL[ours]})", text, met))
     return lines
@@ -187,7 +193,7 @@ def verdict(verdicts):
 
 def section_idle(runs, meta):
     verdicts = []
-    out = [f"### (a) Idle connections: memory per connection ({meta.get('idle_clients')} clients, rooms of 10, held {meta.get('idle_hold')})", ""]
+    out = [f"### (a) Idle connections: memory per connection ({meta.get('idle_clients')} clients, rooms of 10, {meta.get('idle_ramp', '?')} new a second, held {meta.get('idle_hold')})", ""]
     rows = []
     for server, (d, rc, notes) in runs.items():
         per = get(d, "rss_per_connection_bytes")
@@ -206,7 +212,15 @@ def section_idle(runs, meta):
     if fd_limit and idle_clients > fd_limit:
         out += ["", f"{idle_clients} clients exceed the descriptor limit of one process ({fd_limit}): socketioxide-chat (one process) cannot hold them, nor {meta.get('workers')} workers more than {meta.get('workers')} × {fd_limit}; where fewer than all connected, the row shows how far the server got, and this size could not be run in full on this machine."]
     out += ["", "Memory: ours ÷ theirs, lower is better (server RSS growth per connection, every process of the server summed):", ""]
-    out += ratio_lines(runs, lambda o, t: ratio(get(o, "rss_per_connection_bytes"), get(t, "rss_per_connection_bytes")), judge_memory, "memory per connection", verdicts)
+    def memory(o, t):
+        held = lambda d: (get(d, "connected") or 0) >= 0.99 * (get(d, "clients") or 0)
+        if not held(o):
+            return f"missed: ours held only {num(get(o, 'connected'))} of {num(get(o, 'clients'))} clients", False
+        if not held(t):
+            return f"not decided: the peer held only {num(get(t, 'connected'))} of {num(get(t, 'clients'))} clients"
+        return ratio(get(o, "rss_per_connection_bytes"), get(t, "rss_per_connection_bytes"))
+
+    out += ratio_lines(runs, memory, judge_memory, "memory per connection", verdicts)
     out += verdict(verdicts)
     return out
 
@@ -250,23 +264,34 @@ def best_step(d):
     return None
 
 
+def delivered_steps(d):
+    """The steps in which anything was delivered: a step of a dead server has no latency."""
+    return [s for s in d.get("steps") or [] if s.get("delivered")]
+
+
 def limit_reached(d, limit_ms):
-    return any((s.get("p99_ms") or 0) > limit_ms for s in d.get("steps") or [])
+    return any((s.get("p99_ms") or 0) > limit_ms for s in delivered_steps(d))
 
 
 def section_fanout(runs, meta):
     verdicts = []
     limit = meta.get("p99_limit", "200ms")
     limit_ms = float(limit[:-2]) if limit.endswith("ms") else float(limit.rstrip("s")) * 1000
-    out = [f"### (c) Fan-out: one room of {meta.get('fanout_clients')}, one sender at rising rates ({meta.get('fanout_rates')} msg/s, {meta.get('fanout_step')} each) until p99 > {limit}", ""]
+    out = [f"### (c) Fan-out: one room of {meta.get('fanout_clients')} ({meta.get('fanout_ramp', '?')} joins a second), one sender at rising rates ({meta.get('fanout_rates')} msg/s, {meta.get('fanout_step')} each, after {meta.get('fanout_warmup', '?')} of warm-up) until p99 > {limit}", ""]
     rows = []
     for server, (d, rc, notes) in runs.items():
         step = best_step(d) or {}
         steps = ", ".join(
-            f"{num(s.get('rate'))}: {num(s.get('p99_ms'), 1)}" + (f" ({num(s.get('lost'))} lost)" if s.get("lost") else "")
+            f"{num(s.get('rate'))}: {num(s.get('p99_ms'), 1) if s.get('delivered') else '–'}"
+            + (f" ({num(s.get('lost'))} lost)" if s.get("lost") else "")
             for s in d.get("steps") or []
         )
-        reached = "yes" if limit_reached(d, limit_ms) else ("no: every rate passed" if d.get("steps") else "n/a")
+        if limit_reached(d, limit_ms):
+            reached = "yes"
+        elif delivered_steps(d):
+            reached = "no: every rate passed"
+        else:
+            reached = "n/a: nothing delivered"
         rows.append([
             LABEL[server],
             f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
@@ -281,6 +306,10 @@ def section_fanout(runs, meta):
     out += table(["server", "connected / clients", "best step (msg/s sent)", "deliveries/s at it", "p99 ms at it", f"p99 passed {limit}", "p99 ms per step (rate: p99)", "server CPU", "run"], rows)
     out += ["", "Most deliveries per second under the p99 limit, ours ÷ theirs (higher is better; when neither server passed the limit, both only show the highest rate tried), and p99 at the highest rate both passed, theirs ÷ ours:", ""]
     def deliveries(o, t):
+        if not delivered_steps(o):
+            return "missed: ours delivered nothing", False
+        if not delivered_steps(t):
+            return "not decided: the peer delivered nothing"
         if not limit_reached(o, limit_ms) and not limit_reached(t, limit_ms) and o.get("steps") and t.get("steps"):
             return "not decided: neither passed the p99 limit (raise FANOUT_RATES)"
         return ratio(get(o, "best_rate_under_limit"), get(t, "best_rate_under_limit"))
@@ -289,7 +318,7 @@ def section_fanout(runs, meta):
 
     def common_p99(o, t):
         rate = min((best_step(o) or {}).get("rate") or 0, (best_step(t) or {}).get("rate") or 0)
-        p99 = lambda d: next((s.get("p99_ms") for s in d.get("steps") or [] if s.get("rate") == rate), None)
+        p99 = lambda d: next((s.get("p99_ms") for s in delivered_steps(d) if s.get("rate") == rate), None)
         return ratio(p99(t), p99(o)) if rate else None
 
     out += ratio_lines(runs, common_p99, judge_higher, "p99 latency at the common rate", verdicts)
