@@ -8,6 +8,7 @@ use chat::{MemoryStore, Session, Store, StoreError};
 use engineio::Frame;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use socketio::{
     Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketInfo, SocketIo,
@@ -33,7 +34,7 @@ impl EmbeddedAdapter {
     }
 
     fn publish(&self, wire: WireBroadcast) {
-        match serde_json::to_value(wire) {
+        match serde_json::value::to_raw_value(&wire) {
             Ok(body) => self.link.publish(body),
             Err(error) => tracing::warn!(%error, "cannot encode a broadcast for the other workers"),
         }
@@ -114,13 +115,13 @@ impl Adapter for EmbeddedAdapter {
 pub async fn deliver_remote_broadcasts(
     io: SocketIo,
     link: Arc<WorkerLink>,
-    mut messages: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    mut messages: tokio::sync::mpsc::UnboundedReceiver<Box<RawValue>>,
 ) {
     let answering = io.clone();
     link.on_query(move |body| answer_query(&answering, body));
     while let Some(body) = messages.recv().await {
         let applied =
-            serde_json::from_value::<WireBroadcast>(body).is_ok_and(|wire| wire.apply(&io));
+            serde_json::from_str::<WireBroadcast>(body.get()).is_ok_and(|wire| wire.apply(&io));
         if !applied {
             tracing::warn!("skipping a malformed broadcast from another worker");
         }
@@ -391,7 +392,7 @@ impl MasterService for StoreService {
         }
     }
 
-    fn worker_gone(&self, worker: u64) -> Vec<Value> {
+    fn worker_gone(&self, worker: u64) -> Vec<Box<RawValue>> {
         let owned = self
             .members
             .lock()
@@ -430,7 +431,7 @@ impl MasterService for StoreService {
 }
 
 /// A `/chat_infra` event to the members of a chat room on every worker, as a relayed broadcast.
-fn room_event(room: &str, event: &str, data: &Value) -> Option<Value> {
+fn room_event(room: &str, event: &str, data: &Value) -> Option<Box<RawValue>> {
     let json = serde_json::to_string(&(event, data)).ok()?;
     let frames = socketio::packet::encode(
         socketio::packet::PacketType::Event,
@@ -443,7 +444,7 @@ fn room_event(room: &str, event: &str, data: &Value) -> Option<Value> {
         rooms: vec![Room::from(chat::room_key(room))],
         ..Default::default()
     };
-    serde_json::to_value(WireBroadcast::new(chat::INFRA, &frames, &opts)).ok()
+    serde_json::value::to_raw_value(&WireBroadcast::new(chat::INFRA, &frames, &opts)).ok()
 }
 
 #[cfg(test)]

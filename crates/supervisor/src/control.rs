@@ -105,3 +105,6 @@ pub async fn is_alive(socket: &Path) -> bool {
         Ok(Ok(_))
     )
 }
+
+impl crate::ipc::Line for Request {}
+impl crate::ipc::Line for Response {}

@@ -17,7 +17,7 @@ use crate::config::{AppConfig, Scheduling};
 use crate::control::{AppStatus, Request, Response, WorkerStatus};
 use crate::dispatch::{self, Peeked};
 use crate::handoff;
-use crate::ipc::{read_message, write_message, ToMaster, ToWorker};
+use crate::ipc::{read_message, write_batch, write_message, ToMaster, ToWorker};
 use crate::logs::LogSink;
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
@@ -62,7 +62,7 @@ pub trait MasterService: Send + Sync + 'static {
     fn request(&self, worker: u64, body: serde_json::Value) -> serde_json::Value;
     /// A worker process ended: forget what it owned (its users' presence). Returns messages
     /// for the remaining workers (telling their clients who left).
-    fn worker_gone(&self, worker: u64) -> Vec<serde_json::Value>;
+    fn worker_gone(&self, worker: u64) -> Vec<Box<serde_json::value::RawValue>>;
 }
 
 /// Why the master could not start; each names the fix.
@@ -562,8 +562,13 @@ impl Inner {
         };
         let (read, mut write) = stream.into_split();
         let writer = async move {
-            while let Some(message) = outgoing.recv().await {
-                if write_message(&mut write, &message).await.is_err() {
+            let mut buffer = Vec::new();
+            while let Some(first) = outgoing.recv().await {
+                let more = || outgoing.try_recv().ok();
+                if write_batch(&mut write, first, more, &mut buffer)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -699,7 +704,7 @@ impl Inner {
     }
 
     /// Hands a worker's message to every other live worker that speaks IPC.
-    fn relay(&self, from: u64, body: serde_json::Value) {
+    fn relay(&self, from: u64, body: Box<serde_json::value::RawValue>) {
         let mut state = self.lock();
         for slot in state.slots.iter_mut() {
             for proc in slot.procs_mut() {
