@@ -126,7 +126,12 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
 }
 
 fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // One thread: the master's work (hand-offs, relays, probes) is many small steps, which
+    // threads would only add wake-ups to. Its log has a thread of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let runs_chat = config.runs_chat();
         let master = Master::prepare(config, paths).await?;

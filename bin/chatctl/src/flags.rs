@@ -190,6 +190,10 @@ pub struct ServeArgs {
     /// Port to listen on. Ignored when a socket is inherited (LISTEN_FDS).
     #[arg(long, default_value_t = 3000)]
     pub port: u16,
+    /// Threads serving connections. Default: one under `chatctl start`, which runs one worker
+    /// process per CPU (threads would only add wake-ups and locking), else one per CPU.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// Cookie-signing key. Also read from CHAT_SECRET. Every worker of an app needs the same.
     #[arg(long, env = "CHAT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,

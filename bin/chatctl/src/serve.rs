@@ -44,7 +44,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?)
         }
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let under_master = std::env::var_os(supervisor::ipc::WORKER_ID_ENV).is_some();
+    let runtime = match args.threads.map(usize::from).or(under_master.then_some(1)) {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(threads) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    }
+    .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let incoming = match (handoff, listener) {
             (Some(fd), _) => {
