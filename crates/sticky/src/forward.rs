@@ -118,11 +118,17 @@ impl Forwarder {
                 .as_ref()
                 .filter(|_| matches!(error, Error::Connect { .. }));
             let Some(replay) = retry else {
-                let status = match error {
-                    Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
+                return match error {
+                    // The host of the session is gone, and its sessions with it: Engine.IO's
+                    // answer for an unknown session, on which clients reconnect at once.
+                    Error::Connect { .. } if owner.is_some() => unknown_session(),
+                    Error::Timeout { .. } => {
+                        error_response(StatusCode::GATEWAY_TIMEOUT, &format!("{error}\n"))
+                    }
+                    _ => {
+                        error_response(StatusCode::BAD_GATEWAY, &format!("bad gateway: {error}\n"))
+                    }
                 };
-                return error_response(status, &format!("{error}\n"));
             };
             refused.push(backend.spec.node);
             request = Some(replay.again());
@@ -310,6 +316,23 @@ fn empty() -> ProxyBody {
 }
 
 /// A short plain-text answer of the proxy itself.
+/// Engine.IO's `400 {"code":1,"message":"Session ID unknown"}`.
+fn unknown_session() -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(
+            br#"{"code":1,"message":"Session ID unknown"}"#,
+        ))
+        .map_err(|never| match never {})
+        .boxed(),
+    );
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 pub fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(text.to_owned()))

@@ -314,7 +314,7 @@ async fn a_backend_that_stops_gets_no_handshakes_until_it_is_back() {
     for _ in 0..6 {
         assert_eq!(node_of(&handshake(&mut client).await), 2);
     }
-    // The owner of this sid is gone: the proxy tries it and says why it could not.
+    // The owner of this sid is gone, and the session with it.
     let (status, body) = call(
         &mut client,
         "GET",
@@ -322,8 +322,8 @@ async fn a_backend_that_stops_gets_no_handshakes_until_it_is_back() {
         "",
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(body.contains("cannot connect to backend"), "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("Session ID unknown"), "{body}");
 
     let listener = TcpListener::bind(address)
         .await
@@ -521,4 +521,24 @@ async fn a_host_that_never_answers_gets_a_504_after_the_response_timeout() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(body.contains("did not answer"), "{body}");
     held.abort();
+}
+
+/// A request of a session whose host is gone gets Engine.IO's "Session ID unknown", on which
+/// clients reconnect at once (through the proxy, to a live host).
+#[tokio::test]
+async fn a_session_of_a_stopped_host_is_unknown() {
+    let one = Backend::bind(1).await;
+    let two = Backend::bind(2).await;
+    let (proxy, _health) = start_proxy(config(&[&one, &two], Policy::LeastConn)).await;
+    one.stop().await;
+    let mut client = client(proxy).await;
+    let sid = format!(
+        "{}{}",
+        route_tag::encode(Owner { node: 1, slot: 0 }),
+        "x".repeat(22)
+    );
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (status, body) = call(&mut client, "GET", &target, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body, r#"{"code":1,"message":"Session ID unknown"}"#);
 }
