@@ -6,7 +6,10 @@
 //! cookies, random when unset). Prints "socketioxide-chat listening on HOST:PORT" when ready.
 //!
 //! Differences from crates/chat, on purpose: no per-socket message rate limit (the benchmark
-//! measures throughput), no pages (only `POST /login` and `GET /healthz`).
+//! measures throughput), no pages (only `POST /login` and `GET /healthz`). A room joined on
+//! /chat_infra applies to the /chat_com sockets of the same login (crates/chat: of the same
+//! Engine.IO connection), because socketioxide does not tell which sockets share a connection;
+//! a benchmark client logs in once per connection, so both select the same socket.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -208,6 +211,10 @@ async fn authenticate(
 }
 
 async fn on_infra_connect(socket: SocketRef) {
+    // Found there by the login's /chat_com socket when it connects after a join_room.
+    if let Some(user) = user(&socket) {
+        socket.join(session_room(&user.session));
+    }
     socket.on("join_room", join_room);
     socket.on(
         "leave_room",
@@ -337,7 +344,9 @@ async fn leave_room(chat: &Chat, io: &SocketIo, socket: &SocketRef, room: &str) 
 async fn on_com_connect(socket: SocketRef, io: SocketIo) {
     let Some(user) = user(&socket) else { return };
     socket.join(session_room(&user.session));
-    // The client may join a room on /chat_infra before /chat_com connects: catch up.
+    // The client may join a room on /chat_infra before this socket is in its session room (where
+    // join_room looks for it): catch up. Joining first, reading second, while join_room records
+    // the room first and looks second, leaves no order in which both miss each other.
     if let Some(infra) = io.of(INFRA) {
         for infra_socket in infra.within(session_room(&user.session)).sockets() {
             let rooms = crate::user(&infra_socket)
