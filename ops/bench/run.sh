@@ -326,8 +326,13 @@ bench() { # out args...
   local out=$1 rc=0 pid_args=() pid
   shift
   for pid in "${PIDS[@]}"; do pid_args+=(--pid "$pid"); done
+  # In the background with `wait`: a signal to this script runs its trap at once, while a
+  # foreground child would first be waited for.
   timeout --signal=INT --kill-after=10 "$RUN_TIMEOUT" "$CHAT_BENCH" --url "$URL" "${SOURCE_ARGS[@]}" "${pid_args[@]}" \
-    --json "$@" >"$out" 2>"$out.err" || rc=$?
+    --json "$@" >"$out" 2>"$out.err" &
+  BENCH_PIDS=($!)
+  wait "${BENCH_PIDS[0]}" || rc=$?
+  BENCH_PIDS=()
   echo "$rc" >"$out.rc"
   if ((rc != 0)); then
     log "  chat-bench exited $rc: $(grep -v '^\[' "$out.err" | head -3 | tr '\n' ' ')"

@@ -187,10 +187,7 @@ async fn login(
 }
 
 /// Admits a namespace connection only with a valid signed cookie of a known session.
-async fn authenticate(
-    socket: SocketRef,
-    State(chat): State<SharedChat>,
-) -> Result<(), ConnectRefused> {
+fn authenticate(socket: &SocketRef, chat: &Chat) -> Result<(), ConnectRefused> {
     let signed = cookie(&socket.req_parts().headers, COOKIE_NAME)
         .ok_or(ConnectRefused("No cookie transmitted."))?;
     let session = chat
@@ -210,9 +207,34 @@ async fn authenticate(
     Ok(())
 }
 
-async fn on_infra_connect(socket: SocketRef) {
+// The namespaces are set up in middlewares, not in connect handlers: socketioxide sends the
+// CONNECT packet before it spawns the connect handler, so a client that emits at once (join_room
+// right after the CONNECT) could otherwise reach a socket without its event handlers.
+
+async fn on_connected() {}
+
+async fn infra_middleware(
+    socket: SocketRef,
+    State(chat): State<SharedChat>,
+) -> Result<(), ConnectRefused> {
+    authenticate(&socket, &chat)?;
+    set_up_infra(&socket);
+    Ok(())
+}
+
+async fn com_middleware(
+    socket: SocketRef,
+    io: SocketIo,
+    State(chat): State<SharedChat>,
+) -> Result<(), ConnectRefused> {
+    authenticate(&socket, &chat)?;
+    set_up_com(&socket, &io);
+    Ok(())
+}
+
+fn set_up_infra(socket: &SocketRef) {
     // Found there by the login's /chat_com socket when it connects after a join_room.
-    if let Some(user) = user(&socket) {
+    if let Some(user) = user(socket) {
         socket.join(session_room(&user.session));
     }
     socket.on("join_room", join_room);
@@ -341,8 +363,8 @@ async fn leave_room(chat: &Chat, io: &SocketIo, socket: &SocketRef, room: &str) 
     }
 }
 
-async fn on_com_connect(socket: SocketRef, io: SocketIo) {
-    let Some(user) = user(&socket) else { return };
+fn set_up_com(socket: &SocketRef, io: &SocketIo) {
+    let Some(user) = user(socket) else { return };
     socket.join(session_room(&user.session));
     // The client may join a room on /chat_infra before this socket is in its session room (where
     // join_room looks for it): catch up. Joining first, reading second, while join_room records
@@ -448,8 +470,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_buffer_size(4096)
         .with_state(chat.clone())
         .build_layer();
-    io.ns(INFRA, on_infra_connect.with(authenticate));
-    io.ns(COM, on_com_connect.with(authenticate));
+    io.ns(INFRA, on_connected.with(infra_middleware));
+    io.ns(COM, on_connected.with(com_middleware));
 
     let app = axum::Router::new()
         .route("/login", post(login))
