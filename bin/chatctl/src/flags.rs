@@ -272,6 +272,11 @@ pub struct ProxyArgs {
     /// master's socket is used instead, and this only names it.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
+    /// Threads serving clients. One thread makes the fewest wake-ups per request; for more
+    /// cores, raise it, or run several proxies on one socket (`chatctl start -i N -- chatctl
+    /// proxy ...`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
     /// A host behind the proxy and the node id its workers write into sids (repeatable).
     #[arg(long = "backend", value_name = "HOST:PORT=NODE_ID", required = true)]
     pub backends: Vec<sticky::BackendSpec>,

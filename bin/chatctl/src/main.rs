@@ -27,7 +27,10 @@ fn main() {
     }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Proxy(args) => run_proxy(args.into_config()),
+        Command::Proxy(args) => {
+            let threads = args.threads;
+            run_proxy(args.into_config(), threads)
+        }
         Command::Run(args) => apps::run(args),
         Command::Master { name } => apps::master(&name),
         Command::Logs {
@@ -44,10 +47,16 @@ fn main() {
 }
 
 /// `chatctl proxy`: serves until Ctrl-C or SIGTERM.
-fn run_proxy(config: sticky::ProxyConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+fn run_proxy(config: sticky::ProxyConfig, threads: u16) -> anyhow::Result<()> {
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
