@@ -40,8 +40,9 @@ pub struct EngineConfig {
     pub upgrade_timeout: Duration,
     /// Allowed origins.
     pub cors: CorsPolicy,
-    /// Bytes the websocket reader keeps per connection. Small, because most chat connections are
-    /// idle and memory per connection is what limits how many one worker holds.
+    /// Bytes the websocket reader keeps per connection (it grows while a larger message is read).
+    /// Small, because most chat connections are idle and memory per connection is what limits
+    /// how many one worker holds: 1 KiB instead of 4 KiB saves 3 KiB of every idle connection.
     pub ws_read_buffer_size: usize,
     /// Bytes the websocket writer collects before it flushes to the socket.
     pub ws_write_buffer_size: usize,
@@ -61,7 +62,7 @@ impl Default for EngineConfig {
             max_buffered_packets: 4096,
             upgrade_timeout: Duration::from_secs(10),
             cors: CorsPolicy::SameOrigin,
-            ws_read_buffer_size: 4 * 1024,
+            ws_read_buffer_size: 1024,
             ws_write_buffer_size: 0,
             sid_tag: String::new(),
         }
