@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 use supervisor::route_tag::{self, Owner};
 use support::{all_online, chatctl_exe, free_port, http_get, wait_for_value, wait_until, workers};
-use support::{node_program, App, PollingRoom};
+use support::{node_program, App, ClientScript};
 
 /// Users in the room.
 const USERS: usize = 20;
@@ -28,7 +28,7 @@ fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() 
         .collect();
     let proxy = ProxyProcess::start(&hosts);
 
-    let mut room = PollingRoom::start(&node, &proxy.url(), USERS, "polling");
+    let mut room = ClientScript::polling_room(&node, &proxy.url(), USERS, "polling");
     let ready = room.next_report();
     assert_eq!(ready["event"], "ready", "users: {ready}\n{}", proxy.log());
     let sids = sid_nodes(&ready);
@@ -61,7 +61,7 @@ fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() 
         node: *stopped_node,
         slot: 0,
     });
-    room.announce_stop(&tag[..2]);
+    room.tell(&tag[..2]);
     let done = room.next_report();
     assert_eq!(done["event"], "done", "users: {done}\n{}", proxy.log());
     let on_stopped = sids.iter().filter(|node| *node == stopped_node).count();

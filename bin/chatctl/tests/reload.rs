@@ -5,15 +5,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{all_online, node_program, wait_until, worker_pids, App, DEADLINE};
+use support::{all_online, node_program, wait_until, worker_pids, App, ClientScript};
 
 /// Socket.IO users connected across the reload.
 const CROWD: usize = 50;
@@ -36,7 +32,8 @@ fn reload_fails_no_request_and_every_socketio_client_reconnects() {
         })
         .collect();
 
-    let mut crowd = Crowd::start(&node, &app.url(), CROWD);
+    let crowd_size = CROWD.to_string();
+    let mut crowd = ClientScript::start(&node, "crowd.mjs", &[&app.url(), &crowd_size]);
     let connected = crowd.next_report();
     assert_eq!(connected["event"], "connected", "crowd: {connected}");
     wait_until("HTTP requests flowing on both loops", || {
@@ -55,7 +52,7 @@ fn reload_fails_no_request_and_every_socketio_client_reconnects() {
         reload_output.contains("reloaded 2 workers"),
         "{reload_output}"
     );
-    crowd.announce_reload();
+    crowd.tell("reloaded");
     let done = crowd.next_report();
     assert_eq!(
         done["event"],
@@ -253,79 +250,4 @@ fn get_healthz(
         return Err(failed(format!("body {:?}", String::from_utf8_lossy(&body))));
     }
     Ok(close)
-}
-
-/// The Node.js crowd of `tests/clients/crowd.mjs`; killed if the test ends early.
-struct Crowd {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    reports: mpsc::Receiver<Value>,
-}
-
-impl Crowd {
-    fn start(node: &Path, url: &str, count: usize) -> Crowd {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/crowd.mjs");
-        let mut child = Command::new(node)
-            .arg(&script)
-            .arg(url)
-            .arg(count.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", node.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, reports) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(report) => {
-                        if tx.send(report).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => eprintln!("crowd: {line}"),
-                }
-            }
-        });
-        Crowd {
-            stdin: child.stdin.take(),
-            child,
-            reports,
-        }
-    }
-
-    /// The next report line; a crowd that goes quiet fails the test.
-    fn next_report(&mut self) -> Value {
-        // The crowd's own watchdog fires first; this only catches a hung `node`.
-        match self.reports.recv_timeout(DEADLINE * 3) {
-            Ok(report) => report,
-            Err(_) => panic!(
-                "the Socket.IO crowd reported nothing (exit status {:?})",
-                self.child.try_wait().ok().flatten()
-            ),
-        }
-    }
-
-    fn announce_reload(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        stdin
-            .write_all(b"reloaded\n")
-            .and_then(|()| stdin.flush())
-            .expect("cannot tell the crowd that the reload is over");
-    }
-
-    fn wait_success(&mut self) {
-        let status = self.child.wait().expect("cannot wait for the crowd");
-        assert!(status.success(), "the Socket.IO crowd failed: {status}");
-    }
-}
-
-impl Drop for Crowd {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

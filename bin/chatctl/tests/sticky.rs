@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use serde_json::Value;
-use support::{all_online, http_get, wait_for_value, workers, App, DEADLINE};
+use support::{all_online, http_get, wait_for_value, workers, App, ClientScript, DEADLINE};
 
 /// An app of two chat workers with a short request-line deadline.
 fn two_workers(name: &str) -> App {
@@ -253,19 +253,11 @@ fn upgrading_users_spread_over_two_workers_chat_and_survive_a_kill() {
 /// whichever worker holds them; after a `kill -9` of one worker its users reconnect to a live
 /// worker and the room works again.
 fn room_across_a_worker_kill(transports: &str) {
-    let node = support::node_program();
     let app = App::new(&format!("sticky-{transports}"));
     app.start_ok(&["-i", "2"], &[]);
     app.wait_listed("two online workers", |a| all_online(a, 2));
     let tags = worker_tags(&app);
-    let mut room = support::PollingRoom::start(&node, &app.url(), USERS, transports);
-    let ready = room.next_report();
-    assert_eq!(
-        ready["event"],
-        "ready",
-        "users: {ready}\n{}",
-        app.log_text()
-    );
+    let (mut room, ready) = room_in_chat(&app, USERS, transports);
     let sids: Vec<&str> = ready["sids"]
         .as_array()
         .expect("sids")
@@ -291,7 +283,7 @@ fn room_across_a_worker_kill(transports: &str) {
     let victim_tag = victim["sid_tag"].as_str().expect("tag").to_owned();
     let pid = victim["pid"].as_u64().expect("pid") as u32;
     support::signal(pid, libc::SIGKILL);
-    room.announce_stop(&victim_tag);
+    room.tell(&victim_tag);
     let done = room.next_report();
     assert_eq!(done["event"], "done", "users: {done}\n{}", app.log_text());
     let moved = sids
@@ -306,12 +298,18 @@ fn room_across_a_worker_kill(transports: &str) {
 /// long-polling session arrive at any worker; each passes them to the session's owner.
 #[test]
 fn shared_scheduling_serves_long_polling_users_by_passing_requests_on() {
-    let node = support::node_program();
     let app = App::new("shared-polling");
     app.start_ok(&["-i", "2", "--scheduling", "shared"], &[]);
     let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
     assert_eq!(listed["scheduling"], "shared", "{listed}");
-    let mut room = support::PollingRoom::start(&node, &app.url(), 20, "polling");
+    room_in_chat(&app, 20, "polling");
+}
+
+/// `count` users of `polling_room.mjs` on `app`, once every one has heard every other
+/// (its `ready` report, with their sids).
+fn room_in_chat(app: &App, count: usize, transports: &str) -> (ClientScript, Value) {
+    let node = support::node_program();
+    let mut room = ClientScript::polling_room(&node, &app.url(), count, transports);
     let ready = room.next_report();
     assert_eq!(
         ready["event"],
@@ -319,4 +317,5 @@ fn shared_scheduling_serves_long_polling_users_by_passing_requests_on() {
         "users: {ready}\n{}",
         app.log_text()
     );
+    (room, ready)
 }

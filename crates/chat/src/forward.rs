@@ -45,12 +45,12 @@ pub(crate) async fn forward(
     let stream = match connecting.await {
         Ok(stream) => stream,
         // The owner is gone: its sessions are, too. The client reconnects.
-        Err(_) => return unknown_session(),
+        Err(_) => return engineio::unknown_session(),
     };
     let Ok((mut sender, connection)) =
         hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await
     else {
-        return unknown_session();
+        return engineio::unknown_session();
     };
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
@@ -61,7 +61,7 @@ pub(crate) async fn forward(
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%error, "the owner of a session did not answer");
-            return unknown_session();
+            return engineio::unknown_session();
         }
     };
     if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (client_side, response.status()) {
@@ -92,17 +92,4 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
-/// Engine.IO's answer for a session that does not exist (code 1).
-fn unknown_session() -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(
-        br#"{"code":1,"message":"Session ID unknown"}"#,
-    )));
-    *response.status_mut() = StatusCode::BAD_REQUEST;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
 }

@@ -104,16 +104,14 @@ impl ChatServer {
                 },
                 timeout = &mut shutdown => break timeout,
             };
-            self.spawn_connection(stream, &draining, permit);
+            self.spawn_connection(stream, &draining, Some(permit));
         };
         tracing::info!(?drain_timeout, "draining");
         draining.send_replace(true);
         // Connections handed over before the supervisor stopped sending are answered too
         // (with `Connection: close`); the cap does not apply to these few.
         while let Some(stream) = listener.queued() {
-            let permit = slots.clone().acquire_many_owned(0).await;
-            let permit = permit.map_err(std::io::Error::other)?;
-            self.spawn_connection(stream, &draining, permit);
+            self.spawn_connection(stream, &draining, None);
         }
         drop(listener);
         self.io.close();
@@ -131,7 +129,7 @@ impl ChatServer {
         &self,
         stream: TcpStream,
         draining: &tokio::sync::watch::Sender<bool>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let _ = stream.set_nodelay(true);
         let server = self.clone();

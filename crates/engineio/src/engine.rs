@@ -416,6 +416,13 @@ fn preflight() -> Response<Body> {
     response
 }
 
+/// Engine.IO's answer to a request for a session that does not exist (`400`, code 1), on which
+/// clients reconnect; for whoever answers for the engine (e.g. a process that forwards requests
+/// to a session's owner and finds it gone).
+pub fn unknown_session() -> Response<Body> {
+    error_response(ErrorCode::UnknownSid)
+}
+
 pub(crate) fn error_response(code: ErrorCode) -> Response<Body> {
     json_error(StatusCode::BAD_REQUEST, code)
 }

@@ -16,7 +16,7 @@ mod socket;
 mod transport;
 
 pub use config::{CorsPolicy, EngineConfig};
-pub use engine::{Body, Engine, Handler};
+pub use engine::{unknown_session, Body, Engine, Handler};
 pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEPARATOR};
 pub use sid::generate_sid;
 pub use socket::{DisconnectReason, SendError, Socket, Transport};

@@ -152,25 +152,57 @@ pub async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     writer.write_all(&line).await
 }
 
-/// Writes `first` and the messages `more` has ready right now as JSON lines, in one write
-/// (up to about 64 KiB): a busy channel costs a system call per batch, not per message.
-pub async fn write_batch<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut W,
-    first: T,
-    mut more: impl FnMut() -> Option<T>,
-    buffer: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    buffer.clear();
-    let mut next = Some(first);
-    while let Some(message) = next {
-        serde_json::to_writer(&mut *buffer, &message).map_err(std::io::Error::other)?;
-        buffer.push(b'\n');
-        if buffer.len() >= 64 * 1024 {
-            break;
-        }
-        next = more();
+/// A queue of messages for one end of a channel: the master's bounded queue to a worker, or a
+/// worker's unbounded queue to the master.
+pub trait Outgoing<T> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send;
+    fn try_recv(&mut self) -> Option<T>;
+}
+
+impl<T: Send> Outgoing<T> for mpsc::Receiver<T> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
+        mpsc::Receiver::recv(self)
     }
-    writer.write_all(buffer).await
+    fn try_recv(&mut self) -> Option<T> {
+        mpsc::Receiver::try_recv(self).ok()
+    }
+}
+
+impl<T: Send> Outgoing<T> for mpsc::UnboundedReceiver<T> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
+        mpsc::UnboundedReceiver::recv(self)
+    }
+    fn try_recv(&mut self) -> Option<T> {
+        mpsc::UnboundedReceiver::try_recv(self).ok()
+    }
+}
+
+/// Writes the messages of `queue` as JSON lines until it closes or a write fails. Those queued
+/// at once go out in one write (up to about 64 KiB): a busy channel costs a system call per
+/// batch, not per message.
+pub async fn write_queue<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    queue: &mut impl Outgoing<T>,
+) {
+    let mut buffer = Vec::new();
+    while let Some(first) = queue.recv().await {
+        buffer.clear();
+        let mut next = Some(first);
+        while let Some(message) = next {
+            if serde_json::to_writer(&mut buffer, &message).is_err() {
+                return;
+            }
+            buffer.push(b'\n');
+            next = if buffer.len() < 64 * 1024 {
+                queue.try_recv()
+            } else {
+                None
+            };
+        }
+        if writer.write_all(&buffer).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Why a request to the master got no answer.
@@ -227,18 +259,7 @@ impl WorkerLink {
             connections: OnceLock::new(),
             queries: OnceLock::new(),
         });
-        tokio::spawn(async move {
-            let mut buffer = Vec::new();
-            while let Some(first) = outgoing.recv().await {
-                let more = || outgoing.try_recv().ok();
-                if write_batch(&mut write, first, more, &mut buffer)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(async move { write_queue(&mut write, &mut outgoing).await });
         let (drain_tx, drain) = oneshot::channel();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let reader = link.clone();

@@ -17,7 +17,7 @@ use crate::config::{AppConfig, Scheduling};
 use crate::control::{AppStatus, Request, Response, WorkerStatus};
 use crate::dispatch::{self, Peeked};
 use crate::handoff;
-use crate::ipc::{read_message, write_batch, write_message, ToMaster, ToWorker};
+use crate::ipc::{read_message, write_message, write_queue, ToMaster, ToWorker};
 use crate::logs::LogSink;
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
@@ -561,18 +561,7 @@ impl Inner {
             return;
         };
         let (read, mut write) = stream.into_split();
-        let writer = async move {
-            let mut buffer = Vec::new();
-            while let Some(first) = outgoing.recv().await {
-                let more = || outgoing.try_recv().ok();
-                if write_batch(&mut write, first, more, &mut buffer)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        };
+        let writer = async move { write_queue(&mut write, &mut outgoing).await };
         let reader = async {
             let mut lines = BufReader::new(read).lines();
             while let Some(message) = read_message::<ToMaster, _>(&mut lines).await {
@@ -1292,26 +1281,22 @@ impl Inner {
     fn route(&self, owner: Option<Owner>) -> Option<Arc<handoff::Sender>> {
         let mut state = self.lock();
         let node = state.config.node_id;
-        let mut online = state
+        let wanted = owner
+            .filter(|owner| owner.node == node)
+            .map(|owner| owner.slot);
+        // The owner first (`false` sorts before `true`), then the least loaded.
+        let chosen = state
             .slots
             .iter_mut()
             .filter(|slot| slot.status == Status::Online)
             .filter_map(|slot| slot.current.as_mut())
-            .filter(|proc| proc.ready && proc.handoff.is_some());
-        let chosen = match owner.filter(|owner| owner.node == node) {
-            Some(owner) => online.find(|proc| proc.worker_id == owner.slot),
-            None => None,
-        };
-        let chosen = match chosen {
-            Some(proc) => Some(proc),
-            None => state
-                .slots
-                .iter_mut()
-                .filter(|slot| slot.status == Status::Online)
-                .filter_map(|slot| slot.current.as_mut())
-                .filter(|proc| proc.ready && proc.handoff.is_some())
-                .min_by_key(|proc| proc.connections + proc.handed),
-        }?;
+            .filter(|proc| proc.ready && proc.handoff.is_some())
+            .min_by_key(|proc| {
+                (
+                    Some(proc.worker_id) != wanted,
+                    proc.connections + proc.handed,
+                )
+            })?;
         chosen.handed += 1;
         chosen.handoff.clone()
     }

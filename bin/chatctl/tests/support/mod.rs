@@ -342,22 +342,24 @@ pub fn node_program() -> PathBuf {
     }
 }
 
-/// The users of `tests/clients/polling_room.mjs`; killed if the test ends early.
-pub struct PollingRoom {
+/// A Node.js client program of `tests/clients/` (npm socket.io-client users) that prints one
+/// JSON report per line and reads its next phase from stdin; killed if the test ends early.
+pub struct ClientScript {
+    name: String,
     child: Child,
     stdin: Option<ChildStdin>,
     reports: mpsc::Receiver<Value>,
 }
 
-impl PollingRoom {
-    /// `transports`: `polling` (long-polling only) or `upgrade` (polling, then websocket).
-    pub fn start(node: &Path, url: &str, count: usize, transports: &str) -> PollingRoom {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/polling_room.mjs");
+impl ClientScript {
+    /// `node tests/clients/SCRIPT ARGS...`.
+    pub fn start(node: &Path, script: &str, args: &[&str]) -> ClientScript {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients")
+            .join(script);
         let mut child = Command::new(node)
-            .arg(&script)
-            .arg(url)
-            .arg(count.to_string())
-            .arg(transports)
+            .arg(&path)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -365,6 +367,8 @@ impl PollingRoom {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", node.display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, reports) = mpsc::channel();
+        let name = script.to_owned();
+        let prefix = name.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 match serde_json::from_str::<Value>(&line) {
@@ -373,44 +377,56 @@ impl PollingRoom {
                             return;
                         }
                     }
-                    Err(_) => eprintln!("users: {line}"),
+                    Err(_) => eprintln!("{prefix}: {line}"),
                 }
             }
         });
-        PollingRoom {
+        ClientScript {
+            name,
             stdin: child.stdin.take(),
             child,
             reports,
         }
     }
 
-    /// The next report line; users that go quiet fail the test.
+    /// The users of `polling_room.mjs`: `transports` is `polling` (long-polling only) or
+    /// `upgrade` (polling, then websocket).
+    pub fn polling_room(node: &Path, url: &str, count: usize, transports: &str) -> ClientScript {
+        let count = count.to_string();
+        ClientScript::start(node, "polling_room.mjs", &[url, &count, transports])
+    }
+
+    /// The next report line; a program that goes quiet fails the test.
     pub fn next_report(&mut self) -> Value {
-        // The users' own watchdog fires first; this only catches a hung `node`.
+        // The programs' own watchdogs fire first; this only catches a hung `node`.
         match self.reports.recv_timeout(DEADLINE * 3) {
             Ok(report) => report,
             Err(_) => panic!(
-                "the users reported nothing (exit status {:?})",
+                "{} reported nothing (exit status {:?})",
+                self.name,
                 self.child.try_wait().ok().flatten()
             ),
         }
     }
 
-    /// Tells the users which node tag's sessions are gone.
-    pub fn announce_stop(&mut self, tag: &str) {
+    /// Sends the program one line: what the test just did.
+    pub fn tell(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{tag}")
+        writeln!(stdin, "{line}")
             .and_then(|()| stdin.flush())
-            .expect("cannot tell the users that a host stopped");
+            .unwrap_or_else(|e| panic!("cannot write to {}: {e}", self.name));
     }
 
     pub fn wait_success(&mut self) {
-        let status = self.child.wait().expect("cannot wait for the users");
-        assert!(status.success(), "the users failed: {status}");
+        let status = self
+            .child
+            .wait()
+            .expect("cannot wait for the client program");
+        assert!(status.success(), "{} failed: {status}", self.name);
     }
 }
 
-impl Drop for PollingRoom {
+impl Drop for ClientScript {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
