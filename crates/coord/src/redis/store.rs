@@ -122,6 +122,29 @@ pub struct RedisStore {
     history_dropping: AtomicBool,
 }
 
+/// Appends `entries` to a room's history and keeps its last `keep`, in one round trip.
+async fn append_history(
+    link: &RedisLink,
+    room: &str,
+    entries: Vec<String>,
+    keep: usize,
+) -> Result<(), StoreError> {
+    let key = link.key(&["history", room]);
+    let mut pipe = redis::pipe();
+    if keep == 0 {
+        pipe.del(&key).ignore();
+    } else {
+        let first = -(keep.min(isize::MAX as usize) as isize);
+        pipe.atomic()
+            .rpush(&key, entries)
+            .ignore()
+            .ltrim(&key, first, -1)
+            .ignore();
+    }
+    link.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+        .await
+}
+
 /// Entries recorded but not yet written, per worker; beyond this (Redis slow or down) new ones
 /// are dropped, and the log says so.
 const HISTORY_QUEUE: usize = 10_000;
@@ -145,21 +168,7 @@ async fn write_history(link: Arc<RedisLink>, mut queue: tokio::sync::mpsc::Recei
             }
         }
         for (room, entries, keep) in rooms {
-            let key = link.key(&["history", &room]);
-            let mut pipe = redis::pipe();
-            if keep == 0 {
-                pipe.del(&key).ignore();
-            } else {
-                let first = -(keep.min(isize::MAX as usize) as isize);
-                pipe.rpush(&key, entries)
-                    .ignore()
-                    .ltrim(&key, first, -1)
-                    .ignore();
-            }
-            let written = link
-                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-                .await;
-            if let Err(error) = written {
+            if let Err(error) = append_history(&link, &room, entries, keep).await {
                 tracing::debug!(%error, room, "history not recorded");
             }
         }
@@ -498,24 +507,7 @@ impl Store for RedisStore {
         entry: String,
         keep: usize,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let key = self.link.key(&["history", room]);
-            let mut pipe = redis::pipe();
-            if keep == 0 {
-                pipe.del(&key).ignore();
-            } else {
-                let first = -(keep.min(isize::MAX as usize) as isize);
-                pipe.atomic()
-                    .rpush(&key, entry)
-                    .ignore()
-                    .ltrim(&key, first, -1)
-                    .ignore();
-            }
-            self.link
-                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-                .await
-        }
-        .boxed()
+        append_history(&self.link, room, vec![entry], keep).boxed()
     }
 
     fn record_history(&self, room: &str, entry: String, keep: usize) {
