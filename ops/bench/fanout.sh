@@ -20,7 +20,7 @@
 #   CLIENTS=1000 RATES="20 100" MODES="embedded redis" DURATION=10 RAMP=200
 #   CLIENT_PROCS=2 (receiving Node processes; the senders share one more)
 #   GRACE=5 (seconds receivers wait for late messages after the last send)
-#   PORT=38111 REDIS_PORT=38112 (the first free port from these up is taken)
+#   PORT= REDIS_PORT=            (default: ports reserved by ops/lib/ports.sh)
 #
 # The chat allows one socket 20 messages a second (serve --messages-per-second). The app runs with
 # its defaults: workers started as `chatctl start -- chatctl serve --messages-per-second N` would
@@ -43,8 +43,8 @@ DURATION=${DURATION:-10}
 RAMP=${RAMP:-200}
 CLIENT_PROCS=${CLIENT_PROCS:-2}
 GRACE=${GRACE:-5}
-PORT=${PORT:-38111}
-REDIS_PORT=${REDIS_PORT:-38112}
+PORT=${PORT:-}
+REDIS_PORT=${REDIS_PORT:-}
 SENDER_RATE_LIMIT=20 # the chat's default --messages-per-second
 # A token bucket refilled at exactly the send rate stays empty after one late burst, and then
 # refuses what follows: each sender keeps a quarter below the limit.
@@ -115,20 +115,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { # first free port from $1 on, not $2
-  local port
-  for ((port = $1; port < $1 + 100; port++)); do
-    [[ $port == "${2:-}" ]] && continue
-    port_in_use "$port" || {
-      echo "$port"
-      return
-    }
-  done
-  die "no free port in $1..$(($1 + 99))"
-}
-PORT=$(free_port "$PORT")
-REDIS_PORT=$(free_port "$REDIS_PORT" "$PORT")
+# shellcheck source=../lib/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/ports.sh"
+[[ -n $PORT ]] || { reserve_port || die "no free port"; PORT=$RESERVED_PORT; }
+[[ -n $REDIS_PORT ]] || { reserve_port || die "no free port"; REDIS_PORT=$RESERVED_PORT; }
 
 # --- helpers ---------------------------------------------------------------------------------
 

@@ -209,17 +209,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# Below the kernel's ephemeral range, so that no client connection holds the port a server binds next.
-NEXT_PORT=${PORT:-$(($(cut -f1 /proc/sys/net/ipv4/ip_local_port_range) - 3000))}
-free_port() { # sets PORT to the next free port
-  local tries
-  for ((tries = 0; tries < 200; tries++)); do
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-    port_in_use "$PORT" || return 0
-  done
-  die "no free port from ${NEXT_PORT}"
+# shellcheck source=../lib/ports.sh
+source "$ROOT/ops/lib/ports.sh"
+free_port() { # sets PORT to a port this script holds until it exits (ops/lib/ports.sh)
+  reserve_port || die "no free loopback port"
+  PORT=$RESERVED_PORT
 }
 
 wait_for_line() { # file pattern seconds pid

@@ -28,7 +28,6 @@
 #   TARGETS="worker master proxy haproxy"  which targets, in this order; one that cannot start
 #                                          (a missing tool, a failing master) is reported as such
 #   DURATION=10 POLL_CONNECTIONS=32 WS_CONNECTIONS=50 WS_IN_FLIGHT=32 INSTANCES=2
-#   PORT=28131                             the targets listen on PORT to PORT+4
 #   CHATCTL=path/to/chatctl                instead of `cargo build --release -p chatctl`
 #   RESULTS=docs/BENCHMARKS.md             where the table goes (RESULTS= prints it only)
 #
@@ -46,9 +45,6 @@ POLL_CONNECTIONS=${POLL_CONNECTIONS:-32}
 WS_CONNECTIONS=${WS_CONNECTIONS:-50}
 WS_IN_FLIGHT=${WS_IN_FLIGHT:-32}
 INSTANCES=${INSTANCES:-2}
-# Below the kernel's ephemeral range (32768 and up by default): the load generators' own
-# connections could otherwise hold a port a target starts on later.
-PORT=${PORT:-28131}
 RESULTS=${RESULTS-$ROOT/docs/BENCHMARKS.md}
 NODE_ID=1
 MASTER_APP=sticky-bench
@@ -117,12 +113,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in $(seq "$PORT" $((PORT + 4))); do
-  port_in_use "$port" && die "127.0.0.1:$port is in use; choose another PORT"
+# shellcheck source=../lib/ports.sh
+source "$ROOT/ops/lib/ports.sh"
+for target in WORKER MASTER PROXY HAPROXY NGINX; do
+  reserve_port || die "no free loopback port"
+  printf -v "${target}_PORT" '%s' "$RESERVED_PORT"
 done
-WORKER_PORT=$PORT MASTER_PORT=$((PORT + 1)) PROXY_PORT=$((PORT + 2))
-HAPROXY_PORT=$((PORT + 3)) NGINX_PORT=$((PORT + 4))
 
 now_ms() {
   local t=${EPOCHREALTIME/[.,]/}

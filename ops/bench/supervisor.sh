@@ -15,7 +15,7 @@
 #
 # Usage: ops/bench/supervisor.sh            (about 3.5 minutes; prints a summary at the end)
 #   CHATCTL=path/to/chatctl   use this binary instead of `cargo build --release -p chatctl`
-#   KILLS=5 RELOADS=3 WRK_DURATION=10 RELOAD_AT=3 PORT_CHATCTL=38101 PORT_PM2=38102
+#   KILLS=5 RELOADS=3 WRK_DURATION=10 RELOAD_AT=3 PORT_CHATCTL= PORT_PM2= (default: reserved by ops/lib/ports.sh)
 #   CHATCTL_FLAGS="--restart-delay 0ms"   more flags for `chatctl start` (word-split)
 #
 # Needs: cargo, node + npm, curl, jq, wrk (as root on Debian the last three are installed when
@@ -30,8 +30,8 @@ KILLS=${KILLS:-5}
 RELOADS=${RELOADS:-3}
 WRK_DURATION=${WRK_DURATION:-10}
 RELOAD_AT=${RELOAD_AT:-3}
-PORT_CHATCTL=${PORT_CHATCTL:-38101}
-PORT_PM2=${PORT_PM2:-38102}
+PORT_CHATCTL=${PORT_CHATCTL:-}
+PORT_PM2=${PORT_PM2:-}
 # chatctl's backoff grows for a worker that crashes again within --restart-reset (30 s by
 # default). The kills here stand for independent crashes, so the app gets --restart-reset 2s
 # and each killed worker has been up at least KILL_GAP seconds: every restart is a first one,
@@ -108,10 +108,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$PORT_CHATCTL" "$PORT_PM2"; do
-  port_in_use "$port" && die "127.0.0.1:$port is in use; choose PORT_CHATCTL / PORT_PM2"
-done
+# shellcheck source=../lib/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/ports.sh"
+[[ -n $PORT_CHATCTL ]] || { reserve_port || die "no free port"; PORT_CHATCTL=$RESERVED_PORT; }
+[[ -n $PORT_PM2 ]] || { reserve_port || die "no free port"; PORT_PM2=$RESERVED_PORT; }
 
 # --- helpers ---------------------------------------------------------------------------------
 

@@ -11,15 +11,79 @@ use supervisor::{AppConfig, AppStatus, ConfigFile, Master, Request, Response};
 
 use crate::flags::AppArgs;
 
-/// The app configurations the flags (or the config file) describe.
+/// The app configurations the flags (or the config file) describe. With a config file, every
+/// app flag given on the command line applies to every app of the file (a `--user` is never
+/// dropped).
 pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
-    if let Some(path) = &args.config_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        return Ok(ConfigFile::parse(&text)?.app);
+    let flags = config_from_flags(args);
+    let Some(path) = &args.config_file else {
+        flags.validate()?;
+        return Ok(vec![flags]);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut apps = ConfigFile::parse(&text)?.app;
+    for app in &mut apps {
+        for flag in &args.given {
+            apply_flag(app, &flags, flag)?;
+        }
+        app.validate()?;
     }
+    Ok(apps)
+}
+
+/// Copies the setting of the command-line flag `flag` (a clap id) from `flags` onto `app`.
+fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), UsageError> {
+    match flag {
+        "config_file" => {}
+        "user" => app.user.clone_from(&flags.user),
+        "max_memory" => app.max_memory = flags.max_memory,
+        "log_max_size" => app.log_max_size = flags.log_max_size,
+        "log_keep" => app.log_keep = flags.log_keep,
+        "restart_delay" => app.restart.initial_delay = flags.restart.initial_delay,
+        "restart_max_delay" => app.restart.max_delay = flags.restart.max_delay,
+        "restart_reset" => app.restart.reset_after = flags.restart.reset_after,
+        "min_uptime" => app.restart.min_uptime = flags.restart.min_uptime,
+        "crash_loop_exits" => app.restart.max_fast_exits = flags.restart.max_fast_exits,
+        "stop_exit_codes" => app
+            .restart
+            .stop_exit_codes
+            .clone_from(&flags.restart.stop_exit_codes),
+        "health_interval" => app.health.interval = flags.health.interval,
+        "health_timeout" => app.health.timeout = flags.health.timeout,
+        "health_misses" => app.health.max_misses = flags.health.max_misses,
+        "ready_timeout" => app.ready_timeout = flags.ready_timeout,
+        "drain_timeout" => app.drain_timeout = flags.drain_timeout,
+        "stop_timeout" => app.stop_timeout = flags.stop_timeout,
+        "scheduling" => app.scheduling = flags.scheduling,
+        "node_id" => app.node_id = flags.node_id,
+        "peek_timeout" => app.peek_timeout = flags.peek_timeout,
+        // `--env` and `--redis` both become environment entries; later entries win.
+        "env" | "redis" => {
+            for entry in &flags.env {
+                if !app.env.contains(entry) {
+                    app.env.push(entry.clone());
+                }
+            }
+        }
+        other => {
+            return Err(UsageError(format!(
+                "--{} cannot be combined with -c FILE: set it in the file's [[app]] tables",
+                other.replace('_', "-")
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// A command line that cannot work as given: `main` prints it in one line and exits 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn config_from_flags(args: &AppArgs) -> AppConfig {
     let defaults = AppConfig::default();
-    let config = AppConfig {
+    AppConfig {
         name: args.name.clone(),
         listen: args.listen,
         instances: args.instances.unwrap_or(defaults.instances),
@@ -60,15 +124,20 @@ pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
         log_max_size: args.log_max_size,
         log_keep: args.log_keep,
         ..defaults
-    };
-    config.validate()?;
-    Ok(vec![config])
+    }
 }
 
 pub async fn start(args: AppArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the chatctl executable")?;
     let mut failed = false;
     for config in configs(&args)? {
+        if supervisor::running_as_root() && config.user.is_none() {
+            println!(
+                "{}: chatctl runs as root, so the workers run as '{}' (choose the account with --user NAME)",
+                config.name,
+                supervisor::default_user()
+            );
+        }
         let started = client::start(&config, &exe).await?;
         print_table(std::slice::from_ref(&started.status));
         if started.all_online {
@@ -134,15 +203,83 @@ fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::R
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let runs_chat = config.runs_chat();
+        let secret = if runs_chat {
+            chat_secret(&config, &paths).await?
+        } else {
+            None
+        };
         let master = Master::prepare(config, paths).await?;
         if runs_chat {
             // No Redis: the master keeps the chat's shared state and relays broadcasts.
             master.set_service(std::sync::Arc::new(coord::StoreService::default()));
         }
+        if let Some(secret) = secret {
+            master.set_secret(secret);
+        }
         init_master_logging(master.log(), foreground);
         master.run(client::sd_notify_ready).await;
         Ok(())
     })
+}
+
+/// The cookie key the chat workers share, unless the app's environment brings its own
+/// (`--env CHAT_SECRET=...`): with Redis, the one stored there for every host on it (the first
+/// master stores a new one); else this app's key file, created once.
+async fn chat_secret(config: &AppConfig, paths: &AppPaths) -> anyhow::Result<Option<String>> {
+    let env = |key: &str| {
+        config
+            .env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    };
+    if env("CHAT_SECRET").is_some() {
+        return Ok(None);
+    }
+    let key = match env("REDIS_URL") {
+        Some(url) => {
+            let redis = coord::RedisConfig {
+                prefix: env("CHATCTL_REDIS_PREFIX").unwrap_or("chatctl").to_owned(),
+                cluster: env("CHATCTL_REDIS_CLUSTER") == Some("true"),
+                ..coord::RedisConfig::new(url)
+            };
+            shared_secret(redis).await?
+        }
+        None => {
+            paths.create()?;
+            chat::load_or_create_secret(&paths.secret).with_context(|| {
+                format!(
+                    "cannot read or create the cookie key at {}",
+                    paths.secret.display()
+                )
+            })?
+        }
+    };
+    Ok(Some(
+        String::from_utf8(key).context("the cookie key is not text")?,
+    ))
+}
+
+/// The cookie key stored in Redis for every host that shares it (see
+/// [`coord::RedisLink::shared_secret`]).
+async fn shared_secret(redis: coord::RedisConfig) -> anyhow::Result<Vec<u8>> {
+    shared_secret_of(&*coord::RedisLink::new(redis)?).await
+}
+
+/// Like [`shared_secret`], through a link the caller already has.
+pub async fn shared_secret_of(link: &coord::RedisLink) -> anyhow::Result<Vec<u8>> {
+    let prefix = &link.config().prefix;
+    let key = link.shared_secret(&chat::new_secret()).await.map_err(|error| {
+        anyhow::anyhow!(
+            "cannot read the cookie key that hosts on one Redis share ({prefix}:cookie-key): {error} — start Redis first, or give every host the same key with --env CHAT_SECRET=..."
+        )
+    })?;
+    anyhow::ensure!(
+        key.len() >= 16,
+        "the cookie key in Redis ({prefix}:cookie-key) is shorter than 16 bytes: delete it, or set a longer one"
+    );
+    Ok(key)
 }
 
 fn init_master_logging(sink: supervisor::logs::LogSink, foreground: bool) {

@@ -85,7 +85,8 @@ pub struct AppArgs {
     /// Number of workers: a number, or `max` for one per CPU (default).
     #[arg(short = 'i', long, value_parser = parse_instances)]
     pub instances: Option<usize>,
-    /// Run workers as this user (required when chatctl runs as root).
+    /// Run workers as this unprivileged user. As root without it, workers run as
+    /// $CHATCTL_USER, else `nobody`; never as root.
     #[arg(long)]
     pub user: Option<String>,
     /// Replace a worker whose memory exceeds this (e.g. 512M).
@@ -160,6 +161,39 @@ pub struct AppArgs {
     /// FLAGS` runs the chat app with those flags (see `chatctl serve --help`).
     #[arg(last = true)]
     pub command: Vec<String>,
+    /// The flags given on the command line (clap ids), which `-c FILE` applies to every app.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+impl Cli {
+    /// Parses `args` like `Cli::try_parse_from`, and records which app flags of `start` and
+    /// `run` were given on the command line.
+    pub fn parse_recording_flags<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        if let (Command::Start(app) | Command::Run(app), Some((name, sub))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            // The arguments only: the matches also hold the group clap makes of `AppArgs`.
+            let arguments = command
+                .find_subcommand(name)
+                .into_iter()
+                .flat_map(|c| c.get_arguments());
+            app.given = arguments
+                .map(|argument| argument.get_id().as_str())
+                .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+                .map(str::to_owned)
+                .collect();
+        }
+        Ok(cli)
+    }
 }
 
 /// `N` or `max`.
@@ -442,6 +476,27 @@ mod tests {
             "nonode:1"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn the_flags_given_with_a_config_file_are_recorded() {
+        let cli = Cli::parse_recording_flags([
+            "chatctl",
+            "start",
+            "-c",
+            "apps.toml",
+            "--user",
+            "chat",
+            "--env",
+            "A=1",
+        ])
+        .unwrap();
+        let Command::Start(args) = cli.command else {
+            panic!("not start")
+        };
+        let mut given = args.given.clone();
+        given.sort();
+        assert_eq!(given, ["config_file", "env", "user"]);
     }
 
     #[test]

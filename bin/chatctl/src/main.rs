@@ -4,12 +4,10 @@ mod apps;
 mod flags;
 mod serve;
 
-use clap::Parser;
-
 use flags::{Cli, Command};
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_recording_flags(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) => exit_on_usage_error(error),
     };
@@ -42,7 +40,8 @@ fn main() {
     };
     if let Err(error) = result {
         eprintln!("chatctl: {error:#}");
-        std::process::exit(1);
+        let usage = error.downcast_ref::<apps::UsageError>().is_some();
+        std::process::exit(if usage { 2 } else { 1 });
     }
 }
 

@@ -75,6 +75,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // in this process.
         let link = WorkerLink::from_env();
         let mut config = config;
+        config.secret = cookie_key(&args, redis.as_deref()).await?;
         let mut redis_parts = None;
         let store: Arc<dyn chat::Store> = match (redis, &link) {
             (Some(redis), _) => {
@@ -137,22 +138,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The cookie key: `--secret` (or CHAT_SECRET, which a chatctl master sets), else
+/// `--secret-file`, else, with Redis, the key every host on that Redis shares, else the key
+/// file in $CHATCTL_HOME.
+async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &args.secret {
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "--secret / CHAT_SECRET must be at least 16 characters"
+        );
+        return Ok(secret.as_bytes().to_vec());
+    }
+    if let (None, Some(redis)) = (&args.secret_file, redis) {
+        return crate::apps::shared_secret_of(redis).await;
+    }
+    let path = args
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| supervisor::paths::home().join("secret"));
+    chat::load_or_create_secret(&path)
+        .with_context(|| format!("cannot read or create the cookie key at {}", path.display()))
+}
+
 fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
-    let secret = match &args.secret {
-        Some(secret) if secret.len() >= 16 => secret.as_bytes().to_vec(),
-        Some(_) => anyhow::bail!("--secret / CHAT_SECRET must be at least 16 characters"),
-        None => {
-            let path = args
-                .secret_file
-                .clone()
-                .unwrap_or_else(|| supervisor::paths::home().join("secret"));
-            chat::load_or_create_secret(&path).with_context(|| {
-                format!("cannot read or create the cookie key at {}", path.display())
-            })?
-        }
-    };
     let mut config = ChatConfig {
-        secret,
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
         max_rooms_per_socket: args.max_rooms_per_socket as usize,

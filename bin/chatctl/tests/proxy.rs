@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use supervisor::route_tag::{self, Owner};
-use support::{all_online, chatctl_exe, free_port, http_get, wait_for_value, wait_until, workers};
+use support::{all_online, chatctl_exe, http_get, wait_for_value, wait_until, workers};
 use support::{node_program, App, ClientScript};
 
 /// Users in the room.
@@ -21,7 +21,7 @@ const USERS: usize = 20;
 #[test]
 fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() {
     let node = node_program();
-    let redis = support::RedisServer::start(free_port());
+    let redis = support::RedisServer::start(testkit::port());
     let hosts: Vec<(u16, App)> = [1, 2]
         .into_iter()
         .map(|node_id| (node_id, start_host(node_id, &redis.url())))
@@ -110,8 +110,9 @@ fn the_proxy_runs_under_a_master_on_the_socket_it_inherits() {
 }
 
 /// One host: a master of one chat worker with its own state directory and port, sessions tagged
-/// with `node_id`, and the chat shared with the other host through Redis. The hosts must sign
-/// cookies with the same secret, since a user logs in on one and may chat on the other.
+/// with `node_id`, and the chat shared with the other host through Redis. A user logs in on one
+/// host and may chat on the other: with no `CHAT_SECRET` given, the hosts sign cookies with the
+/// key the first of them stored in their Redis.
 fn start_host(node_id: u16, redis_url: &str) -> App {
     let app = App::new(&format!("host{node_id}"));
     let node_flag = node_id.to_string();
@@ -132,11 +133,7 @@ fn start_host(node_id: u16, redis_url: &str) -> App {
             "--stop-timeout",
             "5s",
         ],
-        &[
-            "serve",
-            "--secret",
-            "one secret for every host behind the proxy",
-        ],
+        &[],
     );
     app.wait_listed("one online worker", |a| all_online(a, 1));
     app
@@ -177,7 +174,7 @@ struct ProxyProcess {
 
 impl ProxyProcess {
     fn start(hosts: &[(u16, App)]) -> ProxyProcess {
-        let port = free_port();
+        let port = testkit::port();
         let log =
             std::env::temp_dir().join(format!("chatctl-test-proxy-{}.log", std::process::id()));
         let mut args = vec![

@@ -210,11 +210,8 @@ fn a_bad_flag_is_one_line_and_exit_2() {
 
 #[test]
 fn nobody_listening_is_a_failed_run() {
-    // A port that was just free: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-        .port();
+    // A port reserved for this test that nothing listens on.
+    let port = testkit::port();
     let url = format!("http://127.0.0.1:{port}");
     let run = bench(&[
         "--url",

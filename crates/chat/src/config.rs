@@ -62,6 +62,17 @@ impl Default for ChatConfig {
     }
 }
 
+/// A new cookie key: 32 random bytes, as 64 hex digits (printable, so it fits a file, an
+/// environment variable or a Redis string alike).
+pub fn new_secret() -> Vec<u8> {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes);
+    bytes
+        .iter()
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect()
+}
+
 /// Reads the cookie key from `path`, or creates it there (32 random bytes, hex, mode 0600) so
 /// that restarts and the other workers keep accepting existing cookies.
 pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -74,9 +85,7 @@ pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut bytes = [0u8; 32];
-    rand::Rng::fill(&mut rand::rng(), &mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = new_secret();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -86,8 +95,8 @@ pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
         .open(path);
     match file {
         Ok(mut file) => {
-            file.write_all(hex.as_bytes())?;
-            Ok(hex.into_bytes())
+            file.write_all(&hex)?;
+            Ok(hex)
         }
         // Another worker created it first: use theirs.
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -86,8 +86,10 @@ impl Backend {
         }
     }
 
+    /// A backend on a port of the test kit: a test may stop it and bind the same port again
+    /// (no outgoing connection or other test takes it meanwhile).
     async fn bind(node: u16) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(("127.0.0.1", testkit::port()))
             .await
             .expect("bind a backend");
         Backend::start(node, listener).await

@@ -20,5 +20,5 @@ pub mod spawn;
 
 pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling};
 pub use control::{AppStatus, Request, Response, WorkerStatus};
-pub use master::{Master, MasterError, MasterService};
+pub use master::{default_user, running_as_root, Master, MasterError, MasterService};
 pub use paths::AppPaths;

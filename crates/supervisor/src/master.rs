@@ -74,10 +74,12 @@ pub enum MasterError {
         "cannot bind {0}: {1} — is another chatctl app or server using it? see `chatctl list`"
     )]
     Bind(String, std::io::Error),
-    #[error("workers must not run as root: pass --user NAME (an unprivileged account)")]
-    RootWithoutUser,
+    #[error("workers must not run as root: pass --user NAME with an unprivileged account")]
+    RootUser,
     #[error("--user needs the master to run as root")]
     UserWithoutRoot,
+    #[error("chatctl runs as root and the default workers' account '{0}' does not exist: pass --user NAME (an unprivileged account), or set CHATCTL_USER")]
+    NoDefaultUser(String),
     #[error("{0}")]
     Spawn(#[from] crate::spawn::SpawnError),
     #[error("cannot set up {path}: {source}")]
@@ -185,8 +187,9 @@ struct Inner {
     listener: std::net::TcpListener,
     /// Names this master's workers' private sockets (abstract unix sockets).
     peers_token: String,
-    /// The chat's cookie key, the same for every worker and every restart.
-    secret: Option<String>,
+    /// The chat's cookie key, the same for every worker and every restart (and every host on
+    /// one Redis): given by [`Master::set_secret`].
+    secret: std::sync::OnceLock<String>,
     run_as: Option<RunAs>,
     log: LogSink,
     started: Instant,
@@ -227,21 +230,9 @@ impl Master {
         paths.remove_runtime_files();
         paths.create().map_err(files_error(&paths.dir))?;
 
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let run_as = match (&config.user, root) {
-            (Some(user), true) => Some(lookup_user(user)?),
-            (None, true) => return Err(MasterError::RootWithoutUser),
-            (Some(_), false) => return Err(MasterError::UserWithoutRoot),
-            (None, false) => None,
-        };
+        let run_as = workers_account(config.user.as_deref())?;
         let listener = crate::listen::bind(config.listen)
             .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
-        let secret = if config.runs_chat() {
-            Some(load_secret(&paths.secret).map_err(files_error(&paths.secret))?)
-        } else {
-            None
-        };
         let log = LogSink::open(paths.log_file.clone(), config.log_max_size, config.log_keep)
             .map_err(files_error(&paths.log_file))?;
         let control = UnixListener::bind(&paths.control).map_err(files_error(&paths.control))?;
@@ -265,7 +256,7 @@ impl Master {
             paths,
             listener,
             peers_token,
-            secret,
+            secret: std::sync::OnceLock::new(),
             run_as,
             log,
             started: Instant::now(),
@@ -285,6 +276,12 @@ impl Master {
     /// Serves workers' requests and relays their messages (the embedded bus and store).
     pub fn set_service(&self, service: Arc<dyn MasterService>) {
         let _ = self.inner.service.set(service);
+    }
+
+    /// The key the chat workers sign cookies with (`CHAT_SECRET`, unless the app's own
+    /// environment sets one). Set before [`Master::run`].
+    pub fn set_secret(&self, secret: String) {
+        let _ = self.inner.secret.set(secret);
     }
 
     /// The app log, for the master's own `tracing` output.
@@ -400,7 +397,7 @@ impl Inner {
                         connections,
                         private_socket: private.as_raw_fd(),
                         peers_token: &self.peers_token,
-                        secret: self.secret.as_deref(),
+                        secret: self.secret.get().map(String::as_str),
                         run_as: self.run_as,
                     };
                     let spawned = spawn_worker(&spec)?;
@@ -1499,27 +1496,43 @@ async fn http_health(token: &str, worker_id: u16) -> std::io::Result<bool> {
     Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
 }
 
-/// The chat's cookie key, created once per app (0600, readable by the master only) so every
-/// worker and every restart accept the same cookies.
-fn load_secret(path: &std::path::Path) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(secret) = std::fs::read_to_string(path) {
-        if !secret.trim().is_empty() {
-            return Ok(secret.trim().to_owned());
+/// The account workers run as: `user` (never root), or, when the master runs as root and no
+/// user is given, [`default_user`], as nginx runs its workers as `nobody`.
+fn workers_account(user: Option<&str>) -> Result<Option<RunAs>, MasterError> {
+    match (user, running_as_root()) {
+        (Some(user), true) => {
+            let account = lookup_user(user)?;
+            if account.uid == 0 {
+                return Err(MasterError::RootUser);
+            }
+            Ok(Some(account))
         }
+        (None, true) => {
+            let user = default_user();
+            match lookup_user(&user) {
+                Ok(account) if account.uid != 0 => Ok(Some(account)),
+                Ok(_) => Err(MasterError::RootUser),
+                Err(_) => Err(MasterError::NoDefaultUser(user)),
+            }
+        }
+        (Some(_), false) => Err(MasterError::UserWithoutRoot),
+        (None, false) => Ok(None),
     }
-    let mut random = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(hex.as_bytes())?;
-    Ok(hex)
+}
+
+/// Whether this process runs as root, where workers get an unprivileged account.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The account workers of a root master run as when no `--user` is given: `CHATCTL_USER`, else
+/// `nobody`.
+pub fn default_user() -> String {
+    std::env::var("CHATCTL_USER")
+        .ok()
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| "nobody".to_owned())
 }
 
 fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {

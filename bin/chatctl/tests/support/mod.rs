@@ -5,7 +5,6 @@
 #![allow(dead_code)] // each test file uses its own part of this module
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,18 +24,10 @@ pub fn chatctl_exe() -> &'static str {
     env!("CARGO_BIN_EXE_chatctl")
 }
 
-/// Whether workers must be given `--user`: the master refuses to run them as root.
+/// Whether the tests run as root (where workers run as `nobody` unless `--user` says otherwise).
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("no free loopback port")
 }
 
 /// One app under test: its own `CHATCTL_HOME` and port. Dropping it stops the app (whatever
@@ -63,7 +54,7 @@ impl App {
         App {
             name: name.to_owned(),
             home,
-            port: free_port(),
+            port: testkit::port(),
         }
     }
 
@@ -93,13 +84,10 @@ impl App {
     }
 
     /// `chatctl start` of this app on its port with `flags`, running `program` (the chat app
-    /// when empty). Adds `--user nobody` when the tests run as root.
+    /// when empty). As root, the workers run as `nobody` (the default account).
     pub fn start(&self, flags: &[&str], program: &[&str]) -> Output {
         let listen = self.listen();
         let mut args = vec!["start", "--name", &self.name, "--listen", &listen];
-        if running_as_root() {
-            args.extend(["--user", "nobody"]);
-        }
         args.extend_from_slice(flags);
         if !program.is_empty() {
             args.push("--");

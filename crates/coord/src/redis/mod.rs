@@ -268,6 +268,26 @@ impl RedisLink {
         }
     }
 
+    /// The cookie key every worker and host on this Redis signs with: `candidate` if none is
+    /// stored yet under `P:cookie-key` (the first to ask stores it, `SET NX`), else the stored
+    /// one. So hosts that share a Redis accept each other's logins with no key to distribute.
+    pub async fn shared_secret(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let key = self.key(&["cookie-key"]);
+        self.run(|mut connection| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(candidate)
+                .arg("NX")
+                .exec_async(&mut connection)
+                .await?;
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Vec<u8>>(&mut connection)
+                .await
+        })
+        .await
+    }
+
     /// `P:part:part...`, for keys and channels used alone.
     fn key(&self, parts: &[&str]) -> String {
         join_key(&self.config.prefix, parts)

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // Each test file uses part of it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        Self::start_on(testkit::port())
     }
 
     /// Starts on `port` and returns once the server says it accepts connections.
@@ -44,7 +44,7 @@ impl RedisServer {
     /// Starts a node for a Redis Cluster (`--cluster-enabled yes`) on a free port, in a
     /// directory of its own for its cluster state file.
     pub fn start_cluster_node() -> Self {
-        let port = free_port();
+        let port = testkit::port();
         let dir =
             std::env::temp_dir().join(format!("coord-redis-cluster-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a directory for the cluster node");
@@ -120,13 +120,6 @@ impl RedisServer {
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 impl Drop for RedisServer {

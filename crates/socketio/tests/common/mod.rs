@@ -73,25 +73,13 @@ impl TestServer {
         Self::serve(listener, setup)
     }
 
-    /// Like [`TestServer::start`], on a free port below the kernel's ephemeral port range: while
-    /// this server is stopped, no client socket can be given its port as a local port (a busy
-    /// machine hands ephemeral ports out quickly), so [`TestServer::restart_on`] can bind it.
+    /// Like [`TestServer::start`], on a port of the test kit (outside the kernel's ephemeral
+    /// range and reserved for this test process): while this server is stopped, nothing else can
+    /// take its port, so [`TestServer::restart_on`] can bind it.
     pub fn start_restartable(setup: impl FnOnce(&SocketIo)) -> Self {
-        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-            .unwrap_or(32768);
-        let candidates = (ephemeral_low / 2)..ephemeral_low;
-        let span = u64::from(candidates.end - candidates.start);
-        // Concurrent tests start at different random ports and move on from taken ones.
-        let first = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            std::process::id(),
-        ) % span;
-        let listener = (0..span.min(500))
-            .map(|offset| candidates.start + ((first + offset) % span) as u16)
-            .find_map(|port| Self::bind(port).ok())
-            .unwrap_or_else(|| panic!("no free port in {candidates:?} for a restartable server"));
+        let port = testkit::port();
+        let listener = Self::bind(port)
+            .unwrap_or_else(|error| panic!("cannot bind the reserved port {port}: {error}"));
         Self::serve(listener, setup)
     }
 
