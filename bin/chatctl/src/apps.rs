@@ -76,6 +76,50 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
     Ok(())
 }
 
+/// The name of an app started without `--name`: `chat` for the chat app, else the file name of
+/// the program, or of the script an interpreter runs (`node api.js` is `api`, as in PM2; not
+/// code given inline, as in `sh -c '...'`).
+fn default_name(command: &[String]) -> String {
+    const INTERPRETERS: [&str; 10] = [
+        "node", "nodejs", "python", "python3", "ruby", "perl", "php", "bash", "sh", "bun",
+    ];
+    let file_stem = |path: &str| {
+        std::path::Path::new(path)
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+    };
+    let Some(program) = command
+        .first()
+        .filter(|program| program.as_str() != "serve")
+    else {
+        return "chat".to_owned();
+    };
+    let program_name = file_stem(program).unwrap_or_default();
+    let arguments = &command[1..];
+    let script_at = arguments.iter().position(|arg| !arg.starts_with('-'));
+    let inline_code = |at: usize| arguments[..at].iter().any(|arg| arg == "-c" || arg == "-e");
+    let script = script_at
+        .filter(|at| INTERPRETERS.contains(&program_name.as_str()) && !inline_code(*at))
+        .and_then(|at| file_stem(&arguments[at]));
+    let name: String = script
+        .unwrap_or(program_name)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if supervisor::config::valid_name(&name) {
+        name
+    } else {
+        "app".to_owned()
+    }
+}
+
 /// A command line that cannot work as given: `main` prints it in one line and exits 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -83,10 +127,22 @@ pub struct UsageError(pub String);
 
 fn config_from_flags(args: &AppArgs) -> AppConfig {
     let defaults = AppConfig::default();
+    let chat = AppConfig {
+        command: args.command.clone(),
+        ..AppConfig::default()
+    }
+    .runs_chat();
     AppConfig {
-        name: args.name.clone(),
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(&args.command)),
         listen: args.listen,
-        instances: args.instances.unwrap_or(defaults.instances),
+        // One worker per CPU for the chat; one for another program (PM2's default), which may
+        // not be written to share a port.
+        instances: args
+            .instances
+            .unwrap_or(if chat { defaults.instances } else { 1 }),
         scheduling: args.scheduling,
         node_id: args.node_id,
         peek_timeout: args.peek_timeout,
@@ -313,12 +369,30 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn status(name: &str, json: bool) -> anyhow::Result<()> {
+/// `status NAME`, or every app's status without a name.
+pub async fn status(name: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let Some(name) = name else {
+        let apps = client::list().await;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&apps)?);
+        } else if apps.is_empty() {
+            println!("no app running (start one with `chatctl start`)");
+        }
+        for app in apps.iter().filter(|_| !json) {
+            print_status(app);
+        }
+        return Ok(());
+    };
     let status = client::status(name).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
+    print_status(&status);
+    Ok(())
+}
+
+fn print_status(status: &AppStatus) {
     println!(
         "app {}  master pid {}  listen {}  scheduling {}  up {}",
         status.name,
@@ -327,38 +401,43 @@ pub async fn status(name: &str, json: bool) -> anyhow::Result<()> {
         status.scheduling,
         human_duration(status.uptime_ms)
     );
-    print_table(std::slice::from_ref(&status));
+    print_table(std::slice::from_ref(status));
     for worker in &status.workers {
         if let Some(error) = &worker.last_error {
             println!("worker {}: last failure: {error}", worker.id);
         }
     }
+}
+
+/// reload / restart / scale of `name` (`all`: every running app, one after the other): prints
+/// progress lines, then the result.
+pub async fn control(name: &str, request: Request) -> anyhow::Result<()> {
+    for name in app_names(name) {
+        let response = client::send(&name, &request, |line| println!("{line}")).await?;
+        match response {
+            Response::Done { message } => println!("{name}: {message}"),
+            Response::Error { message } => bail!("{name}: {message}"),
+            other => bail!("{name}: unexpected answer {other:?}"),
+        }
+    }
     Ok(())
 }
 
-/// reload / restart / scale: prints progress lines, then the result.
-pub async fn control(name: &str, request: Request) -> anyhow::Result<()> {
-    let response = client::send(name, &request, |line| println!("{line}")).await?;
-    match response {
-        Response::Done { message } => {
-            println!("{name}: {message}");
-            Ok(())
-        }
-        Response::Error { message } => bail!("{name}: {message}"),
-        other => bail!("{name}: unexpected answer {other:?}"),
+/// The apps `name` stands for: every running app for `all`, else itself. Says so when `all`
+/// finds none.
+fn app_names(name: &str) -> Vec<String> {
+    if name != "all" {
+        return vec![name.to_owned()];
     }
-}
-
-pub async fn stop(name: &str) -> anyhow::Result<()> {
-    let names = if name == "all" {
-        client::running_apps()
-    } else {
-        vec![name.to_owned()]
-    };
+    let names = client::running_apps();
     if names.is_empty() {
         println!("no app running");
     }
-    for name in names {
+    names
+}
+
+pub async fn stop(name: &str) -> anyhow::Result<()> {
+    for name in app_names(name) {
         match client::stop(&name).await {
             Ok(()) => println!("{name}: stopped"),
             Err(ClientError::Control(error)) => bail!("{error}"),
@@ -424,5 +503,25 @@ fn human_bytes(bytes: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.0}K", b as f64 / 1024.0),
         b => format!("{b}B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    fn name_of(command: &[&str]) -> String {
+        default_name(&command.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn an_app_is_named_after_its_program_or_script() {
+        assert_eq!(name_of(&[]), "chat");
+        assert_eq!(name_of(&["serve", "--port", "1"]), "chat");
+        assert_eq!(name_of(&["node", "api.js"]), "api");
+        assert_eq!(name_of(&["/usr/bin/python3", "-u", "jobs/worker.py"]), "worker");
+        assert_eq!(name_of(&["/bin/sh", "-c", "exec sleep 1"]), "sh");
+        assert_eq!(name_of(&["node", "-e", "1"]), "node");
+        assert_eq!(name_of(&["/opt/bin/my server"]), "my-server");
     }
 }

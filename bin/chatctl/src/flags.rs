@@ -24,20 +24,25 @@ pub enum Command {
     /// Run an app's master in the foreground (for systemd `Type=notify` and containers).
     Run(AppArgs),
     /// Show every running app's workers.
+    #[command(visible_alias = "ls")]
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Show one app's workers, with the reason of any failure.
+    /// `list --json` (PM2's `jlist`).
+    #[command(hide = true)]
+    Jlist,
+    /// Show one app's workers (every app's without a name), with the reason of any failure.
+    #[command(visible_aliases = ["show", "describe"])]
     Status {
-        name: String,
+        name: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Replace every worker one at a time without dropping a request.
+    /// Replace every worker one at a time without dropping a request (`all`: every app).
     Reload { name: String },
-    /// Stop and start every worker (not zero-downtime: see reload).
+    /// Stop and start every worker (not zero-downtime: see reload; `all`: every app).
     Restart { name: String },
     /// Change the number of workers.
     Scale {
@@ -47,11 +52,15 @@ pub enum Command {
     },
     /// Stop an app (or `all`): drain its workers, then kill whatever is left.
     Stop { name: String },
-    /// Print an app's log: workers' output and the master's own lines.
+    /// Print an app's log, workers' output and the master's own lines, then follow it as new
+    /// lines come (Ctrl-C to stop).
     Logs {
         name: String,
-        /// Keep printing new lines as they come.
-        #[arg(short, long)]
+        /// Print the last lines and exit instead of following.
+        #[arg(long)]
+        nostream: bool,
+        /// Follow (the default; kept for `logs -f` habits).
+        #[arg(short, long, hide = true)]
         follow: bool,
         /// How many of the last lines to print first.
         #[arg(short = 'n', long, default_value_t = 100)]
@@ -76,13 +85,14 @@ pub struct AppArgs {
     /// Start every app of this TOML file ([[app]] tables) instead of one from flags.
     #[arg(short = 'c', long = "config", conflicts_with_all = ["name", "listen", "instances", "command"])]
     pub config_file: Option<PathBuf>,
-    /// Name of the app.
-    #[arg(long, default_value = "chat")]
-    pub name: String,
+    /// Name of the app [default: `chat` for the chat app, else the program's file name].
+    #[arg(long)]
+    pub name: Option<String>,
     /// Address the workers share.
     #[arg(long, default_value = "0.0.0.0:3000")]
     pub listen: std::net::SocketAddr,
-    /// Number of workers: a number, or `max` for one per CPU (default).
+    /// Number of workers: a number, or `max` for one per CPU [default: `max` for the chat
+    /// app, 1 for another program].
     #[arg(short = 'i', long, value_parser = parse_instances)]
     pub instances: Option<usize>,
     /// Run workers as this unprivileged user. As root without it, workers run as
@@ -90,7 +100,7 @@ pub struct AppArgs {
     #[arg(long)]
     pub user: Option<String>,
     /// Replace a worker whose memory exceeds this (e.g. 512M).
-    #[arg(long, value_parser = supervisor::config::parse_size)]
+    #[arg(long, alias = "max-memory-restart", value_parser = supervisor::config::parse_size)]
     pub max_memory: Option<u64>,
     /// Rotate the app log above this size.
     #[arg(long, default_value = "10M", value_parser = supervisor::config::parse_size)]
@@ -126,13 +136,13 @@ pub struct AppArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_misses: u32,
     /// Time a worker may take to report ready.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, alias = "listen-timeout", default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
     /// Time a replaced worker may take to finish its requests on reload.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Time workers get to exit on stop before SIGKILL.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
     /// How connections reach the chat workers: `sticky` (the master reads the session id of
     /// each new connection's first request and hands the connection to the worker owning that
@@ -383,7 +393,7 @@ fn parse_redis_url(text: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
-/// Parses `300ms`, `25s`, `5m`, `1h`.
+/// Parses `300ms`, `25s`, `5m`, `1h`, and a plain number as milliseconds (as PM2 does).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -394,11 +404,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("'{text}' is not a duration like 300ms, 25s, 5m"))?;
     let millis = match unit {
-        "ms" => number,
+        "" | "ms" => number,
         "s" => number.saturating_mul(1000),
         "m" => number.saturating_mul(60_000),
         "h" => number.saturating_mul(3_600_000),
-        _ => return Err(format!("'{text}' needs a unit: ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration like 300ms, 25s, 5m (or milliseconds)"
+            ))
+        }
     };
     Ok(Duration::from_millis(millis))
 }
@@ -412,7 +426,8 @@ mod tests {
         assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
         assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("25").is_err());
+        // A plain number is milliseconds, as in PM2.
+        assert_eq!(parse_duration("25"), Ok(Duration::from_millis(25)));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5 days").is_err());
     }

@@ -33,9 +33,10 @@ fn main() {
         Command::Master { name } => apps::master(&name),
         Command::Logs {
             name,
-            follow,
+            nostream,
+            follow: _,
             lines,
-        } => apps::logs(&name, follow, lines),
+        } => apps::logs(&name, !nostream, lines),
         command => client_runtime().and_then(|runtime| runtime.block_on(client_command(command))),
     };
     if let Err(error) = result {
@@ -79,7 +80,8 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Start(args) => apps::start(args).await,
         Command::List { json } => apps::list(json).await,
-        Command::Status { name, json } => apps::status(&name, json).await,
+        Command::Jlist => apps::list(true).await,
+        Command::Status { name, json } => apps::status(name.as_deref(), json).await,
         Command::Reload { name } => apps::control(&name, Request::Reload).await,
         Command::Restart { name } => apps::control(&name, Request::Restart).await,
         Command::Scale { name, instances } => {

@@ -12,7 +12,7 @@ fn an_invalid_flag_prints_one_line_and_exits_2() {
     let app = App::new("flags");
     for args in [
         &["start", "--no-such-flag"][..],
-        &["start", "--health-interval", "3"],
+        &["start", "--health-interval", "3x"],
         &["start", "-i", "0"],
         &["start", "--listen", "localhost"],
         &["scale", "chat", "many"],

@@ -38,7 +38,7 @@ fn an_ordinary_program_is_clustered_through_listen_fds() {
 
     // The requests are logged by the workers; the app log says which worker wrote each line.
     let tail = wait_for_value("five request lines at the end of the log", || {
-        let output = app.run(&["logs", &app.name, "-n", "5"]);
+        let output = app.run(&["logs", &app.name, "-n", "5", "--nostream"]);
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
         let from_workers = lines

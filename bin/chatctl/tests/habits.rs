@@ -1,0 +1,168 @@
+//! What a PM2 user types works: `ls`, `jlist`, `show`/`describe`, `status` without a name,
+//! `reload all` / `restart all`, `logs` that follows unless `--nostream`, plain numbers as
+//! milliseconds, PM2's flag names, and an app named after its program with one worker.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use serde_json::Value;
+use support::{all_online, wait_until, workers, App};
+
+fn stdout_of(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The settings the app's master runs with.
+fn saved_config(app: &App) -> Value {
+    let text = std::fs::read(app.app_dir().join("config.json")).expect("no config.json");
+    serde_json::from_slice(&text).expect("config.json is not JSON")
+}
+
+#[test]
+fn list_aliases_and_status_without_a_name_show_the_app() {
+    let app = App::new("aliases");
+    app.start_ok(&["-i", "1"], &[]);
+    app.wait_listed("one online worker", |a| all_online(a, 1));
+
+    for command in [
+        &["ls"][..],
+        &["status"],
+        &["show", &app.name],
+        &["describe", &app.name],
+    ] {
+        let text = stdout_of(&app.run(command));
+        assert!(text.contains(&app.name), "chatctl {command:?}: {text}");
+    }
+    let jlist: Value =
+        serde_json::from_str(&stdout_of(&app.run(&["jlist"]))).expect("jlist printed no JSON");
+    assert_eq!(jlist[0]["name"], app.name.as_str(), "{jlist}");
+}
+
+#[test]
+fn reload_and_restart_all_reach_every_app() {
+    let one = App::new("all-one");
+    one.start_ok(&["-i", "1"], &[]);
+    // A second app in the same state directory: `all` means every app of it.
+    let other_listen = format!("127.0.0.1:{}", testkit::port());
+    stdout_of(&one.run(&[
+        "start",
+        "--name",
+        "all-two",
+        "--listen",
+        &other_listen,
+        "-i",
+        "1",
+    ]));
+    let pids_before: Vec<Value> = one
+        .list()
+        .iter()
+        .map(|a| workers(a)[0]["pid"].clone())
+        .collect();
+    assert_eq!(pids_before.len(), 2);
+
+    for command in ["reload", "restart"] {
+        let text = stdout_of(&one.run(&[command, "all"]));
+        for name in [one.name.as_str(), "all-two"] {
+            assert!(
+                text.lines()
+                    .any(|line| line.starts_with(&format!("{name}: "))),
+                "chatctl {command} all did not answer for {name}: {text}"
+            );
+        }
+    }
+    wait_until("both apps online with new workers", || {
+        let apps = one.list();
+        apps.len() == 2
+            && apps.iter().all(|a| all_online(a, 1))
+            && apps
+                .iter()
+                .all(|a| !pids_before.contains(&workers(a)[0]["pid"]))
+    });
+    let _ = one.run(&["stop", "all-two"]);
+}
+
+#[test]
+fn logs_follow_by_default_and_print_once_with_nostream() {
+    let app = App::new("follow");
+    app.start_ok(&["-i", "1"], &[]);
+    app.wait_listed("one online worker", |a| all_online(a, 1));
+
+    let printed = stdout_of(&app.run(&["logs", &app.name, "--lines", "3", "--nostream"]));
+    assert!(printed.lines().count() <= 3, "{printed}");
+
+    let mut follower = app
+        .command(&["logs", &app.name, "--lines", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cannot run chatctl logs");
+    let mut lines = BufReader::new(follower.stdout.take().expect("piped stdout")).lines();
+    // A reload makes the master and the new worker write lines after `logs` started: a
+    // follower prints them (a line read here could come from nowhere else).
+    stdout_of(&app.run(&["reload", &app.name]));
+    let first = lines.next();
+    let still_following = follower.try_wait().expect("try_wait").is_none();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        matches!(first, Some(Ok(_))),
+        "chatctl logs printed nothing after the reload: {first:?}"
+    );
+    assert!(still_following, "chatctl logs exited instead of following");
+}
+
+#[test]
+fn plain_numbers_are_milliseconds_and_pm2_flag_names_work() {
+    let app = App::new("pm2flags");
+    app.start_ok(
+        &[
+            "-i",
+            "1",
+            "--health-interval",
+            "700",
+            "--kill-timeout",
+            "2500",
+            "--listen-timeout",
+            "20000",
+            "--max-memory-restart",
+            "900M",
+        ],
+        &[],
+    );
+    let saved = saved_config(&app);
+    assert_eq!(saved["health"]["interval"], 700, "{saved}");
+    assert_eq!(saved["stop_timeout"], 2500, "{saved}");
+    assert_eq!(saved["ready_timeout"], 20000, "{saved}");
+    assert_eq!(saved["max_memory"], 900u64 << 20, "{saved}");
+}
+
+#[test]
+fn a_program_is_named_after_itself_and_runs_one_worker() {
+    let app = App::new("named");
+    let listen = app.listen();
+    let output = app.run(&[
+        "start",
+        "--listen",
+        &listen,
+        "--min-uptime",
+        "100ms",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exec sleep 600",
+    ]);
+    stdout_of(&output);
+    let apps = app.list();
+    let listed = apps.iter().find(|a| a["name"] == "sh");
+    let listed = listed.unwrap_or_else(|| panic!("no app named sh: {apps:?}"));
+    assert_eq!(workers(listed).len(), 1, "{listed}");
+    let _ = app.run(&["stop", "sh"]);
+}
