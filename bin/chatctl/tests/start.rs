@@ -141,3 +141,19 @@ fn a_user_next_to_a_config_file_is_never_dropped() {
     assert!(lines[0].contains("root"), "{lines:?}");
     assert!(app.list().is_empty(), "a refused start left an app behind");
 }
+
+#[test]
+fn a_redis_that_cannot_be_reached_at_start_is_one_line() {
+    let app = App::new("noredis");
+    // A reserved port nothing listens on.
+    let redis = format!("redis://127.0.0.1:{}", testkit::port());
+    let output = app.start(&["-i", "1", "--redis", &redis], &[]);
+    let lines = stderr_lines(&output);
+    assert!(!output.status.success(), "start without its Redis succeeded");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("cookie key") && lines[0].contains("CHAT_SECRET"),
+        "the line names neither the cause nor the fix: {lines:?}"
+    );
+    assert!(app.list().is_empty(), "a failed start left an app behind");
+}
