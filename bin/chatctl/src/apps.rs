@@ -251,6 +251,9 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
 }
 
 fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::Result<()> {
+    // The master holds each connection until it is handed to a worker, and its workers inherit
+    // the limit it leaves them.
+    supervisor::limits::raise_open_files();
     // One thread: the master's work (hand-offs, relays, probes) is many small steps, which
     // threads would only add wake-ups to. Its log has a thread of its own.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -519,7 +522,10 @@ mod tests {
         assert_eq!(name_of(&[]), "chat");
         assert_eq!(name_of(&["serve", "--port", "1"]), "chat");
         assert_eq!(name_of(&["node", "api.js"]), "api");
-        assert_eq!(name_of(&["/usr/bin/python3", "-u", "jobs/worker.py"]), "worker");
+        assert_eq!(
+            name_of(&["/usr/bin/python3", "-u", "jobs/worker.py"]),
+            "worker"
+        );
         assert_eq!(name_of(&["/bin/sh", "-c", "exec sleep 1"]), "sh");
         assert_eq!(name_of(&["node", "-e", "1"]), "node");
         assert_eq!(name_of(&["/opt/bin/my server"]), "my-server");

@@ -21,6 +21,7 @@ const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 const LISTEN_FDS_START: i32 = 3;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let open_files = supervisor::limits::raise_open_files();
     let config = config(&args)?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
@@ -96,6 +97,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             (None, None) => Arc::new(MemoryStore::default()),
         };
+        if let Some(room) =
+            supervisor::limits::connections_capped(open_files, u64::from(args.max_connections))
+        {
+            tracing::warn!(
+                "the open-files limit ({open_files}) caps --max-connections {} at about {room}: raise the hard nofile limit (LimitNOFILE=, /etc/security/limits.conf; see docs/PRODUCTION.md)",
+                args.max_connections
+            );
+        }
         let server = ChatServer::new(config, store);
         if let Some((bus, store)) = &redis_parts {
             bus.start(server.io().clone());

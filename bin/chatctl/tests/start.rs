@@ -149,7 +149,10 @@ fn a_redis_that_cannot_be_reached_at_start_is_one_line() {
     let redis = format!("redis://127.0.0.1:{}", testkit::port());
     let output = app.start(&["-i", "1", "--redis", &redis], &[]);
     let lines = stderr_lines(&output);
-    assert!(!output.status.success(), "start without its Redis succeeded");
+    assert!(
+        !output.status.success(),
+        "start without its Redis succeeded"
+    );
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].contains("cookie key") && lines[0].contains("CHAT_SECRET"),

@@ -10,6 +10,7 @@ pub mod control;
 pub mod dispatch;
 pub mod handoff;
 pub mod ipc;
+pub mod limits;
 pub mod listen;
 pub mod logs;
 pub mod master;
