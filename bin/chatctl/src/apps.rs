@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use supervisor::client::{self, ClientError};
+use supervisor::client::{self, AppEntry, ClientError};
 use supervisor::paths::{home, AppPaths};
 use supervisor::{AppConfig, AppStatus, ConfigFile, Master, Request, Response};
 
@@ -16,13 +16,19 @@ use crate::flags::AppArgs;
 /// dropped).
 pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
     let flags = config_from_flags(args);
-    let Some(path) = &args.config_file else {
+    let mut apps = if let Some(name) = &args.app {
+        let saved = client::saved(name).with_context(|| {
+            format!("no app '{name}' is defined: start one with flags (chatctl start --name {name} ...), or see `chatctl list`")
+        })?;
+        vec![saved]
+    } else if let Some(path) = &args.config_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        ConfigFile::parse(&text)?.app
+    } else {
         flags.validate()?;
         return Ok(vec![flags]);
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut apps = ConfigFile::parse(&text)?.app;
     for app in &mut apps {
         for flag in &args.given {
             apply_flag(app, &flags, flag)?;
@@ -35,7 +41,9 @@ pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
 /// Copies the setting of the command-line flag `flag` (a clap id) from `flags` onto `app`.
 fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), UsageError> {
     match flag {
-        "config_file" => {}
+        "config_file" | "app" | "reload_if_running" => {}
+        "listen" => app.listen = flags.listen,
+        "instances" => app.instances = flags.instances,
         "user" => app.user.clone_from(&flags.user),
         "max_memory" => app.max_memory = flags.max_memory,
         "log_max_size" => app.log_max_size = flags.log_max_size,
@@ -187,6 +195,10 @@ pub async fn start(args: AppArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the chatctl executable")?;
     let mut failed = false;
     for config in configs(&args)? {
+        if args.reload_if_running && client::status(&config.name).await.is_ok() {
+            control(&config.name, Request::Reload).await?;
+            continue;
+        }
         if supervisor::running_as_root() && config.user.is_none() {
             println!(
                 "{}: chatctl runs as root, so the workers run as '{}' (choose the account with --user NAME)",
@@ -360,14 +372,132 @@ fn init_master_logging(sink: supervisor::logs::LogSink, foreground: bool) {
         .try_init();
 }
 
+/// Every defined app: running ones with their workers, stopped ones, and those whose master
+/// died (with the last lines of their log).
 pub async fn list(json: bool) -> anyhow::Result<()> {
-    let apps = client::list().await;
+    let entries = client::entries().await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&apps)?);
-    } else if apps.is_empty() {
-        println!("no app running (start one with `chatctl start`)");
+        let listed: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no app defined (start one with `chatctl start`)");
+        return Ok(());
+    }
+    let running: Vec<AppStatus> = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            AppEntry::Running(status) => Some(status.clone()),
+            _ => None,
+        })
+        .collect();
+    if !running.is_empty() {
+        print_table(&running);
+    }
+    for entry in &entries {
+        match entry {
+            AppEntry::Running(_) => {}
+            AppEntry::Stopped(config) => println!(
+                "{:<12} stopped (chatctl start {} to run it again)",
+                config.name, config.name
+            ),
+            AppEntry::Dead {
+                config, log_tail, ..
+            } => {
+                println!(
+                    "{:<12} master dead: nothing supervises it (chatctl start {} to run it again); last log lines:",
+                    config.name, config.name
+                );
+                for line in log_tail {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An entry of `list --json`: a running app's status with `"state": "running"`, else its name,
+/// address and state (`stopped`, or `dead` with the master's pid and last log lines).
+fn entry_json(entry: &AppEntry) -> serde_json::Value {
+    use serde_json::json;
+    match entry {
+        AppEntry::Running(status) => {
+            let mut value = serde_json::to_value(status).unwrap_or_default();
+            if let Some(object) = value.as_object_mut() {
+                object.insert("state".into(), json!("running"));
+            }
+            value
+        }
+        AppEntry::Stopped(config) => json!({
+            "name": config.name,
+            "listen": config.listen.to_string(),
+            "state": "stopped",
+            "workers": [],
+        }),
+        AppEntry::Dead {
+            config,
+            pid,
+            log_tail,
+        } => json!({
+            "name": config.name,
+            "listen": config.listen.to_string(),
+            "state": "dead",
+            "master_pid": pid,
+            "log_tail": log_tail,
+            "workers": [],
+        }),
+    }
+}
+
+/// `delete NAME|all`.
+pub async fn delete(name: &str) -> anyhow::Result<()> {
+    let names = if name == "all" {
+        supervisor::paths::defined_apps(&home())
     } else {
-        print_table(&apps);
+        vec![name.to_owned()]
+    };
+    for name in names {
+        client::delete(&name).await?;
+        println!("{name}: deleted");
+    }
+    Ok(())
+}
+
+/// `save`: what `resurrect` will start.
+pub async fn save() -> anyhow::Result<()> {
+    let names = client::save().await?;
+    println!(
+        "saved {} app(s) to {}: {}",
+        names.len(),
+        client::dump_path().display(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+/// `resurrect`: starts each saved app that is not running.
+pub async fn resurrect() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the chatctl executable")?;
+    for config in client::saved_apps()? {
+        if client::status(&config.name).await.is_ok() {
+            println!("{}: already running", config.name);
+            continue;
+        }
+        let started = client::start(&config, &exe).await?;
+        let online = started
+            .status
+            .workers
+            .iter()
+            .filter(|w| w.status == "online")
+            .count();
+        println!(
+            "{}: {online} of {} workers online on {}",
+            config.name,
+            started.status.workers.len(),
+            started.status.listen
+        );
     }
     Ok(())
 }
@@ -443,6 +573,10 @@ pub async fn stop(name: &str) -> anyhow::Result<()> {
     for name in app_names(name) {
         match client::stop(&name).await {
             Ok(()) => println!("{name}: stopped"),
+            // Stopping a stopped app is done already.
+            Err(ClientError::Control(_)) if client::saved(&name).is_some() => {
+                println!("{name}: stopped")
+            }
             Err(ClientError::Control(error)) => bail!("{error}"),
             Err(error) => return Err(error.into()),
         }

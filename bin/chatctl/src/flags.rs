@@ -50,8 +50,16 @@ pub enum Command {
         #[arg(value_parser = parse_instances)]
         instances: usize,
     },
-    /// Stop an app (or `all`): drain its workers, then kill whatever is left.
+    /// Stop an app (or `all`): drain its workers, then kill whatever is left. Its definition
+    /// stays (`chatctl start NAME` starts it again; `chatctl delete NAME` removes it).
     Stop { name: String },
+    /// Stop an app (or `all`) and remove it: its definition, logs and cookie key.
+    #[command(visible_alias = "del")]
+    Delete { name: String },
+    /// Write the running apps' definitions to $CHATCTL_HOME/dump.json, for `resurrect`.
+    Save,
+    /// Start every app `save` wrote that is not running.
+    Resurrect,
     /// Print an app's log, workers' output and the master's own lines, then follow it as new
     /// lines come (Ctrl-C to stop).
     Logs {
@@ -82,9 +90,16 @@ pub enum Command {
 /// Settings of an app, for `start` and `run`.
 #[derive(Debug, Args)]
 pub struct AppArgs {
+    /// A defined app to start with its saved settings (a stopped one, see `chatctl list`);
+    /// flags given as well change those settings.
+    #[arg(value_name = "APP", conflicts_with_all = ["config_file", "name", "command"])]
+    pub app: Option<String>,
     /// Start every app of this TOML file ([[app]] tables) instead of one from flags.
     #[arg(short = 'c', long = "config", conflicts_with_all = ["name", "listen", "instances", "command"])]
     pub config_file: Option<PathBuf>,
+    /// If the app already runs, reload it (rolling) instead of failing: for deploy scripts.
+    #[arg(long)]
+    pub reload_if_running: bool,
     /// Name of the app [default: `chat` for the chat app, else the program's file name].
     #[arg(long)]
     pub name: Option<String>,

@@ -88,6 +88,9 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
             apps::control(&name, Request::Scale { instances }).await
         }
         Command::Stop { name } => apps::stop(&name).await,
+        Command::Delete { name } => apps::delete(&name).await,
+        Command::Save => apps::save().await,
+        Command::Resurrect => apps::resurrect().await,
         Command::Serve(_)
         | Command::Proxy(_)
         | Command::Run(_)

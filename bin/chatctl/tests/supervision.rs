@@ -187,7 +187,13 @@ fn stop_and_check_nothing_is_left(app: &App, master: u32, pids: &[u32]) {
         !app.app_dir().join("control.sock").exists() && !app.app_dir().join("master.pid").exists(),
         "stop left runtime files behind"
     );
-    assert!(app.listed().is_none(), "stopped app still listed");
+    let listed = app.listed();
+    assert!(
+        listed
+            .as_ref()
+            .is_some_and(|a| a["state"] == "stopped" && workers(a).is_empty()),
+        "a stopped app is not listed as stopped (with its definition kept): {listed:?}"
+    );
 }
 
 fn pid_of(app: &serde_json::Value, worker: usize) -> u32 {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::AppConfig;
 use crate::control::{self, AppStatus, ControlError, Request, Response};
-use crate::paths::{app_names, home, AppPaths};
+use crate::paths::{app_names, defined_apps, home, AppPaths};
 use crate::procstat;
 
 /// Why a command against an app failed.
@@ -54,8 +54,38 @@ pub async fn start(config: &AppConfig, exe: &Path) -> Result<Started, ClientErro
         move |source| ClientError::Files { path, source }
     };
     paths.create().map_err(files(&paths.dir))?;
+    // The definition this start replaces: put back if the master cannot start, so a failed
+    // start leaves the app as it was (a new app: not defined at all).
+    let previous = std::fs::read(&paths.config).ok();
     let json = serde_json::to_vec_pretty(config).unwrap_or_default();
     std::fs::write(&paths.config, json).map_err(files(&paths.config))?;
+    let result = spawn_master(config, exe, &paths).await;
+    if matches!(
+        result,
+        Err(ClientError::MasterFailed { .. } | ClientError::Spawn(_))
+    ) {
+        match previous {
+            Some(previous) => {
+                let _ = std::fs::write(&paths.config, previous);
+            }
+            None => {
+                let _ = std::fs::remove_file(&paths.config);
+            }
+        }
+    }
+    result
+}
+
+/// Runs `exe master --name NAME` as a daemon and waits for its workers.
+async fn spawn_master(
+    config: &AppConfig,
+    exe: &Path,
+    paths: &AppPaths,
+) -> Result<Started, ClientError> {
+    let files = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ClientError::Files { path, source }
+    };
     let stderr =
         std::fs::File::create(&paths.master_stderr).map_err(files(&paths.master_stderr))?;
 
@@ -146,20 +176,144 @@ pub async fn status(name: &str) -> Result<AppStatus, ClientError> {
     }
 }
 
-/// The status of every running app; apps whose master is gone are cleaned up.
+/// The status of every running app.
 pub async fn list() -> Vec<AppStatus> {
-    let home = home();
     let mut all = Vec::new();
-    for name in app_names(&home) {
-        match status(&name).await {
-            Ok(status) => all.push(status),
-            Err(_) => {
-                tracing::debug!(app = %name, "removing the state of a master that is gone");
-                AppPaths::new(&home, &name).remove_runtime_files();
-            }
+    for name in app_names(&home()) {
+        if let Ok(status) = status(&name).await {
+            all.push(status);
         }
     }
     all
+}
+
+/// One defined app, as `chatctl list` shows it.
+#[derive(Debug)]
+pub enum AppEntry {
+    Running(AppStatus),
+    /// Stopped by `chatctl stop` (or never started since `save` / `resurrect`): its definition
+    /// waits for `chatctl start NAME`.
+    Stopped(AppConfig),
+    /// Its master died without stopping (killed, crashed): nothing supervises its workers. The
+    /// last lines of its log say why.
+    Dead {
+        config: AppConfig,
+        pid: Option<u32>,
+        log_tail: Vec<String>,
+    },
+}
+
+impl AppEntry {
+    pub fn name(&self) -> &str {
+        match self {
+            AppEntry::Running(status) => &status.name,
+            AppEntry::Stopped(config) | AppEntry::Dead { config, .. } => &config.name,
+        }
+    }
+}
+
+/// Every defined app: running, stopped or with a dead master.
+pub async fn entries() -> Vec<AppEntry> {
+    let home = home();
+    let mut all = Vec::new();
+    for name in defined_apps(&home) {
+        let paths = AppPaths::new(&home, &name);
+        if let Ok(status) = status(&name).await {
+            all.push(AppEntry::Running(status));
+            continue;
+        }
+        let Some(config) = definition(&paths) else {
+            continue;
+        };
+        // A clean stop removes the control socket and the pid file; a master that died
+        // leaves them.
+        if paths.control.exists() || paths.pid.exists() {
+            all.push(AppEntry::Dead {
+                config,
+                pid: master_pid(&paths),
+                log_tail: crate::logs::tail(&paths.log_file, 5).unwrap_or_default(),
+            });
+        } else {
+            all.push(AppEntry::Stopped(config));
+        }
+    }
+    all
+}
+
+/// The saved definition of app `name`, if it has one.
+pub fn saved(name: &str) -> Option<AppConfig> {
+    definition(&AppPaths::new(&home(), name))
+}
+
+fn definition(paths: &AppPaths) -> Option<AppConfig> {
+    let text = std::fs::read(&paths.config).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn master_pid(paths: &AppPaths) -> Option<u32> {
+    std::fs::read_to_string(&paths.pid)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|pid| *pid > 1 && *pid <= i32::MAX as u32)
+}
+
+/// Stops app `name` if it runs, then removes everything of it: definition, logs, key.
+pub async fn delete(name: &str) -> Result<(), ClientError> {
+    let paths = AppPaths::new(&home(), name);
+    if !paths.config.exists() && !paths.control.exists() {
+        return Err(ClientError::Refused(format!(
+            "no app '{name}' — see `chatctl list`"
+        )));
+    }
+    match stop(name).await {
+        Ok(()) | Err(ClientError::Control(ControlError::NotRunning(..))) => {}
+        Err(error) => return Err(error),
+    }
+    std::fs::remove_dir_all(&paths.dir).map_err(|source| ClientError::Files {
+        path: paths.dir.display().to_string(),
+        source,
+    })
+}
+
+/// Where `save` keeps the apps `resurrect` starts: `$CHATCTL_HOME/dump.json`.
+pub fn dump_path() -> std::path::PathBuf {
+    home().join("dump.json")
+}
+
+/// `save`: the definitions of the running apps, for `resurrect`. Returns their names.
+pub async fn save() -> Result<Vec<String>, ClientError> {
+    let home = home();
+    let configs: Vec<AppConfig> = list()
+        .await
+        .iter()
+        .filter_map(|status| definition(&AppPaths::new(&home, &status.name)))
+        .collect();
+    let path = dump_path();
+    let json = serde_json::to_vec_pretty(&configs).unwrap_or_default();
+    let files = |source| ClientError::Files {
+        path: path.display().to_string(),
+        source,
+    };
+    // Written whole or not at all: a crash mid-write must not lose the previous dump.
+    let partial = path.with_extension("json.partial");
+    std::fs::create_dir_all(&home).map_err(files)?;
+    std::fs::write(&partial, json).map_err(files)?;
+    std::fs::rename(&partial, &path).map_err(files)?;
+    Ok(configs.into_iter().map(|config| config.name).collect())
+}
+
+/// The apps `save` wrote, for `resurrect`.
+pub fn saved_apps() -> Result<Vec<AppConfig>, ClientError> {
+    let path = dump_path();
+    let text = std::fs::read(&path).map_err(|_| {
+        ClientError::Refused(format!(
+            "nothing saved at {}: run `chatctl save` while your apps run",
+            path.display()
+        ))
+    })?;
+    serde_json::from_slice(&text).map_err(|error| {
+        ClientError::Refused(format!("{} is not a chatctl dump: {error}", path.display()))
+    })
 }
 
 /// Sends a control request; progress lines go to `on_progress`.
@@ -181,10 +335,7 @@ pub fn running_apps() -> Vec<String> {
 /// then its whole process group is killed.
 pub async fn stop(name: &str) -> Result<(), ClientError> {
     let paths = AppPaths::new(&home(), name);
-    let master_pid = std::fs::read_to_string(&paths.pid)
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        .filter(|pid| *pid > 1 && *pid <= i32::MAX as u32);
+    let master_pid = master_pid(&paths);
     let answered = control::request(name, &paths.control, &Request::Stop, |_| {}).await;
     if let Some(pid) = master_pid {
         let group_is_ours = if answered.is_ok() {

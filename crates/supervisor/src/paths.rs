@@ -61,9 +61,10 @@ impl AppPaths {
         Ok(())
     }
 
-    /// Removes what a running master leaves behind (not the logs).
+    /// Removes what a running master leaves behind: not the app's definition (`config.json`,
+    /// which `chatctl start NAME` starts again), nor the logs.
     pub fn remove_runtime_files(&self) {
-        for file in [&self.control, &self.pid, &self.config] {
+        for file in [&self.control, &self.pid] {
             let _ = std::fs::remove_file(file);
         }
         // Where older versions kept the workers' sockets.
@@ -71,14 +72,24 @@ impl AppPaths {
     }
 }
 
-/// The names of the apps that have state under `home`.
+/// The names of the apps whose master runs (or ran and died) under `home`: those with a
+/// control socket.
 pub fn app_names(home: &Path) -> Vec<String> {
+    names_with(home, "control.sock")
+}
+
+/// The names of every app defined under `home`, running or stopped: those with a definition.
+pub fn defined_apps(home: &Path) -> Vec<String> {
+    names_with(home, "config.json")
+}
+
+fn names_with(home: &Path, file: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(home.join("apps")) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("control.sock").exists())
+        .filter(|e| e.path().join(file).exists())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     names.sort();
