@@ -273,6 +273,7 @@ fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::R
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let name = config.name.clone();
         let runs_chat = config.runs_chat();
         let secret = if runs_chat {
             chat_secret(&config, &paths).await?
@@ -288,9 +289,33 @@ fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::R
             master.set_secret(secret);
         }
         init_master_logging(master.log(), foreground);
+        if let Some(interval) = client::watchdog_interval() {
+            tokio::spawn(feed_watchdog(name, interval));
+        }
         master.run(client::sd_notify_ready).await;
         Ok(())
     })
+}
+
+/// Under systemd with `WatchdogSec=`: pings the watchdog twice per interval while the master
+/// answers its own control socket (a hung master is restarted by systemd), with a `STATUS=`
+/// line (`2/2 workers online`) for `systemctl status`.
+async fn feed_watchdog(name: String, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval / 2);
+    loop {
+        ticks.tick().await;
+        if let Ok(status) = client::status(&name).await {
+            let online = status
+                .workers
+                .iter()
+                .filter(|w| w.status == "online")
+                .count();
+            client::sd_notify(&format!(
+                "WATCHDOG=1\nSTATUS={online}/{} workers online",
+                status.workers.len()
+            ));
+        }
+    }
 }
 
 /// The cookie key the chat workers share, unless the app's environment brings its own
@@ -474,6 +499,59 @@ pub async fn save() -> anyhow::Result<()> {
         client::dump_path().display(),
         names.join(", ")
     );
+    Ok(())
+}
+
+/// `startup`: prints the boot unit and how to enable it; `--install` does it (as root).
+pub fn startup(install: bool) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the chatctl executable")?;
+    let home = std::path::absolute(home()).context("cannot resolve CHATCTL_HOME")?;
+    let user = (!supervisor::running_as_root())
+        .then(|| std::env::var("USER").ok())
+        .flatten();
+    let unit = supervisor::startup::unit(&exe, &home, user.as_deref());
+    let saved: Vec<String> = client::saved_apps()
+        .map(|apps| apps.into_iter().map(|app| app.name).collect())
+        .unwrap_or_default();
+    if !install {
+        print!("{unit}");
+        println!(
+            "# as root: put this in {}, then:",
+            supervisor::startup::UNIT_PATH
+        );
+        println!("#   systemctl daemon-reload");
+        for name in &saved {
+            println!("#   systemctl enable chatctl@{name}");
+        }
+        if saved.is_empty() {
+            println!("#   (no app saved: `chatctl save` while your apps run)");
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(
+        supervisor::running_as_root(),
+        "startup --install writes to /etc/systemd/system: run it as root (or print the unit without --install)"
+    );
+    std::fs::write(supervisor::startup::UNIT_PATH, unit)
+        .with_context(|| format!("cannot write {}", supervisor::startup::UNIT_PATH))?;
+    let systemctl = |args: &[&str]| -> anyhow::Result<()> {
+        let status = std::process::Command::new("systemctl")
+            .args(args)
+            .status()
+            .context("cannot run systemctl")?;
+        anyhow::ensure!(
+            status.success(),
+            "systemctl {} failed: {status}",
+            args.join(" ")
+        );
+        Ok(())
+    };
+    systemctl(&["daemon-reload"])?;
+    for name in &saved {
+        systemctl(&["enable", &format!("chatctl@{name}")])?;
+        println!("{name}: enabled (chatctl@{name}.service)");
+    }
+    println!("wrote {}", supervisor::startup::UNIT_PATH);
     Ok(())
 }
 

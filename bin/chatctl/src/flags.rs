@@ -60,6 +60,13 @@ pub enum Command {
     Save,
     /// Start every app `save` wrote that is not running.
     Resurrect,
+    /// Print the systemd unit that starts the saved apps at boot (one `chatctl@NAME` each),
+    /// and the commands that enable them.
+    Startup {
+        /// Write the unit to /etc/systemd/system and enable one instance per saved app (root).
+        #[arg(long)]
+        install: bool,
+    },
     /// Print an app's log, workers' output and the master's own lines, then follow it as new
     /// lines come (Ctrl-C to stop).
     Logs {

@@ -91,6 +91,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Delete { name } => apps::delete(&name).await,
         Command::Save => apps::save().await,
         Command::Resurrect => apps::resurrect().await,
+        Command::Startup { install } => apps::startup(install),
         Command::Serve(_)
         | Command::Proxy(_)
         | Command::Run(_)

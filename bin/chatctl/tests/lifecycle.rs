@@ -99,3 +99,89 @@ fn saved_apps_are_resurrected_after_their_master_dies() {
     assert_ne!(back["master_pid"], status["master_pid"]);
     assert_eq!(health_interval(&app), 900);
 }
+
+#[test]
+fn startup_prints_a_unit_that_systemd_accepts() {
+    let app = App::new("boot");
+    app.start_ok(&["-i", "1"], &[]);
+    succeeded(&app.run(&["save"]));
+    let printed = succeeded(&app.run(&["startup"]));
+    assert!(
+        printed.contains("systemctl enable chatctl@boot"),
+        "{printed}"
+    );
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped the verification: no systemd-analyze (Debian package systemd)");
+        return;
+    }
+    // systemd-analyze verifies an instance of the template: same text, instance name.
+    let unit = app.home.join("chatctl@boot.service");
+    std::fs::write(&unit, &printed).expect("cannot write the unit");
+    let verified = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("cannot run systemd-analyze");
+    assert!(
+        verified.status.success(),
+        "systemd-analyze verify refused the unit:\n{}{}\n{printed}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}
+
+/// `chatctl run NAME` under systemd's notify protocol (a datagram socket of the test's own in
+/// place of systemd's): ready once the worker is online, a watchdog ping with the workers'
+/// status while it runs, `RELOADING=1` then `READY=1` around a reload.
+#[test]
+fn a_master_under_systemd_feeds_its_watchdog_and_says_when_it_reloads() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+
+    let app = App::new("notify");
+    // A definition to run: started once, then stopped.
+    app.start_ok(&["-i", "1"], &[]);
+    succeeded(&app.run(&["stop", &app.name]));
+
+    let socket_path = app.home.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("cannot bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("set_read_timeout");
+    let mut master = app
+        .command(&["run", &app.name])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot run chatctl run");
+    let mut heard = Vec::<String>::new();
+    let mut listen_until = |what: &str, condition: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + support::DEADLINE;
+        let mut buffer = [0u8; 512];
+        while !condition(&heard) {
+            assert!(Instant::now() < deadline, "never heard {what}: {heard:?}");
+            if let Ok(n) = socket.recv(&mut buffer) {
+                heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            }
+        }
+    };
+    listen_until("READY=1", &|heard| heard.iter().any(|m| m == "READY=1"));
+    listen_until("a watchdog ping with the status", &|heard| {
+        heard
+            .iter()
+            .any(|m| m.contains("WATCHDOG=1") && m.contains("STATUS=1/1 workers online"))
+    });
+    succeeded(&app.run(&["reload", &app.name]));
+    listen_until("RELOADING=1 then READY=1", &|heard| {
+        let reloading = heard.iter().position(|m| m.starts_with("RELOADING=1"));
+        reloading.is_some_and(|at| heard[at..].iter().any(|m| m == "READY=1"))
+    });
+    let _ = master.kill();
+    let _ = master.wait();
+}

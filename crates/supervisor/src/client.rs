@@ -379,6 +379,29 @@ pub async fn stop(name: &str) -> Result<(), ClientError> {
 
 /// Tells systemd (`NOTIFY_SOCKET`) that the service is ready.
 pub fn sd_notify_ready() {
+    sd_notify("READY=1");
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, as `MONOTONIC_USEC=` of sd_notify(3) wants it.
+pub fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|now| now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
+}
+
+/// The watchdog interval systemd asks of this process (`WatchdogSec=`: `WATCHDOG_USEC`, for
+/// this pid), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .is_none_or(|pid| pid.parse::<u32>().ok() == Some(std::process::id()));
+    (for_us && usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Sends `state` (`READY=1`, `STATUS=...`, `WATCHDOG=1`, ...) to systemd's `NOTIFY_SOCKET`;
+/// does nothing outside systemd.
+pub fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -389,12 +412,12 @@ pub fn sd_notify_ready() {
     let sent = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
     } else {
-        socket.send_to(b"READY=1", &path)
+        socket.send_to(state.as_bytes(), &path)
     };
     if let Err(error) = sent {
-        tracing::warn!(%error, "cannot notify systemd of readiness");
+        tracing::warn!(%error, "cannot notify systemd ({state})");
     }
 }
 

@@ -18,6 +18,7 @@ pub mod paths;
 pub mod procstat;
 pub mod route_tag;
 pub mod spawn;
+pub mod startup;
 
 pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling};
 pub use control::{AppStatus, Request, Response, WorkerStatus};

@@ -1074,9 +1074,20 @@ impl Inner {
             .filter(|s| !s.retired)
             .map(|s| s.id)
             .collect();
+        // Under systemd: `reloading` until every worker is replaced (sd_notify(3)).
+        crate::client::sd_notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::client::monotonic_usec()
+        ));
+        let mut result = Ok(());
         for slot_id in &slots {
-            self.replace(*slot_id, progress).await?;
+            result = self.replace(*slot_id, progress).await;
+            if result.is_err() {
+                break;
+            }
         }
+        crate::client::sd_notify("READY=1");
+        result?;
         Ok(format!("reloaded {} workers", slots.len()))
     }
 
