@@ -9,6 +9,7 @@ use chat::{ChatConfig, ChatServer, MemoryStore};
 use engineio::CorsPolicy;
 
 use futures_util::FutureExt;
+use supervisor::drops::Drops;
 use supervisor::ipc::WorkerLink;
 use supervisor::route_tag;
 
@@ -28,6 +29,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             sharded: args.redis_sharded,
             cluster: args.redis_cluster,
             worker_ttl: args.redis_worker_ttl,
+            drop_log_interval: args.drop_log_interval,
             ..coord::RedisConfig::new(url.clone())
         })?),
         None => None,
@@ -74,6 +76,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // through it; otherwise, under a chatctl master, through the master; alone, they live
         // in this process.
         let link = WorkerLink::from_env();
+        // What this process drops on purpose, for `chatctl status` (one count for the bus and
+        // the store, whichever they are).
+        let drops = match &redis {
+            Some(redis) => redis.drops().clone(),
+            None => Arc::new(Drops::new(args.drop_log_interval)),
+        };
         let mut config = config;
         config.secret = cookie_key(&args, redis.as_deref()).await?;
         let mut redis_parts = None;
@@ -92,7 +100,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     Arc::new(coord::EmbeddedAdapter::new(adapter_link.clone()))
                         as Arc<dyn socketio::Adapter>
                 });
-                Arc::new(coord::EmbeddedStore::new(link.clone()))
+                Arc::new(coord::EmbeddedStore::new(link.clone(), drops.clone()))
             }
             (None, None) => Arc::new(MemoryStore::default()),
         };
@@ -124,7 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     link.clone(),
                     events.messages,
                 ));
-                until_drain(link, events.drain, server.clone()).boxed()
+                until_drain(link, events.drain, server.clone(), drops).boxed()
             }
             None => async {
                 shutdown_signal().await;
@@ -303,9 +311,10 @@ async fn until_drain(
     link: Arc<WorkerLink>,
     drain: tokio::sync::oneshot::Receiver<std::time::Duration>,
     server: ChatServer,
+    drops: Arc<Drops>,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
-    link.ready(move || engine.session_count() as u64);
+    link.ready(move || engine.session_count() as u64, drops);
     tokio::select! {
         drain = drain => match drain {
             Ok(timeout) => timeout,
