@@ -198,7 +198,14 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         let node = from_env(supervisor::ipc::NODE_ID_ENV).unwrap_or(0);
         engine.sid_tag = route_tag::encode(route_tag::Owner { node, slot: id });
         if let Ok(token) = std::env::var(supervisor::handoff::PEERS_ENV) {
-            config.peers = Some(Arc::new(Workers { token, node, id }));
+            config.peers = Some(Arc::new(Workers {
+                token,
+                node,
+                id,
+                // The master started this process itself (its shell execs us in place).
+                master_pid: std::os::unix::process::parent_id(),
+                refused: Arc::new(Drops::new(args.drop_log_interval)),
+            }));
         }
     }
     Ok(config)
@@ -211,6 +218,12 @@ struct Workers {
     node: u16,
     /// This worker's id.
     id: u16,
+    /// The master, which made every worker's private socket: a socket it did not make is not
+    /// one of ours, whatever its name.
+    master_pid: u32,
+    /// Requests not forwarded because another process holds the owner's private socket name
+    /// (counted to bound the log lines a client can cause with such sids).
+    refused: Arc<Drops>,
 }
 
 impl chat::Peers for Workers {
@@ -221,7 +234,22 @@ impl chat::Peers for Workers {
 
     fn connect(&self, id: u16) -> chat::Connecting {
         let token = self.token.clone();
-        Box::pin(async move { supervisor::handoff::connect_private(&token, id).await })
+        let master_pid = self.master_pid;
+        let refused = self.refused.clone();
+        let connected = async move {
+            let connected = supervisor::handoff::connect_private(&token, id, master_pid).await;
+            if let Err(error) = &connected {
+                if error.kind() == std::io::ErrorKind::PermissionDenied {
+                    refused.count(
+                        "forward_refused",
+                        1,
+                        format_args!("not forwarding a request: {error}"),
+                    );
+                }
+            }
+            connected
+        };
+        Box::pin(connected)
     }
 }
 

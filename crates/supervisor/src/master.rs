@@ -371,16 +371,10 @@ impl Inner {
 
     /// Starts a process for a slot. Failures are recorded on the slot and retried later.
     fn start_proc(self: Arc<Self>, slot_id: usize, role: Role) -> Option<u64> {
-        let (config, generation) = {
-            let mut state = self.lock();
-            let generation = state.next_generation;
-            state.next_generation += 1;
-            (state.config.clone(), generation)
-        };
-        let worker_id = (generation % (u64::from(route_tag::MAX_ID) + 1)) as u16;
+        let (config, generation, worker_id, private) = self.claim_worker_id();
         let sticky = config.scheduling == Scheduling::Sticky && config.runs_chat();
         let sockets = (|| {
-            let private = handoff::bind_private(&self.peers_token, worker_id)?;
+            let private = private?;
             let pair = sticky.then(handoff::pair).transpose()?;
             Ok::<_, std::io::Error>((private, pair))
         })();
@@ -489,6 +483,47 @@ impl Inner {
                 .readiness_deadline(slot_id, generation, config.clone()),
         );
         Some(generation)
+    }
+
+    /// Takes the next generation and its worker id, with that id's private socket bound. An id
+    /// whose socket name another process holds (another local account squatting it, or one of
+    /// ours still draining with the same id) is skipped, so a taken name never stops a worker
+    /// from starting; each id is tried once at most.
+    fn claim_worker_id(
+        &self,
+    ) -> (
+        AppConfig,
+        u64,
+        u16,
+        std::io::Result<std::os::unix::net::UnixListener>,
+    ) {
+        let ids = u64::from(route_tag::MAX_ID) + 1;
+        let mut state = self.lock();
+        let mut skipped = 0;
+        loop {
+            let generation = state.next_generation;
+            state.next_generation += 1;
+            let worker_id = (generation % ids) as u16;
+            match handoff::bind_private(&self.peers_token, worker_id) {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse && skipped + 1 < ids =>
+                {
+                    skipped += 1;
+                }
+                bound => {
+                    if skipped > 0 {
+                        tracing::warn!(
+                            skipped,
+                            worker_id,
+                            "the private socket names of {skipped} worker ids are held by other \
+                             processes: skipped them (is another local account squatting them? \
+                             see the threat model in docs/PRODUCTION.md)"
+                        );
+                    }
+                    return (state.config.clone(), generation, worker_id, bound);
+                }
+            }
+        }
     }
 
     /// Programs that do not speak IPC count as ready once they survived `min_uptime`; any
@@ -1514,7 +1549,7 @@ async fn pump_lines(stream: impl tokio::io::AsyncRead + Unpin, log: LogSink, pre
 
 /// `GET /healthz` over a worker's private socket.
 async fn http_health(token: &str, worker_id: u16) -> std::io::Result<bool> {
-    let mut stream = handoff::connect_private(token, worker_id).await?;
+    let mut stream = handoff::connect_private(token, worker_id, std::process::id()).await?;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
         .await?;
