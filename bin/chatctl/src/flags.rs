@@ -329,6 +329,11 @@ pub struct ServeArgs {
     /// from CHATCTL_REDIS_WORKER_TTL.
     #[arg(long, env = "CHATCTL_REDIS_WORKER_TTL", default_value = "6s", value_parser = parse_duration)]
     pub redis_worker_ttl: Duration,
+    /// Shortest time between two log lines about one cause of dropped messages (broadcasts
+    /// that could not reach the other workers, history entries not written); the counts are
+    /// in `chatctl status --json` at any time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drop_log_interval: Duration,
 }
 
 /// Flags of `chatctl proxy`. Limits left out keep the defaults of `sticky::ProxyConfig`.

@@ -9,6 +9,7 @@ use chat::{ChatConfig, ChatServer, MemoryStore};
 use engineio::CorsPolicy;
 
 use futures_util::FutureExt;
+use supervisor::drops::Drops;
 use supervisor::ipc::WorkerLink;
 use supervisor::route_tag;
 
@@ -29,6 +30,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             sharded: args.redis_sharded,
             cluster: args.redis_cluster,
             worker_ttl: args.redis_worker_ttl,
+            drop_log_interval: args.drop_log_interval,
             ..coord::RedisConfig::new(url.clone())
         })?),
         None => None,
@@ -75,6 +77,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // through it; otherwise, under a chatctl master, through the master; alone, they live
         // in this process.
         let link = WorkerLink::from_env();
+        // What this process drops on purpose, for `chatctl status` (one count for the bus and
+        // the store, whichever they are).
+        let drops = match &redis {
+            Some(redis) => redis.drops().clone(),
+            None => Arc::new(Drops::new(args.drop_log_interval)),
+        };
         let mut config = config;
         config.secret = cookie_key(&args, redis.as_deref()).await?;
         let mut redis_parts = None;
@@ -93,7 +101,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     Arc::new(coord::EmbeddedAdapter::new(adapter_link.clone()))
                         as Arc<dyn socketio::Adapter>
                 });
-                Arc::new(coord::EmbeddedStore::new(link.clone()))
+                Arc::new(coord::EmbeddedStore::new(link.clone(), drops.clone()))
             }
             (None, None) => Arc::new(MemoryStore::default()),
         };
@@ -133,7 +141,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     link.clone(),
                     events.messages,
                 ));
-                until_drain(link, events.drain, server.clone()).boxed()
+                until_drain(link, events.drain, server.clone(), drops).boxed()
             }
             None => async {
                 shutdown_signal().await;
@@ -199,7 +207,14 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         let node = from_env(supervisor::ipc::NODE_ID_ENV).unwrap_or(0);
         engine.sid_tag = route_tag::encode(route_tag::Owner { node, slot: id });
         if let Ok(token) = std::env::var(supervisor::handoff::PEERS_ENV) {
-            config.peers = Some(Arc::new(Workers { token, node, id }));
+            config.peers = Some(Arc::new(Workers {
+                token,
+                node,
+                id,
+                // The master started this process itself (its shell execs us in place).
+                master_pid: std::os::unix::process::parent_id(),
+                refused: Arc::new(Drops::new(args.drop_log_interval)),
+            }));
         }
     }
     Ok(config)
@@ -212,6 +227,12 @@ struct Workers {
     node: u16,
     /// This worker's id.
     id: u16,
+    /// The master, which made every worker's private socket: a socket it did not make is not
+    /// one of ours, whatever its name.
+    master_pid: u32,
+    /// Requests not forwarded because another process holds the owner's private socket name
+    /// (counted to bound the log lines a client can cause with such sids).
+    refused: Arc<Drops>,
 }
 
 impl chat::Peers for Workers {
@@ -222,7 +243,22 @@ impl chat::Peers for Workers {
 
     fn connect(&self, id: u16) -> chat::Connecting {
         let token = self.token.clone();
-        Box::pin(async move { supervisor::handoff::connect_private(&token, id).await })
+        let master_pid = self.master_pid;
+        let refused = self.refused.clone();
+        let connected = async move {
+            let connected = supervisor::handoff::connect_private(&token, id, master_pid).await;
+            if let Err(error) = &connected {
+                if error.kind() == std::io::ErrorKind::PermissionDenied {
+                    refused.count(
+                        "forward_refused",
+                        1,
+                        format_args!("not forwarding a request: {error}"),
+                    );
+                }
+            }
+            connected
+        };
+        Box::pin(connected)
     }
 }
 
@@ -312,9 +348,10 @@ async fn until_drain(
     link: Arc<WorkerLink>,
     drain: tokio::sync::oneshot::Receiver<std::time::Duration>,
     server: ChatServer,
+    drops: Arc<Drops>,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
-    link.ready(move || engine.session_count() as u64);
+    link.ready(move || engine.session_count() as u64, drops);
     tokio::select! {
         drain = drain => match drain {
             Ok(timeout) => timeout,

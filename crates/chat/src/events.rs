@@ -400,10 +400,21 @@ async fn private_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Even
         return send_error(&socket, format!("{} is not online", payload.to));
     }
     let body = json!({ "from": user.nickname.as_ref(), "to": payload.to, "message": message });
-    let _ = recipients.emit("private_message", &body);
+    let relayed = recipients.emit("private_message", &body);
     if payload.to != user.nickname.as_ref() {
         let _ = socket.emit("private_message", &body);
     }
+    if let Err(error) = relayed {
+        send_error(&socket, not_relayed(&error));
+    }
+}
+
+/// What the sender of a message that did not reach the other workers is told.
+fn not_relayed(error: &socketio::EmitError) -> String {
+    format!(
+        "your message may not have reached the users connected to other servers ({error}); \
+         send it again later"
+    )
 }
 
 fn rate_error(state: &ChatState) -> String {
@@ -454,11 +465,19 @@ async fn chat_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) 
         .unwrap_or_default()
     };
     let theirs = line("userMessage");
+    let mut relayed = Ok(());
     for room in &rooms {
-        let _ = socket.to(room_key(room)).emit("message", &theirs);
+        if let Err(error) = socket.to(room_key(room)).emit("message", &theirs) {
+            relayed = Err(error);
+        }
         state
             .store
             .record_history(room, theirs.clone(), state.config.history_len);
     }
+    // The users on this worker got the line, so the sender sees it as sent; a loss on the
+    // way to the other workers is said right after it, not kept silent.
     let _ = socket.emit("message", &line("myMessage"));
+    if let Err(error) = relayed {
+        send_error(&socket, not_relayed(&error));
+    }
 }

@@ -11,8 +11,9 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use socketio::{
-    Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketInfo, SocketIo,
+    Adapter, BroadcastOptions, EmitError, LocalAdapter, Namespace, Room, Sid, SocketInfo, SocketIo,
 };
+use supervisor::drops::Drops;
 use supervisor::ipc::WorkerLink;
 use supervisor::MasterService;
 
@@ -33,11 +34,14 @@ impl EmbeddedAdapter {
         }
     }
 
-    fn publish(&self, wire: WireBroadcast) {
-        match serde_json::value::to_raw_value(&wire) {
-            Ok(body) => self.link.publish(body),
-            Err(error) => tracing::warn!(%error, "cannot encode a broadcast for the other workers"),
-        }
+    fn publish(&self, wire: WireBroadcast) -> Result<(), EmitError> {
+        let body = serde_json::value::to_raw_value(&wire).map_err(|error| {
+            tracing::warn!(%error, "cannot encode a broadcast for the other workers");
+            EmitError::NotRelayed(format!("cannot encode it: {error}"))
+        })?;
+        self.link
+            .publish(body)
+            .map_err(|error| EmitError::NotRelayed(error.to_string()))
     }
 }
 
@@ -66,17 +70,24 @@ impl Adapter for EmbeddedAdapter {
         self.local.rooms()
     }
 
-    fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
+    fn broadcast(
+        &self,
+        ns: &Namespace,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+    ) -> Result<(), EmitError> {
         ns.deliver(&self.local.sockets(opts), frames, opts.volatile);
-        if !opts.local {
-            self.publish(WireBroadcast::new(ns.path(), frames, opts));
+        if opts.local {
+            return Ok(());
         }
+        self.publish(WireBroadcast::new(ns.path(), frames, opts))
     }
 
     fn disconnect_sockets(&self, ns: &Namespace, opts: &BroadcastOptions) {
         ns.disconnect_local(&self.local.sockets(opts));
         if !opts.local {
-            self.publish(WireBroadcast::disconnect(ns.path(), opts));
+            // Fails only when the master is gone, and this worker with it.
+            let _ = self.publish(WireBroadcast::disconnect(ns.path(), opts));
         }
     }
 
@@ -145,11 +156,14 @@ fn answer_query(io: &SocketIo, body: Value) -> Value {
 /// The chat store of a worker: every operation asks the master.
 pub struct EmbeddedStore {
     link: Arc<WorkerLink>,
+    /// History entries it could not hand to the master (those the master fails to write are
+    /// counted there).
+    drops: Arc<Drops>,
 }
 
 impl EmbeddedStore {
-    pub fn new(link: Arc<WorkerLink>) -> Self {
-        EmbeddedStore { link }
+    pub fn new(link: Arc<WorkerLink>, drops: Arc<Drops>) -> Self {
+        EmbeddedStore { link, drops }
     }
 
     async fn ask<T: serde::de::DeserializeOwned>(&self, op: StoreOp) -> Result<T, StoreError> {
@@ -271,7 +285,11 @@ impl Store for EmbeddedStore {
         };
         match serde_json::to_value(op) {
             Ok(body) => self.link.tell(body),
-            Err(error) => tracing::warn!(%error, "cannot record history"),
+            Err(error) => self.drops.count(
+                "history_write_failed",
+                1,
+                format_args!("a history entry could not be encoded for the master: {error}"),
+            ),
         }
     }
 

@@ -405,3 +405,56 @@ async fn a_dead_workers_members_are_removed_and_announced() {
     );
     assert_eq!(bob.rooms().await, json!({"lobby": 2}));
 }
+
+/// With Redis gone, a chat line reaches only the sender's own worker: the sender is told with
+/// an `error` event (after its `myMessage`), and the lost broadcasts and history entries are
+/// counted by cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_that_cannot_reach_the_other_workers_earns_an_error_and_is_counted() {
+    let mut redis = RedisServer::start();
+    let a = worker(RedisConfig::new(redis.url())).await;
+    let cookie = login(a.addr, "ann");
+    let mut ann = Client::connect(a.addr, &cookie, "ann").await;
+    ann.join("lobby").await;
+    a.bus.subscriptions_settled().await;
+    ann.say("before");
+    ann.expect("/chat_com", "message").await;
+
+    redis.kill();
+    // The first lines may go out before the worker notices Redis is gone; one line every
+    // 200 ms (well below the rate limit) until the sender is told.
+    let deadline = Instant::now() + DEADLINE;
+    let told = 'told: loop {
+        assert!(
+            Instant::now() < deadline,
+            "no error for lines sent while Redis is down"
+        );
+        ann.say("while-down");
+        let wait_until = Instant::now() + Duration::from_millis(200);
+        while let Some(event) = ann
+            .next_within(wait_until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            if event.ns == "/chat_com" && event.name == "error" {
+                break 'told event.data;
+            }
+        }
+    };
+    let message = told["message"].as_str().unwrap_or_default();
+    assert!(message.contains("other servers"), "{told}");
+
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let dropped = a.link.drops().snapshot();
+        let publish = dropped.get("redis_publish_failed").copied().unwrap_or(0);
+        let history = dropped.get("history_write_failed").copied().unwrap_or(0);
+        if publish > 0 && history > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lost broadcasts and history entries not counted: {dropped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -9,6 +9,7 @@ use engineio::Frame;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::error::EmitError;
 use crate::namespace::Namespace;
 use crate::{Room, Sid};
 
@@ -50,9 +51,18 @@ pub trait Adapter: Send + Sync + 'static {
     fn rooms(&self) -> Vec<(Room, usize)>;
 
     /// Delivers an encoded packet. The frames were encoded once; every recipient gets clones of
-    /// the same bytes. The default delivers to local sockets only.
-    fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
+    /// the same bytes. The default delivers to local sockets only. An adapter that spans
+    /// several processes answers [`EmitError::NotRelayed`] when it knows the others will miss
+    /// the packet (its queue to them is full, the way to them is down), so the sender can be
+    /// told.
+    fn broadcast(
+        &self,
+        ns: &Namespace,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+    ) -> Result<(), EmitError> {
         ns.deliver(&self.sockets(opts), frames, opts.volatile);
+        Ok(())
     }
 
     /// The matching sockets of every process of the app. The default knows this process's.

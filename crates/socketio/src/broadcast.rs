@@ -62,21 +62,26 @@ impl BroadcastOperator {
         &self.opts
     }
 
-    /// Emits an event with one argument.
+    /// Emits an event with one argument. [`EmitError::NotRelayed`] says the local recipients
+    /// got it but those of the other processes did not.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), EmitError> {
         let json = event_json(event, data)?;
-        self.send(&json, &[]);
-        Ok(())
+        self.send(&json, &[])
     }
 
     /// Emits already-encoded arguments and binary attachments.
-    pub fn emit_raw(&self, event: &str, args: &[&RawValue], binary: &[Bytes]) {
-        self.send(&event_array(event, args), binary);
+    pub fn emit_raw(
+        &self,
+        event: &str,
+        args: &[&RawValue],
+        binary: &[Bytes],
+    ) -> Result<(), EmitError> {
+        self.send(&event_array(event, args), binary)
     }
 
-    fn send(&self, json: &str, binary: &[Bytes]) {
+    fn send(&self, json: &str, binary: &[Bytes]) -> Result<(), EmitError> {
         let frames = encode(PacketType::Event, self.ns.path(), None, Some(json), binary);
-        self.ns.adapter().broadcast(&self.ns, &frames, &self.opts);
+        self.ns.adapter().broadcast(&self.ns, &frames, &self.opts)
     }
 
     /// The matching sockets of every process of the app (only this one's with `local()`).

@@ -7,6 +7,10 @@ pub enum EmitError {
     Serialize(String),
     #[error("the socket is disconnected")]
     Disconnected,
+    /// A broadcast reached this process's sockets, but could not be passed on to the other
+    /// processes of the app (their sockets miss it).
+    #[error("not passed on to the other workers: {0}")]
+    NotRelayed(String),
 }
 
 /// Why an `emit_with_ack` got no answer.

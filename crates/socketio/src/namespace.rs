@@ -123,7 +123,12 @@ impl Namespace {
     }
 
     /// To everyone in the namespace, already-encoded arguments and attachments.
-    pub fn emit_raw(self: &Arc<Self>, event: &str, args: &[&RawValue], binary: &[Bytes]) {
+    pub fn emit_raw(
+        self: &Arc<Self>,
+        event: &str,
+        args: &[&RawValue],
+        binary: &[Bytes],
+    ) -> Result<(), EmitError> {
         BroadcastOperator::new(self.clone()).emit_raw(event, args, binary)
     }
 

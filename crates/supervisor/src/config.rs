@@ -93,7 +93,17 @@ pub struct AppConfig {
     pub log_max_size: u64,
     /// Rotated log files kept.
     pub log_keep: usize,
+    /// Shortest time between two log lines about one cause of dropped messages (a worker too
+    /// slow for the broadcasts relayed to it, a failed store write); the counts are in
+    /// `chatctl status --json` at any time.
+    #[serde(with = "millis")]
+    pub drop_log_interval: Duration,
 }
+
+/// How often a process logs one cause of dropped messages at most: often enough that an
+/// operator sees a loss as it happens, rarely enough that a flood of losses (every broadcast
+/// of a storm) costs a log line per cause and interval, not one per message.
+pub const DEFAULT_DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// When and how fast crashed workers come back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +165,7 @@ impl Default for AppConfig {
             max_memory: None,
             log_max_size: 10 * 1024 * 1024,
             log_keep: 5,
+            drop_log_interval: DEFAULT_DROP_LOG_INTERVAL,
         }
     }
 }

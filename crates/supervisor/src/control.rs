@@ -1,6 +1,7 @@
 //! The control socket: how `chatctl` talks to a running master. One JSON request line, then
 //! JSON response lines (progress lines, then one final answer). The socket is 0600.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -63,6 +64,11 @@ pub struct WorkerStatus {
     pub sid_tag: Option<String>,
     /// Why the worker last failed, for `list` and `status`.
     pub last_error: Option<String>,
+    /// Messages lost by or for its current process, by cause: `relay_queue_full` (broadcasts
+    /// of other workers it did not read in time), `store_write_failed` (its writes to the
+    /// master's store), and what it reports itself (e.g. `redis_publish_failed`).
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// Why the control socket could not be used.

@@ -4,11 +4,24 @@
 //!   and passes the descriptor to a worker over a unix socket pair (SCM_RIGHTS), one
 //!   descriptor per one-byte message. When the master stops routing to a worker it shuts its end down:
 //!   the worker takes every connection already queued, then sees the end of the stream.
-//! - Private sockets: each worker process listens on an abstract unix socket named after the
-//!   master's token and the worker's id (the id its session ids carry). The master probes
-//!   health there, and a worker forwards a request for a session of another worker there.
-//!   Abstract names need no directory the workers' user could not enter; who may connect is
-//!   checked on accept with the peer's credentials ([`trusted_peer`]).
+//! - Private sockets: each worker process listens on an abstract unix socket whose name is
+//!   derived from the master's secret token and the worker's id (the id its session ids
+//!   carry). The master probes health there, and a worker forwards a request for a session of
+//!   another worker there. Abstract names need no directory the workers' user could not enter,
+//!   but any local user may bind any free name, and every bound name is listed in
+//!   `/proc/net/unix`. So:
+//!   - a name is a hash of the token and the id ([`private_address`]): the names in use give
+//!     away neither the token nor the names of the next workers, which another user therefore
+//!     cannot take in advance; a name that is taken all the same is skipped ([`bind_private`]
+//!     fails with `AddrInUse` and the master tries the next id);
+//!   - the master binds (and so `listen`s on) every private socket itself: whoever connects
+//!     checks that the listening end is the master's ([`connect_private`], by the peer's
+//!     credentials), so a name taken over after its worker died gets no forwarded request
+//!     and no health probe;
+//!   - who may connect is checked on accept with the peer's credentials ([`trusted_peer`]).
+//!
+//!   Processes of the workers' own account are trusted (they could read the token from a
+//!   worker's environment or trace it): docs/PRODUCTION.md advises a dedicated account.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -201,18 +214,34 @@ fn recv_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
     })
 }
 
-/// The abstract socket address of worker `id` of the master with `token`.
+/// The abstract socket address of worker `id` of the master with `token`:
+/// `chatctl-` and 32 hex digits of SHA-256(token, id), so that the name reveals neither the
+/// token nor the names of other ids.
 pub fn private_address(token: &str, id: u16) -> io::Result<SocketAddr> {
-    SocketAddr::from_abstract_name(format!("chatctl-{token}-{id}").as_bytes())
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(token.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(id.to_be_bytes())
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    SocketAddr::from_abstract_name(format!("chatctl-{hex}").as_bytes())
 }
 
-/// Binds a worker's private socket (done by the master, which passes it to the worker).
+/// Binds a worker's private socket (done by the master, which passes it to the worker). Fails
+/// with `AddrInUse` when another process holds the name: pick another id.
 pub fn bind_private(token: &str, id: u16) -> io::Result<std::os::unix::net::UnixListener> {
     std::os::unix::net::UnixListener::bind_addr(&private_address(token, id)?)
 }
 
-/// Connects to the private socket of worker `id`.
-pub async fn connect_private(token: &str, id: u16) -> io::Result<tokio::net::UnixStream> {
+/// Connects to the private socket of worker `id`, and checks that its listening end was made
+/// by process `master_pid` (the master binds every private socket of its workers): a process
+/// that took the name of a dead worker gets nothing (`PermissionDenied`).
+pub async fn connect_private(
+    token: &str,
+    id: u16,
+    master_pid: u32,
+) -> io::Result<tokio::net::UnixStream> {
     let address = private_address(token, id)?;
     // A unix connect completes at once or fails; it blocks only while the listener's
     // backlog is full, which must not stall a runtime thread.
@@ -221,7 +250,23 @@ pub async fn connect_private(token: &str, id: u16) -> io::Result<tokio::net::Uni
             .await
             .map_err(io::Error::other)??;
     stream.set_nonblocking(true)?;
-    tokio::net::UnixStream::from_std(stream)
+    let stream = tokio::net::UnixStream::from_std(stream)?;
+    // On a connected unix socket, the peer's credentials are those of the process that called
+    // listen() on the other end, whoever accepts.
+    let cred = stream.peer_cred()?;
+    if cred.pid() != i32::try_from(master_pid).ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the private socket of worker {id} is held by pid {} (uid {}), not by this \
+                 app's master (pid {master_pid}): another local account took its name; run the \
+                 workers under a dedicated account (see docs/PRODUCTION.md)",
+                cred.pid().unwrap_or(-1),
+                cred.uid()
+            ),
+        ));
+    }
+    Ok(stream)
 }
 
 /// Whether a process connected to a private socket may use it: the same user as this
@@ -234,10 +279,11 @@ pub fn trusted_peer(stream: &tokio::net::UnixStream) -> bool {
         .is_ok_and(|cred| cred.uid() == own || cred.uid() == 0)
 }
 
-/// A random token for the private socket names of one master's workers.
+/// A random token for the private socket names of one master's workers; a secret (known to the
+/// master and its workers only), since the names are derived from it.
 pub fn new_token() -> io::Result<String> {
     use std::io::Read;
-    let mut random = [0u8; 8];
+    let mut random = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
     Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -268,5 +314,35 @@ mod tests {
         }
         assert!(receiver.recv().await.unwrap().is_none());
         assert!(sender.send(clients[0].as_raw_fd()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_private_socket_is_used_only_when_the_master_listens_on_it() {
+        let token = new_token().unwrap();
+        let listener = bind_private(&token, 7).unwrap();
+        assert_eq!(
+            bind_private(&token, 7).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        connect_private(&token, 7, std::process::id())
+            .await
+            .unwrap();
+        let refused = connect_private(&token, 7, std::process::id() + 1)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
+        drop(listener);
+    }
+
+    #[test]
+    fn private_names_give_away_neither_the_token_nor_other_names() {
+        let token = new_token().unwrap();
+        let name = |id| {
+            let address = private_address(&token, id).unwrap();
+            String::from_utf8_lossy(address.as_abstract_name().unwrap()).into_owned()
+        };
+        assert!(!name(1).contains(&token));
+        assert_ne!(name(1), name(2));
+        assert_eq!(name(1).len(), "chatctl-".len() + 32);
     }
 }

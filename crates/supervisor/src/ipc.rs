@@ -2,13 +2,15 @@
 //! (`CHATCTL_IPC_FD`), carrying JSON lines. A worker that does not speak it (any program run
 //! with `-- CMD`) is simply supervised by liveness.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::drops::Drops;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -57,16 +59,14 @@ pub enum ToMaster {
     Pong {
         seq: u64,
         connections: u64,
+        /// Messages this worker dropped since it started, by cause (see [`crate::drops`]).
+        #[serde(default)]
+        dropped: BTreeMap<String, u64>,
     },
     /// A question for the master's [`crate::master::MasterService`] (the embedded store).
-    Request {
-        id: u64,
-        body: Value,
-    },
+    Request { id: u64, body: Value },
     /// A request for the master's service that needs no answer (e.g. recording history).
-    Tell {
-        body: Value,
-    },
+    Tell { body: Value },
     /// A message for every other worker of the app (the embedded bus).
     Publish {
         #[serde(deserialize_with = "raw_from_any")]
@@ -74,15 +74,9 @@ pub enum ToMaster {
     },
     /// A question for every other worker; the master replies with all their answers, as a
     /// JSON array, once all answered or after a second.
-    Gather {
-        id: u64,
-        body: Value,
-    },
+    Gather { id: u64, body: Value },
     /// This worker's answer to a [`ToWorker::Query`].
-    Answer {
-        id: u64,
-        body: Value,
-    },
+    Answer { id: u64, body: Value },
 }
 
 /// A message of the IPC and control channels, one JSON line each.
@@ -221,6 +215,8 @@ pub struct WorkerLink {
     pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     next_id: AtomicU64,
     connections: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+    /// What this worker dropped, reported with every pong.
+    drops: OnceLock<Arc<Drops>>,
     queries: OnceLock<QueryHandler>,
 }
 
@@ -257,6 +253,7 @@ impl WorkerLink {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             connections: OnceLock::new(),
+            drops: OnceLock::new(),
             queries: OnceLock::new(),
         });
         tokio::spawn(async move { write_queue(&mut write, &mut outgoing).await });
@@ -270,7 +267,16 @@ impl WorkerLink {
                 match message {
                     ToWorker::Ping { seq } => {
                         let connections = reader.connections.get().map_or(0, |count| count());
-                        let _ = reader.tx.send(ToMaster::Pong { seq, connections });
+                        let dropped = reader
+                            .drops
+                            .get()
+                            .map(|drops| drops.snapshot())
+                            .unwrap_or_default();
+                        let _ = reader.tx.send(ToMaster::Pong {
+                            seq,
+                            connections,
+                            dropped,
+                        });
                     }
                     ToWorker::Drain { timeout_ms } => {
                         if let Some(tx) = drain_tx.take() {
@@ -303,9 +309,11 @@ impl WorkerLink {
         Some((link, LinkEvents { drain, messages }))
     }
 
-    /// Tells the master this worker serves. `connections` is reported with every pong.
-    pub fn ready(&self, connections: impl Fn() -> u64 + Send + Sync + 'static) {
+    /// Tells the master this worker serves. `connections` and the counts of `drops` are
+    /// reported with every pong.
+    pub fn ready(&self, connections: impl Fn() -> u64 + Send + Sync + 'static, drops: Arc<Drops>) {
         let _ = self.connections.set(Box::new(connections));
+        let _ = self.drops.set(drops);
         let _ = self.tx.send(ToMaster::Ready);
     }
 
@@ -355,9 +363,11 @@ impl WorkerLink {
         let _ = self.tx.send(ToMaster::Tell { body });
     }
 
-    /// Sends a message (JSON) to every other worker of the app.
-    pub fn publish(&self, body: Box<RawValue>) {
-        let _ = self.tx.send(ToMaster::Publish { body });
+    /// Sends a message (JSON) to every other worker of the app; fails when the master is gone.
+    pub fn publish(&self, body: Box<RawValue>) -> Result<(), LinkError> {
+        self.tx
+            .send(ToMaster::Publish { body })
+            .map_err(|_| LinkError::Closed)
     }
 }
 
@@ -381,7 +391,8 @@ mod tests {
             pong,
             ToMaster::Pong {
                 seq: 1,
-                connections: 7
+                connections: 7,
+                ..
             }
         ));
     }

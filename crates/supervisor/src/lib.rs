@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod drops;
 pub mod handoff;
 pub mod ipc;
 pub mod limits;

@@ -4,6 +4,7 @@
 //! connections and hands each to the worker owning its session (it peeks at the request line
 //! but never reads or copies application bytes).
 
+use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use crate::backoff::{Backoff, RestartDecision};
 use crate::config::{AppConfig, Scheduling};
 use crate::control::{AppStatus, Request, Response, WorkerStatus};
 use crate::dispatch::{self, Peeked};
+use crate::drops::Drops;
 use crate::handoff;
 use crate::ipc::{read_message, write_message, write_queue, ToMaster, ToWorker};
 use crate::logs::LogSink;
@@ -105,8 +107,11 @@ struct Proc {
     /// Whether it ever sent an IPC message: only those are pinged and drained over IPC.
     speaks_ipc: bool,
     ipc: mpsc::Sender<ToWorker>,
-    /// Relayed messages dropped because this worker did not read its channel fast enough.
-    dropped: u64,
+    /// What the master dropped on this worker's behalf: relayed messages it did not read fast
+    /// enough, store writes of its that failed.
+    drops: Drops,
+    /// What the worker itself reported dropping, with its last pong.
+    reported_drops: BTreeMap<String, u64>,
     connections: u64,
     cpu: CpuSampler,
     memory: u64,
@@ -366,16 +371,10 @@ impl Inner {
 
     /// Starts a process for a slot. Failures are recorded on the slot and retried later.
     fn start_proc(self: Arc<Self>, slot_id: usize, role: Role) -> Option<u64> {
-        let (config, generation) = {
-            let mut state = self.lock();
-            let generation = state.next_generation;
-            state.next_generation += 1;
-            (state.config.clone(), generation)
-        };
-        let worker_id = (generation % (u64::from(route_tag::MAX_ID) + 1)) as u16;
+        let (config, generation, worker_id, private) = self.claim_worker_id();
         let sticky = config.scheduling == Scheduling::Sticky && config.runs_chat();
         let sockets = (|| {
-            let private = handoff::bind_private(&self.peers_token, worker_id)?;
+            let private = private?;
             let pair = sticky.then(handoff::pair).transpose()?;
             Ok::<_, std::io::Error>((private, pair))
         })();
@@ -430,7 +429,8 @@ impl Inner {
             speaks_ipc: false,
             ipc: ipc_tx,
             connections: 0,
-            dropped: 0,
+            drops: Drops::new(config.drop_log_interval),
+            reported_drops: BTreeMap::new(),
             cpu: CpuSampler::default(),
             memory: 0,
             misses: 0,
@@ -483,6 +483,47 @@ impl Inner {
                 .readiness_deadline(slot_id, generation, config.clone()),
         );
         Some(generation)
+    }
+
+    /// Takes the next generation and its worker id, with that id's private socket bound. An id
+    /// whose socket name another process holds (another local account squatting it, or one of
+    /// ours still draining with the same id) is skipped, so a taken name never stops a worker
+    /// from starting; each id is tried once at most.
+    fn claim_worker_id(
+        &self,
+    ) -> (
+        AppConfig,
+        u64,
+        u16,
+        std::io::Result<std::os::unix::net::UnixListener>,
+    ) {
+        let ids = u64::from(route_tag::MAX_ID) + 1;
+        let mut state = self.lock();
+        let mut skipped = 0;
+        loop {
+            let generation = state.next_generation;
+            state.next_generation += 1;
+            let worker_id = (generation % ids) as u16;
+            match handoff::bind_private(&self.peers_token, worker_id) {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse && skipped + 1 < ids =>
+                {
+                    skipped += 1;
+                }
+                bound => {
+                    if skipped > 0 {
+                        tracing::warn!(
+                            skipped,
+                            worker_id,
+                            "the private socket names of {skipped} worker ids are held by other \
+                             processes: skipped them (is another local account squatting them? \
+                             see the threat model in docs/PRODUCTION.md)"
+                        );
+                    }
+                    return (state.config.clone(), generation, worker_id, bound);
+                }
+            }
+        }
     }
 
     /// Programs that do not speak IPC count as ready once they survived `min_uptime`; any
@@ -564,12 +605,17 @@ impl Inner {
             while let Some(message) = read_message::<ToMaster, _>(&mut lines).await {
                 match message {
                     ToMaster::Ready => self.mark_ready(slot_id, generation, true),
-                    ToMaster::Pong { seq, connections } => {
+                    ToMaster::Pong {
+                        seq,
+                        connections,
+                        dropped,
+                    } => {
                         let mut state = self.lock();
                         if let Some(proc) = state.slots[slot_id].find_mut(generation) {
                             proc.speaks_ipc = true;
                             proc.last_pong = proc.last_pong.max(seq);
                             proc.connections = connections;
+                            proc.reported_drops = dropped;
                             proc.handed = 0;
                         }
                         drop(state);
@@ -585,8 +631,14 @@ impl Inner {
                     ToMaster::Tell { body } => {
                         if let Some(service) = self.service.get() {
                             let answer = service.request(generation, body);
-                            if let Some(error) = answer.get("error") {
-                                tracing::warn!(worker = slot_id, %error, "a worker's request failed");
+                            if answer.get("error").is_some() {
+                                if let Some(proc) = self.lock().slots[slot_id].find(generation) {
+                                    proc.drops.count(
+                                        "store_write_failed",
+                                        1,
+                                        "a worker's store write (e.g. a history entry) failed",
+                                    );
+                                }
                             }
                         }
                     }
@@ -695,20 +747,21 @@ impl Inner {
         for slot in state.slots.iter_mut() {
             for proc in slot.procs_mut() {
                 if proc.generation != from && proc.speaks_ipc {
-                    // Never wait for a slow worker: drop, count, and say so once per 1000.
+                    // Never wait for a slow worker: drop, count, and say so now and then.
                     if proc
                         .ipc
                         .try_send(ToWorker::Message { body: body.clone() })
                         .is_err()
                     {
-                        proc.dropped += 1;
-                        if proc.dropped % 1000 == 1 {
-                            tracing::warn!(
-                                pid = proc.pid,
-                                dropped = proc.dropped,
-                                "worker cannot keep up with broadcasts: dropping"
-                            );
-                        }
+                        proc.drops.count(
+                            "relay_queue_full",
+                            1,
+                            format_args!(
+                                "worker pid {} cannot keep up with the broadcasts of the other \
+                                 workers: dropping them",
+                                proc.pid
+                            ),
+                        );
                     }
                 }
             }
@@ -1339,6 +1392,7 @@ impl Inner {
                         })
                     }),
                     last_error: slot.last_error.clone(),
+                    dropped: proc.map(dropped_by).unwrap_or_default(),
                 }
             })
             .collect();
@@ -1457,6 +1511,14 @@ impl Inner {
     }
 }
 
+/// Every message lost to or by a worker process, by cause: what the master dropped on its
+/// behalf and what it reported dropping itself.
+fn dropped_by(proc: &Proc) -> BTreeMap<String, u64> {
+    let mut dropped = proc.drops.snapshot();
+    crate::drops::merge(&mut dropped, &proc.reported_drops);
+    dropped
+}
+
 fn done(result: Result<String, String>) -> Response {
     match result {
         Ok(message) => Response::Done { message },
@@ -1498,7 +1560,7 @@ async fn pump_lines(stream: impl tokio::io::AsyncRead + Unpin, log: LogSink, pre
 
 /// `GET /healthz` over a worker's private socket.
 async fn http_health(token: &str, worker_id: u16) -> std::io::Result<bool> {
-    let mut stream = handoff::connect_private(token, worker_id).await?;
+    let mut stream = handoff::connect_private(token, worker_id, std::process::id()).await?;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
         .await?;

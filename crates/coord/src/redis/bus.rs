@@ -4,7 +4,6 @@
 //! other workers' questions about this worker's sockets (see `query.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use futures_util::FutureExt;
 use redis::{PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
 use socketio::{
-    Adapter, BroadcastOptions, LocalAdapter, Namespace, Room, Sid, SocketInfo, SocketIo,
+    Adapter, BroadcastOptions, EmitError, LocalAdapter, Namespace, Room, Sid, SocketInfo, SocketIo,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,8 +58,6 @@ enum SubscriberCommand {
 pub struct RedisBus {
     link: Arc<RedisLink>,
     publications: mpsc::Sender<Publication>,
-    /// Set while broadcasts are dropped for a full queue, so that is logged once.
-    dropping: AtomicBool,
     subscriptions: mpsc::UnboundedSender<SubscriberCommand>,
     /// `P:req`, where every worker hears the others' questions.
     question_channel: String,
@@ -86,7 +83,6 @@ impl RedisBus {
         let bus = Arc::new(RedisBus {
             link,
             publications,
-            dropping: AtomicBool::new(false),
             subscriptions,
             question_channel,
             answer_channel,
@@ -249,21 +245,31 @@ impl RedisBus {
             .await
     }
 
-    fn publish(&self, channel: String, payload: Vec<u8>) {
-        match self.publications.try_send(Publication { channel, payload }) {
-            Ok(()) => {
-                if self.dropping.swap(false, Ordering::Relaxed) {
-                    tracing::info!("broadcasts reach the other workers again");
-                }
-            }
-            Err(_) => {
-                if !self.dropping.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "too many broadcasts waiting for Redis: new ones reach this worker only"
-                    );
-                }
-            }
+    /// Queues a publication for the publisher. Fails when the queue is full (the publication
+    /// is dropped and counted) or when Redis is known to be down (queued all the same, in case
+    /// it is back, but most likely lost: the publisher counts it then).
+    fn publish(&self, channel: String, payload: Vec<u8>) -> Result<(), EmitError> {
+        if self
+            .publications
+            .try_send(Publication { channel, payload })
+            .is_err()
+        {
+            self.link.drops.count(
+                "redis_publish_queue_full",
+                1,
+                format_args!(
+                    "{PUBLISH_QUEUE} broadcasts are waiting for Redis (slow or down): new ones \
+                     reach this worker's users only"
+                ),
+            );
+            return Err(EmitError::NotRelayed(
+                "too many broadcasts are waiting for Redis".into(),
+            ));
         }
+        if self.link.health.is_down() {
+            return Err(EmitError::NotRelayed("Redis is unavailable".into()));
+        }
+        Ok(())
     }
 }
 
@@ -286,7 +292,7 @@ pub struct RedisAdapter {
 
 impl RedisAdapter {
     /// Publishes a broadcast, or a disconnect order, on the channel of the workers it concerns.
-    fn publish(&self, opts: &BroadcastOptions, broadcast: WireBroadcast) {
+    fn publish(&self, opts: &BroadcastOptions, broadcast: WireBroadcast) -> Result<(), EmitError> {
         // One room: its own channel, which only the workers with members in it hear. Several
         // rooms or the whole namespace: the namespace channel, so a worker with members in two
         // of the rooms gets the broadcast once.
@@ -300,7 +306,10 @@ impl RedisAdapter {
         };
         match serde_json::to_vec(&envelope) {
             Ok(payload) => self.bus.publish(channel, payload),
-            Err(error) => tracing::warn!(%error, "cannot encode a broadcast for the other workers"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode a broadcast for the other workers");
+                Err(EmitError::NotRelayed(format!("cannot encode it: {error}")))
+            }
         }
     }
 
@@ -366,11 +375,17 @@ impl Adapter for RedisAdapter {
         self.local.rooms()
     }
 
-    fn broadcast(&self, ns: &Namespace, frames: &[Frame], opts: &BroadcastOptions) {
+    fn broadcast(
+        &self,
+        ns: &Namespace,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+    ) -> Result<(), EmitError> {
         ns.deliver(&self.local.sockets(opts), frames, opts.volatile);
-        if !opts.local {
-            self.publish(opts, WireBroadcast::new(ns.path(), frames, opts));
+        if opts.local {
+            return Ok(());
         }
+        self.publish(opts, WireBroadcast::new(ns.path(), frames, opts))
     }
 
     /// The order travels like a broadcast to the same sockets: the workers with members in its
@@ -378,7 +393,8 @@ impl Adapter for RedisAdapter {
     fn disconnect_sockets(&self, ns: &Namespace, opts: &BroadcastOptions) {
         ns.disconnect_local(&self.local.sockets(opts));
         if !opts.local {
-            self.publish(opts, WireBroadcast::disconnect(ns.path(), opts));
+            // A failure is counted and logged by the bus; nobody waits for the order.
+            let _ = self.publish(opts, WireBroadcast::disconnect(ns.path(), opts));
         }
     }
 
@@ -411,10 +427,11 @@ async fn run_publisher(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Pu
     };
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while publications.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let count = batch.len() as u64;
         let pipes = publication_pipelines(command, link.is_cluster(), batch.drain(..));
-        // A failure is logged once by the link's health; these broadcasts are lost for the
-        // other workers (Socket.IO broadcasts are at-most-once).
-        let _ = link
+        // These broadcasts are lost for the other workers (Socket.IO broadcasts are
+        // at-most-once): counted, and logged now and then.
+        let sent = link
             .run(|c| async move {
                 let sent = pipes.iter().map(|pipe| {
                     let mut c = c.clone();
@@ -423,6 +440,13 @@ async fn run_publisher(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Pu
                 futures_util::future::try_join_all(sent).await.map(drop)
             })
             .await;
+        if let Err(error) = sent {
+            link.drops.count(
+                "redis_publish_failed",
+                count,
+                format_args!("broadcasts not published for the other workers: {error}"),
+            );
+        }
     }
 }
 
@@ -637,7 +661,10 @@ fn answer_question(bus: &RedisBus, io: &SocketIo, payload: &[u8]) {
     };
     let channel = answer_channel(&bus.link, &question.from);
     match serde_json::to_vec(&question.answer(io)) {
-        Ok(answer) => bus.publish(channel, answer),
+        // A lost answer is counted by the bus; the asker answers with what came in time.
+        Ok(answer) => {
+            let _ = bus.publish(channel, answer);
+        }
         Err(error) => tracing::warn!(%error, "cannot encode an answer for another worker"),
     }
 }

@@ -53,6 +53,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline,
     ProtocolVersion, PushInfo, RedisFuture, RedisResult, Value,
 };
+use supervisor::drops::Drops;
 use tokio::sync::mpsc;
 
 pub use bus::{RedisAdapter, RedisBus};
@@ -77,6 +78,9 @@ pub struct RedisConfig {
     /// How long `fetch_sockets` (and `count`) waits for the other workers' answers before it
     /// returns what it has: the cost of asking while a worker is dead but not yet noticed.
     pub query_timeout: Duration,
+    /// Shortest time between two log lines about one cause of dropped broadcasts or history
+    /// entries (see [`supervisor::drops`]).
+    pub drop_log_interval: Duration,
 }
 
 impl RedisConfig {
@@ -89,6 +93,7 @@ impl RedisConfig {
             // Renewed every 2 s, so a dead worker's users leave within 8 s (the design's 10 s).
             worker_ttl: Duration::from_secs(6),
             query_timeout: Duration::from_secs(1),
+            drop_log_interval: supervisor::config::DEFAULT_DROP_LOG_INTERVAL,
         }
     }
 }
@@ -145,6 +150,8 @@ pub struct RedisLink {
     /// Goes up each time the command connection works again after a failure: the store then
     /// re-asserts this worker's room members, which a restarted Redis has forgotten.
     epoch: AtomicU64,
+    /// Broadcasts and history entries its bus and store could not get to Redis.
+    drops: std::sync::Arc<Drops>,
 }
 
 impl RedisLink {
@@ -169,6 +176,7 @@ impl RedisLink {
             let client = Client::open(info).map_err(invalid)?;
             (Servers::Single(client), config.prefix.clone())
         };
+        let drops = std::sync::Arc::new(Drops::new(config.drop_log_interval));
         Ok(std::sync::Arc::new(RedisLink {
             config,
             servers,
@@ -177,11 +185,18 @@ impl RedisLink {
             uid: engineio::generate_sid(""),
             health: Health::new("commands"),
             epoch: AtomicU64::new(0),
+            drops,
         }))
     }
 
     pub fn config(&self) -> &RedisConfig {
         &self.config
+    }
+
+    /// What this worker's bus and store dropped, by cause: `redis_publish_queue_full`,
+    /// `redis_publish_failed`, `history_queue_full`, `history_write_failed`.
+    pub fn drops(&self) -> &std::sync::Arc<Drops> {
+        &self.drops
     }
 
     /// The subscriber's connection: RESP3, whose push messages (sent to `pushes`) let one
@@ -407,6 +422,11 @@ impl Health {
                 true
             }
         }
+    }
+
+    /// Whether the last command failed for an outage (and none succeeded since).
+    fn is_down(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DOWN
     }
 
     fn down(&self, error: &dyn std::fmt::Display) {

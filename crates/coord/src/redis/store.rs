@@ -2,7 +2,7 @@
 //! scripts, history as capped lists.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -118,8 +118,6 @@ pub struct RedisStore {
     asserted_epoch: AtomicU64,
     /// History entries on their way to Redis, in order (started with the first one).
     history_queue: OnceLock<tokio::sync::mpsc::Sender<HistoryEntry>>,
-    /// Whether entries are being dropped because the queue is full (logged once per episode).
-    history_dropping: AtomicBool,
 }
 
 /// Appends `entries` to a room's history and keeps its last `keep`, in one round trip.
@@ -168,8 +166,13 @@ async fn write_history(link: Arc<RedisLink>, mut queue: tokio::sync::mpsc::Recei
             }
         }
         for (room, entries, keep) in rooms {
+            let count = entries.len() as u64;
             if let Err(error) = append_history(&link, &room, entries, keep).await {
-                tracing::debug!(%error, room, "history not recorded");
+                link.drops.count(
+                    "history_write_failed",
+                    count,
+                    format_args!("history entries not recorded in Redis: {error}"),
+                );
             }
         }
     }
@@ -185,7 +188,6 @@ impl RedisStore {
             members: Mutex::new(HashSet::new()),
             asserted_epoch: AtomicU64::new(0),
             history_queue: OnceLock::new(),
-            history_dropping: AtomicBool::new(false),
         }
     }
 
@@ -516,12 +518,15 @@ impl Store for RedisStore {
             tokio::spawn(write_history(self.link.clone(), receiver));
             sender
         });
-        if queue.try_send((room.to_owned(), entry, keep)).is_ok() {
-            self.history_dropping.store(false, Ordering::Relaxed);
-        } else if !self.history_dropping.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "history writes to Redis are {HISTORY_QUEUE} behind (Redis slow or down): new \
-                 history entries are dropped until it catches up; messages are still delivered"
+        if queue.try_send((room.to_owned(), entry, keep)).is_err() {
+            self.link.drops.count(
+                "history_queue_full",
+                1,
+                format_args!(
+                    "history writes to Redis are {HISTORY_QUEUE} behind (Redis slow or down): \
+                     new history entries are dropped until it catches up; messages are still \
+                     delivered"
+                ),
             );
         }
     }

@@ -137,6 +137,8 @@ impl Drop for RedisServer {
 pub struct Worker {
     pub addr: SocketAddr,
     pub bus: Arc<RedisBus>,
+    /// Its connection to Redis, whose counts of dropped messages a test reads.
+    pub link: Arc<RedisLink>,
     /// The server's Socket.IO side, for operations a test makes from the server.
     pub io: socketio::SocketIo,
     pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -151,7 +153,7 @@ pub async fn worker(config: RedisConfig) -> Worker {
     };
     let adapter_bus = bus.clone();
     config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
-    let store = Arc::new(RedisStore::new(link));
+    let store = Arc::new(RedisStore::new(link.clone()));
     let server = ChatServer::new(config, store.clone());
     let io = server.io().clone();
     bus.start(server.io().clone());
@@ -168,6 +170,7 @@ pub async fn worker(config: RedisConfig) -> Worker {
     Worker {
         addr,
         bus,
+        link,
         io,
         serving,
     }
