@@ -502,6 +502,42 @@ pub async fn save() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `import-pm2 FILE`: the ecosystem's apps as our TOML on stdout, a note per field left out on
+/// stderr. A `.js` ecosystem is a Node module: node reads it, as PM2 does.
+pub fn import_pm2(file: &std::path::Path) -> anyhow::Result<()> {
+    let json = match file.extension().and_then(|e| e.to_str()) {
+        Some("json") => {
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+        }
+        _ => {
+            let path = std::path::absolute(file).context("cannot resolve the file's path")?;
+            let output = std::process::Command::new("node")
+                .args(["-e", "process.stdout.write(JSON.stringify(require(process.argv[1])))"])
+                .arg(&path)
+                .output()
+                .context("reading a .js ecosystem file needs node (Node.js) on the PATH; or give its JSON")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "node could not load {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+            );
+            output.stdout
+        }
+    };
+    let ecosystem: serde_json::Value =
+        serde_json::from_slice(&json).with_context(|| format!("{} is not JSON", file.display()))?;
+    let imported = supervisor::pm2::import(&ecosystem)?;
+    print!("{}", imported.toml);
+    for note in &imported.notes {
+        eprintln!("chatctl: {note}");
+    }
+    Ok(())
+}
+
 /// `startup`: prints the boot unit and how to enable it; `--install` does it (as root).
 pub fn startup(install: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the chatctl executable")?;

@@ -60,6 +60,10 @@ pub enum Command {
     Save,
     /// Start every app `save` wrote that is not running.
     Resurrect,
+    /// Turn a PM2 ecosystem file (.js, .cjs or .json) into a chatctl config file (TOML, for
+    /// `chatctl start -c FILE`) on stdout; a line on stderr for each field left out.
+    #[command(name = "import-pm2")]
+    ImportPm2 { file: PathBuf },
     /// Print the systemd unit that starts the saved apps at boot (one `chatctl@NAME` each),
     /// and the commands that enable them.
     Startup {

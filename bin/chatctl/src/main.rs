@@ -92,6 +92,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Save => apps::save().await,
         Command::Resurrect => apps::resurrect().await,
         Command::Startup { install } => apps::startup(install),
+        Command::ImportPm2 { file } => apps::import_pm2(&file),
         Command::Serve(_)
         | Command::Proxy(_)
         | Command::Run(_)

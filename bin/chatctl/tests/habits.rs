@@ -166,3 +166,50 @@ fn a_program_is_named_after_itself_and_runs_one_worker() {
     assert_eq!(workers(listed).len(), 1, "{listed}");
     let _ = app.run(&["stop", "sh"]);
 }
+
+/// A PM2 user's ecosystem file, read by node as PM2 reads it, becomes a config file that
+/// `chatctl start -c` runs: the Node.js app serves on the port its env named, with the
+/// instances it asked for; the fields chatctl does not take are named on stderr.
+#[test]
+fn a_pm2_ecosystem_file_is_imported_and_runs() {
+    let node = support::node_program();
+    let app = App::new("pm2import");
+    let dir = &app.home;
+    // A Node.js server written for a supervisor that passes the socket (LISTEN_FDS, fd 3).
+    std::fs::write(
+        dir.join("server.js"),
+        "require('http').createServer((q, s) => s.end('ok from ' + process.env.NODE_ENV))\n  .listen({ fd: 3 });\n",
+    )
+    .expect("cannot write server.js");
+    std::fs::write(
+        dir.join("ecosystem.config.js"),
+        format!(
+            "module.exports = {{\n  apps: [{{\n    name: 'web',\n    script: './server.js',\n    cwd: '{}',\n    instances: 2,\n    exec_mode: 'cluster',\n    max_memory_restart: '200M',\n    kill_timeout: 3000,\n    watch: true,\n    env: {{ NODE_ENV: 'production', PORT: {} }},\n    env_staging: {{ NODE_ENV: 'staging' }},\n  }}],\n}};\n",
+            dir.display(),
+            app.port
+        ),
+    )
+    .expect("cannot write the ecosystem file");
+    let ecosystem = dir.join("ecosystem.config.js");
+    let output = app.run(&["import-pm2", ecosystem.to_str().expect("UTF-8 path")]);
+    let toml = stdout_of(&output);
+    let notes = String::from_utf8_lossy(&output.stderr);
+    for field in ["watch", "env_staging"] {
+        assert!(
+            notes.contains(&format!("`{field}`")),
+            "no note for {field}: {notes}"
+        );
+    }
+    let file = dir.join("apps.toml");
+    std::fs::write(&file, &toml).expect("cannot write apps.toml");
+    stdout_of(&app.run(&["start", "-c", file.to_str().expect("UTF-8 path")]));
+    let apps = app.list();
+    let web = apps.iter().find(|a| a["name"] == "web");
+    let web = web.unwrap_or_else(|| panic!("no app web: {apps:?}\n{toml}"));
+    assert_eq!(workers(web).len(), 2, "{web}");
+    let (status, body) =
+        support::http_get(app.port, "/").expect("the imported app does not answer");
+    assert_eq!((status, body.as_str()), (200, "ok from production"));
+    let _ = app.run(&["stop", "web"]);
+    drop(node);
+}

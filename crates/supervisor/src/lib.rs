@@ -16,6 +16,7 @@ pub mod listen;
 pub mod logs;
 pub mod master;
 pub mod paths;
+pub mod pm2;
 pub mod procstat;
 pub mod route_tag;
 pub mod spawn;
