@@ -263,6 +263,10 @@ pub struct ServeArgs {
     /// Largest Engine.IO payload (polling body or websocket message), in bytes.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_payload: u32,
+    /// Binary attachments one Socket.IO packet may carry; the whole packet, attachments
+    /// included, stays within --max-payload.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_attachments: u32,
     /// Extra origins allowed to connect (CORS and websocket Origin check), e.g.
     /// https://chat.example.com; same-origin is always allowed. `*` allows any.
     #[arg(long = "allow-origin")]

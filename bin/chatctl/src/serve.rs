@@ -183,6 +183,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         CorsPolicy::List(args.allow_origins.clone())
     };
     config.io.connect_timeout = args.connect_timeout;
+    config.io.max_attachments = args.max_attachments as usize;
     // Under a master, session ids name this worker, so requests can be routed to it by sid,
     // and requests for the other workers' sessions are passed to them.
     let from_env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());

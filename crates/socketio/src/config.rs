@@ -19,6 +19,11 @@ pub struct SocketIoConfig {
     pub connect_timeout: Duration,
     /// How long `emit_with_ack` waits for the client's answer by default.
     pub ack_timeout: Duration,
+    /// Binary attachments one packet may announce. Applications send a few (a file, an image);
+    /// the protocol allows any number, and each one held costs up to `max_payload` until the
+    /// packet completes, so the count is kept small. The whole packet, header and attachments,
+    /// is bounded by the engine's `max_payload`.
+    pub max_attachments: usize,
     /// Makes the adapter of a namespace: in-process by default, cross-worker in a cluster.
     pub adapter: AdapterFactory,
 }
@@ -29,6 +34,7 @@ impl Default for SocketIoConfig {
             engine: EngineConfig::default(),
             connect_timeout: Duration::from_secs(45),
             ack_timeout: Duration::from_secs(5),
+            max_attachments: 10,
             adapter: Arc::new(|_| Arc::new(LocalAdapter::default()) as Arc<dyn Adapter>),
         }
     }
@@ -40,6 +46,7 @@ impl std::fmt::Debug for SocketIoConfig {
             .field("engine", &self.engine)
             .field("connect_timeout", &self.connect_timeout)
             .field("ack_timeout", &self.ack_timeout)
+            .field("max_attachments", &self.max_attachments)
             .finish_non_exhaustive()
     }
 }
