@@ -241,9 +241,17 @@ pub struct ServeArgs {
     /// Time a client has to answer a ping.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
-    /// Time a new connection has to join a namespace.
-    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    /// Time a new connection has to join a namespace; until then it counts as pending.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Connections at once that have not joined a namespace yet (handshakes in progress),
+    /// apart from --max-connections, so a handshake flood cannot lock logged-in users out.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending: u32,
+    /// Connections from one client address that have not joined a namespace yet. Behind a
+    /// proxy every client shares the proxy's address: raise it there.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_per_address: u32,
     /// Longest chat message, in characters.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_message_chars: u32,

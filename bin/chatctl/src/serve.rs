@@ -175,6 +175,8 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     engine.ping_timeout = args.ping_timeout;
     engine.max_payload = args.max_payload as usize;
     engine.max_sessions = args.max_connections as usize;
+    engine.max_pending_sessions = args.max_pending as usize;
+    engine.max_pending_sessions_per_address = args.max_pending_per_address as usize;
     engine.cors = if args.allow_origins.iter().any(|o| o == "*") {
         CorsPolicy::Any
     } else if args.allow_origins.is_empty() {
@@ -335,7 +337,7 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
             let server = server.clone();
             tokio::spawn(async move {
                 server
-                    .serve_connection(stream, std::future::pending())
+                    .serve_connection(stream, None, std::future::pending())
                     .await
             });
         }

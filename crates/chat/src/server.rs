@@ -132,11 +132,12 @@ impl ChatServer {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok().map(|address| address.ip());
         let server = self.clone();
         let mut drain = draining.subscribe();
         tokio::spawn(async move {
             server
-                .serve_connection(stream, async move {
+                .serve_connection(stream, peer, async move {
                     let _ = drain.wait_for(|d| *d).await;
                 })
                 .await;
@@ -145,10 +146,15 @@ impl ChatServer {
     }
 
     /// Serves HTTP/1.1 (with websocket upgrades) on one connection, of any transport (TCP, or
-    /// a worker's private unix socket). When `drain` completes, the request in flight finishes
-    /// and the connection closes.
-    pub async fn serve_connection<T>(&self, io: T, drain: impl Future<Output = ()>)
-    where
+    /// a worker's private unix socket). `peer` is the client's address, when the transport has
+    /// one: Engine.IO bounds the handshakes one address may leave pending. When `drain`
+    /// completes, the request in flight finishes and the connection closes.
+    pub async fn serve_connection<T>(
+        &self,
+        io: T,
+        peer: Option<std::net::IpAddr>,
+        drain: impl Future<Output = ()>,
+    ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let server = self.clone();
@@ -157,9 +163,12 @@ impl ChatServer {
         // rather than on one this worker is about to close.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_flag = closing.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let server = server.clone();
             let closing = closing_flag.clone();
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(engineio::PeerAddr(peer));
+            }
             async move {
                 let mut response = server.handle(req).await;
                 if closing.load(std::sync::atomic::Ordering::Acquire)
@@ -440,7 +449,7 @@ mod tests {
         // as the worker was told to drain.
         let serving = tokio::spawn(async move {
             server
-                .serve_connection(server_side, std::future::ready(()))
+                .serve_connection(server_side, None, std::future::ready(()))
                 .await
         });
         for _ in 0..10 {

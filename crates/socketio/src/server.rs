@@ -234,6 +234,8 @@ impl Dispatcher {
         }
         socket.set_connected();
         conn.insert(&packet.nsp, socket.clone());
+        // A client in a namespace is a user, no longer a pending handshake.
+        conn.admit();
         ns.insert(&socket);
         let json = serde_json::json!({ "sid": socket.id().as_ref() }).to_string();
         if socket
