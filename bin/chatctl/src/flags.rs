@@ -241,6 +241,10 @@ pub struct ServeArgs {
     /// Time a client has to answer a ping.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
+    /// Time one websocket write may take; a client that stops reading longer is disconnected
+    /// and its connection closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// Time a new connection has to join a namespace; until then it counts as pending.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

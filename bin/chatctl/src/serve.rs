@@ -173,6 +173,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     let engine = &mut config.io.engine;
     engine.ping_interval = args.ping_interval;
     engine.ping_timeout = args.ping_timeout;
+    engine.ws_write_timeout = args.write_timeout;
     engine.max_payload = args.max_payload as usize;
     engine.max_sessions = args.max_connections as usize;
     engine.max_pending_sessions = args.max_pending as usize;

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use socketio::SocketIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::connection_slot::SlottedIo;
 use crate::cookie::{clear_cookie_header, CookieSigner, COOKIE_NAME};
 use crate::events::{self, ChatState};
 use crate::store::{Session, Store};
@@ -133,6 +134,8 @@ impl ChatServer {
     ) {
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok().map(|address| address.ip());
+        // The socket holds its place under max_connections, also after a websocket upgrade.
+        let stream = SlottedIo::new(stream, permit);
         let server = self.clone();
         let mut drain = draining.subscribe();
         tokio::spawn(async move {
@@ -141,7 +144,6 @@ impl ChatServer {
                     let _ = drain.wait_for(|d| *d).await;
                 })
                 .await;
-            drop(permit);
         });
     }
 

@@ -62,6 +62,11 @@ pub struct EngineConfig {
     /// Small, because most chat connections are idle and memory per connection is what limits
     /// how many one worker holds: 1 KiB instead of 4 KiB saves 3 KiB of every idle connection.
     pub ws_read_buffer_size: usize,
+    /// How long one write to a websocket may take. A client that stops reading fills its TCP
+    /// window and the write waits; past this it counts as gone: its session is closed and the
+    /// writer ends, so neither its task nor its descriptor outlive the session. Also bounds the
+    /// last flush and the close after a session ended.
+    pub ws_write_timeout: Duration,
     /// Bytes the websocket writer collects before it flushes to the socket.
     pub ws_write_buffer_size: usize,
     /// Prefix written at the start of every session id, for sticky routing (DESIGN §5). The rest
@@ -90,6 +95,7 @@ impl Default for EngineConfig {
             cors: CorsPolicy::SameOrigin,
             ws_read_buffer_size: 1024,
             ws_write_buffer_size: 0,
+            ws_write_timeout: Duration::from_secs(10),
             sid_tag: String::new(),
         }
     }
