@@ -241,6 +241,10 @@ pub struct ServeArgs {
     /// Time a client has to answer a ping.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
+    /// Time a client may take to send a whole request body (a polling POST, the login form);
+    /// a slower one gets 408 and its connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// Time one websocket write may take; a client that stops reading longer is disconnected
     /// and its connection closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -354,6 +358,10 @@ pub struct ProxyArgs {
     /// Drop a client that takes longer to send a request head [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     pub header_read_timeout: Option<Duration>,
+    /// Answer 408 and close the connection when a client takes longer to send a request body
+    /// (slow POST) [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub body_read_timeout: Option<Duration>,
     /// Answer 504 when a host takes longer to start answering a request; keep it above the
     /// Engine.IO ping interval (25s), which a long-poll may wait [default: 60s].
     #[arg(long, value_parser = parse_duration)]
@@ -388,6 +396,7 @@ impl ProxyArgs {
         config.header_read_timeout = self
             .header_read_timeout
             .unwrap_or(defaults.header_read_timeout);
+        config.body_read_timeout = self.body_read_timeout.unwrap_or(defaults.body_read_timeout);
         config.response_timeout = self.response_timeout.unwrap_or(defaults.response_timeout);
         config
     }

@@ -174,6 +174,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     engine.ping_interval = args.ping_interval;
     engine.ping_timeout = args.ping_timeout;
     engine.ws_write_timeout = args.write_timeout;
+    engine.body_read_timeout = args.body_read_timeout;
     engine.max_payload = args.max_payload as usize;
     engine.max_sessions = args.max_connections as usize;
     engine.max_pending_sessions = args.max_pending as usize;

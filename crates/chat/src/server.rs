@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use engineio::Body;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use socketio::SocketIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +17,8 @@ use crate::events::{self, ChatState};
 use crate::store::{Session, Store};
 use crate::{pages, validate, ChatConfig};
 
-/// Largest login form accepted; a nickname needs far less.
+/// Largest login form accepted; a nickname needs far less. Read within the engine's
+/// `body_read_timeout`.
 const MAX_FORM_BYTES: usize = 4096;
 
 const CSS: &str = include_str!("../assets/chat.css");
@@ -262,12 +262,18 @@ impl ChatServer {
     }
 
     async fn login(&self, req: Request<Incoming>) -> Response<Body> {
-        let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "form too large"),
+        // The same whole-body deadline as Engine.IO's POSTs: a slow login form holds a
+        // connection no longer than a slow polling POST.
+        let deadline = self.state.config.io.engine.body_read_timeout;
+        let body = match engineio::read_body(req.into_body(), MAX_FORM_BYTES, deadline).await {
+            Ok(body) => body,
+            Err(error @ engineio::BodyError::TooLarge { .. }) => {
+                return plain(error.status(), "form too large")
+            }
+            Err(error @ engineio::BodyError::TooSlow { .. }) => {
+                return plain(error.status(), "the form did not arrive in time")
+            }
+            Err(error) => return plain(error.status(), "the form could not be read"),
         };
         let nickname = form_urlencoded::parse(&body)
             .find(|(key, _)| key == "nickname")

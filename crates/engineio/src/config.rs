@@ -50,6 +50,10 @@ pub struct EngineConfig {
     /// Shortest time between two log lines about refused handshakes (a flood would otherwise
     /// write one per request); the lines in between are counted in the next one.
     pub refusal_log_interval: Duration,
+    /// How long a client may take to send a whole request body (a polling POST), from the
+    /// moment it is read. The header read timeout does not cover the body: without this a
+    /// client sending a byte at a time holds its connection and its session's POST forever.
+    pub body_read_timeout: Duration,
     /// Packets queued for one client before it counts as too slow and its session is closed;
     /// bounds the memory a stalled client can pin.
     pub max_buffered_packets: usize,
@@ -90,6 +94,7 @@ impl Default for EngineConfig {
                 HeaderName::from_static("x-forwarded-for"),
             ],
             refusal_log_interval: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             max_buffered_packets: 4096,
             upgrade_timeout: Duration::from_secs(10),
             cors: CorsPolicy::SameOrigin,

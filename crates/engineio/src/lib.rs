@@ -8,6 +8,7 @@
 // to hyper as is. Boxing it would add an allocation to every refusal and gain nothing.
 #![allow(clippy::result_large_err)]
 
+mod body;
 mod config;
 mod engine;
 mod log_throttle;
@@ -17,6 +18,7 @@ mod sid;
 mod socket;
 mod transport;
 
+pub use body::{read_body, BodyError};
 pub use config::{CorsPolicy, EngineConfig};
 pub use engine::{unknown_session, Body, Engine, Handler};
 pub use log_throttle::LogThrottle;
