@@ -28,6 +28,15 @@ pub trait Handler: Send + Sync + 'static {
     /// State kept per session by the layer above.
     type Data: Default + Send + Sync + 'static;
 
+    /// Whether a new session counts as pending (under `max_pending_sessions` and
+    /// `max_pending_sessions_per_address`) until the handler calls [`Socket::admit`]. A layer
+    /// with a step of its own after the handshake (Socket.IO: joining a namespace) says yes,
+    /// so that handshakes which never take that step cannot fill `max_sessions`. By default a
+    /// session is admitted with its handshake.
+    fn admits_explicitly(&self) -> bool {
+        false
+    }
+
     /// A session is open and its handshake is sent.
     fn on_connect(&self, socket: &Arc<Socket<Self::Data>>);
 
@@ -278,17 +287,21 @@ impl<H: Handler> Engine<H> {
         req: &Request<B>,
     ) -> Result<Arc<Socket<H::Data>>, Response<Body>> {
         let peer = req.extensions().get::<PeerAddr>().map(|peer| peer.0);
-        let pending = match self.pending.reserve(peer) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                if let Some(left_out) = self.refusal_log.admit() {
-                    tracing::warn!(%refusal, left_out, "refused a handshake");
+        let pending = if self.handler.admits_explicitly() {
+            match self.pending.reserve(peer) {
+                Ok(slot) => Some(slot),
+                Err(refusal) => {
+                    if let Some(left_out) = self.refusal_log.admit() {
+                        tracing::warn!(%refusal, left_out, "refused a handshake");
+                    }
+                    return Err(json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::BadRequest,
+                    ));
                 }
-                return Err(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::BadRequest,
-                ));
             }
+        } else {
+            None
         };
         let socket = Arc::new(Socket::new(
             generate_sid(&self.config.sid_tag),

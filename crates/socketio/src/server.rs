@@ -253,6 +253,11 @@ impl Dispatcher {
 impl engineio::Handler for Dispatcher {
     type Data = ConnState;
 
+    /// A session is pending until it joins a namespace (see [`Dispatcher::connect`]).
+    fn admits_explicitly(&self) -> bool {
+        true
+    }
+
     fn on_connect(&self, socket: &Arc<engineio::Socket<ConnState>>) {
         // A client that joins no namespace in time is closed (`connectTimeout`).
         let conn = Arc::downgrade(socket);
