@@ -277,9 +277,25 @@ pub struct ServeArgs {
     /// Time a client has to answer a ping.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
-    /// Time a new connection has to join a namespace.
-    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    /// Time a client may take to send a whole request body (a polling POST, the login form);
+    /// a slower one gets 408 and its connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Time one websocket write may take; a client that stops reading longer is disconnected
+    /// and its connection closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// Time a new connection has to join a namespace; until then it counts as pending.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Connections at once that have not joined a namespace yet (handshakes in progress),
+    /// apart from --max-connections, so a handshake flood cannot lock logged-in users out.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending: u32,
+    /// Connections from one client address that have not joined a namespace yet. Behind a
+    /// proxy every client shares the proxy's address: raise it there.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_per_address: u32,
     /// Longest chat message, in characters.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_message_chars: u32,
@@ -299,6 +315,10 @@ pub struct ServeArgs {
     /// Largest Engine.IO payload (polling body or websocket message), in bytes.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_payload: u32,
+    /// Binary attachments one Socket.IO packet may carry; the whole packet, attachments
+    /// included, stays within --max-payload.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_attachments: u32,
     /// Extra origins allowed to connect (CORS and websocket Origin check), e.g.
     /// https://chat.example.com; same-origin is always allowed. `*` allows any.
     #[arg(long = "allow-origin")]
@@ -379,6 +399,10 @@ pub struct ProxyArgs {
     /// Drop a client that takes longer to send a request head [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     pub header_read_timeout: Option<Duration>,
+    /// Answer 408 and close the connection when a client takes longer to send a request body
+    /// (slow POST) [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub body_read_timeout: Option<Duration>,
     /// Answer 504 when a host takes longer to start answering a request; keep it above the
     /// Engine.IO ping interval (25s), which a long-poll may wait [default: 60s].
     #[arg(long, value_parser = parse_duration)]
@@ -413,6 +437,7 @@ impl ProxyArgs {
         config.header_read_timeout = self
             .header_read_timeout
             .unwrap_or(defaults.header_read_timeout);
+        config.body_read_timeout = self.body_read_timeout.unwrap_or(defaults.body_read_timeout);
         config.response_timeout = self.response_timeout.unwrap_or(defaults.response_timeout);
         config
     }

@@ -190,8 +190,12 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     let engine = &mut config.io.engine;
     engine.ping_interval = args.ping_interval;
     engine.ping_timeout = args.ping_timeout;
+    engine.ws_write_timeout = args.write_timeout;
+    engine.body_read_timeout = args.body_read_timeout;
     engine.max_payload = args.max_payload as usize;
     engine.max_sessions = args.max_connections as usize;
+    engine.max_pending_sessions = args.max_pending as usize;
+    engine.max_pending_sessions_per_address = args.max_pending_per_address as usize;
     engine.cors = if args.allow_origins.iter().any(|o| o == "*") {
         CorsPolicy::Any
     } else if args.allow_origins.is_empty() {
@@ -200,6 +204,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         CorsPolicy::List(args.allow_origins.clone())
     };
     config.io.connect_timeout = args.connect_timeout;
+    config.io.max_attachments = args.max_attachments as usize;
     // Under a master, session ids name this worker, so requests can be routed to it by sid,
     // and requests for the other workers' sessions are passed to them.
     let from_env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
@@ -380,7 +385,7 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
             let server = server.clone();
             tokio::spawn(async move {
                 server
-                    .serve_connection(stream, std::future::pending())
+                    .serve_connection(stream, None, std::future::pending())
                     .await
             });
         }

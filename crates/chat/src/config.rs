@@ -22,7 +22,8 @@ pub struct ChatConfig {
     pub messages_per_second: u32,
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
-    /// Open TCP connections at once; further clients wait in the listen backlog.
+    /// Open TCP connections at once, upgraded websockets included; further clients wait in the
+    /// listen backlog.
     pub max_connections: usize,
     /// Messages of a room kept and sent to a joiner.
     pub history_len: usize,

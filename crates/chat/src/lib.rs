@@ -3,6 +3,7 @@
 //! all broadcasts through the Socket.IO adapter, so several workers can share them.
 
 mod config;
+mod connection_slot;
 pub mod cookie;
 mod events;
 mod forward;

@@ -7,17 +7,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use engineio::Body;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use socketio::SocketIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::connection_slot::SlottedIo;
 use crate::cookie::{clear_cookie_header, CookieSigner, COOKIE_NAME};
 use crate::events::{self, ChatState};
 use crate::store::{Session, Store};
 use crate::{pages, validate, ChatConfig};
 
-/// Largest login form accepted; a nickname needs far less.
+/// Largest login form accepted; a nickname needs far less. Read within the engine's
+/// `body_read_timeout`.
 const MAX_FORM_BYTES: usize = 4096;
 
 const CSS: &str = include_str!("../assets/chat.css");
@@ -132,23 +133,30 @@ impl ChatServer {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok().map(|address| address.ip());
+        // The socket holds its place under max_connections, also after a websocket upgrade.
+        let stream = SlottedIo::new(stream, permit);
         let server = self.clone();
         let mut drain = draining.subscribe();
         tokio::spawn(async move {
             server
-                .serve_connection(stream, async move {
+                .serve_connection(stream, peer, async move {
                     let _ = drain.wait_for(|d| *d).await;
                 })
                 .await;
-            drop(permit);
         });
     }
 
     /// Serves HTTP/1.1 (with websocket upgrades) on one connection, of any transport (TCP, or
-    /// a worker's private unix socket). When `drain` completes, the request in flight finishes
-    /// and the connection closes.
-    pub async fn serve_connection<T>(&self, io: T, drain: impl Future<Output = ()>)
-    where
+    /// a worker's private unix socket). `peer` is the client's address, when the transport has
+    /// one: Engine.IO bounds the handshakes one address may leave pending. When `drain`
+    /// completes, the request in flight finishes and the connection closes.
+    pub async fn serve_connection<T>(
+        &self,
+        io: T,
+        peer: Option<std::net::IpAddr>,
+        drain: impl Future<Output = ()>,
+    ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let server = self.clone();
@@ -157,9 +165,12 @@ impl ChatServer {
         // rather than on one this worker is about to close.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_flag = closing.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let server = server.clone();
             let closing = closing_flag.clone();
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(engineio::PeerAddr(peer));
+            }
             async move {
                 let mut response = server.handle(req).await;
                 if closing.load(std::sync::atomic::Ordering::Acquire)
@@ -251,12 +262,18 @@ impl ChatServer {
     }
 
     async fn login(&self, req: Request<Incoming>) -> Response<Body> {
-        let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "form too large"),
+        // The same whole-body deadline as Engine.IO's POSTs: a slow login form holds a
+        // connection no longer than a slow polling POST.
+        let deadline = self.state.config.io.engine.body_read_timeout;
+        let body = match engineio::read_body(req.into_body(), MAX_FORM_BYTES, deadline).await {
+            Ok(body) => body,
+            Err(error @ engineio::BodyError::TooLarge { .. }) => {
+                return plain(error.status(), "form too large")
+            }
+            Err(error @ engineio::BodyError::TooSlow { .. }) => {
+                return plain(error.status(), "the form did not arrive in time")
+            }
+            Err(error) => return plain(error.status(), "the form could not be read"),
         };
         let nickname = form_urlencoded::parse(&body)
             .find(|(key, _)| key == "nickname")
@@ -440,7 +457,7 @@ mod tests {
         // as the worker was told to drain.
         let serving = tokio::spawn(async move {
             server
-                .serve_connection(server_side, std::future::ready(()))
+                .serve_connection(server_side, None, std::future::ready(()))
                 .await
         });
         for _ in 0..10 {

@@ -7,11 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
 use crate::config::{CorsPolicy, EngineConfig};
+use crate::log_throttle::LogThrottle;
 use crate::packet::{Message, Packet};
+use crate::pending::{PeerAddr, PendingSessions};
 use crate::sid::generate_sid;
 use crate::socket::{DisconnectReason, Socket, Transport};
 use crate::transport::{polling, ws};
@@ -24,6 +27,15 @@ pub type Body = Full<Bytes>;
 pub trait Handler: Send + Sync + 'static {
     /// State kept per session by the layer above.
     type Data: Default + Send + Sync + 'static;
+
+    /// Whether a new session counts as pending (under `max_pending_sessions` and
+    /// `max_pending_sessions_per_address`) until the handler calls [`Socket::admit`]. A layer
+    /// with a step of its own after the handshake (Socket.IO: joining a namespace) says yes,
+    /// so that handshakes which never take that step cannot fill `max_sessions`. By default a
+    /// session is admitted with its handshake.
+    fn admits_explicitly(&self) -> bool {
+        false
+    }
 
     /// A session is open and its handshake is sent.
     fn on_connect(&self, socket: &Arc<Socket<Self::Data>>);
@@ -99,11 +111,20 @@ pub struct Engine<H: Handler> {
     pub(crate) config: EngineConfig,
     pub(crate) handler: H,
     sessions: SessionTable<H::Data>,
+    /// Caps on sessions the handler has not admitted yet, apart from `max_sessions`.
+    pending: Arc<PendingSessions>,
+    /// Keeps a handshake flood from writing one log line per refused request.
+    refusal_log: LogThrottle,
 }
 
 impl<H: Handler> Engine<H> {
     pub fn new(config: EngineConfig, handler: H) -> Arc<Self> {
         Arc::new(Engine {
+            pending: PendingSessions::new(
+                config.max_pending_sessions,
+                config.max_pending_sessions_per_address,
+            ),
+            refusal_log: LogThrottle::new(config.refusal_log_interval),
             config,
             handler,
             sessions: RwLock::new(HashMap::new()),
@@ -258,17 +279,36 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Creates a session, registers it and starts its heartbeat. The session keeps copies of
-    /// the request's headers and target (see [`detached_headers`]).
+    /// the request's target and of the headers the layer above reads (see
+    /// [`detached_headers`]). It starts pending: see [`Socket::admit`].
     pub(crate) fn open_session<B>(
         self: &Arc<Self>,
         transport: Transport,
         req: &Request<B>,
     ) -> Result<Arc<Socket<H::Data>>, Response<Body>> {
+        let peer = req.extensions().get::<PeerAddr>().map(|peer| peer.0);
+        let pending = if self.handler.admits_explicitly() {
+            match self.pending.reserve(peer) {
+                Ok(slot) => Some(slot),
+                Err(refusal) => {
+                    if let Some(left_out) = self.refusal_log.admit() {
+                        tracing::warn!(%refusal, left_out, "refused a handshake");
+                    }
+                    return Err(json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::BadRequest,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         let socket = Arc::new(Socket::new(
             generate_sid(&self.config.sid_tag),
             transport,
             self.config.max_buffered_packets,
-            detached_headers(req.headers()),
+            pending,
+            detached_headers(req.headers(), &self.config.session_headers),
             detached_uri(req.uri()),
             H::Data::default(),
         ));
@@ -280,10 +320,13 @@ impl<H: Handler> Engine<H> {
                 ));
             };
             if sessions.len() >= self.config.max_sessions {
-                tracing::warn!(
-                    max_sessions = self.config.max_sessions,
-                    "refused a handshake: the session limit is reached (raise max_sessions)"
-                );
+                if let Some(left_out) = self.refusal_log.admit() {
+                    tracing::warn!(
+                        max_sessions = self.config.max_sessions,
+                        left_out,
+                        "refused a handshake: the session limit is reached (raise max_sessions)"
+                    );
+                }
                 return Err(json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::BadRequest,
@@ -334,7 +377,7 @@ impl<H: Handler> Engine<H> {
     /// For servers whose only job is Engine.IO: examples, tests, the conformance server.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, _peer): (_, SocketAddr) = match listener.accept().await {
+            let (stream, peer): (_, SocketAddr) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like pass: keep serving the others.
@@ -345,8 +388,9 @@ impl<H: Handler> Engine<H> {
             };
             let engine = self.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |mut req: Request<_>| {
                     let engine = engine.clone();
+                    req.extensions_mut().insert(PeerAddr(peer.ip()));
                     async move {
                         let response = if engine.handles(req.uri().path()) {
                             engine.handle(req).await
@@ -391,6 +435,8 @@ async fn run_session<H: Handler>(engine: Arc<Engine<H>>, socket: Arc<Socket<H::D
     if let Ok(mut sessions) = engine.sessions.write() {
         sessions.remove(socket.id());
     }
+    // Whoever still holds the socket, its place among pending sessions is free again.
+    socket.release_pending();
     let reason = socket
         .close_reason()
         .unwrap_or(DisconnectReason::ServerClose);
@@ -444,14 +490,16 @@ pub(crate) fn not_found() -> Response<Body> {
     response
 }
 
-/// A copy of `headers` that owns its values. hyper's values are slices of the connection's read
-/// buffer: a session holding them for its whole life would hold that buffer (8 KiB and more)
-/// too.
-fn detached_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut copy = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.append(name.clone(), owned);
+/// A copy of the headers named in `keep` that owns its values. hyper's values are slices of the
+/// connection's read buffer: a session holding them for its whole life would hold that buffer
+/// (8 KiB and more) too.
+fn detached_headers(headers: &HeaderMap, keep: &[HeaderName]) -> HeaderMap {
+    let mut copy = HeaderMap::new();
+    for name in keep {
+        for value in headers.get_all(name) {
+            let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            copy.append(name.clone(), owned);
+        }
     }
     copy
 }
@@ -481,7 +529,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         let value = HeaderValue::from_maybe_shared(buffer.slice(10..20)).unwrap();
         headers.insert(header::COOKIE, value);
-        let copy = detached_headers(&headers);
+        headers.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en"));
+        let copy = detached_headers(&headers, &EngineConfig::default().session_headers);
+        assert!(
+            copy.get(header::ACCEPT_LANGUAGE).is_none(),
+            "a header the app does not read was kept"
+        );
         let kept = copy.get(header::COOKIE).unwrap().as_bytes();
         assert_eq!(kept, &buffer[10..20]);
         let inside = buffer.as_ptr_range();

@@ -8,16 +8,22 @@
 // to hyper as is. Boxing it would add an allocation to every refusal and gain nothing.
 #![allow(clippy::result_large_err)]
 
+mod body;
 mod config;
 mod engine;
+mod log_throttle;
 mod packet;
+mod pending;
 mod sid;
 mod socket;
 mod transport;
 
+pub use body::{read_body, BodyError};
 pub use config::{CorsPolicy, EngineConfig};
 pub use engine::{unknown_session, Body, Engine, Handler};
+pub use log_throttle::LogThrottle;
 pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEPARATOR};
+pub use pending::PeerAddr;
 pub use sid::generate_sid;
 pub use socket::{DisconnectReason, SendError, Socket, Transport};
 

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::packet::Frame;
+use crate::pending::PendingSlot;
 
 /// The transport that currently carries a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +119,8 @@ pub struct Socket<D> {
     /// one check per recipient.
     is_closed: AtomicBool,
     close_reason: OnceLock<DisconnectReason>,
+    /// The session's place among those not admitted yet; given back on admission or close.
+    pending: std::sync::Mutex<Option<PendingSlot>>,
     headers: HeaderMap,
     uri: Uri,
     /// The upper layer's per-session state.
@@ -129,6 +132,7 @@ impl<D> Socket<D> {
         id: String,
         transport: Transport,
         queue: usize,
+        pending: Option<PendingSlot>,
         headers: HeaderMap,
         uri: Uri,
         data: D,
@@ -146,6 +150,7 @@ impl<D> Socket<D> {
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
             close_reason: OnceLock::new(),
+            pending: std::sync::Mutex::new(pending),
             headers,
             uri,
             data,
@@ -173,7 +178,27 @@ impl<D> Socket<D> {
         self.transport.store(transport as u8, Ordering::Release);
     }
 
-    /// Headers of the request that opened the session (cookies, user agent, forwarded-for).
+    /// The layer above accepts this client (Socket.IO: it joined a namespace): from now on the
+    /// session no longer counts against the caps on pending sessions. Idempotent.
+    pub fn admit(&self) {
+        self.release_pending();
+    }
+
+    /// Whether the session still waits to be admitted.
+    pub fn is_pending(&self) -> bool {
+        self.pending
+            .lock()
+            .map(|slot| slot.is_some())
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn release_pending(&self) {
+        let slot = self.pending.lock().ok().and_then(|mut slot| slot.take());
+        drop(slot);
+    }
+
+    /// Headers of the request that opened the session, those of `session_headers` only
+    /// (by default cookie, user agent, forwarded-for).
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

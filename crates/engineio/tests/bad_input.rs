@@ -359,3 +359,44 @@ async fn polling_with_the_sid_of_a_websocket_session_gets_400_and_harms_nothing(
     assert_eq!(next_text(&mut ws).await, "4still alive");
     assert!(!server.has_ended(&open.sid));
 }
+
+/// A slow POST: the head arrives at once, the body one byte now and then nothing. The header
+/// read timeout does not cover it; the whole-body deadline answers 408, ends the session and
+/// the connection, and nobody else notices.
+#[tokio::test]
+async fn a_polling_post_whose_body_trickles_gets_408_and_ends_its_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(EngineConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let bystander = server.polling_handshake().await.sid;
+    let sid = server.polling_handshake().await.sid;
+
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n4"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    let mut answer = Vec::new();
+    within(
+        "the server to answer and close the slow POST",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read until the server closes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(
+        server.disconnect_reason(&sid).await,
+        DisconnectReason::SlowClient
+    );
+    assert_polling_echo(&server, &bystander).await;
+}

@@ -177,3 +177,20 @@ async fn requests_outside_the_engine_path_get_404() {
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
+
+/// The pending-session caps are for handlers with a step after the handshake (Socket.IO's
+/// namespace join); a plain Engine.IO application admits every session with its handshake, so
+/// many sessions from one address stay open.
+#[tokio::test]
+async fn sessions_of_a_handler_without_an_admission_step_are_not_capped_as_pending() {
+    let server = start(engineio::EngineConfig {
+        max_pending_sessions: 1,
+        max_pending_sessions_per_address: 1,
+        ..config()
+    })
+    .await;
+    for _ in 0..3 {
+        server.polling_handshake().await;
+    }
+    assert_eq!(server.engine.session_count(), 3);
+}

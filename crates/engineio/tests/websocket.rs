@@ -10,8 +10,8 @@ use common::{
     config, expect_ws_closed, fast_heartbeat, next_message, next_text, send_text, start, within,
     UNKNOWN_SID_BODY,
 };
-use engineio::{DisconnectReason, Transport};
-use futures_util::SinkExt;
+use engineio::{DisconnectReason, Frame, Transport};
+use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -244,4 +244,73 @@ async fn upgraded_session_that_loses_its_websocket_ends() {
         (get.status, get.body.as_str()),
         (StatusCode::BAD_REQUEST, UNKNOWN_SID_BODY)
     );
+}
+
+/// The state of the server's side of a loopback TCP connection, from the kernel's table
+/// (`/proc/net/tcp`): "01" while a process holds it open, another state (or none) once the
+/// server closed its descriptor.
+fn server_side_tcp_state(server_port: u16, client_port: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp is readable");
+    let local = format!("0100007F:{server_port:04X}");
+    let remote = format!("0100007F:{client_port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| fields.get(3).map(|state| state.to_string()))
+            .flatten()
+    })
+}
+
+/// A client that opens a websocket and then never reads: the server's writes wait on a full
+/// TCP window. Its session ends within ping timeout + write deadline, and the server lets go
+/// of the connection (its writer does not wait forever holding the descriptor).
+#[tokio::test]
+async fn a_client_that_never_reads_loses_its_session_and_its_descriptor() {
+    const ESTABLISHED: &str = "01";
+    let config = engineio::EngineConfig {
+        ping_interval: Duration::from_millis(200),
+        ping_timeout: Duration::from_millis(300),
+        ws_write_timeout: Duration::from_millis(500),
+        ..config()
+    };
+    let server = start(config).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    // A small window, so the server's writes block soon.
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = within("connect", socket.connect(server.addr))
+        .await
+        .expect("connect");
+    let client_port = stream.local_addr().expect("local address").port();
+    let (mut ws, _) = within(
+        "websocket handshake",
+        tokio_tungstenite::client_async(server.ws_request(None), stream),
+    )
+    .await
+    .expect("websocket handshake accepted");
+    let open = match within("the open packet", ws.next()).await {
+        Some(Ok(WsMessage::Text(text))) => common::Handshake::parse(&text),
+        other => panic!("expected the open packet, got {other:?}"),
+    };
+    let session = server.engine.session(&open.sid).expect("the session");
+    let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+    for _ in 0..400 {
+        if session.send(Frame::binary(chunk.clone())).is_err() {
+            break;
+        }
+    }
+    // From here on the client reads nothing.
+    server.disconnect_reason(&open.sid).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = server_side_tcp_state(server.addr.port(), client_port);
+        if state.as_deref() != Some(ESTABLISHED) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the server still holds the connection of a session that ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(ws);
 }

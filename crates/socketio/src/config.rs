@@ -15,10 +15,19 @@ pub type AdapterFactory = Arc<dyn Fn(&str) -> Arc<dyn Adapter> + Send + Sync>;
 pub struct SocketIoConfig {
     /// The transport layer underneath.
     pub engine: EngineConfig,
-    /// How long a new connection may take to join a namespace before it is closed.
+    /// How long a new connection may take to join a namespace before it is closed. Until it
+    /// joins one it holds a pending place (the engine's `max_pending_sessions` and
+    /// `max_pending_sessions_per_address`), so this is also how long a handshake that goes no
+    /// further occupies one. Real clients join one round trip after the handshake; 10 s
+    /// instead of the reference's 45 s frees a flood's places sooner.
     pub connect_timeout: Duration,
     /// How long `emit_with_ack` waits for the client's answer by default.
     pub ack_timeout: Duration,
+    /// Binary attachments one packet may announce. Applications send a few (a file, an image);
+    /// the protocol allows any number, and each one held costs up to `max_payload` until the
+    /// packet completes, so the count is kept small. The whole packet, header and attachments,
+    /// is bounded by the engine's `max_payload`.
+    pub max_attachments: usize,
     /// Makes the adapter of a namespace: in-process by default, cross-worker in a cluster.
     pub adapter: AdapterFactory,
 }
@@ -27,8 +36,9 @@ impl Default for SocketIoConfig {
     fn default() -> Self {
         SocketIoConfig {
             engine: EngineConfig::default(),
-            connect_timeout: Duration::from_secs(45),
+            connect_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(5),
+            max_attachments: 10,
             adapter: Arc::new(|_| Arc::new(LocalAdapter::default()) as Arc<dyn Adapter>),
         }
     }
@@ -40,6 +50,7 @@ impl std::fmt::Debug for SocketIoConfig {
             .field("engine", &self.engine)
             .field("connect_timeout", &self.connect_timeout)
             .field("ack_timeout", &self.ack_timeout)
+            .field("max_attachments", &self.max_attachments)
             .finish_non_exhaustive()
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::packet::Packet;
+use crate::reassembly::Reassembly;
 use crate::socket::Socket;
 
 /// What the Socket.IO layer keeps per Engine.IO session.
@@ -12,7 +12,7 @@ pub struct ConnState {
     /// The namespaces this client joined, by path.
     sockets: Mutex<HashMap<String, Arc<Socket>>>,
     /// A binary packet waiting for its attachments, which arrive as separate messages.
-    pub(crate) partial: Mutex<Option<Packet>>,
+    pub(crate) partial: Mutex<Reassembly>,
 }
 
 /// A shared handle on a client connection.

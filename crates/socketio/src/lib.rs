@@ -24,6 +24,7 @@ mod event;
 mod handshake;
 mod namespace;
 pub mod packet;
+mod reassembly;
 mod server;
 mod socket;
 

@@ -51,10 +51,6 @@ pub enum ParseError {
     InvalidJson,
     #[error("payload not allowed for this packet type")]
     InvalidPayload,
-    #[error("binary attachment without a packet waiting for it")]
-    UnexpectedAttachment,
-    #[error("text packet while binary attachments were expected")]
-    MissingAttachment,
 }
 
 /// Ack ids are unsigned and fit in a JavaScript number without loss.

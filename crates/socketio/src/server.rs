@@ -13,7 +13,8 @@ use crate::config::SocketIoConfig;
 use crate::connection::{Conn, ConnState};
 use crate::error::ConnectError;
 use crate::namespace::{ConnectHandler, Namespace, NamespaceHandlers};
-use crate::packet::{encode, Packet, PacketType};
+use crate::packet::{encode, Packet, PacketType, ParseError};
+use crate::reassembly::{AttachmentLimits, Refusal};
 use crate::socket::{DisconnectReason, Socket};
 
 type NamespaceMatcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -145,6 +146,35 @@ impl Dispatcher {
         Some(ns.clone())
     }
 
+    /// Turns one Engine.IO message into a whole packet: at once for a text packet, after its
+    /// last attachment for a binary one (`None` meanwhile).
+    fn assemble(&self, conn: &Conn, message: Message) -> Result<Option<Packet>, PacketRefusal> {
+        let Ok(mut partial) = conn.data.partial.lock() else {
+            return Ok(None);
+        };
+        let limits = AttachmentLimits {
+            max_attachments: self.config.max_attachments,
+            max_bytes: self.config.engine.max_payload,
+        };
+        match message {
+            Message::Text(text) => {
+                partial.expect_text()?;
+                let packet = Packet::decode(&text)?;
+                if packet.is_complete() {
+                    return Ok(Some(packet));
+                }
+                // Attachments are only buffered for a namespace this client is in: the
+                // packet could reach no handler anyway.
+                if conn.socket(&packet.nsp).is_none() {
+                    return Err(PacketRefusal::NotJoined(packet.nsp));
+                }
+                partial.start(packet, text.len(), limits)?;
+                Ok(None)
+            }
+            Message::Binary(data) => Ok(partial.attach(data, limits)?),
+        }
+    }
+
     async fn receive(&self, conn: &Conn, packet: Packet) {
         match packet.kind {
             PacketType::Connect => self.connect(conn, packet).await,
@@ -204,6 +234,8 @@ impl Dispatcher {
         }
         socket.set_connected();
         conn.insert(&packet.nsp, socket.clone());
+        // A client in a namespace is a user, no longer a pending handshake.
+        conn.admit();
         ns.insert(&socket);
         let json = serde_json::json!({ "sid": socket.id().as_ref() }).to_string();
         if socket
@@ -221,6 +253,11 @@ impl Dispatcher {
 impl engineio::Handler for Dispatcher {
     type Data = ConnState;
 
+    /// A session is pending until it joins a namespace (see [`Dispatcher::connect`]).
+    fn admits_explicitly(&self) -> bool {
+        true
+    }
+
     fn on_connect(&self, socket: &Arc<engineio::Socket<ConnState>>) {
         // A client that joins no namespace in time is closed (`connectTimeout`).
         let conn = Arc::downgrade(socket);
@@ -237,56 +274,14 @@ impl engineio::Handler for Dispatcher {
 
     async fn on_message(&self, socket: &Arc<engineio::Socket<ConnState>>, message: Message) {
         let conn = Conn(socket.clone());
-        let packet = match message {
-            Message::Text(text) => {
-                let waiting = conn
-                    .data
-                    .partial
-                    .lock()
-                    .map(|p| p.is_some())
-                    .unwrap_or(false);
-                let decoded = if waiting {
-                    Err(crate::packet::ParseError::MissingAttachment)
-                } else {
-                    Packet::decode(&text)
-                };
-                match decoded {
-                    Ok(packet) if packet.is_complete() => packet,
-                    Ok(packet) => {
-                        if let Ok(mut partial) = conn.data.partial.lock() {
-                            *partial = Some(packet);
-                        }
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::debug!(sid = conn.id(), %error, "malformed Socket.IO packet");
-                        conn.close(engineio::DisconnectReason::PacketParsing);
-                        return;
-                    }
-                }
+        match self.assemble(&conn, message) {
+            Ok(Some(packet)) => self.receive(&conn, packet).await,
+            Ok(None) => {}
+            Err(refusal) => {
+                tracing::debug!(sid = conn.id(), %refusal, "refused a Socket.IO packet");
+                conn.close(refusal.disconnect_reason());
             }
-            Message::Binary(data) => {
-                let Ok(mut partial) = conn.data.partial.lock() else {
-                    return;
-                };
-                let Some(mut packet) = partial.take() else {
-                    drop(partial);
-                    tracing::debug!(
-                        sid = conn.id(),
-                        "binary message without a packet waiting for it"
-                    );
-                    conn.close(engineio::DisconnectReason::PacketParsing);
-                    return;
-                };
-                packet.binary.push(data);
-                if !packet.is_complete() {
-                    *partial = Some(packet);
-                    return;
-                }
-                packet
-            }
-        };
-        self.receive(&conn, packet).await;
+        }
     }
 
     async fn on_disconnect(
@@ -299,6 +294,26 @@ impl engineio::Handler for Dispatcher {
             socket
                 .leave_namespace(DisconnectReason::Transport(reason))
                 .await;
+        }
+    }
+}
+
+/// Why a client message was refused; the connection is closed for it.
+#[derive(Debug, thiserror::Error)]
+enum PacketRefusal {
+    #[error("malformed packet: {0}")]
+    Malformed(#[from] ParseError),
+    #[error(transparent)]
+    Attachments(#[from] Refusal),
+    #[error("a binary packet for namespace {0:?}, which this client has not joined")]
+    NotJoined(String),
+}
+
+impl PacketRefusal {
+    fn disconnect_reason(&self) -> engineio::DisconnectReason {
+        match self {
+            PacketRefusal::Attachments(refusal) => refusal.disconnect_reason(),
+            _ => engineio::DisconnectReason::PacketParsing,
         }
     }
 }

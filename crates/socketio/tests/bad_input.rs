@@ -15,10 +15,15 @@ type Ws =
 const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn server(connect_timeout: Duration) -> std::net::SocketAddr {
-    let io = SocketIo::new(SocketIoConfig {
+    server_with(SocketIoConfig {
         connect_timeout,
         ..SocketIoConfig::default()
-    });
+    })
+    .await
+}
+
+async fn server_with(config: SocketIoConfig) -> std::net::SocketAddr {
+    let io = SocketIo::new(config);
     io.ns("/", |socket| async move {
         socket.on("echo", |_socket, mut event| async move {
             if let Some(ack) = event.ack.take() {
@@ -195,4 +200,92 @@ async fn a_connection_that_joins_no_namespace_is_closed_after_the_connect_timeou
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     assert!(next_text(&mut ws).await.unwrap().starts_with('0'));
     assert!(closed_by_server(&mut ws).await);
+}
+
+/// The attachment bomb: a header announcing many attachments, then large binary frames. Each
+/// frame is within `max_payload`, so only a bound on the whole packet (and on the count, and on
+/// where it may be buffered) keeps the server from holding them.
+#[tokio::test]
+async fn an_attachment_bomb_is_closed_within_max_payload_bytes() {
+    const MAX_PAYLOAD: usize = 100_000;
+    let mut config = SocketIoConfig {
+        connect_timeout: Duration::from_secs(30),
+        ..SocketIoConfig::default()
+    };
+    config.engine.max_payload = MAX_PAYLOAD;
+    let address = server_with(config).await;
+    let mut bystander = connected(address).await;
+    let attachment = vec![7u8; MAX_PAYLOAD * 6 / 10];
+
+    // More attachments than allowed: refused at the header.
+    let mut attacker = connected(address).await;
+    attacker
+        .send(Message::text(
+            "451000-[\"echo\",{\"_placeholder\":true,\"num\":0}]",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        closed_by_server(&mut attacker).await,
+        "a packet announcing 1000 attachments was accepted"
+    );
+
+    // Few attachments, but together above max_payload: closed at the one that crosses it.
+    let mut attacker = connected(address).await;
+    attacker
+        .send(Message::text(
+            "453-[\"echo\",{\"_placeholder\":true,\"num\":0}]",
+        ))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        attacker
+            .send(Message::binary(attachment.clone()))
+            .await
+            .unwrap();
+    }
+    assert!(
+        closed_by_server(&mut attacker).await,
+        "attachments adding up to more than max_payload were buffered"
+    );
+
+    // A binary packet for a namespace the client has not joined is not buffered at all: the
+    // issue's attacker never joined one (no cookie).
+    let url = format!("ws://{address}/socket.io/?EIO=4&transport=websocket");
+    let (mut attacker, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert!(next_text(&mut attacker).await.unwrap().starts_with('0'));
+    attacker
+        .send(Message::text(
+            "452-[\"echo\",{\"_placeholder\":true,\"num\":0}]",
+        ))
+        .await
+        .unwrap();
+    attacker.send(Message::binary(vec![1u8; 10])).await.unwrap();
+    assert!(
+        closed_by_server(&mut attacker).await,
+        "attachments for an unjoined namespace were buffered"
+    );
+
+    assert!(echo_works(&mut bystander).await);
+}
+
+#[tokio::test]
+async fn a_binary_packet_within_the_limits_still_arrives() {
+    let mut config = SocketIoConfig::default();
+    config.engine.max_payload = 100_000;
+    config.max_attachments = 2;
+    let address = server_with(config).await;
+    let mut ws = connected(address).await;
+    ws.send(Message::text(
+        "452-1[\"echo\",{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":1}]",
+    ))
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        ws.send(Message::binary(vec![1u8; 40_000])).await.unwrap();
+    }
+    assert_eq!(
+        next_text(&mut ws).await.as_deref(),
+        Some("462-1[{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":1}]")
+    );
 }

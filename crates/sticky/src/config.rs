@@ -80,6 +80,11 @@ pub struct ProxyConfig {
     pub tunnel_idle_timeout: Duration,
     /// How long a client may take to send a complete request head (slowloris defence).
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a whole request body, from when the proxy starts
+    /// passing it on (slow POST defence: the header read timeout does not cover the body, and
+    /// bytes that trickle in keep the connection from idling out). A slower client gets 408
+    /// and its connection is closed.
+    pub body_read_timeout: Duration,
     /// How long connecting to a backend may take before the request gets a 502.
     pub connect_timeout: Duration,
     /// How long a backend may take to start answering a request (a long-poll waits up to the
@@ -102,6 +107,7 @@ impl ProxyConfig {
             idle_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             response_timeout: Duration::from_secs(60),
         }

@@ -23,6 +23,8 @@ pub enum Error {
         address: String,
         timeout: std::time::Duration,
     },
+    #[error("the client did not send its request body within {timeout:?}")]
+    SlowBody { timeout: std::time::Duration },
     #[error("cannot accept connections: {0}")]
     Accept(std::io::Error),
 }

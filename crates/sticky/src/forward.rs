@@ -18,13 +18,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::activity::{ActiveIo, Activity};
 use crate::backends::{Backend, Backends, OpenConnection};
+use crate::body_deadline::{is_body_too_slow, BoxError, DeadlineBody};
 use crate::error::Error;
 
 /// Bodies the proxy passes on, streamed either way, or its own short error text.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// Request bodies on their way to a backend: the client's, under a deadline, or none.
+type RequestBody = BoxBody<Bytes, BoxError>;
+
 /// The HTTP client towards the backends: keep-alive connections, pooled per backend address.
-type BackendClient = Client<HttpConnector, ProxyBody>;
+type BackendClient = Client<HttpConnector, RequestBody>;
 
 /// What forwarding needs from the proxy.
 #[derive(Debug)]
@@ -36,6 +40,7 @@ pub struct Forwarder {
     client: BackendClient,
     tunnel_idle_timeout: Duration,
     response_timeout: Duration,
+    body_read_timeout: Duration,
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1); never passed on, except
@@ -62,6 +67,7 @@ impl Forwarder {
         connect_timeout: Duration,
         tunnel_idle_timeout: Duration,
         response_timeout: Duration,
+        body_read_timeout: Duration,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -75,6 +81,7 @@ impl Forwarder {
             client,
             tunnel_idle_timeout,
             response_timeout,
+            body_read_timeout,
         }
     }
 
@@ -94,7 +101,9 @@ impl Forwarder {
         // sessions avoid a stopped host before the health checks notice.
         let replay =
             (owner.is_none() && request.body().is_end_stream()).then(|| Replay::of(&request));
-        let mut request = Some(request.map(BodyExt::boxed));
+        let body_read_timeout = self.body_read_timeout;
+        let mut request =
+            Some(request.map(|body| DeadlineBody::new(body, body_read_timeout).boxed()));
         let mut refused = Vec::new();
         let (mut response, open) = loop {
             let backend = owner
@@ -124,6 +133,16 @@ impl Forwarder {
                     Error::Connect { .. } if owner.is_some() => unknown_session(),
                     Error::Timeout { .. } => {
                         error_response(StatusCode::GATEWAY_TIMEOUT, &format!("{error}\n"))
+                    }
+                    // The client keeps the rest of its body: the connection ends with this
+                    // answer.
+                    Error::SlowBody { .. } => {
+                        let mut response =
+                            error_response(StatusCode::REQUEST_TIMEOUT, &format!("{error}\n"));
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        response
                     }
                     _ => {
                         error_response(StatusCode::BAD_GATEWAY, &format!("bad gateway: {error}\n"))
@@ -161,7 +180,7 @@ impl Forwarder {
     async fn send(
         &self,
         backend: &Backend,
-        mut request: Request<ProxyBody>,
+        mut request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, Error> {
         let address = &backend.spec.address;
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -177,6 +196,11 @@ impl Forwarder {
             timeout: self.response_timeout,
         })?;
         answer.map_err(|error| {
+            if is_body_too_slow(&error) {
+                return Error::SlowBody {
+                    timeout: self.body_read_timeout,
+                };
+            }
             let (address, reason) = (address.clone(), root_cause(&error));
             if error.is_connect() {
                 Error::Connect { address, reason }
@@ -215,8 +239,12 @@ impl Replay {
         }
     }
 
-    fn again(&self) -> Request<ProxyBody> {
-        let mut request = Request::new(empty());
+    fn again(&self) -> Request<RequestBody> {
+        let mut request = Request::new(
+            Empty::new()
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        );
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;

@@ -6,6 +6,7 @@
 
 mod activity;
 mod backends;
+mod body_deadline;
 mod config;
 mod error;
 mod forward;

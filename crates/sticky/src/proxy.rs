@@ -92,6 +92,7 @@ impl Proxy {
             config.connect_timeout,
             config.tunnel_idle_timeout,
             config.response_timeout,
+            config.body_read_timeout,
         ));
         // A permit per client connection: without one, the next accept waits and further
         // clients queue in the kernel's backlog.

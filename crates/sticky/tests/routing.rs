@@ -536,3 +536,63 @@ async fn a_session_of_a_stopped_host_is_unknown() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body, r#"{"code":1,"message":"Session ID unknown"}"#);
 }
+
+/// A slow POST through the proxy: the head at once, then a few bytes of the body. The head
+/// was complete and a request is in flight, so neither the header read timeout nor the idle
+/// timeout ends it; the whole-body deadline does: 408, the connection closed, and other
+/// clients served meanwhile. The host behind it never answers, as a worker waiting for that
+/// body would not.
+#[tokio::test]
+async fn a_request_body_that_trickles_gets_408_and_the_connection_closes() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = silent.local_addr().expect("address");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let one = Backend::bind(1).await;
+    let mut config = config(&[&one], Policy::LeastConn);
+    config.backends.push(BackendSpec {
+        address: address.to_string(),
+        node: 2,
+    });
+    config.body_read_timeout = Duration::from_millis(300);
+    let (proxy, _) = start_proxy(config).await;
+
+    let mut slow = TcpStream::connect(proxy).await.expect("connect");
+    let sid = format!(
+        "{}{}",
+        route_tag::encode(Owner { node: 2, slot: 0 }),
+        "x".repeat(22)
+    );
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+         Content-Length: 1000\r\n\r\n4"
+    );
+    slow.write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if slow.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    };
+    let mut bystander = client(proxy).await;
+    let (answered, ()) = tokio::join!(
+        async { call(&mut bystander, "GET", "/healthz", "").await.0 },
+        async {
+            // The bystander's answer does not wait for the slow client's deadline.
+            let _ = tokio::time::timeout(Duration::from_millis(200), trickle).await;
+        }
+    );
+    assert_eq!(answered, StatusCode::OK);
+    let answer = closed_by_proxy(&mut slow).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    held.abort();
+}

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
+use crate::body::{read_body, BodyError};
 use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
 use crate::packet::{decode_payload, Frame, RECORD_SEPARATOR};
 use crate::socket::{DisconnectReason, Socket};
@@ -94,24 +94,19 @@ where
         socket.close(DisconnectReason::MultipleRequests);
         return error_response(ErrorCode::BadRequest);
     };
-    let bytes = match Limited::new(body, engine.config.max_payload)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
+    let config = &engine.config;
+    let bytes = match read_body(body, config.max_payload, config.body_read_timeout).await {
+        Ok(bytes) => bytes,
         Err(error) => {
-            let too_large = error.is::<http_body_util::LengthLimitError>();
-            let (reason, status) = if too_large {
-                (
-                    DisconnectReason::PayloadTooLarge,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                )
-            } else {
-                (DisconnectReason::TransportClose, StatusCode::BAD_REQUEST)
+            tracing::debug!(sid = socket.id(), %error, "polling POST refused");
+            let reason = match error {
+                BodyError::TooLarge { .. } => DisconnectReason::PayloadTooLarge,
+                BodyError::TooSlow { .. } => DisconnectReason::SlowClient,
+                BodyError::Failed(_) => DisconnectReason::TransportClose,
             };
             socket.close(reason);
             let mut response = error_response(ErrorCode::BadRequest);
-            *response.status_mut() = status;
+            *response.status_mut() = error.status();
             return response;
         }
     };

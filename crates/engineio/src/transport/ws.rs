@@ -39,7 +39,11 @@ pub(crate) fn open<H: Handler, B: Send + 'static>(
             return;
         };
         let open = engine.open_packet(&socket);
-        if ws.send(WsMessage::text(open)).await.is_err() {
+        let deadline = engine.config.ws_write_timeout;
+        if !matches!(
+            tokio::time::timeout(deadline, ws.send(WsMessage::text(open))).await,
+            Ok(Ok(()))
+        ) {
             socket.close(DisconnectReason::TransportClose);
             return;
         }
@@ -64,8 +68,8 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
         // Already upgraded, or another websocket is probing: this one is opened and closed at
         // once, which clients handle as a plain close rather than a handshake error.
         tokio::spawn(async move {
-            if let Some(mut ws) = accept(&engine, on_upgrade).await {
-                let _ = ws.close(None).await;
+            if let Some(ws) = accept(&engine, on_upgrade).await {
+                close_within(ws, engine.config.ws_write_timeout).await;
             }
         });
         return response;
@@ -87,7 +91,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
                 sid = socket.id(),
                 "upgrade not completed; staying on polling"
             );
-            let _ = ws.close(None).await;
+            close_within(ws, engine.config.ws_write_timeout).await;
             return;
         }
         // The transport switches before `upgrading` clears, so no GET slips in between.
@@ -121,12 +125,17 @@ async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
     Err(())
 }
 
-/// Carries a session on a websocket until the session or the websocket ends.
+/// Carries a session on a websocket until the session or the websocket ends. Every write has
+/// a deadline (`ws_write_timeout`): a client that stops reading is dropped, not waited for.
 async fn carry_session<H: Handler>(engine: &Arc<Engine<H>>, socket: &Arc<Socket<H::Data>>, ws: Ws) {
+    let deadline = engine.config.ws_write_timeout;
     let (mut sink, mut stream) = ws.split();
     let writer = async {
         // Waits for a GET still pending from before the upgrade to hand the queue over.
-        let mut outbox = socket.outbox.lock().await;
+        let mut outbox = tokio::select! {
+            outbox = socket.outbox.lock() => outbox,
+            _ = socket.closed() => return,
+        };
         loop {
             let frame = tokio::select! {
                 biased;
@@ -134,22 +143,39 @@ async fn carry_session<H: Handler>(engine: &Arc<Engine<H>>, socket: &Arc<Socket<
                 _ = socket.closed() => None,
             };
             let Some(frame) = frame else { break };
-            let mut result = sink.feed(ws_frame(&frame)).await;
-            while let (Ok(()), Some(frame)) = (&result, outbox.try_next()) {
-                result = sink.feed(ws_frame(&frame)).await;
-            }
-            if result.is_err() || sink.flush().await.is_err() {
-                socket.close(DisconnectReason::TransportClose);
-                return;
+            let write = async {
+                sink.feed(ws_frame(&frame)).await?;
+                while let Some(frame) = outbox.try_next() {
+                    sink.feed(ws_frame(&frame)).await?;
+                }
+                sink.flush().await
+            };
+            match tokio::time::timeout(deadline, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    socket.close(DisconnectReason::TransportClose);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        sid = socket.id(),
+                        ?deadline,
+                        "websocket write timed out: the client does not read"
+                    );
+                    socket.close(DisconnectReason::SlowClient);
+                    return;
+                }
             }
         }
-        // Closed: what was queued before the close still goes out, then the websocket ends.
-        while let Some(frame) = outbox.try_next() {
-            if sink.feed(ws_frame(&frame)).await.is_err() {
-                return;
+        // Closed: what was queued before the close still goes out, then the websocket ends;
+        // within the deadline, or not at all.
+        let farewell = async {
+            while let Some(frame) = outbox.try_next() {
+                sink.feed(ws_frame(&frame)).await?;
             }
-        }
-        let _ = sink.close().await;
+            sink.close().await
+        };
+        let _ = tokio::time::timeout(deadline, farewell).await;
     };
     let reader = async {
         loop {
@@ -184,6 +210,12 @@ async fn carry_session<H: Handler>(engine: &Arc<Engine<H>>, socket: &Arc<Socket<
         }
     };
     tokio::join!(writer, reader);
+}
+
+/// Closes a websocket that carries no session, giving up after `deadline` (a client that does
+/// not read never takes the close frame).
+async fn close_within(mut ws: Ws, deadline: std::time::Duration) {
+    let _ = tokio::time::timeout(deadline, ws.close(None)).await;
 }
 
 fn ws_frame(frame: &Frame) -> WsMessage {
