@@ -58,6 +58,9 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "scheduling" => app.scheduling = flags.scheduling,
         "node_id" => app.node_id = flags.node_id,
         "peek_timeout" => app.peek_timeout = flags.peek_timeout,
+        "handoff_timeout" => app.handoff_timeout = flags.handoff_timeout,
+        "ipc_max_line" => app.ipc_max_line = flags.ipc_max_line,
+        "ipc_queue_size" => app.ipc_queue_size = flags.ipc_queue_size,
         // `--env` and `--redis` both become environment entries; later entries win.
         "env" | "redis" => {
             for entry in &flags.env {
@@ -90,6 +93,9 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         scheduling: args.scheduling,
         node_id: args.node_id,
         peek_timeout: args.peek_timeout,
+        handoff_timeout: args.handoff_timeout,
+        ipc_max_line: usize::try_from(args.ipc_max_line).unwrap_or(usize::MAX),
+        ipc_queue_size: usize::try_from(args.ipc_queue_size).unwrap_or(usize::MAX),
         command: args.command.clone(),
         env: args
             .env

@@ -63,6 +63,19 @@ pub struct AppConfig {
     /// dropping it: a client that never sends one never ties up a worker.
     #[serde(with = "millis")]
     pub peek_timeout: Duration,
+    /// Longest a new connection waits for a worker whose hand-off socket is full (a worker
+    /// that stopped taking connections) when every other worker is full too; then it gets 503.
+    /// A full worker is skipped at once for another.
+    #[serde(with = "millis")]
+    pub handoff_timeout: Duration,
+    /// Longest IPC line (one message) a worker may write, in bytes. A longer one breaks the
+    /// channel's contract: the worker is replaced, and the master never holds more of it.
+    pub ipc_max_line: usize,
+    /// Bytes the master queues for one worker's IPC channel, for each of its two lanes:
+    /// relayed broadcasts beyond it are dropped (and counted) rather than held for a worker
+    /// that does not keep up; replies beyond it mean the worker asks without reading its
+    /// answers, and it is replaced.
+    pub ipc_queue_size: usize,
     /// Program the workers run, with arguments. Empty, or `serve` with its flags: the chat app
     /// (this binary's `chatctl serve`).
     pub command: Vec<String>,
@@ -142,6 +155,9 @@ impl Default for AppConfig {
             scheduling: Scheduling::Sticky,
             node_id: 0,
             peek_timeout: Duration::from_secs(10),
+            handoff_timeout: Duration::from_secs(1),
+            ipc_max_line: crate::ipc::DEFAULT_MAX_LINE,
+            ipc_queue_size: 64 << 20,
             command: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -220,6 +236,18 @@ impl AppConfig {
         }
         if self.peek_timeout.is_zero() {
             return bad("peek timeout must be above zero".into());
+        }
+        if self.ipc_max_line < 1024 {
+            return bad(format!(
+                "IPC max line must be at least 1K, not {}",
+                self.ipc_max_line
+            ));
+        }
+        if self.ipc_queue_size < self.ipc_max_line {
+            return bad(format!(
+                "IPC queue size ({}) must be at least the IPC max line ({}): one message must fit; raise --ipc-queue-size or lower --ipc-max-line",
+                self.ipc_queue_size, self.ipc_max_line
+            ));
         }
         if self.restart.factor < 1.0 || !self.restart.factor.is_finite() {
             return bad(format!(

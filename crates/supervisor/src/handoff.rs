@@ -62,8 +62,17 @@ impl Sender {
         })
     }
 
-    /// Passes `connection` to the worker. Fails when the worker is gone or no longer takes
-    /// connections ([`Sender::close`]); the caller still owns the connection then.
+    /// Passes `connection` to the worker if its socket has room now: `WouldBlock` when it is
+    /// full (the worker does not take its connections), another error when the worker is gone
+    /// or no longer takes connections ([`Sender::close`]). The caller still owns the
+    /// connection on error.
+    pub fn try_send(&self, connection: RawFd) -> io::Result<()> {
+        let socket = self.socket.as_raw_fd();
+        self.socket
+            .try_io(Interest::WRITABLE, || send_fd(socket, connection))
+    }
+
+    /// Like [`Sender::try_send`], but waits for room.
     pub async fn send(&self, connection: RawFd) -> io::Result<()> {
         let socket = self.socket.as_raw_fd();
         loop {

@@ -11,7 +11,9 @@ use tokio::process::{Child, Command};
 
 use crate::config::AppConfig;
 use crate::handoff::{HANDOFF_FD_ENV, PEERS_ENV};
-use crate::ipc::{IPC_FD, IPC_FD_ENV, NODE_ID_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV};
+use crate::ipc::{
+    IPC_FD, IPC_FD_ENV, IPC_MAX_LINE_ENV, NODE_ID_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV,
+};
 
 /// The fd of the listening socket in a worker (systemd's `SD_LISTEN_FDS_START`).
 const LISTEN_FD: RawFd = 3;
@@ -149,6 +151,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         .env(IPC_FD_ENV, IPC_FD.to_string())
         .env(WORKER_ID_ENV, spec.worker_id.to_string())
         .env(NODE_ID_ENV, spec.config.node_id.to_string())
+        .env(IPC_MAX_LINE_ENV, spec.config.ipc_max_line.to_string())
         .env(PRIVATE_SOCKET_ENV, PRIVATE_FD.to_string())
         .env(PEERS_ENV, spec.peers_token)
         .envs(
