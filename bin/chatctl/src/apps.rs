@@ -40,6 +40,7 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "max_memory" => app.max_memory = flags.max_memory,
         "log_max_size" => app.log_max_size = flags.log_max_size,
         "log_keep" => app.log_keep = flags.log_keep,
+        "log_max_line" => app.log_max_line = flags.log_max_line,
         "restart_delay" => app.restart.initial_delay = flags.restart.initial_delay,
         "restart_max_delay" => app.restart.max_delay = flags.restart.max_delay,
         "restart_reset" => app.restart.reset_after = flags.restart.reset_after,
@@ -129,6 +130,7 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         max_memory: args.max_memory,
         log_max_size: args.log_max_size,
         log_keep: args.log_keep,
+        log_max_line: usize::try_from(args.log_max_line).unwrap_or(usize::MAX),
         ..defaults
     }
 }

@@ -98,6 +98,9 @@ pub struct AppArgs {
     /// Rotated log files kept.
     #[arg(long, default_value_t = 5)]
     pub log_keep: usize,
+    /// Longest line of a worker's output kept in the log; longer ones are cut.
+    #[arg(long, default_value = "16K", value_parser = supervisor::config::parse_size)]
+    pub log_max_line: u64,
     /// First restart delay after a crash.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub restart_delay: Duration,

@@ -326,7 +326,15 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
         .context("invalid private socket from the master")?;
     let server = server.clone();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            // Out of descriptors (EMFILE) must not end the health probes and forwarding.
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    supervisor::listen::after_accept_error(&error).await;
+                    continue;
+                }
+            };
             if !supervisor::handoff::trusted_peer(&stream) {
                 tracing::warn!("refused a connection to the private socket from another user");
                 continue;

@@ -172,3 +172,30 @@ fn a_busy_paused_worker_in_a_broadcast_storm_keeps_its_pings_and_replies() {
     );
     assert_eq!(workers(&listed)[1]["restarts"], 0, "{listed}");
 }
+
+#[test]
+fn worker_output_that_is_not_utf8_or_endless_is_cut_and_logged_on() {
+    let app = App::new("output");
+    // Bytes that are not UTF-8, then a line of 100 000 bytes, then an ordinary line.
+    let script = "printf 'bad \\377\\376 bytes\\n'; head -c 100000 /dev/zero | tr '\\0' x; \
+                  printf '\\nafter the long line\\n'; exec sleep 600";
+    app.start_ok(&["-i", "1", "--log-max-line", "1K"], &["sh", "-c", script]);
+    support::wait_until("the line after the long one in the log", || {
+        app.log_text().contains("w0 | after the long line")
+    });
+    let log = app.log_text();
+    assert!(log.contains("w0 | bad \u{fffd}\u{fffd} bytes"), "{log}");
+    let cut = log
+        .lines()
+        .find(|line| line.starts_with("w0 | xxx"))
+        .expect("the long line, cut");
+    assert!(
+        cut.len() < 1200,
+        "the long line was kept whole: {} bytes",
+        cut.len()
+    );
+    assert!(
+        cut.ends_with("[line cut at 1024 bytes, see --log-max-line]"),
+        "{cut}"
+    );
+}

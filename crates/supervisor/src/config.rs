@@ -106,6 +106,9 @@ pub struct AppConfig {
     pub log_max_size: u64,
     /// Rotated log files kept.
     pub log_keep: usize,
+    /// Longest line of a worker's output copied into the log, in bytes; a longer one is cut
+    /// there, so a program that prints without newlines cannot grow the master.
+    pub log_max_line: usize,
 }
 
 /// When and how fast crashed workers come back.
@@ -171,6 +174,7 @@ impl Default for AppConfig {
             max_memory: None,
             log_max_size: 10 * 1024 * 1024,
             log_keep: 5,
+            log_max_line: 16 << 10,
         }
     }
 }
@@ -198,6 +202,10 @@ impl Default for HealthConfig {
         }
     }
 }
+
+/// The largest restart factor: beyond it a delay times the factor may not fit a duration, and
+/// no useful backoff grows faster.
+pub const MAX_FACTOR: f64 = 1000.0;
 
 /// One worker per CPU.
 pub fn default_instances() -> usize {
@@ -255,6 +263,12 @@ impl AppConfig {
                 self.restart.factor
             ));
         }
+        if self.restart.factor > MAX_FACTOR {
+            return bad(format!(
+                "restart factor must be at most {MAX_FACTOR}, not {} (the next delay would overflow; the maximum delay caps it anyway)",
+                self.restart.factor
+            ));
+        }
         if self.restart.initial_delay > self.restart.max_delay {
             return bad("restart initial delay must not exceed the maximum delay".into());
         }
@@ -263,6 +277,12 @@ impl AppConfig {
             || self.health.max_misses == 0
         {
             return bad("health interval, timeout and misses must be above zero".into());
+        }
+        if self.log_max_line < 80 {
+            return bad(format!(
+                "log max line must be at least 80 bytes, not {}",
+                self.log_max_line
+            ));
         }
         if self.log_max_size < 1024 {
             return bad("log max size must be at least 1K".into());
@@ -416,6 +436,20 @@ mod tests {
         }
         .validate()
         .is_err());
+        for factor in [1e300, f64::INFINITY, f64::NAN, 0.5] {
+            let text = format!("[[app]]\nname = \"x\"\n[app.restart]\nfactor = {factor:e}\n");
+            let text = text.replace("NaN", "nan");
+            assert!(
+                ConfigFile::parse(&text).is_err(),
+                "factor {factor} accepted"
+            );
+        }
+        let overflowing =
+            ConfigFile::parse("[[app]]\nname = \"x\"\n[app.restart]\nfactor = 1e300\n");
+        assert!(
+            overflowing.is_err_and(|e| e.0.contains("at most 1000")),
+            "a factor that overflows is not refused as such"
+        );
         assert!(AppConfig {
             name: "all".into(),
             ..AppConfig::default()

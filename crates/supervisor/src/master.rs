@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
@@ -307,11 +307,12 @@ impl Master {
         let mut finished = inner.finished.subscribe();
         loop {
             tokio::select! {
-                accepted = control.accept() => {
-                    if let Ok((stream, _)) = accepted {
+                accepted = control.accept() => match accepted {
+                    Ok((stream, _)) => {
                         tokio::spawn(inner.clone().serve_control(stream));
                     }
-                }
+                    Err(error) => crate::listen::after_accept_error(&error).await,
+                },
                 _ = finished.wait_for(|done| *done) => break,
             }
         }
@@ -454,14 +455,14 @@ impl Inner {
         tracing::info!(worker = slot_id, pid, "worker started");
         let prefix = format!("w{slot_id}");
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(pump_lines(stdout, self.log.clone(), prefix.clone()));
+            let log = self.log.clone();
+            let prefix = prefix.clone();
+            tokio::spawn(async move { log.pump(stdout, &prefix, config.log_max_line).await });
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pump_lines(
-                stderr,
-                self.log.clone(),
-                format!("{prefix} err"),
-            ));
+            let log = self.log.clone();
+            let prefix = format!("{prefix} err");
+            tokio::spawn(async move { log.pump(stderr, &prefix, config.log_max_line).await });
         }
         tokio::spawn(self.clone().ipc_task(
             slot_id,
@@ -503,17 +504,17 @@ impl Inner {
             let state = self.lock();
             state.slots[slot_id]
                 .find(generation)
-                .filter(|p| !p.ready)
-                .map(|p| p.pid)
+                .is_some_and(|p| !p.ready)
         };
-        if let Some(pid) = stuck {
-            tracing::warn!(
-                worker = slot_id,
-                pid,
-                "worker not ready within {:?}: killing it",
-                config.ready_timeout
-            );
-            signal(pid, libc::SIGKILL);
+        if stuck {
+            if let Some(pid) = self.kill_tracked(slot_id, generation) {
+                tracing::warn!(
+                    worker = slot_id,
+                    pid,
+                    "worker not ready within {:?}: killed it",
+                    config.ready_timeout
+                );
+            }
         }
     }
 
@@ -565,18 +566,19 @@ impl Inner {
         let reader = async {
             let mut lines = message_lines(read, max_line);
             loop {
-                let message =
-                    match read_message::<ToMaster, _>(&mut lines).await {
-                        Ok(message) => message,
-                        Err(ReadEnd::Closed) => return,
-                        Err(ReadEnd::Overlong { max }) => return self.replace_untrusted(
+                let message = match read_message::<ToMaster, _>(&mut lines).await {
+                    Ok(message) => message,
+                    Err(ReadEnd::Closed) => return,
+                    Err(ReadEnd::Overlong { max }) => {
+                        return self.replace_untrusted(
                             slot_id,
                             generation,
                             &format!(
                                 "wrote an IPC line longer than {max} bytes (see --ipc-max-line)"
                             ),
-                        ),
-                    };
+                        )
+                    }
+                };
                 match message {
                     ToMaster::Ready => self.mark_ready(slot_id, generation, true),
                     ToMaster::Pong { seq, connections } => {
@@ -630,15 +632,23 @@ impl Inner {
 
     /// Kills a process that broke the IPC contract; its slot restarts it as after a crash.
     fn replace_untrusted(&self, slot_id: usize, generation: u64, why: &str) {
-        let state = self.lock();
-        if let Some(proc) = state.slots[slot_id].find(generation) {
+        if let Some(pid) = self.kill_tracked(slot_id, generation) {
             tracing::error!(
                 worker = slot_id,
-                pid = proc.pid,
-                "worker {why}: killing and replacing it"
+                pid,
+                "worker {why}: killed it, a new one replaces it"
             );
-            signal(proc.pid, libc::SIGKILL);
         }
+    }
+
+    /// SIGKILLs process `generation` of a slot if the master still tracks it, and returns its
+    /// pid. Tracked means not reaped yet (the exit task reaps and untracks in one step under
+    /// this lock), so the pid cannot name another program by now.
+    fn kill_tracked(&self, slot_id: usize, generation: u64) -> Option<u32> {
+        let state = self.lock();
+        let pid = state.slots.get(slot_id)?.find(generation)?.pid;
+        signal(pid, libc::SIGKILL);
+        Some(pid)
     }
 
     /// Asks every other live worker `body` on behalf of `from`, and replies to it with their
@@ -978,17 +988,18 @@ impl Inner {
                 None
             } else {
                 proc.misses += 1;
-                (proc.misses >= max_misses).then_some((proc.pid, proc.misses))
+                (proc.misses >= max_misses).then_some(proc.misses)
             }
         };
-        if let Some((pid, misses)) = kill {
-            tracing::error!(
-                worker = slot_id,
-                pid,
-                misses,
-                "worker missed {misses} health probes (hung?): killing and replacing it"
-            );
-            signal(pid, libc::SIGKILL);
+        if let Some(misses) = kill {
+            if let Some(pid) = self.kill_tracked(slot_id, generation) {
+                tracing::error!(
+                    worker = slot_id,
+                    pid,
+                    misses,
+                    "worker missed {misses} health probes (hung?): killed it, a new one replaces it"
+                );
+            }
         }
     }
 
@@ -1083,12 +1094,13 @@ impl Inner {
             .wait_until(timeout + Duration::from_millis(500), gone)
             .await
         {
-            tracing::warn!(
-                worker = slot_id,
-                pid,
-                "worker did not finish draining in {timeout:?}: killing it"
-            );
-            signal(pid, libc::SIGKILL);
+            if self.kill_tracked(slot_id, generation).is_some() {
+                tracing::warn!(
+                    worker = slot_id,
+                    pid,
+                    "worker did not finish draining in {timeout:?}: killed it"
+                );
+            }
             self.wait_until(Duration::from_secs(5), gone).await;
         }
     }
@@ -1214,21 +1226,21 @@ impl Inner {
 
     /// Stops every worker: drain (or SIGTERM), then SIGKILL after the stop timeout.
     async fn stop(self: &Arc<Self>) {
-        let (procs, timeout) = {
+        let (workers, timeout) = {
             let mut state = self.lock();
             state.stopping = true;
             let timeout = state.config.stop_timeout;
-            let mut procs = Vec::new();
+            let mut workers = 0;
             for slot in state.slots.iter_mut() {
                 slot.status = Status::Stopping;
                 for proc in slot.procs_mut() {
                     drain(proc, timeout);
-                    procs.push(proc.pid);
+                    workers += 1;
                 }
             }
-            (procs, timeout)
+            (workers, timeout)
         };
-        tracing::info!(workers = procs.len(), "stopping");
+        tracing::info!(workers, "stopping");
         let all_gone = |state: &State| {
             state
                 .slots
@@ -1236,8 +1248,12 @@ impl Inner {
                 .all(|s| s.current.is_none() && s.incoming.is_none() && s.draining.is_empty())
         };
         if !self.wait_until(timeout, all_gone).await {
-            for pid in procs {
-                signal(pid, libc::SIGKILL);
+            // Only those still tracked: the pid of one that exited meanwhile may name another
+            // program by now.
+            for slot in self.lock().slots.iter_mut() {
+                for proc in slot.procs_mut() {
+                    signal(proc.pid, libc::SIGKILL);
+                }
             }
             self.wait_until(Duration::from_secs(5), all_gone).await;
         }
@@ -1269,9 +1285,7 @@ impl Inner {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    // EMFILE and friends pass: log, back off, keep accepting.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::listen::after_accept_error(&error).await;
                     continue;
                 }
             };
@@ -1521,14 +1535,6 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "exited".into(),
-    }
-}
-
-/// Copies a worker's output lines into the app log.
-async fn pump_lines(stream: impl tokio::io::AsyncRead + Unpin, log: LogSink, prefix: String) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        log.line(&prefix, &line);
     }
 }
 
