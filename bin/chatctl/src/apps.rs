@@ -242,7 +242,12 @@ async fn chat_secret(config: &AppConfig, paths: &AppPaths) -> anyhow::Result<Opt
             .find(|(name, _)| name == key)
             .map(|(_, value)| value.as_str())
     };
-    if env("CHAT_SECRET").is_some() {
+    if let Some(key) = env("CHAT_SECRET") {
+        anyhow::ensure!(
+            key.len() >= chat::MIN_SECRET_LEN,
+            "--env CHAT_SECRET=... is shorter than {} bytes: give a longer key (e.g. `openssl rand -hex 32`)",
+            chat::MIN_SECRET_LEN
+        );
         return Ok(None);
     }
     let key = match env("REDIS_URL") {
@@ -284,8 +289,9 @@ pub async fn shared_secret_of(link: &coord::RedisLink) -> anyhow::Result<Vec<u8>
         )
     })?;
     anyhow::ensure!(
-        key.len() >= 16,
-        "the cookie key in Redis ({prefix}:cookie-key) is shorter than 16 bytes: delete it, or set a longer one"
+        key.len() >= chat::MIN_SECRET_LEN,
+        "the cookie key in Redis ({prefix}:cookie-key) is shorter than {} bytes: delete it, or set a longer one",
+        chat::MIN_SECRET_LEN
     );
     Ok(key)
 }

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod paths;
 pub mod procstat;
 pub mod route_tag;
+pub mod secrets;
 pub mod spawn;
 
 pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling};
