@@ -83,6 +83,7 @@ fn a_worker_writing_an_endless_ipc_line_is_replaced_and_the_master_stays_small()
         workers(a)[0]["restarts"].as_u64().is_some_and(|n| n >= 1)
     });
     let rss = rss_bytes(master);
+    eprintln!("master RSS: {rss} bytes");
     assert!(
         rss < 64 << 20,
         "the master grew to {rss} bytes reading an endless line"
@@ -171,6 +172,14 @@ fn a_busy_paused_worker_in_a_broadcast_storm_keeps_its_pings_and_replies() {
         "{listed}"
     );
     assert_eq!(workers(&listed)[1]["restarts"], 0, "{listed}");
+    // What the master holds for the busy worker is bounded by --ipc-queue-size.
+    let master = app.master_pid().expect("the master's pid");
+    let rss = rss_bytes(master);
+    eprintln!("master RSS: {rss} bytes");
+    assert!(
+        rss < 64 << 20,
+        "the master grew to {rss} bytes in the storm"
+    );
 }
 
 #[test]
@@ -198,4 +207,82 @@ fn worker_output_that_is_not_utf8_or_endless_is_cut_and_logged_on() {
         cut.ends_with("[line cut at 1024 bytes, see --log-max-line]"),
         "{cut}"
     );
+}
+
+#[test]
+fn a_worker_out_of_descriptors_serves_its_private_socket_again_once_they_free_up() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let app = App::new("emfile");
+    let listen = app.listen();
+    let mut start = app.command(&[
+        "start",
+        "--name",
+        &app.name,
+        "--listen",
+        &listen,
+        "-i",
+        "1",
+        "--health-misses",
+        "1000",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe; the master and its worker inherit the limit.
+    unsafe {
+        start.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = start.output().expect("run chatctl start");
+    assert!(output.status.success(), "start failed: {output:?}");
+    let listed = app.wait_listed("one online worker", |a| all_online(a, 1));
+    let worker = workers(&listed)[0]["pid"].as_u64().expect("a pid") as u32;
+    let tag = workers(&listed)[0]["sid_tag"].as_str().expect("a sid tag");
+    let id = supervisor::route_tag::decode(tag)
+        .expect("a valid tag")
+        .slot;
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).expect("the worker's environ");
+    let token = String::from_utf8_lossy(&environ)
+        .split('\0')
+        .find_map(|entry| entry.strip_prefix("CHATCTL_PEERS=").map(str::to_owned))
+        .expect("the private sockets' token");
+    let private = supervisor::handoff::private_address(&token, id).expect("the private address");
+
+    // Keep-alive connections until the worker has no descriptor left.
+    let mut flood = Vec::new();
+    support::wait_until("the worker out of descriptors", || {
+        for _ in 0..10 {
+            if let Ok(mut client) = std::net::TcpStream::connect(("127.0.0.1", app.port)) {
+                let _ = client.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+                flood.push(client);
+            }
+        }
+        open_descriptors(worker) >= 127
+    });
+    // Its private socket's accept fails now (EMFILE)...
+    let refused = std::os::unix::net::UnixStream::connect_addr(&private).expect("connect");
+    // ...and works again once the clients are gone.
+    drop(flood);
+    drop(refused);
+    support::wait_until("the worker's descriptors freed", || {
+        open_descriptors(worker) < 64
+    });
+    let mut probe = std::os::unix::net::UnixStream::connect_addr(&private).expect("connect");
+    probe
+        .set_read_timeout(Some(support::DEADLINE))
+        .expect("a read timeout");
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+        .expect("send a probe");
+    let mut head = [0u8; 12];
+    probe
+        .read_exact(&mut head)
+        .expect("an answer on the private socket after EMFILE");
+    assert_eq!(&head, b"HTTP/1.1 200");
 }
