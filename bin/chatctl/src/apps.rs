@@ -48,6 +48,7 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "max_memory" => app.max_memory = flags.max_memory,
         "log_max_size" => app.log_max_size = flags.log_max_size,
         "log_keep" => app.log_keep = flags.log_keep,
+        "log_max_line" => app.log_max_line = flags.log_max_line,
         "restart_delay" => app.restart.initial_delay = flags.restart.initial_delay,
         "restart_max_delay" => app.restart.max_delay = flags.restart.max_delay,
         "restart_reset" => app.restart.reset_after = flags.restart.reset_after,
@@ -66,6 +67,9 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "scheduling" => app.scheduling = flags.scheduling,
         "node_id" => app.node_id = flags.node_id,
         "peek_timeout" => app.peek_timeout = flags.peek_timeout,
+        "handoff_timeout" => app.handoff_timeout = flags.handoff_timeout,
+        "ipc_max_line" => app.ipc_max_line = flags.ipc_max_line,
+        "ipc_queue_size" => app.ipc_queue_size = flags.ipc_queue_size,
         // `--env` and `--redis` both become environment entries; later entries win.
         "env" | "redis" => {
             for entry in &flags.env {
@@ -154,6 +158,9 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         scheduling: args.scheduling,
         node_id: args.node_id,
         peek_timeout: args.peek_timeout,
+        handoff_timeout: args.handoff_timeout,
+        ipc_max_line: usize::try_from(args.ipc_max_line).unwrap_or(usize::MAX),
+        ipc_queue_size: usize::try_from(args.ipc_queue_size).unwrap_or(usize::MAX),
         command: args.command.clone(),
         env: args
             .env
@@ -187,6 +194,7 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         max_memory: args.max_memory,
         log_max_size: args.log_max_size,
         log_keep: args.log_keep,
+        log_max_line: usize::try_from(args.log_max_line).unwrap_or(usize::MAX),
         ..defaults
     }
 }
@@ -330,7 +338,12 @@ async fn chat_secret(config: &AppConfig, paths: &AppPaths) -> anyhow::Result<Opt
             .find(|(name, _)| name == key)
             .map(|(_, value)| value.as_str())
     };
-    if env("CHAT_SECRET").is_some() {
+    if let Some(key) = env("CHAT_SECRET") {
+        anyhow::ensure!(
+            key.len() >= chat::MIN_SECRET_LEN,
+            "--env CHAT_SECRET=... is shorter than {} bytes: give a longer key (e.g. `openssl rand -hex 32`)",
+            chat::MIN_SECRET_LEN
+        );
         return Ok(None);
     }
     let key = match env("REDIS_URL") {
@@ -372,8 +385,9 @@ pub async fn shared_secret_of(link: &coord::RedisLink) -> anyhow::Result<Vec<u8>
         )
     })?;
     anyhow::ensure!(
-        key.len() >= 16,
-        "the cookie key in Redis ({prefix}:cookie-key) is shorter than 16 bytes: delete it, or set a longer one"
+        key.len() >= chat::MIN_SECRET_LEN,
+        "the cookie key in Redis ({prefix}:cookie-key) is shorter than {} bytes: delete it, or set a longer one",
+        chat::MIN_SECRET_LEN
     );
     Ok(key)
 }

@@ -134,6 +134,9 @@ pub struct AppArgs {
     /// Rotated log files kept.
     #[arg(long, default_value_t = 5)]
     pub log_keep: usize,
+    /// Longest line of a worker's output kept in the log; longer ones are cut.
+    #[arg(long, default_value = "16K", value_parser = supervisor::config::parse_size)]
+    pub log_max_line: u64,
     /// First restart delay after a crash.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub restart_delay: Duration,
@@ -184,6 +187,20 @@ pub struct AppArgs {
     /// time is closed (slowloris).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub peek_timeout: Duration,
+    /// Sticky scheduling: longest a new connection waits for a worker that does not take its
+    /// connections (its hand-off socket is full) when every worker is full; then 503. A full
+    /// worker is skipped at once when another has room.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub handoff_timeout: Duration,
+    /// Longest IPC message (one line) a worker may send the master; a worker that sends a
+    /// longer one is replaced.
+    #[arg(long, default_value = "16M", value_parser = supervisor::config::parse_size)]
+    pub ipc_max_line: u64,
+    /// Bytes the master queues for one worker, for broadcasts relayed to it and for its
+    /// replies each: beyond it broadcasts are dropped (counted and logged), and a worker that
+    /// leaves that much of its replies unread is replaced.
+    #[arg(long, default_value = "64M", value_parser = supervisor::config::parse_size)]
+    pub ipc_queue_size: u64,
     /// Share rooms, broadcasts, sessions and history through this Redis instead of the master
     /// (needed across machines): redis://host:port, rediss://..., unix:///path. Passed to the
     /// chat workers as REDIS_URL.

@@ -21,8 +21,17 @@ const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// The first socket passed by systemd-style activation (`LISTEN_FDS`).
 const LISTEN_FDS_START: i32 = 3;
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let open_files = supervisor::limits::raise_open_files();
+    // Under a master, the cookie key and the Redis URL come through an inherited pipe (never
+    // the environment or the command line, which other users may read); flags still win.
+    let mut secrets = supervisor::secrets::read_inherited();
+    if args.secret.is_none() {
+        args.secret = secrets.remove(supervisor::secrets::CHAT_SECRET);
+    }
+    if args.redis_url.is_none() {
+        args.redis_url = secrets.remove(supervisor::secrets::REDIS_URL);
+    }
     let config = config(&args)?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
@@ -155,14 +164,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The cookie key: `--secret` (or CHAT_SECRET, which a chatctl master sets), else
+/// The cookie key: `--secret` (or CHAT_SECRET, or the key a chatctl master passes), else
 /// `--secret-file`, else, with Redis, the key every host on that Redis shares, else the key
 /// file in $CHATCTL_HOME.
 async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyhow::Result<Vec<u8>> {
     if let Some(secret) = &args.secret {
         anyhow::ensure!(
-            secret.len() >= 16,
-            "--secret / CHAT_SECRET must be at least 16 characters"
+            secret.len() >= chat::MIN_SECRET_LEN,
+            "--secret / CHAT_SECRET must be at least {} characters",
+            chat::MIN_SECRET_LEN
         );
         return Ok(secret.as_bytes().to_vec());
     }
@@ -377,7 +387,15 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
         .context("invalid private socket from the master")?;
     let server = server.clone();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            // Out of descriptors (EMFILE) must not end the health probes and forwarding.
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    supervisor::listen::after_accept_error(&error).await;
+                    continue;
+                }
+            };
             if !supervisor::handoff::trusted_peer(&stream) {
                 tracing::warn!("refused a connection to the private socket from another user");
                 continue;

@@ -74,35 +74,60 @@ pub fn new_secret() -> Vec<u8> {
         .collect()
 }
 
+/// The shortest cookie key accepted: a shorter one is guessable.
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// Reads the cookie key from `path`, or creates it there (32 random bytes, hex, mode 0600) so
-/// that restarts and the other workers keep accepting existing cookies.
+/// that restarts and the other workers keep accepting existing cookies. The file appears whole
+/// or not at all (written aside, then linked into place), so a worker starting at the same
+/// time never reads half a key; a key shorter than [`MIN_SECRET_LEN`] is refused.
 pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
-        Ok(_) => {}
+    let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+        let key = std::fs::read_to_string(path)?.trim().as_bytes().to_vec();
+        if key.len() < MIN_SECRET_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the cookie key in {} is shorter than {MIN_SECRET_LEN} bytes: delete the file (a new key is made) or write a longer key",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(key)
+    };
+    match read(path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
+        other => return other,
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
     let hex = new_secret();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
+    // A name of its own for every attempt, so that concurrent creators never share one.
+    let aside = dir.join(format!(
+        ".{}.{}.new",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("secret"),
+        String::from_utf8_lossy(&new_secret()[..16])
+    ));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path);
-    match file {
-        Ok(mut file) => {
+        .open(&aside)
+        .and_then(|mut file| {
             file.write_all(&hex)?;
-            Ok(hex)
-        }
+            file.sync_all()
+        })
+        // A link never replaces an existing file: the first creator's key stays.
+        .and_then(|()| std::fs::hard_link(&aside, path));
+    let _ = std::fs::remove_file(&aside);
+    match written {
+        Ok(()) => Ok(hex),
         // Another worker created it first: use theirs.
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec())
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read(path),
         Err(error) => Err(error),
     }
 }
@@ -123,6 +148,47 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_creators_all_get_the_same_whole_key() {
+        let dir = std::env::temp_dir().join(format!("chat-secret-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for round in 0..20 {
+            let path = dir.join(format!("secret-{round}"));
+            let keys: Vec<Vec<u8>> = std::thread::scope(|scope| {
+                let creators: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| load_or_create_secret(&path).unwrap()))
+                    .collect();
+                creators.into_iter().map(|c| c.join().unwrap()).collect()
+            });
+            assert!(
+                keys.iter().all(|key| key.len() == 64 && *key == keys[0]),
+                "round {round}"
+            );
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".new"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_short_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("chat-secret-short-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, "tooshort\n").unwrap();
+        let error = load_or_create_secret(&path).unwrap_err();
+        assert!(
+            error.to_string().contains("shorter than 16 bytes"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

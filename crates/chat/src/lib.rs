@@ -12,7 +12,7 @@ mod server;
 pub mod store;
 pub mod validate;
 
-pub use config::{load_or_create_secret, new_secret, ChatConfig};
+pub use config::{load_or_create_secret, new_secret, ChatConfig, MIN_SECRET_LEN};
 pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
 pub use server::{Accept, ChatServer};

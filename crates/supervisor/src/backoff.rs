@@ -41,7 +41,9 @@ impl Backoff {
         }
         let delay = match self.last_delay {
             None => policy.initial_delay,
-            Some(last) => last.mul_f64(policy.factor).min(policy.max_delay),
+            // Saturates at the cap: a factor that overflows a Duration never panics here.
+            Some(last) => Duration::try_from_secs_f64(last.as_secs_f64() * policy.factor)
+                .map_or(policy.max_delay, |next| next.min(policy.max_delay)),
         };
         self.last_delay = Some(delay);
         let errored = self.fast_exits >= policy.max_fast_exits;
@@ -109,6 +111,17 @@ mod tests {
         // A worker that then stays up is no longer errored.
         delays(&mut backoff, &policy, 1, Duration::from_secs(5));
         assert!(!backoff.errored(&policy));
+    }
+
+    #[test]
+    fn a_huge_factor_saturates_at_the_cap() {
+        let policy = RestartPolicy {
+            factor: 1e300,
+            ..RestartPolicy::default()
+        };
+        let mut backoff = Backoff::default();
+        let got = delays(&mut backoff, &policy, 3, Duration::from_secs(2));
+        assert_eq!(got, [(100, false), (15_000, false), (15_000, false)]);
     }
 
     #[test]

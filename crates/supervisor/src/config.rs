@@ -63,6 +63,19 @@ pub struct AppConfig {
     /// dropping it: a client that never sends one never ties up a worker.
     #[serde(with = "millis")]
     pub peek_timeout: Duration,
+    /// Longest a new connection waits for a worker whose hand-off socket is full (a worker
+    /// that stopped taking connections) when every other worker is full too; then it gets 503.
+    /// A full worker is skipped at once for another.
+    #[serde(with = "millis")]
+    pub handoff_timeout: Duration,
+    /// Longest IPC line (one message) a worker may write, in bytes. A longer one breaks the
+    /// channel's contract: the worker is replaced, and the master never holds more of it.
+    pub ipc_max_line: usize,
+    /// Bytes the master queues for one worker's IPC channel, for each of its two lanes:
+    /// relayed broadcasts beyond it are dropped (and counted) rather than held for a worker
+    /// that does not keep up; replies beyond it mean the worker asks without reading its
+    /// answers, and it is replaced.
+    pub ipc_queue_size: usize,
     /// Program the workers run, with arguments. Empty, or `serve` with its flags: the chat app
     /// (this binary's `chatctl serve`).
     pub command: Vec<String>,
@@ -98,6 +111,9 @@ pub struct AppConfig {
     /// `chatctl status --json` at any time.
     #[serde(with = "millis")]
     pub drop_log_interval: Duration,
+    /// Longest line of a worker's output copied into the log, in bytes; a longer one is cut
+    /// there, so a program that prints without newlines cannot grow the master.
+    pub log_max_line: usize,
 }
 
 /// How often a process logs one cause of dropped messages at most: often enough that an
@@ -152,6 +168,9 @@ impl Default for AppConfig {
             scheduling: Scheduling::Sticky,
             node_id: 0,
             peek_timeout: Duration::from_secs(10),
+            handoff_timeout: Duration::from_secs(1),
+            ipc_max_line: crate::ipc::DEFAULT_MAX_LINE,
+            ipc_queue_size: 64 << 20,
             command: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -166,6 +185,7 @@ impl Default for AppConfig {
             log_max_size: 10 * 1024 * 1024,
             log_keep: 5,
             drop_log_interval: DEFAULT_DROP_LOG_INTERVAL,
+            log_max_line: 16 << 10,
         }
     }
 }
@@ -193,6 +213,10 @@ impl Default for HealthConfig {
         }
     }
 }
+
+/// The largest restart factor: beyond it a delay times the factor may not fit a duration, and
+/// no useful backoff grows faster.
+pub const MAX_FACTOR: f64 = 1000.0;
 
 /// One worker per CPU.
 pub fn default_instances() -> usize {
@@ -232,9 +256,27 @@ impl AppConfig {
         if self.peek_timeout.is_zero() {
             return bad("peek timeout must be above zero".into());
         }
+        if self.ipc_max_line < 1024 {
+            return bad(format!(
+                "IPC max line must be at least 1K, not {}",
+                self.ipc_max_line
+            ));
+        }
+        if self.ipc_queue_size < self.ipc_max_line {
+            return bad(format!(
+                "IPC queue size ({}) must be at least the IPC max line ({}): one message must fit; raise --ipc-queue-size or lower --ipc-max-line",
+                self.ipc_queue_size, self.ipc_max_line
+            ));
+        }
         if self.restart.factor < 1.0 || !self.restart.factor.is_finite() {
             return bad(format!(
                 "restart factor must be at least 1, not {}",
+                self.restart.factor
+            ));
+        }
+        if self.restart.factor > MAX_FACTOR {
+            return bad(format!(
+                "restart factor must be at most {MAX_FACTOR}, not {} (the next delay would overflow; the maximum delay caps it anyway)",
                 self.restart.factor
             ));
         }
@@ -246,6 +288,12 @@ impl AppConfig {
             || self.health.max_misses == 0
         {
             return bad("health interval, timeout and misses must be above zero".into());
+        }
+        if self.log_max_line < 80 {
+            return bad(format!(
+                "log max line must be at least 80 bytes, not {}",
+                self.log_max_line
+            ));
         }
         if self.log_max_size < 1024 {
             return bad("log max size must be at least 1K".into());
@@ -399,6 +447,20 @@ mod tests {
         }
         .validate()
         .is_err());
+        for factor in [1e300, f64::INFINITY, f64::NAN, 0.5] {
+            let text = format!("[[app]]\nname = \"x\"\n[app.restart]\nfactor = {factor:e}\n");
+            let text = text.replace("NaN", "nan");
+            assert!(
+                ConfigFile::parse(&text).is_err(),
+                "factor {factor} accepted"
+            );
+        }
+        let overflowing =
+            ConfigFile::parse("[[app]]\nname = \"x\"\n[app.restart]\nfactor = 1e300\n");
+        assert!(
+            overflowing.is_err_and(|e| e.0.contains("at most 1000")),
+            "a factor that overflows is not refused as such"
+        );
         assert!(AppConfig {
             name: "all".into(),
             ..AppConfig::default()

@@ -6,10 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::ipc::{read_message, write_message};
+use crate::ipc::{message_lines, read_message, write_message};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -94,8 +93,9 @@ pub async fn request(
         .map_err(|_| ControlError::NotRunning(name.to_owned(), socket.display().to_string()))?;
     let (read, mut write) = stream.into_split();
     write_message(&mut write, request).await?;
-    let mut lines = BufReader::new(read).lines();
-    while let Some(response) = read_message::<Response, _>(&mut lines).await {
+    // The master's answers: a status of up to 1024 workers is far below this.
+    let mut lines = message_lines(read, 16 << 20);
+    while let Ok(response) = read_message::<Response, _>(&mut lines).await {
         match response {
             Response::Progress { line } => on_progress(&line),
             other => return Ok(other),

@@ -75,8 +75,17 @@ impl Sender {
         })
     }
 
-    /// Passes `connection` to the worker. Fails when the worker is gone or no longer takes
-    /// connections ([`Sender::close`]); the caller still owns the connection then.
+    /// Passes `connection` to the worker if its socket has room now: `WouldBlock` when it is
+    /// full (the worker does not take its connections), another error when the worker is gone
+    /// or no longer takes connections ([`Sender::close`]). The caller still owns the
+    /// connection on error.
+    pub fn try_send(&self, connection: RawFd) -> io::Result<()> {
+        let socket = self.socket.as_raw_fd();
+        self.socket
+            .try_io(Interest::WRITABLE, || send_fd(socket, connection))
+    }
+
+    /// Like [`Sender::try_send`], but waits for room.
     pub async fn send(&self, connection: RawFd) -> io::Result<()> {
         let socket = self.socket.as_raw_fd();
         loop {
@@ -208,8 +217,19 @@ fn recv_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
                     "hand-off message without a descriptor",
                 ));
             }
-            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>());
-            Ok(Some(OwnedFd::from_raw_fd(fd)))
+            let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+                libc::CMSG_DATA(header).cast::<RawFd>(),
+            ));
+            // More descriptors than room (not our master's one per message): the kernel
+            // closed the rest; the one received is closed too, not taken for a client.
+            if message.msg_flags & libc::MSG_CTRUNC != 0 {
+                drop(fd);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "hand-off message with more than one descriptor",
+                ));
+            }
+            Ok(Some(fd))
         }
     })
 }
@@ -291,6 +311,57 @@ pub fn new_token() -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sends one byte carrying every descriptor of `fds` (the master sends one at a time).
+    fn send_fds(socket: RawFd, fds: &[RawFd]) {
+        let size = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let mut control = vec![0u8; unsafe { libc::CMSG_SPACE(size) } as usize];
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: the buffers outlive the call; the header fits the control buffer.
+        unsafe {
+            let mut message: libc::msghdr = std::mem::zeroed();
+            message.msg_iov = &mut iov;
+            message.msg_iovlen = 1;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = control.len() as _;
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(size) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(header).cast(), fds.len());
+            assert_eq!(libc::sendmsg(socket, &message, 0), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_with_more_descriptors_than_room_is_skipped() {
+        let (master, worker) = pair().unwrap();
+        // SAFETY: `worker` is handed over whole.
+        let receiver =
+            unsafe { Receiver::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(worker)) }.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..4 {
+            clients.push(std::net::TcpStream::connect(address).unwrap());
+            accepted.push(listener.accept().unwrap().0);
+        }
+        // Three descriptors overflow the room for one (which alignment makes room for two).
+        let three: Vec<RawFd> = accepted[..3].iter().map(|s| s.as_raw_fd()).collect();
+        send_fds(master.as_raw_fd(), &three);
+        send_fds(master.as_raw_fd(), &[accepted[3].as_raw_fd()]);
+        let received = receiver.recv().await.unwrap().expect("a connection");
+        assert_eq!(
+            received.peer_addr().unwrap(),
+            clients[3].local_addr().unwrap()
+        );
+    }
 
     #[tokio::test]
     async fn connections_cross_the_pair_and_the_close_ends_the_stream_after_them() {

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::drops::Drops;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::lines::{self, BoundedLines};
 
 /// The fd number of the IPC channel in a worker.
 pub const IPC_FD: i32 = 4;
@@ -25,6 +27,12 @@ pub const IPC_FD_ENV: &str = "CHATCTL_IPC_FD";
 pub const PRIVATE_SOCKET_ENV: &str = "CHATCTL_PRIVATE_FD";
 /// The worker's slot number.
 pub const WORKER_ID_ENV: &str = "CHATCTL_WORKER_ID";
+/// The longest IPC line the master accepts (`ipc_max_line`), so the worker accepts what the
+/// master relays.
+pub const IPC_MAX_LINE_ENV: &str = "CHATCTL_IPC_MAX_LINE";
+/// The default of `ipc_max_line`: a broadcast of a whole `max_payload` (1 MB) of text that is
+/// escaped twice in JSON stays below it.
+pub const DEFAULT_MAX_LINE: usize = 16 << 20;
 /// The node id of the worker's master (`chatctl start --node-id`), for session ids.
 pub const NODE_ID_ENV: &str = "CHATCTL_NODE_ID";
 
@@ -118,22 +126,57 @@ fn raw_from_any<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Box<RawValu
     serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)
 }
 
-/// Reads JSON lines of `T`; a line that does not parse is logged and skipped.
-pub async fn read_message<T, R>(lines: &mut tokio::io::Lines<R>) -> Option<T>
+/// Why a channel gives no more messages.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The other side closed it (or reading failed).
+    Closed,
+    /// The other side wrote a line longer than the channel allows (`ipc_max_line`): it does
+    /// not keep the contract, and nothing after it can be trusted.
+    Overlong { max: usize },
+}
+
+/// Malformed lines skipped so far in this process, for a log that a peer cannot flood.
+static MALFORMED: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the next JSON line of `T`; a line that does not parse is skipped (and logged, once
+/// per 1000).
+pub async fn read_message<T, R>(lines: &mut BoundedLines<R>) -> Result<T, ReadEnd>
 where
     T: Line,
     R: tokio::io::AsyncBufRead + Unpin,
 {
     loop {
-        let line = match T::fast(lines.next_line().await.ok()??) {
-            Ok(message) => return Some(message),
-            Err(line) => line,
+        let line = match lines.next_line().await {
+            Ok(Some(lines::Line::Complete(line))) => line,
+            Ok(Some(lines::Line::Overlong(line))) => {
+                return Err(ReadEnd::Overlong { max: line.len() })
+            }
+            Ok(None) | Err(_) => return Err(ReadEnd::Closed),
         };
-        match serde_json::from_str(&line) {
-            Ok(message) => return Some(message),
-            Err(error) => tracing::warn!(%error, "skipping a malformed IPC message"),
+        let error = match String::from_utf8(line) {
+            Ok(line) => match T::fast(line) {
+                Ok(message) => return Ok(message),
+                Err(line) => match serde_json::from_str(&line) {
+                    Ok(message) => return Ok(message),
+                    Err(error) => error.to_string(),
+                },
+            },
+            Err(_) => "not UTF-8".to_owned(),
+        };
+        let skipped = MALFORMED.fetch_add(1, Ordering::Relaxed) + 1;
+        if skipped % 1000 == 1 {
+            tracing::warn!(%error, skipped, "skipping a malformed IPC message");
         }
     }
+}
+
+/// A reader of JSON lines of at most `max` bytes.
+pub fn message_lines<R: tokio::io::AsyncRead + Unpin>(
+    reader: R,
+    max: usize,
+) -> BoundedLines<BufReader<R>> {
+    BoundedLines::new(BufReader::new(reader), max)
 }
 
 /// Writes one message as a JSON line.
@@ -146,37 +189,12 @@ pub async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     writer.write_all(&line).await
 }
 
-/// A queue of messages for one end of a channel: the master's bounded queue to a worker, or a
-/// worker's unbounded queue to the master.
-pub trait Outgoing<T> {
-    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send;
-    fn try_recv(&mut self) -> Option<T>;
-}
-
-impl<T: Send> Outgoing<T> for mpsc::Receiver<T> {
-    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
-        mpsc::Receiver::recv(self)
-    }
-    fn try_recv(&mut self) -> Option<T> {
-        mpsc::Receiver::try_recv(self).ok()
-    }
-}
-
-impl<T: Send> Outgoing<T> for mpsc::UnboundedReceiver<T> {
-    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
-        mpsc::UnboundedReceiver::recv(self)
-    }
-    fn try_recv(&mut self) -> Option<T> {
-        mpsc::UnboundedReceiver::try_recv(self).ok()
-    }
-}
-
 /// Writes the messages of `queue` as JSON lines until it closes or a write fails. Those queued
 /// at once go out in one write (up to about 64 KiB): a busy channel costs a system call per
 /// batch, not per message.
 pub async fn write_queue<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut W,
-    queue: &mut impl Outgoing<T>,
+    queue: &mut mpsc::UnboundedReceiver<T>,
 ) {
     let mut buffer = Vec::new();
     while let Some(first) = queue.recv().await {
@@ -187,8 +205,8 @@ pub async fn write_queue<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
                 return;
             }
             buffer.push(b'\n');
-            next = if buffer.len() < 64 * 1024 {
-                queue.try_recv()
+            next = if buffer.len() < BATCH_BYTES {
+                queue.try_recv().ok()
             } else {
                 None
             };
@@ -198,6 +216,9 @@ pub async fn write_queue<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
         }
     }
 }
+
+/// About how many bytes of queued messages go out in one write.
+pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Why a request to the master got no answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -262,8 +283,14 @@ impl WorkerLink {
         let reader = link.clone();
         tokio::spawn(async move {
             let mut drain_tx = Some(drain_tx);
-            let mut lines = BufReader::new(read).lines();
-            while let Some(message) = read_message::<ToWorker, _>(&mut lines).await {
+            // The master passes on lines of up to its own bound, in an envelope.
+            let max = std::env::var(IPC_MAX_LINE_ENV)
+                .ok()
+                .and_then(|max| max.parse::<usize>().ok())
+                .unwrap_or(DEFAULT_MAX_LINE)
+                .saturating_add(1024);
+            let mut lines = message_lines(read, max);
+            while let Ok(message) = read_message::<ToWorker, _>(&mut lines).await {
                 match message {
                     ToWorker::Ping { seq } => {
                         let connections = reader.connections.get().map_or(0, |count| count());
@@ -422,11 +449,28 @@ mod tests {
     #[tokio::test]
     async fn skips_malformed_lines() {
         let input: &[u8] = b"garbage\n{\"type\":\"ready\"}\n";
-        let mut lines = BufReader::new(input).lines();
+        let mut lines = message_lines(input, 100);
         assert!(matches!(
             read_message::<ToMaster, _>(&mut lines).await,
-            Some(ToMaster::Ready)
+            Ok(ToMaster::Ready)
         ));
-        assert!(read_message::<ToMaster, _>(&mut lines).await.is_none());
+        assert_eq!(
+            read_message::<ToMaster, _>(&mut lines).await.err(),
+            Some(ReadEnd::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_ends_the_channel() {
+        let input: &[u8] = b"{\"type\":\"ready\"}\n{\"type\":\"publish\",\"body\":\"0123456789\"}\n{\"type\":\"ready\"}\n";
+        let mut lines = message_lines(input, 20);
+        assert!(matches!(
+            read_message::<ToMaster, _>(&mut lines).await,
+            Ok(ToMaster::Ready)
+        ));
+        assert_eq!(
+            read_message::<ToMaster, _>(&mut lines).await.err(),
+            Some(ReadEnd::Overlong { max: 20 })
+        );
     }
 }

@@ -12,13 +12,16 @@ pub mod drops;
 pub mod handoff;
 pub mod ipc;
 pub mod limits;
+pub mod lines;
 pub mod listen;
 pub mod logs;
 pub mod master;
+pub mod outbox;
 pub mod paths;
 pub mod pm2;
 pub mod procstat;
 pub mod route_tag;
+pub mod secrets;
 pub mod spawn;
 pub mod startup;
 

@@ -10,6 +10,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lines::{BoundedLines, Line};
+
 /// Lines waiting for the writer; past this, lines are dropped and counted rather than block.
 const QUEUE: usize = 16 * 1024;
 
@@ -52,6 +54,31 @@ impl LogSink {
         line.extend_from_slice(text.trim_end_matches(['\n', '\r']).as_bytes());
         line.push(b'\n');
         self.send(LogCommand::Line(line));
+    }
+
+    /// Copies the lines of a worker's output into the log until the worker closes it. Bytes
+    /// that are not UTF-8 are replaced, and a line longer than `max_line` bytes is cut there
+    /// (and says so): whatever a program prints, its output is drained, so it never blocks on
+    /// a full pipe, and costs the master at most `max_line` bytes.
+    pub async fn pump(
+        &self,
+        output: impl tokio::io::AsyncRead + Unpin,
+        prefix: &str,
+        max_line: usize,
+    ) {
+        let mut lines = BoundedLines::new(tokio::io::BufReader::new(output), max_line);
+        while let Ok(Some(line)) = lines.next_line().await {
+            match line {
+                Line::Complete(line) => self.line(prefix, &String::from_utf8_lossy(&line)),
+                Line::Overlong(start) => {
+                    let note = format!(
+                        "{} [line cut at {max_line} bytes, see --log-max-line]",
+                        String::from_utf8_lossy(&start)
+                    );
+                    self.line(prefix, &note);
+                }
+            }
+        }
     }
 
     fn send(&self, command: LogCommand) {

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
@@ -19,15 +19,13 @@ use crate::control::{AppStatus, Request, Response, WorkerStatus};
 use crate::dispatch::{self, Peeked};
 use crate::drops::Drops;
 use crate::handoff;
-use crate::ipc::{read_message, write_message, write_queue, ToMaster, ToWorker};
+use crate::ipc::{message_lines, read_message, write_message, ReadEnd, ToMaster, ToWorker};
 use crate::logs::LogSink;
+use crate::outbox::{relay_line, Outbox, Refused};
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
 use crate::route_tag::{self, Owner};
 use crate::spawn::{lookup_user, signal, spawn_worker, Connections, RunAs, WorkerSpec};
-
-/// Messages queued to one worker's IPC channel before relayed broadcasts to it are dropped.
-const IPC_QUEUE: usize = 8192;
 
 /// New connections whose request line the master may wait for at once (sticky scheduling);
 /// beyond this, accepting waits and further clients queue in the kernel's backlog.
@@ -106,7 +104,8 @@ struct Proc {
     ready: bool,
     /// Whether it ever sent an IPC message: only those are pinged and drained over IPC.
     speaks_ipc: bool,
-    ipc: mpsc::Sender<ToWorker>,
+    /// Its IPC channel's queue: control ahead of relays, each bounded.
+    ipc: Arc<Outbox>,
     /// What the master dropped on this worker's behalf: relayed messages it did not read fast
     /// enough, store writes of its that failed.
     drops: Drops,
@@ -211,7 +210,7 @@ struct Inner {
 
 /// One worker's question to all the others (e.g. which sockets are in a room).
 struct Gathering {
-    requester: mpsc::Sender<ToWorker>,
+    requester: Arc<Outbox>,
     /// The requester's id for the reply.
     id: u64,
     expected: usize,
@@ -313,11 +312,12 @@ impl Master {
         let mut finished = inner.finished.subscribe();
         loop {
             tokio::select! {
-                accepted = control.accept() => {
-                    if let Ok((stream, _)) = accepted {
+                accepted = control.accept() => match accepted {
+                    Ok((stream, _)) => {
                         tokio::spawn(inner.clone().serve_control(stream));
                     }
-                }
+                    Err(error) => crate::listen::after_accept_error(&error).await,
+                },
                 _ = finished.wait_for(|done| *done) => break,
             }
         }
@@ -419,15 +419,14 @@ impl Inner {
         let (spawned, handoff) = spawned;
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
-        let (ipc_tx, ipc_rx) = mpsc::channel(IPC_QUEUE);
-        let replies = ipc_tx.clone();
+        let outbox = Outbox::new(config.ipc_queue_size);
         let proc = Proc {
             pid,
             generation,
             started: Instant::now(),
             ready: false,
             speaks_ipc: false,
-            ipc: ipc_tx,
+            ipc: outbox.clone(),
             connections: 0,
             drops: Drops::new(config.drop_log_interval),
             reported_drops: BTreeMap::new(),
@@ -456,19 +455,22 @@ impl Inner {
         tracing::info!(worker = slot_id, pid, "worker started");
         let prefix = format!("w{slot_id}");
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(pump_lines(stdout, self.log.clone(), prefix.clone()));
+            let log = self.log.clone();
+            let prefix = prefix.clone();
+            tokio::spawn(async move { log.pump(stdout, &prefix, config.log_max_line).await });
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pump_lines(
-                stderr,
-                self.log.clone(),
-                format!("{prefix} err"),
-            ));
+            let log = self.log.clone();
+            let prefix = format!("{prefix} err");
+            tokio::spawn(async move { log.pump(stderr, &prefix, config.log_max_line).await });
         }
-        tokio::spawn(
-            self.clone()
-                .ipc_task(slot_id, generation, spawned.ipc, ipc_rx, replies),
-        );
+        tokio::spawn(self.clone().ipc_task(
+            slot_id,
+            generation,
+            spawned.ipc,
+            outbox,
+            config.ipc_max_line,
+        ));
         let inner = self.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -543,17 +545,17 @@ impl Inner {
             let state = self.lock();
             state.slots[slot_id]
                 .find(generation)
-                .filter(|p| !p.ready)
-                .map(|p| p.pid)
+                .is_some_and(|p| !p.ready)
         };
-        if let Some(pid) = stuck {
-            tracing::warn!(
-                worker = slot_id,
-                pid,
-                "worker not ready within {:?}: killing it",
-                config.ready_timeout
-            );
-            signal(pid, libc::SIGKILL);
+        if stuck {
+            if let Some(pid) = self.kill_tracked(slot_id, generation) {
+                tracing::warn!(
+                    worker = slot_id,
+                    pid,
+                    "worker not ready within {:?}: killed it",
+                    config.ready_timeout
+                );
+            }
         }
     }
 
@@ -583,14 +585,16 @@ impl Inner {
         self.bump();
     }
 
-    /// Talks to one worker over its IPC channel until either side closes it.
+    /// Talks to one worker over its IPC channel until either side closes it. A worker that
+    /// breaks the channel's contract (a line longer than `max_line`, replies it does not read)
+    /// is killed and so replaced: nothing it says afterwards is trusted.
     async fn ipc_task(
         self: Arc<Self>,
         slot_id: usize,
         generation: u64,
         stream: std::os::unix::net::UnixStream,
-        mut outgoing: mpsc::Receiver<ToWorker>,
-        replies: mpsc::Sender<ToWorker>,
+        outbox: Arc<Outbox>,
+        max_line: usize,
     ) {
         let Ok(()) = stream.set_nonblocking(true) else {
             return;
@@ -599,10 +603,23 @@ impl Inner {
             return;
         };
         let (read, mut write) = stream.into_split();
-        let writer = async move { write_queue(&mut write, &mut outgoing).await };
+        let writer = outbox.write_to(&mut write);
         let reader = async {
-            let mut lines = BufReader::new(read).lines();
-            while let Some(message) = read_message::<ToMaster, _>(&mut lines).await {
+            let mut lines = message_lines(read, max_line);
+            loop {
+                let message = match read_message::<ToMaster, _>(&mut lines).await {
+                    Ok(message) => message,
+                    Err(ReadEnd::Closed) => return,
+                    Err(ReadEnd::Overlong { max }) => {
+                        return self.replace_untrusted(
+                            slot_id,
+                            generation,
+                            &format!(
+                                "wrote an IPC line longer than {max} bytes (see --ipc-max-line)"
+                            ),
+                        )
+                    }
+                };
                 match message {
                     ToMaster::Ready => self.mark_ready(slot_id, generation, true),
                     ToMaster::Pong {
@@ -611,6 +628,8 @@ impl Inner {
                         dropped,
                     } => {
                         let mut state = self.lock();
+                        // A pong for a ping not sent yet would vouch for probes to come.
+                        let seq = seq.min(state.next_ping);
                         if let Some(proc) = state.slots[slot_id].find_mut(generation) {
                             proc.speaks_ipc = true;
                             proc.last_pong = proc.last_pong.max(seq);
@@ -626,7 +645,13 @@ impl Inner {
                             Some(service) => service.request(generation, body),
                             None => serde_json::json!({ "error": "this master offers no service" }),
                         };
-                        let _ = replies.try_send(ToWorker::Reply { id, body });
+                        if outbox.control(&ToWorker::Reply { id, body }) == Err(Refused::Full) {
+                            return self.replace_untrusted(
+                                slot_id,
+                                generation,
+                                "asked without reading the answers (more than --ipc-queue-size unread)",
+                            );
+                        }
                     }
                     ToMaster::Tell { body } => {
                         if let Some(service) = self.service.get() {
@@ -642,9 +667,9 @@ impl Inner {
                             }
                         }
                     }
-                    ToMaster::Publish { body } => self.relay(generation, body),
+                    ToMaster::Publish { body } => self.relay(generation, &body),
                     ToMaster::Gather { id, body } => {
-                        self.clone().gather(generation, id, body, replies.clone())
+                        self.clone().gather(generation, id, body, outbox.clone())
                     }
                     ToMaster::Answer { id, body } => self.answer(id, body),
                 }
@@ -654,6 +679,28 @@ impl Inner {
             _ = writer => {}
             _ = reader => {}
         }
+        outbox.close();
+    }
+
+    /// Kills a process that broke the IPC contract; its slot restarts it as after a crash.
+    fn replace_untrusted(&self, slot_id: usize, generation: u64, why: &str) {
+        if let Some(pid) = self.kill_tracked(slot_id, generation) {
+            tracing::error!(
+                worker = slot_id,
+                pid,
+                "worker {why}: killed it, a new one replaces it"
+            );
+        }
+    }
+
+    /// SIGKILLs process `generation` of a slot if the master still tracks it, and returns its
+    /// pid. Tracked means not reaped yet (the exit task reaps and untracks in one step under
+    /// this lock), so the pid cannot name another program by now.
+    fn kill_tracked(&self, slot_id: usize, generation: u64) -> Option<u32> {
+        let state = self.lock();
+        let pid = state.slots.get(slot_id)?.find(generation)?.pid;
+        signal(pid, libc::SIGKILL);
+        Some(pid)
     }
 
     /// Asks every other live worker `body` on behalf of `from`, and replies to it with their
@@ -663,9 +710,9 @@ impl Inner {
         from: u64,
         id: u64,
         body: serde_json::Value,
-        requester: mpsc::Sender<ToWorker>,
+        requester: Arc<Outbox>,
     ) {
-        let (targets, timeout): (Vec<mpsc::Sender<ToWorker>>, Duration) = {
+        let (targets, timeout): (Vec<Arc<Outbox>>, Duration) = {
             let mut state = self.lock();
             let timeout = state.config.gather_timeout;
             let targets = state
@@ -680,19 +727,13 @@ impl Inner {
         let key = self
             .next_gathering
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let asked: Vec<_> = targets
-            .into_iter()
-            .filter(|target| {
-                target
-                    .try_send(ToWorker::Query {
-                        id: key,
-                        body: body.clone(),
-                    })
-                    .is_ok()
-            })
-            .collect();
-        if asked.is_empty() {
-            let _ = requester.try_send(ToWorker::Reply {
+        let query = ToWorker::Query { id: key, body };
+        let asked = targets
+            .iter()
+            .filter(|target| target.control(&query).is_ok())
+            .count();
+        if asked == 0 {
+            let _ = requester.control(&ToWorker::Reply {
                 id,
                 body: serde_json::json!([]),
             });
@@ -704,7 +745,7 @@ impl Inner {
                 Gathering {
                     requester,
                     id,
-                    expected: asked.len(),
+                    expected: asked,
                     answers: Vec::new(),
                 },
             );
@@ -718,7 +759,10 @@ impl Inner {
     fn answer(&self, key: u64, body: serde_json::Value) {
         let complete = self.gatherings.lock().ok().is_some_and(|mut gatherings| {
             gatherings.get_mut(&key).is_some_and(|g| {
-                g.answers.push(body);
+                // More answers than questions asked come from a worker that answers twice.
+                if g.answers.len() < g.expected {
+                    g.answers.push(body);
+                }
                 g.answers.len() >= g.expected
             })
         });
@@ -734,7 +778,7 @@ impl Inner {
             .ok()
             .and_then(|mut gatherings| gatherings.remove(&key));
         if let Some(g) = done {
-            let _ = g.requester.try_send(ToWorker::Reply {
+            let _ = g.requester.control(&ToWorker::Reply {
                 id: g.id,
                 body: serde_json::Value::Array(g.answers),
             });
@@ -742,17 +786,14 @@ impl Inner {
     }
 
     /// Hands a worker's message to every other live worker that speaks IPC.
-    fn relay(&self, from: u64, body: Box<serde_json::value::RawValue>) {
+    fn relay(&self, from: u64, body: &serde_json::value::RawValue) {
+        let line = relay_line(body);
         let mut state = self.lock();
         for slot in state.slots.iter_mut() {
             for proc in slot.procs_mut() {
                 if proc.generation != from && proc.speaks_ipc {
                     // Never wait for a slow worker: drop, count, and say so now and then.
-                    if proc
-                        .ipc
-                        .try_send(ToWorker::Message { body: body.clone() })
-                        .is_err()
-                    {
+                    if proc.ipc.relay(line.clone()) == Err(Refused::Full) {
                         proc.drops.count(
                             "relay_queue_full",
                             1,
@@ -806,7 +847,7 @@ impl Inner {
         // What the process owned in the shared store goes, and the others are told.
         if let Some(service) = self.service.get() {
             for message in service.worker_gone(generation) {
-                self.relay(generation, message);
+                self.relay(generation, &message);
             }
         }
         match role {
@@ -938,7 +979,7 @@ impl Inner {
                         over_memory.push((slot_id, proc.memory));
                     }
                     if proc.ready && proc.speaks_ipc {
-                        let _ = proc.ipc.try_send(ToWorker::Ping { seq });
+                        let _ = proc.ipc.control(&ToWorker::Ping { seq });
                         probes.push(ProbeTarget {
                             slot_id,
                             generation: proc.generation,
@@ -1000,17 +1041,18 @@ impl Inner {
                 None
             } else {
                 proc.misses += 1;
-                (proc.misses >= max_misses).then_some((proc.pid, proc.misses))
+                (proc.misses >= max_misses).then_some(proc.misses)
             }
         };
-        if let Some((pid, misses)) = kill {
-            tracing::error!(
-                worker = slot_id,
-                pid,
-                misses,
-                "worker missed {misses} health probes (hung?): killing and replacing it"
-            );
-            signal(pid, libc::SIGKILL);
+        if let Some(misses) = kill {
+            if let Some(pid) = self.kill_tracked(slot_id, generation) {
+                tracing::error!(
+                    worker = slot_id,
+                    pid,
+                    misses,
+                    "worker missed {misses} health probes (hung?): killed it, a new one replaces it"
+                );
+            }
         }
     }
 
@@ -1105,12 +1147,13 @@ impl Inner {
             .wait_until(timeout + Duration::from_millis(500), gone)
             .await
         {
-            tracing::warn!(
-                worker = slot_id,
-                pid,
-                "worker did not finish draining in {timeout:?}: killing it"
-            );
-            signal(pid, libc::SIGKILL);
+            if self.kill_tracked(slot_id, generation).is_some() {
+                tracing::warn!(
+                    worker = slot_id,
+                    pid,
+                    "worker did not finish draining in {timeout:?}: killed it"
+                );
+            }
             self.wait_until(Duration::from_secs(5), gone).await;
         }
     }
@@ -1247,21 +1290,21 @@ impl Inner {
 
     /// Stops every worker: drain (or SIGTERM), then SIGKILL after the stop timeout.
     async fn stop(self: &Arc<Self>) {
-        let (procs, timeout) = {
+        let (workers, timeout) = {
             let mut state = self.lock();
             state.stopping = true;
             let timeout = state.config.stop_timeout;
-            let mut procs = Vec::new();
+            let mut workers = 0;
             for slot in state.slots.iter_mut() {
                 slot.status = Status::Stopping;
                 for proc in slot.procs_mut() {
                     drain(proc, timeout);
-                    procs.push(proc.pid);
+                    workers += 1;
                 }
             }
-            (procs, timeout)
+            (workers, timeout)
         };
-        tracing::info!(workers = procs.len(), "stopping");
+        tracing::info!(workers, "stopping");
         let all_gone = |state: &State| {
             state
                 .slots
@@ -1269,8 +1312,12 @@ impl Inner {
                 .all(|s| s.current.is_none() && s.incoming.is_none() && s.draining.is_empty())
         };
         if !self.wait_until(timeout, all_gone).await {
-            for pid in procs {
-                signal(pid, libc::SIGKILL);
+            // Only those still tracked: the pid of one that exited meanwhile may name another
+            // program by now.
+            for slot in self.lock().slots.iter_mut() {
+                for proc in slot.procs_mut() {
+                    signal(proc.pid, libc::SIGKILL);
+                }
             }
             self.wait_until(Duration::from_secs(5), all_gone).await;
         }
@@ -1302,9 +1349,7 @@ impl Inner {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    // EMFILE and friends pass: log, back off, keep accepting.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::listen::after_accept_error(&error).await;
                     continue;
                 }
             };
@@ -1325,12 +1370,25 @@ impl Inner {
             Peeked::Invalid => return dispatch::refuse(stream, dispatch::BAD_REQUEST).await,
             Peeked::Gone => return,
         };
-        // A worker that just died fails the hand-off: the next pick is another one.
-        for _ in 0..3 {
-            let Some(worker) = self.route(owner) else {
-                break;
-            };
-            if worker.send(stream.as_raw_fd()).await.is_ok() {
+        // A worker that just died fails the hand-off, and one that does not take its
+        // connections (stopped, hung) has a full socket: the next pick is another one.
+        let mut skipped = Vec::new();
+        let mut full = None;
+        while let Some((worker_id, worker)) = self.route(owner, &skipped) {
+            match worker.try_send(stream.as_raw_fd()) {
+                Ok(()) => return,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    full.get_or_insert(worker);
+                }
+                Err(_) => {}
+            }
+            skipped.push(worker_id);
+        }
+        // Every worker is full: wait a little for the preferred one, never for ever.
+        if let Some(worker) = full {
+            let timeout = self.lock().config.handoff_timeout;
+            let sent = tokio::time::timeout(timeout, worker.send(stream.as_raw_fd())).await;
+            if matches!(sent, Ok(Ok(()))) {
                 return;
             }
         }
@@ -1339,7 +1397,8 @@ impl Inner {
 
     /// The online worker owning `owner`'s sessions, or else the online worker with the
     /// fewest connections (as last reported, plus those handed to it since).
-    fn route(&self, owner: Option<Owner>) -> Option<Arc<handoff::Sender>> {
+    /// Workers in `skipped` are left out.
+    fn route(&self, owner: Option<Owner>, skipped: &[u16]) -> Option<(u16, Arc<handoff::Sender>)> {
         let mut state = self.lock();
         let node = state.config.node_id;
         let wanted = owner
@@ -1352,14 +1411,15 @@ impl Inner {
             .filter(|slot| slot.status == Status::Online)
             .filter_map(|slot| slot.current.as_mut())
             .filter(|proc| proc.ready && proc.handoff.is_some())
+            .filter(|proc| !skipped.contains(&proc.worker_id))
             .min_by_key(|proc| {
                 (
                     Some(proc.worker_id) != wanted,
-                    proc.connections + proc.handed,
+                    proc.connections.saturating_add(proc.handed),
                 )
             })?;
         chosen.handed += 1;
-        chosen.handoff.clone()
+        Some((chosen.worker_id, chosen.handoff.clone()?))
     }
 
     fn status(&self) -> AppStatus {
@@ -1417,8 +1477,9 @@ impl Inner {
     async fn serve_control(self: Arc<Self>, stream: UnixStream) {
         let (read, write) = stream.into_split();
         let write = Arc::new(tokio::sync::Mutex::new(write));
-        let mut lines = BufReader::new(read).lines();
-        let Some(request) = read_message::<Request, _>(&mut lines).await else {
+        // Requests are a few words; the socket is the owner's alone, but a bound costs nothing.
+        let mut lines = message_lines(read, 64 * 1024);
+        let Ok(request) = read_message::<Request, _>(&mut lines).await else {
             return;
         };
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
@@ -1535,7 +1596,7 @@ fn drain(proc: &Proc, timeout: Duration) {
     let request = ToWorker::Drain {
         timeout_ms: timeout.as_millis() as u64,
     };
-    let sent = proc.speaks_ipc && proc.ipc.try_send(request).is_ok();
+    let sent = proc.speaks_ipc && proc.ipc.control(&request).is_ok();
     if !sent {
         signal(proc.pid, libc::SIGTERM);
     }
@@ -1547,14 +1608,6 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "exited".into(),
-    }
-}
-
-/// Copies a worker's output lines into the app log.
-async fn pump_lines(stream: impl tokio::io::AsyncRead + Unpin, log: LogSink, prefix: String) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        log.line(&prefix, &line);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one place that starts worker processes: the app's program (or this binary's `serve`),
 //! with the listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID`) or, under sticky
 //! scheduling, the hand-off socket as fd 7, the IPC channel as fd 4, its private socket as fd 6,
+//! the chat's secrets pipe as fd 8 ([`crate::secrets`]),
 //! PR_SET_PDEATHSIG so a dead master leaves no orphans, in the master's process group, as the
 //! configured user. Never `fork()` of a running tokio process without an immediate exec.
 
@@ -11,7 +12,10 @@ use tokio::process::{Child, Command};
 
 use crate::config::AppConfig;
 use crate::handoff::{HANDOFF_FD_ENV, PEERS_ENV};
-use crate::ipc::{IPC_FD, IPC_FD_ENV, NODE_ID_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV};
+use crate::ipc::{
+    IPC_FD, IPC_FD_ENV, IPC_MAX_LINE_ENV, NODE_ID_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV,
+};
+use crate::secrets::{SECRETS_FD, SECRETS_FD_ENV};
 
 /// The fd of the listening socket in a worker (systemd's `SD_LISTEN_FDS_START`).
 const LISTEN_FD: RawFd = 3;
@@ -89,7 +93,8 @@ pub struct WorkerSpec<'a> {
     pub private_socket: RawFd,
     /// The master's token in private socket names.
     pub peers_token: &'a str,
-    /// The chat's cookie key, given to chat workers in `CHAT_SECRET`.
+    /// The chat's cookie key, passed to chat workers through their secrets pipe
+    /// ([`crate::secrets`]).
     pub secret: Option<&'a str>,
     pub run_as: Option<RunAs>,
 }
@@ -103,12 +108,12 @@ pub enum Connections {
 
 /// The program and arguments of a worker: the configured command, or this binary's `serve`
 /// (run through [`EXE_FD`]).
-fn worker_argv(config: &AppConfig) -> Vec<String> {
+fn worker_argv(config: &AppConfig, serve_args: &[String]) -> Vec<String> {
     if !config.runs_chat() {
         return config.command.clone();
     }
     let mut argv = vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()];
-    argv.extend(config.command.iter().skip(1).cloned());
+    argv.extend(serve_args.iter().cloned());
     argv
 }
 
@@ -137,7 +142,26 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         None
     };
 
-    let argv = worker_argv(spec.config);
+    // The chat's secrets go through a pipe; other programs get their environment as given.
+    let (serve_args, env, secrets) = if spec.config.runs_chat() {
+        let serve_args = spec.config.command.get(1..).unwrap_or_default();
+        let mut separated = crate::secrets::separate(serve_args, &spec.config.env, spec.secret);
+        // A Redis URL exported to the master reaches the worker the same way, not by
+        // inheritance (removed from its environment below).
+        if let Ok(url) = std::env::var(crate::secrets::REDIS_URL) {
+            separated
+                .secrets
+                .entry(crate::secrets::REDIS_URL.to_owned())
+                .or_insert(url);
+        }
+        let pipe = crate::secrets::pipe_with(&separated.secrets)
+            .and_then(|read| dup_above(read.as_raw_fd(), 64))
+            .map_err(SpawnError::Sockets)?;
+        (separated.args, separated.env, Some(pipe))
+    } else {
+        (Vec::new(), spec.config.env.clone(), None)
+    };
+    let argv = worker_argv(spec.config, &serve_args);
     // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
     // program runs as, which is what sd_listen_fds() checks.
     let mut command = Command::new("/bin/sh");
@@ -149,14 +173,10 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         .env(IPC_FD_ENV, IPC_FD.to_string())
         .env(WORKER_ID_ENV, spec.worker_id.to_string())
         .env(NODE_ID_ENV, spec.config.node_id.to_string())
+        .env(IPC_MAX_LINE_ENV, spec.config.ipc_max_line.to_string())
         .env(PRIVATE_SOCKET_ENV, PRIVATE_FD.to_string())
         .env(PEERS_ENV, spec.peers_token)
-        .envs(
-            spec.config
-                .env
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         // Readiness is the master's to report: a worker must not talk to systemd.
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
@@ -172,11 +192,11 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             .env(HANDOFF_FD_ENV, HANDOFF_FD.to_string())
             .env_remove("LISTEN_FDS"),
     };
-    // The app's key, unless the app was given one (`--env CHAT_SECRET=...`, e.g. the same key
-    // on every host behind a proxy).
-    let own_secret = spec.config.env.iter().any(|(key, _)| key == "CHAT_SECRET");
-    if let (Some(secret), false) = (spec.secret, own_secret) {
-        command.env("CHAT_SECRET", secret);
+    if secrets.is_some() {
+        command
+            .env(SECRETS_FD_ENV, SECRETS_FD.to_string())
+            .env_remove(crate::secrets::CHAT_SECRET)
+            .env_remove(crate::secrets::REDIS_URL);
     }
     match &spec.config.cwd {
         Some(cwd) if !spec.config.runs_chat() => command.current_dir(cwd),
@@ -193,6 +213,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let (connections_fd, ipc_fd) = (connections.as_raw_fd(), ipc.as_raw_fd());
     let exe_fd = exe.as_ref().map(|fd| fd.as_raw_fd());
     let private_fd = private.as_raw_fd();
+    let secrets_fd = secrets.as_ref().map(|fd| fd.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec and calls only
     // async-signal-safe functions (prctl, getppid, dup2, _exit).
     unsafe {
@@ -217,9 +238,11 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(exe_fd) = exe_fd {
-                if libc::dup2(exe_fd, EXE_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
+            for (source, target) in [(exe_fd, EXE_FD), (secrets_fd, SECRETS_FD)] {
+                if let Some(source) = source {
+                    if libc::dup2(source, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
             }
             Ok(())

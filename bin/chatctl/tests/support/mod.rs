@@ -427,27 +427,46 @@ impl Drop for ClientScript {
 pub struct RedisServer {
     child: Child,
     port: u16,
+    /// `requirepass`, if the server has one.
+    password: Option<String>,
 }
 
 impl RedisServer {
     pub fn start(port: u16) -> RedisServer {
+        RedisServer::launch(port, None)
+    }
+
+    /// A server that wants `password` (`requirepass`).
+    pub fn start_with_password(port: u16, password: &str) -> RedisServer {
+        RedisServer::launch(port, Some(password))
+    }
+
+    fn launch(port: u16, password: Option<&str>) -> RedisServer {
+        let mut args = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--bind".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
+        ];
+        if let Some(password) = password {
+            args.extend(["--requirepass".to_owned(), password.to_owned()]);
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): run ops/test-deps.sh"));
-        let server = RedisServer { child, port };
+        let server = RedisServer {
+            child,
+            port,
+            password: password.map(str::to_owned),
+        };
         wait_until("redis-server answers PING", || server.answers_ping());
         server
     }
@@ -457,6 +476,16 @@ impl RedisServer {
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if let Some(password) = &self.password {
+            let mut ok = [0u8; 5];
+            let auth = format!("AUTH {password}\r\n");
+            if stream.write_all(auth.as_bytes()).is_err()
+                || stream.read_exact(&mut ok).is_err()
+                || &ok != b"+OK\r\n"
+            {
+                return false;
+            }
+        }
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut reply).is_ok()
@@ -464,14 +493,17 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server and starts an empty one on the same port.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        *self = RedisServer::start(self.port);
+        *self = RedisServer::launch(self.port, self.password.as_deref());
     }
 }
 
