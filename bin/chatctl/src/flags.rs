@@ -257,6 +257,10 @@ pub struct ServeArgs {
     /// changes of that time share one list; 0 sends one list per change.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub users_list_delay: Duration,
+    /// How long a room's history stays after its last message (the rooms nobody speaks in
+    /// any more, empty ones, do not keep theirs for good).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
     /// Open connections at once.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

@@ -166,6 +166,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         messages_per_second: args.messages_per_second,
         max_rooms_per_socket: args.max_rooms_per_socket as usize,
         users_list_delay: args.users_list_delay,
+        history_ttl: args.history_ttl,
         max_connections: args.max_connections as usize,
         secure_cookies: args.secure_cookies,
         ..ChatConfig::default()

@@ -26,6 +26,11 @@ pub struct ChatConfig {
     pub max_connections: usize,
     /// Messages of a room kept and sent to a joiner.
     pub history_len: usize,
+    /// How long a room's history stays after its last message. Rooms are created by whoever
+    /// names one, so the histories of rooms nobody speaks in any more (empty rooms) cannot be
+    /// kept for good (memory in the master, keys in Redis); long enough that a room emptied by
+    /// an outage or a page reload comes back with its history.
+    pub history_ttl: Duration,
     /// How long a client may take to send a request's headers (slowloris guard).
     pub header_read_timeout: Duration,
     /// Adds `Secure` to the cookie: set when clients reach the app over HTTPS.
@@ -53,6 +58,7 @@ impl Default for ChatConfig {
             max_rooms_per_socket: 10,
             max_connections: 10_000,
             history_len: 50,
+            history_ttl: Duration::from_secs(3600),
             header_read_timeout: Duration::from_secs(10),
             secure_cookies: false,
             drain_idle_grace: Duration::from_secs(1),

@@ -9,7 +9,7 @@ use serde_json::json;
 use socketio::{ConnectError, Event, Socket, SocketIo};
 
 use crate::cookie::{CookieSigner, COOKIE_NAME};
-use crate::store::Store;
+use crate::store::{HistoryLimits, Store};
 use crate::validate;
 use crate::ChatConfig;
 
@@ -322,17 +322,21 @@ async fn leave_room_event(state: Arc<ChatState>, socket: Arc<Socket>, event: Eve
 }
 
 /// Takes a socket out of a room: presence, `user_left` and the new `users_list` for the others.
+/// The store says who left: the nickname the socket joined under, not the one it may have
+/// taken since with `set_name`.
 async fn leave_room(state: &Arc<ChatState>, socket: &Socket, room: &str) {
-    let Some(user) = user(socket) else { return };
-    let gone = state
+    let left = state
         .store
-        .leave_room(room, &user.nickname, socket.id())
+        .leave_room(room, socket.id())
         .await
-        .unwrap_or(false);
-    if gone {
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot record leaving a room");
+            None
+        });
+    if let Some(nickname) = left {
         let _ = socket
             .to(room_key(room))
-            .emit("user_left", &json!({ "name": user.nickname.as_ref() }));
+            .emit("user_left", &json!({ "name": nickname }));
     }
     schedule_users_list(state, socket, room);
     socket.leave(&room_key(room));
@@ -454,11 +458,13 @@ async fn chat_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) 
         .unwrap_or_default()
     };
     let theirs = line("userMessage");
+    let limits = HistoryLimits {
+        keep: state.config.history_len,
+        ttl: state.config.history_ttl,
+    };
     for room in &rooms {
         let _ = socket.to(room_key(room)).emit("message", &theirs);
-        state
-            .store
-            .record_history(room, theirs.clone(), state.config.history_len);
+        state.store.record_history(room, theirs.clone(), limits);
     }
     let _ = socket.emit("message", &line("myMessage"));
 }

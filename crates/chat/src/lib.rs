@@ -5,6 +5,7 @@
 mod config;
 pub mod cookie;
 mod events;
+mod expiry;
 mod forward;
 pub mod pages;
 mod server;
@@ -15,7 +16,7 @@ pub use config::{load_or_create_secret, new_secret, ChatConfig};
 pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
 pub use server::{Accept, ChatServer};
-pub use store::{MemoryStore, Session, Store, StoreError};
+pub use store::{HistoryLimits, MemoryStore, Session, Store, StoreError};
 
 /// Our browser Socket.IO client, served at `/socket.io/socket.io.js`.
 pub const CLIENT_JS: &str = include_str!("../assets/socket.io.js");
