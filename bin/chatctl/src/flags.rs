@@ -247,9 +247,15 @@ pub struct ServeArgs {
     /// Longest chat message, in characters.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_message_chars: u32,
-    /// Messages one socket may send per second; the excess is dropped with an `error` event.
+    /// Chat messages one connection may send per second; the excess is dropped with an
+    /// `error` event.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub messages_per_second: u32,
+    /// Other events (join_room, get_rooms...) and namespace connects (each counted twice, for
+    /// itself and its disconnect) one connection may send per second; the excess gets an
+    /// `error` event, a connect a CONNECT_ERROR.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_per_second: u32,
     /// Rooms one socket may be in at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_rooms_per_socket: u32,

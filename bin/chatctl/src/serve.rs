@@ -164,6 +164,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
+        events_per_second: args.events_per_second,
         max_rooms_per_socket: args.max_rooms_per_socket as usize,
         users_list_delay: args.users_list_delay,
         history_ttl: args.history_ttl,

@@ -17,9 +17,15 @@ pub struct ChatConfig {
     pub session_ttl: Duration,
     /// Longest chat message, in characters.
     pub max_message_chars: usize,
-    /// Messages one socket may send per second (a burst of as many is allowed); the excess is
-    /// dropped with an `error` event to that socket.
+    /// Chat messages (`message`, `private_message`) one connection may send per second, in
+    /// all its namespaces together (a burst of as many is allowed); the excess is dropped with
+    /// an `error` event to that socket.
     pub messages_per_second: u32,
+    /// Every other event, and namespace connects (each counted twice: for itself and for its
+    /// disconnect), one connection may send per second: each costs store work (a session
+    /// lookup, a room change), so a client must not send them at line rate. A burst of as many
+    /// is allowed; the excess gets an `error` event (a connect, CONNECT_ERROR).
+    pub events_per_second: u32,
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
     /// Open TCP connections at once; further clients wait in the listen backlog.
@@ -55,6 +61,7 @@ impl Default for ChatConfig {
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             max_message_chars: 2000,
             messages_per_second: 20,
+            events_per_second: 20,
             max_rooms_per_socket: 10,
             max_connections: 10_000,
             history_len: 50,

@@ -8,6 +8,7 @@ mod events;
 mod expiry;
 mod forward;
 pub mod pages;
+mod rate_limit;
 mod server;
 pub mod store;
 pub mod validate;

@@ -348,8 +348,8 @@ impl Client {
     }
 }
 
-/// `40/ns,{...}` (connected), `41/ns,` (disconnected by the server, as event `disconnect`) or
-/// `42/ns,["event",data]`.
+/// `40/ns,{...}` (connected), `44/ns,{...}` (refused, as event `connect_error`), `41/ns,`
+/// (disconnected by the server, as event `disconnect`) or `42/ns,["event",data]`.
 pub fn parse_packet(text: &str) -> Option<Received> {
     let (kind, rest) = text.split_at_checked(2)?;
     let (ns, payload) = match rest.strip_prefix('/') {
@@ -360,6 +360,11 @@ pub fn parse_packet(text: &str) -> Option<Received> {
         "40" => Some(Received {
             ns: ns.to_owned(),
             name: "connect".into(),
+            data: serde_json::from_str(payload).ok()?,
+        }),
+        "44" => Some(Received {
+            ns: ns.to_owned(),
+            name: "connect_error".into(),
             data: serde_json::from_str(payload).ok()?,
         }),
         "41" => Some(Received {
