@@ -94,7 +94,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 });
                 Arc::new(coord::EmbeddedStore::new(link.clone()))
             }
-            (None, None) => Arc::new(MemoryStore::default()),
+            (None, None) => Arc::new(MemoryStore::new(config.max_stored_sessions)),
         };
         let server = ChatServer::new(config, store);
         if let Some((bus, store)) = &redis_parts {
@@ -165,6 +165,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
         events_per_second: args.events_per_second,
+        logins_per_address: args.logins_per_address,
+        login_window: args.login_window,
+        max_stored_sessions: usize::try_from(args.max_stored_sessions).unwrap_or(usize::MAX),
+        trusted_proxies: args.trusted_proxies.clone(),
         max_rooms_per_socket: args.max_rooms_per_socket as usize,
         users_list_delay: args.users_list_delay,
         history_ttl: args.history_ttl,

@@ -28,6 +28,22 @@ pub struct ChatConfig {
     pub events_per_second: u32,
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
+    /// Logins one client address (an IPv6 /64) may make per `login_window` (a burst of as
+    /// many); beyond it, 429 with Retry-After. Bounds how fast one client fills the session
+    /// store, without a lock-out of anyone else; generous enough for an office behind one
+    /// NAT address.
+    pub logins_per_address: u32,
+    /// The window of `logins_per_address`.
+    pub login_window: Duration,
+    /// Addresses whose login budget is tracked at once (each is forgotten once its budget is
+    /// full again): bounds that table against a client with very many addresses.
+    pub max_login_addresses: usize,
+    /// Sessions the store of one process keeps at once (standalone `chatctl serve`; the
+    /// master's store has the same default): a login beyond it is refused with 503.
+    pub max_stored_sessions: usize,
+    /// Proxies (e.g. `chatctl proxy`) whose `X-Forwarded-For` names the client address; from
+    /// anyone else that header could be forged, so the peer address counts.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Open TCP connections at once; further clients wait in the listen backlog.
     pub max_connections: usize,
     /// Messages of a room kept and sent to a joiner.
@@ -63,6 +79,11 @@ impl Default for ChatConfig {
             messages_per_second: 20,
             events_per_second: 20,
             max_rooms_per_socket: 10,
+            logins_per_address: 60,
+            login_window: Duration::from_secs(60),
+            max_login_addresses: 100_000,
+            max_stored_sessions: crate::store::DEFAULT_MAX_SESSIONS,
+            trusted_proxies: Vec::new(),
             max_connections: 10_000,
             history_len: 50,
             history_ttl: Duration::from_secs(3600),

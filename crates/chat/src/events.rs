@@ -29,6 +29,8 @@ pub(crate) struct ChatState {
     pub(crate) signer: CookieSigner,
     /// Rooms whose `users_list` broadcast is scheduled (see [`schedule_users_list`]).
     pub(crate) users_lists: Mutex<std::collections::HashSet<String>>,
+    /// What each client address may still spend on logins.
+    pub(crate) logins: crate::login_budget::LoginBudgets,
 }
 
 /// Who a socket belongs to; set by the cookie middleware.

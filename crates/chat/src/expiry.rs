@@ -1,5 +1,5 @@
 //! Deadlines of many keys, swept a few at a time: a store that expires entries (sessions, the
-//! history of a room nobody speaks in) never scans everything it holds at once, so the
+//! history of a room nobody speaks in, a login budget) never scans everything it holds at once, so the
 //! cost of one operation does not grow with what a crowd (or an attacker) has put there.
 
 use std::collections::{BTreeSet, HashMap};
@@ -32,6 +32,13 @@ impl<K: Clone + Ord + Hash> Expiries<K> {
         self.by_deadline.insert((deadline, key));
     }
 
+    /// Forgets the deadline of `key`.
+    pub(crate) fn cancel(&mut self, key: &K) {
+        if let Some(deadline) = self.deadlines.remove(key) {
+            self.by_deadline.remove(&(deadline, key.clone()));
+        }
+    }
+
     /// Whether `key` has a deadline that has passed at `now`.
     pub(crate) fn is_due(&self, key: &K, now: Instant) -> bool {
         self.deadlines
@@ -57,6 +64,11 @@ impl<K: Clone + Ord + Hash> Expiries<K> {
         }
         due
     }
+
+    /// The earliest deadline, if any key has one.
+    pub(crate) fn earliest(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|(deadline, _)| *deadline)
+    }
 }
 
 #[cfg(test)]
@@ -73,8 +85,11 @@ mod tests {
         }
         // Moving a deadline replaces the old one.
         expiries.set("later", start + Duration::from_secs(90));
+        expiries.set("gone", start);
+        expiries.cancel(&"gone");
         let now = start + Duration::from_secs(10);
         assert!(expiries.is_due(&"a", now) && !expiries.is_due(&"later", now));
+        assert_eq!(expiries.earliest(), Some(start + Duration::from_secs(1)));
         assert_eq!(expiries.take_due(now, 1), vec!["a"]);
         assert_eq!(expiries.take_due(now, 10), vec!["b", "c"]);
         assert!(expiries.take_due(now, 10).is_empty());

@@ -7,6 +7,7 @@ pub mod cookie;
 mod events;
 mod expiry;
 mod forward;
+mod login_budget;
 pub mod pages;
 mod rate_limit;
 mod server;

@@ -2,7 +2,9 @@
 //! one listening socket.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engineio::Body;
@@ -14,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::cookie::{clear_cookie_header, CookieSigner, COOKIE_NAME};
 use crate::events::{self, ChatState};
-use crate::store::{Session, Store};
+use crate::login_budget::LoginBudgets;
+use crate::rate_limit::Rate;
+use crate::store::{Session, Store, StoreError};
 use crate::{pages, validate, ChatConfig};
 
 /// Largest login form accepted; a nickname needs far less.
@@ -55,11 +59,17 @@ impl ChatServer {
     pub fn new(config: ChatConfig, store: Arc<dyn Store>) -> Self {
         let io = SocketIo::new(config.io.clone());
         let signer = CookieSigner::new(&config.secret);
+        let login_rate = Rate {
+            burst: config.logins_per_address,
+            window: config.login_window,
+        };
+        let logins = LoginBudgets::new(login_rate, config.max_login_addresses);
         let state = Arc::new(ChatState {
             config,
             store,
             signer,
             users_lists: Default::default(),
+            logins,
         });
         events::register(&io, state.clone());
         ChatServer { io, state }
@@ -132,11 +142,12 @@ impl ChatServer {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok().map(|address| address.ip());
         let server = self.clone();
         let mut drain = draining.subscribe();
         tokio::spawn(async move {
             server
-                .serve_connection(stream, async move {
+                .serve_connection_from(stream, peer, async move {
                     let _ = drain.wait_for(|d| *d).await;
                 })
                 .await;
@@ -151,15 +162,30 @@ impl ChatServer {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_connection_from(io, None, drain).await
+    }
+
+    /// [`ChatServer::serve_connection`] for a client at `peer` (for its login budget).
+    async fn serve_connection_from<T>(
+        &self,
+        io: T,
+        peer: Option<IpAddr>,
+        drain: impl Future<Output = ()>,
+    ) where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let server = self.clone();
         // Set when draining: every answer from then on says `Connection: close`, so the client
         // sends its next request on a new connection (to a worker that is not going away)
         // rather than on one this worker is about to close.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_flag = closing.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let server = server.clone();
             let closing = closing_flag.clone();
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(PeerAddress(peer));
+            }
             async move {
                 let mut response = server.handle(req).await;
                 if closing.load(std::sync::atomic::Ordering::Acquire)
@@ -219,7 +245,7 @@ impl ChatServer {
             (&Method::POST, "/login") => self.login(req).await,
             (&Method::GET, "/rooms") => self.rooms(&req).await,
             (&Method::GET, "/chatroom") => self.chatroom(&req).await,
-            (&Method::GET, "/logout") => self.logout(&req).await,
+            (&Method::POST, "/logout") => self.logout(&req).await,
             (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok"),
             (&Method::GET, "/socket.io/socket.io.js") => {
                 asset("application/javascript; charset=utf-8", crate::CLIENT_JS)
@@ -250,7 +276,57 @@ impl ChatServer {
         self.state.store.session(id).await.ok().flatten()
     }
 
+    /// Whether a form POST comes from one of our own pages: a page on another site must not
+    /// log a visitor in or out (login CSRF). Browsers say where a request comes from with
+    /// `Origin` (and `Sec-Fetch-Site`); a client that says nothing is not a browser on a
+    /// foreign page.
+    fn sent_by_our_pages<B>(&self, req: &Request<B>) -> bool {
+        let headers = req.headers();
+        let fetch_site = headers
+            .get("sec-fetch-site")
+            .and_then(|site| site.to_str().ok());
+        if matches!(fetch_site, Some("cross-site" | "same-site")) {
+            return false;
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        origin
+            .to_str()
+            .is_ok_and(|origin| self.state.config.io.engine.cors.allows(origin, host))
+    }
+
+    /// The address a request comes from: its peer, or what a trusted proxy says.
+    fn client_address<B>(&self, req: &Request<B>) -> Option<IpAddr> {
+        let peer = req.extensions().get::<PeerAddress>()?.0;
+        if !self.state.config.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        // The proxy appends the address it saw last: earlier entries are the client's word.
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .next_back()
+            .and_then(|last| last.trim().parse().ok());
+        Some(forwarded.unwrap_or(peer))
+    }
+
     async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        if !self.sent_by_our_pages(&req) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "login refused: the form was sent from a page of another site",
+            );
+        }
+        if let Some(address) = self.client_address(&req) {
+            if let Err(wait) = self.state.logins.spend(address, Instant::now()) {
+                return too_many_logins(wait, &self.state.config);
+            }
+        }
         let body = match Limited::new(req.into_body(), MAX_FORM_BYTES)
             .collect()
             .await
@@ -289,6 +365,16 @@ impl ChatServer {
                     response.headers_mut().insert(header::SET_COOKIE, cookie);
                 }
                 response
+            }
+            Err(error @ StoreError::Full(_)) => {
+                log_refused_login(&error);
+                html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    pages::landing(
+                        Some("Too many people are logged in right now, try again later."),
+                        valid,
+                    ),
+                )
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot create a session");
@@ -331,6 +417,12 @@ impl ChatServer {
     }
 
     async fn logout(&self, req: &Request<Incoming>) -> Response<Body> {
+        if !self.sent_by_our_pages(req) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "logout refused: the form was sent from a page of another site",
+            );
+        }
         if let Some(id) = cookie(req, COOKIE_NAME).and_then(|v| self.state.signer.verify(v).ok()) {
             let _ = self.state.store.delete_session(id).await;
             // The login's open chat connections end too, on whichever worker they are.
@@ -345,6 +437,42 @@ impl ChatServer {
             response.headers_mut().insert(header::SET_COOKIE, clear);
         }
         response
+    }
+}
+
+/// The peer address of a request's connection (TCP only; not set for a worker's private
+/// socket), for the per-address login budget.
+#[derive(Debug, Clone, Copy)]
+struct PeerAddress(IpAddr);
+
+/// 429 with the number of seconds until the address may log in again.
+fn too_many_logins(wait: Duration, config: &ChatConfig) -> Response<Body> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let message = format!(
+        "Too many logins from your address: at most {} per {} s. Try again in {} s.",
+        config.logins_per_address,
+        config.login_window.as_secs(),
+        seconds.max(1)
+    );
+    let mut response = html(
+        StatusCode::TOO_MANY_REQUESTS,
+        pages::landing(Some(&message), ""),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
+/// Logs a login refused because the session store is full, at most once a minute: a crowd
+/// of clients triggers it.
+fn log_refused_login(error: &StoreError) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else { return };
+    let now = Instant::now();
+    if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+        *last = Some(now);
+        tracing::warn!(%error, "refusing logins: the session store is full (raise --max-stored-sessions, or shorten the session TTL)");
     }
 }
 

@@ -23,6 +23,10 @@ pub struct Session {
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A bound of the store is reached (e.g. its number of sessions); nothing is lost, the
+    /// new entry is refused.
+    #[error("store full: {0}")]
+    Full(String),
 }
 
 /// How much of a room's history a store keeps.
@@ -80,14 +84,28 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The store of a single process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<MemoryState>,
+    /// Sessions kept at once: logins cost memory here, so there is a bound; a login beyond it
+    /// is refused (existing users stay logged in) until sessions expire or log out.
+    max_sessions: usize,
+}
+
+/// Sessions a [`MemoryStore`] keeps by default: about 20 MB of them.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new(DEFAULT_MAX_SESSIONS)
+    }
 }
 
 #[derive(Debug, Default)]
 struct MemoryState {
-    sessions: HashMap<String, (Session, Instant)>,
+    sessions: HashMap<String, Session>,
+    /// When each session expires; swept a few per operation, never all at once.
+    session_expiries: Expiries<String>,
     rooms: BTreeMap<String, RoomMembers>,
     history: HashMap<String, VecDeque<String>>,
     /// When each history expires: its last message plus its TTL ([`HistoryLimits::ttl`]).
@@ -112,10 +130,20 @@ impl MemoryState {
         for room in self.history_expiries.take_due(now, SWEEP_PER_OPERATION) {
             self.history.remove(&room);
         }
+        for id in self.session_expiries.take_due(now, SWEEP_PER_OPERATION) {
+            self.sessions.remove(&id);
+        }
     }
 }
 
 impl MemoryStore {
+    pub fn new(max_sessions: usize) -> Self {
+        MemoryStore {
+            state: Mutex::default(),
+            max_sessions,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> Result<T, StoreError> {
         let mut state = self
             .state
@@ -140,29 +168,39 @@ impl Store for MemoryStore {
             id: engineio::generate_sid(""),
             nickname: nickname.to_owned(),
         };
-        ready(self.with(|state| {
-            let now = Instant::now();
-            state.sessions.retain(|_, (_, expires)| *expires > now);
-            state
-                .sessions
-                .insert(session.id.clone(), (session.clone(), now + ttl));
-            session
-        }))
+        let max_sessions = self.max_sessions;
+        ready(
+            self.with(|state| {
+                if state.sessions.len() >= max_sessions {
+                    return Err(StoreError::Full(format!(
+                        "{max_sessions} sessions are open; try again when some have expired"
+                    )));
+                }
+                let expires = Instant::now() + ttl;
+                state.session_expiries.set(session.id.clone(), expires);
+                state.sessions.insert(session.id.clone(), session.clone());
+                Ok(session)
+            })
+            .and_then(|created| created),
+        )
     }
 
     fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
         ready(self.with(|state| {
-            state
-                .sessions
-                .get(id)
-                .filter(|(_, expires)| *expires > Instant::now())
-                .map(|(session, _)| session.clone())
+            if state
+                .session_expiries
+                .is_due(&id.to_owned(), Instant::now())
+            {
+                return None;
+            }
+            state.sessions.get(id).cloned()
         }))
     }
 
     fn delete_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         ready(self.with(|state| {
             state.sessions.remove(id);
+            state.session_expiries.cancel(&id.to_owned());
         }))
     }
 
@@ -344,6 +382,29 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.history("r").await.unwrap(), vec!["2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn sessions_are_bounded_and_expired_ones_make_room() {
+        let store = MemoryStore::new(2);
+        let brief = store.create_session("ann", Duration::ZERO).await.unwrap();
+        let kept = store
+            .create_session("bob", Duration::from_secs(60))
+            .await
+            .unwrap();
+        // Ann's expired session was swept by this call: room for Cid.
+        store
+            .create_session("cid", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let refused = store.create_session("dan", Duration::from_secs(60)).await;
+        assert!(matches!(refused, Err(StoreError::Full(_))), "{refused:?}");
+        assert_eq!(store.session(&brief.id).await.unwrap(), None);
+        store.delete_session(&kept.id).await.unwrap();
+        store
+            .create_session("dan", Duration::from_secs(60))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

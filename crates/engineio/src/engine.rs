@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
-use crate::config::{CorsPolicy, EngineConfig};
+use crate::config::EngineConfig;
 use crate::packet::{Message, Packet};
 use crate::sid::generate_sid;
 use crate::socket::{DisconnectReason, Socket, Transport};
@@ -224,19 +224,7 @@ impl<H: Handler> Engine<H> {
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok());
-        let same_origin = host.is_some_and(|host| {
-            origin_str
-                .strip_prefix("http://")
-                .or_else(|| origin_str.strip_prefix("https://"))
-                == Some(host)
-        });
-        let allowed = same_origin
-            || match &self.config.cors {
-                CorsPolicy::SameOrigin => false,
-                CorsPolicy::Any => true,
-                CorsPolicy::List(list) => list.iter().any(|o| o == origin_str),
-            };
-        if allowed {
+        if self.config.cors.allows(origin_str, host) {
             Ok(Some(origin.clone()))
         } else {
             tracing::debug!(
