@@ -282,19 +282,21 @@ impl ChatServer {
     /// foreign page.
     fn sent_by_our_pages<B>(&self, req: &Request<B>) -> bool {
         let headers = req.headers();
-        let fetch_site = headers
-            .get("sec-fetch-site")
-            .and_then(|site| site.to_str().ok());
-        if matches!(fetch_site, Some("cross-site" | "same-site")) {
-            return false;
+        match headers.get(header::ORIGIN) {
+            // The origins the app allows (--allow-origin) may post too.
+            Some(origin) => {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                origin
+                    .to_str()
+                    .is_ok_and(|origin| self.state.config.io.engine.cors.allows(origin, host))
+            }
+            None => !matches!(
+                headers
+                    .get("sec-fetch-site")
+                    .and_then(|site| site.to_str().ok()),
+                Some("cross-site" | "same-site")
+            ),
         }
-        let Some(origin) = headers.get(header::ORIGIN) else {
-            return true;
-        };
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        origin
-            .to_str()
-            .is_ok_and(|origin| self.state.config.io.engine.cors.allows(origin, host))
     }
 
     /// The address a request comes from: its peer, or what a trusted proxy says.
