@@ -190,6 +190,8 @@ start_app() { # mode
   local user=()
   [[ $(id -u) == 0 ]] && user=(--user nobody)
   log "$1: starting 2 chat workers on 127.0.0.1:$PORT"
+  # Every user logs in from this machine's one address: lift the per-address login budget.
+  env+=(--env "CHATCTL_LOGINS_PER_ADDRESS=1000000")
   timeout 60 "$CHATCTL" start --name "$APP" --listen "127.0.0.1:$PORT" -i 2 "${user[@]}" "${env[@]}" >/dev/null ||
     die "chatctl start failed"
   MASTER_PID=$(cat "$CHATCTL_HOME/apps/$APP/master.pid")

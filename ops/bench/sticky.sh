@@ -48,7 +48,7 @@ INSTANCES=${INSTANCES:-2}
 RESULTS=${RESULTS-$ROOT/docs/BENCHMARKS.md}
 NODE_ID=1
 MASTER_APP=sticky-bench
-CHAT_FLAGS=(--messages-per-second 1000000)
+CHAT_FLAGS=(--messages-per-second 1000000 --logins-per-address 1000000)
 
 log() { printf '%s\n' "$*" >&2; }
 die() {

@@ -316,9 +316,15 @@ pub struct ServeArgs {
     /// Longest chat message, in characters.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_message_chars: u32,
-    /// Messages one socket may send per second; the excess is dropped with an `error` event.
+    /// Chat messages one connection may send per second; the excess is dropped with an
+    /// `error` event.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub messages_per_second: u32,
+    /// Other events (join_room, get_rooms...) and namespace connects (each counted twice, for
+    /// itself and its disconnect) one connection may send per second; the excess gets an
+    /// `error` event, a connect a CONNECT_ERROR.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_per_second: u32,
     /// Rooms one socket may be in at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_rooms_per_socket: u32,
@@ -326,6 +332,26 @@ pub struct ServeArgs {
     /// changes of that time share one list; 0 sends one list per change.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub users_list_delay: Duration,
+    /// How long a room's history stays after its last message (the rooms nobody speaks in
+    /// any more, empty ones, do not keep theirs for good).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+    /// Logins one client address (an IPv6 /64) may make per --login-window; beyond it, 429
+    /// with Retry-After. Load tests from one machine need more. Also read from
+    /// CHATCTL_LOGINS_PER_ADDRESS.
+    #[arg(long, env = "CHATCTL_LOGINS_PER_ADDRESS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub logins_per_address: u32,
+    /// The window of --logins-per-address.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub login_window: Duration,
+    /// Sessions (logins) kept at once when this process keeps them itself (no master, no
+    /// Redis); a login beyond it gets 503 until sessions expire or log out.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stored_sessions: u64,
+    /// A proxy in front of this server (e.g. `chatctl proxy`) whose X-Forwarded-For names the
+    /// client's address for the login budget (repeatable); from others that header is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Open connections at once.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

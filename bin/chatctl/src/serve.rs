@@ -112,7 +112,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 });
                 Arc::new(coord::EmbeddedStore::new(link.clone(), drops.clone()))
             }
-            (None, None) => Arc::new(MemoryStore::default()),
+            (None, None) => Arc::new(MemoryStore::new(config.max_stored_sessions)),
         };
         if let Some(room) =
             supervisor::limits::connections_capped(open_files, u64::from(args.max_connections))
@@ -191,8 +191,14 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
+        events_per_second: args.events_per_second,
+        logins_per_address: args.logins_per_address,
+        login_window: args.login_window,
+        max_stored_sessions: usize::try_from(args.max_stored_sessions).unwrap_or(usize::MAX),
+        trusted_proxies: args.trusted_proxies.clone(),
         max_rooms_per_socket: args.max_rooms_per_socket as usize,
         users_list_delay: args.users_list_delay,
+        history_ttl: args.history_ttl,
         max_connections: args.max_connections as usize,
         secure_cookies: args.secure_cookies,
         ..ChatConfig::default()

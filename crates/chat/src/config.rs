@@ -17,16 +17,43 @@ pub struct ChatConfig {
     pub session_ttl: Duration,
     /// Longest chat message, in characters.
     pub max_message_chars: usize,
-    /// Messages one socket may send per second (a burst of as many is allowed); the excess is
-    /// dropped with an `error` event to that socket.
+    /// Chat messages (`message`, `private_message`) one connection may send per second, in
+    /// all its namespaces together (a burst of as many is allowed); the excess is dropped with
+    /// an `error` event to that socket.
     pub messages_per_second: u32,
+    /// Every other event, and namespace connects (each counted twice: for itself and for its
+    /// disconnect), one connection may send per second: each costs store work (a session
+    /// lookup, a room change), so a client must not send them at line rate. A burst of as many
+    /// is allowed; the excess gets an `error` event (a connect, CONNECT_ERROR).
+    pub events_per_second: u32,
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
+    /// Logins one client address (an IPv6 /64) may make per `login_window` (a burst of as
+    /// many); beyond it, 429 with Retry-After. Bounds how fast one client fills the session
+    /// store, without a lock-out of anyone else; generous enough for an office behind one
+    /// NAT address.
+    pub logins_per_address: u32,
+    /// The window of `logins_per_address`.
+    pub login_window: Duration,
+    /// Addresses whose login budget is tracked at once (each is forgotten once its budget is
+    /// full again): bounds that table against a client with very many addresses.
+    pub max_login_addresses: usize,
+    /// Sessions the store of one process keeps at once (standalone `chatctl serve`; the
+    /// master's store has the same default): a login beyond it is refused with 503.
+    pub max_stored_sessions: usize,
+    /// Proxies (e.g. `chatctl proxy`) whose `X-Forwarded-For` names the client address; from
+    /// anyone else that header could be forged, so the peer address counts.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Open TCP connections at once, upgraded websockets included; further clients wait in the
     /// listen backlog.
     pub max_connections: usize,
     /// Messages of a room kept and sent to a joiner.
     pub history_len: usize,
+    /// How long a room's history stays after its last message. Rooms are created by whoever
+    /// names one, so the histories of rooms nobody speaks in any more (empty rooms) cannot be
+    /// kept for good (memory in the master, keys in Redis); long enough that a room emptied by
+    /// an outage or a page reload comes back with its history.
+    pub history_ttl: Duration,
     /// How long a client may take to send a request's headers (slowloris guard).
     pub header_read_timeout: Duration,
     /// Adds `Secure` to the cookie: set when clients reach the app over HTTPS.
@@ -51,9 +78,16 @@ impl Default for ChatConfig {
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             max_message_chars: 2000,
             messages_per_second: 20,
+            events_per_second: 20,
             max_rooms_per_socket: 10,
+            logins_per_address: 60,
+            login_window: Duration::from_secs(60),
+            max_login_addresses: 100_000,
+            max_stored_sessions: crate::store::DEFAULT_MAX_SESSIONS,
+            trusted_proxies: Vec::new(),
             max_connections: 10_000,
             history_len: 50,
+            history_ttl: Duration::from_secs(3600),
             header_read_timeout: Duration::from_secs(10),
             secure_cookies: false,
             drain_idle_grace: Duration::from_secs(1),

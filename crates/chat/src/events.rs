@@ -9,7 +9,8 @@ use serde_json::json;
 use socketio::{ConnectError, Event, Socket, SocketIo};
 
 use crate::cookie::{CookieSigner, COOKIE_NAME};
-use crate::store::Store;
+use crate::rate_limit::{ConnectionBudget, Cost};
+use crate::store::{HistoryLimits, Store};
 use crate::validate;
 use crate::ChatConfig;
 
@@ -28,6 +29,8 @@ pub(crate) struct ChatState {
     pub(crate) signer: CookieSigner,
     /// Rooms whose `users_list` broadcast is scheduled (see [`schedule_users_list`]).
     pub(crate) users_lists: Mutex<std::collections::HashSet<String>>,
+    /// What each client address may still spend on logins.
+    pub(crate) logins: crate::login_budget::LoginBudgets,
 }
 
 /// Who a socket belongs to; set by the cookie middleware.
@@ -37,30 +40,6 @@ struct User {
     /// The login this socket belongs to: logging out disconnects its sockets everywhere.
     session: Arc<str>,
 }
-
-/// Per-socket token bucket: `messages_per_second` tokens a second, as many at most.
-#[derive(Debug)]
-struct RateLimiter {
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    fn allow(&mut self, per_second: u32) -> bool {
-        let now = Instant::now();
-        let rate = f64::from(per_second);
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-type SharedLimiter = Arc<Mutex<RateLimiter>>;
 
 #[derive(Deserialize)]
 struct NamePayload {
@@ -97,8 +76,12 @@ pub(crate) fn register(io: &SocketIo, state: Arc<ChatState>) {
     }
 }
 
-/// Admits a namespace connection only with a valid signed session cookie.
+/// Admits a namespace connection only within the connection's budget and with a valid signed
+/// session cookie.
 async fn authenticate(state: Arc<ChatState>, socket: Arc<Socket>) -> Result<(), ConnectError> {
+    if !spend(&state, &socket, Cost::Connect) {
+        return Err(ConnectError::new(rate_error(&state, Cost::Connect)));
+    }
     let cookie = socket
         .handshake()
         .cookie(COOKIE_NAME)
@@ -116,16 +99,11 @@ async fn authenticate(state: Arc<ChatState>, socket: Arc<Socket>) -> Result<(), 
             ConnectError::new("Session store unavailable, try again")
         })?
         .ok_or_else(|| ConnectError::new("Invalid session"))?;
-    let limiter: SharedLimiter = Arc::new(Mutex::new(RateLimiter {
-        tokens: f64::from(state.config.messages_per_second),
-        last: Instant::now(),
-    }));
     if let Ok(mut extensions) = socket.extensions.write() {
         extensions.insert(User {
             nickname: session.nickname.into(),
             session: session.id.into(),
         });
-        extensions.insert(limiter);
     }
     Ok(())
 }
@@ -134,20 +112,46 @@ fn user(socket: &Socket) -> Option<User> {
     socket.extensions.read().ok()?.get::<User>().cloned()
 }
 
-fn allow_message(state: &ChatState, socket: &Socket) -> bool {
-    let limiter = socket
-        .extensions
-        .read()
-        .ok()
-        .and_then(|e| e.get::<SharedLimiter>().cloned());
-    limiter
-        .and_then(|l| {
-            l.lock()
-                .ok()
-                .map(|mut l| l.allow(state.config.messages_per_second))
-        })
-        .unwrap_or(false)
+/// Spends `cost` from the budget of the socket's connection, which its sockets in every
+/// namespace share; false when the budget does not allow it.
+fn spend(state: &ChatState, socket: &Socket, cost: Cost) -> bool {
+    let now = Instant::now();
+    let Ok(mut extensions) = socket.connection_extensions().write() else {
+        return false;
+    };
+    let budget = extensions
+        .get_or_insert_with(|| Arc::new(Mutex::new(ConnectionBudget::new(&state.config, now))));
+    let Ok(mut budget) = budget.lock() else {
+        return false;
+    };
+    budget.spend(cost, &state.config, now)
 }
+
+/// Registers `handler` for `event`, behind the connection's budget: an event beyond it is
+/// answered with an `error` event and not handled.
+fn on_limited(
+    state: &Arc<ChatState>,
+    socket: &Socket,
+    event: &str,
+    cost: Cost,
+    handler: EventHandler,
+) {
+    let state = state.clone();
+    socket.on(event, move |socket, event| {
+        let state = state.clone();
+        async move {
+            if spend(&state, &socket, cost) {
+                handler(state, socket, event).await;
+            } else {
+                send_error(&socket, rate_error(&state, cost));
+            }
+        }
+    });
+}
+
+/// An event handler of the chat.
+type EventHandler =
+    fn(Arc<ChatState>, Arc<Socket>, Event) -> futures_util::future::BoxFuture<'static, ()>;
 
 fn send_error(socket: &Socket, message: impl std::fmt::Display) {
     let _ = socket.emit("error", &json!({ "message": message.to_string() }));
@@ -177,30 +181,22 @@ async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
         socket.join(format!("{USER_PREFIX}{}", user.nickname));
         socket.join(session_room(&user.session));
     }
-    let on = |event: &str,
-              handler: fn(
-        Arc<ChatState>,
-        Arc<Socket>,
-        Event,
-    ) -> futures_util::future::BoxFuture<'static, ()>| {
-        let state = state.clone();
-        socket.on(event, move |socket, event| {
-            handler(state.clone(), socket, event)
-        });
+    let on = |event: &str, cost: Cost, handler: EventHandler| {
+        on_limited(&state, &socket, event, cost, handler)
     };
-    on("join_room", |state, socket, event| {
+    on("join_room", Cost::Request, |state, socket, event| {
         Box::pin(join_room(state, socket, event))
     });
-    on("leave_room", |state, socket, event| {
+    on("leave_room", Cost::Request, |state, socket, event| {
         Box::pin(leave_room_event(state, socket, event))
     });
-    on("get_rooms", |state, socket, _| {
+    on("get_rooms", Cost::Request, |state, socket, _| {
         Box::pin(get_rooms(state, socket))
     });
-    on("set_name", |_, socket, event| {
+    on("set_name", Cost::Request, |_, socket, event| {
         Box::pin(set_name(socket, event))
     });
-    on("private_message", |state, socket, event| {
+    on("private_message", Cost::Message, |state, socket, event| {
         Box::pin(private_message(state, socket, event))
     });
     let state = state.clone();
@@ -221,9 +217,13 @@ async fn on_com_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
             socket.join(room_key(&room));
         }
     }
-    socket.on("message", move |socket, event| {
-        chat_message(state.clone(), socket, event)
-    });
+    on_limited(
+        &state,
+        &socket,
+        "message",
+        Cost::Message,
+        |state, socket, event| Box::pin(chat_message(state, socket, event)),
+    );
 }
 
 async fn join_room(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
@@ -322,17 +322,21 @@ async fn leave_room_event(state: Arc<ChatState>, socket: Arc<Socket>, event: Eve
 }
 
 /// Takes a socket out of a room: presence, `user_left` and the new `users_list` for the others.
+/// The store says who left: the nickname the socket joined under, not the one it may have
+/// taken since with `set_name`.
 async fn leave_room(state: &Arc<ChatState>, socket: &Socket, room: &str) {
-    let Some(user) = user(socket) else { return };
-    let gone = state
+    let left = state
         .store
-        .leave_room(room, &user.nickname, socket.id())
+        .leave_room(room, socket.id())
         .await
-        .unwrap_or(false);
-    if gone {
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot record leaving a room");
+            None
+        });
+    if let Some(nickname) = left {
         let _ = socket
             .to(room_key(room))
-            .emit("user_left", &json!({ "name": user.nickname.as_ref() }));
+            .emit("user_left", &json!({ "name": nickname }));
     }
     schedule_users_list(state, socket, room);
     socket.leave(&room_key(room));
@@ -380,14 +384,15 @@ async fn set_name(socket: Arc<Socket>, event: Event) {
 
 async fn private_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
     let Some(user) = user(&socket) else { return };
-    if !allow_message(&state, &socket) {
-        return send_error(&socket, rate_error(&state));
-    }
     let Ok(payload) = event.data::<PrivateMessage>() else {
         return send_error(
             &socket,
             "private_message expects {\"to\": NICKNAME, \"message\": TEXT}",
         );
+    };
+    let to = match validate::nickname(&payload.to) {
+        Ok(to) => to,
+        Err(error) => return send_error(&socket, error),
     };
     let message = match validate::message(&payload.message, state.config.max_message_chars) {
         Ok(message) => message,
@@ -395,13 +400,13 @@ async fn private_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Even
     };
     // Whether the nickname is online on any worker: a message to nobody is an error, not a
     // silent drop.
-    let recipients = socket.ns().to(format!("{USER_PREFIX}{}", payload.to));
+    let recipients = socket.ns().to(format!("{USER_PREFIX}{to}"));
     if recipients.count().await == 0 {
-        return send_error(&socket, format!("{} is not online", payload.to));
+        return send_error(&socket, format!("{to} is not online"));
     }
-    let body = json!({ "from": user.nickname.as_ref(), "to": payload.to, "message": message });
+    let body = json!({ "from": user.nickname.as_ref(), "to": to, "message": message });
     let relayed = recipients.emit("private_message", &body);
-    if payload.to != user.nickname.as_ref() {
+    if to != user.nickname.as_ref() {
         let _ = socket.emit("private_message", &body);
     }
     if let Err(error) = relayed {
@@ -417,20 +422,23 @@ fn not_relayed(error: &socketio::EmitError) -> String {
     )
 }
 
-fn rate_error(state: &ChatState) -> String {
-    format!(
-        "too many messages: at most {} per second",
-        state.config.messages_per_second
-    )
+fn rate_error(state: &ChatState, cost: Cost) -> String {
+    match cost {
+        Cost::Message => format!(
+            "too many messages: at most {} per second",
+            state.config.messages_per_second
+        ),
+        Cost::Request | Cost::Connect => format!(
+            "too many requests: at most {} events and namespace connects per second",
+            state.config.events_per_second
+        ),
+    }
 }
 
 /// `message` on /chat_com: a JSON string `{"type":"userMessage","message":...}` goes to the
 /// others in the socket's rooms as `userMessage` and back to the sender as `myMessage`.
 async fn chat_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
     let Some(user) = user(&socket) else { return };
-    if !allow_message(&state, &socket) {
-        return send_error(&socket, rate_error(&state));
-    }
     #[derive(Deserialize)]
     struct Incoming {
         #[serde(rename = "type")]
@@ -465,14 +473,16 @@ async fn chat_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) 
         .unwrap_or_default()
     };
     let theirs = line("userMessage");
+    let limits = HistoryLimits {
+        keep: state.config.history_len,
+        ttl: state.config.history_ttl,
+    };
     let mut relayed = Ok(());
     for room in &rooms {
         if let Err(error) = socket.to(room_key(room)).emit("message", &theirs) {
             relayed = Err(error);
         }
-        state
-            .store
-            .record_history(room, theirs.clone(), state.config.history_len);
+        state.store.record_history(room, theirs.clone(), limits);
     }
     // The users on this worker got the line, so the sender sees it as sent; a loss on the
     // way to the other workers is said right after it, not kept silent.

@@ -6,8 +6,11 @@ mod config;
 mod connection_slot;
 pub mod cookie;
 mod events;
+mod expiry;
 mod forward;
+mod login_budget;
 pub mod pages;
+mod rate_limit;
 mod server;
 pub mod store;
 pub mod validate;
@@ -16,7 +19,7 @@ pub use config::{load_or_create_secret, new_secret, ChatConfig, MIN_SECRET_LEN};
 pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
 pub use server::{Accept, ChatServer};
-pub use store::{MemoryStore, Session, Store, StoreError};
+pub use store::{HistoryLimits, MemoryStore, Session, Store, StoreError};
 
 /// Our browser Socket.IO client, served at `/socket.io/socket.io.js`.
 pub const CLIENT_JS: &str = include_str!("../assets/socket.io.js");

@@ -70,7 +70,8 @@ pub fn rooms(nickname: &str, rooms: &[(String, usize)]) -> String {
         ));
     }
     let body = format!(
-        "<h1>Rooms</h1><p>Logged in as <strong id=\"me\">{}</strong> · <a href=\"/logout\">Log out</a></p>\
+        "<h1>Rooms</h1><form method=\"post\" action=\"/logout\" class=\"session\">Logged in as <strong id=\"me\">{}</strong> · \
+         <button type=\"submit\" id=\"logout\" class=\"link\">Log out</button></form>\
          <ul id=\"rooms\">{list}</ul>\
          <form method=\"get\" action=\"/chatroom\" class=\"card\">\
          <label for=\"new-room\">New room</label>\

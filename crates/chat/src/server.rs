@@ -2,7 +2,9 @@
 //! one listening socket.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engineio::Body;
@@ -14,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::connection_slot::SlottedIo;
 use crate::cookie::{clear_cookie_header, CookieSigner, COOKIE_NAME};
 use crate::events::{self, ChatState};
-use crate::store::{Session, Store};
+use crate::login_budget::LoginBudgets;
+use crate::rate_limit::Rate;
+use crate::store::{Session, Store, StoreError};
 use crate::{pages, validate, ChatConfig};
 
 /// Largest login form accepted; a nickname needs far less. Read within the engine's
@@ -56,11 +60,17 @@ impl ChatServer {
     pub fn new(config: ChatConfig, store: Arc<dyn Store>) -> Self {
         let io = SocketIo::new(config.io.clone());
         let signer = CookieSigner::new(&config.secret);
+        let login_rate = Rate {
+            burst: config.logins_per_address,
+            window: config.login_window,
+        };
+        let logins = LoginBudgets::new(login_rate, config.max_login_addresses);
         let state = Arc::new(ChatState {
             config,
             store,
             signer,
             users_lists: Default::default(),
+            logins,
         });
         events::register(&io, state.clone());
         ChatServer { io, state }
@@ -149,12 +159,13 @@ impl ChatServer {
 
     /// Serves HTTP/1.1 (with websocket upgrades) on one connection, of any transport (TCP, or
     /// a worker's private unix socket). `peer` is the client's address, when the transport has
-    /// one: Engine.IO bounds the handshakes one address may leave pending. When `drain`
-    /// completes, the request in flight finishes and the connection closes.
+    /// one: Engine.IO bounds the handshakes one address may leave pending, and the login budget
+    /// is per address. When `drain` completes, the request in flight finishes and the
+    /// connection closes.
     pub async fn serve_connection<T>(
         &self,
         io: T,
-        peer: Option<std::net::IpAddr>,
+        peer: Option<IpAddr>,
         drain: impl Future<Output = ()>,
     ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -230,7 +241,7 @@ impl ChatServer {
             (&Method::POST, "/login") => self.login(req).await,
             (&Method::GET, "/rooms") => self.rooms(&req).await,
             (&Method::GET, "/chatroom") => self.chatroom(&req).await,
-            (&Method::GET, "/logout") => self.logout(&req).await,
+            (&Method::POST, "/logout") => self.logout(&req).await,
             (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok"),
             (&Method::GET, "/socket.io/socket.io.js") => {
                 asset("application/javascript; charset=utf-8", crate::CLIENT_JS)
@@ -261,7 +272,59 @@ impl ChatServer {
         self.state.store.session(id).await.ok().flatten()
     }
 
+    /// Whether a form POST comes from one of our own pages: a page on another site must not
+    /// log a visitor in or out (login CSRF). Browsers say where a request comes from with
+    /// `Origin` (and `Sec-Fetch-Site`); a client that says nothing is not a browser on a
+    /// foreign page.
+    fn sent_by_our_pages<B>(&self, req: &Request<B>) -> bool {
+        let headers = req.headers();
+        match headers.get(header::ORIGIN) {
+            // The origins the app allows (--allow-origin) may post too.
+            Some(origin) => {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                origin
+                    .to_str()
+                    .is_ok_and(|origin| self.state.config.io.engine.cors.allows(origin, host))
+            }
+            None => !matches!(
+                headers
+                    .get("sec-fetch-site")
+                    .and_then(|site| site.to_str().ok()),
+                Some("cross-site" | "same-site")
+            ),
+        }
+    }
+
+    /// The address a request comes from: its peer, or what a trusted proxy says.
+    fn client_address<B>(&self, req: &Request<B>) -> Option<IpAddr> {
+        let peer = req.extensions().get::<engineio::PeerAddr>()?.0;
+        if !self.state.config.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        // The proxy appends the address it saw last: earlier entries are the client's word.
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .next_back()
+            .and_then(|last| last.trim().parse().ok());
+        Some(forwarded.unwrap_or(peer))
+    }
+
     async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        if !self.sent_by_our_pages(&req) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "login refused: the form was sent from a page of another site",
+            );
+        }
+        if let Some(address) = self.client_address(&req) {
+            if let Err(wait) = self.state.logins.spend(address, Instant::now()) {
+                return too_many_logins(wait, &self.state.config);
+            }
+        }
         // The same whole-body deadline as Engine.IO's POSTs: a slow login form holds a
         // connection no longer than a slow polling POST.
         let deadline = self.state.config.io.engine.body_read_timeout;
@@ -307,6 +370,16 @@ impl ChatServer {
                 }
                 response
             }
+            Err(error @ StoreError::Full(_)) => {
+                log_refused_login(&error);
+                html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    pages::landing(
+                        Some("Too many people are logged in right now, try again later."),
+                        valid,
+                    ),
+                )
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot create a session");
                 html(
@@ -348,6 +421,12 @@ impl ChatServer {
     }
 
     async fn logout(&self, req: &Request<Incoming>) -> Response<Body> {
+        if !self.sent_by_our_pages(req) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "logout refused: the form was sent from a page of another site",
+            );
+        }
         if let Some(id) = cookie(req, COOKIE_NAME).and_then(|v| self.state.signer.verify(v).ok()) {
             let _ = self.state.store.delete_session(id).await;
             // The login's open chat connections end too, on whichever worker they are.
@@ -362,6 +441,37 @@ impl ChatServer {
             response.headers_mut().insert(header::SET_COOKIE, clear);
         }
         response
+    }
+}
+
+/// 429 with the number of seconds until the address may log in again.
+fn too_many_logins(wait: Duration, config: &ChatConfig) -> Response<Body> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let message = format!(
+        "Too many logins from your address: at most {} per {} s. Try again in {} s.",
+        config.logins_per_address,
+        config.login_window.as_secs(),
+        seconds.max(1)
+    );
+    let mut response = html(
+        StatusCode::TOO_MANY_REQUESTS,
+        pages::landing(Some(&message), ""),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
+/// Logs a login refused because the session store is full, at most once a minute: a crowd
+/// of clients triggers it.
+fn log_refused_login(error: &StoreError) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else { return };
+    let now = Instant::now();
+    if last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+        *last = Some(now);
+        tracing::warn!(%error, "refusing logins: the session store is full (raise --max-stored-sessions, or shorten the session TTL)");
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use crate::expiry::Expiries;
+
 /// A logged-in user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -21,6 +23,20 @@ pub struct Session {
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A bound of the store is reached (e.g. its number of sessions); nothing is lost, the
+    /// new entry is refused.
+    #[error("store full: {0}")]
+    Full(String),
+}
+
+/// How much of a room's history a store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// The last messages kept.
+    pub keep: usize,
+    /// How long the history stays after its last message: rooms are created by whoever names
+    /// one, so the history of a room nobody speaks in any more (an empty room) must go.
+    pub ttl: Duration,
 }
 
 /// Shared chat state. Members are counted by nickname: one user with two tabs is one user.
@@ -32,59 +48,108 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Session, StoreError>>;
     fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>>;
     fn delete_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Adds a socket of `nickname` to a room; returns whether the nickname is new in the room.
+    /// Adds a socket to a room under `nickname`; returns whether the nickname is new in the
+    /// room. The store records the nickname with the socket: the socket leaves the room under
+    /// that nickname, whatever it is called by then (presence follows the socket).
     fn join_room<'a>(
         &'a self,
         room: &'a str,
         nickname: &'a str,
         socket: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
-    /// Removes a socket from a room; returns whether its nickname has left the room entirely.
+    /// Removes a socket from a room; returns the nickname it joined under when that nickname
+    /// has now left the room entirely.
     fn leave_room<'a>(
         &'a self,
         room: &'a str,
-        nickname: &'a str,
         socket: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
     /// Every room with users, and how many users.
     fn room_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>>;
     /// The nicknames in a room, sorted.
     fn room_users<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
-    /// Appends a message (a JSON string) to a room's history, keeping the last `keep`.
+    /// Appends a message (a JSON string) to a room's history, within `limits`.
     fn push_history<'a>(
         &'a self,
         room: &'a str,
         entry: String,
-        keep: usize,
+        limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Like [`Store::push_history`], without waiting: the entry is queued before this
     /// returns, so entries recorded one after the other stay in that order, and a chat line
     /// is delivered without waiting for its history write. Failures are the store's to log.
-    fn record_history(&self, room: &str, entry: String, keep: usize);
+    fn record_history(&self, room: &str, entry: String, limits: HistoryLimits);
     /// A room's recent history, oldest first.
     fn history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 }
 
 /// The store of a single process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<MemoryState>,
+    /// Sessions kept at once: logins cost memory here, so there is a bound; a login beyond it
+    /// is refused (existing users stay logged in) until sessions expire or log out.
+    max_sessions: usize,
+}
+
+/// Sessions a [`MemoryStore`] keeps by default: about 20 MB of them.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new(DEFAULT_MAX_SESSIONS)
+    }
 }
 
 #[derive(Debug, Default)]
 struct MemoryState {
-    sessions: HashMap<String, (Session, Instant)>,
-    /// room -> nickname -> sockets of that nickname in the room
-    rooms: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    sessions: HashMap<String, Session>,
+    /// When each session expires; swept a few per operation, never all at once.
+    session_expiries: Expiries<String>,
+    rooms: BTreeMap<String, RoomMembers>,
     history: HashMap<String, VecDeque<String>>,
+    /// When each history expires: its last message plus its TTL ([`HistoryLimits::ttl`]).
+    history_expiries: Expiries<String>,
+}
+
+/// Who is in one room.
+#[derive(Debug, Default)]
+struct RoomMembers {
+    /// nickname -> how many of its sockets are in the room
+    users: BTreeMap<String, usize>,
+    /// socket -> the nickname it joined under, which is the one it leaves under
+    sockets: HashMap<String, String>,
+}
+
+/// Expired entries removed per store operation: enough to keep up with any rate at which
+/// they can be created, few enough that no operation waits for a long sweep.
+const SWEEP_PER_OPERATION: usize = 64;
+
+impl MemoryState {
+    fn sweep(&mut self, now: Instant) {
+        for room in self.history_expiries.take_due(now, SWEEP_PER_OPERATION) {
+            self.history.remove(&room);
+        }
+        for id in self.session_expiries.take_due(now, SWEEP_PER_OPERATION) {
+            self.sessions.remove(&id);
+        }
+    }
 }
 
 impl MemoryStore {
+    pub fn new(max_sessions: usize) -> Self {
+        MemoryStore {
+            state: Mutex::default(),
+            max_sessions,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> Result<T, StoreError> {
         let mut state = self
             .state
             .lock()
             .map_err(|_| StoreError::Unavailable("lock poisoned".into()))?;
+        state.sweep(Instant::now());
         Ok(f(&mut state))
     }
 }
@@ -103,29 +168,39 @@ impl Store for MemoryStore {
             id: engineio::generate_sid(""),
             nickname: nickname.to_owned(),
         };
-        ready(self.with(|state| {
-            let now = Instant::now();
-            state.sessions.retain(|_, (_, expires)| *expires > now);
-            state
-                .sessions
-                .insert(session.id.clone(), (session.clone(), now + ttl));
-            session
-        }))
+        let max_sessions = self.max_sessions;
+        ready(
+            self.with(|state| {
+                if state.sessions.len() >= max_sessions {
+                    return Err(StoreError::Full(format!(
+                        "{max_sessions} sessions are open; try again when some have expired"
+                    )));
+                }
+                let expires = Instant::now() + ttl;
+                state.session_expiries.set(session.id.clone(), expires);
+                state.sessions.insert(session.id.clone(), session.clone());
+                Ok(session)
+            })
+            .and_then(|created| created),
+        )
     }
 
     fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
         ready(self.with(|state| {
-            state
-                .sessions
-                .get(id)
-                .filter(|(_, expires)| *expires > Instant::now())
-                .map(|(session, _)| session.clone())
+            if state
+                .session_expiries
+                .is_due(&id.to_owned(), Instant::now())
+            {
+                return None;
+            }
+            state.sessions.get(id).cloned()
         }))
     }
 
     fn delete_session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         ready(self.with(|state| {
             state.sessions.remove(id);
+            state.session_expiries.cancel(&id.to_owned());
         }))
     }
 
@@ -136,38 +211,39 @@ impl Store for MemoryStore {
         socket: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         ready(self.with(|state| {
-            let users = state.rooms.entry(room.to_owned()).or_default();
-            let sockets = users.entry(nickname.to_owned()).or_default();
-            let new_user = sockets.is_empty();
-            if !sockets.iter().any(|s| s == socket) {
-                sockets.push(socket.to_owned());
+            let members = state.rooms.entry(room.to_owned()).or_default();
+            if members.sockets.contains_key(socket) {
+                return false;
             }
-            new_user
+            members
+                .sockets
+                .insert(socket.to_owned(), nickname.to_owned());
+            let sockets_of_nickname = members.users.entry(nickname.to_owned()).or_default();
+            *sockets_of_nickname += 1;
+            *sockets_of_nickname == 1
         }))
     }
 
     fn leave_room<'a>(
         &'a self,
         room: &'a str,
-        nickname: &'a str,
         socket: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         ready(self.with(|state| {
-            let Some(users) = state.rooms.get_mut(room) else {
-                return false;
-            };
-            let Some(sockets) = users.get_mut(nickname) else {
-                return false;
-            };
-            sockets.retain(|s| s != socket);
-            let gone = sockets.is_empty();
+            let members = state.rooms.get_mut(room)?;
+            let nickname = members.sockets.remove(socket)?;
+            let remaining = members.users.get_mut(&nickname).map(|count| {
+                *count = count.saturating_sub(1);
+                *count
+            });
+            let gone = remaining.unwrap_or(0) == 0;
             if gone {
-                users.remove(nickname);
+                members.users.remove(&nickname);
             }
-            if users.is_empty() {
+            if members.users.is_empty() {
                 state.rooms.remove(room);
             }
-            gone
+            gone.then_some(nickname)
         }))
     }
 
@@ -176,7 +252,7 @@ impl Store for MemoryStore {
             state
                 .rooms
                 .iter()
-                .map(|(room, users)| (room.clone(), users.len()))
+                .map(|(room, members)| (room.clone(), members.users.len()))
                 .collect()
         }))
     }
@@ -186,7 +262,7 @@ impl Store for MemoryStore {
             state
                 .rooms
                 .get(room)
-                .map(|users| users.keys().cloned().collect())
+                .map(|members| members.users.keys().cloned().collect())
                 .unwrap_or_default()
         }))
     }
@@ -195,23 +271,33 @@ impl Store for MemoryStore {
         &'a self,
         room: &'a str,
         entry: String,
-        keep: usize,
+        limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         ready(self.with(|state| {
             let history = state.history.entry(room.to_owned()).or_default();
             history.push_back(entry);
-            while history.len() > keep {
+            while history.len() > limits.keep {
                 history.pop_front();
             }
+            state
+                .history_expiries
+                .set(room.to_owned(), Instant::now() + limits.ttl);
         }))
     }
 
-    fn record_history(&self, room: &str, entry: String, keep: usize) {
-        let _ = self.push_history(room, entry, keep).now_or_never();
+    fn record_history(&self, room: &str, entry: String, limits: HistoryLimits) {
+        let _ = self.push_history(room, entry, limits).now_or_never();
     }
 
     fn history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         ready(self.with(|state| {
+            // Due but not swept yet (the sweep takes a few at a time): gone all the same.
+            if state
+                .history_expiries
+                .is_due(&room.to_owned(), Instant::now())
+            {
+                return Vec::new();
+            }
             state
                 .history
                 .get(room)
@@ -236,19 +322,89 @@ mod tests {
             vec![("r".to_owned(), 2)]
         );
         assert_eq!(store.room_users("r").await.unwrap(), vec!["ann", "bob"]);
-        assert!(!store.leave_room("r", "ann", "s1").await.unwrap());
-        assert!(store.leave_room("r", "ann", "s2").await.unwrap());
-        assert!(store.leave_room("r", "bob", "s3").await.unwrap());
+        assert_eq!(store.leave_room("r", "s1").await.unwrap(), None);
+        assert_eq!(
+            store.leave_room("r", "s2").await.unwrap().as_deref(),
+            Some("ann")
+        );
+        assert_eq!(
+            store.leave_room("r", "s3").await.unwrap().as_deref(),
+            Some("bob")
+        );
         assert!(store.room_counts().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_socket_leaves_under_the_nickname_it_joined_with() {
+        let store = MemoryStore::default();
+        store.join_room("r", "ann", "s1").await.unwrap();
+        // Joining again under another name (after `set_name`) changes nothing.
+        assert!(!store.join_room("r", "anna", "s1").await.unwrap());
+        assert_eq!(store.room_users("r").await.unwrap(), vec!["ann"]);
+        let left = store.leave_room("r", "s1").await.unwrap();
+        assert_eq!(left.as_deref(), Some("ann"));
+        assert!(store.room_counts().await.unwrap().is_empty());
+        assert!(store.state.lock().unwrap().rooms.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_history_expires_after_its_last_message() {
+        let store = MemoryStore::default();
+        let brief = HistoryLimits {
+            keep: 10,
+            ttl: Duration::ZERO,
+        };
+        store
+            .push_history("quiet", "hello".into(), brief)
+            .await
+            .unwrap();
+        assert!(store.history("quiet").await.unwrap().is_empty());
+        assert!(store.state.lock().unwrap().history.is_empty());
+        let long = HistoryLimits {
+            keep: 10,
+            ttl: Duration::from_secs(3600),
+        };
+        store.push_history("kept", "hi".into(), long).await.unwrap();
+        assert_eq!(store.history("kept").await.unwrap(), vec!["hi"]);
     }
 
     #[tokio::test]
     async fn keeps_the_last_messages() {
         let store = MemoryStore::default();
+        let limits = HistoryLimits {
+            keep: 3,
+            ttl: Duration::from_secs(3600),
+        };
         for i in 0..5 {
-            store.push_history("r", i.to_string(), 3).await.unwrap();
+            store
+                .push_history("r", i.to_string(), limits)
+                .await
+                .unwrap();
         }
         assert_eq!(store.history("r").await.unwrap(), vec!["2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn sessions_are_bounded_and_expired_ones_make_room() {
+        let store = MemoryStore::new(2);
+        let brief = store.create_session("ann", Duration::ZERO).await.unwrap();
+        let kept = store
+            .create_session("bob", Duration::from_secs(60))
+            .await
+            .unwrap();
+        // Ann's expired session was swept by this call: room for Cid.
+        store
+            .create_session("cid", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let refused = store.create_session("dan", Duration::from_secs(60)).await;
+        assert!(matches!(refused, Err(StoreError::Full(_))), "{refused:?}");
+        assert_eq!(store.session(&brief.id).await.unwrap(), None);
+        store.delete_session(&kept.id).await.unwrap();
+        store
+            .create_session("dan", Duration::from_secs(60))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat::{MemoryStore, Session, Store, StoreError};
+use chat::{HistoryLimits, MemoryStore, Session, Store, StoreError};
 use engineio::Frame;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -195,7 +195,7 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'_, Result<Session, StoreError>> {
         let op = StoreOp::CreateSession {
             nickname: nickname.to_owned(),
-            ttl_ms: ttl.as_millis() as u64,
+            ttl_ms: crate::wire::millis(ttl),
         };
         async move {
             let session: WireSession = self.ask(op).await?;
@@ -241,12 +241,10 @@ impl Store for EmbeddedStore {
     fn leave_room<'a>(
         &'a self,
         room: &'a str,
-        nickname: &'a str,
         socket: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         let op = StoreOp::LeaveRoom {
             room: room.to_owned(),
-            nickname: nickname.to_owned(),
             socket: socket.to_owned(),
         };
         self.ask(op).boxed()
@@ -267,22 +265,13 @@ impl Store for EmbeddedStore {
         &'a self,
         room: &'a str,
         entry: String,
-        keep: usize,
+        limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.ask(StoreOp::PushHistory {
-            room: room.to_owned(),
-            entry,
-            keep,
-        })
-        .boxed()
+        self.ask(StoreOp::push_history(room, entry, limits)).boxed()
     }
 
-    fn record_history(&self, room: &str, entry: String, keep: usize) {
-        let op = StoreOp::PushHistory {
-            room: room.to_owned(),
-            entry,
-            keep,
-        };
+    fn record_history(&self, room: &str, entry: String, limits: HistoryLimits) {
+        let op = StoreOp::push_history(room, entry, limits);
         match serde_json::to_value(op) {
             Ok(body) => self.link.tell(body),
             Err(error) => self.drops.count(
@@ -301,15 +290,15 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// A member a worker put in a room: (room, nickname, socket id).
-type Membership = (String, String, String);
+/// A socket a worker put in a room: (room, socket id). The store knows its nickname.
+type Membership = (String, String);
 
 /// The master's side: one [`MemoryStore`] for every worker, and a record of which worker
-/// process put which member in which room, so a worker that dies leaves no ghost users.
+/// process put which socket in which room, so a worker that dies leaves no ghost users.
 #[derive(Default)]
 pub struct StoreService {
     store: MemoryStore,
-    /// worker process -> (room, nickname, socket) it joined
+    /// worker process -> (room, socket) it joined
     members: Mutex<HashMap<u64, HashSet<Membership>>>,
 }
 
@@ -346,11 +335,10 @@ impl StoreService {
                 socket,
             } => {
                 if let Ok(mut members) = self.members.lock() {
-                    members.entry(worker).or_default().insert((
-                        room.clone(),
-                        nickname.clone(),
-                        socket.clone(),
-                    ));
+                    members
+                        .entry(worker)
+                        .or_default()
+                        .insert((room.clone(), socket.clone()));
                 }
                 now(async move {
                     store
@@ -360,23 +348,13 @@ impl StoreService {
                 }
                 .boxed())
             }
-            StoreOp::LeaveRoom {
-                room,
-                nickname,
-                socket,
-            } => {
+            StoreOp::LeaveRoom { room, socket } => {
                 if let Ok(mut members) = self.members.lock() {
                     if let Some(owned) = members.get_mut(&worker) {
-                        owned.remove(&(room.clone(), nickname.clone(), socket.clone()));
+                        owned.remove(&(room.clone(), socket.clone()));
                     }
                 }
-                now(async move {
-                    store
-                        .leave_room(&room, &nickname, &socket)
-                        .await
-                        .map(Value::Bool)
-                }
-                .boxed())
+                now(async move { Ok(json!(store.leave_room(&room, &socket).await?)) }.boxed())
             }
             StoreOp::RoomCounts => {
                 now(async move { Ok(json!(store.room_counts().await?)) }.boxed())
@@ -384,9 +362,18 @@ impl StoreService {
             StoreOp::RoomUsers { room } => {
                 now(async move { Ok(json!(store.room_users(&room).await?)) }.boxed())
             }
-            StoreOp::PushHistory { room, entry, keep } => now(async move {
+            StoreOp::PushHistory {
+                room,
+                entry,
+                keep,
+                ttl_ms,
+            } => now(async move {
+                let limits = HistoryLimits {
+                    keep,
+                    ttl: Duration::from_millis(ttl_ms),
+                };
                 store
-                    .push_history(&room, entry, keep)
+                    .push_history(&room, entry, limits)
                     .await
                     .map(|()| Value::Null)
             }
@@ -418,12 +405,9 @@ impl MasterService for StoreService {
             .and_then(|mut members| members.remove(&worker))
             .unwrap_or_default();
         let mut left: Vec<(String, String)> = Vec::new();
-        for (room, nickname, socket) in owned {
-            let gone = self
-                .store
-                .leave_room(&room, &nickname, &socket)
-                .now_or_never();
-            if matches!(gone, Some(Ok(true))) {
+        for (room, socket) in owned {
+            let gone = self.store.leave_room(&room, &socket).now_or_never();
+            if let Some(Ok(Some(nickname))) = gone {
                 left.push((room, nickname));
             }
         }
@@ -495,6 +479,35 @@ mod tests {
             ask(&service, 2, json!({"op": "room_users", "room": "r"})),
             json!({"ok": ["bob"]})
         );
+    }
+
+    #[test]
+    fn members_leave_under_the_nickname_they_joined_with() {
+        let service = StoreService::default();
+        for room in ["a", "b"] {
+            ask(
+                &service,
+                1,
+                json!({"op": "join_room", "room": room, "nickname": "old", "socket": "s1"}),
+            );
+        }
+        // The socket renamed itself: it leaves as who it joined as.
+        assert_eq!(
+            ask(
+                &service,
+                1,
+                json!({"op": "leave_room", "room": "a", "socket": "s1"})
+            ),
+            json!({"ok": "old"})
+        );
+        // Its worker dies: the room it was still in is announced and emptied.
+        let announced = service.worker_gone(1);
+        assert!(announced.iter().any(|m| m.get().contains("user_left")));
+        assert_eq!(
+            ask(&service, 2, json!({"op": "room_counts"})),
+            json!({"ok": []})
+        );
+        assert!(service.members.lock().unwrap().is_empty());
     }
 
     #[test]

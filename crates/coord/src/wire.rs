@@ -115,7 +115,6 @@ pub enum StoreOp {
     },
     LeaveRoom {
         room: String,
-        nickname: String,
         socket: String,
     },
     RoomCounts,
@@ -126,10 +125,27 @@ pub enum StoreOp {
         room: String,
         entry: String,
         keep: usize,
+        ttl_ms: u64,
     },
     History {
         room: String,
     },
+}
+
+impl StoreOp {
+    pub fn push_history(room: &str, entry: String, limits: chat::HistoryLimits) -> Self {
+        StoreOp::PushHistory {
+            room: room.to_owned(),
+            entry,
+            keep: limits.keep,
+            ttl_ms: millis(limits.ttl),
+        }
+    }
+}
+
+/// A duration in a store request, saturating (a `u64` of milliseconds is half a billion years).
+pub fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

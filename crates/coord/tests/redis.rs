@@ -12,7 +12,9 @@ use chat::{Store, StoreError};
 use coord::{RedisConfig, RedisLink, RedisStore};
 use serde_json::json;
 
-use common::{collect_lines, login, user_message, worker, Client, RedisServer, Worker, DEADLINE};
+use common::{
+    collect_lines, keep, login, user_message, worker, Client, RedisServer, Worker, DEADLINE,
+};
 // ---- tests -----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -266,10 +268,10 @@ async fn store_counts_users_not_sockets_across_workers() {
     assert!(two.join_room("r", "bob", "s3").await.unwrap());
     assert_eq!(one.room_counts().await.unwrap(), vec![("r".to_owned(), 2)]);
     assert_eq!(two.room_users("r").await.unwrap(), vec!["ann", "bob"]);
-    assert!(!one.leave_room("r", "ann", "s1").await.unwrap());
-    assert!(two.leave_room("r", "ann", "s2").await.unwrap());
-    assert!(!two.leave_room("r", "ann", "s2").await.unwrap());
-    assert!(one.leave_room("r", "bob", "s3").await.unwrap());
+    assert!(one.leave_room("r", "s1").await.unwrap().is_none());
+    assert!(two.leave_room("r", "s2").await.unwrap().is_some());
+    assert!(two.leave_room("r", "s2").await.unwrap().is_none());
+    assert!(one.leave_room("r", "s3").await.unwrap().is_some());
     assert!(two.room_counts().await.unwrap().is_empty());
     // Another prefix is another app.
     let other = store(&redis.url(), "other");
@@ -283,13 +285,13 @@ async fn store_keeps_history_and_expires_sessions() {
     let one = store(&redis.url(), "t");
     let two = store(&redis.url(), "t");
     for i in 0..5 {
-        one.push_history("r", i.to_string(), 3).await.unwrap();
+        one.push_history("r", i.to_string(), keep(3)).await.unwrap();
     }
     assert_eq!(two.history("r").await.unwrap(), vec!["2", "3", "4"]);
     // Recorded without waiting: written in order, batched per room, soon.
     for i in 0..300 {
-        one.record_history("fast", i.to_string(), 50);
-        one.record_history("other", format!("o{i}"), 2);
+        one.record_history("fast", i.to_string(), keep(50));
+        one.record_history("other", format!("o{i}"), keep(2));
     }
     let expected: Vec<String> = (250..300).map(|i| i.to_string()).collect();
     let deadline = Instant::now() + DEADLINE;

@@ -19,6 +19,25 @@ pub enum CorsPolicy {
     List(Vec<String>),
 }
 
+impl CorsPolicy {
+    /// Whether a page on `origin` (a request's `Origin` header) may send requests to `host`
+    /// (its `Host` header): the same origin always, others as the policy says.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let same_origin = host.is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host)
+        });
+        same_origin
+            || match self {
+                CorsPolicy::SameOrigin => false,
+                CorsPolicy::Any => true,
+                CorsPolicy::List(list) => list.iter().any(|o| o == origin),
+            }
+    }
+}
+
 /// Configuration of an [`crate::Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

@@ -11,7 +11,7 @@ use http::header::HeaderName;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
-use crate::config::{CorsPolicy, EngineConfig};
+use crate::config::EngineConfig;
 use crate::log_throttle::LogThrottle;
 use crate::packet::{Message, Packet};
 use crate::pending::{PeerAddr, PendingSessions};
@@ -245,19 +245,7 @@ impl<H: Handler> Engine<H> {
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok());
-        let same_origin = host.is_some_and(|host| {
-            origin_str
-                .strip_prefix("http://")
-                .or_else(|| origin_str.strip_prefix("https://"))
-                == Some(host)
-        });
-        let allowed = same_origin
-            || match &self.config.cors {
-                CorsPolicy::SameOrigin => false,
-                CorsPolicy::Any => true,
-                CorsPolicy::List(list) => list.iter().any(|o| o == origin_str),
-            };
-        if allowed {
+        if self.config.cors.allows(origin_str, host) {
             Ok(Some(origin.clone()))
         } else {
             tracing::debug!(

@@ -13,6 +13,9 @@ pub struct ConnState {
     sockets: Mutex<HashMap<String, Arc<Socket>>>,
     /// A binary packet waiting for its attachments, which arrive as separate messages.
     pub(crate) partial: Mutex<Reassembly>,
+    /// Application state of the whole connection: shared by its sockets in every namespace and
+    /// kept across their connects and disconnects (a rate limit a reconnect must not reset).
+    pub(crate) extensions: std::sync::RwLock<http::Extensions>,
 }
 
 /// A shared handle on a client connection.

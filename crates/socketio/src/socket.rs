@@ -107,6 +107,12 @@ impl Socket {
         self.conn.socket(nsp)
     }
 
+    /// Application state of the client's connection (not of this namespace socket): shared
+    /// with its sockets in the other namespaces, and outlives namespace reconnects.
+    pub fn connection_extensions(&self) -> &RwLock<http::Extensions> {
+        &self.conn.data.extensions
+    }
+
     /// The transport the connection uses right now.
     pub fn transport(&self) -> engineio::Transport {
         self.conn.transport()

@@ -1,6 +1,8 @@
 //! What the chat's cross-process tests share: running a real client program to completion,
 //! bounded by a deadline, and keeping everything it printed for the failure message.
 
+#![allow(dead_code)] // Each test file uses part of it.
+
 use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;

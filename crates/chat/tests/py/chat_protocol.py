@@ -437,7 +437,7 @@ class Scenario:
         cid = self.peers["cid"]
         http = requests.Session()
         http.cookies.set(COOKIE, self.cookies["cid"])
-        response = http.get(f"{self.base}/logout", allow_redirects=False, timeout=WAIT_SECONDS)
+        response = http.post(f"{self.base}/logout", allow_redirects=False, timeout=WAIT_SECONDS)
         check(response.status_code == 303, f"logout answered {response.status_code}")
         with cid.changed:
             ended = cid.changed.wait_for(lambda: cid.disconnects == {INFRA, COM}, WAIT_SECONDS)

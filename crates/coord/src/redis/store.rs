@@ -1,12 +1,12 @@
 //! [`chat::Store`] in Redis: sessions as keys with a TTL, room members as hashes changed by Lua
 //! scripts, history as capped lists.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chat::{Session, Store, StoreError};
+use chat::{HistoryLimits, Session, Store, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::{AsyncCommands, Script};
@@ -29,17 +29,18 @@ if redis.call('HINCRBY', KEYS[1], ARGV[2], 1) == 1 then return 1 end
 return 0
 ";
 
-/// Removes a socket from a room; answers 1 when that was its nickname's last socket there.
-/// Same KEYS and ARGV as [`JOIN`]; the nickname recorded at join time is the one counted down.
+/// Removes a socket from a room, under the nickname recorded when it joined (whatever the
+/// socket is called now). Answers that nickname when it was its last socket in the room, else
+/// ''. KEYS: the first four of [`JOIN`]. ARGV: room, socket.
 const LEAVE: &str = r"
-redis.call('SREM', KEYS[4], ARGV[3] .. ' ' .. ARGV[1])
-local nickname = redis.call('HGET', KEYS[2], ARGV[3])
-if not nickname then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[3])
-local gone = 0
+redis.call('SREM', KEYS[4], ARGV[2] .. ' ' .. ARGV[1])
+local nickname = redis.call('HGET', KEYS[2], ARGV[2])
+if not nickname then return '' end
+redis.call('HDEL', KEYS[2], ARGV[2])
+local gone = ''
 if redis.call('HINCRBY', KEYS[1], nickname, -1) <= 0 then
   redis.call('HDEL', KEYS[1], nickname)
-  gone = 1
+  gone = nickname
 end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
 return gone
@@ -101,8 +102,8 @@ pub(super) async fn other_live_workers(link: &RedisLink) -> Result<usize, StoreE
     Ok(alive.into_iter().filter(|alive| *alive).count())
 }
 
-/// A member this worker put in a room: (room, nickname, socket id).
-type Membership = (String, String, String);
+/// A socket this worker put in a room: (room, socket id), with the nickname it joined under.
+type Membership = (String, String);
 
 /// The chat store of a worker, in Redis. Every worker of the app (on any machine) sees the same
 /// sessions, rooms and history.
@@ -111,32 +112,41 @@ pub struct RedisStore {
     join: Script,
     leave: Script,
     reap: Script,
-    /// The members this worker added and has not removed: a restarted Redis has lost them, and
-    /// this worker puts them back.
-    members: Mutex<HashSet<Membership>>,
+    /// The members this worker added and has not removed, with the nickname each joined under:
+    /// a restarted Redis has lost them, and this worker puts them back.
+    members: Mutex<HashMap<Membership, String>>,
     /// The [`RedisLink`] epoch whose Redis has this worker's members.
     asserted_epoch: AtomicU64,
     /// History entries on their way to Redis, in order (started with the first one).
     history_queue: OnceLock<tokio::sync::mpsc::Sender<HistoryEntry>>,
 }
 
-/// Appends `entries` to a room's history and keeps its last `keep`, in one round trip.
+/// A TTL in milliseconds, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Appends `entries` to a room's history within `limits` (its last `keep`, for `ttl` from
+/// now), in one round trip.
 async fn append_history(
     link: &RedisLink,
     room: &str,
     entries: Vec<String>,
-    keep: usize,
+    limits: HistoryLimits,
 ) -> Result<(), StoreError> {
     let key = link.key(&["history", room]);
     let mut pipe = redis::pipe();
-    if keep == 0 {
+    let ttl_ms = millis(limits.ttl);
+    if limits.keep == 0 || ttl_ms == 0 {
         pipe.del(&key).ignore();
     } else {
-        let first = -(keep.min(isize::MAX as usize) as isize);
+        let first = -(limits.keep.min(isize::MAX as usize) as isize);
         pipe.atomic()
             .rpush(&key, entries)
             .ignore()
             .ltrim(&key, first, -1)
+            .ignore()
+            .pexpire(&key, ttl_ms.min(i64::MAX as u64) as i64)
             .ignore();
     }
     link.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
@@ -147,27 +157,27 @@ async fn append_history(
 /// are dropped, and the log says so.
 const HISTORY_QUEUE: usize = 10_000;
 
-/// One `record_history`: room, entry, how many to keep.
-type HistoryEntry = (String, String, usize);
+/// One `record_history`: room, entry, what to keep.
+type HistoryEntry = (String, String, HistoryLimits);
 
 /// Writes recorded history entries in the order they were recorded, each batch of queued
 /// entries in one round trip per room (a room's history is one key, so one cluster slot).
 async fn write_history(link: Arc<RedisLink>, mut queue: tokio::sync::mpsc::Receiver<HistoryEntry>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 256).await > 0 {
-        let mut rooms: Vec<(String, Vec<String>, usize)> = Vec::new();
-        for (room, entry, keep) in batch.drain(..) {
+        let mut rooms: Vec<(String, Vec<String>, HistoryLimits)> = Vec::new();
+        for (room, entry, limits) in batch.drain(..) {
             match rooms.iter_mut().find(|(r, _, _)| *r == room) {
                 Some((_, entries, kept)) => {
                     entries.push(entry);
-                    *kept = keep;
+                    *kept = limits;
                 }
-                None => rooms.push((room, vec![entry], keep)),
+                None => rooms.push((room, vec![entry], limits)),
             }
         }
-        for (room, entries, keep) in rooms {
+        for (room, entries, limits) in rooms {
             let count = entries.len() as u64;
-            if let Err(error) = append_history(&link, &room, entries, keep).await {
+            if let Err(error) = append_history(&link, &room, entries, limits).await {
                 link.drops.count(
                     "history_write_failed",
                     count,
@@ -185,7 +195,7 @@ impl RedisStore {
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
             reap: Script::new(REAP),
-            members: Mutex::new(HashSet::new()),
+            members: Mutex::new(HashMap::new()),
             asserted_epoch: AtomicU64::new(0),
             history_queue: OnceLock::new(),
         }
@@ -314,14 +324,19 @@ impl RedisStore {
         if self.asserted_epoch.load(Ordering::Acquire) == epoch {
             return;
         }
-        let members: Vec<Membership> = self
+        let members: Vec<(Membership, String)> = self
             .members
             .lock()
-            .map(|members| members.iter().cloned().collect())
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|(member, nickname)| (member.clone(), nickname.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         if !members.is_empty() {
             let mut pipe = redis::pipe();
-            for (room, nickname, socket) in &members {
+            for ((room, socket), nickname) in &members {
                 // EVAL, not EVALSHA: a restarted Redis has an empty script cache.
                 pipe.cmd("EVAL")
                     .arg(JOIN)
@@ -346,14 +361,14 @@ impl RedisStore {
         self.asserted_epoch.store(epoch, Ordering::Release);
     }
 
-    async fn change_membership(
+    /// Runs [`JOIN`].
+    async fn add_member(
         &self,
-        script: &Script,
         room: &str,
         nickname: &str,
         socket: &str,
     ) -> Result<bool, StoreError> {
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.join.prepare_invoke();
         for key in self.member_keys(room) {
             invocation.key(key);
         }
@@ -363,12 +378,27 @@ impl RedisStore {
             .arg(socket)
             .arg(&self.link.uid)
             .arg(self.liveness_ttl_ms());
-        let changed: i64 = self
+        let new_user: i64 = self
             .link
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
         self.reassert_members().await;
-        Ok(changed == 1)
+        Ok(new_user == 1)
+    }
+
+    /// Runs [`LEAVE`]; answers the nickname that left the room entirely, if one did.
+    async fn remove_member(&self, room: &str, socket: &str) -> Result<Option<String>, StoreError> {
+        let mut invocation = self.leave.prepare_invoke();
+        for key in &self.member_keys(room)[..4] {
+            invocation.key(key);
+        }
+        invocation.arg(room).arg(socket);
+        let gone: String = self
+            .link
+            .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        self.reassert_members().await;
+        Ok((!gone.is_empty()).then_some(gone))
     }
 }
 
@@ -383,7 +413,7 @@ impl Store for RedisStore {
             nickname: nickname.to_owned(),
         };
         async move {
-            let millis = ttl.as_millis().min(u64::MAX as u128) as u64;
+            let millis = millis(ttl);
             // A session that expires at once is not stored (PX 0 is an error in Redis).
             if millis > 0 {
                 let key = self.link.key(&["session", &session.id]);
@@ -437,12 +467,14 @@ impl Store for RedisStore {
         socket: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
-            // Recorded first: should Redis fail now, the member is put back when it returns.
+            // Recorded first: should Redis fail now, the member is put back when it returns. A
+            // socket in the room already keeps the nickname it joined under, as in Redis.
             if let Ok(mut members) = self.members.lock() {
-                members.insert((room.to_owned(), nickname.to_owned(), socket.to_owned()));
+                members
+                    .entry((room.to_owned(), socket.to_owned()))
+                    .or_insert_with(|| nickname.to_owned());
             }
-            self.change_membership(&self.join, room, nickname, socket)
-                .await
+            self.add_member(room, nickname, socket).await
         }
         .boxed()
     }
@@ -450,15 +482,13 @@ impl Store for RedisStore {
     fn leave_room<'a>(
         &'a self,
         room: &'a str,
-        nickname: &'a str,
         socket: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         async move {
             if let Ok(mut members) = self.members.lock() {
-                members.remove(&(room.to_owned(), nickname.to_owned(), socket.to_owned()));
+                members.remove(&(room.to_owned(), socket.to_owned()));
             }
-            self.change_membership(&self.leave, room, nickname, socket)
-                .await
+            self.remove_member(room, socket).await
         }
         .boxed()
     }
@@ -507,18 +537,18 @@ impl Store for RedisStore {
         &'a self,
         room: &'a str,
         entry: String,
-        keep: usize,
+        limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        append_history(&self.link, room, vec![entry], keep).boxed()
+        append_history(&self.link, room, vec![entry], limits).boxed()
     }
 
-    fn record_history(&self, room: &str, entry: String, keep: usize) {
+    fn record_history(&self, room: &str, entry: String, limits: HistoryLimits) {
         let queue = self.history_queue.get_or_init(|| {
             let (sender, receiver) = tokio::sync::mpsc::channel(HISTORY_QUEUE);
             tokio::spawn(write_history(self.link.clone(), receiver));
             sender
         });
-        if queue.try_send((room.to_owned(), entry, keep)).is_err() {
+        if queue.try_send((room.to_owned(), entry, limits)).is_err() {
             self.link.drops.count(
                 "history_queue_full",
                 1,

@@ -144,20 +144,47 @@ pub struct Worker {
     pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-pub async fn worker(config: RedisConfig) -> Worker {
-    let link = RedisLink::new(config).expect("valid Redis URL");
-    let bus = RedisBus::new(link.clone());
-    let mut config = ChatConfig {
+/// The settings of the test workers: a fixed cookie key.
+pub fn chat_config() -> ChatConfig {
+    ChatConfig {
         secret: b"coord redis test secret".to_vec(),
         ..ChatConfig::default()
-    };
+    }
+}
+
+pub async fn worker(config: RedisConfig) -> Worker {
+    worker_with(config, chat_config()).await
+}
+
+/// A Redis worker with chat settings of the test's choosing.
+pub async fn worker_with(config: RedisConfig, mut chat: ChatConfig) -> Worker {
+    let link = RedisLink::new(config).expect("valid Redis URL");
+    let bus = RedisBus::new(link.clone());
     let adapter_bus = bus.clone();
-    config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
+    chat.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
     let store = Arc::new(RedisStore::new(link.clone()));
-    let server = ChatServer::new(config, store.clone());
+    let server = ChatServer::new(chat, store.clone());
     let io = server.io().clone();
     bus.start(server.io().clone());
     store.start_heartbeat(server.io().clone());
+    let (addr, serving) = serve(server).await;
+    Worker {
+        addr,
+        bus,
+        link,
+        io,
+        serving,
+    }
+}
+
+/// A `ChatServer` alone, with the store of one process (the one the master keeps for the
+/// embedded mode), as `chatctl serve` without a master or Redis sets it up.
+pub async fn memory_worker(chat: ChatConfig, store: Arc<chat::MemoryStore>) -> SocketAddr {
+    serve(ChatServer::new(chat, store)).await.0
+}
+
+/// Serves `server` on a loopback port of its own.
+async fn serve(server: ChatServer) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -167,13 +194,7 @@ pub async fn worker(config: RedisConfig) -> Worker {
             .serve(listener, std::future::pending::<Duration>())
             .await
     });
-    Worker {
-        addr,
-        bus,
-        link,
-        io,
-        serving,
-    }
+    (addr, serving)
 }
 
 /// Logs in through the landing form and returns the session cookie (`name=value`).
@@ -200,6 +221,14 @@ pub fn login(addr: SocketAddr, nickname: &str) -> String {
                 .then(|| value.trim().split(';').next().unwrap_or("").to_owned())
         })
         .unwrap_or_else(|| panic!("login of {nickname} set no cookie:\n{response}"))
+}
+
+/// History limits that keep the last `n` messages for the length of a test.
+pub fn keep(n: usize) -> chat::HistoryLimits {
+    chat::HistoryLimits {
+        keep: n,
+        ttl: Duration::from_secs(3600),
+    }
 }
 
 // ---- a raw Socket.IO client ------------------------------------------------------------------
@@ -322,8 +351,8 @@ impl Client {
     }
 }
 
-/// `40/ns,{...}` (connected), `41/ns,` (disconnected by the server, as event `disconnect`) or
-/// `42/ns,["event",data]`.
+/// `40/ns,{...}` (connected), `44/ns,{...}` (refused, as event `connect_error`), `41/ns,`
+/// (disconnected by the server, as event `disconnect`) or `42/ns,["event",data]`.
 pub fn parse_packet(text: &str) -> Option<Received> {
     let (kind, rest) = text.split_at_checked(2)?;
     let (ns, payload) = match rest.strip_prefix('/') {
@@ -334,6 +363,11 @@ pub fn parse_packet(text: &str) -> Option<Received> {
         "40" => Some(Received {
             ns: ns.to_owned(),
             name: "connect".into(),
+            data: serde_json::from_str(payload).ok()?,
+        }),
+        "44" => Some(Received {
+            ns: ns.to_owned(),
+            name: "connect_error".into(),
             data: serde_json::from_str(payload).ok()?,
         }),
         "41" => Some(Received {
