@@ -77,6 +77,11 @@ fn broadcasts_a_stopped_worker_cannot_take_are_counted_for_it_in_status() {
             "200ms",
             "--health-misses",
             "1000",
+            // A small relay queue, so that the storm fills it for the stopped worker.
+            "--ipc-queue-size",
+            "64K",
+            "--ipc-max-line",
+            "64K",
         ],
         &["serve", "--messages-per-second", STORM],
     );
