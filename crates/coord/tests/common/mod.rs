@@ -62,7 +62,10 @@ impl RedisServer {
                 .current_dir(dir)
                 .args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(conf)
-                .args(["--cluster-node-timeout", "5000"]);
+                .args(["--cluster-node-timeout", "5000"])
+                // The bus port defaults to port + 10000, which may lie in the kernel's
+                // ephemeral range: reserve one of its own.
+                .args(["--cluster-port", &testkit::port().to_string()]);
         }
         let mut child = command
             .stdin(Stdio::null())
