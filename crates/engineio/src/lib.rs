@@ -10,6 +10,7 @@
 
 mod config;
 mod engine;
+mod external;
 mod packet;
 mod sid;
 mod socket;
@@ -17,6 +18,7 @@ mod transport;
 
 pub use config::{CorsPolicy, EngineConfig};
 pub use engine::{unknown_session, Body, Engine, Handler};
+pub use external::ExternalWebSocket;
 pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEPARATOR};
 pub use sid::generate_sid;
 pub use socket::{DisconnectReason, SendError, Socket, Transport};

@@ -16,6 +16,8 @@ pub enum CodecError {
     MissingEventName,
     #[error("invalid ack data {0:?} (expected `<id>` or `<id>+[args]`)")]
     InvalidAck(String),
+    #[error("invalid endpoint {0:?} (a namespace path such as `/chat_com`)")]
+    InvalidEndpoint(String),
     #[error("payload frame without its `\\u{{fffd}}<length>\\u{{fffd}}` header")]
     BadFrameHeader,
     #[error("payload frame length {0:?} is not a number within the payload")]

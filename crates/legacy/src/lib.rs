@@ -7,8 +7,15 @@
 //! translated to and from Socket.IO v5 packets, so 0.9 clients join the same namespaces, rooms
 //! and adapter as v4 clients, and the application cannot tell them apart.
 
+mod config;
+mod endpoint;
 mod error;
 pub mod framing;
 pub mod message;
+mod session;
+mod translate;
+mod transport;
 
+pub use config::LegacyConfig;
+pub use endpoint::{sid_in_path, Authorize, LegacyEndpoint};
 pub use error::CodecError;
