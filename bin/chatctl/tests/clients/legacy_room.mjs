@@ -1,0 +1,179 @@
+// The book's own client, Socket.IO 0.9 (npm socket.io-client@0.9.16, installed by ops/js as
+// "socket.io-client-0.9"), in a chat room with a user of today's client (npm socket.io-client
+// 4.x), driven by bin/chatctl/tests/legacy.rs against the workers of one chatctl app.
+//
+//   node legacy_room.mjs <base url> websocket|xhr-polling
+//
+// Phase 0: a 0.9 handshake without the login cookie is refused ("handshake unauthorized").
+// Phase 1: ann (0.9, on the given transport) and bob (4.x, websocket) log in, open /chat_infra
+// and /chat_com and join "lobby", as the book's chapter 4 page does. bob hears user_entered for
+// ann, ann gets a users_list with both; each says hello, and each hears the other's hello
+// exactly once (userMessage) and its own once (myMessage). Prints {"event":"ready",
+// "legacy_sid":...,"v4_sid":...} and waits for a line on stdin: the test killed ann's worker.
+// Phase 2: ann's client reconnects by itself (0.9 reconnection, a new handshake), rejoins, and
+// both talk again, exactly once each way. Prints {"event":"done"} and exits 0. Any failure or
+// the watchdog prints {"event":"error",...} and exits 1.
+
+import http from "node:http";
+import { createRequire } from "node:module";
+import readline from "node:readline";
+
+import { login } from "./login.mjs";
+
+const require = createRequire(new URL("../../../../ops/js/package.json", import.meta.url));
+let io09;
+let Manager;
+try {
+  io09 = require("socket.io-client-0.9");
+  ({ Manager } = require("socket.io-client"));
+} catch (error) {
+  console.error(`the npm clients are not installed in ops/js/node_modules (${error.message}): run ops/test-deps.sh`);
+  process.exit(3);
+}
+
+const [base, transport] = process.argv.slice(2);
+if (!/^http:\/\//.test(base || "") || !["websocket", "xhr-polling"].includes(transport)) {
+  console.error("usage: node legacy_room.mjs http://HOST:PORT websocket|xhr-polling");
+  process.exit(2);
+}
+
+const ROOM = "lobby";
+const WATCHDOG_MS = 50_000;
+let phase = "refusal";
+
+function report(event, fields = {}) {
+  process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
+}
+
+function fail(message) {
+  report("error", { message, phase, ann: ann && ann.heard, bob: bob && bob.heard });
+  process.exit(1);
+}
+
+setTimeout(() => fail(`watchdog: stuck in phase ${phase}`), WATCHDOG_MS).unref();
+
+// A browser sends the login cookie with the 0.9 handshake and transport requests by itself;
+// in Node the 0.9 client (xmlhttprequest, ws 0.4) cannot set it, so it is added here, on its
+// requests only.
+let legacyCookie = null;
+const originalRequest = http.request;
+http.request = function (options, ...rest) {
+  if (legacyCookie && options && typeof options === "object" && !(options instanceof URL)
+      && String(options.path || "").startsWith("/socket.io/1/")) {
+    options.headers = { ...(options.headers || {}), Cookie: legacyCookie };
+  }
+  return originalRequest.call(this, options, ...rest);
+};
+
+/** Resolves when `condition()` holds; checked on every event a user hears. */
+const waiters = [];
+function until(what, condition) {
+  return new Promise((resolve) => {
+    const waiter = () => condition() && (resolve(), true);
+    if (!waiter()) waiters.push(waiter);
+  }).catch((error) => fail(`${what}: ${error}`));
+}
+function heard() {
+  for (let i = waiters.length - 1; i >= 0; i--) if (waiters[i]()) waiters.splice(i, 1);
+}
+
+function newUser(name) {
+  return { name, heard: { messages: [], entered: [], users: [] } };
+}
+
+function record(user, kind, value) {
+  user.heard[kind] = kind === "users" ? value : [...user.heard[kind], value];
+  heard();
+}
+
+function count(user, type, text) {
+  return user.heard.messages.filter((m) => m.type === type && m.message === text).length;
+}
+
+/** Says `text` and waits until both users heard it: each exactly once, the speaker as myMessage. */
+async function exchange(speaker, listener, send, text) {
+  send(JSON.stringify({ type: "userMessage", message: text }));
+  await until(`"${text}" heard`, () =>
+    count(listener, "userMessage", text) >= 1 && count(speaker, "myMessage", text) >= 1);
+  // A marker said after it arrives after it: by then a duplicate would have arrived too.
+  const marker = `${text} (end)`;
+  send(JSON.stringify({ type: "userMessage", message: marker }));
+  await until(`"${marker}" heard`, () =>
+    count(listener, "userMessage", marker) >= 1 && count(speaker, "myMessage", marker) >= 1);
+  for (const [user, type] of [[listener, "userMessage"], [speaker, "myMessage"]]) {
+    if (count(user, type, text) !== 1) {
+      fail(`${user.name} heard "${text}" ${count(user, type, text)} times`);
+    }
+  }
+}
+
+function refusedWithoutCookie() {
+  return new Promise((resolve) => {
+    const socket = io09.connect(base + "/chat_com", {
+      transports: [transport], "force new connection": true, reconnect: false,
+    });
+    socket.on("error", (reason) => {
+      if (reason === "handshake unauthorized") resolve();
+      else fail(`a handshake without cookie failed with ${JSON.stringify(reason)}`);
+    });
+    socket.on("connect", () => fail("a handshake without cookie was accepted"));
+  });
+}
+
+let ann = null;
+let bob = null;
+
+(async () => {
+  await refusedWithoutCookie();
+  phase = "login";
+  ann = newUser("ann");
+  bob = newUser("bob");
+  legacyCookie = await login(base, ann.name);
+  const bobCookie = await login(base, bob.name);
+
+  phase = "bob joins";
+  const manager = new Manager(base, { transports: ["websocket"], extraHeaders: { Cookie: bobCookie } });
+  const bobInfra = manager.socket("/chat_infra");
+  const bobCom = manager.socket("/chat_com");
+  bobInfra.on("connect", () => bobInfra.emit("join_room", { name: ROOM }));
+  bobInfra.on("user_entered", (data) => record(bob, "entered", data.name));
+  bobInfra.on("users_list", (names) => record(bob, "users", names));
+  bobCom.on("message", (text) => record(bob, "messages", JSON.parse(text)));
+  await until("bob in the room", () => bob.heard.users.includes("bob"));
+
+  phase = "ann joins";
+  // The book's chapter 4 client code, on the 0.9 client.
+  const options = { transports: [transport], "reconnection delay": 200 };
+  const chatInfra = io09.connect(base + "/chat_infra", options);
+  const chatCom = io09.connect(base + "/chat_com", options);
+  let annConnects = 0;
+  chatInfra.on("connect", () => {
+    annConnects += 1;
+    chatInfra.emit("join_room", { name: ROOM });
+  });
+  chatInfra.on("users_list", (names) => record(ann, "users", names));
+  chatCom.on("message", (text) => record(ann, "messages", JSON.parse(text)));
+  await until("ann sees both in the room", () =>
+    ann.heard.users.includes("ann") && ann.heard.users.includes("bob"));
+  await until("bob hears ann enter", () => bob.heard.entered.includes("ann"));
+
+  phase = "talk";
+  await exchange(ann, bob, (text) => chatCom.send(text), "hello from 0.9");
+  await exchange(bob, ann, (text) => bobCom.emit("message", text), "hello from 4.x");
+  report("ready", { legacy_sid: chatInfra.socket.sessionid, v4_sid: manager.engine.id });
+
+  const lines = readline.createInterface({ input: process.stdin });
+  await new Promise((resolve) => lines.once("line", resolve));
+  phase = "reconnect";
+  const before = chatInfra.socket.sessionid;
+  await until("ann reconnected and rejoined", () =>
+    annConnects >= 2 && chatInfra.socket.sessionid !== before && chatInfra.socket.connected);
+  const rejoined = ann.heard.users.length;
+  await until("ann back in the room", () =>
+    ann.heard.users.includes("ann") && ann.heard.users.includes("bob"));
+  phase = "talk again";
+  await exchange(ann, bob, (text) => chatCom.send(text), "back from 0.9");
+  await exchange(bob, ann, (text) => bobCom.emit("message", text), "welcome back, 0.9");
+  report("done", { legacy_sid: chatInfra.socket.sessionid, rejoined });
+  process.exit(0);
+})().catch((error) => fail(String(error && error.stack || error)));

@@ -1,0 +1,59 @@
+//! The book's own protocol in the cluster: a user of the npm Socket.IO 0.9 client
+//! (`socket.io-client@0.9.16`) and a user of today's client share a chat room across the two
+//! workers of one app, every message exactly once both ways; a 0.9 handshake without the login
+//! cookie is refused; and when the 0.9 user's worker is killed, its client reconnects by itself
+//! and chats again. Once over websocket, once over xhr-polling.
+
+mod support;
+
+use support::{all_online, node_program, signal, workers, App, ClientScript};
+
+fn room_shared_with_a_0_9_user(transport: &str) {
+    let app = App::new(&format!("legacy-{transport}"));
+    app.start_ok(
+        &[
+            "-i",
+            "2",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "2s",
+        ],
+        &[],
+    );
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let node = node_program();
+    let mut users = ClientScript::start(&node, "legacy_room.mjs", &[&app.url(), transport]);
+    let ready = users.next_report();
+    assert_eq!(
+        ready["event"],
+        "ready",
+        "users: {ready}\nlog:\n{}",
+        app.log_text()
+    );
+    let legacy_sid = ready["legacy_sid"].as_str().expect("the 0.9 sid");
+    let owner = workers(&listed)
+        .iter()
+        .find(|w| legacy_sid.starts_with(w["sid_tag"].as_str().unwrap_or("-")))
+        .unwrap_or_else(|| panic!("no worker's tag starts the 0.9 sid {legacy_sid}: {listed}"));
+    signal(owner["pid"].as_u64().expect("pid") as u32, libc::SIGKILL);
+    users.tell("killed");
+    let done = users.next_report();
+    assert_eq!(
+        done["event"],
+        "done",
+        "users: {done}\nlog:\n{}",
+        app.log_text()
+    );
+    users.wait_success();
+}
+
+#[test]
+fn a_0_9_user_shares_a_room_with_a_v4_user_over_websocket() {
+    room_shared_with_a_0_9_user("websocket");
+}
+
+#[test]
+fn a_0_9_user_shares_a_room_with_a_v4_user_over_xhr_polling() {
+    room_shared_with_a_0_9_user("xhr-polling");
+}
