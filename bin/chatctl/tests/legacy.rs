@@ -31,6 +31,7 @@ fn room_shared_with_a_0_9_user(transport: &str) {
         "users: {ready}\nlog:\n{}",
         app.log_text()
     );
+    assert_eq!(ready["connects"], 1, "the 0.9 session was lost: {ready}");
     let legacy_sid = ready["legacy_sid"].as_str().expect("the 0.9 sid");
     let owner = workers(&listed)
         .iter()

@@ -9,7 +9,9 @@
 // and /chat_com and join "lobby", as the book's chapter 4 page does. bob hears user_entered for
 // ann, ann gets a users_list with both; each says hello, and each hears the other's hello
 // exactly once (userMessage) and its own once (myMessage). Prints {"event":"ready",
-// "legacy_sid":...,"v4_sid":...} and waits for a line on stdin: the test killed ann's worker.
+// "legacy_sid":...,"v4_sid":...,"connects":N} (N: ann's connections so far, 1 unless a request
+// of her session reached a process that does not know it) and waits for a line on stdin:
+// `end` (prints {"event":"done"} and exits 0), or `killed`: the test killed ann's worker.
 // Phase 2: ann's client reconnects by itself (0.9 reconnection, a new handshake), rejoins, and
 // both talk again, exactly once each way. Prints {"event":"done"} and exits 0. Any failure or
 // the watchdog prints {"event":"error",...} and exits 1.
@@ -160,10 +162,18 @@ let bob = null;
   phase = "talk";
   await exchange(ann, bob, (text) => chatCom.send(text), "hello from 0.9");
   await exchange(bob, ann, (text) => bobCom.emit("message", text), "hello from 4.x");
-  report("ready", { legacy_sid: chatInfra.socket.sessionid, v4_sid: manager.engine.id });
+  report("ready", {
+    legacy_sid: chatInfra.socket.sessionid,
+    v4_sid: manager.engine.id,
+    connects: annConnects,
+  });
 
   const lines = readline.createInterface({ input: process.stdin });
-  await new Promise((resolve) => lines.once("line", resolve));
+  const told = await new Promise((resolve) => lines.once("line", resolve));
+  if (told.trim() === "end") {
+    report("done", { legacy_sid: chatInfra.socket.sessionid, connects: annConnects });
+    process.exit(0);
+  }
   phase = "reconnect";
   const before = chatInfra.socket.sessionid;
   await until("ann reconnected and rejoined", () =>
