@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{all_online, node_program, signal, workers, App, ClientScript};
+use support::{all_online, http_get, node_program, signal, workers, App, ClientScript};
 
 fn room_shared_with_a_0_9_user(transport: &str) {
     let app = App::new(&format!("legacy-{transport}"));
@@ -57,4 +57,30 @@ fn a_0_9_user_shares_a_room_with_a_v4_user_over_websocket() {
 #[test]
 fn a_0_9_user_shares_a_room_with_a_v4_user_over_xhr_polling() {
     room_shared_with_a_0_9_user("xhr-polling");
+}
+
+/// `--legacy-protocol off` takes `/socket.io/1/` away; by default it answers (here: a refused
+/// handshake, since the request has no login cookie).
+#[test]
+fn the_legacy_protocol_can_be_switched_off() {
+    for (setting, status, body) in [("on", 401, "handshake unauthorized"), ("off", 404, "")] {
+        let app = App::new(&format!("legacy-{setting}"));
+        app.start_ok(&["-i", "1"], &["serve", "--legacy-protocol", setting]);
+        app.wait_listed("an online worker", |a| all_online(a, 1));
+        let port: u16 = app
+            .listen()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let (got_status, got_body) = http_get(port, "/socket.io/1/?t=1").expect("no answer");
+        assert_eq!(
+            got_status, status,
+            "--legacy-protocol {setting}: {got_body}"
+        );
+        assert!(
+            got_body.contains(body),
+            "--legacy-protocol {setting}: {got_body}"
+        );
+    }
 }
