@@ -1,6 +1,7 @@
 //! The book's own protocol in the cluster: a user of the npm Socket.IO 0.9 client
-//! (`socket.io-client@0.9.16`) and a user of today's client share a chat room across the two
-//! workers of one app, every message exactly once both ways; a 0.9 handshake without the login
+//! (`socket.io-client@0.9.16`), a user of today's npm client and a python-socketio user
+//! (`CHATCTL_PYTHON`) share a chat room across the two workers of one app, every message
+//! exactly once every way; a 0.9 handshake without the login
 //! cookie is refused; and when the 0.9 user's worker is killed, its client reconnects by itself
 //! and chats again. Once over websocket, once over xhr-polling.
 
@@ -50,12 +51,12 @@ fn room_shared_with_a_0_9_user(transport: &str) {
 }
 
 #[test]
-fn a_0_9_user_shares_a_room_with_a_v4_user_over_websocket() {
+fn a_0_9_user_shares_a_room_with_v4_and_python_users_over_websocket() {
     room_shared_with_a_0_9_user("websocket");
 }
 
 #[test]
-fn a_0_9_user_shares_a_room_with_a_v4_user_over_xhr_polling() {
+fn a_0_9_user_shares_a_room_with_v4_and_python_users_over_xhr_polling() {
     room_shared_with_a_0_9_user("xhr-polling");
 }
 

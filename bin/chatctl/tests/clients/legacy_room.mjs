@@ -1,21 +1,23 @@
 // The book's own client, Socket.IO 0.9 (npm socket.io-client@0.9.16, installed by ops/js as
 // "socket.io-client-0.9"), in a chat room with a user of today's client (npm socket.io-client
-// 4.x), driven by bin/chatctl/tests/legacy.rs against the workers of one chatctl app.
+// 4.x) and a python-socketio user (legacy_room_user.py, run with $CHATCTL_PYTHON), driven by
+// bin/chatctl/tests/legacy.rs against the workers of one chatctl app.
 //
-//   node legacy_room.mjs <base url> websocket|xhr-polling
+//   CHATCTL_PYTHON=.../python node legacy_room.mjs <base url> websocket|xhr-polling
 //
 // Phase 0: a 0.9 handshake without the login cookie is refused ("handshake unauthorized").
-// Phase 1: ann (0.9, on the given transport) and bob (4.x, websocket) log in, open /chat_infra
-// and /chat_com and join "lobby", as the book's chapter 4 page does. bob hears user_entered for
-// ann, ann gets a users_list with both; each says hello, and each hears the other's hello
-// exactly once (userMessage) and its own once (myMessage). Prints {"event":"ready",
+// Phase 1: ann (0.9, on the given transport), bob (4.x, websocket) and carl (python) log in,
+// open /chat_infra and /chat_com and join "lobby", as the book's chapter 4 page does. bob and
+// carl hear user_entered for ann, ann gets a users_list with all three; each says hello, and
+// each hears the others' hellos exactly once (userMessage) and its own once (myMessage). Prints {"event":"ready",
 // "legacy_sid":...,"v4_sid":...,"connects":N} (N: ann's connections so far, 1 unless a request
 // of her session reached a process that does not know it) and waits for a line on stdin:
 // `end` (prints {"event":"done"} and exits 0), or `killed`: the test killed ann's worker.
 // Phase 2: ann's client reconnects by itself (0.9 reconnection, a new handshake), rejoins, and
-// both talk again, exactly once each way. Prints {"event":"done"} and exits 0. Any failure or
+// all talk again, exactly once each way. Prints {"event":"done"} and exits 0. Any failure or
 // the watchdog prints {"event":"error",...} and exits 1.
 
+import { spawn } from "node:child_process";
 import http from "node:http";
 import { createRequire } from "node:module";
 import readline from "node:readline";
@@ -48,7 +50,7 @@ function report(event, fields = {}) {
 }
 
 function fail(message) {
-  report("error", { message, phase, ann: ann && ann.heard, bob: bob && bob.heard });
+  report("error", { message, phase, heard: users.map((user) => [user.name, user.heard]) });
   process.exit(1);
 }
 
@@ -92,21 +94,50 @@ function count(user, type, text) {
   return user.heard.messages.filter((m) => m.type === type && m.message === text).length;
 }
 
-/** Says `text` and waits until both users heard it: each exactly once, the speaker as myMessage. */
-async function exchange(speaker, listener, send, text) {
-  send(JSON.stringify({ type: "userMessage", message: text }));
-  await until(`"${text}" heard`, () =>
-    count(listener, "userMessage", text) >= 1 && count(speaker, "myMessage", text) >= 1);
+/** `speaker` says `text`; waits until everyone heard it, then checks each heard it exactly once
+ * (the others as userMessage, the speaker as myMessage). */
+async function say(speaker, text) {
+  const heardBy = (said) => users.every((user) =>
+    count(user, user === speaker ? "myMessage" : "userMessage", said) >= 1);
+  speaker.say(JSON.stringify({ type: "userMessage", message: text }));
+  await until(`"${text}" heard by all`, () => heardBy(text));
   // A marker said after it arrives after it: by then a duplicate would have arrived too.
   const marker = `${text} (end)`;
-  send(JSON.stringify({ type: "userMessage", message: marker }));
-  await until(`"${marker}" heard`, () =>
-    count(listener, "userMessage", marker) >= 1 && count(speaker, "myMessage", marker) >= 1);
-  for (const [user, type] of [[listener, "userMessage"], [speaker, "myMessage"]]) {
+  speaker.say(JSON.stringify({ type: "userMessage", message: marker }));
+  await until(`"${marker}" heard by all`, () => heardBy(marker));
+  for (const user of users) {
+    const type = user === speaker ? "myMessage" : "userMessage";
     if (count(user, type, text) !== 1) {
       fail(`${user.name} heard "${text}" ${count(user, type, text)} times`);
     }
   }
+}
+
+/** Everyone says something, in turn. */
+async function everyoneSpeaks(round) {
+  for (const user of users) await say(user, `${round} from ${user.name}`);
+}
+
+/** carl, the python-socketio user: a child process that reports what it hears. */
+function startPythonUser(name) {
+  const user = newUser(name);
+  const python = process.env.CHATCTL_PYTHON || "python3";
+  const script = new URL("./legacy_room_user.py", import.meta.url).pathname;
+  const child = spawn(python, [script, base, name], { stdio: ["pipe", "pipe", "inherit"] });
+  child.on("exit", (code) => phase !== "done" && fail(`the python user exited with ${code}`));
+  readline.createInterface({ input: child.stdout }).on("line", (line) => {
+    let report;
+    try {
+      report = JSON.parse(line);
+    } catch {
+      return;
+    }
+    if (report.kind === "error") fail(`python user: ${report.value}`);
+    else record(user, report.kind, report.value);
+  });
+  user.say = (text) => child.stdin.write(text + "\n");
+  user.stop = () => child.kill();
+  return user;
 }
 
 function refusedWithoutCookie() {
@@ -122,14 +153,13 @@ function refusedWithoutCookie() {
   });
 }
 
-let ann = null;
-let bob = null;
+const users = [];
 
 (async () => {
   await refusedWithoutCookie();
   phase = "login";
-  ann = newUser("ann");
-  bob = newUser("bob");
+  const ann = newUser("ann");
+  const bob = newUser("bob");
   legacyCookie = await login(base, ann.name);
   const bobCookie = await login(base, bob.name);
 
@@ -141,7 +171,14 @@ let bob = null;
   bobInfra.on("user_entered", (data) => record(bob, "entered", data.name));
   bobInfra.on("users_list", (names) => record(bob, "users", names));
   bobCom.on("message", (text) => record(bob, "messages", JSON.parse(text)));
+  bob.say = (text) => bobCom.emit("message", text);
+  users.push(bob);
   await until("bob in the room", () => bob.heard.users.includes("bob"));
+
+  phase = "carl joins";
+  const carl = startPythonUser("carl");
+  users.push(carl);
+  await until("carl in the room", () => carl.heard.users.includes("carl"));
 
   phase = "ann joins";
   // The book's chapter 4 client code, on the 0.9 client.
@@ -155,13 +192,15 @@ let bob = null;
   });
   chatInfra.on("users_list", (names) => record(ann, "users", names));
   chatCom.on("message", (text) => record(ann, "messages", JSON.parse(text)));
-  await until("ann sees both in the room", () =>
-    ann.heard.users.includes("ann") && ann.heard.users.includes("bob"));
-  await until("bob hears ann enter", () => bob.heard.entered.includes("ann"));
+  ann.say = (text) => chatCom.send(text);
+  users.push(ann);
+  const everyone = () => users.every((user) => ann.heard.users.includes(user.name));
+  await until("ann sees all three in the room", everyone);
+  await until("bob and carl hear ann enter", () =>
+    bob.heard.entered.includes("ann") && carl.heard.entered.includes("ann"));
 
   phase = "talk";
-  await exchange(ann, bob, (text) => chatCom.send(text), "hello from 0.9");
-  await exchange(bob, ann, (text) => bobCom.emit("message", text), "hello from 4.x");
+  await everyoneSpeaks("hello");
   report("ready", {
     legacy_sid: chatInfra.socket.sessionid,
     v4_sid: manager.engine.id,
@@ -171,6 +210,8 @@ let bob = null;
   const lines = readline.createInterface({ input: process.stdin });
   const told = await new Promise((resolve) => lines.once("line", resolve));
   if (told.trim() === "end") {
+    phase = "done";
+    carl.stop();
     report("done", { legacy_sid: chatInfra.socket.sessionid, connects: annConnects });
     process.exit(0);
   }
@@ -178,12 +219,12 @@ let bob = null;
   const before = chatInfra.socket.sessionid;
   await until("ann reconnected and rejoined", () =>
     annConnects >= 2 && chatInfra.socket.sessionid !== before && chatInfra.socket.connected);
-  const rejoined = ann.heard.users.length;
-  await until("ann back in the room", () =>
-    ann.heard.users.includes("ann") && ann.heard.users.includes("bob"));
+  ann.heard.users = [];
+  await until("ann back in the room with everyone", everyone);
   phase = "talk again";
-  await exchange(ann, bob, (text) => chatCom.send(text), "back from 0.9");
-  await exchange(bob, ann, (text) => bobCom.emit("message", text), "welcome back, 0.9");
-  report("done", { legacy_sid: chatInfra.socket.sessionid, rejoined });
+  await everyoneSpeaks("again");
+  phase = "done";
+  carl.stop();
+  report("done", { legacy_sid: chatInfra.socket.sessionid, connects: annConnects });
   process.exit(0);
 })().catch((error) => fail(String(error && error.stack || error)));
