@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engineio::EngineConfig;
 use futures_util::{SinkExt, StreamExt};
 use legacy::{LegacyConfig, LegacyEndpoint};
 use socketio::{SocketIo, SocketIoConfig};
@@ -37,7 +38,15 @@ struct Server {
 
 /// A v4 server with an `/echo` namespace, and its 0.9 endpoint, on one loopback port.
 async fn server() -> Server {
-    let io = SocketIo::new(SocketIoConfig::default());
+    server_with(EngineConfig::default()).await
+}
+
+/// The same with these engine limits, which bound 0.9 sessions like v4 ones.
+async fn server_with(engine: EngineConfig) -> Server {
+    let io = SocketIo::new(SocketIoConfig {
+        engine,
+        ..SocketIoConfig::default()
+    });
     io.ns("/echo", |socket| async move {
         socket.on("echo", |_, event| async move {
             if let Some(ack) = event.ack {
@@ -340,4 +349,44 @@ async fn malformed_input_closes_that_session_only() {
     assert!(server.io.engine().session(&bystander).is_some());
     assert!(!polling.is_finished(), "the bystander's polling ended");
     polling.abort();
+}
+
+#[tokio::test]
+async fn sessions_are_bounded_by_the_engine_limit() {
+    let server = server_with(EngineConfig {
+        max_sessions: 2,
+        ..EngineConfig::default()
+    })
+    .await;
+    handshake(server.addr).await;
+    handshake(server.addr).await;
+    let (status, _) = http(server.addr, "GET", "/socket.io/1/?t=3", "").await;
+    assert_eq!(status, 503, "a handshake beyond max_sessions was accepted");
+    assert_eq!(server.legacy.session_count(), 2);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_at_the_buffer_limit() {
+    let server = server_with(EngineConfig {
+        max_buffered_packets: 16,
+        ..EngineConfig::default()
+    })
+    .await;
+    let sid = handshake(server.addr).await;
+    let path = format!("/socket.io/1/xhr-polling/{sid}");
+    assert_eq!(http(server.addr, "GET", &path, "").await.1, "1::");
+    http(server.addr, "POST", &path, "1::/echo").await;
+    // 100 events for a client that does not poll: more than 16 may not pile up.
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        &path,
+        "5::/echo:{\"name\":\"flood\",\"args\":[100]}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("the slow client to be closed", || {
+        server.io.engine().session(&sid).is_none()
+    })
+    .await;
 }
