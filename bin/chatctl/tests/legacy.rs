@@ -7,7 +7,8 @@
 
 mod support;
 
-use support::{all_online, http_get, node_program, signal, workers, App, ClientScript};
+use support::ClientScript;
+use support::{all_online, http_get, node_program, python_program, signal, workers, App};
 
 fn room_shared_with_a_0_9_user(transport: &str) {
     let app = App::new(&format!("legacy-{transport}"));
@@ -24,7 +25,9 @@ fn room_shared_with_a_0_9_user(transport: &str) {
     );
     let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
     let node = node_program();
-    let mut users = ClientScript::start(&node, "legacy_room.mjs", &[&app.url(), transport]);
+    let python = python_program();
+    let python = python.to_str().expect("a UTF-8 path to python");
+    let mut users = ClientScript::start(&node, "legacy_room.mjs", &[&app.url(), transport, python]);
     let ready = users.next_report();
     assert_eq!(
         ready["event"],

@@ -86,7 +86,13 @@ fn a_0_9_polling_user_sticks_to_its_host_through_the_proxy() {
         .map(|node_id| (node_id, start_host(node_id, &redis.url())))
         .collect();
     let proxy = ProxyProcess::start(&hosts);
-    let mut users = ClientScript::start(&node, "legacy_room.mjs", &[&proxy.url(), "xhr-polling"]);
+    let python = support::python_program();
+    let python = python.to_str().expect("a UTF-8 path to python");
+    let mut users = ClientScript::start(
+        &node,
+        "legacy_room.mjs",
+        &[&proxy.url(), "xhr-polling", python],
+    );
     let ready = users.next_report();
     assert_eq!(ready["event"], "ready", "users: {ready}\n{}", proxy.log());
     assert_eq!(

@@ -1,9 +1,9 @@
 // The book's own client, Socket.IO 0.9 (npm socket.io-client@0.9.16, installed by ops/js as
 // "socket.io-client-0.9"), in a chat room with a user of today's client (npm socket.io-client
-// 4.x) and a python-socketio user (legacy_room_user.py, run with $CHATCTL_PYTHON), driven by
+// 4.x) and a python-socketio user (legacy_room_user.py, run with the given python), driven by
 // bin/chatctl/tests/legacy.rs against the workers of one chatctl app.
 //
-//   CHATCTL_PYTHON=.../python node legacy_room.mjs <base url> websocket|xhr-polling
+//   node legacy_room.mjs <base url> websocket|xhr-polling <python with python-socketio>
 //
 // Phase 0: a 0.9 handshake without the login cookie is refused ("handshake unauthorized").
 // Phase 1: ann (0.9, on the given transport), bob (4.x, websocket) and carl (python) log in,
@@ -35,9 +35,9 @@ try {
   process.exit(3);
 }
 
-const [base, transport] = process.argv.slice(2);
-if (!/^http:\/\//.test(base || "") || !["websocket", "xhr-polling"].includes(transport)) {
-  console.error("usage: node legacy_room.mjs http://HOST:PORT websocket|xhr-polling");
+const [base, transport, python] = process.argv.slice(2);
+if (!/^http:\/\//.test(base || "") || !["websocket", "xhr-polling"].includes(transport) || !python) {
+  console.error("usage: node legacy_room.mjs http://HOST:PORT websocket|xhr-polling PYTHON");
   process.exit(2);
 }
 
@@ -121,7 +121,6 @@ async function everyoneSpeaks(round) {
 /** carl, the python-socketio user: a child process that reports what it hears. */
 function startPythonUser(name) {
   const user = newUser(name);
-  const python = process.env.CHATCTL_PYTHON || "python3";
   const script = new URL("./legacy_room_user.py", import.meta.url).pathname;
   const child = spawn(python, [script, base, name], { stdio: ["pipe", "pipe", "inherit"] });
   child.on("exit", (code) => phase !== "done" && fail(`the python user exited with ${code}`));
