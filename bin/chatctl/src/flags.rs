@@ -352,6 +352,24 @@ pub struct ServeArgs {
     /// client's address for the login budget (repeatable); from others that header is ignored.
     #[arg(long = "trusted-proxy", value_name = "IP")]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Serve the book's protocol, Socket.IO 0.9, at /socket.io/1/ next to v4 (`on`), or not
+    /// (`off`, for sites with no 0.9 clients left).
+    #[arg(long, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub legacy_protocol: bool,
+    /// How often 0.9 clients get a heartbeat; below --legacy-heartbeat-timeout.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub legacy_heartbeat_interval: Duration,
+    /// How long a silent 0.9 client keeps its session (sent to clients in the handshake, which
+    /// use it as their own limit).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub legacy_heartbeat_timeout: Duration,
+    /// How long a 0.9 session waits for its next polling request or a websocket to come back.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub legacy_close_timeout: Duration,
+    /// How long a 0.9 polling request waits for messages before it is answered with a noop.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub legacy_polling_duration: Duration,
     /// Open connections at once.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

@@ -221,6 +221,21 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     };
     config.io.connect_timeout = args.connect_timeout;
     config.io.max_attachments = args.max_attachments as usize;
+    anyhow::ensure!(
+        args.legacy_heartbeat_interval < args.legacy_heartbeat_timeout,
+        "--legacy-heartbeat-interval ({:?}) must be below --legacy-heartbeat-timeout ({:?}): \
+         0.9 clients drop a session that hears no heartbeat within the timeout",
+        args.legacy_heartbeat_interval,
+        args.legacy_heartbeat_timeout
+    );
+    config.legacy = legacy::LegacyConfig {
+        enabled: args.legacy_protocol,
+        heartbeat_interval: args.legacy_heartbeat_interval,
+        heartbeat_timeout: args.legacy_heartbeat_timeout,
+        close_timeout: args.legacy_close_timeout,
+        polling_duration: args.legacy_polling_duration,
+        ..legacy::LegacyConfig::default()
+    };
     // Under a master, session ids name this worker, so requests can be routed to it by sid,
     // and requests for the other workers' sessions are passed to them.
     let from_env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());

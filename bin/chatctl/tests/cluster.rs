@@ -7,13 +7,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use serde_json::Value;
 use supervisor::route_tag;
-use support::{all_online, signal, wait_for_value, workers, App, DEADLINE};
+use support::{all_online, python_program, signal, wait_for_value, workers, App, DEADLINE};
 
 /// Users in the room.
 const USERS: u64 = 40;
@@ -190,24 +190,5 @@ fn next_report(reports: &mpsc::Receiver<Value>, child: &mut Child) -> Value {
             let _ = child.kill();
             panic!("no report from the users ({error})");
         }
-    }
-}
-
-/// The python with python-socketio installed (ops/test-deps.sh makes ops/python/.venv).
-fn python_program() -> PathBuf {
-    let python = std::env::var_os("CHATCTL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/python/.venv/bin/python")
-        });
-    let check = Command::new(&python)
-        .args(["-c", "import socketio, requests"])
-        .output();
-    match check {
-        Ok(output) if output.status.success() => python,
-        _ => panic!(
-            "{} cannot import python-socketio and requests: run ops/test-deps.sh",
-            python.display()
-        ),
     }
 }

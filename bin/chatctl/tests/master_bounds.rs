@@ -144,7 +144,8 @@ fn a_busy_paused_worker_in_a_broadcast_storm_keeps_its_pings_and_replies() {
     let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
     let busy = workers(&listed)[1]["pid"].as_u64().expect("a pid") as u32;
     support::wait_until("the storm to overflow the busy worker's queue", || {
-        app.log_text().contains("cannot keep up with the broadcasts")
+        app.log_text()
+            .contains("cannot keep up with the broadcasts")
     });
     let _resume = Resume(busy);
     signal(busy, libc::SIGSTOP);

@@ -74,6 +74,39 @@ fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() 
     room.wait_success();
 }
 
+/// A user of the book's 0.9 client on xhr-polling, whose sid travels in the path
+/// (`/socket.io/1/xhr-polling/SID`), keeps its one session through the proxy while chatting
+/// with a v4 user: every request reaches the host its sid names.
+#[test]
+fn a_0_9_polling_user_sticks_to_its_host_through_the_proxy() {
+    let node = node_program();
+    let redis = support::RedisServer::start(testkit::port());
+    let hosts: Vec<(u16, App)> = [1, 2]
+        .into_iter()
+        .map(|node_id| (node_id, start_host(node_id, &redis.url())))
+        .collect();
+    let proxy = ProxyProcess::start(&hosts);
+    let python = support::python_program();
+    let python = python.to_str().expect("a UTF-8 path to python");
+    let mut users = ClientScript::start(
+        &node,
+        "legacy_room.mjs",
+        &[&proxy.url(), "xhr-polling", python],
+    );
+    let ready = users.next_report();
+    assert_eq!(ready["event"], "ready", "users: {ready}\n{}", proxy.log());
+    assert_eq!(
+        ready["connects"],
+        1,
+        "the 0.9 session was lost on the way: {ready}\n{}",
+        proxy.log()
+    );
+    users.tell("end");
+    let done = users.next_report();
+    assert_eq!(done["event"], "done", "users: {done}");
+    users.wait_success();
+}
+
 /// `chatctl start -- chatctl proxy ...`: the proxy serves on the socket its master bound and
 /// passed down (`LISTEN_FDS`), so a master supervises it like any worker. Had it bound
 /// `--listen` itself, the master's socket on that address would have made it fail.

@@ -11,6 +11,8 @@ use socketio::SocketIoConfig;
 pub struct ChatConfig {
     /// The Socket.IO and Engine.IO layers.
     pub io: SocketIoConfig,
+    /// The book's own protocol (Socket.IO 0.9) at `/socket.io/1/`, next to v4.
+    pub legacy: legacy::LegacyConfig,
     /// Key that signs session cookies; every worker of an app must share it.
     pub secret: Vec<u8>,
     /// How long a login lasts.
@@ -74,6 +76,7 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             io: SocketIoConfig::default(),
+            legacy: legacy::LegacyConfig::default(),
             secret: Vec::new(),
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             max_message_chars: 2000,

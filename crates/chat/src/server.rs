@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engineio::Body;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use legacy::{Authorize, LegacyEndpoint};
 use socketio::SocketIo;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -53,6 +54,8 @@ impl Accept for TcpListener {
 #[derive(Clone)]
 pub struct ChatServer {
     io: SocketIo,
+    /// The book's 0.9 clients, in the same namespaces and rooms as `io`'s.
+    legacy: Arc<LegacyEndpoint>,
     state: Arc<ChatState>,
 }
 
@@ -73,7 +76,17 @@ impl ChatServer {
             logins,
         });
         events::register(&io, state.clone());
-        ChatServer { io, state }
+        // As in the book's chapter 4: a 0.9 client needs a login before its handshake.
+        let authorize: Authorize = {
+            let state = state.clone();
+            Arc::new(move |headers| {
+                let state = state.clone();
+                let headers = headers.clone();
+                Box::pin(async move { session_of(&state, &headers).await.is_some() })
+            })
+        };
+        let legacy = LegacyEndpoint::new(io.clone(), state.config.legacy.clone(), Some(authorize));
+        ChatServer { io, legacy, state }
     }
 
     /// The Socket.IO server underneath (for counts, broadcasts, shutdown).
@@ -226,13 +239,16 @@ impl ChatServer {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path();
-        if self.io.handles(path) {
+        if self.io.handles(path) || self.legacy.handles(path) {
             let peers = self.state.config.peers.as_ref();
             let owner =
                 peers.and_then(|peers| Some((peers, peers.owner(crate::forward::sid_of(&req)?)?)));
             if let Some((peers, owner)) = owner {
                 let max_body = self.state.config.io.engine.max_payload.saturating_mul(2);
                 return crate::forward::forward(req, peers.connect(owner), max_body).await;
+            }
+            if self.legacy.handles(path) {
+                return self.legacy.handle(req).await;
             }
             return self.io.handle(req).await;
         }
@@ -267,9 +283,7 @@ impl ChatServer {
 
     /// The session of the request's cookie, if valid.
     async fn session<B>(&self, req: &Request<B>) -> Option<Session> {
-        let value = cookie(req, COOKIE_NAME)?;
-        let id = self.state.signer.verify(value).ok()?;
-        self.state.store.session(id).await.ok().flatten()
+        session_of(&self.state, req.headers()).await
     }
 
     /// Whether a form POST comes from one of our own pages: a page on another site must not
@@ -475,8 +489,19 @@ fn log_refused_login(error: &StoreError) {
     }
 }
 
+/// The login of a request's session cookie, if valid.
+async fn session_of(state: &ChatState, headers: &HeaderMap) -> Option<Session> {
+    let value = cookie_in(headers, COOKIE_NAME)?;
+    let id = state.signer.verify(value).ok()?;
+    state.store.session(id).await.ok().flatten()
+}
+
 fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
-    req.headers()
+    cookie_in(req.headers(), name)
+}
+
+fn cookie_in<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())

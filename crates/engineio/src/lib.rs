@@ -11,6 +11,7 @@
 mod body;
 mod config;
 mod engine;
+mod external;
 mod log_throttle;
 mod packet;
 mod pending;
@@ -21,6 +22,7 @@ mod transport;
 pub use body::{read_body, BodyError};
 pub use config::{CorsPolicy, EngineConfig};
 pub use engine::{unknown_session, Body, Engine, Handler};
+pub use external::ExternalWebSocket;
 pub use log_throttle::LogThrottle;
 pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEPARATOR};
 pub use pending::PeerAddr;

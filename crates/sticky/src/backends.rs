@@ -92,12 +92,17 @@ impl Backends {
         self.health.subscribe()
     }
 
-    /// The backend of the node named by the sid of this query string, healthy or not (the
+    /// The backend of the node named by the sid of a request (its `sid` query parameter, or
+    /// the sid in a Socket.IO 0.9 transport path), healthy or not (the
     /// mark may be stale, and no other node knows the session). `None` for no sid, or one that
     /// names no node of ours: any healthy backend answers those ([`Backends::pick_healthy_except`]),
     /// with "Session ID unknown" for a sid, which makes the client open a new session.
-    pub fn owner(&self, query: Option<&str>) -> Option<Arc<Backend>> {
-        let owner = supervisor::route_tag::decode(&sid(query?)?)?;
+    pub fn owner(&self, path: &str, query: Option<&str>) -> Option<Arc<Backend>> {
+        let sid = match query.and_then(sid) {
+            Some(sid) => sid,
+            None => supervisor::route_tag::sid_in_legacy_path(path)?.to_owned(),
+        };
+        let owner = supervisor::route_tag::decode(&sid)?;
         self.list
             .iter()
             .find(|b| b.spec.node == owner.node)
@@ -170,7 +175,7 @@ mod tests {
     /// What the forwarder does before any backend refuses.
     fn route(backends: &Backends, query: Option<&str>) -> Option<Arc<Backend>> {
         backends
-            .owner(query)
+            .owner("/socket.io/", query)
             .or_else(|| backends.pick_healthy_except(&[]))
     }
 
@@ -192,6 +197,10 @@ mod tests {
         for _ in 0..4 {
             let query = format!("EIO=4&transport=polling&sid={sid}");
             assert_eq!(route(&backends, Some(&query)).map(|b| b.spec.node), Some(2));
+            // Socket.IO 0.9 clients carry the sid in the path.
+            let path = format!("/socket.io/1/xhr-polling/{sid}");
+            let owner = backends.owner(&path, Some("t=1")).map(|b| b.spec.node);
+            assert_eq!(owner, Some(2));
         }
     }
 

@@ -92,7 +92,9 @@ impl Forwarder {
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        let owner = self.backends.owner(request.uri().query());
+        let owner = self
+            .backends
+            .owner(request.uri().path(), request.uri().query());
         let upgrade = wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         prepare_request(&mut request, peer, upgrade);

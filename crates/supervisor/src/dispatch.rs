@@ -77,13 +77,21 @@ fn parse(line: &[u8]) -> Peeked {
     Peeked::Request(sid_owner(target))
 }
 
-/// The owner named by the `sid` query parameter of a request target.
+/// The owner named by the session id of a request target: its `sid` query parameter
+/// (Engine.IO v4), or the sid in a Socket.IO 0.9 transport path.
 pub fn sid_owner(target: &[u8]) -> Option<Owner> {
-    let query = target.splitn(2, |b| *b == b'?').nth(1)?;
-    let sid = query
-        .split(|b| *b == b'&')
-        .find_map(|pair| pair.strip_prefix(b"sid="))?;
-    route_tag::decode(std::str::from_utf8(sid).ok()?)
+    let mut parts = target.splitn(2, |b| *b == b'?');
+    let path = parts.next().unwrap_or_default();
+    let from_query = parts.next().and_then(|query| {
+        query
+            .split(|b| *b == b'&')
+            .find_map(|pair| pair.strip_prefix(b"sid="))
+    });
+    let sid = match from_query {
+        Some(sid) => std::str::from_utf8(sid).ok()?,
+        None => route_tag::sid_in_legacy_path(std::str::from_utf8(path).ok()?)?,
+    };
+    route_tag::decode(sid)
 }
 
 /// Answers a connection the master does not hand over, and closes it. What the client sent
@@ -133,6 +141,21 @@ mod tests {
         let handshake = b"GET /socket.io/?EIO=4&transport=polling&t=Pabc HTTP/1.1\r";
         assert_eq!(parse(handshake), Peeked::Request(None));
         assert_eq!(parse(b"GET / HTTP/1.0"), Peeked::Request(None));
+        // Socket.IO 0.9 clients carry the sid in the path.
+        let legacy = format!("GET /socket.io/1/xhr-polling/{sid}?t=1 HTTP/1.1\r");
+        assert_eq!(
+            parse(legacy.as_bytes()),
+            Peeked::Request(Some(owner(3, 17)))
+        );
+        let legacy = format!("GET /socket.io/1/websocket/{sid} HTTP/1.1");
+        assert_eq!(
+            parse(legacy.as_bytes()),
+            Peeked::Request(Some(owner(3, 17)))
+        );
+        assert_eq!(
+            parse(b"GET /socket.io/1/?t=1 HTTP/1.1"),
+            Peeked::Request(None)
+        );
         // A parameter that only ends in "sid" is not the sid.
         let other = format!("GET /x?nosid={sid} HTTP/1.1");
         assert_eq!(parse(other.as_bytes()), Peeked::Request(None));

@@ -330,6 +330,25 @@ pub fn node_program() -> PathBuf {
     }
 }
 
+/// The python with python-socketio installed (ops/test-deps.sh makes ops/python/.venv).
+pub fn python_program() -> PathBuf {
+    let python = std::env::var_os("CHATCTL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/python/.venv/bin/python")
+        });
+    let check = Command::new(&python)
+        .args(["-c", "import socketio, requests"])
+        .output();
+    match check {
+        Ok(output) if output.status.success() => python,
+        _ => panic!(
+            "{} cannot import python-socketio and requests: run ops/test-deps.sh",
+            python.display()
+        ),
+    }
+}
+
 /// A Node.js client program of `tests/clients/` (npm socket.io-client users) that prints one
 /// JSON report per line and reads its next phase from stdin; killed if the test ends early.
 pub struct ClientScript {

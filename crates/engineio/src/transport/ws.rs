@@ -16,7 +16,7 @@ use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
 use crate::packet::{Frame, Message, Packet};
 use crate::socket::{DisconnectReason, Socket, Transport};
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// A websocket handshake with no sid: a new session that lives on the websocket.
 pub(crate) fn open<H: Handler, B: Send + 'static>(
@@ -225,7 +225,7 @@ fn ws_frame(frame: &Frame) -> WsMessage {
     }
 }
 
-async fn accept<H: Handler>(
+pub(crate) async fn accept<H: Handler>(
     engine: &Engine<H>,
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) -> Option<Ws> {
@@ -249,7 +249,7 @@ async fn accept<H: Handler>(
 }
 
 /// Validates a websocket handshake request and builds its 101 answer.
-fn switching_protocols<B>(req: &Request<B>) -> Result<Response<Body>, Response<Body>> {
+pub(crate) fn switching_protocols<B>(req: &Request<B>) -> Result<Response<Body>, Response<Body>> {
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {

@@ -1,0 +1,50 @@
+"""One python-socketio user (PyPI python-socketio 5.x) in the chat room of legacy_room.mjs, which
+starts it and speaks through it:
+
+    python legacy_room_user.py <base url> <nickname>
+
+Logs in, opens /chat_infra and /chat_com over websocket and joins "lobby" on every (re)connect.
+Prints one JSON line per thing it hears ({"kind": "messages"|"users"|"entered", "value": ...});
+every line on stdin is sent as a chat message (the JSON string /chat_com expects).
+"""
+
+import json
+import sys
+
+import requests
+import socketio
+
+ROOM = "lobby"
+DEADLINE = 20.0
+
+
+def out(kind, value):
+    print(json.dumps({"kind": kind, "value": value}), flush=True)
+
+
+def main():
+    base, name = sys.argv[1], sys.argv[2]
+    session = requests.Session()
+    response = session.post(base + "/login", data={"nickname": name}, allow_redirects=False)
+    if response.status_code != 303:
+        out("error", f"login of {name} answered {response.status_code}")
+        sys.exit(1)
+    cookie = "chat_session=" + session.cookies["chat_session"]
+    client = socketio.Client(reconnection=True, reconnection_delay=0.2)
+    client.on("message", lambda text: out("messages", json.loads(text)), namespace="/chat_com")
+    client.on("users_list", lambda names: out("users", names), namespace="/chat_infra")
+    client.on("user_entered", lambda data: out("entered", data["name"]), namespace="/chat_infra")
+    client.on(
+        "connect",
+        lambda: client.emit("join_room", {"name": ROOM}, namespace="/chat_infra"),
+        namespace="/chat_infra",
+    )
+    client.connect(base, namespaces=["/chat_com", "/chat_infra"], headers={"Cookie": cookie},
+                   transports=["websocket"], wait_timeout=DEADLINE)
+    for line in sys.stdin:
+        client.emit("message", line.rstrip("\n"), namespace="/chat_com")
+    client.disconnect()
+
+
+if __name__ == "__main__":
+    main()
