@@ -87,8 +87,9 @@ start_app() { # name port start-flags... [-- command]
 }
 
 # Short timers, so that the scenarios' bounds are seconds: pings every 1 s answered within 1 s,
-# a websocket write may block 2 s, the master peeks at most 2 s for a request line.
-serve=(-- serve --ping-interval 1s --ping-timeout 1s --write-timeout 2s)
+# a websocket write may block 2 s, the master peeks at most 2 s for a request line and a worker
+# waits at most 2 s for request headers.
+serve=(-- serve --ping-interval 1s --ping-timeout 1s --write-timeout 2s --header-read-timeout 2s)
 
 reserve_port; chat_port=$RESERVED_PORT
 reserve_port; redis_chat_port=$RESERVED_PORT
