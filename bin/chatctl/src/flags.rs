@@ -298,6 +298,10 @@ pub struct ServeArgs {
     /// a slower one gets 408 and its connection is closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
+    /// Time a client may take to send a request's headers, on the public port and on the
+    /// private socket; a slower one (slowloris) is disconnected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
     /// Time one websocket write may take; a client that stops reading longer is disconnected
     /// and its connection closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -201,6 +201,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         history_ttl: args.history_ttl,
         max_connections: args.max_connections as usize,
         secure_cookies: args.secure_cookies,
+        header_read_timeout: args.header_read_timeout,
         ..ChatConfig::default()
     };
     let engine = &mut config.io.engine;
@@ -430,4 +431,35 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::flags::{Cli, Command};
+
+    fn serve_args(flags: &[&str]) -> super::ServeArgs {
+        let cli = Cli::try_parse_from(["chatctl", "serve"].iter().chain(flags))
+            .expect("valid serve flags");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        args
+    }
+
+    #[test]
+    fn header_read_timeout_reaches_the_chat_config() {
+        let config =
+            super::config(&serve_args(&["--header-read-timeout", "2s"])).expect("a config");
+        assert_eq!(
+            config.header_read_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        let config = super::config(&serve_args(&[])).expect("a config");
+        assert_eq!(
+            config.header_read_timeout,
+            std::time::Duration::from_secs(10)
+        );
+    }
 }

@@ -5,8 +5,10 @@ import http from "node:http";
 /**
  * POST /login of `nickname` on a connection of its own (the clients measure Socket.IO; the
  * tests' own HTTP loops measure keep-alive); resolves with the `chat_session=...` cookie pair.
+ * `localAddress` picks the client's source address (ops/attack: a user on 127.0.0.2 while
+ * 127.0.0.1 floods).
  */
-export function login(base, nickname) {
+export function login(base, nickname, { localAddress } = {}) {
   const body = new URLSearchParams({ nickname }).toString();
   return new Promise((resolve, reject) => {
     const request = http.request(
@@ -14,6 +16,7 @@ export function login(base, nickname) {
       {
         method: "POST",
         agent: false,
+        localAddress,
         headers: {
           "Content-Type": "application/x-www-form-urlencoded",
           "Content-Length": Buffer.byteLength(body),
