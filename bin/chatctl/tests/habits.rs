@@ -8,18 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use serde_json::Value;
-use support::{all_online, wait_until, workers, App};
-
-fn stdout_of(output: &std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::{all_online, succeeded, wait_until, workers, App};
 
 /// The settings the app's master runs with.
 fn saved_config(app: &App) -> Value {
@@ -39,11 +28,11 @@ fn list_aliases_and_status_without_a_name_show_the_app() {
         &["show", &app.name],
         &["describe", &app.name],
     ] {
-        let text = stdout_of(&app.run(command));
+        let text = succeeded(&app.run(command));
         assert!(text.contains(&app.name), "chatctl {command:?}: {text}");
     }
     let jlist: Value =
-        serde_json::from_str(&stdout_of(&app.run(&["jlist"]))).expect("jlist printed no JSON");
+        serde_json::from_str(&succeeded(&app.run(&["jlist"]))).expect("jlist printed no JSON");
     assert_eq!(jlist[0]["name"], app.name.as_str(), "{jlist}");
 }
 
@@ -53,7 +42,7 @@ fn reload_and_restart_all_reach_every_app() {
     one.start_ok(&["-i", "1"], &[]);
     // A second app in the same state directory: `all` means every app of it.
     let other_listen = format!("127.0.0.1:{}", testkit::port());
-    stdout_of(&one.run(&[
+    succeeded(&one.run(&[
         "start",
         "--name",
         "all-two",
@@ -70,7 +59,7 @@ fn reload_and_restart_all_reach_every_app() {
     assert_eq!(pids_before.len(), 2);
 
     for command in ["reload", "restart"] {
-        let text = stdout_of(&one.run(&[command, "all"]));
+        let text = succeeded(&one.run(&[command, "all"]));
         for name in [one.name.as_str(), "all-two"] {
             assert!(
                 text.lines()
@@ -96,7 +85,7 @@ fn logs_follow_by_default_and_print_once_with_nostream() {
     app.start_ok(&["-i", "1"], &[]);
     app.wait_listed("one online worker", |a| all_online(a, 1));
 
-    let printed = stdout_of(&app.run(&["logs", &app.name, "--lines", "3", "--nostream"]));
+    let printed = succeeded(&app.run(&["logs", &app.name, "--lines", "3", "--nostream"]));
     assert!(printed.lines().count() <= 3, "{printed}");
 
     let mut follower = app
@@ -107,7 +96,7 @@ fn logs_follow_by_default_and_print_once_with_nostream() {
     let mut lines = BufReader::new(follower.stdout.take().expect("piped stdout")).lines();
     // A reload makes the master and the new worker write lines after `logs` started: a
     // follower prints them (a line read here could come from nowhere else).
-    stdout_of(&app.run(&["reload", &app.name]));
+    succeeded(&app.run(&["reload", &app.name]));
     let first = lines.next();
     let still_following = follower.try_wait().expect("try_wait").is_none();
     let _ = follower.kill();
@@ -159,7 +148,7 @@ fn a_program_is_named_after_itself_and_runs_one_worker() {
         "-c",
         "exec sleep 600",
     ]);
-    stdout_of(&output);
+    succeeded(&output);
     let apps = app.list();
     let listed = apps.iter().find(|a| a["name"] == "sh");
     let listed = listed.unwrap_or_else(|| panic!("no app named sh: {apps:?}"));
@@ -192,7 +181,7 @@ fn a_pm2_ecosystem_file_is_imported_and_runs() {
     .expect("cannot write the ecosystem file");
     let ecosystem = dir.join("ecosystem.config.js");
     let output = app.run(&["import-pm2", ecosystem.to_str().expect("UTF-8 path")]);
-    let toml = stdout_of(&output);
+    let toml = succeeded(&output);
     let notes = String::from_utf8_lossy(&output.stderr);
     for field in ["watch", "env_staging"] {
         assert!(
@@ -202,7 +191,7 @@ fn a_pm2_ecosystem_file_is_imported_and_runs() {
     }
     let file = dir.join("apps.toml");
     std::fs::write(&file, &toml).expect("cannot write apps.toml");
-    stdout_of(&app.run(&["start", "-c", file.to_str().expect("UTF-8 path")]));
+    succeeded(&app.run(&["start", "-c", file.to_str().expect("UTF-8 path")]));
     let apps = app.list();
     let web = apps.iter().find(|a| a["name"] == "web");
     let web = web.unwrap_or_else(|| panic!("no app web: {apps:?}\n{toml}"));

@@ -6,18 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{alive, all_online, signal, wait_until, worker_pids, workers, App};
-
-fn succeeded(output: &std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::{alive, all_online, signal, succeeded, wait_until, worker_pids, workers, App};
 
 fn health_interval(app: &App) -> Value {
     let text = std::fs::read(app.app_dir().join("config.json")).expect("no definition");

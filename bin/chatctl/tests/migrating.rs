@@ -31,7 +31,10 @@ fn documented_commands() -> Vec<String> {
 #[test]
 fn every_command_of_the_migration_table_works() {
     let commands = documented_commands();
-    assert!(commands.len() >= 15, "the table lost its commands: {commands:?}");
+    assert!(
+        commands.len() >= 15,
+        "the table lost its commands: {commands:?}"
+    );
     let app = App::new("chat");
     for command in &commands {
         let command = command.replace("127.0.0.1:3000", &app.listen());
@@ -46,5 +49,8 @@ fn every_command_of_the_migration_table_works() {
             app.log_text()
         );
     }
-    assert!(app.listed().is_none(), "the table ends with delete: the app is gone");
+    assert!(
+        app.listed().is_none(),
+        "the table ends with delete: the app is gone"
+    );
 }

@@ -275,6 +275,18 @@ pub fn signal(pid: u32, signal: libc::c_int) {
 }
 
 /// Non-empty lines of a command's stderr.
+/// The stdout of a command that must have succeeded; its output in the failure otherwise.
+pub fn succeeded(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub fn stderr_lines(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr)
         .lines()
