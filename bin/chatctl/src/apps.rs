@@ -49,6 +49,9 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "log_max_size" => app.log_max_size = flags.log_max_size,
         "log_keep" => app.log_keep = flags.log_keep,
         "log_max_line" => app.log_max_line = flags.log_max_line,
+        "first_restart_at_once" => {
+            app.restart.first_restart_at_once = flags.restart.first_restart_at_once
+        }
         "restart_delay" => app.restart.initial_delay = flags.restart.initial_delay,
         "restart_max_delay" => app.restart.max_delay = flags.restart.max_delay,
         "restart_reset" => app.restart.reset_after = flags.restart.reset_after,
@@ -175,6 +178,7 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         cwd: std::env::current_dir().ok(),
         user: args.user.clone(),
         restart: supervisor::RestartPolicy {
+            first_restart_at_once: args.first_restart_at_once,
             initial_delay: args.restart_delay,
             max_delay: args.restart_max_delay,
             reset_after: args.restart_reset,

@@ -137,7 +137,13 @@ pub struct AppArgs {
     /// Longest line of a worker's output kept in the log; longer ones are cut.
     #[arg(long, default_value = "16K", value_parser = supervisor::config::parse_size)]
     pub log_max_line: u64,
-    /// First restart delay after a crash.
+    /// Restart a worker's first crash (since --restart-reset of uptime) at once (`on`), or
+    /// after --restart-delay like the later ones (`off`).
+    #[arg(long, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub first_restart_at_once: bool,
+    /// Restart delay after a crash that follows another within --restart-reset (after every
+    /// crash with --first-restart-at-once off); it grows by 1.5 each time.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub restart_delay: Duration,
     /// Longest restart delay.

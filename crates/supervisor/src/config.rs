@@ -125,7 +125,11 @@ pub const DEFAULT_DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RestartPolicy {
-    /// First restart delay.
+    /// Restart the first crash of a reset window at once (PM2 and Forever do): a lone crash is
+    /// an accident, and a worker short costs its siblings the load; the delays below start
+    /// with the second crash.
+    pub first_restart_at_once: bool,
+    /// First restart delay (the second crash's, with `first_restart_at_once`).
     #[serde(with = "millis")]
     pub initial_delay: Duration,
     /// Each further restart waits this much longer.
@@ -193,6 +197,7 @@ impl Default for AppConfig {
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
+            first_restart_at_once: true,
             initial_delay: Duration::from_millis(100),
             factor: 1.5,
             max_delay: Duration::from_secs(15),
