@@ -50,6 +50,16 @@ pub enum Command {
         #[arg(value_parser = parse_instances)]
         instances: usize,
     },
+    /// Send a signal (SIGUSR2, HUP, 10...) to every worker of an app, or to one by id (PM2's
+    /// `sendSignal`); the app decides what it means.
+    #[command(alias = "sendSignal")]
+    Signal {
+        #[arg(value_parser = parse_signal)]
+        signal: supervisor::SignalName,
+        name: String,
+        /// Only this worker (its id in `chatctl status`).
+        worker: Option<usize>,
+    },
     /// Stop an app (or `all`): drain its workers, then kill whatever is left. Its definition
     /// stays (`chatctl start NAME` starts it again; `chatctl delete NAME` removes it).
     Stop { name: String },
@@ -176,6 +186,10 @@ pub struct AppArgs {
     /// Time a replaced worker may take to finish its requests on reload.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// The signal that asks a program to finish on stop, reload and scale down (e.g. SIGINT);
+    /// after --stop-timeout, SIGKILL. The chat app is asked over its IPC channel instead.
+    #[arg(long, default_value = "SIGTERM", value_parser = parse_signal)]
+    pub kill_signal: supervisor::SignalName,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
@@ -266,6 +280,10 @@ pub fn parse_instances(text: &str) -> Result<usize, String> {
             "'{text}' is not a number of workers (1-1024) or 'max'"
         )),
     }
+}
+
+fn parse_signal(text: &str) -> Result<supervisor::SignalName, String> {
+    text.parse()
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

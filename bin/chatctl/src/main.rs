@@ -87,6 +87,11 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Scale { name, instances } => {
             apps::control(&name, Request::Scale { instances }).await
         }
+        Command::Signal {
+            signal,
+            name,
+            worker,
+        } => apps::control(&name, Request::Signal { signal, worker }).await,
         Command::Stop { name } => apps::stop(&name).await,
         Command::Delete { name } => apps::delete(&name).await,
         Command::Save => apps::save().await,

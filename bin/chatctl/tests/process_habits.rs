@@ -7,16 +7,18 @@ mod support;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use support::{all_online, http_get, wait_for_value, workers, App};
+use support::{all_online, http_get, wait_for_value, wait_until, worker_pids, workers, App};
 
 /// An HTTP server on the socket the master passes (fd 3, LISTEN_FDS) that answers every GET
-/// with its pid, and writes each signal it gets to stdout (`got SIGNAME`) before it exits.
+/// with its pid, and writes each signal it gets to stdout (`pid PID got SIGNAME`); SIGTERM
+/// and SIGINT end it.
 const PID_SERVER: &str = r#"
 import http.server, os, signal, socket, sys
 
 def on_signal(number, frame):
-    print("got " + signal.Signals(number).name, flush=True)
-    os._exit(0)
+    print("pid %d got %s" % (os.getpid(), signal.Signals(number).name), flush=True)
+    if number != signal.SIGUSR2:
+        os._exit(0)
 
 for name in ("SIGTERM", "SIGINT", "SIGUSR2"):
     signal.signal(getattr(signal, name), on_signal)
@@ -91,4 +93,77 @@ fn a_first_crash_is_replaced_at_once() {
     });
     assert_eq!(workers(&listed)[0]["restarts"], 2, "{listed}");
     assert!(!all_online(&listed, 1), "{listed}");
+}
+
+/// `--kill-signal SIGINT` is what stop sends first; `chatctl signal` reaches every worker, or
+/// the one named, and refuses a worker that does not exist.
+#[test]
+fn stop_sends_the_kill_signal_and_signal_reaches_the_workers_named() {
+    let app = App::new("signals");
+    let program = pid_server(&app);
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    let flags = [
+        "-i",
+        "2",
+        "--min-uptime",
+        "100ms",
+        "--kill-signal",
+        "SIGINT",
+    ];
+    app.start_ok(&flags, &program);
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let pids = worker_pids(&listed);
+    let got = |pid: u32, name: &str| app.log_text().contains(&format!("pid {pid} got {name}"));
+
+    let one = app.run(&["signal", "USR2", &app.name, "1"]);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    wait_until("worker 1 to get SIGUSR2", || got(pids[1], "SIGUSR2"));
+    assert!(
+        !got(pids[0], "SIGUSR2"),
+        "worker 0 got the signal meant for worker 1"
+    );
+
+    let all = app.run(&["signal", "SIGUSR2", &app.name]);
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    wait_until("worker 0 to get SIGUSR2", || got(pids[0], "SIGUSR2"));
+
+    let missing = app.run(&["signal", "USR2", &app.name, "7"]);
+    assert!(
+        !missing.status.success(),
+        "a signal to worker 7 of 2 succeeded"
+    );
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no worker 7"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let bogus = app.run(&["signal", "SIGNOPE", &app.name]);
+    assert_eq!(
+        bogus.status.code(),
+        Some(2),
+        "an unknown signal is not a usage error"
+    );
+
+    let stop = app.run(&["stop", &app.name]);
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    for pid in pids {
+        wait_until("the stopped worker to log SIGINT", || got(pid, "SIGINT"));
+    }
+    assert!(
+        !app.log_text().contains("got SIGTERM"),
+        "{}",
+        app.log_text()
+    );
 }

@@ -90,7 +90,11 @@ pub struct AppConfig {
     /// Longest a draining worker may take to finish its requests on reload.
     #[serde(with = "millis")]
     pub drain_timeout: Duration,
-    /// Longest `stop` waits for workers to exit after SIGTERM before SIGKILL.
+    /// The signal that asks a program other than the chat to finish, on stop, reload and
+    /// scale down (the chat is asked over IPC): SIGTERM by default, as systemd and PM2 send;
+    /// SIGINT or SIGQUIT for programs that shut down gracefully only on those.
+    pub kill_signal: crate::SignalName,
+    /// Longest `stop` waits for workers to exit after the kill signal before SIGKILL.
     #[serde(with = "millis")]
     pub stop_timeout: Duration,
     /// How long a worker may take to report ready before it counts as failed to start.
@@ -182,6 +186,7 @@ impl Default for AppConfig {
             restart: RestartPolicy::default(),
             health: HealthConfig::default(),
             drain_timeout: Duration::from_secs(10),
+            kill_signal: crate::SignalName::TERM,
             stop_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
             gather_timeout: Duration::from_secs(1),

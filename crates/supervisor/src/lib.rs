@@ -22,6 +22,7 @@ pub mod pm2;
 pub mod procstat;
 pub mod route_tag;
 pub mod secrets;
+pub mod signals;
 pub mod spawn;
 pub mod startup;
 
@@ -29,3 +30,4 @@ pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy
 pub use control::{AppStatus, Request, Response, WorkerStatus};
 pub use master::{default_user, running_as_root, Master, MasterError, MasterService};
 pub use paths::AppPaths;
+pub use signals::SignalName;

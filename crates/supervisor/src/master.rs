@@ -25,6 +25,7 @@ use crate::outbox::{relay_line, Outbox, Refused};
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
 use crate::route_tag::{self, Owner};
+use crate::signals::SignalName;
 use crate::spawn::{lookup_user, signal, spawn_worker, Connections, RunAs, WorkerSpec};
 
 /// New connections whose request line the master may wait for at once (sticky scheduling);
@@ -122,6 +123,9 @@ struct Proc {
     handoff: Option<Arc<handoff::Sender>>,
     /// Connections handed to it since its last report of its load.
     handed: u64,
+    /// What asks it to finish when it does not speak IPC (`--kill-signal`), as configured when
+    /// it started.
+    kill_signal: SignalName,
 }
 
 /// A worker position; its process changes with restarts and reloads.
@@ -426,6 +430,7 @@ impl Inner {
             started: Instant::now(),
             ready: false,
             speaks_ipc: false,
+            kill_signal: config.kill_signal,
             ipc: outbox.clone(),
             connections: 0,
             drops: Drops::new(config.drop_log_interval),
@@ -1288,7 +1293,39 @@ impl Inner {
         Ok(format!("scaled to {instances} workers"))
     }
 
-    /// Stops every worker: drain (or SIGTERM), then SIGKILL after the stop timeout.
+    /// `chatctl signal`: sends `signal` to the current process of every worker, or of one.
+    fn send_signal(
+        &self,
+        signal_name: SignalName,
+        worker: Option<usize>,
+    ) -> Result<String, String> {
+        let state = self.lock();
+        let live = |slot: &&Slot| !slot.retired;
+        if let Some(id) = worker {
+            if !state.slots.iter().filter(live).any(|slot| slot.id == id) {
+                return Err(format!(
+                    "there is no worker {id}: see `chatctl status {}`",
+                    state.config.name
+                ));
+            }
+        }
+        let mut pids = Vec::new();
+        for slot in state.slots.iter().filter(live) {
+            if worker.is_none_or(|id| id == slot.id) {
+                if let Some(proc) = &slot.current {
+                    signal(proc.pid, signal_name.number());
+                    pids.push(proc.pid.to_string());
+                }
+            }
+        }
+        if pids.is_empty() {
+            return Err("no worker process is running to signal".into());
+        }
+        tracing::info!(pids = %pids.join(" "), "sent {signal_name} on request");
+        Ok(format!("sent {signal_name} to pid {}", pids.join(", ")))
+    }
+
+    /// Stops every worker: drain (or the kill signal), then SIGKILL after the stop timeout.
     async fn stop(self: &Arc<Self>) {
         let (workers, timeout) = {
             let mut state = self.lock();
@@ -1501,6 +1538,7 @@ impl Inner {
             Request::Reload => done(self.reload(&progress).await),
             Request::Restart => done(self.restart(&progress).await),
             Request::Scale { instances } => done(self.scale(instances).await),
+            Request::Signal { signal, worker } => done(self.send_signal(signal, worker)),
             Request::Stop => {
                 self.stop().await;
                 Response::Done {
@@ -1587,7 +1625,7 @@ fn done(result: Result<String, String>) -> Response {
     }
 }
 
-/// Asks a process to finish: over IPC when it speaks it, else SIGTERM. It gets no new
+/// Asks a process to finish: over IPC when it speaks it, else its kill signal. It gets no new
 /// connections from then on; those already handed over are its to answer.
 fn drain(proc: &Proc, timeout: Duration) {
     if let Some(handoff) = &proc.handoff {
@@ -1598,7 +1636,7 @@ fn drain(proc: &Proc, timeout: Duration) {
     };
     let sent = proc.speaks_ipc && proc.ipc.control(&request).is_ok();
     if !sent {
-        signal(proc.pid, libc::SIGTERM);
+        signal(proc.pid, proc.kill_signal.number());
     }
 }
 
