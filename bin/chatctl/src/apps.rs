@@ -49,6 +49,9 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "log_max_size" => app.log_max_size = flags.log_max_size,
         "log_keep" => app.log_keep = flags.log_keep,
         "log_max_line" => app.log_max_line = flags.log_max_line,
+        "log_date_format" => app.log_date_format.clone_from(&flags.log_date_format),
+        "log_json" => app.log_json = flags.log_json,
+        "log_split" => app.log_split = flags.log_split,
         "first_restart_at_once" => {
             app.restart.first_restart_at_once = flags.restart.first_restart_at_once
         }
@@ -200,6 +203,9 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         max_memory: args.max_memory,
         log_max_size: args.log_max_size,
         log_keep: args.log_keep,
+        log_date_format: args.log_date_format.clone(),
+        log_json: args.log_json,
+        log_split: args.log_split,
         log_max_line: usize::try_from(args.log_max_line).unwrap_or(usize::MAX),
         ..defaults
     }
@@ -714,6 +720,25 @@ pub async fn stop(name: &str) -> anyhow::Result<()> {
             Err(ClientError::Control(error)) => bail!("{error}"),
             Err(error) => return Err(error.into()),
         }
+    }
+    Ok(())
+}
+
+/// `chatctl flush NAME` (or `all`).
+pub fn flush(name: &str) -> anyhow::Result<()> {
+    let names = if name == "all" {
+        client::running_apps()
+    } else {
+        vec![name.to_owned()]
+    };
+    for name in names {
+        let paths = AppPaths::new(&home(), &name);
+        if !paths.dir.is_dir() {
+            bail!("no app '{name}' is defined: see `chatctl list`");
+        }
+        let flushed = supervisor::logs::flush(&paths)
+            .with_context(|| format!("cannot empty the logs in {}", paths.logs.display()))?;
+        println!("{name}: flushed {} log files", flushed.len());
     }
     Ok(())
 }

@@ -95,6 +95,9 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
     },
+    /// Empty an app's log files (the rotated ones are removed); a running master keeps
+    /// writing to them.
+    Flush { name: String },
     /// Serve the chat app in this process (what each worker of `chatctl start` runs).
     Serve(ServeArgs),
     /// Run a sticky reverse proxy in front of several hosts: each request with a sid goes to
@@ -144,6 +147,17 @@ pub struct AppArgs {
     /// Rotated log files kept.
     #[arg(long, default_value_t = 5)]
     pub log_keep: usize,
+    /// How worker lines are stamped: strftime-like in UTC (%Y %m %d %H %M %S %L %f %F %T %s %z
+    /// %Z); `none` for programs that stamp their own lines.
+    #[arg(long, default_value = supervisor::timestamp::DEFAULT_DATE_FORMAT)]
+    pub log_date_format: String,
+    /// Log one JSON object per line: time, app, worker, stream, message.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Workers' stdout and stderr in out.log and err.log beside app.log (PM2's out_file and
+    /// error_file); the master's lines stay in app.log.
+    #[arg(long)]
+    pub log_split: bool,
     /// Longest line of a worker's output kept in the log; longer ones are cut.
     #[arg(long, default_value = "16K", value_parser = supervisor::config::parse_size)]
     pub log_max_line: u64,

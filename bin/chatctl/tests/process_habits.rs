@@ -10,8 +10,8 @@ use std::time::Instant;
 use support::{all_online, http_get, wait_for_value, wait_until, worker_pids, workers, App};
 
 /// An HTTP server on the socket the master passes (fd 3, LISTEN_FDS) that answers every GET
-/// with its pid, and writes each signal it gets to stdout (`pid PID got SIGNAME`); SIGTERM
-/// and SIGINT end it.
+/// with its pid, says `pid PID serving` on stdout and `pid PID warming` on stderr as it starts,
+/// and writes each signal it gets to stdout (`pid PID got SIGNAME`); SIGTERM and SIGINT end it.
 const PID_SERVER: &str = r#"
 import http.server, os, signal, socket, sys
 
@@ -34,6 +34,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+print("pid %d warming" % os.getpid(), file=sys.stderr, flush=True)
+print("pid %d serving" % os.getpid(), flush=True)
 server = http.server.HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
 server.socket = socket.socket(fileno=3)
 server.serve_forever()
@@ -114,6 +116,13 @@ fn stop_sends_the_kill_signal_and_signal_reaches_the_workers_named() {
     let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
     let pids = worker_pids(&listed);
     let got = |pid: u32, name: &str| app.log_text().contains(&format!("pid {pid} got {name}"));
+    // Online after --min-uptime is not the same as ready for signals: wait for its handlers.
+    for pid in &pids {
+        let serving = format!("pid {pid} serving");
+        wait_until("the worker's signal handlers", || {
+            app.log_text().contains(&serving)
+        });
+    }
 
     let one = app.run(&["signal", "USR2", &app.name, "1"]);
     assert!(
@@ -166,4 +175,126 @@ fn stop_sends_the_kill_signal_and_signal_reaches_the_workers_named() {
         "{}",
         app.log_text()
     );
+}
+
+fn read_log(app: &App, file: &str) -> String {
+    std::fs::read_to_string(app.app_dir().join("logs").join(file)).unwrap_or_default()
+}
+
+/// Whether `text` starts with an ISO 8601 UTC time with milliseconds and a space
+/// (`2026-12-02T20:01:07.123Z `).
+fn starts_with_iso_time(text: &str) -> bool {
+    let shape = "dddd-dd-ddTdd:dd:dd.dddZ ";
+    text.len() >= shape.len()
+        && shape
+            .chars()
+            .zip(text.chars())
+            .all(|(want, got)| match want {
+                'd' => got.is_ascii_digit(),
+                other => other == got,
+            })
+}
+
+/// `--log-split`: stdout in out.log, stderr in err.log, each line stamped with the time;
+/// `chatctl flush` empties them and the master goes on writing.
+#[test]
+fn worker_lines_are_stamped_split_by_stream_and_flushed() {
+    let app = App::new("split");
+    let program = pid_server(&app);
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    app.start_ok(
+        &["-i", "1", "--min-uptime", "100ms", "--log-split"],
+        &program,
+    );
+    wait_until("the program's first lines in out.log and err.log", || {
+        read_log(&app, "out.log").contains(" serving")
+            && read_log(&app, "err.log").contains(" warming")
+    });
+    let out = read_log(&app, "out.log");
+    let serving = out
+        .lines()
+        .find(|l| l.contains(" serving"))
+        .unwrap_or_default();
+    let stamped = serving
+        .strip_prefix("w0 | ")
+        .is_some_and(starts_with_iso_time);
+    assert!(stamped, "not `w0 | TIME text`: {serving:?}");
+    let err = read_log(&app, "err.log");
+    let warming = err
+        .lines()
+        .find(|l| l.contains(" warming"))
+        .unwrap_or_default();
+    let stamped = warming
+        .strip_prefix("w0 err | ")
+        .is_some_and(starts_with_iso_time);
+    assert!(stamped, "not `w0 err | TIME text`: {warming:?}");
+    let app_log = app.log_text();
+    assert!(
+        !app_log.contains(" serving") && !app_log.contains(" warming"),
+        "{app_log}"
+    );
+    assert!(app_log.contains("master | "), "{app_log}");
+
+    let flush = app.run(&["flush", &app.name]);
+    assert!(
+        flush.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flush.stderr)
+    );
+    assert!(
+        !read_log(&app, "out.log").contains(" serving"),
+        "out.log kept its lines"
+    );
+    assert!(
+        read_log(&app, "err.log").is_empty(),
+        "err.log kept its lines"
+    );
+    let signal = app.run(&["signal", "USR2", &app.name]);
+    assert!(
+        signal.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signal.stderr)
+    );
+    wait_until("a line written after the flush", || {
+        read_log(&app, "out.log").contains("got SIGUSR2")
+    });
+    assert!(
+        !read_log(&app, "out.log").contains('\0'),
+        "the file has a hole where the flushed lines were"
+    );
+}
+
+/// `--log-json`: every line of the app log is one JSON object; a worker's have time, app,
+/// worker, stream and message.
+#[test]
+fn json_log_lines_name_the_app_worker_and_stream() {
+    let app = App::new("jsonlog");
+    let program = pid_server(&app);
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    app.start_ok(
+        &["-i", "1", "--min-uptime", "100ms", "--log-json"],
+        &program,
+    );
+    wait_until("the program's stderr line in the log", || {
+        app.log_text().contains(" warming")
+    });
+    let log = app.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    let warming = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with(" warming"))
+        })
+        .expect("the stderr line");
+    assert_eq!(warming["app"], app.name.as_str(), "{warming}");
+    assert_eq!(warming["worker"], 0, "{warming}");
+    assert_eq!(warming["stream"], "err", "{warming}");
+    let time = format!("{} ", warming["time"].as_str().unwrap_or_default());
+    assert!(starts_with_iso_time(&time), "{warming}");
+    assert!(lines.iter().any(|l| l["stream"] == "master"), "{log}");
 }

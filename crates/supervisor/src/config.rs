@@ -110,6 +110,17 @@ pub struct AppConfig {
     pub log_max_size: u64,
     /// Rotated log files kept.
     pub log_keep: usize,
+    /// How each line of a worker's output is stamped: strftime-like, in UTC
+    /// (`crate::timestamp`), ISO 8601 with milliseconds by default, the same clock as the
+    /// master's own lines; `none` (or empty) for programs that stamp their own lines.
+    pub log_date_format: String,
+    /// Log one JSON object per line (time, app, worker, stream, message), for log shippers
+    /// that should not parse text.
+    pub log_json: bool,
+    /// Workers' stdout and stderr go to `out.log` and `err.log` beside `app.log` (PM2's
+    /// out_file / error_file), for tools that watch one stream; the master's lines stay in
+    /// `app.log`.
+    pub log_split: bool,
     /// Shortest time between two log lines about one cause of dropped messages (a worker too
     /// slow for the broadcasts relayed to it, a failed store write); the counts are in
     /// `chatctl status --json` at any time.
@@ -193,6 +204,9 @@ impl Default for AppConfig {
             max_memory: None,
             log_max_size: 10 * 1024 * 1024,
             log_keep: 5,
+            log_date_format: crate::timestamp::DEFAULT_DATE_FORMAT.into(),
+            log_json: false,
+            log_split: false,
             drop_log_interval: DEFAULT_DROP_LOG_INTERVAL,
             log_max_line: 16 << 10,
         }
@@ -305,10 +319,18 @@ impl AppConfig {
                 self.log_max_line
             ));
         }
+        if let Some(format) = self.worker_date_format() {
+            crate::timestamp::check_format(format).map_err(ConfigError)?;
+        }
         if self.log_max_size < 1024 {
             return bad("log max size must be at least 1K".into());
         }
         Ok(())
+    }
+
+    /// The format worker lines are stamped with, if they are.
+    pub fn worker_date_format(&self) -> Option<&str> {
+        Some(self.log_date_format.as_str()).filter(|format| !format.is_empty() && *format != "none")
     }
 
     /// Whether the workers run our chat app (and so speak the IPC protocol for sure).

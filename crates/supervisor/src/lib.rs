@@ -25,6 +25,7 @@ pub mod secrets;
 pub mod signals;
 pub mod spawn;
 pub mod startup;
+pub mod timestamp;
 
 pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling};
 pub use control::{AppStatus, Request, Response, WorkerStatus};

@@ -20,7 +20,7 @@ use crate::dispatch::{self, Peeked};
 use crate::drops::Drops;
 use crate::handoff;
 use crate::ipc::{message_lines, read_message, write_message, ReadEnd, ToMaster, ToWorker};
-use crate::logs::LogSink;
+use crate::logs::{LogSink, Stream};
 use crate::outbox::{relay_line, Outbox, Refused};
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
@@ -241,8 +241,7 @@ impl Master {
         let run_as = workers_account(config.user.as_deref())?;
         let listener = crate::listen::bind(config.listen)
             .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
-        let log = LogSink::open(paths.log_file.clone(), config.log_max_size, config.log_keep)
-            .map_err(files_error(&paths.log_file))?;
+        let log = LogSink::open_app(&paths, &config).map_err(files_error(&paths.logs))?;
         let control = UnixListener::bind(&paths.control).map_err(files_error(&paths.control))?;
         set_mode(&paths.control, 0o600).map_err(files_error(&paths.control))?;
         std::fs::write(&paths.pid, std::process::id().to_string())
@@ -458,16 +457,19 @@ impl Inner {
         }
         self.bump();
         tracing::info!(worker = slot_id, pid, "worker started");
-        let prefix = format!("w{slot_id}");
         if let Some(stdout) = child.stdout.take() {
             let log = self.log.clone();
-            let prefix = prefix.clone();
-            tokio::spawn(async move { log.pump(stdout, &prefix, config.log_max_line).await });
+            tokio::spawn(async move {
+                log.pump(stdout, slot_id, Stream::Out, config.log_max_line)
+                    .await
+            });
         }
         if let Some(stderr) = child.stderr.take() {
             let log = self.log.clone();
-            let prefix = format!("{prefix} err");
-            tokio::spawn(async move { log.pump(stderr, &prefix, config.log_max_line).await });
+            tokio::spawn(async move {
+                log.pump(stderr, slot_id, Stream::Err, config.log_max_line)
+                    .await
+            });
         }
         tokio::spawn(self.clone().ipc_task(
             slot_id,
