@@ -43,6 +43,7 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
     match flag {
         "config_file" | "app" | "reload_if_running" => {}
         "listen" => app.listen = flags.listen,
+        "no_listen" => app.no_listen = flags.no_listen,
         "instances" => app.instances = flags.instances,
         "user" => app.user.clone_from(&flags.user),
         "max_memory" => app.max_memory = flags.max_memory,
@@ -157,6 +158,7 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
             .clone()
             .unwrap_or_else(|| default_name(&args.command)),
         listen: args.listen,
+        no_listen: args.no_listen,
         // One worker per CPU for the chat; one for another program (PM2's default), which may
         // not be written to share a port.
         instances: args

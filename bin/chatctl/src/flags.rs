@@ -130,6 +130,10 @@ pub struct AppArgs {
     /// Address the workers share.
     #[arg(long, default_value = "0.0.0.0:3000")]
     pub listen: std::net::SocketAddr,
+    /// The program serves no port (a queue worker): bind nothing, pass no socket and no
+    /// LISTEN_FDS. Not for the chat app.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
     /// Number of workers: a number, or `max` for one per CPU [default: `max` for the chat
     /// app, 1 for another program].
     #[arg(short = 'i', long, value_parser = parse_instances)]

@@ -298,3 +298,45 @@ fn json_log_lines_name_the_app_worker_and_stream() {
     assert!(starts_with_iso_time(&time), "{warming}");
     assert!(lines.iter().any(|l| l["stream"] == "master"), "{log}");
 }
+
+/// `no_listen`: a queue worker. The master binds nothing (the address in the file is held by
+/// this test, so a bind would fail) and the program gets no socket and no LISTEN_FDS.
+#[test]
+fn a_program_without_a_port_gets_no_socket() {
+    let app = App::new("queue");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind loopback");
+    let address = held.local_addr().expect("no local address");
+    let script = "echo \"LISTEN_FDS=${LISTEN_FDS:-unset}\"; \
+                  if [ -e /proc/self/fd/3 ]; then echo fd3=open; else echo fd3=closed; fi; \
+                  exec sleep 600";
+    let file = app.home.join("queue.toml");
+    let toml = format!(
+        "[[app]]\nname = \"{}\"\nlisten = \"{address}\"\nno_listen = true\ninstances = 1\n\
+         command = [\"/bin/sh\", \"-c\", {script:?}]\n[app.restart]\nmin_uptime = 100\n",
+        app.name
+    );
+    std::fs::write(&file, toml).expect("cannot write the config file");
+    let start = app.run(&["start", "-c", &file.to_string_lossy()]);
+    assert!(
+        start.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&start.stdout),
+        String::from_utf8_lossy(&start.stderr),
+        app.log_text()
+    );
+    wait_until("the program's report", || app.log_text().contains("fd3="));
+    let log = app.log_text();
+    assert!(log.contains("LISTEN_FDS=unset"), "{log}");
+    assert!(log.contains("fd3=closed"), "{log}");
+    let status = app.status().expect("status of the queue worker");
+    assert_eq!(status["listen"], "none", "{status}");
+
+    // The chat serves HTTP: it cannot go without a port.
+    let chat = app.run(&["start", "--name", "nochat", "--no-listen"]);
+    let refusal = String::from_utf8_lossy(&chat.stderr);
+    assert!(
+        !chat.status.success() && refusal.contains("--no-listen"),
+        "{refusal}"
+    );
+    drop(held);
+}

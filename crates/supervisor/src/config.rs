@@ -53,6 +53,9 @@ pub struct AppConfig {
     pub name: String,
     /// Address the master binds and shares with the workers.
     pub listen: SocketAddr,
+    /// The program serves no port (a queue worker, a scheduler): the master binds nothing,
+    /// and the workers get no socket and no `LISTEN_FDS`. `listen` is then unused.
+    pub no_listen: bool,
     /// Number of workers.
     pub instances: usize,
     pub scheduling: Scheduling,
@@ -183,6 +186,7 @@ impl Default for AppConfig {
         AppConfig {
             name: "chat".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            no_listen: false,
             instances: default_instances(),
             scheduling: Scheduling::Sticky,
             node_id: 0,
@@ -269,6 +273,11 @@ impl AppConfig {
                 "instances must be between 1 and 1024, not {}",
                 self.instances
             ));
+        }
+        if self.no_listen && self.runs_chat() {
+            return bad(
+                "--no-listen is for programs that serve no port; the chat app serves HTTP: drop --no-listen, or give the program after --".into(),
+            );
         }
         if self.node_id > crate::route_tag::MAX_ID {
             return bad(format!(

@@ -192,7 +192,8 @@ struct State {
 
 struct Inner {
     paths: AppPaths,
-    listener: std::net::TcpListener,
+    /// The shared listening socket; None with `no_listen`.
+    listener: Option<std::net::TcpListener>,
     /// Names this master's workers' private sockets (abstract unix sockets).
     peers_token: String,
     /// The chat's cookie key, the same for every worker and every restart (and every host on
@@ -239,8 +240,13 @@ impl Master {
         paths.create().map_err(files_error(&paths.dir))?;
 
         let run_as = workers_account(config.user.as_deref())?;
-        let listener = crate::listen::bind(config.listen)
-            .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
+        let listener = if config.no_listen {
+            None
+        } else {
+            let bound = crate::listen::bind(config.listen)
+                .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
+            Some(bound)
+        };
         let log = LogSink::open_app(&paths, &config).map_err(files_error(&paths.logs))?;
         let control = UnixListener::bind(&paths.control).map_err(files_error(&paths.control))?;
         set_mode(&paths.control, 0o600).map_err(files_error(&paths.control))?;
@@ -301,7 +307,12 @@ impl Master {
     pub async fn run(self, on_online: impl FnOnce() + Send + 'static) {
         let inner = self.inner;
         let config = inner.lock().config.clone();
-        tracing::info!(app = %config.name, listen = %config.listen, workers = config.instances, "master started");
+        let listen = if config.no_listen {
+            "none".to_owned()
+        } else {
+            config.listen.to_string()
+        };
+        tracing::info!(app = %config.name, %listen, workers = config.instances, "master started");
         for slot in 0..config.instances {
             inner.clone().start_proc(slot, Role::Current);
         }
@@ -385,13 +396,14 @@ impl Inner {
             sockets
                 .map_err(crate::spawn::SpawnError::Sockets)
                 .and_then(|(private, pair)| {
-                    let connections = match &pair {
-                        Some((_, worker_end)) => Connections::HandedOff {
+                    let connections = match (&pair, &self.listener) {
+                        (Some((_, worker_end)), _) => Connections::HandedOff {
                             socket: worker_end.as_raw_fd(),
                         },
-                        None => Connections::Shared {
-                            listener: self.listener.as_raw_fd(),
+                        (None, Some(listener)) => Connections::Shared {
+                            listener: listener.as_raw_fd(),
                         },
+                        (None, None) => Connections::Nothing,
                     };
                     let spec = WorkerSpec {
                         config: &config,
@@ -1368,7 +1380,10 @@ impl Inner {
 
     /// Sticky scheduling: accepts every connection and hands it to a worker.
     async fn dispatch_loop(self: Arc<Self>) {
-        let listener = match self.listener.try_clone().and_then(|listener| {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let listener = match listener.try_clone().and_then(|listener| {
             listener.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(listener)
         }) {
@@ -1498,11 +1513,13 @@ impl Inner {
         AppStatus {
             name: state.config.name.clone(),
             master_pid: std::process::id(),
-            listen: self
-                .listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            listen: match &self.listener {
+                Some(listener) => listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                None => "none".into(),
+            },
             scheduling: if state.config.runs_chat() {
                 state.config.scheduling.to_string()
             } else {
