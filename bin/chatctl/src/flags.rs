@@ -198,6 +198,18 @@ pub struct AppArgs {
     /// Missed probes in a row before a worker is replaced.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_misses: u32,
+    /// Programs other than the chat: probe each worker with GET
+    /// http://127.0.0.1:PORT/PATH on its own port (see --worker-port-base); 2xx is healthy,
+    /// --health-misses failures in a row replace it.
+    #[arg(long, value_name = "PATH", requires = "worker_port_base")]
+    pub health_url: Option<String>,
+    /// Programs other than the chat: probe each worker with a TCP connect to its own port.
+    #[arg(long, requires = "worker_port_base", conflicts_with = "health_url")]
+    pub health_tcp: bool,
+    /// Programs other than the chat: worker N gets port BASE+N of its own, as `{port}` in its
+    /// command line and PORT in its environment (where --health-url / --health-tcp probe it).
+    #[arg(long, value_name = "BASE", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_port_base: Option<u16>,
     /// Time a worker may take to report ready.
     #[arg(long, alias = "listen-timeout", default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,

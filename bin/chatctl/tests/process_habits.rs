@@ -340,3 +340,115 @@ fn a_program_without_a_port_gets_no_socket() {
     );
     drop(held);
 }
+
+/// A server on the port of its own that the master gives it (`{port}` in its arguments, and
+/// `PORT`): `GET /health` answers 200 with its pid, or 503 once it got SIGUSR2 (sick).
+const HEALTH_SERVER: &str = r#"
+import http.server, os, signal, sys
+
+port = int(sys.argv[1])
+sick = False
+
+def on_usr2(number, frame):
+    global sick
+    sick = True
+
+signal.signal(signal.SIGUSR2, on_usr2)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(os.getpid()).encode()
+        self.send_response(503 if sick else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+print("pid %d health on %d PORT=%s" % (os.getpid(), port, os.environ.get("PORT")), flush=True)
+server.serve_forever()
+"#;
+
+/// Two loopback ports in a row, reserved for this test process (worker 0's and worker 1's).
+fn consecutive_ports() -> u16 {
+    let mut previous = testkit::port();
+    for _ in 0..100 {
+        let next = testkit::port();
+        if next == previous + 1 {
+            return previous;
+        }
+        previous = next;
+    }
+    panic!("no two consecutive free loopback ports");
+}
+
+/// `--health-url` with `--worker-port-base`: a worker whose health URL stops answering 2xx is
+/// replaced (on the same port); its sibling keeps its process and keeps answering.
+#[test]
+fn a_program_that_fails_its_health_url_is_replaced_and_its_sibling_serves_on() {
+    let app = App::new("healthurl");
+    let path = app.home.join("health_server.py");
+    std::fs::write(&path, HEALTH_SERVER).expect("cannot write the test program");
+    let base = consecutive_ports();
+    let base_text = base.to_string();
+    let flags = [
+        "-i",
+        "2",
+        "--min-uptime",
+        "100ms",
+        "--worker-port-base",
+        &base_text,
+        "--health-url",
+        "/health",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "1s",
+        "--health-misses",
+        "2",
+    ];
+    app.start_ok(&flags, &["python3", &path.to_string_lossy(), "{port}"]);
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let pids = worker_pids(&listed);
+    for (worker, pid) in pids.iter().enumerate() {
+        let port = base + worker as u16;
+        let line = format!("pid {pid} health on {port} PORT={port}");
+        wait_until("the worker's health server", || {
+            app.log_text().contains(&line)
+        });
+    }
+    let healthy = |port: u16| http_get(port, "/health").is_ok_and(|(status, _)| status == 200);
+    assert!(healthy(base) && healthy(base + 1), "{}", app.log_text());
+
+    let sick = app.run(&["signal", "USR2", &app.name, "1"]);
+    assert!(
+        sick.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sick.stderr)
+    );
+    let listed = app.wait_listed("the sick worker 1 replaced", |a| {
+        all_online(a, 2) && worker_pids(a).get(1) != Some(&pids[1])
+    });
+    assert_eq!(
+        worker_pids(&listed)[0],
+        pids[0],
+        "the sibling was replaced: {listed}"
+    );
+    assert_eq!(workers(&listed)[0]["restarts"], 0, "{listed}");
+    assert!(
+        healthy(base),
+        "the sibling stopped answering:\n{}",
+        app.log_text()
+    );
+    wait_until("the replacement to answer on worker 1's port", || {
+        http_get(base + 1, "/health")
+            .is_ok_and(|(status, body)| status == 200 && body.trim() != pids[1].to_string())
+    });
+    assert!(
+        app.log_text().contains("missed 2 health probes"),
+        "the log does not say why worker 1 was replaced:\n{}",
+        app.log_text()
+    );
+}

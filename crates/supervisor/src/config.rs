@@ -86,6 +86,11 @@ pub struct AppConfig {
     pub env: Vec<(String, String)>,
     /// Working directory of the workers (default: where `chatctl start` ran).
     pub cwd: Option<PathBuf>,
+    /// Programs other than the chat: worker N gets port `worker_port_base + N` of its own,
+    /// as `{port}` in its command line and `PORT` in its environment, where the master probes
+    /// it (`health.url`, `health.tcp`). The worker id is its slot, stable across restarts, so
+    /// a restarted worker has its predecessor's port (which the predecessor, killed, freed).
+    pub worker_port_base: Option<u16>,
     /// Unprivileged user the workers run as; required when the master runs as root.
     pub user: Option<String>,
     pub restart: RestartPolicy,
@@ -179,6 +184,12 @@ pub struct HealthConfig {
     pub timeout: Duration,
     /// Probes missed in a row before the worker is killed and replaced.
     pub max_misses: u32,
+    /// Programs other than the chat: probe each worker with `GET
+    /// http://127.0.0.1:{its port}{url}` (2xx: healthy) on its own port
+    /// (`AppConfig::worker_port_base`), as the chat is probed on its private socket.
+    pub url: Option<String>,
+    /// Programs other than the chat: probe each worker with a TCP connect to its own port.
+    pub tcp: bool,
 }
 
 impl Default for AppConfig {
@@ -198,6 +209,7 @@ impl Default for AppConfig {
             env: Vec::new(),
             cwd: None,
             user: None,
+            worker_port_base: None,
             restart: RestartPolicy::default(),
             health: HealthConfig::default(),
             drain_timeout: Duration::from_secs(10),
@@ -238,6 +250,8 @@ impl Default for HealthConfig {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(3),
             max_misses: 3,
+            url: None,
+            tcp: false,
         }
     }
 }
@@ -322,6 +336,32 @@ impl AppConfig {
         {
             return bad("health interval, timeout and misses must be above zero".into());
         }
+        if let Some(url) = &self.health.url {
+            if !url.starts_with('/') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad(format!(
+                    "health URL {url:?} must be a path like /healthz (the master adds http://127.0.0.1:PORT)"
+                ));
+            }
+        }
+        let program_probe = self.health.url.is_some() || self.health.tcp;
+        if program_probe && self.runs_chat() {
+            return bad("--health-url and --health-tcp are for programs other than the chat, which is probed on its private socket: drop them".into());
+        }
+        if self.health.url.is_some() && self.health.tcp {
+            return bad("choose --health-url or --health-tcp, not both".into());
+        }
+        if program_probe && self.worker_port_base.is_none() {
+            return bad("--health-url and --health-tcp probe each worker on a port of its own: give --worker-port-base PORT (worker N gets PORT+N, as {port} in its command and PORT in its environment)".into());
+        }
+        if let Some(base) = self.worker_port_base {
+            if usize::from(base) + self.instances > 65_536 || base == 0 {
+                return bad(format!(
+                    "--worker-port-base {base} with {} workers leaves the port range: choose a base between 1 and {}",
+                    self.instances,
+                    65_536 - self.instances
+                ));
+            }
+        }
         if self.log_max_line < 80 {
             return bad(format!(
                 "log max line must be at least 80 bytes, not {}",
@@ -340,6 +380,12 @@ impl AppConfig {
     /// The format worker lines are stamped with, if they are.
     pub fn worker_date_format(&self) -> Option<&str> {
         Some(self.log_date_format.as_str()).filter(|format| !format.is_empty() && *format != "none")
+    }
+
+    /// The port of its own that worker `slot` of a program gets, if the program gets one.
+    pub fn worker_port(&self, slot: usize) -> Option<u16> {
+        let base = self.worker_port_base?;
+        u16::try_from(usize::from(base) + slot).ok()
     }
 
     /// Whether the workers run our chat app (and so speak the IPC protocol for sure).
@@ -508,6 +554,40 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn program_probes_need_a_port_and_a_program() {
+        let program = AppConfig {
+            command: vec!["./api".into(), "--port={port}".into()],
+            health: HealthConfig {
+                url: Some("/healthz".into()),
+                ..HealthConfig::default()
+            },
+            ..AppConfig::default()
+        };
+        assert!(program
+            .validate()
+            .is_err_and(|e| e.0.contains("--worker-port-base")));
+        let with_port = AppConfig {
+            worker_port_base: Some(9100),
+            ..program.clone()
+        };
+        with_port.validate().unwrap();
+        assert_eq!(with_port.worker_port(2), Some(9102));
+        let chat = AppConfig {
+            command: Vec::new(),
+            ..with_port.clone()
+        };
+        assert!(chat.validate().is_err());
+        let bad_path = AppConfig {
+            health: HealthConfig {
+                url: Some("healthz".into()),
+                ..HealthConfig::default()
+            },
+            ..with_port
+        };
+        assert!(bad_path.validate().is_err());
     }
 
     #[test]

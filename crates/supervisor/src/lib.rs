@@ -19,6 +19,7 @@ pub mod master;
 pub mod outbox;
 pub mod paths;
 pub mod pm2;
+pub mod probe;
 pub mod procstat;
 pub mod route_tag;
 pub mod secrets;

@@ -126,6 +126,8 @@ struct Proc {
     /// What asks it to finish when it does not speak IPC (`--kill-signal`), as configured when
     /// it started.
     kill_signal: SignalName,
+    /// A program's port of its own, where it is probed (`--worker-port-base`).
+    port: Option<u16>,
 }
 
 /// A worker position; its process changes with restarts and reloads.
@@ -347,6 +349,8 @@ struct ProbeTarget {
     /// The ping sequence number its pong must reach.
     seq: u64,
     worker_id: u16,
+    /// A program probed on its own port instead (`--health-url`, `--health-tcp`).
+    program_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +417,7 @@ impl Inner {
                         peers_token: &self.peers_token,
                         secret: self.secret.get().map(String::as_str),
                         run_as: self.run_as,
+                        port: config.worker_port(slot_id),
                     };
                     let spawned = spawn_worker(&spec)?;
                     let handoff = pair
@@ -442,6 +447,7 @@ impl Inner {
             ready: false,
             speaks_ipc: false,
             kill_signal: config.kill_signal,
+            port: config.worker_port(slot_id),
             ipc: outbox.clone(),
             connections: 0,
             drops: Drops::new(config.drop_log_interval),
@@ -975,6 +981,7 @@ impl Inner {
                 )
             };
             tokio::time::sleep(health.interval).await;
+            let probes_programs = health.url.is_some() || health.tcp;
             let mut probes = Vec::new();
             let mut over_memory = Vec::new();
             {
@@ -1004,6 +1011,15 @@ impl Inner {
                             generation: proc.generation,
                             seq,
                             worker_id: proc.worker_id,
+                            program_port: None,
+                        });
+                    } else if let Some(port) = proc.port.filter(|_| proc.ready && probes_programs) {
+                        probes.push(ProbeTarget {
+                            slot_id,
+                            generation: proc.generation,
+                            seq,
+                            worker_id: proc.worker_id,
+                            program_port: Some(port),
                         });
                     }
                 }
@@ -1033,10 +1049,18 @@ impl Inner {
             generation,
             seq,
             worker_id,
+            program_port,
         } = target;
         let (timeout, max_misses) = (health.timeout, health.max_misses);
+        let program_ok = async {
+            let Some(port) = program_port else {
+                return true;
+            };
+            let probe = crate::probe::program_healthy(port, health.url.as_deref());
+            matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(true)))
+        };
         let http_ok = async {
-            if !http {
+            if !http || program_port.is_some() {
                 return true;
             }
             matches!(
@@ -1044,12 +1068,19 @@ impl Inner {
                 Ok(Ok(true))
             )
         };
-        let pong_ok = self.wait_until(timeout, |state| {
-            state.slots[slot_id]
-                .find(generation)
-                .is_none_or(|p| p.last_pong >= seq)
-        });
-        let (http_ok, pong_ok) = tokio::join!(http_ok, pong_ok);
+        let pong_ok = async {
+            // A program probed on its port may not speak IPC at all.
+            program_port.is_some()
+                || self
+                    .wait_until(timeout, |state| {
+                        state.slots[slot_id]
+                            .find(generation)
+                            .is_none_or(|p| p.last_pong >= seq)
+                    })
+                    .await
+        };
+        let (http_ok, pong_ok, program_ok) = tokio::join!(http_ok, pong_ok, program_ok);
+        let http_ok = http_ok && program_ok;
         let kill = {
             let mut state = self.lock();
             let Some(proc) = state.slots[slot_id].find_mut(generation) else {

@@ -97,6 +97,8 @@ pub struct WorkerSpec<'a> {
     /// ([`crate::secrets`]).
     pub secret: Option<&'a str>,
     pub run_as: Option<RunAs>,
+    /// A program's port of its own (`AppConfig::worker_port`).
+    pub port: Option<u16>,
 }
 
 /// Where a worker's connections come from.
@@ -114,9 +116,16 @@ pub enum Connections {
 
 /// The program and arguments of a worker: the configured command, or this binary's `serve`
 /// (run through [`EXE_FD`]).
-fn worker_argv(config: &AppConfig, serve_args: &[String]) -> Vec<String> {
+fn worker_argv(config: &AppConfig, serve_args: &[String], port: Option<u16>) -> Vec<String> {
     if !config.runs_chat() {
-        return config.command.clone();
+        return match port {
+            Some(port) => config
+                .command
+                .iter()
+                .map(|arg| arg.replace("{port}", &port.to_string()))
+                .collect(),
+            None => config.command.clone(),
+        };
     }
     let mut argv = vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()];
     argv.extend(serve_args.iter().cloned());
@@ -171,7 +180,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     } else {
         (Vec::new(), spec.config.env.clone(), None)
     };
-    let argv = worker_argv(spec.config, &serve_args);
+    let argv = worker_argv(spec.config, &serve_args, spec.port);
     // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
     // program runs as, which is what sd_listen_fds() checks.
     let mut command = Command::new("/bin/sh");
@@ -208,6 +217,9 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             .env_remove("LISTEN_FDNAMES")
             .env_remove(HANDOFF_FD_ENV),
     };
+    if let Some(port) = spec.port {
+        command.env("PORT", port.to_string());
+    }
     if secrets.is_some() {
         command
             .env(SECRETS_FD_ENV, SECRETS_FD.to_string())
