@@ -210,6 +210,11 @@ pub struct AppArgs {
     /// command line and PORT in its environment (where --health-url / --health-tcp probe it).
     #[arg(long, value_name = "BASE", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_port_base: Option<u16>,
+    /// Programs other than the chat: a worker is online only once it sends READY=1 to the
+    /// unix datagram socket in its NOTIFY_SOCKET (systemd's sd_notify protocol), within
+    /// --ready-timeout; without it, once it has run --min-uptime.
+    #[arg(long)]
+    pub wait_ready: bool,
     /// Time a worker may take to report ready.
     #[arg(long, alias = "listen-timeout", default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,

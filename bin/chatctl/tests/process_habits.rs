@@ -452,3 +452,90 @@ fn a_program_that_fails_its_health_url_is_replaced_and_its_sibling_serves_on() {
         app.log_text()
     );
 }
+
+/// A program that needs a while before it can serve: it says so, waits for the file named by
+/// its argument (the test's go-ahead), then sends READY=1 to its NOTIFY_SOCKET.
+const LATE_READY: &str = r#"
+import os, signal, socket, sys, time
+
+address = os.environ.get("NOTIFY_SOCKET", "")
+print("pid %d warming up, NOTIFY_SOCKET=%s" % (os.getpid(), address or "unset"), flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.02)
+if address.startswith("@"):
+    address = "\0" + address[1:]
+notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+notify.sendto(b"STATUS=warm\nREADY=1\n", address)
+print("pid %d sent READY=1" % os.getpid(), flush=True)
+signal.pause()
+"#;
+
+/// `--wait-ready`: well past --min-uptime the worker is still not online; READY=1 on its
+/// NOTIFY_SOCKET makes it online, and `chatctl start` (waiting for that) succeeds.
+#[test]
+fn a_program_is_online_only_after_it_sends_ready() {
+    let app = App::new("waitready");
+    let path = app.home.join("late_ready.py");
+    std::fs::write(&path, LATE_READY).expect("cannot write the test program");
+    let go = app.home.join("go");
+    let listen = app.listen();
+    let mut start = app
+        .command(&[
+            "start",
+            "--name",
+            &app.name,
+            "--listen",
+            &listen,
+            "-i",
+            "1",
+            "--min-uptime",
+            "100ms",
+            "--wait-ready",
+            "--",
+            "python3",
+            &path.to_string_lossy(),
+            &go.to_string_lossy(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run chatctl start");
+
+    wait_until("the program to warm up", || {
+        app.log_text().contains("warming up, NOTIFY_SOCKET=@")
+    });
+    // Without --wait-ready a program is online after --min-uptime (100 ms): wait for 5 times that.
+    let waiting = app.wait_listed("the worker to run past --min-uptime", |a| {
+        workers(a)[0]["uptime_ms"]
+            .as_u64()
+            .is_some_and(|up| up >= 500)
+    });
+    assert_ne!(
+        workers(&waiting)[0]["status"],
+        "online",
+        "online before READY=1: {waiting}"
+    );
+    assert!(
+        !app.log_text().contains("sent READY=1"),
+        "{}",
+        app.log_text()
+    );
+
+    std::fs::write(&go, b"").expect("cannot write the go-ahead file");
+    app.wait_listed("the worker online after READY=1", |a| all_online(a, 1));
+    let output = wait_for_value("chatctl start to return", || {
+        start.try_wait().ok().flatten()
+    })
+    .map(|_| {
+        start
+            .wait_with_output()
+            .expect("no output of chatctl start")
+    })
+    .expect("chatctl start did not return once the worker was online");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -105,6 +105,10 @@ pub struct AppConfig {
     /// Longest `stop` waits for workers to exit after the kill signal before SIGKILL.
     #[serde(with = "millis")]
     pub stop_timeout: Duration,
+    /// Programs other than the chat: a worker is online only once it sends `READY=1` to its
+    /// `NOTIFY_SOCKET` (systemd's protocol, `crate::notify`), not after `min_uptime`: for a
+    /// program that loads or connects for a while before it can serve.
+    pub wait_ready: bool,
     /// How long a worker may take to report ready before it counts as failed to start.
     #[serde(with = "millis")]
     pub ready_timeout: Duration,
@@ -215,6 +219,7 @@ impl Default for AppConfig {
             drain_timeout: Duration::from_secs(10),
             kill_signal: crate::SignalName::TERM,
             stop_timeout: Duration::from_secs(10),
+            wait_ready: false,
             ready_timeout: Duration::from_secs(30),
             gather_timeout: Duration::from_secs(1),
             max_memory: None,
@@ -346,6 +351,9 @@ impl AppConfig {
         let program_probe = self.health.url.is_some() || self.health.tcp;
         if program_probe && self.runs_chat() {
             return bad("--health-url and --health-tcp are for programs other than the chat, which is probed on its private socket: drop them".into());
+        }
+        if self.wait_ready && self.runs_chat() {
+            return bad("--wait-ready is for programs other than the chat, which reports ready over its IPC channel: drop it".into());
         }
         if self.health.url.is_some() && self.health.tcp {
             return bad("choose --health-url or --health-tcp, not both".into());

@@ -16,6 +16,7 @@ pub mod lines;
 pub mod listen;
 pub mod logs;
 pub mod master;
+pub mod notify;
 pub mod outbox;
 pub mod paths;
 pub mod pm2;

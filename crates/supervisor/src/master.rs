@@ -391,41 +391,46 @@ impl Inner {
     fn start_proc(self: Arc<Self>, slot_id: usize, role: Role) -> Option<u64> {
         let (config, generation, worker_id, private) = self.claim_worker_id();
         let sticky = config.scheduling == Scheduling::Sticky && config.runs_chat();
+        let wait_ready = config.wait_ready && !config.runs_chat();
         let sockets = (|| {
             let private = private?;
             let pair = sticky.then(handoff::pair).transpose()?;
-            Ok::<_, std::io::Error>((private, pair))
+            let notify = wait_ready
+                .then(|| crate::notify::bind(&self.peers_token, generation))
+                .transpose()?;
+            Ok::<_, std::io::Error>((private, pair, notify))
         })();
-        let spawned =
-            sockets
-                .map_err(crate::spawn::SpawnError::Sockets)
-                .and_then(|(private, pair)| {
-                    let connections = match (&pair, &self.listener) {
-                        (Some((_, worker_end)), _) => Connections::HandedOff {
-                            socket: worker_end.as_raw_fd(),
-                        },
-                        (None, Some(listener)) => Connections::Shared {
-                            listener: listener.as_raw_fd(),
-                        },
-                        (None, None) => Connections::Nothing,
-                    };
-                    let spec = WorkerSpec {
-                        config: &config,
-                        worker_id,
-                        connections,
-                        private_socket: private.as_raw_fd(),
-                        peers_token: &self.peers_token,
-                        secret: self.secret.get().map(String::as_str),
-                        run_as: self.run_as,
-                        port: config.worker_port(slot_id),
-                    };
-                    let spawned = spawn_worker(&spec)?;
-                    let handoff = pair
-                        .map(|(master_end, _)| handoff::Sender::new(master_end).map(Arc::new))
-                        .transpose()
-                        .map_err(crate::spawn::SpawnError::Sockets)?;
-                    Ok((spawned, handoff))
-                });
+        let spawned = sockets.map_err(crate::spawn::SpawnError::Sockets).and_then(
+            |(private, pair, notify)| {
+                let connections = match (&pair, &self.listener) {
+                    (Some((_, worker_end)), _) => Connections::HandedOff {
+                        socket: worker_end.as_raw_fd(),
+                    },
+                    (None, Some(listener)) => Connections::Shared {
+                        listener: listener.as_raw_fd(),
+                    },
+                    (None, None) => Connections::Nothing,
+                };
+                let spec = WorkerSpec {
+                    config: &config,
+                    worker_id,
+                    connections,
+                    private_socket: private.as_raw_fd(),
+                    peers_token: &self.peers_token,
+                    secret: self.secret.get().map(String::as_str),
+                    run_as: self.run_as,
+                    port: config.worker_port(slot_id),
+                    notify_socket: notify.as_ref().map(|(_, address)| address.as_str()),
+                };
+                let spawned = spawn_worker(&spec)?;
+                let handoff = pair
+                    .map(|(master_end, _)| handoff::Sender::new(master_end).map(Arc::new))
+                    .transpose()
+                    .map_err(crate::spawn::SpawnError::Sockets)?;
+                let notify = notify.map(|(socket, _)| socket);
+                Ok((spawned, handoff, notify))
+            },
+        );
         let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
@@ -436,7 +441,7 @@ impl Inner {
                 return None;
             }
         };
-        let (spawned, handoff) = spawned;
+        let (spawned, handoff, notify) = spawned;
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
         let outbox = Outbox::new(config.ipc_queue_size);
@@ -505,6 +510,18 @@ impl Inner {
             };
             inner.on_proc_exit(slot_id, generation, code, description);
         });
+        if let Some(socket) = notify {
+            let inner = self.clone();
+            let ready_timeout = config.ready_timeout;
+            // Past the ready timeout the worker is killed anyway: the socket goes with the task.
+            tokio::spawn(async move {
+                let ready = crate::notify::wait_ready(socket);
+                if let Ok(true) = tokio::time::timeout(ready_timeout, ready).await {
+                    tracing::info!(worker = slot_id, "worker sent READY=1");
+                    inner.mark_ready(slot_id, generation, false);
+                }
+            });
+        }
         tokio::spawn(
             self.clone()
                 .readiness_deadline(slot_id, generation, config.clone()),
@@ -553,7 +570,8 @@ impl Inner {
         }
     }
 
-    /// Programs that do not speak IPC count as ready once they survived `min_uptime`; any
+    /// Programs that do not speak IPC count as ready once they survived `min_uptime` (or, with
+    /// `wait_ready`, once they send READY=1, see [`crate::notify`]); any
     /// worker not ready within `ready_timeout` is killed (and so restarted).
     async fn readiness_deadline(
         self: Arc<Self>,
@@ -561,7 +579,7 @@ impl Inner {
         generation: u64,
         config: AppConfig,
     ) {
-        if !config.runs_chat() {
+        if !config.runs_chat() && !config.wait_ready {
             tokio::time::sleep(config.restart.min_uptime).await;
             self.mark_ready(slot_id, generation, false);
         }

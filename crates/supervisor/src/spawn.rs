@@ -99,6 +99,8 @@ pub struct WorkerSpec<'a> {
     pub run_as: Option<RunAs>,
     /// A program's port of its own (`AppConfig::worker_port`).
     pub port: Option<u16>,
+    /// Where a program reports ready (`--wait-ready`, [`crate::notify`]).
+    pub notify_socket: Option<&'a str>,
 }
 
 /// Where a worker's connections come from.
@@ -219,6 +221,9 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     };
     if let Some(port) = spec.port {
         command.env("PORT", port.to_string());
+    }
+    if let Some(address) = spec.notify_socket {
+        command.env("NOTIFY_SOCKET", address);
     }
     if secrets.is_some() {
         command
