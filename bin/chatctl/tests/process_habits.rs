@@ -404,8 +404,9 @@ fn a_program_that_fails_its_health_url_is_replaced_and_its_sibling_serves_on() {
         "/health",
         "--health-interval",
         "200ms",
+        // Generous: the sick worker answers 503 at once, a slow healthy one must not miss.
         "--health-timeout",
-        "1s",
+        "3s",
         "--health-misses",
         "2",
     ];
