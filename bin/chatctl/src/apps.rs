@@ -43,12 +43,19 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
     match flag {
         "config_file" | "app" | "reload_if_running" => {}
         "listen" => app.listen = flags.listen,
+        "no_listen" => app.no_listen = flags.no_listen,
         "instances" => app.instances = flags.instances,
         "user" => app.user.clone_from(&flags.user),
         "max_memory" => app.max_memory = flags.max_memory,
         "log_max_size" => app.log_max_size = flags.log_max_size,
         "log_keep" => app.log_keep = flags.log_keep,
         "log_max_line" => app.log_max_line = flags.log_max_line,
+        "log_date_format" => app.log_date_format.clone_from(&flags.log_date_format),
+        "log_json" => app.log_json = flags.log_json,
+        "log_split" => app.log_split = flags.log_split,
+        "first_restart_at_once" => {
+            app.restart.first_restart_at_once = flags.restart.first_restart_at_once
+        }
         "restart_delay" => app.restart.initial_delay = flags.restart.initial_delay,
         "restart_max_delay" => app.restart.max_delay = flags.restart.max_delay,
         "restart_reset" => app.restart.reset_after = flags.restart.reset_after,
@@ -61,9 +68,14 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "health_interval" => app.health.interval = flags.health.interval,
         "health_timeout" => app.health.timeout = flags.health.timeout,
         "health_misses" => app.health.max_misses = flags.health.max_misses,
+        "health_url" => app.health.url.clone_from(&flags.health.url),
+        "health_tcp" => app.health.tcp = flags.health.tcp,
+        "worker_port_base" => app.worker_port_base = flags.worker_port_base,
         "ready_timeout" => app.ready_timeout = flags.ready_timeout,
+        "wait_ready" => app.wait_ready = flags.wait_ready,
         "drain_timeout" => app.drain_timeout = flags.drain_timeout,
         "stop_timeout" => app.stop_timeout = flags.stop_timeout,
+        "kill_signal" => app.kill_signal = flags.kill_signal,
         "scheduling" => app.scheduling = flags.scheduling,
         "node_id" => app.node_id = flags.node_id,
         "peek_timeout" => app.peek_timeout = flags.peek_timeout,
@@ -150,6 +162,7 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
             .clone()
             .unwrap_or_else(|| default_name(&args.command)),
         listen: args.listen,
+        no_listen: args.no_listen,
         // One worker per CPU for the chat; one for another program (PM2's default), which may
         // not be written to share a port.
         instances: args
@@ -175,6 +188,7 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         cwd: std::env::current_dir().ok(),
         user: args.user.clone(),
         restart: supervisor::RestartPolicy {
+            first_restart_at_once: args.first_restart_at_once,
             initial_delay: args.restart_delay,
             max_delay: args.restart_max_delay,
             reset_after: args.restart_reset,
@@ -187,13 +201,21 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
             interval: args.health_interval,
             timeout: args.health_timeout,
             max_misses: args.health_misses,
+            url: args.health_url.clone(),
+            tcp: args.health_tcp,
         },
+        worker_port_base: args.worker_port_base,
         drain_timeout: args.drain_timeout,
         stop_timeout: args.stop_timeout,
+        kill_signal: args.kill_signal,
         ready_timeout: args.ready_timeout,
+        wait_ready: args.wait_ready,
         max_memory: args.max_memory,
         log_max_size: args.log_max_size,
         log_keep: args.log_keep,
+        log_date_format: args.log_date_format.clone(),
+        log_json: args.log_json,
+        log_split: args.log_split,
         log_max_line: usize::try_from(args.log_max_line).unwrap_or(usize::MAX),
         ..defaults
     }
@@ -708,6 +730,25 @@ pub async fn stop(name: &str) -> anyhow::Result<()> {
             Err(ClientError::Control(error)) => bail!("{error}"),
             Err(error) => return Err(error.into()),
         }
+    }
+    Ok(())
+}
+
+/// `chatctl flush NAME` (or `all`).
+pub fn flush(name: &str) -> anyhow::Result<()> {
+    let names = if name == "all" {
+        client::running_apps()
+    } else {
+        vec![name.to_owned()]
+    };
+    for name in names {
+        let paths = AppPaths::new(&home(), &name);
+        if !paths.dir.is_dir() {
+            bail!("no app '{name}' is defined: see `chatctl list`");
+        }
+        let flushed = supervisor::logs::flush(&paths)
+            .with_context(|| format!("cannot empty the logs in {}", paths.logs.display()))?;
+        println!("{name}: flushed {} log files", flushed.len());
     }
     Ok(())
 }

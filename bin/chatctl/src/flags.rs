@@ -50,6 +50,16 @@ pub enum Command {
         #[arg(value_parser = parse_instances)]
         instances: usize,
     },
+    /// Send a signal (SIGUSR2, HUP, 10...) to every worker of an app, or to one by id (PM2's
+    /// `sendSignal`); the app decides what it means.
+    #[command(alias = "sendSignal")]
+    Signal {
+        #[arg(value_parser = parse_signal)]
+        signal: supervisor::SignalName,
+        name: String,
+        /// Only this worker (its id in `chatctl status`).
+        worker: Option<usize>,
+    },
     /// Stop an app (or `all`): drain its workers, then kill whatever is left. Its definition
     /// stays (`chatctl start NAME` starts it again; `chatctl delete NAME` removes it).
     Stop { name: String },
@@ -85,6 +95,9 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
     },
+    /// Empty an app's log files (the rotated ones are removed); a running master keeps
+    /// writing to them.
+    Flush { name: String },
     /// Serve the chat app in this process (what each worker of `chatctl start` runs).
     Serve(ServeArgs),
     /// Run a sticky reverse proxy in front of several hosts: each request with a sid goes to
@@ -117,6 +130,10 @@ pub struct AppArgs {
     /// Address the workers share.
     #[arg(long, default_value = "0.0.0.0:3000")]
     pub listen: std::net::SocketAddr,
+    /// The program serves no port (a queue worker): bind nothing, pass no socket and no
+    /// LISTEN_FDS. Not for the chat app.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
     /// Number of workers: a number, or `max` for one per CPU [default: `max` for the chat
     /// app, 1 for another program].
     #[arg(short = 'i', long, value_parser = parse_instances)]
@@ -134,10 +151,27 @@ pub struct AppArgs {
     /// Rotated log files kept.
     #[arg(long, default_value_t = 5)]
     pub log_keep: usize,
+    /// How worker lines are stamped: strftime-like in UTC (%Y %m %d %H %M %S %L %f %F %T %s %z
+    /// %Z); `none` for programs that stamp their own lines.
+    #[arg(long, default_value = supervisor::timestamp::DEFAULT_DATE_FORMAT)]
+    pub log_date_format: String,
+    /// Log one JSON object per line: time, app, worker, stream, message.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Workers' stdout and stderr in out.log and err.log beside app.log (PM2's out_file and
+    /// error_file); the master's lines stay in app.log.
+    #[arg(long)]
+    pub log_split: bool,
     /// Longest line of a worker's output kept in the log; longer ones are cut.
     #[arg(long, default_value = "16K", value_parser = supervisor::config::parse_size)]
     pub log_max_line: u64,
-    /// First restart delay after a crash.
+    /// Restart a worker's first crash (since --restart-reset of uptime) at once (`on`), or
+    /// after --restart-delay like the later ones (`off`).
+    #[arg(long, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub first_restart_at_once: bool,
+    /// Restart delay after a crash that follows another within --restart-reset (after every
+    /// crash with --first-restart-at-once off); it grows by 1.5 each time.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub restart_delay: Duration,
     /// Longest restart delay.
@@ -164,12 +198,33 @@ pub struct AppArgs {
     /// Missed probes in a row before a worker is replaced.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_misses: u32,
+    /// Programs other than the chat: probe each worker with GET
+    /// http://127.0.0.1:PORT/PATH on its own port (see --worker-port-base); 2xx is healthy,
+    /// --health-misses failures in a row replace it.
+    #[arg(long, value_name = "PATH", requires = "worker_port_base")]
+    pub health_url: Option<String>,
+    /// Programs other than the chat: probe each worker with a TCP connect to its own port.
+    #[arg(long, requires = "worker_port_base", conflicts_with = "health_url")]
+    pub health_tcp: bool,
+    /// Programs other than the chat: worker N gets port BASE+N of its own, as `{port}` in its
+    /// command line and PORT in its environment (where --health-url / --health-tcp probe it).
+    #[arg(long, value_name = "BASE", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_port_base: Option<u16>,
+    /// Programs other than the chat: a worker is online only once it sends READY=1 to the
+    /// unix datagram socket in its NOTIFY_SOCKET (systemd's sd_notify protocol), within
+    /// --ready-timeout; without it, once it has run --min-uptime.
+    #[arg(long)]
+    pub wait_ready: bool,
     /// Time a worker may take to report ready.
     #[arg(long, alias = "listen-timeout", default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
     /// Time a replaced worker may take to finish its requests on reload.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// The signal that asks a program to finish on stop, reload and scale down (e.g. SIGINT);
+    /// after --stop-timeout, SIGKILL. The chat app is asked over its IPC channel instead.
+    #[arg(long, default_value = "SIGTERM", value_parser = parse_signal)]
+    pub kill_signal: supervisor::SignalName,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
@@ -260,6 +315,10 @@ pub fn parse_instances(text: &str) -> Result<usize, String> {
             "'{text}' is not a number of workers (1-1024) or 'max'"
         )),
     }
+}
+
+fn parse_signal(text: &str) -> Result<supervisor::SignalName, String> {
+    text.parse()
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

@@ -37,6 +37,7 @@ fn main() {
             follow: _,
             lines,
         } => apps::logs(&name, !nostream, lines),
+        Command::Flush { name } => apps::flush(&name),
         command => client_runtime().and_then(|runtime| runtime.block_on(client_command(command))),
     };
     if let Err(error) = result {
@@ -87,6 +88,11 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Scale { name, instances } => {
             apps::control(&name, Request::Scale { instances }).await
         }
+        Command::Signal {
+            signal,
+            name,
+            worker,
+        } => apps::control(&name, Request::Signal { signal, worker }).await,
         Command::Stop { name } => apps::stop(&name).await,
         Command::Delete { name } => apps::delete(&name).await,
         Command::Save => apps::save().await,
@@ -97,7 +103,8 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         | Command::Proxy(_)
         | Command::Run(_)
         | Command::Master { .. }
-        | Command::Logs { .. } => Ok(()),
+        | Command::Logs { .. }
+        | Command::Flush { .. } => Ok(()),
     }
 }
 

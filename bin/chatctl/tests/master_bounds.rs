@@ -139,6 +139,9 @@ fn a_busy_paused_worker_in_a_broadcast_storm_keeps_its_pings_and_replies() {
         "3s",
         "--health-misses",
         "3",
+        // Unstamped lines: the assertions read them as the program wrote them.
+        "--log-date-format",
+        "none",
     ];
     app.start_ok(&flags, &["/usr/bin/python3", script]);
     let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
@@ -189,7 +192,16 @@ fn worker_output_that_is_not_utf8_or_endless_is_cut_and_logged_on() {
     // Bytes that are not UTF-8, then a line of 100 000 bytes, then an ordinary line.
     let script = "printf 'bad \\377\\376 bytes\\n'; head -c 100000 /dev/zero | tr '\\0' x; \
                   printf '\\nafter the long line\\n'; exec sleep 600";
-    app.start_ok(&["-i", "1", "--log-max-line", "1K"], &["sh", "-c", script]);
+    // Unstamped lines: the assertions read them as the program wrote them.
+    let flags = [
+        "-i",
+        "1",
+        "--log-max-line",
+        "1K",
+        "--log-date-format",
+        "none",
+    ];
+    app.start_ok(&flags, &["sh", "-c", script]);
     support::wait_until("the line after the long one in the log", || {
         app.log_text().contains("w0 | after the long line")
     });

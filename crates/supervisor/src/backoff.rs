@@ -17,6 +17,9 @@ pub enum RestartDecision {
 #[derive(Debug, Clone, Default)]
 pub struct Backoff {
     last_delay: Option<Duration>,
+    /// The first crash of the reset window was restarted at once: the next one starts the
+    /// backoff at the initial delay.
+    restarted_at_once: bool,
     fast_exits: u32,
 }
 
@@ -33,6 +36,7 @@ impl Backoff {
         }
         if uptime >= policy.reset_after {
             self.last_delay = None;
+            self.restarted_at_once = false;
         }
         if uptime < policy.min_uptime {
             self.fast_exits += 1;
@@ -40,12 +44,25 @@ impl Backoff {
             self.fast_exits = 0;
         }
         let delay = match self.last_delay {
-            None => policy.initial_delay,
+            // One crash is an accident: its replacement starts at once, so the worker's
+            // capacity is back before its siblings run hot; only a repeat within the reset
+            // window is a pattern worth slowing down for.
+            None if policy.first_restart_at_once && !self.restarted_at_once => {
+                self.restarted_at_once = true;
+                Duration::ZERO
+            }
+            None => {
+                self.last_delay = Some(policy.initial_delay);
+                policy.initial_delay
+            }
             // Saturates at the cap: a factor that overflows a Duration never panics here.
-            Some(last) => Duration::try_from_secs_f64(last.as_secs_f64() * policy.factor)
-                .map_or(policy.max_delay, |next| next.min(policy.max_delay)),
+            Some(last) => {
+                let next = Duration::try_from_secs_f64(last.as_secs_f64() * policy.factor)
+                    .map_or(policy.max_delay, |next| next.min(policy.max_delay));
+                self.last_delay = Some(next);
+                next
+            }
         };
-        self.last_delay = Some(delay);
         let errored = self.fast_exits >= policy.max_fast_exits;
         // A crash loop retries at the slowest pace, never gives up.
         let delay = if errored { policy.max_delay } else { delay };
@@ -76,9 +93,28 @@ mod tests {
             .collect()
     }
 
+    /// The delays from the second crash of a window on: the first one is restarted at once.
+    fn backoff_from_the_first_crash() -> RestartPolicy {
+        RestartPolicy {
+            first_restart_at_once: false,
+            ..RestartPolicy::default()
+        }
+    }
+
+    #[test]
+    fn the_first_crash_is_restarted_at_once_and_the_second_backs_off() {
+        let policy = RestartPolicy::default();
+        let mut backoff = Backoff::default();
+        let got = delays(&mut backoff, &policy, 4, Duration::from_secs(2));
+        assert_eq!(got, [(0, false), (100, false), (150, false), (225, false)]);
+        // After a long uptime the next crash is an accident again.
+        let got = delays(&mut backoff, &policy, 2, Duration::from_secs(31));
+        assert_eq!(got[0], (0, false));
+    }
+
     #[test]
     fn grows_by_the_factor_up_to_the_cap() {
-        let policy = RestartPolicy::default();
+        let policy = backoff_from_the_first_crash();
         let mut backoff = Backoff::default();
         let got = delays(&mut backoff, &policy, 12, Duration::from_secs(2));
         let ms: Vec<u128> = got.iter().map(|(d, _)| *d).collect();
@@ -90,7 +126,7 @@ mod tests {
 
     #[test]
     fn resets_after_a_long_uptime() {
-        let policy = RestartPolicy::default();
+        let policy = backoff_from_the_first_crash();
         let mut backoff = Backoff::default();
         delays(&mut backoff, &policy, 5, Duration::from_secs(2));
         assert_eq!(
@@ -117,7 +153,7 @@ mod tests {
     fn a_huge_factor_saturates_at_the_cap() {
         let policy = RestartPolicy {
             factor: 1e300,
-            ..RestartPolicy::default()
+            ..backoff_from_the_first_crash()
         };
         let mut backoff = Backoff::default();
         let got = delays(&mut backoff, &policy, 3, Duration::from_secs(2));

@@ -53,6 +53,9 @@ pub struct AppConfig {
     pub name: String,
     /// Address the master binds and shares with the workers.
     pub listen: SocketAddr,
+    /// The program serves no port (a queue worker, a scheduler): the master binds nothing,
+    /// and the workers get no socket and no `LISTEN_FDS`. `listen` is then unused.
+    pub no_listen: bool,
     /// Number of workers.
     pub instances: usize,
     pub scheduling: Scheduling,
@@ -83,6 +86,11 @@ pub struct AppConfig {
     pub env: Vec<(String, String)>,
     /// Working directory of the workers (default: where `chatctl start` ran).
     pub cwd: Option<PathBuf>,
+    /// Programs other than the chat: worker N gets port `worker_port_base + N` of its own,
+    /// as `{port}` in its command line and `PORT` in its environment, where the master probes
+    /// it (`health.url`, `health.tcp`). The worker id is its slot, stable across restarts, so
+    /// a restarted worker has its predecessor's port (which the predecessor, killed, freed).
+    pub worker_port_base: Option<u16>,
     /// Unprivileged user the workers run as; required when the master runs as root.
     pub user: Option<String>,
     pub restart: RestartPolicy,
@@ -90,9 +98,17 @@ pub struct AppConfig {
     /// Longest a draining worker may take to finish its requests on reload.
     #[serde(with = "millis")]
     pub drain_timeout: Duration,
-    /// Longest `stop` waits for workers to exit after SIGTERM before SIGKILL.
+    /// The signal that asks a program other than the chat to finish, on stop, reload and
+    /// scale down (the chat is asked over IPC): SIGTERM by default, as systemd and PM2 send;
+    /// SIGINT or SIGQUIT for programs that shut down gracefully only on those.
+    pub kill_signal: crate::SignalName,
+    /// Longest `stop` waits for workers to exit after the kill signal before SIGKILL.
     #[serde(with = "millis")]
     pub stop_timeout: Duration,
+    /// Programs other than the chat: a worker is online only once it sends `READY=1` to its
+    /// `NOTIFY_SOCKET` (systemd's protocol, `crate::notify`), not after `min_uptime`: for a
+    /// program that loads or connects for a while before it can serve.
+    pub wait_ready: bool,
     /// How long a worker may take to report ready before it counts as failed to start.
     #[serde(with = "millis")]
     pub ready_timeout: Duration,
@@ -106,6 +122,17 @@ pub struct AppConfig {
     pub log_max_size: u64,
     /// Rotated log files kept.
     pub log_keep: usize,
+    /// How each line of a worker's output is stamped: strftime-like, in UTC
+    /// (`crate::timestamp`), ISO 8601 with milliseconds by default, the same clock as the
+    /// master's own lines; `none` (or empty) for programs that stamp their own lines.
+    pub log_date_format: String,
+    /// Log one JSON object per line (time, app, worker, stream, message), for log shippers
+    /// that should not parse text.
+    pub log_json: bool,
+    /// Workers' stdout and stderr go to `out.log` and `err.log` beside `app.log` (PM2's
+    /// out_file / error_file), for tools that watch one stream; the master's lines stay in
+    /// `app.log`.
+    pub log_split: bool,
     /// Shortest time between two log lines about one cause of dropped messages (a worker too
     /// slow for the broadcasts relayed to it, a failed store write); the counts are in
     /// `chatctl status --json` at any time.
@@ -125,7 +152,11 @@ pub const DEFAULT_DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RestartPolicy {
-    /// First restart delay.
+    /// Restart the first crash of a reset window at once (PM2 and Forever do): a lone crash is
+    /// an accident, and a worker short costs its siblings the load; the delays below start
+    /// with the second crash.
+    pub first_restart_at_once: bool,
+    /// First restart delay (the second crash's, with `first_restart_at_once`).
     #[serde(with = "millis")]
     pub initial_delay: Duration,
     /// Each further restart waits this much longer.
@@ -157,6 +188,12 @@ pub struct HealthConfig {
     pub timeout: Duration,
     /// Probes missed in a row before the worker is killed and replaced.
     pub max_misses: u32,
+    /// Programs other than the chat: probe each worker with `GET
+    /// http://127.0.0.1:{its port}{url}` (2xx: healthy) on its own port
+    /// (`AppConfig::worker_port_base`), as the chat is probed on its private socket.
+    pub url: Option<String>,
+    /// Programs other than the chat: probe each worker with a TCP connect to its own port.
+    pub tcp: bool,
 }
 
 impl Default for AppConfig {
@@ -164,6 +201,7 @@ impl Default for AppConfig {
         AppConfig {
             name: "chat".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            no_listen: false,
             instances: default_instances(),
             scheduling: Scheduling::Sticky,
             node_id: 0,
@@ -175,15 +213,21 @@ impl Default for AppConfig {
             env: Vec::new(),
             cwd: None,
             user: None,
+            worker_port_base: None,
             restart: RestartPolicy::default(),
             health: HealthConfig::default(),
             drain_timeout: Duration::from_secs(10),
+            kill_signal: crate::SignalName::TERM,
             stop_timeout: Duration::from_secs(10),
+            wait_ready: false,
             ready_timeout: Duration::from_secs(30),
             gather_timeout: Duration::from_secs(1),
             max_memory: None,
             log_max_size: 10 * 1024 * 1024,
             log_keep: 5,
+            log_date_format: crate::timestamp::DEFAULT_DATE_FORMAT.into(),
+            log_json: false,
+            log_split: false,
             drop_log_interval: DEFAULT_DROP_LOG_INTERVAL,
             log_max_line: 16 << 10,
         }
@@ -193,6 +237,7 @@ impl Default for AppConfig {
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
+            first_restart_at_once: true,
             initial_delay: Duration::from_millis(100),
             factor: 1.5,
             max_delay: Duration::from_secs(15),
@@ -210,6 +255,8 @@ impl Default for HealthConfig {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(3),
             max_misses: 3,
+            url: None,
+            tcp: false,
         }
     }
 }
@@ -245,6 +292,11 @@ impl AppConfig {
                 "instances must be between 1 and 1024, not {}",
                 self.instances
             ));
+        }
+        if self.no_listen && self.runs_chat() {
+            return bad(
+                "--no-listen is for programs that serve no port; the chat app serves HTTP: drop --no-listen, or give the program after --".into(),
+            );
         }
         if self.node_id > crate::route_tag::MAX_ID {
             return bad(format!(
@@ -289,16 +341,59 @@ impl AppConfig {
         {
             return bad("health interval, timeout and misses must be above zero".into());
         }
+        if let Some(url) = &self.health.url {
+            if !url.starts_with('/') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad(format!(
+                    "health URL {url:?} must be a path like /healthz (the master adds http://127.0.0.1:PORT)"
+                ));
+            }
+        }
+        let program_probe = self.health.url.is_some() || self.health.tcp;
+        if program_probe && self.runs_chat() {
+            return bad("--health-url and --health-tcp are for programs other than the chat, which is probed on its private socket: drop them".into());
+        }
+        if self.wait_ready && self.runs_chat() {
+            return bad("--wait-ready is for programs other than the chat, which reports ready over its IPC channel: drop it".into());
+        }
+        if self.health.url.is_some() && self.health.tcp {
+            return bad("choose --health-url or --health-tcp, not both".into());
+        }
+        if program_probe && self.worker_port_base.is_none() {
+            return bad("--health-url and --health-tcp probe each worker on a port of its own: give --worker-port-base PORT (worker N gets PORT+N, as {port} in its command and PORT in its environment)".into());
+        }
+        if let Some(base) = self.worker_port_base {
+            if usize::from(base) + self.instances > 65_536 || base == 0 {
+                return bad(format!(
+                    "--worker-port-base {base} with {} workers leaves the port range: choose a base between 1 and {}",
+                    self.instances,
+                    65_536 - self.instances
+                ));
+            }
+        }
         if self.log_max_line < 80 {
             return bad(format!(
                 "log max line must be at least 80 bytes, not {}",
                 self.log_max_line
             ));
         }
+        if let Some(format) = self.worker_date_format() {
+            crate::timestamp::check_format(format).map_err(ConfigError)?;
+        }
         if self.log_max_size < 1024 {
             return bad("log max size must be at least 1K".into());
         }
         Ok(())
+    }
+
+    /// The format worker lines are stamped with, if they are.
+    pub fn worker_date_format(&self) -> Option<&str> {
+        Some(self.log_date_format.as_str()).filter(|format| !format.is_empty() && *format != "none")
+    }
+
+    /// The port of its own that worker `slot` of a program gets, if the program gets one.
+    pub fn worker_port(&self, slot: usize) -> Option<u16> {
+        let base = self.worker_port_base?;
+        u16::try_from(usize::from(base) + slot).ok()
     }
 
     /// Whether the workers run our chat app (and so speak the IPC protocol for sure).
@@ -467,6 +562,40 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn program_probes_need_a_port_and_a_program() {
+        let program = AppConfig {
+            command: vec!["./api".into(), "--port={port}".into()],
+            health: HealthConfig {
+                url: Some("/healthz".into()),
+                ..HealthConfig::default()
+            },
+            ..AppConfig::default()
+        };
+        assert!(program
+            .validate()
+            .is_err_and(|e| e.0.contains("--worker-port-base")));
+        let with_port = AppConfig {
+            worker_port_base: Some(9100),
+            ..program.clone()
+        };
+        with_port.validate().unwrap();
+        assert_eq!(with_port.worker_port(2), Some(9102));
+        let chat = AppConfig {
+            command: Vec::new(),
+            ..with_port.clone()
+        };
+        assert!(chat.validate().is_err());
+        let bad_path = AppConfig {
+            health: HealthConfig {
+                url: Some("healthz".into()),
+                ..HealthConfig::default()
+            },
+            ..with_port
+        };
+        assert!(bad_path.validate().is_err());
     }
 
     #[test]

@@ -16,7 +16,14 @@ pub enum Request {
     Status,
     Reload,
     Restart,
-    Scale { instances: usize },
+    Scale {
+        instances: usize,
+    },
+    /// Send a signal to every worker's process, or to worker `worker`'s.
+    Signal {
+        signal: crate::SignalName,
+        worker: Option<usize>,
+    },
     Stop,
 }
 

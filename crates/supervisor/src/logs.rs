@@ -1,6 +1,8 @@
 //! The app log: workers' stdout/stderr and the master's own lines, each prefixed with where it
-//! came from, in one file per app, rotated by size and reopened on SIGUSR1 (for logrotate).
-//! Writing happens on a thread of its own so the master never blocks on the disk.
+//! came from and stamped with the time, in one file per app (or, split, the workers' stdout and
+//! stderr in files of their own, as PM2's out_file/error_file), rotated by size and reopened
+//! on SIGUSR1 (for logrotate). Writing happens on a thread per file so the master never blocks
+//! on the disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Seek, Write};
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::lines::{BoundedLines, Line};
 
@@ -20,16 +22,181 @@ enum LogCommand {
     Reopen,
 }
 
+/// Which output of a worker a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// How worker lines are written (`--log-date-format`, `--log-json`).
+#[derive(Debug, Clone, Default)]
+pub struct LineFormat {
+    /// The app's name, in JSON lines.
+    pub app: String,
+    /// strftime-like, UTC (`crate::timestamp`); None: lines are not stamped.
+    pub date_format: Option<String>,
+    /// One JSON object per line instead of `w0 | TIME text`.
+    pub json: bool,
+}
+
 /// A handle for writing to the app log; cheap to clone.
 #[derive(Clone)]
 pub struct LogSink {
+    app_log: LogFile,
+    /// The workers' stdout and stderr files, when they are apart from the app log.
+    split: Option<(LogFile, LogFile)>,
+    format: Arc<LineFormat>,
+}
+
+/// One log file's writer thread.
+#[derive(Clone)]
+struct LogFile {
     tx: SyncSender<LogCommand>,
     dropped: Arc<AtomicU64>,
 }
 
 impl LogSink {
-    /// Starts the writer thread for `path`.
+    /// The app's log files as its settings ask: `app.log`, and `out.log` / `err.log` beside it
+    /// with `log_split`.
+    pub fn open_app(
+        paths: &crate::AppPaths,
+        config: &crate::AppConfig,
+    ) -> std::io::Result<LogSink> {
+        let (max_size, keep) = (config.log_max_size, config.log_keep);
+        let app_log = LogFile::open(paths.log_file.clone(), max_size, keep)?;
+        let split = if config.log_split {
+            Some((
+                LogFile::open(paths.out_log.clone(), max_size, keep)?,
+                LogFile::open(paths.err_log.clone(), max_size, keep)?,
+            ))
+        } else {
+            None
+        };
+        let format = LineFormat {
+            app: config.name.clone(),
+            date_format: config.worker_date_format().map(str::to_owned),
+            json: config.log_json,
+        };
+        Ok(LogSink {
+            app_log,
+            split,
+            format: Arc::new(format),
+        })
+    }
+
+    /// One file at `path`, lines as given.
     pub fn open(path: PathBuf, max_size: u64, keep: usize) -> std::io::Result<LogSink> {
+        Ok(LogSink {
+            app_log: LogFile::open(path, max_size, keep)?,
+            split: None,
+            format: Arc::default(),
+        })
+    }
+
+    /// Writes one line, prefixed.
+    pub fn line(&self, prefix: &str, text: &str) {
+        self.app_log.send(LogCommand::Line(prefixed(prefix, text)));
+    }
+
+    /// Writes one line of the master's own (already stamped by `tracing`).
+    fn master_line(&self, text: &str) {
+        if self.format.json {
+            let line = self.json_line(None, "master", text);
+            self.app_log.send(LogCommand::Line(line));
+        } else {
+            self.line("master", text);
+        }
+    }
+
+    /// Writes one line of worker `worker`'s output, stamped, to the file of its stream.
+    pub fn worker_line(&self, worker: usize, stream: Stream, text: &str) {
+        let stream_name = match stream {
+            Stream::Out => "out",
+            Stream::Err => "err",
+        };
+        let line = if self.format.json {
+            self.json_line(Some(worker), stream_name, text)
+        } else {
+            let prefix = match stream {
+                Stream::Out => format!("w{worker}"),
+                Stream::Err => format!("w{worker} err"),
+            };
+            match &self.format.date_format {
+                Some(date_format) => {
+                    let time = crate::timestamp::format_utc(SystemTime::now(), date_format);
+                    prefixed(&prefix, &format!("{time} {text}"))
+                }
+                None => prefixed(&prefix, text),
+            }
+        };
+        let file = match (&self.split, stream) {
+            (Some((out, _)), Stream::Out) => out,
+            (Some((_, err)), Stream::Err) => err,
+            (None, _) => &self.app_log,
+        };
+        file.send(LogCommand::Line(line));
+    }
+
+    fn json_line(&self, worker: Option<usize>, stream: &str, text: &str) -> Vec<u8> {
+        let date_format = self
+            .format
+            .date_format
+            .as_deref()
+            .unwrap_or(crate::timestamp::DEFAULT_DATE_FORMAT);
+        let object = serde_json::json!({
+            "time": crate::timestamp::format_utc(SystemTime::now(), date_format),
+            "app": self.format.app,
+            "worker": worker,
+            "stream": stream,
+            "message": text.trim_end_matches(['\n', '\r']),
+        });
+        let mut line = object.to_string().into_bytes();
+        line.push(b'\n');
+        line
+    }
+
+    /// Copies the lines of a worker's output into the log until the worker closes it. Bytes
+    /// that are not UTF-8 are replaced, and a line longer than `max_line` bytes is cut there
+    /// (and says so): whatever a program prints, its output is drained, so it never blocks on
+    /// a full pipe, and costs the master at most `max_line` bytes.
+    pub async fn pump(
+        &self,
+        output: impl tokio::io::AsyncRead + Unpin,
+        worker: usize,
+        stream: Stream,
+        max_line: usize,
+    ) {
+        let mut lines = BoundedLines::new(tokio::io::BufReader::new(output), max_line);
+        while let Ok(Some(line)) = lines.next_line().await {
+            match line {
+                Line::Complete(line) => {
+                    self.worker_line(worker, stream, &String::from_utf8_lossy(&line))
+                }
+                Line::Overlong(start) => {
+                    let note = format!(
+                        "{} [line cut at {max_line} bytes, see --log-max-line]",
+                        String::from_utf8_lossy(&start)
+                    );
+                    self.worker_line(worker, stream, &note);
+                }
+            }
+        }
+    }
+
+    /// Reopens the files (after an external rotation).
+    pub fn reopen(&self) {
+        self.app_log.send(LogCommand::Reopen);
+        if let Some((out, err)) = &self.split {
+            out.send(LogCommand::Reopen);
+            err.send(LogCommand::Reopen);
+        }
+    }
+}
+
+impl LogFile {
+    /// Starts the writer thread for `path`.
+    fn open(path: PathBuf, max_size: u64, keep: usize) -> std::io::Result<LogFile> {
         let file = open_append(&path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -43,42 +210,7 @@ impl LogSink {
         std::thread::Builder::new()
             .name("chatctl-log".into())
             .spawn(move || writer.run(rx))?;
-        Ok(LogSink { tx, dropped })
-    }
-
-    /// Writes one line, prefixed.
-    pub fn line(&self, prefix: &str, text: &str) {
-        let mut line = Vec::with_capacity(prefix.len() + text.len() + 4);
-        line.extend_from_slice(prefix.as_bytes());
-        line.extend_from_slice(b" | ");
-        line.extend_from_slice(text.trim_end_matches(['\n', '\r']).as_bytes());
-        line.push(b'\n');
-        self.send(LogCommand::Line(line));
-    }
-
-    /// Copies the lines of a worker's output into the log until the worker closes it. Bytes
-    /// that are not UTF-8 are replaced, and a line longer than `max_line` bytes is cut there
-    /// (and says so): whatever a program prints, its output is drained, so it never blocks on
-    /// a full pipe, and costs the master at most `max_line` bytes.
-    pub async fn pump(
-        &self,
-        output: impl tokio::io::AsyncRead + Unpin,
-        prefix: &str,
-        max_line: usize,
-    ) {
-        let mut lines = BoundedLines::new(tokio::io::BufReader::new(output), max_line);
-        while let Ok(Some(line)) = lines.next_line().await {
-            match line {
-                Line::Complete(line) => self.line(prefix, &String::from_utf8_lossy(&line)),
-                Line::Overlong(start) => {
-                    let note = format!(
-                        "{} [line cut at {max_line} bytes, see --log-max-line]",
-                        String::from_utf8_lossy(&start)
-                    );
-                    self.line(prefix, &note);
-                }
-            }
-        }
+        Ok(LogFile { tx, dropped })
     }
 
     fn send(&self, command: LogCommand) {
@@ -86,11 +218,16 @@ impl LogSink {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
-    /// Reopens the file (after an external rotation).
-    pub fn reopen(&self) {
-        self.send(LogCommand::Reopen);
-    }
+/// `prefix | text` and a newline.
+fn prefixed(prefix: &str, text: &str) -> Vec<u8> {
+    let mut line = Vec::with_capacity(prefix.len() + text.len() + 4);
+    line.extend_from_slice(prefix.as_bytes());
+    line.extend_from_slice(b" | ");
+    line.extend_from_slice(text.trim_end_matches(['\n', '\r']).as_bytes());
+    line.push(b'\n');
+    line
 }
 
 /// Lets `tracing` write the master's own events into the app log.
@@ -125,7 +262,7 @@ impl Write for LogLineWriter {
 impl Drop for LogLineWriter {
     fn drop(&mut self) {
         for line in String::from_utf8_lossy(&self.buffer).lines() {
-            self.sink.line("master", line);
+            self.sink.master_line(line);
         }
     }
 }
@@ -187,6 +324,31 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .append(true)
         .mode(0o600)
         .open(path)
+}
+
+/// `chatctl flush`: empties the app's log files and removes the rotated ones. A master that
+/// runs keeps writing: its files are opened for appending, so its next line lands at the
+/// start of the emptied file. Returns the files emptied or removed.
+pub fn flush(paths: &crate::AppPaths) -> std::io::Result<Vec<PathBuf>> {
+    let mut flushed = Vec::new();
+    for path in [&paths.log_file, &paths.out_log, &paths.err_log] {
+        match OpenOptions::new().write(true).open(path) {
+            Ok(file) => {
+                file.set_len(0)?;
+                flushed.push(path.clone());
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+        for n in 1.. {
+            let rotated = PathBuf::from(format!("{}.{n}", path.display()));
+            if std::fs::remove_file(&rotated).is_err() {
+                break;
+            }
+            flushed.push(rotated);
+        }
+    }
+    Ok(flushed)
 }
 
 /// The last `n` lines of a log file.

@@ -20,11 +20,12 @@ use crate::dispatch::{self, Peeked};
 use crate::drops::Drops;
 use crate::handoff;
 use crate::ipc::{message_lines, read_message, write_message, ReadEnd, ToMaster, ToWorker};
-use crate::logs::LogSink;
+use crate::logs::{LogSink, Stream};
 use crate::outbox::{relay_line, Outbox, Refused};
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
 use crate::route_tag::{self, Owner};
+use crate::signals::SignalName;
 use crate::spawn::{lookup_user, signal, spawn_worker, Connections, RunAs, WorkerSpec};
 
 /// New connections whose request line the master may wait for at once (sticky scheduling);
@@ -122,6 +123,11 @@ struct Proc {
     handoff: Option<Arc<handoff::Sender>>,
     /// Connections handed to it since its last report of its load.
     handed: u64,
+    /// What asks it to finish when it does not speak IPC (`--kill-signal`), as configured when
+    /// it started.
+    kill_signal: SignalName,
+    /// A program's port of its own, where it is probed (`--worker-port-base`).
+    port: Option<u16>,
 }
 
 /// A worker position; its process changes with restarts and reloads.
@@ -188,7 +194,8 @@ struct State {
 
 struct Inner {
     paths: AppPaths,
-    listener: std::net::TcpListener,
+    /// The shared listening socket; None with `no_listen`.
+    listener: Option<std::net::TcpListener>,
     /// Names this master's workers' private sockets (abstract unix sockets).
     peers_token: String,
     /// The chat's cookie key, the same for every worker and every restart (and every host on
@@ -235,10 +242,14 @@ impl Master {
         paths.create().map_err(files_error(&paths.dir))?;
 
         let run_as = workers_account(config.user.as_deref())?;
-        let listener = crate::listen::bind(config.listen)
-            .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
-        let log = LogSink::open(paths.log_file.clone(), config.log_max_size, config.log_keep)
-            .map_err(files_error(&paths.log_file))?;
+        let listener = if config.no_listen {
+            None
+        } else {
+            let bound = crate::listen::bind(config.listen)
+                .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
+            Some(bound)
+        };
+        let log = LogSink::open_app(&paths, &config).map_err(files_error(&paths.logs))?;
         let control = UnixListener::bind(&paths.control).map_err(files_error(&paths.control))?;
         set_mode(&paths.control, 0o600).map_err(files_error(&paths.control))?;
         std::fs::write(&paths.pid, std::process::id().to_string())
@@ -298,7 +309,12 @@ impl Master {
     pub async fn run(self, on_online: impl FnOnce() + Send + 'static) {
         let inner = self.inner;
         let config = inner.lock().config.clone();
-        tracing::info!(app = %config.name, listen = %config.listen, workers = config.instances, "master started");
+        let listen = if config.no_listen {
+            "none".to_owned()
+        } else {
+            config.listen.to_string()
+        };
+        tracing::info!(app = %config.name, %listen, workers = config.instances, "master started");
         for slot in 0..config.instances {
             inner.clone().start_proc(slot, Role::Current);
         }
@@ -333,6 +349,8 @@ struct ProbeTarget {
     /// The ping sequence number its pong must reach.
     seq: u64,
     worker_id: u16,
+    /// A program probed on its own port instead (`--health-url`, `--health-tcp`).
+    program_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,39 +391,46 @@ impl Inner {
     fn start_proc(self: Arc<Self>, slot_id: usize, role: Role) -> Option<u64> {
         let (config, generation, worker_id, private) = self.claim_worker_id();
         let sticky = config.scheduling == Scheduling::Sticky && config.runs_chat();
+        let wait_ready = config.wait_ready && !config.runs_chat();
         let sockets = (|| {
             let private = private?;
             let pair = sticky.then(handoff::pair).transpose()?;
-            Ok::<_, std::io::Error>((private, pair))
+            let notify = wait_ready
+                .then(|| crate::notify::bind(&self.peers_token, generation))
+                .transpose()?;
+            Ok::<_, std::io::Error>((private, pair, notify))
         })();
-        let spawned =
-            sockets
-                .map_err(crate::spawn::SpawnError::Sockets)
-                .and_then(|(private, pair)| {
-                    let connections = match &pair {
-                        Some((_, worker_end)) => Connections::HandedOff {
-                            socket: worker_end.as_raw_fd(),
-                        },
-                        None => Connections::Shared {
-                            listener: self.listener.as_raw_fd(),
-                        },
-                    };
-                    let spec = WorkerSpec {
-                        config: &config,
-                        worker_id,
-                        connections,
-                        private_socket: private.as_raw_fd(),
-                        peers_token: &self.peers_token,
-                        secret: self.secret.get().map(String::as_str),
-                        run_as: self.run_as,
-                    };
-                    let spawned = spawn_worker(&spec)?;
-                    let handoff = pair
-                        .map(|(master_end, _)| handoff::Sender::new(master_end).map(Arc::new))
-                        .transpose()
-                        .map_err(crate::spawn::SpawnError::Sockets)?;
-                    Ok((spawned, handoff))
-                });
+        let spawned = sockets.map_err(crate::spawn::SpawnError::Sockets).and_then(
+            |(private, pair, notify)| {
+                let connections = match (&pair, &self.listener) {
+                    (Some((_, worker_end)), _) => Connections::HandedOff {
+                        socket: worker_end.as_raw_fd(),
+                    },
+                    (None, Some(listener)) => Connections::Shared {
+                        listener: listener.as_raw_fd(),
+                    },
+                    (None, None) => Connections::Nothing,
+                };
+                let spec = WorkerSpec {
+                    config: &config,
+                    worker_id,
+                    connections,
+                    private_socket: private.as_raw_fd(),
+                    peers_token: &self.peers_token,
+                    secret: self.secret.get().map(String::as_str),
+                    run_as: self.run_as,
+                    port: config.worker_port(slot_id),
+                    notify_socket: notify.as_ref().map(|(_, address)| address.as_str()),
+                };
+                let spawned = spawn_worker(&spec)?;
+                let handoff = pair
+                    .map(|(master_end, _)| handoff::Sender::new(master_end).map(Arc::new))
+                    .transpose()
+                    .map_err(crate::spawn::SpawnError::Sockets)?;
+                let notify = notify.map(|(socket, _)| socket);
+                Ok((spawned, handoff, notify))
+            },
+        );
         let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
@@ -416,7 +441,7 @@ impl Inner {
                 return None;
             }
         };
-        let (spawned, handoff) = spawned;
+        let (spawned, handoff, notify) = spawned;
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
         let outbox = Outbox::new(config.ipc_queue_size);
@@ -426,6 +451,8 @@ impl Inner {
             started: Instant::now(),
             ready: false,
             speaks_ipc: false,
+            kill_signal: config.kill_signal,
+            port: config.worker_port(slot_id),
             ipc: outbox.clone(),
             connections: 0,
             drops: Drops::new(config.drop_log_interval),
@@ -453,16 +480,19 @@ impl Inner {
         }
         self.bump();
         tracing::info!(worker = slot_id, pid, "worker started");
-        let prefix = format!("w{slot_id}");
         if let Some(stdout) = child.stdout.take() {
             let log = self.log.clone();
-            let prefix = prefix.clone();
-            tokio::spawn(async move { log.pump(stdout, &prefix, config.log_max_line).await });
+            tokio::spawn(async move {
+                log.pump(stdout, slot_id, Stream::Out, config.log_max_line)
+                    .await
+            });
         }
         if let Some(stderr) = child.stderr.take() {
             let log = self.log.clone();
-            let prefix = format!("{prefix} err");
-            tokio::spawn(async move { log.pump(stderr, &prefix, config.log_max_line).await });
+            tokio::spawn(async move {
+                log.pump(stderr, slot_id, Stream::Err, config.log_max_line)
+                    .await
+            });
         }
         tokio::spawn(self.clone().ipc_task(
             slot_id,
@@ -480,6 +510,18 @@ impl Inner {
             };
             inner.on_proc_exit(slot_id, generation, code, description);
         });
+        if let Some(socket) = notify {
+            let inner = self.clone();
+            let ready_timeout = config.ready_timeout;
+            // Past the ready timeout the worker is killed anyway: the socket goes with the task.
+            tokio::spawn(async move {
+                let ready = crate::notify::wait_ready(socket);
+                if let Ok(true) = tokio::time::timeout(ready_timeout, ready).await {
+                    tracing::info!(worker = slot_id, "worker sent READY=1");
+                    inner.mark_ready(slot_id, generation, false);
+                }
+            });
+        }
         tokio::spawn(
             self.clone()
                 .readiness_deadline(slot_id, generation, config.clone()),
@@ -528,7 +570,8 @@ impl Inner {
         }
     }
 
-    /// Programs that do not speak IPC count as ready once they survived `min_uptime`; any
+    /// Programs that do not speak IPC count as ready once they survived `min_uptime` (or, with
+    /// `wait_ready`, once they send READY=1, see [`crate::notify`]); any
     /// worker not ready within `ready_timeout` is killed (and so restarted).
     async fn readiness_deadline(
         self: Arc<Self>,
@@ -536,7 +579,7 @@ impl Inner {
         generation: u64,
         config: AppConfig,
     ) {
-        if !config.runs_chat() {
+        if !config.runs_chat() && !config.wait_ready {
             tokio::time::sleep(config.restart.min_uptime).await;
             self.mark_ready(slot_id, generation, false);
         }
@@ -956,6 +999,7 @@ impl Inner {
                 )
             };
             tokio::time::sleep(health.interval).await;
+            let probes_programs = health.url.is_some() || health.tcp;
             let mut probes = Vec::new();
             let mut over_memory = Vec::new();
             {
@@ -985,6 +1029,15 @@ impl Inner {
                             generation: proc.generation,
                             seq,
                             worker_id: proc.worker_id,
+                            program_port: None,
+                        });
+                    } else if let Some(port) = proc.port.filter(|_| proc.ready && probes_programs) {
+                        probes.push(ProbeTarget {
+                            slot_id,
+                            generation: proc.generation,
+                            seq,
+                            worker_id: proc.worker_id,
+                            program_port: Some(port),
                         });
                     }
                 }
@@ -1014,10 +1067,18 @@ impl Inner {
             generation,
             seq,
             worker_id,
+            program_port,
         } = target;
         let (timeout, max_misses) = (health.timeout, health.max_misses);
+        let program_ok = async {
+            let Some(port) = program_port else {
+                return true;
+            };
+            let probe = crate::probe::program_healthy(port, health.url.as_deref());
+            matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(true)))
+        };
         let http_ok = async {
-            if !http {
+            if !http || program_port.is_some() {
                 return true;
             }
             matches!(
@@ -1025,12 +1086,19 @@ impl Inner {
                 Ok(Ok(true))
             )
         };
-        let pong_ok = self.wait_until(timeout, |state| {
-            state.slots[slot_id]
-                .find(generation)
-                .is_none_or(|p| p.last_pong >= seq)
-        });
-        let (http_ok, pong_ok) = tokio::join!(http_ok, pong_ok);
+        let pong_ok = async {
+            // A program probed on its port may not speak IPC at all.
+            program_port.is_some()
+                || self
+                    .wait_until(timeout, |state| {
+                        state.slots[slot_id]
+                            .find(generation)
+                            .is_none_or(|p| p.last_pong >= seq)
+                    })
+                    .await
+        };
+        let (http_ok, pong_ok, program_ok) = tokio::join!(http_ok, pong_ok, program_ok);
+        let http_ok = http_ok && program_ok;
         let kill = {
             let mut state = self.lock();
             let Some(proc) = state.slots[slot_id].find_mut(generation) else {
@@ -1288,7 +1356,39 @@ impl Inner {
         Ok(format!("scaled to {instances} workers"))
     }
 
-    /// Stops every worker: drain (or SIGTERM), then SIGKILL after the stop timeout.
+    /// `chatctl signal`: sends `signal` to the current process of every worker, or of one.
+    fn send_signal(
+        &self,
+        signal_name: SignalName,
+        worker: Option<usize>,
+    ) -> Result<String, String> {
+        let state = self.lock();
+        let live = |slot: &&Slot| !slot.retired;
+        if let Some(id) = worker {
+            if !state.slots.iter().filter(live).any(|slot| slot.id == id) {
+                return Err(format!(
+                    "there is no worker {id}: see `chatctl status {}`",
+                    state.config.name
+                ));
+            }
+        }
+        let mut pids = Vec::new();
+        for slot in state.slots.iter().filter(live) {
+            if worker.is_none_or(|id| id == slot.id) {
+                if let Some(proc) = &slot.current {
+                    signal(proc.pid, signal_name.number());
+                    pids.push(proc.pid.to_string());
+                }
+            }
+        }
+        if pids.is_empty() {
+            return Err("no worker process is running to signal".into());
+        }
+        tracing::info!(pids = %pids.join(" "), "sent {signal_name} on request");
+        Ok(format!("sent {signal_name} to pid {}", pids.join(", ")))
+    }
+
+    /// Stops every worker: drain (or the kill signal), then SIGKILL after the stop timeout.
     async fn stop(self: &Arc<Self>) {
         let (workers, timeout) = {
             let mut state = self.lock();
@@ -1329,7 +1429,10 @@ impl Inner {
 
     /// Sticky scheduling: accepts every connection and hands it to a worker.
     async fn dispatch_loop(self: Arc<Self>) {
-        let listener = match self.listener.try_clone().and_then(|listener| {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let listener = match listener.try_clone().and_then(|listener| {
             listener.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(listener)
         }) {
@@ -1459,11 +1562,13 @@ impl Inner {
         AppStatus {
             name: state.config.name.clone(),
             master_pid: std::process::id(),
-            listen: self
-                .listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            listen: match &self.listener {
+                Some(listener) => listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                None => "none".into(),
+            },
             scheduling: if state.config.runs_chat() {
                 state.config.scheduling.to_string()
             } else {
@@ -1501,6 +1606,7 @@ impl Inner {
             Request::Reload => done(self.reload(&progress).await),
             Request::Restart => done(self.restart(&progress).await),
             Request::Scale { instances } => done(self.scale(instances).await),
+            Request::Signal { signal, worker } => done(self.send_signal(signal, worker)),
             Request::Stop => {
                 self.stop().await;
                 Response::Done {
@@ -1587,7 +1693,7 @@ fn done(result: Result<String, String>) -> Response {
     }
 }
 
-/// Asks a process to finish: over IPC when it speaks it, else SIGTERM. It gets no new
+/// Asks a process to finish: over IPC when it speaks it, else its kill signal. It gets no new
 /// connections from then on; those already handed over are its to answer.
 fn drain(proc: &Proc, timeout: Duration) {
     if let Some(handoff) = &proc.handoff {
@@ -1598,7 +1704,7 @@ fn drain(proc: &Proc, timeout: Duration) {
     };
     let sent = proc.speaks_ipc && proc.ipc.control(&request).is_ok();
     if !sent {
-        signal(proc.pid, libc::SIGTERM);
+        signal(proc.pid, proc.kill_signal.number());
     }
 }
 

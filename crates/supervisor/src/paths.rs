@@ -26,6 +26,9 @@ pub struct AppPaths {
     pub secret: PathBuf,
     pub logs: PathBuf,
     pub log_file: PathBuf,
+    /// The workers' stdout and stderr with `log_split`.
+    pub out_log: PathBuf,
+    pub err_log: PathBuf,
     /// Where a daemonized master's own stderr goes (panics, errors before logging starts).
     pub master_stderr: PathBuf,
 }
@@ -41,6 +44,8 @@ impl AppPaths {
             config: dir.join("config.json"),
             secret: dir.join("secret"),
             log_file: logs.join("app.log"),
+            out_log: logs.join("out.log"),
+            err_log: logs.join("err.log"),
             master_stderr: logs.join("master.stderr"),
             logs,
             dir,

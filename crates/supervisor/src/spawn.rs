@@ -97,20 +97,37 @@ pub struct WorkerSpec<'a> {
     /// ([`crate::secrets`]).
     pub secret: Option<&'a str>,
     pub run_as: Option<RunAs>,
+    /// A program's port of its own (`AppConfig::worker_port`).
+    pub port: Option<u16>,
+    /// Where a program reports ready (`--wait-ready`, [`crate::notify`]).
+    pub notify_socket: Option<&'a str>,
 }
 
 /// Where a worker's connections come from.
 #[derive(Debug, Clone, Copy)]
 pub enum Connections {
-    Shared { listener: RawFd },
-    HandedOff { socket: RawFd },
+    Shared {
+        listener: RawFd,
+    },
+    HandedOff {
+        socket: RawFd,
+    },
+    /// A program that serves no port (`--no-listen`, a queue worker).
+    Nothing,
 }
 
 /// The program and arguments of a worker: the configured command, or this binary's `serve`
 /// (run through [`EXE_FD`]).
-fn worker_argv(config: &AppConfig, serve_args: &[String]) -> Vec<String> {
+fn worker_argv(config: &AppConfig, serve_args: &[String], port: Option<u16>) -> Vec<String> {
     if !config.runs_chat() {
-        return config.command.clone();
+        return match port {
+            Some(port) => config
+                .command
+                .iter()
+                .map(|arg| arg.replace("{port}", &port.to_string()))
+                .collect(),
+            None => config.command.clone(),
+        };
     }
     let mut argv = vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()];
     argv.extend(serve_args.iter().cloned());
@@ -122,11 +139,15 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let (master_end, worker_end) =
         std::os::unix::net::UnixStream::pair().map_err(SpawnError::Sockets)?;
     // Copies above the target numbers, so the dup2s in the child cannot overwrite each other.
-    let (source, target) = match spec.connections {
-        Connections::Shared { listener } => (listener, LISTEN_FD),
-        Connections::HandedOff { socket } => (socket, HANDOFF_FD),
+    let connections = match spec.connections {
+        Connections::Shared { listener } => Some((listener, LISTEN_FD)),
+        Connections::HandedOff { socket } => Some((socket, HANDOFF_FD)),
+        Connections::Nothing => None,
     };
-    let connections = dup_above(source, 64).map_err(SpawnError::Sockets)?;
+    let connections = connections
+        .map(|(source, target)| Ok::<_, std::io::Error>((dup_above(source, 64)?, target)))
+        .transpose()
+        .map_err(SpawnError::Sockets)?;
     let ipc = dup_above(worker_end.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
     drop(worker_end);
     let private = dup_above(spec.private_socket, 64).map_err(SpawnError::Sockets)?;
@@ -161,7 +182,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     } else {
         (Vec::new(), spec.config.env.clone(), None)
     };
-    let argv = worker_argv(spec.config, &serve_args);
+    let argv = worker_argv(spec.config, &serve_args, spec.port);
     // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
     // program runs as, which is what sd_listen_fds() checks.
     let mut command = Command::new("/bin/sh");
@@ -191,7 +212,19 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         Connections::HandedOff { .. } => command
             .env(HANDOFF_FD_ENV, HANDOFF_FD.to_string())
             .env_remove("LISTEN_FDS"),
+        // Not even an inherited LISTEN_FDS of the master's own (systemd socket activation):
+        // the program must not take a socket that is not its.
+        Connections::Nothing => command
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove(HANDOFF_FD_ENV),
     };
+    if let Some(port) = spec.port {
+        command.env("PORT", port.to_string());
+    }
+    if let Some(address) = spec.notify_socket {
+        command.env("NOTIFY_SOCKET", address);
+    }
     if secrets.is_some() {
         command
             .env(SECRETS_FD_ENV, SECRETS_FD.to_string())
@@ -210,7 +243,10 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let group = unsafe { libc::getpgrp() };
     command.process_group(group);
     let master = std::process::id() as libc::pid_t;
-    let (connections_fd, ipc_fd) = (connections.as_raw_fd(), ipc.as_raw_fd());
+    let connections_fd = connections
+        .as_ref()
+        .map(|(fd, target)| (fd.as_raw_fd(), *target));
+    let ipc_fd = ipc.as_raw_fd();
     let exe_fd = exe.as_ref().map(|fd| fd.as_raw_fd());
     let private_fd = private.as_raw_fd();
     let secrets_fd = secrets.as_ref().map(|fd| fd.as_raw_fd());
@@ -232,10 +268,12 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             if libc::getppid() != master {
                 libc::_exit(1);
             }
-            if libc::dup2(connections_fd, target) < 0
-                || libc::dup2(ipc_fd, IPC_FD) < 0
-                || libc::dup2(private_fd, PRIVATE_FD) < 0
-            {
+            if let Some((source, target)) = connections_fd {
+                if libc::dup2(source, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::dup2(ipc_fd, IPC_FD) < 0 || libc::dup2(private_fd, PRIVATE_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             for (source, target) in [(exe_fd, EXE_FD), (secrets_fd, SECRETS_FD)] {
