@@ -20,6 +20,8 @@ const QUEUE: usize = 16 * 1024;
 enum LogCommand {
     Line(Vec<u8>),
     Reopen,
+    /// Answered once every command before it is written: what is logged before an exit is kept.
+    Flush(SyncSender<()>),
 }
 
 /// Which output of a worker a line came from.
@@ -184,6 +186,24 @@ impl LogSink {
         }
     }
 
+    /// Waits, at most `timeout`, until every line logged so far is in the files: the writer
+    /// threads end with the process, and a master's last lines (its workers' last words) would
+    /// go with them.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut files = vec![&self.app_log];
+        if let Some((out, err)) = &self.split {
+            files.extend([out, err]);
+        }
+        for file in files {
+            let (done, written) = sync_channel(1);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if send_within(&file.tx, LogCommand::Flush(done), left) {
+                let _ = written.recv_timeout(left);
+            }
+        }
+    }
+
     /// Reopens the files (after an external rotation).
     pub fn reopen(&self) {
         self.app_log.send(LogCommand::Reopen);
@@ -216,6 +236,26 @@ impl LogFile {
     fn send(&self, command: LogCommand) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(command) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Queues `command` for a log writer, waiting at most `timeout` for room (std's `SyncSender`
+/// has no `send_timeout`); false if it could not.
+fn send_within(
+    tx: &SyncSender<LogCommand>,
+    mut command: LogCommand,
+    timeout: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match tx.try_send(command) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                command = back;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(_) => return false,
         }
     }
 }
@@ -294,6 +334,9 @@ impl Writer {
                     if let Ok(file) = open_append(&self.path) {
                         self.file = file;
                     }
+                }
+                LogCommand::Flush(done) => {
+                    let _ = done.send(());
                 }
             }
         }

@@ -192,8 +192,14 @@ struct State {
     stopping: bool,
 }
 
+/// How long a stopping master waits for its workers' last output to reach the log.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
 struct Inner {
     paths: AppPaths,
+    /// The tasks copying workers' output into the log: a stopping master waits for them, so
+    /// the last lines of its workers are not lost with its runtime.
+    pumps: tokio_util::task::TaskTracker,
     /// The shared listening socket; None with `no_listen`.
     listener: Option<std::net::TcpListener>,
     /// Names this master's workers' private sockets (abstract unix sockets).
@@ -274,6 +280,7 @@ impl Master {
             secret: std::sync::OnceLock::new(),
             run_as,
             log,
+            pumps: tokio_util::task::TaskTracker::new(),
             started: Instant::now(),
             state: Mutex::new(state),
             changed: watch::channel(0).0,
@@ -338,7 +345,12 @@ impl Master {
             }
         }
         inner.paths.remove_runtime_files();
+        // The workers are gone; what they wrote last is still in their pipes and the log
+        // writers' queues: keep it (bounded, as a worker's child may hold a pipe open).
+        inner.pumps.close();
+        let _ = tokio::time::timeout(LAST_WORDS, inner.pumps.wait()).await;
         tracing::info!("master stopped");
+        inner.log.flush(LAST_WORDS);
     }
 }
 
@@ -482,14 +494,14 @@ impl Inner {
         tracing::info!(worker = slot_id, pid, "worker started");
         if let Some(stdout) = child.stdout.take() {
             let log = self.log.clone();
-            tokio::spawn(async move {
+            self.pumps.spawn(async move {
                 log.pump(stdout, slot_id, Stream::Out, config.log_max_line)
                     .await
             });
         }
         if let Some(stderr) = child.stderr.take() {
             let log = self.log.clone();
-            tokio::spawn(async move {
+            self.pumps.spawn(async move {
                 log.pump(stderr, slot_id, Stream::Err, config.log_max_line)
                     .await
             });
