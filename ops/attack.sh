@@ -160,7 +160,7 @@ start_app storm "$storm_port" -i 2 --ipc-queue-size 1M --ipc-max-line 64K \
   --health-interval 300ms --health-timeout 3s --health-misses 3 \
   -- python3 "$root/bin/chatctl/tests/clients/ipc_worker.py"
 overflowing() { app_log storm | grep -q 'cannot keep up with the broadcasts'; }
-answered() { app_log storm | grep -c 'w1 | answered'; }
+answered() { app_log storm | grep -cE 'w1 \| ([^ ]+ )?answered'; }
 if wait_for overflowing; then
   busy=$(listed storm 'workers[1]["pid"]')
   kill -STOP "$busy"
