@@ -49,9 +49,13 @@ fn a_second_start_of_a_running_app_fails_with_one_line() {
 #[test]
 fn an_address_in_use_fails_with_one_line() {
     let app = App::new("inuse");
-    let _taken = std::net::TcpListener::bind(app.listen()).expect("cannot take the test's port");
+    // The test holds the address first (any free port, kept), then asks chatctl for it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind loopback");
+    let address = taken.local_addr().expect("no local address").to_string();
 
-    let output = app.start(&["-i", "1"], &[]);
+    let output = app.run(&[
+        "start", "--name", &app.name, "--listen", &address, "-i", "1",
+    ]);
     let lines = stderr_lines(&output);
     assert!(
         !output.status.success(),
@@ -59,7 +63,7 @@ fn an_address_in_use_fails_with_one_line() {
     );
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
-        lines[0].contains("cannot bind") && lines[0].contains(&app.listen()),
+        lines[0].contains("cannot bind") && lines[0].contains(&address),
         "{lines:?}"
     );
     assert!(app.list().is_empty(), "a failed start left an app behind");

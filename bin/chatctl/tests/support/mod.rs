@@ -172,7 +172,9 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        let _ = self.command(&["stop", &self.name]).output();
+        // Every app of this state directory, not only `name`: a test may have started others,
+        // and a panic must not leave their masters running.
+        let _ = self.command(&["stop", "all"]).output();
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
