@@ -16,7 +16,7 @@
 //! same port.
 
 use std::fs::{File, OpenOptions};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -125,15 +125,28 @@ fn try_lock(dir: &std::path::Path, port: u16) -> Option<Flock<File>> {
     Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()
 }
 
-/// Whether nothing listens on `port`: binding the wildcard address fails when any address of
-/// this host has a listener on it.
+/// Whether no socket of this host uses `port`: binding the wildcard address *without*
+/// SO_REUSEADDR fails when any socket holds the port — a listener on any address, one bound
+/// but not listening yet, a connection, even one in TIME_WAIT — so a port someone is about to
+/// listen on, or was just using, is passed over.
 fn bindable(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let Ok(probe) = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let address = SockaddrIn::from(std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    bind(std::os::fd::AsRawFd::as_raw_fd(&probe), &address).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
     use std::time::{Duration, Instant};
 
     // One test: ports are handed out in order, so a second test thread would change which

@@ -276,7 +276,6 @@ pub fn signal(pid: u32, signal: libc::c_int) {
     }
 }
 
-/// Non-empty lines of a command's stderr.
 /// The stdout of a command that must have succeeded; its output in the failure otherwise.
 pub fn succeeded(output: &Output) -> String {
     assert!(
@@ -289,6 +288,7 @@ pub fn succeeded(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Non-empty lines of a command's stderr.
 pub fn stderr_lines(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr)
         .lines()
