@@ -215,11 +215,14 @@ const users = [];
     process.exit(0);
   }
   phase = "reconnect";
+  // The killed worker may have held bob's or carl's connection too: everyone's member list
+  // starts over, and the talk waits until every user (reconnected or not) lists all three.
+  for (const user of users) user.heard.users = [];
   const before = chatInfra.socket.sessionid;
   await until("ann reconnected and rejoined", () =>
     annConnects >= 2 && chatInfra.socket.sessionid !== before && chatInfra.socket.connected);
-  ann.heard.users = [];
-  await until("ann back in the room with everyone", everyone);
+  await until("everyone back in the room with everyone", () =>
+    users.every((user) => users.every((other) => user.heard.users.includes(other.name))));
   phase = "talk again";
   await everyoneSpeaks("again");
   phase = "done";
