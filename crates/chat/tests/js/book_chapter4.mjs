@@ -33,8 +33,10 @@ for (const needed of [new URL("node_modules/playwright-core", opsJs), bundle09])
 const { chromium } = createRequire(new URL("package.json", opsJs))("playwright-core");
 const executablePath = process.env.CHATCTL_CHROMIUM || "/usr/bin/chromium";
 
-/** Every wait: loopback round trips, but the machine may be busy building and running tests. */
-const WAIT_MS = 30_000;
+/** Every wait: loopback round trips, but the machine may be busy building and running tests,
+ * and the 0.9 client tries its transports in turn, each with a 10 s connect timeout, before it
+ * settles on one (a fresh-clone run once saw no join within 30 s). */
+const WAIT_MS = 90_000;
 const ROOM = "lobby";
 const bookPage = readFileSync(new URL("book/chatroom.html", import.meta.url), "utf8");
 const bookScript = readFileSync(new URL("book/chatroom.js", import.meta.url), "utf8");
