@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # chatctl's master against PM2 in cluster mode, side by side on this machine:
 #
-#   (a) recovery: SIGKILL one worker, time until its replacement is listed online AND answers
-#       HTTP itself (median of KILLS kills, alternating between the two workers);
+#   (a) recovery: SIGKILL one worker, time until its replacement is listed online and the app
+#       answers (median of KILLS kills, alternating between the two workers); chatctl twice,
+#       with its defaults and with --spare 1 (a warm worker takes the killed one's place).
+#       A chat worker is listed online only once it takes connections (it says so over IPC);
+#       PM2 lists a worker online when it forks it, so there the new pid must answer a GET;
 #   (b) memory: RSS of chatctl's master vs PM2's God daemon (and of the workers, for context),
 #       idle after start and again after the load runs;
 #   (c) reload under load: `wrk -t2 -c50 -d10s`, `chatctl reload` / `pm2 reload` RELOAD_AT
@@ -13,7 +16,7 @@
 # ops/bench/peers/hello.js (2 instances, GET / answers "ok"). Both with their default settings,
 # except chatctl's --restart-reset (see KILL_GAP below).
 #
-# Usage: ops/bench/supervisor.sh            (about 3.5 minutes; prints a summary at the end)
+# Usage: ops/bench/supervisor.sh            (about 5 minutes; prints a summary at the end)
 #   CHATCTL=path/to/chatctl   use this binary instead of `cargo build --release -p chatctl`
 #   KILLS=5 RELOADS=3 WRK_DURATION=10 RELOAD_AT=3 PORT_CHATCTL= PORT_PM2= (default: reserved by ops/lib/ports.sh)
 #   CHATCTL_FLAGS="--restart-delay 0ms"   more flags for `chatctl start` (word-split)
@@ -147,26 +150,11 @@ wait_for() { # seconds command...: polls until the command succeeds
   done
 }
 
-# The newest private socket of a chatctl worker slot ($CHATCTL_HOME/apps/<app>/workers/
-# w<slot>-<generation>.sock, bound by the master for each process it starts).
-chatctl_worker_socket() {
-  local dir=$CHATCTL_HOME/apps/$APP/workers socket generation newest=-1
-  for socket in "$dir/w$1-"*.sock; do
-    generation=${socket##*/w"$1"-}
-    generation=${generation%.sock}
-    if [[ $generation =~ ^[0-9]+$ ]] && ((generation > newest)); then
-      newest=$generation
-    fi
-  done
-  if ((newest >= 0)); then
-    echo "$dir/w$1-$newest.sock"
-  fi
-}
-
 # (a) for chatctl: kill slot's worker; done when `chatctl status --json` lists another pid
-# online for the slot and that process answers GET /healthz on its own socket.
+# online for the slot (a chat worker reports ready over IPC only once it takes connections)
+# and GET /healthz is answered on the app's port.
 chatctl_recovery_ms() { # slot
-  local slot=$1 old new socket start deadline
+  local slot=$1 old new start deadline
   old=$(chatctl_status | jq -r ".workers[] | select(.id == $slot) | .pid")
   [[ $old =~ ^[0-9]+$ ]] || die "chatctl: no pid for worker $slot"
   start=$(now_ms)
@@ -174,13 +162,10 @@ chatctl_recovery_ms() { # slot
   deadline=$((start + 30000))
   while (($(now_ms) < deadline)); do
     new=$(chatctl_status | jq -r ".workers[] | select(.id == $slot and .status == \"online\") | .pid")
-    if [[ $new =~ ^[0-9]+$ && $new != "$old" ]]; then
-      socket=$(chatctl_worker_socket "$slot")
-      if [[ -n $socket ]] &&
-        [[ $(curl -s --max-time 2 --unix-socket "$socket" http://worker/healthz) == ok ]]; then
-        echo $(($(now_ms) - start))
-        return
-      fi
+    if [[ $new =~ ^[0-9]+$ && $new != "$old" ]] &&
+      [[ $(curl -s --max-time 2 "http://127.0.0.1:$PORT_CHATCTL/healthz") == ok ]]; then
+      echo $(($(now_ms) - start))
+      return
     fi
     sleep 0.005
   done
@@ -242,42 +227,54 @@ reload_under_wrk() { # label url reload-command...
 USER_FLAG=()
 [[ $(id -u) == 0 ]] && USER_FLAG=(--user nobody)
 read -ra EXTRA_FLAGS <<<"${CHATCTL_FLAGS:-}"
-log "chatctl: starting the chat app, 2 workers on 127.0.0.1:$PORT_CHATCTL"
-timeout 60 "$CHATCTL" start --name "$APP" --listen "127.0.0.1:$PORT_CHATCTL" -i 2 \
-  --restart-reset 2s "${USER_FLAG[@]}" "${EXTRA_FLAGS[@]}" >/dev/null
-CHATCTL_MASTER=$(cat "$CHATCTL_HOME/apps/$APP/master.pid")
-[[ $CHATCTL_MASTER =~ ^[0-9]+$ ]] || die "chatctl: no master pid"
-wait_for 30 chatctl_all_online || die "chatctl: workers not online"
-[[ $(curl -s --max-time 2 "http://127.0.0.1:$PORT_CHATCTL/healthz") == ok ]] || die "chatctl: GET /healthz did not answer ok"
-sleep 2
-chatctl_worker_pids() { chatctl_status | jq -r '.workers[].pid'; }
-C_MASTER_IDLE=$(rss_kib "$CHATCTL_MASTER")
-C_WORKERS_IDLE=$(for p in $(chatctl_worker_pids); do rss_kib "$p"; done | awk '{s+=$1} END {print s}')
-C_LIST_MS=$(for _ in 1 2 3 4 5; do time_ms "$CHATCTL" status "$APP" --json; done | median)
+chatctl_worker_pids() { chatctl_status | jq -r '.workers[].pid, (.spares // [])[].pid'; }
 
-C_RECOVERY=()
-for ((i = 0; i < KILLS; i++)); do
-  sleep "$KILL_GAP"
-  wait_for 30 chatctl_all_online || die "chatctl: workers not back online"
-  C_RECOVERY+=("$(chatctl_recovery_ms $((i % 2)))")
-  log "chatctl: kill $((i + 1)): replacement serving after ${C_RECOVERY[-1]} ms"
-done
+# One chatctl run with more start flags; its figures go to C_<variant>_* (variant: a word).
+run_chatctl() { # variant flags...
+  local variant=$1 i
+  shift
+  log "chatctl ($variant): starting the chat app, 2 workers on 127.0.0.1:$PORT_CHATCTL"
+  timeout 60 "$CHATCTL" start --name "$APP" --listen "127.0.0.1:$PORT_CHATCTL" -i 2 \
+    --restart-reset 2s "${USER_FLAG[@]}" "${EXTRA_FLAGS[@]}" "$@" >/dev/null
+  CHATCTL_MASTER=$(cat "$CHATCTL_HOME/apps/$APP/master.pid")
+  [[ $CHATCTL_MASTER =~ ^[0-9]+$ ]] || die "chatctl: no master pid"
+  wait_for 30 chatctl_all_online || die "chatctl: workers not online"
+  [[ $(curl -s --max-time 2 "http://127.0.0.1:$PORT_CHATCTL/healthz") == ok ]] || die "chatctl: GET /healthz did not answer ok"
+  sleep 2
+  declare -g "C_${variant}_MASTER_IDLE=$(rss_kib "$CHATCTL_MASTER")"
+  declare -g "C_${variant}_WORKERS_IDLE=$(for p in $(chatctl_worker_pids); do rss_kib "$p"; done | awk '{s+=$1} END {print s}')"
+  C_LIST_MS=$(for _ in 1 2 3 4 5; do time_ms "$CHATCTL" status "$APP" --json; done | median)
 
-# The same load without a reload: errors here are not the reload's.
-wait_for 60 chatctl_all_online || die "chatctl: workers not online before the load"
-log "chatctl: wrk without a reload"
-C_BASE=$(reload_under_wrk chatctl "http://127.0.0.1:$PORT_CHATCTL/healthz" true)
-C_RELOAD=()
-for ((i = 0; i < RELOADS; i++)); do
-  wait_for 60 chatctl_all_online || die "chatctl: workers not online before reload run"
-  log "chatctl: wrk with a reload at ${RELOAD_AT}s (run $((i + 1)))"
-  C_RELOAD+=("$(reload_under_wrk chatctl "http://127.0.0.1:$PORT_CHATCTL/healthz" "$CHATCTL" reload "$APP")")
-done
-wait_for 60 chatctl_all_online || die "chatctl: workers not online after the reloads"
-sleep 2
-C_MASTER_AFTER=$(rss_kib "$CHATCTL_MASTER")
-C_WORKERS_AFTER=$(for p in $(chatctl_worker_pids); do rss_kib "$p"; done | awk '{s+=$1} END {print s}')
-timeout 60 "$CHATCTL" stop "$APP" >/dev/null
+  local recovery=()
+  for ((i = 0; i < KILLS; i++)); do
+    sleep "$KILL_GAP"
+    wait_for 30 chatctl_all_online || die "chatctl: workers not back online"
+    recovery+=("$(chatctl_recovery_ms $((i % 2)))")
+    log "chatctl ($variant): kill $((i + 1)): replacement serving after ${recovery[-1]} ms"
+  done
+  declare -g "C_${variant}_RECOVERY=${recovery[*]}"
+
+  # The same load without a reload: errors here are not the reload's.
+  wait_for 60 chatctl_all_online || die "chatctl: workers not online before the load"
+  log "chatctl ($variant): wrk without a reload"
+  declare -g "C_${variant}_BASE=$(reload_under_wrk chatctl "http://127.0.0.1:$PORT_CHATCTL/healthz" true)"
+  local reloads=()
+  for ((i = 0; i < RELOADS; i++)); do
+    wait_for 60 chatctl_all_online || die "chatctl: workers not online before reload run"
+    log "chatctl ($variant): wrk with a reload at ${RELOAD_AT}s (run $((i + 1)))"
+    reloads+=("$(reload_under_wrk chatctl "http://127.0.0.1:$PORT_CHATCTL/healthz" "$CHATCTL" reload "$APP")")
+  done
+  declare -g "C_${variant}_RELOADS=$(printf '%s;' "${reloads[@]}")"
+  wait_for 60 chatctl_all_online || die "chatctl: workers not online after the reloads"
+  sleep 2
+  declare -g "C_${variant}_MASTER_AFTER=$(rss_kib "$CHATCTL_MASTER")"
+  declare -g "C_${variant}_WORKERS_AFTER=$(for p in $(chatctl_worker_pids); do rss_kib "$p"; done | awk '{s+=$1} END {print s}')"
+  timeout 60 "$CHATCTL" stop "$APP" >/dev/null
+  timeout 60 "$CHATCTL" delete "$APP" >/dev/null
+}
+
+run_chatctl defaults
+run_chatctl spare --spare 1
 
 # --- PM2 -------------------------------------------------------------------------------------
 
@@ -320,17 +317,21 @@ timeout 60 "$PM2" kill >/dev/null
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-C_MED=$(printf '%s\n' "${C_RECOVERY[@]}" | median)
 P_MED=$(printf '%s\n' "${P_RECOVERY[@]}" | median)
+C_defaults_MED=$(tr ' ' '\n' <<<"$C_defaults_RECOVERY" | median)
+C_spare_MED=$(tr ' ' '\n' <<<"$C_spare_RECOVERY" | median)
 reload_rows() { # label runs...
   local label=$1 run non2xx errors requests rps reload_ms
   shift
   for run in "$@"; do
+    [[ -n $run ]] || continue
     read -r non2xx errors requests rps reload_ms <<<"$run"
     [[ $label == *"no reload"* ]] && reload_ms=-
     echo "| $label | $requests | $rps | $non2xx | $errors | $reload_ms |"
   done
 }
+IFS=';' read -ra C_defaults_RELOAD <<<"$C_defaults_RELOADS"
+IFS=';' read -ra C_spare_RELOAD <<<"$C_spare_RELOADS"
 
 cat <<EOF
 
@@ -338,26 +339,30 @@ cat <<EOF
 
 date: $(date -u +%Y-%m-%dT%H:%MZ)   nproc: $(nproc)   cpu: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)
-chatctl: $("$CHATCTL" --version) (start flags: -i 2 --restart-reset 2s ${USER_FLAG[*]} ${CHATCTL_FLAGS:-})   node: $(node --version)   pm2: $PM2_VERSION   $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)
+chatctl: $("$CHATCTL" --version) (start flags: -i 2 --restart-reset 2s ${USER_FLAG[*]} ${CHATCTL_FLAGS:-}; "--spare 1" rows: also --spare 1)   node: $(node --version)   pm2: $PM2_VERSION   $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)
 
-(a) SIGKILL of a worker until its replacement is listed online and answers (ms)
+(a) SIGKILL of a worker until its replacement is listed online and the app answers (ms)
 | | runs | median | ours/PM2 |
 | --- | --- | --- | --- |
-| chatctl | ${C_RECOVERY[*]} | $C_MED | $(ratio "$C_MED" "$P_MED") |
+| chatctl | $C_defaults_RECOVERY | $C_defaults_MED | $(ratio "$C_defaults_MED" "$P_MED") |
+| chatctl --spare 1 | $C_spare_RECOVERY | $C_spare_MED | $(ratio "$C_spare_MED" "$P_MED") |
 | PM2 | ${P_RECOVERY[*]} | $P_MED | |
 one poll of the process list: chatctl status --json $C_LIST_MS ms, pm2 jlist $P_LIST_MS ms (median of 5)
 
 (b) memory, RSS in MiB (idle after start / after the kills and the load runs)
-| | supervisor | ours/PM2 | 2 workers |
+| | supervisor | ours/PM2 | workers (and spare) |
 | --- | --- | --- | --- |
-| chatctl master | $(mib "$C_MASTER_IDLE") / $(mib "$C_MASTER_AFTER") | $(ratio "$C_MASTER_IDLE" "$P_GOD_IDLE") / $(ratio "$C_MASTER_AFTER" "$P_GOD_AFTER") | $(mib "$C_WORKERS_IDLE") / $(mib "$C_WORKERS_AFTER") |
+| chatctl master | $(mib "$C_defaults_MASTER_IDLE") / $(mib "$C_defaults_MASTER_AFTER") | $(ratio "$C_defaults_MASTER_IDLE" "$P_GOD_IDLE") / $(ratio "$C_defaults_MASTER_AFTER" "$P_GOD_AFTER") | $(mib "$C_defaults_WORKERS_IDLE") / $(mib "$C_defaults_WORKERS_AFTER") |
+| chatctl master, --spare 1 | $(mib "$C_spare_MASTER_IDLE") / $(mib "$C_spare_MASTER_AFTER") | $(ratio "$C_spare_MASTER_IDLE" "$P_GOD_IDLE") / $(ratio "$C_spare_MASTER_AFTER" "$P_GOD_AFTER") | $(mib "$C_spare_WORKERS_IDLE") / $(mib "$C_spare_WORKERS_AFTER") |
 | PM2 God daemon | $(mib "$P_GOD_IDLE") / $(mib "$P_GOD_AFTER") | | $(mib "$P_WORKERS_IDLE") / $(mib "$P_WORKERS_AFTER") |
 
 (c) wrk -t2 -c50 -d${WRK_DURATION}s with a reload ${RELOAD_AT}s in
 | | requests | req/s | non-2xx | socket errors | reload took (ms) |
 | --- | --- | --- | --- | --- | --- |
-$(reload_rows "chatctl, no reload" "$C_BASE")
-$(reload_rows chatctl "${C_RELOAD[@]}")
+$(reload_rows "chatctl, no reload" "$C_defaults_BASE")
+$(reload_rows chatctl "${C_defaults_RELOAD[@]}")
+$(reload_rows "chatctl --spare 1, no reload" "$C_spare_BASE")
+$(reload_rows "chatctl --spare 1" "${C_spare_RELOAD[@]}")
 $(reload_rows "PM2, no reload" "$P_BASE")
 $(reload_rows PM2 "${P_RELOAD[@]}")
 EOF

@@ -26,7 +26,8 @@ pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         ConfigFile::parse(&text)?.app
     } else {
-        flags.validate()?;
+        // Flags that cannot work together are a usage error, like a flag clap refuses.
+        flags.validate().map_err(|e| UsageError(e.to_string()))?;
         return Ok(vec![flags]);
     };
     for app in &mut apps {
@@ -41,7 +42,7 @@ pub fn configs(args: &AppArgs) -> anyhow::Result<Vec<AppConfig>> {
 /// Copies the setting of the command-line flag `flag` (a clap id) from `flags` onto `app`.
 fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), UsageError> {
     match flag {
-        "config_file" | "app" | "reload_if_running" => {}
+        "config_file" | "app" | "reload_if_running" | "update_env" => {}
         "listen" => app.listen = flags.listen,
         "no_listen" => app.no_listen = flags.no_listen,
         "instances" => app.instances = flags.instances,
@@ -78,6 +79,11 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "kill_signal" => app.kill_signal = flags.kill_signal,
         "scheduling" => app.scheduling = flags.scheduling,
         "node_id" => app.node_id = flags.node_id,
+        "spare" => app.spare = flags.spare,
+        "watch" => app.watch.paths.clone_from(&flags.watch.paths),
+        "watch_ignore" => app.watch.ignore.clone_from(&flags.watch.ignore),
+        "watch_delay" => app.watch.delay = flags.watch.delay,
+        "cron_restart" => app.cron_restart.clone_from(&flags.cron_restart),
         "peek_timeout" => app.peek_timeout = flags.peek_timeout,
         "handoff_timeout" => app.handoff_timeout = flags.handoff_timeout,
         "ipc_max_line" => app.ipc_max_line = flags.ipc_max_line,
@@ -149,8 +155,24 @@ fn default_name(command: &[String]) -> String {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// `--watch` alone: the working directory; `--watch=A,B`: those, made absolute.
+fn watched_paths(args: &AppArgs, cwd: Option<&std::path::Path>) -> Vec<std::path::PathBuf> {
+    let Some(given) = &args.watch else {
+        return Vec::new();
+    };
+    let given: Vec<&String> = given.iter().filter(|path| !path.is_empty()).collect();
+    let Some(cwd) = cwd else {
+        return given.into_iter().map(Into::into).collect();
+    };
+    if given.is_empty() {
+        return vec![cwd.to_owned()];
+    }
+    given.into_iter().map(|path| cwd.join(path)).collect()
+}
+
 fn config_from_flags(args: &AppArgs) -> AppConfig {
     let defaults = AppConfig::default();
+    let cwd = std::env::current_dir().ok();
     let chat = AppConfig {
         command: args.command.clone(),
         ..AppConfig::default()
@@ -185,7 +207,6 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
                     .map(|url| ("REDIS_URL".to_owned(), url.clone())),
             )
             .collect(),
-        cwd: std::env::current_dir().ok(),
         user: args.user.clone(),
         restart: supervisor::RestartPolicy {
             first_restart_at_once: args.first_restart_at_once,
@@ -217,6 +238,20 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
         log_json: args.log_json,
         log_split: args.log_split,
         log_max_line: usize::try_from(args.log_max_line).unwrap_or(usize::MAX),
+        spare: usize::from(args.spare),
+        watch: supervisor::WatchConfig {
+            paths: watched_paths(args, cwd.as_deref()),
+            ignore: defaults
+                .watch
+                .ignore
+                .iter()
+                .chain(&args.watch_ignore)
+                .cloned()
+                .collect(),
+            delay: args.watch_delay,
+        },
+        cron_restart: args.cron_restart.clone(),
+        cwd,
         ..defaults
     }
 }
@@ -226,7 +261,11 @@ pub async fn start(args: AppArgs) -> anyhow::Result<()> {
     let mut failed = false;
     for config in configs(&args)? {
         if args.reload_if_running && client::status(&config.name).await.is_ok() {
-            control(&config.name, Request::Reload).await?;
+            let request = Request::Reload {
+                config: Some(Box::new(config.clone())),
+                env: args.update_env.then(shell_env),
+            };
+            control(&config.name, request).await?;
             continue;
         }
         if supervisor::running_as_root() && config.user.is_none() {
@@ -692,6 +731,44 @@ fn print_status(status: &AppStatus) {
     }
 }
 
+/// `chatctl reload NAME|all [FLAGS]`: with flags (or `-c FILE`), the app's saved settings
+/// changed by them; with `--update-env`, this shell's environment.
+pub async fn reload(args: AppArgs) -> anyhow::Result<()> {
+    let env = args.update_env.then(shell_env);
+    let settings_given = args
+        .given
+        .iter()
+        .any(|flag| !matches!(flag.as_str(), "app" | "update_env"));
+    let Some(name) = args.app.clone().filter(|_| !settings_given) else {
+        if args.app.as_deref() == Some("all") {
+            return Err(UsageError(
+                "flags given to `reload all` would change every app alike: reload one app by name"
+                    .into(),
+            )
+            .into());
+        }
+        if args.app.is_none() && args.config_file.is_none() {
+            return Err(UsageError("reload needs an app name, `all`, or -c FILE".into()).into());
+        }
+        for config in configs(&args)? {
+            let request = Request::Reload {
+                config: Some(Box::new(config.clone())),
+                env: env.clone(),
+            };
+            control(&config.name, request).await?;
+        }
+        return Ok(());
+    };
+    control(&name, Request::Reload { config: None, env }).await
+}
+
+/// This process's environment, for `--update-env`.
+fn shell_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 /// reload / restart / scale of `name` (`all`: every running app, one after the other): prints
 /// progress lines, then the result.
 pub async fn control(name: &str, request: Request) -> anyhow::Result<()> {
@@ -787,6 +864,20 @@ fn print_table(apps: &[AppStatus]) {
                 w.cpu_percent,
                 human_bytes(w.memory_bytes),
                 w.connections
+            );
+        }
+        for spare in &app.spares {
+            println!(
+                "{:<12} {:>6} {:>8} {:<16} {:>8}",
+                app.name,
+                "spare",
+                spare.pid,
+                if spare.ready {
+                    "spare"
+                } else {
+                    "spare-starting"
+                },
+                human_duration(spare.uptime_ms),
             );
         }
     }

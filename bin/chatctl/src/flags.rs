@@ -40,8 +40,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Replace every worker one at a time without dropping a request (`all`: every app).
-    Reload { name: String },
+    /// Replace every worker one at a time without dropping a request (`all`: every app). Flags
+    /// given change the app's settings for the new workers (and are saved); --update-env gives
+    /// them this shell's environment.
+    Reload(AppArgs),
     /// Stop and start every worker (not zero-downtime: see reload; `all`: every app).
     Restart { name: String },
     /// Change the number of workers.
@@ -121,9 +123,14 @@ pub struct AppArgs {
     /// Start every app of this TOML file ([[app]] tables) instead of one from flags.
     #[arg(short = 'c', long = "config", conflicts_with_all = ["name", "listen", "instances", "command"])]
     pub config_file: Option<PathBuf>,
-    /// If the app already runs, reload it (rolling) instead of failing: for deploy scripts.
+    /// If the app already runs, reload it (rolling) with these settings instead of failing:
+    /// for deploy scripts.
     #[arg(long)]
     pub reload_if_running: bool,
+    /// On reload: the new workers start from this shell's environment instead of the one the
+    /// master started with (PM2's --update-env). Kept in the master's memory, not on disk.
+    #[arg(long)]
+    pub update_env: bool,
     /// Name of the app [default: `chat` for the chat app, else the program's file name].
     #[arg(long)]
     pub name: Option<String>,
@@ -225,6 +232,28 @@ pub struct AppArgs {
     /// after --stop-timeout, SIGKILL. The chat app is asked over its IPC channel instead.
     #[arg(long, default_value = "SIGTERM", value_parser = parse_signal)]
     pub kill_signal: supervisor::SignalName,
+    /// Warm workers kept started and ready but given no connection: one takes a crashed
+    /// worker's place at once, and a reload swaps each worker for one (chat app, sticky
+    /// scheduling).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub spare: u16,
+    /// Reload (rolling) when files change: `--watch` alone watches the app's working
+    /// directory, `--watch=PATH,PATH` those files and directories (recursively).
+    #[arg(long, value_name = "PATHS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "", value_delimiter = ',')]
+    pub watch: Option<Vec<String>>,
+    /// Changes of files matching this glob cause no reload (repeatable), besides **/.git/**,
+    /// **/node_modules/** and **/*.log.
+    #[arg(long, value_name = "GLOB")]
+    pub watch_ignore: Vec<String>,
+    /// Changes are gathered this long before the reload (a deploy writing many files: one
+    /// reload).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub watch_delay: Duration,
+    /// Reload (rolling) on a schedule: a cron expression in UTC, 5 fields (`0 3 * * *`) or 6
+    /// with seconds first (PM2's cron_restart).
+    #[arg(long, alias = "cron", value_name = "EXPR")]
+    pub cron_restart: Option<String>,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
@@ -286,7 +315,7 @@ impl Cli {
         let command = Cli::command();
         let matches = command.clone().try_get_matches_from(args)?;
         let mut cli = Cli::from_arg_matches(&matches)?;
-        if let (Command::Start(app) | Command::Run(app), Some((name, sub))) =
+        if let (Command::Start(app) | Command::Run(app) | Command::Reload(app), Some((name, sub))) =
             (&mut cli.command, matches.subcommand())
         {
             // The arguments only: the matches also hold the group clap makes of `AppArgs`.

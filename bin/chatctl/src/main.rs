@@ -83,7 +83,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::List { json } => apps::list(json).await,
         Command::Jlist => apps::list(true).await,
         Command::Status { name, json } => apps::status(name.as_deref(), json).await,
-        Command::Reload { name } => apps::control(&name, Request::Reload).await,
+        Command::Reload(args) => apps::reload(args).await,
         Command::Restart { name } => apps::control(&name, Request::Restart).await,
         Command::Scale { name, instances } => {
             apps::control(&name, Request::Scale { instances }).await

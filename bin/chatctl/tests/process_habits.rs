@@ -540,3 +540,45 @@ fn a_program_is_online_only_after_it_sends_ready() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// examples/ipc_worker.py, the documented example of a program on the worker channel
+/// (docs/IPC.md): ready over IPC, the bus between workers, drain on stop.
+#[test]
+fn the_ipc_example_program_reports_ready_hears_its_siblings_and_drains() {
+    let app = App::new("ipc-example");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ipc_worker.py");
+    let example = example
+        .canonicalize()
+        .expect("examples/ipc_worker.py is missing");
+    let example = example.to_string_lossy();
+    // A long --min-uptime: only the program's own `ready` can make it online in time.
+    let started = app.start_ok(
+        &[
+            "-i",
+            "2",
+            "--min-uptime",
+            "1h",
+            "--health-interval",
+            "200ms",
+        ],
+        &["python3", &example],
+    );
+    assert!(all_online(&started, 2), "{started}");
+    let heard = wait_for_value("a worker that heard of its sibling's requests", || {
+        let (status, body) = http_get(app.port, "/").ok()?;
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).expect("not JSON");
+        (answer["heard"].as_u64()? > 0).then_some(answer)
+    });
+    assert!(heard.is_some(), "no worker heard of the other's requests");
+    let pids = worker_pids(&app.status().unwrap());
+    support::succeeded(&app.run(&["stop", &app.name]));
+    let log = app.log_text();
+    for pid in pids {
+        assert!(
+            log.contains(&format!("worker {pid} drained after")),
+            "{log}"
+        );
+    }
+}

@@ -141,6 +141,41 @@ pub struct AppConfig {
     /// Longest line of a worker's output copied into the log, in bytes; a longer one is cut
     /// there, so a program that prints without newlines cannot grow the master.
     pub log_max_line: usize,
+    /// Warm workers kept started and ready but given no connection, promoted when a worker
+    /// crashes or a reload replaces one, so the replacement serves at once. Only where the
+    /// master hands connections out (the chat's sticky scheduling).
+    pub spare: usize,
+    /// Rolling reload when a file changes (`--watch`).
+    pub watch: WatchConfig,
+    /// Rolling reload on a schedule: a cron expression, 5 fields or 6 with seconds first
+    /// (PM2's `cron_restart`), in UTC.
+    pub cron_restart: Option<String>,
+}
+
+/// `--watch`: which files reload the app when they change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Files and directories watched (directories recursively); none: no watching.
+    pub paths: Vec<PathBuf>,
+    /// Changed paths matching one of these globs never cause a reload.
+    pub ignore: Vec<String>,
+    /// Changes are gathered this long after the first one, so a deploy that writes many files
+    /// causes one reload.
+    #[serde(with = "millis")]
+    pub delay: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            paths: Vec::new(),
+            ignore: ["**/.git/**", "**/node_modules/**", "**/*.log"]
+                .map(str::to_owned)
+                .to_vec(),
+            delay: Duration::from_millis(500),
+        }
+    }
 }
 
 /// How often a process logs one cause of dropped messages at most: often enough that an
@@ -230,6 +265,9 @@ impl Default for AppConfig {
             log_split: false,
             drop_log_interval: DEFAULT_DROP_LOG_INTERVAL,
             log_max_line: 16 << 10,
+            spare: 0,
+            watch: WatchConfig::default(),
+            cron_restart: None,
         }
     }
 }
@@ -382,6 +420,16 @@ impl AppConfig {
         if self.log_max_size < 1024 {
             return bad("log max size must be at least 1K".into());
         }
+        if self.spare > 64 {
+            return bad(format!(
+                "spare workers must be at most 64, not {}",
+                self.spare
+            ));
+        }
+        if self.spare > 0 && !(self.runs_chat() && self.scheduling == Scheduling::Sticky) {
+            return bad("--spare needs connections handed out by the master (the chat with sticky scheduling): a program sharing the listening socket would take connections while it waits as a spare".into());
+        }
+        crate::triggers::check(self).map_err(ConfigError)?;
         Ok(())
     }
 

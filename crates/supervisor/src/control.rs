@@ -14,7 +14,14 @@ use crate::ipc::{message_lines, read_message, write_message};
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Reload,
+    /// Replace every worker, one at a time; with `config`, the replacements run those
+    /// settings; with `env`, they start from that environment instead of the master's.
+    Reload {
+        #[serde(default)]
+        config: Option<Box<crate::AppConfig>>,
+        #[serde(default)]
+        env: Option<Vec<(String, String)>>,
+    },
     Restart,
     Scale {
         instances: usize,
@@ -52,6 +59,18 @@ pub struct AppStatus {
     pub scheduling: String,
     pub uptime_ms: u64,
     pub workers: Vec<WorkerStatus>,
+    /// Warm workers waiting to take a place (`--spare`).
+    #[serde(default)]
+    pub spares: Vec<SpareStatus>,
+}
+
+/// A warm worker (`--spare`): started, given no connection until it takes a worker's place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpareStatus {
+    pub pid: u32,
+    /// Ready to take a place (else still starting).
+    pub ready: bool,
+    pub uptime_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

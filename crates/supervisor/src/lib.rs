@@ -28,8 +28,11 @@ pub mod signals;
 pub mod spawn;
 pub mod startup;
 pub mod timestamp;
+pub mod triggers;
 
-pub use config::{AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling};
+pub use config::{
+    AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling, WatchConfig,
+};
 pub use control::{AppStatus, Request, Response, WorkerStatus};
 pub use master::{default_user, running_as_root, Master, MasterError, MasterService};
 pub use paths::AppPaths;

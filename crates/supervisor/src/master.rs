@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backoff::{Backoff, RestartDecision};
 use crate::config::{AppConfig, Scheduling};
-use crate::control::{AppStatus, Request, Response, WorkerStatus};
+use crate::control::{AppStatus, Request, Response, SpareStatus, WorkerStatus};
 use crate::dispatch::{self, Peeked};
 use crate::drops::Drops;
 use crate::handoff;
@@ -31,6 +31,10 @@ use crate::spawn::{lookup_user, signal, spawn_worker, Connections, RunAs, Worker
 /// New connections whose request line the master may wait for at once (sticky scheduling);
 /// beyond this, accepting waits and further clients queue in the kernel's backlog.
 const MAX_PEEKING: usize = 4096;
+
+mod auto;
+mod spare;
+mod update;
 
 /// A worker slot's state, as `list` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +87,8 @@ pub enum MasterError {
     NoDefaultUser(String),
     #[error("{0}")]
     Spawn(#[from] crate::spawn::SpawnError),
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot set up {path}: {source}")]
     Files {
         path: String,
@@ -128,6 +134,8 @@ struct Proc {
     kill_signal: SignalName,
     /// A program's port of its own, where it is probed (`--worker-port-base`).
     port: Option<u16>,
+    /// The settings epoch it started in (see `State::epoch`).
+    epoch: u64,
 }
 
 /// A worker position; its process changes with restarts and reloads.
@@ -186,10 +194,53 @@ impl Slot {
 
 struct State {
     config: AppConfig,
+    /// The account workers run as (from `config.user`).
+    run_as: Option<RunAs>,
+    /// The environment workers start from, when `reload --update-env` replaced the master's.
+    base_env: Option<Vec<(String, String)>>,
     slots: Vec<Slot>,
     next_generation: u64,
     next_ping: u64,
     stopping: bool,
+    /// Warm workers (`--spare`): started, not routed, promoted into a slot when needed.
+    spares: Vec<Proc>,
+    /// Bumped when a reload begins: spares of an older epoch run the old program or settings
+    /// and are never promoted.
+    epoch: u64,
+    /// Spares that keep exiting are started again ever more slowly.
+    spare_backoff: Backoff,
+}
+
+impl State {
+    /// The slot whose process `generation` is, if it is in one (not a spare).
+    fn slot_of(&self, generation: u64) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.find(generation).is_some())
+    }
+
+    fn proc(&self, generation: u64) -> Option<&Proc> {
+        self.slots
+            .iter()
+            .find_map(|slot| slot.find(generation))
+            .or_else(|| self.spares.iter().find(|p| p.generation == generation))
+    }
+
+    fn proc_mut(&mut self, generation: u64) -> Option<&mut Proc> {
+        let State { slots, spares, .. } = self;
+        slots
+            .iter_mut()
+            .find_map(|slot| slot.find_mut(generation))
+            .or_else(|| spares.iter_mut().find(|p| p.generation == generation))
+    }
+
+    /// Every process, spares included.
+    fn procs_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
+        self.slots
+            .iter_mut()
+            .flat_map(|slot| slot.procs_mut())
+            .chain(self.spares.iter_mut())
+    }
 }
 
 /// How long a stopping master waits for its workers' last output to reach the log.
@@ -207,7 +258,6 @@ struct Inner {
     /// The chat's cookie key, the same for every worker and every restart (and every host on
     /// one Redis): given by [`Master::set_secret`].
     secret: std::sync::OnceLock<String>,
-    run_as: Option<RunAs>,
     log: LogSink,
     started: Instant,
     state: Mutex<State>,
@@ -234,6 +284,8 @@ struct Gathering {
 pub struct Master {
     inner: Arc<Inner>,
     control: UnixListener,
+    /// `--watch`: started in `prepare`, so a path that cannot be watched fails `start`.
+    watcher: Option<crate::triggers::Watcher>,
 }
 
 impl Master {
@@ -262,14 +314,28 @@ impl Master {
             .map_err(files_error(&paths.pid))?;
         let json = serde_json::to_vec_pretty(&config).unwrap_or_default();
         std::fs::write(&paths.config, json).map_err(files_error(&paths.config))?;
+        // Checked here, so a watch that cannot start fails `start` with its reason.
+        let watcher = (!config.watch.paths.is_empty())
+            .then(|| {
+                // Every app's state (logs, sockets, pid files) lies in the apps directory.
+                let own = paths.dir.parent().unwrap_or(&paths.dir).to_owned();
+                crate::triggers::Watcher::new(&config.watch, config.cwd.as_deref(), own)
+            })
+            .transpose()
+            .map_err(MasterError::Invalid)?;
 
         let slots = (0..config.instances).map(Slot::new).collect();
         let state = State {
             config,
+            run_as,
+            base_env: None,
             slots,
             next_generation: 1,
             next_ping: 1,
             stopping: false,
+            spares: Vec::new(),
+            epoch: 0,
+            spare_backoff: Backoff::default(),
         };
         let peers_token =
             handoff::new_token().map_err(files_error(std::path::Path::new("/dev/urandom")))?;
@@ -278,7 +344,6 @@ impl Master {
             listener,
             peers_token,
             secret: std::sync::OnceLock::new(),
-            run_as,
             log,
             pumps: tokio_util::task::TaskTracker::new(),
             started: Instant::now(),
@@ -292,6 +357,7 @@ impl Master {
         Ok(Master {
             inner: Arc::new(inner),
             control,
+            watcher,
         })
     }
 
@@ -325,12 +391,19 @@ impl Master {
         for slot in 0..config.instances {
             inner.clone().start_proc(slot, Role::Current);
         }
+        inner.top_up_spares();
         if config.scheduling == Scheduling::Sticky && config.runs_chat() {
             tokio::spawn(inner.clone().dispatch_loop());
         }
         tokio::spawn(inner.clone().health_loop());
         tokio::spawn(inner.clone().signal_loop());
         tokio::spawn(inner.clone().notify_when_online(on_online));
+        if let Some(watcher) = self.watcher {
+            tokio::spawn(inner.clone().reload_on_change(watcher));
+        }
+        if let Some(expression) = &config.cron_restart {
+            tokio::spawn(inner.clone().reload_on_schedule(expression.clone()));
+        }
         let control = self.control;
         let mut finished = inner.finished.subscribe();
         loop {
@@ -369,6 +442,7 @@ struct ProbeTarget {
 enum Role {
     Current,
     Incoming,
+    Spare,
 }
 
 impl Inner {
@@ -402,6 +476,10 @@ impl Inner {
     /// Starts a process for a slot. Failures are recorded on the slot and retried later.
     fn start_proc(self: Arc<Self>, slot_id: usize, role: Role) -> Option<u64> {
         let (config, generation, worker_id, private) = self.claim_worker_id();
+        let (run_as, base_env) = {
+            let state = self.lock();
+            (state.run_as, state.base_env.clone())
+        };
         let sticky = config.scheduling == Scheduling::Sticky && config.runs_chat();
         let wait_ready = config.wait_ready && !config.runs_chat();
         let sockets = (|| {
@@ -430,9 +508,10 @@ impl Inner {
                     private_socket: private.as_raw_fd(),
                     peers_token: &self.peers_token,
                     secret: self.secret.get().map(String::as_str),
-                    run_as: self.run_as,
+                    run_as,
                     port: config.worker_port(slot_id),
                     notify_socket: notify.as_ref().map(|(_, address)| address.as_str()),
+                    base_env: base_env.as_deref(),
                 };
                 let spawned = spawn_worker(&spec)?;
                 let handoff = pair
@@ -447,8 +526,10 @@ impl Inner {
             Ok(spawned) => spawned,
             Err(error) => {
                 tracing::error!(worker = slot_id, %error, "cannot start worker");
-                if role == Role::Current {
-                    self.clone().on_exit(slot_id, None, format!("{error}"));
+                match role {
+                    Role::Current => self.clone().on_exit(slot_id, None, format!("{error}")),
+                    Role::Spare => self.clone().after_spare_failure(None, Duration::ZERO),
+                    Role::Incoming => {}
                 }
                 return None;
             }
@@ -465,6 +546,7 @@ impl Inner {
             speaks_ipc: false,
             kill_signal: config.kill_signal,
             port: config.worker_port(slot_id),
+            epoch: 0,
             ipc: outbox.clone(),
             connections: 0,
             drops: Drops::new(config.drop_log_interval),
@@ -479,19 +561,25 @@ impl Inner {
         };
         {
             let mut state = self.lock();
-            let slot = &mut state.slots[slot_id];
+            let epoch = state.epoch;
             match role {
                 Role::Current => {
+                    let slot = &mut state.slots[slot_id];
                     slot.current = Some(proc);
                     if slot.status != Status::Errored {
                         slot.status = Status::Launching;
                     }
                 }
-                Role::Incoming => slot.incoming = Some(proc),
+                Role::Incoming => state.slots[slot_id].incoming = Some(proc),
+                Role::Spare => state.spares.push(Proc { epoch, ..proc }),
             }
         }
         self.bump();
-        tracing::info!(worker = slot_id, pid, "worker started");
+        if role == Role::Spare {
+            tracing::info!(worker = slot_id, pid, "spare worker started");
+        } else {
+            tracing::info!(worker = slot_id, pid, "worker started");
+        }
         if let Some(stdout) = child.stdout.take() {
             let log = self.log.clone();
             self.pumps.spawn(async move {
@@ -520,7 +608,7 @@ impl Inner {
                 Ok(status) => (status.code(), describe_exit(status)),
                 Err(error) => (None, format!("lost track of the process: {error}")),
             };
-            inner.on_proc_exit(slot_id, generation, code, description);
+            inner.on_proc_exit(generation, code, description);
         });
         if let Some(socket) = notify {
             let inner = self.clone();
@@ -530,7 +618,7 @@ impl Inner {
                 let ready = crate::notify::wait_ready(socket);
                 if let Ok(true) = tokio::time::timeout(ready_timeout, ready).await {
                     tracing::info!(worker = slot_id, "worker sent READY=1");
-                    inner.mark_ready(slot_id, generation, false);
+                    inner.mark_ready(generation, false);
                 }
             });
         }
@@ -593,17 +681,12 @@ impl Inner {
     ) {
         if !config.runs_chat() && !config.wait_ready {
             tokio::time::sleep(config.restart.min_uptime).await;
-            self.mark_ready(slot_id, generation, false);
+            self.mark_ready(generation, false);
         }
         tokio::time::sleep(config.ready_timeout).await;
-        let stuck = {
-            let state = self.lock();
-            state.slots[slot_id]
-                .find(generation)
-                .is_some_and(|p| !p.ready)
-        };
+        let stuck = self.lock().proc(generation).is_some_and(|p| !p.ready);
         if stuck {
-            if let Some(pid) = self.kill_tracked(slot_id, generation) {
+            if let Some(pid) = self.kill_tracked(generation) {
                 tracing::warn!(
                     worker = slot_id,
                     pid,
@@ -614,9 +697,26 @@ impl Inner {
         }
     }
 
-    fn mark_ready(&self, slot_id: usize, generation: u64, via_ipc: bool) {
-        {
+    fn mark_ready(&self, generation: u64, via_ipc: bool) {
+        let slot_id = {
             let mut state = self.lock();
+            let Some(proc) = state.proc_mut(generation) else {
+                return;
+            };
+            if via_ipc {
+                proc.speaks_ipc = true;
+            }
+            let Some(slot_id) = state.slot_of(generation) else {
+                // A spare: ready to be promoted.
+                if let Some(spare) = state.proc_mut(generation).filter(|p| !p.ready) {
+                    spare.ready = true;
+                    let pid = spare.pid;
+                    drop(state);
+                    tracing::info!(pid, "spare worker ready");
+                    self.bump();
+                }
+                return;
+            };
             let slot = &mut state.slots[slot_id];
             let is_current = slot
                 .current
@@ -635,7 +735,8 @@ impl Inner {
             if is_current && slot.status != Status::Stopping {
                 slot.status = Status::Online;
             }
-        }
+            slot_id
+        };
         tracing::info!(worker = slot_id, "worker online");
         self.bump();
     }
@@ -676,7 +777,7 @@ impl Inner {
                     }
                 };
                 match message {
-                    ToMaster::Ready => self.mark_ready(slot_id, generation, true),
+                    ToMaster::Ready => self.mark_ready(generation, true),
                     ToMaster::Pong {
                         seq,
                         connections,
@@ -685,7 +786,7 @@ impl Inner {
                         let mut state = self.lock();
                         // A pong for a ping not sent yet would vouch for probes to come.
                         let seq = seq.min(state.next_ping);
-                        if let Some(proc) = state.slots[slot_id].find_mut(generation) {
+                        if let Some(proc) = state.proc_mut(generation) {
                             proc.speaks_ipc = true;
                             proc.last_pong = proc.last_pong.max(seq);
                             proc.connections = connections;
@@ -712,7 +813,7 @@ impl Inner {
                         if let Some(service) = self.service.get() {
                             let answer = service.request(generation, body);
                             if answer.get("error").is_some() {
-                                if let Some(proc) = self.lock().slots[slot_id].find(generation) {
+                                if let Some(proc) = self.lock().proc(generation) {
                                     proc.drops.count(
                                         "store_write_failed",
                                         1,
@@ -739,7 +840,7 @@ impl Inner {
 
     /// Kills a process that broke the IPC contract; its slot restarts it as after a crash.
     fn replace_untrusted(&self, slot_id: usize, generation: u64, why: &str) {
-        if let Some(pid) = self.kill_tracked(slot_id, generation) {
+        if let Some(pid) = self.kill_tracked(generation) {
             tracing::error!(
                 worker = slot_id,
                 pid,
@@ -751,9 +852,9 @@ impl Inner {
     /// SIGKILLs process `generation` of a slot if the master still tracks it, and returns its
     /// pid. Tracked means not reaped yet (the exit task reaps and untracks in one step under
     /// this lock), so the pid cannot name another program by now.
-    fn kill_tracked(&self, slot_id: usize, generation: u64) -> Option<u32> {
+    fn kill_tracked(&self, generation: u64) -> Option<u32> {
         let state = self.lock();
-        let pid = state.slots.get(slot_id)?.find(generation)?.pid;
+        let pid = state.proc(generation)?.pid;
         signal(pid, libc::SIGKILL);
         Some(pid)
     }
@@ -865,15 +966,13 @@ impl Inner {
     }
 
     /// A process ended: retire it, and restart the slot if it was the current one.
-    fn on_proc_exit(
-        self: Arc<Self>,
-        slot_id: usize,
-        generation: u64,
-        code: Option<i32>,
-        description: String,
-    ) {
+    fn on_proc_exit(self: Arc<Self>, generation: u64, code: Option<i32>, description: String) {
         let role = {
             let mut state = self.lock();
+            let Some(slot_id) = state.slot_of(generation) else {
+                drop(state);
+                return self.on_spare_exit(generation, code, description);
+            };
             let slot = &mut state.slots[slot_id];
             let removed = if slot
                 .current
@@ -894,9 +993,9 @@ impl Inner {
                     .position(|p| p.generation == generation);
                 index.map(|i| (slot.draining.remove(i), "draining"))
             };
-            removed.map(|(proc, role)| (role, proc.started.elapsed(), proc.pid))
+            removed.map(|(proc, role)| (role, proc.started.elapsed(), proc.pid, slot_id))
         };
-        let Some((role, uptime, pid)) = role else {
+        let Some((role, uptime, pid, slot_id)) = role else {
             return;
         };
         // What the process owned in the shared store goes, and the others are told.
@@ -925,8 +1024,10 @@ impl Inner {
                         "worker {description} after {uptime_s:.1}s"
                     );
                 }
-                self.clone()
-                    .restart_after_exit(slot_id, code, uptime, description);
+                if expected || !self.promote_spare(slot_id, &description) {
+                    self.clone()
+                        .restart_after_exit(slot_id, code, uptime, description);
+                }
             }
             _ => tracing::info!(worker = slot_id, pid, "{role} worker {description}"),
         }
@@ -1125,7 +1226,7 @@ impl Inner {
             }
         };
         if let Some(misses) = kill {
-            if let Some(pid) = self.kill_tracked(slot_id, generation) {
+            if let Some(pid) = self.kill_tracked(generation) {
                 tracing::error!(
                     worker = slot_id,
                     pid,
@@ -1167,7 +1268,9 @@ impl Inner {
         drain_timeout: Duration,
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<(), String> {
-        let Some(generation) = self.clone().start_proc(slot_id, Role::Incoming) else {
+        let spare = self.take_spare(slot_id);
+        let Some(generation) = spare.or_else(|| self.clone().start_proc(slot_id, Role::Incoming))
+        else {
             return Err(format!("worker {slot_id}: the new process could not start"));
         };
         let settled = self
@@ -1227,7 +1330,7 @@ impl Inner {
             .wait_until(timeout + Duration::from_millis(500), gone)
             .await
         {
-            if self.kill_tracked(slot_id, generation).is_some() {
+            if self.kill_tracked(generation).is_some() {
                 tracing::warn!(
                     worker = slot_id,
                     pid,
@@ -1255,6 +1358,8 @@ impl Inner {
             "RELOADING=1\nMONOTONIC_USEC={}",
             crate::client::monotonic_usec()
         ));
+        // Spares of the old settings go; new ones start now and take the slots' places.
+        self.renew_spares();
         let mut result = Ok(());
         for slot_id in &slots {
             result = self.replace(*slot_id, progress).await;
@@ -1409,27 +1514,26 @@ impl Inner {
             let mut workers = 0;
             for slot in state.slots.iter_mut() {
                 slot.status = Status::Stopping;
-                for proc in slot.procs_mut() {
-                    drain(proc, timeout);
-                    workers += 1;
-                }
+            }
+            for proc in state.procs_mut() {
+                drain(proc, timeout);
+                workers += 1;
             }
             (workers, timeout)
         };
         tracing::info!(workers, "stopping");
         let all_gone = |state: &State| {
-            state
-                .slots
-                .iter()
-                .all(|s| s.current.is_none() && s.incoming.is_none() && s.draining.is_empty())
+            state.spares.is_empty()
+                && state
+                    .slots
+                    .iter()
+                    .all(|s| s.current.is_none() && s.incoming.is_none() && s.draining.is_empty())
         };
         if !self.wait_until(timeout, all_gone).await {
             // Only those still tracked: the pid of one that exited meanwhile may name another
             // program by now.
-            for slot in self.lock().slots.iter_mut() {
-                for proc in slot.procs_mut() {
-                    signal(proc.pid, libc::SIGKILL);
-                }
+            for proc in self.lock().procs_mut() {
+                signal(proc.pid, libc::SIGKILL);
             }
             self.wait_until(Duration::from_secs(5), all_gone).await;
         }
@@ -1588,6 +1692,16 @@ impl Inner {
             },
             uptime_ms: self.started.elapsed().as_millis() as u64,
             workers,
+            spares: state
+                .spares
+                .iter()
+                .filter(|p| p.epoch == state.epoch)
+                .map(|p| SpareStatus {
+                    pid: p.pid,
+                    ready: p.ready,
+                    uptime_ms: p.started.elapsed().as_millis() as u64,
+                })
+                .collect(),
         }
     }
 
@@ -1595,7 +1709,8 @@ impl Inner {
         let (read, write) = stream.into_split();
         let write = Arc::new(tokio::sync::Mutex::new(write));
         // Requests are a few words; the socket is the owner's alone, but a bound costs nothing.
-        let mut lines = message_lines(read, 64 * 1024);
+        // A reload carries the app's settings and maybe the caller's environment.
+        let mut lines = message_lines(read, 1 << 20);
         let Ok(request) = read_message::<Request, _>(&mut lines).await else {
             return;
         };
@@ -1615,7 +1730,13 @@ impl Inner {
         };
         let answer = match request {
             Request::Status => Response::Status(self.status()),
-            Request::Reload => done(self.reload(&progress).await),
+            Request::Reload { config, env } => {
+                let update = update::Update {
+                    config: config.map(|config| *config),
+                    env,
+                };
+                done(self.reload_with(update, &progress).await)
+            }
             Request::Restart => done(self.restart(&progress).await),
             Request::Scale { instances } => done(self.scale(instances).await),
             Request::Signal { signal, worker } => done(self.send_signal(signal, worker)),

@@ -62,6 +62,7 @@ fn import_app(
         .unwrap_or_else(|| format!("app{index}"));
     let mut table = toml::Table::new();
     let mut restart = toml::Table::new();
+    let mut watch = toml::Table::new();
     let mut note = |field: &str, why: &str| notes.push(format!("{name}: `{field}` {why}"));
 
     // The command: interpreter (PM2 runs .js with node), its args, the script, the args.
@@ -159,6 +160,46 @@ fn import_app(
                 };
                 restart.insert("stop_exit_codes".into(), toml::Value::Array(codes));
             }
+            "watch" => {
+                let paths: Vec<toml::Value> = match value {
+                    Value::Bool(true) => vec![".".into()],
+                    Value::String(path) => vec![path.as_str().into()],
+                    Value::Array(paths) => paths.iter().filter_map(Value::as_str).map(Into::into).collect(),
+                    _ => Vec::new(),
+                };
+                if !paths.is_empty() {
+                    if !fields.contains_key("cwd") {
+                        note(key, "is relative to the app's `cwd`, which the file does not set: add cwd");
+                    }
+                    watch.insert("paths".into(), toml::Value::Array(paths));
+                }
+            }
+            "ignore_watch" => {
+                let mut ignore: Vec<toml::Value> = crate::config::WatchConfig::default()
+                    .ignore
+                    .into_iter()
+                    .map(Into::into)
+                    .collect();
+                // PM2 takes names and regular expressions; a name is any path with it.
+                let names = match value {
+                    Value::String(name) => vec![name.as_str()],
+                    Value::Array(names) => names.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                for name in names {
+                    let name = name.trim_matches('/');
+                    ignore.push(format!("**/{name}").into());
+                    ignore.push(format!("**/{name}/**").into());
+                }
+                watch.insert("ignore".into(), toml::Value::Array(ignore));
+            }
+            "watch_delay" => insert_millis(&mut watch, "delay", millis(), &mut note, key),
+            "cron_restart" => match value.as_str() {
+                Some(expression) if crate::triggers::schedule(expression).is_ok() => {
+                    table.insert("cron_restart".into(), expression.into());
+                }
+                _ => note(key, "is not a cron expression chatctl reads: left out"),
+            },
             "autorestart" if value.as_bool() == Some(false) => {
                 note(key, "false is not supported: chatctl always restarts a crashed worker")
             }
@@ -187,6 +228,9 @@ fn import_app(
     table.insert("listen".into(), listen.into());
     if !restart.is_empty() {
         table.insert("restart".into(), toml::Value::Table(restart));
+    }
+    if !watch.is_empty() {
+        table.insert("watch".into(), toml::Value::Table(watch));
     }
     Ok(table)
 }
@@ -246,6 +290,7 @@ fn words(value: Option<&Value>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::ConfigFile;
+    use std::path::PathBuf;
 
     #[test]
     fn an_ecosystem_becomes_a_config_file_with_a_note_per_field_left_out() {
@@ -261,8 +306,11 @@ mod tests {
                 "min_uptime": "5s",
                 "env": { "NODE_ENV": "production", "PORT": 8080 },
                 "env_staging": { "NODE_ENV": "staging" },
-                "watch": true,
-                "cron_restart": "0 3 * * *"
+                "watch": ["src", "config"],
+                "ignore_watch": ["uploads"],
+                "watch_delay": 1000,
+                "cron_restart": "0 3 * * *",
+                "cwd": "/srv/api"
             }, {
                 "name": "jobs",
                 "script": "worker.py",
@@ -286,16 +334,17 @@ mod tests {
         assert_eq!(api.restart.min_uptime.as_millis(), 5000);
         assert_eq!(api.listen.port(), 8080);
         assert!(api.env.contains(&("NODE_ENV".into(), "production".into())));
+        assert_eq!(
+            api.watch.paths,
+            [PathBuf::from("src"), PathBuf::from("config")]
+        );
+        assert!(api.watch.ignore.contains(&"**/uploads/**".to_owned()));
+        assert_eq!(api.watch.delay.as_millis(), 1000);
+        assert_eq!(api.cron_restart.as_deref(), Some("0 3 * * *"));
         let jobs = &file.app[1];
         assert_eq!(jobs.command, ["python3", "worker.py"]);
         assert_eq!(jobs.instances, crate::config::default_instances());
-        for field in [
-            "env_staging",
-            "watch",
-            "cron_restart",
-            "autorestart",
-            "PORT",
-        ] {
+        for field in ["env_staging", "autorestart", "PORT"] {
             assert!(
                 imported
                     .notes

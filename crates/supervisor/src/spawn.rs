@@ -101,6 +101,9 @@ pub struct WorkerSpec<'a> {
     pub port: Option<u16>,
     /// Where a program reports ready (`--wait-ready`, [`crate::notify`]).
     pub notify_socket: Option<&'a str>,
+    /// The environment workers start from instead of the master's own (`reload
+    /// --update-env` gave the caller's); `config.env` still goes on top.
+    pub base_env: Option<&'a [(String, String)]>,
 }
 
 /// Where a worker's connections come from.
@@ -186,6 +189,11 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
     // program runs as, which is what sd_listen_fds() checks.
     let mut command = Command::new("/bin/sh");
+    if let Some(base) = spec.base_env {
+        command
+            .env_clear()
+            .envs(base.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
     command
         .arg("-c")
         .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"")

@@ -31,6 +31,17 @@ def main():
         sys.exit(1)
     cookie = "chat_session=" + session.cookies["chat_session"]
     client = socketio.Client(reconnection=True, reconnection_delay=0.2)
+    # python-socketio reconnects with connect()'s default wait of 1 s for every namespace,
+    # then drops the connection and tries again: on a busy machine a namespace that connects
+    # a little later (the room joined meanwhile) would cost every message of the next attempt's
+    # delay. Reconnect with the same patience as the first connection.
+    first_connect = client.connect
+
+    def patient_connect(*args, **kwargs):
+        kwargs["wait_timeout"] = DEADLINE
+        return first_connect(*args, **kwargs)
+
+    client.connect = patient_connect
     client.on("message", lambda text: out("messages", json.loads(text)), namespace="/chat_com")
     client.on("users_list", lambda names: out("users", names), namespace="/chat_infra")
     client.on("user_entered", lambda data: out("entered", data["name"]), namespace="/chat_infra")
