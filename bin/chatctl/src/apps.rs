@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use supervisor::client::{self, AppEntry, ClientError};
 use supervisor::paths::{home, AppPaths};
-use supervisor::{AppConfig, AppStatus, ConfigFile, Master, Request, Response};
+use supervisor::{AppConfig, AppStatus, ConfigFile, Master, Request, Response, Status};
 
 use crate::flags::AppArgs;
 
@@ -290,7 +290,7 @@ pub async fn start(args: AppArgs) -> anyhow::Result<()> {
                 if let Some(error) = worker
                     .last_error
                     .as_deref()
-                    .filter(|_| worker.status != "online")
+                    .filter(|_| worker.status != Status::Online)
                 {
                     eprintln!("worker {} {}: {error}", worker.id, worker.status);
                 }
@@ -377,7 +377,7 @@ async fn feed_watchdog(name: String, interval: Duration) {
             let online = status
                 .workers
                 .iter()
-                .filter(|w| w.status == "online")
+                .filter(|w| w.status == Status::Online)
                 .count();
             client::sd_notify(&format!(
                 "WATCHDOG=1\nSTATUS={online}/{} workers online",
@@ -679,7 +679,7 @@ pub async fn resurrect() -> anyhow::Result<()> {
             .status
             .workers
             .iter()
-            .filter(|w| w.status == "online")
+            .filter(|w| w.status == Status::Online)
             .count();
         println!(
             "{}: {online} of {} workers online on {}",

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::AppConfig;
-use crate::control::{self, AppStatus, ControlError, Request, Response};
+use crate::control::{self, AppStatus, ControlError, Request, Response, Status};
 use crate::paths::{app_names, defined_apps, home, AppPaths};
 use crate::procstat;
 
@@ -122,11 +122,11 @@ async fn spawn_master(
             });
         }
         if let Ok(status) = status(&config.name).await {
-            let all_online = status.workers.iter().all(|w| w.status == "online");
+            let all_online = status.workers.iter().all(|w| w.status == Status::Online);
             let failed = status
                 .workers
                 .iter()
-                .any(|w| w.status != "online" && (w.restarts > 0 || w.last_error.is_some()));
+                .any(|w| w.status != Status::Online && (w.restarts > 0 || w.last_error.is_some()));
             if all_online || failed {
                 let log_tail = if all_online {
                     Vec::new()

@@ -77,8 +77,7 @@ pub struct SpareStatus {
 pub struct WorkerStatus {
     pub id: usize,
     pub pid: Option<u32>,
-    /// launching, online, stopping, stopped, waiting-restart, errored
-    pub status: String,
+    pub status: Status,
     pub uptime_ms: u64,
     pub restarts: u32,
     pub cpu_percent: f64,
@@ -94,6 +93,38 @@ pub struct WorkerStatus {
     /// master's store), and what it reports itself (e.g. `redis_publish_failed`).
     #[serde(default)]
     pub dropped: BTreeMap<String, u64>,
+}
+
+/// A worker slot's state, as `list` shows it (kebab-case on the wire: `waiting-restart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Launching,
+    Online,
+    Stopping,
+    Stopped,
+    WaitingRestart,
+    Errored,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Launching => "launching",
+            Status::Online => "online",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::WaitingRestart => "waiting-restart",
+            Status::Errored => "errored",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `{:<16}` in tables: pad like a string.
+        f.pad(self.as_str())
+    }
 }
 
 /// Why the control socket could not be used.

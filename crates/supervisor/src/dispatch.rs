@@ -16,12 +16,24 @@ const MAX_METHOD: usize = 16;
 /// What the first request line of a connection says.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Peeked {
-    /// An HTTP request; with the owner its `sid` names, if any.
-    Request(Option<Owner>),
+    /// An HTTP request, and where it belongs.
+    Request(Target),
     /// Bytes that are not an HTTP/1 request line, or one longer than [`MAX_REQUEST_LINE`].
     Invalid,
     /// The client closed, or sent nothing complete in time.
     Gone,
+}
+
+/// Where a request belongs, as its target says.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Target {
+    /// A request of an open session: to the worker its `sid` names.
+    Session(Owner),
+    /// A handshake: it opens a session on whichever worker takes it, so it counts towards
+    /// that worker's load.
+    Handshake,
+    /// Anything else (a page, a login): served by any worker, and no session follows.
+    Other,
 }
 
 /// Waits for the connection's request line, at most `timeout`, without consuming it.
@@ -74,24 +86,55 @@ fn parse(line: &[u8]) -> Peeked {
     {
         return Peeked::Invalid;
     }
-    Peeked::Request(sid_owner(target))
+    Peeked::Request(classify(target))
+}
+
+/// Where a request target belongs: its session's owner, a handshake, or neither.
+pub fn classify(target: &[u8]) -> Target {
+    if let Some(owner) = sid_owner(target) {
+        return Target::Session(owner);
+    }
+    if opens_session(target) {
+        Target::Handshake
+    } else {
+        Target::Other
+    }
+}
+
+/// Whether a target without a session id is a handshake: an Engine.IO request (`EIO=` in
+/// the query), or the Socket.IO 0.9 handshake `/socket.io/1/`.
+fn opens_session(target: &[u8]) -> bool {
+    let (path, query) = split_target(target);
+    let engine_io = query_value(query, b"EIO=").is_some();
+    let legacy = path.strip_suffix(b"/").unwrap_or(path).ends_with(b"/1");
+    engine_io || legacy
 }
 
 /// The owner named by the session id of a request target: its `sid` query parameter
 /// (Engine.IO v4), or the sid in a Socket.IO 0.9 transport path.
 pub fn sid_owner(target: &[u8]) -> Option<Owner> {
-    let mut parts = target.splitn(2, |b| *b == b'?');
-    let path = parts.next().unwrap_or_default();
-    let from_query = parts.next().and_then(|query| {
-        query
-            .split(|b| *b == b'&')
-            .find_map(|pair| pair.strip_prefix(b"sid="))
-    });
-    let sid = match from_query {
+    let (path, query) = split_target(target);
+    let sid = match query_value(query, b"sid=") {
         Some(sid) => std::str::from_utf8(sid).ok()?,
         None => route_tag::sid_in_legacy_path(std::str::from_utf8(path).ok()?)?,
     };
     route_tag::decode(sid)
+}
+
+/// A request target's path and query.
+fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+    let mut parts = target.splitn(2, |b| *b == b'?');
+    (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    )
+}
+
+/// The value of the first query parameter named by `key` (its name and `=`).
+fn query_value<'a>(query: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    query
+        .split(|b| *b == b'&')
+        .find_map(|pair| pair.strip_prefix(key))
 }
 
 /// Answers a connection the master does not hand over, and closes it. What the client sent
@@ -135,30 +178,40 @@ mod tests {
     fn request_lines_route_by_their_sid() {
         let sid = format!("{}abcdefghijklmnopqrstuv", route_tag::encode(owner(3, 17)));
         let line = format!("GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r");
-        assert_eq!(parse(line.as_bytes()), Peeked::Request(Some(owner(3, 17))));
+        assert_eq!(
+            parse(line.as_bytes()),
+            Peeked::Request(Target::Session(owner(3, 17)))
+        );
         let first = format!("POST /socket.io/?sid={sid}&EIO=4&transport=polling HTTP/1.1");
-        assert_eq!(parse(first.as_bytes()), Peeked::Request(Some(owner(3, 17))));
+        assert_eq!(
+            parse(first.as_bytes()),
+            Peeked::Request(Target::Session(owner(3, 17)))
+        );
         let handshake = b"GET /socket.io/?EIO=4&transport=polling&t=Pabc HTTP/1.1\r";
-        assert_eq!(parse(handshake), Peeked::Request(None));
-        assert_eq!(parse(b"GET / HTTP/1.0"), Peeked::Request(None));
+        assert_eq!(parse(handshake), Peeked::Request(Target::Handshake));
+        assert_eq!(parse(b"GET / HTTP/1.0"), Peeked::Request(Target::Other));
+        assert_eq!(
+            parse(b"POST /login HTTP/1.1"),
+            Peeked::Request(Target::Other)
+        );
         // Socket.IO 0.9 clients carry the sid in the path.
         let legacy = format!("GET /socket.io/1/xhr-polling/{sid}?t=1 HTTP/1.1\r");
         assert_eq!(
             parse(legacy.as_bytes()),
-            Peeked::Request(Some(owner(3, 17)))
+            Peeked::Request(Target::Session(owner(3, 17)))
         );
         let legacy = format!("GET /socket.io/1/websocket/{sid} HTTP/1.1");
         assert_eq!(
             parse(legacy.as_bytes()),
-            Peeked::Request(Some(owner(3, 17)))
+            Peeked::Request(Target::Session(owner(3, 17)))
         );
         assert_eq!(
             parse(b"GET /socket.io/1/?t=1 HTTP/1.1"),
-            Peeked::Request(None)
+            Peeked::Request(Target::Handshake)
         );
         // A parameter that only ends in "sid" is not the sid.
         let other = format!("GET /x?nosid={sid} HTTP/1.1");
-        assert_eq!(parse(other.as_bytes()), Peeked::Request(None));
+        assert_eq!(parse(other.as_bytes()), Peeked::Request(Target::Other));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub mod triggers;
 pub use config::{
     AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling, WatchConfig,
 };
-pub use control::{AppStatus, Request, Response, WorkerStatus};
+pub use control::{AppStatus, Request, Response, Status, WorkerStatus};
 pub use master::{default_user, running_as_root, Master, MasterError, MasterService};
 pub use paths::AppPaths;
 pub use signals::SignalName;

@@ -1,0 +1,220 @@
+//! The IPC channel of each worker: its messages to the master (ready, pongs, requests for the
+//! master's service), broadcasts relayed to the other workers, and questions gathered from them.
+
+use super::*;
+
+impl Inner {
+    /// Talks to one worker over its IPC channel until either side closes it. A worker that
+    /// breaks the channel's contract (a line longer than `max_line`, replies it does not read)
+    /// is killed and so replaced: nothing it says afterwards is trusted.
+    pub(super) async fn ipc_task(
+        self: Arc<Self>,
+        slot_id: usize,
+        generation: u64,
+        stream: std::os::unix::net::UnixStream,
+        outbox: Arc<Outbox>,
+        max_line: usize,
+    ) {
+        let Ok(()) = stream.set_nonblocking(true) else {
+            return;
+        };
+        let Ok(stream) = UnixStream::from_std(stream) else {
+            return;
+        };
+        let (read, mut write) = stream.into_split();
+        let writer = outbox.write_to(&mut write);
+        let reader = async {
+            let mut lines = message_lines(read, max_line);
+            loop {
+                let message = match read_message::<ToMaster, _>(&mut lines).await {
+                    Ok(message) => message,
+                    Err(ReadEnd::Closed) => return,
+                    Err(ReadEnd::Overlong { max }) => {
+                        return self.replace_untrusted(
+                            slot_id,
+                            generation,
+                            &format!(
+                                "wrote an IPC line longer than {max} bytes (see --ipc-max-line)"
+                            ),
+                        )
+                    }
+                };
+                match message {
+                    ToMaster::Ready => self.mark_ready(generation, true),
+                    ToMaster::Pong {
+                        seq,
+                        connections,
+                        dropped,
+                    } => {
+                        let mut state = self.lock();
+                        // A pong for a ping not sent yet would vouch for probes to come.
+                        let seq = seq.min(state.next_ping);
+                        if let Some(proc) = state.proc_mut(generation) {
+                            proc.speaks_ipc = true;
+                            proc.last_pong = proc.last_pong.max(seq);
+                            proc.connections = connections;
+                            proc.reported_drops = dropped;
+                            proc.handed = 0;
+                        }
+                        drop(state);
+                        self.bump();
+                    }
+                    ToMaster::Request { id, body } => {
+                        let body = match self.service.get() {
+                            Some(service) => service.request(generation, body),
+                            None => serde_json::json!({ "error": "this master offers no service" }),
+                        };
+                        if outbox.control(&ToWorker::Reply { id, body }) == Err(Refused::Full) {
+                            return self.replace_untrusted(
+                                slot_id,
+                                generation,
+                                "asked without reading the answers (more than --ipc-queue-size unread)",
+                            );
+                        }
+                    }
+                    ToMaster::Tell { body } => {
+                        if let Some(service) = self.service.get() {
+                            let answer = service.request(generation, body);
+                            if answer.get("error").is_some() {
+                                if let Some(proc) = self.lock().proc(generation) {
+                                    proc.drops.count(
+                                        "store_write_failed",
+                                        1,
+                                        "a worker's store write (e.g. a history entry) failed",
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    ToMaster::Publish { body } => self.relay(generation, &body),
+                    ToMaster::Gather { id, body } => {
+                        self.clone().gather(generation, id, body, outbox.clone())
+                    }
+                    ToMaster::Answer { id, body } => self.answer(id, body),
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+        }
+        outbox.close();
+    }
+
+    /// Kills a process that broke the IPC contract; its slot restarts it as after a crash.
+    pub(super) fn replace_untrusted(&self, slot_id: usize, generation: u64, why: &str) {
+        if let Some(pid) = self.kill_tracked(generation) {
+            tracing::error!(
+                worker = slot_id,
+                pid,
+                "worker {why}: killed it, a new one replaces it"
+            );
+        }
+    }
+
+    /// Asks every other live worker `body` on behalf of `from`, and replies to it with their
+    /// answers once all have answered or the app's `gather_timeout` has passed.
+    pub(super) fn gather(
+        self: Arc<Self>,
+        from: u64,
+        id: u64,
+        body: serde_json::Value,
+        requester: Arc<Outbox>,
+    ) {
+        let (targets, timeout): (Vec<Arc<Outbox>>, Duration) = {
+            let mut state = self.lock();
+            let timeout = state.config.gather_timeout;
+            let targets = state
+                .slots
+                .iter_mut()
+                .flat_map(|slot| slot.procs_mut())
+                .filter(|p| p.generation != from && p.speaks_ipc && p.ready)
+                .map(|p| p.ipc.clone())
+                .collect();
+            (targets, timeout)
+        };
+        let key = self
+            .next_gathering
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let query = ToWorker::Query { id: key, body };
+        let asked = targets
+            .iter()
+            .filter(|target| target.control(&query).is_ok())
+            .count();
+        if asked == 0 {
+            let _ = requester.control(&ToWorker::Reply {
+                id,
+                body: serde_json::json!([]),
+            });
+            return;
+        }
+        if let Ok(mut gatherings) = self.gatherings.lock() {
+            gatherings.insert(
+                key,
+                Gathering {
+                    requester,
+                    id,
+                    expected: asked,
+                    answers: Vec::new(),
+                },
+            );
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            self.finish_gathering(key);
+        });
+    }
+
+    pub(super) fn answer(&self, key: u64, body: serde_json::Value) {
+        let complete = self.gatherings.lock().ok().is_some_and(|mut gatherings| {
+            gatherings.get_mut(&key).is_some_and(|g| {
+                // More answers than questions asked come from a worker that answers twice.
+                if g.answers.len() < g.expected {
+                    g.answers.push(body);
+                }
+                g.answers.len() >= g.expected
+            })
+        });
+        if complete {
+            self.finish_gathering(key);
+        }
+    }
+
+    pub(super) fn finish_gathering(&self, key: u64) {
+        let done = self
+            .gatherings
+            .lock()
+            .ok()
+            .and_then(|mut gatherings| gatherings.remove(&key));
+        if let Some(g) = done {
+            let _ = g.requester.control(&ToWorker::Reply {
+                id: g.id,
+                body: serde_json::Value::Array(g.answers),
+            });
+        }
+    }
+
+    /// Hands a worker's message to every other live worker that speaks IPC.
+    pub(super) fn relay(&self, from: u64, body: &serde_json::value::RawValue) {
+        let line = relay_line(body);
+        let mut state = self.lock();
+        for slot in state.slots.iter_mut() {
+            for proc in slot.procs_mut() {
+                if proc.generation != from && proc.speaks_ipc {
+                    // Never wait for a slow worker: drop, count, and say so now and then.
+                    if proc.ipc.relay(line.clone()) == Err(Refused::Full) {
+                        proc.drops.count(
+                            "relay_queue_full",
+                            1,
+                            format_args!(
+                                "worker pid {} cannot keep up with the broadcasts of the other \
+                                 workers: dropping them",
+                                proc.pid
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

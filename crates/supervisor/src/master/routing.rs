@@ -1,0 +1,115 @@
+//! Sticky scheduling: the master accepts every connection, peeks at its request line and hands
+//! it to the worker owning its session, or to the least loaded one.
+
+use super::*;
+
+impl Inner {
+    /// Sticky scheduling: accepts every connection and hands it to a worker.
+    pub(super) async fn dispatch_loop(self: Arc<Self>) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let listener = match listener.try_clone().and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        }) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "cannot accept connections: stopping");
+                self.clone().stop().await;
+                let _ = self.finished.send(true);
+                return;
+            }
+        };
+        let peeking = Arc::new(tokio::sync::Semaphore::new(MAX_PEEKING));
+        loop {
+            let Ok(permit) = peeking.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    crate::listen::after_accept_error(&error).await;
+                    continue;
+                }
+            };
+            let inner = self.clone();
+            tokio::spawn(async move {
+                inner.dispatch(stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Reads the request line of one connection without consuming it and hands the
+    /// connection to the worker owning its session, or to the least-loaded one.
+    pub(super) async fn dispatch(&self, stream: tokio::net::TcpStream) {
+        let timeout = self.lock().config.peek_timeout;
+        let target = match dispatch::peek(&stream, timeout).await {
+            Peeked::Request(target) => target,
+            Peeked::Invalid => return dispatch::refuse(stream, dispatch::BAD_REQUEST).await,
+            Peeked::Gone => return,
+        };
+        // A worker that just died fails the hand-off, and one that does not take its
+        // connections (stopped, hung) has a full socket: the next pick is another one.
+        let mut skipped = Vec::new();
+        let mut full = None;
+        while let Some((worker_id, worker)) = self.route(target, &skipped) {
+            match worker.try_send(stream.as_raw_fd()) {
+                Ok(()) => return,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    full.get_or_insert(worker);
+                }
+                Err(_) => {}
+            }
+            skipped.push(worker_id);
+        }
+        // Every worker is full: wait a little for the preferred one, never for ever.
+        if let Some(worker) = full {
+            let timeout = self.lock().config.handoff_timeout;
+            let sent = tokio::time::timeout(timeout, worker.send(stream.as_raw_fd())).await;
+            if matches!(sent, Ok(Ok(()))) {
+                return;
+            }
+        }
+        dispatch::refuse(stream, dispatch::UNAVAILABLE).await;
+    }
+
+    /// The online worker owning `target`'s session, or else the online worker with the
+    /// fewest sessions (as last reported, plus the handshakes handed to it since).
+    /// Workers in `skipped` are left out.
+    ///
+    /// Only handshakes count towards a worker's load: the workers report sessions, and a
+    /// request that opens none (a login, a page) counted as one would tip every next
+    /// handshake to the other worker.
+    pub(super) fn route(
+        &self,
+        target: Target,
+        skipped: &[u16],
+    ) -> Option<(u16, Arc<handoff::Sender>)> {
+        let mut state = self.lock();
+        let node = state.config.node_id;
+        let wanted = match target {
+            Target::Session(owner) if owner.node == node => Some(owner.slot),
+            _ => None,
+        };
+        // The owner first (`false` sorts before `true`), then the least loaded.
+        let chosen = state
+            .slots
+            .iter_mut()
+            .filter(|slot| slot.status == Status::Online)
+            .filter_map(|slot| slot.current.as_mut())
+            .filter(|proc| proc.ready && proc.handoff.is_some())
+            .filter(|proc| !skipped.contains(&proc.worker_id))
+            .min_by_key(|proc| {
+                (
+                    Some(proc.worker_id) != wanted,
+                    proc.connections.saturating_add(proc.handed),
+                )
+            })?;
+        if target == Target::Handshake {
+            chosen.handed += 1;
+        }
+        Some((chosen.worker_id, chosen.handoff.clone()?))
+    }
+}
