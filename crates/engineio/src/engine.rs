@@ -322,7 +322,11 @@ impl<H: Handler> Engine<H> {
             }
             sessions.insert(socket.id_arc(), socket.clone());
         }
-        tokio::spawn(run_session(self.clone(), socket.clone()));
+        tokio::spawn(run_session(
+            self.clone(),
+            socket.clone(),
+            tokio::time::Instant::now(),
+        ));
         self.handler.on_connect(&socket);
         Ok(socket)
     }
@@ -402,18 +406,28 @@ impl<H: Handler> Engine<H> {
 
 /// Pings the client, ends the session when it stops answering, and tells the handler once it
 /// is over: one task per session, whatever its transport.
-async fn run_session<H: Handler>(engine: Arc<Engine<H>>, socket: Arc<Socket<H::Data>>) {
+async fn run_session<H: Handler>(
+    engine: Arc<Engine<H>>,
+    socket: Arc<Socket<H::Data>>,
+    opened: tokio::time::Instant,
+) {
+    // Deadlines are instants counted from the handshake, not sleeps chained one after the
+    // other: a client that never answers is gone at pingInterval + pingTimeout after the
+    // handshake, as the protocol says, not a little later each time a timer rounds up.
     let heartbeat = async {
+        let mut ping_at = opened + engine.config.ping_interval;
         loop {
-            tokio::time::sleep(engine.config.ping_interval).await;
+            tokio::time::sleep_until(ping_at).await;
             if socket.send(crate::packet::Frame::PING).is_err() {
                 return;
             }
-            let pong = tokio::time::timeout(engine.config.ping_timeout, socket.pong.notified());
+            let deadline = ping_at + engine.config.ping_timeout;
+            let pong = tokio::time::timeout_at(deadline, socket.pong.notified());
             if pong.await.is_err() {
                 socket.close(DisconnectReason::PingTimeout);
                 return;
             }
+            ping_at = tokio::time::Instant::now() + engine.config.ping_interval;
         }
     };
     tokio::select! {

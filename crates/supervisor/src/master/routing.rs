@@ -53,22 +53,24 @@ impl Inner {
         // A worker that just died fails the hand-off, and one that does not take its
         // connections (stopped, hung) has a full socket: the next pick is another one.
         let mut skipped = Vec::new();
-        let mut full = None;
+        let mut full = Vec::new();
         while let Some((worker_id, worker)) = self.route(target, &skipped) {
             match worker.try_send(stream.as_raw_fd()) {
                 Ok(()) => return,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    full.get_or_insert(worker);
-                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => full.push(worker),
                 Err(_) => {}
             }
             skipped.push(worker_id);
         }
-        // Every worker is full: wait a little for the preferred one, never for ever.
-        if let Some(worker) = full {
+        // Every worker is full: the first to make room takes it (a stopped one never does),
+        // within the hand-off timeout, never for ever. One send completes at most: the
+        // others are dropped before they are polled again, and each send is atomic.
+        if !full.is_empty() {
             let timeout = self.lock().config.handoff_timeout;
-            let sent = tokio::time::timeout(timeout, worker.send(stream.as_raw_fd())).await;
-            if matches!(sent, Ok(Ok(()))) {
+            let fd = stream.as_raw_fd();
+            let sends = full.iter().map(|worker| Box::pin(worker.send(fd)));
+            let sent = tokio::time::timeout(timeout, futures_util::future::select_ok(sends)).await;
+            if matches!(sent, Ok(Ok(_))) {
                 return;
             }
         }
