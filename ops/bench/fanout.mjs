@@ -9,10 +9,11 @@
 //
 // `clients`: logs in N users (POST /login, which sets the chat_session cookie), each with one
 // Engine.IO connection carrying both namespaces, /chat_infra and /chat_com; connects them RAMP at
-// a time and joins them to room R. Every join sends the room's whole users_list to every member
-// (1 000 joins: about 500 000 lists of up to 1 000 names), so after each batch it waits until
-// no list has arrived for half a second: unpaced, that backlog grew past the 45 s ping timeout. It prints {"event":"ready"} once every one of its users has
-// joined and has seen the room's users_list reach TOTAL (every process of the run is then in the
+// a time and joins them to room R. Each join sends the joiner the room's users_list and the
+// others user_entered; after each batch it waits until no member change has arrived for half a
+// second (when every join sent the whole list to every member, that backlog grew past the 45 s
+// ping timeout unpaced). It prints {"event":"ready"} once every one of its users has
+// joined and has seen the room's member list reach TOTAL (every process of the run is then in the
 // room), and waits for the file GO to exist: it holds the start time (ms since the epoch). From
 // then on:
 //   - with --sender (N = SENDERS): the users send `message` RATE times a second together, for
@@ -171,11 +172,25 @@ async function clients(flags) {
         serverErrors += 1;
       });
       this.com.on("message", (text) => this.onMessage(text));
+      // The member list: the whole list on joining, then who enters and who leaves.
+      const members = new Set();
       this.roomFull = new Promise((resolve) => {
-        this.infra.on("users_list", (list) => {
+        const changed = () => {
           lastListAt = now();
-          this.biggestList = Math.max(this.biggestList, Array.isArray(list) ? list.length : 0);
+          this.biggestList = Math.max(this.biggestList, members.size);
           if (this.biggestList >= total) resolve();
+        };
+        this.infra.on("users_list", (list) => {
+          for (const name of Array.isArray(list) ? list : []) members.add(name);
+          changed();
+        });
+        this.infra.on("user_entered", (data) => {
+          members.add(data && data.name);
+          changed();
+        });
+        this.infra.on("user_left", (data) => {
+          members.delete(data && data.name);
+          changed();
         });
       });
       const joined = new Promise((resolve) => this.infra.once("name_set", resolve));

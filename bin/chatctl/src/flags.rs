@@ -420,10 +420,6 @@ pub struct ServeArgs {
     /// Rooms one socket may be in at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_rooms_per_socket: u32,
-    /// How long a room's member list (`users_list`) waits after a join or leave, so that the
-    /// changes of that time share one list; 0 sends one list per change.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub users_list_delay: Duration,
     /// How long a room's history stays after its last message (the rooms nobody speaks in
     /// any more, empty ones, do not keep theirs for good).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]

@@ -197,7 +197,6 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         max_stored_sessions: usize::try_from(args.max_stored_sessions).unwrap_or(usize::MAX),
         trusted_proxies: args.trusted_proxies.clone(),
         max_rooms_per_socket: args.max_rooms_per_socket as usize,
-        users_list_delay: args.users_list_delay,
         history_ttl: args.history_ttl,
         max_connections: args.max_connections as usize,
         secure_cookies: args.secure_cookies,

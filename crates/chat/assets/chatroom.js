@@ -42,11 +42,42 @@
     else if (kind === "myMessage" || kind === "userMessage") show(kind, data.username, data.message);
   }
 
+  // The room's members: the whole list comes once, on joining; then only who enters and who
+  // leaves. Changes heard before the list (another user joining at the same moment) are
+  // applied again on top of it, so the list never undoes them.
+  var members = Object.create(null);
+  var changesBeforeList = null;
+
+  function showMembers() {
+    users.textContent = "";
+    Object.keys(members).sort().forEach(function (name) {
+      var item = document.createElement("li");
+      item.textContent = name;
+      users.appendChild(item);
+    });
+  }
+
+  function change(name, present) {
+    if (present) members[name] = true;
+    else delete members[name];
+  }
+
+  function memberChanged(name, present) {
+    if (changesBeforeList) changesBeforeList.push([name, present]);
+    change(name, present);
+    showMembers();
+  }
+
   infra.on("connect", function () {
     status.textContent = "connected";
+    changesBeforeList = [];
     infra.emit("join_room", { name: room });
   });
-  infra.on("disconnect", function () { status.textContent = "reconnecting…"; });
+  infra.on("disconnect", function () {
+    status.textContent = "reconnecting…";
+    members = Object.create(null);
+    showMembers();
+  });
   infra.on("connect_error", function (err) { status.textContent = "cannot connect: " + err.message; });
   infra.on("name_set", function (data) { chat.dataset.nickname = data.name; });
   infra.on("message", function (json) { showChatLine(json, false); });
@@ -54,15 +85,20 @@
     messages.textContent = "";
     lines.forEach(function (json) { showChatLine(json, true); });
   });
-  infra.on("user_entered", function (data) { show("userEvent", "", data.name + " entered the room"); });
-  infra.on("user_left", function (data) { show("userEvent", "", data.name + " left the room"); });
+  infra.on("user_entered", function (data) {
+    show("userEvent", "", data.name + " entered the room");
+    memberChanged(data.name, true);
+  });
+  infra.on("user_left", function (data) {
+    show("userEvent", "", data.name + " left the room");
+    memberChanged(data.name, false);
+  });
   infra.on("users_list", function (names) {
-    users.textContent = "";
-    names.forEach(function (name) {
-      var item = document.createElement("li");
-      item.textContent = name;
-      users.appendChild(item);
-    });
+    members = Object.create(null);
+    names.forEach(function (name) { change(name, true); });
+    (changesBeforeList || []).forEach(function (pair) { change(pair[0], pair[1]); });
+    changesBeforeList = null;
+    showMembers();
   });
   infra.on("private_message", function (data) {
     show("privateMessage", data.from + " → " + data.to, data.message);

@@ -64,9 +64,6 @@ pub struct ChatConfig {
     /// the client is sending right now gets its answer (with `Connection: close`) instead of a
     /// reset. Busy connections close sooner: right after their next response.
     pub drain_idle_grace: Duration,
-    /// How long a room's `users_list` waits after a join or leave, so that the changes of that
-    /// time share one list (zero: one list per change, sent at once).
-    pub users_list_delay: Duration,
     /// The other processes of this app on this host, to which requests for their sessions
     /// are forwarded (under chatctl's master); `None` when this process is alone.
     pub peers: Option<Arc<dyn crate::Peers>>,
@@ -94,7 +91,6 @@ impl Default for ChatConfig {
             header_read_timeout: Duration::from_secs(10),
             secure_cookies: false,
             drain_idle_grace: Duration::from_secs(1),
-            users_list_delay: Duration::from_millis(100),
             peers: None,
         }
     }

@@ -27,8 +27,6 @@ pub(crate) struct ChatState {
     pub(crate) config: ChatConfig,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) signer: CookieSigner,
-    /// Rooms whose `users_list` broadcast is scheduled (see [`schedule_users_list`]).
-    pub(crate) users_lists: Mutex<std::collections::HashSet<String>>,
     /// What each client address may still spend on logins.
     pub(crate) logins: crate::login_budget::LoginBudgets,
 }
@@ -273,43 +271,10 @@ async fn join_room(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
             .to(room_key(&room))
             .emit("user_entered", &json!({ "name": user.nickname.as_ref() }));
     }
-    // The joiner gets the list at once, the room soon.
+    // The joiner gets the whole list; the others only the change (`user_entered` above), so
+    // a join costs bytes in proportion to the room, not to its square.
     let users = state.store.room_users(&room).await.unwrap_or_default();
     let _ = socket.emit("users_list", &users);
-    schedule_users_list(&state, &socket, &room);
-}
-
-/// Sends the room its member list after `users_list_delay`, unless that is already scheduled:
-/// joins and leaves in between share one list. Each list goes to everyone in the room, so
-/// sending one per change would cost n² in a room where n users arrive.
-fn schedule_users_list(state: &Arc<ChatState>, socket: &Socket, room: &str) {
-    let namespace = socket.ns().clone();
-    let send = {
-        let state = state.clone();
-        let room = room.to_owned();
-        async move {
-            if let Ok(mut pending) = state.users_lists.lock() {
-                pending.remove(&room);
-            }
-            let users = state.store.room_users(&room).await.unwrap_or_default();
-            let _ = namespace.to(room_key(&room)).emit("users_list", &users);
-        }
-    };
-    let delay = state.config.users_list_delay;
-    if delay.is_zero() {
-        tokio::spawn(send);
-        return;
-    }
-    let first = state
-        .users_lists
-        .lock()
-        .is_ok_and(|mut pending| pending.insert(room.to_owned()));
-    if first {
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            send.await;
-        });
-    }
 }
 
 async fn leave_room_event(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
@@ -321,7 +286,8 @@ async fn leave_room_event(state: Arc<ChatState>, socket: Arc<Socket>, event: Eve
     }
 }
 
-/// Takes a socket out of a room: presence, `user_left` and the new `users_list` for the others.
+/// Takes a socket out of a room: presence, and `user_left` for the others when the nickname's
+/// last socket leaves.
 /// The store says who left: the nickname the socket joined under, not the one it may have
 /// taken since with `set_name`.
 async fn leave_room(state: &Arc<ChatState>, socket: &Socket, room: &str) {
@@ -338,7 +304,6 @@ async fn leave_room(state: &Arc<ChatState>, socket: &Socket, room: &str) {
             .to(room_key(room))
             .emit("user_left", &json!({ "name": nickname }));
     }
-    schedule_users_list(state, socket, room);
     socket.leave(&room_key(room));
     if let Some(com) = socket.sibling(COM) {
         com.leave(&room_key(room));

@@ -72,7 +72,6 @@ impl ChatServer {
             config,
             store,
             signer,
-            users_lists: Default::default(),
             logins,
         });
         events::register(&io, state.clone());

@@ -412,21 +412,9 @@ impl MasterService for StoreService {
             }
         }
         // The others in those rooms hear who left, as if each had disconnected normally.
-        let mut rooms: Vec<&str> = left.iter().map(|(room, _)| room.as_str()).collect();
-        rooms.sort_unstable();
-        rooms.dedup();
         let mut messages = Vec::new();
         for (room, nickname) in &left {
             messages.extend(room_event(room, "user_left", &json!({ "name": nickname })));
-        }
-        for room in rooms {
-            let users = self
-                .store
-                .room_users(room)
-                .now_or_never()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            messages.extend(room_event(room, "users_list", &json!(users)));
         }
         messages
     }

@@ -4,16 +4,18 @@ driven by bin/chatctl/tests/cluster.rs.
     python cluster_chat.py <base url> <count>
 
 Phase 1: every user logs in (the session lives in the master's store, so any worker accepts the
-cookie), joins "lobby" over websocket, and sends one message. Each user must get every other
-user's message exactly once, as userMessage, and its own back as myMessage; get_rooms must count
-all users, whichever worker answers. Prints {"event": "ready", "sids": [...]} (each user's
-Engine.IO session id), then waits for lines on stdin: `probe` (Redis was restarted: one user
-speaks until every other user hears it again; prints {"event": "probed"}), then the number of
-users on the worker the test is about to kill (prints {"event": "armed"}); the test kills it.
-with the number of users on the worker the test kills. A private message from one user reaches users on the other worker. Phase 2: once that many
-users have lost their connection, every survivor must hear user_left for each of them and end up
-with a users_list of the survivors only, and get_rooms counts the survivors only. Prints {"event": "done"} and exits 0; on any failure prints
-{"event": "error", "message": ...} and exits 1.
+cookie), joins "lobby" over websocket, and keeps the room's member list the way a client does
+(the whole list on joining, then user_entered and user_left) until it lists everyone. Each user
+sends one message, and must get every other user's message exactly once, as userMessage, and
+its own back as myMessage; get_rooms must count all users, whichever worker answers; a private
+message from one user reaches users on the other worker. Prints {"event": "ready", "sids":
+[...]} (each user's Engine.IO session id), then waits for lines on stdin: `probe` (Redis was
+restarted: one user speaks until every other user hears it again; prints {"event": "probed"}),
+then the number of users on the worker the test is about to kill (prints {"event": "armed"});
+the test kills it. Phase 2: once that many users have lost their connection, every survivor
+must hear user_left for each of them and end up with a member list of the survivors only, and
+get_rooms counts the survivors only. Prints {"event": "done"} and exits 0; on any failure
+prints {"event": "error", "message": ...} and exits 1.
 """
 
 import json
@@ -43,6 +45,9 @@ class User:
         self.messages = []
         self.left = []
         self.users = []
+        # Who entered or left before the member list came (users joining at the same time):
+        # applied again on top of the list.
+        self.changes = []
         self.rooms = None
         self.disconnected = False
         self.private = []
@@ -53,6 +58,7 @@ class User:
         cookie = "chat_session=" + session.cookies["chat_session"]
         self.client = socketio.Client(reconnection=False)
         self.client.on("message", self.on_message, namespace="/chat_com")
+        self.client.on("user_entered", self.on_entered, namespace="/chat_infra")
         self.client.on("user_left", self.on_left, namespace="/chat_infra")
         self.client.on("users_list", self.on_users, namespace="/chat_infra")
         self.client.on("rooms_list", self.on_rooms, namespace="/chat_infra")
@@ -69,11 +75,36 @@ class User:
     def on_message(self, text):
         self.notify(lambda: self.messages.append(json.loads(text)))
 
+    # `users` is the room's member list as a client keeps it: the whole list on joining, then
+    # who enters and who leaves.
+    def change(self, name, present):
+        if name in self.users:
+            self.users.remove(name)
+        if present:
+            self.users.append(name)
+
+    def on_entered(self, data):
+        def update():
+            if self.changes is not None:
+                self.changes.append((data["name"], True))
+            self.change(data["name"], True)
+        self.notify(update)
+
     def on_left(self, data):
-        self.notify(lambda: self.left.append(data["name"]))
+        def update():
+            self.left.append(data["name"])
+            if self.changes is not None:
+                self.changes.append((data["name"], False))
+            self.change(data["name"], False)
+        self.notify(update)
 
     def on_users(self, names):
-        self.notify(lambda: setattr(self, "users", names))
+        def update():
+            self.users = list(names)
+            for name, present in self.changes or []:
+                self.change(name, present)
+            self.changes = None
+        self.notify(update)
 
     def on_private(self, data):
         self.notify(lambda: self.private.append(data))
@@ -124,7 +155,7 @@ def main():
     for user in users:
         user.client.emit("join_room", {"name": "lobby"}, namespace="/chat_infra")
     for user in users:
-        user.wait("everyone in users_list", lambda: sorted(user.users) == everyone)
+        user.wait("everyone in the member list", lambda: sorted(user.users) == everyone)
 
     for user in users:
         user.client.emit("message", json.dumps({"type": "userMessage", "message": f"hi from {user.name}"}),
@@ -178,7 +209,6 @@ def main():
     for user in users:
         with user.lock:
             user.left.clear()
-            user.users = []
     report("armed")
     deadline = time.monotonic() + DEADLINE
     while sum(u.disconnected for u in users) < expected:
@@ -192,7 +222,7 @@ def main():
     remaining = sorted(u.name for u in survivors)
     for user in survivors:
         user.wait("user_left of every user of the killed worker", lambda: killed <= set(user.left))
-        user.wait("users_list of the survivors", lambda: sorted(user.users) == remaining)
+        user.wait("a member list of the survivors", lambda: sorted(user.users) == remaining)
     witness = survivors[0]
     while True:
         with witness.lock:

@@ -82,11 +82,20 @@ function heard() {
 }
 
 function newUser(name) {
-  return { name, heard: { messages: [], entered: [], users: [] } };
+  return { name, heard: { messages: [], entered: [], left: [], users: [] } };
 }
 
+/** What `user` heard. `users` is the room's member list as a client keeps it: the whole list
+ * on joining (and none while disconnected), then who entered and who left. */
 function record(user, kind, value) {
-  user.heard[kind] = kind === "users" ? value : [...user.heard[kind], value];
+  if (kind === "users") {
+    user.heard.users = value;
+  } else {
+    user.heard[kind] = [...user.heard[kind], value];
+    const others = user.heard.users.filter((name) => name !== value);
+    if (kind === "entered") user.heard.users = [...others, value];
+    if (kind === "left") user.heard.users = others;
+  }
   heard();
 }
 
@@ -168,7 +177,9 @@ const users = [];
   const bobCom = manager.socket("/chat_com");
   bobInfra.on("connect", () => bobInfra.emit("join_room", { name: ROOM }));
   bobInfra.on("user_entered", (data) => record(bob, "entered", data.name));
+  bobInfra.on("user_left", (data) => record(bob, "left", data.name));
   bobInfra.on("users_list", (names) => record(bob, "users", names));
+  bobInfra.on("disconnect", () => record(bob, "users", []));
   bobCom.on("message", (text) => record(bob, "messages", JSON.parse(text)));
   bob.say = (text) => bobCom.emit("message", text);
   users.push(bob);
@@ -190,6 +201,9 @@ const users = [];
     chatInfra.emit("join_room", { name: ROOM });
   });
   chatInfra.on("users_list", (names) => record(ann, "users", names));
+  chatInfra.on("user_entered", (data) => record(ann, "entered", data.name));
+  chatInfra.on("user_left", (data) => record(ann, "left", data.name));
+  chatInfra.on("disconnect", () => record(ann, "users", []));
   chatCom.on("message", (text) => record(ann, "messages", JSON.parse(text)));
   ann.say = (text) => chatCom.send(text);
   users.push(ann);
@@ -215,9 +229,9 @@ const users = [];
     process.exit(0);
   }
   phase = "reconnect";
-  // The killed worker may have held bob's or carl's connection too: everyone's member list
-  // starts over, and the talk waits until every user (reconnected or not) lists all three.
-  for (const user of users) user.heard.users = [];
+  // The killed worker may have held bob's or carl's connection too: a user who lost the
+  // connection lists nobody until it rejoins, the others hear those users leave and enter
+  // again; the talk waits until every user lists all three.
   const before = chatInfra.socket.sessionid;
   await until("ann reconnected and rejoined", () =>
     annConnects >= 2 && chatInfra.socket.sessionid !== before && chatInfra.socket.connected);

@@ -4,7 +4,8 @@ starts it and speaks through it:
     python legacy_room_user.py <base url> <nickname>
 
 Logs in, opens /chat_infra and /chat_com over websocket and joins "lobby" on every (re)connect.
-Prints one JSON line per thing it hears ({"kind": "messages"|"users"|"entered", "value": ...});
+Prints one JSON line per thing it hears ({"kind": "messages"|"users"|"entered"|"left", "value":
+...}; "users" with an empty list when the connection is lost);
 every line on stdin is sent as a chat message (the JSON string /chat_com expects).
 """
 
@@ -45,6 +46,8 @@ def main():
     client.on("message", lambda text: out("messages", json.loads(text)), namespace="/chat_com")
     client.on("users_list", lambda names: out("users", names), namespace="/chat_infra")
     client.on("user_entered", lambda data: out("entered", data["name"]), namespace="/chat_infra")
+    client.on("user_left", lambda data: out("left", data["name"]), namespace="/chat_infra")
+    client.on("disconnect", lambda *_reason: out("users", []), namespace="/chat_infra")
     client.on(
         "connect",
         lambda: client.emit("join_room", {"name": ROOM}, namespace="/chat_infra"),

@@ -300,20 +300,12 @@ impl RedisStore {
         let Some(infra) = io.of(chat::INFRA) else {
             return;
         };
-        let mut rooms: Vec<&str> = Vec::new();
+        // The others in those rooms hear who left, as if each had disconnected normally.
         for pair in gone.chunks_exact(2) {
             let (room, nickname) = (&pair[0], &pair[1]);
             let _ = infra
                 .to(chat::room_key(room))
                 .emit("user_left", &serde_json::json!({ "name": nickname }));
-            if !rooms.contains(&room.as_str()) {
-                rooms.push(room);
-            }
-        }
-        for room in rooms {
-            if let Ok(users) = self.room_users(room).await {
-                let _ = infra.to(chat::room_key(room)).emit("users_list", &users);
-            }
         }
     }
 
