@@ -200,6 +200,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
         history_ttl: args.history_ttl,
         max_connections: args.max_connections as usize,
         secure_cookies: args.secure_cookies,
+        tcp_nodelay: args.tcp_nodelay,
         header_read_timeout: args.header_read_timeout,
         ..ChatConfig::default()
     };

@@ -60,6 +60,10 @@ pub struct ChatConfig {
     pub header_read_timeout: Duration,
     /// Adds `Secure` to the cookie: set when clients reach the app over HTTPS.
     pub secure_cookies: bool,
+    /// TCP_NODELAY on client connections. Off: the kernel coalesces small writes to a client
+    /// while an earlier one is unacknowledged (Nagle), which is what lets a busy room reach
+    /// thousands of clients without a packet per message per client.
+    pub tcp_nodelay: bool,
     /// How long a draining worker keeps a quiet keep-alive connection open, so that a request
     /// the client is sending right now gets its answer (with `Connection: close`) instead of a
     /// reset. Busy connections close sooner: right after their next response.
@@ -90,6 +94,7 @@ impl Default for ChatConfig {
             history_ttl: Duration::from_secs(3600),
             header_read_timeout: Duration::from_secs(10),
             secure_cookies: false,
+            tcp_nodelay: false,
             drain_idle_grace: Duration::from_secs(1),
             peers: None,
         }

@@ -154,7 +154,7 @@ impl ChatServer {
         draining: &tokio::sync::watch::Sender<bool>,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let _ = stream.set_nodelay(true);
+        let _ = stream.set_nodelay(self.state.config.tcp_nodelay);
         let peer = stream.peer_addr().ok().map(|address| address.ip());
         // The socket holds its place under max_connections, also after a websocket upgrade.
         let stream = SlottedIo::new(stream, permit);

@@ -76,11 +76,16 @@ impl Adapter for EmbeddedAdapter {
         frames: &[Frame],
         opts: &BroadcastOptions,
     ) -> Result<(), EmitError> {
+        // The other workers first: their share of a big room then goes out while this worker
+        // writes its own, instead of after it (the way to them is a task that would otherwise
+        // wait behind every local writer this delivery wakes).
+        let relayed = if opts.local {
+            Ok(())
+        } else {
+            self.publish(WireBroadcast::new(ns.path(), frames, opts))
+        };
         ns.deliver(&self.local.sockets(opts), frames, opts.volatile);
-        if opts.local {
-            return Ok(());
-        }
-        self.publish(WireBroadcast::new(ns.path(), frames, opts))
+        relayed
     }
 
     fn disconnect_sockets(&self, ns: &Namespace, opts: &BroadcastOptions) {

@@ -496,7 +496,11 @@ pub(crate) fn not_found() -> Response<Body> {
 /// connection's read buffer: a session holding them for its whole life would hold that buffer
 /// (8 KiB and more) too.
 fn detached_headers(headers: &HeaderMap, keep: &[HeaderName]) -> HeaderMap {
-    let mut copy = HeaderMap::new();
+    let kept = keep
+        .iter()
+        .map(|name| headers.get_all(name).iter().count())
+        .sum();
+    let mut copy = HeaderMap::with_capacity(kept);
     for name in keep {
         for value in headers.get_all(name) {
             let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());

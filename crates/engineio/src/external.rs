@@ -69,8 +69,8 @@ impl<D> Socket<D> {
         loop {
             let frame = tokio::select! {
                 biased;
-                frame = outbox.next() => frame,
-                _ = self.closed() => outbox.try_next(),
+                frame = outbox.next(&self.queue) => Some(frame),
+                _ = self.closed() => outbox.try_next(&self.queue),
             }?;
             if frame == Frame::PING {
                 self.pong.notify_one();
@@ -84,7 +84,7 @@ impl<D> Socket<D> {
     pub fn try_next_external_frame(&self) -> Option<Frame> {
         let mut outbox = self.outbox.try_lock().ok()?;
         loop {
-            let frame = outbox.try_next()?;
+            let frame = outbox.try_next(&self.queue)?;
             if frame == Frame::PING {
                 self.pong.notify_one();
                 continue;

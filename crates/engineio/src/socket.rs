@@ -1,10 +1,11 @@
 //! One Engine.IO session: its outgoing queue, its state, and how it ends.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, Uri};
-use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::packet::Frame;
@@ -72,25 +73,82 @@ pub enum SendError {
     Full,
 }
 
-/// The receiving end of a session's queue. Whoever holds its lock is the one transport that
-/// writes to the client: the pending polling GET, or the websocket writer. Holding it is how
+/// The frames waiting for the client. A plain deque under a lock, not a channel: an idle
+/// session holds no buffer at all (a channel keeps a block of slots for good), and the deque
+/// is given back once it has been emptied after a burst.
+pub(crate) struct Queue {
+    frames: std::sync::Mutex<VecDeque<Frame>>,
+    /// Woken by every frame queued; the one transport that writes waits on it.
+    ready: Notify,
+    limit: usize,
+}
+
+/// Capacity an emptied queue keeps; more is given back.
+const IDLE_CAPACITY: usize = 4;
+
+impl Queue {
+    fn new(limit: usize) -> Self {
+        Queue {
+            frames: std::sync::Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    fn frames(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
+        self.frames
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a frame; gives it back when `limit` frames are already waiting.
+    fn push(&self, frame: Frame) -> Result<(), Frame> {
+        {
+            let mut frames = self.frames();
+            if frames.len() >= self.limit {
+                return Err(frame);
+            }
+            frames.push_back(frame);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<Frame> {
+        let mut frames = self.frames();
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
+            *frames = VecDeque::new();
+        }
+        frame
+    }
+}
+
+/// The right to write to the client: whoever holds the session's `outbox` lock is the one
+/// transport that writes, the pending polling GET or the websocket writer. Holding it is how
 /// "one GET at a time" and "websocket takes over after the upgrade" are enforced.
 pub(crate) struct Outbox {
-    rx: mpsc::Receiver<Frame>,
     /// A frame that did not fit in the last polling response; it goes first in the next one.
     carry: Option<Frame>,
 }
 
 impl Outbox {
-    pub(crate) async fn next(&mut self) -> Option<Frame> {
-        match self.carry.take() {
-            Some(frame) => Some(frame),
-            None => self.rx.recv().await,
+    /// The next frame for the client, once there is one.
+    pub(crate) async fn next(&mut self, queue: &Queue) -> Frame {
+        if let Some(frame) = self.carry.take() {
+            return frame;
+        }
+        loop {
+            if let Some(frame) = queue.pop() {
+                return frame;
+            }
+            // A frame queued since the pop left a permit: this returns at once.
+            queue.ready.notified().await;
         }
     }
 
-    pub(crate) fn try_next(&mut self) -> Option<Frame> {
-        self.carry.take().or_else(|| self.rx.try_recv().ok())
+    pub(crate) fn try_next(&mut self, queue: &Queue) -> Option<Frame> {
+        self.carry.take().or_else(|| queue.pop())
     }
 
     pub(crate) fn put_back(&mut self, frame: Frame) {
@@ -102,7 +160,7 @@ impl Outbox {
 /// `D` is the state the layer above keeps per session (Socket.IO keeps its namespaces here).
 pub struct Socket<D> {
     id: Arc<str>,
-    tx: mpsc::Sender<Frame>,
+    pub(crate) queue: Queue,
     pub(crate) outbox: Mutex<Outbox>,
     transport: AtomicU8,
     /// Set while a websocket is probing this polling session, so a second probe is refused.
@@ -137,11 +195,10 @@ impl<D> Socket<D> {
         uri: Uri,
         data: D,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(queue.max(1));
         Socket {
             id: id.into(),
-            tx,
-            outbox: Mutex::new(Outbox { rx, carry: None }),
+            queue: Queue::new(queue),
+            outbox: Mutex::new(Outbox { carry: None }),
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
             post_lock: Mutex::new(()),
@@ -214,20 +271,19 @@ impl<D> Socket<D> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        match self.tx.try_send(frame) {
+        match self.queue.push(frame) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(_) => {
                 self.close(DisconnectReason::SlowClient);
                 Err(SendError::Full)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
         }
     }
 
     /// Queues a frame the client may miss (volatile): dropped, not fatal, when the queue is
     /// full. Returns whether it was queued.
     pub fn send_volatile(&self, frame: Frame) -> bool {
-        !self.is_closed() && self.tx.try_send(frame).is_ok()
+        !self.is_closed() && self.queue.push(frame).is_ok()
     }
 
     /// Ends the session. Idempotent: the first reason wins. Frames already queued are still

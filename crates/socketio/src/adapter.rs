@@ -176,6 +176,11 @@ impl Adapter for LocalAdapter {
                 .cloned()
                 .collect();
         }
+        if let [room] = opts.rooms.as_slice() {
+            // One room: its members are distinct already.
+            let members = state.members.get(room).into_iter().flatten();
+            return members.filter(|sid| !excluded(sid)).cloned().collect();
+        }
         let mut seen = HashSet::new();
         let mut sids = Vec::new();
         for room in &opts.rooms {

@@ -381,11 +381,16 @@ impl Adapter for RedisAdapter {
         frames: &[Frame],
         opts: &BroadcastOptions,
     ) -> Result<(), EmitError> {
+        // The other workers first: their share of a big room then goes out while this worker
+        // writes its own, instead of after it (the way to them is a task that would otherwise
+        // wait behind every local writer this delivery wakes).
+        let relayed = if opts.local {
+            Ok(())
+        } else {
+            self.publish(opts, WireBroadcast::new(ns.path(), frames, opts))
+        };
         ns.deliver(&self.local.sockets(opts), frames, opts.volatile);
-        if opts.local {
-            return Ok(());
-        }
-        self.publish(opts, WireBroadcast::new(ns.path(), frames, opts))
+        relayed
     }
 
     /// The order travels like a broadcast to the same sockets: the workers with members in its

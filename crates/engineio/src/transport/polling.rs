@@ -40,14 +40,14 @@ pub(crate) async fn poll<H: Handler>(
     } else {
         tokio::select! {
             biased;
-            frame = outbox.next() => frame,
+            frame = outbox.next(&socket.queue) => Some(frame),
             _ = socket.closed() => None,
             _ = probed => None,
         }
     };
     let mut body = String::new();
     let limit = engine.config.max_payload;
-    let mut next = first.or_else(|| outbox.try_next());
+    let mut next = first.or_else(|| outbox.try_next(&socket.queue));
     let mut more_queued = false;
     while let Some(frame) = next {
         let separator = usize::from(!body.is_empty());
@@ -60,7 +60,7 @@ pub(crate) async fn poll<H: Handler>(
             body.push(RECORD_SEPARATOR);
         }
         frame.write_polling(&mut body);
-        next = outbox.try_next();
+        next = outbox.try_next(&socket.queue);
     }
     if body.is_empty() && !socket.is_closed() {
         // Woken by an upgrade probe with nothing to send: a noop ends this poll.

@@ -14,7 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
 use crate::packet::{Frame, Message, Packet};
-use crate::socket::{DisconnectReason, Socket, Transport};
+use crate::socket::{DisconnectReason, Outbox, Queue, Socket, Transport};
 
 pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -127,89 +127,106 @@ async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
 
 /// Carries a session on a websocket until the session or the websocket ends. Every write has
 /// a deadline (`ws_write_timeout`): a client that stops reading is dropped, not waited for.
-async fn carry_session<H: Handler>(engine: &Arc<Engine<H>>, socket: &Arc<Socket<H::Data>>, ws: Ws) {
+///
+/// One loop does both directions, on the websocket unsplit: an idle session is one small
+/// task, with no lock or second allocation around the stream. Queued frames go first; a
+/// packet from the client is handled before the next frame is written.
+async fn carry_session<H: Handler>(
+    engine: &Arc<Engine<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    mut ws: Ws,
+) {
     let deadline = engine.config.ws_write_timeout;
-    let (mut sink, mut stream) = ws.split();
-    let writer = async {
-        // Waits for a GET still pending from before the upgrade to hand the queue over.
-        let mut outbox = tokio::select! {
-            outbox = socket.outbox.lock() => outbox,
-            _ = socket.closed() => return,
-        };
-        loop {
-            let frame = tokio::select! {
-                biased;
-                frame = outbox.next() => frame,
-                _ = socket.closed() => None,
-            };
-            let Some(frame) = frame else { break };
-            let write = async {
-                sink.feed(ws_frame(&frame)).await?;
-                while let Some(frame) = outbox.try_next() {
-                    sink.feed(ws_frame(&frame)).await?;
-                }
-                sink.flush().await
-            };
-            match tokio::time::timeout(deadline, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    socket.close(DisconnectReason::TransportClose);
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(
-                        sid = socket.id(),
-                        ?deadline,
-                        "websocket write timed out: the client does not read"
-                    );
-                    socket.close(DisconnectReason::SlowClient);
-                    return;
-                }
-            }
-        }
-        // Closed: what was queued before the close still goes out, then the websocket ends;
-        // within the deadline, or not at all.
-        let farewell = async {
-            while let Some(frame) = outbox.try_next() {
-                sink.feed(ws_frame(&frame)).await?;
-            }
-            sink.close().await
-        };
-        let _ = tokio::time::timeout(deadline, farewell).await;
+    // Waits for a GET still pending from before the upgrade to hand the queue over.
+    let mut outbox = tokio::select! {
+        outbox = socket.outbox.lock() => outbox,
+        _ = socket.closed() => return,
     };
-    let reader = async {
-        loop {
-            let message = tokio::select! {
-                message = stream.next() => message,
-                _ = socket.closed() => return,
-            };
-            let reason = match message {
-                Some(Ok(WsMessage::Text(text))) => match Packet::decode_text(text) {
-                    Ok(packet) => {
-                        engine.receive(socket, packet).await;
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::debug!(sid = socket.id(), %error, "malformed websocket packet");
-                        DisconnectReason::PacketParsing
-                    }
-                },
-                Some(Ok(WsMessage::Binary(data))) => {
-                    engine
-                        .receive(socket, Packet::Message(Message::Binary(data)))
-                        .await;
+    // Made once: a future per turn would register with the session's token again each time.
+    let closed = socket.closed();
+    tokio::pin!(closed);
+    loop {
+        let message = tokio::select! {
+            biased;
+            frame = outbox.next(&socket.queue) => {
+                let queued = Queued { first: frame, outbox: &mut outbox, queue: &socket.queue };
+                if let Err(reason) = write_queued(&mut ws, queued, deadline).await {
+                    tracing::debug!(sid = socket.id(), reason = reason.as_str(), "websocket write failed");
+                    socket.close(reason);
+                    return;
+                }
+                continue;
+            }
+            message = ws.next() => message,
+            _ = &mut closed => break,
+        };
+        let reason = match message {
+            Some(Ok(WsMessage::Text(text))) => match Packet::decode_text(text) {
+                Ok(packet) => {
+                    // Boxed: the handling of a packet (the layers above, the application) is
+                    // a large future, and the task would carry its size while idle too.
+                    Box::pin(engine.receive(socket, packet)).await;
                     continue;
                 }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
-                Some(Ok(WsMessage::Close(_))) | None => DisconnectReason::TransportClose,
-                Some(Err(tungstenite::Error::Capacity(_))) => DisconnectReason::PayloadTooLarge,
-                Some(Err(_)) => DisconnectReason::TransportClose,
-            };
-            socket.close(reason);
-            return;
+                Err(error) => {
+                    tracing::debug!(sid = socket.id(), %error, "malformed websocket packet");
+                    DisconnectReason::PacketParsing
+                }
+            },
+            Some(Ok(WsMessage::Binary(data))) => {
+                Box::pin(engine.receive(socket, Packet::Message(Message::Binary(data)))).await;
+                continue;
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) | None => DisconnectReason::TransportClose,
+            Some(Err(tungstenite::Error::Capacity(_))) => DisconnectReason::PayloadTooLarge,
+            Some(Err(_)) => DisconnectReason::TransportClose,
+        };
+        socket.close(reason);
+        break;
+    }
+    // Closed: what was queued before the close still goes out, then the websocket ends;
+    // within the deadline, or not at all.
+    let farewell = async {
+        while let Some(frame) = outbox.try_next(&socket.queue) {
+            ws.feed(ws_frame(&frame)).await?;
         }
+        ws.close(None).await
     };
-    tokio::join!(writer, reader);
+    let _ = tokio::time::timeout(deadline, farewell).await;
+}
+
+/// A frame taken from the queue, and the rest of the queue behind it.
+struct Queued<'a> {
+    first: Frame,
+    outbox: &'a mut Outbox,
+    queue: &'a Queue,
+}
+
+/// Writes the queued frames, then flushes once, within `deadline`.
+async fn write_queued(
+    ws: &mut Ws,
+    queued: Queued<'_>,
+    deadline: std::time::Duration,
+) -> Result<(), DisconnectReason> {
+    let Queued {
+        first,
+        outbox,
+        queue,
+    } = queued;
+    let write = async {
+        ws.feed(ws_frame(&first)).await?;
+        while let Some(frame) = outbox.try_next(queue) {
+            ws.feed(ws_frame(&frame)).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(deadline, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(DisconnectReason::TransportClose),
+        // The client does not read.
+        Err(_) => Err(DisconnectReason::SlowClient),
+    }
 }
 
 /// Closes a websocket that carries no session, giving up after `deadline` (a client that does
