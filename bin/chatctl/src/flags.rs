@@ -475,10 +475,12 @@ pub struct ServeArgs {
     /// Mark the session cookie Secure (when clients use HTTPS).
     #[arg(long)]
     pub secure_cookies: bool,
-    /// Send every small write at once (TCP_NODELAY). Off by default: the kernel then holds a
-    /// small write while an earlier one is unacknowledged and sends them together, which under
-    /// load (a busy room) turns many packets per client into a few, at most one round trip
-    /// later. On suits clients far away that get bursts and must see each line at once.
+    /// Send every small websocket write at once (TCP_NODELAY), for the whole connection. Off by
+    /// default: once a websocket session is open (the handshake always goes out at once), the
+    /// kernel holds a small write while an earlier one is unacknowledged and sends them
+    /// together, which under load (a busy room) turns many packets per client into a few, at
+    /// most one round trip later. On suits clients far away that get bursts and must see each
+    /// line at once.
     #[arg(long)]
     pub tcp_nodelay: bool,
     /// Share broadcasts, rooms, sessions and history through this Redis (redis://host:port)

@@ -425,7 +425,7 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
             let server = server.clone();
             tokio::spawn(async move {
                 server
-                    .serve_connection(stream, None, std::future::pending())
+                    .serve_connection(stream, chat::Origin::default(), std::future::pending())
                     .await
             });
         }

@@ -60,9 +60,10 @@ pub struct ChatConfig {
     pub header_read_timeout: Duration,
     /// Adds `Secure` to the cookie: set when clients reach the app over HTTPS.
     pub secure_cookies: bool,
-    /// TCP_NODELAY on client connections. Off: the kernel coalesces small writes to a client
-    /// while an earlier one is unacknowledged (Nagle), which is what lets a busy room reach
-    /// thousands of clients without a packet per message per client.
+    /// TCP_NODELAY for the whole of every client connection. Off: once a websocket session is
+    /// open, the kernel coalesces small writes to its client while an earlier one is
+    /// unacknowledged (Nagle), which lets a busy room reach thousands of clients without a
+    /// packet per message per client; requests, answers and handshakes still go out at once.
     pub tcp_nodelay: bool,
     /// How long a draining worker keeps a quiet keep-alive connection open, so that a request
     /// the client is sending right now gets its answer (with `Connection: close`) instead of a

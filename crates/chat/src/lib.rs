@@ -18,7 +18,7 @@ pub mod validate;
 pub use config::{load_or_create_secret, new_secret, ChatConfig, MIN_SECRET_LEN};
 pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
-pub use server::{Accept, ChatServer};
+pub use server::{Accept, ChatServer, Origin};
 pub use store::{HistoryLimits, MemoryStore, Session, Store, StoreError};
 
 /// Our browser Socket.IO client, served at `/socket.io/socket.io.js`.

@@ -154,7 +154,10 @@ impl ChatServer {
         draining: &tokio::sync::watch::Sender<bool>,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let _ = stream.set_nodelay(self.state.config.tcp_nodelay);
+        // Requests and handshakes go out at once; a websocket lets the kernel coalesce its
+        // frames once open, unless --tcp-nodelay (see `engineio::CoalesceWrites`).
+        let _ = stream.set_nodelay(true);
+        let coalesce = (!self.state.config.tcp_nodelay).then(|| coalesce_writes(&stream));
         let peer = stream.peer_addr().ok().map(|address| address.ip());
         // The socket holds its place under max_connections, also after a websocket upgrade.
         let stream = SlottedIo::new(stream, permit);
@@ -162,7 +165,7 @@ impl ChatServer {
         let mut drain = draining.subscribe();
         tokio::spawn(async move {
             server
-                .serve_connection(stream, peer, async move {
+                .serve_connection(stream, Origin { peer, coalesce }, async move {
                     let _ = drain.wait_for(|d| *d).await;
                 })
                 .await;
@@ -170,16 +173,11 @@ impl ChatServer {
     }
 
     /// Serves HTTP/1.1 (with websocket upgrades) on one connection, of any transport (TCP, or
-    /// a worker's private unix socket). `peer` is the client's address, when the transport has
-    /// one: Engine.IO bounds the handshakes one address may leave pending, and the login budget
-    /// is per address. When `drain` completes, the request in flight finishes and the
-    /// connection closes.
-    pub async fn serve_connection<T>(
-        &self,
-        io: T,
-        peer: Option<IpAddr>,
-        drain: impl Future<Output = ()>,
-    ) where
+    /// a worker's private unix socket). `origin` says what is known of the connection (see
+    /// [`Origin`]). When `drain` completes, the request in flight finishes and the connection
+    /// closes.
+    pub async fn serve_connection<T>(&self, io: T, origin: Origin, drain: impl Future<Output = ()>)
+    where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let server = self.clone();
@@ -188,11 +186,15 @@ impl ChatServer {
         // rather than on one this worker is about to close.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_flag = closing.clone();
+        let Origin { peer, coalesce } = origin;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let server = server.clone();
             let closing = closing_flag.clone();
             if let Some(peer) = peer {
                 req.extensions_mut().insert(engineio::PeerAddr(peer));
+            }
+            if let Some(coalesce) = &coalesce {
+                req.extensions_mut().insert(coalesce.clone());
             }
             async move {
                 let mut response = server.handle(req).await;
@@ -573,6 +575,30 @@ fn secure_headers(headers: &mut http::HeaderMap) {
     );
 }
 
+/// What a server knows of a connection it serves.
+#[derive(Default)]
+pub struct Origin {
+    /// The client's address, when the transport has one: Engine.IO bounds the handshakes one
+    /// address may leave pending, and the login budget is per address.
+    pub peer: Option<IpAddr>,
+    /// How to let the kernel coalesce small writes on it, for a TCP connection.
+    pub coalesce: Option<engineio::CoalesceWrites>,
+}
+
+/// Turns TCP_NODELAY off on `stream` when called: the hook a websocket calls once its session
+/// is open.
+fn coalesce_writes(stream: &TcpStream) -> engineio::CoalesceWrites {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let fd = stream.as_raw_fd();
+    engineio::CoalesceWrites(Arc::new(move || {
+        // SAFETY: the hook travels only in the extensions of requests read from this
+        // connection, and runs in the websocket task that owns the connection afterwards:
+        // the descriptor is open whenever it runs.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(false);
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,7 +617,7 @@ mod tests {
         // as the worker was told to drain.
         let serving = tokio::spawn(async move {
             server
-                .serve_connection(server_side, None, std::future::ready(()))
+                .serve_connection(server_side, Origin::default(), std::future::ready(()))
                 .await
         });
         for _ in 0..10 {

@@ -28,6 +28,7 @@ pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEP
 pub use pending::PeerAddr;
 pub use sid::generate_sid;
 pub use socket::{DisconnectReason, SendError, Socket, Transport};
+pub use transport::ws::CoalesceWrites;
 
 /// UTF-8 text that clones without copying; what websocket text frames are made of.
 pub use tokio_tungstenite::tungstenite::Utf8Bytes as Str;

@@ -18,6 +18,26 @@ use crate::socket::{DisconnectReason, Outbox, Queue, Socket, Transport};
 
 pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// How to let the kernel coalesce small writes on the connection of a request (turn
+/// TCP_NODELAY off), put in its extensions by the server that accepted it. A websocket calls it
+/// once its session is open: the handshake goes out at once (a client waits for the open packet
+/// before it says anything, so a held write would wait for its delayed acknowledgement), and
+/// from then on the frames a busy room sends a client share packets.
+#[derive(Clone)]
+pub struct CoalesceWrites(pub Arc<dyn Fn() + Send + Sync>);
+
+impl CoalesceWrites {
+    fn of<B>(req: &Request<B>) -> Option<Self> {
+        req.extensions().get::<CoalesceWrites>().cloned()
+    }
+
+    fn start(coalesce: Option<Self>) {
+        if let Some(CoalesceWrites(start)) = coalesce {
+            start();
+        }
+    }
+}
+
 /// A websocket handshake with no sid: a new session that lives on the websocket.
 pub(crate) fn open<H: Handler, B: Send + 'static>(
     engine: &Arc<Engine<H>>,
@@ -32,6 +52,7 @@ pub(crate) fn open<H: Handler, B: Send + 'static>(
         Err(response) => return response,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let coalesce = CoalesceWrites::of(&req);
     let engine = engine.clone();
     tokio::spawn(async move {
         let Some(mut ws) = accept(&engine, on_upgrade).await else {
@@ -47,6 +68,7 @@ pub(crate) fn open<H: Handler, B: Send + 'static>(
             socket.close(DisconnectReason::TransportClose);
             return;
         }
+        CoalesceWrites::start(coalesce);
         carry_session(&engine, &socket, ws).await;
     });
     response
@@ -63,6 +85,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
         Err(response) => return response,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let coalesce = CoalesceWrites::of(&req);
     let engine = engine.clone();
     if socket.transport() != Transport::Polling || socket.upgrading.swap(true, Ordering::AcqRel) {
         // Already upgraded, or another websocket is probing: this one is opened and closed at
@@ -97,6 +120,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
         // The transport switches before `upgrading` clears, so no GET slips in between.
         socket.set_transport(Transport::Websocket);
         socket.upgrading.store(false, Ordering::Release);
+        CoalesceWrites::start(coalesce);
         carry_session(&engine, &socket, ws).await;
     });
     response
