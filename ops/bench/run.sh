@@ -252,7 +252,7 @@ start_chatctl() { # redis|embedded
   free_port
   CHATCTL_APP=$APP_PREFIX-$1-$PORT
   timeout 60 "$CHATCTL" start --name "$CHATCTL_APP" --listen "127.0.0.1:$PORT" -i "$WORKERS" "${user[@]}" "${redis[@]}" \
-    -- serve --messages-per-second 1000000 --logins-per-address 1000000 --max-pending-per-address 100000 \
+    -- serve --messages-per-second 1000000 --logins-per-address 1000000 --max-pending 100000 --max-pending-per-address 100000 \
     --max-connections 100000 >"$WORK/server.log" 2>&1 ||
     die "chatctl start failed: $(tail -5 "$WORK/server.log")"
   local master
