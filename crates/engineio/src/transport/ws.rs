@@ -173,8 +173,7 @@ async fn carry_session<H: Handler>(
         let message = tokio::select! {
             biased;
             frame = outbox.next(&socket.queue) => {
-                let queued = Queued { first: frame, outbox: &mut outbox, queue: &socket.queue };
-                if let Err(reason) = write_queued(&mut ws, queued, deadline).await {
+                if let Err(reason) = write_queued(&mut ws, frame, &mut outbox, &socket.queue, deadline).await {
                     tracing::debug!(sid = socket.id(), reason = reason.as_str(), "websocket write failed");
                     socket.close(reason);
                     return;
@@ -220,24 +219,14 @@ async fn carry_session<H: Handler>(
     let _ = tokio::time::timeout(deadline, farewell).await;
 }
 
-/// A frame taken from the queue, and the rest of the queue behind it.
-struct Queued<'a> {
-    first: Frame,
-    outbox: &'a mut Outbox,
-    queue: &'a Queue,
-}
-
-/// Writes the queued frames, then flushes once, within `deadline`.
+/// Writes `first` and whatever else is queued behind it, then flushes once, within `deadline`.
 async fn write_queued(
     ws: &mut Ws,
-    queued: Queued<'_>,
+    first: Frame,
+    outbox: &mut Outbox,
+    queue: &Queue,
     deadline: std::time::Duration,
 ) -> Result<(), DisconnectReason> {
-    let Queued {
-        first,
-        outbox,
-        queue,
-    } = queued;
     let write = async {
         ws.feed(ws_frame(&first)).await?;
         while let Some(frame) = outbox.try_next(queue) {
