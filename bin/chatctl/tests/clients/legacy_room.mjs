@@ -82,7 +82,7 @@ function heard() {
 }
 
 function newUser(name) {
-  return { name, heard: { messages: [], entered: [], left: [], users: [] } };
+  return { name, heard: { messages: [], entered: [], left: [], users: [], lists: 0, gone: 0 } };
 }
 
 /** What `user` heard. `users` is the room's member list as a client keeps it: the whole list
@@ -90,6 +90,9 @@ function newUser(name) {
 function record(user, kind, value) {
   if (kind === "users") {
     user.heard.users = value;
+    user.heard.lists += 1;
+  } else if (kind === "gone") {
+    user.heard.gone += 1;
   } else {
     user.heard[kind] = [...user.heard[kind], value];
     const others = user.heard.users.filter((name) => name !== value);
@@ -179,7 +182,7 @@ const users = [];
   bobInfra.on("user_entered", (data) => record(bob, "entered", data.name));
   bobInfra.on("user_left", (data) => record(bob, "left", data.name));
   bobInfra.on("users_list", (names) => record(bob, "users", names));
-  bobInfra.on("disconnect", () => record(bob, "users", []));
+  bobInfra.on("disconnect", () => record(bob, "gone", true));
   bobCom.on("message", (text) => record(bob, "messages", JSON.parse(text)));
   bob.say = (text) => bobCom.emit("message", text);
   users.push(bob);
@@ -203,7 +206,7 @@ const users = [];
   chatInfra.on("users_list", (names) => record(ann, "users", names));
   chatInfra.on("user_entered", (data) => record(ann, "entered", data.name));
   chatInfra.on("user_left", (data) => record(ann, "left", data.name));
-  chatInfra.on("disconnect", () => record(ann, "users", []));
+  chatInfra.on("disconnect", () => record(ann, "gone", true));
   chatCom.on("message", (text) => record(ann, "messages", JSON.parse(text)));
   ann.say = (text) => chatCom.send(text);
   users.push(ann);
@@ -220,6 +223,12 @@ const users = [];
     connects: annConnects,
   });
 
+  // Counted before the kill: a user who loses the connection from now on has rejoined once it
+  // got a member list after this (each join sends the joiner one), in whatever order its
+  // client reports the loss and the rejoin.
+  const counted = users.map((user) => ({ gone: user.heard.gone, lists: user.heard.lists }));
+  const rejoined = () => users.every((user, i) =>
+    user.heard.gone === counted[i].gone || user.heard.lists > counted[i].lists);
   const lines = readline.createInterface({ input: process.stdin });
   const told = await new Promise((resolve) => lines.once("line", resolve));
   if (told.trim() === "end") {
@@ -229,13 +238,12 @@ const users = [];
     process.exit(0);
   }
   phase = "reconnect";
-  // The killed worker may have held bob's or carl's connection too: a user who lost the
-  // connection lists nobody until it rejoins, the others hear those users leave and enter
-  // again; the talk waits until every user lists all three.
+  // The killed worker may have held bob's or carl's connection too: the talk waits until
+  // every user who lost the connection has rejoined and every user lists all three.
   const before = chatInfra.socket.sessionid;
   await until("ann reconnected and rejoined", () =>
     annConnects >= 2 && chatInfra.socket.sessionid !== before && chatInfra.socket.connected);
-  await until("everyone back in the room with everyone", () =>
+  await until("everyone back in the room with everyone", () => rejoined() &&
     users.every((user) => users.every((other) => user.heard.users.includes(other.name))));
   phase = "talk again";
   await everyoneSpeaks("again");

@@ -5,7 +5,7 @@ starts it and speaks through it:
 
 Logs in, opens /chat_infra and /chat_com over websocket and joins "lobby" on every (re)connect.
 Prints one JSON line per thing it hears ({"kind": "messages"|"users"|"entered"|"left", "value":
-...}; "users" with an empty list when the connection is lost);
+...}, and "gone" when the connection is lost);
 every line on stdin is sent as a chat message (the JSON string /chat_com expects).
 """
 
@@ -47,7 +47,9 @@ def main():
     client.on("users_list", lambda names: out("users", names), namespace="/chat_infra")
     client.on("user_entered", lambda data: out("entered", data["name"]), namespace="/chat_infra")
     client.on("user_left", lambda data: out("left", data["name"]), namespace="/chat_infra")
-    client.on("disconnect", lambda *_reason: out("users", []), namespace="/chat_infra")
+    # Reported on its own: python-socketio may call this handler after the reconnection's
+    # (a run saw it come after the rejoin's users_list), so it must not touch the list.
+    client.on("disconnect", lambda *_reason: out("gone", True), namespace="/chat_infra")
     client.on(
         "connect",
         lambda: client.emit("join_room", {"name": ROOM}, namespace="/chat_infra"),
