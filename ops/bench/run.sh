@@ -349,7 +349,7 @@ bench_idle_split() { # out clients hold
   BENCH_PIDS=()
   for ((i = 0; i < parts; i++)); do
     count=$((clients - first < per ? clients - first : per))
-    "$CHAT_BENCH" --url "$URL" "${SOURCE_ARGS[@]}" --scenario idle --clients "$count" --room-size 10 \
+    "$CHAT_BENCH" --url "$URL" "${SOURCE_ARGS[@]}" --scenario idle --probe --clients "$count" --room-size 10 \
       --ramp "$ramp" --connect-timeout "$CONNECT_TIMEOUT" --duration "${hold_s}s" --json >"$out.part$i" 2>"$out.part$i.err" &
     BENCH_PIDS+=($!)
     first=$((first + count))
@@ -384,6 +384,8 @@ bench_idle_split() { # out clients hold
     {scenario: "idle", transport: .[0].transport, split_processes: $parts,
      clients: (map(.clients) | add), connected: (map(.connected) | add),
      connect_failed: (map(.connect_failed) | add), errors: (map(.errors) | add),
+     sent: (map(.sent) | add), expected: (map(.expected) | add), delivered: (map(.delivered) | add),
+     lost: (map(.lost) | add), duplicates: (map(.duplicates) | add),
      connect_time_ms: (map(.connect_time_ms) | max), connect_p99_ms: (map(.connect_p99_ms) | max),
      connect_max_ms: (map(.connect_max_ms) | max),
      rss_before_kib: $before, rss_connected_kib: (if $connected > 0 then $connected else null end),
@@ -401,7 +403,7 @@ run_scenario() { # scenario server
     if ((IDLE_CLIENTS > CLIENTS_PER_BENCH)); then
       bench_idle_split "$out" "$IDLE_CLIENTS" "$IDLE_HOLD"
     else
-      bench "$out" --scenario idle --clients "$IDLE_CLIENTS" --room-size 10 --ramp "$IDLE_RAMP" \
+      bench "$out" --scenario idle --probe --clients "$IDLE_CLIENTS" --room-size 10 --ramp "$IDLE_RAMP" \
         --connect-timeout "$CONNECT_TIMEOUT" --duration "$IDLE_HOLD"
     fi
     ;;

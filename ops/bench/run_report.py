@@ -191,6 +191,14 @@ def verdict(verdicts):
     return ["", head + "."]
 
 
+def probe(d):
+    """The idle run's closing check: one message from the first member of every room."""
+    sent = get(d, "sent")
+    if not sent:
+        return "n/a"
+    return f"{num(get(d, 'delivered'))} / {num(get(d, 'expected'))} ({num(sent)} rooms)"
+
+
 def section_idle(runs, meta):
     verdicts = []
     out = [f"### (a) Idle connections: memory per connection ({meta.get('idle_clients')} clients, rooms of 10, {meta.get('idle_ramp', '?')} new a second, held {meta.get('idle_hold')})", ""]
@@ -204,9 +212,10 @@ def section_idle(runs, meta):
             f"{per / 1024:,.1f} KiB" if per is not None else "n/a",
             f"{num(get(d, 'rss_before_kib'))} KiB → {num(get(d, 'rss_connected_kib'))} KiB",
             num(get(d, "connect_time_ms")),
+            probe(d),
             (f"{d['split_processes']} chat-bench processes; " if d.get("split_processes") else "") + status(rc, notes, d),
         ])
-    out += table(["server", "connected / clients", "failed", "memory per connection", "server RSS before → connected", "connect all (ms)", "run"], rows)
+    out += table(["server", "connected / clients", "failed", "memory per connection", "server RSS before → connected", "connect all (ms)", "one message per room: delivered / owed", "run"], rows)
     fd_limit = int(meta.get("fd_limit") or 0)
     idle_clients = int(meta.get("idle_clients") or 0)
     if fd_limit and idle_clients > fd_limit:

@@ -114,13 +114,18 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             }
             (None, None) => Arc::new(MemoryStore::new(config.max_stored_sessions)),
         };
+        // Beyond the descriptors, an accept fails with EMFILE, and so does the health probe on
+        // the private socket: the master would kill a worker that is only full.
         if let Some(room) =
             supervisor::limits::connections_capped(open_files, u64::from(args.max_connections))
         {
             tracing::warn!(
-                "the open-files limit ({open_files}) caps --max-connections {} at about {room}: raise the hard nofile limit (LimitNOFILE=, /etc/security/limits.conf; see docs/PRODUCTION.md)",
+                "the open-files limit ({open_files}) caps --max-connections {} at {room}: raise the hard nofile limit (LimitNOFILE=, /etc/security/limits.conf; see docs/PRODUCTION.md)",
                 args.max_connections
             );
+            let room = usize::try_from(room).unwrap_or(usize::MAX);
+            config.max_connections = room;
+            config.io.engine.max_sessions = room;
         }
         let server = ChatServer::new(config, store);
         if let Some((bus, store)) = &redis_parts {

@@ -143,7 +143,9 @@ impl ChatUser {
             Connection::open(endpoint, self.polling, &self.nickname, &mut self.cookie).await?;
         // The server speaks first: its handshake.
         self.stage = "the open packet";
-        let text = connection.recv().await?.ok_or(BenchError::Closed)?;
+        let text = shared
+            .counted(connection.recv().await)?
+            .ok_or(BenchError::Closed)?;
         if !matches!(Packet::decode(text.as_str()), Packet::Open(_)) {
             return Err(BenchError::Protocol(format!(
                 "expected the open packet, got {:?}",
@@ -159,7 +161,9 @@ impl ChatUser {
         self.stage = "both namespaces to accept";
         let mut waiting_for = 2;
         while waiting_for > 0 {
-            let text = connection.recv().await?.ok_or(BenchError::Closed)?;
+            let text = shared
+                .counted(connection.recv().await)?
+                .ok_or(BenchError::Closed)?;
             match Packet::decode(text.as_str()) {
                 Packet::Connected { namespace } if namespace == INFRA || namespace == COM => {
                     waiting_for -= 1
@@ -176,7 +180,9 @@ impl ChatUser {
         self.stage = "name_set after join_room";
         connection.send(protocol::join_room(&self.room)).await?;
         loop {
-            let text = connection.recv().await?.ok_or(BenchError::Closed)?;
+            let text = shared
+                .counted(connection.recv().await)?
+                .ok_or(BenchError::Closed)?;
             match Packet::decode(text.as_str()) {
                 // Sent to this socket only, after the server recorded the membership.
                 Packet::Event {
@@ -213,13 +219,14 @@ impl ChatUser {
         let mut control = shared.control.subscribe();
         let mut seen = SeenMessages::default();
         let mut seq: u32 = 0;
-        // (phase, interval) while this client sends.
-        let mut sending: Option<(u16, Duration)> = None;
+        // (phase, interval) while this client sends; no interval: one message, then stop.
+        let mut sending: Option<(u16, Option<Duration>)> = None;
         let next_send = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(next_send);
         let index = self.index;
+        let first_of_room = index.is_multiple_of(shared.room_size);
         let apply = |control: Control,
-                     sending: &mut Option<(u16, Duration)>,
+                     sending: &mut Option<(u16, Option<Duration>)>,
                      next_send: std::pin::Pin<&mut tokio::time::Sleep>| {
             match control {
                 Control::Send {
@@ -228,16 +235,21 @@ impl ChatUser {
                     sender,
                 } if rate > 0.0 && sender.is_none_or(|s| s == index) => {
                     let interval = Duration::from_secs_f64(1.0 / rate);
-                    if sending.map(|(_, i)| i) != Some(interval) {
+                    if sending.map(|(_, i)| i) != Some(Some(interval)) {
                         // Spread the clients' sends over the interval instead of all at once.
                         let offset = (f64::from(index) * 0.618_033_988_75).fract();
                         next_send.reset(Instant::now() + interval.mul_f64(offset));
                     }
-                    *sending = Some((phase, interval));
+                    *sending = Some((phase, Some(interval)));
+                    true
+                }
+                Control::Probe { phase } if first_of_room => {
+                    next_send.reset(Instant::now());
+                    *sending = Some((phase, None));
                     true
                 }
                 Control::Stop => false,
-                Control::Send { .. } | Control::Hold => {
+                Control::Send { .. } | Control::Probe { .. } | Control::Hold => {
                     *sending = None;
                     true
                 }
@@ -258,7 +270,7 @@ impl ChatUser {
                     }
                 }
                 received = connection.recv() => {
-                    let text = match received {
+                    let text = match shared.counted(received) {
                         Ok(Some(text)) => text,
                         Ok(None) => return Ended::Lost(BenchError::Closed),
                         Err(error) => return Ended::Lost(error),
@@ -300,6 +312,10 @@ impl ChatUser {
                     if let Err(error) = connection.send(packet).await {
                         return Ended::Lost(error);
                     }
+                    let Some(interval) = interval else {
+                        sending = None;
+                        continue;
+                    };
                     // Keep the schedule (late sends catch up), but after a stall of more than a
                     // second start afresh rather than burst.
                     let now = Instant::now();

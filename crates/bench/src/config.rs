@@ -7,7 +7,7 @@ use std::time::Duration;
 /// What the clients do once connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// Connect and join, then hold the connections.
+    /// Connect and join, hold the connections, then (with --probe) one message in every room.
     Idle,
     /// Rooms of --room-size clients, each sending --rate messages a second.
     Chat,
@@ -113,6 +113,9 @@ pub struct BenchConfig {
     pub pids: Vec<u32>,
     /// Progress lines on stderr about once a second.
     pub progress: bool,
+    /// Idle: after the hold, the first member of every room sends one message, which every
+    /// other member must receive.
+    pub probe: bool,
 }
 
 impl BenchConfig {
@@ -139,6 +142,7 @@ impl BenchConfig {
             p99_limit: Duration::from_millis(200),
             pids: Vec::new(),
             progress: true,
+            probe: false,
         }
     }
 

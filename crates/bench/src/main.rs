@@ -66,6 +66,10 @@ struct Cli {
     /// Fanout: stop after the first step whose p99 latency is above this.
     #[arg(long, value_parser = parse_duration, default_value = "200ms")]
     p99_limit: Duration,
+    /// Idle: after the hold, the first member of every room sends one message; every other
+    /// member must receive it (the report counts it as sent, delivered and lost).
+    #[arg(long)]
+    probe: bool,
     /// A server process to sample CPU and memory of (repeat for several).
     #[arg(long = "pid")]
     pids: Vec<u32>,
@@ -167,6 +171,7 @@ fn into_config(cli: Cli) -> Result<BenchConfig, String> {
     config.p99_limit = cli.p99_limit;
     config.pids = cli.pids;
     config.progress = !cli.quiet;
+    config.probe = cli.probe;
     Ok(config)
 }
 

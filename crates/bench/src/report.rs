@@ -80,6 +80,8 @@ pub struct Report {
     pub steps: Vec<FanoutStep>,
     pub best_rate_under_limit: Option<f64>,
     pub cycles: Option<u64>,
+    /// Bytes of the packets every client received over the whole run (framing not counted).
+    pub received_bytes: u64,
     /// Length of the measured phase.
     pub duration_s: f64,
     /// Ctrl-C or SIGTERM ended the run early.
@@ -139,7 +141,8 @@ impl Report {
             row("cycles", cycles.to_string());
         }
         row("duration", format!("{:.2} s", self.duration_s));
-        if self.scenario != "idle" && self.scenario != "churn" {
+        // Idle sends only with --probe.
+        if self.scenario != "churn" && (self.scenario != "idle" || self.sent > 0) {
             row("sent", self.sent.to_string());
             row("expected", self.expected.to_string());
             row(
@@ -150,6 +153,10 @@ impl Report {
             row("duplicates", self.duplicates.to_string());
         }
         row("errors", self.errors.to_string());
+        row(
+            "received",
+            format!("{} bytes of packets", self.received_bytes),
+        );
         let latency = &self.latency_ms;
         let what = if self.scenario == "churn" {
             "cycle latency"
@@ -259,6 +266,7 @@ mod tests {
             steps: Vec::new(),
             best_rate_under_limit: None,
             cycles: None,
+            received_bytes: 0,
             duration_s: 2.0,
             interrupted: false,
         }

@@ -16,6 +16,7 @@ use crate::config::{BenchConfig, Scenario};
 use crate::process_usage::{self, ProcessWatch};
 use crate::report::{FanoutStep, Latency, Report};
 use crate::stats::{new_histogram, DeliveryRecorder};
+use crate::transport::Text;
 use crate::BenchError;
 
 /// What every client is told to do now; the clients watch it.
@@ -29,6 +30,8 @@ pub enum Control {
         rate: f64,
         sender: Option<u32>,
     },
+    /// The first member of each room sends one message stamped with `phase`.
+    Probe { phase: u16 },
     /// Leave.
     Stop,
 }
@@ -64,6 +67,8 @@ pub(crate) struct Shared {
     settled: AtomicU64,
     errors: AtomicU64,
     cycles: AtomicU64,
+    /// Bytes of the packets the clients received (what the server sent them, less framing).
+    received_bytes: AtomicU64,
     /// When the last first join happened, in µs of `epoch`.
     last_joined_us: AtomicU64,
     /// The lowest client index that joined: the fanout's sender.
@@ -136,6 +141,18 @@ impl Shared {
         if first {
             self.first_join(index);
         }
+    }
+
+    /// Counts what a client received.
+    pub(crate) fn counted(
+        &self,
+        received: Result<Option<Text>, BenchError>,
+    ) -> Result<Option<Text>, BenchError> {
+        if let Ok(Some(text)) = &received {
+            self.received_bytes
+                .fetch_add(text.as_str().len() as u64, Ordering::Relaxed);
+        }
+        received
     }
 
     pub(crate) fn message_sent(&self, phase: u16, recipients: u64) {
@@ -248,6 +265,28 @@ impl Conductor {
     }
 }
 
+impl Conductor {
+    /// The first member of every room sends one message (phase 1); waits until every room
+    /// whose first member is connected has sent and every member got it, or the drain time
+    /// is over.
+    async fn probe(&mut self) {
+        self.control(Control::Probe { phase: 1 });
+        let senders: u64 = self
+            .shared
+            .room_members
+            .iter()
+            .filter(|m| m.load(Ordering::Relaxed) > 0)
+            .count() as u64;
+        let deadline = Instant::now() + self.shared.config.drain;
+        self.wait(Some(deadline), move |s| {
+            let (sent, expected) = s.sent(1..2);
+            sent >= senders && s.deliveries.delivered_since(1) >= expected
+        })
+        .await;
+        self.control(Control::Hold);
+    }
+}
+
 /// What the measured phase of a run covered.
 struct Measured {
     /// Time spent sending (idle, churn: holding).
@@ -286,13 +325,16 @@ impl Conductor {
         measured
     }
 
-    /// Holds the connections for `duration`.
+    /// Holds the connections for `duration`; then, with `probe`, one message in every room.
     async fn idle(&mut self) -> Measured {
         self.watch.start_cpu();
         let began = Instant::now();
         self.hold(self.shared.config.duration).await;
         let duration = began.elapsed();
         self.watch.stop_cpu();
+        if self.shared.config.probe && self.shared.config.scenario == Scenario::Idle {
+            self.probe().await;
+        }
         Measured {
             duration,
             ..Measured::default()
@@ -392,6 +434,7 @@ pub async fn run(config: BenchConfig) -> Report {
         settled: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         cycles: AtomicU64::new(0),
+        received_bytes: AtomicU64::new(0),
         last_joined_us: AtomicU64::new(0),
         first_member: AtomicU32::new(u32::MAX),
         connect_latency_us: Mutex::new(new_histogram()),
@@ -601,6 +644,7 @@ fn build_report(
         steps,
         best_rate_under_limit,
         cycles: (config.scenario == Scenario::Churn).then(|| shared.cycles.load(Ordering::Relaxed)),
+        received_bytes: shared.received_bytes.load(Ordering::Relaxed),
         duration_s: measured.as_secs_f64(),
         interrupted: shared.interrupted.load(Ordering::Relaxed),
     }

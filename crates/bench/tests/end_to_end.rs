@@ -196,6 +196,28 @@ fn idle_samples_the_watched_process() {
 }
 
 #[test]
+fn idle_with_probe_sends_one_message_in_every_room_and_counts_its_deliveries() {
+    let server = server();
+    // Rooms of 10, 10 and 5: one message each, owed to 9, 9 and 4 members.
+    let report = bench_json(
+        &server,
+        &[
+            "--scenario",
+            "idle",
+            "--clients",
+            "25",
+            "--duration",
+            "200ms",
+            "--probe",
+        ],
+    );
+    server.stop();
+    assert_eq!(report["sent"], 3, "{report}");
+    assert_eq!(report["expected"], 22, "{report}");
+    assert_eq!(report["delivered"], 22, "{report}");
+}
+
+#[test]
 fn a_bad_flag_is_one_line_and_exit_2() {
     let run = bench(&["--scenario", "chat", "--clients", "many"]);
     assert_eq!(

@@ -59,6 +59,12 @@ impl Inner {
                         drop(state);
                         self.bump();
                     }
+                    ToMaster::Load { connections } => {
+                        if let Some(proc) = self.lock().proc_mut(generation) {
+                            proc.connections = connections;
+                            proc.handed = 0;
+                        }
+                    }
                     ToMaster::Request { id, body } => {
                         let body = match self.service.get() {
                             Some(service) => service.request(generation, body),
