@@ -170,12 +170,16 @@ async fn carry_session<H: Handler>(
     // Made once: a future per turn would register with the session's token again each time.
     let closed = socket.closed();
     tokio::pin!(closed);
+    // Whether the frames queued now answer a packet the client just sent.
+    let mut replies = false;
     loop {
         let message = tokio::select! {
             biased;
             frame = outbox.next(&socket.queue) => {
                 // Boxed: the write's state lives only while it runs, not in the idle task.
-                if let Err(reason) = Box::pin(write_queued(&mut ws, frame, &mut outbox, &socket.queue, deadline)).await {
+                let written = write_queued(&mut ws, frame, &mut outbox, &socket.queue, replies, deadline);
+                replies = false;
+                if let Err(reason) = Box::pin(written).await {
                     tracing::debug!(sid = socket.id(), reason = reason.as_str(), "websocket write failed");
                     socket.close(reason);
                     return;
@@ -191,6 +195,7 @@ async fn carry_session<H: Handler>(
                     // Boxed: the handling of a packet (the layers above, the application) is
                     // a large future, and the task would carry its size while idle too.
                     Box::pin(engine.receive(socket, packet)).await;
+                    replies = true;
                     continue;
                 }
                 Err(error) => {
@@ -200,6 +205,7 @@ async fn carry_session<H: Handler>(
             },
             Some(Ok(WsMessage::Binary(data))) => {
                 Box::pin(engine.receive(socket, Packet::Message(Message::Binary(data)))).await;
+                replies = true;
                 continue;
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
@@ -221,12 +227,14 @@ async fn carry_session<H: Handler>(
     let _ = tokio::time::timeout(deadline, farewell).await;
 }
 
-/// Writes `first`, then whatever else is queued behind it, within `deadline`. `first` goes out
-/// alone, at once; the frames queued behind it go together, a batch of up to [`BATCH_BYTES`]
-/// per write, not one write per frame: most of a busy room's cost is the kernel's send path,
-/// paid once per write. (A client may also rely on the first frames of a session arriving
-/// apart: the official Socket.IO suite waits for the CONNECT answer, then listens for the
-/// event the server sent right after it, and misses it when both came in one read.)
+/// Writes `first` and whatever else is queued behind it, within `deadline`.
+///
+/// Frames that piled up while the task was away (a busy room's messages) go out together, a
+/// batch of up to [`BATCH_BYTES`] per write rather than one write per frame: most of a busy
+/// room's cost is the kernel's send path, paid once per write. The answers to a packet the
+/// client just sent (`replies`) go out one write each, as they were made: clients may rely on
+/// that. The official Socket.IO suite, for one, waits for the CONNECT answer, then listens for
+/// the event the server sent right after it, and misses it when both came in one read.
 ///
 /// The frames are framed here and written under tungstenite, which keeps the reading side (and
 /// writes only the pongs and the close it owes the client, flushed first).
@@ -235,20 +243,18 @@ async fn write_queued(
     first: Frame,
     outbox: &mut Outbox,
     queue: &Queue,
+    replies: bool,
     deadline: std::time::Duration,
 ) -> Result<(), DisconnectReason> {
     let write = async {
         ws.flush().await.map_err(std::io::Error::other)?;
         let io = ws.get_mut();
         let mut batch = Vec::new();
-        put_frame(&mut batch, &first);
-        io.write_all(&batch).await?;
-        batch.clear();
-        let mut next = outbox.try_next(queue);
+        let mut next = Some(first);
         while let Some(frame) = next.take() {
             put_frame(&mut batch, &frame);
             next = outbox.try_next(queue);
-            if next.is_none() || batch.len() >= BATCH_BYTES {
+            if replies || next.is_none() || batch.len() >= BATCH_BYTES {
                 io.write_all(&batch).await?;
                 batch.clear();
             }
