@@ -7,7 +7,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use support::{all_online, http_get, wait_for_value, wait_until, worker_pids, workers, App};
+use support::{
+    all_online, http_get, http_get_on, wait_for_value, wait_until, worker_pids, workers, App,
+};
 
 /// An HTTP server on the socket the master passes (fd 3, LISTEN_FDS) that answers every GET
 /// with its pid, says `pid PID serving` on stdout and `pid PID warming` on stderr as it starts,
@@ -565,8 +567,15 @@ fn the_ipc_example_program_reports_ready_hears_its_siblings_and_drains() {
         &["python3", &example],
     );
     assert!(all_online(&started, 2), "{started}");
+    // Which worker wins a connection on the shared socket is the kernel's choice, and a busy
+    // machine may keep choosing the same one. So one worker is kept busy: it accepts the first
+    // connection and waits for its request, while the second connection's request is served
+    // by its sibling. Then the first asks whether it heard of that request.
     let heard = wait_for_value("a worker that heard of its sibling's requests", || {
+        let held = std::net::TcpStream::connect(("127.0.0.1", app.port)).ok()?;
         let (status, body) = http_get(app.port, "/").ok()?;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = http_get_on(held, "/").ok()?;
         assert_eq!(status, 200, "{body}");
         let answer: serde_json::Value = serde_json::from_str(&body).expect("not JSON");
         (answer["heard"].as_u64()? > 0).then_some(answer)

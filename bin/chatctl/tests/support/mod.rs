@@ -304,8 +304,12 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// `GET path` on a fresh connection; the status code and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_on(std::net::TcpStream::connect(("127.0.0.1", port))?, path)
+}
+
+/// `http_get` on a connection opened before.
+pub fn http_get_on(mut stream: std::net::TcpStream, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
