@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use socketio::{ConnectError, Event, Socket, SocketIo};
+use socketio::{ConnectError, Event, Namespace, Socket, SocketIo};
 
 use crate::cookie::{CookieSigner, COOKIE_NAME};
 use crate::rate_limit::{ConnectionBudget, Cost};
@@ -64,10 +64,33 @@ pub(crate) fn register(io: &SocketIo, state: Arc<ChatState>) {
         let state = state.clone();
         move |socket| on_infra_connect(state.clone(), socket)
     });
-    let com = io.ns(COM, {
-        let state = state.clone();
-        move |socket| on_com_connect(state.clone(), socket)
+    let com = io.ns(COM, on_com_connect);
+    // Registered once per namespace, not per socket: an idle socket carries no handler map.
+    let on = |event: &str, cost: Cost, handler: EventHandler| {
+        on_limited(&infra, &state, event, cost, handler)
+    };
+    on("join_room", Cost::Request, |state, socket, event| {
+        Box::pin(join_room(state, socket, event))
     });
+    on("leave_room", Cost::Request, |state, socket, event| {
+        Box::pin(leave_room_event(state, socket, event))
+    });
+    on("get_rooms", Cost::Request, |state, socket, _| {
+        Box::pin(get_rooms(state, socket))
+    });
+    on("set_name", Cost::Request, |_, socket, event| {
+        Box::pin(set_name(socket, event))
+    });
+    on("private_message", Cost::Message, |state, socket, event| {
+        Box::pin(private_message(state, socket, event))
+    });
+    on_limited(
+        &com,
+        &state,
+        "message",
+        Cost::Message,
+        |state, socket, event| Box::pin(chat_message(state, socket, event)),
+    );
     for ns in [infra, com] {
         let state = state.clone();
         ns.use_middleware(move |socket| authenticate(state.clone(), socket));
@@ -97,7 +120,8 @@ async fn authenticate(state: Arc<ChatState>, socket: Arc<Socket>) -> Result<(), 
             ConnectError::new("Session store unavailable, try again")
         })?
         .ok_or_else(|| ConnectError::new("Invalid session"))?;
-    if let Ok(mut extensions) = socket.extensions.write() {
+    // Kept once for the connection, which both namespaces share (and one cookie logs in).
+    if let Ok(mut extensions) = socket.connection_extensions().write() {
         extensions.insert(User {
             nickname: session.nickname.into(),
             session: session.id.into(),
@@ -107,7 +131,12 @@ async fn authenticate(state: Arc<ChatState>, socket: Arc<Socket>) -> Result<(), 
 }
 
 fn user(socket: &Socket) -> Option<User> {
-    socket.extensions.read().ok()?.get::<User>().cloned()
+    socket
+        .connection_extensions()
+        .read()
+        .ok()?
+        .get::<User>()
+        .cloned()
 }
 
 /// Spends `cost` from the budget of the socket's connection, which its sockets in every
@@ -128,14 +157,14 @@ fn spend(state: &ChatState, socket: &Socket, cost: Cost) -> bool {
 /// Registers `handler` for `event`, behind the connection's budget: an event beyond it is
 /// answered with an `error` event and not handled.
 fn on_limited(
+    ns: &Namespace,
     state: &Arc<ChatState>,
-    socket: &Socket,
     event: &str,
     cost: Cost,
     handler: EventHandler,
 ) {
     let state = state.clone();
-    socket.on(event, move |socket, event| {
+    ns.on(event, move |socket, event| {
         let state = state.clone();
         async move {
             if spend(&state, &socket, cost) {
@@ -179,24 +208,6 @@ async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
         socket.join(format!("{USER_PREFIX}{}", user.nickname));
         socket.join(session_room(&user.session));
     }
-    let on = |event: &str, cost: Cost, handler: EventHandler| {
-        on_limited(&state, &socket, event, cost, handler)
-    };
-    on("join_room", Cost::Request, |state, socket, event| {
-        Box::pin(join_room(state, socket, event))
-    });
-    on("leave_room", Cost::Request, |state, socket, event| {
-        Box::pin(leave_room_event(state, socket, event))
-    });
-    on("get_rooms", Cost::Request, |state, socket, _| {
-        Box::pin(get_rooms(state, socket))
-    });
-    on("set_name", Cost::Request, |_, socket, event| {
-        Box::pin(set_name(socket, event))
-    });
-    on("private_message", Cost::Message, |state, socket, event| {
-        Box::pin(private_message(state, socket, event))
-    });
     let state = state.clone();
     socket.on_disconnect(move |socket, _reason| async move {
         for room in chat_rooms(&socket) {
@@ -205,7 +216,7 @@ async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
     });
 }
 
-async fn on_com_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
+async fn on_com_connect(socket: Arc<Socket>) {
     if let Some(user) = user(&socket) {
         socket.join(session_room(&user.session));
     }
@@ -215,13 +226,6 @@ async fn on_com_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
             socket.join(room_key(&room));
         }
     }
-    on_limited(
-        &state,
-        &socket,
-        "message",
-        Cost::Message,
-        |state, socket, event| Box::pin(chat_message(state, socket, event)),
-    );
 }
 
 async fn join_room(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) {
@@ -332,12 +336,8 @@ async fn set_name(socket: Arc<Socket>, event: Event) {
         Ok(name) => name.to_owned(),
         Err(error) => return send_error(&socket, error),
     };
-    for s in [Some(socket.clone()), socket.sibling(COM)]
-        .into_iter()
-        .flatten()
-    {
-        let Some(user) = user(&s) else { continue };
-        if let Ok(mut extensions) = s.extensions.write() {
+    if let Some(user) = user(&socket) {
+        if let Ok(mut extensions) = socket.connection_extensions().write() {
             extensions.insert(User {
                 nickname: name.as_str().into(),
                 ..user

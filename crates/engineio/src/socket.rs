@@ -179,7 +179,8 @@ pub struct Socket<D> {
     close_reason: OnceLock<DisconnectReason>,
     /// The session's place among those not admitted yet; given back on admission or close.
     pending: std::sync::Mutex<Option<PendingSlot>>,
-    headers: HeaderMap,
+    /// Shared: the layer above keeps them too (a Socket.IO handshake per namespace).
+    headers: Arc<HeaderMap>,
     uri: Uri,
     /// The upper layer's per-session state.
     pub data: D,
@@ -208,7 +209,7 @@ impl<D> Socket<D> {
             is_closed: AtomicBool::new(false),
             close_reason: OnceLock::new(),
             pending: std::sync::Mutex::new(pending),
-            headers,
+            headers: Arc::new(headers),
             uri,
             data,
         }
@@ -258,6 +259,11 @@ impl<D> Socket<D> {
     /// (by default cookie, user agent, forwarded-for).
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
+    }
+
+    /// The same headers, shared rather than copied.
+    pub fn shared_headers(&self) -> Arc<HeaderMap> {
+        self.headers.clone()
     }
 
     /// The URI of the request that opened the session (its query is the client's `query`).

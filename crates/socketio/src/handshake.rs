@@ -1,5 +1,6 @@
 //! What a socket knows of the request that opened its connection.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, Uri};
@@ -9,7 +10,8 @@ use serde_json::value::RawValue;
 /// `auth` payload of the CONNECT packet.
 #[derive(Debug)]
 pub struct Handshake {
-    pub(crate) headers: HeaderMap,
+    /// Shared with the Engine.IO session and the connection's other namespaces.
+    pub(crate) headers: Arc<HeaderMap>,
     pub(crate) uri: Uri,
     pub(crate) auth: Option<Box<RawValue>>,
     pub(crate) issued: SystemTime,
@@ -73,7 +75,7 @@ mod tests {
             "a=1; session=abc.def; b=2".parse().unwrap(),
         );
         let handshake = Handshake {
-            headers,
+            headers: Arc::new(headers),
             uri: "/socket.io/?EIO=4&transport=polling&room=x"
                 .parse()
                 .unwrap(),

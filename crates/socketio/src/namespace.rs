@@ -14,7 +14,8 @@ use crate::adapter::Adapter;
 use crate::broadcast::BroadcastOperator;
 use crate::config::SocketIoConfig;
 use crate::error::{ConnectError, EmitError};
-use crate::socket::Socket;
+use crate::event::Event;
+use crate::socket::{EventHandler, Socket};
 use crate::{Room, Sid};
 
 type ConnectFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -36,6 +37,8 @@ pub struct Namespace {
     config: SocketIoConfig,
     adapter: Arc<dyn Adapter>,
     handlers: RwLock<NamespaceHandlers>,
+    /// Event handlers of every socket (see [`Namespace::on`]).
+    events: RwLock<HashMap<String, EventHandler>>,
     sockets: RwLock<HashMap<Sid, Arc<Socket>>>,
 }
 
@@ -51,6 +54,7 @@ impl Namespace {
             config,
             adapter,
             handlers: RwLock::new(handlers),
+            events: RwLock::new(HashMap::new()),
             sockets: RwLock::new(HashMap::new()),
         })
     }
@@ -83,6 +87,24 @@ impl Namespace {
                 .middlewares
                 .push(Arc::new(move |socket| Box::pin(middleware(socket))));
         }
+    }
+
+    /// Handles an event for every socket of this namespace, as [`Socket::on`] does for one
+    /// socket (which wins for its socket). Registered once, it costs a socket nothing: a
+    /// server with many clients keeps one map, not one per socket.
+    pub fn on<F, Fut>(&self, event: &str, handler: F)
+    where
+        F: Fn(Arc<Socket>, Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler: EventHandler = Arc::new(move |socket, event| Box::pin(handler(socket, event)));
+        if let Ok(mut events) = self.events.write() {
+            events.insert(event.to_owned(), handler);
+        }
+    }
+
+    pub(crate) fn event_handler(&self, event: &str) -> Option<EventHandler> {
+        self.events.read().ok()?.get(event).cloned()
     }
 
     /// A connected socket of this process.

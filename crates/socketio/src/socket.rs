@@ -22,7 +22,7 @@ use crate::packet::{encode, event_array, Packet, PacketType};
 use crate::{Room, Sid};
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-type EventHandler = Arc<dyn Fn(Arc<Socket>, Event) -> BoxFuture + Send + Sync>;
+pub(crate) type EventHandler = Arc<dyn Fn(Arc<Socket>, Event) -> BoxFuture + Send + Sync>;
 type DisconnectHandler = Box<dyn FnOnce(Arc<Socket>, DisconnectReason) -> BoxFuture + Send + Sync>;
 
 /// Why a socket left its namespace.
@@ -69,7 +69,7 @@ pub struct Socket {
 impl Socket {
     pub(crate) fn new(ns: Arc<Namespace>, conn: Conn, auth: Option<Box<RawValue>>) -> Self {
         let handshake = Handshake {
-            headers: conn.headers().clone(),
+            headers: conn.shared_headers(),
             uri: conn.uri().clone(),
             auth,
             issued: std::time::SystemTime::now(),
@@ -128,7 +128,9 @@ impl Socket {
 
     /// Handles an event. Handlers of one connection run one at a time, in the order the client
     /// sent the events, so a chat keeps its order. A handler that waits for an ack from its own
-    /// client must spawn that wait, since the ack arrives after the handler returns.
+    /// client must spawn that wait, since the ack arrives after the handler returns. A handler
+    /// every socket shares is better registered once, on the namespace ([`Namespace::on`]):
+    /// this one costs each socket a map entry; it wins over the namespace's for this socket.
     pub fn on<F, Fut>(&self, event: &str, handler: F)
     where
         F: Fn(Arc<Socket>, Event) -> Fut + Send + Sync + 'static,
@@ -271,11 +273,12 @@ impl Socket {
         let Some((name, args)) = packet.data.as_deref().and_then(split_event) else {
             return;
         };
-        let handler = self
+        let own = self
             .handlers
             .read()
             .ok()
             .and_then(|h| h.get(&name).cloned());
+        let handler = own.or_else(|| self.ns.event_handler(&name));
         let Some(handler) = handler else {
             tracing::trace!(event = %name, ns = %self.ns.path, "no handler for event");
             return;
