@@ -173,28 +173,43 @@ async fn carry_session<H: Handler>(
     // Whether the frames queued now answer a packet the client just sent.
     let mut replies = false;
     loop {
-        let message = tokio::select! {
+        let turn = tokio::select! {
             biased;
-            frame = outbox.next(&socket.queue) => {
-                // Boxed: the write's state lives only while it runs, not in the idle task.
-                let written = write_queued(&mut ws, frame, &mut outbox, &socket.queue, replies, deadline);
+            frame = outbox.next(&socket.queue) => Turn::Write(frame),
+            message = ws.next() => Turn::Read(message),
+            _ = &mut closed => break,
+        };
+        let message = match turn {
+            Turn::Write(frame) => {
+                let written = boxed(write_queued(
+                    &mut ws,
+                    frame,
+                    &mut outbox,
+                    &socket.queue,
+                    replies,
+                    deadline,
+                ));
                 replies = false;
-                if let Err(reason) = Box::pin(written).await {
-                    tracing::debug!(sid = socket.id(), reason = reason.as_str(), "websocket write failed");
+                if let Err(reason) = written.await {
+                    tracing::debug!(
+                        sid = socket.id(),
+                        reason = reason.as_str(),
+                        "websocket write failed"
+                    );
                     socket.close(reason);
                     return;
                 }
                 continue;
             }
-            message = ws.next() => message,
-            _ = &mut closed => break,
+            Turn::Read(message) => message,
         };
         let reason = match message {
             Some(Ok(WsMessage::Text(text))) => match Packet::decode_text(text) {
                 Ok(packet) => {
-                    // Boxed: the handling of a packet (the layers above, the application) is
-                    // a large future, and the task would carry its size while idle too.
-                    Box::pin(engine.receive(socket, packet)).await;
+                    // The handling of a packet (the layers above, the application) is a
+                    // large future.
+                    let handled = boxed(engine.receive(socket, packet));
+                    handled.await;
                     replies = true;
                     continue;
                 }
@@ -204,7 +219,8 @@ async fn carry_session<H: Handler>(
                 }
             },
             Some(Ok(WsMessage::Binary(data))) => {
-                Box::pin(engine.receive(socket, Packet::Message(Message::Binary(data)))).await;
+                let handled = boxed(engine.receive(socket, Packet::Message(Message::Binary(data))));
+                handled.await;
                 replies = true;
                 continue;
             }
@@ -224,7 +240,25 @@ async fn carry_session<H: Handler>(
         }
         ws.close(None).await
     };
-    let _ = tokio::time::timeout(deadline, farewell).await;
+    // Boxed: only a closing session needs room for it, not every open one.
+    let _ = boxed(tokio::time::timeout(deadline, farewell)).await;
+}
+
+/// What woke the session's task.
+enum Turn {
+    /// A frame for the client.
+    Write(Frame),
+    /// A message from the client, or the end of its stream.
+    Read(Option<Result<WsMessage, tungstenite::Error>>),
+}
+
+/// `future` on the heap. A task reserves room for every future it awaits in place, for its
+/// whole life: the write and the handling of a packet would make every idle session as large
+/// as they are.
+fn boxed<'a, T>(
+    future: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
 }
 
 /// Writes `first` and whatever else is queued behind it, within `deadline`.
