@@ -40,6 +40,16 @@ pub trait Handler: Send + Sync + 'static {
     /// A session is open and its handshake is sent.
     fn on_connect(&self, socket: &Arc<Socket<Self::Data>>);
 
+    /// How long after its handshake a session gets [`Handler::on_deadline`], if at all: a
+    /// layer above that must hear from the client in time (Socket.IO's `connectTimeout`)
+    /// checks it there. The session's own task keeps the time, so it costs no task of its own.
+    fn deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The [`Handler::deadline`] of a session still open has come.
+    fn on_deadline(&self, _socket: &Arc<Socket<Self::Data>>) {}
+
     /// A message from the client.
     fn on_message(
         &self,
@@ -414,18 +424,37 @@ async fn run_session<H: Handler>(
     // Deadlines are instants counted from the handshake, not sleeps chained one after the
     // other: a client that never answers is gone at pingInterval + pingTimeout after the
     // handshake, as the protocol says, not a little later each time a timer rounds up.
+    // The handler's deadline (Socket.IO's connectTimeout) is kept by the same timer: a second
+    // timer awaited alongside would make every session's task larger for good.
     let heartbeat = async {
+        let mut deadline = engine.handler.deadline().map(|after| opened + after);
         let mut ping_at = opened + engine.config.ping_interval;
         loop {
+            if let Some(at) = deadline.filter(|at| *at <= ping_at) {
+                tokio::time::sleep_until(at).await;
+                engine.handler.on_deadline(&socket);
+                deadline = None;
+                continue;
+            }
             tokio::time::sleep_until(ping_at).await;
             if socket.send(crate::packet::Frame::PING).is_err() {
                 return;
             }
-            let deadline = ping_at + engine.config.ping_timeout;
-            let pong = tokio::time::timeout_at(deadline, socket.pong.notified());
-            if pong.await.is_err() {
-                socket.close(DisconnectReason::PingTimeout);
-                return;
+            let pong_by = ping_at + engine.config.ping_timeout;
+            loop {
+                let wake = deadline.map_or(pong_by, |at| at.min(pong_by));
+                if tokio::time::timeout_at(wake, socket.pong.notified())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                if wake == pong_by {
+                    socket.close(DisconnectReason::PingTimeout);
+                    return;
+                }
+                engine.handler.on_deadline(&socket);
+                deadline = None;
             }
             ping_at = tokio::time::Instant::now() + engine.config.ping_interval;
         }

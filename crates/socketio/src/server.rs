@@ -258,18 +258,19 @@ impl engineio::Handler for Dispatcher {
         true
     }
 
-    fn on_connect(&self, socket: &Arc<engineio::Socket<ConnState>>) {
-        // A client that joins no namespace in time is closed (`connectTimeout`).
-        let conn = Arc::downgrade(socket);
-        let timeout = self.config.connect_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(conn) = conn.upgrade().map(Conn) {
-                if !conn.has_namespaces() {
-                    conn.close(engineio::DisconnectReason::ServerClose);
-                }
-            }
-        });
+    fn on_connect(&self, _socket: &Arc<engineio::Socket<ConnState>>) {}
+
+    /// A client that is in no namespace `connect_timeout` after its handshake is closed
+    /// (`connectTimeout`).
+    fn deadline(&self) -> Option<std::time::Duration> {
+        Some(self.config.connect_timeout)
+    }
+
+    fn on_deadline(&self, socket: &Arc<engineio::Socket<ConnState>>) {
+        let conn = Conn(socket.clone());
+        if !conn.has_namespaces() {
+            conn.close(engineio::DisconnectReason::ServerClose);
+        }
     }
 
     async fn on_message(&self, socket: &Arc<engineio::Socket<ConnState>>, message: Message) {
