@@ -193,7 +193,11 @@ impl ChatServer {
             if let Some(peer) = peer {
                 req.extensions_mut().insert(engineio::PeerAddr(peer));
             }
-            if let Some(coalesce) = &coalesce {
+            // Only a websocket upgrade uses it: a polling request is spared the clone.
+            if let Some(coalesce) = coalesce
+                .as_ref()
+                .filter(|_| req.headers().contains_key(header::UPGRADE))
+            {
                 req.extensions_mut().insert(coalesce.clone());
             }
             async move {
