@@ -16,7 +16,6 @@ use crate::config::{BenchConfig, Scenario};
 use crate::process_usage::{self, ProcessWatch};
 use crate::report::{FanoutStep, Latency, Report};
 use crate::stats::{new_histogram, DeliveryRecorder};
-use crate::transport::Text;
 use crate::BenchError;
 
 /// What every client is told to do now; the clients watch it.
@@ -143,16 +142,9 @@ impl Shared {
         }
     }
 
-    /// Counts what a client received.
-    pub(crate) fn counted(
-        &self,
-        received: Result<Option<Text>, BenchError>,
-    ) -> Result<Option<Text>, BenchError> {
-        if let Ok(Some(text)) = &received {
-            self.received_bytes
-                .fetch_add(text.as_str().len() as u64, Ordering::Relaxed);
-        }
-        received
+    /// Adds the bytes a client received, once it is done.
+    pub(crate) fn received(&self, bytes: u64) {
+        self.received_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn message_sent(&self, phase: u16, recipients: u64) {

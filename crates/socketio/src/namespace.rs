@@ -97,9 +97,8 @@ impl Namespace {
         F: Fn(Arc<Socket>, Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let handler: EventHandler = Arc::new(move |socket, event| Box::pin(handler(socket, event)));
         if let Ok(mut events) = self.events.write() {
-            events.insert(event.to_owned(), handler);
+            events.insert(event.to_owned(), crate::socket::event_handler(handler));
         }
     }
 

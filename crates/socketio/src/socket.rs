@@ -23,6 +23,15 @@ use crate::{Room, Sid};
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub(crate) type EventHandler = Arc<dyn Fn(Arc<Socket>, Event) -> BoxFuture + Send + Sync>;
+
+/// `handler` as the handlers of sockets and namespaces keep it.
+pub(crate) fn event_handler<F, Fut>(handler: F) -> EventHandler
+where
+    F: Fn(Arc<Socket>, Event) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |socket, event| Box::pin(handler(socket, event)))
+}
 type DisconnectHandler = Box<dyn FnOnce(Arc<Socket>, DisconnectReason) -> BoxFuture + Send + Sync>;
 
 /// Why a socket left its namespace.
@@ -136,9 +145,8 @@ impl Socket {
         F: Fn(Arc<Socket>, Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let handler: EventHandler = Arc::new(move |socket, event| Box::pin(handler(socket, event)));
         if let Ok(mut handlers) = self.handlers.write() {
-            handlers.insert(event.to_owned(), handler);
+            handlers.insert(event.to_owned(), event_handler(handler));
         }
     }
 

@@ -306,26 +306,21 @@ async fn write_queued(
 /// Bytes of frames written at once when more are queued.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Appends `frame` as one unmasked, final websocket frame (RFC 6455 §5.2: a server does not
-/// mask).
+/// Appends `frame` as one final, unmasked websocket frame (a server does not mask), its
+/// header written by tungstenite's own encoder.
 fn put_frame(out: &mut Vec<u8>, frame: &Frame) {
-    const FIN: u8 = 0x80;
-    let (opcode, payload): (u8, &[u8]) = match frame {
-        Frame::Text(text) => (0x1, text.as_bytes()),
-        Frame::Binary(data) => (0x2, data),
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::FrameHeader;
+    let (data, payload): (Data, &[u8]) = match frame {
+        Frame::Text(text) => (Data::Text, text.as_bytes()),
+        Frame::Binary(data) => (Data::Binary, data),
     };
-    out.push(FIN | opcode);
-    match payload.len() {
-        len @ 0..=125 => out.push(len as u8),
-        len @ 126..=0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
+    let header = FrameHeader {
+        opcode: OpCode::Data(data),
+        ..FrameHeader::default()
+    };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
     out.extend_from_slice(payload);
 }
 
