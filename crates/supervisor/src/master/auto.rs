@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::state::Phase;
 use super::Inner;
 use crate::triggers::{self, Watcher};
 
@@ -11,7 +12,7 @@ impl Inner {
     pub(super) async fn reload_on_change(self: Arc<Self>, mut watcher: Watcher) {
         loop {
             let changed = watcher.changed().await;
-            if self.lock().stopping {
+            if self.lock().phase != Phase::Running {
                 return;
             }
             let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
@@ -32,7 +33,7 @@ impl Inner {
             };
             // Past the second it names, so one time is one reload.
             tokio::time::sleep(wait + Duration::from_millis(5)).await;
-            if self.lock().stopping {
+            if self.lock().phase != Phase::Running {
                 return;
             }
             tracing::info!(%expression, "scheduled reload (--cron-restart)");

@@ -1,6 +1,20 @@
 //! The control socket's requests, the master's own signals, and readiness for systemd.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::state::{Proc, State};
+use super::{update, Inner};
+use crate::config::Scheduling;
+use crate::control::{AppStatus, Request, Response, SpareStatus, Status, WorkerStatus};
+use crate::ipc::{message_lines, read_message, write_message};
+use crate::procstat::rss_bytes;
+use crate::route_tag::{self, Owner};
 
 impl Inner {
     pub(super) fn status(&self) -> AppStatus {
@@ -119,42 +133,8 @@ impl Inner {
             let _ = write.flush().await;
         }
         if stops {
-            self.finished.send_replace(true);
+            self.finish();
         }
-    }
-
-    /// SIGTERM / SIGINT stop the app, SIGHUP reloads it, SIGUSR1 reopens the log file.
-    pub(super) async fn signal_loop(self: Arc<Self>) {
-        use tokio::signal::unix::{signal as unix_signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
-            unix_signal(SignalKind::terminate()),
-            unix_signal(SignalKind::interrupt()),
-            unix_signal(SignalKind::hangup()),
-            unix_signal(SignalKind::user_defined1()),
-        ) else {
-            tracing::error!("cannot install signal handlers; use `chatctl stop`");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    let inner = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(error) = inner.reload(&|line| tracing::info!("{line}")).await {
-                            tracing::error!(%error, "reload failed");
-                        }
-                    });
-                }
-                _ = usr1.recv() => {
-                    self.log.reopen();
-                    tracing::info!("log file reopened");
-                }
-            }
-        }
-        self.stop().await;
-        self.finished.send_replace(true);
     }
 
     pub(super) async fn notify_when_online(self: Arc<Self>, on_online: impl FnOnce()) {

@@ -2,7 +2,15 @@
 //! private socket, a program on its own port), its CPU and memory sampled; a worker that misses
 //! `max_misses` probes in a row is killed, one above `--max-memory` replaced.
 
-use super::*;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::state::{Event, Phase};
+use super::{Inner, ProbeTarget};
+use crate::handoff;
+use crate::ipc::ToWorker;
+use crate::procstat::rss_bytes;
 
 impl Inner {
     /// Probes every worker each interval: IPC ping, HTTP `/healthz` on its private socket, and
@@ -23,14 +31,13 @@ impl Inner {
             let mut over_memory = Vec::new();
             {
                 let mut state = self.lock();
-                if state.stopping {
+                if state.phase != Phase::Running {
                     return;
                 }
                 let seq = state.next_ping;
                 state.next_ping += 1;
                 for slot in state.slots.iter_mut() {
                     let slot_id = slot.id;
-                    let replacing = slot.replacing;
                     for proc in slot.procs_mut() {
                         proc.cpu.sample(proc.pid);
                         proc.memory = rss_bytes(proc.pid).unwrap_or(0);
@@ -38,7 +45,7 @@ impl Inner {
                     let Some(proc) = slot.current.as_mut() else {
                         continue;
                     };
-                    if max_memory.is_some_and(|max| proc.memory > max) && !replacing {
+                    if max_memory.is_some_and(|max| proc.memory > max) {
                         over_memory.push((slot_id, proc.memory));
                     }
                     if proc.ready && proc.speaks_ipc {
@@ -64,18 +71,8 @@ impl Inner {
             for target in probes {
                 tokio::spawn(self.clone().probe(target, health.clone(), runs_chat));
             }
-            for (slot_id, memory) in over_memory {
-                tracing::warn!(
-                    worker = slot_id,
-                    memory,
-                    "worker above --max-memory: replacing it"
-                );
-                let inner = self.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = inner.replace(slot_id, &|_| {}).await {
-                        tracing::error!(worker = slot_id, %error, "memory replacement failed");
-                    }
-                });
+            for (slot, memory) in over_memory {
+                self.apply(Event::MemoryExceeded { slot, memory });
             }
         }
     }
@@ -93,7 +90,7 @@ impl Inner {
             worker_id,
             program_port,
         } = target;
-        let (timeout, max_misses) = (health.timeout, health.max_misses);
+        let timeout = health.timeout;
         let program_ok = async {
             let Some(port) = program_port else {
                 return true;
@@ -123,29 +120,10 @@ impl Inner {
         };
         let (http_ok, pong_ok, program_ok) = tokio::join!(http_ok, pong_ok, program_ok);
         let http_ok = http_ok && program_ok;
-        let kill = {
-            let mut state = self.lock();
-            let Some(proc) = state.slots[slot_id].find_mut(generation) else {
-                return;
-            };
-            if http_ok && pong_ok {
-                proc.misses = 0;
-                None
-            } else {
-                proc.misses += 1;
-                (proc.misses >= max_misses).then_some(proc.misses)
-            }
-        };
-        if let Some(misses) = kill {
-            if let Some(pid) = self.kill_tracked(generation) {
-                tracing::error!(
-                    worker = slot_id,
-                    pid,
-                    misses,
-                    "worker missed {misses} health probes (hung?): killed it, a new one replaces it"
-                );
-            }
-        }
+        self.apply(Event::Probed {
+            generation,
+            healthy: http_ok && pong_ok,
+        });
     }
 }
 

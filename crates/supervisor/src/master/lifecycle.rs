@@ -1,7 +1,18 @@
-//! A worker process's life: started (with its sockets and output pumps), ready, exited, and
-//! restarted by the slot's backoff (or replaced by a spare).
+//! The shell around the state machine (`state.rs`): spawns processes (with their sockets and
+//! output pumps), feeds their readiness and exits back as events, and performs the actions
+//! the transitions return.
 
-use super::*;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use super::state::{Action, Event, Level, Log, Proc, Role};
+use super::Inner;
+use crate::config::{AppConfig, Scheduling};
+use crate::handoff;
+use crate::logs::Stream;
+use crate::outbox::Outbox;
+use crate::route_tag;
+use crate::spawn::{signal, spawn_worker, Connections, WorkerSpec};
 
 impl Inner {
     /// Starts a process for a slot. Failures are recorded on the slot and retried later.
@@ -53,64 +64,35 @@ impl Inner {
                 Ok((spawned, handoff, notify))
             },
         );
-        let spawned = match spawned {
+        let (spawned, handoff, notify) = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
-                tracing::error!(worker = slot_id, %error, "cannot start worker");
-                match role {
-                    Role::Current => self.clone().on_exit(slot_id, None, format!("{error}")),
-                    Role::Spare => self.clone().after_spare_failure(None, Duration::ZERO),
-                    Role::Incoming => {}
-                }
+                let error = error.to_string();
+                self.apply(Event::StartFailed {
+                    slot: slot_id,
+                    role,
+                    error,
+                });
                 return None;
             }
         };
-        let (spawned, handoff, notify) = spawned;
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
         let outbox = Outbox::new(config.ipc_queue_size);
-        let proc = Proc {
+        let proc = Proc::new(
+            &config,
+            slot_id,
             pid,
             generation,
-            started: Instant::now(),
-            ready: false,
-            speaks_ipc: false,
-            kill_signal: config.kill_signal,
-            port: config.worker_port(slot_id),
-            epoch: 0,
-            ipc: outbox.clone(),
-            connections: 0,
-            drops: Drops::new(config.drop_log_interval),
-            reported_drops: BTreeMap::new(),
-            cpu: CpuSampler::default(),
-            memory: 0,
-            misses: 0,
-            last_pong: 0,
             worker_id,
+            outbox.clone(),
             handoff,
-            handed: 0,
-        };
-        {
-            let mut state = self.lock();
-            let epoch = state.epoch;
-            match role {
-                Role::Current => {
-                    let slot = &mut state.slots[slot_id];
-                    slot.current = Some(proc);
-                    if slot.status != Status::Errored {
-                        slot.status = Status::Launching;
-                    }
-                }
-                Role::Incoming => state.slots[slot_id].incoming = Some(proc),
-                Role::Spare => state.spares.push(Proc { epoch, ..proc }),
-            }
-        }
-        self.bump();
-        if role == Role::Spare {
-            tracing::info!(worker = slot_id, pid, "spare worker started");
-        } else {
-            tracing::info!(worker = slot_id, pid, "worker started");
-        }
+        );
+        self.apply(Event::Started {
+            slot: slot_id,
+            role,
+            proc,
+        });
         if let Some(stdout) = child.stdout.take() {
             let log = self.log.clone();
             self.pumps.spawn(async move {
@@ -139,7 +121,12 @@ impl Inner {
                 Ok(status) => (status.code(), describe_exit(status)),
                 Err(error) => (None, format!("lost track of the process: {error}")),
             };
-            inner.on_proc_exit(generation, code, description);
+            inner.apply(Event::Exited {
+                generation,
+                code,
+                description,
+                at: std::time::Instant::now(),
+            });
         });
         if let Some(socket) = notify {
             let inner = self.clone();
@@ -153,10 +140,7 @@ impl Inner {
                 }
             });
         }
-        tokio::spawn(
-            self.clone()
-                .readiness_deadline(slot_id, generation, config.clone()),
-        );
+        tokio::spawn(self.clone().readiness_deadline(generation, config.clone()));
         Some(generation)
     }
 
@@ -204,77 +188,25 @@ impl Inner {
     /// Programs that do not speak IPC count as ready once they survived `min_uptime` (or, with
     /// `wait_ready`, once they send READY=1, see [`crate::notify`]); any
     /// worker not ready within `ready_timeout` is killed (and so restarted).
-    pub(super) async fn readiness_deadline(
-        self: Arc<Self>,
-        slot_id: usize,
-        generation: u64,
-        config: AppConfig,
-    ) {
+    pub(super) async fn readiness_deadline(self: Arc<Self>, generation: u64, config: AppConfig) {
         if !config.runs_chat() && !config.wait_ready {
             tokio::time::sleep(config.restart.min_uptime).await;
             self.mark_ready(generation, false);
         }
         tokio::time::sleep(config.ready_timeout).await;
-        let stuck = self.lock().proc(generation).is_some_and(|p| !p.ready);
-        if stuck {
-            if let Some(pid) = self.kill_tracked(generation) {
-                tracing::warn!(
-                    worker = slot_id,
-                    pid,
-                    "worker not ready within {:?}: killed it",
-                    config.ready_timeout
-                );
-            }
-        }
+        self.apply(Event::ReadyTimedOut { generation });
     }
 
-    pub(super) fn mark_ready(&self, generation: u64, via_ipc: bool) {
-        let slot_id = {
-            let mut state = self.lock();
-            let Some(proc) = state.proc_mut(generation) else {
-                return;
-            };
-            if via_ipc {
-                proc.speaks_ipc = true;
-            }
-            let Some(slot_id) = state.slot_of(generation) else {
-                // A spare: ready to be promoted.
-                if let Some(spare) = state.proc_mut(generation).filter(|p| !p.ready) {
-                    spare.ready = true;
-                    let pid = spare.pid;
-                    drop(state);
-                    tracing::info!(pid, "spare worker ready");
-                    self.bump();
-                }
-                return;
-            };
-            let slot = &mut state.slots[slot_id];
-            let is_current = slot
-                .current
-                .as_ref()
-                .is_some_and(|p| p.generation == generation);
-            let Some(proc) = slot.find_mut(generation) else {
-                return;
-            };
-            if via_ipc {
-                proc.speaks_ipc = true;
-            }
-            if proc.ready {
-                return;
-            }
-            proc.ready = true;
-            if is_current && slot.status != Status::Stopping {
-                slot.status = Status::Online;
-            }
-            slot_id
-        };
-        tracing::info!(worker = slot_id, "worker online");
-        self.bump();
+    pub(super) fn mark_ready(self: &Arc<Self>, generation: u64, via_ipc: bool) {
+        self.apply(Event::Ready {
+            generation,
+            via_ipc,
+        });
     }
 
-    /// SIGKILLs process `generation` of a slot if the master still tracks it, and returns its
-    /// pid. Tracked means not reaped yet (the exit task reaps and untracks in one step under
-    /// this lock), so the pid cannot name another program by now.
+    /// SIGKILLs process `generation` if the master still tracks it, and returns its pid.
+    /// Tracked means not reaped yet (the exit task reaps and untracks in one step under this
+    /// lock), so the pid cannot name another program by now.
     pub(super) fn kill_tracked(&self, generation: u64) -> Option<u32> {
         let state = self.lock();
         let pid = state.proc(generation)?.pid;
@@ -282,143 +214,85 @@ impl Inner {
         Some(pid)
     }
 
-    /// A process ended: retire it, and restart the slot if it was the current one.
-    pub(super) fn on_proc_exit(
-        self: Arc<Self>,
-        generation: u64,
-        code: Option<i32>,
-        description: String,
-    ) {
-        let role = {
-            let mut state = self.lock();
-            let Some(slot_id) = state.slot_of(generation) else {
-                drop(state);
-                return self.on_spare_exit(generation, code, description);
-            };
-            let slot = &mut state.slots[slot_id];
-            let removed = if slot
-                .current
-                .as_ref()
-                .is_some_and(|p| p.generation == generation)
-            {
-                slot.current.take().map(|p| (p, "current"))
-            } else if slot
-                .incoming
-                .as_ref()
-                .is_some_and(|p| p.generation == generation)
-            {
-                slot.incoming.take().map(|p| (p, "incoming"))
-            } else {
-                let index = slot
-                    .draining
-                    .iter()
-                    .position(|p| p.generation == generation);
-                index.map(|i| (slot.draining.remove(i), "draining"))
-            };
-            removed.map(|(proc, role)| (role, proc.started.elapsed(), proc.pid, slot_id))
-        };
-        let Some((role, uptime, pid, slot_id)) = role else {
-            return;
-        };
-        // What the process owned in the shared store goes, and the others are told.
-        if let Some(service) = self.service.get() {
-            for message in service.worker_gone(generation) {
-                self.relay(generation, &message);
-            }
-        }
-        match role {
-            "current" => {
-                let expected = {
-                    let state = self.lock();
-                    state.stopping || state.slots[slot_id].status == Status::Stopping
-                };
-                let uptime_s = uptime.as_secs_f64();
-                if expected {
-                    tracing::info!(
-                        worker = slot_id,
-                        pid,
-                        "worker {description} after {uptime_s:.1}s"
-                    );
-                } else {
-                    tracing::warn!(
-                        worker = slot_id,
-                        pid,
-                        "worker {description} after {uptime_s:.1}s"
-                    );
-                }
-                if expected || !self.promote_spare(slot_id, &description) {
-                    self.clone()
-                        .restart_after_exit(slot_id, code, uptime, description);
-                }
-            }
-            _ => tracing::info!(worker = slot_id, pid, "{role} worker {description}"),
-        }
+    /// Runs the transition for `event` and performs what it asks for.
+    pub(super) fn apply(self: &Arc<Self>, event: Event) {
+        let actions = self.lock().apply(event);
         self.bump();
+        self.perform(actions);
     }
 
-    /// Records a failure of the slot's current process (or of its start) and schedules the
-    /// restart the policy asks for.
-    pub(super) fn on_exit(self: Arc<Self>, slot_id: usize, code: Option<i32>, description: String) {
-        self.clone()
-            .restart_after_exit(slot_id, code, Duration::ZERO, description);
-        self.bump();
-    }
-
-    pub(super) fn restart_after_exit(
-        self: Arc<Self>,
-        slot_id: usize,
-        code: Option<i32>,
-        uptime: Duration,
-        description: String,
-    ) {
-        let delay = {
-            let mut state = self.lock();
-            let stopping = state.stopping;
-            let policy = state.config.restart.clone();
-            let slot = &mut state.slots[slot_id];
-            if stopping || slot.retired || slot.status == Status::Stopping {
-                slot.status = Status::Stopped;
-                return;
-            }
-            match slot.backoff.on_exit(&policy, code, uptime) {
-                RestartDecision::Stop => {
-                    slot.status = Status::Stopped;
-                    slot.last_error =
-                        Some(format!("{description}: a stop exit code, not restarted"));
-                    return;
+    /// Performs a transition's actions, in order. Delays and replacements run as tasks of
+    /// their own: nothing here waits.
+    pub(super) fn perform(self: &Arc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Start { slot, role } => {
+                    self.clone().start_proc(slot, role);
                 }
-                RestartDecision::Restart { delay, errored } => {
-                    slot.restarts += 1;
-                    slot.status = if errored {
-                        Status::Errored
-                    } else {
-                        Status::WaitingRestart
-                    };
-                    slot.last_error = Some(description);
-                    if errored {
-                        tracing::error!(
-                            worker = slot_id,
-                            "worker is crash-looping: retrying every {delay:?}"
-                        );
+                Action::RestartAfter { slot, delay } => {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        inner.apply(Event::RestartDue { slot });
+                    });
+                }
+                Action::SparesAfter { delay } => {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        inner.apply(Event::SparesDue);
+                    });
+                }
+                Action::Drain {
+                    generation,
+                    timeout,
+                } => {
+                    if let Some(proc) = self.lock().proc(generation) {
+                        super::drain(proc, timeout);
                     }
-                    delay
                 }
+                Action::Kill { generation, why } => {
+                    if let (Some(pid), Some(why)) = (self.kill_tracked(generation), why) {
+                        emit(&Log {
+                            pid: Some(pid),
+                            ..why
+                        });
+                    }
+                }
+                Action::Forget { generation } => {
+                    // What the process owned in the shared store goes, and the others are told.
+                    if let Some(service) = self.service.get() {
+                        for message in service.worker_gone(generation) {
+                            self.relay(generation, &message);
+                        }
+                    }
+                }
+                Action::Replace { slot } => {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = inner.replace(slot, &|_| {}).await {
+                            tracing::error!(worker = slot, %error, "replacement failed");
+                        }
+                    });
+                }
+                Action::Log(log) => emit(&log),
             }
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let wanted = {
-                let state = self.lock();
-                let slot = &state.slots[slot_id];
-                !state.stopping
-                    && !slot.retired
-                    && slot.current.is_none()
-                    && slot.status != Status::Stopped
-            };
-            if wanted {
-                self.start_proc(slot_id, Role::Current);
-            }
-        });
+        }
+    }
+}
+
+/// Writes a transition's log line with its worker and pid as fields.
+fn emit(log: &Log) {
+    let Log {
+        level,
+        worker,
+        pid,
+        message,
+    } = log;
+    match level {
+        Level::Info => tracing::info!(worker, pid, "{message}"),
+        Level::Warn => tracing::warn!(worker, pid, "{message}"),
+        Level::Error => tracing::error!(worker, pid, "{message}"),
     }
 }
 

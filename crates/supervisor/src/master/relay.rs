@@ -1,7 +1,14 @@
 //! The IPC channel of each worker: its messages to the master (ready, pongs, requests for the
 //! master's service), broadcasts relayed to the other workers, and questions gathered from them.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+use super::{Gathering, Inner};
+use crate::ipc::{message_lines, read_message, ReadEnd, ToMaster, ToWorker};
+use crate::outbox::{relay_line, Outbox, Refused};
 
 impl Inner {
     /// Talks to one worker over its IPC channel until either side closes it. A worker that

@@ -1,7 +1,13 @@
 //! Sticky scheduling: the master accepts every connection, peeks at its request line and hands
 //! it to the worker owning its session, or to the least loaded one.
 
-use super::*;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use super::{Inner, MAX_PEEKING};
+use crate::control::Status;
+use crate::dispatch::{self, Peeked, Target};
+use crate::handoff;
 
 impl Inner {
     /// Sticky scheduling: accepts every connection and hands it to a worker.
@@ -16,8 +22,8 @@ impl Inner {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::error!(%error, "cannot accept connections: stopping");
-                self.clone().stop().await;
-                let _ = self.finished.send(true);
+                self.stop().await;
+                self.finish();
                 return;
             }
         };

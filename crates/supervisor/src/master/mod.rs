@@ -4,29 +4,19 @@
 //! connections and hands each to the worker owning its session (it peeks at the request line
 //! but never reads or copies application bytes).
 
-use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
 
-use crate::backoff::{Backoff, RestartDecision};
 use crate::config::{AppConfig, Scheduling};
-use crate::control::{AppStatus, Request, Response, SpareStatus, Status, WorkerStatus};
-use crate::dispatch::{self, Peeked, Target};
-use crate::drops::Drops;
 use crate::handoff;
-use crate::ipc::{message_lines, read_message, write_message, ReadEnd, ToMaster, ToWorker};
-use crate::logs::{LogSink, Stream};
-use crate::outbox::{relay_line, Outbox, Refused};
+use crate::ipc::ToWorker;
+use crate::logs::LogSink;
+use crate::outbox::Outbox;
 use crate::paths::AppPaths;
-use crate::procstat::{rss_bytes, CpuSampler};
-use crate::route_tag::{self, Owner};
-use crate::signals::SignalName;
-use crate::spawn::{lookup_user, signal, spawn_worker, Connections, RunAs, WorkerSpec};
+use crate::spawn::{lookup_user, signal, RunAs};
 
 /// New connections whose request line the master may wait for at once (sticky scheduling);
 /// beyond this, accepting waits and further clients queue in the kernel's backlog.
@@ -39,8 +29,12 @@ mod lifecycle;
 mod ops;
 mod relay;
 mod routing;
+mod signals;
 mod spare;
+mod state;
 mod update;
+
+use state::{Proc, Role, State};
 
 /// What the master offers its workers beyond supervision: the embedded store of an app that
 /// runs without Redis. The master itself stays ignorant of what the requests mean.
@@ -85,146 +79,6 @@ fn files_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> MasterE
     }
 }
 
-/// One worker process.
-struct Proc {
-    pid: u32,
-    generation: u64,
-    started: Instant,
-    ready: bool,
-    /// Whether it ever sent an IPC message: only those are pinged and drained over IPC.
-    speaks_ipc: bool,
-    /// Its IPC channel's queue: control ahead of relays, each bounded.
-    ipc: Arc<Outbox>,
-    /// What the master dropped on this worker's behalf: relayed messages it did not read fast
-    /// enough, store writes of its that failed.
-    drops: Drops,
-    /// What the worker itself reported dropping, with its last pong.
-    reported_drops: BTreeMap<String, u64>,
-    connections: u64,
-    cpu: CpuSampler,
-    memory: u64,
-    misses: u32,
-    last_pong: u64,
-    /// Its id in session ids and in its private socket's name.
-    worker_id: u16,
-    /// Where its connections are handed over (sticky scheduling).
-    handoff: Option<Arc<handoff::Sender>>,
-    /// Connections handed to it since its last report of its load.
-    handed: u64,
-    /// What asks it to finish when it does not speak IPC (`--kill-signal`), as configured when
-    /// it started.
-    kill_signal: SignalName,
-    /// A program's port of its own, where it is probed (`--worker-port-base`).
-    port: Option<u16>,
-    /// The settings epoch it started in (see `State::epoch`).
-    epoch: u64,
-}
-
-/// A worker position; its process changes with restarts and reloads.
-struct Slot {
-    id: usize,
-    status: Status,
-    restarts: u32,
-    backoff: Backoff,
-    last_error: Option<String>,
-    /// Removed by `scale` down: not restarted, not listed.
-    retired: bool,
-    /// A reload or memory replacement of this slot is under way.
-    replacing: bool,
-    current: Option<Proc>,
-    /// The replacement started by a reload, until it is ready.
-    incoming: Option<Proc>,
-    /// Replaced processes finishing their requests.
-    draining: Vec<Proc>,
-}
-
-impl Slot {
-    fn new(id: usize) -> Self {
-        Slot {
-            id,
-            status: Status::Launching,
-            restarts: 0,
-            backoff: Backoff::default(),
-            last_error: None,
-            retired: false,
-            replacing: false,
-            current: None,
-            incoming: None,
-            draining: Vec::new(),
-        }
-    }
-
-    fn procs_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
-        self.current
-            .iter_mut()
-            .chain(self.incoming.iter_mut())
-            .chain(self.draining.iter_mut())
-    }
-
-    fn find(&self, generation: u64) -> Option<&Proc> {
-        self.current
-            .iter()
-            .chain(self.incoming.iter())
-            .chain(self.draining.iter())
-            .find(|p| p.generation == generation)
-    }
-
-    fn find_mut(&mut self, generation: u64) -> Option<&mut Proc> {
-        self.procs_mut().find(|p| p.generation == generation)
-    }
-}
-
-struct State {
-    config: AppConfig,
-    /// The account workers run as (from `config.user`).
-    run_as: Option<RunAs>,
-    /// The environment workers start from, when `reload --update-env` replaced the master's.
-    base_env: Option<Vec<(String, String)>>,
-    slots: Vec<Slot>,
-    next_generation: u64,
-    next_ping: u64,
-    stopping: bool,
-    /// Warm workers (`--spare`): started, not routed, promoted into a slot when needed.
-    spares: Vec<Proc>,
-    /// Bumped when a reload begins: spares of an older epoch run the old program or settings
-    /// and are never promoted.
-    epoch: u64,
-    /// Spares that keep exiting are started again ever more slowly.
-    spare_backoff: Backoff,
-}
-
-impl State {
-    /// The slot whose process `generation` is, if it is in one (not a spare).
-    fn slot_of(&self, generation: u64) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|slot| slot.find(generation).is_some())
-    }
-
-    fn proc(&self, generation: u64) -> Option<&Proc> {
-        self.slots
-            .iter()
-            .find_map(|slot| slot.find(generation))
-            .or_else(|| self.spares.iter().find(|p| p.generation == generation))
-    }
-
-    fn proc_mut(&mut self, generation: u64) -> Option<&mut Proc> {
-        let State { slots, spares, .. } = self;
-        slots
-            .iter_mut()
-            .find_map(|slot| slot.find_mut(generation))
-            .or_else(|| spares.iter_mut().find(|p| p.generation == generation))
-    }
-
-    /// Every process, spares included.
-    fn procs_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
-        self.slots
-            .iter_mut()
-            .flat_map(|slot| slot.procs_mut())
-            .chain(self.spares.iter_mut())
-    }
-}
-
 /// How long a stopping master waits for its workers' last output to reach the log.
 const LAST_WORDS: Duration = Duration::from_secs(2);
 
@@ -245,8 +99,6 @@ struct Inner {
     state: Mutex<State>,
     /// Bumped on every change of worker state; waiters re-check their condition.
     changed: watch::Sender<u64>,
-    /// Set once everything is stopped: the master exits.
-    finished: watch::Sender<bool>,
     service: std::sync::OnceLock<Arc<dyn MasterService>>,
     /// Questions a worker asked the others, while their answers come in.
     gatherings: Mutex<std::collections::HashMap<u64, Gathering>>,
@@ -306,19 +158,7 @@ impl Master {
             .transpose()
             .map_err(MasterError::Invalid)?;
 
-        let slots = (0..config.instances).map(Slot::new).collect();
-        let state = State {
-            config,
-            run_as,
-            base_env: None,
-            slots,
-            next_generation: 1,
-            next_ping: 1,
-            stopping: false,
-            spares: Vec::new(),
-            epoch: 0,
-            spare_backoff: Backoff::default(),
-        };
+        let state = State::new(config, run_as);
         let peers_token =
             handoff::new_token().map_err(files_error(std::path::Path::new("/dev/urandom")))?;
         let inner = Inner {
@@ -331,7 +171,6 @@ impl Master {
             started: Instant::now(),
             state: Mutex::new(state),
             changed: watch::channel(0).0,
-            finished: watch::channel(false).0,
             service: std::sync::OnceLock::new(),
             gatherings: Mutex::new(std::collections::HashMap::new()),
             next_gathering: std::sync::atomic::AtomicU64::new(1),
@@ -387,7 +226,6 @@ impl Master {
             tokio::spawn(inner.clone().reload_on_schedule(expression.clone()));
         }
         let control = self.control;
-        let mut finished = inner.finished.subscribe();
         loop {
             tokio::select! {
                 accepted = control.accept() => match accepted {
@@ -396,7 +234,7 @@ impl Master {
                     }
                     Err(error) => crate::listen::after_accept_error(&error).await,
                 },
-                _ = finished.wait_for(|done| *done) => break,
+                () = inner.finished() => break,
             }
         }
         inner.paths.remove_runtime_files();
@@ -418,13 +256,6 @@ struct ProbeTarget {
     worker_id: u16,
     /// A program probed on its own port instead (`--health-url`, `--health-tcp`).
     program_port: Option<u16>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Current,
-    Incoming,
-    Spare,
 }
 
 impl Inner {

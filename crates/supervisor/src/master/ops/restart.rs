@@ -1,0 +1,64 @@
+//! `chatctl restart`: every worker stopped, then started again (not zero-downtime; see reload).
+
+use std::sync::Arc;
+
+use super::super::state::{Role, State};
+use super::super::{drain, Inner};
+use crate::backoff::Backoff;
+use crate::control::Status;
+
+impl Inner {
+    /// Restarts every worker: each is stopped, then started again (not zero-downtime; see reload).
+    pub(in crate::master) async fn restart(
+        self: &Arc<Self>,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<String, String> {
+        let (slots, stop_timeout) = {
+            let state = self.lock();
+            (
+                state
+                    .slots
+                    .iter()
+                    .filter(|s| !s.retired)
+                    .map(|s| s.id)
+                    .collect::<Vec<_>>(),
+                state.config.stop_timeout,
+            )
+        };
+        for slot_id in &slots {
+            let old = {
+                let mut state = self.lock();
+                let slot = &mut state.slots[*slot_id];
+                slot.status = Status::Stopping;
+                slot.current.as_ref().map(|p| {
+                    drain(p, stop_timeout);
+                    p.generation
+                })
+            };
+            if let Some(generation) = old {
+                self.reap(*slot_id, generation, stop_timeout).await;
+            }
+            {
+                let mut state = self.lock();
+                let slot = &mut state.slots[*slot_id];
+                slot.status = Status::Launching;
+                slot.backoff = Backoff::default();
+                slot.restarts += 1;
+            }
+            let generation = self.clone().start_proc(*slot_id, Role::Current);
+            let ready_timeout = self.lock().config.ready_timeout;
+            let online = |state: &State| {
+                state.slots[*slot_id]
+                    .current
+                    .as_ref()
+                    .is_some_and(|p| p.ready && Some(p.generation) == generation)
+            };
+            if self.wait_until(ready_timeout, online).await {
+                progress(format!("worker {slot_id}: restarted"));
+            } else {
+                progress(format!("worker {slot_id}: restarted but not online yet"));
+            }
+        }
+        Ok(format!("restarted {} workers", slots.len()))
+    }
+}

@@ -1,0 +1,385 @@
+//! Every transition, driven without a process.
+
+use super::*;
+use crate::outbox::Outbox;
+
+fn config(instances: usize) -> AppConfig {
+    AppConfig {
+        instances,
+        ..AppConfig::default()
+    }
+}
+
+fn proc(config: &AppConfig, slot: usize, generation: u64) -> Proc {
+    Proc::new(
+        config,
+        slot,
+        1000 + generation as u32,
+        generation,
+        generation as u16,
+        Outbox::new(16),
+        None,
+    )
+}
+
+/// A state whose slots each run a ready current process (generations 1, 2, ...).
+fn running(instances: usize) -> State {
+    let mut state = State::new(config(instances), None);
+    for slot in 0..instances {
+        let generation = slot as u64 + 1;
+        let started = proc(&state.config, slot, generation);
+        state.apply(Event::Started {
+            slot,
+            role: Role::Current,
+            proc: started,
+        });
+        state.apply(Event::Ready {
+            generation,
+            via_ipc: true,
+        });
+    }
+    state
+}
+
+fn exited(generation: u64, code: Option<i32>) -> Event {
+    Event::Exited {
+        generation,
+        code,
+        description: "exited with code 1".into(),
+        at: Instant::now(),
+    }
+}
+
+fn starts(actions: &[Action]) -> Vec<(usize, Role)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { slot, role } => Some((*slot, *role)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kills(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Kill { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_started_process_is_launching_until_it_is_ready_then_online() {
+    let mut state = State::new(config(1), None);
+    let started = proc(&state.config, 0, 1);
+    state.apply(Event::Started {
+        slot: 0,
+        role: Role::Current,
+        proc: started,
+    });
+    assert_eq!(state.slots[0].status, Status::Launching);
+    let actions = state.apply(Event::Ready {
+        generation: 1,
+        via_ipc: true,
+    });
+    assert_eq!(state.slots[0].status, Status::Online);
+    assert!(state.proc(1).is_some_and(|p| p.ready && p.speaks_ipc));
+    assert!(matches!(&actions[..], [Action::Log(log)] if log.message == "worker online"));
+    // Saying it twice changes nothing.
+    assert!(state
+        .apply(Event::Ready {
+            generation: 1,
+            via_ipc: true
+        })
+        .is_empty());
+}
+
+#[test]
+fn a_crash_forgets_the_process_and_restarts_the_slot_at_once_the_first_time() {
+    let mut state = running(2);
+    let actions = state.apply(exited(1, Some(1)));
+    assert!(state.slots[0].current.is_none());
+    assert_eq!(state.slots[0].status, Status::WaitingRestart);
+    assert_eq!(state.slots[0].restarts, 1);
+    assert_eq!(actions[0], Action::Forget { generation: 1 });
+    assert!(actions.contains(&Action::RestartAfter {
+        slot: 0,
+        delay: Duration::ZERO
+    }));
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Log(log) if log.level == Level::Warn && log.worker == Some(0))));
+    // The delay over, the slot gets a process again.
+    let due = state.apply(Event::RestartDue { slot: 0 });
+    assert_eq!(starts(&due), vec![(0, Role::Current)]);
+    // The other slot is untouched.
+    assert_eq!(state.slots[1].status, Status::Online);
+}
+
+#[test]
+fn repeated_crashes_back_off_and_a_crash_loop_is_errored() {
+    let mut state = running(1);
+    state.config.restart.first_restart_at_once = false;
+    let mut delays = Vec::new();
+    for generation in 1..=state.config.restart.max_fast_exits as u64 + 1 {
+        if generation > 1 {
+            let started = proc(&state.config, 0, generation);
+            state.apply(Event::Started {
+                slot: 0,
+                role: Role::Current,
+                proc: started,
+            });
+        }
+        for action in state.apply(exited(generation, Some(1))) {
+            if let Action::RestartAfter { delay, .. } = action {
+                delays.push(delay);
+            }
+        }
+    }
+    assert!(
+        delays.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{delays:?}"
+    );
+    assert_eq!(state.slots[0].status, Status::Errored);
+    assert_eq!(delays.last(), Some(&state.config.restart.max_delay));
+}
+
+#[test]
+fn a_stop_exit_code_leaves_the_slot_stopped() {
+    let mut state = running(1);
+    state.config.restart.stop_exit_codes = vec![3];
+    let actions = state.apply(exited(1, Some(3)));
+    assert_eq!(state.slots[0].status, Status::Stopped);
+    assert!(starts(&actions).is_empty());
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { .. })));
+    // Nor does a late restart timer revive it.
+    assert!(state.apply(Event::RestartDue { slot: 0 }).is_empty());
+}
+
+#[test]
+fn a_failed_start_is_an_exit_of_the_slot_and_a_failed_incoming_is_nothing() {
+    let mut state = State::new(config(1), None);
+    let actions = state.apply(Event::StartFailed {
+        slot: 0,
+        role: Role::Current,
+        error: "cannot exec".into(),
+    });
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { slot: 0, .. })));
+    assert_eq!(state.slots[0].last_error.as_deref(), Some("cannot exec"));
+    let actions = state.apply(Event::StartFailed {
+        slot: 0,
+        role: Role::Incoming,
+        error: "cannot exec".into(),
+    });
+    assert!(actions.iter().all(|a| matches!(a, Action::Log(_))));
+}
+
+#[test]
+fn a_ready_spare_takes_the_place_of_a_crashed_worker_and_another_spare_starts() {
+    let mut state = running(1);
+    state.config.spare = 1;
+    let spare = proc(&state.config, 1, 7);
+    state.apply(Event::Started {
+        slot: 1,
+        role: Role::Spare,
+        proc: spare,
+    });
+    state.apply(Event::Ready {
+        generation: 7,
+        via_ipc: true,
+    });
+    let actions = state.apply(exited(1, Some(1)));
+    assert!(state.slots[0]
+        .current
+        .as_ref()
+        .is_some_and(|p| p.generation == 7));
+    assert_eq!(state.slots[0].status, Status::Online);
+    assert!(state.spares.is_empty());
+    assert_eq!(starts(&actions), vec![(1, Role::Spare)]);
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { .. })));
+}
+
+#[test]
+fn a_failing_spare_is_started_again_after_a_delay_and_an_old_one_is_not() {
+    let mut state = running(1);
+    state.config.spare = 1;
+    let spare = proc(&state.config, 1, 7);
+    state.apply(Event::Started {
+        slot: 1,
+        role: Role::Spare,
+        proc: spare,
+    });
+    let actions = state.apply(exited(7, Some(1)));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::SparesAfter { .. })));
+    assert_eq!(
+        starts(&state.apply(Event::SparesDue)),
+        vec![(1, Role::Spare)]
+    );
+
+    let old = proc(&state.config, 1, 8);
+    state.apply(Event::Started {
+        slot: 1,
+        role: Role::Spare,
+        proc: old,
+    });
+    state.epoch += 1;
+    let actions = state.apply(exited(8, Some(1)));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::SparesAfter { .. })));
+}
+
+#[test]
+fn a_worker_is_killed_after_max_misses_probes_in_a_row_and_a_pong_resets_the_count() {
+    let mut state = running(1);
+    let max = state.config.health.max_misses;
+    for _ in 1..max {
+        assert!(kills(&state.apply(Event::Probed {
+            generation: 1,
+            healthy: false
+        }))
+        .is_empty());
+    }
+    state.apply(Event::Probed {
+        generation: 1,
+        healthy: true,
+    });
+    for _ in 1..max {
+        state.apply(Event::Probed {
+            generation: 1,
+            healthy: false,
+        });
+    }
+    let actions = state.apply(Event::Probed {
+        generation: 1,
+        healthy: false,
+    });
+    assert_eq!(kills(&actions), vec![1]);
+}
+
+#[test]
+fn a_worker_not_ready_in_time_is_killed_and_a_ready_one_is_not() {
+    let mut state = running(1);
+    assert!(state
+        .apply(Event::ReadyTimedOut { generation: 1 })
+        .is_empty());
+    let late = proc(&state.config, 0, 5);
+    state.apply(Event::Started {
+        slot: 0,
+        role: Role::Incoming,
+        proc: late,
+    });
+    assert_eq!(
+        kills(&state.apply(Event::ReadyTimedOut { generation: 5 })),
+        vec![5]
+    );
+}
+
+#[test]
+fn memory_above_the_limit_replaces_the_worker_unless_a_replacement_is_under_way() {
+    let mut state = running(1);
+    let actions = state.apply(Event::MemoryExceeded {
+        slot: 0,
+        memory: 1 << 30,
+    });
+    assert!(actions.contains(&Action::Replace { slot: 0 }));
+    state.slots[0].replacing = true;
+    assert!(state
+        .apply(Event::MemoryExceeded {
+            slot: 0,
+            memory: 1 << 30
+        })
+        .is_empty());
+}
+
+#[test]
+fn a_drained_process_leaves_without_restarting_its_slot_and_a_late_one_is_killed() {
+    let mut state = running(1);
+    let old = state.slots[0].current.take();
+    state.slots[0].draining.extend(old);
+    let replacement = proc(&state.config, 0, 9);
+    state.apply(Event::Started {
+        slot: 0,
+        role: Role::Current,
+        proc: replacement,
+    });
+    let timeout = Duration::from_secs(1);
+    assert_eq!(
+        kills(&state.apply(Event::DrainTimedOut {
+            generation: 1,
+            timeout
+        })),
+        vec![1]
+    );
+    let actions = state.apply(exited(1, Some(0)));
+    assert!(state.slots[0].draining.is_empty());
+    assert!(starts(&actions).is_empty());
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { .. })));
+    assert_eq!(state.slots[0].restarts, 0);
+}
+
+#[test]
+fn scaling_down_drains_the_retired_slots_and_up_starts_new_ones_without_restarts() {
+    let mut state = running(3);
+    let actions = state.apply(Event::Scaled { instances: 1 });
+    let drained: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Drain { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drained, vec![2, 3]);
+    assert!(state.slots[1].retired && state.slots[2].retired);
+    let actions = state.apply(exited(2, Some(0)));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { .. })));
+    state.apply(exited(3, Some(0)));
+    let actions = state.apply(Event::Scaled { instances: 4 });
+    assert_eq!(
+        starts(&actions),
+        vec![(1, Role::Current), (2, Role::Current), (3, Role::Current)]
+    );
+    assert_eq!(state.slots.len(), 4);
+    assert!(state.slots.iter().all(|s| !s.retired));
+}
+
+#[test]
+fn a_stop_drains_every_process_and_their_exits_restart_nothing() {
+    let mut state = running(2);
+    let actions = state.apply(Event::StopRequested);
+    let drained: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Drain { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drained, vec![1, 2]);
+    assert!(state.slots.iter().all(|s| s.status == Status::Stopping));
+    let actions = state.apply(exited(1, Some(0)));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { .. } | Action::Start { .. })));
+    assert_eq!(state.slots[0].status, Status::Stopped);
+    assert_eq!(kills(&state.apply(Event::StopTimedOut)), vec![2]);
+    state.apply(exited(2, None));
+    assert!(state.all_gone());
+    state.apply(Event::Stopped);
+    assert!(state.slots.iter().all(|s| s.status == Status::Stopped));
+    assert_eq!(state.phase, Phase::Stopping);
+    state.apply(Event::Finished);
+    assert_eq!(state.phase, Phase::Finished);
+}
