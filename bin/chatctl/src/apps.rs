@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use supervisor::client::{self, AppEntry, ClientError};
 use supervisor::paths::{home, AppPaths};
+use supervisor::program::Program;
 use supervisor::{AppConfig, AppStatus, ConfigFile, Master, Request, Response, Status};
 
 use crate::flags::AppArgs;
@@ -118,14 +119,13 @@ fn default_name(command: &[String]) -> String {
             .file_stem()
             .map(|stem| stem.to_string_lossy().into_owned())
     };
-    let Some(program) = command
-        .first()
-        .filter(|program| program.as_str() != "serve")
-    else {
+    let Program::External { argv } = Program::of(command) else {
+        return "chat".to_owned();
+    };
+    let Some((program, arguments)) = argv.split_first() else {
         return "chat".to_owned();
     };
     let program_name = file_stem(program).unwrap_or_default();
-    let arguments = &command[1..];
     let script_at = arguments.iter().position(|arg| !arg.starts_with('-'));
     let inline_code = |at: usize| arguments[..at].iter().any(|arg| arg == "-c" || arg == "-e");
     let script = script_at
@@ -173,11 +173,7 @@ fn watched_paths(args: &AppArgs, cwd: Option<&std::path::Path>) -> Vec<std::path
 fn config_from_flags(args: &AppArgs) -> AppConfig {
     let defaults = AppConfig::default();
     let cwd = std::env::current_dir().ok();
-    let chat = AppConfig {
-        command: args.command.clone(),
-        ..AppConfig::default()
-    }
-    .runs_chat();
+    let chat = Program::of(&args.command).is_built_in();
     AppConfig {
         name: args
             .name
@@ -343,14 +339,14 @@ fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::R
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let name = config.name.clone();
-        let runs_chat = config.runs_chat();
-        let secret = if runs_chat {
+        let built_in = config.program().is_built_in();
+        let secret = if built_in {
             chat_secret(&config, &paths).await?
         } else {
             None
         };
         let master = Master::prepare(config, paths).await?;
-        if runs_chat {
+        if built_in {
             // No Redis: the master keeps the chat's shared state and relays broadcasts.
             master.set_service(std::sync::Arc::new(coord::StoreService::default()));
         }
@@ -399,33 +395,26 @@ async fn chat_secret(config: &AppConfig, paths: &AppPaths) -> anyhow::Result<Opt
             .find(|(name, _)| name == key)
             .map(|(_, value)| value.as_str())
     };
-    if let Some(key) = env("CHAT_SECRET") {
-        anyhow::ensure!(
-            key.len() >= chat::MIN_SECRET_LEN,
-            "--env CHAT_SECRET=... is shorter than {} bytes: give a longer key (e.g. `openssl rand -hex 32`)",
-            chat::MIN_SECRET_LEN
-        );
+    let given = env("CHAT_SECRET");
+    let shared = env("REDIS_URL").map(|url| {
+        let redis = coord::RedisConfig {
+            prefix: env("CHATCTL_REDIS_PREFIX").unwrap_or("chatctl").to_owned(),
+            cluster: env("CHATCTL_REDIS_CLUSTER") == Some("true"),
+            ..coord::RedisConfig::new(url)
+        };
+        async move {
+            shared_secret(redis)
+                .await
+                .map_err(|error| format!("{error:#}"))
+        }
+    });
+    paths.create()?;
+    let key = chat::cookie_key(given, shared, &paths.secret).await?;
+    // A key of the app's own environment reaches the workers with it (through the secrets
+    // pipe): the master has none to hand out.
+    if given.is_some() {
         return Ok(None);
     }
-    let key = match env("REDIS_URL") {
-        Some(url) => {
-            let redis = coord::RedisConfig {
-                prefix: env("CHATCTL_REDIS_PREFIX").unwrap_or("chatctl").to_owned(),
-                cluster: env("CHATCTL_REDIS_CLUSTER") == Some("true"),
-                ..coord::RedisConfig::new(url)
-            };
-            shared_secret(redis).await?
-        }
-        None => {
-            paths.create()?;
-            chat::load_or_create_secret(&paths.secret).with_context(|| {
-                format!(
-                    "cannot read or create the cookie key at {}",
-                    paths.secret.display()
-                )
-            })?
-        }
-    };
     Ok(Some(
         String::from_utf8(key).context("the cookie key is not text")?,
     ))
@@ -445,11 +434,6 @@ pub async fn shared_secret_of(link: &coord::RedisLink) -> anyhow::Result<Vec<u8>
             "cannot read the cookie key that hosts on one Redis share ({prefix}:cookie-key): {error} — start Redis first, or give every host the same key with --env CHAT_SECRET=..."
         )
     })?;
-    anyhow::ensure!(
-        key.len() >= chat::MIN_SECRET_LEN,
-        "the cookie key in Redis ({prefix}:cookie-key) is shorter than {} bytes: delete it, or set a longer one",
-        chat::MIN_SECRET_LEN
-    );
     Ok(key)
 }
 

@@ -173,23 +173,18 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
 /// `--secret-file`, else, with Redis, the key every host on that Redis shares, else the key
 /// file in $CHATCTL_HOME.
 async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyhow::Result<Vec<u8>> {
-    if let Some(secret) = &args.secret {
-        anyhow::ensure!(
-            secret.len() >= chat::MIN_SECRET_LEN,
-            "--secret / CHAT_SECRET must be at least {} characters",
-            chat::MIN_SECRET_LEN
-        );
-        return Ok(secret.as_bytes().to_vec());
-    }
-    if let (None, Some(redis)) = (&args.secret_file, redis) {
-        return crate::apps::shared_secret_of(redis).await;
-    }
-    let path = args
+    let shared = redis
+        .filter(|_| args.secret_file.is_none())
+        .map(|redis| async move {
+            crate::apps::shared_secret_of(redis)
+                .await
+                .map_err(|error| format!("{error:#}"))
+        });
+    let file = args
         .secret_file
         .clone()
         .unwrap_or_else(|| supervisor::paths::home().join("secret"));
-    chat::load_or_create_secret(&path)
-        .with_context(|| format!("cannot read or create the cookie key at {}", path.display()))
+    Ok(chat::cookie_key(args.secret.as_deref(), shared, &file).await?)
 }
 
 fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {

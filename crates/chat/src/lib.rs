@@ -11,13 +11,15 @@ mod forward;
 mod login_budget;
 pub mod pages;
 mod rate_limit;
+mod secret;
 mod server;
 pub mod store;
 pub mod validate;
 
-pub use config::{load_or_create_secret, new_secret, ChatConfig, MIN_SECRET_LEN};
+pub use config::ChatConfig;
 pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
+pub use secret::{cookie_key, load_or_create_secret, new_secret, SecretError, MIN_SECRET_LEN};
 pub use server::{Accept, ChatServer, Origin};
 pub use store::{HistoryLimits, MemoryStore, Session, Store, StoreError};
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::program::{Capabilities, Program};
+
 /// How connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -331,7 +333,7 @@ impl AppConfig {
                 self.instances
             ));
         }
-        if self.no_listen && self.runs_chat() {
+        if self.no_listen && self.capabilities().serves_http {
             return bad(
                 "--no-listen is for programs that serve no port; the chat app serves HTTP: drop --no-listen, or give the program after --".into(),
             );
@@ -387,10 +389,10 @@ impl AppConfig {
             }
         }
         let program_probe = self.health.url.is_some() || self.health.tcp;
-        if program_probe && self.runs_chat() {
+        if program_probe && self.capabilities().health_endpoint {
             return bad("--health-url and --health-tcp are for programs other than the chat, which is probed on its private socket: drop them".into());
         }
-        if self.wait_ready && self.runs_chat() {
+        if self.wait_ready && self.capabilities().speaks_ipc {
             return bad("--wait-ready is for programs other than the chat, which reports ready over its IPC channel: drop it".into());
         }
         if self.health.url.is_some() && self.health.tcp {
@@ -426,7 +428,9 @@ impl AppConfig {
                 self.spare
             ));
         }
-        if self.spare > 0 && !(self.runs_chat() && self.scheduling == Scheduling::Sticky) {
+        if self.spare > 0
+            && !(self.capabilities().takes_handoff && self.scheduling == Scheduling::Sticky)
+        {
             return bad("--spare needs connections handed out by the master (the chat with sticky scheduling): a program sharing the listening socket would take connections while it waits as a spare".into());
         }
         crate::triggers::check(self).map_err(ConfigError)?;
@@ -444,12 +448,14 @@ impl AppConfig {
         u16::try_from(usize::from(base) + slot).ok()
     }
 
-    /// Whether the workers run our chat app (and so speak the IPC protocol for sure).
-    /// `-- serve ARGS` is the chat app with its own flags (`chatctl serve --help`).
-    pub fn runs_chat(&self) -> bool {
-        self.command
-            .first()
-            .is_none_or(|program| program == "serve")
+    /// What the workers run (see [`Program`]).
+    pub fn program(&self) -> Program<'_> {
+        Program::of(&self.command)
+    }
+
+    /// What the master may rely on in the workers' program.
+    pub fn capabilities(&self) -> Capabilities {
+        self.program().capabilities()
     }
 }
 
@@ -559,21 +565,6 @@ mod tests {
         assert_eq!(file.app[1].restart.max_delay, Duration::from_secs(5));
         assert!(ConfigFile::parse("[[app]]\nname = \"x\"\nbogus = 1\n").is_err());
         assert!(ConfigFile::parse("").is_err());
-    }
-
-    #[test]
-    fn serve_with_flags_is_the_chat_app() {
-        assert!(AppConfig::default().runs_chat());
-        let with_flags = AppConfig {
-            command: vec!["serve".into(), "--messages-per-second".into(), "100".into()],
-            ..AppConfig::default()
-        };
-        assert!(with_flags.runs_chat());
-        assert!(!AppConfig {
-            command: vec!["./api".into()],
-            ..AppConfig::default()
-        }
-        .runs_chat());
     }
 
     #[test]

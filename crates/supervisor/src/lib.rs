@@ -22,6 +22,7 @@ pub mod paths;
 pub mod pm2;
 pub mod probe;
 pub mod procstat;
+pub mod program;
 pub mod route_tag;
 pub mod secrets;
 pub mod signals;

@@ -15,6 +15,7 @@ use crate::handoff::{HANDOFF_FD_ENV, PEERS_ENV};
 use crate::ipc::{
     IPC_FD, IPC_FD_ENV, IPC_MAX_LINE_ENV, NODE_ID_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV,
 };
+use crate::program::Program;
 use crate::secrets::{SECRETS_FD, SECRETS_FD_ENV};
 
 /// The fd of the listening socket in a worker (systemd's `SD_LISTEN_FDS_START`).
@@ -119,22 +120,24 @@ pub enum Connections {
     Nothing,
 }
 
-/// The program and arguments of a worker: the configured command, or this binary's `serve`
-/// (run through [`EXE_FD`]).
-fn worker_argv(config: &AppConfig, serve_args: &[String], port: Option<u16>) -> Vec<String> {
-    if !config.runs_chat() {
-        return match port {
-            Some(port) => config
-                .command
+/// The program and arguments of a worker: the configured command (with `{port}` filled in),
+/// or this binary's `serve` (run through [`EXE_FD`]) with the arguments left once the
+/// secrets are taken out of them.
+fn worker_argv(program: Program<'_>, serve_args: &[String], port: Option<u16>) -> Vec<String> {
+    match program {
+        Program::External { argv } => match port {
+            Some(port) => argv
                 .iter()
                 .map(|arg| arg.replace("{port}", &port.to_string()))
                 .collect(),
-            None => config.command.clone(),
-        };
+            None => argv.to_vec(),
+        },
+        Program::BuiltIn { .. } => {
+            let mut argv = vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()];
+            argv.extend(serve_args.iter().cloned());
+            argv
+        }
     }
-    let mut argv = vec![format!("/proc/self/fd/{EXE_FD}"), "serve".into()];
-    argv.extend(serve_args.iter().cloned());
-    argv
 }
 
 /// Starts one worker process.
@@ -154,7 +157,8 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let ipc = dup_above(worker_end.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
     drop(worker_end);
     let private = dup_above(spec.private_socket, 64).map_err(SpawnError::Sockets)?;
-    let exe = if spec.config.runs_chat() {
+    let program = spec.config.program();
+    let exe = if program.is_built_in() {
         // The master's own binary, even if an upgrade replaced the file on disk since: workers
         // always speak the master's protocol. (Upgrades take a restart of the master.)
         let file = std::fs::File::open("/proc/self/exe").map_err(|source| SpawnError::Exec {
@@ -167,9 +171,8 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     };
 
     // The chat's secrets go through a pipe; other programs get their environment as given.
-    let (serve_args, env, secrets) = if spec.config.runs_chat() {
-        let serve_args = spec.config.command.get(1..).unwrap_or_default();
-        let mut separated = crate::secrets::separate(serve_args, &spec.config.env, spec.secret);
+    let (serve_args, env, secrets) = if let Program::BuiltIn { args } = program {
+        let mut separated = crate::secrets::separate(args, &spec.config.env, spec.secret);
         // A Redis URL exported to the master reaches the worker the same way, not by
         // inheritance (removed from its environment below).
         if let Ok(url) = std::env::var(crate::secrets::REDIS_URL) {
@@ -185,7 +188,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     } else {
         (Vec::new(), spec.config.env.clone(), None)
     };
-    let argv = worker_argv(spec.config, &serve_args, spec.port);
+    let argv = worker_argv(program, &serve_args, spec.port);
     // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
     // program runs as, which is what sd_listen_fds() checks.
     let mut command = Command::new("/bin/sh");
@@ -240,7 +243,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             .env_remove(crate::secrets::REDIS_URL);
     }
     match &spec.config.cwd {
-        Some(cwd) if !spec.config.runs_chat() => command.current_dir(cwd),
+        Some(cwd) if !program.is_built_in() => command.current_dir(cwd),
         // The chat needs no working directory; `/` is one every user may enter.
         _ => command.current_dir("/"),
     };

@@ -61,7 +61,7 @@ impl Inner {
                     .unwrap_or_default(),
                 None => "none".into(),
             },
-            scheduling: if state.config.runs_chat() {
+            scheduling: if state.config.capabilities().takes_handoff {
                 state.config.scheduling.to_string()
             } else {
                 Scheduling::Shared.to_string()

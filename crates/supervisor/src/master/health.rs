@@ -17,12 +17,12 @@ impl Inner {
     /// its CPU and memory. A worker that misses `max_misses` probes in a row is killed.
     pub(super) async fn health_loop(self: Arc<Self>) {
         loop {
-            let (health, max_memory, runs_chat) = {
+            let (health, max_memory, health_endpoint) = {
                 let state = self.lock();
                 (
                     state.config.health.clone(),
                     state.config.max_memory,
-                    state.config.runs_chat(),
+                    state.config.capabilities().health_endpoint,
                 )
             };
             tokio::time::sleep(health.interval).await;
@@ -69,7 +69,7 @@ impl Inner {
                 }
             }
             for target in probes {
-                tokio::spawn(self.clone().probe(target, health.clone(), runs_chat));
+                tokio::spawn(self.clone().probe(target, health.clone(), health_endpoint));
             }
             for (slot, memory) in over_memory {
                 self.apply(Event::MemoryExceeded { slot, memory });

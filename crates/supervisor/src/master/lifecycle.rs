@@ -22,8 +22,9 @@ impl Inner {
             let state = self.lock();
             (state.run_as, state.base_env.clone())
         };
-        let sticky = config.scheduling == Scheduling::Sticky && config.runs_chat();
-        let wait_ready = config.wait_ready && !config.runs_chat();
+        let capabilities = config.capabilities();
+        let sticky = config.scheduling == Scheduling::Sticky && capabilities.takes_handoff;
+        let wait_ready = config.wait_ready && !capabilities.speaks_ipc;
         let sockets = (|| {
             let private = private?;
             let pair = sticky.then(handoff::pair).transpose()?;
@@ -189,7 +190,7 @@ impl Inner {
     /// `wait_ready`, once they send READY=1, see [`crate::notify`]); any
     /// worker not ready within `ready_timeout` is killed (and so restarted).
     pub(super) async fn readiness_deadline(self: Arc<Self>, generation: u64, config: AppConfig) {
-        if !config.runs_chat() && !config.wait_ready {
+        if !config.capabilities().speaks_ipc && !config.wait_ready {
             tokio::time::sleep(config.restart.min_uptime).await;
             self.mark_ready(generation, false);
         }

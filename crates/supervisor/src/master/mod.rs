@@ -213,7 +213,7 @@ impl Master {
             inner.clone().start_proc(slot, Role::Current);
         }
         inner.top_up_spares();
-        if config.scheduling == Scheduling::Sticky && config.runs_chat() {
+        if config.scheduling == Scheduling::Sticky && config.capabilities().takes_handoff {
             tokio::spawn(inner.clone().dispatch_loop());
         }
         tokio::spawn(inner.clone().health_loop());

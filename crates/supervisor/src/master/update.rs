@@ -42,7 +42,7 @@ pub fn fixed_settings_changed(old: &AppConfig, new: &AppConfig) -> Option<String
     // A program cannot turn into the chat or back: their sockets and channels differ.
     check(
         "the program (chat or not)",
-        old.runs_chat() == new.runs_chat(),
+        old.capabilities() == new.capabilities(),
     );
     (!changed.is_empty()).then(|| {
         format!(
