@@ -1,7 +1,9 @@
 //! `chatctl`: parses the command line and prints; everything it does is a library call.
 
+mod app_config;
 mod apps;
 mod flags;
+mod master_process;
 mod serve;
 
 use flags::{Cli, Command};
@@ -29,8 +31,8 @@ fn main() {
             let threads = args.threads;
             run_proxy(args.into_config(), threads)
         }
-        Command::Run(args) => apps::run(args),
-        Command::Master { name } => apps::master(&name),
+        Command::Run(args) => master_process::run(args),
+        Command::Master { name } => master_process::master(&name),
         Command::Logs {
             name,
             nostream,
@@ -42,7 +44,7 @@ fn main() {
     };
     if let Err(error) = result {
         eprintln!("chatctl: {error:#}");
-        let usage = error.downcast_ref::<apps::UsageError>().is_some();
+        let usage = error.downcast_ref::<app_config::UsageError>().is_some();
         std::process::exit(if usage { 2 } else { 1 });
     }
 }
@@ -79,7 +81,7 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn client_command(command: Command) -> anyhow::Result<()> {
     use supervisor::Request;
     match command {
-        Command::Start(args) => apps::start(args).await,
+        Command::Start(args) => master_process::start(args).await,
         Command::List { json } => apps::list(json).await,
         Command::Jlist => apps::list(true).await,
         Command::Status { name, json } => apps::status(name.as_deref(), json).await,

@@ -176,7 +176,7 @@ async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyho
     let shared = redis
         .filter(|_| args.secret_file.is_none())
         .map(|redis| async move {
-            crate::apps::shared_secret_of(redis)
+            crate::master_process::shared_secret_of(redis)
                 .await
                 .map_err(|error| format!("{error:#}"))
         });
