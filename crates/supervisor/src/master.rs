@@ -9,14 +9,13 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::{Backoff, RestartDecision};
 use crate::config::{AppConfig, Scheduling};
 use crate::control::{AppStatus, Request, Response, SpareStatus, Status, WorkerStatus};
-use crate::dispatch::{self, Peeked, Target};
 use crate::drops::Drops;
 use crate::handoff;
 use crate::ipc::{message_lines, read_message, write_message, ReadEnd, ToMaster, ToWorker};
@@ -24,9 +23,10 @@ use crate::logs::{LogSink, Stream};
 use crate::outbox::{relay_line, Outbox, Refused};
 use crate::paths::AppPaths;
 use crate::procstat::{rss_bytes, CpuSampler};
-use crate::route_tag::{self, Owner};
 use crate::signals::SignalName;
 use crate::spawn::{lookup_user, signal, spawn_worker, Connections, RunAs, WorkerSpec};
+use sticky::dispatch::{self, Peeked, Target};
+use sticky::route_tag::{self, Owner};
 
 /// New connections whose request line the master may wait for at once (sticky scheduling);
 /// beyond this, accepting waits and further clients queue in the kernel's backlog.
@@ -285,7 +285,7 @@ impl Master {
         let listener = if config.no_listen {
             None
         } else {
-            let bound = crate::listen::bind(config.listen)
+            let bound = sticky::listen::bind(config.listen)
                 .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
             Some(bound)
         };
@@ -394,7 +394,7 @@ impl Master {
                     Ok((stream, _)) => {
                         tokio::spawn(inner.clone().serve_control(stream));
                     }
-                    Err(error) => crate::listen::after_accept_error(&error).await,
+                    Err(error) => sticky::listen::after_accept_error(&error).await,
                 },
                 _ = finished.wait_for(|done| *done) => break,
             }

@@ -29,7 +29,7 @@ impl Inner {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    crate::listen::after_accept_error(&error).await;
+                    sticky::listen::after_accept_error(&error).await;
                     continue;
                 }
             };
