@@ -1,5 +1,6 @@
-//! Sticky scheduling, the reading half: which worker a new connection belongs to, from its
-//! first request line, read with MSG_PEEK so the bytes stay in the socket for the worker.
+//! Sticky scheduling in the master, the reading half: which worker a new connection belongs
+//! to, from its first request line, read with MSG_PEEK so the bytes stay in the socket for the
+//! worker; and the answer to a connection no worker takes.
 
 use std::time::Duration;
 
@@ -193,6 +194,17 @@ mod tests {
         // A parameter that only ends in "sid" is not the sid.
         let other = format!("GET /x?nosid={sid} HTTP/1.1");
         assert_eq!(parse(other.as_bytes()), Peeked::Request(Target::Other));
+    }
+
+    #[test]
+    fn a_sid_is_read_as_sent_and_a_target_that_is_not_utf8_names_no_session() {
+        let tag = route_tag::encode(owner(3, 17));
+        let escaped: String = tag.bytes().map(|b| format!("%{b:02X}")).collect();
+        let target = format!("/socket.io/?EIO=4&transport=polling&sid={escaped}rest");
+        assert_eq!(classify(target.as_bytes()), Target::Handshake);
+        let mut target = b"/socket.io/\xff?EIO=4&sid=".to_vec();
+        target.extend_from_slice(format!("{tag}rest").as_bytes());
+        assert_eq!(classify(&target), Target::Other);
     }
 
     #[test]

@@ -88,8 +88,7 @@ mod tests {
 
     #[test]
     fn a_bound_socket_accepts_connections() {
-        let listener = bind("127.0.0.1:0");
-        let listener = listener.expect("loopback binds");
+        let listener = bind("127.0.0.1:0").expect("loopback binds");
         let address = listener.local_addr().expect("a bound address");
         let client = std::net::TcpStream::connect(address);
         assert!(client.is_ok(), "{client:?}");
