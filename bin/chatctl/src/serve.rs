@@ -9,9 +9,9 @@ use chat::{ChatConfig, ChatServer, MemoryStore};
 use engineio::CorsPolicy;
 
 use futures_util::FutureExt;
+use sticky::route_tag;
 use supervisor::drops::Drops;
 use supervisor::ipc::WorkerLink;
-use supervisor::route_tag;
 
 use crate::flags::ServeArgs;
 
@@ -51,7 +51,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         (None, Some(listener)) => Some(listener),
         (None, None) => {
             let address = format!("{}:{}", args.host, args.port);
-            Some(supervisor::listen::bind(&address).with_context(|| {
+            Some(sticky::listen::bind(&address).with_context(|| {
                 format!("cannot listen on {address} — is another server using that port? choose another with --port")
             })?)
         }
@@ -414,7 +414,7 @@ fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    supervisor::listen::after_accept_error(&error).await;
+                    sticky::listen::after_accept_error(&error).await;
                     continue;
                 }
             };

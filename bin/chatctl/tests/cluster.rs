@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use serde_json::Value;
-use supervisor::route_tag;
+use sticky::route_tag;
 use support::{all_online, python_program, signal, wait_for_value, workers, App, DEADLINE};
 
 /// Users in the room.

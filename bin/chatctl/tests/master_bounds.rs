@@ -257,9 +257,7 @@ fn a_worker_full_of_connections_keeps_descriptors_for_its_health_probe() {
     let listed = app.wait_listed("one online worker", |a| all_online(a, 1));
     let worker = workers(&listed)[0]["pid"].as_u64().expect("a pid") as u32;
     let tag = workers(&listed)[0]["sid_tag"].as_str().expect("a sid tag");
-    let id = supervisor::route_tag::decode(tag)
-        .expect("a valid tag")
-        .slot;
+    let id = sticky::route_tag::decode(tag).expect("a valid tag").slot;
     let environ = std::fs::read(format!("/proc/{worker}/environ")).expect("the worker's environ");
     let token = String::from_utf8_lossy(&environ)
         .split('\0')

@@ -9,8 +9,8 @@ mod support;
 use std::io::Read;
 use std::sync::mpsc;
 
+use sticky::route_tag::{self, Owner};
 use supervisor::handoff;
-use supervisor::route_tag::{self, Owner};
 use support::{all_online, http_get, signal, worker_pids, workers, App, DEADLINE};
 
 /// The master's token for its workers' private socket names, from worker `pid`'s environment.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use supervisor::route_tag::{self, Owner};
+use sticky::route_tag::{self, Owner};
 use support::{all_online, chatctl_exe, http_get, wait_for_value, wait_until, workers};
 use support::{node_program, App, ClientScript};
 

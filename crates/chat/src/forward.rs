@@ -25,14 +25,9 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn connect(&self, id: u16) -> Connecting;
 }
 
-/// The session id of a request: the `sid` query parameter (v4), or the last segment of a 0.9
-/// transport path (`/socket.io/1/xhr-polling/SID`).
+/// The session id of a request, by the rule every router shares.
 pub(crate) fn sid_of<B>(req: &Request<B>) -> Option<&str> {
-    let from_query = req
-        .uri()
-        .query()
-        .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("sid=")));
-    from_query.or_else(|| legacy::sid_in_path(req.uri().path()))
+    sticky::sid::of_request(req.uri().path(), req.uri().query())
 }
 
 /// Passes `req` to the peer behind `connecting` and returns its answer; answers larger than

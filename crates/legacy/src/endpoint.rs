@@ -197,17 +197,6 @@ fn socketio_connect_default() -> engineio::Message {
     engineio::Message::Text("0".into())
 }
 
-/// The sid of a 0.9 transport request path (`.../1/xhr-polling/SID`, `.../1/websocket/SID`),
-/// for whoever routes requests to the process that owns the session.
-pub fn sid_in_path(path: &str) -> Option<&str> {
-    let mut segments = path.trim_end_matches('/').rsplit('/');
-    let sid = segments.next()?;
-    let transport = segments.next()?;
-    let protocol = segments.next()?;
-    (protocol == PROTOCOL && matches!(transport, "xhr-polling" | "websocket") && !sid.is_empty())
-        .then_some(sid)
-}
-
 /// What a request for an unknown or ended session gets: the 0.9 advice to handshake again.
 fn not_handshaken() -> Response<Body> {
     text_response(StatusCode::OK, reconnect_advice())
@@ -225,22 +214,6 @@ fn seconds(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transport_paths_name_their_sid() {
-        assert_eq!(
-            sid_in_path("/socket.io/1/xhr-polling/AAABxyz"),
-            Some("AAABxyz")
-        );
-        assert_eq!(
-            sid_in_path("/socket.io/1/websocket/AAABxyz/"),
-            Some("AAABxyz")
-        );
-        assert_eq!(sid_in_path("/socket.io/1/"), None);
-        assert_eq!(sid_in_path("/socket.io/1/jsonp-polling/x"), None);
-        assert_eq!(sid_in_path("/socket.io/"), None);
-        assert_eq!(sid_in_path("/x/2/websocket/abc"), None);
-    }
 
     #[test]
     fn handshake_times_are_seconds_with_fractions_when_needed() {

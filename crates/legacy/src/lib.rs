@@ -17,5 +17,5 @@ mod translate;
 mod transport;
 
 pub use config::LegacyConfig;
-pub use endpoint::{sid_in_path, Authorize, LegacyEndpoint};
+pub use endpoint::{Authorize, LegacyEndpoint};
 pub use error::CodecError;

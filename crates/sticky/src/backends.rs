@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{BackendSpec, Policy};
+use crate::{route_tag, sid};
 
 /// One host and what the proxy knows about it.
 #[derive(Debug)]
@@ -98,11 +99,7 @@ impl Backends {
     /// names no node of ours: any healthy backend answers those ([`Backends::pick_healthy_except`]),
     /// with "Session ID unknown" for a sid, which makes the client open a new session.
     pub fn owner(&self, path: &str, query: Option<&str>) -> Option<Arc<Backend>> {
-        let sid = match query.and_then(sid) {
-            Some(sid) => sid,
-            None => supervisor::route_tag::sid_in_legacy_path(path)?.to_owned(),
-        };
-        let owner = supervisor::route_tag::decode(&sid)?;
+        let owner = route_tag::decode(sid::of_request(path, query)?)?;
         self.list
             .iter()
             .find(|b| b.spec.node == owner.node)
@@ -160,17 +157,10 @@ impl Backends {
     }
 }
 
-/// The `sid` parameter of a query string.
-fn sid(query: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == "sid")
-        .map(|(_, value)| value.into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use supervisor::route_tag::{encode, Owner};
+    use crate::route_tag::{encode, Owner};
 
     /// What the forwarder does before any backend refuses.
     fn route(backends: &Backends, query: Option<&str>) -> Option<Arc<Backend>> {

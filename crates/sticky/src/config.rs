@@ -41,11 +41,11 @@ impl std::str::FromStr for BackendSpec {
         let node: u16 = node
             .parse()
             .ok()
-            .filter(|node| *node <= supervisor::route_tag::MAX_ID)
+            .filter(|node| *node <= crate::route_tag::MAX_ID)
             .ok_or_else(|| {
                 format!(
                     "backend node id `{node}` is not a number from 0 to {}",
-                    supervisor::route_tag::MAX_ID
+                    crate::route_tag::MAX_ID
                 )
             })?;
         Ok(BackendSpec {

@@ -25,6 +25,4 @@ pub enum Error {
     },
     #[error("the client did not send its request body within {timeout:?}")]
     SlowBody { timeout: std::time::Duration },
-    #[error("cannot accept connections: {0}")]
-    Accept(std::io::Error),
 }

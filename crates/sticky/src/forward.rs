@@ -345,24 +345,12 @@ fn empty() -> ProxyBody {
         .boxed()
 }
 
-/// A short plain-text answer of the proxy itself.
-/// Engine.IO's `400 {"code":1,"message":"Session ID unknown"}`.
+/// Engine.IO's own answer for a session it does not know, on which clients reconnect.
 fn unknown_session() -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(
-            br#"{"code":1,"message":"Session ID unknown"}"#,
-        ))
-        .map_err(|never| match never {})
-        .boxed(),
-    );
-    *response.status_mut() = StatusCode::BAD_REQUEST;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    engineio::unknown_session().map(|body| body.map_err(|never| match never {}).boxed())
 }
 
+/// A short plain-text answer of the proxy itself.
 pub fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(text.to_owned()))

@@ -3,10 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::backends::{Backend, Backends};
+use crate::backends::Backends;
+use crate::probe;
 
 /// Probes every backend forever (the task is aborted when the proxy stops).
 pub async fn check_forever(
@@ -22,9 +20,8 @@ pub async fn check_forever(
         let probes = backends.all().iter().cloned().map(|backend| {
             let backends = backends.clone();
             tokio::spawn(async move {
-                let passed = tokio::time::timeout(timeout, probe(&backend))
-                    .await
-                    .unwrap_or(false);
+                let probe = probe::check(&backend.spec.address, Some("/healthz"));
+                let passed = matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(true)));
                 backends.record_probe(&backend, passed, misses);
             })
         });
@@ -32,24 +29,4 @@ pub async fn check_forever(
             let _ = probe.await;
         }
     }
-}
-
-/// Whether the backend answers `/healthz` with a 2xx status.
-async fn probe(backend: &Backend) -> bool {
-    let Ok(mut stream) = TcpStream::connect(&backend.spec.address).await else {
-        return false;
-    };
-    let request = format!(
-        "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        backend.spec.address
-    );
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    // The status line is all we need: "HTTP/1.1 200 ...".
-    let mut head = [0u8; 12];
-    if stream.read_exact(&mut head).await.is_err() {
-        return false;
-    }
-    head.starts_with(b"HTTP/1.") && head[9] == b'2'
 }

@@ -17,7 +17,7 @@ use crate::config::ProxyConfig;
 use crate::error::Error;
 use crate::forward::Forwarder;
 use crate::health;
-use crate::listener;
+use crate::listen;
 
 /// A bound sticky proxy; [`Proxy::serve`] runs it.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ impl Proxy {
                 return Err(Error::DuplicateNode(backend.node));
             }
         }
-        let listener = listener::listen(config.listen)?;
+        let listener = listen::inherited_or_bound(config.listen)?;
         let backends = Arc::new(Backends::new(config.backends.clone(), config.policy));
         Ok(Proxy {
             listener,
@@ -106,9 +106,7 @@ impl Proxy {
             let (stream, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of descriptors and similar are passing: wait a little and go on.
-                    tracing::warn!("{}", Error::Accept(error));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    listen::after_accept_error(&error).await;
                     continue;
                 }
             };

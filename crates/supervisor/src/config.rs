@@ -338,10 +338,10 @@ impl AppConfig {
                 "--no-listen is for programs that serve no port; the chat app serves HTTP: drop --no-listen, or give the program after --".into(),
             );
         }
-        if self.node_id > crate::route_tag::MAX_ID {
+        if self.node_id > sticky::route_tag::MAX_ID {
             return bad(format!(
                 "node id must be between 0 and {}, not {}",
-                crate::route_tag::MAX_ID,
+                sticky::route_tag::MAX_ID,
                 self.node_id
             ));
         }

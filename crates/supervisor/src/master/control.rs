@@ -14,7 +14,7 @@ use crate::config::Scheduling;
 use crate::control::{AppStatus, Request, Response, SpareStatus, Status, WorkerStatus};
 use crate::ipc::{message_lines, read_message, write_message};
 use crate::procstat::rss_bytes;
-use crate::route_tag::{self, Owner};
+use sticky::route_tag::{self, Owner};
 
 impl Inner {
     pub(super) fn status(&self) -> AppStatus {

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::state::{Event, Phase};
 use super::{Inner, ProbeTarget};
 use crate::handoff;
@@ -95,7 +93,8 @@ impl Inner {
             let Some(port) = program_port else {
                 return true;
             };
-            let probe = crate::probe::program_healthy(port, health.url.as_deref());
+            let address = format!("127.0.0.1:{port}");
+            let probe = sticky::probe::check(&address, health.url.as_deref());
             matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(true)))
         };
         let http_ok = async {
@@ -130,10 +129,5 @@ impl Inner {
 /// `GET /healthz` over a worker's private socket.
 pub(super) async fn http_health(token: &str, worker_id: u16) -> std::io::Result<bool> {
     let mut stream = handoff::connect_private(token, worker_id, std::process::id()).await?;
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await?;
-    Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    sticky::probe::get_succeeds(&mut stream, "worker", "/healthz").await
 }

@@ -11,8 +11,8 @@ use crate::config::{AppConfig, Scheduling};
 use crate::handoff;
 use crate::logs::Stream;
 use crate::outbox::Outbox;
-use crate::route_tag;
 use crate::spawn::{signal, spawn_worker, Connections, WorkerSpec};
+use sticky::route_tag;
 
 impl Inner {
     /// Starts a process for a slot. Failures are recorded on the slot and retried later.

@@ -137,7 +137,7 @@ impl Master {
         let listener = if config.no_listen {
             None
         } else {
-            let bound = crate::listen::bind(config.listen)
+            let bound = sticky::listen::bind(config.listen)
                 .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
             Some(bound)
         };
@@ -232,7 +232,7 @@ impl Master {
                     Ok((stream, _)) => {
                         tokio::spawn(inner.clone().serve_control(stream));
                     }
-                    Err(error) => crate::listen::after_accept_error(&error).await,
+                    Err(error) => sticky::listen::after_accept_error(&error).await,
                 },
                 () = inner.finished() => break,
             }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{Inner, MAX_PEEKING};
 use crate::control::Status;
-use crate::dispatch::{self, Peeked, Target};
 use crate::handoff;
+use sticky::dispatch::{self, Peeked, Target};
 
 impl Inner {
     /// Sticky scheduling: accepts every connection and hands it to a worker.
@@ -35,7 +35,7 @@ impl Inner {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    crate::listen::after_accept_error(&error).await;
+                    sticky::listen::after_accept_error(&error).await;
                     continue;
                 }
             };

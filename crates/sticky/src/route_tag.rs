@@ -42,36 +42,9 @@ pub fn decode(sid: &str) -> Option<Owner> {
     })
 }
 
-/// The session id in a Socket.IO 0.9 transport path: 0.9 clients carry it as the last segment
-/// of `/socket.io/1/xhr-polling/SID` or `/socket.io/1/websocket/SID`, not in the query (the
-/// `legacy` crate serves these paths).
-pub fn sid_in_legacy_path(path: &str) -> Option<&str> {
-    let mut segments = path.trim_end_matches('/').rsplit('/');
-    let sid = segments.next()?;
-    let transport = segments.next()?;
-    let protocol = segments.next()?;
-    (protocol == "1" && matches!(transport, "xhr-polling" | "websocket") && !sid.is_empty())
-        .then_some(sid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn legacy_transport_paths_name_their_sid() {
-        assert_eq!(
-            sid_in_legacy_path("/socket.io/1/xhr-polling/AAABx"),
-            Some("AAABx")
-        );
-        assert_eq!(
-            sid_in_legacy_path("/socket.io/1/websocket/AAABx/"),
-            Some("AAABx")
-        );
-        assert_eq!(sid_in_legacy_path("/socket.io/1/"), None);
-        assert_eq!(sid_in_legacy_path("/socket.io/1/jsonp-polling/AAABx"), None);
-        assert_eq!(sid_in_legacy_path("/rooms"), None);
-    }
 
     #[test]
     fn tags_round_trip_for_every_slot_of_a_node() {

@@ -1,11 +1,13 @@
-//! Sticky scheduling, the reading half: which worker a new connection belongs to, from its
-//! first request line, read with MSG_PEEK so the bytes stay in the socket for the worker.
+//! Sticky scheduling in the master, the reading half: which worker a new connection belongs
+//! to, from its first request line, read with MSG_PEEK so the bytes stay in the socket for the
+//! worker; and the answer to a connection no worker takes.
 
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use crate::route_tag::{self, Owner};
+use crate::sid;
 
 /// Longest request line read before routing; longer ones are refused.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
@@ -89,12 +91,20 @@ fn parse(line: &[u8]) -> Peeked {
     Peeked::Request(classify(target))
 }
 
-/// Where a request target belongs: its session's owner, a handshake, or neither.
+/// Where a request target belongs: its session's owner, a handshake, or neither. A target that
+/// is not UTF-8 names no session (HTTP/1 targets are ASCII; the worker answers what it is).
 pub fn classify(target: &[u8]) -> Target {
-    if let Some(owner) = sid_owner(target) {
+    let Ok(target) = std::str::from_utf8(target) else {
+        return Target::Other;
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    if let Some(owner) = sid::of_request(path, query).and_then(route_tag::decode) {
         return Target::Session(owner);
     }
-    if opens_session(target) {
+    if opens_session(path, query) {
         Target::Handshake
     } else {
         Target::Other
@@ -103,38 +113,10 @@ pub fn classify(target: &[u8]) -> Target {
 
 /// Whether a target without a session id is a handshake: an Engine.IO request (`EIO=` in
 /// the query), or the Socket.IO 0.9 handshake `/socket.io/1/`.
-fn opens_session(target: &[u8]) -> bool {
-    let (path, query) = split_target(target);
-    let engine_io = query_value(query, b"EIO=").is_some();
-    let legacy = path.strip_suffix(b"/").unwrap_or(path).ends_with(b"/1");
+fn opens_session(path: &str, query: Option<&str>) -> bool {
+    let engine_io = query.is_some_and(|query| sid::query_value(query, "EIO").is_some());
+    let legacy = path.strip_suffix('/').unwrap_or(path).ends_with("/1");
     engine_io || legacy
-}
-
-/// The owner named by the session id of a request target: its `sid` query parameter
-/// (Engine.IO v4), or the sid in a Socket.IO 0.9 transport path.
-pub fn sid_owner(target: &[u8]) -> Option<Owner> {
-    let (path, query) = split_target(target);
-    let sid = match query_value(query, b"sid=") {
-        Some(sid) => std::str::from_utf8(sid).ok()?,
-        None => route_tag::sid_in_legacy_path(std::str::from_utf8(path).ok()?)?,
-    };
-    route_tag::decode(sid)
-}
-
-/// A request target's path and query.
-fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
-    let mut parts = target.splitn(2, |b| *b == b'?');
-    (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    )
-}
-
-/// The value of the first query parameter named by `key` (its name and `=`).
-fn query_value<'a>(query: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    query
-        .split(|b| *b == b'&')
-        .find_map(|pair| pair.strip_prefix(key))
 }
 
 /// Answers a connection the master does not hand over, and closes it. What the client sent
@@ -212,6 +194,17 @@ mod tests {
         // A parameter that only ends in "sid" is not the sid.
         let other = format!("GET /x?nosid={sid} HTTP/1.1");
         assert_eq!(parse(other.as_bytes()), Peeked::Request(Target::Other));
+    }
+
+    #[test]
+    fn a_sid_is_read_as_sent_and_a_target_that_is_not_utf8_names_no_session() {
+        let tag = route_tag::encode(owner(3, 17));
+        let escaped: String = tag.bytes().map(|b| format!("%{b:02X}")).collect();
+        let target = format!("/socket.io/?EIO=4&transport=polling&sid={escaped}rest");
+        assert_eq!(classify(target.as_bytes()), Target::Handshake);
+        let mut target = b"/socket.io/\xff?EIO=4&sid=".to_vec();
+        target.extend_from_slice(format!("{tag}rest").as_bytes());
+        assert_eq!(classify(&target), Target::Other);
     }
 
     #[test]
