@@ -39,7 +39,7 @@ fn a_room_spread_over_two_workers_behaves_as_one() {
 /// and no worker restarts; a killed worker's users leave within the liveness bound.
 #[test]
 fn a_room_spread_over_two_workers_behaves_as_one_through_redis() {
-    let mut redis = support::RedisServer::start(testkit::port());
+    let mut redis = support::RedisServer::start();
     let app = App::new("cluster-redis");
     let url = redis.url();
     app.start_ok(

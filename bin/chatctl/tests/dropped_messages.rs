@@ -9,7 +9,7 @@ use support::{all_online, signal, wait_for_value, workers, App, ClientScript};
 
 #[test]
 fn lines_lost_on_the_way_to_redis_are_told_to_the_sender_and_shown_by_status() {
-    let redis = support::RedisServer::start(testkit::port());
+    let redis = support::RedisServer::start();
     let app = App::new("drops");
     let url = redis.url();
     app.start_ok(

@@ -21,7 +21,7 @@ const USERS: usize = 20;
 #[test]
 fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() {
     let node = node_program();
-    let redis = support::RedisServer::start(testkit::port());
+    let redis = support::RedisServer::start();
     let hosts: Vec<(u16, App)> = [1, 2]
         .into_iter()
         .map(|node_id| (node_id, start_host(node_id, &redis.url())))
@@ -80,7 +80,7 @@ fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() 
 #[test]
 fn a_0_9_polling_user_sticks_to_its_host_through_the_proxy() {
     let node = node_program();
-    let redis = support::RedisServer::start(testkit::port());
+    let redis = support::RedisServer::start();
     let hosts: Vec<(u16, App)> = [1, 2]
         .into_iter()
         .map(|node_id| (node_id, start_host(node_id, &redis.url())))

@@ -1,25 +1,32 @@
 //! `chat-bench` against our chat server on a loopback port: every scenario's figures add up,
 //! a bad flag is a usage error, and a server that is not there is a failed run.
 
-// The chat's bounded child runner and background server, shared rather than written again.
-#[path = "../../chat/tests/common/mod.rs"]
-mod common;
-
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{run_bounded, BackgroundServer, ChildRun};
 use serde_json::Value;
+use testkit::clients::{run_bounded, ChildRun};
+use testkit::BackgroundServer;
 
 /// Each run takes a few seconds; this only bounds a hung run.
 const RUN_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Our chat server with the store of one process; stopped once the runs are over.
 fn server() -> BackgroundServer {
-    BackgroundServer::start(chat::ChatConfig {
+    let config = chat::ChatConfig {
         secret: b"chat-bench end-to-end secret".to_vec(),
         // The benchmark sends faster than a person; the default limit would drop messages.
         messages_per_second: 1_000_000,
         ..chat::ChatConfig::default()
+    };
+    let server = chat::ChatServer::new(config, Arc::new(chat::MemoryStore::default()));
+    BackgroundServer::start(|listener, stopped| async move {
+        let drain = async {
+            let _ = stopped.await;
+            Duration::from_secs(1)
+        };
+        server.serve(listener, drain).await
     })
 }
 

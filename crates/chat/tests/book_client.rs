@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run_bounded, BackgroundServer};
+use common::run_bounded;
 
 /// A few seconds when idle; this bounds a hung browser on a busy machine.
 const BROWSER_RUN_DEADLINE: Duration = Duration::from_secs(300);
@@ -28,7 +28,7 @@ fn the_books_chapter_4_page_chats_on_the_0_9_client_and_on_ours() {
         Path::new(&chromium).exists(),
         "{chromium:?} is missing: run ops/test-deps.sh as root, or set CHATCTL_CHROMIUM"
     );
-    let server = BackgroundServer::start(chat::ChatConfig {
+    let server = common::chat_server(chat::ChatConfig {
         secret: b"book client test secret".to_vec(),
         ..chat::ChatConfig::default()
     });

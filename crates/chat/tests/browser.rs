@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run_bounded, BackgroundServer, ChildRun};
+use common::{run_bounded, ChildRun};
 
 use chat::ChatConfig;
 
@@ -83,7 +83,7 @@ fn run_browser(base_url: &str, chromium: &Path, screenshots: &Path) -> ChildRun 
 fn chromium_users_log_in_chat_in_rooms_and_see_markup_as_text() {
     let chromium = chromium();
     let screenshots = screenshot_dir();
-    let server = BackgroundServer::start(test_config());
+    let server = common::chat_server(test_config());
     let run = run_browser(&server.url, &chromium, &screenshots);
     server.stop();
 

@@ -125,7 +125,7 @@ fn config() -> chat::ChatConfig {
 
 #[test]
 fn logins_beyond_an_address_budget_get_429_and_other_addresses_still_log_in() {
-    let server = BackgroundServer::start(config());
+    let server = common::chat_server(config());
     let addr = address(&server);
     let attacker: IpAddr = "127.0.0.1".parse().unwrap();
     for i in 0..3 {
@@ -151,7 +151,7 @@ fn logins_beyond_an_address_budget_get_429_and_other_addresses_still_log_in() {
 
 #[test]
 fn logout_is_a_post_from_our_own_pages() {
-    let server = BackgroundServer::start(config());
+    let server = common::chat_server(config());
     let addr = address(&server);
     let here: IpAddr = "127.0.0.1".parse().unwrap();
     let same_origin = format!("http://{addr}");

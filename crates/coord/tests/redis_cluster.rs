@@ -7,109 +7,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat::Store;
 use coord::{RedisConfig, RedisLink, RedisStore};
 use serde_json::json;
 
-use common::{collect_lines, keep, login, worker, Client, RedisServer, DEADLINE};
+use common::{collect_lines, keep, login, worker, Client};
+use testkit::redis::RedisCluster;
 
-/// Three masters without replicas, every slot assigned, `cluster_state:ok` on each.
-struct RedisCluster {
-    nodes: Vec<RedisServer>,
-}
-
-impl RedisCluster {
-    fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
-        let mut create = Command::new("redis-cli");
-        create
-            .args(["--cluster", "create"])
-            .args(nodes.iter().map(RedisServer::address))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = create
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot run redis-cli ({error}): run ops/test-deps.sh"));
-        let pid = child.id();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done_tx.send(child.wait_with_output());
-        });
-        match done_rx.recv_timeout(DEADLINE) {
-            Ok(Ok(output)) if output.status.success() => {}
-            Ok(Ok(output)) => panic!(
-                "redis-cli --cluster create failed:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
-            Ok(Err(error)) => panic!("redis-cli --cluster create: {error}"),
-            Err(_) => {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                panic!("redis-cli --cluster create did not finish");
-            }
-        }
-        let cluster = RedisCluster { nodes };
-        for node in &cluster.nodes {
-            cluster.wait_until_ok(node);
-        }
-        cluster
-    }
-
-    /// Polls `CLUSTER INFO` on `node` until it reports `cluster_state:ok`, within [`DEADLINE`].
-    fn wait_until_ok(&self, node: &RedisServer) {
-        let deadline = Instant::now() + DEADLINE;
-        let mut connection = redis::Client::open(node.url())
-            .and_then(|client| client.get_connection_with_timeout(DEADLINE))
-            .expect("connect to a cluster node");
-        loop {
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query(&mut connection)
-                .expect("CLUSTER INFO");
-            if info.lines().any(|line| line.trim() == "cluster_state:ok") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} never reached cluster_state:ok:\n{info}",
-                node.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The seed URLs for `RedisConfig::url`: two of the three, so the third is found.
-    fn url(&self) -> String {
-        format!("{},{}", self.nodes[0].url(), self.nodes[1].url())
-    }
-
-    /// The port of the node that owns `name`'s slot: the only one that runs a command on it
-    /// instead of answering MOVED.
-    fn owner(&self, name: &str) -> u16 {
-        let owners: Vec<u16> = self
-            .nodes
-            .iter()
-            .filter(|node| {
-                let mut connection = redis::Client::open(node.url())
-                    .and_then(|client| client.get_connection_with_timeout(DEADLINE))
-                    .expect("connect to a cluster node");
-                redis::cmd("EXISTS")
-                    .arg(name)
-                    .query::<i64>(&mut connection)
-                    .is_ok()
-            })
-            .map(|node| node.port)
-            .collect();
-        assert_eq!(owners.len(), 1, "{name} is owned by {owners:?}");
-        owners[0]
-    }
-}
-
+/// The cluster client with sharded pub/sub, seeded with two of the three nodes.
 fn cluster_config(cluster: &RedisCluster) -> RedisConfig {
     RedisConfig {
         cluster: true,

@@ -1,14 +1,15 @@
-//! The Engine.IO server: routes each HTTP request of the engine's path to the handshake, a
-//! polling transport or a websocket, and owns the table of open sessions.
+//! The Engine.IO server's core: the table of open sessions, opening a session, its heartbeat,
+//! and handing each packet a transport read to the [`Handler`]. The transports
+//! (`transport/{polling,ws}.rs`) and the router (`router.rs`, which picks a transport for each
+//! request) call into it; it calls neither.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http::header::HeaderName;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
 use crate::config::EngineConfig;
@@ -17,7 +18,6 @@ use crate::packet::{Message, Packet};
 use crate::pending::{PeerAddr, PendingSessions};
 use crate::sid::generate_sid;
 use crate::socket::{DisconnectReason, Socket, Transport};
-use crate::transport::{polling, ws};
 
 /// The body type of every response the engine makes.
 pub type Body = Full<Bytes>;
@@ -89,30 +89,6 @@ impl ErrorCode {
     }
 }
 
-/// The query parameters Engine.IO reads.
-#[derive(Debug, Default)]
-struct EngineQuery<'a> {
-    eio: Option<&'a str>,
-    transport: Option<&'a str>,
-    sid: Option<&'a str>,
-}
-
-impl<'a> EngineQuery<'a> {
-    fn parse(query: &'a str) -> Self {
-        let mut parsed = EngineQuery::default();
-        for pair in query.split('&') {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "EIO" => parsed.eio = Some(value),
-                "transport" => parsed.transport = Some(value),
-                "sid" => parsed.sid = Some(value),
-                _ => {}
-            }
-        }
-        parsed
-    }
-}
-
 /// Open sessions by id: the table every request with a `sid` is looked up in.
 type SessionTable<D> = RwLock<HashMap<Arc<str>, Arc<Socket<D>>>>;
 
@@ -172,107 +148,6 @@ impl<H: Handler> Engine<H> {
         };
         for socket in sessions {
             socket.close(reason);
-        }
-    }
-
-    /// Answers one HTTP request for the engine's path.
-    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let allow_origin = match self.check_origin(&req) {
-            Ok(allow) => allow,
-            Err(response) => return response,
-        };
-        let mut response = self.route(req).await;
-        if let Some(origin) = allow_origin {
-            let headers = response.headers_mut();
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-        }
-        response
-    }
-
-    async fn route<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        if req.method() == Method::OPTIONS {
-            return preflight();
-        }
-        let query = req.uri().query().unwrap_or("").to_owned();
-        let query = EngineQuery::parse(&query);
-        if query.eio != Some("4") {
-            return error_response(ErrorCode::UnsupportedProtocolVersion);
-        }
-        let transport = match query.transport {
-            Some("polling") => Transport::Polling,
-            Some("websocket") => Transport::Websocket,
-            _ => return error_response(ErrorCode::UnknownTransport),
-        };
-        let method = req.method().clone();
-        match (method, transport, query.sid) {
-            (Method::GET, Transport::Polling, None) => self.open_polling(req),
-            (Method::GET, Transport::Websocket, None) => ws::open(self, req),
-            (Method::GET, Transport::Websocket, Some(sid)) => match self.live_session(sid) {
-                Some(socket) => ws::upgrade(self, socket, req),
-                None => error_response(ErrorCode::UnknownSid),
-            },
-            (method @ (Method::GET | Method::POST), Transport::Polling, Some(sid)) => {
-                let Some(socket) = self.live_session(sid) else {
-                    return error_response(ErrorCode::UnknownSid);
-                };
-                if socket.transport() != Transport::Polling {
-                    return error_response(ErrorCode::BadRequest);
-                }
-                if method == Method::GET {
-                    polling::poll(self, &socket).await
-                } else {
-                    polling::post(self, &socket, req.into_body()).await
-                }
-            }
-            _ => error_response(ErrorCode::BadHandshakeMethod),
-        }
-    }
-
-    fn live_session(&self, sid: &str) -> Option<Arc<Socket<H::Data>>> {
-        self.session(sid).filter(|socket| !socket.is_closed())
-    }
-
-    /// Applies the CORS policy. `Ok(Some(origin))` means the response must allow that origin.
-    fn check_origin<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, Response<Body>> {
-        let Some(origin) = req.headers().get(header::ORIGIN) else {
-            // Not a browser, or a same-origin GET: nothing to allow or refuse.
-            return Ok(None);
-        };
-        let origin_str = origin.to_str().unwrap_or("");
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        if self.config.cors.allows(origin_str, host) {
-            Ok(Some(origin.clone()))
-        } else {
-            tracing::debug!(
-                origin = origin_str,
-                "refused a request from a foreign origin"
-            );
-            Err(json_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden))
-        }
-    }
-
-    fn open_polling<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body> {
-        match self.open_session(Transport::Polling, &req) {
-            Ok(socket) => {
-                let open = self.open_packet(&socket);
-                polling::text_response(open)
-            }
-            Err(response) => response,
         }
     }
 
@@ -374,44 +249,6 @@ impl<H: Handler> Engine<H> {
             }
         }
     }
-
-    /// Accepts connections on `listener` and serves this engine on them (other paths get 404).
-    /// For servers whose only job is Engine.IO: examples, tests, the conformance server.
-    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        loop {
-            let (stream, peer): (_, SocketAddr) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like pass: keep serving the others.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let engine = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |mut req: Request<_>| {
-                    let engine = engine.clone();
-                    req.extensions_mut().insert(PeerAddr(peer.ip()));
-                    async move {
-                        let response = if engine.handles(req.uri().path()) {
-                            engine.handle(req).await
-                        } else {
-                            not_found()
-                        };
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .with_upgrades();
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            });
-        }
-    }
 }
 
 /// Pings the client, ends the session when it stops answering, and tells the handler once it
@@ -474,25 +311,6 @@ async fn run_session<H: Handler>(
     engine.handler.on_disconnect(socket, reason).await;
 }
 
-fn preflight() -> Response<Body> {
-    let mut response = Response::new(Body::default());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
-    response
-}
-
 /// Engine.IO's answer to a request for a session that does not exist (`400`, code 1), on which
 /// clients reconnect; for whoever answers for the engine (e.g. a process that forwards requests
 /// to a session's owner and finds it gone).
@@ -512,12 +330,6 @@ pub(crate) fn json_error(status: StatusCode, code: ErrorCode) -> Response<Body> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    response
-}
-
-pub(crate) fn not_found() -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from_static(b"Not Found")));
-    *response.status_mut() = StatusCode::NOT_FOUND;
     response
 }
 
@@ -547,16 +359,6 @@ fn detached_uri(uri: &Uri) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_engine_query() {
-        let q = EngineQuery::parse("EIO=4&transport=polling&t=abc&sid=x1");
-        assert_eq!(q.eio, Some("4"));
-        assert_eq!(q.transport, Some("polling"));
-        assert_eq!(q.sid, Some("x1"));
-        let q = EngineQuery::parse("");
-        assert!(q.eio.is_none() && q.transport.is_none() && q.sid.is_none());
-    }
 
     #[test]
     fn sessions_keep_copies_of_the_request_not_the_read_buffer() {

@@ -15,6 +15,7 @@ mod external;
 mod log_throttle;
 mod packet;
 mod pending;
+mod router;
 mod sid;
 mod socket;
 mod transport;

@@ -9,8 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use socketio::{SocketIo, SocketIoConfig};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use testkit::engineio::Ws;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -39,20 +38,7 @@ async fn server_with(config: SocketIoConfig) -> std::net::SocketAddr {
 
 /// Next text frame that is not a ping (pings are answered).
 async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        let message = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match message {
-            Message::Text(text) if text.as_str() == "2" => {
-                ws.send(Message::text("3")).await.ok()?
-            }
-            Message::Text(text) => return Some(text.to_string()),
-            Message::Close(_) => return None,
-            _ => {}
-        }
-    }
+    testkit::engineio::next_text_answering_pings(ws, DEADLINE).await
 }
 
 /// An Engine.IO session on a websocket, joined to the main namespace.

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use socketio::{SocketIo, SocketIoConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -87,20 +87,7 @@ async fn polling_handshakes(from: &str, server: SocketAddr, count: usize) -> Vec
 
 /// Next text frame that is not a ping (pings are answered).
 async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        let message = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match message {
-            Message::Text(text) if text.as_str() == "2" => {
-                ws.send(Message::text("3")).await.ok()?
-            }
-            Message::Text(text) => return Some(text.to_string()),
-            Message::Close(_) => return None,
-            _ => {}
-        }
-    }
+    testkit::engineio::next_text_answering_pings(ws, DEADLINE).await
 }
 
 /// A user from `from`: a websocket session that joins `/` and gets an echo back. Panics with

@@ -2,14 +2,14 @@
 //! directory and loopback port (stopped when the test ends, even by a panic), waiting on
 //! conditions instead of sleeping, and looking at processes through /proc.
 
-#![allow(dead_code)] // each test file uses its own part of this module
+#![allow(dead_code, unused_imports)] // each test file uses its own part of this module
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -201,18 +201,12 @@ pub fn all_online(app: &Value, count: usize) -> bool {
 }
 
 /// Calls `probe` until it returns Some, for at most [`DEADLINE`].
-pub fn wait_for_value<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            eprintln!("gave up waiting for {what}");
-            return None;
-        }
-        std::thread::sleep(POLL);
+pub fn wait_for_value<T>(what: &str, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let value = testkit::poll_until(DEADLINE, POLL, probe);
+    if value.is_none() {
+        eprintln!("gave up waiting for {what}");
     }
+    value
 }
 
 /// Waits until `condition` holds; panics after [`DEADLINE`].
@@ -329,43 +323,9 @@ pub fn http_get_on(mut stream: std::net::TcpStream, path: &str) -> std::io::Resu
     Ok((status, body))
 }
 
-/// `node`, with the npm Socket.IO client installed in ops/js (by ops/test-deps.sh).
-pub fn node_program() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let module = workspace.join("ops/js/node_modules/socket.io-client/package.json");
-    assert!(
-        module.is_file(),
-        "{} is missing: the Node.js Socket.IO client is not installed; run ops/test-deps.sh",
-        module.display()
-    );
-    match Command::new("node").arg("--version").output() {
-        Ok(output) if output.status.success() => PathBuf::from("node"),
-        Ok(output) => panic!(
-            "`node --version` failed ({}): run ops/test-deps.sh",
-            output.status
-        ),
-        Err(error) => panic!("cannot run `node` ({error}): install Node.js; run ops/test-deps.sh"),
-    }
-}
-
-/// The python with python-socketio installed (ops/test-deps.sh makes ops/python/.venv).
-pub fn python_program() -> PathBuf {
-    let python = std::env::var_os("CHATCTL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/python/.venv/bin/python")
-        });
-    let check = Command::new(&python)
-        .args(["-c", "import socketio, requests"])
-        .output();
-    match check {
-        Ok(output) if output.status.success() => python,
-        _ => panic!(
-            "{} cannot import python-socketio and requests: run ops/test-deps.sh",
-            python.display()
-        ),
-    }
-}
+/// `node` with the npm Socket.IO client, and the Python with python-socketio, as the test kit
+/// finds them.
+pub use testkit::clients::{node as node_program, python as python_program};
 
 /// A Node.js client program of `tests/clients/` (npm socket.io-client users) that prints one
 /// JSON report per line and reads its next phase from stdin; killed if the test ends early.
@@ -460,93 +420,4 @@ impl Drop for ClientScript {
     }
 }
 
-/// A `redis-server` of this test on loopback, killed by pid when dropped.
-pub struct RedisServer {
-    child: Child,
-    port: u16,
-    /// `requirepass`, if the server has one.
-    password: Option<String>,
-}
-
-impl RedisServer {
-    pub fn start(port: u16) -> RedisServer {
-        RedisServer::launch(port, None)
-    }
-
-    /// A server that wants `password` (`requirepass`).
-    pub fn start_with_password(port: u16, password: &str) -> RedisServer {
-        RedisServer::launch(port, Some(password))
-    }
-
-    fn launch(port: u16, password: Option<&str>) -> RedisServer {
-        let mut args = vec![
-            "--port".to_owned(),
-            port.to_string(),
-            "--bind".to_owned(),
-            "127.0.0.1".to_owned(),
-            "--save".to_owned(),
-            String::new(),
-            "--appendonly".to_owned(),
-            "no".to_owned(),
-        ];
-        if let Some(password) = password {
-            args.extend(["--requirepass".to_owned(), password.to_owned()]);
-        }
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): run ops/test-deps.sh"));
-        let server = RedisServer {
-            child,
-            port,
-            password: password.map(str::to_owned),
-        };
-        wait_until("redis-server answers PING", || server.answers_ping());
-        server
-    }
-
-    pub fn answers_ping(&self) -> bool {
-        use std::io::Read;
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        if let Some(password) = &self.password {
-            let mut ok = [0u8; 5];
-            let auth = format!("AUTH {password}\r\n");
-            if stream.write_all(auth.as_bytes()).is_err()
-                || stream.read_exact(&mut ok).is_err()
-                || &ok != b"+OK\r\n"
-            {
-                return false;
-            }
-        }
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    pub fn url(&self) -> String {
-        match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
-        }
-    }
-
-    /// Kills the server and starts an empty one on the same port.
-    pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        *self = RedisServer::launch(self.port, self.password.as_deref());
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use testkit::redis::RedisServer;

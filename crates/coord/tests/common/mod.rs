@@ -1,7 +1,7 @@
-//! What the Redis tests share: `redis-server` processes started on free loopback ports and killed
-//! by pid, `ChatServer` workers with the Redis bus and store, and a raw Socket.IO client.
+//! What the Redis tests share: `ChatServer` workers with the Redis bus and store, and a raw
+//! Socket.IO client of the chat. `redis-server` itself comes from the test kit.
 
-#![allow(dead_code)] // Each test file uses part of it.
+#![allow(dead_code, unused_imports)] // Each test file uses part of it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,118 +21,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 /// Bounds every wait: a hung server or client fails the test instead of stalling it.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-// ---- redis-server ----------------------------------------------------------------------------
-
-/// A `redis-server` of this test, killed (by pid) when dropped.
-pub struct RedisServer {
-    child: Child,
-    pub port: u16,
-    /// A cluster node's own directory (its `nodes.conf`), removed when dropped.
-    dir: Option<PathBuf>,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        Self::start_on(testkit::port())
-    }
-
-    /// Starts on `port` and returns once the server says it accepts connections.
-    pub fn start_on(port: u16) -> Self {
-        Self::spawn(port, None)
-    }
-
-    /// Starts a node for a Redis Cluster (`--cluster-enabled yes`) on a free port, in a
-    /// directory of its own for its cluster state file.
-    pub fn start_cluster_node() -> Self {
-        let port = testkit::port();
-        let dir =
-            std::env::temp_dir().join(format!("coord-redis-cluster-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a directory for the cluster node");
-        Self::spawn(port, Some(dir))
-    }
-
-    fn spawn(port: u16, dir: Option<PathBuf>) -> Self {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"]);
-        if let Some(dir) = &dir {
-            let conf = dir.join(format!("nodes-{port}.conf"));
-            command
-                .current_dir(dir)
-                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                .arg(conf)
-                .args(["--cluster-node-timeout", "5000"])
-                // The bus port defaults to port + 10000, which may lie in the kernel's
-                // ephemeral range: reserve one of its own.
-                .args(["--cluster-port", &testkit::port().to_string()]);
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot run redis-server ({error}): run ops/test-deps.sh (Debian package redis-server)")
-            });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut log = String::new();
-            let mut lines = BufReader::new(stdout);
-            let mut line = String::new();
-            let mut told = false;
-            while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                log.push_str(&line);
-                if !told && line.contains("Ready to accept connections") {
-                    let _ = ready_tx.send(Ok(()));
-                    told = true;
-                }
-                line.clear();
-            }
-            if !told {
-                let _ = ready_tx.send(Err(log));
-            }
-        });
-        match ready_rx.recv_timeout(DEADLINE) {
-            Ok(Ok(())) => RedisServer { child, port, dir },
-            Ok(Err(log)) => panic!("redis-server on port {port} exited:\n{log}"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("redis-server on port {port} did not get ready");
-            }
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Kills this server and starts an empty one on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        *self = Self::start_on(self.port);
-    }
-
-    /// `host:port`, as `redis-cli --cluster create` takes it.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
+pub use testkit::redis::RedisServer;
 
 // ---- chat workers ----------------------------------------------------------------------------
 
@@ -411,9 +300,7 @@ pub fn user_message(event: &Received) -> Option<(String, String)> {
 }
 
 pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    testkit::within(DEADLINE, what, future).await
 }
 
 /// Reads `client`'s events until `done` says the collected chat lines are complete.

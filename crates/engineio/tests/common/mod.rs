@@ -5,7 +5,7 @@
 //! disconnect, a closed websocket) and is bounded by [`DEADLINE`], which is generous because the
 //! timers under test are short.
 
-#![allow(dead_code)] // each test binary uses its own part of this module
+#![allow(dead_code, unused_imports)] // each test binary uses its own part of this module
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,17 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use engineio::{DisconnectReason, Engine, EngineConfig, Frame, Handler, Message, Socket};
 
@@ -34,14 +32,11 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// `max_payload` of the test server: small, so oversized input is cheap to build.
 pub const MAX_PAYLOAD: usize = 10_000;
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub use testkit::engineio::{Handshake, Ws, UNKNOWN_SID_BODY};
 
 /// Awaits `future`, failing the test if it takes longer than [`DEADLINE`].
 pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(DEADLINE, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
-    }
+    testkit::within(DEADLINE, what, future).await
 }
 
 /// The test configuration: a small payload limit, and timers out of the way of tests that are
@@ -201,11 +196,7 @@ impl TestServer {
 
     /// A websocket client request for the engine, with or without a session id.
     pub fn ws_request(&self, sid: Option<&str>) -> Request<()> {
-        let query = match sid {
-            Some(sid) => format!("EIO=4&transport=websocket&sid={sid}"),
-            None => "EIO=4&transport=websocket".to_owned(),
-        };
-        format!("ws://{}/socket.io/?{query}", self.addr)
+        testkit::engineio::websocket_url(self.addr, sid)
             .into_client_request()
             .expect("websocket request")
     }
@@ -247,36 +238,9 @@ impl TestServer {
     }
 }
 
-/// The fields of an open packet (`0{...}`).
-#[derive(Debug)]
-pub struct Handshake {
-    pub sid: String,
-    pub json: serde_json::Value,
-}
-
-impl Handshake {
-    pub fn parse(packet: &str) -> Self {
-        let json = packet
-            .strip_prefix('0')
-            .unwrap_or_else(|| panic!("not an open packet: {packet}"));
-        let json: serde_json::Value = serde_json::from_str(json).expect("open packet JSON");
-        let sid = json["sid"].as_str().expect("sid is a string").to_owned();
-        Handshake { sid, json }
-    }
-}
-
 /// The next websocket message, whatever it is (`None` when the connection ended).
 pub async fn next_message(ws: &mut Ws) -> Option<WsMessage> {
-    within("a websocket message", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Ok(message)) => return Some(message),
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
+    testkit::engineio::next_message(ws, DEADLINE).await
 }
 
 /// The next websocket text frame; panics on anything else.
@@ -300,6 +264,3 @@ pub async fn expect_ws_closed(ws: &mut Ws) {
         Some(other) => panic!("expected the websocket to close, got {other:?}"),
     }
 }
-
-/// The body the engine sends with a 400 for an unknown session, as clients expect it.
-pub const UNKNOWN_SID_BODY: &str = r#"{"code":1,"message":"Session ID unknown"}"#;

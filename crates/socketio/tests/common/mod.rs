@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,26 +19,11 @@ pub const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a server-side condition may take to become true.
 pub const CONDITION_DEADLINE: Duration = Duration::from_secs(15);
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
 
-/// Polls `condition` until it holds; panics with `what` after `deadline`. Waits are conditions,
-/// never fixed sleeps: the short pause between checks only keeps the loop from spinning.
-pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !condition() {
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+pub use testkit::wait_until;
 
 /// Timers short enough that heartbeats run during every scenario, long enough for a loaded CI
 /// machine.
@@ -219,78 +204,18 @@ impl ClientKind {
     fn command(self) -> Command {
         match self {
             ClientKind::Node => {
-                let node = node_program();
-                let mut command = Command::new(node);
+                let mut command = Command::new(testkit::clients::node());
                 command.arg(clients_dir().join("node_client.mjs"));
                 command
             }
             ClientKind::Python => {
-                let mut command = Command::new(python_program());
+                let mut command = Command::new(testkit::clients::python());
                 command
                     .arg("-u")
                     .arg(clients_dir().join("python_client.py"));
                 command
             }
         }
-    }
-}
-
-fn node_program() -> &'static Path {
-    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let checked = CHECKED.get_or_init(|| {
-        let module = workspace_root().join("ops/js/node_modules/socket.io-client/package.json");
-        if !module.is_file() {
-            return Err(format!(
-                "{} is missing: the Node.js Socket.IO client is not installed; run ops/test-deps.sh",
-                module.display()
-            ));
-        }
-        match Command::new("node").arg("--version").output() {
-            Ok(output) if output.status.success() => Ok(PathBuf::from("node")),
-            Ok(output) => Err(format!(
-                "`node --version` failed ({}): run ops/test-deps.sh",
-                output.status
-            )),
-            Err(error) => Err(format!(
-                "cannot run `node` ({error}): install Node.js; run ops/test-deps.sh"
-            )),
-        }
-    });
-    match checked {
-        Ok(path) => path,
-        Err(message) => panic!("{message}"),
-    }
-}
-
-fn python_program() -> &'static Path {
-    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let checked = CHECKED.get_or_init(|| {
-        let python = std::env::var_os("CHATCTL_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("ops/python/.venv/bin/python"));
-        let imports = Command::new(&python)
-            .args(["-c", "import socketio, engineio, websocket, requests"])
-            .output();
-        match imports {
-            Ok(output) if output.status.success() => Ok(python),
-            Ok(output) => Err(format!(
-                "{} cannot import python-socketio[client] ({}): run ops/test-deps.sh",
-                python.display(),
-                String::from_utf8_lossy(&output.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("no error output")
-            )),
-            Err(error) => Err(format!(
-                "cannot run {} ({error}): the Python client venv is missing; run ops/test-deps.sh \
-                 (or set CHATCTL_PYTHON)",
-                python.display()
-            )),
-        }
-    });
-    match checked {
-        Ok(path) => path,
-        Err(message) => panic!("{message}"),
     }
 }
 

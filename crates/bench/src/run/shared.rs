@@ -1,0 +1,178 @@
+//! What a run and its clients share: the control every client watches, room membership, and
+//! the counts and latencies the report is added up from.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Control;
+use crate::config::{BenchConfig, Scenario};
+use crate::stats::{new_histogram, DeliveryRecorder};
+use crate::BenchError;
+
+/// Sends of one phase; the receivers' side is in [`DeliveryRecorder`].
+#[derive(Default)]
+pub(crate) struct PhaseSends {
+    pub(super) sent: AtomicU64,
+    /// For each message, the other members of the sender's room at send time.
+    pub(super) expected: AtomicU64,
+}
+
+/// Errors printed on stderr before the rest are only counted.
+const ERRORS_SHOWN: u64 = 5;
+
+/// What the run and its clients share.
+pub(crate) struct Shared {
+    pub(crate) config: BenchConfig,
+    /// Room names of this run start with it, so runs in parallel do not meet.
+    pub(crate) room_prefix: String,
+    pub(crate) room_size: u32,
+    /// The clock that message stamps count from.
+    epoch: Instant,
+    pub(crate) control: watch::Sender<Control>,
+    /// Joined clients still connected, per room: the recipients a message is owed to.
+    pub(crate) room_members: Vec<AtomicU32>,
+    pub(crate) deliveries: DeliveryRecorder,
+    pub(super) phases: Vec<PhaseSends>,
+    /// Clients that joined once.
+    pub(super) connected: AtomicU64,
+    pub(super) connect_failed: AtomicU64,
+    /// Clients whose first attempt is over, either way: the connect phase ends at `clients`.
+    pub(super) settled: AtomicU64,
+    pub(super) errors: AtomicU64,
+    pub(super) cycles: AtomicU64,
+    /// Bytes of the packets the clients received (what the server sent them, less framing).
+    pub(super) received_bytes: AtomicU64,
+    /// When the last first join happened, in µs of `epoch`.
+    pub(super) last_joined_us: AtomicU64,
+    /// The lowest client index that joined: the fanout's sender.
+    pub(super) first_member: AtomicU32,
+    pub(super) connect_latency_us: Mutex<Histogram<u64>>,
+    pub(super) cycle_latency_us: Mutex<Histogram<u64>>,
+    /// Set by Ctrl-C or SIGTERM: every wait ends at once and the report is what was measured.
+    pub(super) interrupted: AtomicBool,
+}
+
+impl Shared {
+    /// The state of a run of `config`, before any client starts.
+    pub(super) fn new(config: BenchConfig) -> Self {
+        let room_size = config.effective_room_size();
+        let rooms = config.clients.div_ceil(room_size) as usize;
+        let phase_count = match config.scenario {
+            Scenario::Fanout => config.rates.len() + 1,
+            _ => 2,
+        };
+        let (control, _) = watch::channel(Control::Hold);
+        Shared {
+            room_prefix: format!("bench{}-", std::process::id()),
+            room_size,
+            epoch: Instant::now(),
+            control,
+            room_members: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
+            deliveries: DeliveryRecorder::new(phase_count),
+            phases: (0..phase_count).map(|_| PhaseSends::default()).collect(),
+            connected: AtomicU64::new(0),
+            connect_failed: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            cycles: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            last_joined_us: AtomicU64::new(0),
+            first_member: AtomicU32::new(u32::MAX),
+            connect_latency_us: Mutex::new(new_histogram()),
+            cycle_latency_us: Mutex::new(new_histogram()),
+            interrupted: AtomicBool::new(false),
+            config,
+        }
+    }
+
+    pub(crate) fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn problem(&self, count: u64, context: &str, error: &BenchError) {
+        if count <= ERRORS_SHOWN && self.config.progress {
+            eprintln!("chat-bench: {context}: {error}");
+        }
+    }
+
+    pub(crate) fn connect_failed(&self, error: &BenchError) {
+        let count = self.connect_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.settled.fetch_add(1, Ordering::Release);
+        self.problem(count, "cannot connect", error);
+    }
+
+    pub(crate) fn cycle_failed(&self, error: &BenchError) {
+        let count = self.connect_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.problem(count, "churn cycle failed", error);
+    }
+
+    pub(crate) fn error(&self, context: &str, error: &BenchError) {
+        let count = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        self.problem(count, context, error);
+    }
+
+    fn record_connect(&self, latency: Duration) {
+        if let Ok(mut histogram) = self.connect_latency_us.lock() {
+            histogram.saturating_record(latency.as_micros().max(1) as u64);
+        }
+    }
+
+    fn first_join(&self, index: u32) {
+        self.first_member.fetch_min(index, Ordering::Relaxed);
+        self.last_joined_us
+            .fetch_max(self.now_us(), Ordering::Relaxed);
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        self.settled.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn joined(&self, index: u32, room_slot: usize, latency: Duration) {
+        self.room_members[room_slot].fetch_add(1, Ordering::Relaxed);
+        self.record_connect(latency);
+        self.first_join(index);
+    }
+
+    pub(crate) fn cycle_completed(
+        &self,
+        connect: Duration,
+        cycle: Duration,
+        first: bool,
+        index: u32,
+    ) {
+        self.record_connect(connect);
+        if let Ok(mut histogram) = self.cycle_latency_us.lock() {
+            histogram.saturating_record(cycle.as_micros().max(1) as u64);
+        }
+        self.cycles.fetch_add(1, Ordering::Relaxed);
+        if first {
+            self.first_join(index);
+        }
+    }
+
+    /// Adds the bytes a client received, once it is done.
+    pub(crate) fn received(&self, bytes: u64) {
+        self.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn message_sent(&self, phase: u16, recipients: u64) {
+        if let Some(sends) = self.phases.get(usize::from(phase)) {
+            sends.sent.fetch_add(1, Ordering::Relaxed);
+            sends.expected.fetch_add(recipients, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn sent(&self, phases: std::ops::Range<usize>) -> (u64, u64) {
+        self.phases[phases]
+            .iter()
+            .fold((0, 0), |(sent, expected), p| {
+                (
+                    sent + p.sent.load(Ordering::Relaxed),
+                    expected + p.expected.load(Ordering::Relaxed),
+                )
+            })
+    }
+}
