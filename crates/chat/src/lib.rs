@@ -5,17 +5,20 @@
 mod config;
 mod connection_slot;
 pub mod cookie;
+mod departure;
 mod events;
 mod expiry;
 mod forward;
 mod login_budget;
 pub mod pages;
 mod rate_limit;
+mod routes;
 mod server;
 pub mod store;
 pub mod validate;
 
 pub use config::{load_or_create_secret, new_secret, ChatConfig, MIN_SECRET_LEN};
+pub use departure::Departure;
 pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
 pub use server::{Accept, ChatServer, Origin};
