@@ -197,3 +197,57 @@ pub(crate) fn matching_sockets(io: &SocketIo, query: WireBroadcast) -> Vec<Socke
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the room subscriptions an adapter asks for.
+    #[derive(Default)]
+    struct Recorder {
+        changes: Mutex<Vec<(String, bool)>>,
+    }
+
+    impl Driver for Recorder {
+        const ROOM_SUBSCRIPTIONS: bool = true;
+
+        fn publish(&self, _: WireBroadcast) -> Result<(), EmitError> {
+            Ok(())
+        }
+
+        fn subscribe(&self, room: &str) {
+            self.changes.lock().unwrap().push((room.to_owned(), true));
+        }
+
+        fn unsubscribe(&self, room: &str) {
+            self.changes.lock().unwrap().push((room.to_owned(), false));
+        }
+
+        fn ask_others(&self, _: WireBroadcast) -> BoxFuture<'static, Vec<SocketInfo>> {
+            std::future::ready(Vec::new()).boxed()
+        }
+    }
+
+    #[test]
+    fn a_room_is_subscribed_from_its_first_local_member_to_its_last() {
+        let adapter = RemoteAdapter::<Recorder>::new(Recorder::default());
+        let (a, b): (Sid, Sid) = ("a".into(), "b".into());
+        let room: Room = "r".into();
+        adapter.join(&a, std::slice::from_ref(&room));
+        // Joining twice, or a second member, changes nothing.
+        adapter.join(&a, std::slice::from_ref(&room));
+        adapter.join(&b, std::slice::from_ref(&room));
+        adapter.leave(&a, "r");
+        adapter.leave(&a, "r");
+        assert_eq!(
+            *adapter.driver.changes.lock().unwrap(),
+            vec![("r".to_owned(), true)]
+        );
+        adapter.leave_all(&b);
+        assert_eq!(
+            *adapter.driver.changes.lock().unwrap(),
+            vec![("r".to_owned(), true), ("r".to_owned(), false)]
+        );
+        assert!(adapter.rooms.lock().unwrap().is_empty());
+    }
+}

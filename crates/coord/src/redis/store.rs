@@ -99,9 +99,9 @@ pub struct RedisStore {
 }
 
 /// A store operation that Redis did not carry out: the store is unavailable.
-impl From<RedisError> for chat::StoreError {
+impl From<RedisError> for StoreError {
     fn from(error: RedisError) -> Self {
-        chat::StoreError::Unavailable(error.to_string())
+        StoreError::Unavailable(error.to_string())
     }
 }
 
