@@ -9,6 +9,7 @@ use serde_json::json;
 use socketio::{ConnectError, Event, Namespace, Socket, SocketIo};
 
 use crate::cookie::{CookieSigner, COOKIE_NAME};
+use crate::departure::Departure;
 use crate::rate_limit::{ConnectionBudget, Cost};
 use crate::store::{HistoryLimits, Store};
 use crate::validate;
@@ -304,9 +305,11 @@ async fn leave_room(state: &Arc<ChatState>, socket: &Socket, room: &str) {
             None
         });
     if let Some(nickname) = left {
-        let _ = socket
-            .to(room_key(room))
-            .emit("user_left", &json!({ "name": nickname }));
+        let _ = Departure {
+            room,
+            nickname: &nickname,
+        }
+        .announce_from(socket);
     }
     socket.leave(&room_key(room));
     if let Some(com) = socket.sibling(COM) {

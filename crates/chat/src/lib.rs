@@ -5,18 +5,21 @@
 mod config;
 mod connection_slot;
 pub mod cookie;
+mod departure;
 mod events;
 mod expiry;
 mod forward;
 mod login_budget;
 pub mod pages;
 mod rate_limit;
+mod routes;
 mod secret;
 mod server;
 pub mod store;
 pub mod validate;
 
 pub use config::ChatConfig;
+pub use departure::Departure;
 pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
 pub use secret::{cookie_key, load_or_create_secret, new_secret, SecretError, MIN_SECRET_LEN};

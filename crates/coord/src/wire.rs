@@ -1,5 +1,6 @@
-//! How broadcasts and store operations travel between processes: JSON, with binary frames in
-//! base64. A broadcast is encoded once by its sender and decoded once per receiving worker.
+//! How broadcasts travel between workers, through the master or Redis: JSON, with binary
+//! frames in base64. A broadcast is encoded once by its sender and decoded once per receiving
+//! worker.
 
 use base64::Engine as _;
 use engineio::{Frame, Str};
@@ -92,60 +93,6 @@ impl WireBroadcast {
         };
         Some((self.ns, frames, opts))
     }
-}
-
-/// The store operations of [`chat::Store`], as requests to the master.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum StoreOp {
-    CreateSession {
-        nickname: String,
-        ttl_ms: u64,
-    },
-    Session {
-        id: String,
-    },
-    DeleteSession {
-        id: String,
-    },
-    JoinRoom {
-        room: String,
-        nickname: String,
-        socket: String,
-    },
-    LeaveRoom {
-        room: String,
-        socket: String,
-    },
-    RoomCounts,
-    RoomUsers {
-        room: String,
-    },
-    PushHistory {
-        room: String,
-        entry: String,
-        keep: usize,
-        ttl_ms: u64,
-    },
-    History {
-        room: String,
-    },
-}
-
-impl StoreOp {
-    pub fn push_history(room: &str, entry: String, limits: chat::HistoryLimits) -> Self {
-        StoreOp::PushHistory {
-            room: room.to_owned(),
-            entry,
-            keep: limits.keep,
-            ttl_ms: millis(limits.ttl),
-        }
-    }
-}
-
-/// A duration in a store request, saturating (a `u64` of milliseconds is half a billion years).
-pub fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -38,14 +38,7 @@ pub(super) struct Answer {
 impl Question {
     /// This worker's sockets that match the question (none for a namespace it does not have).
     pub fn answer(self, io: &SocketIo) -> Answer {
-        let sockets = self
-            .query
-            .decode()
-            .and_then(|(ns, _, opts)| {
-                let ns = io.of(&ns)?;
-                Some(ns.socket_infos(&ns.adapter().sockets(&opts)))
-            })
-            .unwrap_or_default();
+        let sockets = crate::remote::matching_sockets(io, self.query);
         Answer {
             id: self.id,
             sockets,

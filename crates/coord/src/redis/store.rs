@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chat::{HistoryLimits, Session, Store, StoreError};
+use chat::{Departure, HistoryLimits, Session, Store, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::{AsyncCommands, Script};
 use socketio::SocketIo;
 
-use super::RedisLink;
+use super::{RedisError, RedisLink};
+use crate::millis;
 
 /// Adds a socket to a room unless it is there already; answers 1 when its nickname is new in
 /// the room. Also records the socket as this worker's and renews the worker's liveness key, so
@@ -78,30 +79,6 @@ redis.call('SREM', KEYS[2], ARGV[2])
 return gone
 ";
 
-/// How many workers other than this one are alive: those in `M:workers` whose liveness key has
-/// not lapsed (a dead one stays in the set until a heartbeat reaps it). Workers register there
-/// through their [`RedisStore`] (on a join and on each heartbeat).
-pub(super) async fn other_live_workers(link: &RedisLink) -> Result<usize, StoreError> {
-    let workers = link.member_key(&["workers"]);
-    let others: Vec<String> = link
-        .run(|mut c| async move { c.smembers::<_, Vec<String>>(workers).await })
-        .await?
-        .into_iter()
-        .filter(|uid| *uid != link.uid)
-        .collect();
-    if others.is_empty() {
-        return Ok(0);
-    }
-    let mut pipe = redis::pipe();
-    for uid in &others {
-        pipe.exists(link.member_key(&["worker", uid, "alive"]));
-    }
-    let alive: Vec<bool> = link
-        .run(|mut c| async move { pipe.query_async(&mut c).await })
-        .await?;
-    Ok(alive.into_iter().filter(|alive| *alive).count())
-}
-
 /// A socket this worker put in a room: (room, socket id), with the nickname it joined under.
 type Membership = (String, String);
 
@@ -121,9 +98,11 @@ pub struct RedisStore {
     history_queue: OnceLock<tokio::sync::mpsc::Sender<HistoryEntry>>,
 }
 
-/// A TTL in milliseconds, saturating.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+/// A store operation that Redis did not carry out: the store is unavailable.
+impl From<RedisError> for StoreError {
+    fn from(error: RedisError) -> Self {
+        StoreError::Unavailable(error.to_string())
+    }
 }
 
 /// Appends `entries` to a room's history within `limits` (its last `keep`, for `ttl` from
@@ -151,6 +130,7 @@ async fn append_history(
     }
     link.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
         .await
+        .map_err(StoreError::from)
 }
 
 /// Entries recorded but not yet written, per worker; beyond this (Redis slow or down) new ones
@@ -297,15 +277,13 @@ impl RedisStore {
             users = gone.len() / 2,
             "removed the room members of a worker that stopped answering"
         );
-        let Some(infra) = io.of(chat::INFRA) else {
-            return;
-        };
         // The others in those rooms hear who left, as if each had disconnected normally.
         for pair in gone.chunks_exact(2) {
-            let (room, nickname) = (&pair[0], &pair[1]);
-            let _ = infra
-                .to(chat::room_key(room))
-                .emit("user_left", &serde_json::json!({ "name": nickname }));
+            let _ = Departure {
+                room: &pair[0],
+                nickname: &pair[1],
+            }
+            .announce(io);
         }
     }
 
@@ -448,6 +426,7 @@ impl Store for RedisStore {
             self.link
                 .run(|mut c| async move { c.del::<_, ()>(key).await })
                 .await
+                .map_err(StoreError::from)
         }
         .boxed()
     }
@@ -559,6 +538,7 @@ impl Store for RedisStore {
             self.link
                 .run(|mut c| async move { c.lrange(key, 0, -1).await })
                 .await
+                .map_err(StoreError::from)
         }
         .boxed()
     }

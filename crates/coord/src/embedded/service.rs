@@ -1,0 +1,233 @@
+//! The master's side of the embedded store: one [`MemoryStore`] for every worker, answering
+//! their requests, and the cleanup after a worker that died.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chat::{Departure, HistoryLimits, MemoryStore, Store, StoreError};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use socketio::BroadcastOptions;
+use supervisor::MasterService;
+
+use super::store_op::StoreOp;
+use crate::wire::WireBroadcast;
+
+/// A socket a worker put in a room: (room, socket id). The store knows its nickname.
+type Membership = (String, String);
+
+/// The master's side: one [`MemoryStore`] for every worker, and a record of which worker
+/// process put which socket in which room, so a worker that dies leaves no ghost users.
+#[derive(Default)]
+pub struct StoreService {
+    store: MemoryStore,
+    /// worker process -> (room, socket) it joined
+    members: Mutex<HashMap<u64, HashSet<Membership>>>,
+}
+
+impl StoreService {
+    fn run(&self, worker: u64, op: StoreOp) -> Result<Value, StoreError> {
+        // The memory store answers at once; its futures are ready when created.
+        let now = |f: BoxFuture<'_, Result<Value, StoreError>>| {
+            f.now_or_never()
+                .unwrap_or_else(|| Err(StoreError::Unavailable("store busy".into())))
+        };
+        let store = &self.store;
+        match op {
+            StoreOp::CreateSession { nickname, ttl_ms } => now(async move {
+                let s = store
+                    .create_session(&nickname, Duration::from_millis(ttl_ms))
+                    .await?;
+                Ok(json!({ "id": s.id, "nickname": s.nickname }))
+            }
+            .boxed()),
+            StoreOp::Session { id } => now(async move {
+                let s = store.session(&id).await?;
+                Ok(s.map_or(
+                    Value::Null,
+                    |s| json!({ "id": s.id, "nickname": s.nickname }),
+                ))
+            }
+            .boxed()),
+            StoreOp::DeleteSession { id } => {
+                now(async move { store.delete_session(&id).await.map(|()| Value::Null) }.boxed())
+            }
+            StoreOp::JoinRoom {
+                room,
+                nickname,
+                socket,
+            } => {
+                if let Ok(mut members) = self.members.lock() {
+                    members
+                        .entry(worker)
+                        .or_default()
+                        .insert((room.clone(), socket.clone()));
+                }
+                now(async move {
+                    store
+                        .join_room(&room, &nickname, &socket)
+                        .await
+                        .map(Value::Bool)
+                }
+                .boxed())
+            }
+            StoreOp::LeaveRoom { room, socket } => {
+                if let Ok(mut members) = self.members.lock() {
+                    if let Some(owned) = members.get_mut(&worker) {
+                        owned.remove(&(room.clone(), socket.clone()));
+                    }
+                }
+                now(async move { Ok(json!(store.leave_room(&room, &socket).await?)) }.boxed())
+            }
+            StoreOp::RoomCounts => {
+                now(async move { Ok(json!(store.room_counts().await?)) }.boxed())
+            }
+            StoreOp::RoomUsers { room } => {
+                now(async move { Ok(json!(store.room_users(&room).await?)) }.boxed())
+            }
+            StoreOp::PushHistory {
+                room,
+                entry,
+                keep,
+                ttl_ms,
+            } => now(async move {
+                let limits = HistoryLimits {
+                    keep,
+                    ttl: Duration::from_millis(ttl_ms),
+                };
+                store
+                    .push_history(&room, entry, limits)
+                    .await
+                    .map(|()| Value::Null)
+            }
+            .boxed()),
+            StoreOp::History { room } => {
+                now(async move { Ok(json!(store.history(&room).await?)) }.boxed())
+            }
+        }
+    }
+}
+
+impl MasterService for StoreService {
+    fn request(&self, worker: u64, body: Value) -> Value {
+        let op = match serde_json::from_value::<StoreOp>(body) {
+            Ok(op) => op,
+            Err(error) => return json!({ "error": format!("unknown store request: {error}") }),
+        };
+        match self.run(worker, op) {
+            Ok(value) => json!({ "ok": value }),
+            Err(error) => json!({ "error": error.to_string() }),
+        }
+    }
+
+    fn worker_gone(&self, worker: u64) -> Vec<Box<RawValue>> {
+        let owned = self
+            .members
+            .lock()
+            .ok()
+            .and_then(|mut members| members.remove(&worker))
+            .unwrap_or_default();
+        let mut left: Vec<(String, String)> = Vec::new();
+        for (room, socket) in owned {
+            let gone = self.store.leave_room(&room, &socket).now_or_never();
+            if let Some(Ok(Some(nickname))) = gone {
+                left.push((room, nickname));
+            }
+        }
+        // The others in those rooms hear who left, as if each had disconnected normally.
+        left.iter()
+            .filter_map(|(room, nickname)| relayed(Departure { room, nickname }))
+            .collect()
+    }
+}
+
+/// A departure as a broadcast for the master to relay to every worker.
+fn relayed(departure: Departure) -> Option<Box<RawValue>> {
+    let (ns, room, frames) = departure.encoded();
+    let opts = BroadcastOptions {
+        rooms: vec![room],
+        ..Default::default()
+    };
+    serde_json::value::to_raw_value(&WireBroadcast::new(ns, &frames, &opts)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(service: &StoreService, worker: u64, body: Value) -> Value {
+        service.request(worker, body)
+    }
+
+    #[test]
+    fn a_dead_worker_leaves_no_ghost_members() {
+        let service = StoreService::default();
+        ask(
+            &service,
+            1,
+            json!({"op": "join_room", "room": "r", "nickname": "ann", "socket": "s1"}),
+        );
+        ask(
+            &service,
+            2,
+            json!({"op": "join_room", "room": "r", "nickname": "bob", "socket": "s2"}),
+        );
+        assert_eq!(
+            ask(&service, 2, json!({"op": "room_counts"})),
+            json!({"ok": [["r", 2]]})
+        );
+        service.worker_gone(1);
+        assert_eq!(
+            ask(&service, 2, json!({"op": "room_users", "room": "r"})),
+            json!({"ok": ["bob"]})
+        );
+    }
+
+    #[test]
+    fn members_leave_under_the_nickname_they_joined_with() {
+        let service = StoreService::default();
+        for room in ["a", "b"] {
+            ask(
+                &service,
+                1,
+                json!({"op": "join_room", "room": room, "nickname": "old", "socket": "s1"}),
+            );
+        }
+        // The socket renamed itself: it leaves as who it joined as.
+        assert_eq!(
+            ask(
+                &service,
+                1,
+                json!({"op": "leave_room", "room": "a", "socket": "s1"})
+            ),
+            json!({"ok": "old"})
+        );
+        // Its worker dies: the room it was still in is announced and emptied.
+        let announced = service.worker_gone(1);
+        assert!(announced.iter().any(|m| m.get().contains("user_left")));
+        assert_eq!(
+            ask(&service, 2, json!({"op": "room_counts"})),
+            json!({"ok": []})
+        );
+        assert!(service.members.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sessions_are_shared_and_bad_requests_answered() {
+        let service = StoreService::default();
+        let created = ask(
+            &service,
+            1,
+            json!({"op": "create_session", "nickname": "ann", "ttl_ms": 60000}),
+        );
+        let id = created["ok"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            ask(&service, 2, json!({"op": "session", "id": id}))["ok"]["nickname"],
+            "ann"
+        );
+        assert!(ask(&service, 2, json!({"op": "nonsense"}))["error"].is_string());
+    }
+}
