@@ -13,8 +13,14 @@ impl SignalName {
     pub const TERM: SignalName = SignalName(Signal::SIGTERM);
 
     /// The number `kill(2)` takes.
-    pub fn number(self) -> libc::c_int {
-        self.0 as libc::c_int
+    pub fn number(self) -> std::ffi::c_int {
+        self.0 as std::ffi::c_int
+    }
+}
+
+impl From<SignalName> for Signal {
+    fn from(name: SignalName) -> Signal {
+        name.0
     }
 }
 
