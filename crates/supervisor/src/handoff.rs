@@ -92,7 +92,7 @@ impl Sender {
 
     /// No more connections: the worker takes those already sent, then sees the end.
     pub fn close(&self) {
-        // Fails only when the worker is gone, which ends its stream all the same.
+        // An error means the socket is no longer connected: there is no worker left to tell.
         let _ = socket::shutdown(self.socket.as_raw_fd(), Shutdown::Write);
     }
 }
@@ -127,9 +127,13 @@ impl Receiver {
     /// `fd` must be an open hand-off socket that nothing else in the process owns.
     pub unsafe fn from_raw_fd(fd: RawFd) -> io::Result<Self> {
         // SAFETY: ownership is the caller's promise.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Not inherited by programs we might run. Fails only on a closed descriptor, which
-        // the caller promised it is not.
+        Self::new(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Takes the worker's end of a hand-off pair.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        // Not inherited by programs we might run (an inherited end comes without the flag).
+        // Fails only on a closed descriptor, which an OwnedFd is not.
         let _ = fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         Ok(Receiver {
             socket: async_end(fd)?,
@@ -177,7 +181,8 @@ fn recv_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
     if message.bytes == 0 {
         return Ok(None);
     }
-    // Truncated control data (not our master's): nothing in it can be read safely.
+    // Control data larger than the room for SCM_MAX_FD descriptors is not our master's;
+    // nix reads nothing from a truncated buffer.
     let cmsgs = message.cmsgs().map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -302,9 +307,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_with_more_descriptors_than_room_is_skipped() {
         let (master, worker) = pair().unwrap();
-        // SAFETY: `worker` is handed over whole.
-        let receiver =
-            unsafe { Receiver::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(worker)) }.unwrap();
+        let receiver = Receiver::new(worker).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let mut clients = Vec::new();
@@ -328,9 +331,7 @@ mod tests {
     async fn connections_cross_the_pair_and_the_close_ends_the_stream_after_them() {
         let (master, worker) = pair().unwrap();
         let sender = Sender::new(master).unwrap();
-        // SAFETY: `worker` is handed over whole.
-        let receiver =
-            unsafe { Receiver::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(worker)) }.unwrap();
+        let receiver = Receiver::new(worker).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let mut clients = Vec::new();
