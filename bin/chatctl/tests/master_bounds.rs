@@ -224,6 +224,7 @@ fn worker_output_that_is_not_utf8_or_endless_is_cut_and_logged_on() {
 
 #[test]
 fn a_worker_full_of_connections_keeps_descriptors_for_its_health_probe() {
+    use nix::sys::resource::{setrlimit, Resource};
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     let app = App::new("emfile");
@@ -242,13 +243,7 @@ fn a_worker_full_of_connections_keeps_descriptors_for_its_health_probe() {
     // SAFETY: setrlimit is async-signal-safe; the master and its worker inherit the limit.
     unsafe {
         start.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 128,
-                rlim_max: 128,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            setrlimit(Resource::RLIMIT_NOFILE, 128, 128)?;
             Ok(())
         });
     }

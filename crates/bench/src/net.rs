@@ -29,18 +29,12 @@ pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStre
 
 #[cfg(target_os = "linux")]
 fn bind_address_no_port(socket: &TcpSocket) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a c_int option value of the right size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    // Without it, binding still works: the source address only shares one port range.
+    let _ = nix::sys::socket::setsockopt(
+        socket,
+        nix::sys::socket::sockopt::IpBindAddressNoPort,
+        &true,
+    );
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -48,28 +42,14 @@ fn bind_address_no_port(_: &TcpSocket) {}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
     };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
-    let current = limit.rlim_cur as u64;
-    current
+    soft
 }
 
 /// Parses `--sources`: addresses and inclusive IPv4 ranges, comma-separated

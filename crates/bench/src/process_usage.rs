@@ -1,27 +1,36 @@
-//! CPU time and resident memory of other processes (the server's), from `/proc`.
+//! CPU time and resident memory of other processes (the server's), from sysinfo, which
+//! refreshes only the process asked for.
 
 use std::time::Instant;
 
-/// CPU time (user + system) of `pid` in seconds, from `/proc/PID/stat`.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from its closing one.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace();
-    // Fields 3.. of proc(5): utime is field 14, stime field 15.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
-    Some((utime + stime) as f64 / ticks)
+use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System};
+
+/// What `read` takes from process `pid`, refreshed as `kind` says; `None` when it is gone.
+fn read_process<T>(
+    pid: u32,
+    kind: ProcessRefreshKind,
+    read: impl FnOnce(&Process) -> T,
+) -> Option<T> {
+    let pid = Pid::from_u32(pid);
+    let mut system = System::new();
+    system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
+    system.process(pid).map(read)
 }
 
-/// Resident memory of `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+/// CPU time (user + system) of `pid` in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    read_process(pid, ProcessRefreshKind::nothing().with_cpu(), |process| {
+        process.accumulated_cpu_time() as f64 / 1000.0
+    })
+}
+
+/// Resident memory of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    read_process(
+        pid,
+        ProcessRefreshKind::nothing().with_memory(),
+        |process| process.memory() / 1024,
+    )
 }
 
 /// What is known of one watched process over a run.

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
 use crate::config::AppConfig;
 use crate::control::{self, AppStatus, ControlError, Request, Response, Status};
 use crate::paths::{app_names, defined_apps, home, AppPaths};
@@ -99,13 +102,12 @@ async fn spawn_master(
         .stderr(stderr);
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid and close_range are async-signal-safe. setsid detaches the master from
-    // our terminal and makes it the leader of the app's process group; close_range drops
-    // whatever descriptors our caller leaked to us, so a daemon holds no one else's pipes.
+    // our terminal and makes it the leader of the app's process group; close_range (which nix
+    // does not wrap) drops whatever descriptors our caller leaked to us, so a daemon holds no
+    // one else's pipes.
     unsafe {
         command.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::unistd::setsid()?;
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
@@ -357,9 +359,9 @@ pub async fn stop(name: &str) -> Result<(), ClientError> {
         };
         if group_is_ours {
             // Anything left in the app's process group (programs the workers started) goes too.
-            // SAFETY: killpg only sends a signal. The master was a group leader (setsid).
-            unsafe {
-                libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+            // The master was a group leader (setsid). A group that is gone has nothing to kill.
+            if let Ok(group) = i32::try_from(pid) {
+                let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
             }
             // SIGKILL takes effect asynchronously: return once the group is gone, so that what
             // it held (the app's port) is free for the next `start`.

@@ -23,11 +23,14 @@
 //!   Processes of the workers' own account are trusted (they could read the token from a
 //!   worker's environment or trace it): docs/PRODUCTION.md advises a dedicated account.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::SocketAddr;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, Shutdown};
+use nix::unistd::geteuid;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
@@ -38,21 +41,8 @@ pub const PEERS_ENV: &str = "CHATCTL_PEERS";
 
 /// A connected unix stream pair, close-on-exec: (master's end, worker's end).
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two new descriptors into `fds`.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (master, worker) = std::os::unix::net::UnixStream::pair()?;
+    Ok((master.into(), worker.into()))
 }
 
 /// One end of a hand-off pair, registered with the runtime.
@@ -102,48 +92,26 @@ impl Sender {
 
     /// No more connections: the worker takes those already sent, then sees the end.
     pub fn close(&self) {
-        // SAFETY: shutdown on a descriptor we own.
-        unsafe {
-            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_WR);
-        }
+        // An error means the socket is no longer connected: there is no worker left to tell.
+        let _ = socket::shutdown(self.socket.as_raw_fd(), Shutdown::Write);
     }
 }
 
-/// Runs `f` with a message of one byte and room for one descriptor, for sendmsg/recvmsg.
-fn with_fd_message<R>(f: impl FnOnce(&mut libc::msghdr) -> R) -> R {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; the buffers it points to outlive `f`.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = space as _;
-    f(&mut message)
-}
+/// The most descriptors one message can carry (`SCM_MAX_FD` in the kernel). The receiving
+/// buffer has room for them all, so that a message with more than one (not our master's)
+/// is never truncated: the kernel installs every descriptor it carries, and we close them.
+const MOST_DESCRIPTORS_PER_MESSAGE: usize = 253;
 
 fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
-    with_fd_message(|message| {
-        // SAFETY: the control buffer has room for one header carrying one descriptor, and
-        // every pointer in `message` is valid during the call.
-        unsafe {
-            let header = libc::CMSG_FIRSTHDR(message);
-            (*header).cmsg_level = libc::SOL_SOCKET;
-            (*header).cmsg_type = libc::SCM_RIGHTS;
-            (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd);
-            if libc::sendmsg(socket, message, libc::MSG_NOSIGNAL) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    })
+    let fds = [fd];
+    socket::sendmsg::<()>(
+        socket,
+        &[IoSlice::new(&[0])],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
 }
 
 /// The worker's end: the connections the master hands over.
@@ -159,9 +127,14 @@ impl Receiver {
     /// `fd` must be an open hand-off socket that nothing else in the process owns.
     pub unsafe fn from_raw_fd(fd: RawFd) -> io::Result<Self> {
         // SAFETY: ownership is the caller's promise.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: fcntl on a descriptor we own: not inherited by programs we might run.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        Self::new(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Takes the worker's end of a hand-off pair.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        // Not inherited by programs we might run (an inherited end comes without the flag).
+        // Fails only on a closed descriptor, which an OwnedFd is not.
+        let _ = fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         Ok(Receiver {
             socket: async_end(fd)?,
         })
@@ -196,42 +169,50 @@ impl Receiver {
 }
 
 fn recv_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
-    with_fd_message(|message| {
-        // SAFETY: the kernel writes at most msg_controllen bytes of control data, and a
-        // descriptor read from it is new in this process (MSG_CMSG_CLOEXEC) and ours.
-        unsafe {
-            let read = libc::recvmsg(socket, message, libc::MSG_CMSG_CLOEXEC);
-            if read < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if read == 0 {
-                return Ok(None);
-            }
-            let header = libc::CMSG_FIRSTHDR(message);
-            if header.is_null()
-                || (*header).cmsg_level != libc::SOL_SOCKET
-                || (*header).cmsg_type != libc::SCM_RIGHTS
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "hand-off message without a descriptor",
-                ));
-            }
-            let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(
-                libc::CMSG_DATA(header).cast::<RawFd>(),
-            ));
-            // More descriptors than room (not our master's one per message): the kernel
-            // closed the rest; the one received is closed too, not taken for a client.
-            if message.msg_flags & libc::MSG_CTRUNC != 0 {
-                drop(fd);
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "hand-off message with more than one descriptor",
-                ));
-            }
-            Ok(Some(fd))
+    let mut byte = [0u8; 1];
+    let mut control = nix::cmsg_space!([RawFd; MOST_DESCRIPTORS_PER_MESSAGE]);
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let message = socket::recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    if message.bytes == 0 {
+        return Ok(None);
+    }
+    // Control data larger than the room for SCM_MAX_FD descriptors is not our master's;
+    // nix reads nothing from a truncated buffer.
+    let cmsgs = message.cmsgs().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "hand-off message with truncated control data",
+        )
+    })?;
+    let mut received = Vec::new();
+    for cmsg in cmsgs {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the kernel installed these descriptors in this process for this
+            // message (close-on-exec, MSG_CMSG_CLOEXEC); nothing else knows them.
+            received.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
-    })
+    }
+    // Our master sends one descriptor per message: any other count is closed (on drop),
+    // not taken for a client.
+    match <[OwnedFd; 1]>::try_from(received) {
+        Ok([fd]) => Ok(Some(fd)),
+        Err(received) if received.is_empty() => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "hand-off message without a descriptor",
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "hand-off message with more than one descriptor",
+        )),
+    }
 }
 
 /// The abstract socket address of worker `id` of the master with `token`:
@@ -292,8 +273,7 @@ pub async fn connect_private(
 /// Whether a process connected to a private socket may use it: the same user as this
 /// process (another worker of the app), or root (the master, when it runs as root).
 pub fn trusted_peer(stream: &tokio::net::UnixStream) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let own = unsafe { libc::geteuid() };
+    let own = geteuid().as_raw();
     stream
         .peer_cred()
         .is_ok_and(|cred| cred.uid() == own || cred.uid() == 0)
@@ -314,36 +294,20 @@ mod tests {
 
     /// Sends one byte carrying every descriptor of `fds` (the master sends one at a time).
     fn send_fds(socket: RawFd, fds: &[RawFd]) {
-        let size = std::mem::size_of_val(fds) as u32;
-        // SAFETY: CMSG_SPACE only computes a size.
-        let mut control = vec![0u8; unsafe { libc::CMSG_SPACE(size) } as usize];
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // SAFETY: the buffers outlive the call; the header fits the control buffer.
-        unsafe {
-            let mut message: libc::msghdr = std::mem::zeroed();
-            message.msg_iov = &mut iov;
-            message.msg_iovlen = 1;
-            message.msg_control = control.as_mut_ptr().cast();
-            message.msg_controllen = control.len() as _;
-            let header = libc::CMSG_FIRSTHDR(&message);
-            (*header).cmsg_level = libc::SOL_SOCKET;
-            (*header).cmsg_type = libc::SCM_RIGHTS;
-            (*header).cmsg_len = libc::CMSG_LEN(size) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(header).cast(), fds.len());
-            assert_eq!(libc::sendmsg(socket, &message, 0), 1);
-        }
+        let sent = socket::sendmsg::<()>(
+            socket,
+            &[IoSlice::new(&[0])],
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::empty(),
+            None,
+        );
+        assert_eq!(sent, Ok(1));
     }
 
     #[tokio::test]
     async fn a_message_with_more_descriptors_than_room_is_skipped() {
         let (master, worker) = pair().unwrap();
-        // SAFETY: `worker` is handed over whole.
-        let receiver =
-            unsafe { Receiver::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(worker)) }.unwrap();
+        let receiver = Receiver::new(worker).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let mut clients = Vec::new();
@@ -352,7 +316,7 @@ mod tests {
             clients.push(std::net::TcpStream::connect(address).unwrap());
             accepted.push(listener.accept().unwrap().0);
         }
-        // Three descriptors overflow the room for one (which alignment makes room for two).
+        // Three descriptors in one message: not our master's, so all three are closed.
         let three: Vec<RawFd> = accepted[..3].iter().map(|s| s.as_raw_fd()).collect();
         send_fds(master.as_raw_fd(), &three);
         send_fds(master.as_raw_fd(), &[accepted[3].as_raw_fd()]);
@@ -367,9 +331,7 @@ mod tests {
     async fn connections_cross_the_pair_and_the_close_ends_the_stream_after_them() {
         let (master, worker) = pair().unwrap();
         let sender = Sender::new(master).unwrap();
-        // SAFETY: `worker` is handed over whole.
-        let receiver =
-            unsafe { Receiver::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(worker)) }.unwrap();
+        let receiver = Receiver::new(worker).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let mut clients = Vec::new();

@@ -1,6 +1,9 @@
-//! What /proc says about a process: whether it runs, its command line, its CPU and memory.
+//! What the system says about a process: whether it runs and its command line (from /proc),
+//! its CPU and memory (from sysinfo, which refreshes only the process asked for).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System};
 
 /// Whether a process with this pid runs. A zombie does not: it has exited and only waits for
 /// its parent (init, for a daemonized master) to collect it.
@@ -48,71 +51,74 @@ pub fn command_line(pid: u32) -> Option<Vec<String>> {
     )
 }
 
+/// sysinfo's view of process `pid` alone, with what `kind` asks refreshed; `None` when the
+/// process is gone.
+fn refresh_one(system: &mut System, pid: u32, kind: ProcessRefreshKind) -> Option<&Process> {
+    let pid = Pid::from_u32(pid);
+    system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
+    system.process(pid)
+}
+
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(resident * page_size())
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
-/// User + system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: fields start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    let mut system = System::new();
+    refresh_one(
+        &mut system,
+        pid,
+        ProcessRefreshKind::nothing().with_memory(),
+    )
+    .map(Process::memory)
 }
 
 /// CPU usage between two samples, as a percentage of one core.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CpuSampler {
-    last: Option<(Instant, u64)>,
+    /// Kept between samples: sysinfo learns the machine's CPUs on its first refresh with CPU
+    /// times, and keeps the process's `stat` file open for the next.
+    system: System,
+    /// When the last sample was taken, and the CPU time (user + system) the process had used.
+    last: Option<(Instant, Duration)>,
     pub percent: f64,
 }
 
 impl Default for CpuSampler {
     fn default() -> Self {
         CpuSampler {
+            system: System::new(),
             last: None,
             percent: 0.0,
         }
     }
 }
 
+impl Clone for CpuSampler {
+    fn clone(&self) -> Self {
+        CpuSampler {
+            system: System::new(),
+            last: self.last,
+            percent: self.percent,
+        }
+    }
+}
+
 impl CpuSampler {
     pub fn sample(&mut self, pid: u32) {
-        let Some(ticks) = cpu_ticks(pid) else { return };
+        let Some(used) = refresh_one(
+            &mut self.system,
+            pid,
+            ProcessRefreshKind::nothing().with_cpu(),
+        )
+        .map(|process| Duration::from_millis(process.accumulated_cpu_time())) else {
+            return;
+        };
         let now = Instant::now();
         if let Some((then, before)) = self.last {
             let wall = now.duration_since(then).as_secs_f64();
             if wall > 0.0 {
-                self.percent =
-                    (ticks.saturating_sub(before) as f64 / ticks_per_second()) / wall * 100.0;
+                self.percent = used.saturating_sub(before).as_secs_f64() / wall * 100.0;
             }
         }
-        self.last = Some((now, ticks));
+        self.last = Some((now, used));
     }
 }
 
@@ -140,8 +146,7 @@ mod tests {
 
     #[test]
     fn sees_the_members_of_a_process_group() {
-        // SAFETY: getpgrp has no preconditions.
-        let ours = unsafe { libc::getpgrp() } as u32;
+        let ours = nix::unistd::getpgrp().as_raw() as u32;
         assert!(group_running(ours));
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();

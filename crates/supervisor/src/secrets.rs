@@ -82,13 +82,7 @@ pub fn pipe_with(secrets: &BTreeMap<String, String>) -> std::io::Result<OwnedFd>
             "the secrets (cookie key, Redis URL) exceed 60 KiB",
         ));
     }
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and ours.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     std::fs::File::from(write).write_all(&blob)?;
     Ok(read)
 }

@@ -11,10 +11,11 @@ pub struct SignalName(Signal);
 
 impl SignalName {
     pub const TERM: SignalName = SignalName(Signal::SIGTERM);
+}
 
-    /// The number `kill(2)` takes.
-    pub fn number(self) -> libc::c_int {
-        self.0 as libc::c_int
+impl From<SignalName> for Signal {
+    fn from(name: SignalName) -> Signal {
+        name.0
     }
 }
 
@@ -69,8 +70,8 @@ mod tests {
     fn reads_the_ways_users_write_signals() {
         for text in ["SIGINT", "INT", "int", "sigint", "2"] {
             assert_eq!(
-                text.parse::<SignalName>().unwrap().number(),
-                libc::SIGINT,
+                Signal::from(text.parse::<SignalName>().unwrap()),
+                Signal::SIGINT,
                 "{text}"
             );
         }

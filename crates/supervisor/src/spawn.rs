@@ -5,9 +5,13 @@
 //! PR_SET_PDEATHSIG so a dead master leaves no orphans, in the master's process group, as the
 //! configured user. Never `fork()` of a running tokio process without an immediate exec.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{dup2_raw, getpgrp, getpid, getppid, Pid, User};
 use tokio::process::{Child, Command};
 
 use crate::config::AppConfig;
@@ -52,28 +56,13 @@ pub struct RunAs {
 
 /// Looks up a user by name.
 pub fn lookup_user(name: &str) -> Result<RunAs, SpawnError> {
-    let cname =
-        std::ffi::CString::new(name).map_err(|_| SpawnError::UnknownUser(name.to_owned()))?;
-    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the sizes given; getpwnam_r writes only into them.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut passwd,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Err(SpawnError::UnknownUser(name.to_owned()));
+    match User::from_name(name) {
+        Ok(Some(user)) => Ok(RunAs {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }),
+        _ => Err(SpawnError::UnknownUser(name.to_owned())),
     }
-    Ok(RunAs {
-        uid: passwd.pw_uid,
-        gid: passwd.pw_gid,
-    })
 }
 
 /// A started worker and the master's end of its IPC channel.
@@ -144,6 +133,8 @@ fn worker_argv(program: Program<'_>, serve_args: &[String], port: Option<u16>) -
 pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let (master_end, worker_end) =
         std::os::unix::net::UnixStream::pair().map_err(SpawnError::Sockets)?;
+    // SAFETY: the descriptors of the spec are the master's, open while it starts the worker.
+    let borrow = |fd: RawFd| unsafe { BorrowedFd::borrow_raw(fd) };
     // Copies above the target numbers, so the dup2s in the child cannot overwrite each other.
     let connections = match spec.connections {
         Connections::Shared { listener } => Some((listener, LISTEN_FD)),
@@ -151,12 +142,12 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         Connections::Nothing => None,
     };
     let connections = connections
-        .map(|(source, target)| Ok::<_, std::io::Error>((dup_above(source, 64)?, target)))
+        .map(|(source, target)| Ok::<_, std::io::Error>((dup_above(borrow(source))?, target)))
         .transpose()
         .map_err(SpawnError::Sockets)?;
-    let ipc = dup_above(worker_end.as_raw_fd(), 64).map_err(SpawnError::Sockets)?;
+    let ipc = dup_above(&worker_end).map_err(SpawnError::Sockets)?;
     drop(worker_end);
-    let private = dup_above(spec.private_socket, 64).map_err(SpawnError::Sockets)?;
+    let private = dup_above(borrow(spec.private_socket)).map_err(SpawnError::Sockets)?;
     let program = spec.config.program();
     let exe = if program.is_built_in() {
         // The master's own binary, even if an upgrade replaced the file on disk since: workers
@@ -165,7 +156,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
             program: "/proc/self/exe".into(),
             source,
         })?;
-        Some(dup_above(file.as_raw_fd(), 64).map_err(SpawnError::Sockets)?)
+        Some(dup_above(&file).map_err(SpawnError::Sockets)?)
     } else {
         None
     };
@@ -182,7 +173,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
                 .or_insert(url);
         }
         let pipe = crate::secrets::pipe_with(&separated.secrets)
-            .and_then(|read| dup_above(read.as_raw_fd(), 64))
+            .and_then(|read| dup_above(&read))
             .map_err(SpawnError::Sockets)?;
         (separated.args, separated.env, Some(pipe))
     } else {
@@ -250,49 +241,33 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     if let Some(user) = spec.run_as {
         command.uid(user.uid).gid(user.gid);
     }
-    // SAFETY: getpgrp has no preconditions.
-    let group = unsafe { libc::getpgrp() };
-    command.process_group(group);
-    let master = std::process::id() as libc::pid_t;
-    let connections_fd = connections
-        .as_ref()
-        .map(|(fd, target)| (fd.as_raw_fd(), *target));
-    let ipc_fd = ipc.as_raw_fd();
-    let exe_fd = exe.as_ref().map(|fd| fd.as_raw_fd());
-    let private_fd = private.as_raw_fd();
-    let secrets_fd = secrets.as_ref().map(|fd| fd.as_raw_fd());
+    command.process_group(getpgrp().as_raw());
+    let master = getpid();
+    // Each copy and the number the worker finds it under, in the order they are dup2'd.
+    let inherited: Vec<(OwnedFd, RawFd)> = [
+        connections,
+        Some((ipc, IPC_FD)),
+        Some((private, PRIVATE_FD)),
+        exe.map(|fd| (fd, EXE_FD)),
+        secrets.map(|fd| (fd, SECRETS_FD)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     // SAFETY: the closure runs in the child between fork and exec and calls only
-    // async-signal-safe functions (prctl, getppid, dup2, _exit).
+    // async-signal-safe functions (prctl, getppid, dup2, _exit), and allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
+            set_pdeathsig(Signal::SIGKILL)?;
             // The master died before prctl took effect: do not live on as an orphan.
-            if libc::getppid() != master {
+            if getppid() != master {
                 libc::_exit(1);
             }
-            if let Some((source, target)) = connections_fd {
-                if libc::dup2(source, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::dup2(ipc_fd, IPC_FD) < 0 || libc::dup2(private_fd, PRIVATE_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for (source, target) in [(exe_fd, EXE_FD), (secrets_fd, SECRETS_FD)] {
-                if let Some(source) = source {
-                    if libc::dup2(source, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
+            for (source, target) in &inherited {
+                // SAFETY: `target` is a number the worker's contract reserves, owned by nothing
+                // in the child (whatever it inherited there is replaced); the copy must stay
+                // open across exec, so it is forgotten, not closed.
+                std::mem::forget(dup2_raw(source, *target)?);
             }
             Ok(())
         });
@@ -307,21 +282,22 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     })
 }
 
-/// `F_DUPFD_CLOEXEC`: a copy of `fd` numbered at least `min`, closed on exec.
-fn dup_above(fd: RawFd, min: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: fcntl with F_DUPFD_CLOEXEC only creates a new descriptor.
-    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
-    if copy < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+/// Descriptors below this number are the worker's contract (fds 3 to 8); copies are made
+/// above it.
+const COPIES_FROM: RawFd = 64;
+
+/// `F_DUPFD_CLOEXEC`: a copy of `fd` numbered at least [`COPIES_FROM`], closed on exec.
+fn dup_above(fd: impl AsFd) -> std::io::Result<OwnedFd> {
+    let copy = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(COPIES_FROM))?;
     // SAFETY: `copy` is a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
-/// Sends a signal to a process.
-pub fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill has no memory preconditions.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
-    }
+/// Sends `signal` (a `libc` number or a [`Signal`]) to process `pid`. A process that is gone
+/// or a number that is no signal is not an error: there is nothing left to stop.
+pub fn signal(pid: u32, signal: impl TryInto<Signal>) {
+    let (Ok(pid), Ok(signal)) = (i32::try_from(pid), signal.try_into()) else {
+        return;
+    };
+    let _ = kill(Pid::from_raw(pid), signal);
 }

@@ -26,8 +26,7 @@ pub fn chatctl_exe() -> &'static str {
 
 /// Whether the tests run as root (where workers run as `nobody` unless `--user` says otherwise).
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// One app under test: its own `CHATCTL_HOME` and port. Dropping it stops the app (whatever
@@ -264,10 +263,10 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 
 pub fn signal(pid: u32, signal: libc::c_int) {
     assert!(pid > 1, "refusing to signal pid {pid}");
-    // SAFETY: kill has no memory preconditions.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
-    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits an i32"));
+    let signal = nix::sys::signal::Signal::try_from(signal).expect("a signal number");
+    // A process already gone is what some tests wait for.
+    let _ = nix::sys::signal::kill(pid, signal);
 }
 
 /// The stdout of a command that must have succeeded; its output in the failure otherwise.

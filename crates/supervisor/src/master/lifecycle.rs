@@ -11,6 +11,8 @@ use crate::config::{AppConfig, Scheduling};
 use crate::handoff;
 use crate::logs::Stream;
 use crate::outbox::Outbox;
+use nix::sys::signal::Signal;
+
 use crate::spawn::{signal, spawn_worker, Connections, WorkerSpec};
 use sticky::route_tag;
 
@@ -80,7 +82,7 @@ impl Inner {
         let mut child = spawned.child;
         let pid = child.id().unwrap_or(0);
         let outbox = Outbox::new(config.ipc_queue_size);
-        let proc = Proc::new(
+        let proc = Box::new(Proc::new(
             &config,
             slot_id,
             pid,
@@ -88,7 +90,7 @@ impl Inner {
             worker_id,
             outbox.clone(),
             handoff,
-        );
+        ));
         self.apply(Event::Started {
             slot: slot_id,
             role,
@@ -211,7 +213,7 @@ impl Inner {
     pub(super) fn kill_tracked(&self, generation: u64) -> Option<u32> {
         let state = self.lock();
         let pid = state.proc(generation)?.pid;
-        signal(pid, libc::SIGKILL);
+        signal(pid, Signal::SIGKILL);
         Some(pid)
     }
 

@@ -298,7 +298,7 @@ fn drain(proc: &Proc, timeout: Duration) {
     };
     let sent = proc.speaks_ipc && proc.ipc.control(&request).is_ok();
     if !sent {
-        signal(proc.pid, proc.kill_signal.number());
+        signal(proc.pid, proc.kill_signal);
     }
 }
 
@@ -328,8 +328,7 @@ fn workers_account(user: Option<&str>) -> Result<Option<RunAs>, MasterError> {
 
 /// Whether this process runs as root, where workers get an unprivileged account.
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// The account workers of a root master run as when no `--user` is given: `CHATCTL_USER`, else

@@ -8,6 +8,8 @@ use super::super::state::{Event, Role, State};
 use super::super::{drain, Inner};
 use crate::backoff::Backoff;
 use crate::control::Status;
+use nix::sys::signal::Signal;
+
 use crate::spawn::signal;
 
 impl Inner {
@@ -64,7 +66,7 @@ impl Inner {
                 .is_some_and(|p| p.generation == generation && p.ready);
             if !settled || !ready {
                 if let Some(incoming) = slot.incoming.take() {
-                    signal(incoming.pid, libc::SIGKILL);
+                    signal(incoming.pid, Signal::SIGKILL);
                 }
                 let reason = slot
                     .last_error

@@ -26,7 +26,7 @@ impl Inner {
         for slot in state.slots.iter().filter(live) {
             if worker.is_none_or(|id| id == slot.id) {
                 if let Some(proc) = &slot.current {
-                    signal(proc.pid, signal_name.number());
+                    signal(proc.pid, signal_name);
                     pids.push(proc.pid.to_string());
                 }
             }

@@ -7,7 +7,11 @@ use super::process::{Proc, Role};
 /// What happened to the app or one of its processes.
 pub(in crate::master) enum Event {
     /// A process was spawned. A spare's `slot` is the label its output lines carry.
-    Started { slot: usize, role: Role, proc: Proc },
+    Started {
+        slot: usize,
+        role: Role,
+        proc: Box<Proc>,
+    },
     /// A process for `slot` could not be spawned.
     StartFailed {
         slot: usize,

@@ -109,7 +109,7 @@ impl State {
     pub(in crate::master) fn apply(&mut self, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
         match event {
-            Event::Started { slot, role, proc } => self.started(slot, role, proc, &mut actions),
+            Event::Started { slot, role, proc } => self.started(slot, role, *proc, &mut actions),
             Event::StartFailed { slot, role, error } => {
                 actions.push(Log::about(
                     Level::Error,

@@ -10,8 +10,8 @@ fn config(instances: usize) -> AppConfig {
     }
 }
 
-fn proc(config: &AppConfig, slot: usize, generation: u64) -> Proc {
-    Proc::new(
+fn proc(config: &AppConfig, slot: usize, generation: u64) -> Box<Proc> {
+    Box::new(Proc::new(
         config,
         slot,
         1000 + generation as u32,
@@ -19,7 +19,7 @@ fn proc(config: &AppConfig, slot: usize, generation: u64) -> Proc {
         generation as u16,
         Outbox::new(16),
         None,
-    )
+    ))
 }
 
 /// A state whose slots each run a ready current process (generations 1, 2, ...).
