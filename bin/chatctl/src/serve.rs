@@ -1,7 +1,5 @@
 //! `chatctl serve`: the chat app in this process, on a socket of its own or an inherited one.
 
-use std::net::TcpListener as StdListener;
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,6 +9,7 @@ use engineio::CorsPolicy;
 use futures_util::FutureExt;
 use sticky::route_tag;
 use supervisor::drops::Drops;
+use supervisor::inherited::{Identity, Inherited};
 use supervisor::ipc::WorkerLink;
 
 use crate::flags::ServeArgs;
@@ -18,21 +17,19 @@ use crate::flags::ServeArgs;
 /// How long a worker stopped by a signal lets its requests finish.
 const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The first socket passed by systemd-style activation (`LISTEN_FDS`).
-const LISTEN_FDS_START: i32 = 3;
-
 pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let open_files = supervisor::limits::raise_open_files();
+    // Taken before the runtime starts its threads: it edits the environment.
+    let mut inherited = Inherited::take()?;
     // Under a master, the cookie key and the Redis URL come through an inherited pipe (never
     // the environment or the command line, which other users may read); flags still win.
-    let mut secrets = supervisor::secrets::read_inherited();
     if args.secret.is_none() {
-        args.secret = secrets.remove(supervisor::secrets::CHAT_SECRET);
+        args.secret = inherited.secrets.remove(supervisor::secrets::CHAT_SECRET);
     }
     if args.redis_url.is_none() {
-        args.redis_url = secrets.remove(supervisor::secrets::REDIS_URL);
+        args.redis_url = inherited.secrets.remove(supervisor::secrets::REDIS_URL);
     }
-    let config = config(&args)?;
+    let config = config(&args, inherited.identity.as_ref())?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
             prefix: args.redis_prefix.clone(),
@@ -44,9 +41,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    // Taken before the runtime starts its threads: it edits the environment.
-    let handoff = handed_off_connections();
-    let listener = match (&handoff, inherited_listener()?) {
+    let handoff = inherited.handoff.take();
+    let listener = match (&handoff, inherited.listener.take()) {
         (Some(_), _) => None,
         (None, Some(listener)) => Some(listener),
         (None, None) => {
@@ -56,7 +52,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             })?)
         }
     };
-    let under_master = std::env::var_os(supervisor::ipc::WORKER_ID_ENV).is_some();
+    let under_master = inherited.identity.is_some();
     let runtime = match args.threads.map(usize::from).or(under_master.then_some(1)) {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -71,8 +67,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let incoming = match (handoff, listener) {
             (Some(fd), _) => {
-                // SAFETY: the master passed this socket for us alone (CHATCTL_HANDOFF_FD).
-                let receiver = unsafe { supervisor::handoff::Receiver::from_raw_fd(fd) }
+                let receiver = supervisor::handoff::Receiver::new(fd)
                     .context("invalid hand-off socket from the master")?;
                 Incoming::HandedOff(receiver)
             }
@@ -85,7 +80,10 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         // With Redis, rooms, broadcasts and the store are shared with the other workers
         // through it; otherwise, under a chatctl master, through the master; alone, they live
         // in this process.
-        let link = WorkerLink::from_env();
+        let link = inherited
+            .ipc
+            .take()
+            .and_then(|(channel, max_line)| WorkerLink::over(channel, max_line));
         // What this process drops on purpose, for `chatctl status` (one count for the bus and
         // the store, whichever they are).
         let drops = match &redis {
@@ -132,11 +130,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             bus.start(server.io().clone());
             store.start_heartbeat(server.io().clone());
         }
-        if let Some(fd) = std::env::var(supervisor::ipc::PRIVATE_SOCKET_ENV)
-            .ok()
-            .and_then(|fd| fd.parse().ok())
-        {
-            serve_private_socket(&server, fd)?;
+        if let Some(private) = inherited.private.take() {
+            serve_private_socket(&server, private)?;
         }
         match &incoming {
             Incoming::Listener(listener) => {
@@ -187,7 +182,7 @@ async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyho
     Ok(chat::cookie_key(args.secret.as_deref(), shared, &file).await?)
 }
 
-fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
+fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
@@ -239,11 +234,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<ChatConfig> {
     };
     // Under a master, session ids name this worker, so requests can be routed to it by sid,
     // and requests for the other workers' sessions are passed to them.
-    let from_env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
-    if let Some(id) = from_env(supervisor::ipc::WORKER_ID_ENV) {
-        let node = from_env(supervisor::ipc::NODE_ID_ENV).unwrap_or(0);
+    if let Some(identity) = identity {
+        let (node, id) = (identity.node_id, identity.worker_id);
         engine.sid_tag = route_tag::encode(route_tag::Owner { node, slot: id });
-        if let Ok(token) = std::env::var(supervisor::handoff::PEERS_ENV) {
+        if let Some(token) = identity.peers.clone() {
             config.peers = Some(Arc::new(Workers {
                 token,
                 node,
@@ -330,38 +324,6 @@ impl chat::Accept for Incoming {
     }
 }
 
-/// The hand-off socket passed by the master under sticky scheduling, if any.
-fn handed_off_connections() -> Option<i32> {
-    let fd = std::env::var(supervisor::handoff::HANDOFF_FD_ENV)
-        .ok()?
-        .parse()
-        .ok()?;
-    std::env::remove_var(supervisor::handoff::HANDOFF_FD_ENV);
-    Some(fd)
-}
-
-/// The listening socket handed over by a supervisor (chatctl's master, systemd), if any:
-/// `LISTEN_FDS=1` and `LISTEN_PID` naming this process.
-fn inherited_listener() -> anyhow::Result<Option<StdListener>> {
-    let fds = std::env::var("LISTEN_FDS").ok();
-    let pid = std::env::var("LISTEN_PID").ok();
-    let (Some(fds), Some(pid)) = (fds, pid) else {
-        return Ok(None);
-    };
-    if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(None);
-    }
-    if fds.parse::<i32>().ok() != Some(1) {
-        anyhow::bail!("LISTEN_FDS={fds}: expected exactly one inherited socket");
-    }
-    // SAFETY: by the LISTEN_FDS protocol, fd 3 is a listening socket this process now owns,
-    // and nothing else in the process has taken ownership of it.
-    let listener = unsafe { StdListener::from_raw_fd(LISTEN_FDS_START) };
-    std::env::remove_var("LISTEN_FDS");
-    std::env::remove_var("LISTEN_PID");
-    Ok(Some(listener))
-}
-
 /// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let mut terminate =
@@ -399,11 +361,12 @@ async fn until_drain(
     }
 }
 
-/// The worker's private socket, passed by the master as fd `fd`: its HTTP health probes (and,
-/// later, requests that other workers forward) arrive here.
-fn serve_private_socket(server: &ChatServer, fd: i32) -> anyhow::Result<()> {
-    // SAFETY: the master passed this listening socket for us alone (CHATCTL_PRIVATE_FD).
-    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+/// The worker's private socket, passed by the master: its HTTP health probes and the requests
+/// other workers forward arrive here.
+fn serve_private_socket(
+    server: &ChatServer,
+    listener: std::os::unix::net::UnixListener,
+) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)
         .context("invalid private socket from the master")?;
@@ -451,12 +414,12 @@ mod tests {
     #[test]
     fn header_read_timeout_reaches_the_chat_config() {
         let config =
-            super::config(&serve_args(&["--header-read-timeout", "2s"])).expect("a config");
+            super::config(&serve_args(&["--header-read-timeout", "2s"]), None).expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(2)
         );
-        let config = super::config(&serve_args(&[])).expect("a config");
+        let config = super::config(&serve_args(&[]), None).expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(10)

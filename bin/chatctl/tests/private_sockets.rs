@@ -17,12 +17,12 @@ use support::{all_online, http_get, signal, worker_pids, workers, App, DEADLINE}
 fn peers_token(pid: u32) -> String {
     let environ = std::fs::read(format!("/proc/{pid}/environ"))
         .unwrap_or_else(|e| panic!("cannot read the environment of worker {pid}: {e}"));
-    let prefix = format!("{}=", handoff::PEERS_ENV);
+    let prefix = format!("{}=", supervisor::inherited::PEERS_ENV);
     environ
         .split(|byte| *byte == 0)
         .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
         .map(|token| String::from_utf8_lossy(token).into_owned())
-        .unwrap_or_else(|| panic!("worker {pid} has no {}", handoff::PEERS_ENV))
+        .unwrap_or_else(|| panic!("worker {pid} has no {}", supervisor::inherited::PEERS_ENV))
 }
 
 /// The worker id a `status` / `list` worker entry's session ids carry.

@@ -34,11 +34,6 @@ use nix::unistd::geteuid;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-/// The environment variable naming the worker's end of the hand-off pair.
-pub const HANDOFF_FD_ENV: &str = "CHATCTL_HANDOFF_FD";
-/// The environment variable holding the master's token for private socket names.
-pub const PEERS_ENV: &str = "CHATCTL_PEERS";
-
 /// A connected unix stream pair, close-on-exec: (master's end, worker's end).
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (master, worker) = std::os::unix::net::UnixStream::pair()?;

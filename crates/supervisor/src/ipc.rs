@@ -3,7 +3,7 @@
 //! with `-- CMD`) is simply supervised by liveness.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -19,22 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::lines::{self, BoundedLines};
 
-/// The fd number of the IPC channel in a worker.
-pub const IPC_FD: i32 = 4;
-/// Names the IPC fd for the worker.
-pub const IPC_FD_ENV: &str = "CHATCTL_IPC_FD";
-/// The fd of the worker's private listening socket (health probes, forwarded requests).
-pub const PRIVATE_SOCKET_ENV: &str = "CHATCTL_PRIVATE_FD";
-/// The worker's slot number.
-pub const WORKER_ID_ENV: &str = "CHATCTL_WORKER_ID";
-/// The longest IPC line the master accepts (`ipc_max_line`), so the worker accepts what the
-/// master relays.
-pub const IPC_MAX_LINE_ENV: &str = "CHATCTL_IPC_MAX_LINE";
 /// The default of `ipc_max_line`: a broadcast of a whole `max_payload` (1 MB) of text that is
 /// escaped twice in JSON stays below it.
 pub const DEFAULT_MAX_LINE: usize = 16 << 20;
-/// The node id of the worker's master (`chatctl start --node-id`), for session ids.
-pub const NODE_ID_ENV: &str = "CHATCTL_NODE_ID";
 
 /// From the master to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,17 +253,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LOAD_REPORT_EVERY: Duration = Duration::from_millis(100);
 
 impl WorkerLink {
-    /// The link inherited from a chatctl master, if this process is a worker. Must be called
-    /// inside a tokio runtime: it starts the tasks that read and write the channel.
-    pub fn from_env() -> Option<(Arc<WorkerLink>, LinkEvents)> {
-        let fd: i32 = std::env::var(IPC_FD_ENV).ok()?.parse().ok()?;
-        // SAFETY: the master passed this fd for us alone (CHATCTL_IPC_FD); nothing else in the
-        // process owns it.
-        Self::over(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// The link over `channel`, the worker's end of the master's socket pair.
-    fn over(channel: OwnedFd) -> Option<(Arc<WorkerLink>, LinkEvents)> {
+    /// The link over `channel`, the worker's end of the master's socket pair (see
+    /// [`crate::inherited`]), carrying lines of up to `max_line`. Must be called inside a
+    /// tokio runtime: it starts the tasks that read and write the channel.
+    pub fn over(channel: OwnedFd, max_line: usize) -> Option<(Arc<WorkerLink>, LinkEvents)> {
         let std_stream = std::os::unix::net::UnixStream::from(channel);
         std_stream.set_nonblocking(true).ok()?;
         let stream = UnixStream::from_std(std_stream).ok()?;
@@ -297,11 +277,7 @@ impl WorkerLink {
         tokio::spawn(async move {
             let mut drain_tx = Some(drain_tx);
             // The master passes on lines of up to its own bound, in an envelope.
-            let max = std::env::var(IPC_MAX_LINE_ENV)
-                .ok()
-                .and_then(|max| max.parse::<usize>().ok())
-                .unwrap_or(DEFAULT_MAX_LINE)
-                .saturating_add(1024);
+            let max = max_line.saturating_add(1024);
             let mut lines = message_lines(read, max);
             while let Ok(message) = read_message::<ToWorker, _>(&mut lines).await {
                 match message {
@@ -484,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn a_ready_worker_reports_its_sessions_when_they_change() {
         let (master, worker) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (link, _events) = WorkerLink::over(worker.into()).unwrap();
+        let (link, _events) = WorkerLink::over(worker.into(), DEFAULT_MAX_LINE).unwrap();
         let sessions = Arc::new(AtomicU64::new(0));
         let count = sessions.clone();
         link.ready(

@@ -5,13 +5,8 @@
 //! other services share). Programs other than the chat app get their environment as given.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-
-/// The fd of the secrets pipe in a chat worker.
-pub const SECRETS_FD: RawFd = 8;
-/// Names [`SECRETS_FD`] for the worker.
-pub const SECRETS_FD_ENV: &str = "CHATCTL_SECRETS_FD";
+use std::io::Write;
+use std::os::fd::OwnedFd;
 
 /// The cookie key (`--env CHAT_SECRET=...`, `serve --secret`).
 pub const CHAT_SECRET: &str = "CHAT_SECRET";
@@ -87,28 +82,10 @@ pub fn pipe_with(secrets: &BTreeMap<String, String>) -> std::io::Result<OwnedFd>
     Ok(read)
 }
 
-/// In a chat worker: the secrets its master passed, read once (the pipe is closed after).
-/// Empty when not started by a master.
-pub fn read_inherited() -> BTreeMap<String, String> {
-    let Some(fd) = std::env::var(SECRETS_FD_ENV)
-        .ok()
-        .and_then(|fd| fd.parse::<RawFd>().ok())
-    else {
-        return BTreeMap::new();
-    };
-    // SAFETY: the master passed this pipe for us alone (CHATCTL_SECRETS_FD), and it is read
-    // only here, once: the variable goes with it.
-    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
-    std::env::remove_var(SECRETS_FD_ENV);
-    let mut blob = Vec::new();
-    if let Err(error) = pipe.read_to_end(&mut blob) {
-        tracing::warn!(%error, "cannot read the secrets the master passed");
-    }
-    serde_json::from_slice(&blob).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     fn strings(items: &[&str]) -> Vec<String> {

@@ -1,7 +1,6 @@
 //! The one place that starts worker processes: the app's program (or this binary's `serve`),
-//! with the listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID`) or, under sticky
-//! scheduling, the hand-off socket as fd 7, the IPC channel as fd 4, its private socket as fd 6,
-//! the chat's secrets pipe as fd 8 ([`crate::secrets`]),
+//! with the descriptors and variables of the contract in [`crate::inherited`] (the listening
+//! socket or the hand-off socket, the IPC channel, its private socket, the secrets pipe),
 //! PR_SET_PDEATHSIG so a dead master leaves no orphans, in the master's process group, as the
 //! configured user. Never `fork()` of a running tokio process without an immediate exec.
 
@@ -15,23 +14,12 @@ use nix::unistd::{dup2_raw, getpgrp, getpid, getppid, Pid, User};
 use tokio::process::{Child, Command};
 
 use crate::config::AppConfig;
-use crate::handoff::{HANDOFF_FD_ENV, PEERS_ENV};
-use crate::ipc::{
-    IPC_FD, IPC_FD_ENV, IPC_MAX_LINE_ENV, NODE_ID_ENV, PRIVATE_SOCKET_ENV, WORKER_ID_ENV,
+use crate::inherited::{
+    EXE_FD, HANDOFF_FD, HANDOFF_FD_ENV, IPC_FD, IPC_FD_ENV, IPC_MAX_LINE_ENV, LISTEN_FD,
+    NODE_ID_ENV, PEERS_ENV, PRIVATE_FD, PRIVATE_SOCKET_ENV, SECRETS_FD, SECRETS_FD_ENV,
+    WORKER_ID_ENV,
 };
 use crate::program::Program;
-use crate::secrets::{SECRETS_FD, SECRETS_FD_ENV};
-
-/// The fd of the listening socket in a worker (systemd's `SD_LISTEN_FDS_START`).
-const LISTEN_FD: RawFd = 3;
-/// The fd through which a chat worker execs this binary (`/proc/self/fd/5`): the worker's user
-/// may not be allowed to walk the path to the binary, but it may run the open file.
-const EXE_FD: RawFd = 5;
-/// The fd of the worker's private socket, bound by the master so the worker needs no access to
-/// the app's directory.
-pub const PRIVATE_FD: RawFd = 6;
-/// The fd of the worker's end of the hand-off socket (sticky scheduling).
-const HANDOFF_FD: RawFd = 7;
 
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
