@@ -8,7 +8,7 @@ pub enum Error {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("LISTEN_FDS={0}: the proxy takes exactly one inherited socket")]
+    #[error("LISTEN_FDS={0}: expected exactly one inherited socket")]
     InheritedSockets(String),
     #[error("no backends: give at least one --backend HOST:PORT=NODE_ID")]
     NoBackends,

@@ -47,7 +47,9 @@ pub(crate) fn inherited_or_bound(address: SocketAddr) -> Result<tokio::net::TcpL
     tokio::net::TcpListener::from_std(std_listener).map_err(bind_error)
 }
 
-fn inherited() -> Result<Option<TcpListener>, Error> {
+/// The listening socket a supervisor passed this process (`LISTEN_FDS=1` with `LISTEN_PID`
+/// naming it: chatctl's master and systemd alike), at most once per process.
+pub fn inherited() -> Result<Option<TcpListener>, Error> {
     let for_us = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|pid| pid.parse::<u32>().ok())

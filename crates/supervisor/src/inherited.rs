@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+/// systemd's `SD_LISTEN_FDS_START`, taken by `sticky::listen::inherited`.
 pub const LISTEN_FD: RawFd = 3;
 pub const IPC_FD: RawFd = 4;
 pub const EXE_FD: RawFd = 5;
@@ -67,8 +68,8 @@ pub struct Inherited {
 /// An inheritance that cannot be used as it is.
 #[derive(Debug, thiserror::Error)]
 pub enum InheritedError {
-    #[error("LISTEN_FDS={0}: expected exactly one inherited socket")]
-    ListenFds(String),
+    #[error(transparent)]
+    Listener(#[from] sticky::Error),
 }
 
 impl Inherited {
@@ -116,24 +117,14 @@ fn take_fd(name: &str) -> Option<RawFd> {
 }
 
 /// The listening socket of the `LISTEN_FDS` protocol (systemd's, which the master follows),
-/// if it names this process.
+/// if it names this process; the variables go with it.
 fn take_listener() -> Result<Option<std::net::TcpListener>, InheritedError> {
-    let (Ok(fds), Ok(pid)) = (std::env::var("LISTEN_FDS"), std::env::var("LISTEN_PID")) else {
-        return Ok(None);
-    };
-    if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(None);
+    let listener = sticky::listen::inherited()?;
+    if listener.is_some() {
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
     }
-    if fds.parse::<i32>().ok() != Some(1) {
-        return Err(InheritedError::ListenFds(fds));
-    }
-    std::env::remove_var("LISTEN_FDS");
-    std::env::remove_var("LISTEN_PID");
-    // SAFETY: by the LISTEN_FDS protocol, fd 3 is a listening socket this process now owns,
-    // and nothing else in the process has taken it (the variables are gone).
-    Ok(Some(unsafe {
-        std::net::TcpListener::from_raw_fd(LISTEN_FD)
-    }))
+    Ok(listener)
 }
 
 fn read_secrets(mut pipe: std::fs::File) -> BTreeMap<String, String> {
