@@ -9,7 +9,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::protocol::{self, Packet, Stamp, COM, INFRA};
-use crate::run::{Control, Shared};
+use crate::run::shared::{Control, Shared};
 use crate::stats::SeenMessages;
 use crate::transport::{Connection, Endpoint, Text};
 use crate::BenchError;

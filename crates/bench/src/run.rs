@@ -6,7 +6,7 @@
 //! - [`tally`]: the counts added up into the report.
 
 mod conductor;
-mod shared;
+pub(crate) mod shared;
 mod tally;
 
 use std::sync::atomic::Ordering;
@@ -22,24 +22,8 @@ use crate::report::Report;
 use conductor::{Conductor, Measured};
 use tally::{build_report, fanout_step};
 
+pub use shared::Control;
 pub(crate) use shared::Shared;
-
-/// What every client is told to do now; the clients watch it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Control {
-    /// Stay connected, receive, do not send.
-    Hold,
-    /// Send `rate` messages a second stamped with `phase` (only client `sender`, if set).
-    Send {
-        phase: u16,
-        rate: f64,
-        sender: Option<u32>,
-    },
-    /// The first member of each room sends one message stamped with `phase`.
-    Probe { phase: u16 },
-    /// Leave.
-    Stop,
-}
 
 /// Runs the configured scenario to the end.
 pub async fn run(config: BenchConfig) -> Report {

@@ -8,7 +8,7 @@ use serde_json::json;
 use socketio::packet::{encode, PacketType};
 use socketio::{BroadcastOperator, EmitError, Room, Socket, SocketIo};
 
-use crate::events::{room_key, INFRA};
+use crate::rooms::{room_key, INFRA};
 
 /// The event the others in the room get, with `{"name": nickname}`.
 const USER_LEFT: &str = "user_left";

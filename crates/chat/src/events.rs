@@ -11,17 +11,10 @@ use socketio::{ConnectError, Event, Namespace, Socket, SocketIo};
 use crate::cookie::{CookieSigner, COOKIE_NAME};
 use crate::departure::Departure;
 use crate::rate_limit::{ConnectionBudget, Cost};
+use crate::rooms::{chat_room_of, room_key, session_room, user_room, COM, INFRA};
 use crate::store::{HistoryLimits, Store};
 use crate::validate;
 use crate::ChatConfig;
-
-pub const INFRA: &str = "/chat_infra";
-pub const COM: &str = "/chat_com";
-
-/// Prefix of the Socket.IO rooms that are chat rooms (other rooms are per user or per socket).
-const ROOM_PREFIX: &str = "room:";
-/// Prefix of the Socket.IO room every socket of one nickname joins, for private messages.
-const USER_PREFIX: &str = "user:";
 
 /// What the event handlers share.
 pub(crate) struct ChatState {
@@ -30,6 +23,15 @@ pub(crate) struct ChatState {
     pub(crate) signer: CookieSigner,
     /// What each client address may still spend on logins.
     pub(crate) logins: crate::login_budget::LoginBudgets,
+}
+
+impl ChatState {
+    /// The login of a request's session cookie, if valid.
+    pub(crate) async fn session_of(&self, headers: &http::HeaderMap) -> Option<crate::Session> {
+        let value = crate::cookie::cookie_in(headers, COOKIE_NAME)?;
+        let id = self.signer.verify(value).ok()?;
+        self.store.session(id).await.ok().flatten()
+    }
 }
 
 /// Who a socket belongs to; set by the cookie middleware.
@@ -190,23 +192,13 @@ fn chat_rooms(socket: &Socket) -> Vec<String> {
     socket
         .rooms()
         .iter()
-        .filter_map(|room| room.strip_prefix(ROOM_PREFIX).map(str::to_owned))
+        .filter_map(|room| chat_room_of(room).map(str::to_owned))
         .collect()
-}
-
-/// The Socket.IO room (in both namespaces) that holds the members of a chat room.
-pub fn room_key(room: &str) -> String {
-    format!("{ROOM_PREFIX}{room}")
-}
-
-/// The Socket.IO room (in both namespaces) of every socket of one login.
-pub fn session_room(session_id: &str) -> String {
-    format!("session:{session_id}")
 }
 
 async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
     if let Some(user) = user(&socket) {
-        socket.join(format!("{USER_PREFIX}{}", user.nickname));
+        socket.join(user_room(&user.nickname));
         socket.join(session_room(&user.session));
     }
     let state = state.clone();
@@ -368,7 +360,7 @@ async fn private_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Even
     };
     // Whether the nickname is online on any worker: a message to nobody is an error, not a
     // silent drop.
-    let recipients = socket.ns().to(format!("{USER_PREFIX}{to}"));
+    let recipients = socket.ns().to(user_room(to));
     if recipients.count().await == 0 {
         return send_error(&socket, format!("{to} is not online"));
     }

@@ -12,6 +12,7 @@ mod forward;
 mod login_budget;
 pub mod pages;
 mod rate_limit;
+mod rooms;
 mod routes;
 mod secret;
 mod server;
@@ -20,8 +21,8 @@ pub mod validate;
 
 pub use config::ChatConfig;
 pub use departure::Departure;
-pub use events::{room_key, COM, INFRA};
 pub use forward::{Connecting, Peers};
+pub use rooms::{room_key, COM, INFRA};
 pub use secret::{cookie_key, load_or_create_secret, new_secret, SecretError, MIN_SECRET_LEN};
 pub use server::{Accept, ChatServer, Origin};
 pub use store::{HistoryLimits, MemoryStore, Session, Store, StoreError};

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engineio::Body;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::cookie::{clear_cookie_header, COOKIE_NAME};
-use crate::events::{self, ChatState};
+use crate::cookie::{clear_cookie_header, cookie_in, COOKIE_NAME};
+use crate::rooms;
 use crate::server::ChatServer;
 use crate::store::{Session, StoreError};
 use crate::{pages, validate, ChatConfig};
@@ -72,7 +72,7 @@ impl ChatServer {
 
     /// The session of the request's cookie, if valid.
     async fn session<B>(&self, req: &Request<B>) -> Option<Session> {
-        session_of(&self.state, req.headers()).await
+        self.state.session_of(req.headers()).await
     }
 
     /// Whether a form POST comes from one of our own pages: a page on another site must not
@@ -233,9 +233,9 @@ impl ChatServer {
         if let Some(id) = cookie(req, COOKIE_NAME).and_then(|v| self.state.signer.verify(v).ok()) {
             let _ = self.state.store.delete_session(id).await;
             // The login's open chat connections end too, on whichever worker they are.
-            for path in [events::INFRA, events::COM] {
+            for path in [rooms::INFRA, rooms::COM] {
                 if let Some(ns) = self.io.of(path) {
-                    ns.to(events::session_room(id)).disconnect();
+                    ns.to(rooms::session_room(id)).disconnect();
                 }
             }
         }
@@ -278,27 +278,8 @@ fn log_refused_login(error: &StoreError) {
     }
 }
 
-/// The login of a request's session cookie, if valid.
-pub(crate) async fn session_of(state: &ChatState, headers: &HeaderMap) -> Option<Session> {
-    let value = cookie_in(headers, COOKIE_NAME)?;
-    let id = state.signer.verify(value).ok()?;
-    state.store.session(id).await.ok().flatten()
-}
-
 fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
     cookie_in(req.headers(), name)
-}
-
-fn cookie_in<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key == name).then_some(value)
-        })
 }
 
 fn response(

@@ -16,7 +16,6 @@ use crate::cookie::CookieSigner;
 use crate::events::{self, ChatState};
 use crate::login_budget::LoginBudgets;
 use crate::rate_limit::Rate;
-use crate::routes::session_of;
 use crate::store::Store;
 use crate::ChatConfig;
 
@@ -71,7 +70,7 @@ impl ChatServer {
             Arc::new(move |headers| {
                 let state = state.clone();
                 let headers = headers.clone();
-                Box::pin(async move { session_of(&state, &headers).await.is_some() })
+                Box::pin(async move { state.session_of(&headers).await.is_some() })
             })
         };
         let legacy = LegacyEndpoint::new(io.clone(), state.config.legacy.clone(), Some(authorize));

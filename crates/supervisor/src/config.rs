@@ -8,7 +8,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::drops::DEFAULT_DROP_LOG_INTERVAL;
 use crate::program::{Capabilities, Program};
+pub use crate::triggers::WatchConfig;
+
+/// The default of `ipc_max_line`: a broadcast of a whole `max_payload` (1 MB) of text that is
+/// escaped twice in JSON stays below it.
+pub const DEFAULT_MAX_LINE: usize = 16 << 20;
 
 /// How connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -66,12 +72,12 @@ pub struct AppConfig {
     pub node_id: u16,
     /// Longest the master waits for a new connection's request line (sticky scheduling) before
     /// dropping it: a client that never sends one never ties up a worker.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub peek_timeout: Duration,
     /// Longest a new connection waits for a worker whose hand-off socket is full (a worker
     /// that stopped taking connections) when every other worker is full too; then it gets 503.
     /// A full worker is skipped at once for another.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub handoff_timeout: Duration,
     /// Longest IPC line (one message) a worker may write, in bytes. A longer one breaks the
     /// channel's contract: the worker is replaced, and the master never holds more of it.
@@ -98,25 +104,25 @@ pub struct AppConfig {
     pub restart: RestartPolicy,
     pub health: HealthConfig,
     /// Longest a draining worker may take to finish its requests on reload.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub drain_timeout: Duration,
     /// The signal that asks a program other than the chat to finish, on stop, reload and
     /// scale down (the chat is asked over IPC): SIGTERM by default, as systemd and PM2 send;
     /// SIGINT or SIGQUIT for programs that shut down gracefully only on those.
     pub kill_signal: crate::SignalName,
     /// Longest `stop` waits for workers to exit after the kill signal before SIGKILL.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub stop_timeout: Duration,
     /// Programs other than the chat: a worker is online only once it sends `READY=1` to its
     /// `NOTIFY_SOCKET` (systemd's protocol, `crate::notify`), not after `min_uptime`: for a
     /// program that loads or connects for a while before it can serve.
     pub wait_ready: bool,
     /// How long a worker may take to report ready before it counts as failed to start.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub ready_timeout: Duration,
     /// How long a question one worker asks all the others (which sockets are in a room) waits
     /// for slow workers before it answers with what it has.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub gather_timeout: Duration,
     /// Replace (like reload) a worker whose resident memory exceeds this many bytes.
     pub max_memory: Option<u64>,
@@ -138,7 +144,7 @@ pub struct AppConfig {
     /// Shortest time between two log lines about one cause of dropped messages (a worker too
     /// slow for the broadcasts relayed to it, a failed store write); the counts are in
     /// `chatctl status --json` at any time.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub drop_log_interval: Duration,
     /// Longest line of a worker's output copied into the log, in bytes; a longer one is cut
     /// there, so a program that prints without newlines cannot grow the master.
@@ -154,37 +160,6 @@ pub struct AppConfig {
     pub cron_restart: Option<String>,
 }
 
-/// `--watch`: which files reload the app when they change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WatchConfig {
-    /// Files and directories watched (directories recursively); none: no watching.
-    pub paths: Vec<PathBuf>,
-    /// Changed paths matching one of these globs never cause a reload.
-    pub ignore: Vec<String>,
-    /// Changes are gathered this long after the first one, so a deploy that writes many files
-    /// causes one reload.
-    #[serde(with = "millis")]
-    pub delay: Duration,
-}
-
-impl Default for WatchConfig {
-    fn default() -> Self {
-        WatchConfig {
-            paths: Vec::new(),
-            ignore: ["**/.git/**", "**/node_modules/**", "**/*.log"]
-                .map(str::to_owned)
-                .to_vec(),
-            delay: Duration::from_millis(500),
-        }
-    }
-}
-
-/// How often a process logs one cause of dropped messages at most: often enough that an
-/// operator sees a loss as it happens, rarely enough that a flood of losses (every broadcast
-/// of a storm) costs a log line per cause and interval, not one per message.
-pub const DEFAULT_DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
 /// When and how fast crashed workers come back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -194,18 +169,18 @@ pub struct RestartPolicy {
     /// with the second crash.
     pub first_restart_at_once: bool,
     /// First restart delay (the second crash's, with `first_restart_at_once`).
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub initial_delay: Duration,
     /// Each further restart waits this much longer.
     pub factor: f64,
     /// Longest restart delay; an errored worker keeps retrying at this pace.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub max_delay: Duration,
     /// A worker up this long is healthy again: its delay starts over.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub reset_after: Duration,
     /// An exit before this much uptime counts as a crash-loop exit.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub min_uptime: Duration,
     /// This many crash-loop exits in a row mark the worker `errored`.
     pub max_fast_exits: u32,
@@ -218,10 +193,10 @@ pub struct RestartPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Time between probes of each worker.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub interval: Duration,
     /// Time a probe may take.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::millis")]
     pub timeout: Duration,
     /// Probes missed in a row before the worker is killed and replaced.
     pub max_misses: u32,
@@ -244,7 +219,7 @@ impl Default for AppConfig {
             node_id: 0,
             peek_timeout: Duration::from_secs(10),
             handoff_timeout: Duration::from_secs(1),
-            ipc_max_line: crate::ipc::DEFAULT_MAX_LINE,
+            ipc_max_line: DEFAULT_MAX_LINE,
             ipc_queue_size: 64 << 20,
             command: Vec::new(),
             env: Vec::new(),
@@ -433,7 +408,12 @@ impl AppConfig {
         {
             return bad("--spare needs connections handed out by the master (the chat with sticky scheduling): a program sharing the listening socket would take connections while it waits as a spare".into());
         }
-        crate::triggers::check(self).map_err(ConfigError)?;
+        crate::triggers::check(
+            &self.watch,
+            self.cron_restart.as_deref(),
+            self.cwd.as_deref(),
+        )
+        .map_err(ConfigError)?;
         Ok(())
     }
 
@@ -513,21 +493,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(multiplier)
         .ok_or_else(|| format!("'{text}' is too large"))
-}
-
-/// Durations are written in milliseconds in config files and JSON.
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
 }
 
 #[cfg(test)]

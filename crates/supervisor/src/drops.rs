@@ -7,6 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// How often a process logs one cause of dropped messages at most: often enough that an
+/// operator sees a loss as it happens, rarely enough that a flood of losses (every broadcast
+/// of a storm) costs a log line per cause and interval, not one per message.
+pub const DEFAULT_DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The counts of one process (or, in the master, of what it dropped on a worker's behalf).
 #[derive(Debug)]
 pub struct Drops {
@@ -25,7 +30,7 @@ struct CauseCount {
 
 impl Default for Drops {
     fn default() -> Self {
-        Drops::new(crate::config::DEFAULT_DROP_LOG_INTERVAL)
+        Drops::new(DEFAULT_DROP_LOG_INTERVAL)
     }
 }
 

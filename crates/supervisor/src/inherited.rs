@@ -80,7 +80,7 @@ impl Inherited {
         // SAFETY (each): the master passed these descriptors for this process alone, under
         // these variables, and they are taken only here, once: the variable goes with it.
         let ipc = take_fd(IPC_FD_ENV).map(|fd| {
-            let max_line = var(IPC_MAX_LINE_ENV).unwrap_or(crate::ipc::DEFAULT_MAX_LINE);
+            let max_line = var(IPC_MAX_LINE_ENV).unwrap_or(crate::config::DEFAULT_MAX_LINE);
             (unsafe { OwnedFd::from_raw_fd(fd) }, max_line)
         });
         let handoff = take_fd(HANDOFF_FD_ENV).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });

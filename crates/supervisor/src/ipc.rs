@@ -19,10 +19,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::lines::{self, BoundedLines};
 
-/// The default of `ipc_max_line`: a broadcast of a whole `max_payload` (1 MB) of text that is
-/// escaped twice in JSON stays below it.
-pub const DEFAULT_MAX_LINE: usize = 16 << 20;
-
 /// From the master to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -460,7 +456,8 @@ mod tests {
     #[tokio::test]
     async fn a_ready_worker_reports_its_sessions_when_they_change() {
         let (master, worker) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (link, _events) = WorkerLink::over(worker.into(), DEFAULT_MAX_LINE).unwrap();
+        let (link, _events) =
+            WorkerLink::over(worker.into(), crate::config::DEFAULT_MAX_LINE).unwrap();
         let sessions = Arc::new(AtomicU64::new(0));
         let count = sessions.clone();
         link.ready(

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod lines;
 pub mod logs;
 pub mod master;
+mod millis;
 pub mod notify;
 pub mod outbox;
 pub mod paths;

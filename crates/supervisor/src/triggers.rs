@@ -1,27 +1,57 @@
 //! What reloads an app by itself: files that change (`--watch`) and a schedule
 //! (`--cron-restart`). This module only says when; the master reloads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ::notify::{RecursiveMode, Watcher as _};
 use croner::Cron;
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::{AppConfig, WatchConfig};
+/// `--watch`: which files reload the app when they change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Files and directories watched (directories recursively); none: no watching.
+    pub paths: Vec<PathBuf>,
+    /// Changed paths matching one of these globs never cause a reload.
+    pub ignore: Vec<String>,
+    /// Changes are gathered this long after the first one, so a deploy that writes many files
+    /// causes one reload.
+    #[serde(with = "crate::millis")]
+    pub delay: Duration,
+}
 
-/// Checks the watch and cron settings of an app (for `AppConfig::validate`).
-pub fn check(config: &AppConfig) -> Result<(), String> {
-    if let Some(expression) = &config.cron_restart {
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            paths: Vec::new(),
+            ignore: ["**/.git/**", "**/node_modules/**", "**/*.log"]
+                .map(str::to_owned)
+                .to_vec(),
+            delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Checks the watch and cron settings of an app (for `AppConfig::validate`); relative watched
+/// paths need the app's `cwd`.
+pub fn check(
+    watch: &WatchConfig,
+    cron_restart: Option<&str>,
+    cwd: Option<&Path>,
+) -> Result<(), String> {
+    if let Some(expression) = cron_restart {
         schedule(expression)?;
     }
-    ignore_set(&config.watch.ignore)?;
-    if !config.watch.paths.is_empty() && config.watch.delay.is_zero() {
+    ignore_set(&watch.ignore)?;
+    if !watch.paths.is_empty() && watch.delay.is_zero() {
         return Err("--watch-delay must be above zero".into());
     }
-    let relative = config.watch.paths.iter().find(|path| path.is_relative());
-    if let (Some(path), None) = (relative, &config.cwd) {
+    let relative = watch.paths.iter().find(|path| path.is_relative());
+    if let (Some(path), None) = (relative, cwd) {
         return Err(format!(
             "watched path {} is relative and the app has no `cwd` to resolve it against: give an absolute path or set cwd",
             path.display()
@@ -154,14 +184,18 @@ mod tests {
 
     #[test]
     fn ignore_globs_must_parse() {
-        let mut config = AppConfig::default();
-        config.watch.ignore = vec!["[".into()];
-        assert!(check(&config).unwrap_err().contains("--watch-ignore"));
-        config.watch.ignore = WatchConfig::default().ignore;
-        config.watch.paths = vec!["relative".into()];
-        assert!(check(&config).unwrap_err().contains("absolute"));
-        config.cwd = Some("/srv/app".into());
-        assert_eq!(check(&config), Ok(()));
+        let mut watch = WatchConfig {
+            ignore: vec!["[".into()],
+            ..WatchConfig::default()
+        };
+        assert!(check(&watch, None, None)
+            .unwrap_err()
+            .contains("--watch-ignore"));
+        watch.ignore = WatchConfig::default().ignore;
+        watch.paths = vec!["relative".into()];
+        assert!(check(&watch, None, None).unwrap_err().contains("absolute"));
+        let cwd = Path::new("/srv/app");
+        assert_eq!(check(&watch, None, Some(cwd)), Ok(()));
     }
 
     #[tokio::test]

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::shared::Shared;
+use super::shared::{Control, Shared};
 use super::tally::fanout_step;
-use super::Control;
 use crate::config::Scenario;
 use crate::process_usage::ProcessWatch;
 

@@ -9,10 +9,26 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Control;
 use crate::config::{BenchConfig, Scenario};
 use crate::stats::{new_histogram, DeliveryRecorder};
 use crate::BenchError;
+
+/// What every client is told to do now; the clients watch it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Control {
+    /// Stay connected, receive, do not send.
+    Hold,
+    /// Send `rate` messages a second stamped with `phase` (only client `sender`, if set).
+    Send {
+        phase: u16,
+        rate: f64,
+        sender: Option<u32>,
+    },
+    /// The first member of each room sends one message stamped with `phase`.
+    Probe { phase: u16 },
+    /// Leave.
+    Stop,
+}
 
 /// Sends of one phase; the receivers' side is in [`DeliveryRecorder`].
 #[derive(Default)]

@@ -262,6 +262,13 @@ impl Inner {
                         });
                     }
                 }
+                Action::KillAfter { generation, delay } => {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        inner.kill_tracked(generation);
+                    });
+                }
                 Action::Forget { generation } => {
                     // What the process owned in the shared store goes, and the others are told.
                     if let Some(service) = self.service.get() {

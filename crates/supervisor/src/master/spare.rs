@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{drain, Inner};
+use super::Inner;
 
 impl Inner {
     /// Starts spares until the app has as many of the current epoch as it wants.
@@ -16,55 +16,9 @@ impl Inner {
         self.perform(actions);
     }
 
-    /// For a reload of slot `slot_id`: moves a spare of the current epoch (a ready one first)
-    /// into the slot as its incoming process, and returns its generation.
-    pub(super) fn take_spare(self: &Arc<Self>, slot_id: usize) -> Option<u64> {
-        let generation = {
-            let mut state = self.lock();
-            let state = &mut *state;
-            let epoch = state.epoch;
-            let index = state
-                .spares
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.epoch == epoch)
-                .min_by_key(|(_, p)| !p.ready)
-                .map(|(index, _)| index)?;
-            let spare = state.spares.remove(index);
-            let generation = spare.generation;
-            state.slots[slot_id].incoming = Some(spare);
-            generation
-        };
-        self.top_up_spares();
-        Some(generation)
-    }
-
-    /// A reload begins: spares of the old epoch are asked to finish (killed if they do not
-    /// within the stop timeout), and new ones start.
+    /// A reload begins: spares of the old settings go, and new ones start.
     pub(super) fn renew_spares(self: &Arc<Self>) {
-        let (stale, timeout) = {
-            let mut state = self.lock();
-            if state.config.spare == 0 && state.spares.is_empty() {
-                return;
-            }
-            state.epoch += 1;
-            let timeout = state.config.stop_timeout;
-            let mut stale = Vec::new();
-            for spare in &state.spares {
-                drain(spare, timeout);
-                stale.push(spare.generation);
-            }
-            (stale, timeout)
-        };
-        if !stale.is_empty() {
-            let inner = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                for generation in stale {
-                    inner.kill_tracked(generation);
-                }
-            });
-        }
-        self.top_up_spares();
+        let actions = self.lock().renew_spares();
+        self.perform(actions);
     }
 }

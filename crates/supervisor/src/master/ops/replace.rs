@@ -4,89 +4,50 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::state::{Event, Role, State};
-use super::super::{drain, Inner};
-use crate::backoff::Backoff;
-use crate::control::Status;
-use nix::sys::signal::Signal;
-
-use crate::spawn::signal;
+use super::super::state::{Event, State, Swapped};
+use super::super::Inner;
 
 impl Inner {
-    /// Replaces one slot's process without a gap: start the new one, wait until it is ready,
-    /// then let the old one drain and exit.
+    /// Replaces one slot's process without a gap: start the new one (or take a spare), wait
+    /// until it is ready, then let the old one drain and exit.
     pub(in crate::master) async fn replace(
         self: &Arc<Self>,
         slot_id: usize,
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<(), String> {
-        let (ready_timeout, drain_timeout) = {
+        let (begun, ready_timeout) = {
             let mut state = self.lock();
-            let (ready, drain) = (state.config.ready_timeout, state.config.drain_timeout);
-            let slot = &mut state.slots[slot_id];
-            if slot.retired || slot.replacing {
-                return Ok(());
-            }
-            slot.replacing = true;
-            (ready, drain)
+            (state.begin_replace(slot_id), state.config.ready_timeout)
         };
-        let result = self
-            .replace_locked_out(slot_id, ready_timeout, drain_timeout, progress)
-            .await;
-        self.lock().slots[slot_id].replacing = false;
-        result
-    }
-
-    pub(in crate::master) async fn replace_locked_out(
-        self: &Arc<Self>,
-        slot_id: usize,
-        ready_timeout: Duration,
-        drain_timeout: Duration,
-        progress: &(dyn Fn(String) + Sync),
-    ) -> Result<(), String> {
-        let spare = self.take_spare(slot_id);
-        let Some(generation) = spare.or_else(|| self.clone().start_proc(slot_id, Role::Incoming))
-        else {
-            return Err(format!("worker {slot_id}: the new process could not start"));
-        };
-        let settled = self
-            .wait_until(ready_timeout + Duration::from_secs(1), |state| {
-                state.slots[slot_id]
-                    .incoming
-                    .as_ref()
-                    .is_none_or(|p| p.generation != generation || p.ready)
-            })
-            .await;
-        let (old, new_pid) = {
-            let mut state = self.lock();
-            let slot = &mut state.slots[slot_id];
-            let ready = slot
-                .incoming
-                .as_ref()
-                .is_some_and(|p| p.generation == generation && p.ready);
-            if !settled || !ready {
-                if let Some(incoming) = slot.incoming.take() {
-                    signal(incoming.pid, Signal::SIGKILL);
-                }
-                let reason = slot
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "it did not become ready".into());
-                return Err(format!("worker {slot_id}: the new process failed ({reason}); the old one keeps serving"));
-            }
-            let new = slot.incoming.take();
-            let new_pid = new.as_ref().map_or(0, |p| p.pid);
-            let old = std::mem::replace(&mut slot.current, new);
-            slot.status = Status::Online;
-            slot.backoff = Backoff::default();
-            let old_info = old.as_ref().map(|p| (p.pid, p.generation));
-            if let Some(old) = old {
-                drain(&old, drain_timeout);
-                slot.draining.push(old);
-            }
-            (old_info, new_pid)
+        let Some(actions) = begun else {
+            return Ok(());
         };
         self.bump();
+        self.perform(actions);
+        let incoming = self.lock().slots[slot_id]
+            .incoming
+            .as_ref()
+            .map(|p| p.generation);
+        let Some(generation) = incoming else {
+            self.lock().slots[slot_id].replacing = false;
+            return Err(format!("worker {slot_id}: the new process could not start"));
+        };
+        self.wait_until(ready_timeout + Duration::from_secs(1), |state| {
+            state.slots[slot_id]
+                .incoming
+                .as_ref()
+                .is_none_or(|p| p.generation != generation || p.ready)
+        })
+        .await;
+        let (swapped, actions) = self.lock().finish_replace(slot_id, generation);
+        self.bump();
+        self.perform(actions);
+        let swapped = swapped.map_err(|reason| {
+            format!(
+                "worker {slot_id}: the new process failed ({reason}); the old one keeps serving"
+            )
+        })?;
+        let Swapped { new_pid, old } = swapped;
         let Some((old_pid, old_generation)) = old else {
             progress(format!("worker {slot_id}: pid {new_pid} online"));
             return Ok(());
@@ -94,6 +55,7 @@ impl Inner {
         progress(format!(
             "worker {slot_id}: pid {new_pid} online, pid {old_pid} draining"
         ));
+        let drain_timeout = self.lock().config.drain_timeout;
         self.reap(slot_id, old_generation, drain_timeout).await;
         Ok(())
     }

@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use super::super::state::{Role, State};
-use super::super::{drain, Inner};
-use crate::backoff::Backoff;
-use crate::control::Status;
+use super::super::state::State;
+use super::super::Inner;
 
 impl Inner {
     /// Restarts every worker: each is stopped, then started again (not zero-downtime; see reload).
@@ -26,26 +24,18 @@ impl Inner {
             )
         };
         for slot_id in &slots {
-            let old = {
-                let mut state = self.lock();
-                let slot = &mut state.slots[*slot_id];
-                slot.status = Status::Stopping;
-                slot.current.as_ref().map(|p| {
-                    drain(p, stop_timeout);
-                    p.generation
-                })
-            };
+            let (old, actions) = self.lock().stop_for_restart(*slot_id, stop_timeout);
+            self.bump();
+            self.perform(actions);
             if let Some(generation) = old {
                 self.reap(*slot_id, generation, stop_timeout).await;
             }
-            {
-                let mut state = self.lock();
-                let slot = &mut state.slots[*slot_id];
-                slot.status = Status::Launching;
-                slot.backoff = Backoff::default();
-                slot.restarts += 1;
-            }
-            let generation = self.clone().start_proc(*slot_id, Role::Current);
+            let actions = self.lock().relaunch(*slot_id);
+            self.perform(actions);
+            let generation = self.lock().slots[*slot_id]
+                .current
+                .as_ref()
+                .map(|p| p.generation);
             let ready_timeout = self.lock().config.ready_timeout;
             let online = |state: &State| {
                 state.slots[*slot_id]

@@ -78,6 +78,11 @@ pub(in crate::master) enum Action {
         generation: u64,
         why: Option<Log>,
     },
+    /// SIGKILL a process after `delay` if it is still tracked then.
+    KillAfter {
+        generation: u64,
+        delay: Duration,
+    },
     /// Drop what an exited process owned in the shared store, telling the other workers.
     Forget {
         generation: u64,

@@ -13,9 +13,11 @@ use crate::control::Status;
 use crate::spawn::RunAs;
 
 mod event;
+mod ops;
 mod process;
 
 pub(in crate::master) use event::{Action, Event, Level, Log};
+pub(in crate::master) use ops::Swapped;
 pub(in crate::master) use process::{Proc, Role, Slot};
 
 /// Where the whole app is in its life. A stop drains every worker (`Stopping`); the master

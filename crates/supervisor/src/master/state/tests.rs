@@ -383,3 +383,136 @@ fn a_stop_drains_every_process_and_their_exits_restart_nothing() {
     state.apply(Event::Finished);
     assert_eq!(state.phase, Phase::Finished);
 }
+
+#[test]
+fn a_replacement_swaps_in_a_ready_process_and_drains_the_old_one() {
+    let mut state = running(1);
+    let actions = state.begin_replace(0).expect("a replacement begins");
+    assert_eq!(starts(&actions), vec![(0, Role::Incoming)]);
+    assert!(
+        state.begin_replace(0).is_none(),
+        "one replacement at a time"
+    );
+    let incoming = proc(&state.config, 0, 5);
+    state.apply(Event::Started {
+        slot: 0,
+        role: Role::Incoming,
+        proc: incoming,
+    });
+    state.apply(Event::Ready {
+        generation: 5,
+        via_ipc: true,
+    });
+    let (swapped, actions) = state.finish_replace(0, 5);
+    assert_eq!(
+        swapped,
+        Ok(Swapped {
+            new_pid: 1005,
+            old: Some((1001, 1))
+        })
+    );
+    assert!(matches!(
+        &actions[..],
+        [Action::Drain { generation: 1, .. }]
+    ));
+    assert!(state.slots[0]
+        .current
+        .as_ref()
+        .is_some_and(|p| p.generation == 5));
+    assert!(!state.slots[0].replacing);
+    // The old one's exit restarts nothing.
+    let actions = state.apply(exited(1, Some(0)));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { .. })));
+}
+
+#[test]
+fn a_replacement_that_never_gets_ready_is_killed_and_the_old_process_keeps_serving() {
+    let mut state = running(1);
+    state.begin_replace(0);
+    let incoming = proc(&state.config, 0, 5);
+    state.apply(Event::Started {
+        slot: 0,
+        role: Role::Incoming,
+        proc: incoming,
+    });
+    let (swapped, actions) = state.finish_replace(0, 5);
+    assert!(swapped.is_err());
+    assert_eq!(kills(&actions), vec![5]);
+    assert!(state.slots[0]
+        .current
+        .as_ref()
+        .is_some_and(|p| p.generation == 1));
+    assert_eq!(state.slots[0].status, Status::Online);
+}
+
+#[test]
+fn a_replacement_takes_a_ready_spare_first_and_a_new_spare_starts() {
+    let mut state = running(1);
+    state.config.spare = 1;
+    for generation in [7, 8] {
+        let spare = proc(&state.config, 1, generation);
+        state.apply(Event::Started {
+            slot: 1,
+            role: Role::Spare,
+            proc: spare,
+        });
+    }
+    state.apply(Event::Ready {
+        generation: 8,
+        via_ipc: true,
+    });
+    let actions = state.begin_replace(0).expect("a replacement begins");
+    assert!(state.slots[0]
+        .incoming
+        .as_ref()
+        .is_some_and(|p| p.generation == 8));
+    // One spare of the epoch is left, as many as wanted: none starts.
+    assert!(starts(&actions).is_empty());
+}
+
+#[test]
+fn a_restart_drains_the_slot_then_starts_it_again_with_a_fresh_backoff() {
+    let mut state = running(1);
+    let timeout = Duration::from_secs(2);
+    let (old, actions) = state.stop_for_restart(0, timeout);
+    assert_eq!(old, Some(1));
+    assert_eq!(
+        actions,
+        vec![Action::Drain {
+            generation: 1,
+            timeout
+        }]
+    );
+    // Its exit is expected: no restart of its own.
+    let exit = state.apply(exited(1, None));
+    assert!(!exit
+        .iter()
+        .any(|a| matches!(a, Action::RestartAfter { .. })));
+    let actions = state.relaunch(0);
+    assert_eq!(starts(&actions), vec![(0, Role::Current)]);
+    assert_eq!(state.slots[0].status, Status::Launching);
+    assert_eq!(state.slots[0].restarts, 1);
+}
+
+#[test]
+fn a_reload_drains_the_old_spares_kills_them_later_and_starts_new_ones() {
+    let mut state = running(1);
+    state.config.spare = 1;
+    let old = proc(&state.config, 1, 7);
+    state.apply(Event::Started {
+        slot: 1,
+        role: Role::Spare,
+        proc: old,
+    });
+    let actions = state.renew_spares();
+    assert_eq!(state.epoch, 1);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Drain { generation: 7, .. })));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::KillAfter { generation: 7, .. })));
+    assert_eq!(starts(&actions), vec![(1, Role::Spare)]);
+}
