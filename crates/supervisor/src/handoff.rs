@@ -116,15 +116,6 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Takes the worker's end passed as descriptor `fd`.
-    ///
-    /// # Safety
-    /// `fd` must be an open hand-off socket that nothing else in the process owns.
-    pub unsafe fn from_raw_fd(fd: RawFd) -> io::Result<Self> {
-        // SAFETY: ownership is the caller's promise.
-        Self::new(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
     /// Takes the worker's end of a hand-off pair.
     pub fn new(fd: OwnedFd) -> io::Result<Self> {
         // Not inherited by programs we might run (an inherited end comes without the flag).
