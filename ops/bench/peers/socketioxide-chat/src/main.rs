@@ -1,5 +1,5 @@
 //! The socketioxide peer of ops/bench/run.sh: the chat of crates/chat (its HTTP and Socket.IO
-//! surface, see crates/chat/src/{server.rs,events.rs}) written on socketioxide and axum, one
+//! surface, see crates/chat/src/{routes.rs,events.rs}) written on socketioxide and axum, one
 //! process on tokio's multi-thread runtime, everything in memory.
 //!
 //! Usage: socketioxide-chat --port 3000 [--host 127.0.0.1]   (or PORT, HOST; SECRET signs the
