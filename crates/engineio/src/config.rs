@@ -79,6 +79,10 @@ pub struct EngineConfig {
     /// How long a websocket that started an upgrade (`2probe`) may take to finish it (`5`); after
     /// it, the websocket is dropped and the session goes on over polling.
     pub upgrade_timeout: Duration,
+    /// How long a polling GET that comes in while a websocket takes its session over waits for
+    /// the upgrade to end: then it gets 400 if the websocket took the session, or goes on as a
+    /// poll. Node's engine.io answers such a GET on its next check, every 100 ms.
+    pub upgrade_poll_wait: Duration,
     /// Allowed origins.
     pub cors: CorsPolicy,
     /// Bytes the websocket reader keeps per connection (it grows while a larger message is read).
@@ -116,6 +120,7 @@ impl Default for EngineConfig {
             body_read_timeout: Duration::from_secs(10),
             max_buffered_packets: 4096,
             upgrade_timeout: Duration::from_secs(10),
+            upgrade_poll_wait: Duration::from_millis(100),
             cors: CorsPolicy::SameOrigin,
             ws_read_buffer_size: 1024,
             ws_write_buffer_size: 0,

@@ -167,8 +167,8 @@ pub struct Socket<D> {
     pub(crate) upgrading: AtomicBool,
     /// Serialises polling POSTs: packets of one client are handled in order.
     pub(crate) post_lock: Mutex<()>,
-    /// Woken when a websocket probes this session: a pending GET answers at once so that the
-    /// client can pause polling and finish the upgrade.
+    /// Woken when a websocket probes this session (a pending GET answers at once, so that the
+    /// client can pause polling and finish the upgrade) and when that upgrade ends either way.
     pub(crate) probed: Notify,
     /// Woken by every pong; the heartbeat waits on it.
     pub(crate) pong: Notify,
@@ -234,6 +234,12 @@ impl<D> Socket<D> {
 
     pub(crate) fn set_transport(&self, transport: Transport) {
         self.transport.store(transport as u8, Ordering::Release);
+    }
+
+    /// A websocket's upgrade of this session ended, done or not (the transport says which).
+    pub(crate) fn end_upgrade(&self) {
+        self.upgrading.store(false, Ordering::Release);
+        self.probed.notify_waiters();
     }
 
     /// The layer above accepts this client (Socket.IO: it joined a namespace): from now on the

@@ -143,6 +143,50 @@ async fn polling_session_upgrades_to_websocket_with_probe() {
 }
 
 #[tokio::test]
+async fn a_poll_that_comes_in_during_the_upgrade_waits_for_it_and_is_refused_once_it_is_done() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Held as long as it takes `5` to arrive, however loaded the machine.
+    let server = start(engineio::EngineConfig {
+        upgrade_poll_wait: Duration::from_secs(60),
+        ..config()
+    })
+    .await;
+    let sid = server.polling_handshake().await.sid;
+    let mut ws = server.ws_connect(server.ws_request(Some(&sid))).await;
+    send_text(&mut ws, "2probe").await;
+    assert_eq!(next_text(&mut ws).await, "3probe");
+
+    // The official suite's client sends `5` and a GET at once; the server may read the GET
+    // first. Here it does: the GET waits for the upgrade to end instead of being answered as a
+    // poll. (A bounded look for an early answer; a slow machine can only hide a failure.)
+    let mut get = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    get.write_all(request.as_bytes()).await.expect("send GET");
+    let mut early = [0u8; 1];
+    let answered = tokio::time::timeout(Duration::from_millis(300), get.peek(&mut early)).await;
+    assert!(
+        answered.is_err(),
+        "the GET was answered while the upgrade was under way"
+    );
+    send_text(&mut ws, "5").await;
+    let mut answer = String::new();
+    within("the GET's answer", get.read_to_string(&mut answer))
+        .await
+        .expect("read the answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "a poll after the upgrade got: {answer}"
+    );
+    send_text(&mut ws, "4over websocket").await;
+    assert_eq!(next_text(&mut ws).await, "4over websocket");
+}
+
+#[tokio::test]
 async fn second_websocket_on_an_upgraded_session_is_closed_at_once() {
     let server = start(config()).await;
     let sid = server.polling_handshake().await.sid;

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -10,7 +11,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::{read_body, BodyError};
 use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
 use crate::packet::{decode_payload, Frame, RECORD_SEPARATOR};
-use crate::socket::{DisconnectReason, Socket};
+use crate::socket::{DisconnectReason, Socket, Transport};
 
 pub(crate) fn text_response(body: String) -> Response<Body> {
     let mut response = Response::new(Body::new(Bytes::from(body)));
@@ -27,6 +28,11 @@ pub(crate) async fn poll<H: Handler>(
     engine: &Arc<Engine<H>>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Response<Body> {
+    wait_for_upgrade(socket, engine.config.upgrade_poll_wait).await;
+    if socket.transport() != Transport::Polling {
+        // The websocket took the session over: polling with its sid is refused from now on.
+        return error_response(ErrorCode::BadRequest);
+    }
     let Ok(mut outbox) = socket.outbox.try_lock() else {
         // Another GET (or the websocket writer after an upgrade) already holds the session.
         socket.close(DisconnectReason::MultipleRequests);
@@ -130,4 +136,25 @@ where
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
     response
+}
+
+/// Waits, up to `wait`, for a websocket's upgrade of the session to end, so that a GET the
+/// client sent after its `5` is refused as coming after the upgrade, whichever of the two
+/// connections the server reads first. A GET of a client still finishing its upgrade is
+/// answered after `wait` (with a noop), which lets it pause polling and send its `5`.
+async fn wait_for_upgrade<D>(socket: &Socket<D>, wait: Duration) {
+    if !socket.upgrading.load(Ordering::Acquire) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let progress = socket.probed.notified();
+        tokio::pin!(progress);
+        progress.as_mut().enable();
+        if !socket.upgrading.load(Ordering::Acquire)
+            || tokio::time::timeout_at(deadline, progress).await.is_err()
+        {
+            return;
+        }
+    }
 }

@@ -100,7 +100,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
     }
     tokio::spawn(async move {
         let Some(mut ws) = accept(&engine, on_upgrade).await else {
-            socket.upgrading.store(false, Ordering::Release);
+            socket.end_upgrade();
             return;
         };
         let probed = tokio::select! {
@@ -110,7 +110,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
             _ = socket.closed() => false,
         };
         if !probed {
-            socket.upgrading.store(false, Ordering::Release);
+            socket.end_upgrade();
             tracing::debug!(
                 sid = socket.id(),
                 "upgrade not completed; staying on polling"
@@ -120,7 +120,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
         }
         // The transport switches before `upgrading` clears, so no GET slips in between.
         socket.set_transport(Transport::Websocket);
-        socket.upgrading.store(false, Ordering::Release);
+        socket.end_upgrade();
         CoalesceWrites::start(coalesce);
         carry_session(&engine, &socket, ws).await;
     });
