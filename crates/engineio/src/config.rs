@@ -83,6 +83,9 @@ pub struct EngineConfig {
     /// the upgrade to end: then it gets 400 if the websocket took the session, or goes on as a
     /// poll. Node's engine.io answers such a GET on its next check, every 100 ms.
     pub upgrade_poll_wait: Duration,
+    /// How long a polling client's close waits for the GET it sent along with it, so that the
+    /// GET ends with a noop and not with "session unknown".
+    pub close_poll_wait: Duration,
     /// Allowed origins.
     pub cors: CorsPolicy,
     /// Bytes the websocket reader keeps per connection (it grows while a larger message is read).
@@ -121,6 +124,7 @@ impl Default for EngineConfig {
             max_buffered_packets: 4096,
             upgrade_timeout: Duration::from_secs(10),
             upgrade_poll_wait: Duration::from_millis(100),
+            close_poll_wait: Duration::from_millis(100),
             cors: CorsPolicy::SameOrigin,
             ws_read_buffer_size: 1024,
             ws_write_buffer_size: 0,

@@ -167,9 +167,10 @@ pub struct Socket<D> {
     pub(crate) upgrading: AtomicBool,
     /// Serialises polling POSTs: packets of one client are handled in order.
     pub(crate) post_lock: Mutex<()>,
-    /// Woken when a websocket probes this session (a pending GET answers at once, so that the
-    /// client can pause polling and finish the upgrade) and when that upgrade ends either way.
-    pub(crate) probed: Notify,
+    /// Woken when the session's transports change hands: a websocket probes it (a pending GET
+    /// answers at once, so that the client can pause polling and finish the upgrade), that
+    /// upgrade ends either way, or a GET takes the session.
+    pub(crate) transport_changes: Notify,
     /// Woken by every pong; the heartbeat waits on it.
     pub(crate) pong: Notify,
     closed: CancellationToken,
@@ -203,7 +204,7 @@ impl<D> Socket<D> {
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
             post_lock: Mutex::new(()),
-            probed: Notify::new(),
+            transport_changes: Notify::new(),
             pong: Notify::new(),
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
@@ -239,7 +240,7 @@ impl<D> Socket<D> {
     /// A websocket's upgrade of this session ended, done or not (the transport says which).
     pub(crate) fn end_upgrade(&self) {
         self.upgrading.store(false, Ordering::Release);
-        self.probed.notify_waiters();
+        self.transport_changes.notify_waiters();
     }
 
     /// The layer above accepts this client (Socket.IO: it joined a namespace): from now on the

@@ -100,6 +100,39 @@ async fn client_close_packet_ends_the_session() {
 }
 
 #[tokio::test]
+async fn a_poll_sent_along_with_the_close_ends_with_a_noop_even_when_the_close_is_read_first() {
+    // The close waits for the GET as long as it takes to arrive, however loaded the machine.
+    let server = start(engineio::EngineConfig {
+        close_poll_wait: Duration::from_secs(60),
+        ..config()
+    })
+    .await;
+    let sid = server.polling_handshake().await.sid;
+
+    let mut close = tokio::spawn({
+        let server = server.clone();
+        let sid = sid.clone();
+        async move { server.post(&sid, "1").await }
+    });
+    // The close is read first here: it waits for the GET instead of ending the session at once.
+    // (A bounded look for an early answer; a slow machine can only hide a failure.)
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut close).await;
+    assert!(early.is_err(), "the close was answered before its GET came");
+    let poll = server.poll(&sid).await;
+    assert_eq!((poll.status, poll.body.as_str()), (StatusCode::OK, "6"));
+    let closed = within("the close's answer", close)
+        .await
+        .expect("POST task");
+    assert_eq!(closed.status, StatusCode::OK);
+    assert_eq!(
+        server.disconnect_reason(&sid).await,
+        DisconnectReason::ClientClose
+    );
+    let after = server.poll(&sid).await;
+    assert_eq!(after.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn polling_client_that_answers_pings_outlives_several_ping_timeouts() {
     // A pong may be late under a loaded test machine: give it slack, the point is that
     // answered pings keep the session past any number of timeouts.

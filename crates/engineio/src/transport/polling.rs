@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{read_body, BodyError};
 use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
-use crate::packet::{decode_payload, Frame, RECORD_SEPARATOR};
+use crate::packet::{decode_payload, Frame, Packet, RECORD_SEPARATOR};
 use crate::socket::{DisconnectReason, Socket, Transport};
 
 pub(crate) fn text_response(body: String) -> Response<Body> {
@@ -38,7 +38,9 @@ pub(crate) async fn poll<H: Handler>(
         socket.close(DisconnectReason::MultipleRequests);
         return error_response(ErrorCode::BadRequest);
     };
-    let probed = socket.probed.notified();
+    // A POST closing the session may be waiting for this GET (see `wait_for_poll`).
+    socket.transport_changes.notify_waiters();
+    let probed = socket.transport_changes.notified();
     tokio::pin!(probed);
     probed.as_mut().enable();
     let first = if socket.upgrading.load(Ordering::Acquire) {
@@ -128,6 +130,9 @@ where
         }
     };
     for packet in packets {
+        if packet == Packet::Close {
+            wait_for_poll(socket, config.close_poll_wait).await;
+        }
         engine.receive(socket, packet).await;
     }
     let mut response = Response::new(Body::new(Bytes::from_static(b"ok")));
@@ -148,10 +153,29 @@ async fn wait_for_upgrade<D>(socket: &Socket<D>, wait: Duration) {
     }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let progress = socket.probed.notified();
+        let progress = socket.transport_changes.notified();
         tokio::pin!(progress);
         progress.as_mut().enable();
         if !socket.upgrading.load(Ordering::Acquire)
+            || tokio::time::timeout_at(deadline, progress).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Before a client's close: waits, up to `wait`, for a GET of the session to be pending, so that
+/// the poll the client sent along with its close ends with a noop, as it does when the GET is
+/// read first, rather than with "session unknown".
+async fn wait_for_poll<D>(socket: &Socket<D>, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let progress = socket.transport_changes.notified();
+        tokio::pin!(progress);
+        progress.as_mut().enable();
+        let polling = socket.transport() == Transport::Polling;
+        if !polling
+            || socket.outbox.try_lock().is_err()
             || tokio::time::timeout_at(deadline, progress).await.is_err()
         {
             return;

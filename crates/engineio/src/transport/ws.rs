@@ -140,7 +140,7 @@ async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
                     .await
                     .map_err(|_| ())?;
                 // Ends the pending GET so the client can pause polling.
-                socket.probed.notify_waiters();
+                socket.transport_changes.notify_waiters();
                 probed = true;
             }
             Ok(Packet::Upgrade) if probed => return Ok(()),
