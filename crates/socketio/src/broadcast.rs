@@ -80,8 +80,16 @@ impl BroadcastOperator {
     }
 
     fn send(&self, json: &str, binary: &[Bytes]) -> Result<(), EmitError> {
-        let frames = encode(PacketType::Event, self.ns.path(), None, Some(json), binary);
-        self.ns.adapter().broadcast(&self.ns, &frames, &self.opts)
+        let encode =
+            |json: &str| encode(PacketType::Event, self.ns.path(), None, Some(json), binary);
+        let broadcast = |frames: &[_]| self.ns.adapter().broadcast(&self.ns, frames, &self.opts);
+        match self.ns.recovery() {
+            // A volatile event is not kept for replay, and so carries no offset.
+            Some(recovery) if !self.opts.volatile => {
+                recovery.send(json, &self.opts, encode, broadcast)
+            }
+            _ => broadcast(&encode(json)),
+        }
     }
 
     /// The matching sockets of every process of the app (only this one's with `local()`).

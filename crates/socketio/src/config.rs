@@ -6,6 +6,7 @@ use std::time::Duration;
 use engineio::EngineConfig;
 
 use crate::adapter::{Adapter, LocalAdapter};
+use crate::recovery::RecoveryConfig;
 
 /// Builds the adapter of each namespace; the default keeps rooms in this process.
 pub type AdapterFactory = Arc<dyn Fn(&str) -> Arc<dyn Adapter> + Send + Sync>;
@@ -30,6 +31,9 @@ pub struct SocketIoConfig {
     pub max_attachments: usize,
     /// Makes the adapter of a namespace: in-process by default, cross-worker in a cluster.
     pub adapter: AdapterFactory,
+    /// Connection-state recovery: off (`None`) by default. With it, a client whose connection
+    /// broke gets its socket, rooms and missed events back if it returns within the window.
+    pub recovery: Option<RecoveryConfig>,
 }
 
 impl Default for SocketIoConfig {
@@ -40,6 +44,7 @@ impl Default for SocketIoConfig {
             ack_timeout: Duration::from_secs(5),
             max_attachments: 10,
             adapter: Arc::new(|_| Arc::new(LocalAdapter::default()) as Arc<dyn Adapter>),
+            recovery: None,
         }
     }
 }
@@ -51,6 +56,7 @@ impl std::fmt::Debug for SocketIoConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("ack_timeout", &self.ack_timeout)
             .field("max_attachments", &self.max_attachments)
+            .field("recovery", &self.recovery)
             .finish_non_exhaustive()
     }
 }

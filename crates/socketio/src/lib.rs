@@ -25,6 +25,7 @@ mod handshake;
 mod namespace;
 pub mod packet;
 mod reassembly;
+mod recovery;
 mod server;
 mod socket;
 
@@ -37,6 +38,7 @@ pub use error::{AckError, ConnectError, EmitError};
 pub use event::{AckResponse, AckSender, Event};
 pub use handshake::Handshake;
 pub use namespace::Namespace;
+pub use recovery::RecoveryConfig;
 pub use server::{Dispatcher, SocketIo};
 pub use socket::{DisconnectReason, Socket};
 

@@ -15,6 +15,7 @@ use crate::broadcast::BroadcastOperator;
 use crate::config::SocketIoConfig;
 use crate::error::{ConnectError, EmitError};
 use crate::event::Event;
+use crate::recovery::Recovery;
 use crate::socket::{EventHandler, Socket};
 use crate::{Room, Sid};
 
@@ -40,6 +41,8 @@ pub struct Namespace {
     /// Event handlers of every socket (see [`Namespace::on`]).
     events: RwLock<HashMap<String, EventHandler>>,
     sockets: RwLock<HashMap<Sid, Arc<Socket>>>,
+    /// What is kept for clients that come back (with [`SocketIoConfig::recovery`]).
+    recovery: Option<Recovery>,
 }
 
 impl Namespace {
@@ -49,8 +52,10 @@ impl Namespace {
         handlers: NamespaceHandlers,
     ) -> Arc<Self> {
         let adapter = (config.adapter)(path);
+        let recovery = config.recovery.clone().map(Recovery::new);
         Arc::new(Namespace {
             path: path.to_owned(),
+            recovery,
             config,
             adapter,
             handlers: RwLock::new(handlers),
@@ -69,6 +74,10 @@ impl Namespace {
 
     pub(crate) fn config(&self) -> &SocketIoConfig {
         &self.config
+    }
+
+    pub(crate) fn recovery(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
     }
 
     pub(crate) fn handlers(&self) -> NamespaceHandlers {

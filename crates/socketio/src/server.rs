@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use engineio::{Engine, Message};
 use http::{Request, Response};
+use serde_json::value::RawValue;
 
 use crate::config::SocketIoConfig;
 use crate::connection::{Conn, ConnState};
@@ -15,6 +16,7 @@ use crate::error::ConnectError;
 use crate::namespace::{ConnectHandler, Namespace, NamespaceHandlers};
 use crate::packet::{encode, Packet, PacketType, ParseError};
 use crate::reassembly::{AttachmentLimits, Refusal};
+use crate::recovery::Pid;
 use crate::socket::{DisconnectReason, Socket};
 
 type NamespaceMatcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -220,7 +222,21 @@ impl Dispatcher {
             refuse(ConnectError::new("Invalid namespace"));
             return;
         };
-        let socket = Arc::new(Socket::new(ns.clone(), conn.clone(), packet.data));
+        // A client that lost its connection comes back with `{pid, offset}` in its auth.
+        let restored = ns.recovery().and_then(|recovery| {
+            let (pid, offset) = recovery_attempt(packet.data.as_deref())?;
+            Some((Pid::from(pid.as_str()), recovery.restore(&pid, &offset)?))
+        });
+        let socket = Arc::new(match &restored {
+            Some((pid, restored)) => Socket::restored(
+                ns.clone(),
+                conn.clone(),
+                packet.data,
+                restored.sid.clone(),
+                pid.clone(),
+            ),
+            None => Socket::new(ns.clone(), conn.clone(), packet.data),
+        });
         let handlers = ns.handlers();
         for middleware in &handlers.middlewares {
             if let Err(error) = middleware(socket.clone()).await {
@@ -236,18 +252,50 @@ impl Dispatcher {
         conn.insert(&packet.nsp, socket.clone());
         // A client in a namespace is a user, no longer a pending handshake.
         conn.admit();
-        ns.insert(&socket);
-        let json = serde_json::json!({ "sid": socket.id().as_ref() }).to_string();
-        if socket
-            .send_packet(PacketType::Connect, None, &json, &[])
-            .is_err()
-        {
+        let mut reply = serde_json::json!({ "sid": socket.id().as_ref() });
+        if let Some(pid) = socket.pid() {
+            reply["pid"] = pid.as_str().into();
+        }
+        let reply = reply.to_string();
+        let connected = match (&restored, ns.recovery()) {
+            (Some((_, restored)), Some(recovery)) => {
+                // Under the log's lock, so that no event falls between the replay and the
+                // socket's return to its rooms. The missed events go first, as the reference
+                // server sends them: the client holds them until its CONNECT reply.
+                recovery.catch_up(restored.upto, socket.id(), &restored.rooms, |later| {
+                    ns.insert(&socket);
+                    for room in &restored.rooms {
+                        socket.join(room.clone());
+                    }
+                    socket.queue(restored.missed.iter().cloned())?;
+                    socket.queue(later)?;
+                    socket.send_packet(PacketType::Connect, None, &reply, &[])
+                })
+            }
+            _ => {
+                ns.insert(&socket);
+                socket.send_packet(PacketType::Connect, None, &reply, &[])
+            }
+        };
+        if connected.is_err() {
             return;
         }
         if let Some(on_connect) = handlers.on_connect {
             on_connect(socket).await;
         }
     }
+}
+
+/// The `pid` and `offset` of a client that asks for its earlier socket back: both strings in
+/// its CONNECT auth, as the reference client sends them.
+fn recovery_attempt(auth: Option<&RawValue>) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Attempt {
+        pid: String,
+        offset: String,
+    }
+    let attempt: Attempt = serde_json::from_str(auth?.get()).ok()?;
+    Some((attempt.pid, attempt.offset))
 }
 
 impl engineio::Handler for Dispatcher {

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use engineio::Frame;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+use crate::adapter::BroadcastOptions;
 use crate::broadcast::BroadcastOperator;
 use crate::connection::Conn;
 use crate::error::{AckError, EmitError};
@@ -19,6 +21,7 @@ use crate::event::{AckResponse, AckSender, Event};
 use crate::handshake::Handshake;
 use crate::namespace::Namespace;
 use crate::packet::{encode, event_array, Packet, PacketType};
+use crate::recovery::Pid;
 use crate::{Room, Sid};
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -46,6 +49,23 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Whether the client may come back to this socket (connection-state recovery): its
+    /// connection broke, rather than it or the server leaving on purpose or the client being
+    /// cut off for what it sent.
+    pub fn is_recoverable(self) -> bool {
+        use engineio::DisconnectReason as Engine;
+        matches!(
+            self,
+            DisconnectReason::Transport(
+                Engine::TransportClose
+                    | Engine::PingTimeout
+                    | Engine::MultipleRequests
+                    | Engine::ServerClose
+                    | Engine::ClientClose
+            )
+        )
+    }
+
     /// The wording the Socket.IO reference uses.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,12 +91,47 @@ pub struct Socket {
     next_ack: AtomicU64,
     acks: Mutex<HashMap<u64, oneshot::Sender<AckResponse>>>,
     connected: AtomicBool,
+    /// Its private id, with recovery on (see [`crate::RecoveryConfig`]).
+    pid: Option<Pid>,
+    /// It is the socket of an earlier connection, given back to a client that returned.
+    recovered: bool,
     /// Application state attached to this socket (a nickname, a session).
     pub extensions: RwLock<http::Extensions>,
 }
 
 impl Socket {
+    /// A new socket: a new id, and a private id if its namespace keeps sockets for recovery.
     pub(crate) fn new(ns: Arc<Namespace>, conn: Conn, auth: Option<Box<RawValue>>) -> Self {
+        let pid = ns.recovery().map(|_| Pid::new());
+        Socket::with_identity(
+            ns,
+            conn,
+            auth,
+            engineio::generate_sid("").into(),
+            pid,
+            false,
+        )
+    }
+
+    /// The socket of an earlier connection, for the client that returned with its `pid`.
+    pub(crate) fn restored(
+        ns: Arc<Namespace>,
+        conn: Conn,
+        auth: Option<Box<RawValue>>,
+        id: Sid,
+        pid: Pid,
+    ) -> Self {
+        Socket::with_identity(ns, conn, auth, id, Some(pid), true)
+    }
+
+    fn with_identity(
+        ns: Arc<Namespace>,
+        conn: Conn,
+        auth: Option<Box<RawValue>>,
+        id: Sid,
+        pid: Option<Pid>,
+        recovered: bool,
+    ) -> Self {
         let handshake = Handshake {
             headers: conn.shared_headers(),
             uri: conn.uri().clone(),
@@ -84,7 +139,7 @@ impl Socket {
             issued: std::time::SystemTime::now(),
         };
         Socket {
-            id: engineio::generate_sid("").into(),
+            id,
             ns,
             conn,
             handshake,
@@ -93,6 +148,8 @@ impl Socket {
             next_ack: AtomicU64::new(0),
             acks: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
+            pid,
+            recovered,
             extensions: RwLock::new(http::Extensions::new()),
         }
     }
@@ -131,6 +188,16 @@ impl Socket {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Whether this is the socket of an earlier connection, given back with its rooms and the
+    /// events it missed to a client that came back (connection-state recovery).
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    pub(crate) fn pid(&self) -> Option<&Pid> {
+        self.pid.as_ref()
+    }
+
     pub(crate) fn set_connected(&self) {
         self.connected.store(true, Ordering::Release);
     }
@@ -166,7 +233,7 @@ impl Socket {
     /// Emits an event with one argument.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), EmitError> {
         let json = event_json(event, data)?;
-        self.send_packet(PacketType::Event, None, &json, &[])
+        self.send_event(&json, &[])
     }
 
     /// Emits an event with already-encoded arguments and binary attachments.
@@ -176,7 +243,26 @@ impl Socket {
         args: &[&RawValue],
         binary: &[Bytes],
     ) -> Result<(), EmitError> {
-        self.send_packet(PacketType::Event, None, &event_array(event, args), binary)
+        self.send_event(&event_array(event, args), binary)
+    }
+
+    /// An event with no ack to this client: with recovery on, it gets an offset and is kept
+    /// for replay, like a broadcast to this socket's own room.
+    fn send_event(&self, json: &str, binary: &[Bytes]) -> Result<(), EmitError> {
+        let encode =
+            |json: &str| encode(PacketType::Event, &self.ns.path, None, Some(json), binary);
+        match self.ns.recovery() {
+            Some(recovery) => {
+                let opts = BroadcastOptions {
+                    rooms: vec![self.id.clone()],
+                    ..BroadcastOptions::default()
+                };
+                recovery.send(json, &opts, encode, |frames| {
+                    self.queue(frames.iter().cloned())
+                })
+            }
+            None => self.queue(encode(json)),
+        }
     }
 
     /// Emits an event and waits for the client's acknowledgement (default timeout from the
@@ -270,7 +356,12 @@ impl Socket {
         binary: &[Bytes],
     ) -> Result<(), EmitError> {
         let json = (!json.is_empty()).then_some(json);
-        for frame in encode(kind, &self.ns.path, id, json, binary) {
+        self.queue(encode(kind, &self.ns.path, id, json, binary))
+    }
+
+    /// Queues encoded frames to this client.
+    pub(crate) fn queue(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), EmitError> {
+        for frame in frames {
             self.conn.send(frame).map_err(|_| EmitError::Disconnected)?;
         }
         Ok(())
@@ -324,6 +415,12 @@ impl Socket {
     pub(crate) async fn leave_namespace(self: &Arc<Self>, reason: DisconnectReason) {
         if !self.connected.swap(false, Ordering::AcqRel) {
             return;
+        }
+        // Kept as it is now, before the disconnect handler can leave rooms.
+        if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid) {
+            if reason.is_recoverable() {
+                recovery.save(pid, &self.id, self.rooms());
+            }
         }
         let handler = self
             .on_disconnect

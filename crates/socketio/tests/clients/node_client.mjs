@@ -88,7 +88,52 @@ function sameBytes(got, expected) {
   return got != null && Buffer.compare(Buffer.from(got), expected) === 0;
 }
 
+// The next line the test writes on our stdin.
+function nextLine() {
+  return new Promise((resolve) => {
+    let buffered = "";
+    const onData = (chunk) => {
+      buffered += chunk;
+      const end = buffered.indexOf("\n");
+      if (end >= 0) {
+        process.stdin.off("data", onData);
+        process.stdin.pause();
+        resolve(buffered.slice(0, end));
+      }
+    };
+    process.stdin.setEncoding("utf8");
+    process.stdin.on("data", onData);
+    process.stdin.resume();
+  });
+}
+
 const scenarios = {
+  // Connection-state recovery: the connection breaks under the socket, the test sends events
+  // while it is away, and the socket reconnects when the test says so. With mode "forge" it
+  // comes back with a pid that is not its own.
+  async recovery() {
+    const socket = io(url, options());
+    const got = [];
+    socket.on("n", (n) => got.push(n));
+    await connected(socket);
+    const first = socket.id;
+    await ask(socket, "join");
+    report("joined", { id: first, recovered: socket.recovered, got: [...got] });
+    const gone = nextEvent(socket, "disconnect");
+    socket.io.engine.close();
+    await gone;
+    report("disconnected");
+    await nextLine();
+    if (rooms === "forge") socket._pid = "not-my-pid";
+    socket.connect();
+    await connected(socket);
+    report("reconnected", { id: socket.id, sameId: socket.id === first, recovered: socket.recovered, got: [...got] });
+    await ask(socket, "again");
+    report("live", { got: [...got] });
+    socket.close();
+    done();
+  },
+
   // "/" and "/admin" through one Manager: one Engine.IO session carries both.
   async namespaces() {
     const root = io(url, options());

@@ -1,6 +1,9 @@
 //! What the interop tests share: a real server in a runtime of its own, the real clients as
 //! child processes, and waits that are conditions with deadlines.
 
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,9 +56,14 @@ pub struct TestServer {
 impl TestServer {
     /// Serves, on any free port, the namespaces `setup` declares.
     pub fn start(setup: impl FnOnce(&SocketIo)) -> Self {
+        Self::start_with(test_config(), setup)
+    }
+
+    /// Like [`TestServer::start`], with `config` instead of [`test_config`].
+    pub fn start_with(config: SocketIoConfig, setup: impl FnOnce(&SocketIo)) -> Self {
         let listener =
             Self::bind(0).unwrap_or_else(|error| panic!("cannot bind 127.0.0.1:0: {error}"));
-        Self::serve(listener, setup)
+        Self::serve_with(listener, config, setup)
     }
 
     /// Like [`TestServer::start`], on a port of the test kit (outside the kernel's ephemeral
@@ -84,6 +92,14 @@ impl TestServer {
     }
 
     fn serve(listener: std::net::TcpListener, setup: impl FnOnce(&SocketIo)) -> Self {
+        Self::serve_with(listener, test_config(), setup)
+    }
+
+    fn serve_with(
+        listener: std::net::TcpListener,
+        config: SocketIoConfig,
+        setup: impl FnOnce(&SocketIo),
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -96,7 +112,7 @@ impl TestServer {
             let _runtime = runtime.enter();
             tokio::net::TcpListener::from_std(listener).expect("a listener the runtime can poll")
         };
-        let io = SocketIo::new(test_config());
+        let io = SocketIo::new(config);
         setup(&io);
         let serving = io.clone();
         let accepting = runtime.spawn(async move {
@@ -225,6 +241,8 @@ impl ClientKind {
 pub struct ClientProcess {
     label: String,
     child: Child,
+    /// Where a scenario that waits for the test's go reads it.
+    stdin: Option<std::process::ChildStdin>,
     lines: Receiver<Value>,
     /// Every line so far, for the failure message.
     seen: Vec<Value>,
@@ -248,11 +266,12 @@ impl ClientProcess {
         let mut child = kind
             .command()
             .args([url, scenario, transport, rooms])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start the {label}: {error}"));
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let (tx, lines) = mpsc::channel();
@@ -274,6 +293,7 @@ impl ClientProcess {
         ClientProcess {
             label,
             child,
+            stdin,
             lines,
             seen: Vec::new(),
             unread: Vec::new(),
@@ -305,6 +325,18 @@ impl ClientProcess {
                     self.fail(&format!("exited before it printed {event:?}"))
                 }
             }
+        }
+    }
+
+    /// Writes `line` to the client's stdin (scenarios that wait for the test's go).
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let written = self
+            .stdin
+            .as_mut()
+            .map(|stdin| writeln!(stdin, "{line}").and_then(|()| stdin.flush()));
+        if !matches!(written, Some(Ok(()))) {
+            self.fail(&format!("could not be told {line:?}"));
         }
     }
 

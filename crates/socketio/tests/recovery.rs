@@ -1,0 +1,130 @@
+//! Connection-state recovery with the real npm socket.io-client 4.x (which supports it with no
+//! option): a client whose connection breaks comes back to the same socket, in the same rooms,
+//! and gets the events sent while it was away, once and in order; a client that brings a pid
+//! that is not its own gets a new socket and nothing of the old one.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use socketio::{Event, RecoveryConfig, Socket, SocketIo, SocketIoConfig};
+
+use common::{test_config, ClientKind, ClientProcess, Observations, TestServer};
+
+fn config() -> SocketIoConfig {
+    SocketIoConfig {
+        recovery: Some(RecoveryConfig {
+            window: Duration::from_secs(60),
+            ..RecoveryConfig::default()
+        }),
+        ..test_config()
+    }
+}
+
+/// `join` puts the socket in room `r` and sends that room `n = 1`; `again` sends it `n = 4`.
+fn app(seen: Observations) -> impl FnOnce(&SocketIo) {
+    move |io| {
+        io.ns("/", move |socket: Arc<Socket>| {
+            let seen = seen.clone();
+            async move {
+                seen.record(json!({
+                    "what": "connect",
+                    "id": socket.id().as_ref(),
+                    "recovered": socket.recovered(),
+                    "rooms": socket.rooms().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                }));
+                socket.on("join", |socket, event: Event| async move {
+                    socket.join("r");
+                    let _ = socket.ns().to("r").emit("n", &1);
+                    answer(event);
+                });
+                socket.on("again", |socket, event: Event| async move {
+                    let _ = socket.ns().to("r").emit("n", &4);
+                    answer(event);
+                });
+                socket.on_disconnect(move |socket, reason| async move {
+                    seen.record(json!({
+                        "what": "disconnect",
+                        "id": socket.id().as_ref(),
+                        "reason": reason.as_str(),
+                    }));
+                });
+            }
+        });
+    }
+}
+
+fn answer(event: Event) {
+    if let Some(ack) = event.ack {
+        let _ = ack.send("ok");
+    }
+}
+
+/// Runs the `recovery` scenario: events while the client is away go to its room (`n = 2`), to
+/// it alone (`n = 3`), and to a room it is not in (`n = 99`).
+fn run(transport: &str, mode: &str) -> (Value, Value, Vec<Value>) {
+    let seen = Observations::default();
+    let server = TestServer::start_with(config(), app(seen.clone()));
+    let mut client =
+        ClientProcess::spawn(ClientKind::Node, &server.url(), "recovery", transport, mode);
+    let joined = client.expect("joined");
+    assert_eq!(joined["got"], json!([1]), "{joined}");
+    client.expect("disconnected");
+    let left = seen.wait_for("disconnect");
+    let id = joined["id"].as_str().expect("an id").to_owned();
+    let ns = server.io.of("/").expect("the namespace");
+    ns.to("r").emit("n", &2).expect("emit to r");
+    ns.to(id.as_str())
+        .emit("n", &3)
+        .expect("emit to the socket");
+    ns.to("other").emit("n", &99).expect("emit to another room");
+    client.say("reconnect");
+    let back = client.expect("reconnected");
+    let live = client.expect("live");
+    client.finish();
+    let connects = seen
+        .all()
+        .into_iter()
+        .filter(|v| v["what"] == "connect")
+        .collect::<Vec<_>>();
+    assert_eq!(left["id"], json!(id));
+    (back, live, connects)
+}
+
+#[test]
+fn a_client_whose_websocket_breaks_gets_its_socket_rooms_and_missed_events_back() {
+    let (back, live, connects) = run("websocket", "");
+    assert_eq!(back["recovered"], json!(true), "{back}");
+    assert_eq!(back["sameId"], json!(true), "{back}");
+    assert_eq!(back["got"], json!([1, 2, 3]), "{back}");
+    // Back in its room: live events reach it again.
+    assert_eq!(live["got"], json!([1, 2, 3, 4]), "{live}");
+    assert_eq!(connects.len(), 2);
+    assert_eq!(connects[1]["recovered"], json!(true));
+    assert_eq!(connects[1]["id"], connects[0]["id"]);
+    let rooms = connects[1]["rooms"].as_array().expect("rooms");
+    assert!(rooms.contains(&json!("r")), "{rooms:?}");
+}
+
+#[test]
+fn a_polling_client_whose_connection_breaks_gets_its_socket_and_missed_events_back() {
+    let (back, live, _) = run("polling", "");
+    assert_eq!(back["recovered"], json!(true), "{back}");
+    assert_eq!(back["sameId"], json!(true), "{back}");
+    assert_eq!(back["got"], json!([1, 2, 3]), "{back}");
+    assert_eq!(live["got"], json!([1, 2, 3, 4]), "{live}");
+}
+
+#[test]
+fn a_client_with_a_pid_that_is_not_its_own_gets_a_new_socket_and_nothing_of_the_old() {
+    let (back, live, connects) = run("websocket", "forge");
+    assert_eq!(back["recovered"], json!(false), "{back}");
+    assert_eq!(back["sameId"], json!(false), "{back}");
+    assert_eq!(back["got"], json!([1]), "{back}");
+    // Not in the old socket's room.
+    assert_eq!(live["got"], json!([1]), "{live}");
+    assert_eq!(connects[1]["recovered"], json!(false));
+    assert_eq!(connects[1]["rooms"], json!([connects[1]["id"]]));
+}
