@@ -956,7 +956,14 @@
       this._ids = 0; // ack ids
       this._acks = new Map(); // id -> { answer(args), fail(error) }
       this._sendBuffer = []; // emits made while disconnected, sent on connect
+      this._receiveBuffer = []; // events that arrived before our CONNECT reply (a recovery's replay)
       this._flags = {}; // timeout / volatile, for the next emit only
+      // Connection-state recovery: the private id the server gave this socket, and the offset of
+      // the last event received; sent back on reconnection so that a server that kept the
+      // socket gives it back with the events missed meanwhile.
+      this._pid = undefined;
+      this._lastOffset = undefined;
+      this.recovered = false; // this connection got the previous one's socket back
     }
 
     get disconnected() {
@@ -1069,10 +1076,13 @@
     }
 
     _sendConnect() {
+      // The application's own auth keys win over ours.
+      const withRecovery = (data) =>
+        this._pid ? Object.assign({ pid: this._pid, offset: this._lastOffset }, data) : data;
       if (typeof this.auth === "function") {
-        this.auth((data) => this._packet({ type: CONNECT, data: data }));
+        this.auth((data) => this._packet({ type: CONNECT, data: withRecovery(data) }));
       } else {
-        this._packet({ type: CONNECT, data: this.auth });
+        this._packet({ type: CONNECT, data: withRecovery(this.auth) });
       }
     }
 
@@ -1083,6 +1093,8 @@
         case EVENT:
         case BINARY_EVENT:
           if (this.connected) this._onEvent(packet);
+          // A recovering server replays what we missed before its CONNECT reply.
+          else if (this._active) this._receiveBuffer.push(packet);
           return;
         case ACK:
         case BINARY_ACK: {
@@ -1109,7 +1121,13 @@
     _onConnect(data) {
       if (this.connected) return;
       this.id = data.sid;
+      this.recovered = Boolean(data.pid) && data.pid === this._pid;
+      this._pid = data.pid;
       this.connected = true;
+      const received = this._receiveBuffer;
+      this._receiveBuffer = [];
+      // A replay that came with a fresh socket is not ours.
+      if (this.recovered) for (const packet of received) this._onEvent(packet);
       const buffered = this._sendBuffer;
       this._sendBuffer = [];
       for (const packet of buffered) this._packet(packet);
@@ -1121,6 +1139,11 @@
       args[0] = String(args[0]);
       if (packet.id !== undefined) args.push(this._ackSender(packet.id));
       this._fire.apply(this, args);
+      // With recovery on, the server's events end with their offset (acks carry none).
+      const last = args[args.length - 1];
+      if (this._pid && packet.id === undefined && args.length > 1 && typeof last === "string") {
+        this._lastOffset = last;
+      }
     }
 
     /** The callback handed to a listener when the server asked for an ack; answers once. */
@@ -1141,6 +1164,7 @@
       const wasConnected = this.connected;
       this.connected = false;
       this.id = undefined;
+      this._receiveBuffer = [];
       // The server forgot the acks it was asked for; those of emits still buffered stay.
       for (const entry of Array.from(this._acks)) {
         const id = entry[0];

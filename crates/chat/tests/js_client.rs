@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use engineio::EngineConfig;
 use serde_json::{json, Value};
-use socketio::{ConnectError, Socket, SocketIo, SocketIoConfig};
+use socketio::{ConnectError, RecoveryConfig, Socket, SocketIo, SocketIoConfig};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -130,18 +130,58 @@ async fn register_scenario_events(socket: Arc<Socket>) {
     });
 }
 
+/// A second server, with connection-state recovery (the same as `reference_server.mjs`'s):
+/// `join-room` puts the socket in a room, `to-room` sends that room `n`.
+fn recovery_server() -> SocketIo {
+    let io = SocketIo::new(SocketIoConfig {
+        engine: EngineConfig {
+            ping_interval: Duration::from_millis(250),
+            ping_timeout: Duration::from_millis(2500),
+            ..EngineConfig::default()
+        },
+        recovery: Some(RecoveryConfig::default()),
+        ..SocketIoConfig::default()
+    });
+    io.ns("/", |socket: Arc<Socket>| async move {
+        socket.on("join-room", |socket, event| async move {
+            if let Ok(room) = event.data::<String>() {
+                socket.join(room);
+            }
+            if let Some(ack) = event.ack {
+                let _ = ack.send_raw(&[], &[]);
+            }
+        });
+        socket.on("to-room", |socket, event| async move {
+            if let (Some(room), Some(n)) = (event.args.first(), event.args.get(1)) {
+                if let Ok(room) = serde_json::from_str::<String>(room.get()) {
+                    let _ = socket.ns().to(room).emit_raw("n", &[n.as_ref()], &[]);
+                }
+            }
+            if let Some(ack) = event.ack {
+                let _ = ack.send_raw(&[], &[]);
+            }
+        });
+        socket.on("close-me", |socket, _event| async move {
+            socket.close_connection();
+        });
+    });
+    io
+}
+
 async fn read_all(mut pipe: impl AsyncRead + Unpin) -> String {
     let mut text = String::new();
     let _ = pipe.read_to_string(&mut text).await;
     text
 }
 
-/// Runs `client_test.mjs` against `url` and fails with its report unless every scenario passed.
-async fn run_client_scenarios(url: &str, server: &str) {
+/// Runs `client_test.mjs` against `url` (and its recovery scenarios against `recovery_url`) and
+/// fails with its report unless every scenario passed.
+async fn run_client_scenarios(url: &str, recovery_url: &str, server: &str) {
     let mut child = Command::new("node")
         .args(node_flags())
         .arg(js_dir().join("client_test.mjs"))
         .arg(url)
+        .arg(recovery_url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -190,15 +230,30 @@ async fn browser_client_passes_its_scenarios_against_our_server() {
     let addr = listener.local_addr().expect("local address");
     let serving = io.clone();
     let server = tokio::spawn(async move { serving.serve(listener).await });
+    let recovering = recovery_server();
+    let recovery_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let recovery_addr = recovery_listener.local_addr().expect("local address");
+    let serving = recovering.clone();
+    let recovery = tokio::spawn(async move { serving.serve(recovery_listener).await });
 
-    run_client_scenarios(&format!("http://{addr}"), "our socketio server").await;
+    run_client_scenarios(
+        &format!("http://{addr}"),
+        &format!("http://{recovery_addr}"),
+        "our socketio server",
+    )
+    .await;
 
     io.close();
     server.abort();
+    recovering.close();
+    recovery.abort();
 }
 
-/// Starts `reference_server.mjs`; it prints `{"port":N}` and exits when its stdin closes.
-async fn start_reference_server() -> (Child, u16) {
+/// Starts `reference_server.mjs`; it prints `{"port":N,"recovery_port":M}` and exits when its
+/// stdin closes.
+async fn start_reference_server() -> (Child, u16, u16) {
     let mut child = Command::new("node")
         .arg(js_dir().join("reference_server.mjs"))
         .stdin(Stdio::piped())
@@ -209,19 +264,20 @@ async fn start_reference_server() -> (Child, u16) {
         .unwrap_or_else(|error| panic!("cannot start node ({error}): run ops/test-deps.sh"));
     let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let first = tokio::time::timeout(REFERENCE_START_DEADLINE, lines.next_line()).await;
-    let port = match first {
-        Ok(Ok(Some(line))) => serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|started| started["port"].as_u64())
-            .and_then(|port| u16::try_from(port).ok()),
+    let started = match first {
+        Ok(Ok(Some(line))) => serde_json::from_str::<Value>(&line).ok(),
         _ => None,
     };
-    match port {
-        Some(port) => (child, port),
-        None => {
+    let port = |key: &str| {
+        let port = started.as_ref()?[key].as_u64()?;
+        u16::try_from(port).ok()
+    };
+    match (port("port"), port("recovery_port")) {
+        (Some(port), Some(recovery_port)) => (child, port, recovery_port),
+        _ => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            panic!("reference_server.mjs did not print its port (see its stderr above)");
+            panic!("reference_server.mjs did not print its ports (see its stderr above)");
         }
     }
 }
@@ -229,10 +285,11 @@ async fn start_reference_server() -> (Child, u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_client_passes_its_scenarios_against_node_reference_server() {
     node_flags(); // the clear message when node or the npm packages are missing
-    let (mut reference, port) = start_reference_server().await;
+    let (mut reference, port, recovery_port) = start_reference_server().await;
 
     run_client_scenarios(
         &format!("http://127.0.0.1:{port}"),
+        &format!("http://127.0.0.1:{recovery_port}"),
         "the Node.js reference server",
     )
     .await;

@@ -15,6 +15,8 @@ import net from "node:net";
 import vm from "node:vm";
 
 const base = (process.argv[2] || "").replace(/\/$/, "");
+// A server with connection-state recovery, for the recovery scenarios (optional).
+const recoveryBase = (process.argv[3] || "").replace(/\/$/, "");
 if (!/^https?:\/\//.test(base)) {
   console.error("usage: node --experimental-websocket client_test.mjs http://HOST:PORT");
   process.exit(2);
@@ -278,6 +280,37 @@ for (const transports of [["websocket"], ["polling"], ["polling", "websocket"]])
     assert.ok(socket.id && socket.id !== firstId, "a new namespace socket");
     assert.deepEqual(await echoed, ["after"]);
   });
+}
+
+if (recoveryBase) {
+  for (const transports of [["websocket"], ["polling"]]) {
+    scenario(`recovers_its_socket_and_missed_events_${transports.join("_")}`, async (open) => {
+      const options = { forceNew: true, transports, reconnectionDelay: 300, reconnectionDelayMax: 300 };
+      const socket = open(recoveryBase, options);
+      const sender = open(recoveryBase, { forceNew: true });
+      const got = [];
+      socket.on("n", (n) => got.push(n));
+      await Promise.all([connected(socket), connected(sender)]);
+      const firstId = socket.id;
+      await ack(socket, "join-room", "r");
+      const first = next(socket, "n");
+      await ack(sender, "to-room", "r", 1);
+      await first;
+      const disconnected = next(socket, "disconnect");
+      const reconnected = next(socket, "connect");
+      socket.emit("close-me");
+      await disconnected;
+      // Sent while it is away (or, on a fast machine, just after it is back): received once.
+      await ack(sender, "to-room", "r", 2);
+      await reconnected;
+      assert.equal(socket.recovered, true, "the socket was recovered");
+      assert.equal(socket.id, firstId, "the same socket");
+      const live = next(socket, "n");
+      await ack(sender, "to-room", "r", 3);
+      await live;
+      assert.deepEqual(got, [1, 2, 3]);
+    });
+  }
 }
 
 /** A loopback port that refuses connections (a listener opened, then closed). */

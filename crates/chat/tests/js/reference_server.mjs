@@ -2,7 +2,8 @@
 // same events as the in-process server of crates/chat/tests/js_client.rs, so that our browser
 // client is checked against both.
 //
-//   node crates/chat/tests/js/reference_server.mjs     # prints {"port":N}; exits when stdin closes
+//   node crates/chat/tests/js/reference_server.mjs     # prints {"port":N,"recovery_port":M};
+//                                                       # exits when stdin closes
 
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
@@ -54,8 +55,34 @@ io.of("/private").use((_socket, next) => {
   next(err);
 });
 
-httpServer.listen(0, "127.0.0.1", () => {
-  console.log(JSON.stringify({ port: httpServer.address().port }));
+// A second server with connection-state recovery (the option is a server's, not a
+// namespace's): "join-room" puts the socket in a room, "to-room" sends that room `n`.
+const recoveryHttp = createServer();
+const recovering = new Server(recoveryHttp, {
+  pingInterval: 250,
+  pingTimeout: 2500,
+  connectionStateRecovery: { maxDisconnectionDuration: 60_000 },
 });
+recovering.on("connection", (socket) => {
+  socket.on("join-room", (room, ack) => {
+    socket.join(room);
+    ack();
+  });
+  socket.on("to-room", (room, n, ack) => {
+    recovering.to(room).emit("n", n);
+    ack();
+  });
+  socket.on("close-me", () => socket.conn.close());
+});
+
+let listening = 0;
+const ready = () => {
+  if (++listening < 2) return;
+  console.log(
+    JSON.stringify({ port: httpServer.address().port, recovery_port: recoveryHttp.address().port }),
+  );
+};
+httpServer.listen(0, "127.0.0.1", ready);
+recoveryHttp.listen(0, "127.0.0.1", ready);
 process.stdin.resume();
 process.stdin.on("end", () => process.exit(0));
