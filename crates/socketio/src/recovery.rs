@@ -8,16 +8,23 @@
 //! and for what the cross-worker version adds.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use http::HeaderMap;
 
 use engineio::Frame;
 
 use crate::adapter::BroadcastOptions;
 use crate::{Room, Sid};
 
+/// Who a client is, from its handshake's headers (an application's login cookie): a socket is
+/// given back only to a client that is the same one. `None`: anyone with the pid.
+pub type Binding = Arc<dyn Fn(&HeaderMap) -> Option<String> + Send + Sync>;
+
 /// How long and how much is kept for sockets that may come back.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RecoveryConfig {
     /// How long a disconnected socket, and the events it may miss, are kept (Node's
     /// `maxDisconnectionDuration`).
@@ -25,8 +32,14 @@ pub struct RecoveryConfig {
     /// Events kept per namespace for replay. A client that missed more than this gets a
     /// fresh socket.
     pub max_packets: usize,
+    /// Bytes of those events kept per namespace, with the same effect.
+    pub max_bytes: usize,
     /// Disconnected sockets kept per namespace; beyond it the oldest is forgotten.
     pub max_sessions: usize,
+    /// Binds a socket to its client: a returning client whose binding differs (another
+    /// user's login with a stolen pid) gets a fresh socket, and the kept one stays for its
+    /// owner.
+    pub binding: Option<Binding>,
 }
 
 impl Default for RecoveryConfig {
@@ -34,8 +47,22 @@ impl Default for RecoveryConfig {
         RecoveryConfig {
             window: Duration::from_secs(120),
             max_packets: 1000,
+            max_bytes: 1 << 20,
             max_sessions: 10_000,
+            binding: None,
         }
+    }
+}
+
+impl std::fmt::Debug for RecoveryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryConfig")
+            .field("window", &self.window)
+            .field("max_packets", &self.max_packets)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_sessions", &self.max_sessions)
+            .field("binding", &self.binding.is_some())
+            .finish()
     }
 }
 
@@ -72,6 +99,8 @@ pub(crate) struct Recovery {
     /// Tells this log's offsets from those of another process or an earlier run, which a
     /// client may bring back after the server restarted.
     epoch: String,
+    /// Keyed at random per process: what is kept of a binding is its hash, not the cookie.
+    hasher: std::collections::hash_map::RandomState,
     log: Mutex<Log>,
 }
 
@@ -82,12 +111,15 @@ struct Log {
     events: VecDeque<Logged>,
     /// Offsets at or below it were evicted: a client behind it missed events no longer kept.
     floor: u64,
+    /// Bytes of the events kept.
+    bytes: usize,
     sessions: HashMap<Pid, Saved>,
 }
 
 struct Logged {
     seq: u64,
     at: Instant,
+    bytes: usize,
     opts: BroadcastOptions,
     frames: Vec<Frame>,
 }
@@ -97,6 +129,7 @@ struct Saved {
     sid: Sid,
     rooms: Vec<Room>,
     at: Instant,
+    binding: Option<u64>,
 }
 
 /// What a recovered socket gets back.
@@ -115,6 +148,7 @@ impl Recovery {
         Recovery {
             config,
             epoch,
+            hasher: std::collections::hash_map::RandomState::new(),
             log: Mutex::new(Log::default()),
         }
     }
@@ -136,22 +170,32 @@ impl Recovery {
         let frames = encode(&json);
         let now = Instant::now();
         log.expire(now, self.config.window);
-        if log.events.len() >= self.config.max_packets {
-            if let Some(oldest) = log.events.pop_front() {
-                log.floor = oldest.seq;
-            }
+        let bytes = frames.iter().map(frame_len).sum();
+        while !log.events.is_empty()
+            && (log.events.len() >= self.config.max_packets
+                || log.bytes + bytes > self.config.max_bytes)
+        {
+            log.evict_oldest();
         }
+        log.bytes += bytes;
         log.events.push_back(Logged {
             seq,
             at: now,
+            bytes,
             opts: opts.clone(),
             frames: frames.clone(),
         });
         deliver(&frames)
     }
 
+    /// What is kept of the binding of a client with these headers.
+    pub(crate) fn binding(&self, headers: &HeaderMap) -> Option<u64> {
+        let bind = self.config.binding.as_ref()?;
+        bind(headers).map(|who| self.hasher.hash_one(who))
+    }
+
     /// Keeps a socket whose connection broke, for its client to come back to.
-    pub(crate) fn save(&self, pid: &Pid, sid: &Sid, rooms: Vec<Room>) {
+    pub(crate) fn save(&self, pid: &Pid, sid: &Sid, rooms: Vec<Room>, binding: Option<u64>) {
         let mut log = self.lock();
         log.expire(Instant::now(), self.config.window);
         if log.sessions.len() >= self.config.max_sessions {
@@ -171,21 +215,32 @@ impl Recovery {
                 sid: sid.clone(),
                 rooms,
                 at: Instant::now(),
+                binding,
             },
         );
     }
 
     /// Takes back the socket of `pid` with the events after `offset` that were for it. `None`,
-    /// and nothing taken, when the socket is unknown or expired, the offset is not one of this
-    /// log's, or events it missed are no longer kept.
-    pub(crate) fn restore(&self, pid: &str, offset: &str) -> Option<Restored> {
+    /// and nothing taken, when the socket is unknown or expired, the client is not the one it
+    /// was bound to, the offset is not one of this log's, or events it missed are no longer
+    /// kept.
+    pub(crate) fn restore(
+        &self,
+        pid: &str,
+        offset: &str,
+        binding: Option<u64>,
+    ) -> Option<Restored> {
         let mut log = self.lock();
         log.expire(Instant::now(), self.config.window);
         let after = self.parse_offset(offset)?;
         if after < log.floor || after > log.next {
             return None;
         }
-        let saved = log.sessions.remove(&Pid(pid.into()))?;
+        let pid = Pid(pid.into());
+        if log.sessions.get(&pid)?.binding != binding {
+            return None;
+        }
+        let saved = log.sessions.remove(&pid)?;
         let missed = log.frames_for(after, &saved.sid, &saved.rooms);
         Some(Restored {
             sid: saved.sid,
@@ -237,15 +292,27 @@ impl Log {
             .collect()
     }
 
+    fn evict_oldest(&mut self) {
+        if let Some(event) = self.events.pop_front() {
+            self.floor = event.seq;
+            self.bytes -= event.bytes;
+        }
+    }
+
     /// Forgets the sockets and events as old as the window or older.
     fn expire(&mut self, now: Instant, window: Duration) {
         let old = |at: Instant| now.saturating_duration_since(at) >= window;
         while self.events.front().is_some_and(|event| old(event.at)) {
-            if let Some(event) = self.events.pop_front() {
-                self.floor = event.seq;
-            }
+            self.evict_oldest();
         }
         self.sessions.retain(|_, saved| !old(saved.at));
+    }
+}
+
+fn frame_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Text(text) => text.len(),
+        Frame::Binary(bytes) => bytes.len(),
     }
 }
 
@@ -331,7 +398,7 @@ mod tests {
         let sid = Sid::from("s1");
         let pid = Pid::new();
         let seen = send(&recovery, "before", &to(&["r"]));
-        recovery.save(&pid, &sid, vec![sid.clone(), room("r")]);
+        recovery.save(&pid, &sid, vec![sid.clone(), room("r")], None);
         send(&recovery, "in r", &to(&["r"]));
         send(&recovery, "elsewhere", &to(&["other"]));
         send(&recovery, "to all", &BroadcastOptions::default());
@@ -339,13 +406,15 @@ mod tests {
         let mut except_it = BroadcastOptions::default();
         except_it.except_sids.push(sid.clone());
         send(&recovery, "not to it", &except_it);
-        let restored = recovery.restore(pid.as_str(), &seen).expect("recovered");
+        let restored = recovery
+            .restore(pid.as_str(), &seen, None)
+            .expect("recovered");
         assert_eq!(restored.sid, sid);
         assert_eq!(restored.rooms, vec![room("r")]);
         let (sid, rooms, upto) = (restored.sid.clone(), restored.rooms.clone(), restored.upto);
         assert_eq!(replayed(&restored.missed), vec!["in r", "to all", "to it"]);
         // Once: the socket is taken.
-        assert!(recovery.restore(pid.as_str(), &seen).is_none());
+        assert!(recovery.restore(pid.as_str(), &seen, None).is_none());
         // What is sent between the replay and the socket's return is caught up.
         send(&recovery, "meanwhile", &to(&["r"]));
         let later = recovery.catch_up(upto, &sid, &rooms, |frames| frames);
@@ -360,21 +429,61 @@ mod tests {
         });
         let (pid, sid) = (Pid::new(), Sid::from("s1"));
         let seen = send(&recovery, "seen", &BroadcastOptions::default());
-        recovery.save(&pid, &sid, vec![]);
-        assert!(recovery.restore("forged", &seen).is_none());
-        assert!(recovery.restore(pid.as_str(), "other-1").is_none());
+        recovery.save(&pid, &sid, vec![], None);
+        assert!(recovery.restore("forged", &seen, None).is_none());
+        assert!(recovery.restore(pid.as_str(), "other-1", None).is_none());
         // Three more events: the first the client missed is no longer kept.
         for text in ["a", "b", "c"] {
             send(&recovery, text, &BroadcastOptions::default());
         }
-        assert!(recovery.restore(pid.as_str(), &seen).is_none());
+        assert!(recovery.restore(pid.as_str(), &seen, None).is_none());
 
         let expiring = Recovery::new(RecoveryConfig {
             window: Duration::ZERO,
             ..RecoveryConfig::default()
         });
         let seen = send(&expiring, "seen", &BroadcastOptions::default());
-        expiring.save(&pid, &sid, vec![]);
-        assert!(expiring.restore(pid.as_str(), &seen).is_none());
+        expiring.save(&pid, &sid, vec![], None);
+        assert!(expiring.restore(pid.as_str(), &seen, None).is_none());
+    }
+
+    #[test]
+    fn a_socket_bound_to_a_login_is_given_back_to_that_login_only() {
+        let recovery = Recovery::new(RecoveryConfig {
+            binding: Some(Arc::new(|headers: &HeaderMap| {
+                Some(headers.get("cookie")?.to_str().ok()?.to_owned())
+            })),
+            ..RecoveryConfig::default()
+        });
+        let headers = |cookie: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("cookie", cookie.parse().expect("a header value"));
+            headers
+        };
+        let (pid, sid) = (Pid::new(), Sid::from("s1"));
+        let seen = send(&recovery, "seen", &BroadcastOptions::default());
+        let owner = recovery.binding(&headers("login=alice"));
+        recovery.save(&pid, &sid, vec![], owner);
+        let thief = recovery.binding(&headers("login=mallory"));
+        assert!(recovery.restore(pid.as_str(), &seen, thief).is_none());
+        assert!(recovery.restore(pid.as_str(), &seen, None).is_none());
+        // Still there for its owner.
+        assert!(recovery.restore(pid.as_str(), &seen, owner).is_some());
+    }
+
+    #[test]
+    fn the_log_keeps_at_most_max_bytes_of_events() {
+        let recovery = Recovery::new(RecoveryConfig {
+            max_bytes: 10,
+            ..RecoveryConfig::default()
+        });
+        let (pid, sid) = (Pid::new(), Sid::from("s1"));
+        let seen = send(&recovery, "0123", &BroadcastOptions::default());
+        recovery.save(&pid, &sid, vec![], None);
+        send(&recovery, "4567", &BroadcastOptions::default());
+        // Four bytes each, ten at most: the first event the client missed is pushed out.
+        send(&recovery, "89ab", &BroadcastOptions::default());
+        send(&recovery, "cdef", &BroadcastOptions::default());
+        assert!(recovery.restore(pid.as_str(), &seen, None).is_none());
     }
 }

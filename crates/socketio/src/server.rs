@@ -222,20 +222,24 @@ impl Dispatcher {
             refuse(ConnectError::new("Invalid namespace"));
             return;
         };
-        // A client that lost its connection comes back with `{pid, offset}` in its auth.
+        // A client that lost its connection comes back with `{pid, offset}` in its auth. They
+        // are not the application's: its handshake keeps the rest of the auth.
+        let mut auth = packet.data;
         let restored = ns.recovery().and_then(|recovery| {
-            let (pid, offset) = recovery_attempt(packet.data.as_deref())?;
-            Some((Pid::from(pid.as_str()), recovery.restore(&pid, &offset)?))
+            let (pid, offset) = take_recovery_attempt(&mut auth)?;
+            let binding = recovery.binding(&conn.shared_headers());
+            let restored = recovery.restore(&pid, &offset, binding)?;
+            Some((Pid::from(pid.as_str()), restored))
         });
         let socket = Arc::new(match &restored {
             Some((pid, restored)) => Socket::restored(
                 ns.clone(),
                 conn.clone(),
-                packet.data,
+                auth,
                 restored.sid.clone(),
                 pid.clone(),
             ),
-            None => Socket::new(ns.clone(), conn.clone(), packet.data),
+            None => Socket::new(ns.clone(), conn.clone(), auth),
         });
         let handlers = ns.handlers();
         for middleware in &handlers.middlewares {
@@ -286,16 +290,24 @@ impl Dispatcher {
     }
 }
 
-/// The `pid` and `offset` of a client that asks for its earlier socket back: both strings in
-/// its CONNECT auth, as the reference client sends them.
-fn recovery_attempt(auth: Option<&RawValue>) -> Option<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Attempt {
-        pid: String,
-        offset: String,
+/// The `pid` and `offset` of a client that asks for its earlier socket back (both strings in
+/// its CONNECT auth, as the reference client sends them), taken out of the auth: a private id
+/// must not reach the application's handlers or logs.
+fn take_recovery_attempt(auth: &mut Option<Box<RawValue>>) -> Option<(String, String)> {
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(auth.as_deref()?.get()).ok()?;
+    let pid = fields.remove("pid");
+    let offset = fields.remove("offset");
+    if pid.is_some() || offset.is_some() {
+        // Without them the auth is what the application sent.
+        *auth = serde_json::value::to_raw_value(&fields).ok();
     }
-    let attempt: Attempt = serde_json::from_str(auth?.get()).ok()?;
-    Some((attempt.pid, attempt.offset))
+    match (pid, offset) {
+        (Some(serde_json::Value::String(pid)), Some(serde_json::Value::String(offset))) => {
+            Some((pid, offset))
+        }
+        _ => None,
+    }
 }
 
 impl engineio::Handler for Dispatcher {

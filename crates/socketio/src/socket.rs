@@ -419,7 +419,8 @@ impl Socket {
         // Kept as it is now, before the disconnect handler can leave rooms.
         if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid) {
             if reason.is_recoverable() {
-                recovery.save(pid, &self.id, self.rooms());
+                let binding = recovery.binding(self.handshake.headers());
+                recovery.save(pid, &self.id, self.rooms(), binding);
             }
         }
         let handler = self

@@ -34,6 +34,7 @@ fn app(seen: Observations) -> impl FnOnce(&SocketIo) {
                     "id": socket.id().as_ref(),
                     "recovered": socket.recovered(),
                     "rooms": socket.rooms().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    "auth": socket.handshake().auth_raw(),
                 }));
                 socket.on("join", |socket, event: Event| async move {
                     socket.join("r");
@@ -106,6 +107,8 @@ fn a_client_whose_websocket_breaks_gets_its_socket_rooms_and_missed_events_back(
     assert_eq!(connects[1]["id"], connects[0]["id"]);
     let rooms = connects[1]["rooms"].as_array().expect("rooms");
     assert!(rooms.contains(&json!("r")), "{rooms:?}");
+    // The private id stays out of what the application sees of the handshake.
+    assert_eq!(connects[1]["auth"], json!("{}"), "{connects:?}");
 }
 
 #[test]
