@@ -87,10 +87,32 @@ pub struct LocalAdapter {
     state: RwLock<Rooms>,
 }
 
+/// Rooms and their members. Each socket's own room (named by its id) is implied rather than
+/// kept: a socket known here is in it, which saves an entry and a set per socket.
 #[derive(Debug, Default)]
 struct Rooms {
+    /// Room -> its members, every room but the sockets' own.
     members: HashMap<Room, HashSet<Sid>>,
+    /// Every socket known here -> its rooms, its own apart.
     rooms_of: HashMap<Sid, HashSet<Room>>,
+}
+
+impl Rooms {
+    /// Whether `sid` is in `room`.
+    fn is_in(&self, sid: &Sid, room: &Room) -> bool {
+        room == sid && self.rooms_of.contains_key(sid)
+            || self
+                .members
+                .get(room)
+                .is_some_and(|members| members.contains(sid))
+    }
+
+    /// The members of `room`: the socket itself, when it is a socket's own room.
+    fn members_of<'a>(&'a self, room: &'a Room) -> impl Iterator<Item = &'a Sid> {
+        let own = self.rooms_of.get_key_value(room).map(|(sid, _)| sid);
+        own.into_iter()
+            .chain(self.members.get(room).into_iter().flatten())
+    }
 }
 
 impl Adapter for LocalAdapter {
@@ -98,17 +120,18 @@ impl Adapter for LocalAdapter {
         let Ok(mut state) = self.state.write() else {
             return;
         };
+        let state = &mut *state;
+        let own = state.rooms_of.entry(sid.clone()).or_default();
         for room in rooms {
+            if room == sid {
+                continue;
+            }
+            own.insert(room.clone());
             state
                 .members
                 .entry(room.clone())
                 .or_default()
                 .insert(sid.clone());
-            state
-                .rooms_of
-                .entry(sid.clone())
-                .or_default()
-                .insert(room.clone());
         }
     }
 
@@ -148,11 +171,12 @@ impl Adapter for LocalAdapter {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
-        state
-            .rooms_of
-            .get(sid)
-            .map(|rooms| rooms.iter().cloned().collect())
-            .unwrap_or_default()
+        let Some((own, rooms)) = state.rooms_of.get_key_value(sid) else {
+            return Vec::new();
+        };
+        std::iter::once(own.clone())
+            .chain(rooms.iter().cloned())
+            .collect()
     }
 
     fn sockets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
@@ -160,13 +184,7 @@ impl Adapter for LocalAdapter {
             return Vec::new();
         };
         let excluded = |sid: &Sid| {
-            opts.except_sids.contains(sid)
-                || opts.except.iter().any(|room| {
-                    state
-                        .members
-                        .get(room)
-                        .is_some_and(|members| members.contains(sid))
-                })
+            opts.except_sids.contains(sid) || opts.except.iter().any(|room| state.is_in(sid, room))
         };
         if opts.rooms.is_empty() {
             return state
@@ -178,13 +196,16 @@ impl Adapter for LocalAdapter {
         }
         if let [room] = opts.rooms.as_slice() {
             // One room: its members are distinct already.
-            let members = state.members.get(room).into_iter().flatten();
-            return members.filter(|sid| !excluded(sid)).cloned().collect();
+            return state
+                .members_of(room)
+                .filter(|sid| !excluded(sid))
+                .cloned()
+                .collect();
         }
         let mut seen = HashSet::new();
         let mut sids = Vec::new();
         for room in &opts.rooms {
-            for sid in state.members.get(room).into_iter().flatten() {
+            for sid in state.members_of(room) {
                 if !excluded(sid) && seen.insert(sid) {
                     sids.push(sid.clone());
                 }
@@ -197,10 +218,12 @@ impl Adapter for LocalAdapter {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
+        let own = state.rooms_of.keys().map(|sid| (sid.clone(), 1));
         state
             .members
             .iter()
             .map(|(room, members)| (room.clone(), members.len()))
+            .chain(own)
             .collect()
     }
 }
@@ -273,5 +296,27 @@ mod tests {
         rooms.sort();
         assert_eq!(rooms, vec![(sid("a"), 1)]);
         assert!(adapter.rooms_of("b").is_empty());
+    }
+
+    #[test]
+    fn a_sockets_own_room_is_implied_for_as_long_as_the_socket_is_known() {
+        let adapter = LocalAdapter::default();
+        adapter.join(&sid("a"), &[sid("a")]);
+        adapter.join(&sid("b"), &[sid("b"), sid("r1")]);
+        let own = BroadcastOptions {
+            rooms: vec![sid("a")],
+            ..Default::default()
+        };
+        assert_eq!(adapter.sockets(&own), vec![sid("a")]);
+        let all_but_a = BroadcastOptions {
+            except: vec![sid("a")],
+            ..Default::default()
+        };
+        assert_eq!(adapter.sockets(&all_but_a), vec![sid("b")]);
+        assert_eq!(adapter.rooms_of("a"), vec![sid("a")]);
+        assert_eq!(adapter.state.read().unwrap().members.len(), 1, "only r1 is kept");
+        adapter.leave_all(&sid("a"));
+        assert!(adapter.sockets(&own).is_empty());
+        assert!(adapter.rooms_of("a").is_empty());
     }
 }
