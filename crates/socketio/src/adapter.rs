@@ -314,7 +314,11 @@ mod tests {
         };
         assert_eq!(adapter.sockets(&all_but_a), vec![sid("b")]);
         assert_eq!(adapter.rooms_of("a"), vec![sid("a")]);
-        assert_eq!(adapter.state.read().unwrap().members.len(), 1, "only r1 is kept");
+        assert_eq!(
+            adapter.state.read().unwrap().members.len(),
+            1,
+            "only r1 is kept"
+        );
         adapter.leave_all(&sid("a"));
         assert!(adapter.sockets(&own).is_empty());
         assert!(adapter.rooms_of("a").is_empty());
