@@ -28,9 +28,16 @@ import socketio
 
 DEADLINE = 20.0
 
+# Guards stdout (see below).
+OUT = threading.Lock()
+
 
 def report(event, **fields):
-    print(json.dumps({"event": event, **fields}), flush=True)
+    # Handlers run on threads of their own: one line at a time, or two lines written at once
+    # interleave into one the reader cannot parse, and both are lost.
+    with OUT:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
 
 
 def fail(message):

@@ -11,6 +11,7 @@ every line on stdin is sent as a chat message (the JSON string /chat_com expects
 
 import json
 import sys
+import threading
 
 import requests
 import socketio
@@ -18,9 +19,16 @@ import socketio
 ROOM = "lobby"
 DEADLINE = 20.0
 
+# Guards stdout (see below).
+OUT = threading.Lock()
+
 
 def out(kind, value):
-    print(json.dumps({"kind": kind, "value": value}), flush=True)
+    # Handlers run on threads of their own: one line at a time, or two lines written at once
+    # interleave into one the reader cannot parse, and both are lost.
+    with OUT:
+        sys.stdout.write(json.dumps({"kind": kind, "value": value}) + "\n")
+        sys.stdout.flush()
 
 
 def main():
