@@ -28,7 +28,7 @@ pub(crate) struct ChatState {
 impl ChatState {
     /// The login of a request's session cookie, if valid.
     pub(crate) async fn session_of(&self, headers: &http::HeaderMap) -> Option<crate::Session> {
-        let value = crate::cookie::cookie_in(headers, COOKIE_NAME)?;
+        let value = socketio::cookie(headers, COOKIE_NAME)?;
         let id = self.signer.verify(value).ok()?;
         self.store.session(id).await.ok().flatten()
     }

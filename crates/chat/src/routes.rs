@@ -10,7 +10,7 @@ use engineio::Body;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::cookie::{clear_cookie_header, cookie_in, COOKIE_NAME};
+use crate::cookie::{clear_cookie_header, COOKIE_NAME};
 use crate::rooms;
 use crate::server::ChatServer;
 use crate::store::{Session, StoreError};
@@ -279,7 +279,7 @@ fn log_refused_login(error: &StoreError) {
 }
 
 fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
-    cookie_in(req.headers(), name)
+    socketio::cookie(req.headers(), name)
 }
 
 fn response(

@@ -36,7 +36,7 @@ pub use broadcast::BroadcastOperator;
 pub use config::{AdapterFactory, SocketIoConfig};
 pub use error::{AckError, ConnectError, EmitError};
 pub use event::{AckResponse, AckSender, Event};
-pub use handshake::Handshake;
+pub use handshake::{cookie, Handshake};
 pub use namespace::Namespace;
 pub use recovery::RecoveryConfig;
 pub use server::{Dispatcher, SocketIo};

@@ -102,15 +102,20 @@ impl Clone for CpuSampler {
 }
 
 impl CpuSampler {
-    pub fn sample(&mut self, pid: u32) {
-        let Some(used) = refresh_one(
+    /// Samples the process's CPU time and returns its resident memory in bytes, both from one
+    /// refresh; `None` when the process is gone.
+    pub fn sample(&mut self, pid: u32) -> Option<u64> {
+        let (used, memory) = refresh_one(
             &mut self.system,
             pid,
-            ProcessRefreshKind::nothing().with_cpu(),
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
         )
-        .map(|process| Duration::from_millis(process.accumulated_cpu_time())) else {
-            return;
-        };
+        .map(|process| {
+            (
+                Duration::from_millis(process.accumulated_cpu_time()),
+                process.memory(),
+            )
+        })?;
         let now = Instant::now();
         if let Some((then, before)) = self.last {
             let wall = now.duration_since(then).as_secs_f64();
@@ -119,6 +124,7 @@ impl CpuSampler {
             }
         }
         self.last = Some((now, used));
+        Some(memory)
     }
 }
 
@@ -159,7 +165,7 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_bytes(pid).unwrap() > 1024 * 1024);
         let mut cpu = CpuSampler::default();
-        cpu.sample(pid);
+        assert!(cpu.sample(pid).is_some_and(|memory| memory > 1024 * 1024));
         let start = Instant::now();
         let mut x = 0u64;
         while start.elapsed().as_millis() < 100 {

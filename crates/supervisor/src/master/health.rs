@@ -8,7 +8,6 @@ use super::state::{Event, Phase};
 use super::{Inner, ProbeTarget};
 use crate::handoff;
 use crate::ipc::ToWorker;
-use crate::procstat::rss_bytes;
 
 impl Inner {
     /// Probes every worker each interval: IPC ping, HTTP `/healthz` on its private socket, and
@@ -37,8 +36,7 @@ impl Inner {
                 for slot in state.slots.iter_mut() {
                     let slot_id = slot.id;
                     for proc in slot.procs_mut() {
-                        proc.cpu.sample(proc.pid);
-                        proc.memory = rss_bytes(proc.pid).unwrap_or(0);
+                        proc.memory = proc.cpu.sample(proc.pid).unwrap_or(0);
                     }
                     let Some(proc) = slot.current.as_mut() else {
                         continue;

@@ -110,6 +110,26 @@ pub(in crate::master) enum Level {
     Error,
 }
 
+impl Action {
+    /// Kill a process, logging `message` (with its pid) if it was still tracked.
+    pub(super) fn kill_saying(
+        generation: u64,
+        level: Level,
+        worker: Option<usize>,
+        message: String,
+    ) -> Action {
+        Action::Kill {
+            generation,
+            why: Some(Log {
+                level,
+                worker,
+                pid: None,
+                message,
+            }),
+        }
+    }
+}
+
 impl Log {
     /// A line about worker `worker`.
     pub(super) fn about(

@@ -134,15 +134,12 @@ impl State {
             Event::ReadyTimedOut { generation } => {
                 if self.proc(generation).is_some_and(|p| !p.ready) {
                     let timeout = self.config.ready_timeout;
-                    actions.push(Action::Kill {
+                    actions.push(Action::kill_saying(
                         generation,
-                        why: Some(Log {
-                            level: Level::Warn,
-                            worker: self.slot_of(generation),
-                            pid: None,
-                            message: format!("worker not ready within {timeout:?}: killed it"),
-                        }),
-                    });
+                        Level::Warn,
+                        self.slot_of(generation),
+                        format!("worker not ready within {timeout:?}: killed it"),
+                    ));
                 }
             }
             Event::Exited {
@@ -183,17 +180,12 @@ impl State {
                 timeout,
             } => {
                 if let Some(slot) = self.slot_of(generation) {
-                    actions.push(Action::Kill {
+                    actions.push(Action::kill_saying(
                         generation,
-                        why: Some(Log {
-                            level: Level::Warn,
-                            worker: Some(slot),
-                            pid: None,
-                            message: format!(
-                                "worker did not finish draining in {timeout:?}: killed it"
-                            ),
-                        }),
-                    });
+                        Level::Warn,
+                        Some(slot),
+                        format!("worker did not finish draining in {timeout:?}: killed it"),
+                    ));
                 }
             }
             Event::Scaled { instances } => self.scaled(instances, &mut actions),
@@ -516,18 +508,14 @@ impl State {
         proc.misses += 1;
         if proc.misses >= max_misses {
             let misses = proc.misses;
-            actions.push(Action::Kill {
+            actions.push(Action::kill_saying(
                 generation,
-                why: Some(Log {
-                    level: Level::Error,
-                    worker: slot,
-                    pid: None,
-                    message: format!(
-                        "worker missed {misses} health probes (hung?): killed it, a new one \
-                         replaces it"
-                    ),
-                }),
-            });
+                Level::Error,
+                slot,
+                format!(
+                    "worker missed {misses} health probes (hung?): killed it, a new one replaces it"
+                ),
+            ));
         }
     }
 }

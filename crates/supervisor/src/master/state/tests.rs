@@ -22,17 +22,18 @@ fn proc(config: &AppConfig, slot: usize, generation: u64) -> Box<Proc> {
     ))
 }
 
+/// Feeds `Event::Started` for a new process `generation` of `slot` in `role`.
+fn start(state: &mut State, slot: usize, role: Role, generation: u64) -> Vec<Action> {
+    let proc = proc(&state.config, slot, generation);
+    state.apply(Event::Started { slot, role, proc })
+}
+
 /// A state whose slots each run a ready current process (generations 1, 2, ...).
 fn running(instances: usize) -> State {
     let mut state = State::new(config(instances), None);
     for slot in 0..instances {
         let generation = slot as u64 + 1;
-        let started = proc(&state.config, slot, generation);
-        state.apply(Event::Started {
-            slot,
-            role: Role::Current,
-            proc: started,
-        });
+        start(&mut state, slot, Role::Current, generation);
         state.apply(Event::Ready {
             generation,
             via_ipc: true,
@@ -73,12 +74,7 @@ fn kills(actions: &[Action]) -> Vec<u64> {
 #[test]
 fn a_started_process_is_launching_until_it_is_ready_then_online() {
     let mut state = State::new(config(1), None);
-    let started = proc(&state.config, 0, 1);
-    state.apply(Event::Started {
-        slot: 0,
-        role: Role::Current,
-        proc: started,
-    });
+    start(&mut state, 0, Role::Current, 1);
     assert_eq!(state.slots[0].status, Status::Launching);
     let actions = state.apply(Event::Ready {
         generation: 1,
@@ -124,12 +120,7 @@ fn repeated_crashes_back_off_and_a_crash_loop_is_errored() {
     let mut delays = Vec::new();
     for generation in 1..=state.config.restart.max_fast_exits as u64 + 1 {
         if generation > 1 {
-            let started = proc(&state.config, 0, generation);
-            state.apply(Event::Started {
-                slot: 0,
-                role: Role::Current,
-                proc: started,
-            });
+            start(&mut state, 0, Role::Current, generation);
         }
         for action in state.apply(exited(generation, Some(1))) {
             if let Action::RestartAfter { delay, .. } = action {
@@ -183,12 +174,7 @@ fn a_failed_start_is_an_exit_of_the_slot_and_a_failed_incoming_is_nothing() {
 fn a_ready_spare_takes_the_place_of_a_crashed_worker_and_another_spare_starts() {
     let mut state = running(1);
     state.config.spare = 1;
-    let spare = proc(&state.config, 1, 7);
-    state.apply(Event::Started {
-        slot: 1,
-        role: Role::Spare,
-        proc: spare,
-    });
+    start(&mut state, 1, Role::Spare, 7);
     state.apply(Event::Ready {
         generation: 7,
         via_ipc: true,
@@ -210,12 +196,7 @@ fn a_ready_spare_takes_the_place_of_a_crashed_worker_and_another_spare_starts() 
 fn a_failing_spare_is_started_again_after_a_delay_and_an_old_one_is_not() {
     let mut state = running(1);
     state.config.spare = 1;
-    let spare = proc(&state.config, 1, 7);
-    state.apply(Event::Started {
-        slot: 1,
-        role: Role::Spare,
-        proc: spare,
-    });
+    start(&mut state, 1, Role::Spare, 7);
     let actions = state.apply(exited(7, Some(1)));
     assert!(actions
         .iter()
@@ -225,12 +206,7 @@ fn a_failing_spare_is_started_again_after_a_delay_and_an_old_one_is_not() {
         vec![(1, Role::Spare)]
     );
 
-    let old = proc(&state.config, 1, 8);
-    state.apply(Event::Started {
-        slot: 1,
-        role: Role::Spare,
-        proc: old,
-    });
+    start(&mut state, 1, Role::Spare, 8);
     state.epoch += 1;
     let actions = state.apply(exited(8, Some(1)));
     assert!(!actions
@@ -272,12 +248,7 @@ fn a_worker_not_ready_in_time_is_killed_and_a_ready_one_is_not() {
     assert!(state
         .apply(Event::ReadyTimedOut { generation: 1 })
         .is_empty());
-    let late = proc(&state.config, 0, 5);
-    state.apply(Event::Started {
-        slot: 0,
-        role: Role::Incoming,
-        proc: late,
-    });
+    start(&mut state, 0, Role::Incoming, 5);
     assert_eq!(
         kills(&state.apply(Event::ReadyTimedOut { generation: 5 })),
         vec![5]
@@ -306,12 +277,7 @@ fn a_drained_process_leaves_without_restarting_its_slot_and_a_late_one_is_killed
     let mut state = running(1);
     let old = state.slots[0].current.take();
     state.slots[0].draining.extend(old);
-    let replacement = proc(&state.config, 0, 9);
-    state.apply(Event::Started {
-        slot: 0,
-        role: Role::Current,
-        proc: replacement,
-    });
+    start(&mut state, 0, Role::Current, 9);
     let timeout = Duration::from_secs(1);
     assert_eq!(
         kills(&state.apply(Event::DrainTimedOut {
@@ -393,12 +359,7 @@ fn a_replacement_swaps_in_a_ready_process_and_drains_the_old_one() {
         state.begin_replace(0).is_none(),
         "one replacement at a time"
     );
-    let incoming = proc(&state.config, 0, 5);
-    state.apply(Event::Started {
-        slot: 0,
-        role: Role::Incoming,
-        proc: incoming,
-    });
+    start(&mut state, 0, Role::Incoming, 5);
     state.apply(Event::Ready {
         generation: 5,
         via_ipc: true,
@@ -431,12 +392,7 @@ fn a_replacement_swaps_in_a_ready_process_and_drains_the_old_one() {
 fn a_replacement_that_never_gets_ready_is_killed_and_the_old_process_keeps_serving() {
     let mut state = running(1);
     state.begin_replace(0);
-    let incoming = proc(&state.config, 0, 5);
-    state.apply(Event::Started {
-        slot: 0,
-        role: Role::Incoming,
-        proc: incoming,
-    });
+    start(&mut state, 0, Role::Incoming, 5);
     let (swapped, actions) = state.finish_replace(0, 5);
     assert!(swapped.is_err());
     assert_eq!(kills(&actions), vec![5]);
@@ -452,12 +408,7 @@ fn a_replacement_takes_a_ready_spare_first_and_a_new_spare_starts() {
     let mut state = running(1);
     state.config.spare = 1;
     for generation in [7, 8] {
-        let spare = proc(&state.config, 1, generation);
-        state.apply(Event::Started {
-            slot: 1,
-            role: Role::Spare,
-            proc: spare,
-        });
+        start(&mut state, 1, Role::Spare, generation);
     }
     state.apply(Event::Ready {
         generation: 8,
@@ -500,12 +451,7 @@ fn a_restart_drains_the_slot_then_starts_it_again_with_a_fresh_backoff() {
 fn a_reload_drains_the_old_spares_kills_them_later_and_starts_new_ones() {
     let mut state = running(1);
     state.config.spare = 1;
-    let old = proc(&state.config, 1, 7);
-    state.apply(Event::Started {
-        slot: 1,
-        role: Role::Spare,
-        proc: old,
-    });
+    start(&mut state, 1, Role::Spare, 7);
     let actions = state.renew_spares();
     assert_eq!(state.epoch, 1);
     assert!(actions
