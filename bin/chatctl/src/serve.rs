@@ -98,7 +98,14 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 let redis_bus = coord::RedisBus::new(redis.clone());
                 let adapter_bus = redis_bus.clone();
                 config.io.adapter = Arc::new(move |ns| adapter_bus.adapter(ns));
-                let store = Arc::new(coord::RedisStore::new(redis));
+                let store = Arc::new(
+                    coord::RedisStore::new(redis).with_presence_grace(config.presence_grace()),
+                );
+                if let Some(recovery) = &mut config.io.recovery {
+                    // The log and the kept sockets live in Redis: a client whose worker or
+                    // host died comes back on any other.
+                    recovery.store = Some(redis_bus.recovery_stores());
+                }
                 redis_parts = Some((redis_bus, store.clone()));
                 store
             }
@@ -108,7 +115,13 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     Arc::new(coord::EmbeddedAdapter::new(adapter_link.clone()))
                         as Arc<dyn socketio::Adapter>
                 });
-                Arc::new(coord::EmbeddedStore::new(link.clone(), drops.clone()))
+                if let Some(recovery) = &mut config.io.recovery {
+                    // The log and the kept sockets live in the master: a client whose worker
+                    // died comes back on another.
+                    recovery.store = Some(coord::MasterSessionStore::factory(link.clone()));
+                }
+                let grace = config.presence_grace();
+                Arc::new(coord::EmbeddedStore::new(link.clone(), drops.clone(), grace))
             }
             (None, None) => Arc::new(MemoryStore::new(config.max_stored_sessions)),
         };
@@ -197,6 +210,7 @@ fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatC
         secure_cookies: args.secure_cookies,
         tcp_nodelay: args.tcp_nodelay,
         header_read_timeout: args.header_read_timeout,
+        presence_grace: args.presence_grace,
         ..ChatConfig::default()
     };
     let engine = &mut config.io.engine;
@@ -217,6 +231,18 @@ fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatC
     };
     config.io.connect_timeout = args.connect_timeout;
     config.io.max_attachments = args.max_attachments as usize;
+    config.io.recovery = (!args.recovery_window.is_zero()).then(|| socketio::RecoveryConfig {
+        window: args.recovery_window,
+        max_packets: args.recovery_max_packets as usize,
+        ..socketio::RecoveryConfig::default()
+    });
+    anyhow::ensure!(
+        config.io.recovery.is_none() || args.presence_grace <= args.recovery_window,
+        "--presence-grace ({:?}) must be at most --recovery-window ({:?}): a user kept in its \
+         rooms longer than its sockets are kept for it would come back as a new socket",
+        args.presence_grace,
+        args.recovery_window
+    );
     anyhow::ensure!(
         args.legacy_heartbeat_interval < args.legacy_heartbeat_timeout,
         "--legacy-heartbeat-interval ({:?}) must be below --legacy-heartbeat-timeout ({:?}): \
@@ -350,6 +376,21 @@ async fn until_drain(
     drops: Arc<Drops>,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
+    let io = server.io().clone();
+    link.report_counters(move || {
+        let Some(stats) = io.recovery_stats() else {
+            return Default::default();
+        };
+        [
+            ("recovery_attempts", stats.attempts),
+            ("recovery_recovered", stats.recovered),
+            ("recovery_replayed", stats.replayed),
+            ("recovery_gaps", stats.gaps),
+        ]
+        .into_iter()
+        .map(|(name, count)| (name.to_owned(), count))
+        .collect()
+    });
     link.ready(move || engine.session_count() as u64, drops);
     tokio::select! {
         drain = drain => match drain {

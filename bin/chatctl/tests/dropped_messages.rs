@@ -77,9 +77,11 @@ fn broadcasts_a_stopped_worker_cannot_take_are_counted_for_it_in_status() {
             "200ms",
             "--health-misses",
             "1000",
-            // A small relay queue, so that the storm fills it for the stopped worker.
+            // A small relay queue, so that the storm fills it for the stopped worker; big
+            // enough for a chunk of the storm (1,000 lines, each numbered for recovery and
+            // relayed back to ann's worker with her echo) on its way to the running one.
             "--ipc-queue-size",
-            "64K",
+            "1M",
             "--ipc-max-line",
             "64K",
         ],

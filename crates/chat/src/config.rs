@@ -68,6 +68,12 @@ pub struct ChatConfig {
     /// the client is sending right now gets its answer (with `Connection: close`) instead of a
     /// reset. Busy connections close sooner: right after their next response.
     pub drain_idle_grace: Duration,
+    /// With connection-state recovery on (`io.recovery`): how long a user whose connection
+    /// broke stays in its rooms before the others are told it left. One that comes back
+    /// within it (a worker crash or reload, a network blip) never left.
+    pub presence_grace: Duration,
+    /// How often departures whose grace ended are announced.
+    pub presence_sweep: Duration,
     /// The other processes of this app on this host, to which requests for their sessions
     /// are forwarded (under chatctl's master); `None` when this process is alone.
     pub peers: Option<Arc<dyn crate::Peers>>,
@@ -76,7 +82,12 @@ pub struct ChatConfig {
 impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
-            io: SocketIoConfig::default(),
+            io: SocketIoConfig {
+                // A client whose connection broke (a crash, a reload, a network blip) gets
+                // its sockets, rooms and missed messages back (bound to its login).
+                recovery: Some(socketio::RecoveryConfig::default()),
+                ..SocketIoConfig::default()
+            },
             legacy: legacy::LegacyConfig::default(),
             secret: Vec::new(),
             session_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -96,7 +107,20 @@ impl Default for ChatConfig {
             secure_cookies: false,
             tcp_nodelay: false,
             drain_idle_grace: Duration::from_secs(1),
+            presence_grace: Duration::from_secs(5),
+            presence_sweep: Duration::from_secs(1),
             peers: None,
+        }
+    }
+}
+
+impl ChatConfig {
+    /// How long a broken connection's memberships are kept: `presence_grace` with recovery
+    /// on, none without it (nobody comes back to them).
+    pub fn presence_grace(&self) -> Duration {
+        match self.io.recovery {
+            Some(_) => self.presence_grace,
+            None => Duration::ZERO,
         }
     }
 }

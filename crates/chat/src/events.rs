@@ -197,19 +197,92 @@ fn chat_rooms(socket: &Socket) -> Vec<String> {
 }
 
 async fn on_infra_connect(state: Arc<ChatState>, socket: Arc<Socket>) {
-    if let Some(user) = user(&socket) {
+    if socket.recovered() {
+        // Back with its rooms: its place in each is taken again before its grace ends, and
+        // nobody was told it left.
+        if let Some(user) = user(&socket) {
+            for room in chat_rooms(&socket) {
+                rejoin(&state, &socket, &user, &room).await;
+            }
+        }
+    } else if let Some(user) = user(&socket) {
         socket.join(user_room(&user.nickname));
         socket.join(session_room(&user.session));
     }
     let state = state.clone();
-    socket.on_disconnect(move |socket, _reason| async move {
+    socket.on_disconnect(move |socket, reason| async move {
+        let grace = state.config.presence_grace();
+        if reason.is_recoverable() && !grace.is_zero() {
+            return depart_later(&state, &socket, grace).await;
+        }
         for room in chat_rooms(&socket) {
             leave_room(&state, &socket, &room).await;
         }
     });
 }
 
+/// A recovered socket takes its place in a room again; announced only if it had been given
+/// up (its grace ended first).
+async fn rejoin(state: &ChatState, socket: &Socket, user: &User, room: &str) {
+    match state
+        .store
+        .join_room(room, &user.nickname, socket.id())
+        .await
+    {
+        Ok(true) => {
+            let _ = socket
+                .to(room_key(room))
+                .emit("user_entered", &json!({ "name": user.nickname.as_ref() }));
+        }
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "cannot record room membership"),
+    }
+}
+
+/// A socket whose connection broke may come back: its memberships end after `grace` (see
+/// [`crate::Store::depart_later`]); a store without grace says who left now.
+async fn depart_later(state: &ChatState, socket: &Socket, grace: std::time::Duration) {
+    let rooms = chat_rooms(socket);
+    match state.store.depart_later(socket.id(), rooms, grace).await {
+        Ok(left) => {
+            for (room, nickname) in left {
+                let _ = Departure {
+                    room: &room,
+                    nickname: &nickname,
+                }
+                .announce_from(socket);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot record leaving the rooms"),
+    }
+}
+
+/// Tells the rooms about the users whose grace ended without them coming back, every
+/// `presence_sweep`, until the server stops.
+pub(crate) async fn announce_departures(state: Arc<ChatState>, io: socketio::SocketIo) {
+    let mut every = tokio::time::interval(state.config.presence_sweep);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match state.store.expired_departures().await {
+            Ok(left) => {
+                for (room, nickname) in left {
+                    let _ = Departure {
+                        room: &room,
+                        nickname: &nickname,
+                    }
+                    .announce(&io);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the departures to announce"),
+        }
+    }
+}
+
 async fn on_com_connect(socket: Arc<Socket>) {
+    if socket.recovered() {
+        return;
+    }
     if let Some(user) = user(&socket) {
         socket.join(session_room(&user.session));
     }

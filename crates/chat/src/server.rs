@@ -50,8 +50,18 @@ pub struct ChatServer {
 
 impl ChatServer {
     pub fn new(config: ChatConfig, store: Arc<dyn Store>) -> Self {
-        let io = SocketIo::new(config.io.clone());
         let signer = CookieSigner::new(&config.secret);
+        let mut io_config = config.io.clone();
+        if let Some(recovery) = &mut io_config.recovery {
+            // A socket comes back only to the login it was made for: a stolen pid with
+            // another login's cookie gets a fresh socket.
+            let signer = signer.clone();
+            recovery.binding = Some(Arc::new(move |headers| {
+                let cookie = socketio::cookie(headers, crate::cookie::COOKIE_NAME)?;
+                signer.verify(cookie).ok().map(str::to_owned)
+            }));
+        }
+        let io = SocketIo::new(io_config);
         let login_rate = Rate {
             burst: config.logins_per_address,
             window: config.login_window,
@@ -94,6 +104,14 @@ impl ChatServer {
         let max = self.state.config.max_connections;
         let slots = Arc::new(tokio::sync::Semaphore::new(max));
         let (draining, _) = tokio::sync::watch::channel(false);
+        // Users whose connection broke and who did not come back in time are announced as
+        // gone (any worker of the app may do it for another's users).
+        let departures = (!self.state.config.presence_grace().is_zero()).then(|| {
+            tokio::spawn(crate::events::announce_departures(
+                self.state.clone(),
+                self.io.clone(),
+            ))
+        });
         tokio::pin!(shutdown);
         let drain_timeout = loop {
             // At the connection cap, wait for a slot before accepting: excess clients queue in
@@ -119,6 +137,9 @@ impl ChatServer {
             self.spawn_connection(stream, &draining, Some(permit));
         };
         tracing::info!(?drain_timeout, "draining");
+        if let Some(departures) = departures {
+            departures.abort();
+        }
         draining.send_replace(true);
         // Connections handed over before the supervisor stopped sending are answered too
         // (with `Connection: close`); the cap does not apply to these few.

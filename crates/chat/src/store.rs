@@ -64,6 +64,31 @@ pub trait Store: Send + Sync + 'static {
         room: &'a str,
         socket: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    /// A socket whose connection broke may come back (connection-state recovery): its
+    /// memberships of `rooms` end `grace` from now, unless it joins them again with the same
+    /// id before ([`Store::join_room`]), and [`Store::expired_departures`] then says who
+    /// left. Returns the departures that happen now: a store without grace leaves at once.
+    fn depart_later<'a>(
+        &'a self,
+        socket: &'a str,
+        rooms: Vec<String>,
+        _grace: Duration,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            let mut left = Vec::new();
+            for room in rooms {
+                if let Some(nickname) = self.leave_room(&room, socket).await? {
+                    left.push((room, nickname));
+                }
+            }
+            Ok(left)
+        })
+    }
+    /// The memberships whose grace ended, left now: (room, nickname) for each nickname that
+    /// left a room. Each is returned once, to one caller.
+    fn expired_departures(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        ready(Ok(Vec::new()))
+    }
     /// Every room with users, and how many users.
     fn room_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>>;
     /// The nicknames in a room, sorted.
@@ -110,6 +135,8 @@ struct MemoryState {
     history: HashMap<String, VecDeque<String>>,
     /// When each history expires: its last message plus its TTL ([`HistoryLimits::ttl`]).
     history_expiries: Expiries<String>,
+    /// Memberships (room, socket) of broken connections, until their grace ends.
+    departures: Expiries<(String, String)>,
 }
 
 /// Who is in one room.
@@ -133,6 +160,25 @@ impl MemoryState {
         for id in self.session_expiries.take_due(now, SWEEP_PER_OPERATION) {
             self.sessions.remove(&id);
         }
+    }
+
+    /// Removes a socket from a room; the nickname it joined under when that nickname has now
+    /// left the room entirely.
+    fn leave(&mut self, room: &str, socket: &str) -> Option<String> {
+        let members = self.rooms.get_mut(room)?;
+        let nickname = members.sockets.remove(socket)?;
+        let remaining = members.users.get_mut(&nickname).map(|count| {
+            *count = count.saturating_sub(1);
+            *count
+        });
+        let gone = remaining.unwrap_or(0) == 0;
+        if gone {
+            members.users.remove(&nickname);
+        }
+        if members.users.is_empty() {
+            self.rooms.remove(room);
+        }
+        gone.then_some(nickname)
     }
 }
 
@@ -211,6 +257,10 @@ impl Store for MemoryStore {
         socket: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         ready(self.with(|state| {
+            // A socket that came back within its grace keeps its place.
+            state
+                .departures
+                .cancel(&(room.to_owned(), socket.to_owned()));
             let members = state.rooms.entry(room.to_owned()).or_default();
             if members.sockets.contains_key(socket) {
                 return false;
@@ -229,21 +279,33 @@ impl Store for MemoryStore {
         room: &'a str,
         socket: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        ready(self.with(|state| state.leave(room, socket)))
+    }
+
+    fn depart_later<'a>(
+        &'a self,
+        socket: &'a str,
+        rooms: Vec<String>,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        let deadline = Instant::now() + grace;
         ready(self.with(|state| {
-            let members = state.rooms.get_mut(room)?;
-            let nickname = members.sockets.remove(socket)?;
-            let remaining = members.users.get_mut(&nickname).map(|count| {
-                *count = count.saturating_sub(1);
-                *count
-            });
-            let gone = remaining.unwrap_or(0) == 0;
-            if gone {
-                members.users.remove(&nickname);
+            for room in rooms {
+                state.departures.set((room, socket.to_owned()), deadline);
             }
-            if members.users.is_empty() {
-                state.rooms.remove(room);
-            }
-            gone.then_some(nickname)
+            Vec::new()
+        }))
+    }
+
+    fn expired_departures(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        ready(self.with(|state| {
+            let due = state.departures.take_due(Instant::now(), usize::MAX);
+            due.into_iter()
+                .filter_map(|(room, socket)| {
+                    let nickname = state.leave(&room, &socket)?;
+                    Some((room, nickname))
+                })
+                .collect()
         }))
     }
 

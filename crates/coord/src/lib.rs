@@ -14,7 +14,7 @@ pub mod redis;
 mod remote;
 mod wire;
 
-pub use embedded::{EmbeddedAdapter, EmbeddedStore, MasterBus, StoreService};
+pub use embedded::{EmbeddedAdapter, EmbeddedStore, MasterBus, MasterSessionStore, StoreService};
 pub use redis::{RedisAdapter, RedisBus, RedisConfig, RedisError, RedisLink, RedisStore};
 pub use remote::{Driver, RemoteAdapter};
 

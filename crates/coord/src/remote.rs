@@ -147,6 +147,19 @@ impl<D: Driver> Adapter for RemoteAdapter<D> {
         relayed
     }
 
+    fn relay(
+        &self,
+        ns: &Namespace,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+    ) -> Result<(), EmitError> {
+        if opts.local {
+            return Ok(());
+        }
+        self.driver
+            .publish(WireBroadcast::new(ns.path(), frames, opts))
+    }
+
     /// The order travels like a broadcast to the same sockets.
     fn disconnect_sockets(&self, ns: &Namespace, opts: &BroadcastOptions) {
         ns.disconnect_local(&self.local.sockets(opts));

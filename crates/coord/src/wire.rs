@@ -19,6 +19,16 @@ pub struct WireBroadcast {
     /// Not a packet: the matching sockets are to be disconnected (`io.to(room).disconnect()`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disconnect: bool,
+    /// Sockets left out (the sender of `socket.to(room)`): a numbered event reaches the
+    /// sender's worker through its store too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except_sids: Vec<String>,
+    /// Its number and the epoch of its recovery log, once a store numbered it (see
+    /// [`socketio::SessionStore`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 impl WireBroadcast {
@@ -39,6 +49,9 @@ impl WireBroadcast {
                 })
                 .collect(),
             disconnect: false,
+            except_sids: opts.except_sids.iter().map(|s| s.to_string()).collect(),
+            seq: None,
+            epoch: None,
         }
     }
 
@@ -54,10 +67,15 @@ impl WireBroadcast {
     /// local sockets, or disconnect them. False for a malformed one.
     pub fn apply(self, io: &socketio::SocketIo) -> bool {
         let disconnect = self.disconnect;
+        let numbered = self.seq.zip(self.epoch.clone());
         let Some((ns, frames, opts)) = self.decode() else {
             return false;
         };
         if let Some(ns) = io.of(&ns) {
+            if let Some((seq, epoch)) = numbered {
+                ns.deliver_sequenced(&epoch, seq, &frames, &opts);
+                return true;
+            }
             let sids = ns.adapter().sockets(&opts);
             if disconnect {
                 ns.disconnect_local(&sids);
@@ -87,7 +105,11 @@ impl WireBroadcast {
         let opts = BroadcastOptions {
             rooms: self.rooms.into_iter().map(Room::from).collect(),
             except: self.except.into_iter().map(Room::from).collect(),
-            except_sids: Vec::new(),
+            except_sids: self
+                .except_sids
+                .into_iter()
+                .map(socketio::Sid::from)
+                .collect(),
             volatile: self.volatile,
             local: true,
         };
@@ -127,21 +149,13 @@ mod tests {
     #[test]
     fn malformed_broadcasts_are_refused() {
         let wire = WireBroadcast {
-            ns: "/".into(),
-            rooms: vec![],
-            except: vec![],
-            volatile: false,
             frames: vec!["x".into()],
-            disconnect: false,
+            ..WireBroadcast::new("/", &[], &BroadcastOptions::default())
         };
         assert!(wire.decode().is_none());
         let wire = WireBroadcast {
-            ns: "/".into(),
-            rooms: vec![],
-            except: vec![],
-            volatile: false,
             frames: vec!["b!!".into()],
-            disconnect: false,
+            ..WireBroadcast::new("/", &[], &BroadcastOptions::default())
         };
         assert!(wire.decode().is_none());
     }

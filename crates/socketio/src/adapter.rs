@@ -28,6 +28,15 @@ pub struct BroadcastOptions {
     pub local: bool,
 }
 
+impl BroadcastOptions {
+    /// Whether a broadcast with these options reaches socket `sid`, in `rooms`.
+    pub fn is_for(&self, sid: &Sid, rooms: &[Room]) -> bool {
+        let member = |room: &Room| room == sid || rooms.contains(room);
+        let chosen = self.rooms.is_empty() || self.rooms.iter().any(member);
+        chosen && !self.except.iter().any(member) && !self.except_sids.contains(sid)
+    }
+}
+
 /// A socket of any process of the app, as cross-process queries return it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketInfo {
@@ -62,6 +71,17 @@ pub trait Adapter: Send + Sync + 'static {
         opts: &BroadcastOptions,
     ) -> Result<(), EmitError> {
         ns.deliver(&self.sockets(opts), frames, opts.volatile);
+        Ok(())
+    }
+
+    /// Hands a broadcast to the other processes only, for them to deliver to their sockets
+    /// (a recovery store of this process delivers to its own). The default has no others.
+    fn relay(
+        &self,
+        _ns: &Namespace,
+        _frames: &[Frame],
+        _opts: &BroadcastOptions,
+    ) -> Result<(), EmitError> {
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use crate::adapter::BroadcastOptions;
 use crate::error::EmitError;
 use crate::namespace::Namespace;
 use crate::packet::{encode, event_array, PacketType};
+use crate::recovery::with_offset;
 use crate::socket::{event_json, Socket};
 use crate::{Room, Sid};
 
@@ -84,11 +85,18 @@ impl BroadcastOperator {
             |json: &str| encode(PacketType::Event, self.ns.path(), None, Some(json), binary);
         let broadcast = |frames: &[_]| self.ns.adapter().broadcast(&self.ns, frames, &self.opts);
         match self.ns.recovery() {
-            // A volatile event is not kept for replay, and so carries no offset.
-            Some(recovery) if !self.opts.volatile => {
-                recovery.send(json, &self.opts, encode, broadcast)
+            // Numbered by the store, which hands it to every process in order (a volatile
+            // one is numbered but not kept for replay).
+            Some(recovery) if !self.opts.local => {
+                recovery.append(&self.ns, &encode(json), &self.opts)
             }
-            _ => broadcast(&encode(json)),
+            // Not numbered: it carries the offset of the last event delivered here, which
+            // keeps the client's offset one of ours.
+            Some(recovery) => match recovery.watermark() {
+                Some(offset) => broadcast(&with_offset(&encode(json), &offset)),
+                None => broadcast(&encode(json)),
+            },
+            None => broadcast(&encode(json)),
         }
     }
 

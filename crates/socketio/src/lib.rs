@@ -38,7 +38,10 @@ pub use error::{AckError, ConnectError, EmitError};
 pub use event::{AckResponse, AckSender, Event};
 pub use handshake::{cookie, Handshake};
 pub use namespace::Namespace;
-pub use recovery::RecoveryConfig;
+pub use recovery::{
+    Digest, LocalStore, LogStats, Owner, RecoveryConfig, RecoveryLog, RecoveryStats,
+    RestoreRequest, Restored, Sequenced, SessionRecord, SessionStore, StoreFactory,
+};
 pub use server::{Dispatcher, SocketIo};
 pub use socket::{DisconnectReason, Socket};
 

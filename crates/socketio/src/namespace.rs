@@ -10,7 +10,7 @@ use engineio::Frame;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, BroadcastOptions};
 use crate::broadcast::BroadcastOperator;
 use crate::config::SocketIoConfig;
 use crate::error::{ConnectError, EmitError};
@@ -52,7 +52,10 @@ impl Namespace {
         handlers: NamespaceHandlers,
     ) -> Arc<Self> {
         let adapter = (config.adapter)(path);
-        let recovery = config.recovery.clone().map(Recovery::new);
+        let recovery = config
+            .recovery
+            .clone()
+            .map(|recovery| Recovery::new(path, recovery));
         Arc::new(Namespace {
             path: path.to_owned(),
             recovery,
@@ -78,6 +81,26 @@ impl Namespace {
 
     pub(crate) fn recovery(&self) -> Option<&Recovery> {
         self.recovery.as_ref()
+    }
+
+    /// Delivers an event its recovery store numbered (see [`crate::SessionStore`]) to the
+    /// local sockets it is for. A store calls it for every event, in number order.
+    pub fn deliver_sequenced(
+        &self,
+        epoch: &str,
+        seq: u64,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+    ) {
+        match &self.recovery {
+            Some(recovery) => recovery.deliver_sequenced(self, epoch, seq, frames, opts),
+            None => self.deliver(&self.adapter.sockets(opts), frames, opts.volatile),
+        }
+    }
+
+    /// What connection-state recovery did in this process, if it is on.
+    pub fn recovery_stats(&self) -> Option<crate::RecoveryStats> {
+        self.recovery.as_ref().map(Recovery::stats)
     }
 
     pub(crate) fn handlers(&self) -> NamespaceHandlers {

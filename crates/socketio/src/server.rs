@@ -16,8 +16,9 @@ use crate::error::ConnectError;
 use crate::namespace::{ConnectHandler, Namespace, NamespaceHandlers};
 use crate::packet::{encode, Packet, PacketType, ParseError};
 use crate::reassembly::{AttachmentLimits, Refusal};
-use crate::recovery::Pid;
+use crate::recovery::{parse_offset, Pid, Recovery, RestoreRequest, Restored};
 use crate::socket::{DisconnectReason, Socket};
+use crate::EmitError;
 
 type NamespaceMatcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -87,6 +88,17 @@ impl SocketIo {
     /// A namespace that exists (declared, or created by a dynamic pattern).
     pub fn of(&self, path: &str) -> Option<Arc<Namespace>> {
         self.dispatcher().namespaces.read().ok()?.get(path).cloned()
+    }
+
+    /// What connection-state recovery did in this process, every namespace together; `None`
+    /// with recovery off.
+    pub fn recovery_stats(&self) -> Option<crate::RecoveryStats> {
+        let namespaces = self.dispatcher().namespaces.read().ok()?;
+        let mut total: Option<crate::RecoveryStats> = None;
+        for stats in namespaces.values().filter_map(|ns| ns.recovery_stats()) {
+            total.get_or_insert_with(Default::default).add(stats);
+        }
+        total
     }
 
     /// The Engine.IO layer, for HTTP routing and session counts.
@@ -225,14 +237,12 @@ impl Dispatcher {
         // A client that lost its connection comes back with `{pid, offset}` in its auth. They
         // are not the application's: its handshake keeps the rest of the auth.
         let mut auth = packet.data;
-        let restored = ns.recovery().and_then(|recovery| {
-            let (pid, offset) = take_recovery_attempt(&mut auth)?;
-            let binding = recovery.binding(&conn.shared_headers());
-            let restored = recovery.restore(&pid, &offset, binding)?;
-            Some((Pid::from(pid.as_str()), restored))
-        });
+        let restored = match ns.recovery() {
+            Some(recovery) => restore(recovery, conn, &mut auth).await,
+            None => None,
+        };
         let socket = Arc::new(match &restored {
-            Some((pid, restored)) => Socket::restored(
+            Some(Attempt { pid, restored, .. }) => Socket::restored(
                 ns.clone(),
                 conn.clone(),
                 auth,
@@ -242,14 +252,21 @@ impl Dispatcher {
             None => Socket::new(ns.clone(), conn.clone(), auth),
         });
         let handlers = ns.handlers();
+        let release = || {
+            if let (Some(attempt), Some(recovery)) = (&restored, ns.recovery()) {
+                recovery.release(attempt.hold);
+            }
+        };
         for middleware in &handlers.middlewares {
             if let Err(error) = middleware(socket.clone()).await {
                 tracing::debug!(ns = %ns.path(), %error, "connection refused by middleware");
+                release();
                 refuse(error);
                 return;
             }
         }
         if conn.is_closed() {
+            release();
             return;
         }
         socket.set_connected();
@@ -262,18 +279,22 @@ impl Dispatcher {
         }
         let reply = reply.to_string();
         let connected = match (&restored, ns.recovery()) {
-            (Some((_, restored)), Some(recovery)) => {
-                // Under the log's lock, so that no event falls between the replay and the
+            (Some(attempt), Some(recovery)) => {
+                // Under the feed's lock, so that no event falls between the replay and the
                 // socket's return to its rooms. The missed events go first, as the reference
                 // server sends them: the client holds them until its CONNECT reply.
-                recovery.catch_up(restored.upto, socket.id(), &restored.rooms, |later| {
+                let restored = &attempt.restored;
+                let adopted = recovery.adopt(attempt.hold, &attempt.epoch, restored, |frames| {
                     ns.insert(&socket);
-                    for room in &restored.rooms {
-                        socket.join(room.clone());
-                    }
-                    socket.queue(restored.missed.iter().cloned())?;
-                    socket.queue(later)?;
+                    ns.adapter().join(socket.id(), &restored.rooms);
+                    socket.queue(frames)?;
                     socket.send_packet(PacketType::Connect, None, &reply, &[])
+                });
+                // Too much came meanwhile to replay it whole: the client starts afresh when it
+                // connects again.
+                adopted.unwrap_or_else(|| {
+                    conn.close(engineio::DisconnectReason::ServerClose);
+                    Err(EmitError::Disconnected)
                 })
             }
             _ => {
@@ -284,8 +305,49 @@ impl Dispatcher {
         if connected.is_err() {
             return;
         }
+        socket.write_through();
         if let Some(on_connect) = handlers.on_connect {
             on_connect(socket).await;
+        }
+    }
+}
+
+/// A returning client's socket, found: its private id, the events held here while it was
+/// looked up, and the epoch of its offsets.
+struct Attempt {
+    pid: Pid,
+    hold: u64,
+    epoch: String,
+    restored: Restored,
+}
+
+/// Looks up the socket of a client that came back with `{pid, offset}` in its auth; `None`
+/// for a fresh socket. Events delivered here meanwhile are held for it.
+async fn restore(
+    recovery: &Recovery,
+    conn: &Conn,
+    auth: &mut Option<Box<RawValue>>,
+) -> Option<Attempt> {
+    let (pid, offset) = take_recovery_attempt(auth)?;
+    let (epoch, after) = parse_offset(&offset)?;
+    let pid = Pid::from(pid.as_str());
+    let request = RestoreRequest {
+        pid_hash: pid.digest(),
+        epoch: epoch.clone(),
+        after,
+        binding: recovery.binding(&conn.shared_headers()),
+    };
+    let hold = recovery.hold();
+    match recovery.store().restore(request).await {
+        Some(restored) => Some(Attempt {
+            pid,
+            hold,
+            epoch,
+            restored,
+        }),
+        None => {
+            recovery.release(hold);
+            None
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::event::{AckResponse, AckSender, Event};
 use crate::handshake::Handshake;
 use crate::namespace::Namespace;
 use crate::packet::{encode, event_array, Packet, PacketType};
-use crate::recovery::Pid;
+use crate::recovery::{Pid, Recovery, SessionRecord};
 use crate::{Room, Sid};
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -257,9 +257,7 @@ impl Socket {
                     rooms: vec![self.id.clone()],
                     ..BroadcastOptions::default()
                 };
-                recovery.send(json, &opts, encode, |frames| {
-                    self.queue(frames.iter().cloned())
-                })
+                recovery.append(&self.ns, &encode(json), &opts)
             }
             None => self.queue(encode(json)),
         }
@@ -306,11 +304,33 @@ impl Socket {
     /// Joins a room.
     pub fn join(&self, room: impl Into<Room>) {
         self.ns.adapter().join(&self.id, &[room.into()]);
+        self.write_through();
     }
 
     /// Leaves a room.
     pub fn leave(&self, room: &str) {
         self.ns.adapter().leave(&self.id, room);
+        self.write_through();
+    }
+
+    /// This socket as a recovery store keeps it.
+    fn record(&self, recovery: &Recovery, pid: &Pid) -> SessionRecord {
+        SessionRecord {
+            sid: self.id.clone(),
+            pid_hash: pid.digest(),
+            rooms: self.rooms(),
+            binding: recovery.binding(self.handshake.headers()),
+        }
+    }
+
+    /// Tells a store that keeps connected sockets (one other processes share) what this
+    /// socket is now, so that it recovers even if this process dies.
+    pub(crate) fn write_through(&self) {
+        if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid) {
+            if recovery.store().keeps_connected() && self.connected() {
+                recovery.store().attached(&self.record(recovery, pid));
+            }
+        }
     }
 
     /// The rooms this socket is in (its own id included).
@@ -419,8 +439,9 @@ impl Socket {
         // Kept as it is now, before the disconnect handler can leave rooms.
         if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid) {
             if reason.is_recoverable() {
-                let binding = recovery.binding(self.handshake.headers());
-                recovery.save(pid, &self.id, self.rooms(), binding);
+                recovery.store().detached(self.record(recovery, pid));
+            } else {
+                recovery.store().forgotten(&pid.digest());
             }
         }
         let handler = self

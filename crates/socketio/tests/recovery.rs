@@ -14,11 +14,15 @@ use socketio::{Event, RecoveryConfig, Socket, SocketIo, SocketIoConfig};
 use common::{test_config, ClientKind, ClientProcess, Observations, TestServer};
 
 fn config() -> SocketIoConfig {
+    config_with(RecoveryConfig {
+        window: Duration::from_secs(60),
+        ..RecoveryConfig::default()
+    })
+}
+
+fn config_with(recovery: RecoveryConfig) -> SocketIoConfig {
     SocketIoConfig {
-        recovery: Some(RecoveryConfig {
-            window: Duration::from_secs(60),
-            ..RecoveryConfig::default()
-        }),
+        recovery: Some(recovery),
         ..test_config()
     }
 }
@@ -66,8 +70,18 @@ fn answer(event: Event) {
 /// Runs the `recovery` scenario: events while the client is away go to its room (`n = 2`), to
 /// it alone (`n = 3`), and to a room it is not in (`n = 99`).
 fn run(transport: &str, mode: &str) -> (Value, Value, Vec<Value>) {
+    run_with(config(), transport, mode, Duration::ZERO)
+}
+
+/// [`run`] with `config`, the client away for at least `away`.
+fn run_with(
+    config: SocketIoConfig,
+    transport: &str,
+    mode: &str,
+    away: Duration,
+) -> (Value, Value, Vec<Value>) {
     let seen = Observations::default();
-    let server = TestServer::start_with(config(), app(seen.clone()));
+    let server = TestServer::start_with(config, app(seen.clone()));
     let mut client =
         ClientProcess::spawn(ClientKind::Node, &server.url(), "recovery", transport, mode);
     let joined = client.expect("joined");
@@ -81,6 +95,8 @@ fn run(transport: &str, mode: &str) -> (Value, Value, Vec<Value>) {
         .emit("n", &3)
         .expect("emit to the socket");
     ns.to("other").emit("n", &99).expect("emit to another room");
+    // Longer than a short window: what is being tested is that the window has passed.
+    std::thread::sleep(away);
     client.say("reconnect");
     let back = client.expect("reconnected");
     let live = client.expect("live");
@@ -123,11 +139,38 @@ fn a_polling_client_whose_connection_breaks_gets_its_socket_and_missed_events_ba
 #[test]
 fn a_client_with_a_pid_that_is_not_its_own_gets_a_new_socket_and_nothing_of_the_old() {
     let (back, live, connects) = run("websocket", "forge");
+    assert_fresh(&back, &live, &connects);
+}
+
+/// A fresh socket and nothing of the old one (not in its room): what a client gets when its
+/// socket cannot be given back whole.
+fn assert_fresh(back: &Value, live: &Value, connects: &[Value]) {
     assert_eq!(back["recovered"], json!(false), "{back}");
     assert_eq!(back["sameId"], json!(false), "{back}");
     assert_eq!(back["got"], json!([1]), "{back}");
-    // Not in the old socket's room.
     assert_eq!(live["got"], json!([1]), "{live}");
     assert_eq!(connects[1]["recovered"], json!(false));
     assert_eq!(connects[1]["rooms"], json!([connects[1]["id"]]));
+}
+
+#[test]
+fn a_client_back_after_the_window_gets_a_new_socket() {
+    let config = config_with(RecoveryConfig {
+        window: Duration::from_millis(300),
+        ..RecoveryConfig::default()
+    });
+    let (back, live, connects) = run_with(config, "websocket", "", Duration::from_millis(600));
+    assert_fresh(&back, &live, &connects);
+}
+
+#[test]
+fn a_client_that_missed_more_than_the_log_keeps_gets_a_new_socket() {
+    // Three events while it is away, two kept: never a partial replay.
+    let config = config_with(RecoveryConfig {
+        window: Duration::from_secs(60),
+        max_packets: 2,
+        ..RecoveryConfig::default()
+    });
+    let (back, live, connects) = run_with(config, "websocket", "", Duration::ZERO);
+    assert_fresh(&back, &live, &connects);
 }

@@ -62,6 +62,11 @@ pub struct AppStatus {
     /// Warm workers waiting to take a place (`--spare`).
     #[serde(default)]
     pub spares: Vec<SpareStatus>,
+    /// What the master's service keeps for connection-state recovery, by namespace: events
+    /// and their bytes, sockets connected and kept for their clients to come back, events
+    /// evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<serde_json::Value>,
 }
 
 /// A warm worker (`--spare`): started, given no connection until it takes a worker's place.
@@ -93,6 +98,12 @@ pub struct WorkerStatus {
     /// master's store), and what it reports itself (e.g. `redis_publish_failed`).
     #[serde(default)]
     pub dropped: BTreeMap<String, u64>,
+    /// What its current process counts, by name: with connection-state recovery,
+    /// `recovery_attempts`, `recovery_recovered` (clients given their sockets back),
+    /// `recovery_replayed` (events replayed to them) and `recovery_gaps` (numbered events this
+    /// process never got, each possibly lost for its clients).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// A worker slot's state, as `list` shows it (kebab-case on the wire: `waiting-restart`).

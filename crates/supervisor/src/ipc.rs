@@ -53,6 +53,9 @@ pub enum ToMaster {
         /// Messages this worker dropped since it started, by cause (see [`crate::drops`]).
         #[serde(default)]
         dropped: BTreeMap<String, u64>,
+        /// What else the worker counts for status, by name (e.g. `recovery_recovered`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        counters: BTreeMap<String, u64>,
     },
     /// The worker's sessions changed since it last said: sent between pings, so that the
     /// master's least-loaded pick follows a burst of connections it cannot count itself
@@ -64,6 +67,12 @@ pub enum ToMaster {
     Tell { body: Value },
     /// A message for every other worker of the app (the embedded bus).
     Publish {
+        #[serde(deserialize_with = "raw_from_any")]
+        body: Box<RawValue>,
+    },
+    /// A message the master's service numbers (see [`crate::master::MasterService::sequence`])
+    /// and hands to every worker, this one included, in number order.
+    Sequence {
         #[serde(deserialize_with = "raw_from_any")]
         body: Box<RawValue>,
     },
@@ -85,7 +94,11 @@ pub trait Line: for<'de> Deserialize<'de> {
 
 impl Line for ToMaster {
     fn fast(line: String) -> Result<Self, String> {
-        raw_body(line, r#"{"type":"publish","body":"#).map(|body| ToMaster::Publish { body })
+        let line = match raw_body(line, r#"{"type":"publish","body":"#) {
+            Ok(body) => return Ok(ToMaster::Publish { body }),
+            Err(line) => line,
+        };
+        raw_body(line, r#"{"type":"sequence","body":"#).map(|body| ToMaster::Sequence { body })
     }
 }
 
@@ -225,6 +238,8 @@ pub struct WorkerLink {
     connections: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
     /// What this worker dropped, reported with every pong.
     drops: OnceLock<Arc<Drops>>,
+    /// Its other counters, reported with every pong.
+    counters: OnceLock<Box<dyn Fn() -> BTreeMap<String, u64> + Send + Sync>>,
     queries: OnceLock<QueryHandler>,
 }
 
@@ -264,6 +279,7 @@ impl WorkerLink {
             next_id: AtomicU64::new(1),
             connections: OnceLock::new(),
             drops: OnceLock::new(),
+            counters: OnceLock::new(),
             queries: OnceLock::new(),
         });
         tokio::spawn(async move { write_queue(&mut write, &mut outgoing).await });
@@ -284,10 +300,16 @@ impl WorkerLink {
                             .get()
                             .map(|drops| drops.snapshot())
                             .unwrap_or_default();
+                        let counters = reader
+                            .counters
+                            .get()
+                            .map(|count| count())
+                            .unwrap_or_default();
                         let _ = reader.tx.send(ToMaster::Pong {
                             seq,
                             connections,
                             dropped,
+                            counters,
                         });
                     }
                     ToWorker::Drain { timeout_ms } => {
@@ -351,6 +373,14 @@ impl WorkerLink {
         });
     }
 
+    /// Counters of this worker (by name) to report with every pong, for status.
+    pub fn report_counters(
+        &self,
+        counters: impl Fn() -> BTreeMap<String, u64> + Send + Sync + 'static,
+    ) {
+        let _ = self.counters.set(Box::new(counters));
+    }
+
     /// Asks the master's service and waits for the answer.
     pub async fn request(&self, body: Value) -> Result<Value, LinkError> {
         self.ask(|id| ToMaster::Request { id, body }).await
@@ -401,6 +431,14 @@ impl WorkerLink {
     pub fn publish(&self, body: Box<RawValue>) -> Result<(), LinkError> {
         self.tx
             .send(ToMaster::Publish { body })
+            .map_err(|_| LinkError::Closed)
+    }
+
+    /// Sends a message for the master's service to number and hand to every worker, this one
+    /// included; fails when the master is gone.
+    pub fn sequence(&self, body: Box<RawValue>) -> Result<(), LinkError> {
+        self.tx
+            .send(ToMaster::Sequence { body })
             .map_err(|_| LinkError::Closed)
     }
 }

@@ -67,6 +67,19 @@ pub struct ServeArgs {
     /// `error` event, a connect a CONNECT_ERROR.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub events_per_second: u32,
+    /// Connection-state recovery: how long a client whose connection broke (a crash, a
+    /// reload, a network blip) may come back to its sockets, rooms and missed messages. 0
+    /// turns recovery off (clients then get no offset with their events).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub recovery_window: Duration,
+    /// Events kept per namespace for clients that come back; one that missed more starts
+    /// afresh.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub recovery_max_packets: u32,
+    /// How long a user whose connection broke stays in its rooms before the others are told
+    /// it left (with recovery on): one that comes back within it never left.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
     /// Rooms one socket may be in at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_rooms_per_socket: u32,

@@ -79,7 +79,7 @@ class User:
             update()
             self.lock.notify_all()
 
-    def on_message(self, text):
+    def on_message(self, text, *_offset):
         self.notify(lambda: self.messages.append(json.loads(text)))
 
     # `users` is the room's member list as a client keeps it: the whole list on joining, then
@@ -90,14 +90,14 @@ class User:
         if present:
             self.users.append(name)
 
-    def on_entered(self, data):
+    def on_entered(self, data, *_offset):
         def update():
             if self.changes is not None:
                 self.changes.append((data["name"], True))
             self.change(data["name"], True)
         self.notify(update)
 
-    def on_left(self, data):
+    def on_left(self, data, *_offset):
         def update():
             self.left.append(data["name"])
             if self.changes is not None:
@@ -105,7 +105,7 @@ class User:
             self.change(data["name"], False)
         self.notify(update)
 
-    def on_users(self, names):
+    def on_users(self, names, *_offset):
         def update():
             self.users = list(names)
             for name, present in self.changes or []:
@@ -113,13 +113,13 @@ class User:
             self.changes = None
         self.notify(update)
 
-    def on_private(self, data):
+    def on_private(self, data, *_offset):
         self.notify(lambda: self.private.append(data))
 
     def on_disconnect(self, *_reason):
         self.notify(lambda: setattr(self, "disconnected", True))
 
-    def on_rooms(self, rooms):
+    def on_rooms(self, rooms, *_offset):
         self.notify(lambda: setattr(self, "rooms", rooms))
 
     def wait(self, what, condition):

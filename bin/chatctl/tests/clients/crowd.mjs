@@ -11,21 +11,10 @@
 // and exits 0. On a refusal, a disconnect for good or its deadline it prints {"event":"error",...}
 // and exits 1.
 
-import { createRequire } from "node:module";
 import readline from "node:readline";
 
 import { login } from "./login.mjs";
-
-// ESM ignores NODE_PATH: resolve the client from the workspace's ops/js, where
-// ops/test-deps.sh installs it.
-const require = createRequire(new URL("../../../../ops/js/package.json", import.meta.url));
-let io;
-try {
-  ({ io } = require("socket.io-client"));
-} catch (error) {
-  console.error(`socket.io-client is not installed in ops/js/node_modules (${error.message}): run ops/test-deps.sh`);
-  process.exit(3);
-}
+import { io } from "./socket_io_client.mjs";
 
 const [base, countText] = process.argv.slice(2);
 const count = Number(countText);

@@ -51,10 +51,10 @@ def main():
         return first_connect(*args, **kwargs)
 
     client.connect = patient_connect
-    client.on("message", lambda text: out("messages", json.loads(text)), namespace="/chat_com")
-    client.on("users_list", lambda names: out("users", names), namespace="/chat_infra")
-    client.on("user_entered", lambda data: out("entered", data["name"]), namespace="/chat_infra")
-    client.on("user_left", lambda data: out("left", data["name"]), namespace="/chat_infra")
+    client.on("message", lambda text, *_offset: out("messages", json.loads(text)), namespace="/chat_com")
+    client.on("users_list", lambda names, *_offset: out("users", names), namespace="/chat_infra")
+    client.on("user_entered", lambda data, *_offset: out("entered", data["name"]), namespace="/chat_infra")
+    client.on("user_left", lambda data, *_offset: out("left", data["name"]), namespace="/chat_infra")
     # Reported on its own: python-socketio may call this handler after the reconnection's
     # (a run saw it come after the rejoin's users_list), so it must not touch the list.
     client.on("disconnect", lambda *_reason: out("gone", True), namespace="/chat_infra")

@@ -20,21 +20,10 @@
 // once. Prints {"event":"done","sids":[...],"moved":N} and exits 0. Any failure or the watchdog
 // prints {"event":"error",...} and exits 1.
 
-import { createRequire } from "node:module";
 import readline from "node:readline";
 
 import { login } from "./login.mjs";
-
-// ESM ignores NODE_PATH: resolve the client from the workspace's ops/js, where
-// ops/test-deps.sh installs it.
-const require = createRequire(new URL("../../../../ops/js/package.json", import.meta.url));
-let Manager;
-try {
-  ({ Manager } = require("socket.io-client"));
-} catch (error) {
-  console.error(`socket.io-client is not installed in ops/js/node_modules (${error.message}): run ops/test-deps.sh`);
-  process.exit(3);
-}
+import { Manager } from "./socket_io_client.mjs";
 
 const [base, countText, mode = "polling"] = process.argv.slice(2);
 const count = Number(countText);

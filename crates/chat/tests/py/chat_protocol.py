@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -31,6 +32,8 @@ except ImportError as error:
 INFRA = "/chat_infra"
 COM = "/chat_com"
 COOKIE = "chat_session"
+# The offsets our server appends to events (`EPOCH-NUMBER`), see `_record`.
+OFFSET = re.compile(r"^[A-Za-z0-9_-]+-[0-9]+$")
 MAX_MESSAGE_CHARS = 100
 # Generous: a healthy server answers in milliseconds; these only bound a broken one.
 WAIT_SECONDS = 10
@@ -108,6 +111,10 @@ class Peer:
             self.changed.notify_all()
 
     def _record(self, event, namespace, *args):
+        # A server with connection-state recovery (the chat's default) appends an offset to
+        # every event; python-socketio does not recover, and passes it on as an argument.
+        if len(args) >= 2 and isinstance(args[-1], str) and OFFSET.match(args[-1]):
+            args = args[:-1]
         data = args[0] if len(args) == 1 else list(args)
         with self.changed:
             self.log.append((namespace, event, data))

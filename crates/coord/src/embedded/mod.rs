@@ -4,10 +4,12 @@
 //! [`StoreService`], which every worker shares.
 
 mod bus;
+mod recovery;
 mod service;
 mod store;
 mod store_op;
 
 pub use bus::{deliver_remote_broadcasts, EmbeddedAdapter, MasterBus};
+pub use recovery::{MasterSessionStore, RecoveryService};
 pub use service::StoreService;
 pub use store::EmbeddedStore;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use socketio::BroadcastOptions;
 use supervisor::MasterService;
 
+use super::recovery::RecoveryService;
 use super::store_op::StoreOp;
 use crate::wire::WireBroadcast;
 
@@ -26,6 +27,11 @@ pub struct StoreService {
     store: MemoryStore,
     /// worker process -> (room, socket) it joined
     members: Mutex<HashMap<u64, HashSet<Membership>>>,
+    /// The logs and kept sockets of connection-state recovery.
+    recovery: RecoveryService,
+    /// How long a dead worker's users stay in their rooms, in milliseconds, for them to come
+    /// back on another worker (see [`StoreOp::PresenceGrace`]).
+    presence_grace_ms: std::sync::atomic::AtomicU64,
 }
 
 impl StoreService {
@@ -82,6 +88,33 @@ impl StoreService {
                 }
                 now(async move { Ok(json!(store.leave_room(&room, &socket).await?)) }.boxed())
             }
+            StoreOp::DepartLater {
+                socket,
+                rooms,
+                grace_ms,
+            } => {
+                // No longer this worker's: a worker that dies now leaves them as they are.
+                if let Ok(mut members) = self.members.lock() {
+                    if let Some(owned) = members.get_mut(&worker) {
+                        for room in &rooms {
+                            owned.remove(&(room.clone(), socket.clone()));
+                        }
+                    }
+                }
+                let grace = Duration::from_millis(grace_ms);
+                now(
+                    async move { Ok(json!(store.depart_later(&socket, rooms, grace).await?)) }
+                        .boxed(),
+                )
+            }
+            StoreOp::ExpiredDepartures => {
+                now(async move { Ok(json!(store.expired_departures().await?)) }.boxed())
+            }
+            StoreOp::PresenceGrace { grace_ms } => {
+                self.presence_grace_ms
+                    .store(grace_ms, std::sync::atomic::Ordering::Relaxed);
+                Ok(Value::Null)
+            }
             StoreOp::RoomCounts => {
                 now(async move { Ok(json!(store.room_counts().await?)) }.boxed())
             }
@@ -113,6 +146,9 @@ impl StoreService {
 
 impl MasterService for StoreService {
     fn request(&self, worker: u64, body: Value) -> Value {
+        if RecoveryService::handles(&body) {
+            return self.recovery.request(worker, body);
+        }
         let op = match serde_json::from_value::<StoreOp>(body) {
             Ok(op) => op,
             Err(error) => return json!({ "error": format!("unknown store request: {error}") }),
@@ -123,15 +159,44 @@ impl MasterService for StoreService {
         }
     }
 
+    fn sequence(&self, _worker: u64, body: &RawValue) -> Option<Box<RawValue>> {
+        self.recovery.sequence(body)
+    }
+
+    fn status(&self) -> Option<Value> {
+        let logs = self.recovery.stats();
+        (!logs.is_empty()).then(|| {
+            Value::Object(
+                logs.into_iter()
+                    .map(|(ns, stats)| (ns, json!(stats)))
+                    .collect(),
+            )
+        })
+    }
+
     fn worker_gone(&self, worker: u64) -> Vec<Box<RawValue>> {
+        self.recovery.worker_gone(worker);
         let owned = self
             .members
             .lock()
             .ok()
             .and_then(|mut members| members.remove(&worker))
             .unwrap_or_default();
+        let grace = Duration::from_millis(
+            self.presence_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let mut left: Vec<(String, String)> = Vec::new();
         for (room, socket) in owned {
+            if !grace.is_zero() {
+                // Its users may come back on another worker (connection-state recovery):
+                // they leave when the grace ends, unless they did (a worker's sweep tells).
+                let _ = self
+                    .store
+                    .depart_later(&socket, vec![room], grace)
+                    .now_or_never();
+                continue;
+            }
             let gone = self.store.leave_room(&room, &socket).now_or_never();
             if let Some(Ok(Some(nickname))) = gone {
                 left.push((room, nickname));

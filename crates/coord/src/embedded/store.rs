@@ -22,7 +22,14 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    pub fn new(link: Arc<WorkerLink>, drops: Arc<Drops>) -> Self {
+    /// The store of a worker whose users' memberships outlive a broken connection (or this
+    /// worker's death) by `presence_grace`, for them to come back (connection-state recovery).
+    pub fn new(link: Arc<WorkerLink>, drops: Arc<Drops>, presence_grace: Duration) -> Self {
+        if let Ok(body) = serde_json::to_value(StoreOp::PresenceGrace {
+            grace_ms: crate::millis(presence_grace),
+        }) {
+            link.tell(body);
+        }
         EmbeddedStore { link, drops }
     }
 
@@ -108,6 +115,24 @@ impl Store for EmbeddedStore {
             socket: socket.to_owned(),
         };
         self.ask(op).boxed()
+    }
+
+    fn depart_later<'a>(
+        &'a self,
+        socket: &'a str,
+        rooms: Vec<String>,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        let op = StoreOp::DepartLater {
+            socket: socket.to_owned(),
+            rooms,
+            grace_ms: crate::millis(grace),
+        };
+        self.ask(op).boxed()
+    }
+
+    fn expired_departures(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        self.ask(StoreOp::ExpiredDepartures).boxed()
     }
 
     fn room_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>> {

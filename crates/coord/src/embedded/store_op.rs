@@ -25,6 +25,19 @@ pub(super) enum StoreOp {
         room: String,
         socket: String,
     },
+    /// A broken connection's memberships, kept for `grace_ms` (see
+    /// [`chat::Store::depart_later`]).
+    DepartLater {
+        socket: String,
+        rooms: Vec<String>,
+        grace_ms: u64,
+    },
+    ExpiredDepartures,
+    /// How long the memberships of a worker that died are kept for its users to come back
+    /// (told by each worker as it starts; 0: they leave at once).
+    PresenceGrace {
+        grace_ms: u64,
+    },
     RoomCounts,
     RoomUsers {
         room: String,

@@ -26,6 +26,10 @@ const PUBLISH_QUEUE: usize = 16_384;
 /// Broadcasts sent to Redis in one pipeline.
 const PUBLISH_BATCH: usize = 512;
 
+/// Events waiting to be numbered by Redis (connection-state recovery); beyond this (Redis slow
+/// or down) new ones are refused, counted and said.
+const SEQUENCE_QUEUE: usize = 16_384;
+
 /// What goes on a channel: the broadcast and the worker that sent it.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Envelope {
@@ -45,6 +49,8 @@ struct Publication {
 pub struct RedisBus {
     pub(super) link: Arc<RedisLink>,
     publications: mpsc::Sender<Publication>,
+    /// Events for Redis to number, in the order this worker sent them (see `recovery.rs`).
+    sequenced: mpsc::Sender<redis::Cmd>,
     subscriptions: mpsc::UnboundedSender<SubscriberCommand>,
     /// `P:req`, where every worker hears the others' questions.
     pub(super) question_channel: String,
@@ -53,28 +59,32 @@ pub struct RedisBus {
     /// This worker's questions waiting for answers.
     pub(super) questions: PendingQuestions,
     /// The tasks' ends of the channels, until [`RedisBus::start`] takes them.
-    pending: Mutex<
-        Option<(
-            mpsc::Receiver<Publication>,
-            mpsc::UnboundedReceiver<SubscriberCommand>,
-        )>,
-    >,
+    pending: Mutex<Option<TaskEnds>>,
 }
+
+/// What [`RedisBus::start`] hands its tasks: publications, numbering scripts, subscriptions.
+type TaskEnds = (
+    mpsc::Receiver<Publication>,
+    mpsc::Receiver<redis::Cmd>,
+    mpsc::UnboundedReceiver<SubscriberCommand>,
+);
 
 impl RedisBus {
     pub fn new(link: Arc<RedisLink>) -> Arc<Self> {
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (sequenced, sequenced_rx) = mpsc::channel(SEQUENCE_QUEUE);
         let (subscriptions, subscription_rx) = mpsc::unbounded_channel();
         let question_channel = link.key(&["req"]);
         let answer_channel = answer_channel(&link, &link.uid);
         let bus = Arc::new(RedisBus {
             link,
             publications,
+            sequenced,
             subscriptions,
             question_channel,
             answer_channel,
             questions: PendingQuestions::default(),
-            pending: Mutex::new(Some((publication_rx, subscription_rx))),
+            pending: Mutex::new(Some((publication_rx, sequenced_rx, subscription_rx))),
         });
         bus.subscribe(bus.question_channel.clone());
         bus.subscribe(bus.answer_channel.clone());
@@ -95,7 +105,7 @@ impl RedisBus {
     /// Starts publishing and delivering what other workers publish to `io`'s sockets. Call once,
     /// inside the runtime; later calls do nothing.
     pub fn start(self: &Arc<Self>, io: SocketIo) {
-        let Some((publications, subscriptions)) = self
+        let Some((publications, sequenced, subscriptions)) = self
             .pending
             .lock()
             .ok()
@@ -104,6 +114,7 @@ impl RedisBus {
             return;
         };
         tokio::spawn(run_publisher(self.link.clone(), publications));
+        tokio::spawn(run_sequencer(self.link.clone(), sequenced));
         tokio::spawn(run_subscriber(self.clone(), io, subscriptions));
     }
 
@@ -128,7 +139,7 @@ impl RedisBus {
         }
     }
 
-    fn subscribe(&self, channel: String) {
+    pub(super) fn subscribe(&self, channel: String) {
         let _ = self
             .subscriptions
             .send(SubscriberCommand::Subscribe(channel));
@@ -233,6 +244,25 @@ impl RedisBus {
     /// Queues a publication for the publisher. Fails when the queue is full (the publication
     /// is dropped and counted) or when Redis is known to be down (queued all the same, in case
     /// it is back, but most likely lost: the publisher counts it then).
+    /// Queues an event's numbering script (see `recovery.rs`): the scripts run in the order
+    /// they were queued, so this worker's events are numbered in the order it sent them.
+    pub(super) fn sequence(&self, command: redis::Cmd) -> Result<(), EmitError> {
+        if self.sequenced.try_send(command).is_err() {
+            self.link.drops.count(
+                "redis_sequence_queue_full",
+                1,
+                format_args!(
+                    "{SEQUENCE_QUEUE} events are waiting for Redis to number them (slow or \
+                     down): new ones are dropped"
+                ),
+            );
+            return Err(EmitError::NotRelayed(
+                "too many events are waiting for Redis".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn publish(&self, channel: String, payload: Vec<u8>) -> Result<(), EmitError> {
         if self
             .publications
@@ -315,6 +345,28 @@ impl Driver for RoomChannels {
 
 /// Sends queued broadcasts to Redis, pipelined: whatever queued up while one batch was on its
 /// way goes in the next.
+/// Runs the numbering scripts in the order they were queued, in pipelines.
+async fn run_sequencer(link: Arc<RedisLink>, mut commands: mpsc::Receiver<redis::Cmd>) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while commands.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let count = batch.len() as u64;
+        let mut pipe = redis::pipe();
+        for command in batch.drain(..) {
+            pipe.add_command(command).ignore();
+        }
+        let sent = link
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await;
+        if let Err(error) = sent {
+            link.drops.count(
+                "redis_sequence_failed",
+                count,
+                format_args!("events Redis did not number, lost for their recipients: {error}"),
+            );
+        }
+    }
+}
+
 async fn run_publisher(link: Arc<RedisLink>, mut publications: mpsc::Receiver<Publication>) {
     let command = if link.config.sharded {
         "SPUBLISH"

@@ -40,6 +40,7 @@ mod bus;
 mod error;
 mod link;
 mod query;
+mod recovery;
 mod store;
 mod subscriber;
 
@@ -50,6 +51,7 @@ use redis::{ConnectionInfo, IntoConnectionInfo};
 pub use bus::{RedisAdapter, RedisBus};
 pub use error::RedisError;
 pub use link::RedisLink;
+pub use recovery::RedisSessionStore;
 pub use store::RedisStore;
 
 /// Where Redis is and how this app's keys and channels are named there.

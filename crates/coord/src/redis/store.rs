@@ -18,9 +18,13 @@ use crate::millis;
 /// Adds a socket to a room unless it is there already; answers 1 when its nickname is new in
 /// the room. Also records the socket as this worker's and renews the worker's liveness key, so
 /// that if the worker dies, another one removes its members ([`REAP`]).
+/// A socket that joins again within the grace of a broken connection keeps its place (see
+/// [`DEPART`]).
 /// KEYS: users hash, sockets hash, rooms set, this worker's members set, workers set, this
-/// worker's liveness key. ARGV: room, nickname, socket, worker uid, liveness TTL in ms.
+/// worker's liveness key, departures. ARGV: room, nickname, socket, worker uid, liveness TTL
+/// in ms.
 const JOIN: &str = r"
+redis.call('ZREM', KEYS[7], ARGV[3] .. ' ' .. ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[3] .. ' ' .. ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[4])
 redis.call('SET', KEYS[6], '1', 'PX', ARGV[5])
@@ -47,37 +51,80 @@ if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) en
 return gone
 ";
 
+/// A Lua function for the scripts below: removes membership `entry` (`socket room`), under
+/// the prefix of the room keys and with the rooms set, adding room and nickname to `gone` when
+/// the nickname left the room entirely.
+const LEAVE_ENTRY: &str = r"
+local function leave_entry(prefix, rooms, entry, gone)
+  local space = string.find(entry, ' ', 1, true)
+  if not space then return end
+  local socket = string.sub(entry, 1, space - 1)
+  local room = string.sub(entry, space + 1)
+  local users = prefix .. ':room:' .. room .. ':users'
+  local sockets = prefix .. ':room:' .. room .. ':sockets'
+  local nickname = redis.call('HGET', sockets, socket)
+  if not nickname then return end
+  redis.call('HDEL', sockets, socket)
+  if redis.call('HINCRBY', users, nickname, -1) <= 0 then
+    redis.call('HDEL', users, nickname)
+    table.insert(gone, room)
+    table.insert(gone, nickname)
+  end
+  if redis.call('HLEN', users) == 0 then redis.call('SREM', rooms, room) end
+end
+";
+
 /// Removes every member of a worker whose liveness key has expired; answers the users who left
-/// a room entirely, as a flat list room, nickname, room, nickname... Atomic, so of several
-/// workers reaping the same dead one, one does the work and announces the departures.
-/// KEYS: the dead worker's members set, workers set, rooms set, its liveness key.
-/// ARGV: prefix of the room keys (in the same slot as KEYS on a cluster), the dead worker's uid.
+/// a room entirely, as a flat list room, nickname, room, nickname... With a deadline, the
+/// members depart then instead ([`DEPART`]), for their users to come back on another worker.
+/// Atomic, so of several workers reaping the same dead one, one does the work and announces
+/// the departures.
+/// KEYS: the dead worker's members set, workers set, rooms set, its liveness key, departures.
+/// ARGV: prefix of the room keys (in the same slot as KEYS on a cluster), the dead worker's
+/// uid, the deadline in ms since the epoch (0: now).
 const REAP: &str = r"
 if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
 local gone = {}
 for _, entry in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local space = string.find(entry, ' ', 1, true)
-  if space then
-    local socket = string.sub(entry, 1, space - 1)
-    local room = string.sub(entry, space + 1)
-    local users = ARGV[1] .. ':room:' .. room .. ':users'
-    local sockets = ARGV[1] .. ':room:' .. room .. ':sockets'
-    local nickname = redis.call('HGET', sockets, socket)
-    if nickname then
-      redis.call('HDEL', sockets, socket)
-      if redis.call('HINCRBY', users, nickname, -1) <= 0 then
-        redis.call('HDEL', users, nickname)
-        table.insert(gone, room)
-        table.insert(gone, nickname)
-      end
-      if redis.call('HLEN', users) == 0 then redis.call('SREM', KEYS[3], room) end
-    end
+  if ARGV[3] ~= '0' then
+    redis.call('ZADD', KEYS[5], ARGV[3], entry)
+  else
+    leave_entry(ARGV[1], KEYS[3], entry, gone)
   end
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 return gone
 ";
+
+/// The memberships of a broken connection depart at a deadline, unless the socket joins
+/// again before ([`JOIN`]); they are no longer this worker's.
+/// KEYS: this worker's members set, departures. ARGV: deadline in ms since the epoch, socket,
+/// rooms...
+const DEPART: &str = r"
+for i = 3, #ARGV do
+  local entry = ARGV[2] .. ' ' .. ARGV[i]
+  redis.call('SREM', KEYS[1], entry)
+  redis.call('ZADD', KEYS[2], ARGV[1], entry)
+end
+return 1
+";
+
+/// Removes the memberships whose departure is due, at most ARGV[3]; answers room, nickname
+/// pairs as [`REAP`]. Atomic: each departure is announced by one worker.
+/// KEYS: departures, rooms set. ARGV: prefix of the room keys, now in ms since the epoch, the
+/// most to take.
+const SWEEP: &str = r"
+local gone = {}
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])) do
+  redis.call('ZREM', KEYS[1], entry)
+  leave_entry(ARGV[1], KEYS[2], entry, gone)
+end
+return gone
+";
+
+/// Departures taken per sweep.
+const SWEEP_BATCH: usize = 1000;
 
 /// A socket this worker put in a room: (room, socket id), with the nickname it joined under.
 type Membership = (String, String);
@@ -89,6 +136,11 @@ pub struct RedisStore {
     join: Script,
     leave: Script,
     reap: Script,
+    depart: Script,
+    sweep: Script,
+    /// How long a broken connection's memberships (or a dead worker's) are kept for their
+    /// users to come back (connection-state recovery); zero: they leave at once.
+    presence_grace: Duration,
     /// The members this worker added and has not removed, with the nickname each joined under:
     /// a restarted Redis has lost them, and this worker puts them back.
     members: Mutex<HashMap<Membership, String>>,
@@ -174,15 +226,25 @@ impl RedisStore {
             link,
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
-            reap: Script::new(REAP),
+            reap: Script::new(&format!("{LEAVE_ENTRY}{REAP}")),
+            depart: Script::new(DEPART),
+            sweep: Script::new(&format!("{LEAVE_ENTRY}{SWEEP}")),
+            presence_grace: Duration::ZERO,
             members: Mutex::new(HashMap::new()),
             asserted_epoch: AtomicU64::new(0),
             history_queue: OnceLock::new(),
         }
     }
 
+    /// Keeps a broken connection's memberships, and a dead worker's, for `grace` (see
+    /// [`Store::depart_later`]).
+    pub fn with_presence_grace(mut self, grace: Duration) -> Self {
+        self.presence_grace = grace;
+        self
+    }
+
     /// The KEYS of [`JOIN`] and [`LEAVE`].
-    fn member_keys(&self, room: &str) -> [String; 6] {
+    fn member_keys(&self, room: &str) -> [String; 7] {
         let uid = self.link.uid.as_str();
         [
             self.link.member_key(&["room", room, "users"]),
@@ -191,6 +253,7 @@ impl RedisStore {
             self.link.member_key(&["worker", uid, "members"]),
             self.link.member_key(&["workers"]),
             self.link.member_key(&["worker", uid, "alive"]),
+            self.link.member_key(&["departures"]),
         ]
     }
 
@@ -260,8 +323,10 @@ impl RedisStore {
             .key(self.link.member_key(&["workers"]))
             .key(self.link.member_key(&["rooms"]))
             .key(self.link.member_key(&["worker", uid, "alive"]))
+            .key(self.link.member_key(&["departures"]))
             .arg(&self.link.member_prefix)
-            .arg(uid);
+            .arg(uid)
+            .arg(deadline_ms(self.presence_grace));
         let Ok(gone) = self
             .link
             .run(|mut c| async move { invocation.invoke_async::<Vec<String>>(&mut c).await })
@@ -310,7 +375,7 @@ impl RedisStore {
                 // EVAL, not EVALSHA: a restarted Redis has an empty script cache.
                 pipe.cmd("EVAL")
                     .arg(JOIN)
-                    .arg(6)
+                    .arg(7)
                     .arg(&self.member_keys(room))
                     .arg(room)
                     .arg(nickname)
@@ -370,6 +435,18 @@ impl RedisStore {
         self.reassert_members().await;
         Ok((!gone.is_empty()).then_some(gone))
     }
+}
+
+/// `grace` from now in milliseconds since the epoch, for deadlines every host reads alike; 0
+/// for no grace.
+fn deadline_ms(grace: Duration) -> u64 {
+    if grace.is_zero() {
+        return 0;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    millis(now + grace)
 }
 
 impl Store for RedisStore {
@@ -460,6 +537,64 @@ impl Store for RedisStore {
                 members.remove(&(room.to_owned(), socket.to_owned()));
             }
             self.remove_member(room, socket).await
+        }
+        .boxed()
+    }
+
+    fn depart_later<'a>(
+        &'a self,
+        socket: &'a str,
+        rooms: Vec<String>,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        async move {
+            let deadline = deadline_ms(grace);
+            if deadline == 0 || rooms.is_empty() {
+                let mut left = Vec::new();
+                for room in rooms {
+                    if let Some(nickname) = self.leave_room(&room, socket).await? {
+                        left.push((room, nickname));
+                    }
+                }
+                return Ok(left);
+            }
+            if let Ok(mut members) = self.members.lock() {
+                for room in &rooms {
+                    members.remove(&(room.clone(), socket.to_owned()));
+                }
+            }
+            let mut invocation = self.depart.prepare_invoke();
+            invocation
+                .key(self.link.member_key(&["worker", &self.link.uid, "members"]))
+                .key(self.link.member_key(&["departures"]))
+                .arg(deadline)
+                .arg(socket)
+                .arg(&rooms);
+            self.link
+                .run(|mut c| async move { invocation.invoke_async::<()>(&mut c).await })
+                .await?;
+            Ok(Vec::new())
+        }
+        .boxed()
+    }
+
+    fn expired_departures(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        async move {
+            let mut invocation = self.sweep.prepare_invoke();
+            invocation
+                .key(self.link.member_key(&["departures"]))
+                .key(self.link.member_key(&["rooms"]))
+                .arg(&self.link.member_prefix)
+                .arg(deadline_ms(Duration::from_millis(1)))
+                .arg(SWEEP_BATCH);
+            let gone: Vec<String> = self
+                .link
+                .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+                .await?;
+            Ok(gone
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect())
         }
         .boxed()
     }

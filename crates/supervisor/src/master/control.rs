@@ -48,6 +48,9 @@ impl Inner {
                     }),
                     last_error: slot.last_error.clone(),
                     dropped: proc.map(dropped_by).unwrap_or_default(),
+                    counters: proc
+                        .map(|p| p.reported_counters.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -78,6 +81,7 @@ impl Inner {
                     uptime_ms: p.started.elapsed().as_millis() as u64,
                 })
                 .collect(),
+            recovery: self.service.get().and_then(|service| service.status()),
         }
     }
 

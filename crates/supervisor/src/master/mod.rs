@@ -44,6 +44,19 @@ pub trait MasterService: Send + Sync + 'static {
     /// A worker process ended: forget what it owned (its users' presence). Returns messages
     /// for the remaining workers (telling their clients who left).
     fn worker_gone(&self, worker: u64) -> Vec<Box<serde_json::value::RawValue>>;
+    /// Numbers a worker's message (see [`crate::ipc::ToMaster::Sequence`]): the line every
+    /// worker then gets, in the order of the calls. `None` drops it.
+    fn sequence(
+        &self,
+        _worker: u64,
+        _body: &serde_json::value::RawValue,
+    ) -> Option<Box<serde_json::value::RawValue>> {
+        None
+    }
+    /// What the service keeps, for `chatctl status` (see [`crate::control::AppStatus`]).
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Why the master could not start; each names the fix.

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tokio::net::UnixStream;
 
+use super::state::{Proc, State};
 use super::{Gathering, Inner};
 use crate::ipc::{message_lines, read_message, ReadEnd, ToMaster, ToWorker};
-use crate::outbox::{relay_line, Outbox, Refused};
+use crate::outbox::{relay_line, LineBytes, Outbox, Refused};
 
 impl Inner {
     /// Talks to one worker over its IPC channel until either side closes it. A worker that
@@ -52,6 +53,7 @@ impl Inner {
                         seq,
                         connections,
                         dropped,
+                        counters,
                     } => {
                         let mut state = self.lock();
                         // A pong for a ping not sent yet would vouch for probes to come.
@@ -61,6 +63,7 @@ impl Inner {
                             proc.last_pong = proc.last_pong.max(seq);
                             proc.connections = connections;
                             proc.reported_drops = dropped;
+                            proc.reported_counters = counters;
                             proc.handed = 0;
                         }
                         drop(state);
@@ -100,6 +103,7 @@ impl Inner {
                         }
                     }
                     ToMaster::Publish { body } => self.relay(generation, &body),
+                    ToMaster::Sequence { body } => self.sequence(generation, &body),
                     ToMaster::Gather { id, body } => {
                         self.clone().gather(generation, id, body, outbox.clone())
                     }
@@ -211,9 +215,26 @@ impl Inner {
     pub(super) fn relay(&self, from: u64, body: &serde_json::value::RawValue) {
         let line = relay_line(body);
         let mut state = self.lock();
+        Self::relay_to(&mut state, line, |proc| proc.generation != from);
+    }
+
+    /// Has the service number a worker's message, and hands the numbered message to every
+    /// live worker that speaks IPC, the sender included. Numbered and queued under the state
+    /// lock: every worker's queue gets the messages in number order.
+    pub(super) fn sequence(&self, from: u64, body: &serde_json::value::RawValue) {
+        let Some(service) = self.service.get() else {
+            return;
+        };
+        let mut state = self.lock();
+        if let Some(numbered) = service.sequence(from, body) {
+            Self::relay_to(&mut state, relay_line(&numbered), |_| true);
+        }
+    }
+
+    fn relay_to(state: &mut State, line: LineBytes, to: impl Fn(&Proc) -> bool) {
         for slot in state.slots.iter_mut() {
             for proc in slot.procs_mut() {
-                if proc.generation != from && proc.speaks_ipc {
+                if to(proc) && proc.speaks_ipc {
                     // Never wait for a slow worker: drop, count, and say so now and then.
                     if proc.ipc.relay(line.clone()) == Err(Refused::Full) {
                         proc.drops.count(

@@ -1,0 +1,182 @@
+// Chat users on the official Node.js Socket.IO client (npm socket.io-client 4.x) in one room while
+// a fault hits the server (a worker killed, a reload), driven by bin/chatctl/tests/recovery.rs.
+//
+//   node recovering_room.mjs <base url> <receivers> <websocket|polling> <messages>
+//
+// Every user logs in, connects /chat_infra and /chat_com on one connection of its own, and joins
+// room "recovery"; then it prints {"event":"ready"}. On one line on stdin a sender says numbered
+// messages to the room, one every 70 ms; after the 20th it prints {"event":"sending"} (the test
+// strikes then). Once every receiver has had every number the server accepted (one any receiver
+// got), or at the deadline, it prints {"event":"done",...}: per receiver which of those it lost
+// or got twice, how many numbers never reached the server (said on a connection that died with
+// its worker: a client's emit has no delivery guarantee without an ack), how many times the
+// sockets disconnected and how many came back recovered (`socket.recovered`) or not, and the
+// user_left announcements the receivers saw. It exits 0; the test judges the counts.
+
+import readline from "node:readline";
+
+import { login } from "./login.mjs";
+import { Manager } from "./socket_io_client.mjs";
+
+const [base, receiversText, transport, messagesText] = process.argv.slice(2);
+const receivers = Number(receiversText);
+const messages = Number(messagesText);
+if (!/^http:\/\//.test(base || "") || !(receivers > 0) || !(messages > 20)
+    || !["websocket", "polling"].includes(transport)) {
+  console.error("usage: node recovering_room.mjs http://HOST:PORT RECEIVERS websocket|polling MESSAGES (> 20)");
+  process.exit(2);
+}
+
+const ROOM = "recovery";
+const INTERVAL_MS = 70;
+// Well before the Rust side's deadline, so the test reads a report rather than a timeout.
+const WATCHDOG_MS = 100_000;
+// How long after the last message the receivers may take to catch up.
+const SETTLE_MS = 30_000;
+
+function report(event, fields = {}) {
+  // Writes to a pipe are synchronous in Node on Linux, so nothing is lost by process.exit.
+  process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
+}
+
+setTimeout(() => {
+  report("error", { message: "watchdog: the scenario did not finish in time", ...totals() });
+  process.exit(1);
+}, WATCHDOG_MS).unref();
+
+/** One user: a login, one connection, its /chat_infra and /chat_com sockets. */
+class User {
+  constructor(nickname) {
+    this.nickname = nickname;
+    this.got = new Map();
+    this.disconnects = 0;
+    this.recovered = 0;
+    this.notRecovered = 0;
+    this.userLeft = [];
+  }
+
+  async start() {
+    const cookie = await login(base, this.nickname);
+    const manager = new Manager(base, {
+      transports: [transport],
+      extraHeaders: { Cookie: cookie },
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 500,
+    });
+    this.infra = manager.socket("/chat_infra");
+    this.com = manager.socket("/chat_com");
+    for (const socket of [this.infra, this.com]) {
+      let first = true;
+      socket.on("connect", () => {
+        if (!first) {
+          if (socket.recovered) this.recovered += 1;
+          else this.notRecovered += 1;
+        }
+        first = false;
+      });
+      socket.on("disconnect", () => {
+        this.disconnects += 1;
+      });
+      socket.on("connect_error", (error) => {
+        if (!socket.active) {
+          report("error", { message: `${this.nickname} was refused: ${error.message}` });
+          process.exit(1);
+        }
+      });
+    }
+    this.com.on("message", (line) => {
+      const parsed = JSON.parse(line);
+      const match = /^m-(\d+)$/.exec(parsed.message || "");
+      if (parsed.type === "userMessage" && match) {
+        const n = Number(match[1]);
+        this.got.set(n, (this.got.get(n) || 0) + 1);
+        progress();
+      }
+    });
+    this.infra.on("user_left", (data) => this.userLeft.push(data && data.name));
+    await new Promise((resolve) => this.infra.once("connect", resolve));
+    this.infra.emit("join_room", { name: ROOM });
+    await new Promise((resolve) => this.infra.once("name_set", resolve));
+    if (!this.com.connected) await new Promise((resolve) => this.com.once("connect", resolve));
+  }
+
+  /** The accepted numbers it never got, and those it got more than once. */
+  losses(accepted) {
+    const lost = [];
+    const repeated = [];
+    for (const n of accepted) {
+      const times = this.got.get(n) || 0;
+      if (times === 0) lost.push(n);
+      if (times > 1) repeated.push(n);
+    }
+    return { lost, repeated };
+  }
+}
+
+const sender = new User("sender");
+const users = Array.from({ length: receivers }, (_, i) => new User(`recv${i}`));
+let sent = 0;
+let finished = false;
+
+/** The numbers the server accepted: those at least one receiver got. */
+function accepted() {
+  const numbers = new Set();
+  for (const user of users) for (const n of user.got.keys()) numbers.add(n);
+  return [...numbers].sort((a, b) => a - b);
+}
+
+function totals() {
+  const sum = (key) => users.reduce((total, user) => total + user[key], 0);
+  const numbers = accepted();
+  const losses = users.map((user) => ({ user: user.nickname, ...user.losses(numbers) }));
+  return {
+    receivers,
+    sent,
+    never_arrived: sent - numbers.length,
+    lost: losses.reduce((n, l) => n + l.lost.length, 0),
+    repeated: losses.reduce((n, l) => n + l.repeated.length, 0),
+    examples: losses.filter((l) => l.lost.length || l.repeated.length).slice(0, 3),
+    disconnects: sum("disconnects"),
+    recovered: sum("recovered"),
+    not_recovered: sum("notRecovered"),
+    sender_disconnects: sender.disconnects,
+    sender_recovered: sender.recovered,
+    sender_not_recovered: sender.notRecovered,
+    user_left: users.flatMap((user) => user.userLeft),
+  };
+}
+
+let lastSentAt = 0;
+
+/** Done once the last number was said a while ago and every receiver has every accepted one. */
+function progress() {
+  if (finished || sent < messages || Date.now() - lastSentAt < 1000) return;
+  const numbers = accepted();
+  if (users.every((user) => user.losses(numbers).lost.length === 0)) finish();
+}
+
+function finish() {
+  finished = true;
+  report("done", totals());
+  process.exit(0);
+}
+
+await Promise.all([sender, ...users].map((user) => user.start()));
+report("ready");
+
+const input = readline.createInterface({ input: process.stdin });
+input.once("line", () => {
+  const timer = setInterval(() => {
+    sent += 1;
+    // Said while the sender's own connection is down, it is buffered by the client and sent
+    // once it is back.
+    sender.com.emit("message", JSON.stringify({ type: "userMessage", message: `m-${sent}` }));
+    if (sent === 20) report("sending");
+    if (sent === messages) {
+      clearInterval(timer);
+      lastSentAt = Date.now();
+      setTimeout(finish, SETTLE_MS).unref();
+      setInterval(progress, 100).unref();
+    }
+  }, INTERVAL_MS);
+});

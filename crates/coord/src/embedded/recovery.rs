@@ -1,0 +1,387 @@
+//! Connection-state recovery through the master: each namespace's log of numbered events and
+//! its kept sockets live in the master ([`RecoveryService`]), so a client whose worker died
+//! or was replaced is recovered by whichever worker it reaches next. A worker's
+//! [`MasterSessionStore`] sends its events to be numbered (the master hands each, numbered,
+//! to every worker in order) and keeps its sockets written through.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engineio::Frame;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use socketio::{
+    BroadcastOptions, Digest, EmitError, LogStats, Namespace, RecoveryConfig, RecoveryLog,
+    RestoreRequest, Restored, Sequenced, SessionRecord, SessionStore, StoreFactory,
+};
+use supervisor::ipc::WorkerLink;
+
+use crate::wire::WireBroadcast;
+
+/// What a worker asks the master's [`RecoveryService`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op")]
+pub(super) enum RecoveryOp {
+    /// A worker serves the namespace with these bounds (the first worker's are kept).
+    #[serde(rename = "recovery_open")]
+    Open {
+        ns: String,
+        window_ms: u64,
+        max_packets: usize,
+        max_bytes: usize,
+        max_sessions: usize,
+    },
+    #[serde(rename = "recovery_keep")]
+    Keep {
+        ns: String,
+        record: SessionRecord,
+        detached: bool,
+    },
+    #[serde(rename = "recovery_forget")]
+    Forget { ns: String, pid_hash: Digest },
+    #[serde(rename = "recovery_restore")]
+    Restore { ns: String, request: RestoreRequest },
+}
+
+/// A restored socket as the master answers it.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRestored {
+    sid: String,
+    rooms: Vec<String>,
+    upto: u64,
+    /// Numbered events, `seq` set.
+    missed: Vec<WireBroadcast>,
+}
+
+/// A namespace's store of a worker under a chatctl master without Redis.
+pub struct MasterSessionStore {
+    link: Arc<WorkerLink>,
+    ns: String,
+}
+
+impl MasterSessionStore {
+    /// The stores of a worker's namespaces, each opened with the master as it is made.
+    pub fn factory(link: Arc<WorkerLink>) -> StoreFactory {
+        Arc::new(move |ns: &str, config: &RecoveryConfig| {
+            link.tell(op(RecoveryOp::Open {
+                ns: ns.to_owned(),
+                window_ms: crate::millis(config.window),
+                max_packets: config.max_packets,
+                max_bytes: config.max_bytes,
+                max_sessions: config.max_sessions,
+            }));
+            Arc::new(MasterSessionStore {
+                link: link.clone(),
+                ns: ns.to_owned(),
+            }) as Arc<dyn SessionStore>
+        })
+    }
+
+    fn keep(&self, record: SessionRecord, detached: bool) {
+        self.link.tell(op(RecoveryOp::Keep {
+            ns: self.ns.clone(),
+            record,
+            detached,
+        }));
+    }
+}
+
+fn op(op: RecoveryOp) -> Value {
+    serde_json::to_value(op).unwrap_or(Value::Null)
+}
+
+impl SessionStore for MasterSessionStore {
+    fn append(
+        &self,
+        _ns: &Namespace,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+    ) -> Result<(), EmitError> {
+        let body = serde_json::value::to_raw_value(&WireBroadcast::new(&self.ns, frames, opts))
+            .map_err(|error| EmitError::NotRelayed(format!("cannot encode it: {error}")))?;
+        // Fails only when the master is gone, and this worker with it.
+        self.link
+            .sequence(body)
+            .map_err(|error| EmitError::NotRelayed(error.to_string()))
+    }
+
+    fn keeps_connected(&self) -> bool {
+        true
+    }
+
+    fn attached(&self, record: &SessionRecord) {
+        self.keep(record.clone(), false);
+    }
+
+    fn detached(&self, record: SessionRecord) {
+        self.keep(record, true);
+    }
+
+    fn forgotten(&self, pid_hash: &Digest) {
+        self.link.tell(op(RecoveryOp::Forget {
+            ns: self.ns.clone(),
+            pid_hash: *pid_hash,
+        }));
+    }
+
+    fn restore(&self, request: RestoreRequest) -> BoxFuture<'static, Option<Restored>> {
+        let link = self.link.clone();
+        let ask = op(RecoveryOp::Restore {
+            ns: self.ns.clone(),
+            request,
+        });
+        async move {
+            let reply = match link.request(ask).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot ask the master for a returning client's socket: it starts afresh");
+                    return None;
+                }
+            };
+            let restored: WireRestored = serde_json::from_value(reply.get("ok")?.clone()).ok()?;
+            let mut missed = Vec::with_capacity(restored.missed.len());
+            for event in restored.missed {
+                let seq = event.seq?;
+                let (_, frames, opts) = event.decode()?;
+                missed.push(Sequenced { seq, frames, opts });
+            }
+            Some(Restored {
+                sid: restored.sid.into(),
+                rooms: restored.rooms.into_iter().map(Into::into).collect(),
+                missed,
+                upto: restored.upto,
+            })
+        }
+        .boxed()
+    }
+}
+
+/// The master's side: one recovery log per namespace, shared by every worker.
+#[derive(Default)]
+pub struct RecoveryService {
+    logs: Mutex<HashMap<String, RecoveryLog>>,
+}
+
+impl RecoveryService {
+    /// Whether `body` is a recovery request.
+    pub(super) fn handles(body: &Value) -> bool {
+        body.get("op")
+            .and_then(Value::as_str)
+            .is_some_and(|op| op.starts_with("recovery_"))
+    }
+
+    pub(super) fn request(&self, worker: u64, body: Value) -> Value {
+        let op = match serde_json::from_value::<RecoveryOp>(body) {
+            Ok(op) => op,
+            Err(error) => return json!({ "error": format!("unknown recovery request: {error}") }),
+        };
+        let Ok(mut logs) = self.logs.lock() else {
+            return json!({ "error": "the recovery logs are unavailable" });
+        };
+        match op {
+            RecoveryOp::Open {
+                ns,
+                window_ms,
+                max_packets,
+                max_bytes,
+                max_sessions,
+            } => {
+                logs.entry(ns).or_insert_with(|| {
+                    RecoveryLog::new(RecoveryConfig {
+                        window: Duration::from_millis(window_ms),
+                        max_packets,
+                        max_bytes,
+                        max_sessions,
+                        ..RecoveryConfig::default()
+                    })
+                });
+                json!({ "ok": null })
+            }
+            RecoveryOp::Keep {
+                ns,
+                record,
+                detached,
+            } => {
+                if let Some(log) = logs.get_mut(&ns) {
+                    log.keep(record, worker, detached);
+                }
+                json!({ "ok": null })
+            }
+            RecoveryOp::Forget { ns, pid_hash } => {
+                if let Some(log) = logs.get_mut(&ns) {
+                    log.forget(&pid_hash, worker);
+                }
+                json!({ "ok": null })
+            }
+            RecoveryOp::Restore { ns, request } => {
+                let restored = logs.get_mut(&ns).and_then(|log| log.restore(&request));
+                let Some(restored) = restored else {
+                    return json!({ "ok": null });
+                };
+                let missed = restored
+                    .missed
+                    .iter()
+                    .map(|event| WireBroadcast {
+                        seq: Some(event.seq),
+                        ..WireBroadcast::new(&ns, &event.frames, &event.opts)
+                    })
+                    .collect();
+                json!({ "ok": WireRestored {
+                    sid: restored.sid.to_string(),
+                    rooms: restored.rooms.iter().map(|r| r.to_string()).collect(),
+                    upto: restored.upto,
+                    missed,
+                }})
+            }
+        }
+    }
+
+    /// Numbers a worker's event in its namespace's log: the line every worker gets, the
+    /// event with its number and epoch. `None` for a malformed one or an unknown namespace.
+    pub(super) fn sequence(&self, body: &RawValue) -> Option<Box<RawValue>> {
+        let event: WireBroadcast = serde_json::from_str(body.get()).ok()?;
+        let (ns, frames, mut opts) = event.decode()?;
+        opts.local = false;
+        let mut logs = self.logs.lock().ok()?;
+        let log = logs.get_mut(&ns)?;
+        let seq = log.append(&frames, &opts);
+        // The worker's own JSON, with the number in front: not encoded again.
+        let numbered = format!(
+            r#"{{"seq":{seq},"epoch":{},{}"#,
+            serde_json::to_string(log.epoch()).ok()?,
+            body.get().trim_start().strip_prefix('{')?
+        );
+        RawValue::from_string(numbered).ok()
+    }
+
+    /// The sockets a dead worker served may come back elsewhere from now.
+    pub(super) fn worker_gone(&self, worker: u64) {
+        if let Ok(mut logs) = self.logs.lock() {
+            for log in logs.values_mut() {
+                log.owner_gone(worker);
+            }
+        }
+    }
+
+    /// What each namespace's log holds.
+    pub fn stats(&self) -> Vec<(String, LogStats)> {
+        self.logs
+            .lock()
+            .map(|logs| {
+                logs.iter()
+                    .map(|(ns, log)| (ns.clone(), log.stats()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(service: &RecoveryService, max_packets: usize) {
+        service.request(
+            1,
+            op(RecoveryOp::Open {
+                ns: "/".into(),
+                window_ms: 60_000,
+                max_packets,
+                max_bytes: 1 << 20,
+                max_sessions: 100,
+            }),
+        );
+    }
+
+    fn event(text: &str, rooms: &[&str]) -> Box<RawValue> {
+        let opts = BroadcastOptions {
+            rooms: rooms.iter().map(|r| (*r).into()).collect(),
+            ..BroadcastOptions::default()
+        };
+        serde_json::value::to_raw_value(&WireBroadcast::new(
+            "/",
+            &[Frame::Text(text.into())],
+            &opts,
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn events_are_numbered_in_order_and_keep_the_workers_json() {
+        let service = RecoveryService::default();
+        assert!(
+            service.sequence(&event("2[\"a\"]", &[])).is_none(),
+            "not open"
+        );
+        open(&service, 10);
+        let first: WireBroadcast =
+            serde_json::from_str(service.sequence(&event("2[\"a\"]", &["r"])).unwrap().get())
+                .unwrap();
+        let second: WireBroadcast =
+            serde_json::from_str(service.sequence(&event("2[\"b\"]", &[])).unwrap().get()).unwrap();
+        assert_eq!((first.seq, second.seq), (Some(1), Some(2)));
+        assert_eq!(first.epoch, second.epoch);
+        assert_eq!(first.rooms, vec!["r".to_owned()]);
+        assert_eq!(first.frames, vec!["t2[\"a\"]".to_owned()]);
+    }
+
+    #[test]
+    fn a_dead_workers_socket_is_restored_on_another_with_what_it_missed() {
+        let service = RecoveryService::default();
+        open(&service, 10);
+        let numbered: WireBroadcast = serde_json::from_str(
+            service
+                .sequence(&event("2[\"seen\"]", &["r"]))
+                .unwrap()
+                .get(),
+        )
+        .unwrap();
+        let pid_hash = Digest::of("pid");
+        let record = SessionRecord {
+            sid: "s1".into(),
+            pid_hash,
+            rooms: vec!["s1".into(), "r".into()],
+            binding: None,
+        };
+        service.request(
+            1,
+            op(RecoveryOp::Keep {
+                ns: "/".into(),
+                record,
+                detached: false,
+            }),
+        );
+        service.sequence(&event("2[\"missed\"]", &["r"]));
+        service.sequence(&event("2[\"elsewhere\"]", &["x"]));
+        let ask = |worker| {
+            service.request(
+                worker,
+                op(RecoveryOp::Restore {
+                    ns: "/".into(),
+                    request: RestoreRequest {
+                        pid_hash,
+                        epoch: numbered.epoch.clone().unwrap(),
+                        after: 1,
+                        binding: None,
+                    },
+                }),
+            )
+        };
+        // Its worker dies (kill -9): nobody told the master the socket disconnected.
+        service.worker_gone(1);
+        let reply = ask(2);
+        let restored: WireRestored = serde_json::from_value(reply["ok"].clone()).unwrap();
+        assert_eq!(restored.sid, "s1");
+        assert_eq!(restored.rooms, vec!["r".to_owned()]);
+        assert_eq!(restored.upto, 3);
+        assert_eq!(restored.missed.len(), 1);
+        assert_eq!(restored.missed[0].seq, Some(2));
+        assert_eq!(restored.missed[0].frames, vec!["t2[\"missed\"]".to_owned()]);
+        // Once.
+        assert_eq!(ask(2), json!({ "ok": null }));
+    }
+}

@@ -1,0 +1,439 @@
+//! The events a namespace sent, numbered, and the sockets kept for clients that come back:
+//! the state of connection-state recovery, wherever it lives (in the process of the sockets,
+//! or in a master or store every worker reaches). Plain data, no locks and no I/O: its owner
+//! serialises access.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use engineio::Frame;
+
+use super::{Digest, RecoveryConfig, RestoreRequest, Restored, Sequenced, SessionRecord};
+use crate::adapter::BroadcastOptions;
+use crate::{Room, Sid};
+
+/// Who owns a kept socket: the process that serves it (a worker's id for its master), or
+/// none once its connection broke.
+pub type Owner = u64;
+
+/// A namespace's numbered events and kept sockets.
+pub struct RecoveryLog {
+    config: RecoveryConfig,
+    /// Tells this log's offsets from those of another process or an earlier run, which a
+    /// client may bring back after the server restarted.
+    epoch: String,
+    next: u64,
+    /// The events still kept, oldest first, with whom they were for.
+    events: VecDeque<Logged>,
+    /// Offsets below it were evicted: a client behind it missed events no longer kept.
+    floor: u64,
+    /// Bytes of the events kept.
+    bytes: usize,
+    /// By the hash of their private ids.
+    sessions: HashMap<Digest, Kept>,
+    /// Events evicted while a kept socket may still have needed them, and recoveries refused.
+    evicted: u64,
+}
+
+struct Logged {
+    seq: u64,
+    at: Instant,
+    bytes: usize,
+    opts: BroadcastOptions,
+    frames: Vec<Frame>,
+}
+
+/// A socket as it was last told, and whether its connection is still up.
+struct Kept {
+    sid: Sid,
+    rooms: Vec<Room>,
+    binding: Option<Digest>,
+    owner: Owner,
+    /// When its connection broke; `None` while it is connected.
+    detached: Option<Instant>,
+}
+
+/// What a log holds, for status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub sessions_connected: u64,
+    pub sessions_kept: u64,
+    pub evicted_packets: u64,
+}
+
+impl RecoveryLog {
+    pub fn new(config: RecoveryConfig) -> RecoveryLog {
+        let epoch: String = engineio::generate_sid("").chars().take(8).collect();
+        RecoveryLog {
+            config,
+            epoch,
+            next: 0,
+            events: VecDeque::new(),
+            floor: 0,
+            bytes: 0,
+            sessions: HashMap::new(),
+            evicted: 0,
+        }
+    }
+
+    /// The offsets of this log start with it.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Numbers an event and keeps it for replay; a volatile one is numbered only (never
+    /// replayed). Returns its number.
+    pub fn append(&mut self, frames: &[Frame], opts: &BroadcastOptions) -> u64 {
+        self.next += 1;
+        let seq = self.next;
+        if opts.volatile {
+            return seq;
+        }
+        let now = Instant::now();
+        self.expire(now);
+        let bytes = frames.iter().map(frame_len).sum();
+        while !self.events.is_empty()
+            && (self.events.len() >= self.config.max_packets
+                || self.bytes + bytes > self.config.max_bytes)
+        {
+            self.evict_oldest();
+        }
+        self.bytes += bytes;
+        self.events.push_back(Logged {
+            seq,
+            at: now,
+            bytes,
+            opts: opts.clone(),
+            frames: frames.to_vec(),
+        });
+        seq
+    }
+
+    /// A socket `owner` serves, or whose connection broke (`detached`), as it is now. A
+    /// detach from a process that no longer owns the socket (it came back elsewhere first)
+    /// changes nothing.
+    pub fn keep(&mut self, record: SessionRecord, owner: Owner, detached: bool) {
+        let now = Instant::now();
+        self.expire(now);
+        if let Some(kept) = self.sessions.get(&record.pid_hash) {
+            if detached && kept.detached.is_none() && kept.owner != owner {
+                return;
+            }
+        } else if self.sessions.len() >= self.config.max_sessions && !self.make_room() {
+            return;
+        }
+        let rooms = record
+            .rooms
+            .into_iter()
+            .filter(|room| *room != record.sid)
+            .collect();
+        self.sessions.insert(
+            record.pid_hash,
+            Kept {
+                sid: record.sid,
+                rooms,
+                binding: record.binding,
+                owner,
+                detached: detached.then_some(now),
+            },
+        );
+    }
+
+    /// A socket `owner` served left on purpose: nothing to keep.
+    pub fn forget(&mut self, pid_hash: &Digest, owner: Owner) {
+        if self
+            .sessions
+            .get(pid_hash)
+            .is_some_and(|kept| kept.owner == owner)
+        {
+            self.sessions.remove(pid_hash);
+        }
+    }
+
+    /// The process `owner` is gone: the sockets it served may come back elsewhere from now.
+    pub fn owner_gone(&mut self, owner: Owner) {
+        let now = Instant::now();
+        for kept in self.sessions.values_mut() {
+            if kept.owner == owner && kept.detached.is_none() {
+                kept.detached = Some(now);
+            }
+        }
+    }
+
+    /// Takes back a kept socket with the events after the request's offset that were for it.
+    /// `None`, and nothing taken, when the socket is unknown or expired, the client is not the
+    /// one it was bound to, the offset is not one of this log's, or events it missed are no
+    /// longer kept.
+    pub fn restore(&mut self, request: &RestoreRequest) -> Option<Restored> {
+        self.expire(Instant::now());
+        if request.epoch != self.epoch || request.after < self.floor || request.after > self.next {
+            return None;
+        }
+        let kept = self.sessions.get(&request.pid_hash)?;
+        if kept.binding != request.binding {
+            return None;
+        }
+        let kept = self.sessions.remove(&request.pid_hash)?;
+        let missed = self
+            .events
+            .iter()
+            .filter(|event| event.seq > request.after && event.opts.is_for(&kept.sid, &kept.rooms))
+            .map(|event| Sequenced {
+                seq: event.seq,
+                frames: event.frames.clone(),
+                opts: event.opts.clone(),
+            })
+            .collect();
+        Some(Restored {
+            sid: kept.sid,
+            rooms: kept.rooms,
+            missed,
+            upto: self.next,
+        })
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let kept = self
+            .sessions
+            .values()
+            .filter(|kept| kept.detached.is_some())
+            .count() as u64;
+        LogStats {
+            packets: self.events.len() as u64,
+            bytes: self.bytes as u64,
+            sessions_connected: self.sessions.len() as u64 - kept,
+            sessions_kept: kept,
+            evicted_packets: self.evicted,
+        }
+    }
+
+    /// Forgets the oldest disconnected socket to keep another. False when every kept socket
+    /// is connected: the new one is then not kept (it will not recover).
+    fn make_room(&mut self) -> bool {
+        let oldest = self
+            .sessions
+            .iter()
+            .filter_map(|(pid, kept)| Some((kept.detached?, pid)))
+            .min_by_key(|(at, _)| *at)
+            .map(|(_, pid)| *pid);
+        oldest.map(|pid| self.sessions.remove(&pid)).is_some()
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(event) = self.events.pop_front() {
+            self.floor = event.seq;
+            self.bytes -= event.bytes;
+            self.evicted += 1;
+        }
+    }
+
+    /// Forgets the sockets disconnected for the window and the events as old as it.
+    fn expire(&mut self, now: Instant) {
+        let window = self.config.window;
+        let old = |at: Instant| now.saturating_duration_since(at) >= window;
+        while self.events.front().is_some_and(|event| old(event.at)) {
+            self.evict_oldest();
+        }
+        self.sessions
+            .retain(|_, kept| !kept.detached.is_some_and(old));
+    }
+}
+
+fn frame_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Text(text) => text.len(),
+        Frame::Binary(bytes) => bytes.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::recovery::Pid;
+
+    fn room(name: &str) -> Room {
+        Room::from(name)
+    }
+
+    fn to(rooms: &[&str]) -> BroadcastOptions {
+        BroadcastOptions {
+            rooms: rooms.iter().map(|r| room(r)).collect(),
+            ..BroadcastOptions::default()
+        }
+    }
+
+    /// Sends `text` with `opts`, and returns its number.
+    fn send(log: &mut RecoveryLog, text: &str, opts: &BroadcastOptions) -> u64 {
+        log.append(&[Frame::Text(text.into())], opts)
+    }
+
+    fn record(pid: &Pid, sid: &str, rooms: &[&str], binding: Option<Digest>) -> SessionRecord {
+        SessionRecord {
+            sid: Sid::from(sid),
+            pid_hash: pid.digest(),
+            rooms: rooms.iter().map(|r| room(r)).collect(),
+            binding,
+        }
+    }
+
+    fn ask(log: &RecoveryLog, pid: &Pid, after: u64, binding: Option<Digest>) -> RestoreRequest {
+        RestoreRequest {
+            pid_hash: pid.digest(),
+            epoch: log.epoch().to_owned(),
+            after,
+            binding,
+        }
+    }
+
+    fn replayed(restored: &Restored) -> Vec<String> {
+        restored
+            .missed
+            .iter()
+            .flat_map(|event| &event.frames)
+            .map(|frame| match frame {
+                Frame::Text(text) => text.to_string(),
+                Frame::Binary(_) => "binary".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_socket_gets_back_its_rooms_and_only_the_events_it_missed_that_were_for_it() {
+        let mut log = RecoveryLog::new(RecoveryConfig::default());
+        let pid = Pid::new();
+        let seen = send(&mut log, "before", &to(&["r"]));
+        log.keep(record(&pid, "s1", &["s1", "r"], None), 1, true);
+        send(&mut log, "in r", &to(&["r"]));
+        send(&mut log, "elsewhere", &to(&["other"]));
+        send(&mut log, "to all", &BroadcastOptions::default());
+        send(&mut log, "to it", &to(&["s1"]));
+        let mut except_it = BroadcastOptions::default();
+        except_it.except_sids.push(Sid::from("s1"));
+        send(&mut log, "not to it", &except_it);
+        let volatile = BroadcastOptions {
+            volatile: true,
+            ..BroadcastOptions::default()
+        };
+        let last = send(&mut log, "volatile", &volatile);
+        let restored = log
+            .restore(&ask(&log, &pid, seen, None))
+            .expect("recovered");
+        assert_eq!(&*restored.sid, "s1");
+        assert_eq!(restored.rooms, vec![room("r")]);
+        assert_eq!(restored.upto, last);
+        assert_eq!(replayed(&restored), vec!["in r", "to all", "to it"]);
+        // Once: the socket is taken.
+        assert!(log.restore(&ask(&log, &pid, seen, None)).is_none());
+    }
+
+    #[test]
+    fn an_unknown_pid_a_foreign_offset_an_expired_window_or_evicted_events_recover_nothing() {
+        let mut log = RecoveryLog::new(RecoveryConfig {
+            max_packets: 2,
+            ..RecoveryConfig::default()
+        });
+        let pid = Pid::new();
+        let seen = send(&mut log, "seen", &BroadcastOptions::default());
+        log.keep(record(&pid, "s1", &[], None), 1, true);
+        assert!(log.restore(&ask(&log, &Pid::new(), seen, None)).is_none());
+        let mut foreign = ask(&log, &pid, seen, None);
+        foreign.epoch = "other".into();
+        assert!(log.restore(&foreign).is_none());
+        // Three more events: the first the client missed is no longer kept.
+        for text in ["a", "b", "c"] {
+            send(&mut log, text, &BroadcastOptions::default());
+        }
+        assert!(log.restore(&ask(&log, &pid, seen, None)).is_none());
+        assert_eq!(log.stats().evicted_packets, 2);
+
+        let mut expiring = RecoveryLog::new(RecoveryConfig {
+            window: Duration::ZERO,
+            ..RecoveryConfig::default()
+        });
+        let seen = send(&mut expiring, "seen", &BroadcastOptions::default());
+        expiring.keep(record(&pid, "s1", &[], None), 1, true);
+        assert!(expiring
+            .restore(&ask(&expiring, &pid, seen, None))
+            .is_none());
+    }
+
+    #[test]
+    fn a_socket_bound_to_a_login_is_given_back_to_that_login_only() {
+        let mut log = RecoveryLog::new(RecoveryConfig::default());
+        let pid = Pid::new();
+        let seen = send(&mut log, "seen", &BroadcastOptions::default());
+        let owner = Some(Digest::of("login=alice"));
+        log.keep(record(&pid, "s1", &[], owner), 1, true);
+        let thief = Some(Digest::of("login=mallory"));
+        assert!(log.restore(&ask(&log, &pid, seen, thief)).is_none());
+        assert!(log.restore(&ask(&log, &pid, seen, None)).is_none());
+        // Still there for its owner.
+        assert!(log.restore(&ask(&log, &pid, seen, owner)).is_some());
+    }
+
+    #[test]
+    fn the_log_keeps_at_most_max_bytes_of_events() {
+        let mut log = RecoveryLog::new(RecoveryConfig {
+            max_bytes: 10,
+            ..RecoveryConfig::default()
+        });
+        let pid = Pid::new();
+        let seen = send(&mut log, "0123", &BroadcastOptions::default());
+        log.keep(record(&pid, "s1", &[], None), 1, true);
+        send(&mut log, "4567", &BroadcastOptions::default());
+        // Four bytes each, ten at most: the first event the client missed is pushed out.
+        send(&mut log, "89ab", &BroadcastOptions::default());
+        send(&mut log, "cdef", &BroadcastOptions::default());
+        assert!(log.restore(&ask(&log, &pid, seen, None)).is_none());
+    }
+
+    #[test]
+    fn a_connected_socket_is_recoverable_once_its_process_is_gone_and_only_its_owner_detaches_it() {
+        let mut log = RecoveryLog::new(RecoveryConfig::default());
+        let pid = Pid::new();
+        let seen = send(&mut log, "seen", &BroadcastOptions::default());
+        // Worker 1 serves it, in room r.
+        log.keep(record(&pid, "s1", &["s1", "r"], None), 1, false);
+        assert_eq!(log.stats().sessions_connected, 1);
+        // Worker 2 may not detach it, nor forget it.
+        log.keep(record(&pid, "s1", &[], None), 2, true);
+        log.forget(&pid.digest(), 2);
+        assert_eq!(log.stats().sessions_connected, 1);
+        // Worker 1 dies (kill -9): its socket is kept, with its rooms.
+        log.owner_gone(1);
+        assert_eq!(log.stats().sessions_kept, 1);
+        send(&mut log, "in r", &to(&["r"]));
+        let restored = log
+            .restore(&ask(&log, &pid, seen, None))
+            .expect("recovered");
+        assert_eq!(restored.rooms, vec![room("r")]);
+        assert_eq!(replayed(&restored), vec!["in r"]);
+        // A socket that left on purpose is not kept.
+        log.keep(record(&pid, "s1", &[], None), 2, false);
+        log.forget(&pid.digest(), 2);
+        assert!(log.restore(&ask(&log, &pid, seen, None)).is_none());
+    }
+
+    #[test]
+    fn beyond_max_sessions_the_oldest_disconnected_socket_makes_room() {
+        let mut log = RecoveryLog::new(RecoveryConfig {
+            max_sessions: 2,
+            ..RecoveryConfig::default()
+        });
+        let (a, b, c, d) = (Pid::new(), Pid::new(), Pid::new(), Pid::new());
+        log.keep(record(&a, "a", &[], None), 1, true);
+        log.keep(record(&b, "b", &[], None), 1, false);
+        log.keep(record(&c, "c", &[], None), 1, false);
+        assert!(
+            log.restore(&ask(&log, &a, 0, None)).is_none(),
+            "a made room"
+        );
+        // Every kept socket connected: a new one is not kept.
+        log.keep(record(&d, "d", &[], None), 1, false);
+        assert_eq!(log.stats().sessions_connected, 2);
+    }
+}
