@@ -260,6 +260,21 @@ pub struct AppArgs {
     /// with seconds first (PM2's cron_restart).
     #[arg(long, alias = "cron", value_name = "EXPR")]
     pub cron_restart: Option<String>,
+    /// Run this command (with `sh -c`, as the master's user) when a worker crashes, is
+    /// errored (crash loop), fails its health checks or is replaced for its memory, and when a
+    /// reload is done or fails. It gets CHATCTL_EVENT, CHATCTL_APP, CHATCTL_WORKER,
+    /// CHATCTL_PID, CHATCTL_EXIT_CODE / CHATCTL_EXIT_SIGNAL, CHATCTL_MESSAGE and the worker's
+    /// last output lines in CHATCTL_LOG_LINES, and no other variable of the master's but PATH,
+    /// HOME, USER, LANG, TZ and the like.
+    #[arg(long, value_name = "CMD")]
+    pub on_event: Option<String>,
+    /// An event hook still running after this is killed, with every process it started.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub on_event_timeout: Duration,
+    /// Event hooks started in any minute at most; the events beyond are logged as skipped.
+    #[arg(long, default_value_t = 10, value_name = "PER_MINUTE",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(supervisor::hooks::MAX_PER_MINUTE)))]
+    pub on_event_rate: u32,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,

@@ -25,6 +25,7 @@ const MAX_PEEKING: usize = 4096;
 mod auto;
 mod control;
 mod health;
+mod hooks;
 mod lifecycle;
 mod ops;
 mod relay;
@@ -95,6 +96,8 @@ struct Inner {
     /// one Redis): given by [`Master::set_secret`].
     secret: std::sync::OnceLock<String>,
     log: LogSink,
+    /// Runs the app's `--on-event` command, bounded in rate and time.
+    hooks: crate::hooks::Hooks,
     started: Instant,
     state: Mutex<State>,
     /// Bumped on every change of worker state; waiters re-check their condition.
@@ -166,6 +169,7 @@ impl Master {
             listener,
             peers_token,
             secret: std::sync::OnceLock::new(),
+            hooks: crate::hooks::Hooks::new(log.clone()),
             log,
             pumps: tokio_util::task::TaskTracker::new(),
             started: Instant::now(),
@@ -238,6 +242,7 @@ impl Master {
             }
         }
         inner.paths.remove_runtime_files();
+        inner.hooks.kill_all();
         // The workers are gone; what they wrote last is still in their pipes and the log
         // writers' queues: keep it (bounded, as a worker's child may hold a pipe open).
         inner.pumps.close();

@@ -1,0 +1,179 @@
+//! Event hooks (`--on-event`): a real `chatctl start` master runs the hook through `sh -c` on a
+//! worker's crash, with what happened in its environment and none of the master's secrets;
+//! hooks beyond the rate are skipped, and a hook that hangs is killed with everything it
+//! started while the master goes on supervising.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use support::{alive, all_online, pid_of, signal, wait_for_value, wait_until, workers, App};
+
+/// The `NAME=value` lines of an `env` dump (a multi-line value's later lines are left out).
+fn variables(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The files of `dir` whose names start with `prefix`.
+fn files_starting(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_crash_runs_the_hook_with_its_fields_and_the_rate_skips_the_rest() {
+    let app = App::new("hooked");
+    let out = app.home.join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    // Written whole, then renamed: the test never reads half a file.
+    let hook = format!(
+        "env > {dir}/.partial.$$ && mv {dir}/.partial.$$ {dir}/$CHATCTL_EVENT.$$.env",
+        dir = out.display()
+    );
+    let output = app
+        .start_command(
+            &["-i", "2", "--on-event", &hook, "--on-event-rate", "1"],
+            &[],
+        )
+        // A secret of the operator's shell, which the master has but a hook must not get.
+        .env("CHATCTL_TEST_SECRET", "hunter2")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let crashed = pid_of(&listed, 0);
+
+    signal(crashed, libc::SIGKILL);
+    let dump = wait_for_value("the crash hook's file", || {
+        files_starting(&out, "crash.").into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no hook ran on a crash; log:\n{}", app.log_text()));
+    let env = variables(&std::fs::read_to_string(&dump).unwrap());
+    assert_eq!(
+        env.get("CHATCTL_EVENT").map(String::as_str),
+        Some("crash"),
+        "{env:?}"
+    );
+    assert_eq!(env.get("CHATCTL_APP"), Some(&app.name), "{env:?}");
+    assert_eq!(
+        env.get("CHATCTL_WORKER").map(String::as_str),
+        Some("0"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("CHATCTL_PID"),
+        Some(&crashed.to_string()),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("CHATCTL_EXIT_SIGNAL").map(String::as_str),
+        Some("9"),
+        "{env:?}"
+    );
+    assert!(
+        env.get("CHATCTL_MESSAGE")
+            .is_some_and(|m| m.contains("signal 9")),
+        "{env:?}"
+    );
+    // The chat worker's start-up line at least: its own lines, none of worker 1's.
+    assert!(
+        env.get("CHATCTL_LOG_LINES")
+            .is_some_and(|lines| lines.starts_with("w0 ")),
+        "{env:?}"
+    );
+    assert!(env.contains_key("PATH"), "{env:?}");
+    assert!(
+        !env.contains_key("CHATCTL_TEST_SECRET"),
+        "the master's environment reached the hook: {env:?}"
+    );
+
+    // The rate (1 a minute) is spent: the next crash is restarted as ever, its hook skipped.
+    let listed = app.wait_listed("worker 0 replaced", |a| {
+        all_online(a, 2) && pid_of(a, 0) != crashed
+    });
+    signal(pid_of(&listed, 0), libc::SIGKILL);
+    wait_until("the skipped hook to be logged", || {
+        app.log_text().contains("event hook skipped")
+    });
+    app.wait_listed("worker 0 replaced again", |a| {
+        all_online(a, 2) && workers(a)[0]["restarts"] == 2
+    });
+    assert_eq!(
+        files_starting(&out, "crash.").len(),
+        1,
+        "a hook ran past the rate"
+    );
+}
+
+#[test]
+fn a_hanging_hook_is_killed_with_its_children_and_the_master_goes_on() {
+    let app = App::new("hanging");
+    let out = app.home.join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    // The hook and a child of its own in the background, both hanging.
+    let hook = format!(
+        "sleep 600 & echo $! > {dir}/.child.$$; mv {dir}/.child.$$ {dir}/child.$$; wait",
+        dir = out.display()
+    );
+    app.start_ok(
+        &["-i", "2", "--on-event", &hook, "--on-event-timeout", "10s"],
+        &[],
+    );
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let first = pid_of(&listed, 0);
+    signal(first, libc::SIGKILL);
+    let listed = app.wait_listed("worker 0 replaced while its hook hangs", |a| {
+        all_online(a, 2) && pid_of(a, 0) != first
+    });
+    // A second crash while the first hook hangs: supervised and hooked as ever.
+    let second = pid_of(&listed, 0);
+    signal(second, libc::SIGKILL);
+    app.wait_listed("worker 0 replaced again", |a| {
+        all_online(a, 2) && pid_of(a, 0) != second
+    });
+    let children = wait_for_value("both hooks running", || {
+        let files = files_starting(&out, "child.");
+        (files.len() == 2).then_some(files)
+    })
+    .unwrap_or_else(|| panic!("the hooks did not both start; log:\n{}", app.log_text()));
+    let pids: Vec<u32> = children
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap().trim().parse().unwrap())
+        .collect();
+    let hook_pids: Vec<u32> = children
+        .iter()
+        .map(|f| {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            name.trim_start_matches("child.").parse().unwrap()
+        })
+        .collect();
+
+    // Past the deadline, each hook and the child it started are gone.
+    for pid in pids.iter().chain(&hook_pids) {
+        wait_until("a hanging hook's process to be killed", || !alive(*pid));
+    }
+    let log = app.log_text();
+    assert_eq!(
+        log.matches("event hook still running after 10s: killed it")
+            .count(),
+        2,
+        "{log}"
+    );
+    // The master answers and supervises as before.
+    app.wait_listed("two online workers after the hooks", |a| all_online(a, 2));
+}
