@@ -33,8 +33,24 @@ pub enum Command {
     #[command(visible_alias = "ls")]
     List {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh the table in place every --interval until Ctrl-C (into a pipe: one table
+        /// after the other, each under its time).
+        #[arg(long)]
+        watch: bool,
+        /// Time between two refreshes of --watch (100ms to 1h).
+        #[arg(long, default_value = "2s", value_parser = parse_interval, requires = "watch")]
+        interval: Duration,
+    },
+    /// A live view of every running app's workers in the terminal (or of app NAME's): status,
+    /// pid, uptime, restarts, CPU, memory and connections with their recent history, and the
+    /// app's recent warnings. q (or Ctrl-C) quits; it ends by itself when a master goes away.
+    Monit {
+        name: Option<String>,
+        /// Time between two refreshes (100ms to 1h).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
     },
     /// `list --json` (PM2's `jlist`).
     #[command(hide = true)]
@@ -382,6 +398,15 @@ pub(crate) fn parse_redis_url(text: &str) -> Result<String, String> {
     coord::redis::validate_url(text)
         .map(|()| text.to_owned())
         .map_err(|error| error.to_string())
+}
+
+/// A refresh interval: a duration from 100ms to 1h.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval) {
+        return Err(format!("'{text}' is not an interval from 100ms to 1h"));
+    }
+    Ok(interval)
 }
 
 /// Parses `300ms`, `25s`, `5m`, `1h`, and a plain number as milliseconds (as PM2 does).
