@@ -177,3 +177,87 @@ fn a_hanging_hook_is_killed_with_its_children_and_the_master_goes_on() {
     // The master answers and supervises as before.
     app.wait_listed("two online workers after the hooks", |a| all_online(a, 2));
 }
+
+/// A webhook receiver on a loopback port the kernel picks: every request's body, in order.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
+    let port = listener.local_addr().unwrap().port();
+    let (tx, bodies) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                let lower = line.to_ascii_lowercase();
+                if let Some(value) = lower.strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx
+                .send(String::from_utf8_lossy(&body).into_owned())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (port, bodies)
+}
+
+/// Waits for a webhook post whose text contains `what`; returns that text.
+fn posted(bodies: &std::sync::mpsc::Receiver<String>, what: &str, app: &App) -> String {
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Ok(body) = bodies.recv_timeout(left) else {
+            break;
+        };
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the webhook got no JSON ({e}): {body}"));
+        let text = json["text"].as_str().unwrap_or_default().to_owned();
+        if text.contains(what) {
+            return text;
+        }
+    }
+    panic!("no webhook post with {what:?}; log:\n{}", app.log_text());
+}
+
+#[test]
+fn the_webhook_script_posts_a_reload_and_a_memory_restart() {
+    let app = App::new("webhook");
+    let (port, bodies) = webhook_receiver();
+    // The URL in a curl config file, as ops/hooks/webhook.sh wants it.
+    let config = app.home.join("webhook.curl");
+    std::fs::write(&config, format!("url = \"http://127.0.0.1:{port}/hook\"\n")).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/hooks/webhook.sh");
+    let hook = format!("{} {}", script.display(), config.display());
+    app.start_ok(
+        &["-i", "1", "--on-event", &hook, "--health-interval", "300ms"],
+        &[],
+    );
+    app.wait_listed("one online worker", |a| all_online(a, 1));
+
+    support::succeeded(&app.run(&["reload", &app.name]));
+    let text = posted(&bodies, ": reload_done: ", &app);
+    assert!(
+        text.starts_with(&format!("{}: reload_done: reloaded 1 workers", app.name)),
+        "{text}"
+    );
+
+    // A chat worker holds more than a megabyte: once the limit applies, it is replaced.
+    support::succeeded(&app.run(&["reload", &app.name, "--max-memory", "1M"]));
+    let text = posted(&bodies, ": memory_restart: ", &app);
+    assert!(text.contains("above --max-memory"), "{text}");
+    assert!(
+        text.contains("```\nw0 "),
+        "the worker's lines are missing: {text}"
+    );
+}

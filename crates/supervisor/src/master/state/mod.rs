@@ -168,15 +168,14 @@ impl State {
             } => self.probed(generation, healthy, &mut actions),
             Event::MemoryExceeded { slot, memory } => {
                 if self.slots.get(slot).is_some_and(|s| !s.replacing) && !self.stopping() {
-                    let message =
-                        format!("worker above --max-memory ({memory} bytes): replacing it");
+                    let why = format!("above --max-memory ({memory} bytes): replacing it");
                     let pid = self.slots[slot].current.as_ref().map(|p| p.pid);
-                    actions.push(Log::about(Level::Warn, slot, None, message.clone()));
+                    actions.push(Log::about(Level::Warn, slot, None, format!("worker {why}")));
                     actions.push(Action::Hook(Occurrence::about(
                         HookEvent::MemoryRestart,
                         slot,
                         pid,
-                        format!("worker {slot} {message}"),
+                        format!("worker {slot} is {why}"),
                     )));
                     actions.push(Action::Replace { slot });
                 }
