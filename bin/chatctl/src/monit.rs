@@ -1,5 +1,6 @@
 //! `chatctl monit`: every running app's workers live in the terminal (ratatui), from the same
-//! control-socket status `chatctl list` shows, sampled every interval: a table with a CPU
+//! control-socket status `chatctl list` shows, sampled every interval (a master that takes
+//! five intervals, 1 to 10 s, to answer is marked as not answering): a table with a CPU
 //! trend per worker, the selected worker's CPU, memory and connections over the last minutes,
 //! and the app's recent warnings from its log. `q`, Esc or Ctrl-C quits; when a master it
 //! watches goes away, it restores the terminal and says so in one line.
@@ -25,8 +26,6 @@ use crate::apps::{human_bytes, human_duration};
 
 /// Samples kept per worker: two minutes at the default interval.
 const HISTORY: usize = 120;
-/// Longest a master may take to answer a status before it is shown as not answering.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of the end of each app log is searched for recent warnings.
 const LOG_WINDOW: u64 = 64 << 10;
 /// Recent warnings shown.
@@ -90,6 +89,9 @@ enum Ended {
 /// Asks every watched master for its status each interval, on a task of its own, so that a
 /// slow master never delays a key press.
 async fn poll(names: Vec<String>, interval: Duration, tx: mpsc::Sender<Snapshot>) {
+    // Longest a master may take to answer before it is shown as not answering: a few
+    // intervals, within reason.
+    let answer_timeout = (interval * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -97,7 +99,7 @@ async fn poll(names: Vec<String>, interval: Duration, tx: mpsc::Sender<Snapshot>
         let mut apps = Vec::new();
         let mut slow = Vec::new();
         for name in &names {
-            match tokio::time::timeout(ANSWER_TIMEOUT, client::status(name)).await {
+            match tokio::time::timeout(answer_timeout, client::status(name)).await {
                 Ok(Ok(status)) => apps.push(status),
                 Ok(Err(_)) => {
                     let _ = tx.send(Snapshot::Gone(name.clone())).await;

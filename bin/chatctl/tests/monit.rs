@@ -275,3 +275,75 @@ fn bad_intervals_and_combinations_print_one_line_and_exit_2() {
         );
     }
 }
+
+/// Lets a stopped master go on if the test ends early, so that the app can be stopped.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGCONT);
+    }
+}
+
+#[test]
+fn monit_marks_a_master_that_does_not_answer_and_still_quits_at_once() {
+    let app = App::new("monithung");
+    let status = app.start_ok(&["-i", "1"], &[]);
+    let listed = app.wait_listed("one online worker", |a| all_online(a, 1));
+    let master = status["master_pid"].as_u64().expect("master pid") as u32;
+    let worker = pid_of(&listed, 0);
+
+    let tmux = Tmux::run(&chatctl_line(&app, "monit --interval 300ms"));
+    tmux.wait_screen("the worker's row", |screen| {
+        shows_worker(screen, &app.name, 0, worker)
+    });
+    let _resume = Resume(master);
+    signal(master, libc::SIGSTOP);
+    let screen = tmux.wait_screen("the master marked as not answering", |screen| {
+        screen.contains("master not answering")
+    });
+    // Its last status stays on the screen.
+    assert!(shows_worker(&screen, &app.name, 0, worker), "{screen}");
+    signal(master, libc::SIGCONT);
+    tmux.wait_screen("the mark gone once it answers", |screen| {
+        !screen.contains("master not answering") && shows_worker(screen, &app.name, 0, worker)
+    });
+
+    // Keys are read apart from the status requests: q quits while the master is stopped.
+    signal(master, libc::SIGSTOP);
+    tmux.wait_screen("the master marked again", |screen| {
+        screen.contains("master not answering")
+    });
+    tmux.keys(&["q"]);
+    tmux.wait_screen("monit to quit", |screen| screen.contains("view exited 0"));
+}
+
+#[test]
+fn list_watch_on_a_terminal_redraws_one_table_in_place() {
+    let app = App::new("watchtty");
+    app.start_ok(&["-i", "2"], &[]);
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let first = pid_of(&listed, 0);
+
+    let tmux = Tmux::run(&chatctl_line(&app, "list --watch --interval 200ms"));
+    tmux.wait_screen("the table", |screen| {
+        shows_worker(screen, &app.name, 0, first)
+    });
+    signal(first, libc::SIGKILL);
+    let listed = app.wait_listed("worker 0 replaced", |a| {
+        all_online(a, 2) && pid_of(a, 0) != first
+    });
+    let screen = tmux.wait_screen("the new pid in place of the old", |screen| {
+        shows_worker(screen, &app.name, 0, pid_of(&listed, 0))
+    });
+    assert_eq!(
+        screen.matches("chatctl list, every 200ms").count(),
+        1,
+        "{screen}"
+    );
+    assert_eq!(rows(&screen, &app.name).len(), 2, "{screen}");
+    tmux.keys(&["C-c"]);
+    tmux.wait_screen("list --watch to end on Ctrl-C", |screen| {
+        screen.contains("view exited 0")
+    });
+}
