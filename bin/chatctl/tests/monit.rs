@@ -277,9 +277,9 @@ fn bad_intervals_and_combinations_print_one_line_and_exit_2() {
 }
 
 /// Lets a stopped master go on if the test ends early, so that the app can be stopped.
-struct Resume(u32);
+struct Continued(u32);
 
-impl Drop for Resume {
+impl Drop for Continued {
     fn drop(&mut self) {
         signal(self.0, libc::SIGCONT);
     }
@@ -297,7 +297,7 @@ fn monit_marks_a_master_that_does_not_answer_and_still_quits_at_once() {
     tmux.wait_screen("the worker's row", |screen| {
         shows_worker(screen, &app.name, 0, worker)
     });
-    let _resume = Resume(master);
+    let _continued = Continued(master);
     signal(master, libc::SIGSTOP);
     let screen = tmux.wait_screen("the master marked as not answering", |screen| {
         screen.contains("master not answering")

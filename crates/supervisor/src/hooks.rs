@@ -542,6 +542,26 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_sets_hooks_in_an_app_hooks_table() {
+        let file = crate::ConfigFile::parse(
+            "[[app]]\nname = \"api\"\n[app.hooks]\non_event = \"logger -t chatctl\"\ntimeout = 500\n",
+        )
+        .unwrap();
+        let hooks = &file.app[0].hooks;
+        assert_eq!(hooks.on_event.as_deref(), Some("logger -t chatctl"));
+        assert_eq!(hooks.timeout, Duration::from_millis(500));
+        assert_eq!(hooks.max_per_minute, HookConfig::default().max_per_minute);
+        assert!(crate::ConfigFile::parse(
+            "[[app]]\nname = \"api\"\n[app.hooks]\non_event = \"x\"\nmax_per_minute = 0\n"
+        )
+        .is_err());
+        assert!(crate::ConfigFile::parse(
+            "[[app]]\nname = \"api\"\n[app.hooks]\ncommand = \"x\"\n"
+        )
+        .is_err());
+    }
+
+    #[test]
     fn settings_out_of_range_are_refused() {
         assert!(HookConfig::default().validate().is_ok());
         let bad = [
