@@ -121,6 +121,70 @@ fn a_crash_runs_the_hook_with_its_fields_and_the_rate_skips_the_rest() {
 }
 
 #[test]
+fn a_hung_worker_is_reported_as_a_health_failure_and_not_as_a_crash() {
+    let app = App::new("hunghook");
+    let out = app.home.join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let hook = format!(
+        "env > {dir}/.partial.$$ && mv {dir}/.partial.$$ {dir}/$CHATCTL_EVENT.$$.env",
+        dir = out.display()
+    );
+    let flags = [
+        "-i",
+        "1",
+        "--on-event",
+        &hook,
+        "--health-interval",
+        "300ms",
+        "--health-timeout",
+        "200ms",
+        "--health-misses",
+        "2",
+    ];
+    app.start_ok(&flags, &[]);
+    let listed = app.wait_listed("one online worker", |a| all_online(a, 1));
+    let hung = pid_of(&listed, 0);
+    signal(hung, libc::SIGSTOP);
+    app.wait_listed("the hung worker replaced", |a| {
+        all_online(a, 1) && pid_of(a, 0) != hung
+    });
+    let dump = wait_for_value("the health hook's file", || {
+        files_starting(&out, "health_failure.").into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no health hook; log:\n{}", app.log_text()));
+    let env = variables(&std::fs::read_to_string(dump).unwrap());
+    assert_eq!(env.get("CHATCTL_PID"), Some(&hung.to_string()), "{env:?}");
+    assert!(
+        env.get("CHATCTL_MESSAGE")
+            .is_some_and(|m| m.contains("missed 2 health probes")),
+        "{env:?}"
+    );
+    // Its end (SIGKILL) is the health failure's doing: no crash hook is about it. A crash of
+    // the replacement, later, is one, and by the time its hook wrote its file, one about the
+    // hung worker would have too.
+    let listed = app.wait_listed("the replacement online", |a| all_online(a, 1));
+    let replacement = pid_of(&listed, 0);
+    signal(replacement, libc::SIGKILL);
+    let crashes = wait_for_value("the replacement's crash hook", || {
+        let crashes: Vec<BTreeMap<String, String>> = files_starting(&out, "crash.")
+            .iter()
+            .map(|f| variables(&std::fs::read_to_string(f).unwrap_or_default()))
+            .collect();
+        crashes
+            .iter()
+            .any(|env| env.get("CHATCTL_PID") == Some(&replacement.to_string()))
+            .then_some(crashes)
+    })
+    .unwrap_or_else(|| panic!("no crash hook; log:\n{}", app.log_text()));
+    assert_eq!(
+        crashes.len(),
+        1,
+        "a crash hook ran for the hung worker: {crashes:?}"
+    );
+    assert_eq!(files_starting(&out, "health_failure.").len(), 1);
+}
+
+#[test]
 fn a_hanging_hook_is_killed_with_its_children_and_the_master_goes_on() {
     let app = App::new("hanging");
     let out = app.home.join("hook-out");
