@@ -6,19 +6,8 @@ mod support;
 
 use support::{
     alive, all_online, group_members, pid_of, signal, wait_until, worker_pids, workers, App,
+    QUICK_HEALTH,
 };
-
-/// Fast health probes, so a hung worker is found in about a second.
-const QUICK_HEALTH: &[&str] = &[
-    "--health-interval",
-    "300ms",
-    "--health-timeout",
-    "200ms",
-    "--health-misses",
-    "2",
-    "--restart-delay",
-    "50ms",
-];
 
 #[test]
 fn killed_and_hung_workers_are_replaced() {

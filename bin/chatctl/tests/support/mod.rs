@@ -17,6 +17,18 @@ use serde_json::Value;
 /// running other tests, and a deadline only costs time when something is broken.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Fast health probes, so a hung worker is found in about a second.
+pub const QUICK_HEALTH: &[&str] = &[
+    "--health-interval",
+    "300ms",
+    "--health-timeout",
+    "200ms",
+    "--health-misses",
+    "2",
+    "--restart-delay",
+    "50ms",
+];
+
 /// How often conditions are re-checked.
 const POLL: Duration = Duration::from_millis(75);
 
