@@ -142,9 +142,18 @@ impl Occurrence {
         message: impl Into<String>,
     ) -> Occurrence {
         Occurrence {
-            event,
             worker: Some(worker),
             pid,
+            ..Occurrence::about_app(event, message)
+        }
+    }
+
+    /// An occurrence about the whole app (a reload).
+    pub fn about_app(event: HookEvent, message: impl Into<String>) -> Occurrence {
+        Occurrence {
+            event,
+            worker: None,
+            pid: None,
             exit_code: None,
             exit_signal: None,
             message: message.into(),

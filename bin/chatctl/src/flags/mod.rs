@@ -47,6 +47,7 @@ pub enum Command {
     /// pid, uptime, restarts, CPU, memory and connections with their recent history, and the
     /// app's recent warnings. q (or Ctrl-C) quits; it ends by itself when a master goes away.
     Monit {
+        /// Only this app (every running app without it).
         name: Option<String>,
         /// Time between two refreshes (100ms to 1h).
         #[arg(long, default_value = "1s", value_parser = parse_interval)]

@@ -40,14 +40,7 @@ impl Inner {
             ),
             Err(error) => (HookEvent::ReloadFailed, format!("reload failed: {error}")),
         };
-        self.raise(Occurrence {
-            event,
-            worker: None,
-            pid: None,
-            exit_code: None,
-            exit_signal: None,
-            message: message.clone(),
-        });
+        self.raise(Occurrence::about_app(event, message.clone()));
         result.map(|()| message)
     }
 }

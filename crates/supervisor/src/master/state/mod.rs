@@ -541,12 +541,15 @@ impl State {
         }
         proc.misses += 1;
         if proc.misses == max_misses {
-            let pid = proc.pid;
+            let (pid, worker) = (proc.pid, slot.unwrap_or_default());
+            let message = format!(
+                "worker {worker} (pid {pid}) missed {max_misses} health probes in a row: killed, a new one replaces it"
+            );
             actions.push(Action::Hook(Occurrence::about(
                 HookEvent::HealthFailure,
-                slot.unwrap_or_default(),
+                worker,
                 Some(pid),
-                format!("worker {} (pid {pid}) missed {max_misses} health probes in a row: killed, a new one replaces it", slot.unwrap_or_default()),
+                message,
             )));
         }
         if proc.misses >= max_misses {
