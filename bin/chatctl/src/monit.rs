@@ -33,6 +33,7 @@ const EVENTS: usize = 30;
 
 /// `chatctl monit [NAME]`.
 pub async fn run(name: Option<String>, interval: Duration) -> anyhow::Result<()> {
+    let name_given = name.clone();
     let names = match name {
         Some(name) => {
             client::status(&name).await?;
@@ -55,7 +56,11 @@ pub async fn run(name: Option<String>, interval: Duration) -> anyhow::Result<()>
         bail!("monit draws on a terminal: in a script or a pipe use `chatctl list --watch` or `chatctl status --json`");
     }
     let (tx, snapshots) = mpsc::channel(1);
-    let poller = tokio::spawn(poll(names, interval, tx));
+    let watched = Watched {
+        names: names.into_iter().collect(),
+        every_app: name_given.is_none(),
+    };
+    let poller = tokio::spawn(poll(watched, interval, tx));
     let mut terminal = ratatui::try_init()?;
     let ended = show(&mut terminal, snapshots, interval).await;
     ratatui::restore();
@@ -86,9 +91,17 @@ enum Ended {
     Gone(String),
 }
 
+/// The apps on the screen.
+struct Watched {
+    /// Those whose master answered once: one that stops answering has gone away.
+    names: std::collections::BTreeSet<String>,
+    /// No app was named: apps started while monit runs join the view.
+    every_app: bool,
+}
+
 /// Asks every watched master for its status each interval, on a task of its own, so that a
 /// slow master never delays a key press.
-async fn poll(names: Vec<String>, interval: Duration, tx: mpsc::Sender<Snapshot>) {
+async fn poll(mut watched: Watched, interval: Duration, tx: mpsc::Sender<Snapshot>) {
     // Longest a master may take to answer before it is shown as not answering: a few
     // intervals, within reason.
     let answer_timeout = (interval * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
@@ -98,17 +111,26 @@ async fn poll(names: Vec<String>, interval: Duration, tx: mpsc::Sender<Snapshot>
         ticks.tick().await;
         let mut apps = Vec::new();
         let mut slow = Vec::new();
-        for name in &names {
-            match tokio::time::timeout(answer_timeout, client::status(name)).await {
-                Ok(Ok(status)) => apps.push(status),
-                Ok(Err(_)) => {
-                    let _ = tx.send(Snapshot::Gone(name.clone())).await;
+        let mut names = watched.names.clone();
+        if watched.every_app {
+            names.extend(client::running_apps());
+        }
+        for name in names {
+            match tokio::time::timeout(answer_timeout, client::status(&name)).await {
+                Ok(Ok(status)) => {
+                    watched.names.insert(name);
+                    apps.push(status);
+                }
+                Ok(Err(_)) if watched.names.contains(&name) => {
+                    let _ = tx.send(Snapshot::Gone(name)).await;
                     return;
                 }
-                Err(_) => slow.push(name.clone()),
+                // A socket left by a master that died before monit started: not an app to show.
+                Ok(Err(_)) => {}
+                Err(_) => slow.push(name),
             }
         }
-        let warnings = recent_warnings(&names);
+        let warnings = recent_warnings(&watched.names);
         if tx
             .send(Snapshot::Apps {
                 apps,
@@ -467,7 +489,7 @@ fn trend(values: &VecDeque<u64>, width: usize, max: u64) -> String {
 
 /// The masters' recent warnings and errors from the ends of the watched apps' logs, oldest
 /// first, shortened to their time, level and message.
-fn recent_warnings(names: &[String]) -> Vec<String> {
+fn recent_warnings(names: &std::collections::BTreeSet<String>) -> Vec<String> {
     let home = home();
     let mut warnings = Vec::new();
     for name in names {

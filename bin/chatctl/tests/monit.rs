@@ -155,6 +155,17 @@ fn monit_shows_every_worker_follows_a_restart_and_quits_on_q() {
         "the killed worker is still shown:\n{screen}"
     );
 
+    // An app started while monit runs joins the view.
+    let second = format!("{}-2", app.name);
+    let listen = format!("127.0.0.1:{}", testkit::port());
+    support::succeeded(&app.run(&["start", "--name", &second, "--listen", &listen, "-i", "1"]));
+    tmux.wait_screen("the second app's worker", |screen| {
+        rows(screen, &second)
+            .iter()
+            .any(|(id, _, status)| *id == 0 && status == "online")
+            && shows_worker(screen, &app.name, 1, other)
+    });
+
     // Selecting worker 1 puts its charts on screen.
     tmux.keys(&["Down"]);
     tmux.wait_screen("worker 1's charts", |screen| {
