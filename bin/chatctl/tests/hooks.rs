@@ -40,9 +40,9 @@ fn a_crash_runs_the_hook_with_its_fields_and_the_rate_skips_the_rest() {
     let app = App::new("hooked");
     let out = app.home.join("hook-out");
     std::fs::create_dir_all(&out).unwrap();
-    // Written whole, then renamed: the test never reads half a file.
+    // Written whole, then renamed: the test never reads half a file. Its descriptors first.
     let hook = format!(
-        "env > {dir}/.partial.$$ && mv {dir}/.partial.$$ {dir}/$CHATCTL_EVENT.$$.env",
+        "ls -l /proc/$$/fd > {dir}/fds && env > {dir}/.partial.$$ && mv {dir}/.partial.$$ {dir}/$CHATCTL_EVENT.$$.env",
         dir = out.display()
     );
     let output = app
@@ -101,6 +101,9 @@ fn a_crash_runs_the_hook_with_its_fields_and_the_rate_skips_the_rest() {
         !env.contains_key("CHATCTL_TEST_SECRET"),
         "the master's environment reached the hook: {env:?}"
     );
+    // None of the master's sockets (its port, its control socket, the workers' channels).
+    let descriptors = std::fs::read_to_string(out.join("fds")).unwrap();
+    assert!(!descriptors.contains("socket:"), "{descriptors}");
 
     // The rate (1 a minute) is spent: the next crash is restarted as ever, its hook skipped.
     let listed = app.wait_listed("worker 0 replaced", |a| {

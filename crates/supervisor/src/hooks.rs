@@ -358,6 +358,11 @@ impl HookRun {
                 );
             }
         }
+        // Reaped: its pid may name another process from now on, never to be signalled.
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&pid);
         // What the hook printed last; a process it left in the background may hold its
         // output open, and is not waited for.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -365,10 +370,6 @@ impl HookRun {
         })
         .await;
         output.abort_all();
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&pid);
     }
 }
 
