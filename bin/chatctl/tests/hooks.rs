@@ -176,16 +176,43 @@ fn a_hung_worker_is_reported_as_a_health_failure_and_not_as_a_crash() {
     assert_eq!(files_starting(&out, "health_failure.").len(), 1);
 }
 
+/// A hook that hangs, with a child of its own in the background; each run leaves a file
+/// `child.HOOK_PID` in `out` holding its child's pid.
+fn hanging_hook(out: &Path) -> String {
+    format!(
+        "sleep 600 & echo $! > {dir}/.child.$$; mv {dir}/.child.$$ {dir}/child.$$; wait",
+        dir = out.display()
+    )
+}
+
+/// Waits until `count` hanging hooks run; their pids and their children's.
+fn hanging_hooks(out: &Path, count: usize, app: &App) -> Vec<u32> {
+    let files = wait_for_value("the hooks running", || {
+        let files = files_starting(out, "child.");
+        (files.len() == count).then_some(files)
+    })
+    .unwrap_or_else(|| panic!("not {count} hooks running; log:\n{}", app.log_text()));
+    let mut pids = Vec::new();
+    for file in files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        pids.push(name.trim_start_matches("child.").parse().unwrap());
+        pids.push(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap(),
+        );
+    }
+    pids
+}
+
 #[test]
 fn a_hanging_hook_is_killed_with_its_children_and_the_master_goes_on() {
     let app = App::new("hanging");
     let out = app.home.join("hook-out");
     std::fs::create_dir_all(&out).unwrap();
-    // The hook and a child of its own in the background, both hanging.
-    let hook = format!(
-        "sleep 600 & echo $! > {dir}/.child.$$; mv {dir}/.child.$$ {dir}/child.$$; wait",
-        dir = out.display()
-    );
+    let hook = hanging_hook(&out);
     app.start_ok(
         &["-i", "2", "--on-event", &hook, "--on-event-timeout", "10s"],
         &[],
@@ -202,25 +229,10 @@ fn a_hanging_hook_is_killed_with_its_children_and_the_master_goes_on() {
     app.wait_listed("worker 0 replaced again", |a| {
         all_online(a, 2) && pid_of(a, 0) != second
     });
-    let children = wait_for_value("both hooks running", || {
-        let files = files_starting(&out, "child.");
-        (files.len() == 2).then_some(files)
-    })
-    .unwrap_or_else(|| panic!("the hooks did not both start; log:\n{}", app.log_text()));
-    let pids: Vec<u32> = children
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap().trim().parse().unwrap())
-        .collect();
-    let hook_pids: Vec<u32> = children
-        .iter()
-        .map(|f| {
-            let name = f.file_name().unwrap().to_str().unwrap();
-            name.trim_start_matches("child.").parse().unwrap()
-        })
-        .collect();
+    let pids = hanging_hooks(&out, 2, &app);
 
     // Past the deadline, each hook and the child it started are gone.
-    for pid in pids.iter().chain(&hook_pids) {
+    for pid in &pids {
         wait_until("a hanging hook's process to be killed", || !alive(*pid));
     }
     // The master says so once it reaped each (the log is written a moment later).
@@ -316,4 +328,25 @@ fn the_webhook_script_posts_a_reload_and_a_memory_restart() {
         text.contains("```\nw0 "),
         "the worker's lines are missing: {text}"
     );
+}
+
+#[test]
+fn a_stopping_master_kills_the_hooks_still_running() {
+    let app = App::new("hookstop");
+    let out = app.home.join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let hook = hanging_hook(&out);
+    app.start_ok(
+        &["-i", "1", "--on-event", &hook, "--on-event-timeout", "10m"],
+        &[],
+    );
+    let listed = app.wait_listed("one online worker", |a| all_online(a, 1));
+    signal(pid_of(&listed, 0), libc::SIGKILL);
+    let pids = hanging_hooks(&out, 1, &app);
+    assert!(pids.iter().all(|pid| alive(*pid)), "{pids:?}");
+
+    support::succeeded(&app.run(&["stop", &app.name]));
+    wait_until("the hook and its child killed with the master", || {
+        pids.iter().all(|pid| !alive(*pid))
+    });
 }
