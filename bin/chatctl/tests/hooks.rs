@@ -298,7 +298,7 @@ fn posted(bodies: &std::sync::mpsc::Receiver<String>, what: &str, app: &App) -> 
 }
 
 #[test]
-fn the_webhook_script_posts_a_reload_and_a_memory_restart() {
+fn the_webhook_script_posts_reloads_and_a_memory_restart() {
     let app = App::new("webhook");
     let (port, bodies) = webhook_receiver();
     // The URL in a curl config file, as ops/hooks/webhook.sh wants it.
@@ -319,6 +319,12 @@ fn the_webhook_script_posts_a_reload_and_a_memory_restart() {
         text.starts_with(&format!("{}: reload_done: reloaded 1 workers", app.name)),
         "{text}"
     );
+
+    // New workers that cannot be ready in a millisecond: the reload fails, the old one serves.
+    let failed = app.run(&["reload", &app.name, "--ready-timeout", "1ms"]);
+    assert!(!failed.status.success(), "{failed:?}");
+    let text = posted(&bodies, ": reload_failed: ", &app);
+    assert!(text.contains("did not become ready"), "{text}");
 
     // A chat worker holds more than a megabyte: once the limit applies, it is replaced.
     support::succeeded(&app.run(&["reload", &app.name, "--max-memory", "1M"]));
