@@ -17,6 +17,11 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-ve
 # redis_cluster.rs joins three of them with redis-cli --cluster create (Redis 7).
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
+# bin/chatctl/tests/monit.rs drives `chatctl monit` in a tmux pane (send-keys, capture-pane).
+command -v tmux >/dev/null 2>&1 || apt_packages+=(tmux)
+# bin/chatctl/tests/hooks.rs runs ops/hooks/webhook.sh, which posts with curl the JSON jq builds.
+command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+command -v jq >/dev/null 2>&1 || apt_packages+=(jq)
 # bin/chatctl/tests/lifecycle.rs checks the unit of `chatctl startup` with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 if [ ${#apt_packages[@]} -gt 0 ]; then

@@ -81,6 +81,9 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "watch_ignore" => app.watch.ignore.clone_from(&flags.watch.ignore),
         "watch_delay" => app.watch.delay = flags.watch.delay,
         "cron_restart" => app.cron_restart.clone_from(&flags.cron_restart),
+        "on_event" => app.hooks.on_event.clone_from(&flags.hooks.on_event),
+        "on_event_timeout" => app.hooks.timeout = flags.hooks.timeout,
+        "on_event_rate" => app.hooks.max_per_minute = flags.hooks.max_per_minute,
         "peek_timeout" => app.peek_timeout = flags.peek_timeout,
         "handoff_timeout" => app.handoff_timeout = flags.handoff_timeout,
         "ipc_max_line" => app.ipc_max_line = flags.ipc_max_line,
@@ -243,6 +246,12 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
             delay: args.watch_delay,
         },
         cron_restart: args.cron_restart.clone(),
+        hooks: supervisor::hooks::HookConfig {
+            on_event: args.on_event.clone(),
+            timeout: args.on_event_timeout,
+            max_per_minute: args.on_event_rate,
+            ..defaults.hooks.clone()
+        },
         cwd,
         ..defaults
     }

@@ -22,9 +22,18 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
+    print!("{}", list_text(&entries));
+    Ok(())
+}
+
+/// What `list` prints for `entries`: the running apps' workers as a table, then a line for
+/// each app that does not run.
+pub(crate) fn list_text(entries: &[AppEntry]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     if entries.is_empty() {
-        println!("no app defined (start one with `chatctl start`)");
-        return Ok(());
+        out.push_str("no app defined (start one with `chatctl start`)\n");
+        return out;
     }
     let running: Vec<AppStatus> = entries
         .iter()
@@ -34,29 +43,33 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
         })
         .collect();
     if !running.is_empty() {
-        print_table(&running);
+        out.push_str(&table_text(&running));
     }
-    for entry in &entries {
+    for entry in entries {
         match entry {
             AppEntry::Running(_) => {}
-            AppEntry::Stopped(config) => println!(
-                "{:<12} stopped (chatctl start {} to run it again)",
-                config.name, config.name
-            ),
+            AppEntry::Stopped(config) => {
+                let _ = writeln!(
+                    out,
+                    "{:<12} stopped (chatctl start {} to run it again)",
+                    config.name, config.name
+                );
+            }
             AppEntry::Dead {
                 config, log_tail, ..
             } => {
-                println!(
+                let _ = writeln!(
+                    out,
                     "{:<12} master dead: nothing supervises it (chatctl start {} to run it again); last log lines:",
                     config.name, config.name
                 );
                 for line in log_tail {
-                    println!("    {line}");
+                    let _ = writeln!(out, "    {line}");
                 }
             }
         }
     }
-    Ok(())
+    out
 }
 
 /// An entry of `list --json`: a running app's status with `"state": "running"`, else its name,
@@ -388,13 +401,22 @@ pub fn logs(name: &str, follow: bool, lines: usize) -> anyhow::Result<()> {
 }
 
 pub(crate) fn print_table(apps: &[AppStatus]) {
-    println!(
+    print!("{}", table_text(apps));
+}
+
+/// The workers of `apps` as `list` shows them, one line each.
+fn table_text(apps: &[AppStatus]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<12} {:>6} {:>8} {:<16} {:>8} {:>8} {:>6} {:>9} {:>6}",
         "APP", "WORKER", "PID", "STATUS", "UPTIME", "RESTARTS", "CPU", "MEM", "CONNS"
     );
     for app in apps {
         for w in &app.workers {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<12} {:>6} {:>8} {:<16} {:>8} {:>8} {:>5.1}% {:>9} {:>6}",
                 app.name,
                 w.id,
@@ -408,7 +430,8 @@ pub(crate) fn print_table(apps: &[AppStatus]) {
             );
         }
         for spare in &app.spares {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<12} {:>6} {:>8} {:<16} {:>8}",
                 app.name,
                 "spare",
@@ -422,9 +445,10 @@ pub(crate) fn print_table(apps: &[AppStatus]) {
             );
         }
     }
+    out
 }
 
-fn human_duration(ms: u64) -> String {
+pub(crate) fn human_duration(ms: u64) -> String {
     let d = Duration::from_millis(ms);
     match d.as_secs() {
         0 => format!("{ms}ms"),
@@ -435,7 +459,7 @@ fn human_duration(ms: u64) -> String {
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),

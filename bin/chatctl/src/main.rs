@@ -4,7 +4,9 @@ mod app_config;
 mod apps;
 mod flags;
 mod master_process;
+mod monit;
 mod serve;
+mod watch;
 
 use flags::{Cli, Command};
 
@@ -82,7 +84,13 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
     use supervisor::Request;
     match command {
         Command::Start(args) => master_process::start(args).await,
-        Command::List { json } => apps::list(json).await,
+        Command::List {
+            watch: true,
+            interval,
+            ..
+        } => watch::list(interval).await,
+        Command::List { json, .. } => apps::list(json).await,
+        Command::Monit { name, interval } => monit::run(name, interval).await,
         Command::Jlist => apps::list(true).await,
         Command::Status { name, json } => apps::status(name.as_deref(), json).await,
         Command::Reload(args) => apps::reload(args).await,

@@ -4,19 +4,10 @@
 
 mod support;
 
-use support::{alive, all_online, group_members, signal, wait_until, worker_pids, workers, App};
-
-/// Fast health probes, so a hung worker is found in about a second.
-const QUICK_HEALTH: &[&str] = &[
-    "--health-interval",
-    "300ms",
-    "--health-timeout",
-    "200ms",
-    "--health-misses",
-    "2",
-    "--restart-delay",
-    "50ms",
-];
+use support::{
+    alive, all_online, group_members, pid_of, signal, wait_until, worker_pids, workers, App,
+    QUICK_HEALTH,
+};
 
 #[test]
 fn killed_and_hung_workers_are_replaced() {
@@ -194,13 +185,6 @@ fn stop_and_check_nothing_is_left(app: &App, master: u32, pids: &[u32]) {
             .is_some_and(|a| a["state"] == "stopped" && workers(a).is_empty()),
         "a stopped app is not listed as stopped (with its definition kept): {listed:?}"
     );
-}
-
-fn pid_of(app: &serde_json::Value, worker: usize) -> u32 {
-    workers(app)
-        .get(worker)
-        .and_then(|w| w["pid"].as_u64())
-        .unwrap_or(0) as u32
 }
 
 /// Lets a stopped worker go on (to die) if the test ends before the master replaced it.

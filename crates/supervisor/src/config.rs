@@ -158,6 +158,9 @@ pub struct AppConfig {
     /// Rolling reload on a schedule: a cron expression, 5 fields or 6 with seconds first
     /// (PM2's `cron_restart`), in UTC.
     pub cron_restart: Option<String>,
+    /// A command run on crashes, health failures, memory replacements and reloads
+    /// (`--on-event`), bounded in rate and time.
+    pub hooks: crate::hooks::HookConfig,
 }
 
 /// When and how fast crashed workers come back.
@@ -245,6 +248,7 @@ impl Default for AppConfig {
             spare: 0,
             watch: WatchConfig::default(),
             cron_restart: None,
+            hooks: crate::hooks::HookConfig::default(),
         }
     }
 }
@@ -408,6 +412,7 @@ impl AppConfig {
         {
             return bad("--spare needs connections handed out by the master (the chat with sticky scheduling): a program sharing the listening socket would take connections while it waits as a spare".into());
         }
+        self.hooks.validate().map_err(ConfigError)?;
         crate::triggers::check(
             &self.watch,
             self.cron_restart.as_deref(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod drops;
 pub mod handoff;
+pub mod hooks;
 pub mod inherited;
 pub mod ipc;
 pub mod limits;

@@ -408,6 +408,25 @@ pub fn tail(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
     Ok(lines.into())
 }
 
+/// The whole lines within the last `window` bytes of a log file: a bounded read however large
+/// the file, for what looks at its end often (hooks, `chatctl monit`).
+pub fn tail_within(path: &Path, window: u64) -> std::io::Result<Vec<String>> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let length = file.metadata()?.len();
+    let start = length.saturating_sub(window);
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(window).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // Started inside a line: its beginning is not in the window.
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    Ok(lines)
+}
+
 /// Prints lines appended to `path` as they come, following rotations, until `keep_going`
 /// returns false.
 pub fn follow(

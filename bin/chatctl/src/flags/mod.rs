@@ -33,8 +33,25 @@ pub enum Command {
     #[command(visible_alias = "ls")]
     List {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh the table in place every --interval until Ctrl-C (into a pipe: one table
+        /// after the other, each under its time).
+        #[arg(long)]
+        watch: bool,
+        /// Time between two refreshes of --watch (100ms to 1h).
+        #[arg(long, default_value = "2s", value_parser = parse_interval, requires = "watch")]
+        interval: Duration,
+    },
+    /// A live view of every running app's workers in the terminal (or of app NAME's): status,
+    /// pid, uptime, restarts, CPU, memory and connections with their recent history, and the
+    /// app's recent warnings. q (or Ctrl-C) quits; it ends by itself when a master goes away.
+    Monit {
+        /// Only this app (every running app without it).
+        name: Option<String>,
+        /// Time between two refreshes (100ms to 1h).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
     },
     /// `list --json` (PM2's `jlist`).
     #[command(hide = true)]
@@ -260,6 +277,21 @@ pub struct AppArgs {
     /// with seconds first (PM2's cron_restart).
     #[arg(long, alias = "cron", value_name = "EXPR")]
     pub cron_restart: Option<String>,
+    /// Run this command (with `sh -c`, as the master's user) when a worker crashes, is
+    /// errored (crash loop), fails its health checks or is replaced for its memory, and when a
+    /// reload is done or fails. It gets CHATCTL_EVENT, CHATCTL_APP, CHATCTL_WORKER,
+    /// CHATCTL_PID, CHATCTL_EXIT_CODE / CHATCTL_EXIT_SIGNAL, CHATCTL_MESSAGE and the worker's
+    /// last output lines in CHATCTL_LOG_LINES, and no other variable of the master's but PATH,
+    /// HOME, USER, LANG, TZ and the like.
+    #[arg(long, value_name = "CMD")]
+    pub on_event: Option<String>,
+    /// An event hook still running after this is killed, with every process it started.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub on_event_timeout: Duration,
+    /// Event hooks started in any minute at most; the events beyond are logged as skipped.
+    #[arg(long, default_value_t = 10, value_name = "PER_MINUTE",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(supervisor::hooks::MAX_PER_MINUTE)))]
+    pub on_event_rate: u32,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
@@ -367,6 +399,15 @@ pub(crate) fn parse_redis_url(text: &str) -> Result<String, String> {
     coord::redis::validate_url(text)
         .map(|()| text.to_owned())
         .map_err(|error| error.to_string())
+}
+
+/// A refresh interval: a duration from 100ms to 1h.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval) {
+        return Err(format!("'{text}' is not an interval from 100ms to 1h"));
+    }
+    Ok(interval)
 }
 
 /// Parses `300ms`, `25s`, `5m`, `1h`, and a plain number as milliseconds (as PM2 does).

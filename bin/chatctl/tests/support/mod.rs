@@ -17,6 +17,18 @@ use serde_json::Value;
 /// running other tests, and a deadline only costs time when something is broken.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Fast health probes, so a hung worker is found in about a second.
+pub const QUICK_HEALTH: &[&str] = &[
+    "--health-interval",
+    "300ms",
+    "--health-timeout",
+    "200ms",
+    "--health-misses",
+    "2",
+    "--restart-delay",
+    "50ms",
+];
+
 /// How often conditions are re-checked.
 const POLL: Duration = Duration::from_millis(75);
 
@@ -85,6 +97,14 @@ impl App {
     /// `chatctl start` of this app on its port with `flags`, running `program` (the chat app
     /// when empty). As root, the workers run as `nobody` (the default account).
     pub fn start(&self, flags: &[&str], program: &[&str]) -> Output {
+        let mut command = self.start_command(flags, program);
+        command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run chatctl start {flags:?}: {e}"))
+    }
+
+    /// The command of [`App::start`], for a test to change (its environment) before it runs.
+    pub fn start_command(&self, flags: &[&str], program: &[&str]) -> Command {
         let listen = self.listen();
         let mut args = vec!["start", "--name", &self.name, "--listen", &listen];
         args.extend_from_slice(flags);
@@ -92,7 +112,7 @@ impl App {
             args.push("--");
             args.extend_from_slice(program);
         }
-        self.run(&args)
+        self.command(&args)
     }
 
     /// Like [`App::start`], but the test cannot go on unless it succeeds.
@@ -189,6 +209,14 @@ pub fn worker_pids(app: &Value) -> Vec<u32> {
         .filter_map(|w| w["pid"].as_u64())
         .map(|pid| pid as u32)
         .collect()
+}
+
+/// The pid of worker `worker` of a `status` / `list` entry (0 when it has none).
+pub fn pid_of(app: &Value, worker: usize) -> u32 {
+    workers(app)
+        .get(worker)
+        .and_then(|w| w["pid"].as_u64())
+        .unwrap_or(0) as u32
 }
 
 pub fn all_online(app: &Value, count: usize) -> bool {

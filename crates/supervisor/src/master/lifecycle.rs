@@ -120,13 +120,18 @@ impl Inner {
         let inner = self.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            let (code, description) = match status {
-                Ok(status) => (status.code(), describe_exit(status)),
-                Err(error) => (None, format!("lost track of the process: {error}")),
+            let (code, signal, description) = match status {
+                Ok(status) => (
+                    status.code(),
+                    std::os::unix::process::ExitStatusExt::signal(&status),
+                    describe_exit(status),
+                ),
+                Err(error) => (None, None, format!("lost track of the process: {error}")),
             };
             inner.apply(Event::Exited {
                 generation,
                 code,
+                signal,
                 description,
                 at: std::time::Instant::now(),
             });
@@ -286,6 +291,7 @@ impl Inner {
                     });
                 }
                 Action::Log(log) => emit(&log),
+                Action::Hook(occurrence) => self.raise(occurrence),
             }
         }
     }

@@ -25,6 +25,7 @@ const MAX_PEEKING: usize = 4096;
 mod auto;
 mod control;
 mod health;
+mod hooks;
 mod lifecycle;
 mod ops;
 mod relay;
@@ -108,6 +109,8 @@ struct Inner {
     /// one Redis): given by [`Master::set_secret`].
     secret: std::sync::OnceLock<String>,
     log: LogSink,
+    /// Runs the app's `--on-event` command, bounded in rate and time.
+    hooks: crate::hooks::Hooks,
     started: Instant,
     state: Mutex<State>,
     /// Bumped on every change of worker state; waiters re-check their condition.
@@ -179,6 +182,7 @@ impl Master {
             listener,
             peers_token,
             secret: std::sync::OnceLock::new(),
+            hooks: crate::hooks::Hooks::new(log.clone()),
             log,
             pumps: tokio_util::task::TaskTracker::new(),
             started: Instant::now(),
@@ -251,6 +255,7 @@ impl Master {
             }
         }
         inner.paths.remove_runtime_files();
+        inner.hooks.kill_all();
         // The workers are gone; what they wrote last is still in their pipes and the log
         // writers' queues: keep it (bounded, as a worker's child may hold a pipe open).
         inner.pumps.close();

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::super::Inner;
+use crate::hooks::{HookEvent, Occurrence};
 
 impl Inner {
     /// Reloads every worker, one at a time.
@@ -32,7 +33,14 @@ impl Inner {
             }
         }
         crate::client::sd_notify("READY=1");
-        result?;
-        Ok(format!("reloaded {} workers", slots.len()))
+        let (event, message) = match &result {
+            Ok(()) => (
+                HookEvent::ReloadDone,
+                format!("reloaded {} workers", slots.len()),
+            ),
+            Err(error) => (HookEvent::ReloadFailed, format!("reload failed: {error}")),
+        };
+        self.raise(Occurrence::about_app(event, message.clone()));
+        result.map(|()| message)
     }
 }

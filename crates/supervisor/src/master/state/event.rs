@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::process::{Proc, Role};
+use crate::hooks::Occurrence;
 
 /// What happened to the app or one of its processes.
 pub(in crate::master) enum Event {
@@ -26,6 +27,8 @@ pub(in crate::master) enum Event {
     Exited {
         generation: u64,
         code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
         description: String,
         at: Instant,
     },
@@ -92,6 +95,8 @@ pub(in crate::master) enum Action {
         slot: usize,
     },
     Log(Log),
+    /// Run the app's event hook (`--on-event`), if it has one.
+    Hook(Occurrence),
 }
 
 /// A line for the app log.

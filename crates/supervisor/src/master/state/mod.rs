@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::backoff::{Backoff, RestartDecision};
 use crate::config::AppConfig;
 use crate::control::Status;
+use crate::hooks::{HookEvent, Occurrence};
 use crate::spawn::RunAs;
 
 mod event;
@@ -145,9 +146,10 @@ impl State {
             Event::Exited {
                 generation,
                 code,
+                signal,
                 description,
                 at,
-            } => self.exited(generation, code, description, at, &mut actions),
+            } => self.exited(generation, (code, signal), description, at, &mut actions),
             Event::RestartDue { slot } => {
                 let wanted = self.slots.get(slot).is_some_and(|s| {
                     !s.retired && s.current.is_none() && s.status != Status::Stopped
@@ -166,12 +168,15 @@ impl State {
             } => self.probed(generation, healthy, &mut actions),
             Event::MemoryExceeded { slot, memory } => {
                 if self.slots.get(slot).is_some_and(|s| !s.replacing) && !self.stopping() {
-                    actions.push(Log::about(
-                        Level::Warn,
+                    let why = format!("above --max-memory ({memory} bytes): replacing it");
+                    let pid = self.slots[slot].current.as_ref().map(|p| p.pid);
+                    actions.push(Log::about(Level::Warn, slot, None, format!("worker {why}")));
+                    actions.push(Action::Hook(Occurrence::about(
+                        HookEvent::MemoryRestart,
                         slot,
-                        None,
-                        format!("worker above --max-memory ({memory} bytes): replacing it"),
-                    ));
+                        pid,
+                        format!("worker {slot} is {why}"),
+                    )));
                     actions.push(Action::Replace { slot });
                 }
             }
@@ -319,7 +324,7 @@ impl State {
     fn exited(
         &mut self,
         generation: u64,
-        code: Option<i32>,
+        (code, signal): (Option<i32>, Option<i32>),
         description: String,
         at: Instant,
         actions: &mut Vec<Action>,
@@ -351,6 +356,23 @@ impl State {
             pid,
             format!("worker {description} after {uptime_s:.1}s"),
         ));
+        // A worker killed for its missed probes was reported as a health failure.
+        let killed_as_hung = proc.misses >= self.config.health.max_misses;
+        if !expected && !killed_as_hung {
+            actions.push(Action::Hook(Occurrence {
+                exit_code: code,
+                exit_signal: signal,
+                ..Occurrence::about(
+                    HookEvent::Crash,
+                    slot_id,
+                    pid,
+                    format!(
+                        "worker {slot_id} (pid {}) {description} after {uptime_s:.1}s",
+                        proc.pid
+                    ),
+                )
+            }));
+        }
         if expected || !self.promote_spare(slot_id, &description, actions) {
             self.after_exit(slot_id, code, uptime, description, actions);
         }
@@ -381,6 +403,7 @@ impl State {
                 slot.last_error = Some(format!("{description}: a stop exit code, not restarted"));
             }
             RestartDecision::Restart { delay, errored } => {
+                let newly_errored = errored && slot.status != Status::Errored;
                 slot.restarts += 1;
                 slot.status = if errored {
                     Status::Errored
@@ -395,6 +418,17 @@ impl State {
                         None,
                         format!("worker is crash-looping: retrying every {delay:?}"),
                     ));
+                }
+                if newly_errored {
+                    actions.push(Action::Hook(Occurrence {
+                        exit_code: code,
+                        ..Occurrence::about(
+                            HookEvent::Errored,
+                            slot_id,
+                            None,
+                            format!("worker {slot_id} is crash-looping (errored): retrying every {delay:?}"),
+                        )
+                    }));
                 }
                 actions.push(Action::RestartAfter {
                     slot: slot_id,
@@ -506,6 +540,18 @@ impl State {
             return;
         }
         proc.misses += 1;
+        if proc.misses == max_misses {
+            let (pid, worker) = (proc.pid, slot.unwrap_or_default());
+            let message = format!(
+                "worker {worker} (pid {pid}) missed {max_misses} health probes in a row: killed, a new one replaces it"
+            );
+            actions.push(Action::Hook(Occurrence::about(
+                HookEvent::HealthFailure,
+                worker,
+                Some(pid),
+                message,
+            )));
+        }
         if proc.misses >= max_misses {
             let misses = proc.misses;
             actions.push(Action::kill_saying(

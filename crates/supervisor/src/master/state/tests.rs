@@ -46,6 +46,7 @@ fn exited(generation: u64, code: Option<i32>) -> Event {
     Event::Exited {
         generation,
         code,
+        signal: None,
         description: "exited with code 1".into(),
         at: Instant::now(),
     }
@@ -461,4 +462,85 @@ fn a_reload_drains_the_old_spares_kills_them_later_and_starts_new_ones() {
         .iter()
         .any(|a| matches!(a, Action::KillAfter { generation: 7, .. })));
     assert_eq!(starts(&actions), vec![(1, Role::Spare)]);
+}
+
+fn hooks(actions: &[Action]) -> Vec<&crate::hooks::Occurrence> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Hook(occurrence) => Some(occurrence),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_unasked_exit_raises_a_crash_hook_and_an_asked_one_does_not() {
+    use crate::hooks::HookEvent;
+    let mut state = running(2);
+    let actions = state.apply(Event::Exited {
+        generation: 1,
+        code: None,
+        signal: Some(9),
+        description: "was killed by signal 9".into(),
+        at: Instant::now(),
+    });
+    let raised = hooks(&actions);
+    assert_eq!(raised.len(), 1, "{actions:?}");
+    assert_eq!(raised[0].event, HookEvent::Crash);
+    assert_eq!(
+        (raised[0].worker, raised[0].pid, raised[0].exit_signal),
+        (Some(0), Some(1001), Some(9))
+    );
+    // A stop's exits are no crash.
+    state.apply(Event::StopRequested);
+    assert!(hooks(&state.apply(exited(2, Some(0)))).is_empty());
+}
+
+#[test]
+fn a_hung_worker_raises_one_health_hook_and_no_crash_hook() {
+    use crate::hooks::HookEvent;
+    let mut state = running(1);
+    let max = state.config.health.max_misses;
+    let mut raised = Vec::new();
+    for _ in 0..max + 2 {
+        let actions = state.apply(Event::Probed {
+            generation: 1,
+            healthy: false,
+        });
+        raised.extend(hooks(&actions).into_iter().map(|o| o.event));
+    }
+    assert_eq!(raised, vec![HookEvent::HealthFailure]);
+    assert!(hooks(&state.apply(exited(1, None))).is_empty());
+}
+
+#[test]
+fn a_crash_loop_raises_the_errored_hook_once_and_memory_its_own() {
+    use crate::hooks::HookEvent;
+    let mut state = running(1);
+    let mut errored = 0;
+    for generation in 1..=state.config.restart.max_fast_exits as u64 + 3 {
+        if generation > 1 {
+            start(&mut state, 0, Role::Current, generation);
+        }
+        let actions = state.apply(exited(generation, Some(1)));
+        errored += hooks(&actions)
+            .iter()
+            .filter(|o| o.event == HookEvent::Errored)
+            .count();
+    }
+    assert_eq!(state.slots[0].status, Status::Errored);
+    assert_eq!(errored, 1);
+
+    let mut state = running(1);
+    let actions = state.apply(Event::MemoryExceeded {
+        slot: 0,
+        memory: 1 << 30,
+    });
+    let raised = hooks(&actions);
+    assert_eq!(raised.len(), 1);
+    assert_eq!(
+        (raised[0].event, raised[0].pid),
+        (HookEvent::MemoryRestart, Some(1001))
+    );
 }
