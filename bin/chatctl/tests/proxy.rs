@@ -74,6 +74,48 @@ fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() 
     room.wait_success();
 }
 
+/// Connection-state recovery across hosts (issue 15): npm users of both hosts in one room
+/// behind the proxy, a sender saying a numbered message every 70 ms, and one host stopped
+/// mid-stream. Its users come back through the proxy to the other host with their sockets,
+/// rooms and missed messages (kept in Redis): nothing lost or repeated, nobody announced as
+/// having left.
+#[test]
+fn users_of_a_stopped_host_recover_on_the_other_through_the_proxy() {
+    let node = node_program();
+    let redis = support::RedisServer::start();
+    let hosts: Vec<(u16, App)> = [1, 2]
+        .into_iter()
+        .map(|node_id| (node_id, start_host(node_id, &redis.url())))
+        .collect();
+    let proxy = ProxyProcess::start(&hosts);
+    let mut room = ClientScript::start(
+        &node,
+        "recovering_room.mjs",
+        &[&proxy.url(), "20", "websocket", "60"],
+    );
+    let ready = room.next_report();
+    assert_eq!(ready["event"], "ready", "users: {ready}\n{}", proxy.log());
+    room.tell("go");
+    let sending = room.next_report();
+    assert_eq!(sending["event"], "sending", "{sending}");
+    let (_, stopped) = &hosts[0];
+    support::succeeded(&stopped.run(&["stop", &stopped.name]));
+    let done = room.next_report();
+    room.wait_success();
+    eprintln!("a host stopped behind the proxy: {done}");
+    assert_eq!(done["event"], "done", "{done}\n{}", proxy.log());
+    assert_eq!(done["lost"], 0, "messages lost: {done}");
+    assert_eq!(done["repeated"], 0, "messages repeated: {done}");
+    assert!(done["never_arrived"].as_u64() <= Some(2), "{done}");
+    assert!(
+        done["disconnects"].as_u64() > Some(0),
+        "the stop disconnected nobody: {done}"
+    );
+    assert_eq!(done["not_recovered"], 0, "{done}");
+    assert_eq!(done["recovered"], done["disconnects"], "{done}");
+    assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
+}
+
 /// A user of the book's 0.9 client on xhr-polling, whose sid travels in the path
 /// (`/socket.io/1/xhr-polling/SID`), keeps its one session through the proxy while chatting
 /// with a v4 user: every request reaches the host its sid names.

@@ -70,14 +70,15 @@
 
   infra.on("connect", function () {
     status.textContent = "connected";
+    // Back with its socket, its room and the lines it missed (connection-state recovery): the
+    // page is whole, nothing to join again.
+    if (infra.recovered) return;
+    members = Object.create(null);
+    showMembers();
     changesBeforeList = [];
     infra.emit("join_room", { name: room });
   });
-  infra.on("disconnect", function () {
-    status.textContent = "reconnecting…";
-    members = Object.create(null);
-    showMembers();
-  });
+  infra.on("disconnect", function () { status.textContent = "reconnecting…"; });
   infra.on("connect_error", function (err) { status.textContent = "cannot connect: " + err.message; });
   infra.on("name_set", function (data) { chat.dataset.nickname = data.name; });
   infra.on("message", function (json) { showChatLine(json, false); });

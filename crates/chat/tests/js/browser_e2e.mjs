@@ -12,6 +12,11 @@
 // - `<img src=x onerror=alert(1)>` sent by bob shows as that literal text on ann's page: no `img`
 //   element in #messages, and no dialog ever opens.
 //
+// With CHATCTL_E2E_FAULT set (bin/chatctl/tests/browser_cluster.rs), ann and bob then live
+// through a fault: the script prints `fault: now` and waits for a line on stdin (the test has
+// reloaded every worker meanwhile). Their pages come back by connection-state recovery: the
+// lines said across the fault show once each, nobody leaves or enters, no greeting repeats.
+//
 // Each page is screenshotted into the screenshot directory at the end (`failure-*.png` instead
 // when a step failed), and each landing page with the nickname typed in. Prints one line per step; exits 1 at the first failed step.
 //
@@ -162,9 +167,66 @@ async function run(contexts) {
     });
   });
 
+  if (process.env.CHATCTL_E2E_FAULT) await acrossAFault(ann, bob);
+
   await step("no page opened a dialog or threw", async () => {
     if (dialogs.length) throw new Error(`dialogs opened: ${JSON.stringify(dialogs)}`);
     if (pageErrors.length) throw new Error(`page errors: ${JSON.stringify(pageErrors)}`);
+  });
+}
+
+/**
+ * ann and bob across a fault the test makes (a reload of every worker): both pages reconnect,
+ * recovered, and miss or repeat nothing.
+ */
+async function acrossAFault(ann, bob) {
+  const before = {};
+  for (const page of [ann, bob]) {
+    before[page.label] = await messageLines(page);
+    // Every status the page shows from now on.
+    await page.evaluate(() => {
+      window.statusSeen = [];
+      const status = document.querySelector("#status");
+      new MutationObserver(() => window.statusSeen.push(status.textContent)).observe(status, {
+        childList: true,
+        characterData: true,
+        subtree: true,
+      });
+    });
+  }
+  console.log("fault: now");
+  await new Promise((resolve) => process.stdin.once("data", resolve));
+  process.stdin.pause();
+  await step("ann and bob reconnect after the fault", async () => {
+    for (const page of [ann, bob]) {
+      await page
+        .waitForFunction(
+          () => window.statusSeen.includes("reconnecting…") && window.statusSeen.at(-1) === "connected",
+          null,
+          { timeout: WAIT_MS },
+        )
+        .catch(async () => {
+          const seen = await page.evaluate(() => window.statusSeen);
+          throw new Error(`${page.label}: the status went ${JSON.stringify(seen)}`);
+        });
+    }
+  });
+  await step("a line said after the fault reaches bob once", async () => {
+    await send(ann, "after the fault");
+    await waitForLine(bob, "userMessage", "ann", "after the fault");
+    await waitForLine(ann, "myMessage", "ann", "after the fault");
+  });
+  await step("the pages are as before the fault, plus that line", async () => {
+    for (const page of [ann, bob]) {
+      const lines = await messageLines(page);
+      const added = lines.slice(before[page.label].length);
+      const kept = lines.slice(0, before[page.label].length);
+      if (JSON.stringify(kept) !== JSON.stringify(before[page.label]) || added.length !== 1 ||
+          !added[0].endsWith("| after the fault")) {
+        throw new Error(`${page.label}: #messages went from ${JSON.stringify(before[page.label])} to ${JSON.stringify(lines)}`);
+      }
+      await waitForUsers(page, ["ann", "bob"]);
+    }
   });
 }
 
