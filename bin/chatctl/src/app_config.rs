@@ -81,6 +81,8 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "watch_ignore" => app.watch.ignore.clone_from(&flags.watch.ignore),
         "watch_delay" => app.watch.delay = flags.watch.delay,
         "cron_restart" => app.cron_restart.clone_from(&flags.cron_restart),
+        "admin" => app.admin.listen = flags.admin.listen,
+        "admin_token_file" => app.admin.token_file.clone_from(&flags.admin.token_file),
         "peek_timeout" => app.peek_timeout = flags.peek_timeout,
         "handoff_timeout" => app.handoff_timeout = flags.handoff_timeout,
         "ipc_max_line" => app.ipc_max_line = flags.ipc_max_line,
@@ -243,6 +245,10 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
             delay: args.watch_delay,
         },
         cron_restart: args.cron_restart.clone(),
+        admin: supervisor::AdminConfig {
+            listen: args.admin,
+            token_file: args.admin_token_file.clone(),
+        },
         cwd,
         ..defaults
     }

@@ -350,6 +350,8 @@ async fn until_drain(
     drops: Arc<Drops>,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
+    let io = server.io().clone();
+    link.report_stats(move || worker_stats(&io));
     link.ready(move || engine.session_count() as u64, drops);
     tokio::select! {
         drain = drain => match drain {
@@ -394,6 +396,31 @@ fn serve_private_socket(
         }
     });
     Ok(())
+}
+
+/// What this worker reports about its clients with each pong (the master's `--admin` metrics).
+fn worker_stats(io: &socketio::SocketIo) -> supervisor::worker_stats::WorkerStats {
+    let counts = engineio::packet_counts();
+    let (polling, websocket) = io.engine().sessions_by_transport();
+    supervisor::worker_stats::WorkerStats {
+        packets_in: counts.received,
+        packets_out: counts.sent,
+        sessions: [
+            ("polling".to_owned(), polling as u64),
+            ("websocket".to_owned(), websocket as u64),
+        ]
+        .into(),
+        sockets: io
+            .namespaces()
+            .iter()
+            .map(|ns| (ns.path().to_owned(), ns.socket_count() as u64))
+            .collect(),
+        handshakes_refused: [
+            ("pending_limit".to_owned(), counts.refused_pending),
+            ("max_sessions".to_owned(), counts.refused_full),
+        ]
+        .into(),
+    }
 }
 
 #[cfg(test)]

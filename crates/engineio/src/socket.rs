@@ -285,7 +285,10 @@ impl<D> Socket<D> {
             return Err(SendError::Closed);
         }
         match self.queue.push(frame) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::counters::sent();
+                Ok(())
+            }
             Err(_) => {
                 self.close(DisconnectReason::SlowClient);
                 Err(SendError::Full)
@@ -296,7 +299,11 @@ impl<D> Socket<D> {
     /// Queues a frame the client may miss (volatile): dropped, not fatal, when the queue is
     /// full. Returns whether it was queued.
     pub fn send_volatile(&self, frame: Frame) -> bool {
-        !self.is_closed() && self.queue.push(frame).is_ok()
+        let queued = !self.is_closed() && self.queue.push(frame).is_ok();
+        if queued {
+            crate::counters::sent();
+        }
+        queued
     }
 
     /// Ends the session. Idempotent: the first reason wins. Frames already queued are still

@@ -128,6 +128,11 @@ impl Namespace {
             .unwrap_or_default()
     }
 
+    /// How many sockets of this process are connected.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.read().map(|s| s.len()).unwrap_or(0)
+    }
+
     /// Rooms with local members, and how many.
     pub fn rooms(&self) -> Vec<(Room, usize)> {
         self.adapter.rooms()

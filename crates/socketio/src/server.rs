@@ -89,6 +89,15 @@ impl SocketIo {
         self.dispatcher().namespaces.read().ok()?.get(path).cloned()
     }
 
+    /// Every namespace that exists now, for the counts a supervisor exports.
+    pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.dispatcher()
+            .namespaces
+            .read()
+            .map(|namespaces| namespaces.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The Engine.IO layer, for HTTP routing and session counts.
     pub fn engine(&self) -> &Arc<Engine<Dispatcher>> {
         &self.engine

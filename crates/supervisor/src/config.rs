@@ -158,6 +158,20 @@ pub struct AppConfig {
     /// Rolling reload on a schedule: a cron expression, 5 fields or 6 with seconds first
     /// (PM2's `cron_restart`), in UTC.
     pub cron_restart: Option<String>,
+    /// Prometheus metrics and the live dashboard (`--admin`).
+    pub admin: AdminConfig,
+}
+
+/// The master's admin address: `/metrics` (Prometheus) and the dashboard at `/`, on an
+/// address of its own, never the public one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where to serve them; `None`: nowhere.
+    pub listen: Option<SocketAddr>,
+    /// The file holding the bearer token (read by the master, never passed in argv or the
+    /// environment); default: `admin-token` in the app's directory, made on first start.
+    pub token_file: Option<PathBuf>,
 }
 
 /// When and how fast crashed workers come back.
@@ -245,6 +259,7 @@ impl Default for AppConfig {
             spare: 0,
             watch: WatchConfig::default(),
             cron_restart: None,
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -407,6 +422,17 @@ impl AppConfig {
             && !(self.capabilities().takes_handoff && self.scheduling == Scheduling::Sticky)
         {
             return bad("--spare needs connections handed out by the master (the chat with sticky scheduling): a program sharing the listening socket would take connections while it waits as a spare".into());
+        }
+        if let Some(admin) = self.admin.listen {
+            let same_ip = admin.ip() == self.listen.ip()
+                || admin.ip().is_unspecified()
+                || self.listen.ip().is_unspecified();
+            if !self.no_listen && admin.port() == self.listen.port() && same_ip {
+                return bad(format!(
+                    "--admin {admin} is the public address (--listen {}): give the admin address a port of its own, e.g. --admin 127.0.0.1:9300",
+                    self.listen
+                ));
+            }
         }
         crate::triggers::check(
             &self.watch,

@@ -260,6 +260,17 @@ pub struct AppArgs {
     /// with seconds first (PM2's cron_restart).
     #[arg(long, alias = "cron", value_name = "EXPR")]
     pub cron_restart: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) and a live dashboard (`/`) on this address of
+    /// the master's own, e.g. 127.0.0.1:9300 (never the --listen one). On loopback, reading
+    /// needs no token; anywhere else it needs `Authorization: Bearer TOKEN`; the dashboard's
+    /// buttons always do. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
+    /// The file holding the admin token (first line, at least 16 characters, mode 0600).
+    /// Default: `admin-token` in the app's directory ($CHATCTL_HOME/apps/NAME), made on the
+    /// first start with --admin.
+    #[arg(long, value_name = "PATH", requires = "admin")]
+    pub admin_token_file: Option<PathBuf>,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,

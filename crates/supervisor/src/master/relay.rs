@@ -52,6 +52,7 @@ impl Inner {
                         seq,
                         connections,
                         dropped,
+                        stats,
                     } => {
                         let mut state = self.lock();
                         // A pong for a ping not sent yet would vouch for probes to come.
@@ -61,6 +62,7 @@ impl Inner {
                             proc.last_pong = proc.last_pong.max(seq);
                             proc.connections = connections;
                             proc.reported_drops = dropped;
+                            proc.stats = stats.bounded();
                             proc.handed = 0;
                         }
                         drop(state);

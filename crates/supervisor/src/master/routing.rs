@@ -27,24 +27,11 @@ impl Inner {
                 return;
             }
         };
-        let peeking = Arc::new(tokio::sync::Semaphore::new(MAX_PEEKING));
-        loop {
-            let Ok(permit) = peeking.clone().acquire_owned().await else {
-                return;
-            };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    sticky::listen::after_accept_error(&error).await;
-                    continue;
-                }
-            };
+        sticky::listen::accept_bounded(&listener, MAX_PEEKING, |stream| {
             let inner = self.clone();
-            tokio::spawn(async move {
-                inner.dispatch(stream).await;
-                drop(permit);
-            });
-        }
+            async move { inner.dispatch(stream).await }
+        })
+        .await;
     }
 
     /// Reads the request line of one connection without consuming it and hands the

@@ -29,6 +29,8 @@ pub(in crate::master) struct Proc {
     /// What the worker itself reported dropping, with its last pong.
     pub(in crate::master) reported_drops: BTreeMap<String, u64>,
     pub(in crate::master) connections: u64,
+    /// What it counted about its clients, with its last pong (for `--admin`).
+    pub(in crate::master) stats: crate::worker_stats::WorkerStats,
     pub(in crate::master) cpu: CpuSampler,
     pub(in crate::master) memory: u64,
     pub(in crate::master) misses: u32,
@@ -69,6 +71,7 @@ impl Proc {
             drops: Drops::new(config.drop_log_interval),
             reported_drops: BTreeMap::new(),
             connections: 0,
+            stats: Default::default(),
             cpu: CpuSampler::default(),
             memory: 0,
             misses: 0,
