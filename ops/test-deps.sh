@@ -17,6 +17,9 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-ve
 # redis_cluster.rs joins three of them with redis-cli --cluster create (Redis 7).
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
+# bin/chatctl/tests/metrics.rs has a real Prometheus scrape the admin address, and checks
+# its exposition with promtool (both in Debian's prometheus).
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 # bin/chatctl/tests/lifecycle.rs checks the unit of `chatctl startup` with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 if [ ${#apt_packages[@]} -gt 0 ]; then

@@ -140,8 +140,11 @@ function drawChart(canvas, value) {
   ctx.stroke();
   ctx.fillText(max.toFixed(max < 10 ? 1 : 0), 2, 12);
   ctx.fillText("0", 2, h - pad + 5);
-  const t0 = samples.length ? samples[samples.length - 1].t - HISTORY_MS : 0;
-  const x = (t) => pad + ((t - t0) / HISTORY_MS) * (w - pad - 5);
+  // The time axis spans the samples kept (up to five minutes), at least ten seconds.
+  const last = samples.length ? samples[samples.length - 1].t : 0;
+  const span = Math.max(10_000, samples.length ? last - samples[0].t : 0);
+  const t0 = last - span;
+  const x = (t) => pad + ((t - t0) / span) * (w - pad - 5);
   const y = (v) => h - pad + 5 - (v / max) * (h - pad);
   let points = 0;
   series.forEach((s) => {
@@ -157,7 +160,7 @@ function drawChart(canvas, value) {
     });
     ctx.stroke();
     ctx.fillStyle = ctx.strokeStyle;
-    ctx.fillText("worker " + s.id, w - 70, 14 + 12 * Number(s.id % 8));
+    ctx.fillText("worker " + s.id, pad + 8 + 62 * (Number(s.id) % 8), h - 4);
   });
   canvas.dataset.points = String(points);
   canvas.dataset.max = String(max);
@@ -199,6 +202,8 @@ function showEvent(event) {
   }
   const list = $("events");
   list.insertBefore(item, list.firstChild);
+  // The newest log line (the event's own) is the last: show the end of the box.
+  item.querySelectorAll("pre").forEach((pre) => { pre.scrollTop = pre.scrollHeight; });
   while (list.children.length > 100) list.removeChild(list.lastChild);
 }
 
