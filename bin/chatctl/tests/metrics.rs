@@ -132,6 +132,34 @@ fn prometheus_scrapes_every_workers_connections_packets_and_crashes() {
     );
     app.wait_listed("the killed worker back", |a| all_online(a, 2));
 
+    // Every query of ops/grafana's dashboard is PromQL this Prometheus runs, over these
+    // metrics (Grafana's variables given the values it would give).
+    let workspace = testkit::clients::workspace_root();
+    let dashboard = std::fs::read_to_string(workspace.join("ops/grafana/chatctl.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for target in panels.iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+        let expr = target["expr"].as_str().expect("an expr");
+        let promql = expr.replace("$app", ".+").replace("$__rate_interval", "1m");
+        if let Err(error) = prometheus.try_query(&promql) {
+            panic!("the Grafana query {expr} fails: {error}");
+        }
+    }
+    let connections = "sum by (app) (chatctl_connections{app=~\".+\"})";
+    assert!(!prometheus.query(connections).is_empty());
+    // ... and ops/prometheus's configuration is one Prometheus accepts.
+    let config = workspace.join("ops/prometheus/prometheus.yml");
+    let checked = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .expect("promtool");
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+
     chatting.stop_chatting();
 }
 

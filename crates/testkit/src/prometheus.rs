@@ -87,16 +87,23 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
-    /// The series of an instant query (`/api/v1/query`); empty until the first scrapes.
+    /// The series of an instant query (`/api/v1/query`); empty until the first scrapes, or
+    /// when Prometheus cannot answer.
     pub fn query(&self, promql: &str) -> Vec<Sample> {
+        self.try_query(promql).unwrap_or_default()
+    }
+
+    /// Like [`Prometheus::query`], with the reason when Prometheus refuses the query (a
+    /// PromQL error) or cannot be asked.
+    pub fn try_query(&self, promql: &str) -> Result<Vec<Sample>, String> {
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let Ok((200, body)) = self.get(&path) else {
-            return Vec::new();
-        };
-        let Ok(answer) = serde_json::from_str::<Value>(&body) else {
-            return Vec::new();
-        };
-        answer["data"]["result"]
+        let (status, body) = self.get(&path).map_err(|e| e.to_string())?;
+        let answer: Value = serde_json::from_str(&body)
+            .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
+        if answer["status"] != "success" {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        Ok(answer["data"]["result"]
             .as_array()
             .map(|series| {
                 series
@@ -109,7 +116,7 @@ impl Prometheus {
                     })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// The scrape targets' health as Prometheus sees it (`up`, `down`, `unknown`), with the
