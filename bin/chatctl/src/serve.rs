@@ -93,6 +93,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let mut config = config;
         config.secret = cookie_key(&args, redis.as_deref()).await?;
         let mut redis_parts = None;
+        // Its state goes with the worker's counts to the master (`--admin` metrics).
+        let redis_link = redis.clone();
         let store: Arc<dyn chat::Store> = match (redis, &link) {
             (Some(redis), _) => {
                 let redis_bus = coord::RedisBus::new(redis.clone());
@@ -150,7 +152,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     link.clone(),
                     events.messages,
                 ));
-                until_drain(link, events.drain, server.clone(), drops).boxed()
+                until_drain(link, events.drain, server.clone(), drops, redis_link).boxed()
             }
             None => async {
                 shutdown_signal().await;
@@ -348,10 +350,11 @@ async fn until_drain(
     drain: tokio::sync::oneshot::Receiver<std::time::Duration>,
     server: ChatServer,
     drops: Arc<Drops>,
+    redis: Option<Arc<coord::RedisLink>>,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
     let io = server.io().clone();
-    link.report_stats(move || worker_stats(&io));
+    link.report_stats(move || worker_stats(&io, redis.as_deref()));
     link.ready(move || engine.session_count() as u64, drops);
     tokio::select! {
         drain = drain => match drain {
@@ -399,8 +402,13 @@ fn serve_private_socket(
 }
 
 /// What this worker reports about its clients with each pong (the master's `--admin` metrics).
-fn worker_stats(io: &socketio::SocketIo) -> supervisor::worker_stats::WorkerStats {
+fn worker_stats(
+    io: &socketio::SocketIo,
+    redis: Option<&coord::RedisLink>,
+) -> supervisor::worker_stats::WorkerStats {
     let counts = engineio::packet_counts();
+    let broadcasts = socketio::broadcast_counts();
+    let (redis_connected, redis_errors) = redis.map_or((None, 0), |r| r.connection_state());
     let (polling, websocket) = io.engine().sessions_by_transport();
     supervisor::worker_stats::WorkerStats {
         packets_in: counts.received,
@@ -420,6 +428,10 @@ fn worker_stats(io: &socketio::SocketIo) -> supervisor::worker_stats::WorkerStat
             ("max_sessions".to_owned(), counts.refused_full),
         ]
         .into(),
+        broadcasts: broadcasts.broadcasts,
+        deliveries: broadcasts.deliveries,
+        redis_connected,
+        redis_errors,
     }
 }
 

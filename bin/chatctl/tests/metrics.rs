@@ -104,6 +104,40 @@ fn prometheus_scrapes_every_workers_connections_packets_and_crashes() {
         |w, v| v > sent[w],
     );
     wait_for_workers(&prometheus, "chatctl_up", &workers, |_, v| v == 1.0);
+    // The users' lines are broadcasts to their room, delivered to sockets on the workers; the
+    // master handed every connection over.
+    let app_wide = [""];
+    let total = |metric: &str| format!("sum({metric})");
+    let broadcasts = wait_for_workers(
+        &prometheus,
+        &total("chatctl_broadcasts_total"),
+        &app_wide,
+        |_, v| v > 0.0,
+    );
+    wait_for_workers(
+        &prometheus,
+        &total("chatctl_broadcasts_total"),
+        &app_wide,
+        |w, v| v > broadcasts[w],
+    );
+    wait_for_workers(
+        &prometheus,
+        &total("chatctl_deliveries_total"),
+        &app_wide,
+        |_, v| v > 0.0,
+    );
+    wait_for_workers(
+        &prometheus,
+        "chatctl_handoffs_total{outcome=\"handed\"}",
+        &app_wide,
+        |_, v| v >= 8.0,
+    );
+    wait_for_workers(
+        &prometheus,
+        "chatctl_dispatch_duration_seconds_count",
+        &app_wide,
+        |_, v| v >= 8.0,
+    );
     let sockets = prometheus.query("chatctl_socketio_sockets{namespace=\"/chat_com\"}");
     assert!(
         sockets.iter().map(|s| s.value).sum::<f64>() > 0.0,
@@ -127,7 +161,7 @@ fn prometheus_scrapes_every_workers_connections_packets_and_crashes() {
     wait_for_workers(
         &prometheus,
         "chatctl_restart_duration_seconds_count{cause=\"crash\"}",
-        &[""],
+        &app_wide,
         |_, v| v >= 1.0,
     );
     app.wait_listed("the killed worker back", |a| all_online(a, 2));
@@ -254,4 +288,45 @@ fn an_admin_address_off_loopback_needs_the_token_to_read() {
     let (status, body) = support::http_get(port, "/metrics").unwrap();
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("Authorization: Bearer"), "{body}");
+}
+
+#[test]
+fn a_workers_redis_connection_and_its_failures_are_exported() {
+    let mut redis = testkit::redis::RedisServer::start();
+    let app = App::new("admin-redis");
+    let admin_port = testkit::port();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let url = redis.url();
+    let flags = [
+        "-i",
+        "1",
+        "--admin",
+        &admin,
+        "--redis",
+        &url,
+        "--health-interval",
+        "300ms",
+    ];
+    app.start_ok(&flags, &[]);
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        let prefix = format!("{name}{{app=\"admin-redis\",worker=\"0\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.parse().ok())
+    };
+    let scrape = || {
+        support::http_get(admin_port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    support::wait_until("redis_connected 1", || {
+        metric(&scrape(), "chatctl_redis_connected") == Some(1.0)
+    });
+    assert_eq!(metric(&scrape(), "chatctl_redis_errors_total"), Some(0.0));
+    redis.kill();
+    support::wait_until("redis_connected 0 with errors counted", || {
+        let text = scrape();
+        metric(&text, "chatctl_redis_connected") == Some(0.0)
+            && metric(&text, "chatctl_redis_errors_total").is_some_and(|n| n >= 1.0)
+    });
 }

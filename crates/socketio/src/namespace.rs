@@ -209,10 +209,12 @@ impl Namespace {
         let Ok(sockets) = self.sockets.read() else {
             return;
         };
+        let mut reached = 0;
         for sid in sids {
             let Some(socket) = sockets.get(sid) else {
                 continue;
             };
+            reached += 1;
             for frame in frames {
                 let sent = if volatile {
                     socket.conn.send_volatile(frame.clone())
@@ -224,6 +226,7 @@ impl Namespace {
                 }
             }
         }
+        crate::counters::delivered(reached);
     }
 }
 

@@ -24,6 +24,14 @@ pub struct WorkerStats {
     pub sockets: BTreeMap<String, u64>,
     /// Handshakes refused, by reason (`pending_limit`, `max_sessions`).
     pub handshakes_refused: BTreeMap<String, u64>,
+    /// Broadcasts its handlers emitted.
+    pub broadcasts: u64,
+    /// Its sockets a broadcast reached (its own broadcasts and those of other workers).
+    pub deliveries: u64,
+    /// Whether its Redis connection works; `None` without Redis, or before the first command.
+    pub redis_connected: Option<bool>,
+    /// Its Redis commands that failed for an outage.
+    pub redis_errors: u64,
 }
 
 impl WorkerStats {

@@ -81,6 +81,17 @@ impl RedisLink {
         &self.config
     }
 
+    /// Whether the command connection works (`None` before its first command), and how many
+    /// of its commands failed for an outage so far: for the master's metrics.
+    pub fn connection_state(&self) -> (Option<bool>, u64) {
+        let state = match self.health.state.load(Ordering::Acquire) {
+            UP => Some(true),
+            DOWN => Some(false),
+            _ => None,
+        };
+        (state, self.health.errors.load(Ordering::Relaxed))
+    }
+
     /// What this worker's bus and store dropped, by cause: `redis_publish_queue_full`,
     /// `redis_publish_failed`, `history_queue_full`, `history_write_failed`.
     pub fn drops(&self) -> &Arc<Drops> {
@@ -310,6 +321,8 @@ pub(super) struct Health {
     what: &'static str,
     /// [`UNKNOWN`], [`UP`] or [`DOWN`].
     state: AtomicU8,
+    /// Failures seen, for the master's metrics (`redis_errors`).
+    errors: AtomicU64,
 }
 
 const UNKNOWN: u8 = 0;
@@ -321,6 +334,7 @@ impl Health {
         Health {
             what,
             state: AtomicU8::new(UNKNOWN),
+            errors: AtomicU64::new(0),
         }
     }
 
@@ -345,6 +359,7 @@ impl Health {
     }
 
     pub(super) fn down(&self, error: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
         if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             tracing::warn!(
                 connection = self.what,

@@ -38,6 +38,11 @@ impl MetricConstructor<Histogram> for DurationBuckets {
     }
 }
 
+/// Makes the dispatch histogram: 50 µs to about 1.6 s.
+pub fn dispatch_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
 /// One thing that happened to a worker, for the dashboard's list.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminEvent {
@@ -83,6 +88,13 @@ pub struct Observer {
     pub restarts: Family<Labels, Counter>,
     pub reload_seconds: Family<Labels, Histogram, DurationBuckets>,
     pub restart_seconds: Family<Labels, Histogram, DurationBuckets>,
+    /// Sticky scheduling: connections handed to a worker, and refused (every worker gone
+    /// or full); plain counters, as they are counted on the master's hottest path.
+    pub handed_off: Counter,
+    pub refused: Counter,
+    /// From accepting a connection to handing it off (the client's time to send its request
+    /// line included).
+    pub dispatch_seconds: Histogram,
     recent: Arc<Mutex<VecDeque<AdminEvent>>>,
     pub feed: broadcast::Sender<AdminEvent>,
     /// Processes killed for missing probes: their exit is a `health` restart, not a crash.
@@ -107,6 +119,9 @@ impl Observer {
             restarts: Family::default(),
             reload_seconds: Family::new_with_constructor(DurationBuckets),
             restart_seconds: Family::new_with_constructor(DurationBuckets),
+            handed_off: Counter::default(),
+            refused: Counter::default(),
+            dispatch_seconds: dispatch_buckets(),
             recent: Arc::new(Mutex::new(VecDeque::new())),
             feed: broadcast::channel(RECENT_EVENTS).0,
             health_killed: Mutex::new(HashSet::new()),
@@ -233,6 +248,13 @@ impl Observer {
                 }
             }
         }
+    }
+
+    /// A connection accepted at `accepted` was handed to a worker.
+    pub fn dispatched(&self, accepted: Instant) {
+        self.handed_off.inc();
+        self.dispatch_seconds
+            .observe(accepted.elapsed().as_secs_f64());
     }
 
     /// One worker was replaced by a reload (`cause` `reload`) or restarted by `chatctl

@@ -42,6 +42,10 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
     let packets_out = Counters::default();
     let refused = Counters::default();
     let dropped = Counters::default();
+    let broadcasts = Counters::default();
+    let deliveries = Counters::default();
+    let redis_connected = IntGauges::default();
+    let redis_errors = Counters::default();
     let master_uptime = Gauges::default();
     let app = label_value(&snapshot.status.name);
     master_uptime
@@ -84,6 +88,16 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
             refused
                 .get_or_create(&with("reason", reason))
                 .inc_by(*count);
+        }
+        broadcasts.get_or_create(&labels).inc_by(stats.broadcasts);
+        deliveries.get_or_create(&labels).inc_by(stats.deliveries);
+        if let Some(connected) = stats.redis_connected {
+            redis_connected
+                .get_or_create(&labels)
+                .set(i64::from(connected));
+            redis_errors
+                .get_or_create(&labels)
+                .inc_by(stats.redis_errors);
         }
         for (cause, count) in &worker.dropped {
             dropped.get_or_create(&with("cause", cause)).inc_by(*count);
@@ -148,6 +162,26 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
         refused,
     );
     registry.register(
+        "broadcasts",
+        "Socket.IO broadcasts emitted by the worker's current process",
+        broadcasts,
+    );
+    registry.register(
+        "deliveries",
+        "Sockets of the worker's current process that a broadcast (its own or another worker's) reached",
+        deliveries,
+    );
+    registry.register(
+        "redis_connected",
+        "1 while the worker's Redis connection works (workers with --redis only)",
+        redis_connected,
+    );
+    registry.register(
+        "redis_errors",
+        "Redis commands of the worker's current process that failed for an outage",
+        redis_errors,
+    );
+    registry.register(
         "dropped_messages",
         "Messages lost by or for the worker's current process, by cause",
         dropped,
@@ -170,6 +204,27 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
         Unit::Seconds,
         master_uptime,
     );
+    let handoffs = Counters::default();
+    let outcome = |name: &str| vec![("app".into(), app.clone()), ("outcome".into(), name.into())];
+    handoffs
+        .get_or_create(&outcome("handed"))
+        .inc_by(observer.handed_off.get());
+    handoffs
+        .get_or_create(&outcome("refused"))
+        .inc_by(observer.refused.get());
+    registry.register(
+        "handoffs",
+        "Connections the master accepted and handed to a worker, or refused with 503 (sticky scheduling)",
+        handoffs,
+    );
+    registry
+        .sub_registry_with_label(("app".into(), app.clone().into()))
+        .register_with_unit(
+            "dispatch_duration",
+            "From the master accepting a connection to handing it to a worker, the client's time to send its request line included (sticky scheduling)",
+            Unit::Seconds,
+            observer.dispatch_seconds.clone(),
+        );
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut text, &registry);
@@ -255,6 +310,10 @@ mod tests {
                 sessions: [("websocket".to_owned(), 5)].into(),
                 sockets: [("/chat \"com\"\\\n".to_owned(), 4)].into(),
                 handshakes_refused: [("max_sessions".to_owned(), 1)].into(),
+                broadcasts: 3,
+                deliveries: 9,
+                redis_connected: (id == 1).then_some(false),
+                redis_errors: 2,
             },
             restarts_by_cause: [("crash", 0), ("reload", 0)].into(),
         };
@@ -289,6 +348,10 @@ mod tests {
             r#"chatctl_dropped_messages_total{app="chat",worker="0",cause="relay_queue_full"} 3"#,
             r#"chatctl_handshakes_refused_total{app="chat",worker="0",reason="max_sessions"} 1"#,
             r#"chatctl_restarts_total{app="chat",worker="1",cause="crash"} 0"#,
+            r#"chatctl_broadcasts_total{app="chat",worker="0"} 3"#,
+            r#"chatctl_deliveries_total{app="chat",worker="1"} 9"#,
+            r#"chatctl_redis_connected{app="chat",worker="1"} 0"#,
+            r#"chatctl_redis_errors_total{app="chat",worker="1"} 2"#,
             "# TYPE chatctl_restarts counter",
             "# UNIT chatctl_uptime_seconds seconds",
         ] {
@@ -299,6 +362,8 @@ mod tests {
             text.contains(r#"namespace="/chat \"com\"\\\n"} 4"#),
             "{text}"
         );
+        // A worker without Redis has no Redis series.
+        assert!(!text.contains(r#"chatctl_redis_connected{app="chat",worker="0"}"#));
         assert!(text.ends_with("# EOF\n"));
     }
 
