@@ -31,13 +31,16 @@ pub enum Refusal {
     CrossOrigin,
     /// An action by another method than POST (405).
     NotPost,
+    /// On loopback, a `Host` that is not a loopback name (403): a page of another site
+    /// that rebound its own name to 127.0.0.1 (DNS rebinding) gets nothing.
+    ForeignHost,
 }
 
 impl Refusal {
     pub fn status(&self) -> http::StatusCode {
         match self {
             Refusal::NoToken | Refusal::WrongToken => http::StatusCode::UNAUTHORIZED,
-            Refusal::CrossOrigin => http::StatusCode::FORBIDDEN,
+            Refusal::CrossOrigin | Refusal::ForeignHost => http::StatusCode::FORBIDDEN,
             Refusal::NotPost => http::StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -48,6 +51,7 @@ impl Refusal {
             Refusal::WrongToken => "wrong admin token: use the one in the app's admin-token file (or the one --admin-token-file names)",
             Refusal::CrossOrigin => "actions are accepted from the dashboard's own origin only",
             Refusal::NotPost => "actions take POST",
+            Refusal::ForeignHost => "on loopback the admin address answers requests for 127.0.0.1, [::1] or localhost only",
         }
     }
 }
@@ -63,9 +67,36 @@ impl Access {
     /// A read (`GET /metrics`, the page, its feed): free on loopback, else the token.
     pub fn check_read(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if self.loopback {
-            return Ok(());
+            return self.check_host(headers);
         }
         self.check_token(headers)
+    }
+
+    /// On loopback, the request must be for a loopback name: a browser sends the name of the
+    /// page's site, and a site whose name now resolves to 127.0.0.1 is not this address.
+    fn check_host(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        if !self.loopback {
+            return Ok(());
+        }
+        let Some(host) = headers.get(http::header::HOST) else {
+            // Not a browser's request: HTTP/1.1 browsers always send one.
+            return Ok(());
+        };
+        let host = host.to_str().map_err(|_| Refusal::ForeignHost)?;
+        // `name:port`, `[v6]:port`, or either without a port.
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            Ok(())
+        } else {
+            Err(Refusal::ForeignHost)
+        }
     }
 
     /// An action: POST, from the page's own origin, with the token.
@@ -76,6 +107,7 @@ impl Access {
         if !same_origin(headers) {
             return Err(Refusal::CrossOrigin);
         }
+        self.check_host(headers)?;
         self.check_token(headers)
     }
 
@@ -189,6 +221,53 @@ mod tests {
         assert_eq!(public.check_read(&basic), Err(Refusal::NoToken));
         let right = headers(&[("authorization", &format!("Bearer {TOKEN}"))]);
         assert_eq!(public.check_read(&right), Ok(()));
+    }
+
+    #[test]
+    fn on_loopback_a_request_for_another_name_is_refused() {
+        let access = bound("127.0.0.1");
+        for host in [
+            "127.0.0.1:9300",
+            "localhost:9300",
+            "[::1]:9300",
+            "127.0.0.2",
+            "LOCALHOST",
+        ] {
+            assert_eq!(
+                access.check_read(&headers(&[("host", host)])),
+                Ok(()),
+                "{host}"
+            );
+        }
+        for host in [
+            "evil.example:9300",
+            "evil.example",
+            "10.0.0.1:9300",
+            "[2001:db8::1]:9300",
+        ] {
+            assert_eq!(
+                access.check_read(&headers(&[("host", host)])),
+                Err(Refusal::ForeignHost),
+                "{host}"
+            );
+        }
+        // A rebound name cannot act either, even with the token.
+        let rebound = headers(&[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("host", "evil.example:9300"),
+            ("origin", "http://evil.example:9300"),
+        ]);
+        assert_eq!(
+            access.check_action(&Method::POST, &rebound),
+            Err(Refusal::ForeignHost)
+        );
+        // Off loopback the name is the operator's business (a proxy, a DNS name).
+        let public = bound("0.0.0.0");
+        let named = headers(&[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("host", "admin.example:9300"),
+        ]);
+        assert_eq!(public.check_read(&named), Ok(()));
     }
 
     #[test]
