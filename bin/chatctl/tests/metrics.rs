@@ -330,3 +330,21 @@ fn a_workers_redis_connection_and_its_failures_are_exported() {
             && metric(&text, "chatctl_redis_errors_total").is_some_and(|n| n >= 1.0)
     });
 }
+
+#[test]
+fn admin_flags_that_cannot_work_are_refused_in_one_line() {
+    let app = App::new("admin-flags");
+    let public = app.listen();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--admin", &public], "is the public address"),
+        (&["--admin-token-file", "/tmp/token"], "needs --admin ADDR"),
+        (&["--admin", "nonsense"], "invalid value 'nonsense'"),
+    ];
+    for (flags, said) in cases {
+        let output = app.start(flags, &[]);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        let lines = support::stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "{flags:?}: {lines:?}");
+        assert!(lines[0].contains(said), "{flags:?}: {lines:?}");
+    }
+}

@@ -423,6 +423,9 @@ impl AppConfig {
         {
             return bad("--spare needs connections handed out by the master (the chat with sticky scheduling): a program sharing the listening socket would take connections while it waits as a spare".into());
         }
+        if self.admin.token_file.is_some() && self.admin.listen.is_none() {
+            return bad("--admin-token-file needs --admin ADDR (the address it guards)".into());
+        }
         if let Some(admin) = self.admin.listen {
             let same_ip = admin.ip() == self.listen.ip()
                 || admin.ip().is_unspecified()

@@ -269,7 +269,7 @@ pub struct AppArgs {
     /// The file holding the admin token (first line, at least 16 characters, mode 0600).
     /// Default: `admin-token` in the app's directory ($CHATCTL_HOME/apps/NAME), made on the
     /// first start with --admin.
-    #[arg(long, value_name = "PATH", requires = "admin")]
+    #[arg(long, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]

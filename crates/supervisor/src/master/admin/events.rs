@@ -316,9 +316,11 @@ impl Observer {
         });
     }
 
-    /// The recent events, oldest first.
-    pub fn recent(&self) -> Vec<AdminEvent> {
-        locked(&self.recent).iter().cloned().collect()
+    /// The recent events (oldest first) and a receiver of the next ones, taken together so that an event
+    /// is in one or the other, never in both or neither.
+    pub fn follow(&self) -> (Vec<AdminEvent>, broadcast::Receiver<AdminEvent>) {
+        let recent = locked(&self.recent);
+        (recent.iter().cloned().collect(), self.feed.subscribe())
     }
 }
 
@@ -330,13 +332,12 @@ struct Recent {
 
 impl Recent {
     fn push(&self, event: AdminEvent) {
-        {
-            let mut list = locked(&self.list);
-            if list.len() == RECENT_EVENTS {
-                list.pop_front();
-            }
-            list.push_back(event.clone());
+        // Under the list's lock: see `Observer::follow`.
+        let mut list = locked(&self.list);
+        if list.len() == RECENT_EVENTS {
+            list.pop_front();
         }
+        list.push_back(event.clone());
         let _ = self.feed.send(event);
     }
 }
@@ -477,6 +478,6 @@ pub(super) mod tests {
             "{:?}",
             event.lines
         );
-        assert_eq!(observer.recent().len(), 1);
+        assert_eq!(observer.follow().0.len(), 1);
     }
 }

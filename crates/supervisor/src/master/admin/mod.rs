@@ -163,8 +163,7 @@ impl Admin {
                 "too many dashboards open at once; close one",
             );
         };
-        let events = self.inner.observer.feed.subscribe();
-        let recent = self.inner.observer.recent();
+        let (recent, events) = self.inner.observer.follow();
         let first = sse("recent", &recent);
         let state = (
             self.clone(),

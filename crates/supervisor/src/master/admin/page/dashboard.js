@@ -103,7 +103,9 @@ function showWorkers(snapshot) {
     cell(row, "").appendChild(sparkline(history.map((h) => h.memory), color));
     body.appendChild(row);
   });
-  $("instances").placeholder = String(snapshot.workers.length);
+  // The number to scale to starts as the app's own, until the operator types another.
+  const instances = $("instances");
+  if (!instances.dataset.edited) instances.value = String(snapshot.workers.length);
 }
 
 function record(snapshot) {
@@ -286,7 +288,13 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.setItem("chatctl-admin-token", token);
   });
   $("reload").addEventListener("click", () => act("/api/reload"));
-  $("restart").addEventListener("click", () => act("/api/restart"));
+  $("restart").addEventListener("click", () => {
+    // Unlike a reload, a restart leaves each worker's place empty for a moment.
+    if (confirm("Restart stops each worker before starting it again (clients reconnect). Restart?")) {
+      act("/api/restart");
+    }
+  });
+  $("instances").addEventListener("input", () => { $("instances").dataset.edited = "1"; });
   $("scale").addEventListener("click", () => {
     const n = Number($("instances").value);
     act("/api/scale?instances=" + encodeURIComponent(String(n)));
