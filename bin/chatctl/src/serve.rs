@@ -409,6 +409,7 @@ fn worker_stats(
     let counts = engineio::packet_counts();
     let broadcasts = socketio::broadcast_counts();
     let (redis_connected, redis_errors) = redis.map_or((None, 0), |r| r.connection_state());
+    let namespaces = io.namespaces();
     let (polling, websocket) = io.engine().sessions_by_transport();
     supervisor::worker_stats::WorkerStats {
         packets_in: counts.received,
@@ -418,10 +419,18 @@ fn worker_stats(
             ("websocket".to_owned(), websocket as u64),
         ]
         .into(),
-        sockets: io
-            .namespaces()
+        sockets: namespaces
             .iter()
             .map(|ns| (ns.path().to_owned(), ns.socket_count() as u64))
+            .collect(),
+        rooms: namespaces
+            .iter()
+            .map(|ns| (ns.path().to_owned(), ns.room_count() as u64))
+            .collect(),
+        sessions_closed: counts
+            .closed
+            .iter()
+            .map(|(reason, count)| ((*reason).to_owned(), *count))
             .collect(),
         handshakes_refused: [
             ("pending_limit".to_owned(), counts.refused_pending),

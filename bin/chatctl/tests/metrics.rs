@@ -143,6 +143,14 @@ fn prometheus_scrapes_every_workers_connections_packets_and_crashes() {
         sockets.iter().map(|s| s.value).sum::<f64>() > 0.0,
         "{sockets:?}"
     );
+    // Every user is in the room "metrics": the workers holding their /chat_infra sockets
+    // have that room.
+    wait_for_workers(
+        &prometheus,
+        "sum(chatctl_socketio_rooms{namespace=\"/chat_infra\"})",
+        &app_wide,
+        |_, v| v >= 1.0,
+    );
 
     // A kill -9 is a crash restart of that worker, and of no other.
     let crashes = "chatctl_restarts_total{cause=\"crash\"}";

@@ -4,13 +4,30 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::DisconnectReason;
+
+/// Every reason a session ends, in the order of [`CLOSED`].
+const REASONS: [DisconnectReason; 8] = [
+    DisconnectReason::ClientClose,
+    DisconnectReason::TransportClose,
+    DisconnectReason::PingTimeout,
+    DisconnectReason::PacketParsing,
+    DisconnectReason::PayloadTooLarge,
+    DisconnectReason::MultipleRequests,
+    DisconnectReason::SlowClient,
+    DisconnectReason::ServerClose,
+];
+
+/// Sessions closed, by reason.
+static CLOSED: [AtomicU64; REASONS.len()] = [const { AtomicU64::new(0) }; REASONS.len()];
+
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
 static SENT: AtomicU64 = AtomicU64::new(0);
 static REFUSED_PENDING: AtomicU64 = AtomicU64::new(0);
 static REFUSED_FULL: AtomicU64 = AtomicU64::new(0);
 
 /// Counts since this process started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketCounts {
     /// Packets clients sent (messages, pongs, closes), whatever the transport.
     pub received: u64,
@@ -21,6 +38,8 @@ pub struct PacketCounts {
     pub refused_pending: u64,
     /// Handshakes refused because `max_sessions` was reached.
     pub refused_full: u64,
+    /// Sessions closed, by reason (`snake_case` names: `slow_client`, `ping_timeout`, ...).
+    pub closed: [(&'static str, u64); REASONS.len()],
 }
 
 /// This process's counts so far.
@@ -30,6 +49,13 @@ pub fn packet_counts() -> PacketCounts {
         sent: SENT.load(Ordering::Relaxed),
         refused_pending: REFUSED_PENDING.load(Ordering::Relaxed),
         refused_full: REFUSED_FULL.load(Ordering::Relaxed),
+        closed: std::array::from_fn(|i| (REASONS[i].name(), CLOSED[i].load(Ordering::Relaxed))),
+    }
+}
+
+pub(crate) fn closed(reason: DisconnectReason) {
+    if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+        CLOSED[i].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -47,4 +73,43 @@ pub(crate) fn refused_pending() {
 
 pub(crate) fn refused_full() {
     REFUSED_FULL.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Frame, Socket, Transport};
+
+    fn closed_for(reason: &str) -> u64 {
+        let counts = packet_counts();
+        counts.closed.iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+
+    #[test]
+    fn a_session_closed_for_being_slow_is_counted_once_with_what_it_was_sent() {
+        let socket = Socket::new(
+            "sid".into(),
+            Transport::Websocket,
+            1,
+            None,
+            Default::default(),
+            Default::default(),
+            (),
+        );
+        // Counts are per process and other tests run alongside: compare increases.
+        let (sent, slow) = (packet_counts().sent, closed_for("slow_client"));
+        assert!(socket.send(Frame::message("a")).is_ok());
+        assert!(
+            socket.send(Frame::message("b")).is_err(),
+            "the queue holds one"
+        );
+        socket.close(DisconnectReason::ServerClose);
+        assert!(packet_counts().sent > sent);
+        assert!(closed_for("slow_client") > slow);
+        assert_eq!(
+            socket.close_reason(),
+            Some(DisconnectReason::SlowClient),
+            "the first reason wins"
+        );
+    }
 }

@@ -62,6 +62,20 @@ impl DisconnectReason {
             DisconnectReason::ServerClose => "server shutting down",
         }
     }
+
+    /// A name for metrics and logs: `slow_client`, `ping_timeout`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientClose => "client_close",
+            DisconnectReason::TransportClose => "transport_close",
+            DisconnectReason::PingTimeout => "ping_timeout",
+            DisconnectReason::PacketParsing => "parse_error",
+            DisconnectReason::PayloadTooLarge => "payload_too_large",
+            DisconnectReason::MultipleRequests => "multiple_requests",
+            DisconnectReason::SlowClient => "slow_client",
+            DisconnectReason::ServerClose => "server_close",
+        }
+    }
 }
 
 /// Why a frame could not be queued.
@@ -310,6 +324,7 @@ impl<D> Socket<D> {
     /// flushed by the transport before it closes.
     pub fn close(&self, reason: DisconnectReason) {
         if self.close_reason.set(reason).is_ok() {
+            crate::counters::closed(reason);
             tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
             self.is_closed.store(true, Ordering::Release);
             self.closed.cancel();

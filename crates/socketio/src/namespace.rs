@@ -133,6 +133,11 @@ impl Namespace {
         self.sockets.read().map(|s| s.len()).unwrap_or(0)
     }
 
+    /// How many rooms have sockets of this process, the sockets' own rooms apart.
+    pub fn room_count(&self) -> usize {
+        self.adapter.room_count()
+    }
+
     /// Rooms with local members, and how many.
     pub fn rooms(&self) -> Vec<(Room, usize)> {
         self.adapter.rooms()

@@ -22,6 +22,10 @@ pub struct WorkerStats {
     pub sessions: BTreeMap<String, u64>,
     /// Connected Socket.IO sockets by namespace.
     pub sockets: BTreeMap<String, u64>,
+    /// Rooms with local members by namespace, the sockets' own rooms apart.
+    pub rooms: BTreeMap<String, u64>,
+    /// Engine.IO sessions closed, by reason (`slow_client`: its queue was full).
+    pub sessions_closed: BTreeMap<String, u64>,
     /// Handshakes refused, by reason (`pending_limit`, `max_sessions`).
     pub handshakes_refused: BTreeMap<String, u64>,
     /// Broadcasts its handlers emitted.
@@ -40,6 +44,8 @@ impl WorkerStats {
         for map in [
             &mut self.sessions,
             &mut self.sockets,
+            &mut self.rooms,
+            &mut self.sessions_closed,
             &mut self.handshakes_refused,
         ] {
             let kept: BTreeMap<String, u64> = std::mem::take(map)

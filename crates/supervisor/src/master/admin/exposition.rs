@@ -38,9 +38,11 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
     let connections = IntGauges::default();
     let sessions = IntGauges::default();
     let sockets = IntGauges::default();
+    let rooms = IntGauges::default();
     let packets_in = Counters::default();
     let packets_out = Counters::default();
     let refused = Counters::default();
+    let closed = Counters::default();
     let dropped = Counters::default();
     let broadcasts = Counters::default();
     let deliveries = Counters::default();
@@ -83,6 +85,14 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
             sockets
                 .get_or_create(&with("namespace", namespace))
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        for (namespace, count) in &stats.rooms {
+            rooms
+                .get_or_create(&with("namespace", namespace))
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        for (reason, count) in &stats.sessions_closed {
+            closed.get_or_create(&with("reason", reason)).inc_by(*count);
         }
         for (reason, count) in &stats.handshakes_refused {
             refused
@@ -147,6 +157,11 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
         sockets,
     );
     registry.register(
+        "socketio_rooms",
+        "Rooms with sockets of the worker, by namespace (the sockets' own rooms apart)",
+        rooms,
+    );
+    registry.register(
         "packets_received",
         "Engine.IO packets received from clients by the worker's current process",
         packets_in,
@@ -155,6 +170,11 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
         "packets_sent",
         "Engine.IO packets queued for clients by the worker's current process",
         packets_out,
+    );
+    registry.register(
+        "engineio_sessions_closed",
+        "Engine.IO sessions the worker's current process closed or saw end, by reason (slow_client: the client did not read its queue in time)",
+        closed,
     );
     registry.register(
         "handshakes_refused",
@@ -309,6 +329,8 @@ mod tests {
                 packets_out: 22,
                 sessions: [("websocket".to_owned(), 5)].into(),
                 sockets: [("/chat \"com\"\\\n".to_owned(), 4)].into(),
+                rooms: [("/chat_com".to_owned(), 2)].into(),
+                sessions_closed: [("slow_client".to_owned(), 4)].into(),
                 handshakes_refused: [("max_sessions".to_owned(), 1)].into(),
                 broadcasts: 3,
                 deliveries: 9,
@@ -349,6 +371,8 @@ mod tests {
             r#"chatctl_handshakes_refused_total{app="chat",worker="0",reason="max_sessions"} 1"#,
             r#"chatctl_restarts_total{app="chat",worker="1",cause="crash"} 0"#,
             r#"chatctl_broadcasts_total{app="chat",worker="0"} 3"#,
+            r#"chatctl_engineio_sessions_closed_total{app="chat",worker="0",reason="slow_client"} 4"#,
+            r#"chatctl_socketio_rooms{app="chat",worker="1",namespace="/chat_com"} 2"#,
             r#"chatctl_deliveries_total{app="chat",worker="1"} 9"#,
             r#"chatctl_redis_connected{app="chat",worker="1"} 0"#,
             r#"chatctl_redis_errors_total{app="chat",worker="1"} 2"#,
