@@ -1,8 +1,11 @@
 //! What passed through this process's Engine.IO sessions, for the metrics a supervisor
 //! exports (`chatctl start --admin`). Counted per process, not per engine: a worker runs one
-//! engine, and a count kept here costs the hot paths one relaxed atomic add.
+//! engine. The packet counts are bumped for every packet of every client, from every thread
+//! of the runtime, so they are spread over cache lines (see [`Sharded`]): a broadcast's
+//! fan-out on one thread does not stall another's on the same line.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::DisconnectReason;
 
@@ -21,8 +24,51 @@ const REASONS: [DisconnectReason; 8] = [
 /// Sessions closed, by reason.
 static CLOSED: [AtomicU64; REASONS.len()] = [const { AtomicU64::new(0) }; REASONS.len()];
 
-static RECEIVED: AtomicU64 = AtomicU64::new(0);
-static SENT: AtomicU64 = AtomicU64::new(0);
+/// A count added to from many threads: each thread adds to a shard of its own (threads beyond
+/// [`SHARDS`] share), each shard on a cache line of its own; a read sums the shards.
+pub struct Sharded([Padded; SHARDS]);
+
+const SHARDS: usize = 16;
+
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// The shard of the calling thread, given out in turn.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|shard| {
+        if shard.get() == usize::MAX {
+            shard.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        shard.get()
+    })
+}
+
+impl Sharded {
+    pub const fn new() -> Sharded {
+        Sharded([const { Padded(AtomicU64::new(0)) }; SHARDS])
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Default for Sharded {
+    fn default() -> Self {
+        Sharded::new()
+    }
+}
+
+static RECEIVED: Sharded = Sharded::new();
+static SENT: Sharded = Sharded::new();
 static REFUSED_PENDING: AtomicU64 = AtomicU64::new(0);
 static REFUSED_FULL: AtomicU64 = AtomicU64::new(0);
 
@@ -45,8 +91,8 @@ pub struct PacketCounts {
 /// This process's counts so far.
 pub fn packet_counts() -> PacketCounts {
     PacketCounts {
-        received: RECEIVED.load(Ordering::Relaxed),
-        sent: SENT.load(Ordering::Relaxed),
+        received: RECEIVED.sum(),
+        sent: SENT.sum(),
         refused_pending: REFUSED_PENDING.load(Ordering::Relaxed),
         refused_full: REFUSED_FULL.load(Ordering::Relaxed),
         closed: std::array::from_fn(|i| (REASONS[i].name(), CLOSED[i].load(Ordering::Relaxed))),
@@ -60,11 +106,11 @@ pub(crate) fn closed(reason: DisconnectReason) {
 }
 
 pub(crate) fn received() {
-    RECEIVED.fetch_add(1, Ordering::Relaxed);
+    RECEIVED.add(1);
 }
 
 pub(crate) fn sent() {
-    SENT.fetch_add(1, Ordering::Relaxed);
+    SENT.add(1);
 }
 
 pub(crate) fn refused_pending() {
@@ -83,6 +129,16 @@ mod tests {
     fn closed_for(reason: &str) -> u64 {
         let counts = packet_counts();
         counts.closed.iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+
+    #[test]
+    fn a_sharded_count_sums_what_every_thread_added() {
+        static COUNT: Sharded = Sharded::new();
+        let threads: Vec<_> = (0..40)
+            .map(|_| std::thread::spawn(|| (0..1000).for_each(|_| COUNT.add(1))))
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(COUNT.sum(), 40_000);
     }
 
     #[test]

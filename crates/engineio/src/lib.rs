@@ -23,7 +23,7 @@ mod transport;
 
 pub use body::{read_body, BodyError};
 pub use config::{CorsPolicy, EngineConfig};
-pub use counters::{packet_counts, PacketCounts};
+pub use counters::{packet_counts, PacketCounts, Sharded};
 pub use engine::{unknown_session, Body, Engine, Handler};
 pub use external::ExternalWebSocket;
 pub use log_throttle::LogThrottle;

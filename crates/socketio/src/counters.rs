@@ -1,11 +1,11 @@
 //! What this process's broadcasts did, for the metrics a supervisor exports (`chatctl start
-//! --admin`). Counted per process, as `engineio::packet_counts` is: one relaxed atomic add per
-//! broadcast and per recipient.
+//! --admin`). Counted per process, as `engineio::packet_counts` is, with one add per broadcast
+//! and one per delivery of it (however many recipients), spread over cache lines as those are.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use engineio::Sharded;
 
-static BROADCASTS: AtomicU64 = AtomicU64::new(0);
-static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+static BROADCASTS: Sharded = Sharded::new();
+static DELIVERIES: Sharded = Sharded::new();
 
 /// Counts since this process started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,15 +19,15 @@ pub struct BroadcastCounts {
 /// This process's counts so far.
 pub fn broadcast_counts() -> BroadcastCounts {
     BroadcastCounts {
-        broadcasts: BROADCASTS.load(Ordering::Relaxed),
-        deliveries: DELIVERIES.load(Ordering::Relaxed),
+        broadcasts: BROADCASTS.sum(),
+        deliveries: DELIVERIES.sum(),
     }
 }
 
 pub(crate) fn broadcast() {
-    BROADCASTS.fetch_add(1, Ordering::Relaxed);
+    BROADCASTS.add(1);
 }
 
 pub(crate) fn delivered(sockets: u64) {
-    DELIVERIES.fetch_add(sockets, Ordering::Relaxed);
+    DELIVERIES.add(sockets);
 }
