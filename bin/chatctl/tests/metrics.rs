@@ -343,7 +343,8 @@ fn a_workers_redis_connection_and_its_failures_are_exported() {
 fn admin_flags_that_cannot_work_are_refused_in_one_line() {
     let app = App::new("admin-flags");
     let public = app.listen();
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
+        (&["--admin", "127.0.0.1:0"], "give the admin address a port"),
         (&["--admin", &public], "is the public address"),
         (&["--admin-token-file", "/tmp/token"], "needs --admin ADDR"),
         (&["--admin", "nonsense"], "invalid value 'nonsense'"),

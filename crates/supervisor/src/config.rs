@@ -427,6 +427,11 @@ impl AppConfig {
             return bad("--admin-token-file needs --admin ADDR (the address it guards)".into());
         }
         if let Some(admin) = self.admin.listen {
+            if admin.port() == 0 {
+                return bad(format!(
+                    "--admin {admin}: give the admin address a port (0 would pick one no scraper knows), e.g. --admin 127.0.0.1:9300"
+                ));
+            }
             let same_ip = admin.ip() == self.listen.ip()
                 || admin.ip().is_unspecified()
                 || self.listen.ip().is_unspecified();

@@ -29,8 +29,9 @@ if (!/^http:\/\//.test(url || "") || !shotDir || !executablePath) {
 const playwright = new URL("../../../../ops/js/package.json", import.meta.url);
 const { chromium } = createRequire(playwright)("playwright-core");
 
-/** Every wait: the machine may be busy building and running tests. */
-const WAIT_MS = 60_000;
+/** Every wait: the machine may be busy building and running tests; below the Rust side's
+ * 60 s for a report, so that a step that times out here says which. */
+const WAIT_MS = 45_000;
 
 function report(event, fields = {}) {
   process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
