@@ -62,10 +62,11 @@ pub enum Before {
     /// The current process of `slot` exited.
     Exit {
         slot: usize,
-        generation: u64,
         pid: u32,
         restarts: u32,
         description: String,
+        /// It was killed for missing its probes.
+        health: bool,
     },
     Probe {
         slot: Option<usize>,
@@ -150,14 +151,16 @@ impl Observer {
                 description,
                 ..
             } => {
+                // Forgotten whatever the process was, so the set only holds the living.
+                let health = locked(&self.health_killed).remove(generation);
                 let slot = state.slot_of(*generation)?;
                 let current = state.slots[slot].current.as_ref()?;
                 (current.generation == *generation).then(|| Before::Exit {
                     slot,
-                    generation: *generation,
                     pid: current.pid,
                     restarts: state.slots[slot].restarts,
                     description: description.clone(),
+                    health,
                 })
             }
             Event::Probed {
@@ -185,12 +188,11 @@ impl Observer {
         match before {
             Before::Exit {
                 slot,
-                generation,
                 pid,
                 restarts,
                 description,
+                health,
             } => {
-                let health = locked(&self.health_killed).remove(&generation);
                 let Some(now) = state.slots.get(slot) else {
                     return;
                 };
@@ -240,11 +242,7 @@ impl Observer {
             }
             Before::Ready { slot } => {
                 if let Some((since, cause)) = locked(&self.down_since).remove(&slot) {
-                    let mut labels = vec![("app".to_owned(), self.app.clone())];
-                    labels.push(("cause".into(), cause.into()));
-                    self.restart_seconds
-                        .get_or_create(&labels)
-                        .observe(since.elapsed().as_secs_f64());
+                    self.time_restart(cause, since.elapsed());
                 }
             }
         }
@@ -257,24 +255,29 @@ impl Observer {
             .observe(accepted.elapsed().as_secs_f64());
     }
 
-    /// One worker was replaced by a reload (`cause` `reload`) or restarted by `chatctl
-    /// restart` (`restart`), in `took`.
-    pub fn replaced(&self, worker: usize, cause: &'static str, took: Duration) {
-        self.count_restart(worker, cause);
+    /// One worker was replaced by a rolling reload, in `took`.
+    pub fn reloaded(&self, worker: usize, took: Duration) {
+        self.count_restart(worker, "reload");
         let labels = vec![("app".to_owned(), self.app.clone())];
-        let histogram = if cause == "reload" {
-            &self.reload_seconds
-        } else {
-            &self.restart_seconds
-        };
-        let labels = if cause == "reload" {
-            labels
-        } else {
-            let mut labels = labels;
-            labels.push(("cause".into(), cause.into()));
-            labels
-        };
-        histogram.get_or_create(&labels).observe(took.as_secs_f64());
+        self.reload_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// One worker was stopped and started again by `chatctl restart`, in `took`.
+    pub fn restarted(&self, worker: usize, took: Duration) {
+        self.count_restart(worker, "restart");
+        self.time_restart("restart", took);
+    }
+
+    fn time_restart(&self, cause: &str, took: Duration) {
+        let labels = vec![
+            ("app".to_owned(), self.app.clone()),
+            ("cause".to_owned(), cause.to_owned()),
+        ];
+        self.restart_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     /// Adds an event to the recent ones and the live feed, with the log's last lines. The

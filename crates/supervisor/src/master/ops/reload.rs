@@ -31,7 +31,7 @@ impl Inner {
             if result.is_err() {
                 break;
             }
-            self.observer.replaced(*slot_id, "reload", began.elapsed());
+            self.observer.reloaded(*slot_id, began.elapsed());
         }
         match &result {
             Ok(()) => self.observer.record(

@@ -45,7 +45,7 @@ impl Inner {
                     .is_some_and(|p| p.ready && Some(p.generation) == generation)
             };
             if self.wait_until(ready_timeout, online).await {
-                self.observer.replaced(*slot_id, "restart", began.elapsed());
+                self.observer.restarted(*slot_id, began.elapsed());
                 progress(format!("worker {slot_id}: restarted"));
             } else {
                 progress(format!("worker {slot_id}: restarted but not online yet"));
