@@ -441,6 +441,7 @@ fn worker_stats(
         deliveries: broadcasts.deliveries,
         redis_connected,
         redis_errors,
+        redis_round_trip: redis.map(coord::RedisLink::round_trips),
     }
 }
 

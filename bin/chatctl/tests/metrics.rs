@@ -331,6 +331,10 @@ fn a_workers_redis_connection_and_its_failures_are_exported() {
         metric(&scrape(), "chatctl_redis_connected") == Some(1.0)
     });
     assert_eq!(metric(&scrape(), "chatctl_redis_errors_total"), Some(0.0));
+    // Its commands are timed (the worker's own refresh of its presence is one every 2 s).
+    support::wait_until("timed Redis round trips", || {
+        metric(&scrape(), "chatctl_redis_round_trip_seconds_count").is_some_and(|n| n >= 1.0)
+    });
     redis.kill();
     support::wait_until("redis_connected 0 with errors counted", || {
         let text = scrape();

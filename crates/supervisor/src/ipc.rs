@@ -55,7 +55,7 @@ pub enum ToMaster {
         dropped: BTreeMap<String, u64>,
         /// What it counted about its clients, for the admin address's metrics.
         #[serde(default)]
-        stats: crate::worker_stats::WorkerStats,
+        stats: Box<crate::worker_stats::WorkerStats>,
     },
     /// The worker's sessions changed since it last said: sent between pings, so that the
     /// master's least-loaded pick follows a burst of connections it cannot count itself
@@ -293,7 +293,8 @@ impl WorkerLink {
                             .get()
                             .map(|drops| drops.snapshot())
                             .unwrap_or_default();
-                        let stats = reader.stats.get().map(|take| take()).unwrap_or_default();
+                        let stats =
+                            Box::new(reader.stats.get().map(|take| take()).unwrap_or_default());
                         let _ = reader.tx.send(ToMaster::Pong {
                             seq,
                             connections,

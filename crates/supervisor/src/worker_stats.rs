@@ -3,6 +3,8 @@
 //! app, never one per worker.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_ENTRIES: usize = 64;
 
 /// Counts of one worker process since it started (counters) or right now (gauges).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkerStats {
     /// Engine.IO packets received from clients.
@@ -36,6 +38,75 @@ pub struct WorkerStats {
     pub redis_connected: Option<bool>,
     /// Its Redis commands that failed for an outage.
     pub redis_errors: u64,
+    /// How long its Redis commands took, answered or not (with `--redis`).
+    pub redis_round_trip: Option<Timings>,
+}
+
+/// A histogram as a worker reports it: `counts[i]` observations up to `bounds[i]` seconds
+/// (and above the one before), the last count for those above every bound.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timings {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    /// Seconds, all observations together.
+    pub sum: f64,
+}
+
+impl Timings {
+    /// Whether it is a histogram the master can show: finite increasing bounds (at most
+    /// [`MAX_ENTRIES`]) and one count per bucket.
+    pub fn is_valid(&self) -> bool {
+        self.bounds.len() <= MAX_ENTRIES
+            && self.counts.len() == self.bounds.len() + 1
+            && self.bounds.iter().all(|b| b.is_finite())
+            && self.bounds.windows(2).all(|w| w[0] < w[1])
+            && self.sum.is_finite()
+            && self.sum >= 0.0
+    }
+}
+
+/// Buckets of round trips to a server nearby: 0.5 ms to 2.5 s.
+pub const ROUND_TRIP_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Durations a worker measures and reports as [`Timings`]; shared by the tasks that measure.
+#[derive(Debug)]
+pub struct Timer {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl Timer {
+    pub fn new(bounds: &'static [f64]) -> Timer {
+        Timer {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = self.bounds.partition_point(|bound| *bound < seconds);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn timings(&self) -> Timings {
+        Timings {
+            bounds: self.bounds.to_vec(),
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
 }
 
 impl WorkerStats {
@@ -55,6 +126,9 @@ impl WorkerStats {
                 .collect();
             *map = kept;
         }
+        if !self.redis_round_trip.as_ref().is_none_or(Timings::is_valid) {
+            self.redis_round_trip = None;
+        }
         self
     }
 }
@@ -73,6 +147,40 @@ mod tests {
         .bounded();
         assert_eq!(stats.sockets.len(), MAX_ENTRIES);
         assert_eq!(stats.sessions, [("polling".to_owned(), 2)].into());
+    }
+
+    #[test]
+    fn a_timer_counts_each_duration_in_its_bucket() {
+        let timer = Timer::new(&[0.001, 0.01]);
+        for ms in [0, 1, 5, 10, 11, 3000] {
+            timer.observe(Duration::from_millis(ms));
+        }
+        let timings = timer.timings();
+        assert_eq!(timings.counts, vec![2, 2, 2]);
+        assert!((timings.sum - 3.027).abs() < 1e-9, "{}", timings.sum);
+        assert!(timings.is_valid());
+    }
+
+    #[test]
+    fn a_histogram_that_does_not_add_up_is_left_out() {
+        let broken = |bounds: Vec<f64>, counts: Vec<u64>| WorkerStats {
+            redis_round_trip: Some(Timings {
+                bounds,
+                counts,
+                sum: 1.0,
+            }),
+            ..WorkerStats::default()
+        };
+        for stats in [
+            broken(vec![0.1, 0.2], vec![1, 2]),
+            broken(vec![0.2, 0.1], vec![1, 2, 3]),
+            broken(vec![f64::NAN], vec![1, 2]),
+            broken((0..100).map(f64::from).collect(), vec![0; 101]),
+        ] {
+            assert_eq!(stats.bounded().redis_round_trip, None);
+        }
+        let fine = broken(vec![0.1, 0.2], vec![1, 2, 3]).bounded();
+        assert!(fine.redis_round_trip.is_some());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use redis::{
     PushInfo, RedisFuture, RedisResult, Value,
 };
 use supervisor::drops::Drops;
+use supervisor::worker_stats::{Timer, Timings, ROUND_TRIP_BOUNDS};
 use tokio::sync::mpsc;
 
 use super::{node_urls, RedisConfig, RedisError};
@@ -40,6 +41,8 @@ pub struct RedisLink {
     pub(super) epoch: AtomicU64,
     /// Broadcasts and history entries its bus and store could not get to Redis.
     pub(super) drops: Arc<Drops>,
+    /// How long each `run` of commands took, answered or not (the master's metrics).
+    round_trips: Timer,
 }
 
 impl RedisLink {
@@ -74,6 +77,7 @@ impl RedisLink {
             health: Health::new("commands"),
             epoch: AtomicU64::new(0),
             drops,
+            round_trips: Timer::new(&ROUND_TRIP_BOUNDS),
         }))
     }
 
@@ -90,6 +94,11 @@ impl RedisLink {
             _ => None,
         };
         (state, self.health.errors.load(Ordering::Relaxed))
+    }
+
+    /// How long its runs of commands took so far.
+    pub fn round_trips(&self) -> Timings {
+        self.round_trips.timings()
     }
 
     /// What this worker's bus and store dropped, by cause: `redis_publish_queue_full`,
@@ -164,10 +173,12 @@ impl RedisLink {
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
+        let began = std::time::Instant::now();
         let result = match self.connection().await {
             Ok(connection) => commands(connection).await,
             Err(error) => Err(error),
         };
+        self.round_trips.observe(began.elapsed());
         match result {
             Ok(value) => {
                 if self.health.up() {

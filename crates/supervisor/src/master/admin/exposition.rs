@@ -5,14 +5,17 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::events::{Labels, Observer};
 use super::snapshot::Snapshot;
 use crate::control::Status;
+use crate::worker_stats::Timings;
 
 /// The content types of the two formats.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -21,6 +24,41 @@ pub const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Whether a scraper asked for OpenMetrics (Prometheus does, first).
 pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+/// A histogram a worker reported (see [`Timings`]), shown as it came.
+#[derive(Debug, Default)]
+struct Reported(std::sync::Mutex<Timings>);
+
+impl Reported {
+    fn set(&self, timings: Timings) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = timings;
+    }
+}
+
+impl TypedMetric for Reported {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Reported {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let timings = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Upper bounds with the counts of their own bucket; the encoder adds them up. The
+        // last bucket is +Inf, which the encoder writes for f64::MAX.
+        let buckets: Vec<(f64, u64)> = timings
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(timings.counts.iter().copied())
+            .collect();
+        let count = timings.counts.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(timings.sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 type Gauges = Family<Labels, Gauge<f64, AtomicU64>>;
@@ -48,6 +86,7 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
     let deliveries = Counters::default();
     let redis_connected = IntGauges::default();
     let redis_errors = Counters::default();
+    let redis_round_trip = Family::<Labels, Reported>::default();
     let master_uptime = Gauges::default();
     let app = label_value(&snapshot.status.name);
     master_uptime
@@ -108,6 +147,9 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
             redis_errors
                 .get_or_create(&labels)
                 .inc_by(stats.redis_errors);
+        }
+        if let Some(timings) = &stats.redis_round_trip {
+            redis_round_trip.get_or_create(&labels).set(timings.clone());
         }
         for (cause, count) in &worker.dropped {
             dropped.get_or_create(&with("cause", cause)).inc_by(*count);
@@ -200,6 +242,12 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
         "redis_errors",
         "Redis commands of the worker's current process that failed for an outage",
         redis_errors,
+    );
+    registry.register_with_unit(
+        "redis_round_trip",
+        "How long the worker's runs of Redis commands took, answered or not (workers with --redis only)",
+        Unit::Seconds,
+        redis_round_trip,
     );
     registry.register(
         "dropped_messages",
@@ -336,6 +384,11 @@ mod tests {
                 deliveries: 9,
                 redis_connected: (id == 1).then_some(false),
                 redis_errors: 2,
+                redis_round_trip: (id == 1).then(|| Timings {
+                    bounds: vec![0.001, 0.01],
+                    counts: vec![5, 2, 1],
+                    sum: 0.5,
+                }),
             },
             restarts_by_cause: [("crash", 0), ("reload", 0)].into(),
         };
@@ -376,6 +429,11 @@ mod tests {
             r#"chatctl_deliveries_total{app="chat",worker="1"} 9"#,
             r#"chatctl_redis_connected{app="chat",worker="1"} 0"#,
             r#"chatctl_redis_errors_total{app="chat",worker="1"} 2"#,
+            r#"chatctl_redis_round_trip_seconds_bucket{le="0.001",app="chat",worker="1"} 5"#,
+            r#"chatctl_redis_round_trip_seconds_bucket{le="0.01",app="chat",worker="1"} 7"#,
+            r#"chatctl_redis_round_trip_seconds_bucket{le="+Inf",app="chat",worker="1"} 8"#,
+            r#"chatctl_redis_round_trip_seconds_count{app="chat",worker="1"} 8"#,
+            r#"chatctl_redis_round_trip_seconds_sum{app="chat",worker="1"} 0.5"#,
             "# TYPE chatctl_restarts counter",
             "# UNIT chatctl_uptime_seconds seconds",
         ] {
