@@ -70,6 +70,7 @@ type FloatCounters = Family<Labels, Counter<f64, AtomicU64>>;
 pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -> String {
     let mut registry = Registry::with_prefix("chatctl");
     let up = IntGauges::default();
+    let status = IntGauges::default();
     let uptime = Gauges::default();
     let cpu = FloatCounters::default();
     let memory = IntGauges::default();
@@ -101,6 +102,9 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
         };
         up.get_or_create(&labels)
             .set(i64::from(worker.status == Status::Online));
+        status
+            .get_or_create(&with("status", worker.status.as_str()))
+            .set(1);
         uptime
             .get_or_create(&labels)
             .set(worker.uptime_ms as f64 / 1000.0);
@@ -160,6 +164,11 @@ pub fn exposition(snapshot: &Snapshot, observer: &Observer, openmetrics: bool) -
         }
     }
     registry.register("up", "1 while the worker is online", up);
+    registry.register(
+        "status",
+        "1 for the worker's status as chatctl list shows it (launching, online, stopping, stopped, waiting-restart, errored)",
+        status,
+    );
     registry.register(
         "restarts",
         "Replacements of a worker's process, by cause: crash, health (missed probes), memory (above --max-memory), reload, restart (chatctl restart)",
@@ -413,6 +422,7 @@ mod tests {
         for line in [
             r#"chatctl_up{app="chat",worker="0"} 1"#,
             r#"chatctl_up{app="chat",worker="1"} 0"#,
+            r#"chatctl_status{app="chat",worker="1",status="waiting-restart"} 1"#,
             r#"chatctl_packets_received_total{app="chat",worker="1"} 11"#,
             r#"chatctl_packets_sent_total{app="chat",worker="0"} 22"#,
             r#"chatctl_connections{app="chat",worker="0"} 7"#,
