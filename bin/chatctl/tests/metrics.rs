@@ -189,7 +189,7 @@ fn prometheus_scrapes_every_workers_connections_packets_and_crashes() {
     }
     let connections = "sum by (app) (chatctl_connections{app=~\".+\"})";
     assert!(!prometheus.query(connections).is_empty());
-    // ... and ops/prometheus's configuration is one Prometheus accepts.
+    // ... and ops/prometheus's configuration and alerts are ones Prometheus accepts.
     let config = workspace.join("ops/prometheus/prometheus.yml");
     let checked = Command::new("promtool")
         .args(["check", "config"])
@@ -198,9 +198,20 @@ fn prometheus_scrapes_every_workers_connections_packets_and_crashes() {
         .expect("promtool");
     assert!(
         checked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&checked.stdout)
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
     );
+    let rules =
+        std::fs::read_to_string(workspace.join("ops/prometheus/chatctl.rules.yml")).unwrap();
+    for expr in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+    {
+        if let Err(error) = prometheus.try_query(expr) {
+            panic!("the alert expression {expr} fails: {error}");
+        }
+    }
 
     chatting.stop_chatting();
 }
