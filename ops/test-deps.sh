@@ -22,6 +22,9 @@ command -v tmux >/dev/null 2>&1 || apt_packages+=(tmux)
 # bin/chatctl/tests/hooks.rs runs ops/hooks/webhook.sh, which posts with curl the JSON jq builds.
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
 command -v jq >/dev/null 2>&1 || apt_packages+=(jq)
+# bin/chatctl/tests/metrics.rs has a real Prometheus scrape the admin address, and checks
+# its exposition with promtool (both in Debian's prometheus).
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 # bin/chatctl/tests/lifecycle.rs checks the unit of `chatctl startup` with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 if [ ${#apt_packages[@]} -gt 0 ]; then

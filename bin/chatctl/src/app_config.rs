@@ -84,6 +84,8 @@ fn apply_flag(app: &mut AppConfig, flags: &AppConfig, flag: &str) -> Result<(), 
         "on_event" => app.hooks.on_event.clone_from(&flags.hooks.on_event),
         "on_event_timeout" => app.hooks.timeout = flags.hooks.timeout,
         "on_event_rate" => app.hooks.max_per_minute = flags.hooks.max_per_minute,
+        "admin" => app.admin.listen = flags.admin.listen,
+        "admin_token_file" => app.admin.token_file.clone_from(&flags.admin.token_file),
         "peek_timeout" => app.peek_timeout = flags.peek_timeout,
         "handoff_timeout" => app.handoff_timeout = flags.handoff_timeout,
         "ipc_max_line" => app.ipc_max_line = flags.ipc_max_line,
@@ -251,6 +253,10 @@ fn config_from_flags(args: &AppArgs) -> AppConfig {
             timeout: args.on_event_timeout,
             max_per_minute: args.on_event_rate,
             ..defaults.hooks.clone()
+        },
+        admin: supervisor::AdminConfig {
+            listen: args.admin,
+            token_file: args.admin_token_file.clone(),
         },
         cwd,
         ..defaults

@@ -40,6 +40,16 @@ pub async fn start(args: AppArgs) -> anyhow::Result<()> {
                 started.status.workers.len(),
                 started.status.listen
             );
+            if let Some(admin) = config.admin.listen {
+                let token = config.admin.token_file.clone().unwrap_or_else(|| {
+                    AppPaths::new(&home(), &config.name).dir.join("admin-token")
+                });
+                println!(
+                    "{}: metrics on http://{admin}/metrics, dashboard on http://{admin}/ (its token is in {})",
+                    config.name,
+                    token.display()
+                );
+            }
         } else {
             failed = true;
             for worker in &started.status.workers {

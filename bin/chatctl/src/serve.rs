@@ -93,6 +93,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let mut config = config;
         config.secret = cookie_key(&args, redis.as_deref()).await?;
         let mut redis_parts = None;
+        // Its state goes with the worker's counts to the master (`--admin` metrics).
+        let redis_link = redis.clone();
         let store: Arc<dyn chat::Store> = match (redis, &link) {
             (Some(redis), _) => {
                 let redis_bus = coord::RedisBus::new(redis.clone());
@@ -163,7 +165,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     link.clone(),
                     events.messages,
                 ));
-                until_drain(link, events.drain, server.clone(), drops).boxed()
+                until_drain(link, events.drain, server.clone(), drops, redis_link).boxed()
             }
             None => async {
                 shutdown_signal().await;
@@ -374,23 +376,11 @@ async fn until_drain(
     drain: tokio::sync::oneshot::Receiver<std::time::Duration>,
     server: ChatServer,
     drops: Arc<Drops>,
+    redis: Option<Arc<coord::RedisLink>>,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
     let io = server.io().clone();
-    link.report_counters(move || {
-        let Some(stats) = io.recovery_stats() else {
-            return Default::default();
-        };
-        [
-            ("recovery_attempts", stats.attempts),
-            ("recovery_recovered", stats.recovered),
-            ("recovery_replayed", stats.replayed),
-            ("recovery_gaps", stats.gaps),
-        ]
-        .into_iter()
-        .map(|(name, count)| (name.to_owned(), count))
-        .collect()
-    });
+    link.report_stats(move || worker_stats(&io, redis.as_deref()));
     link.ready(move || engine.session_count() as u64, drops);
     tokio::select! {
         drain = drain => match drain {
@@ -435,6 +425,64 @@ fn serve_private_socket(
         }
     });
     Ok(())
+}
+
+/// What this worker reports about its clients with each pong (the master's `--admin` metrics).
+fn worker_stats(
+    io: &socketio::SocketIo,
+    redis: Option<&coord::RedisLink>,
+) -> supervisor::worker_stats::WorkerStats {
+    let counts = engineio::packet_counts();
+    let broadcasts = socketio::broadcast_counts();
+    let (redis_connected, redis_errors) = redis.map_or((None, 0), |r| r.connection_state());
+    let namespaces = io.namespaces();
+    let (polling, websocket) = io.engine().sessions_by_transport();
+    supervisor::worker_stats::WorkerStats {
+        packets_in: counts.received,
+        packets_out: counts.sent,
+        sessions: [
+            ("polling".to_owned(), polling as u64),
+            ("websocket".to_owned(), websocket as u64),
+        ]
+        .into(),
+        sockets: namespaces
+            .iter()
+            .map(|ns| (ns.path().to_owned(), ns.socket_count() as u64))
+            .collect(),
+        rooms: namespaces
+            .iter()
+            .map(|ns| (ns.path().to_owned(), ns.room_count() as u64))
+            .collect(),
+        sessions_closed: counts
+            .closed
+            .iter()
+            .map(|(reason, count)| ((*reason).to_owned(), *count))
+            .collect(),
+        handshakes_refused: [
+            ("pending_limit".to_owned(), counts.refused_pending),
+            ("max_sessions".to_owned(), counts.refused_full),
+        ]
+        .into(),
+        broadcasts: broadcasts.broadcasts,
+        deliveries: broadcasts.deliveries,
+        redis_connected,
+        redis_errors,
+        redis_round_trip: redis.map(coord::RedisLink::round_trips),
+        recovery: io
+            .recovery_stats()
+            .map(|stats| {
+                [
+                    ("attempts", stats.attempts),
+                    ("recovered", stats.recovered),
+                    ("replayed", stats.replayed),
+                    ("gaps", stats.gaps),
+                ]
+                .into_iter()
+                .map(|(name, count)| (name.to_owned(), count))
+                .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -21,20 +22,7 @@ const BROWSER_DEADLINE: Duration = Duration::from_secs(300);
 #[test]
 fn chromium_users_chat_through_a_two_worker_app() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let chromium = std::env::var_os("CHATCTL_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        chromium.exists(),
-        "{} is missing: run ops/test-deps.sh",
-        chromium.display()
-    );
-    assert!(
-        workspace
-            .join("ops/js/node_modules/playwright-core")
-            .exists(),
-        "playwright-core is missing: run ops/test-deps.sh"
-    );
+    let chromium = testkit::browser::chromium();
 
     let app = App::new("browser");
     app.start_ok(&["-i", "2"], &[]);

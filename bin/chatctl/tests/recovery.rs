@@ -78,7 +78,7 @@ fn fault_mid_stream(name: &str, transport: &str, fault: Fault, redis: Option<&st
         let status = app.status()?;
         let recovered: u64 = workers(&status)
             .iter()
-            .map(|w| w["counters"]["recovery_recovered"].as_u64().unwrap_or(0))
+            .map(|w| w["recovery"]["recovered"].as_u64().unwrap_or(0))
             .sum();
         (recovered == expected).then_some(status)
     });

@@ -66,7 +66,7 @@ impl ChatServer {
                 pages::message_page("Not found", "There is no page here."),
             ),
         };
-        secure_headers(response.headers_mut());
+        sticky::page_headers::secure_headers(response.headers_mut());
         response
     }
 
@@ -323,23 +323,4 @@ fn redirect(to: &'static str) -> Response<Body> {
         .headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static(to));
     response
-}
-
-/// Defence in depth on every page: no inline script, no foreign resources, no framing.
-fn secure_headers(headers: &mut http::HeaderMap) {
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-        ),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
 }

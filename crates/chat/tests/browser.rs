@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,41 +24,6 @@ const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 
 fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `target/test-output/browser/` of the target directory this test was built in, emptied so
-/// that only this run's screenshots are there.
-fn screenshot_dir() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("CARGO_TARGET_TMPDIR is inside the target directory");
-    let dir = target.join("test-output/browser");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
-    dir
-}
-
-/// The browser binary, checked to exist, with the packages that drive it. A missing browser
-/// fails the test: an end-to-end test that skips proves nothing.
-fn chromium() -> PathBuf {
-    let chromium = std::env::var_os("CHATCTL_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        chromium.exists(),
-        "{} is missing: run ops/test-deps.sh as root (Debian: apt-get install chromium), or set \
-         CHATCTL_CHROMIUM",
-        chromium.display()
-    );
-    let driver = crate_dir().join("../../ops/js/node_modules/playwright-core");
-    assert!(
-        driver.exists(),
-        "{} is missing: run ops/test-deps.sh",
-        driver.display()
-    );
-    chromium
 }
 
 fn test_config() -> ChatConfig {
@@ -81,8 +46,8 @@ fn run_browser(base_url: &str, chromium: &Path, screenshots: &Path) -> ChildRun 
 
 #[test]
 fn chromium_users_log_in_chat_in_rooms_and_see_markup_as_text() {
-    let chromium = chromium();
-    let screenshots = screenshot_dir();
+    let chromium = testkit::browser::chromium();
+    let screenshots = testkit::browser::output_dir(env!("CARGO_TARGET_TMPDIR"), "browser");
     let server = common::chat_server(test_config());
     let run = run_browser(&server.url, &chromium, &screenshots);
     server.stop();

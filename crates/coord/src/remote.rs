@@ -128,6 +128,10 @@ impl<D: Driver> Adapter for RemoteAdapter<D> {
         self.local.rooms()
     }
 
+    fn room_count(&self) -> usize {
+        self.local.room_count()
+    }
+
     fn broadcast(
         &self,
         ns: &Namespace,

@@ -135,6 +135,18 @@ impl<H: Handler> Engine<H> {
         self.sessions.read().map(|s| s.len()).unwrap_or(0)
     }
 
+    /// Open sessions right now, by the transport they use: (polling, websocket).
+    pub fn sessions_by_transport(&self) -> (usize, usize) {
+        let Ok(sessions) = self.sessions.read() else {
+            return (0, 0);
+        };
+        let websocket = sessions
+            .values()
+            .filter(|s| s.transport() == crate::Transport::Websocket)
+            .count();
+        (sessions.len() - websocket, websocket)
+    }
+
     /// The open session with this id.
     pub fn session(&self, sid: &str) -> Option<Arc<Socket<H::Data>>> {
         self.sessions.read().ok()?.get(sid).cloned()
@@ -164,6 +176,7 @@ impl<H: Handler> Engine<H> {
             match self.pending.reserve(peer) {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
+                    crate::counters::refused_pending();
                     if let Some(left_out) = self.refusal_log.admit() {
                         tracing::warn!(%refusal, left_out, "refused a handshake");
                     }
@@ -193,6 +206,7 @@ impl<H: Handler> Engine<H> {
                 ));
             };
             if sessions.len() >= self.config.max_sessions {
+                crate::counters::refused_full();
                 if let Some(left_out) = self.refusal_log.admit() {
                     tracing::warn!(
                         max_sessions = self.config.max_sessions,
@@ -238,6 +252,7 @@ impl<H: Handler> Engine<H> {
         // Any packet proves the client alive, as in the reference server: a pong stuck behind a
         // large upload must not cost the session.
         socket.pong.notify_one();
+        crate::counters::received();
         match packet {
             Packet::Pong(_) => {}
             Packet::Message(message) => self.handler.on_message(socket, message).await,

@@ -10,6 +10,7 @@
 
 mod body;
 mod config;
+mod counters;
 mod engine;
 mod external;
 mod log_throttle;
@@ -22,6 +23,7 @@ mod transport;
 
 pub use body::{read_body, BodyError};
 pub use config::{CorsPolicy, EngineConfig};
+pub use counters::{packet_counts, PacketCounts, Sharded};
 pub use engine::{unknown_session, Body, Engine, Handler};
 pub use external::ExternalWebSocket;
 pub use log_throttle::LogThrottle;

@@ -62,6 +62,20 @@ impl DisconnectReason {
             DisconnectReason::ServerClose => "server shutting down",
         }
     }
+
+    /// A name for metrics and logs: `slow_client`, `ping_timeout`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientClose => "client_close",
+            DisconnectReason::TransportClose => "transport_close",
+            DisconnectReason::PingTimeout => "ping_timeout",
+            DisconnectReason::PacketParsing => "parse_error",
+            DisconnectReason::PayloadTooLarge => "payload_too_large",
+            DisconnectReason::MultipleRequests => "multiple_requests",
+            DisconnectReason::SlowClient => "slow_client",
+            DisconnectReason::ServerClose => "server_close",
+        }
+    }
 }
 
 /// Why a frame could not be queued.
@@ -285,7 +299,10 @@ impl<D> Socket<D> {
             return Err(SendError::Closed);
         }
         match self.queue.push(frame) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::counters::sent();
+                Ok(())
+            }
             Err(_) => {
                 self.close(DisconnectReason::SlowClient);
                 Err(SendError::Full)
@@ -296,13 +313,18 @@ impl<D> Socket<D> {
     /// Queues a frame the client may miss (volatile): dropped, not fatal, when the queue is
     /// full. Returns whether it was queued.
     pub fn send_volatile(&self, frame: Frame) -> bool {
-        !self.is_closed() && self.queue.push(frame).is_ok()
+        let queued = !self.is_closed() && self.queue.push(frame).is_ok();
+        if queued {
+            crate::counters::sent();
+        }
+        queued
     }
 
     /// Ends the session. Idempotent: the first reason wins. Frames already queued are still
     /// flushed by the transport before it closes.
     pub fn close(&self, reason: DisconnectReason) {
         if self.close_reason.set(reason).is_ok() {
+            crate::counters::closed(reason);
             tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
             self.is_closed.store(true, Ordering::Release);
             self.closed.cancel();

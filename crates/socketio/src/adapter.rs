@@ -58,6 +58,8 @@ pub trait Adapter: Send + Sync + 'static {
     fn sockets(&self, opts: &BroadcastOptions) -> Vec<Sid>;
     /// Every room with local members and how many there are.
     fn rooms(&self) -> Vec<(Room, usize)>;
+    /// How many rooms have local members, not counting the sockets' own rooms.
+    fn room_count(&self) -> usize;
 
     /// Delivers an encoded packet. The frames were encoded once; every recipient gets clones of
     /// the same bytes. The default delivers to local sockets only. An adapter that spans
@@ -234,6 +236,10 @@ impl Adapter for LocalAdapter {
         sids
     }
 
+    fn room_count(&self) -> usize {
+        self.state.read().map_or(0, |state| state.members.len())
+    }
+
     fn rooms(&self) -> Vec<(Room, usize)> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
@@ -259,6 +265,17 @@ mod tests {
     fn sorted(mut v: Vec<Sid>) -> Vec<Sid> {
         v.sort();
         v
+    }
+
+    #[test]
+    fn counts_rooms_without_the_sockets_own() {
+        let adapter = LocalAdapter::default();
+        adapter.join(&sid("a"), &[sid("a"), sid("r1")]);
+        adapter.join(&sid("b"), &[sid("b"), sid("r1"), sid("r2")]);
+        adapter.join(&sid("c"), &[sid("c")]);
+        assert_eq!(adapter.room_count(), 2);
+        adapter.leave_all(&sid("b"));
+        assert_eq!(adapter.room_count(), 1, "r2 went with its last member");
     }
 
     #[test]

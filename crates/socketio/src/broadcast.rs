@@ -81,6 +81,7 @@ impl BroadcastOperator {
     }
 
     fn send(&self, json: &str, binary: &[Bytes]) -> Result<(), EmitError> {
+        crate::counters::broadcast();
         let encode =
             |json: &str| encode(PacketType::Event, self.ns.path(), None, Some(json), binary);
         let broadcast = |frames: &[_]| self.ns.adapter().broadcast(&self.ns, frames, &self.opts);

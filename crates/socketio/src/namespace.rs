@@ -151,6 +151,16 @@ impl Namespace {
             .unwrap_or_default()
     }
 
+    /// How many sockets of this process are connected.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// How many rooms have sockets of this process, the sockets' own rooms apart.
+    pub fn room_count(&self) -> usize {
+        self.adapter.room_count()
+    }
+
     /// Rooms with local members, and how many.
     pub fn rooms(&self) -> Vec<(Room, usize)> {
         self.adapter.rooms()
@@ -227,10 +237,12 @@ impl Namespace {
         let Ok(sockets) = self.sockets.read() else {
             return;
         };
+        let mut reached = 0;
         for sid in sids {
             let Some(socket) = sockets.get(sid) else {
                 continue;
             };
+            reached += 1;
             for frame in frames {
                 let sent = if volatile {
                     socket.conn.send_volatile(frame.clone())
@@ -242,6 +254,7 @@ impl Namespace {
                 }
             }
         }
+        crate::counters::delivered(reached);
     }
 }
 

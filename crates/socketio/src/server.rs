@@ -93,12 +93,24 @@ impl SocketIo {
     /// What connection-state recovery did in this process, every namespace together; `None`
     /// with recovery off.
     pub fn recovery_stats(&self) -> Option<crate::RecoveryStats> {
-        let namespaces = self.dispatcher().namespaces.read().ok()?;
         let mut total: Option<crate::RecoveryStats> = None;
-        for stats in namespaces.values().filter_map(|ns| ns.recovery_stats()) {
+        for stats in self
+            .namespaces()
+            .iter()
+            .filter_map(|ns| ns.recovery_stats())
+        {
             total.get_or_insert_with(Default::default).add(stats);
         }
         total
+    }
+
+    /// Every namespace that exists now, for the counts a supervisor exports.
+    pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.dispatcher()
+            .namespaces
+            .read()
+            .map(|namespaces| namespaces.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The Engine.IO layer, for HTTP routing and session counts.

@@ -11,6 +11,7 @@
 
 pub mod dispatch;
 pub mod listen;
+pub mod page_headers;
 pub mod probe;
 pub mod route_tag;
 pub mod sid;

@@ -84,6 +84,34 @@ pub async fn after_accept_error(error: &std::io::Error) {
     tokio::time::sleep(ACCEPT_RETRY).await;
 }
 
+/// Accepts connections on `listener` for ever, at most `max` served at once (more wait in
+/// the kernel's backlog), each by a task running `serve`; a failed accept is handled as
+/// [`after_accept_error`] says.
+pub async fn accept_bounded<F, Fut>(listener: &tokio::net::TcpListener, max: usize, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                after_accept_error(&error).await;
+                continue;
+            }
+        };
+        let served = serve(stream);
+        tokio::spawn(async move {
+            served.await;
+            drop(permit);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,20 @@ pub struct AppConfig {
     /// A command run on crashes, health failures, memory replacements and reloads
     /// (`--on-event`), bounded in rate and time.
     pub hooks: crate::hooks::HookConfig,
+    /// Prometheus metrics and the live dashboard (`--admin`).
+    pub admin: AdminConfig,
+}
+
+/// The master's admin address: `/metrics` (Prometheus) and the dashboard at `/`, on an
+/// address of its own, never the public one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where to serve them; `None`: nowhere.
+    pub listen: Option<SocketAddr>,
+    /// The file holding the bearer token (read by the master, never passed in argv or the
+    /// environment); default: `admin-token` in the app's directory, made on first start.
+    pub token_file: Option<PathBuf>,
 }
 
 /// When and how fast crashed workers come back.
@@ -249,6 +263,7 @@ impl Default for AppConfig {
             watch: WatchConfig::default(),
             cron_restart: None,
             hooks: crate::hooks::HookConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -413,6 +428,25 @@ impl AppConfig {
             return bad("--spare needs connections handed out by the master (the chat with sticky scheduling): a program sharing the listening socket would take connections while it waits as a spare".into());
         }
         self.hooks.validate().map_err(ConfigError)?;
+        if self.admin.token_file.is_some() && self.admin.listen.is_none() {
+            return bad("--admin-token-file needs --admin ADDR (the address it guards)".into());
+        }
+        if let Some(admin) = self.admin.listen {
+            if admin.port() == 0 {
+                return bad(format!(
+                    "--admin {admin}: give the admin address a port (0 would pick one no scraper knows), e.g. --admin 127.0.0.1:9300"
+                ));
+            }
+            let same_ip = admin.ip() == self.listen.ip()
+                || admin.ip().is_unspecified()
+                || self.listen.ip().is_unspecified();
+            if !self.no_listen && admin.port() == self.listen.port() && same_ip {
+                return bad(format!(
+                    "--admin {admin} is the public address (--listen {}): give the admin address a port of its own, e.g. --admin 127.0.0.1:9300",
+                    self.listen
+                ));
+            }
+        }
         crate::triggers::check(
             &self.watch,
             self.cron_restart.as_deref(),

@@ -98,12 +98,10 @@ pub struct WorkerStatus {
     /// master's store), and what it reports itself (e.g. `redis_publish_failed`).
     #[serde(default)]
     pub dropped: BTreeMap<String, u64>,
-    /// What its current process counts, by name: with connection-state recovery,
-    /// `recovery_attempts`, `recovery_recovered` (clients given their sockets back),
-    /// `recovery_replayed` (events replayed to them) and `recovery_gaps` (numbered events this
-    /// process never got, each possibly lost for its clients).
+    /// What connection-state recovery did in its current process (see
+    /// [`crate::worker_stats::WorkerStats::recovery`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub counters: BTreeMap<String, u64>,
+    pub recovery: BTreeMap<String, u64>,
 }
 
 /// A worker slot's state, as `list` shows it (kebab-case on the wire: `waiting-restart`).

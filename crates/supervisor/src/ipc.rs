@@ -53,9 +53,9 @@ pub enum ToMaster {
         /// Messages this worker dropped since it started, by cause (see [`crate::drops`]).
         #[serde(default)]
         dropped: BTreeMap<String, u64>,
-        /// What else the worker counts for status, by name (e.g. `recovery_recovered`).
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        counters: BTreeMap<String, u64>,
+        /// What it counted about its clients, for the admin address's metrics.
+        #[serde(default)]
+        stats: Box<crate::worker_stats::WorkerStats>,
     },
     /// The worker's sessions changed since it last said: sent between pings, so that the
     /// master's least-loaded pick follows a burst of connections it cannot count itself
@@ -238,10 +238,13 @@ pub struct WorkerLink {
     connections: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
     /// What this worker dropped, reported with every pong.
     drops: OnceLock<Arc<Drops>>,
-    /// Its other counters, reported with every pong.
-    counters: OnceLock<Box<dyn Fn() -> BTreeMap<String, u64> + Send + Sync>>,
+    /// Counts reported with every pong (see [`WorkerLink::report_stats`]).
+    stats: OnceLock<StatsSource>,
     queries: OnceLock<QueryHandler>,
 }
+
+/// Takes a worker's counts (see [`WorkerLink::report_stats`]).
+type StatsSource = Box<dyn Fn() -> crate::worker_stats::WorkerStats + Send + Sync>;
 
 /// Answers other workers' questions (see [`WorkerLink::on_query`]).
 type QueryHandler = Box<dyn Fn(Value) -> Value + Send + Sync>;
@@ -279,7 +282,7 @@ impl WorkerLink {
             next_id: AtomicU64::new(1),
             connections: OnceLock::new(),
             drops: OnceLock::new(),
-            counters: OnceLock::new(),
+            stats: OnceLock::new(),
             queries: OnceLock::new(),
         });
         tokio::spawn(async move { write_queue(&mut write, &mut outgoing).await });
@@ -300,16 +303,13 @@ impl WorkerLink {
                             .get()
                             .map(|drops| drops.snapshot())
                             .unwrap_or_default();
-                        let counters = reader
-                            .counters
-                            .get()
-                            .map(|count| count())
-                            .unwrap_or_default();
+                        let stats =
+                            Box::new(reader.stats.get().map(|take| take()).unwrap_or_default());
                         let _ = reader.tx.send(ToMaster::Pong {
                             seq,
                             connections,
                             dropped,
-                            counters,
+                            stats,
                         });
                     }
                     ToWorker::Drain { timeout_ms } => {
@@ -373,12 +373,12 @@ impl WorkerLink {
         });
     }
 
-    /// Counters of this worker (by name) to report with every pong, for status.
-    pub fn report_counters(
+    /// Sets what this worker reports about its clients with every pong.
+    pub fn report_stats(
         &self,
-        counters: impl Fn() -> BTreeMap<String, u64> + Send + Sync + 'static,
+        take: impl Fn() -> crate::worker_stats::WorkerStats + Send + Sync + 'static,
     ) {
-        let _ = self.counters.set(Box::new(counters));
+        let _ = self.stats.set(Box::new(take));
     }
 
     /// Asks the master's service and waits for the answer.

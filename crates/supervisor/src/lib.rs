@@ -29,9 +29,11 @@ pub mod spawn;
 pub mod startup;
 pub mod timestamp;
 pub mod triggers;
+pub mod worker_stats;
 
 pub use config::{
-    AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling, WatchConfig,
+    AdminConfig, AppConfig, ConfigError, ConfigFile, HealthConfig, RestartPolicy, Scheduling,
+    WatchConfig,
 };
 pub use control::{AppStatus, Request, Response, Status, WorkerStatus};
 pub use master::{default_user, running_as_root, Master, MasterError, MasterService};

@@ -5,7 +5,7 @@
 //! on the disk.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -394,18 +394,36 @@ pub fn flush(paths: &crate::AppPaths) -> std::io::Result<Vec<PathBuf>> {
     Ok(flushed)
 }
 
-/// The last `n` lines of a log file.
+/// The last `n` lines of a log file. Reads from the end, a block at a time, so the cost is
+/// that of the lines asked for, not of the file (a log may be gigabytes under logrotate).
 pub fn tail(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
-    let file = File::open(path)?;
-    let mut lines = std::collections::VecDeque::with_capacity(n + 1);
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.unwrap_or_default();
-        lines.push_back(line);
-        if lines.len() > n {
-            lines.pop_front();
-        }
+    use std::io::{Read, SeekFrom};
+    const BLOCK: u64 = 64 * 1024;
+    let mut file = File::open(path)?;
+    let mut start = file.seek(SeekFrom::End(0))?;
+    let mut bytes: Vec<u8> = Vec::new();
+    // Enough when the block holds n + 1 line ends (the text after the one before the n-th
+    // line from the end), or the start of the file.
+    while start > 0 && bytes.iter().filter(|b| **b == b'\n').count() <= n {
+        let read = BLOCK.min(start);
+        start -= read;
+        file.seek(SeekFrom::Start(start))?;
+        let mut block = vec![0; read as usize];
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&bytes);
+        bytes = block;
     }
-    Ok(lines.into())
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        // The first line read may have begun before the block.
+        lines.remove(0);
+    }
+    let from = lines.len().saturating_sub(n);
+    Ok(lines[from..]
+        .iter()
+        .map(|line| (*line).to_owned())
+        .collect())
 }
 
 /// The whole lines within the last `window` bytes of a log file: a bounded read however large
@@ -477,6 +495,35 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn tail_reads_the_last_lines_of_a_file_of_any_size() {
+        let dir = std::env::temp_dir().join(format!("chatctl-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.log");
+        // Lines of every length around the block size, so that some straddle a block's start.
+        let lines: Vec<String> = (0..3000)
+            .map(|i| format!("{i} {}", "y".repeat(i * 37 % 70_000 % 300)))
+            .collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        for n in [0, 1, 5, 700, 2999, 3000, 5000] {
+            let want: Vec<String> = lines[lines.len().saturating_sub(n)..].to_vec();
+            assert_eq!(tail(&path, n).unwrap(), want, "n = {n}");
+        }
+        let long = "z".repeat(200_000);
+        std::fs::write(&path, format!("first\n{long}\nlast")).unwrap();
+        assert_eq!(
+            tail(&path, 2).unwrap(),
+            vec![long.clone(), "last".to_owned()]
+        );
+        assert_eq!(
+            tail(&path, 9).unwrap(),
+            vec!["first".to_owned(), long, "last".into()]
+        );
+        std::fs::write(&path, "").unwrap();
+        assert!(tail(&path, 3).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -102,6 +102,11 @@ impl Clone for CpuSampler {
 }
 
 impl CpuSampler {
+    /// The CPU time (user + system) the process had used at the last sample.
+    pub fn used(&self) -> Duration {
+        self.last.map_or(Duration::ZERO, |(_, used)| used)
+    }
+
     /// Samples the process's CPU time and returns its resident memory in bytes, both from one
     /// refresh; `None` when the process is gone.
     pub fn sample(&mut self, pid: u32) -> Option<u64> {

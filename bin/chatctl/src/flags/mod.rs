@@ -292,6 +292,17 @@ pub struct AppArgs {
     #[arg(long, default_value_t = 10, value_name = "PER_MINUTE",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(supervisor::hooks::MAX_PER_MINUTE)))]
     pub on_event_rate: u32,
+    /// Serve Prometheus metrics (`/metrics`) and a live dashboard (`/`) on this address of
+    /// the master's own, e.g. 127.0.0.1:9300 (never the --listen one). On loopback, reading
+    /// needs no token; anywhere else it needs `Authorization: Bearer TOKEN`; the dashboard's
+    /// buttons always do. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
+    /// The file holding the admin token (first line, at least 16 characters, mode 0600).
+    /// Default: `admin-token` in the app's directory ($CHATCTL_HOME/apps/NAME), made on the
+    /// first start with --admin.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Time workers get to exit on stop before SIGKILL.
     #[arg(long, alias = "kill-timeout", default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,

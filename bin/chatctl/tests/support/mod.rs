@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod admin;
+
 /// How long any condition may take before the test fails. Generous: the machine may be busy
 /// running other tests, and a deadline only costs time when something is broken.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -325,29 +327,12 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// `GET path` on a fresh connection; the status code and body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    http_get_on(std::net::TcpStream::connect(("127.0.0.1", port))?, path)
+    testkit::http::get(port, path)
 }
 
 /// `http_get` on a connection opened before.
-pub fn http_get_on(mut stream: std::net::TcpStream, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, body)| body)
-        .to_owned();
-    Ok((status, body))
+pub fn http_get_on(stream: std::net::TcpStream, path: &str) -> std::io::Result<(u16, String)> {
+    testkit::http::get_on(stream, path)
 }
 
 /// `node` with the npm Socket.IO client, and the Python with python-socketio, as the test kit

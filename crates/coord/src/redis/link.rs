@@ -15,6 +15,7 @@ use redis::{
     PushInfo, RedisFuture, RedisResult, Value,
 };
 use supervisor::drops::Drops;
+use supervisor::worker_stats::{Timer, Timings, ROUND_TRIP_BOUNDS};
 use tokio::sync::mpsc;
 
 use super::{node_urls, RedisConfig, RedisError};
@@ -40,6 +41,8 @@ pub struct RedisLink {
     pub(super) epoch: AtomicU64,
     /// Broadcasts and history entries its bus and store could not get to Redis.
     pub(super) drops: Arc<Drops>,
+    /// How long each `run` of commands took, answered or not (the master's metrics).
+    round_trips: Timer,
 }
 
 impl RedisLink {
@@ -74,11 +77,28 @@ impl RedisLink {
             health: Health::new("commands"),
             epoch: AtomicU64::new(0),
             drops,
+            round_trips: Timer::new(&ROUND_TRIP_BOUNDS),
         }))
     }
 
     pub fn config(&self) -> &RedisConfig {
         &self.config
+    }
+
+    /// Whether the command connection works (`None` before its first command), and how many
+    /// of its commands failed for an outage so far: for the master's metrics.
+    pub fn connection_state(&self) -> (Option<bool>, u64) {
+        let state = match self.health.state.load(Ordering::Acquire) {
+            UP => Some(true),
+            DOWN => Some(false),
+            _ => None,
+        };
+        (state, self.health.errors.load(Ordering::Relaxed))
+    }
+
+    /// How long its runs of commands took so far.
+    pub fn round_trips(&self) -> Timings {
+        self.round_trips.timings()
     }
 
     /// What this worker's bus and store dropped, by cause: `redis_publish_queue_full`,
@@ -153,10 +173,12 @@ impl RedisLink {
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
+        let began = std::time::Instant::now();
         let result = match self.connection().await {
             Ok(connection) => commands(connection).await,
             Err(error) => Err(error),
         };
+        self.round_trips.observe(began.elapsed());
         match result {
             Ok(value) => {
                 if self.health.up() {
@@ -310,6 +332,8 @@ pub(super) struct Health {
     what: &'static str,
     /// [`UNKNOWN`], [`UP`] or [`DOWN`].
     state: AtomicU8,
+    /// Failures seen, for the master's metrics (`redis_errors`).
+    errors: AtomicU64,
 }
 
 const UNKNOWN: u8 = 0;
@@ -321,6 +345,7 @@ impl Health {
         Health {
             what,
             state: AtomicU8::new(UNKNOWN),
+            errors: AtomicU64::new(0),
         }
     }
 
@@ -345,6 +370,7 @@ impl Health {
     }
 
     pub(super) fn down(&self, error: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
         if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             tracing::warn!(
                 connection = self.what,

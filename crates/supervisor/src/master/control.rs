@@ -48,9 +48,7 @@ impl Inner {
                     }),
                     last_error: slot.last_error.clone(),
                     dropped: proc.map(dropped_by).unwrap_or_default(),
-                    counters: proc
-                        .map(|p| p.reported_counters.clone())
-                        .unwrap_or_default(),
+                    recovery: proc.map(|p| p.stats.recovery.clone()).unwrap_or_default(),
                 }
             })
             .collect();

@@ -224,7 +224,15 @@ impl Inner {
 
     /// Runs the transition for `event` and performs what it asks for.
     pub(super) fn apply(self: &Arc<Self>, event: Event) {
-        let actions = self.lock().apply(event);
+        let actions = {
+            let mut state = self.lock();
+            let before = self.observer.before(&event, &state);
+            let actions = state.apply(event);
+            if let Some(before) = before {
+                self.observer.after(before, &state, &actions);
+            }
+            actions
+        };
         self.bump();
         self.perform(actions);
     }

@@ -22,6 +22,7 @@ use crate::spawn::{lookup_user, signal, RunAs};
 /// beyond this, accepting waits and further clients queue in the kernel's backlog.
 const MAX_PEEKING: usize = 4096;
 
+mod admin;
 mod auto;
 mod control;
 mod health;
@@ -119,6 +120,8 @@ struct Inner {
     /// Questions a worker asked the others, while their answers come in.
     gatherings: Mutex<std::collections::HashMap<u64, Gathering>>,
     next_gathering: std::sync::atomic::AtomicU64,
+    /// Restarts by cause, durations and recent events, for the admin address.
+    observer: admin::Observer,
 }
 
 /// One worker's question to all the others (e.g. which sockets are in a room).
@@ -136,6 +139,8 @@ pub struct Master {
     control: UnixListener,
     /// `--watch`: started in `prepare`, so a path that cannot be watched fails `start`.
     watcher: Option<crate::triggers::Watcher>,
+    /// `--admin`: bound in `prepare`, so a taken port or a bad token file fails `start`.
+    admin: Option<(std::net::TcpListener, admin::Access)>,
 }
 
 impl Master {
@@ -158,6 +163,18 @@ impl Master {
             Some(bound)
         };
         let log = LogSink::open_app(&paths, &config).map_err(files_error(&paths.logs))?;
+        let admin = match config.admin.listen {
+            Some(address) => {
+                let default_token = paths.dir.join("admin-token");
+                let token = admin::load_token(config.admin.token_file.as_deref(), &default_token)
+                    .map_err(MasterError::Invalid)?;
+                let listener = std::net::TcpListener::bind(address)
+                    .map_err(|e| MasterError::Bind(address.to_string(), e))?;
+                let bound = listener.local_addr().unwrap_or(address);
+                Some((listener, admin::Access::new(token, bound)))
+            }
+            None => None,
+        };
         let control = UnixListener::bind(&paths.control).map_err(files_error(&paths.control))?;
         set_mode(&paths.control, 0o600).map_err(files_error(&paths.control))?;
         std::fs::write(&paths.pid, std::process::id().to_string())
@@ -174,6 +191,7 @@ impl Master {
             .transpose()
             .map_err(MasterError::Invalid)?;
 
+        let observer = admin::Observer::new(&config.name, paths.log_file.clone(), log.clone());
         let state = State::new(config, run_as);
         let peers_token =
             handoff::new_token().map_err(files_error(std::path::Path::new("/dev/urandom")))?;
@@ -191,11 +209,13 @@ impl Master {
             service: std::sync::OnceLock::new(),
             gatherings: Mutex::new(std::collections::HashMap::new()),
             next_gathering: std::sync::atomic::AtomicU64::new(1),
+            observer,
         };
         Ok(Master {
             inner: Arc::new(inner),
             control,
             watcher,
+            admin,
         })
     }
 
@@ -236,6 +256,14 @@ impl Master {
         tokio::spawn(inner.clone().health_loop());
         tokio::spawn(inner.clone().signal_loop());
         tokio::spawn(inner.clone().notify_when_online(on_online));
+        if let Some((listener, access)) = self.admin {
+            let address = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            tracing::info!(%address, "admin address: metrics at /metrics, dashboard at /");
+            tokio::spawn(inner.clone().serve_admin(listener, access));
+        }
         if let Some(watcher) = self.watcher {
             tokio::spawn(inner.clone().reload_on_change(watcher));
         }

@@ -53,7 +53,7 @@ impl Inner {
                         seq,
                         connections,
                         dropped,
-                        counters,
+                        stats,
                     } => {
                         let mut state = self.lock();
                         // A pong for a ping not sent yet would vouch for probes to come.
@@ -63,7 +63,7 @@ impl Inner {
                             proc.last_pong = proc.last_pong.max(seq);
                             proc.connections = connections;
                             proc.reported_drops = dropped;
-                            proc.reported_counters = counters;
+                            proc.stats = stats.bounded();
                             proc.handed = 0;
                         }
                         drop(state);

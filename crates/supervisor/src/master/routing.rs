@@ -27,29 +27,17 @@ impl Inner {
                 return;
             }
         };
-        let peeking = Arc::new(tokio::sync::Semaphore::new(MAX_PEEKING));
-        loop {
-            let Ok(permit) = peeking.clone().acquire_owned().await else {
-                return;
-            };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    sticky::listen::after_accept_error(&error).await;
-                    continue;
-                }
-            };
+        sticky::listen::accept_bounded(&listener, MAX_PEEKING, |stream| {
             let inner = self.clone();
-            tokio::spawn(async move {
-                inner.dispatch(stream).await;
-                drop(permit);
-            });
-        }
+            async move { inner.dispatch(stream).await }
+        })
+        .await;
     }
 
     /// Reads the request line of one connection without consuming it and hands the
     /// connection to the worker owning its session, or to the least-loaded one.
     pub(super) async fn dispatch(&self, stream: tokio::net::TcpStream) {
+        let accepted = std::time::Instant::now();
         let timeout = self.lock().config.peek_timeout;
         let target = match dispatch::peek(&stream, timeout).await {
             Peeked::Request(target) => target,
@@ -62,7 +50,7 @@ impl Inner {
         let mut full = Vec::new();
         while let Some((worker_id, worker)) = self.route(target, &skipped) {
             match worker.try_send(stream.as_raw_fd()) {
-                Ok(()) => return,
+                Ok(()) => return self.observer.dispatched(accepted),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => full.push(worker),
                 Err(_) => {}
             }
@@ -77,9 +65,10 @@ impl Inner {
             let sends = full.iter().map(|worker| Box::pin(worker.send(fd)));
             let sent = tokio::time::timeout(timeout, futures_util::future::select_ok(sends)).await;
             if matches!(sent, Ok(Ok(_))) {
-                return;
+                return self.observer.dispatched(accepted);
             }
         }
+        self.observer.refused.inc();
         dispatch::refuse(stream, dispatch::UNAVAILABLE).await;
     }
 

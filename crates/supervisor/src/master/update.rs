@@ -39,6 +39,7 @@ pub fn fixed_settings_changed(old: &AppConfig, new: &AppConfig) -> Option<String
     check("--watch", old.watch == new.watch);
     check("--cron-restart", old.cron_restart == new.cron_restart);
     check("--spare", old.spare == new.spare);
+    check("--admin", old.admin == new.admin);
     // A program cannot turn into the chat or back: their sockets and channels differ.
     check(
         "the program (chat or not)",

@@ -27,10 +27,23 @@ impl Inner {
         self.renew_spares();
         let mut result = Ok(());
         for slot_id in &slots {
+            let began = std::time::Instant::now();
             result = self.replace(*slot_id, progress).await;
             if result.is_err() {
                 break;
             }
+            self.observer.reloaded(*slot_id, began.elapsed());
+        }
+        match &result {
+            Ok(()) => self.observer.record(
+                "reload",
+                None,
+                None,
+                format!("reloaded {} workers", slots.len()),
+            ),
+            Err(error) => self
+                .observer
+                .record("reload_failed", None, None, error.clone()),
         }
         crate::client::sd_notify("READY=1");
         let (event, message) = match &result {

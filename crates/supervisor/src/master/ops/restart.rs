@@ -24,6 +24,7 @@ impl Inner {
             )
         };
         for slot_id in &slots {
+            let began = std::time::Instant::now();
             let (old, actions) = self.lock().stop_for_restart(*slot_id, stop_timeout);
             self.bump();
             self.perform(actions);
@@ -44,6 +45,7 @@ impl Inner {
                     .is_some_and(|p| p.ready && Some(p.generation) == generation)
             };
             if self.wait_until(ready_timeout, online).await {
+                self.observer.restarted(*slot_id, began.elapsed());
                 progress(format!("worker {slot_id}: restarted"));
             } else {
                 progress(format!("worker {slot_id}: restarted but not online yet"));

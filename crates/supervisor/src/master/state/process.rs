@@ -28,9 +28,9 @@ pub(in crate::master) struct Proc {
     pub(in crate::master) drops: Drops,
     /// What the worker itself reported dropping, with its last pong.
     pub(in crate::master) reported_drops: BTreeMap<String, u64>,
-    /// Its other counters, as its last pong said (see [`crate::ipc::ToMaster::Pong`]).
-    pub(in crate::master) reported_counters: BTreeMap<String, u64>,
     pub(in crate::master) connections: u64,
+    /// What it counted about its clients, with its last pong (for `--admin`).
+    pub(in crate::master) stats: crate::worker_stats::WorkerStats,
     pub(in crate::master) cpu: CpuSampler,
     pub(in crate::master) memory: u64,
     pub(in crate::master) misses: u32,
@@ -70,8 +70,8 @@ impl Proc {
             ipc,
             drops: Drops::new(config.drop_log_interval),
             reported_drops: BTreeMap::new(),
-            reported_counters: BTreeMap::new(),
             connections: 0,
+            stats: Default::default(),
             cpu: CpuSampler::default(),
             memory: 0,
             misses: 0,
