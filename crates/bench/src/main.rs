@@ -241,10 +241,19 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
         error.exit();
     }
     let rendered = error.render().to_string();
-    let line = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let line = line.trim_start_matches("error: ");
+    let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+    let mut line = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    // "the following required arguments were not provided:" names them on the lines below.
+    if line.ends_with(':') {
+        let named: Vec<&str> = lines
+            .take_while(|l| l.starts_with(' '))
+            .map(str::trim)
+            .collect();
+        line = format!("{line} {}", named.join(", "));
+    }
     usage_error(&format!("{line} (see chat-bench --help)"));
 }
