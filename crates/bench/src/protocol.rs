@@ -97,16 +97,13 @@ pub fn connect_namespace(namespace: &str) -> String {
 
 /// `40/ns,{"pid":PID,"offset":OFFSET}`: asks to join a namespace again as the socket `pid` was,
 /// with the events after `offset` replayed (connection-state recovery); plain `40/ns,` while
-/// either is unknown, as the server tries a recovery only with both.
+/// either is unknown, as the server tries a recovery only with both. `offset` is a JSON string's
+/// body as the server sent it (see [`last_string_argument`]), so it goes back as it came.
 pub fn reconnect_namespace(namespace: &str, pid: Option<&str>, offset: Option<&str>) -> String {
     match (pid, offset) {
         (Some(pid), Some(offset)) => {
-            let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
-            format!(
-                "40{namespace},{{\"pid\":{},\"offset\":{}}}",
-                quote(pid),
-                quote(offset)
-            )
+            let pid = serde_json::to_string(pid).unwrap_or_else(|_| "\"\"".into());
+            format!("40{namespace},{{\"pid\":{pid},\"offset\":\"{offset}\"}}")
         }
         _ => connect_namespace(namespace),
     }
@@ -358,6 +355,11 @@ mod tests {
         assert_eq!(
             reconnect_namespace(COM, Some("p\"q"), Some("1-2")),
             "40/chat_com,{\"pid\":\"p\\\"q\",\"offset\":\"1-2\"}"
+        );
+        // The offset goes back with the escapes it came with.
+        assert_eq!(
+            reconnect_namespace(COM, Some("p"), Some("a\\\"b")),
+            "40/chat_com,{\"pid\":\"p\",\"offset\":\"a\\\"b\"}"
         );
         assert_eq!(reconnect_namespace(COM, Some("p"), None), "40/chat_com,");
         assert_eq!(reconnect_namespace(INFRA, None, None), "40/chat_infra,");
