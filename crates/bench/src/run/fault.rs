@@ -28,8 +28,9 @@ pub(super) async fn strike(shared: Arc<Shared>, fault: Fault, began: Instant) {
     }
     let at_s = began.elapsed().as_secs_f64();
     if shared.config.progress {
+        // A progress line (`[...]`), not a problem: ops/bench reads `chat-bench:` lines as errors.
         eprintln!(
-            "chat-bench: fault at {at_s:.2} s: sh -c {:?}",
+            "[fault {at_s:.2}s into the measured phase] sh -c {:?}",
             fault.command
         );
     }
@@ -55,7 +56,7 @@ pub(super) async fn strike(shared: Arc<Shared>, fault: Fault, began: Instant) {
         }
     };
     if shared.config.progress {
-        eprintln!("chat-bench: fault command ended: {exit}");
+        eprintln!("[fault] the command ended: {exit}");
     }
     if let Ok(mut outcome) = shared.fault.lock() {
         *outcome = Some(FaultOutcome {
