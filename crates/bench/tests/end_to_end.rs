@@ -302,7 +302,8 @@ fn a_fault_command_runs_once_mid_run_and_is_reported() {
     assert_eq!(fault["command"], command.as_str(), "{report}");
     assert_eq!(fault["exit"], "exit 0", "{report}");
     let at = fault["at_s"].as_f64().unwrap();
-    assert!((0.5..2.0).contains(&at), "{report}");
+    // Not before its time; late only by what a loaded machine adds.
+    assert!((0.5..5.0).contains(&at), "{report}");
     // Nothing broke: no client had to come back.
     assert_eq!(report["reconnects"], 0, "{report}");
     assert_eq!(report["sockets_recovered"], 0, "{report}");
