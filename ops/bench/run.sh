@@ -22,6 +22,13 @@
 #   storm    STORM_CLIENTS connecting at once (--ramp 0): time until all are connected, failures
 #   polling  POLL_CLIENTS long-polling clients in rooms of 10, 1 msg/s each, POLL_DURATION: through
 #            chatctl's master (sticky dispatch) and through @socket.io/sticky for node-chat
+#   fault    (not in the default SCENARIOS) FAULT_CLIENTS at the chat load (rooms of CHAT_ROOM_SIZE,
+#            CHAT_RATE msg/s each) for FAULT_DURATION, and `kill -9` of one worker FAULT_AFTER into
+#            it (chat-bench --fault-command); the clients reconnect with connection-state recovery.
+#            Messages lost, sockets recovered or not, time until back. node-chat runs with
+#            socket.io's connectionStateRecovery on (NODE_CHAT_RECOVERY=1); socketioxide-chat
+#            has no worker to kill and is skipped. Its table goes between its own markers
+#            (`<!-- run.sh:fault:begin -->`), so a fault-only run leaves the other tables alone.
 #
 # Usage: ops/bench/run.sh [--quick] [--no-doc]
 #   --quick (or QUICK=1)    every scenario tiny (200 clients, short phases): a smoke test of this script
@@ -32,6 +39,8 @@
 #   CHAT_DURATION=20s FANOUT_CLIENTS=2000 FANOUT_RATES=1,2,5,10,20,50,100,200,500,1000
 #   FANOUT_STEP=5s FANOUT_RAMP=200 (joins a second) FANOUT_WARMUP=5s P99_LIMIT=200ms
 #   STORM_CLIENTS=5000 POLL_CLIENTS=500 POLL_DURATION=20s
+#   FAULT_CLIENTS=1000 FAULT_DURATION=20s FAULT_AFTER=8s FAULT_CONNECT_TIMEOUT=30s (how long a client
+#                           may take to come back after the kill before it counts as failed)
 #   CONNECT_TIMEOUT=60s      longest one client may take to connect and join (idle, fanout, storm)
 #   SOURCES=127.0.0.1-127.0.0.16   local addresses chat-bench connects from (more ephemeral ports);
 #                           SOURCES= (empty) leaves the choice to the kernel
@@ -83,6 +92,7 @@ if [[ $QUICK == 1 ]]; then
   FANOUT_WARMUP=${FANOUT_WARMUP:-1s}
   STORM_CLIENTS=${STORM_CLIENTS:-200}
   POLL_CLIENTS=${POLL_CLIENTS:-100} POLL_DURATION=${POLL_DURATION:-5s}
+  FAULT_CLIENTS=${FAULT_CLIENTS:-200} FAULT_DURATION=${FAULT_DURATION:-6s} FAULT_AFTER=${FAULT_AFTER:-2s}
 fi
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 IDLE_HOLD=${IDLE_HOLD:-10s}
@@ -104,6 +114,10 @@ CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-60s}
 STORM_CLIENTS=${STORM_CLIENTS:-5000}
 POLL_CLIENTS=${POLL_CLIENTS:-500}
 POLL_DURATION=${POLL_DURATION:-20s}
+FAULT_CLIENTS=${FAULT_CLIENTS:-1000}
+FAULT_DURATION=${FAULT_DURATION:-20s}
+FAULT_AFTER=${FAULT_AFTER:-8s}
+FAULT_CONNECT_TIMEOUT=${FAULT_CONNECT_TIMEOUT:-30s}
 # One chat-bench process holds at most this many clients (the hard descriptor limit is 20 000).
 CLIENTS_PER_BENCH=${CLIENTS_PER_BENCH:-15000}
 APP_PREFIX=bench
@@ -121,7 +135,7 @@ for server in $SERVERS; do
   case $server in chatctl | chatctl-redis | node-chat | socketioxide-chat) ;; *) die "unknown server $server" ;; esac
 done
 for scenario in $SCENARIOS; do
-  case $scenario in idle | chat | fanout | storm | polling) ;; *) die "unknown scenario $scenario" ;; esac
+  case $scenario in idle | chat | fanout | storm | polling | fault) ;; *) die "unknown scenario $scenario" ;; esac
 done
 
 # --- build -------------------------------------------------------------------------------------
@@ -163,6 +177,7 @@ chmod 755 "$WORK"
 export CHATCTL_HOME=$WORK/chatctl
 mkdir -p "$CHATCTL_HOME" "$WORK/results"
 REDIS_PID=
+NODE_RECOVERY=0 # 1: node-chat starts with socket.io's connectionStateRecovery (the fault scenario)
 SERVER_PID=    # node-chat's primary or the socketioxide peer
 CHATCTL_APP=   # the running chatctl app, if any
 BENCH_PIDS=()  # chat-bench processes of a split run
@@ -271,7 +286,8 @@ start_chatctl() { # redis|embedded
 
 start_node_chat() {
   free_port
-  node "$PEERS/node-chat/server.js" --port "$PORT" --workers "$WORKERS" --redis "$REDIS_URL" >"$WORK/server.log" 2>&1 &
+  NODE_CHAT_RECOVERY=$NODE_RECOVERY node "$PEERS/node-chat/server.js" --port "$PORT" --workers "$WORKERS" --redis "$REDIS_URL" \
+    >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   wait_for_line "$WORK/server.log" "node-chat listening" 60 "$SERVER_PID"
   mapfile -t PIDS < <(pgrep -P "$SERVER_PID")
@@ -395,7 +411,13 @@ bench_idle_split() { # out clients hold
 }
 
 run_scenario() { # scenario server
-  local scenario=$1 server=$2 out=$WORK/results/$1__$2.json
+  local scenario=$1 server=$2 out=$WORK/results/$1__$2.json victim=
+  if [[ $scenario == fault && $server == socketioxide-chat ]]; then
+    log "fault: socketioxide-chat is one process, with no worker to kill; skipped"
+    return
+  fi
+  NODE_RECOVERY=0
+  [[ $scenario == fault ]] && NODE_RECOVERY=1
   start_server "$server"
   log "$scenario against $server"
   case $scenario in
@@ -425,10 +447,21 @@ run_scenario() { # scenario server
     bench "$out" --scenario chat --transport polling --clients "$POLL_CLIENTS" --room-size 10 --rate 1 \
       --duration "$POLL_DURATION"
     ;;
+  fault)
+    # PIDS is the master (chatctl) or the cluster primary (node-chat), then the workers: the
+    # first worker dies. What the machine was doing shows in the figures: recorded with them.
+    victim=${PIDS[1]}
+    echo "$victim" >"$out.victim"
+    uptime >"$out.load"
+    bench "$out" --scenario chat --clients "$FAULT_CLIENTS" --room-size "$CHAT_ROOM_SIZE" --rate "$CHAT_RATE" \
+      --duration "$FAULT_DURATION" --connect-timeout "$FAULT_CONNECT_TIMEOUT" \
+      --fault-after "$FAULT_AFTER" --fault-command "kill -9 $victim"
+    ;;
   esac
   # A server that died under the load is a result too.
   local pid
   for pid in "${PIDS[@]}"; do
+    [[ $pid == "$victim" ]] && continue
     kill -0 "$pid" 2>/dev/null || {
       log "  $server: process $pid is gone after $scenario"
       echo "$pid" >>"$out.dead"
@@ -456,7 +489,8 @@ done
 # The exact command: the settings given in the environment, then the arguments.
 command_line=""
 for var in QUICK WORKERS SERVERS SCENARIOS IDLE_CLIENTS IDLE_HOLD IDLE_RAMP CHAT_CLIENTS CHAT_ROOM_SIZE CHAT_RATE CHAT_DURATION \
-  FANOUT_CLIENTS FANOUT_RATES FANOUT_STEP FANOUT_RAMP FANOUT_WARMUP CONNECT_TIMEOUT P99_LIMIT STORM_CLIENTS POLL_CLIENTS POLL_DURATION SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
+  FANOUT_CLIENTS FANOUT_RATES FANOUT_STEP FANOUT_RAMP FANOUT_WARMUP CONNECT_TIMEOUT P99_LIMIT STORM_CLIENTS POLL_CLIENTS POLL_DURATION \
+  FAULT_CLIENTS FAULT_DURATION FAULT_AFTER FAULT_CONNECT_TIMEOUT SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
   if printenv "$var" >/dev/null; then command_line+="$var=$(printf '%q' "$(printenv "$var")") "; fi
 done
 command_line+="ops/bench/run.sh${ORIGINAL_ARGS[*]:+ ${ORIGINAL_ARGS[*]}}"
@@ -480,10 +514,11 @@ jq -n --arg started "$STARTED" --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" -
   --arg fanout_clients "$FANOUT_CLIENTS" --arg fanout_rates "$FANOUT_RATES" --arg fanout_step "$FANOUT_STEP" \
   --arg fanout_ramp "$FANOUT_RAMP" --arg fanout_warmup "$FANOUT_WARMUP" --arg connect_timeout "$CONNECT_TIMEOUT" \
   --arg p99_limit "$P99_LIMIT" --arg storm_clients "$STORM_CLIENTS" --arg poll_clients "$POLL_CLIENTS" \
-  --arg poll_duration "$POLL_DURATION" '$ARGS.named' >"$WORK/results/meta.json"
+  --arg poll_duration "$POLL_DURATION" --arg fault_clients "$FAULT_CLIENTS" --arg fault_duration "$FAULT_DURATION" \
+  --arg fault_after "$FAULT_AFTER" --arg fault_connect_timeout "$FAULT_CONNECT_TIMEOUT" '$ARGS.named' >"$WORK/results/meta.json"
 
 doc_args=()
 [[ $DOC == 1 ]] && doc_args=(--doc "$ROOT/docs/BENCHMARKS.md")
 python3 "$ROOT/ops/bench/run_report.py" "$WORK/results" "${doc_args[@]}"
-[[ $DOC == 1 ]] && log "results written to docs/BENCHMARKS.md (between <!-- run.sh:begin --> and <!-- run.sh:end -->)"
+[[ $DOC == 1 ]] && log "results written to docs/BENCHMARKS.md (between <!-- run.sh:begin --> and <!-- run.sh:end -->, the fault scenario between <!-- run.sh:fault:begin --> and <!-- run.sh:fault:end -->)"
 exit 0

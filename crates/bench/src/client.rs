@@ -1,5 +1,6 @@
 //! One simulated chat user: logs in, connects both namespaces, joins its room, then sends and
-//! receives as the run's control says.
+//! receives as the run's control says. A connection lost during the run is reconnected the way
+//! the official client does it, with connection-state recovery ([`crate::recovery`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::protocol::{self, Packet, Stamp, COM, INFRA};
-use crate::run::shared::{Control, Shared};
+use crate::recovery::{Recovery, Unconfirmed, UnconfirmedSends};
+use crate::run::shared::{Control, Shared, SocketsBack};
 use crate::stats::SeenMessages;
 use crate::transport::{Connection, Endpoint, Text};
 use crate::BenchError;
@@ -19,6 +21,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Pause after a failed churn cycle.
 const CHURN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Pause after the first failed reconnection attempt, doubled after each one up to
+/// [`RECONNECT_LONGEST_PAUSE`]; the attempts end after the connect timeout.
+const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const RECONNECT_LONGEST_PAUSE: Duration = Duration::from_secs(1);
 
 /// Where client `index` connects: the target, from the next source address in turn.
 fn endpoint(shared: &Shared, index: u32) -> Endpoint<'_> {
@@ -33,8 +40,10 @@ fn endpoint(shared: &Shared, index: u32) -> Endpoint<'_> {
 enum Ended {
     /// The run told it to stop; the connection is still open.
     Stopped(Connection),
-    /// The connection broke or the server closed it.
+    /// The connection broke or the server closed it: the client reconnects.
     Lost(BenchError),
+    /// The server disconnected a namespace (`41`): not reconnected, as by the official client.
+    Dropped(BenchError),
 }
 
 /// One client of the run.
@@ -53,6 +62,17 @@ pub(crate) struct ChatUser {
     /// Bytes of packets received, added to the run's total when the client is done (one shared
     /// counter touched per packet would cost the load generator at millions a second).
     received: u64,
+    /// Set once it joined its room: messages count as deliveries from then on, across
+    /// reconnections (it stays counted as a member while it reconnects).
+    joined: bool,
+    /// The pids and offsets its sockets need to be recovered after a lost connection.
+    recovery: Recovery,
+    /// What it received, by sender: a recovery's replay must not count a message twice.
+    seen: SeenMessages,
+    /// Its next message's number, kept across reconnections so receivers tell messages apart.
+    seq: u32,
+    /// Its messages not echoed back yet: those a lost connection swallowed.
+    unconfirmed: UnconfirmedSends,
 }
 
 /// Adds what `received` brought to `total`.
@@ -85,6 +105,11 @@ impl ChatUser {
             cookie: None,
             stage: "",
             received: 0,
+            joined: false,
+            recovery: Recovery::default(),
+            seen: SeenMessages::default(),
+            seq: 0,
+            unconfirmed: UnconfirmedSends::default(),
             index,
             shared,
         }
@@ -94,27 +119,86 @@ impl ChatUser {
     /// fanout).
     pub(crate) async fn run_member(mut self) {
         let started = Instant::now();
-        let connection = match self.connect_and_join_in_time().await {
-            Ok(connection) => connection,
+        let mut connection = match self.connect_and_join_in_time().await {
+            Ok((connection, _)) => connection,
             Err(error) => {
                 self.shared.connect_failed(&error);
                 return;
             }
         };
+        self.joined = true;
         self.shared
             .joined(self.index, self.room_slot, started.elapsed());
-        let ended = self.follow_control(connection).await;
-        self.shared.room_members[self.room_slot].fetch_sub(1, Ordering::Relaxed);
-        match ended {
-            // Say goodbye rather than drop the sockets: a long-polling session would otherwise
-            // linger on the server until its heartbeat times out, into the next run.
-            Ended::Stopped(connection) => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, connection.close()).await;
+        loop {
+            match self.follow_control(connection).await {
+                // Say goodbye rather than drop the sockets: a long-polling session would
+                // otherwise linger on the server until its heartbeat times out, into the next run.
+                Ended::Stopped(connection) => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, connection.close()).await;
+                    break;
+                }
+                Ended::Lost(cause) => match self.come_back(cause).await {
+                    Some(back) => connection = back,
+                    None => break,
+                },
+                Ended::Dropped(error) => {
+                    self.shared
+                        .error(&format!("client {} disconnected", self.index), &error);
+                    break;
+                }
             }
-            Ended::Lost(error) => self
-                .shared
-                .error(&format!("client {} disconnected", self.index), &error),
         }
+        self.shared.room_members[self.room_slot].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// After the connection was lost (`cause`): reconnects with recovery, with a growing pause
+    /// between attempts, until the connect timeout. The new connection, or `None` when the run
+    /// stops first or every attempt failed (an error of the run).
+    async fn come_back(&mut self, cause: BenchError) -> Option<Connection> {
+        let lost_at = Instant::now();
+        let timeout = self.shared.config.connect_timeout;
+        let deadline = lost_at + timeout;
+        let mut control = self.shared.control.subscribe();
+        let mut pause = RECONNECT_FIRST_PAUSE;
+        let last_error = loop {
+            if *control.borrow_and_update() == Control::Stop {
+                return None;
+            }
+            let attempt = tokio::select! {
+                attempt = tokio::time::timeout_at(deadline, self.connect_and_join()) => attempt,
+                () = stopped(&mut control) => return None,
+            };
+            match attempt {
+                Ok(Ok((connection, back))) => {
+                    // The recovery replayed the echoes of what the server had accepted.
+                    for send in self.unconfirmed.take_lost() {
+                        self.shared.never_arrived(send);
+                    }
+                    self.shared.came_back(back, lost_at.elapsed());
+                    return Some(connection);
+                }
+                Ok(Err(error)) => {
+                    let wake = Instant::now() + pause;
+                    if wake >= deadline {
+                        break error;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep_until(wake) => {}
+                        () = stopped(&mut control) => return None,
+                    }
+                    pause = (pause * 2).min(RECONNECT_LONGEST_PAUSE);
+                }
+                Err(_) => {
+                    break BenchError::Timeout {
+                        after: timeout,
+                        waiting_for: self.stage,
+                    }
+                }
+            }
+        };
+        self.shared
+            .reconnect_failed(self.index, &cause, &last_error);
+        None
     }
 
     /// Connect → join → disconnect until told to stop (churn).
@@ -124,8 +208,10 @@ impl ChatUser {
         let mut first = true;
         while *control.borrow() != Control::Stop {
             let started = Instant::now();
+            // Each cycle is a new session: its sockets were closed, not lost.
+            self.recovery.forget();
             match self.connect_and_join_in_time().await {
-                Ok(connection) => {
+                Ok((connection, _)) => {
                     let connect_latency = started.elapsed();
                     let _ = tokio::time::timeout(timeout, connection.close()).await;
                     self.shared.cycle_completed(
@@ -145,7 +231,7 @@ impl ChatUser {
         }
     }
 
-    async fn connect_and_join_in_time(&mut self) -> Result<Connection, BenchError> {
+    async fn connect_and_join_in_time(&mut self) -> Result<(Connection, SocketsBack), BenchError> {
         let after = self.shared.config.connect_timeout;
         match tokio::time::timeout(after, self.connect_and_join()).await {
             Ok(joined) => joined,
@@ -156,7 +242,10 @@ impl ChatUser {
         }
     }
 
-    async fn connect_and_join(&mut self) -> Result<Connection, BenchError> {
+    /// Opens a session and connects both namespaces, asking for the recovery of sockets it had;
+    /// joins the room unless both were recovered (the server restored their rooms). Says how
+    /// many sockets came back recovered and how many fresh.
+    async fn connect_and_join(&mut self) -> Result<(Connection, SocketsBack), BenchError> {
         self.stage = "the login and the Engine.IO handshake";
         // A clone, so that the endpoint's borrow does not hold `self` while the cookie is set.
         let shared = self.shared.clone();
@@ -172,20 +261,21 @@ impl ChatUser {
                 text.as_str()
             )));
         }
-        connection
-            .send_all(vec![
-                protocol::connect_namespace(INFRA),
-                protocol::connect_namespace(COM),
-            ])
-            .await?;
+        connection.send_all(self.recovery.connect_packets()).await?;
         self.stage = "both namespaces to accept";
+        let mut back = SocketsBack::default();
         let mut waiting_for = 2;
         while waiting_for > 0 {
             let text =
                 tally(&mut self.received, connection.recv().await)?.ok_or(BenchError::Closed)?;
             match Packet::decode(text.as_str()) {
-                Packet::Connected { namespace } if namespace == INFRA || namespace == COM => {
-                    waiting_for -= 1
+                Packet::Connected { namespace, data } if namespace == INFRA || namespace == COM => {
+                    waiting_for -= 1;
+                    if self.recovery.connected(namespace, data) {
+                        back.recovered += 1;
+                    } else {
+                        back.fresh += 1;
+                    }
                 }
                 Packet::ConnectError { namespace, data } => {
                     return Err(BenchError::ConnectRefused {
@@ -193,8 +283,11 @@ impl ChatUser {
                         reason: data.to_owned(),
                     })
                 }
-                packet => Self::answer_in_setup(&mut connection, packet).await?,
+                packet => self.answer_in_setup(&mut connection, packet).await?,
             }
+        }
+        if back.fresh == 0 {
+            return Ok((connection, back));
         }
         self.stage = "name_set after join_room";
         connection.send(protocol::join_room(&self.room)).await?;
@@ -206,16 +299,21 @@ impl ChatUser {
                 Packet::Event {
                     namespace: INFRA,
                     name: "name_set",
-                    ..
-                } => break,
-                packet => Self::answer_in_setup(&mut connection, packet).await?,
+                    data,
+                } => {
+                    self.recovery.event(INFRA, data);
+                    break;
+                }
+                packet => self.answer_in_setup(&mut connection, packet).await?,
             }
         }
-        Ok(connection)
+        Ok((connection, back))
     }
 
-    /// Heartbeats and errors while connecting.
+    /// Heartbeats, errors and events while connecting (a recovery replays what the client
+    /// missed before the CONNECT reply).
     async fn answer_in_setup(
+        &mut self,
         connection: &mut Connection,
         packet: Packet<'_>,
     ) -> Result<(), BenchError> {
@@ -227,7 +325,36 @@ impl ChatUser {
                 data,
                 ..
             } => Err(BenchError::ErrorEvent(data.to_owned())),
+            Packet::Event {
+                namespace,
+                name,
+                data,
+            } => {
+                self.event(namespace, name, data);
+                Ok(())
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// An event from the server: its offset noted, and a chat message counted as a delivery
+    /// (another's) or as the echo of one of its own.
+    fn event(&mut self, namespace: &str, name: &str, data: &str) {
+        self.recovery.event(namespace, data);
+        if namespace != COM || name != "message" {
+            return;
+        }
+        let Some(stamp) = Stamp::find(data) else {
+            return;
+        };
+        if stamp.sender == self.index {
+            self.unconfirmed.echoed(stamp.seq);
+        } else if self.joined {
+            let duplicate = !self.seen.first_time(stamp.sender, stamp.seq);
+            let latency = self.shared.now_us().saturating_sub(stamp.sent_us);
+            self.shared
+                .deliveries
+                .record(stamp.phase, latency, duplicate);
         }
     }
 
@@ -235,8 +362,6 @@ impl ChatUser {
     async fn follow_control(&mut self, mut connection: Connection) -> Ended {
         let shared = self.shared.clone();
         let mut control = shared.control.subscribe();
-        let mut seen = SeenMessages::default();
-        let mut seq: u32 = 0;
         // (phase, interval) while this client sends; no interval: one message, then stop.
         let mut sending: Option<(u16, Option<Duration>)> = None;
         let next_send = tokio::time::sleep(Duration::ZERO);
@@ -294,24 +419,18 @@ impl ChatUser {
                         Err(error) => return Ended::Lost(error),
                     };
                     match Packet::decode(text.as_str()) {
-                        Packet::Event { namespace: COM, name: "message", data } => {
-                            if let Some(stamp) = Stamp::find(data) {
-                                if stamp.sender != self.index {
-                                    let duplicate = !seen.first_time(stamp.sender, stamp.seq);
-                                    let latency = shared.now_us().saturating_sub(stamp.sent_us);
-                                    shared.deliveries.record(stamp.phase, latency, duplicate);
-                                }
-                            }
-                        }
                         Packet::Ping => {
                             if let Err(error) = connection.send("3".into()).await {
                                 return Ended::Lost(error);
                             }
                         }
-                        Packet::Event { name: "error", data, .. } => {
+                        Packet::Event { namespace, name: "error", data } => {
+                            self.recovery.event(namespace, data);
                             shared.error(&format!("client {}", self.index), &BenchError::ErrorEvent(data.to_owned()));
                         }
-                        Packet::Close | Packet::Disconnected { .. } => return Ended::Lost(BenchError::Closed),
+                        Packet::Event { namespace, name, data } => self.event(namespace, name, data),
+                        Packet::Close => return Ended::Lost(BenchError::Closed),
+                        Packet::Disconnected { .. } => return Ended::Dropped(BenchError::Closed),
                         _ => {}
                     }
                 }
@@ -321,10 +440,12 @@ impl ChatUser {
                     if control.has_changed().unwrap_or(true) {
                         continue;
                     }
-                    let stamp = Stamp { sender: self.index, seq, phase, sent_us: shared.now_us() };
-                    seq = seq.wrapping_add(1);
+                    let stamp = Stamp { sender: self.index, seq: self.seq, phase, sent_us: shared.now_us() };
+                    self.seq = self.seq.wrapping_add(1);
                     let members = shared.room_members[self.room_slot].load(Ordering::Relaxed);
-                    shared.message_sent(phase, u64::from(members.saturating_sub(1)));
+                    let recipients = u64::from(members.saturating_sub(1));
+                    shared.message_sent(phase, recipients);
+                    self.unconfirmed.sent(Unconfirmed { seq: stamp.seq, phase, recipients });
                     let mut packet = String::with_capacity(shared.config.message_bytes + 96);
                     stamp.write_message(&mut packet, shared.config.message_bytes);
                     if let Err(error) = connection.send(packet).await {
@@ -344,6 +465,15 @@ impl ChatUser {
                     next_send.as_mut().reset(next);
                 }
             }
+        }
+    }
+}
+
+/// Returns once the run says stop (or is gone).
+async fn stopped(control: &mut tokio::sync::watch::Receiver<Control>) {
+    while *control.borrow_and_update() != Control::Stop {
+        if control.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -79,6 +79,16 @@ pub struct Target {
     pub authority: String,
 }
 
+/// A fault injected into the measured phase of the chat scenario: what the report then shows is
+/// how the clients came through it (losses, reconnections, recoveries).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// How long into the measured phase.
+    pub after: Duration,
+    /// Run with `sh -c`; its output goes to stderr.
+    pub command: String,
+}
+
 /// A whole run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -116,6 +126,8 @@ pub struct BenchConfig {
     /// Idle: after the hold, the first member of every room sends one message, which every
     /// other member must receive.
     pub probe: bool,
+    /// Chat: a command run once, part-way through the measured phase.
+    pub fault: Option<Fault>,
 }
 
 impl BenchConfig {
@@ -143,6 +155,7 @@ impl BenchConfig {
             pids: Vec::new(),
             progress: true,
             probe: false,
+            fault: None,
         }
     }
 

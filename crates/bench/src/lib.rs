@@ -12,12 +12,13 @@ mod error;
 pub mod net;
 pub mod process_usage;
 pub mod protocol;
+mod recovery;
 pub mod report;
 mod run;
 pub mod stats;
 mod transport;
 
-pub use config::{BenchConfig, Scenario, Target, TransportChoice};
+pub use config::{BenchConfig, Fault, Scenario, Target, TransportChoice};
 pub use error::BenchError;
 pub use report::Report;
 pub use run::{run, Control};

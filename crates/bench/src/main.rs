@@ -4,7 +4,7 @@ use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use chat_bench::config::parse_duration;
-use chat_bench::{net, BenchConfig, Scenario, Target, TransportChoice};
+use chat_bench::{net, BenchConfig, Fault, Scenario, Target, TransportChoice};
 use clap::Parser;
 
 /// Load generator for Socket.IO v5 chat servers.
@@ -70,6 +70,13 @@ struct Cli {
     /// member must receive it (the report counts it as sent, delivered and lost).
     #[arg(long)]
     probe: bool,
+    /// Chat: run --fault-command this long into the measured phase (before --duration ends).
+    #[arg(long, value_parser = parse_duration, requires = "fault_command")]
+    fault_after: Option<Duration>,
+    /// Chat: a command run once with `sh -c` at --fault-after (`kill -9 PID`, a reload); its
+    /// output goes to stderr, and the report shows how the clients came back.
+    #[arg(long, requires = "fault_after")]
+    fault_command: Option<String>,
     /// A server process to sample CPU and memory of (repeat for several).
     #[arg(long = "pid")]
     pids: Vec<u32>,
@@ -153,6 +160,24 @@ fn into_config(cli: Cli) -> Result<BenchConfig, String> {
     if cli.rates.is_empty() {
         return Err("--rates needs at least one rate".into());
     }
+    let fault = match (cli.fault_after, cli.fault_command) {
+        (Some(after), Some(command)) => {
+            if cli.scenario != Scenario::Chat {
+                return Err("--fault-command works with --scenario chat only".into());
+            }
+            if command.trim().is_empty() {
+                return Err("--fault-command is empty".into());
+            }
+            if after >= cli.duration {
+                return Err(format!(
+                    "--fault-after {after:?} is not within --duration {:?}",
+                    cli.duration
+                ));
+            }
+            Some(Fault { after, command })
+        }
+        _ => None,
+    };
     let target = resolve(&cli.url)?;
     let mut config = BenchConfig::new(target, cli.scenario);
     config.clients = cli.clients;
@@ -172,6 +197,7 @@ fn into_config(cli: Cli) -> Result<BenchConfig, String> {
     config.pids = cli.pids;
     config.progress = !cli.quiet;
     config.probe = cli.probe;
+    config.fault = fault;
     Ok(config)
 }
 
@@ -215,10 +241,19 @@ fn exit_on_usage_error(error: clap::Error) -> ! {
         error.exit();
     }
     let rendered = error.render().to_string();
-    let line = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let line = line.trim_start_matches("error: ");
+    let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+    let mut line = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    // "the following required arguments were not provided:" names them on the lines below.
+    if line.ends_with(':') {
+        let named: Vec<&str> = lines
+            .take_while(|l| l.starts_with(' '))
+            .map(str::trim)
+            .collect();
+        line = format!("{line} {}", named.join(", "));
+    }
     usage_error(&format!("{line} (see chat-bench --help)"));
 }

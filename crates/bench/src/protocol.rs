@@ -21,8 +21,9 @@ pub enum Packet<'a> {
     Close,
     /// `2`: a heartbeat to answer with `3`.
     Ping,
-    /// `40/ns,{...}`: the namespace accepted us.
-    Connected { namespace: &'a str },
+    /// `40/ns,{...}`: the namespace accepted us; `data` holds the socket's `sid` and, with
+    /// connection-state recovery, its private `pid`.
+    Connected { namespace: &'a str, data: &'a str },
     /// `44/ns,{...}`: the namespace refused us.
     ConnectError { namespace: &'a str, data: &'a str },
     /// `41/ns,`: the server disconnected us from the namespace.
@@ -67,7 +68,7 @@ fn decode_socketio(text: &str) -> Packet<'_> {
     // An ack id may precede the data.
     let data = rest.trim_start_matches(|c: char| c.is_ascii_digit());
     match kind {
-        b'0' => Packet::Connected { namespace },
+        b'0' => Packet::Connected { namespace, data },
         b'1' => Packet::Disconnected { namespace },
         b'4' => Packet::ConnectError { namespace, data },
         b'2' => match event_name(data) {
@@ -92,6 +93,59 @@ fn event_name(data: &str) -> Option<&str> {
 /// `40/ns,`: asks to join a namespace.
 pub fn connect_namespace(namespace: &str) -> String {
     format!("40{namespace},")
+}
+
+/// `40/ns,{"pid":PID,"offset":OFFSET}`: asks to join a namespace again as the socket `pid` was,
+/// with the events after `offset` replayed (connection-state recovery); plain `40/ns,` while
+/// either is unknown, as the server tries a recovery only with both. `offset` is a JSON string's
+/// body as the server sent it (see [`last_string_argument`]), so it goes back as it came.
+pub fn reconnect_namespace(namespace: &str, pid: Option<&str>, offset: Option<&str>) -> String {
+    match (pid, offset) {
+        (Some(pid), Some(offset)) => {
+            let pid = serde_json::to_string(pid).unwrap_or_else(|_| "\"\"".into());
+            format!("40{namespace},{{\"pid\":{pid},\"offset\":\"{offset}\"}}")
+        }
+        _ => connect_namespace(namespace),
+    }
+}
+
+/// The private id in a CONNECT reply's data (`{"sid":"..","pid":".."}`); `None` when the
+/// server does not offer recovery.
+pub fn connect_pid(data: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Connected {
+        pid: Option<String>,
+    }
+    serde_json::from_str::<Connected>(data).ok()?.pid
+}
+
+/// The last argument of an event's data (`["name",...,"last"]`) when it is a string, without
+/// its quotes and as sent (escapes left in): where a server with recovery puts the event's
+/// offset. Found by scanning back from the end, so nothing is parsed or allocated.
+pub fn last_string_argument(data: &str) -> Option<&str> {
+    let inner = data.strip_suffix("\"]")?;
+    let bytes = inner.as_bytes();
+    // Back to the opening quote: the first quote not escaped by an odd run of backslashes.
+    let mut at = inner.len();
+    while at > 0 {
+        at -= 1;
+        if bytes[at] != b'"' {
+            continue;
+        }
+        let backslashes = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if backslashes % 2 == 0 {
+            // The event name alone is not an argument.
+            return match bytes[..at].last() {
+                Some(b',') => Some(&inner[at + 1..]),
+                _ => None,
+            };
+        }
+    }
+    None
 }
 
 /// `42/chat_infra,["join_room",{"name":ROOM}]`.
@@ -170,7 +224,8 @@ mod tests {
         assert_eq!(
             Packet::decode("40/chat_infra,{\"sid\":\"x\"}"),
             Packet::Connected {
-                namespace: "/chat_infra"
+                namespace: "/chat_infra",
+                data: "{\"sid\":\"x\"}"
             }
         );
         assert_eq!(
@@ -210,12 +265,15 @@ mod tests {
             "0{\"sid\":\"é\"}",
             "42/ns,12[\"ev\"",
             "~b1.2.3.~b4.5.6.7~",
+            "[\"a\",\"\\\\\\\"\"]",
         ];
         for sample in samples {
             for (at, _) in sample.char_indices() {
                 let _ = Packet::decode(&sample[..at]);
                 let _ = Packet::decode(&sample[at..]);
                 let _ = Stamp::find(&sample[at..]);
+                let _ = last_string_argument(&sample[..at]);
+                let _ = last_string_argument(&sample[at..]);
             }
         }
     }
@@ -241,6 +299,70 @@ mod tests {
         let delivered = serde_json::to_string(&("message", line.to_string())).unwrap();
         assert_eq!(Stamp::find(&delivered), Some(stamp));
         assert_eq!(Stamp::find("[\"message\",\"hello\"]"), None);
+    }
+
+    #[test]
+    fn the_offset_is_the_last_string_argument() {
+        let offset = |data| last_string_argument(data);
+        assert_eq!(offset("[\"message\",\"hi\",\"1733-42\"]"), Some("1733-42"));
+        assert_eq!(
+            offset("[\"name_set\",{\"name\":\"b1\"},\"1733-1\"]"),
+            Some("1733-1")
+        );
+        // A string with escaped quotes and backslashes is taken whole, as sent.
+        assert_eq!(
+            offset("[\"message\",\"{\\\"a\\\":\\\"x\\\\\\\"}\"]"),
+            Some("{\\\"a\\\":\\\"x\\\\\\\"}")
+        );
+        assert_eq!(offset("[\"a\",\"x\\\\\"]"), Some("x\\\\"));
+        // No string last, or no argument at all: no offset.
+        assert_eq!(offset("[\"users_list\",[\"a\",\"b\"]]"), None);
+        assert_eq!(offset("[\"name_set\",{\"name\":\"b1\"}]"), None);
+        assert_eq!(offset("[\"ping\"]"), None);
+        assert_eq!(offset("\"]"), None);
+        assert_eq!(offset(""), None);
+        // What a benchmark message looks like once the server added its offset.
+        let stamp = Stamp {
+            sender: 3,
+            seq: 9,
+            phase: 1,
+            sent_us: 77,
+        };
+        let mut packet = String::new();
+        stamp.write_message(&mut packet, 32);
+        let data = format!(
+            "{}\"5-12\"]",
+            packet
+                .strip_prefix("42/chat_com,")
+                .unwrap()
+                .strip_suffix(']')
+                .unwrap()
+                .to_owned()
+                + ","
+        );
+        assert_eq!(offset(&data), Some("5-12"));
+        assert_eq!(Stamp::find(&data), Some(stamp));
+    }
+
+    #[test]
+    fn connect_replies_and_reconnects_carry_the_pid() {
+        assert_eq!(
+            connect_pid("{\"sid\":\"s\",\"pid\":\"p\"}").as_deref(),
+            Some("p")
+        );
+        assert_eq!(connect_pid("{\"sid\":\"s\"}"), None);
+        assert_eq!(connect_pid("not json"), None);
+        assert_eq!(
+            reconnect_namespace(COM, Some("p\"q"), Some("1-2")),
+            "40/chat_com,{\"pid\":\"p\\\"q\",\"offset\":\"1-2\"}"
+        );
+        // The offset goes back with the escapes it came with.
+        assert_eq!(
+            reconnect_namespace(COM, Some("p"), Some("a\\\"b")),
+            "40/chat_com,{\"pid\":\"p\",\"offset\":\"a\\\"b\"}"
+        );
+        assert_eq!(reconnect_namespace(COM, Some("p"), None), "40/chat_com,");
+        assert_eq!(reconnect_namespace(INFRA, None, None), "40/chat_infra,");
     }
 
     #[test]

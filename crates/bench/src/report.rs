@@ -45,6 +45,16 @@ pub struct FanoutStep {
     pub max_ms: f64,
 }
 
+/// What `--fault-command` did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaultOutcome {
+    pub command: String,
+    /// When it started, in seconds into the measured phase.
+    pub at_s: f64,
+    /// Its exit: `exit 0`, `signal 9`, or why it could not run.
+    pub exit: String,
+}
+
 /// The figures of a run. The JSON keys are part of the command's contract (ops/bench reads
 /// them): do not rename.
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +96,21 @@ pub struct Report {
     pub duration_s: f64,
     /// Ctrl-C or SIGTERM ended the run early.
     pub interrupted: bool,
+    /// Lost connections the clients reconnected (connection-state recovery asked for).
+    pub reconnects: u64,
+    /// Lost connections not back within the connect timeout (each also an error).
+    pub reconnects_failed: u64,
+    /// Sockets (two a client) the server restored on a reconnection: same pid, rooms kept,
+    /// missed events replayed.
+    pub sockets_recovered: u64,
+    /// Sockets that came back new: the client joined its room again, what it missed is lost.
+    pub sockets_not_recovered: u64,
+    /// From a lost connection until the client was back, over the reconnections.
+    pub back_after_ms: Latency,
+    /// Messages sent on a connection lost before the server took them (not echoed, not
+    /// replayed): not counted as owed, so not as lost.
+    pub never_arrived: u64,
+    pub fault: Option<FaultOutcome>,
 }
 
 impl Report {
@@ -153,6 +178,33 @@ impl Report {
             row("duplicates", self.duplicates.to_string());
         }
         row("errors", self.errors.to_string());
+        if let Some(fault) = &self.fault {
+            row(
+                "fault",
+                format!("`{}` at {:.2} s: {}", fault.command, fault.at_s, fault.exit),
+            );
+        }
+        if self.fault.is_some() || self.reconnects + self.reconnects_failed > 0 {
+            row(
+                "reconnects",
+                format!(
+                    "{} ({} failed); sockets recovered {}, not recovered {}",
+                    self.reconnects,
+                    self.reconnects_failed,
+                    self.sockets_recovered,
+                    self.sockets_not_recovered
+                ),
+            );
+            let back = &self.back_after_ms;
+            row(
+                "back after a loss",
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    back.p50, back.p99, back.max
+                ),
+            );
+            row("never arrived", self.never_arrived.to_string());
+        }
         row(
             "received",
             format!("{} bytes of packets", self.received_bytes),
@@ -269,6 +321,13 @@ mod tests {
             received_bytes: 0,
             duration_s: 2.0,
             interrupted: false,
+            reconnects: 0,
+            reconnects_failed: 0,
+            sockets_recovered: 0,
+            sockets_not_recovered: 0,
+            back_after_ms: Latency::default(),
+            never_arrived: 0,
+            fault: None,
         }
     }
 
@@ -295,6 +354,36 @@ mod tests {
             duplicated.verdict(),
             "FAILED: 0 lost, 0 errors, 0 connect failures, 4 duplicates"
         );
+    }
+
+    #[test]
+    fn a_fault_shows_how_the_clients_came_back() {
+        let report = Report {
+            fault: Some(FaultOutcome {
+                command: "kill -9 42".into(),
+                at_s: 1.0,
+                exit: "exit 0".into(),
+            }),
+            reconnects: 5,
+            sockets_recovered: 9,
+            sockets_not_recovered: 1,
+            back_after_ms: Latency {
+                p50: 120.0,
+                p90: 200.0,
+                p99: 250.0,
+                max: 300.0,
+            },
+            ..clean_run()
+        };
+        let table = report.table();
+        assert!(table.contains("`kill -9 42` at 1.00 s: exit 0"), "{table}");
+        assert!(
+            table.contains("5 (0 failed); sockets recovered 9, not recovered 1"),
+            "{table}"
+        );
+        assert!(table.contains("p50 120.0 ms, p99 250.0 ms"), "{table}");
+        // Without a fault or a reconnection, no such rows.
+        assert!(!clean_run().table().contains("reconnects"));
     }
 
     #[test]
@@ -333,6 +422,13 @@ mod tests {
             "best_rate_under_limit",
             "cycles",
             "duration_s",
+            "reconnects",
+            "reconnects_failed",
+            "sockets_recovered",
+            "sockets_not_recovered",
+            "back_after_ms",
+            "never_arrived",
+            "fault",
         ] {
             assert!(keys.contains(&key), "missing {key}");
         }

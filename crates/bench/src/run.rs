@@ -3,9 +3,11 @@
 //!
 //! - [`shared`]: what the run and its clients share (control, rooms, counts);
 //! - [`conductor`]: the run's own loop, one method per scenario;
+//! - [`fault`]: the command `--fault-command` runs mid-scenario;
 //! - [`tally`]: the counts added up into the report.
 
 mod conductor;
+mod fault;
 pub(crate) mod shared;
 mod tally;
 

@@ -279,3 +279,99 @@ fn nobody_listening_is_a_failed_run() {
         run.elapsed
     );
 }
+
+#[test]
+fn a_fault_command_runs_once_mid_run_and_is_reported() {
+    let server = server();
+    let marker = std::env::temp_dir().join(format!("chat-bench-fault-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let command = format!("echo struck >> '{}'", marker.display());
+    let report = bench_json(
+        &server,
+        &[
+            CHAT,
+            &["--fault-after", "500ms", "--fault-command", &command],
+        ]
+        .concat(),
+    );
+    server.stop();
+    let struck = std::fs::read_to_string(&marker).unwrap_or_default();
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(struck, "struck\n", "the command ran once: {report}");
+    let fault = &report["fault"];
+    assert_eq!(fault["command"], command.as_str(), "{report}");
+    assert_eq!(fault["exit"], "exit 0", "{report}");
+    let at = fault["at_s"].as_f64().unwrap();
+    // Not before its time; late only by what a loaded machine adds.
+    assert!((0.5..5.0).contains(&at), "{report}");
+    // Nothing broke: no client had to come back.
+    assert_eq!(report["reconnects"], 0, "{report}");
+    assert_eq!(report["sockets_recovered"], 0, "{report}");
+    assert_every_message_reached_its_room(&report);
+}
+
+#[test]
+fn a_failing_fault_command_fails_the_run() {
+    let server = server();
+    let mut args = vec!["--url", &server.url, "--json", "--quiet"];
+    args.extend_from_slice(CHAT);
+    args.extend_from_slice(&["--fault-after", "200ms", "--fault-command", "exit 3"]);
+    let run = bench(&args);
+    server.stop();
+    assert_eq!(
+        run.status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        run.report()
+    );
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["fault"]["exit"], "exit 3", "{report}");
+    assert_eq!(report["errors"], 1, "{report}");
+}
+
+#[test]
+fn fault_flags_are_checked() {
+    for (args, says) in [
+        (&["--fault-after", "1s"][..], "--fault-command"),
+        (&["--fault-command", "true"][..], "--fault-after"),
+        (
+            &["--fault-after", "10s", "--fault-command", "true"][..],
+            "--duration",
+        ),
+        (
+            &["--fault-after", "soon", "--fault-command", "true"][..],
+            "soon",
+        ),
+        (
+            &["--fault-after", "1s", "--fault-command", " "][..],
+            "empty",
+        ),
+    ] {
+        let mut all = vec!["--scenario", "chat", "--duration", "2s"];
+        all.extend_from_slice(args);
+        let run = bench(&all);
+        assert_eq!(
+            run.status.and_then(|s| s.code()),
+            Some(2),
+            "{args:?}\n{}",
+            run.report()
+        );
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.report());
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.report());
+    }
+    let run = bench(&[
+        "--scenario",
+        "idle",
+        "--fault-after",
+        "1s",
+        "--fault-command",
+        "true",
+    ]);
+    assert_eq!(
+        run.status.and_then(|s| s.code()),
+        Some(2),
+        "{}",
+        run.report()
+    );
+    assert!(run.stderr.contains("chat only"), "{}", run.report());
+}

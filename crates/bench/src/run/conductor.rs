@@ -209,10 +209,29 @@ impl Conductor {
         self.watch.start_cpu();
         self.control(send(1));
         let began = Instant::now();
+        let fault = self
+            .shared
+            .config
+            .fault
+            .clone()
+            .map(|fault| tokio::spawn(super::fault::strike(self.shared.clone(), fault, began)));
         self.hold(duration).await;
         let duration = began.elapsed();
         self.drain(1..2).await;
         self.watch.stop_cpu();
+        if let Some(mut fault) = fault {
+            // A command still running after the drain is given the connect timeout, then killed.
+            let grace = self.shared.config.connect_timeout;
+            if tokio::time::timeout(grace, &mut fault).await.is_err() {
+                fault.abort();
+                self.shared.error(
+                    "the fault command",
+                    &crate::BenchError::Setup(format!(
+                        "still running {grace:?} after the drain; killed"
+                    )),
+                );
+            }
+        }
         Measured {
             duration,
             ..Measured::default()

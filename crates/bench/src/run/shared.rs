@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{BenchConfig, Scenario};
+use crate::recovery::Unconfirmed;
+use crate::report::FaultOutcome;
 use crate::stats::{new_histogram, DeliveryRecorder};
 use crate::BenchError;
 
@@ -36,6 +38,15 @@ pub(crate) struct PhaseSends {
     pub(super) sent: AtomicU64,
     /// For each message, the other members of the sender's room at send time.
     pub(super) expected: AtomicU64,
+}
+
+/// How a client's sockets came back after a reconnection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketsBack {
+    /// Restored by the server: same sid and pid, rooms kept, missed events replayed.
+    pub(crate) recovered: u64,
+    /// New sockets: the client joined its room again.
+    pub(crate) fresh: u64,
 }
 
 /// Errors printed on stderr before the rest are only counted.
@@ -68,6 +79,19 @@ pub(crate) struct Shared {
     /// The lowest client index that joined: the fanout's sender.
     pub(super) first_member: AtomicU32,
     pub(super) connect_latency_us: Mutex<Histogram<u64>>,
+    /// Lost connections a client reconnected, and those it gave up on (also errors).
+    pub(super) reconnects: AtomicU64,
+    pub(super) reconnects_failed: AtomicU64,
+    /// Sockets that came back after a reconnection, restored by the server or not.
+    pub(super) sockets_recovered: AtomicU64,
+    pub(super) sockets_not_recovered: AtomicU64,
+    /// From a lost connection until the client was back (connected, and in its room again).
+    pub(super) back_after_us: Mutex<Histogram<u64>>,
+    /// Messages sent on a connection that was lost before the server took them (no echo, none
+    /// replayed): not owed to anyone.
+    pub(super) never_arrived: AtomicU64,
+    /// What `--fault-command` did, once it ran.
+    pub(super) fault: Mutex<Option<FaultOutcome>>,
     pub(super) cycle_latency_us: Mutex<Histogram<u64>>,
     /// Set by Ctrl-C or SIGTERM: every wait ends at once and the report is what was measured.
     pub(super) interrupted: AtomicBool,
@@ -100,6 +124,13 @@ impl Shared {
             last_joined_us: AtomicU64::new(0),
             first_member: AtomicU32::new(u32::MAX),
             connect_latency_us: Mutex::new(new_histogram()),
+            reconnects: AtomicU64::new(0),
+            reconnects_failed: AtomicU64::new(0),
+            sockets_recovered: AtomicU64::new(0),
+            sockets_not_recovered: AtomicU64::new(0),
+            back_after_us: Mutex::new(new_histogram()),
+            never_arrived: AtomicU64::new(0),
+            fault: Mutex::new(None),
             cycle_latency_us: Mutex::new(new_histogram()),
             interrupted: AtomicBool::new(false),
             config,
@@ -166,6 +197,36 @@ impl Shared {
         self.cycles.fetch_add(1, Ordering::Relaxed);
         if first {
             self.first_join(index);
+        }
+    }
+
+    /// A client reconnected `after` its connection was lost.
+    pub(crate) fn came_back(&self, back: SocketsBack, after: Duration) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.sockets_recovered
+            .fetch_add(back.recovered, Ordering::Relaxed);
+        self.sockets_not_recovered
+            .fetch_add(back.fresh, Ordering::Relaxed);
+        if let Ok(mut histogram) = self.back_after_us.lock() {
+            histogram.saturating_record(after.as_micros().max(1) as u64);
+        }
+    }
+
+    /// Client `index` lost its connection (`cause`) and could not reconnect within the connect
+    /// timeout (`error`: the last attempt's).
+    pub(crate) fn reconnect_failed(&self, index: u32, cause: &BenchError, error: &BenchError) {
+        self.reconnects_failed.fetch_add(1, Ordering::Relaxed);
+        self.error(
+            &format!("client {index} lost its connection ({cause}) and could not reconnect"),
+            error,
+        );
+    }
+
+    /// A message the server never took: its deliveries are no longer owed.
+    pub(crate) fn never_arrived(&self, send: Unconfirmed) {
+        self.never_arrived.fetch_add(1, Ordering::Relaxed);
+        if let Some(sends) = self.phases.get(usize::from(send.phase)) {
+            sends.expected.fetch_sub(send.recipients, Ordering::Relaxed);
         }
     }
 

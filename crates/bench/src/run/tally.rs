@@ -68,6 +68,12 @@ pub(super) fn build_report(
         .lock()
         .map(|h| Latency::from_us(&h))
         .unwrap_or_default();
+    let back_after_ms = shared
+        .back_after_us
+        .lock()
+        .map(|h| Latency::from_us(&h))
+        .unwrap_or_default();
+    let fault = shared.fault.lock().ok().and_then(|f| f.clone());
     let connected = shared.connected.load(Ordering::Relaxed);
     let last_joined = shared.last_joined_us.load(Ordering::Relaxed);
     let processes = watch.processes.clone();
@@ -124,5 +130,12 @@ pub(super) fn build_report(
         received_bytes: shared.received_bytes.load(Ordering::Relaxed),
         duration_s: measured.as_secs_f64(),
         interrupted: shared.interrupted.load(Ordering::Relaxed),
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        reconnects_failed: shared.reconnects_failed.load(Ordering::Relaxed),
+        sockets_recovered: shared.sockets_recovered.load(Ordering::Relaxed),
+        sockets_not_recovered: shared.sockets_not_recovered.load(Ordering::Relaxed),
+        back_after_ms,
+        never_arrived: shared.never_arrived.load(Ordering::Relaxed),
+        fault,
     }
 }

@@ -5,8 +5,15 @@
 // (with the npm `redis` client) for broadcasts across workers. Sessions, room members and the
 // room history live in Redis too, so every worker sees the same chat.
 //
-// Usage: node server.js --port 3000 --workers 2 --redis redis://127.0.0.1:6379
-//        (or PORT, WORKERS, REDIS_URL; SECRET signs the cookies, random when unset)
+// Usage: node server.js --port 3000 --workers 2 --redis redis://127.0.0.1:6379 [--recovery]
+//        (or PORT, WORKERS, REDIS_URL, NODE_CHAT_RECOVERY=1; SECRET signs the cookies, random when
+//        unset)
+// --recovery turns on socket.io's connectionStateRecovery (its defaults: a 2-minute window,
+// middlewares skipped on a recovered socket), for ops/bench/run.sh's fault scenario; off by
+// default, so that the other scenarios measure the stack as it is usually deployed. With
+// @socket.io/redis-adapter, socket.io hands out a pid but the adapter neither adds offsets nor
+// keeps sessions (it extends the base Adapter, not the session-aware one): what recovery gives
+// here is what a Node user of this stack gets.
 // Prints "node-chat listening on 127.0.0.1:PORT (N workers)" once every worker is ready.
 //
 // Differences from crates/chat, on purpose: no per-socket message rate limit (the benchmark
@@ -24,12 +31,14 @@ const { values: flags } = parseArgs({
     host: { type: 'string' },
     workers: { type: 'string' },
     redis: { type: 'string' },
+    recovery: { type: 'boolean' },
   },
 });
 const PORT = Number(flags.port ?? process.env.PORT ?? 3000);
 const HOST = flags.host ?? process.env.HOST ?? '127.0.0.1';
 const WORKERS = Math.max(1, Number(flags.workers ?? process.env.WORKERS ?? 1));
 const REDIS_URL = flags.redis ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const RECOVERY = flags.recovery ?? process.env.NODE_CHAT_RECOVERY === '1';
 
 const COOKIE_NAME = 'chat_session';
 const SESSION_TTL_S = 7 * 24 * 3600;
@@ -57,7 +66,8 @@ function runPrimary() {
   cluster.on('message', (_worker, message) => {
     if (message === 'node-chat:ready' && ++ready === WORKERS) {
       server.listen(PORT, HOST, () => {
-        console.log(`node-chat listening on ${HOST}:${PORT} (${WORKERS} workers, pid ${process.pid})`);
+        const recovery = RECOVERY ? ', connection-state recovery on' : '';
+        console.log(`node-chat listening on ${HOST}:${PORT} (${WORKERS} workers, pid ${process.pid}${recovery})`);
       });
     }
   });
@@ -161,7 +171,10 @@ async function runWorker() {
     res.end();
   }
 
-  const io = new Server(httpServer, { maxHttpBufferSize: 1e6 });
+  const io = new Server(httpServer, {
+    maxHttpBufferSize: 1e6,
+    ...(RECOVERY ? { connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000, skipMiddlewares: true } } : {}),
+  });
   io.adapter(createAdapter(redis, subscriber));
   setupWorker(io);
 
