@@ -25,8 +25,10 @@ pub struct RecoveryLog {
     next: u64,
     /// The events still kept, oldest first, with whom they were for.
     events: VecDeque<Logged>,
-    /// Offsets below it were evicted: a client behind it missed events no longer kept.
-    floor: u64,
+    /// What was evicted, by whom it was for: a client behind one of its floors missed events
+    /// no longer kept; one whose rooms saw no eviction past its offset recovers, however far
+    /// behind the log it is (a quiet socket in a busy namespace).
+    floors: Floors,
     /// Bytes of the events kept.
     bytes: usize,
     /// By the hash of their private ids.
@@ -71,7 +73,7 @@ impl RecoveryLog {
             epoch,
             next: 0,
             events: VecDeque::new(),
-            floor: 0,
+            floors: Floors::default(),
             bytes: 0,
             sessions: HashMap::new(),
             evicted: 0,
@@ -148,7 +150,9 @@ impl RecoveryLog {
             .get(pid_hash)
             .is_some_and(|kept| kept.owner == owner)
         {
-            self.sessions.remove(pid_hash);
+            if let Some(kept) = self.sessions.remove(pid_hash) {
+                self.floors.rooms.remove(&kept.sid);
+            }
         }
     }
 
@@ -168,14 +172,17 @@ impl RecoveryLog {
     /// longer kept.
     pub fn restore(&mut self, request: &RestoreRequest) -> Option<Restored> {
         self.expire(Instant::now());
-        if request.epoch != self.epoch || request.after < self.floor || request.after > self.next {
+        if request.epoch != self.epoch || request.after > self.next {
             return None;
         }
         let kept = self.sessions.get(&request.pid_hash)?;
-        if kept.binding != request.binding {
+        if kept.binding != request.binding || request.after < self.floors.of(&kept.sid, &kept.rooms)
+        {
             return None;
         }
         let kept = self.sessions.remove(&request.pid_hash)?;
+        // From here on its client's offsets are past anything evicted for it.
+        self.floors.rooms.remove(&kept.sid);
         let missed = self
             .events
             .iter()
@@ -223,7 +230,8 @@ impl RecoveryLog {
 
     fn evict_oldest(&mut self) {
         if let Some(event) = self.events.pop_front() {
-            self.floor = event.seq;
+            self.floors
+                .raise(&event.opts, event.seq, self.config.max_sessions);
             self.bytes -= event.bytes;
             self.evicted += 1;
         }
@@ -236,8 +244,54 @@ impl RecoveryLog {
         while self.events.front().is_some_and(|event| old(event.at)) {
             self.evict_oldest();
         }
-        self.sessions
-            .retain(|_, kept| !kept.detached.is_some_and(old));
+        let floors = &mut self.floors;
+        self.sessions.retain(|_, kept| {
+            let keep = !kept.detached.is_some_and(old);
+            if !keep {
+                floors.rooms.remove(&kept.sid);
+            }
+            keep
+        });
+    }
+}
+
+/// The number of the last evicted event for each room (a socket's own room included) and for
+/// everyone.
+#[derive(Default)]
+struct Floors {
+    /// Events for every socket of the namespace, and those of rooms beyond the bound.
+    everyone: u64,
+    rooms: HashMap<Room, u64>,
+}
+
+impl Floors {
+    /// An event for the sockets `opts` selects, numbered `seq`, was evicted. At most `bound`
+    /// rooms are tracked; beyond it every socket counts as having missed it.
+    fn raise(&mut self, opts: &BroadcastOptions, seq: u64, bound: usize) {
+        if opts.rooms.is_empty() {
+            self.everyone = seq;
+            return;
+        }
+        for room in &opts.rooms {
+            if let Some(floor) = self.rooms.get_mut(room) {
+                *floor = seq;
+            } else if self.rooms.len() < bound {
+                self.rooms.insert(room.clone(), seq);
+            } else {
+                // Too many to tell apart: the old floors are folded into everyone's.
+                self.everyone = seq;
+                self.rooms.clear();
+                return;
+            }
+        }
+    }
+
+    /// The last evicted event that may have been for socket `sid` in `rooms`.
+    fn of(&self, sid: &Sid, rooms: &[Room]) -> u64 {
+        std::iter::once(sid)
+            .chain(rooms)
+            .filter_map(|room| self.rooms.get(room))
+            .fold(self.everyone, |floor, room| floor.max(*room))
     }
 }
 
@@ -359,6 +413,39 @@ mod tests {
         assert!(expiring
             .restore(&ask(&expiring, &pid, seen, None))
             .is_none());
+    }
+
+    #[test]
+    fn a_quiet_socket_recovers_though_the_log_evicted_what_was_for_others() {
+        let mut log = RecoveryLog::new(RecoveryConfig {
+            max_packets: 2,
+            ..RecoveryConfig::default()
+        });
+        let (quiet, busy) = (Pid::new(), Pid::new());
+        let seen = send(&mut log, "seen", &to(&["r"]));
+        log.keep(record(&quiet, "q", &["r"], None), 1, true);
+        log.keep(record(&busy, "b", &["s"], None), 1, true);
+        // Three events for room s and one for the busy socket alone: all evicted but two.
+        for text in ["s1", "s2", "s3"] {
+            send(&mut log, text, &to(&["s"]));
+        }
+        send(&mut log, "to b", &to(&["b"]));
+        let restored = log
+            .restore(&ask(&log, &quiet, seen, None))
+            .expect("recovered");
+        assert_eq!(replayed(&restored), Vec::<String>::new());
+        // The busy one missed events no longer kept.
+        assert!(log.restore(&ask(&log, &busy, seen, None)).is_none());
+        // An event for everyone, evicted, is missed by every socket.
+        let mut log = RecoveryLog::new(RecoveryConfig {
+            max_packets: 1,
+            ..RecoveryConfig::default()
+        });
+        let seen = send(&mut log, "seen", &to(&["r"]));
+        log.keep(record(&quiet, "q", &["r"], None), 1, true);
+        send(&mut log, "all", &BroadcastOptions::default());
+        send(&mut log, "s", &to(&["s"]));
+        assert!(log.restore(&ask(&log, &quiet, seen, None)).is_none());
     }
 
     #[test]
