@@ -206,6 +206,19 @@ impl Inner {
     }
 
     pub(super) fn mark_ready(self: &Arc<Self>, generation: u64, via_ipc: bool) {
+        // Said after its deadline, but heard first (a busy master runs its timer late): it was
+        // not ready in time, whichever of the two this thread got to first.
+        let late = {
+            let state = self.lock();
+            let timeout = state.config.ready_timeout;
+            state
+                .proc(generation)
+                .is_some_and(|p| p.started.elapsed() > timeout)
+        };
+        if late {
+            self.apply(Event::ReadyTimedOut { generation });
+            return;
+        }
         self.apply(Event::Ready {
             generation,
             via_ipc,
