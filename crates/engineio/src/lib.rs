@@ -12,6 +12,7 @@ mod body;
 mod config;
 mod engine;
 mod external;
+mod heartbeat;
 mod log_throttle;
 mod packet;
 mod pending;

@@ -3,7 +3,9 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use http::{HeaderMap, Uri};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
@@ -78,8 +80,10 @@ pub enum SendError {
 /// is given back once it has been emptied after a burst.
 pub(crate) struct Queue {
     frames: std::sync::Mutex<VecDeque<Frame>>,
-    /// Woken by every frame queued; the one transport that writes waits on it.
-    ready: Notify,
+    /// The one transport that writes (whoever holds the outbox) waits here; woken by every
+    /// frame queued and by the session's close. A waker slot, not a `Notify`: waiting on it
+    /// needs no future, so the websocket's task keeps nothing for it while idle.
+    ready: AtomicWaker,
     limit: usize,
 }
 
@@ -90,7 +94,7 @@ impl Queue {
     fn new(limit: usize) -> Self {
         Queue {
             frames: std::sync::Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             limit: limit.max(1),
         }
     }
@@ -110,7 +114,7 @@ impl Queue {
             }
             frames.push_back(frame);
         }
-        self.ready.notify_one();
+        self.ready.wake();
         Ok(())
     }
 
@@ -135,15 +139,19 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// The next frame for the client, once there is one.
     pub(crate) async fn next(&mut self, queue: &Queue) -> Frame {
-        if let Some(frame) = self.carry.take() {
-            return frame;
+        std::future::poll_fn(|cx| self.poll_next(queue, cx)).await
+    }
+
+    fn poll_next(&mut self, queue: &Queue, cx: &mut Context<'_>) -> Poll<Frame> {
+        if let Some(frame) = self.try_next(queue) {
+            return Poll::Ready(frame);
         }
-        loop {
-            if let Some(frame) = queue.pop() {
-                return frame;
-            }
-            // A frame queued since the pop left a permit: this returns at once.
-            queue.ready.notified().await;
+        queue.ready.register(cx.waker());
+        // A frame queued after the registration wakes the task; one queued before it is
+        // found here.
+        match self.try_next(queue) {
+            Some(frame) => Poll::Ready(frame),
+            None => Poll::Pending,
         }
     }
 
@@ -306,6 +314,23 @@ impl<D> Socket<D> {
             tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
             self.is_closed.store(true, Ordering::Release);
             self.closed.cancel();
+            // The websocket writer waits on the queue alone (see `Socket::poll_next_frame`).
+            self.queue.ready.wake();
+        }
+    }
+
+    /// The next frame for the client, once there is one; `None` once the session is closed
+    /// and nothing is queued. A writer waiting here needs no second future for the close.
+    pub(crate) fn poll_next_frame(
+        &self,
+        outbox: &mut Outbox,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Frame>> {
+        match outbox.poll_next(&self.queue, cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            // Registered for the close's wake-up before looking: none is missed.
+            Poll::Pending if self.is_closed() => Poll::Ready(outbox.try_next(&self.queue)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
