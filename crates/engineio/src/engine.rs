@@ -18,7 +18,7 @@ use crate::log_throttle::LogThrottle;
 use crate::packet::{Message, Packet};
 use crate::pending::{PeerAddr, PendingSessions};
 use crate::sid::generate_sid;
-use crate::socket::{DisconnectReason, Socket, Transport};
+use crate::socket::{DisconnectReason, SessionRequest, Socket, Transport};
 
 /// The body type of every response the engine makes.
 pub type Body = Full<Bytes>;
@@ -193,8 +193,10 @@ impl<H: Handler> Engine<H> {
             transport,
             self.config.max_buffered_packets,
             pending,
-            detached_headers(req.headers(), &self.config.session_headers),
-            detached_uri(req.uri()),
+            SessionRequest {
+                headers: detached_headers(req.headers(), &self.config.session_headers),
+                uri: detached_uri(req.uri()),
+            },
             H::Data::default(),
         ));
         {

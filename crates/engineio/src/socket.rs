@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use http::{HeaderMap, Uri};
 use tokio::sync::{Mutex, Notify};
-use tokio_util::sync::CancellationToken;
 
 use crate::packet::Frame;
 use crate::pending::PendingSlot;
@@ -164,6 +163,15 @@ impl Outbox {
     }
 }
 
+/// What a session keeps of the request that opened it: the headers the layer above reads
+/// (`session_headers`) and the target. One per session, shared by the layer above's views of
+/// it (a Socket.IO handshake per namespace).
+#[derive(Debug)]
+pub struct SessionRequest {
+    pub headers: HeaderMap,
+    pub uri: Uri,
+}
+
 /// An Engine.IO session, shared by its transports, its heartbeat task and the layer above.
 /// `D` is the state the layer above keeps per session (Socket.IO keeps its namespaces here).
 pub struct Socket<D> {
@@ -181,16 +189,17 @@ pub struct Socket<D> {
     pub(crate) transport_changes: Notify,
     /// Woken by every pong; the heartbeat waits on it.
     pub(crate) pong: Notify,
-    closed: CancellationToken,
-    /// Mirrors `closed` for the send path: a token check takes a lock, and a broadcast makes
-    /// one check per recipient.
+    /// Set once, by the close; read without a lock on the send path (a broadcast makes one
+    /// check per recipient).
     is_closed: AtomicBool,
+    /// Wakes whoever waits in [`Socket::closed`]. A `Notify` in place rather than a
+    /// cancellation token, which would cost every session an allocation of its own.
+    closing: Notify,
     close_reason: OnceLock<DisconnectReason>,
     /// The session's place among those not admitted yet; given back on admission or close.
     pending: std::sync::Mutex<Option<PendingSlot>>,
-    /// Shared: the layer above keeps them too (a Socket.IO handshake per namespace).
-    headers: Arc<HeaderMap>,
-    uri: Uri,
+    /// Shared: the layer above keeps it too (a Socket.IO handshake per namespace).
+    request: Arc<SessionRequest>,
     /// The upper layer's per-session state.
     pub data: D,
 }
@@ -201,8 +210,7 @@ impl<D> Socket<D> {
         transport: Transport,
         queue: usize,
         pending: Option<PendingSlot>,
-        headers: HeaderMap,
-        uri: Uri,
+        request: SessionRequest,
         data: D,
     ) -> Self {
         Socket {
@@ -214,12 +222,11 @@ impl<D> Socket<D> {
             post_lock: Mutex::new(()),
             transport_changes: Notify::new(),
             pong: Notify::new(),
-            closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
+            closing: Notify::new(),
             close_reason: OnceLock::new(),
             pending: std::sync::Mutex::new(pending),
-            headers: Arc::new(headers),
-            uri,
+            request: Arc::new(request),
             data,
         }
     }
@@ -273,17 +280,17 @@ impl<D> Socket<D> {
     /// Headers of the request that opened the session, those of `session_headers` only
     /// (by default cookie, user agent, forwarded-for).
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The same headers, shared rather than copied.
-    pub fn shared_headers(&self) -> Arc<HeaderMap> {
-        self.headers.clone()
+        &self.request.headers
     }
 
     /// The URI of the request that opened the session (its query is the client's `query`).
     pub fn uri(&self) -> &Uri {
-        &self.uri
+        &self.request.uri
+    }
+
+    /// What the session keeps of the request that opened it, shared rather than copied.
+    pub fn request(&self) -> Arc<SessionRequest> {
+        self.request.clone()
     }
 
     /// Queues a frame for the client without waiting. A client whose queue is full is too slow
@@ -313,7 +320,7 @@ impl<D> Socket<D> {
         if self.close_reason.set(reason).is_ok() {
             tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
             self.is_closed.store(true, Ordering::Release);
-            self.closed.cancel();
+            self.closing.notify_waiters();
             // The websocket writer waits on the queue alone (see `Socket::poll_next_frame`).
             self.queue.ready.wake();
         }
@@ -340,7 +347,13 @@ impl<D> Socket<D> {
 
     /// Completes when the session has been closed.
     pub async fn closed(&self) {
-        self.closed.cancelled().await
+        // Made before the check: a close after it wakes this future even though it has not
+        // been polled yet (`notify_waiters` reaches every `Notified` already made).
+        let closing = self.closing.notified();
+        if self.is_closed() {
+            return;
+        }
+        closing.await
     }
 
     /// Why the session ended, once it has.

@@ -227,7 +227,7 @@ impl Dispatcher {
         let mut auth = packet.data;
         let restored = ns.recovery().and_then(|recovery| {
             let (pid, offset) = take_recovery_attempt(&mut auth)?;
-            let binding = recovery.binding(&conn.shared_headers());
+            let binding = recovery.binding(conn.headers());
             let restored = recovery.restore(&pid, &offset, binding)?;
             Some((Pid::from(pid.as_str()), restored))
         });
@@ -253,7 +253,7 @@ impl Dispatcher {
             return;
         }
         socket.set_connected();
-        conn.insert(&packet.nsp, socket.clone());
+        conn.insert(socket.clone());
         // A client in a namespace is a user, no longer a pending handshake.
         conn.admit();
         let mut reply = serde_json::json!({ "sid": socket.id().as_ref() });

@@ -133,8 +133,7 @@ impl Socket {
         recovered: bool,
     ) -> Self {
         let handshake = Handshake {
-            headers: conn.shared_headers(),
-            uri: conn.uri().clone(),
+            request: conn.request(),
             auth,
             issued: std::time::SystemTime::now(),
         };
