@@ -33,7 +33,8 @@ pub(crate) struct WebSocket<S> {
     /// frames.
     unread: Vec<u8>,
     /// A message that came in fragments, while the rest of its fragments are on their way.
-    fragments: Option<Fragments>,
+    /// Boxed: few clients fragment, and every connection has the field.
+    fragments: Option<Box<Fragments>>,
     /// The largest message, and frame, accepted from the client.
     max_message: usize,
 }
@@ -216,9 +217,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 if !header.is_final {
                     return Ok(None);
                 }
-                let Some(Fragments { text, data }) = self.fragments.take() else {
+                let Some(fragments) = self.fragments.take() else {
                     return Ok(None);
                 };
+                let Fragments { text, data } = *fragments;
                 return data_message(text, data).map(Some);
             }
             OpCode::Data(kind) if self.fragments.is_some() => {
@@ -230,7 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if header.is_final {
             data_message(text, data).map(Some)
         } else {
-            self.fragments = Some(Fragments { text, data });
+            self.fragments = Some(Box::new(Fragments { text, data }));
             Ok(None)
         }
     }

@@ -80,28 +80,14 @@ pub(crate) fn open<H: Handler, B: Send + 'static>(
             }
         }
     });
-    tokio::spawn(websocket_session(engine.clone(), socket, opened, handshake));
+    let heartbeat = engine.heartbeat(opened);
+    tokio::spawn(carry_session(
+        engine.clone(),
+        socket,
+        handshake,
+        Some(heartbeat),
+    ));
     response
-}
-
-/// The one task of a session opened on a websocket, once `handshake` has opened it (see
-/// [`carry_session`] for why it is not an `async fn`).
-#[allow(clippy::manual_async_fn)]
-fn websocket_session<H: Handler>(
-    engine: Arc<Engine<H>>,
-    socket: Arc<Socket<H::Data>>,
-    opened: tokio::time::Instant,
-    handshake: BoxedFuture<'static, Option<Ws>>,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        // Not `match`: its scrutinee would be kept, websocket-sized, for the session's life.
-        let Some(ws) = handshake.await else {
-            socket.close(DisconnectReason::TransportClose);
-            boxed(engine.end_session(socket.clone())).await;
-            return;
-        };
-        carry_session(&engine, &socket, ws, Some(opened)).await;
-    }
 }
 
 /// A websocket handshake for an existing polling session: probe, then take the session over.
@@ -162,24 +148,8 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
             ws
         }
     });
-    tokio::spawn(upgraded_session(engine, socket, upgrading));
+    tokio::spawn(carry_session(engine, socket, upgrading, None));
     response
-}
-
-/// The task that carries an upgraded session, once `upgrading` has taken it over.
-#[allow(clippy::manual_async_fn)]
-fn upgraded_session<H: Handler>(
-    engine: Arc<Engine<H>>,
-    socket: Arc<Socket<H::Data>>,
-    upgrading: BoxedFuture<'static, Option<Ws>>,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        // Not `if let`: its scrutinee would be kept, websocket-sized, for the session's life.
-        let Some(ws) = upgrading.await else {
-            return;
-        };
-        carry_session(&engine, &socket, ws, None).await;
-    }
 }
 
 /// The upgrade dialogue on the new websocket, until the client's `5`.
@@ -211,27 +181,35 @@ async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
     Err(())
 }
 
-/// Carries a session on a websocket until the session or the websocket ends. Every write has
-/// a deadline (`ws_write_timeout`): a client that stops reading is dropped, not waited for.
-/// Given when its handshake was (`opened`), this task keeps the session's heartbeat and ends
-/// the session too (one opened on the websocket); without, a task of its own does both (an
-/// upgraded one).
+/// The one task of a session on a websocket, from when `taking_over` gives it the websocket
+/// (a handshake, or an upgrade) until the session or the websocket ends. Every write has a
+/// deadline (`ws_write_timeout`): a client that stops reading is dropped, not waited for.
+/// With a `heartbeat`, this task keeps the session's time and ends the session too (one opened
+/// on the websocket); without, a task of its own does both (an upgraded one).
 ///
 /// Not an `async fn`: one would keep its arguments twice in its state, once as given and once
-/// as bound (rust-lang/rust#62958), and the websocket is the largest thing an idle task holds.
+/// as bound (rust-lang/rust#62958), and this state is most of what an idle connection costs.
 #[allow(clippy::manual_async_fn)]
-fn carry_session<'a, H: Handler>(
-    engine: &'a Arc<Engine<H>>,
-    socket: &'a Arc<Socket<H::Data>>,
-    mut ws: Ws,
-    opened: Option<tokio::time::Instant>,
-) -> impl std::future::Future<Output = ()> + Send + 'a {
+fn carry_session<H: Handler>(
+    engine: Arc<Engine<H>>,
+    socket: Arc<Socket<H::Data>>,
+    taking_over: BoxedFuture<'static, Option<Ws>>,
+    mut heartbeat: Option<Heartbeat>,
+) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let mut heartbeat = opened.map(|opened| engine.heartbeat(opened));
         let ends_session = heartbeat.is_some();
-        let ending = exchange(engine, socket, &mut ws, &mut heartbeat).await;
+        // Not `match` or `if let`: their scrutinee would be kept, websocket-sized, for the
+        // session's life.
+        let Some(mut ws) = taking_over.await else {
+            if ends_session {
+                socket.close(DisconnectReason::TransportClose);
+                boxed(engine.end_session(socket.clone())).await;
+            }
+            return;
+        };
+        let ending = exchange(&engine, &socket, &mut ws, &mut heartbeat).await;
         // Boxed: only a closing session needs room for it, not every open one.
-        boxed(finish(engine, socket, ws, ending, ends_session)).await;
+        boxed(finish(&engine, &socket, ws, ending, ends_session)).await;
     }
 }
 
@@ -337,33 +315,30 @@ async fn exchange<'a, H: Handler>(
             Poll::Pending
         })
         .await;
-        let flow = match turn {
-            Turn::Write(None) => Flow::Flush,
+        let take = match turn {
+            Turn::Write(None) => return Ending::Flush(outbox),
             Turn::Beat => {
                 timer_fired = true;
                 let ended = heartbeat
                     .as_mut()
                     .is_some_and(|heartbeat| !engine.beat(socket, heartbeat));
                 if ended {
-                    Flow::Flush
-                } else {
-                    Flow::Continue
+                    return Ending::Flush(outbox);
                 }
+                continue;
             }
             // Boxed, and `turn` moved in: nothing of the turn stays in this task.
-            turn => {
-                let take = boxed(take_turn(
-                    engine,
-                    socket,
-                    ws,
-                    &mut outbox,
-                    heartbeat,
-                    turn,
-                    &mut replies,
-                ));
-                take.await
-            }
+            turn => boxed(take_turn(
+                engine,
+                socket,
+                ws,
+                &mut outbox,
+                heartbeat,
+                turn,
+                &mut replies,
+            )),
         };
+        let flow = take.await;
         match flow {
             Flow::Continue => {}
             Flow::Flush => return Ending::Flush(outbox),
@@ -639,8 +614,10 @@ mod tests {
 
     /// The task of an idle websocket session is most of what the connection costs the server
     /// (`docs/BENCHMARKS.md`, "Where the bytes go"). It was 1.7 KiB with tungstenite's
-    /// websocket, a select of futures and a heartbeat task beside it; a future awaited in place
-    /// in the session's loop, or an argument kept twice, would quietly grow it again.
+    /// websocket, a select of futures and a heartbeat task beside it; the future is 408 bytes
+    /// now, a 512-byte task with tokio's header (tasks come in steps of 128 bytes). A future
+    /// awaited in place in the session's loop, or an argument kept twice, would quietly grow
+    /// it again.
     #[test]
     fn an_idle_websocket_session_keeps_a_small_task() {
         let engine = Engine::new(EngineConfig::default(), Silent);
@@ -649,13 +626,8 @@ mod tests {
             .open_session(Transport::Websocket, SessionTime::Websocket, &request)
             .unwrap();
         let size = future_size(|handshake: BoxedFuture<'static, Option<Ws>>| {
-            websocket_session(
-                engine.clone(),
-                socket.clone(),
-                tokio::time::Instant::now(),
-                handshake,
-            )
+            carry_session(engine.clone(), socket.clone(), handshake, None)
         });
-        assert!(size <= 512, "the session's future takes {size} bytes");
+        assert!(size <= 408, "the session's future takes {size} bytes");
     }
 }
