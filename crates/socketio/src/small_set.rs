@@ -14,10 +14,13 @@ use std::hash::Hash;
 /// Elements a set keeps as a list; one more and it is hashed.
 const LIST_MAX: usize = 32;
 
+/// The hashed form is boxed: the set is then as small as the list (24 bytes), and the tables
+/// that hold a set per room and per socket have buckets that much smaller.
 #[derive(Debug, Clone)]
 pub(crate) enum SmallSet<T> {
     List(Vec<T>),
-    Hashed(HashSet<T>),
+    #[allow(clippy::box_collection)]
+    Hashed(Box<HashSet<T>>),
 }
 
 impl<T> Default for SmallSet<T> {
@@ -37,7 +40,7 @@ impl<T: Eq + Hash> SmallSet<T> {
                 if list.len() == LIST_MAX {
                     let mut hashed: HashSet<T> = std::mem::take(list).into_iter().collect();
                     hashed.insert(value);
-                    *self = SmallSet::Hashed(hashed);
+                    *self = SmallSet::Hashed(Box::new(hashed));
                     return true;
                 }
                 if list.len() == list.capacity() {
@@ -130,6 +133,14 @@ mod tests {
             assert!(!set.contains(&n));
         }
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_set_is_as_small_as_a_list() {
+        assert_eq!(
+            std::mem::size_of::<SmallSet<std::sync::Arc<str>>>(),
+            std::mem::size_of::<Vec<std::sync::Arc<str>>>()
+        );
     }
 
     #[test]
