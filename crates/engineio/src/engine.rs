@@ -13,11 +13,12 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
 use crate::config::EngineConfig;
+use crate::heartbeat::{Due, Heartbeat, Rhythm};
 use crate::log_throttle::LogThrottle;
 use crate::packet::{Message, Packet};
 use crate::pending::{PeerAddr, PendingSessions};
 use crate::sid::generate_sid;
-use crate::socket::{DisconnectReason, Socket, Transport};
+use crate::socket::{DisconnectReason, SessionRequest, Socket, Transport};
 
 /// The body type of every response the engine makes.
 pub type Body = Full<Bytes>;
@@ -87,6 +88,15 @@ impl ErrorCode {
             ErrorCode::UnsupportedProtocolVersion => "Unsupported protocol version",
         }
     }
+}
+
+/// Who keeps a new session's heartbeat and ends it once closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionTime {
+    /// A task of the session's own, alongside its transport.
+    OwnTask,
+    /// The task that carries its websocket, which then calls [`Engine::end_session`].
+    Websocket,
 }
 
 /// Open sessions by id: the table every request with a `sid` is looked up in.
@@ -163,12 +173,14 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// Creates a session, registers it and starts its heartbeat. The session keeps copies of
+    /// Creates a session, registers it and starts its heartbeat (unless its websocket's task
+    /// keeps it: `keeps_time`). The session keeps copies of
     /// the request's target and of the headers the layer above reads (see
     /// [`detached_headers`]). It starts pending: see [`Socket::admit`].
     pub(crate) fn open_session<B>(
         self: &Arc<Self>,
         transport: Transport,
+        keeps_time: SessionTime,
         req: &Request<B>,
     ) -> Result<Arc<Socket<H::Data>>, Response<Body>> {
         let peer = req.extensions().get::<PeerAddr>().map(|peer| peer.0);
@@ -194,8 +206,10 @@ impl<H: Handler> Engine<H> {
             transport,
             self.config.max_buffered_packets,
             pending,
-            detached_headers(req.headers(), &self.config.session_headers),
-            detached_uri(req.uri()),
+            SessionRequest {
+                headers: detached_headers(req.headers(), &self.config.session_headers),
+                uri: detached_uri(req.uri()),
+            },
             H::Data::default(),
         ));
         {
@@ -221,13 +235,58 @@ impl<H: Handler> Engine<H> {
             }
             sessions.insert(socket.id_arc(), socket.clone());
         }
-        tokio::spawn(run_session(
-            self.clone(),
-            socket.clone(),
-            tokio::time::Instant::now(),
-        ));
+        if keeps_time == SessionTime::OwnTask {
+            tokio::spawn(run_session(
+                self.clone(),
+                socket.clone(),
+                tokio::time::Instant::now(),
+            ));
+        }
         self.handler.on_connect(&socket);
         Ok(socket)
+    }
+
+    /// A new heartbeat for a session whose handshake was at `opened`.
+    pub(crate) fn heartbeat(&self, opened: tokio::time::Instant) -> Heartbeat {
+        Heartbeat::new(opened, self.rhythm(), self.handler.deadline())
+    }
+
+    /// How often sessions are pinged and how long their answers may take.
+    pub(crate) fn rhythm(&self) -> Rhythm {
+        Rhythm {
+            interval: self.config.ping_interval,
+            timeout: self.config.ping_timeout,
+        }
+    }
+
+    /// Does what `heartbeat` says is due now. `false` once the session is over.
+    pub(crate) fn beat(&self, socket: &Arc<Socket<H::Data>>, heartbeat: &mut Heartbeat) -> bool {
+        match heartbeat.due(tokio::time::Instant::now(), self.rhythm()) {
+            None => true,
+            Some(Due::Ping) => socket.send(crate::packet::Frame::PING).is_ok(),
+            Some(Due::Deadline) => {
+                self.handler.on_deadline(socket);
+                true
+            }
+            Some(Due::Timeout) => {
+                socket.close(DisconnectReason::PingTimeout);
+                false
+            }
+        }
+    }
+
+    /// Ends a closed session: it leaves the table, frees its place among pending sessions, and
+    /// the handler hears of it.
+    pub(crate) async fn end_session(&self, socket: Arc<Socket<H::Data>>) {
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.remove(socket.id());
+        }
+        // Whoever still holds the socket, its place among pending sessions is free again.
+        socket.release_pending();
+        let reason = socket
+            .close_reason()
+            .unwrap_or(DisconnectReason::ServerClose);
+        self.handler.on_disconnect(socket, reason).await;
     }
 
     /// The `0{...}` open packet for a session.
@@ -266,64 +325,31 @@ impl<H: Handler> Engine<H> {
     }
 }
 
-/// Pings the client, ends the session when it stops answering, and tells the handler once it
-/// is over: one task per session, whatever its transport.
+/// Keeps the heartbeat of a session that has no task of its own (polling, an upgraded
+/// websocket, an external transport), then ends it: one task per session.
 async fn run_session<H: Handler>(
     engine: Arc<Engine<H>>,
     socket: Arc<Socket<H::Data>>,
     opened: tokio::time::Instant,
 ) {
-    // Deadlines are instants counted from the handshake, not sleeps chained one after the
-    // other: a client that never answers is gone at pingInterval + pingTimeout after the
-    // handshake, as the protocol says, not a little later each time a timer rounds up.
-    // The handler's deadline (Socket.IO's connectTimeout) is kept by the same timer: a second
-    // timer awaited alongside would make every session's task larger for good.
-    let heartbeat = async {
-        let mut deadline = engine.handler.deadline().map(|after| opened + after);
-        let mut ping_at = opened + engine.config.ping_interval;
+    let mut heartbeat = engine.heartbeat(opened);
+    let beat = async {
         loop {
-            if let Some(at) = deadline.filter(|at| *at <= ping_at) {
-                tokio::time::sleep_until(at).await;
-                engine.handler.on_deadline(&socket);
-                deadline = None;
-                continue;
-            }
-            tokio::time::sleep_until(ping_at).await;
-            if socket.send(crate::packet::Frame::PING).is_err() {
-                return;
-            }
-            let pong_by = ping_at + engine.config.ping_timeout;
-            loop {
-                let wake = deadline.map_or(pong_by, |at| at.min(pong_by));
-                if tokio::time::timeout_at(wake, socket.pong.notified())
-                    .await
-                    .is_ok()
-                {
-                    break;
+            tokio::select! {
+                _ = tokio::time::sleep_until(heartbeat.wake_at()) => {
+                    if !engine.beat(&socket, &mut heartbeat) {
+                        return;
+                    }
                 }
-                if wake == pong_by {
-                    socket.close(DisconnectReason::PingTimeout);
-                    return;
-                }
-                engine.handler.on_deadline(&socket);
-                deadline = None;
+                _ = socket.pong.notified() => heartbeat.heard(tokio::time::Instant::now(), engine.rhythm()),
             }
-            ping_at = tokio::time::Instant::now() + engine.config.ping_interval;
         }
     };
     tokio::select! {
-        _ = heartbeat => {}
+        _ = beat => {}
         _ = socket.closed() => {}
     }
-    if let Ok(mut sessions) = engine.sessions.write() {
-        sessions.remove(socket.id());
-    }
-    // Whoever still holds the socket, its place among pending sessions is free again.
-    socket.release_pending();
-    let reason = socket
-        .close_reason()
-        .unwrap_or(DisconnectReason::ServerClose);
-    engine.handler.on_disconnect(socket, reason).await;
+    engine.end_session(socket).await;
 }
 
 /// Engine.IO's answer to a request for a session that does not exist (`400`, code 1), on which

@@ -10,13 +10,13 @@ use std::future::Future;
 
 use http::{Request, Response};
 
-use crate::engine::{Body, Engine, Handler};
+use crate::engine::{Body, Engine, Handler, SessionTime};
 use crate::packet::{Frame, Message, Packet};
 use crate::socket::{Socket, Transport};
 use crate::transport::ws;
 
 /// A websocket an external transport accepted (see [`Engine::accept_websocket`]).
-pub type ExternalWebSocket = ws::Ws;
+pub type ExternalWebSocket = ws::ExternalWs;
 
 impl<H: Handler> Engine<H> {
     /// Opens a session for an external transport, from the request that asked for it (its
@@ -27,7 +27,7 @@ impl<H: Handler> Engine<H> {
         req: &Request<B>,
     ) -> Result<Arc<Socket<H::Data>>, Response<Body>> {
         // A push transport, as far as the layer above is concerned.
-        self.open_session(Transport::Websocket, req)
+        self.open_session(Transport::Websocket, SessionTime::OwnTask, req)
     }
 
     /// Accepts a websocket handshake for an external transport, with the engine's limits
@@ -47,10 +47,9 @@ impl<H: Handler> Engine<H> {
         let response = ws::switching_protocols(req)?;
         let on_upgrade = hyper::upgrade::on(req);
         let engine = self.clone();
-        Ok((
-            response,
-            async move { ws::accept(&engine, on_upgrade).await },
-        ))
+        Ok((response, async move {
+            ws::accept_external(&engine, on_upgrade).await
+        }))
     }
 
     /// Hands a client's message to the layer above, as a transport of this crate would.

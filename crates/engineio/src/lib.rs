@@ -13,6 +13,7 @@ mod config;
 mod counters;
 mod engine;
 mod external;
+mod heartbeat;
 mod log_throttle;
 mod packet;
 mod pending;
@@ -30,7 +31,7 @@ pub use log_throttle::LogThrottle;
 pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEPARATOR};
 pub use pending::PeerAddr;
 pub use sid::generate_sid;
-pub use socket::{DisconnectReason, SendError, Socket, Transport};
+pub use socket::{DisconnectReason, SendError, SessionRequest, Socket, Transport};
 pub use transport::ws::CoalesceWrites;
 
 /// UTF-8 text that clones without copying; what websocket text frames are made of.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::engine::{error_response, json_error, Body, Engine, ErrorCode, Handler};
+use crate::engine::{error_response, json_error, Body, Engine, ErrorCode, Handler, SessionTime};
 use crate::pending::PeerAddr;
 use crate::socket::{Socket, Transport};
 use crate::transport::{polling, ws};
@@ -131,7 +131,7 @@ impl<H: Handler> Engine<H> {
     }
 
     fn open_polling<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body> {
-        match self.open_session(Transport::Polling, &req) {
+        match self.open_session(Transport::Polling, SessionTime::OwnTask, &req) {
             Ok(socket) => {
                 let open = self.open_packet(&socket);
                 polling::text_response(open)

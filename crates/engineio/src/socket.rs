@@ -3,10 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use http::{HeaderMap, Uri};
 use tokio::sync::{Mutex, Notify};
-use tokio_util::sync::CancellationToken;
 
 use crate::packet::Frame;
 use crate::pending::PendingSlot;
@@ -92,8 +93,10 @@ pub enum SendError {
 /// is given back once it has been emptied after a burst.
 pub(crate) struct Queue {
     frames: std::sync::Mutex<VecDeque<Frame>>,
-    /// Woken by every frame queued; the one transport that writes waits on it.
-    ready: Notify,
+    /// The one transport that writes (whoever holds the outbox) waits here; woken by every
+    /// frame queued and by the session's close. A waker slot, not a `Notify`: waiting on it
+    /// needs no future, so the websocket's task keeps nothing for it while idle.
+    ready: AtomicWaker,
     limit: usize,
 }
 
@@ -104,7 +107,7 @@ impl Queue {
     fn new(limit: usize) -> Self {
         Queue {
             frames: std::sync::Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             limit: limit.max(1),
         }
     }
@@ -124,7 +127,7 @@ impl Queue {
             }
             frames.push_back(frame);
         }
-        self.ready.notify_one();
+        self.ready.wake();
         Ok(())
     }
 
@@ -149,15 +152,19 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// The next frame for the client, once there is one.
     pub(crate) async fn next(&mut self, queue: &Queue) -> Frame {
-        if let Some(frame) = self.carry.take() {
-            return frame;
+        std::future::poll_fn(|cx| self.poll_next(queue, cx)).await
+    }
+
+    fn poll_next(&mut self, queue: &Queue, cx: &mut Context<'_>) -> Poll<Frame> {
+        if let Some(frame) = self.try_next(queue) {
+            return Poll::Ready(frame);
         }
-        loop {
-            if let Some(frame) = queue.pop() {
-                return frame;
-            }
-            // A frame queued since the pop left a permit: this returns at once.
-            queue.ready.notified().await;
+        queue.ready.register(cx.waker());
+        // A frame queued after the registration wakes the task; one queued before it is
+        // found here.
+        match self.try_next(queue) {
+            Some(frame) => Poll::Ready(frame),
+            None => Poll::Pending,
         }
     }
 
@@ -168,6 +175,15 @@ impl Outbox {
     pub(crate) fn put_back(&mut self, frame: Frame) {
         self.carry = Some(frame);
     }
+}
+
+/// What a session keeps of the request that opened it: the headers the layer above reads
+/// (`session_headers`) and the target. One per session, shared by the layer above's views of
+/// it (a Socket.IO handshake per namespace).
+#[derive(Debug)]
+pub struct SessionRequest {
+    pub headers: HeaderMap,
+    pub uri: Uri,
 }
 
 /// An Engine.IO session, shared by its transports, its heartbeat task and the layer above.
@@ -187,16 +203,17 @@ pub struct Socket<D> {
     pub(crate) transport_changes: Notify,
     /// Woken by every pong; the heartbeat waits on it.
     pub(crate) pong: Notify,
-    closed: CancellationToken,
-    /// Mirrors `closed` for the send path: a token check takes a lock, and a broadcast makes
-    /// one check per recipient.
+    /// Set once, by the close; read without a lock on the send path (a broadcast makes one
+    /// check per recipient).
     is_closed: AtomicBool,
+    /// Wakes whoever waits in [`Socket::closed`]. A `Notify` in place rather than a
+    /// cancellation token, which would cost every session an allocation of its own.
+    closing: Notify,
     close_reason: OnceLock<DisconnectReason>,
     /// The session's place among those not admitted yet; given back on admission or close.
     pending: std::sync::Mutex<Option<PendingSlot>>,
-    /// Shared: the layer above keeps them too (a Socket.IO handshake per namespace).
-    headers: Arc<HeaderMap>,
-    uri: Uri,
+    /// Shared: the layer above keeps it too (a Socket.IO handshake per namespace).
+    request: Arc<SessionRequest>,
     /// The upper layer's per-session state.
     pub data: D,
 }
@@ -207,8 +224,7 @@ impl<D> Socket<D> {
         transport: Transport,
         queue: usize,
         pending: Option<PendingSlot>,
-        headers: HeaderMap,
-        uri: Uri,
+        request: SessionRequest,
         data: D,
     ) -> Self {
         Socket {
@@ -220,12 +236,11 @@ impl<D> Socket<D> {
             post_lock: Mutex::new(()),
             transport_changes: Notify::new(),
             pong: Notify::new(),
-            closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
+            closing: Notify::new(),
             close_reason: OnceLock::new(),
             pending: std::sync::Mutex::new(pending),
-            headers: Arc::new(headers),
-            uri,
+            request: Arc::new(request),
             data,
         }
     }
@@ -279,17 +294,17 @@ impl<D> Socket<D> {
     /// Headers of the request that opened the session, those of `session_headers` only
     /// (by default cookie, user agent, forwarded-for).
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The same headers, shared rather than copied.
-    pub fn shared_headers(&self) -> Arc<HeaderMap> {
-        self.headers.clone()
+        &self.request.headers
     }
 
     /// The URI of the request that opened the session (its query is the client's `query`).
     pub fn uri(&self) -> &Uri {
-        &self.uri
+        &self.request.uri
+    }
+
+    /// What the session keeps of the request that opened it, shared rather than copied.
+    pub fn request(&self) -> Arc<SessionRequest> {
+        self.request.clone()
     }
 
     /// Queues a frame for the client without waiting. A client whose queue is full is too slow
@@ -327,7 +342,24 @@ impl<D> Socket<D> {
             crate::counters::closed(reason);
             tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
             self.is_closed.store(true, Ordering::Release);
-            self.closed.cancel();
+            self.closing.notify_waiters();
+            // The websocket writer waits on the queue alone (see `Socket::poll_next_frame`).
+            self.queue.ready.wake();
+        }
+    }
+
+    /// The next frame for the client, once there is one; `None` once the session is closed
+    /// and nothing is queued. A writer waiting here needs no second future for the close.
+    pub(crate) fn poll_next_frame(
+        &self,
+        outbox: &mut Outbox,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Frame>> {
+        match outbox.poll_next(&self.queue, cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            // Registered for the close's wake-up before looking: none is missed.
+            Poll::Pending if self.is_closed() => Poll::Ready(outbox.try_next(&self.queue)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -337,7 +369,13 @@ impl<D> Socket<D> {
 
     /// Completes when the session has been closed.
     pub async fn closed(&self) {
-        self.closed.cancelled().await
+        // Made before the check: a close after it wakes this future even though it has not
+        // been polled yet (`notify_waiters` reaches every `Notified` already made).
+        let closing = self.closing.notified();
+        if self.is_closed() {
+            return;
+        }
+        closing.await
     }
 
     /// Why the session ended, once it has.

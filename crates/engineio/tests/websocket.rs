@@ -46,6 +46,62 @@ async fn websocket_echoes_text_frames_and_binary_frames() {
     assert_eq!(next_message(&mut ws).await, Some(WsMessage::Binary(data)));
 }
 
+/// The websocket frames a client may send besides whole messages, through the session's loop:
+/// its pings are answered with their payload, a message in fragments (with a ping between them)
+/// arrives whole, and its close is answered with the same code before the session ends.
+#[tokio::test]
+async fn websocket_answers_pings_reassembles_fragments_and_answers_a_close() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let server = start(config()).await;
+    let (mut ws, open) = server.websocket_session().await;
+    // `next_message` passes over pongs: these are read as they come.
+    async fn next_frame(ws: &mut common::Ws) -> Option<WsMessage> {
+        within("a websocket frame", ws.next())
+            .await
+            .map(|message| message.expect("a valid frame"))
+    }
+
+    let payload = Bytes::from_static(b"are you there");
+    within("ping", ws.send(WsMessage::Ping(payload.clone())))
+        .await
+        .expect("send");
+    assert_eq!(next_frame(&mut ws).await, Some(WsMessage::Pong(payload)));
+
+    let first = WsFrame::message("4hel", OpCode::Data(Data::Text), false);
+    let last = WsFrame::message("lo €", OpCode::Data(Data::Continue), true);
+    for frame in [
+        WsMessage::Frame(first),
+        WsMessage::Ping(Bytes::from_static(b"between")),
+        WsMessage::Frame(last),
+    ] {
+        within("fragment", ws.send(frame)).await.expect("send");
+    }
+    assert_eq!(
+        next_frame(&mut ws).await,
+        Some(WsMessage::Pong(Bytes::from_static(b"between")))
+    );
+    assert_eq!(next_text(&mut ws).await, "4hello €");
+
+    let close = CloseFrame {
+        code: CloseCode::Away,
+        reason: "bye".into(),
+    };
+    within("close", ws.send(WsMessage::Close(Some(close.clone()))))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_frame(&mut ws).await,
+        Some(WsMessage::Close(Some(close)))
+    );
+    assert_eq!(
+        server.disconnect_reason(&open.sid).await,
+        DisconnectReason::TransportClose
+    );
+}
+
 #[tokio::test]
 async fn websocket_close_packet_ends_the_session() {
     let server = start(config()).await;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EmitError;
 use crate::namespace::Namespace;
+use crate::small_set::SmallSet;
 use crate::{Room, Sid};
 
 /// Which sockets a broadcast or a query targets.
@@ -114,9 +115,9 @@ pub struct LocalAdapter {
 #[derive(Debug, Default)]
 struct Rooms {
     /// Room -> its members, every room but the sockets' own.
-    members: HashMap<Room, HashSet<Sid>>,
+    members: HashMap<Room, SmallSet<Sid>>,
     /// Every socket known here -> its rooms, its own apart.
-    rooms_of: HashMap<Sid, HashSet<Room>>,
+    rooms_of: HashMap<Sid, SmallSet<Room>>,
 }
 
 impl Rooms {
@@ -133,7 +134,7 @@ impl Rooms {
     fn members_of<'a>(&'a self, room: &'a Room) -> impl Iterator<Item = &'a Sid> {
         let own = self.rooms_of.get_key_value(room).map(|(sid, _)| sid);
         own.into_iter()
-            .chain(self.members.get(room).into_iter().flatten())
+            .chain(self.members.get(room).into_iter().flat_map(SmallSet::iter))
     }
 }
 
@@ -179,11 +180,11 @@ impl Adapter for LocalAdapter {
         let Some(rooms) = state.rooms_of.remove(sid) else {
             return;
         };
-        for room in rooms {
-            if let Some(members) = state.members.get_mut(&room) {
+        for room in rooms.iter() {
+            if let Some(members) = state.members.get_mut(room) {
                 members.remove(sid);
                 if members.is_empty() {
-                    state.members.remove(&room);
+                    state.members.remove(room);
                 }
             }
         }

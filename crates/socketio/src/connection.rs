@@ -1,6 +1,5 @@
 //! One client connection (an Engine.IO session) and the namespace sockets multiplexed on it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::reassembly::Reassembly;
@@ -9,8 +8,10 @@ use crate::socket::Socket;
 /// What the Socket.IO layer keeps per Engine.IO session.
 #[derive(Default)]
 pub struct ConnState {
-    /// The namespaces this client joined, by path.
-    sockets: Mutex<HashMap<String, Arc<Socket>>>,
+    /// The client's socket in each namespace it joined. A list, not a map by path: a client
+    /// joins a namespace or two, and a map would cost every connection its table and a copy
+    /// of each path; a socket knows its namespace's.
+    sockets: Mutex<Vec<Arc<Socket>>>,
     /// A binary packet waiting for its attachments, which arrive as separate messages.
     pub(crate) partial: Mutex<Reassembly>,
     /// Application state of the whole connection: shared by its sockets in every namespace and
@@ -32,18 +33,26 @@ impl std::ops::Deref for Conn {
 
 impl Conn {
     pub(crate) fn socket(&self, nsp: &str) -> Option<Arc<Socket>> {
-        self.data.sockets.lock().ok()?.get(nsp).cloned()
+        let sockets = self.data.sockets.lock().ok()?;
+        sockets
+            .iter()
+            .find(|socket| socket.ns().path == nsp)
+            .cloned()
     }
 
-    pub(crate) fn insert(&self, nsp: &str, socket: Arc<Socket>) {
+    /// Attaches the client's socket in its namespace, in place of one it had there.
+    pub(crate) fn insert(&self, socket: Arc<Socket>) {
         if let Ok(mut sockets) = self.data.sockets.lock() {
-            sockets.insert(nsp.to_owned(), socket);
+            sockets.retain(|known| known.ns().path != socket.ns().path);
+            sockets.push(socket);
         }
     }
 
     /// Detaches a namespace socket from the connection.
     pub(crate) fn forget(&self, nsp: &str) -> Option<Arc<Socket>> {
-        self.data.sockets.lock().ok()?.remove(nsp)
+        let mut sockets = self.data.sockets.lock().ok()?;
+        let at = sockets.iter().position(|socket| socket.ns().path == nsp)?;
+        Some(sockets.swap_remove(at))
     }
 
     /// Detaches every namespace socket (the connection ended).
@@ -51,7 +60,7 @@ impl Conn {
         self.data
             .sockets
             .lock()
-            .map(|mut sockets| sockets.drain().map(|(_, socket)| socket).collect())
+            .map(|mut sockets| std::mem::take(&mut *sockets))
             .unwrap_or_default()
     }
 

@@ -10,20 +10,20 @@ use serde_json::value::RawValue;
 /// `auth` payload of the CONNECT packet.
 #[derive(Debug)]
 pub struct Handshake {
-    /// Shared with the Engine.IO session and the connection's other namespaces.
-    pub(crate) headers: Arc<HeaderMap>,
-    pub(crate) uri: Uri,
+    /// The request's headers and target, shared with the Engine.IO session and the
+    /// connection's other namespaces.
+    pub(crate) request: Arc<engineio::SessionRequest>,
     pub(crate) auth: Option<Box<RawValue>>,
     pub(crate) issued: SystemTime,
 }
 
 impl Handshake {
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        &self.request.headers
     }
 
     pub fn uri(&self) -> &Uri {
-        &self.uri
+        &self.request.uri
     }
 
     /// The raw JSON `auth` object the client sent with CONNECT (`{}` when it sent none).
@@ -43,7 +43,7 @@ impl Handshake {
 
     /// A query parameter of the handshake request (not percent-decoded).
     pub fn query(&self, key: &str) -> Option<&str> {
-        self.uri.query()?.split('&').find_map(|pair| {
+        self.uri().query()?.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (k == key).then_some(v)
         })
@@ -51,7 +51,7 @@ impl Handshake {
 
     /// A cookie sent with the handshake request.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        cookie(&self.headers, name)
+        cookie(self.headers(), name)
     }
 }
 
@@ -80,10 +80,12 @@ mod tests {
             "a=1; session=abc.def; b=2".parse().unwrap(),
         );
         let handshake = Handshake {
-            headers: Arc::new(headers),
-            uri: "/socket.io/?EIO=4&transport=polling&room=x"
-                .parse()
-                .unwrap(),
+            request: Arc::new(engineio::SessionRequest {
+                headers,
+                uri: "/socket.io/?EIO=4&transport=polling&room=x"
+                    .parse()
+                    .unwrap(),
+            }),
             auth: None,
             issued: SystemTime::now(),
         };

@@ -28,6 +28,7 @@ pub mod packet;
 mod reassembly;
 mod recovery;
 mod server;
+mod small_set;
 mod socket;
 
 use std::sync::Arc;

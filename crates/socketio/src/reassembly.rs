@@ -41,8 +41,9 @@ impl Refusal {
 /// The binary packet a connection is receiving, if any.
 #[derive(Debug, Default)]
 pub(crate) struct Reassembly {
-    /// The header and the attachments so far, and their size in bytes.
-    waiting: Option<(Packet, usize)>,
+    /// The header and the attachments so far, and their size in bytes. Boxed: every
+    /// connection has a `Reassembly`, few ever wait for attachments.
+    waiting: Option<Box<(Packet, usize)>>,
 }
 
 impl Reassembly {
@@ -78,7 +79,7 @@ impl Reassembly {
                 max: limits.max_bytes,
             });
         }
-        self.waiting = Some((packet, header_len));
+        self.waiting = Some(Box::new((packet, header_len)));
         Ok(())
     }
 
@@ -88,20 +89,21 @@ impl Reassembly {
         data: Bytes,
         limits: AttachmentLimits,
     ) -> Result<Option<Packet>, Refusal> {
-        let Some((mut packet, bytes)) = self.waiting.take() else {
+        let Some(mut waiting) = self.waiting.take() else {
             return Err(Refusal::Unexpected);
         };
-        let bytes = bytes.saturating_add(data.len());
-        if bytes > limits.max_bytes {
+        let (packet, bytes) = &mut *waiting;
+        *bytes = bytes.saturating_add(data.len());
+        if *bytes > limits.max_bytes {
             return Err(Refusal::TooLarge {
                 max: limits.max_bytes,
             });
         }
         packet.binary.push(data);
         if packet.is_complete() {
-            return Ok(Some(packet));
+            return Ok(Some(waiting.0));
         }
-        self.waiting = Some((packet, bytes));
+        self.waiting = Some(waiting);
         Ok(None)
     }
 }

@@ -282,7 +282,7 @@ impl Dispatcher {
             return;
         }
         socket.set_connected();
-        conn.insert(&packet.nsp, socket.clone());
+        conn.insert(socket.clone());
         // A client in a namespace is a user, no longer a pending handshake.
         conn.admit();
         let mut reply = serde_json::json!({ "sid": socket.id().as_ref() });
@@ -347,7 +347,7 @@ async fn restore(
         pid_hash: pid.digest(),
         epoch: epoch.clone(),
         after,
-        binding: recovery.binding(&conn.shared_headers()),
+        binding: recovery.binding(conn.headers()),
     };
     let hold = recovery.hold();
     match recovery.store().restore(request).await {

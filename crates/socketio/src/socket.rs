@@ -79,17 +79,26 @@ impl DisconnectReason {
     }
 }
 
+/// Answers awaited from the client, by ack id.
+type PendingAcks = HashMap<u64, oneshot::Sender<AckResponse>>;
+
 /// One client in one namespace. Shared as `Arc<Socket>` by handlers, the namespace and acks.
 pub struct Socket {
     id: Sid,
     ns: Arc<Namespace>,
     pub(crate) conn: Conn,
     handshake: Handshake,
-    handlers: RwLock<HashMap<String, EventHandler>>,
+    /// Handlers of this socket alone ([`Socket::on`]); boxed once the first is registered,
+    /// since most sockets have none (handlers are the namespace's). An empty map would cost
+    /// every socket its 48 bytes.
+    #[allow(clippy::box_collection)]
+    handlers: RwLock<Option<Box<HashMap<String, EventHandler>>>>,
     on_disconnect: Mutex<Option<DisconnectHandler>>,
     /// Ids for server-to-client acks; pending answers wait in `acks`.
     next_ack: AtomicU64,
-    acks: Mutex<HashMap<u64, oneshot::Sender<AckResponse>>>,
+    /// Boxed once the first is waited for: most sockets never ask for an ack.
+    #[allow(clippy::box_collection)]
+    acks: Mutex<Option<Box<PendingAcks>>>,
     connected: AtomicBool,
     /// Its private id, with recovery on (see [`crate::RecoveryConfig`]).
     pid: Option<Pid>,
@@ -133,8 +142,7 @@ impl Socket {
         recovered: bool,
     ) -> Self {
         let handshake = Handshake {
-            headers: conn.shared_headers(),
-            uri: conn.uri().clone(),
+            request: conn.request(),
             auth,
             issued: std::time::SystemTime::now(),
         };
@@ -143,10 +151,10 @@ impl Socket {
             ns,
             conn,
             handshake,
-            handlers: RwLock::new(HashMap::new()),
+            handlers: RwLock::new(None),
             on_disconnect: Mutex::new(None),
             next_ack: AtomicU64::new(0),
-            acks: Mutex::new(HashMap::new()),
+            acks: Mutex::new(None),
             connected: AtomicBool::new(false),
             pid,
             recovered,
@@ -213,7 +221,9 @@ impl Socket {
         Fut: Future<Output = ()> + Send + 'static,
     {
         if let Ok(mut handlers) = self.handlers.write() {
-            handlers.insert(event.to_owned(), event_handler(handler));
+            handlers
+                .get_or_insert_with(Box::default)
+                .insert(event.to_owned(), event_handler(handler));
         }
     }
 
@@ -284,7 +294,7 @@ impl Socket {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut acks) = self.acks.lock() {
-            acks.insert(id, tx);
+            acks.get_or_insert_with(Box::default).insert(id, tx);
         }
         let sent = self.send_packet(PacketType::Event, Some(id), &json, &[]);
         let result = match sent {
@@ -296,7 +306,9 @@ impl Socket {
             },
         };
         if let Ok(mut acks) = self.acks.lock() {
-            acks.remove(&id);
+            if let Some(acks) = acks.as_mut() {
+                acks.remove(&id);
+            }
         }
         result
     }
@@ -396,7 +408,7 @@ impl Socket {
             .handlers
             .read()
             .ok()
-            .and_then(|h| h.get(&name).cloned());
+            .and_then(|handlers| handlers.as_ref()?.get(&name).cloned());
         let handler = own.or_else(|| self.ns.event_handler(&name));
         let Some(handler) = handler else {
             tracing::trace!(event = %name, ns = %self.ns.path, "no handler for event");
@@ -418,7 +430,12 @@ impl Socket {
     /// Resolves a pending `emit_with_ack`.
     pub(crate) fn receive_ack(&self, packet: Packet) {
         let Some(id) = packet.id else { return };
-        let Some(tx) = self.acks.lock().ok().and_then(|mut acks| acks.remove(&id)) else {
+        let tx = self
+            .acks
+            .lock()
+            .ok()
+            .and_then(|mut acks| acks.as_mut()?.remove(&id));
+        let Some(tx) = tx else {
             return;
         };
         let args = packet
@@ -454,7 +471,7 @@ impl Socket {
         }
         self.ns.remove(self);
         if let Ok(mut acks) = self.acks.lock() {
-            acks.clear();
+            *acks = None;
         }
     }
 }

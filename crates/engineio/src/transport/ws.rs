@@ -1,23 +1,30 @@
 //! The websocket transport: sessions that start on a websocket, and polling sessions upgraded to
 //! one (`2probe` / `3probe`, a noop to end the pending GET, then `5`).
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
-use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::engine::{error_response, Body, Engine, ErrorCode, Handler};
+use super::websocket::{put_frame, WebSocket};
+use crate::engine::{error_response, Body, Engine, ErrorCode, Handler, SessionTime};
+use crate::heartbeat::Heartbeat;
 use crate::packet::{Frame, Message, Packet};
 use crate::socket::{DisconnectReason, Outbox, Queue, Socket, Transport};
 
-pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// The websocket of a session of ours.
+pub(crate) type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The websocket of an external transport: tungstenite's, whose messages it reads itself.
+pub(crate) type ExternalWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// How to let the kernel coalesce small writes on the connection of a request (turn
 /// TCP_NODELAY off), put in its extensions by the server that accepted it. A websocket calls it
@@ -39,7 +46,8 @@ impl CoalesceWrites {
     }
 }
 
-/// A websocket handshake with no sid: a new session that lives on the websocket.
+/// A websocket handshake with no sid: a new session that lives on the websocket. Its one task
+/// carries the websocket, keeps the heartbeat and ends the session.
 pub(crate) fn open<H: Handler, B: Send + 'static>(
     engine: &Arc<Engine<H>>,
     mut req: Request<B>,
@@ -48,34 +56,42 @@ pub(crate) fn open<H: Handler, B: Send + 'static>(
         Ok(response) => response,
         Err(response) => return response,
     };
-    let socket = match engine.open_session(Transport::Websocket, &req) {
+    let socket = match engine.open_session(Transport::Websocket, SessionTime::Websocket, &req) {
         Ok(socket) => socket,
         Err(response) => return response,
     };
+    let opened = tokio::time::Instant::now();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let coalesce = CoalesceWrites::of(&req);
-    let engine = engine.clone();
-    tokio::spawn(async move {
-        let Some(mut ws) = accept(&engine, on_upgrade).await else {
-            socket.close(DisconnectReason::TransportClose);
-            return;
-        };
-        let open = engine.open_packet(&socket);
-        let deadline = engine.config.ws_write_timeout;
-        if !matches!(
-            tokio::time::timeout(deadline, ws.send(WsMessage::text(open))).await,
-            Ok(Ok(()))
-        ) {
-            socket.close(DisconnectReason::TransportClose);
-            return;
+    // Boxed, and gone once done: the session's task keeps no room for the handshake.
+    let handshake = boxed({
+        let engine = engine.clone();
+        let socket = socket.clone();
+        async move {
+            let mut ws = accept(&engine, on_upgrade).await?;
+            let open = engine.open_packet(&socket);
+            let deadline = engine.config.ws_write_timeout;
+            match tokio::time::timeout(deadline, ws.write_text(&open)).await {
+                Ok(Ok(())) => {
+                    CoalesceWrites::start(coalesce);
+                    Some(ws)
+                }
+                _ => None,
+            }
         }
-        CoalesceWrites::start(coalesce);
-        carry_session(&engine, &socket, ws).await;
     });
+    let heartbeat = engine.heartbeat(opened);
+    tokio::spawn(carry_session(
+        engine.clone(),
+        socket,
+        handshake,
+        Some(heartbeat),
+    ));
     response
 }
 
 /// A websocket handshake for an existing polling session: probe, then take the session over.
+/// The session's heartbeat stays where it was, in a task of its own.
 pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
     engine: &Arc<Engine<H>>,
     socket: Arc<Socket<H::Data>>,
@@ -98,45 +114,60 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
         });
         return response;
     }
-    tokio::spawn(async move {
-        let Some(mut ws) = accept(&engine, on_upgrade).await else {
-            socket.end_upgrade();
-            return;
-        };
-        let probed = tokio::select! {
-            probed = tokio::time::timeout(engine.config.upgrade_timeout, probe(&socket, &mut ws)) => {
-                matches!(probed, Ok(Ok(())))
+    // Boxed, as for a session opened on a websocket: the task that carries the session keeps
+    // no room for the upgrade.
+    let upgrading = boxed({
+        let engine = engine.clone();
+        let socket = socket.clone();
+        async move {
+            let mut ws = accept(&engine, on_upgrade).await;
+            let probed = match ws.as_mut() {
+                Some(ws) => tokio::select! {
+                    probed = tokio::time::timeout(engine.config.upgrade_timeout, probe(&socket, ws)) => {
+                        matches!(probed, Ok(Ok(())))
+                    }
+                    _ = socket.closed() => false,
+                },
+                None => false,
+            };
+            if !probed {
+                socket.end_upgrade();
+                tracing::debug!(
+                    sid = socket.id(),
+                    "upgrade not completed; staying on polling"
+                );
+                if let Some(ws) = ws {
+                    close_within(ws, engine.config.ws_write_timeout).await;
+                }
+                return None;
             }
-            _ = socket.closed() => false,
-        };
-        if !probed {
+            // The transport switches before `upgrading` clears, so no GET slips in between.
+            socket.set_transport(Transport::Websocket);
             socket.end_upgrade();
-            tracing::debug!(
-                sid = socket.id(),
-                "upgrade not completed; staying on polling"
-            );
-            close_within(ws, engine.config.ws_write_timeout).await;
-            return;
+            CoalesceWrites::start(coalesce);
+            ws
         }
-        // The transport switches before `upgrading` clears, so no GET slips in between.
-        socket.set_transport(Transport::Websocket);
-        socket.end_upgrade();
-        CoalesceWrites::start(coalesce);
-        carry_session(&engine, &socket, ws).await;
     });
+    tokio::spawn(carry_session(engine, socket, upgrading, None));
     response
 }
 
 /// The upgrade dialogue on the new websocket, until the client's `5`.
 async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
     let mut probed = false;
-    while let Some(message) = ws.next().await {
-        let WsMessage::Text(text) = message.map_err(|_| ())? else {
-            continue;
+    while let Some(message) = ws.read().await {
+        let text = match message.map_err(|_| ())? {
+            WsMessage::Text(text) => text,
+            WsMessage::Ping(payload) => {
+                ws.pong(payload).await.map_err(|_| ())?;
+                continue;
+            }
+            WsMessage::Close(_) => return Err(()),
+            _ => continue,
         };
         match Packet::decode_text(text) {
             Ok(Packet::Ping(payload)) if payload == "probe" && !probed => {
-                ws.send(ws_frame(&Frame::PONG_PROBE))
+                write_frames(ws, &[Frame::PONG_PROBE])
                     .await
                     .map_err(|_| ())?;
                 // Ends the pending GET so the client can pause polling.
@@ -150,116 +181,274 @@ async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
     Err(())
 }
 
-/// Carries a session on a websocket until the session or the websocket ends. Every write has
-/// a deadline (`ws_write_timeout`): a client that stops reading is dropped, not waited for.
+/// The one task of a session on a websocket, from when `taking_over` gives it the websocket
+/// (a handshake, or an upgrade) until the session or the websocket ends. Every write has a
+/// deadline (`ws_write_timeout`): a client that stops reading is dropped, not waited for.
+/// With a `heartbeat`, this task keeps the session's time and ends the session too (one opened
+/// on the websocket); without, a task of its own does both (an upgraded one).
 ///
-/// One loop does both directions, on the websocket unsplit: an idle session is one small
-/// task, with no lock or second allocation around the stream. Queued frames go first; a
-/// packet from the client is handled before the next frame is written.
-async fn carry_session<H: Handler>(
+/// Not an `async fn`: one would keep its arguments twice in its state, once as given and once
+/// as bound (rust-lang/rust#62958), and this state is most of what an idle connection costs.
+#[allow(clippy::manual_async_fn)]
+fn carry_session<H: Handler>(
+    engine: Arc<Engine<H>>,
+    socket: Arc<Socket<H::Data>>,
+    taking_over: BoxedFuture<'static, Option<Ws>>,
+    mut heartbeat: Option<Heartbeat>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let ends_session = heartbeat.is_some();
+        // Not `match` or `if let`: their scrutinee would be kept, websocket-sized, for the
+        // session's life.
+        let Some(mut ws) = taking_over.await else {
+            if ends_session {
+                socket.close(DisconnectReason::TransportClose);
+                boxed(engine.end_session(socket.clone())).await;
+            }
+            return;
+        };
+        let ending = exchange(&engine, &socket, &mut ws, &mut heartbeat).await;
+        // Boxed: only a closing session needs room for it, not every open one.
+        boxed(finish(&engine, &socket, ws, ending, ends_session)).await;
+    }
+}
+
+/// Ends a websocket whose session is closed, within the write deadline or not at all; and the
+/// session too if `ends_session`, at once rather than after the last writes.
+async fn finish<H: Handler>(
     engine: &Arc<Engine<H>>,
     socket: &Arc<Socket<H::Data>>,
     mut ws: Ws,
+    ending: Ending<'_>,
+    ends_session: bool,
 ) {
-    let deadline = engine.config.ws_write_timeout;
-    // Waits for a GET still pending from before the upgrade to hand the queue over.
-    let mut outbox = tokio::select! {
-        outbox = socket.outbox.lock() => outbox,
-        _ = socket.closed() => return,
+    let farewell = async {
+        match ending {
+            // What was queued before the close still goes out, then the websocket ends.
+            Ending::Flush(mut outbox) => {
+                let mut frames = Vec::new();
+                while let Some(frame) = outbox.try_next(&socket.queue) {
+                    frames.push(frame);
+                }
+                write_frames(&mut ws, &frames).await?;
+                ws.close().await
+            }
+            // The client ended the websocket: its close is answered, and nothing follows.
+            Ending::AnswerClose(close) => ws.answer_close(close).await,
+            Ending::Abrupt => Ok(()),
+        }
     };
-    // Made once: a future per turn would register with the session's token again each time.
-    let closed = socket.closed();
-    tokio::pin!(closed);
+    let farewell = async {
+        let _ = tokio::time::timeout(engine.config.ws_write_timeout, farewell).await;
+    };
+    if ends_session {
+        tokio::join!(farewell, engine.end_session(socket.clone()));
+    } else {
+        farewell.await;
+    }
+}
+
+/// How a websocket ends once its session is closed.
+enum Ending<'a> {
+    /// Frames still queued go out, then a close frame.
+    Flush(tokio::sync::MutexGuard<'a, Outbox>),
+    /// The client closed the websocket: the answer to its close frame.
+    AnswerClose(Option<CloseFrame>),
+    /// Nothing more is written: the websocket failed.
+    Abrupt,
+}
+
+/// The session's life on the websocket, both directions and its heartbeat, until it closes.
+///
+/// One loop does everything, on the websocket unsplit: an idle session is one small task,
+/// with no lock, timer task or buffer besides. Queued frames go first; a packet from the
+/// client is handled before the next frame is written.
+///
+/// What an idle session's task keeps is what this function keeps across the wait for its
+/// next turn, so that wait holds no future of its own (the queue, the websocket and the timer
+/// are polled in place) and everything else it awaits is boxed: a task reserves room for every
+/// future it awaits in place, for its whole life.
+async fn exchange<'a, H: Handler>(
+    engine: &Arc<Engine<H>>,
+    socket: &'a Arc<Socket<H::Data>>,
+    ws: &mut Ws,
+    heartbeat: &mut Option<Heartbeat>,
+) -> Ending<'a> {
+    // Waits for a GET still pending from before the upgrade to hand the queue over.
+    let outbox = boxed(async {
+        tokio::select! {
+            outbox = socket.outbox.lock() => Some(outbox),
+            _ = socket.closed() => None,
+        }
+    });
+    let Some(mut outbox) = outbox.await else {
+        return Ending::Abrupt;
+    };
+    // One timer, moved as the heartbeat's next event moves.
+    let timer = tokio::time::sleep_until(
+        heartbeat
+            .as_ref()
+            .map_or_else(far_future, Heartbeat::wake_at),
+    );
+    tokio::pin!(timer);
+    let mut timer_fired = false;
     // Whether the frames queued now answer a packet the client just sent.
     let mut replies = false;
     loop {
-        let turn = tokio::select! {
-            biased;
-            frame = outbox.next(&socket.queue) => Turn::Write(frame),
-            message = ws.next() => Turn::Read(message),
-            _ = &mut closed => break,
-        };
-        let message = match turn {
-            Turn::Write(frame) => {
-                let written = boxed(write_queued(
-                    &mut ws,
-                    frame,
-                    &mut outbox,
-                    &socket.queue,
-                    replies,
-                    deadline,
-                ));
-                replies = false;
-                if let Err(reason) = written.await {
-                    tracing::debug!(
-                        sid = socket.id(),
-                        reason = reason.as_str(),
-                        "websocket write failed"
-                    );
-                    socket.close(reason);
-                    return;
-                }
-                continue;
+        if let Some(heartbeat) = heartbeat.as_ref() {
+            let next = heartbeat.wake_at();
+            if timer_fired || timer.deadline() != next {
+                timer.as_mut().reset(next);
+                timer_fired = false;
             }
-            Turn::Read(message) => message,
-        };
-        let reason = match message {
-            Some(Ok(WsMessage::Text(text))) => match Packet::decode_text(text) {
-                Ok(packet) => {
-                    // The handling of a packet (the layers above, the application) is a
-                    // large future.
-                    let handled = boxed(engine.receive(socket, packet));
-                    handled.await;
-                    replies = true;
-                    continue;
-                }
-                Err(error) => {
-                    tracing::debug!(sid = socket.id(), %error, "malformed websocket packet");
-                    DisconnectReason::PacketParsing
-                }
-            },
-            Some(Ok(WsMessage::Binary(data))) => {
-                let handled = boxed(engine.receive(socket, Packet::Message(Message::Binary(data))));
-                handled.await;
-                replies = true;
-                continue;
-            }
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
-            Some(Ok(WsMessage::Close(_))) | None => DisconnectReason::TransportClose,
-            Some(Err(tungstenite::Error::Capacity(_))) => DisconnectReason::PayloadTooLarge,
-            Some(Err(_)) => DisconnectReason::TransportClose,
-        };
-        socket.close(reason);
-        break;
-    }
-    // Closed: what was queued before the close still goes out, then the websocket ends;
-    // within the deadline, or not at all.
-    let farewell = async {
-        while let Some(frame) = outbox.try_next(&socket.queue) {
-            ws.feed(ws_frame(&frame)).await?;
         }
-        ws.close(None).await
+        let turn = std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = socket.poll_next_frame(&mut outbox, cx) {
+                return Poll::Ready(Turn::Write(frame));
+            }
+            if let Poll::Ready(message) = ws.poll_read(cx) {
+                return Poll::Ready(Turn::Read(message));
+            }
+            if heartbeat.is_some() && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Turn::Beat);
+            }
+            Poll::Pending
+        })
+        .await;
+        let take = match turn {
+            Turn::Write(None) => return Ending::Flush(outbox),
+            Turn::Beat => {
+                timer_fired = true;
+                let ended = heartbeat
+                    .as_mut()
+                    .is_some_and(|heartbeat| !engine.beat(socket, heartbeat));
+                if ended {
+                    return Ending::Flush(outbox);
+                }
+                continue;
+            }
+            // Boxed, and `turn` moved in: nothing of the turn stays in this task.
+            turn => boxed(take_turn(
+                engine,
+                socket,
+                ws,
+                &mut outbox,
+                heartbeat,
+                turn,
+                &mut replies,
+            )),
+        };
+        let flow = take.await;
+        match flow {
+            Flow::Continue => {}
+            Flow::Flush => return Ending::Flush(outbox),
+            Flow::AnswerClose(close) => return Ending::AnswerClose(close),
+            Flow::Abrupt => return Ending::Abrupt,
+        }
+    }
+}
+
+/// What the session's loop does after a turn.
+enum Flow {
+    Continue,
+    /// The session is closed: see [`Ending`].
+    Flush,
+    AnswerClose(Option<CloseFrame>),
+    Abrupt,
+}
+
+/// A frame to write or a message from the client: written, or handled.
+async fn take_turn<H: Handler>(
+    engine: &Arc<Engine<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    heartbeat: &mut Option<Heartbeat>,
+    turn: Turn,
+    replies: &mut bool,
+) -> Flow {
+    let deadline = engine.config.ws_write_timeout;
+    let message = match turn {
+        Turn::Write(Some(frame)) => {
+            let written = write_queued(ws, frame, outbox, &socket.queue, *replies, deadline).await;
+            *replies = false;
+            if let Err(reason) = written {
+                tracing::debug!(
+                    sid = socket.id(),
+                    reason = reason.as_str(),
+                    "websocket write failed"
+                );
+                socket.close(reason);
+                return Flow::Abrupt;
+            }
+            return Flow::Continue;
+        }
+        Turn::Write(None) | Turn::Beat => return Flow::Continue,
+        Turn::Read(message) => message,
     };
-    // Boxed: only a closing session needs room for it, not every open one.
-    let _ = boxed(tokio::time::timeout(deadline, farewell)).await;
+    let packet = match message {
+        Some(Ok(WsMessage::Text(text))) => match Packet::decode_text(text) {
+            Ok(packet) => packet,
+            Err(error) => {
+                tracing::debug!(sid = socket.id(), %error, "malformed websocket packet");
+                socket.close(DisconnectReason::PacketParsing);
+                return Flow::Flush;
+            }
+        },
+        Some(Ok(WsMessage::Binary(data))) => Packet::Message(Message::Binary(data)),
+        Some(Ok(WsMessage::Ping(payload))) => {
+            let answered = tokio::time::timeout(deadline, ws.pong(payload)).await;
+            if !matches!(answered, Ok(Ok(()))) {
+                socket.close(DisconnectReason::TransportClose);
+                return Flow::Abrupt;
+            }
+            return Flow::Continue;
+        }
+        Some(Ok(WsMessage::Pong(_) | WsMessage::Frame(_))) => return Flow::Continue,
+        Some(Ok(WsMessage::Close(close))) => {
+            socket.close(DisconnectReason::TransportClose);
+            return Flow::AnswerClose(close);
+        }
+        Some(Err(tungstenite::Error::Capacity(_))) => {
+            socket.close(DisconnectReason::PayloadTooLarge);
+            return Flow::Flush;
+        }
+        None | Some(Err(_)) => {
+            socket.close(DisconnectReason::TransportClose);
+            return Flow::Flush;
+        }
+    };
+    if let Some(heartbeat) = heartbeat.as_mut() {
+        heartbeat.heard(tokio::time::Instant::now(), engine.rhythm());
+    }
+    engine.receive(socket, packet).await;
+    *replies = true;
+    Flow::Continue
+}
+
+/// An instant no session lives to see: where a timer waits while it is not used.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// What woke the session's task.
 enum Turn {
-    /// A frame for the client.
-    Write(Frame),
+    /// A frame for the client, or `None` once the session is closed and nothing is queued.
+    Write(Option<Frame>),
     /// A message from the client, or the end of its stream.
     Read(Option<Result<WsMessage, tungstenite::Error>>),
+    /// The session's heartbeat has something due.
+    Beat,
 }
 
 /// `future` on the heap. A task reserves room for every future it awaits in place, for its
 /// whole life: the write and the handling of a packet would make every idle session as large
 /// as they are.
-fn boxed<'a, T>(
-    future: impl std::future::Future<Output = T> + Send + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+fn boxed<'a, T>(future: impl std::future::Future<Output = T> + Send + 'a) -> BoxedFuture<'a, T> {
     Box::pin(future)
 }
+
+type BoxedFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Writes `first` and whatever else is queued behind it, within `deadline`.
 ///
@@ -269,9 +458,6 @@ fn boxed<'a, T>(
 /// client just sent (`replies`) go out one write each, as they were made: clients may rely on
 /// that. The official Socket.IO suite, for one, waits for the CONNECT answer, then listens for
 /// the event the server sent right after it, and misses it when both came in one read.
-///
-/// The frames are framed here and written under tungstenite, which keeps the reading side (and
-/// writes only the pongs and the close it owes the client, flushed first).
 async fn write_queued(
     ws: &mut Ws,
     first: Frame,
@@ -281,15 +467,13 @@ async fn write_queued(
     deadline: std::time::Duration,
 ) -> Result<(), DisconnectReason> {
     let write = async {
-        ws.flush().await.map_err(std::io::Error::other)?;
-        let io = ws.get_mut();
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(frame) = next.take() {
-            put_frame(&mut batch, &frame);
+            put_engine_frame(&mut batch, &frame);
             next = outbox.try_next(queue);
             if replies || next.is_none() || batch.len() >= BATCH_BYTES {
-                io.write_all(&batch).await?;
+                ws.write_all(&batch).await?;
                 batch.clear();
             }
         }
@@ -303,51 +487,54 @@ async fn write_queued(
     }
 }
 
+/// Writes `frames` in one write.
+async fn write_frames(ws: &mut Ws, frames: &[Frame]) -> std::io::Result<()> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    for frame in frames {
+        put_engine_frame(&mut out, frame);
+    }
+    ws.write_all(&out).await
+}
+
 /// Bytes of frames written at once when more are queued.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Appends `frame` as one final, unmasked websocket frame (a server does not mask), its
-/// header written by tungstenite's own encoder.
-fn put_frame(out: &mut Vec<u8>, frame: &Frame) {
-    use tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tungstenite::protocol::frame::FrameHeader;
-    let (data, payload): (Data, &[u8]) = match frame {
-        Frame::Text(text) => (Data::Text, text.as_bytes()),
-        Frame::Binary(data) => (Data::Binary, data),
-    };
-    let header = FrameHeader {
-        opcode: OpCode::Data(data),
-        ..FrameHeader::default()
-    };
-    // Writing into a Vec cannot fail.
-    let _ = header.format(payload.len() as u64, out);
-    out.extend_from_slice(payload);
+/// Appends `frame` as one websocket frame: text as text, binary as binary.
+fn put_engine_frame(out: &mut Vec<u8>, frame: &Frame) {
+    match frame {
+        Frame::Text(text) => put_frame(out, Data::Text, text.as_bytes()),
+        Frame::Binary(data) => put_frame(out, Data::Binary, data),
+    }
 }
 
 /// Closes a websocket that carries no session, giving up after `deadline` (a client that does
 /// not read never takes the close frame).
 async fn close_within(mut ws: Ws, deadline: std::time::Duration) {
-    let _ = tokio::time::timeout(deadline, ws.close(None)).await;
+    let _ = tokio::time::timeout(deadline, ws.close()).await;
 }
 
-fn ws_frame(frame: &Frame) -> WsMessage {
-    match frame {
-        Frame::Text(text) => WsMessage::Text(text.clone()),
-        Frame::Binary(data) => WsMessage::Binary(data.clone()),
-    }
-}
-
+/// The websocket of an upgraded request, with the engine's limit on message size.
 pub(crate) async fn accept<H: Handler>(
     engine: &Engine<H>,
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) -> Option<Ws> {
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(error) => {
-            tracing::debug!(%error, "websocket upgrade failed");
-            return None;
-        }
-    };
+    let upgraded = upgraded(on_upgrade).await?;
+    Some(WebSocket::new(
+        TokioIo::new(upgraded),
+        engine.config.max_payload,
+    ))
+}
+
+/// The same, as tungstenite's websocket, for external transports (see
+/// [`crate::ExternalWebSocket`]).
+pub(crate) async fn accept_external<H: Handler>(
+    engine: &Engine<H>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<ExternalWs> {
+    let upgraded = upgraded(on_upgrade).await?;
     let config = &engine.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer_size)
@@ -358,6 +545,16 @@ pub(crate) async fn accept<H: Handler>(
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
             .await,
     )
+}
+
+async fn upgraded(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<hyper::upgrade::Upgraded> {
+    match on_upgrade.await {
+        Ok(upgraded) => Some(upgraded),
+        Err(error) => {
+            tracing::debug!(%error, "websocket upgrade failed");
+            None
+        }
+    }
 }
 
 /// Validates a websocket handshake request and builds its 101 answer.
@@ -399,28 +596,38 @@ pub(crate) fn switching_protocols<B>(req: &Request<B>) -> Result<Response<Body>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EngineConfig;
 
+    struct Silent;
+
+    impl Handler for Silent {
+        type Data = ();
+        fn on_connect(&self, _: &Arc<Socket<()>>) {}
+        async fn on_message(&self, _: &Arc<Socket<()>>, _: Message) {}
+        async fn on_disconnect(&self, _: Arc<Socket<()>>, _: DisconnectReason) {}
+    }
+
+    /// The size of the future `make` returns, without making it.
+    fn future_size<A, F>(_make: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The task of an idle websocket session is most of what the connection costs the server
+    /// (`docs/BENCHMARKS.md`, "Where the bytes go"). It was 1.7 KiB with tungstenite's
+    /// websocket, a select of futures and a heartbeat task beside it; the future is 408 bytes
+    /// now, a 512-byte task with tokio's header (tasks come in steps of 128 bytes). A future
+    /// awaited in place in the session's loop, or an argument kept twice, would quietly grow
+    /// it again.
     #[test]
-    fn frames_carry_the_shortest_length_that_fits() {
-        let head = |frame: Frame| {
-            let mut out = Vec::new();
-            put_frame(&mut out, &frame);
-            let payload = match &frame {
-                Frame::Text(text) => text.len(),
-                Frame::Binary(data) => data.len(),
-            };
-            out.truncate(out.len() - payload);
-            out
-        };
-        let text = |len: usize| Frame::Text("x".repeat(len).into());
-        assert_eq!(head(text(0)), [0x81, 0]);
-        assert_eq!(head(text(125)), [0x81, 125]);
-        assert_eq!(head(text(126)), [0x81, 126, 0, 126]);
-        assert_eq!(head(text(0xFFFF)), [0x81, 126, 0xFF, 0xFF]);
-        assert_eq!(head(text(0x10000)), [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
-        assert_eq!(
-            head(Frame::Binary(bytes::Bytes::from_static(b"ab"))),
-            [0x82, 2]
-        );
+    fn an_idle_websocket_session_keeps_a_small_task() {
+        let engine = Engine::new(EngineConfig::default(), Silent);
+        let request = Request::new(());
+        let socket = engine
+            .open_session(Transport::Websocket, SessionTime::Websocket, &request)
+            .unwrap();
+        let size = future_size(|handshake: BoxedFuture<'static, Option<Ws>>| {
+            carry_session(engine.clone(), socket.clone(), handshake, None)
+        });
+        assert!(size <= 408, "the session's future takes {size} bytes");
     }
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Where an idle connection's bytes go: heaptrack on `chatctl serve --threads 1` holding CLIENTS
+# idle chat clients (chat-bench --scenario idle: logged in, both namespaces joined, rooms of 10),
+# killed while they are held, so that what heaptrack calls "leaked" is what the connections
+# keep. Run it at two sizes and divide the difference of the totals by the difference of the
+# sizes: that is the heap of one connection, without the process's own (docs/BENCHMARKS.md,
+# "Where the bytes go").
+#
+# Usage: ops/bench/idle_heap.sh [OUT_DIR]     (about 20 s for 4,000 clients once built)
+#   CLIENTS=4000   CHATCTL=path/to/chatctl (built if not given)
+# Prints the heap left and the server's RSS; OUT_DIR keeps heaptrack's data (ht.zst) and
+# `heaptrack_print --print-leaks` by call site (leaks.txt).
+#
+# Needs: heaptrack, cargo, ss. Traffic stays on 127.0.0.0/8; the trap stops what this script
+# started.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CLIENTS=${CLIENTS:-4000}
+OUT=${1:-$(mktemp -d /tmp/chatctl-idle-heap.XXXXXX)}
+mkdir -p "$OUT"
+
+die() {
+  echo "idle_heap.sh: $*" >&2
+  exit 1
+}
+command -v heaptrack >/dev/null || die "heaptrack is missing (apt-get install heaptrack)"
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+(cd "$ROOT" && cargo build --release --quiet -p chat-bench)
+if [[ -z ${CHATCTL:-} ]]; then
+  (cd "$ROOT" && cargo build --release --quiet -p chatctl)
+  CHATCTL=$TARGET/release/chatctl
+fi
+BENCH=$TARGET/release/chat-bench
+
+# shellcheck source=../lib/ports.sh
+source "$ROOT/ops/lib/ports.sh"
+reserve_port || die "no free loopback port"
+PORT=$RESERVED_PORT
+
+HOME_DIR=$(mktemp -d /tmp/chatctl-idle-heap-home.XXXXXX)
+TRACKER= BENCH_PID=
+cleanup() {
+  [[ -n $BENCH_PID ]] && kill "$BENCH_PID" 2>/dev/null
+  [[ -n $TRACKER ]] && kill "$TRACKER" 2>/dev/null
+  rm -rf "$HOME_DIR"
+}
+trap cleanup EXIT
+
+ulimit -n "$(ulimit -Hn)"
+CHAT_SECRET=idle-heap-measurement-secret-0123456789 CHATCTL_HOME=$HOME_DIR \
+  heaptrack -o "$OUT/ht" "$CHATCTL" serve --port "$PORT" --threads 1 --logins-per-address 1000000 \
+  --messages-per-second 1000000 --max-pending-per-address 100000 --max-connections 100000 \
+  >"$OUT/serve.log" 2>&1 &
+TRACKER=$!
+for _ in $(seq 100); do
+  ss -Htln "( sport = :$PORT )" | grep -q . && break
+  sleep 0.2
+done
+SERVER=$(pgrep -P "$TRACKER" -x chatctl || true)
+[[ -n $SERVER ]] || die "chatctl serve did not start under heaptrack: $(tail -3 "$OUT/serve.log")"
+
+"$BENCH" --url "http://127.0.0.1:$PORT" --sources 127.0.0.1-127.0.0.16 --scenario idle \
+  --clients "$CLIENTS" --room-size 10 --ramp 2000 --duration 60s >"$OUT/bench.log" 2>&1 &
+BENCH_PID=$!
+for _ in $(seq 300); do
+  (($(ss -Htn state established "( sport = :$PORT )" | wc -l) >= CLIENTS)) && break
+  sleep 0.2
+done
+# The last joins' answers and room lists settle.
+sleep 2
+echo "connections: $(ss -Htn state established "( sport = :$PORT )" | wc -l) of $CLIENTS"
+grep VmRSS "/proc/$SERVER/status"
+# Killed while held: nothing is freed, so heaptrack reports every live allocation as leaked.
+kill -KILL "$SERVER"
+wait "$TRACKER" 2>/dev/null || true
+TRACKER=
+heaptrack_print -f "$OUT"/ht.*zst --print-leaks 1 --peak-limit 200 --sub-peak-limit 400 \
+  --print-peaks 0 --print-allocators 0 --print-temporary 0 >"$OUT/leaks.txt" 2>/dev/null
+grep "total memory leaked" "$OUT/leaks.txt"
+echo "heaptrack data and leaks by call site: $OUT"
