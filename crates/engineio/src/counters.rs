@@ -148,8 +148,10 @@ mod tests {
             Transport::Websocket,
             1,
             None,
-            Default::default(),
-            Default::default(),
+            crate::socket::SessionRequest {
+                headers: Default::default(),
+                uri: Default::default(),
+            },
             (),
         );
         // Counts are per process and other tests run alongside: compare increases.
