@@ -216,6 +216,10 @@ struct Feed {
     /// catch up with.
     holds: Vec<Hold>,
     next_hold: u64,
+    /// Restored sockets and the number their replay went up to, while this process has not
+    /// delivered that far: the events up to it, which they had in the replay, are not
+    /// delivered to them again when they come (the store's answer can overtake its feed).
+    replayed_ahead: Vec<(Sid, u64)>,
 }
 
 struct Hold {
@@ -322,7 +326,17 @@ impl Recovery {
                 .fetch_add(seq.saturating_sub(feed.delivered + 1), Ordering::Relaxed);
         }
         let frames = with_offset(frames, &offset(epoch, seq));
-        ns.deliver(&ns.adapter().sockets(opts), &frames, opts.volatile);
+        let mut recipients = ns.adapter().sockets(opts);
+        if !feed.replayed_ahead.is_empty() {
+            recipients.retain(|sid| {
+                !feed
+                    .replayed_ahead
+                    .iter()
+                    .any(|(s, upto)| s == sid && seq <= *upto)
+            });
+            feed.replayed_ahead.retain(|(_, upto)| seq < *upto);
+        }
+        ns.deliver(&recipients, &frames, opts.volatile);
         let max = self.config.max_packets;
         for hold in &mut feed.holds {
             if hold.events.len() >= max {
@@ -380,6 +394,10 @@ impl Recovery {
             return None;
         }
         let held = held.events;
+        if feed.epoch != epoch || feed.delivered < restored.upto {
+            feed.replayed_ahead
+                .push((restored.sid.clone(), restored.upto));
+        }
         let mut frames: Vec<Frame> = restored
             .missed
             .iter()
