@@ -9,7 +9,8 @@
 //! - `R:seq` (the last number), `R:epoch` (set by the first worker, gone with a flushed Redis,
 //!   so offsets of an earlier life are refused);
 //! - `R:log`, a stream of the events kept for replay, with ids `SEQ-0`, capped at
-//!   `max_packets` (`MAXLEN`);
+//!   `max_packets` (`MAXLEN`); `R:floors`, for each room (a socket's own included, `*` for
+//!   everyone) the number of the last evicted event for it;
 //! - `R:s:HASH`, a kept socket (sid, rooms, binding, owner, attached or not) by the SHA-256 of
 //!   its private id, expiring `window` after its connection broke; a connected one is renewed
 //!   by its worker, so a worker that dies leaves its sockets recoverable for about a window;
@@ -31,9 +32,11 @@ use super::bus::RedisBus;
 use crate::millis;
 use crate::wire::WireBroadcast;
 
-/// Numbers an event, logs it unless it is volatile, and publishes it numbered on the feed.
-/// KEYS: seq, epoch, log. ARGV: a new epoch (kept if none is set), the event's JSON, '1' to
-/// log it, the log's cap, the publish command, the feed channel.
+/// Numbers an event, logs it unless it is volatile, and publishes it numbered on the feed. The
+/// event the cap evicts raises the floors of the rooms it was for (`*`: everyone), at most
+/// ARGV[7] of them; beyond, they fold into `*`.
+/// KEYS: seq, epoch, log, floors. ARGV: a new epoch (kept if none is set), the event's JSON,
+/// '1' to log it, the log's cap, the publish command, the feed channel, the most floors kept.
 const APPEND: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 local epoch = redis.call('GET', KEYS[2])
@@ -42,6 +45,22 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 if ARGV[3] == '1' then
+  if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[4]) then
+    local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+    if oldest then
+      local evicted = string.match(oldest[1], '^(%d+)')
+      local ok, event = pcall(cjson.decode, oldest[2][2])
+      local rooms = (ok and type(event) == 'table' and event.rooms) or {}
+      if #rooms == 0 then
+        redis.call('HSET', KEYS[4], '*', evicted)
+      elseif redis.call('HLEN', KEYS[4]) + #rooms > tonumber(ARGV[7]) then
+        redis.call('DEL', KEYS[4])
+        redis.call('HSET', KEYS[4], '*', evicted)
+      else
+        for _, room in ipairs(rooms) do redis.call('HSET', KEYS[4], room, evicted) end
+      end
+    end
+  end
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], seq .. '-0', 'e', ARGV[2])
 end
 redis.call(ARGV[5], ARGV[6], '{"from":"","broadcast":{"seq":' .. seq .. ',"epoch":"' .. epoch
@@ -92,9 +111,10 @@ return 1
 
 /// Takes back a kept socket and the events after the client's offset: nil when the socket is
 /// unknown or expired, bound to another client, the offset is of another epoch or ahead, or
-/// events after it were evicted. Answers sid, rooms, the last number, then id, event pairs.
-/// KEYS: the socket's hash, seq, epoch, log. ARGV: binding ('' for none), epoch, offset
-/// number, the log's cap, the prefix of the workers' sets, digest.
+/// an event that may have been for it (its own room, one of its rooms, everyone) was evicted
+/// after it. Answers sid, rooms, the last number, then id, event pairs.
+/// KEYS: the socket's hash, seq, epoch, log, floors. ARGV: binding ('' for none), epoch,
+/// offset number, the log's cap, the prefix of the workers' sets, digest.
 const CLAIM: &str = r"
 local found = redis.call('HMGET', KEYS[1], 'sid', 'rooms', 'binding', 'owner')
 if not found[1] then return false end
@@ -103,10 +123,18 @@ if redis.call('GET', KEYS[3]) ~= ARGV[2] then return false end
 local head = tonumber(redis.call('GET', KEYS[2]) or '0')
 local after = tonumber(ARGV[3])
 if after > head then return false end
-if redis.call('XLEN', KEYS[4]) >= tonumber(ARGV[4]) then
-  local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
-  if first and tonumber(string.match(first[1], '^(%d+)')) > after + 1 then return false end
+local floor = tonumber(redis.call('HGET', KEYS[5], '*') or '0')
+local function raise(name)
+  local room = tonumber(redis.call('HGET', KEYS[5], name) or '0')
+  if room > floor then floor = room end
 end
+raise(found[1])
+local ok, rooms = pcall(cjson.decode, found[2])
+if ok and type(rooms) == 'table' then
+  for _, room in ipairs(rooms) do raise(room) end
+end
+if after < floor then return false end
+redis.call('HDEL', KEYS[5], found[1])
 redis.call('DEL', KEYS[1])
 redis.call('SREM', ARGV[5] .. found[4], ARGV[6])
 local out = {found[1], found[2], tostring(head)}
@@ -248,6 +276,7 @@ impl SessionStore for RedisSessionStore {
                 format!("{}:seq", self.base),
                 format!("{}:epoch", self.base),
                 format!("{}:log", self.base),
+                format!("{}:floors", self.base),
             ],
         );
         command
@@ -256,7 +285,8 @@ impl SessionStore for RedisSessionStore {
             .arg(if opts.volatile { "0" } else { "1" })
             .arg(self.config.max_packets)
             .arg(publish)
-            .arg(&self.feed);
+            .arg(&self.feed)
+            .arg(self.config.max_sessions);
         if self.bus.link.health.is_down() {
             self.bus.link.drops.count(
                 "redis_publish_failed",
@@ -300,6 +330,7 @@ impl SessionStore for RedisSessionStore {
                 format!("{}:seq", self.base),
                 format!("{}:epoch", self.base),
                 format!("{}:log", self.base),
+                format!("{}:floors", self.base),
             ],
         );
         command
