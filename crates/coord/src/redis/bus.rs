@@ -361,7 +361,10 @@ async fn run_sequencer(link: Arc<RedisLink>, mut commands: mpsc::Receiver<redis:
             link.drops.count(
                 "redis_sequence_failed",
                 count,
-                format_args!("events Redis did not number, lost for their recipients: {error}"),
+                format_args!(
+                    "events Redis did not number (lost for their recipients) or recovery \
+                     writes it did not make: {error}"
+                ),
             );
         }
     }

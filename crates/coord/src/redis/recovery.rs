@@ -36,7 +36,8 @@ use crate::wire::WireBroadcast;
 /// event the cap evicts raises the floors of the rooms it was for (`*`: everyone), at most
 /// ARGV[7] of them; beyond, they fold into `*`.
 /// KEYS: seq, epoch, log, floors. ARGV: a new epoch (kept if none is set), the event's JSON,
-/// '1' to log it, the log's cap, the publish command, the feed channel, the most floors kept.
+/// '1' to log it, the log's cap, the publish command, the feed channel, the most floors kept,
+/// the event's rooms (a JSON array, kept beside it for the eviction to read cheaply).
 const APPEND: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 local epoch = redis.call('GET', KEYS[2])
@@ -49,8 +50,8 @@ if ARGV[3] == '1' then
     local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
     if oldest then
       local evicted = string.match(oldest[1], '^(%d+)')
-      local ok, event = pcall(cjson.decode, oldest[2][2])
-      local rooms = (ok and type(event) == 'table' and event.rooms) or {}
+      local ok, rooms = pcall(cjson.decode, oldest[2][4] or '[]')
+      if not ok or type(rooms) ~= 'table' then rooms = {} end
       if #rooms == 0 then
         redis.call('HSET', KEYS[4], '*', evicted)
       elseif redis.call('HLEN', KEYS[4]) + #rooms > tonumber(ARGV[7]) then
@@ -61,7 +62,7 @@ if ARGV[3] == '1' then
       end
     end
   end
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], seq .. '-0', 'e', ARGV[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], seq .. '-0', 'e', ARGV[2], 'r', ARGV[8])
 end
 redis.call(ARGV[5], ARGV[6], '{"from":"","broadcast":{"seq":' .. seq .. ',"epoch":"' .. epoch
   .. '",' .. string.sub(ARGV[2], 2) .. '}')
@@ -124,7 +125,9 @@ local head = tonumber(redis.call('GET', KEYS[2]) or '0')
 local after = tonumber(ARGV[3])
 if after > head then return false end
 local floor = tonumber(redis.call('HGET', KEYS[5], '*') or '0')
+local member = {[found[1]] = true}
 local function raise(name)
+  member[name] = true
   local room = tonumber(redis.call('HGET', KEYS[5], name) or '0')
   if room > floor then floor = room end
 end
@@ -138,9 +141,19 @@ redis.call('HDEL', KEYS[5], found[1])
 redis.call('DEL', KEYS[1])
 redis.call('SREM', ARGV[5] .. found[4], ARGV[6])
 local out = {found[1], found[2], tostring(head)}
+-- Only the events for its rooms, its own or everyone's: the rest of a busy log stays here.
 for _, entry in ipairs(redis.call('XRANGE', KEYS[4], (after + 1) .. '-0', '+')) do
-  table.insert(out, entry[1])
-  table.insert(out, entry[2][2])
+  local ok, to = pcall(cjson.decode, entry[2][4] or '[]')
+  local wanted = not ok or type(to) ~= 'table' or #to == 0
+  if not wanted then
+    for _, room in ipairs(to) do
+      if member[room] then wanted = true break end
+    end
+  end
+  if wanted then
+    table.insert(out, entry[1])
+    table.insert(out, entry[2][2])
+  end
 end
 return out
 ";
@@ -238,20 +251,9 @@ impl RedisSessionStore {
             .arg(if detached { "1" } else { "0" })
             .arg(millis(self.config.window))
             .arg(record.pid_hash.to_hex());
-        self.fire(command, "keep a socket for its client to come back to");
-    }
-
-    /// Runs a script without waiting for it; a failure is logged.
-    fn fire(&self, command: redis::Cmd, what: &'static str) {
-        let link = self.bus.link.clone();
-        tokio::spawn(async move {
-            let done = link
-                .run(|mut c| async move { command.exec_async(&mut c).await })
-                .await;
-            if let Err(error) = done {
-                tracing::warn!(%error, "cannot {what} in Redis");
-            }
-        });
+        // In order with this worker's other writes: a socket's later rooms must not be
+        // overwritten by its earlier ones.
+        let _ = self.bus.sequence(command);
     }
 }
 
@@ -286,7 +288,8 @@ impl SessionStore for RedisSessionStore {
             .arg(self.config.max_packets)
             .arg(publish)
             .arg(&self.feed)
-            .arg(self.config.max_sessions);
+            .arg(self.config.max_sessions)
+            .arg(serde_json::to_string(&event.rooms).unwrap_or_else(|_| "[]".into()));
         if self.bus.link.health.is_down() {
             self.bus.link.drops.count(
                 "redis_publish_failed",
@@ -319,7 +322,7 @@ impl SessionStore for RedisSessionStore {
             ],
         );
         command.arg(&self.bus.link.uid).arg(pid_hash.to_hex());
-        self.fire(command, "forget a socket");
+        let _ = self.bus.sequence(command);
     }
 
     fn restore(&self, request: RestoreRequest) -> BoxFuture<'static, Option<Restored>> {
