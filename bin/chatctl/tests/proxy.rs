@@ -22,11 +22,7 @@ const USERS: usize = 20;
 fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() {
     let node = node_program();
     let redis = support::RedisServer::start();
-    let hosts: Vec<(u16, App)> = [1, 2]
-        .into_iter()
-        .map(|node_id| (node_id, start_host(node_id, &redis.url())))
-        .collect();
-    let proxy = ProxyProcess::start(&hosts);
+    let (hosts, proxy) = two_hosts_behind_a_proxy(&redis);
 
     let mut room = ClientScript::polling_room(&node, &proxy.url(), USERS, "polling");
     let ready = room.next_report();
@@ -83,11 +79,7 @@ fn polling_users_stick_to_their_host_through_the_proxy_and_move_when_it_stops() 
 fn users_of_a_stopped_host_recover_on_the_other_through_the_proxy() {
     let node = node_program();
     let redis = support::RedisServer::start();
-    let hosts: Vec<(u16, App)> = [1, 2]
-        .into_iter()
-        .map(|node_id| (node_id, start_host(node_id, &redis.url())))
-        .collect();
-    let proxy = ProxyProcess::start(&hosts);
+    let (hosts, proxy) = two_hosts_behind_a_proxy(&redis);
     let mut room = ClientScript::start(
         &node,
         "recovering_room.mjs",
@@ -123,11 +115,8 @@ fn users_of_a_stopped_host_recover_on_the_other_through_the_proxy() {
 fn a_0_9_polling_user_sticks_to_its_host_through_the_proxy() {
     let node = node_program();
     let redis = support::RedisServer::start();
-    let hosts: Vec<(u16, App)> = [1, 2]
-        .into_iter()
-        .map(|node_id| (node_id, start_host(node_id, &redis.url())))
-        .collect();
-    let proxy = ProxyProcess::start(&hosts);
+    // The hosts serve until the end of the test.
+    let (_hosts, proxy) = two_hosts_behind_a_proxy(&redis);
     let python = support::python_program();
     let python = python.to_str().expect("a UTF-8 path to python");
     let mut users = ClientScript::start(
@@ -182,6 +171,16 @@ fn the_proxy_runs_under_a_master_on_the_socket_it_inherits() {
         Some(7),
         "{body}"
     );
+}
+
+/// Hosts 1 and 2 sharing `redis`, and the proxy in front of them.
+fn two_hosts_behind_a_proxy(redis: &support::RedisServer) -> (Vec<(u16, App)>, ProxyProcess) {
+    let hosts: Vec<(u16, App)> = [1, 2]
+        .into_iter()
+        .map(|node_id| (node_id, start_host(node_id, &redis.url())))
+        .collect();
+    let proxy = ProxyProcess::start(&hosts);
+    (hosts, proxy)
 }
 
 /// One host: a master of one chat worker with its own state directory and port, sessions tagged

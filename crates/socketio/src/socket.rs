@@ -263,8 +263,10 @@ impl Socket {
             |json: &str| encode(PacketType::Event, &self.ns.path, None, Some(json), binary);
         match self.ns.recovery() {
             Some(recovery) => {
+                // This process's socket: not relayed to the others by a store of this process.
                 let opts = BroadcastOptions {
                     rooms: vec![self.id.clone()],
+                    local: true,
                     ..BroadcastOptions::default()
                 };
                 recovery.append(&self.ns, &encode(json), &opts)
@@ -339,7 +341,7 @@ impl Socket {
     /// socket is now, so that it recovers even if this process dies.
     pub(crate) fn write_through(&self) {
         if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid) {
-            if recovery.store().keeps_connected() && self.connected() {
+            if recovery.store().is_shared() && self.connected() {
                 recovery.store().attached(&self.record(recovery, pid));
             }
         }

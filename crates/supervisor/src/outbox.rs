@@ -75,7 +75,12 @@ impl Outbox {
     /// Queues a control message ahead of every relay. `Full` means the worker has not read
     /// the answers to its own requests while it kept asking: it breaks the contract.
     pub fn control(&self, message: &ToWorker) -> Result<(), Refused> {
-        let mut line = serde_json::to_vec(message).map_err(|_| Refused::Closed)?;
+        let line = serde_json::to_vec(message).map_err(|_| Refused::Closed)?;
+        self.control_line(line)
+    }
+
+    /// Queues a message already encoded as JSON (without its newline).
+    pub fn control_line(&self, mut line: Vec<u8>) -> Result<(), Refused> {
         line.push(b'\n');
         self.push(line.into(), |lanes| &mut lanes.control)
     }

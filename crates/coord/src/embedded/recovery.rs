@@ -109,7 +109,7 @@ impl SessionStore for MasterSessionStore {
             .map_err(|error| EmitError::NotRelayed(error.to_string()))
     }
 
-    fn keeps_connected(&self) -> bool {
+    fn is_shared(&self) -> bool {
         true
     }
 

@@ -301,7 +301,7 @@ impl SessionStore for RedisSessionStore {
         self.bus.sequence(command)
     }
 
-    fn keeps_connected(&self) -> bool {
+    fn is_shared(&self) -> bool {
         true
     }
 

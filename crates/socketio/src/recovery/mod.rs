@@ -287,8 +287,7 @@ impl Recovery {
     ) -> Result<(), EmitError> {
         let appended = self.store.append(ns, frames, opts);
         // A store of this process delivered here already: only its relay failed.
-        let shared = self.store.keeps_connected();
-        if let (Err(EmitError::NotRelayed(_)), true) = (&appended, shared) {
+        if let (Err(EmitError::NotRelayed(_)), true) = (&appended, self.store.is_shared()) {
             let frames = match self.watermark() {
                 Some(offset) => with_offset(frames, &offset),
                 None => frames.to_vec(),

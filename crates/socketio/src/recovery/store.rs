@@ -30,9 +30,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// needs nothing: it outlives the socket only as long as the process does.
     fn attached(&self, _record: &SessionRecord) {}
 
-    /// Whether it wants [`SessionStore::attached`]: a store that outlives this process's
-    /// sockets keeps them from their CONNECT on, so that they recover if the process dies.
-    fn keeps_connected(&self) -> bool {
+    /// Whether other processes share it (a master, Redis). Such a store outlives this
+    /// process's sockets, so it keeps them from their CONNECT on ([`SessionStore::attached`])
+    /// and they recover if the process dies; and it delivers through its feed, so an event it
+    /// could not take still goes to this process's sockets (see `Recovery::append`).
+    fn is_shared(&self) -> bool {
         false
     }
 

@@ -80,19 +80,19 @@ impl Inner {
                             Some(service) => service.request(generation, body),
                             None => serde_json::json!({ "error": "this master offers no service" }),
                         };
-                        let mut reply = ToWorker::Reply { id, body };
-                        if serde_json::to_vec(&reply).map_or(0, |line| line.len()) > max_line {
+                        let mut line =
+                            serde_json::to_vec(&ToWorker::Reply { id, body }).unwrap_or_default();
+                        if line.len() > max_line {
                             // The worker would take the line for a broken channel (e.g. the
                             // replay of a client that missed much, under a small
                             // --ipc-max-line): it gets a refusal it can act on instead.
-                            reply = ToWorker::Reply {
-                                id,
-                                body: serde_json::json!({
-                                    "error": "the answer is longer than --ipc-max-line allows"
-                                }),
-                            };
+                            let refusal = serde_json::json!({
+                                "error": "the answer is longer than --ipc-max-line allows"
+                            });
+                            line = serde_json::to_vec(&ToWorker::Reply { id, body: refusal })
+                                .unwrap_or_default();
                         }
-                        if outbox.control(&reply) == Err(Refused::Full) {
+                        if outbox.control_line(line) == Err(Refused::Full) {
                             return self.replace_untrusted(
                                 slot_id,
                                 generation,
