@@ -10,14 +10,10 @@
 // exits 0 when stdin ends or gets a line. If not everyone joined by its deadline it prints
 // {"event":"error",...} and exits 1.
 
-import { createRequire } from "node:module";
 import readline from "node:readline";
 
 import { login } from "./login.mjs";
-
-// ESM ignores NODE_PATH: the client comes from the workspace's ops/js (the Rust side checked
-// that ops/test-deps.sh installed it).
-const { io } = createRequire(new URL("../../../../ops/js/package.json", import.meta.url))("socket.io-client");
+import { Manager } from "./socket_io_client.mjs";
 
 const [base, usersText, intervalText] = process.argv.slice(2);
 const users = Number(usersText);
@@ -44,9 +40,12 @@ const deadline = setTimeout(() => {
 async function user(index) {
   const cookie = await login(base, `chatter${index}`);
   const transports = index % 2 === 0 ? ["websocket"] : ["polling", "websocket"];
-  const options = { transports, extraHeaders: { Cookie: cookie } };
-  const infra = io(`${base}/chat_infra`, options);
-  const com = io(`${base}/chat_com`, options);
+  // One connection per user carrying both namespaces, as a page has: with io() per namespace
+  // the client reuses a cached connection for the first user only, and the others' two
+  // namespaces may land on two workers (a /chat_com socket there is in no room).
+  const manager = new Manager(base, { transports, extraHeaders: { Cookie: cookie } });
+  const infra = manager.socket("/chat_infra");
+  const com = manager.socket("/chat_com");
   let first = true;
   infra.on("connect", () => infra.emit("join_room", { name: "metrics" }));
   infra.on("name_set", () => {
