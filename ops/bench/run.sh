@@ -29,6 +29,12 @@
 #            socket.io's connectionStateRecovery on (NODE_CHAT_RECOVERY=1); socketioxide-chat
 #            has no worker to kill and is skipped. Its table goes between its own markers
 #            (`<!-- run.sh:fault:begin -->`), so a fault-only run leaves the other tables alone.
+#   reload   (not in the default SCENARIOS) RELOAD_CLIENTS at the chat load for RELOAD_DURATION, and from
+#            RELOAD_AFTER into it RELOAD_COUNT reloads one after the other (ops/bench/reloads.sh):
+#            `chatctl reload`, then one `chatctl upgrade` when the binary has it; node-chat's
+#            PM2-style rolling restart (SIGUSR2), with its connectionStateRecovery on. Disconnects,
+#            messages lost, each reload's time. socketioxide-chat has no reload and is skipped. Its
+#            table has its own markers (`<!-- run.sh:reload:begin -->`).
 #
 # Usage: ops/bench/run.sh [--quick] [--no-doc]
 #   --quick (or QUICK=1)    every scenario tiny (200 clients, short phases): a smoke test of this script
@@ -41,6 +47,7 @@
 #   STORM_CLIENTS=5000 POLL_CLIENTS=500 POLL_DURATION=20s
 #   FAULT_CLIENTS=1000 FAULT_DURATION=20s FAULT_AFTER=8s FAULT_CONNECT_TIMEOUT=30s (how long a client
 #                           may take to come back after the kill before it counts as failed)
+#   RELOAD_CLIENTS=1000 RELOAD_COUNT=5 RELOAD_DURATION=60s RELOAD_AFTER=5s
 #   CONNECT_TIMEOUT=60s      longest one client may take to connect and join (idle, fanout, storm)
 #   SOURCES=127.0.0.1-127.0.0.16   local addresses chat-bench connects from (more ephemeral ports);
 #                           SOURCES= (empty) leaves the choice to the kernel
@@ -93,6 +100,8 @@ if [[ $QUICK == 1 ]]; then
   STORM_CLIENTS=${STORM_CLIENTS:-200}
   POLL_CLIENTS=${POLL_CLIENTS:-100} POLL_DURATION=${POLL_DURATION:-5s}
   FAULT_CLIENTS=${FAULT_CLIENTS:-200} FAULT_DURATION=${FAULT_DURATION:-6s} FAULT_AFTER=${FAULT_AFTER:-2s}
+  RELOAD_CLIENTS=${RELOAD_CLIENTS:-200} RELOAD_COUNT=${RELOAD_COUNT:-2} RELOAD_DURATION=${RELOAD_DURATION:-20s}
+  RELOAD_AFTER=${RELOAD_AFTER:-2s}
 fi
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 IDLE_HOLD=${IDLE_HOLD:-10s}
@@ -118,6 +127,10 @@ FAULT_CLIENTS=${FAULT_CLIENTS:-1000}
 FAULT_DURATION=${FAULT_DURATION:-20s}
 FAULT_AFTER=${FAULT_AFTER:-8s}
 FAULT_CONNECT_TIMEOUT=${FAULT_CONNECT_TIMEOUT:-30s}
+RELOAD_CLIENTS=${RELOAD_CLIENTS:-1000}
+RELOAD_COUNT=${RELOAD_COUNT:-5}
+RELOAD_DURATION=${RELOAD_DURATION:-60s}
+RELOAD_AFTER=${RELOAD_AFTER:-5s}
 # One chat-bench process holds at most this many clients (the hard descriptor limit is 20 000).
 CLIENTS_PER_BENCH=${CLIENTS_PER_BENCH:-15000}
 APP_PREFIX=bench
@@ -135,7 +148,7 @@ for server in $SERVERS; do
   case $server in chatctl | chatctl-redis | node-chat | socketioxide-chat) ;; *) die "unknown server $server" ;; esac
 done
 for scenario in $SCENARIOS; do
-  case $scenario in idle | chat | fanout | storm | polling | fault) ;; *) die "unknown scenario $scenario" ;; esac
+  case $scenario in idle | chat | fanout | storm | polling | fault | reload) ;; *) die "unknown scenario $scenario" ;; esac
 done
 
 # --- build -------------------------------------------------------------------------------------
@@ -412,12 +425,12 @@ bench_idle_split() { # out clients hold
 
 run_scenario() { # scenario server
   local scenario=$1 server=$2 out=$WORK/results/$1__$2.json victim=
-  if [[ $scenario == fault && $server == socketioxide-chat ]]; then
-    log "fault: socketioxide-chat is one process, with no worker to kill; skipped"
+  if [[ $scenario == fault || $scenario == reload ]] && [[ $server == socketioxide-chat ]]; then
+    log "$scenario: socketioxide-chat is one process, with no worker to kill or reload; skipped"
     return
   fi
   NODE_RECOVERY=0
-  [[ $scenario == fault ]] && NODE_RECOVERY=1
+  [[ $scenario == fault || $scenario == reload ]] && NODE_RECOVERY=1
   start_server "$server"
   log "$scenario against $server"
   case $scenario in
@@ -457,11 +470,25 @@ run_scenario() { # scenario server
       --duration "$FAULT_DURATION" --connect-timeout "$FAULT_CONNECT_TIMEOUT" \
       --fault-after "$FAULT_AFTER" --fault-command "kill -9 $victim"
     ;;
+  reload)
+    local reloads
+    if [[ $server == node-chat ]]; then
+      reloads=$(printf '%q ' "$ROOT/ops/bench/reloads.sh" node-chat "${PIDS[0]}" "$WORK/server.log" "$RELOAD_COUNT" "$out.times")
+    else
+      reloads=$(printf '%q ' "$ROOT/ops/bench/reloads.sh" chatctl "$CHATCTL" "$CHATCTL_APP" "$RELOAD_COUNT" "$out.times")
+    fi
+    uptime >"$out.load"
+    # Every worker is replaced: none of the processes sampled at the start is expected to remain.
+    victim=all
+    bench "$out" --scenario chat --clients "$RELOAD_CLIENTS" --room-size "$CHAT_ROOM_SIZE" --rate "$CHAT_RATE" \
+      --duration "$RELOAD_DURATION" --connect-timeout "$FAULT_CONNECT_TIMEOUT" \
+      --fault-after "$RELOAD_AFTER" --fault-command "$reloads"
+    ;;
   esac
   # A server that died under the load is a result too.
   local pid
   for pid in "${PIDS[@]}"; do
-    [[ $pid == "$victim" ]] && continue
+    [[ $pid == "$victim" || $victim == all ]] && continue
     kill -0 "$pid" 2>/dev/null || {
       log "  $server: process $pid is gone after $scenario"
       echo "$pid" >>"$out.dead"
@@ -490,7 +517,7 @@ done
 command_line=""
 for var in QUICK WORKERS SERVERS SCENARIOS IDLE_CLIENTS IDLE_HOLD IDLE_RAMP CHAT_CLIENTS CHAT_ROOM_SIZE CHAT_RATE CHAT_DURATION \
   FANOUT_CLIENTS FANOUT_RATES FANOUT_STEP FANOUT_RAMP FANOUT_WARMUP CONNECT_TIMEOUT P99_LIMIT STORM_CLIENTS POLL_CLIENTS POLL_DURATION \
-  FAULT_CLIENTS FAULT_DURATION FAULT_AFTER FAULT_CONNECT_TIMEOUT SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
+  FAULT_CLIENTS FAULT_DURATION FAULT_AFTER FAULT_CONNECT_TIMEOUT RELOAD_CLIENTS RELOAD_COUNT RELOAD_DURATION RELOAD_AFTER SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
   if printenv "$var" >/dev/null; then command_line+="$var=$(printf '%q' "$(printenv "$var")") "; fi
 done
 command_line+="ops/bench/run.sh${ORIGINAL_ARGS[*]:+ ${ORIGINAL_ARGS[*]}}"
@@ -515,10 +542,12 @@ jq -n --arg started "$STARTED" --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" -
   --arg fanout_ramp "$FANOUT_RAMP" --arg fanout_warmup "$FANOUT_WARMUP" --arg connect_timeout "$CONNECT_TIMEOUT" \
   --arg p99_limit "$P99_LIMIT" --arg storm_clients "$STORM_CLIENTS" --arg poll_clients "$POLL_CLIENTS" \
   --arg poll_duration "$POLL_DURATION" --arg fault_clients "$FAULT_CLIENTS" --arg fault_duration "$FAULT_DURATION" \
-  --arg fault_after "$FAULT_AFTER" --arg fault_connect_timeout "$FAULT_CONNECT_TIMEOUT" '$ARGS.named' >"$WORK/results/meta.json"
+  --arg fault_after "$FAULT_AFTER" --arg fault_connect_timeout "$FAULT_CONNECT_TIMEOUT" \
+  --arg reload_clients "$RELOAD_CLIENTS" --arg reload_count "$RELOAD_COUNT" --arg reload_duration "$RELOAD_DURATION" \
+  --arg reload_after "$RELOAD_AFTER" '$ARGS.named' >"$WORK/results/meta.json"
 
 doc_args=()
 [[ $DOC == 1 ]] && doc_args=(--doc "$ROOT/docs/BENCHMARKS.md")
 python3 "$ROOT/ops/bench/run_report.py" "$WORK/results" "${doc_args[@]}"
-[[ $DOC == 1 ]] && log "results written to docs/BENCHMARKS.md (between <!-- run.sh:begin --> and <!-- run.sh:end -->, the fault scenario between <!-- run.sh:fault:begin --> and <!-- run.sh:fault:end -->)"
+[[ $DOC == 1 ]] && log "results written to docs/BENCHMARKS.md (between <!-- run.sh:begin --> and <!-- run.sh:end -->, the fault and reload scenarios between their own markers)"
 exit 0

@@ -23,6 +23,9 @@ SECTION_TITLE = "## Chat servers compared: chatctl, Node.js socket.io, socketiox
 FAULT_BEGIN = "<!-- run.sh:fault:begin -->"
 FAULT_END = "<!-- run.sh:fault:end -->"
 FAULT_TITLE = "## A worker killed under chat load: messages lost, sockets recovered"
+RELOAD_BEGIN = "<!-- run.sh:reload:begin -->"
+RELOAD_END = "<!-- run.sh:reload:end -->"
+RELOAD_TITLE = "## Reloads and an upgrade under chat load: disconnects, messages lost"
 
 SERVERS = ["chatctl", "chatctl-redis", "node-chat", "socketioxide-chat"]
 OURS = ["chatctl", "chatctl-redis"]
@@ -432,6 +435,71 @@ def section_fault(results, meta, servers):
     return out
 
 
+def section_reload(results, meta, servers):
+    """The reload scenario: what a deploy costs the users of each stack."""
+    runs = collect(results, "reload", servers)
+    out = [
+        f"Run of {meta['started']} – {meta['finished']}, produced by `ops/bench/run.sh` (chat-bench, crates/bench),",
+        f"commit `{meta['commit']}`; {meta['chatctl']}; node {meta['node']}, socket.io {meta['socketio']}.",
+        f"Machine: `nproc` = {meta['nproc']}, {meta['cpu']}, {meta['ram']} RAM;",
+        f"load average {meta.get('load_start', '?')} at the start of the whole run, {meta['load']} at its end.",
+        "",
+        "Command:",
+        "",
+        f"    {meta['command']}",
+        "",
+        f"### {meta.get('reload_clients')} clients in rooms of {meta.get('chat_room_size')}, {meta.get('chat_rate')} msg/s each, "
+        f"{meta.get('reload_duration')}; {meta.get('reload_count')} reloads one after the other from {meta.get('reload_after')} into it",
+        "",
+    ]
+    rows = []
+    for server, (d, rc, notes) in runs.items():
+        base = os.path.join(results, f"reload__{server}.json")
+        back = get(d, "back_after_ms") or {}
+        times = (read_text(base + ".times") or "").splitlines()
+        steps = ", ".join(
+            f"{kind} {int(ms) / 1000:.1f} s" for kind, _, ms, _ in (line.split() for line in times if len(line.split()) == 4)
+        )
+        rows.append([
+            LABEL[server],
+            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
+            num(get(d, "sent")),
+            f"{num(get(d, 'delivered'))} / {num(get(d, 'expected'))}",
+            num(get(d, "lost")),
+            num(get(d, "duplicates")),
+            f"{num(get(d, 'reconnects'))} ({num(get(d, 'reconnects_failed'))} failed)",
+            f"{num(get(d, 'sockets_recovered'))} / {num(get(d, 'sockets_not_recovered'))}",
+            f"{num(back.get('p50'), 1)} / {num(back.get('p99'), 1)} / {num(back.get('max'), 1)}",
+            steps or "none recorded",
+            (read_text(base + ".load") or "?").split("load average:")[-1].strip(),
+            status(rc, notes, d),
+        ])
+    out += table(["server", "connected / clients", "sent", "delivered / owed", "lost", "dup",
+                  "clients disconnected (reconnected)", "sockets recovered / not", "back after a disconnect p50 / p99 / max (ms)",
+                  "each reload (and upgrade) took", "load (1, 5, 15 min) as it started", "run"], rows)
+    out += [
+        "",
+        "- chatctl: `chatctl reload APP` (every worker replaced, one at a time), then `chatctl upgrade APP` when the",
+        "  binary has it (a new master from the executable on disk, given the listening socket). node-chat: SIGUSR2 to",
+        "  its cluster primary, a rolling restart as PM2's `reload` does it for a cluster app (start the replacement,",
+        "  wait until it is ready, stop the old worker), with socket.io's `connectionStateRecovery` on.",
+        "- *clients disconnected*: connections a client saw end and opened again; the goal is 0. *lost*, *dup*,",
+        "  *sockets* and *back* as in the fault scenario above.",
+    ]
+    return out
+
+
+def render_reload(results):
+    with open(os.path.join(results, "meta.json")) as f:
+        meta = json.load(f)
+    servers = [s for s in SERVERS if s in meta.get("servers", "").split()]
+    out = []
+    if meta.get("quick") == "1":
+        out += ["**QUICK run (`--quick`): tiny smoke-test sizes, not benchmark figures.**", ""]
+    out += section_reload(results, meta, servers)
+    return "\n".join(out).rstrip() + "\n"
+
+
 def render_fault(results):
     with open(os.path.join(results, "meta.json")) as f:
         meta = json.load(f)
@@ -494,8 +562,8 @@ def render(results):
         "",
     ]
     for scenario in meta.get("scenarios", "").split():
-        if scenario == "fault":
-            continue  # a block of its own: render_fault
+        if scenario in ("fault", "reload"):
+            continue  # blocks of their own: render_fault, render_reload
         runs = collect(results, scenario, servers)
         if scenario == "idle":
             out += section_idle(runs, meta)
@@ -533,7 +601,7 @@ def main(argv):
     with open(os.path.join(argv[1], "meta.json")) as f:
         scenarios = json.load(f).get("scenarios", "").split()
     doc = argv[argv.index("--doc") + 1] if "--doc" in argv else None
-    if any(s != "fault" for s in scenarios):
+    if any(s not in ("fault", "reload") for s in scenarios):
         body = render(argv[1])
         print(body)
         if doc:
@@ -543,6 +611,11 @@ def main(argv):
         print(body)
         if doc:
             write_doc(doc, body, FAULT_BEGIN, FAULT_END, FAULT_TITLE)
+    if "reload" in scenarios:
+        body = render_reload(argv[1])
+        print(body)
+        if doc:
+            write_doc(doc, body, RELOAD_BEGIN, RELOAD_END, RELOAD_TITLE)
 
 
 if __name__ == "__main__":

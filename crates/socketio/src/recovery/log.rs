@@ -33,6 +33,10 @@ pub struct RecoveryLog {
     bytes: usize,
     /// By the hash of their private ids.
     sessions: HashMap<Digest, Kept>,
+    /// When sockets' connections broke, oldest first: what [`RecoveryLog::expire`] and
+    /// [`RecoveryLog::make_room`] look at, so neither walks every socket. An entry whose
+    /// socket came back, or broke again later, no longer matches it and is skipped.
+    detachments: VecDeque<(Instant, Digest)>,
     /// Events evicted while a kept socket may still have needed them, and recoveries refused.
     evicted: u64,
 }
@@ -76,6 +80,7 @@ impl RecoveryLog {
             floors: Floors::default(),
             bytes: 0,
             sessions: HashMap::new(),
+            detachments: VecDeque::new(),
             evicted: 0,
         }
     }
@@ -131,6 +136,9 @@ impl RecoveryLog {
             .into_iter()
             .filter(|room| *room != record.sid)
             .collect();
+        if detached {
+            self.detached_at(now, record.pid_hash);
+        }
         self.sessions.insert(
             record.pid_hash,
             Kept {
@@ -150,20 +158,56 @@ impl RecoveryLog {
             .get(pid_hash)
             .is_some_and(|kept| kept.owner == owner)
         {
-            if let Some(kept) = self.sessions.remove(pid_hash) {
-                self.floors.rooms.remove(&kept.sid);
-            }
+            self.drop_session(pid_hash);
         }
     }
 
     /// The process `owner` is gone: the sockets it served may come back elsewhere from now.
     pub fn owner_gone(&mut self, owner: Owner) {
         let now = Instant::now();
-        for kept in self.sessions.values_mut() {
+        let mut gone = Vec::new();
+        for (pid_hash, kept) in self.sessions.iter_mut() {
             if kept.owner == owner && kept.detached.is_none() {
                 kept.detached = Some(now);
+                gone.push(*pid_hash);
             }
         }
+        for pid_hash in gone {
+            self.detached_at(now, pid_hash);
+        }
+    }
+
+    /// Notes that socket `pid_hash` broke at `at`. Entries that no longer match their socket
+    /// are dropped when they outnumber the sockets kept, so the queue stays bounded however
+    /// often clients come and go.
+    fn detached_at(&mut self, at: Instant, pid_hash: Digest) {
+        self.detachments.push_back((at, pid_hash));
+        if self.detachments.len() > 2 * self.sessions.len() + 1024 {
+            let sessions = &self.sessions;
+            self.detachments.retain(|(at, pid)| {
+                sessions
+                    .get(pid)
+                    .is_some_and(|kept| kept.detached == Some(*at))
+            });
+        }
+    }
+
+    /// The oldest detachment that still holds, taken off the queue.
+    fn pop_detached(&mut self, until: impl Fn(Instant) -> bool) -> Option<Digest> {
+        while let Some(&(at, pid_hash)) = self.detachments.front() {
+            if !until(at) {
+                return None;
+            }
+            self.detachments.pop_front();
+            if self
+                .sessions
+                .get(&pid_hash)
+                .is_some_and(|kept| kept.detached == Some(at))
+            {
+                return Some(pid_hash);
+            }
+        }
+        None
     }
 
     /// Takes back a kept socket with the events after the request's offset that were for it.
@@ -219,13 +263,17 @@ impl RecoveryLog {
     /// Forgets the oldest disconnected socket to keep another. False when every kept socket
     /// is connected: the new one is then not kept (it will not recover).
     fn make_room(&mut self) -> bool {
-        let oldest = self
-            .sessions
-            .iter()
-            .filter_map(|(pid, kept)| Some((kept.detached?, pid)))
-            .min_by_key(|(at, _)| *at)
-            .map(|(_, pid)| *pid);
-        oldest.map(|pid| self.sessions.remove(&pid)).is_some()
+        let Some(oldest) = self.pop_detached(|_| true) else {
+            return false;
+        };
+        self.drop_session(&oldest);
+        true
+    }
+
+    fn drop_session(&mut self, pid_hash: &Digest) {
+        if let Some(kept) = self.sessions.remove(pid_hash) {
+            self.floors.rooms.remove(&kept.sid);
+        }
     }
 
     fn evict_oldest(&mut self) {
@@ -244,14 +292,9 @@ impl RecoveryLog {
         while self.events.front().is_some_and(|event| old(event.at)) {
             self.evict_oldest();
         }
-        let floors = &mut self.floors;
-        self.sessions.retain(|_, kept| {
-            let keep = !kept.detached.is_some_and(old);
-            if !keep {
-                floors.rooms.remove(&kept.sid);
-            }
-            keep
-        });
+        while let Some(pid_hash) = self.pop_detached(old) {
+            self.drop_session(&pid_hash);
+        }
     }
 }
 
@@ -413,6 +456,28 @@ mod tests {
         assert!(expiring
             .restore(&ask(&expiring, &pid, seen, None))
             .is_none());
+    }
+
+    #[test]
+    fn the_window_ends_sockets_that_stayed_away_not_those_that_came_back() {
+        let mut log = RecoveryLog::new(RecoveryConfig {
+            window: Duration::ZERO,
+            ..RecoveryConfig::default()
+        });
+        let (back, away) = (Pid::new(), Pid::new());
+        log.keep(record(&back, "b", &["r"], None), 1, true);
+        log.keep(record(&back, "b", &["r"], None), 2, false);
+        log.keep(record(&away, "a", &["r"], None), 1, true);
+        // Every socket's connection broke at least once; only the one still away is forgotten.
+        send(&mut log, "later", &to(&["r"]));
+        let stats = log.stats();
+        assert_eq!((stats.sessions_connected, stats.sessions_kept), (1, 0));
+        log.owner_gone(2);
+        send(&mut log, "later still", &to(&["r"]));
+        assert_eq!(
+            log.stats().sessions_connected + log.stats().sessions_kept,
+            0
+        );
     }
 
     #[test]

@@ -75,6 +75,25 @@ function runPrimary() {
     console.error(`node-chat: worker ${worker.process.pid} exited (${signal || code})`);
   });
   for (let i = 0; i < WORKERS; i++) cluster.fork();
+  // SIGUSR2: a rolling restart as PM2's `reload` does it for a cluster app (ops/bench/run.sh's
+  // reload scenario): one worker at a time, start its replacement, wait until it is ready, then
+  // stop the old one. A worker exits at once on SIGTERM, as an app without a shutdown handler does.
+  let rolling = false;
+  process.on('SIGUSR2', async () => {
+    if (rolling) return;
+    rolling = true;
+    const began = Date.now();
+    for (const old of Object.values(cluster.workers)) {
+      const fresh = cluster.fork();
+      await new Promise((resolve) => fresh.on('message', (m) => m === 'node-chat:ready' && resolve()));
+      await new Promise((resolve) => {
+        old.once('exit', resolve);
+        old.process.kill('SIGTERM');
+      });
+    }
+    rolling = false;
+    console.log(`node-chat rolling restart done in ${Date.now() - began} ms`);
+  });
   const stop = () => {
     for (const worker of Object.values(cluster.workers)) worker.process.kill('SIGTERM');
     process.exit(0);
