@@ -373,10 +373,9 @@ def read_text(path):
         return None
 
 
-def section_fault(results, meta, servers):
-    """The fault scenario, with what a reader needs to repeat it: command, commit, load."""
-    runs = collect(results, "fault", servers)
-    out = [
+def run_header(meta):
+    """What a reader needs to repeat a scenario of its own block: when, the code, the machine, the command."""
+    return [
         f"Run of {meta['started']} – {meta['finished']}, produced by `ops/bench/run.sh` (chat-bench, crates/bench),",
         f"commit `{meta['commit']}`; {meta['chatctl']}; node {meta['node']}, socket.io {meta['socketio']},",
         f"@socket.io/redis-adapter {meta['redis_adapter']}. Machine: `nproc` = {meta['nproc']}, {meta['cpu']}, {meta['ram']} RAM;",
@@ -386,6 +385,13 @@ def section_fault(results, meta, servers):
         "",
         f"    {meta['command']}",
         "",
+    ]
+
+
+def section_fault(results, meta, servers):
+    """The fault scenario, with what a reader needs to repeat it: command, commit, load."""
+    runs = collect(results, "fault", servers)
+    out = run_header(meta) + [
         f"### {meta.get('fault_clients')} clients in rooms of {meta.get('chat_room_size')}, {meta.get('chat_rate')} msg/s each, "
         f"{meta.get('fault_duration')}; `kill -9` of one of {meta.get('workers')} workers {meta.get('fault_after')} into it",
         "",
@@ -438,16 +444,7 @@ def section_fault(results, meta, servers):
 def section_reload(results, meta, servers):
     """The reload scenario: what a deploy costs the users of each stack."""
     runs = collect(results, "reload", servers)
-    out = [
-        f"Run of {meta['started']} – {meta['finished']}, produced by `ops/bench/run.sh` (chat-bench, crates/bench),",
-        f"commit `{meta['commit']}`; {meta['chatctl']}; node {meta['node']}, socket.io {meta['socketio']}.",
-        f"Machine: `nproc` = {meta['nproc']}, {meta['cpu']}, {meta['ram']} RAM;",
-        f"load average {meta.get('load_start', '?')} at the start of the whole run, {meta['load']} at its end.",
-        "",
-        "Command:",
-        "",
-        f"    {meta['command']}",
-        "",
+    out = run_header(meta) + [
         f"### {meta.get('reload_clients')} clients in rooms of {meta.get('chat_room_size')}, {meta.get('chat_rate')} msg/s each, "
         f"{meta.get('reload_duration')}; {meta.get('reload_count')} reloads one after the other from {meta.get('reload_after')} into it",
         "",
@@ -489,25 +486,15 @@ def section_reload(results, meta, servers):
     return out
 
 
-def render_reload(results):
+def render_block(results, section):
+    """A scenario with a block of its own (fault, reload)."""
     with open(os.path.join(results, "meta.json")) as f:
         meta = json.load(f)
     servers = [s for s in SERVERS if s in meta.get("servers", "").split()]
     out = []
     if meta.get("quick") == "1":
         out += ["**QUICK run (`--quick`): tiny smoke-test sizes, not benchmark figures.**", ""]
-    out += section_reload(results, meta, servers)
-    return "\n".join(out).rstrip() + "\n"
-
-
-def render_fault(results):
-    with open(os.path.join(results, "meta.json")) as f:
-        meta = json.load(f)
-    servers = [s for s in SERVERS if s in meta.get("servers", "").split()]
-    out = []
-    if meta.get("quick") == "1":
-        out += ["**QUICK run (`--quick`): tiny smoke-test sizes, not benchmark figures.**", ""]
-    out += section_fault(results, meta, servers)
+    out += section(results, meta, servers)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -563,7 +550,7 @@ def render(results):
     ]
     for scenario in meta.get("scenarios", "").split():
         if scenario in ("fault", "reload"):
-            continue  # blocks of their own: render_fault, render_reload
+            continue  # blocks of their own: render_block
         runs = collect(results, scenario, servers)
         if scenario == "idle":
             out += section_idle(runs, meta)
@@ -607,12 +594,12 @@ def main(argv):
         if doc:
             write_doc(doc, body)
     if "fault" in scenarios:
-        body = render_fault(argv[1])
+        body = render_block(argv[1], section_fault)
         print(body)
         if doc:
             write_doc(doc, body, FAULT_BEGIN, FAULT_END, FAULT_TITLE)
     if "reload" in scenarios:
-        body = render_reload(argv[1])
+        body = render_block(argv[1], section_reload)
         print(body)
         if doc:
             write_doc(doc, body, RELOAD_BEGIN, RELOAD_END, RELOAD_TITLE)
