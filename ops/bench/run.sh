@@ -54,6 +54,8 @@
 #   RUN_TIMEOUT=900         seconds one chat-bench run may take before it is stopped and marked failed
 #   KEEP_RESULTS=DIR        copy the raw results (chat-bench JSON, stderr, server logs) there at the end
 #   SKIP_BUILD=1            use target/release/{chatctl,chat-bench} and the peers as they are
+#   CHATCTL_SERVE_FLAGS="..."  more `chatctl serve` flags for chatctl's workers (an experiment, e.g.
+#                           `--recovery-window 0`); recorded in the command line
 #
 # Default sizes take about 10-15 minutes on 2 cores (most of it the 2 000-user fan-out room,
 # whose joins send the whole member list to every member). A chat-bench run that loses or fails
@@ -91,6 +93,7 @@ SOURCES=${SOURCES-127.0.0.1-127.0.0.16}
 SOURCE_ARGS=()
 [[ -n $SOURCES ]] && SOURCE_ARGS=(--sources "$SOURCES")
 RUN_TIMEOUT=${RUN_TIMEOUT:-900}
+CHATCTL_SERVE_FLAGS=${CHATCTL_SERVE_FLAGS:-}
 P99_LIMIT=${P99_LIMIT:-200ms}
 if [[ $QUICK == 1 ]]; then
   IDLE_CLIENTS=${IDLE_CLIENTS:-200} IDLE_HOLD=${IDLE_HOLD:-2s} IDLE_RAMP=${IDLE_RAMP:-1000}
@@ -274,14 +277,15 @@ fi
 # --- servers: each start sets URL and PIDS (the processes chat-bench samples) ------------------
 
 start_chatctl() { # redis|embedded
-  local user=() redis=()
+  local user=() redis=() serve_flags=()
   [[ $(id -u) == 0 ]] && user=(--user nobody)
+  read -ra serve_flags <<<"$CHATCTL_SERVE_FLAGS"
   [[ $1 == redis ]] && redis=(--redis "$REDIS_URL")
   free_port
   CHATCTL_APP=$APP_PREFIX-$1-$PORT
   timeout 60 "$CHATCTL" start --name "$CHATCTL_APP" --listen "127.0.0.1:$PORT" -i "$WORKERS" "${user[@]}" "${redis[@]}" \
     -- serve --messages-per-second 1000000 --logins-per-address 1000000 --max-pending 100000 --max-pending-per-address 100000 \
-    --max-connections 100000 >"$WORK/server.log" 2>&1 ||
+    --max-connections 100000 "${serve_flags[@]}" >"$WORK/server.log" 2>&1 ||
     die "chatctl start failed: $(tail -5 "$WORK/server.log")"
   local master
   master=$(cat "$CHATCTL_HOME/apps/$CHATCTL_APP/master.pid")
@@ -517,7 +521,7 @@ done
 command_line=""
 for var in QUICK WORKERS SERVERS SCENARIOS IDLE_CLIENTS IDLE_HOLD IDLE_RAMP CHAT_CLIENTS CHAT_ROOM_SIZE CHAT_RATE CHAT_DURATION \
   FANOUT_CLIENTS FANOUT_RATES FANOUT_STEP FANOUT_RAMP FANOUT_WARMUP CONNECT_TIMEOUT P99_LIMIT STORM_CLIENTS POLL_CLIENTS POLL_DURATION \
-  FAULT_CLIENTS FAULT_DURATION FAULT_AFTER FAULT_CONNECT_TIMEOUT RELOAD_CLIENTS RELOAD_COUNT RELOAD_DURATION RELOAD_AFTER SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
+  FAULT_CLIENTS FAULT_DURATION FAULT_AFTER FAULT_CONNECT_TIMEOUT RELOAD_CLIENTS RELOAD_COUNT RELOAD_DURATION RELOAD_AFTER CHATCTL_SERVE_FLAGS SOURCES RUN_TIMEOUT CLIENTS_PER_BENCH SKIP_BUILD; do
   if printenv "$var" >/dev/null; then command_line+="$var=$(printf '%q' "$(printenv "$var")") "; fi
 done
 command_line+="ops/bench/run.sh${ORIGINAL_ARGS[*]:+ ${ORIGINAL_ARGS[*]}}"
