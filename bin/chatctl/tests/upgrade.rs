@@ -12,14 +12,14 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use support::http_load::LoadLoops;
 use support::{
-    alive, all_online, chatctl_exe, http_get, node_program, stderr_lines, wait_until, App,
-    ClientScript,
+    alive, all_online, chatctl_exe, http_get, node_program, stderr_lines, wait_until, worker_pids,
+    App, ClientScript,
 };
 
 /// Socket.IO users connected across the upgrade.
@@ -127,6 +127,13 @@ fn an_upgrade_under_load_fails_no_connection_and_runs_the_new_binary() {
     assert_eq!(status["version"], new_version.as_str());
     assert!(!app.app_dir().join("control.sock.next").exists());
     wait_until("the old master to exit", || !alive(old_master));
+    // The new master and its workers run the new file (workers exec their master's binary).
+    let installed = std::fs::metadata(&exe).expect("the installed file").ino();
+    for pid in std::iter::once(new_master).chain(worker_pids(&after)) {
+        let running = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .unwrap_or_else(|e| panic!("cannot look at process {pid}'s executable: {e}"));
+        assert_eq!(running.ino(), installed, "process {pid} runs another file");
+    }
 }
 
 #[test]

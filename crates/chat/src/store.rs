@@ -507,6 +507,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sessions_move_to_another_store_with_the_time_they_have_left() {
+        let old = MemoryStore::new(10);
+        let ann = old
+            .create_session("ann", Duration::from_secs(60))
+            .await
+            .unwrap();
+        old.create_session("gone", Duration::ZERO).await.unwrap();
+        let records = old.session_records();
+        assert_eq!(
+            records.len(),
+            1,
+            "an expired session does not move: {records:?}"
+        );
+        assert!(records[0].ttl_ms > 50_000 && records[0].ttl_ms <= 60_000);
+
+        // The new store keeps its own sessions and its bound.
+        let new = MemoryStore::new(2);
+        let bob = new
+            .create_session("bob", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut more = records.clone();
+        more.push(SessionRecord {
+            id: "beyond-the-bound".into(),
+            nickname: "cid".into(),
+            ttl_ms: 60_000,
+        });
+        assert_eq!(new.restore_sessions(more), 1);
+        assert_eq!(new.session(&ann.id).await.unwrap(), Some(ann));
+        assert_eq!(new.session(&bob.id).await.unwrap(), Some(bob));
+        assert_eq!(new.session("beyond-the-bound").await.unwrap(), None);
+        // A session already there stays as it is.
+        assert_eq!(new.restore_sessions(records), 0);
+    }
+
+    #[tokio::test]
     async fn sessions_are_bounded_and_expired_ones_make_room() {
         let store = MemoryStore::new(2);
         let brief = store.create_session("ann", Duration::ZERO).await.unwrap();

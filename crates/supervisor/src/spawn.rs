@@ -138,8 +138,9 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let private = dup_above(borrow(spec.private_socket)).map_err(SpawnError::Sockets)?;
     let program = spec.config.program();
     let exe = if program.is_built_in() {
-        // The master's own binary, even if an upgrade replaced the file on disk since: workers
-        // always speak the master's protocol. (Upgrades take a restart of the master.)
+        // The master's own binary, even if a new version replaced the file on disk since:
+        // workers always speak the master's protocol. (`chatctl upgrade` starts a new master
+        // from the new file, whose workers are then the new version.)
         let file = std::fs::File::open("/proc/self/exe").map_err(|source| SpawnError::Exec {
             program: "/proc/self/exe".into(),
             source,

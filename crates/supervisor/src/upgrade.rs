@@ -206,11 +206,17 @@ pub fn spawn_successor(
         .open(successor.stderr)
         .map_err(UpgradeError::Spawn)?;
     // `sh` names its own pid in LISTEN_PID and execs the master in place: the pid the master
-    // runs as, which the LISTEN_FDS protocol checks (as `spawn.rs` does for workers).
+    // runs as, which the LISTEN_FDS protocol checks (as `spawn.rs` does for workers). Under a
+    // systemd watchdog, the new master is the one to feed it once it is the main process.
+    let script = if std::env::var_os("WATCHDOG_USEC").is_some() {
+        "LISTEN_PID=$$ WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; exec \"$@\""
+    } else {
+        "LISTEN_PID=$$; export LISTEN_PID; exec \"$@\""
+    };
     let mut command = tokio::process::Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"")
+        .arg(script)
         .arg("chatctl-master")
         .arg(successor.binary)
         .arg("master")
@@ -292,5 +298,45 @@ pub fn report_failure(channel: &mut std::os::unix::net::UnixStream, message: &st
     if let Ok(mut line) = serde_json::to_vec(&failed) {
         line.push(b'\n');
         let _ = std::io::Write::write_all(channel, &line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_that_cannot_run_is_refused_with_its_reason() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("chatctl-upgrade-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let reason = |path: &Path| check_binary(path).unwrap_err().to_string();
+        assert!(reason(&dir.join("missing")).contains("No such file"));
+        assert!(reason(&dir).contains("not a regular file"));
+        let text = dir.join("text");
+        std::fs::write(&text, "not a program").unwrap();
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Even for root: no execute bit at all.
+        assert!(reason(&text).contains("not executable"));
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(reason(&text).contains("no ELF header"));
+        check_binary(Path::new("/proc/self/exe")).expect("this test's own executable runs");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_peers_token_is_never_in_a_log_line() {
+        let ready = FromSuccessor::Ready {
+            pid: 7,
+            version: "0.1.0+abc".into(),
+            peers: Peers {
+                token: "s3cret-token".into(),
+                worker_ids: vec![65, 66],
+            },
+        };
+        assert!(!format!("{ready:?}").contains("s3cret"));
+        let line = serde_json::to_string(&ready).unwrap();
+        let back: FromSuccessor = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ready);
     }
 }
