@@ -10,44 +10,59 @@ use std::process::{Command, Stdio};
 
 use support::{alive, all_online, chatctl_exe, http_get, succeeded, wait_until, App};
 
-#[test]
-fn a_socket_activated_master_serves_on_the_socket_it_was_given() {
-    if Command::new("systemd-socket-activate")
+/// Whether `systemd-socket-activate` can run here; says so when it cannot.
+fn have_socket_activate() -> bool {
+    let found = Command::new("systemd-socket-activate")
         .arg("--version")
         .output()
-        .is_err()
-    {
+        .is_ok();
+    if !found {
         println!("skipped: no systemd-socket-activate (Debian package systemd)");
-        return;
     }
-    let app = App::new("activated");
-    // The address `--listen` names is taken: binding it would fail the master's start.
-    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a port to hold");
+    found
+}
+
+/// `systemd-socket-activate` holding `app`'s port, to run `chatctl COMMAND` (`run` or `start`)
+/// for it on the first connection. `--listen` names `held`, an address the master cannot bind.
+fn activate(app: &App, command: &str, held: &std::net::TcpListener) -> std::process::Child {
     let held_address = held.local_addr().expect("the held address").to_string();
-    let mut activator = Command::new("systemd-socket-activate")
+    Command::new("systemd-socket-activate")
         .arg("--listen")
         .arg(app.listen())
         .arg("--setenv")
         .arg(format!("CHATCTL_HOME={}", app.home.display()))
         .arg(chatctl_exe())
-        .args(["run", "--name", &app.name, "--listen", &held_address])
+        .args([command, "--name", &app.name, "--listen", &held_address])
         .args(["-i", "2"])
         .current_dir(&app.home)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
-        .expect("cannot run systemd-socket-activate");
-    let activator_pid = activator.id();
+        .expect("cannot run systemd-socket-activate")
+}
 
-    // The socket exists before the master: the first connection starts it, waits in the
-    // socket's queue while the workers start, and is answered.
+/// The first connection starts the master: it waits in the socket's queue while the workers
+/// start, and is answered.
+fn first_request_is_answered(app: &App) {
     let mut first = None;
     wait_until("systemd-socket-activate listening", || {
         first = http_get(app.port, "/healthz").ok();
         first.is_some()
     });
     assert_eq!(first.map(|(status, _)| status), Some(200));
+}
+
+#[test]
+fn a_socket_activated_master_serves_on_the_socket_it_was_given() {
+    if !have_socket_activate() {
+        return;
+    }
+    let app = App::new("activated");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a port to hold");
+    let mut activator = activate(&app, "run", &held);
+    let activator_pid = activator.id();
+    first_request_is_answered(&app);
 
     let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
     // systemd-socket-activate execs the master in its own process.
@@ -67,6 +82,25 @@ fn a_socket_activated_master_serves_on_the_socket_it_was_given() {
     wait_until("the activated master to exit", || {
         activator.try_wait().ok().flatten().is_some() || !alive(activator_pid)
     });
+    drop(held);
+}
+
+/// `chatctl start` given the socket: the daemonized master it starts serves on it.
+#[test]
+fn start_hands_a_socket_it_was_given_to_the_master() {
+    if !have_socket_activate() {
+        return;
+    }
+    let app = App::new("activated-start");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a port to hold");
+    let mut activator = activate(&app, "start", &held);
+    first_request_is_answered(&app);
+    let status = activator.wait().expect("cannot wait for chatctl start");
+    assert!(status.success(), "chatctl start failed: {status}");
+    let listed = app.wait_listed("two online workers", |a| all_online(a, 2));
+    assert_eq!(listed["listen"], app.listen().as_str(), "{listed}");
+    let (status, _) = http_get(app.port, "/healthz").expect("the app answers");
+    assert_eq!(status, 200);
     drop(held);
 }
 

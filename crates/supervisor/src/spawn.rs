@@ -169,8 +169,6 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         (Vec::new(), spec.config.env.clone(), None)
     };
     let argv = worker_argv(program, &serve_args, spec.port);
-    // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
-    // program runs as, which is what sd_listen_fds() checks.
     let mut command = Command::new("/bin/sh");
     if let Some(base) = spec.base_env {
         command
@@ -179,7 +177,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     }
     command
         .arg("-c")
-        .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"")
+        .arg(crate::inherited::EXEC_WITH_LISTEN_PID)
         .arg("chatctl-worker")
         .args(&argv)
         .env(IPC_FD_ENV, IPC_FD.to_string())

@@ -205,13 +205,12 @@ pub fn spawn_successor(
         .append(true)
         .open(successor.stderr)
         .map_err(UpgradeError::Spawn)?;
-    // `sh` names its own pid in LISTEN_PID and execs the master in place: the pid the master
-    // runs as, which the LISTEN_FDS protocol checks (as `spawn.rs` does for workers). Under a
-    // systemd watchdog, the new master is the one to feed it once it is the main process.
+    // Under a systemd watchdog, the new master is the one to feed it once it is the main
+    // process: its pid, which `sh` names in LISTEN_PID, goes in WATCHDOG_PID too.
     let script = if std::env::var_os("WATCHDOG_USEC").is_some() {
-        "LISTEN_PID=$$ WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; exec \"$@\""
+        "WATCHDOG_PID=$$; export WATCHDOG_PID; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\""
     } else {
-        "LISTEN_PID=$$; export LISTEN_PID; exec \"$@\""
+        crate::inherited::EXEC_WITH_LISTEN_PID
     };
     let mut command = tokio::process::Command::new("/bin/sh");
     command
