@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use support::http_load::LoadLoops;
 use support::{
-    alive, all_online, chatctl_exe, http_get, node_program, stderr_lines, wait_until, worker_pids,
-    App, ClientScript,
+    alive, all_online, chatctl_exe, http_get, node_program, stderr_lines, succeeded, wait_until,
+    worker_pids, App, ClientScript,
 };
 
 /// Socket.IO users connected across the upgrade.
@@ -208,4 +208,45 @@ fn a_failed_upgrade_leaves_the_old_master_serving() {
     if let Some(pid) = crashed {
         assert!(!alive(pid));
     }
+}
+
+/// Connections waiting in the accept queue of the listening socket on `port` (the `rx_queue`
+/// of its LISTEN line in /proc/net/tcp).
+fn accept_queue(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listening = fields.get(3) == Some(&"0A");
+        if !listening || !fields.get(1)?.ends_with(&local) {
+            return None;
+        }
+        let (_, rx) = fields.get(4)?.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
+/// A client whose connection the old master accepted, but whose request comes only after the
+/// upgrade is done (a slow client), is answered: the old master routes what it accepted to its
+/// workers before they drain.
+#[test]
+fn a_request_accepted_before_the_hand_over_is_answered() {
+    use std::io::{BufRead, BufReader, Write};
+    let app = App::new("upslow");
+    let exe = installed_copy(&app);
+    start_from(&app, &exe, &["-i", "2"]);
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", app.port)).expect("cannot connect");
+    wait_until("the old master to accept the slow connection", || {
+        accept_queue(app.port) == Some(0)
+    });
+    succeeded(&app.run(&["upgrade", &app.name]));
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("cannot send the slow request");
+    slow.set_read_timeout(Some(support::DEADLINE))
+        .expect("set_read_timeout");
+    let mut status_line = String::new();
+    BufReader::new(&slow)
+        .read_line(&mut status_line)
+        .expect("no answer to the slow request");
+    assert!(status_line.starts_with("HTTP/1.1 200 "), "{status_line:?}");
 }

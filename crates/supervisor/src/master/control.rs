@@ -143,7 +143,9 @@ impl Inner {
             let _ = write.flush().await;
         }
         if upgraded {
-            // The new master serves; this one's workers drain as on `stop`.
+            // The new master serves; this one's workers drain as on `stop`, once what it
+            // accepted is theirs.
+            self.finish_dispatching().await;
             self.stop().await;
             stops = true;
         }

@@ -144,6 +144,9 @@ struct Inner {
     /// Set while an upgrade is under way (and in a new master until it took over): one at
     /// a time.
     upgrading: std::sync::atomic::AtomicBool,
+    /// The connections accepted and not yet handed to a worker (sticky scheduling): an old
+    /// master that stopped accepting finishes them before its workers drain.
+    dispatching: tokio_util::task::TaskTracker,
     /// A copy of the admin address's socket, for a new master to inherit.
     admin_listener: std::sync::OnceLock<std::net::TcpListener>,
 }
@@ -290,6 +293,7 @@ impl Master {
             }),
             upgrading: std::sync::atomic::AtomicBool::new(predecessor.is_some()),
             admin_listener: std::sync::OnceLock::new(),
+            dispatching: tokio_util::task::TaskTracker::new(),
         };
         Ok(Master {
             inner: Arc::new(inner),

@@ -40,9 +40,14 @@ impl Inner {
         self.wait_until(std::time::Duration::from_secs(24 * 3600), some_online)
             .await;
         let mut accepting = self.accepting.subscribe();
+        self.dispatching.reopen();
         let serve = sticky::listen::accept_bounded(&listener, MAX_PEEKING, |stream| {
             let inner = self.clone();
-            async move { inner.dispatch(stream).await }
+            let dispatching = self.dispatching.token();
+            async move {
+                inner.dispatch(stream).await;
+                drop(dispatching);
+            }
         });
         // Handed to a new master (`chatctl upgrade`): the connections queued on the shared
         // socket are its to accept from now on; those accepted here are still dispatched.

@@ -212,6 +212,7 @@ impl Inner {
             return Err(error);
         }
         self.set_files(Files::HandedOver);
+
         // Under systemd, the new master is the service's main process from now on.
         crate::client::sd_notify(&format!("MAINPID={pid}"));
         let handed = self.hand_sessions_to(&peers);
@@ -226,6 +227,23 @@ impl Inner {
             "upgraded: master {pid} ({version}) serves the app; this master ({}) hands off {handed} sessions, drains its {draining} workers and exits",
             std::process::id()
         ))
+    }
+
+    /// Once handed over, before its workers drain: waits until the connections this master
+    /// accepted are routed (a slow client's request line may still be on its way), so they go
+    /// to its workers, not to a 503. Bounded by the peek and hand-off timeouts.
+    pub(super) async fn finish_dispatching(&self) {
+        let (peek, handoff) = {
+            let config = &self.lock().config;
+            (config.peek_timeout, config.handoff_timeout)
+        };
+        self.dispatching.close();
+        if tokio::time::timeout(peek + handoff, self.dispatching.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections accepted before the upgrade were not routed in time");
+        }
     }
 
     /// The seam for live hand-off across an upgrade (issue 16): where the old workers would
