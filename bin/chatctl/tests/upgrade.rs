@@ -30,15 +30,33 @@ fn installed_copy(app: &App) -> PathBuf {
     let dir = app.home.join("bin");
     std::fs::create_dir_all(&dir).expect("cannot create the install directory");
     let exe = dir.join("chatctl");
-    std::fs::copy(chatctl_exe(), &exe).expect("cannot copy chatctl");
+    let contents = std::fs::read(chatctl_exe()).expect("cannot read chatctl");
+    replace_file(&exe, &contents, 0o755);
     exe
 }
 
 /// Replaces the file at `exe` the way a deploy does: the new file written beside it, then
-/// renamed over it (a running executable's file cannot be written in place).
+/// renamed over it (a running executable's file cannot be written in place). Written by a
+/// `cat` of its own: a file this multi-threaded test process held open for writing could be
+/// inherited, for a moment, by a process another test forks, and exec'ing it then fails with
+/// ETXTBSY.
 fn replace_file(exe: &Path, contents: &[u8], mode: u32) {
+    use std::io::Write;
     let partial = exe.with_extension("partial");
-    std::fs::write(&partial, contents).expect("cannot write the new file");
+    let mut cat = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cat > \"$1\"")
+        .arg("sh")
+        .arg(&partial)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run cat");
+    cat.stdin
+        .take()
+        .expect("cat's stdin")
+        .write_all(contents)
+        .expect("cannot write the new file");
+    assert!(cat.wait().expect("cat").success(), "cat failed");
     std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(mode))
         .expect("cannot set the new file's mode");
     std::fs::rename(&partial, exe).expect("cannot put the new file in place");
