@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use support::http_load::LoadLoops;
 use support::{
-    alive, all_online, chatctl_exe, http_get, node_program, stderr_lines, succeeded, wait_until,
-    worker_pids, App, ClientScript,
+    alive, all_online, chatctl_exe, group_members, http_get, node_program, stderr_lines, succeeded,
+    wait_until, worker_pids, App, ClientScript,
 };
 
 /// Socket.IO users connected across the upgrade.
@@ -225,6 +225,37 @@ fn a_failed_upgrade_leaves_the_old_master_serving() {
     still_serving("a new master too slow to be ready");
     if let Some(pid) = crashed {
         assert!(!alive(pid));
+    }
+}
+
+/// Upgrades follow one another (the new master owns the app as the first one did), and
+/// `chatctl stop` then leaves no process of either master and no state file behind.
+#[test]
+fn an_upgraded_master_upgrades_again_and_stops_cleanly() {
+    let app = App::new("uptwice");
+    let exe = installed_copy(&app);
+    let (first, _) = master_of(&start_from(&app, &exe, &["-i", "2"]));
+    let mut masters = vec![first];
+    for _ in 0..2 {
+        succeeded(&app.run(&["upgrade", &app.name]));
+        let previous = *masters.last().expect("a master");
+        let listed = app.wait_listed("the next master's workers online", |a| {
+            all_online(a, 2) && a["master_pid"].as_u64() != Some(u64::from(previous))
+        });
+        let (next, _) = master_of(&listed);
+        assert!(!masters.contains(&next), "{masters:?} then {next}");
+        masters.push(next);
+        let (status, _) = http_get(app.port, "/healthz").expect("the app answers");
+        assert_eq!(status, 200);
+    }
+    succeeded(&app.run(&["stop", &app.name]));
+    for master in &masters {
+        wait_until("every master and its workers gone", || {
+            !alive(*master) && group_members(*master).is_empty()
+        });
+    }
+    for file in ["control.sock", "control.sock.next", "master.pid"] {
+        assert!(!app.app_dir().join(file).exists(), "{file} left behind");
     }
 }
 
