@@ -215,7 +215,7 @@ impl Inner {
 
         // Under systemd, the new master is the service's main process from now on.
         crate::client::sd_notify(&format!("MAINPID={pid}"));
-        let handed = self.hand_sessions_to(&peers);
+        let handed = self.hand_sessions_to(pid, &peers);
         let draining = self.lock().slots.iter().filter(|s| !s.retired).count();
         self.observer.record(
             "upgrade",
@@ -246,13 +246,18 @@ impl Inner {
         }
     }
 
-    /// The seam for live hand-off across an upgrade (issue 16): where the old workers would
-    /// be told to pass their sessions (websocket descriptors, unparsed bytes, state) to the
-    /// new master's workers, reached at their private sockets under `peers.token`, instead of
-    /// draining them. Not built yet: returns how many sessions were handed off (none), and
-    /// every old worker drains as on `stop`, its clients reconnecting to the new workers.
-    fn hand_sessions_to(&self, peers: &Peers) -> u64 {
+    /// The seam for live hand-off across an upgrade (issue 16): where the old workers are to
+    /// be told to pass their sessions (websocket descriptors, unparsed bytes, state) to the new
+    /// master's workers instead of draining. The new master (`successor`, pid) named its
+    /// workers in `peers` (the private-socket token, never in argv or the environment, and
+    /// their worker ids). With the live hand-off of reloads (a worker's `Drain` carrying the
+    /// address of its adopter): give each old worker, in turn, the adopter at
+    /// `peers.token`/`peers.worker_ids[k]` bound by `successor`, in place of the plain drain
+    /// of `stop`, and sum the counts they report. Not built yet: returns how many sessions
+    /// were handed off (none); every old worker drains, its clients reconnect to the new ones.
+    fn hand_sessions_to(&self, successor: u32, peers: &Peers) -> u64 {
         tracing::info!(
+            successor,
             new_workers = ?peers.worker_ids,
             "live hand-off to the new master's workers is not built yet: the old workers drain"
         );
