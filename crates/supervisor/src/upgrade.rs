@@ -187,8 +187,10 @@ pub fn spawn_successor(
     successor: &Successor<'_>,
 ) -> Result<(tokio::process::Child, std::os::unix::net::UnixStream), UpgradeError> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Spawn)?;
+    // Copies above the target numbers, so the dup2s in the child cannot overwrite each other.
     let copy = |fd: &dyn AsFd| {
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
+            // SAFETY: a fresh descriptor, ours alone.
             .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
             .map_err(|e| UpgradeError::Spawn(e.into()))
     };
