@@ -228,13 +228,16 @@ fn a_failed_upgrade_leaves_the_old_master_serving() {
     }
 }
 
-/// Upgrades follow one another (the new master owns the app as the first one did), and
-/// `chatctl stop` then leaves no process of either master and no state file behind.
+/// Upgrades follow one another (the new master owns the app as the first one did), each new
+/// master serves the admin address on the socket it inherited, and `chatctl stop` then leaves
+/// no process of any master and no state file behind.
 #[test]
 fn an_upgraded_master_upgrades_again_and_stops_cleanly() {
     let app = App::new("uptwice");
     let exe = installed_copy(&app);
-    let (first, _) = master_of(&start_from(&app, &exe, &["-i", "2"]));
+    let admin_port = testkit::port();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let (first, _) = master_of(&start_from(&app, &exe, &["-i", "2", "--admin", &admin]));
     let mut masters = vec![first];
     for _ in 0..2 {
         succeeded(&app.run(&["upgrade", &app.name]));
@@ -247,6 +250,9 @@ fn an_upgraded_master_upgrades_again_and_stops_cleanly() {
         masters.push(next);
         let (status, _) = http_get(app.port, "/healthz").expect("the app answers");
         assert_eq!(status, 200);
+        let (status, metrics) = http_get(admin_port, "/metrics").expect("the admin answers");
+        assert_eq!(status, 200);
+        assert!(metrics.contains("chatctl_"), "{metrics}");
     }
     succeeded(&app.run(&["stop", &app.name]));
     for master in &masters {
