@@ -107,7 +107,9 @@ fn an_upgrade_under_load_fails_no_connection_and_runs_the_new_binary() {
     let mut new_build = std::fs::read(chatctl_exe()).expect("cannot read chatctl");
     new_build.extend_from_slice(b"\nchatctl upgrade test: another build\n");
     replace_file(&exe, &new_build, 0o755);
+    let began = std::time::Instant::now();
     let upgrade = app.run(&["upgrade", &app.name]);
+    eprintln!("chatctl upgrade took {:?}", began.elapsed());
     let printed = String::from_utf8_lossy(&upgrade.stdout).into_owned();
     assert!(
         upgrade.status.success(),
