@@ -27,6 +27,9 @@ command -v jq >/dev/null 2>&1 || apt_packages+=(jq)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 # bin/chatctl/tests/lifecycle.rs checks the unit of `chatctl startup` with systemd-analyze verify.
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
+# bin/chatctl/tests/socket_activation.rs hands the master its listening socket the way systemd
+# does, with systemd-socket-activate (Debian's systemd).
+command -v systemd-socket-activate >/dev/null 2>&1 || apt_packages+=(systemd)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test-deps: installing ${apt_packages[*]} with apt-get"

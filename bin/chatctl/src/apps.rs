@@ -44,6 +44,13 @@ pub(crate) fn list_text(entries: &[AppEntry]) -> String {
         .collect();
     if !running.is_empty() {
         out.push_str(&table_text(&running));
+        for app in &running {
+            let _ = writeln!(
+                out,
+                "{:<12} master {} (chatctl {}) on {}",
+                app.name, app.master_pid, app.version, app.listen
+            );
+        }
     }
     for entry in entries {
         match entry {
@@ -270,9 +277,10 @@ pub async fn status(name: Option<&str>, json: bool) -> anyhow::Result<()> {
 
 fn print_status(status: &AppStatus) {
     println!(
-        "app {}  master pid {}  listen {}  scheduling {}  up {}",
+        "app {}  master pid {}  version {}  listen {}  scheduling {}  up {}",
         status.name,
         status.master_pid,
+        status.version,
         status.listen,
         status.scheduling,
         human_duration(status.uptime_ms)
@@ -314,6 +322,25 @@ pub async fn reload(args: AppArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     control(&name, Request::Reload { config: None, env }).await
+}
+
+/// `chatctl upgrade NAME`: the app's master replaced by one started from `binary` (by default
+/// the file the master was started from), its port open throughout.
+pub async fn upgrade(
+    name: &str,
+    binary: Option<std::path::PathBuf>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    // The master runs in `/`: a relative path means this shell's directory.
+    let binary = binary
+        .map(std::path::absolute)
+        .transpose()
+        .context("cannot resolve the --binary path")?;
+    let request = Request::Upgrade {
+        binary,
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+    };
+    control(name, request).await
 }
 
 /// This process's environment, for `--update-env`.

@@ -95,6 +95,11 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Status { name, json } => apps::status(name.as_deref(), json).await,
         Command::Reload(args) => apps::reload(args).await,
         Command::Restart { name } => apps::control(&name, Request::Restart).await,
+        Command::Upgrade {
+            name,
+            binary,
+            timeout,
+        } => apps::upgrade(&name, binary, timeout).await,
         Command::Scale { name, instances } => {
             apps::control(&name, Request::Scale { instances }).await
         }

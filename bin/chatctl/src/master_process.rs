@@ -98,6 +98,10 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
 }
 
 fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::Result<()> {
+    // systemd's listening socket (`.socket` unit), or everything an old master hands over
+    // (`chatctl upgrade`): taken before any thread starts, as it edits the environment.
+    let inherited = supervisor::upgrade::Inheritance::take()
+        .context("cannot use the sockets this master was given")?;
     // The master holds each connection until it is handed to a worker, and its workers inherit
     // the limit it leaves them.
     supervisor::limits::raise_open_files();
@@ -115,7 +119,7 @@ fn run_master(config: AppConfig, paths: AppPaths, foreground: bool) -> anyhow::R
         } else {
             None
         };
-        let master = Master::prepare(config, paths).await?;
+        let master = Master::prepare_with(config, paths, inherited).await?;
         if built_in {
             // No Redis: the master keeps the chat's shared state and relays broadcasts.
             master.set_service(std::sync::Arc::new(coord::StoreService::default()));

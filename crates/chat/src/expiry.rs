@@ -32,6 +32,11 @@ impl<K: Clone + Ord + Hash> Expiries<K> {
         self.by_deadline.insert((deadline, key));
     }
 
+    /// When `key` expires, if it has a deadline.
+    pub(crate) fn deadline_of(&self, key: &K) -> Option<Instant> {
+        self.deadlines.get(key).copied()
+    }
+
     /// Forgets the deadline of `key`.
     pub(crate) fn cancel(&mut self, key: &K) {
         if let Some(deadline) = self.deadlines.remove(key) {

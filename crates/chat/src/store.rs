@@ -182,7 +182,67 @@ impl MemoryState {
     }
 }
 
+/// A session and the time it has left, as one store hands it to another (a master upgrade).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub nickname: String,
+    pub ttl_ms: u64,
+}
+
 impl MemoryStore {
+    /// Every live session with the time it has left, for [`MemoryStore::restore_sessions`] in
+    /// another store.
+    pub fn session_records(&self) -> Vec<SessionRecord> {
+        let now = Instant::now();
+        self.with(|state| {
+            state
+                .sessions
+                .values()
+                .filter_map(|session| {
+                    let expires = state.session_expiries.deadline_of(&session.id)?;
+                    let left = expires.checked_duration_since(now)?;
+                    Some(SessionRecord {
+                        id: session.id.clone(),
+                        nickname: session.nickname.clone(),
+                        ttl_ms: left.as_millis().min(u128::from(u64::MAX)) as u64,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Keeps the sessions another store had (within this store's bound; a session this one
+    /// has already stays as it is). Returns how many were taken.
+    pub fn restore_sessions(&self, records: Vec<SessionRecord>) -> usize {
+        let now = Instant::now();
+        let max_sessions = self.max_sessions;
+        self.with(|state| {
+            let mut taken = 0;
+            for record in records {
+                if state.sessions.len() >= max_sessions {
+                    break;
+                }
+                if state.sessions.contains_key(&record.id) {
+                    continue;
+                }
+                let expires = now + Duration::from_millis(record.ttl_ms);
+                state.session_expiries.set(record.id.clone(), expires);
+                state.sessions.insert(
+                    record.id.clone(),
+                    Session {
+                        id: record.id,
+                        nickname: record.nickname,
+                    },
+                );
+                taken += 1;
+            }
+            taken
+        })
+        .unwrap_or(0)
+    }
+
     pub fn new(max_sessions: usize) -> Self {
         MemoryStore {
             state: Mutex::default(),
@@ -444,6 +504,42 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.history("r").await.unwrap(), vec!["2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn sessions_move_to_another_store_with_the_time_they_have_left() {
+        let old = MemoryStore::new(10);
+        let ann = old
+            .create_session("ann", Duration::from_secs(60))
+            .await
+            .unwrap();
+        old.create_session("gone", Duration::ZERO).await.unwrap();
+        let records = old.session_records();
+        assert_eq!(
+            records.len(),
+            1,
+            "an expired session does not move: {records:?}"
+        );
+        assert!(records[0].ttl_ms > 50_000 && records[0].ttl_ms <= 60_000);
+
+        // The new store keeps its own sessions and its bound.
+        let new = MemoryStore::new(2);
+        let bob = new
+            .create_session("bob", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut more = records.clone();
+        more.push(SessionRecord {
+            id: "beyond-the-bound".into(),
+            nickname: "cid".into(),
+            ttl_ms: 60_000,
+        });
+        assert_eq!(new.restore_sessions(more), 1);
+        assert_eq!(new.session(&ann.id).await.unwrap(), Some(ann));
+        assert_eq!(new.session(&bob.id).await.unwrap(), Some(bob));
+        assert_eq!(new.session("beyond-the-bound").await.unwrap(), None);
+        // A session already there stays as it is.
+        assert_eq!(new.restore_sessions(records), 0);
     }
 
     #[tokio::test]

@@ -92,7 +92,23 @@ async fn spawn_master(
     let stderr =
         std::fs::File::create(&paths.master_stderr).map_err(files(&paths.master_stderr))?;
 
-    let mut command = std::process::Command::new(exe);
+    // A listening socket systemd (or systemd-socket-activate) gave `start`: the master serves
+    // on it, as fd 3 with `LISTEN_FDS=1`, started through `sh` for its `LISTEN_PID`.
+    let inherited = sticky::listen::inherited().ok().flatten();
+    let mut command = match &inherited {
+        Some(_) => {
+            let mut command = std::process::Command::new("/bin/sh");
+            command
+                .arg("-c")
+                .arg(crate::inherited::EXEC_WITH_LISTEN_PID)
+                .arg("chatctl-master")
+                .arg(exe)
+                .env("LISTEN_FDS", "1");
+            command
+        }
+        None => std::process::Command::new(exe),
+    };
+    let keep_inherited = inherited.is_some();
     command
         .arg("master")
         .arg("--name")
@@ -106,13 +122,22 @@ async fn spawn_master(
     // does not wrap) drops whatever descriptors our caller leaked to us, so a daemon holds no
     // one else's pipes.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             nix::unistd::setsid()?;
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let first_closed = if keep_inherited {
+                // The inherited socket stays, open across exec (fcntl is async-signal-safe).
+                libc::fcntl(crate::inherited::LISTEN_FD, libc::F_SETFD, 0);
+                crate::inherited::LISTEN_FD as u32 + 1
+            } else {
+                3
+            };
+            libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32);
             Ok(())
         });
     }
     let mut master = command.spawn().map_err(ClientError::Spawn)?;
+    // The master has its copy.
+    drop(inherited);
 
     let deadline = Instant::now() + config.ready_timeout + Duration::from_secs(10);
     loop {

@@ -32,6 +32,15 @@ pub enum Request {
         worker: Option<usize>,
     },
     Stop,
+    /// Start a new master from `binary` (else the file this one was started from), hand it
+    /// the listening socket, and exit once its workers are online (see `crate::upgrade`).
+    /// The new master has `timeout_ms` to get there, else it is stopped and this one stays.
+    Upgrade {
+        #[serde(default)]
+        binary: Option<std::path::PathBuf>,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +64,9 @@ pub enum Response {
 pub struct AppStatus {
     pub name: String,
     pub master_pid: u32,
+    /// The build the master runs: `VERSION+FINGERPRINT` (see `crate::version`).
+    #[serde(default)]
+    pub version: String,
     pub listen: String,
     pub scheduling: String,
     pub uptime_ms: u64,

@@ -25,6 +25,11 @@ pub const PRIVATE_FD: RawFd = 6;
 pub const HANDOFF_FD: RawFd = 7;
 pub const SECRETS_FD: RawFd = 8;
 
+/// What `/bin/sh -c` runs to start a program that inherits a listening socket: it names its
+/// own pid in `LISTEN_PID`, then execs the program (its arguments) in place, so that is the
+/// pid the program runs as, which the `LISTEN_FDS` protocol (`sd_listen_fds()`) checks.
+pub const EXEC_WITH_LISTEN_PID: &str = "LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
+
 pub const IPC_FD_ENV: &str = "CHATCTL_IPC_FD";
 /// The longest IPC line the master accepts (`--ipc-max-line`): the worker reads lines of up to
 /// the same bound, since the master passes them on.

@@ -29,6 +29,8 @@ pub mod spawn;
 pub mod startup;
 pub mod timestamp;
 pub mod triggers;
+pub mod upgrade;
+pub mod version;
 pub mod worker_stats;
 
 pub use config::{

@@ -21,6 +21,9 @@ pub struct AppPaths {
     pub name: String,
     pub dir: PathBuf,
     pub control: PathBuf,
+    /// Where a new master binds its control socket during an upgrade, renamed over
+    /// `control` once it takes over (see `crate::upgrade`).
+    pub control_next: PathBuf,
     pub pid: PathBuf,
     pub config: PathBuf,
     pub secret: PathBuf,
@@ -40,6 +43,7 @@ impl AppPaths {
         AppPaths {
             name: name.to_owned(),
             control: dir.join("control.sock"),
+            control_next: dir.join("control.sock.next"),
             pid: dir.join("master.pid"),
             config: dir.join("config.json"),
             secret: dir.join("secret"),
@@ -69,7 +73,7 @@ impl AppPaths {
     /// Removes what a running master leaves behind: not the app's definition (`config.json`,
     /// which `chatctl start NAME` starts again), nor the logs.
     pub fn remove_runtime_files(&self) {
-        for file in [&self.control, &self.pid] {
+        for file in [&self.control, &self.control_next, &self.pid] {
             let _ = std::fs::remove_file(file);
         }
         // Where older versions kept the workers' sockets.

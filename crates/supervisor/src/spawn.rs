@@ -138,8 +138,9 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     let private = dup_above(borrow(spec.private_socket)).map_err(SpawnError::Sockets)?;
     let program = spec.config.program();
     let exe = if program.is_built_in() {
-        // The master's own binary, even if an upgrade replaced the file on disk since: workers
-        // always speak the master's protocol. (Upgrades take a restart of the master.)
+        // The master's own binary, even if a new version replaced the file on disk since:
+        // workers always speak the master's protocol. (`chatctl upgrade` starts a new master
+        // from the new file, whose workers are then the new version.)
         let file = std::fs::File::open("/proc/self/exe").map_err(|source| SpawnError::Exec {
             program: "/proc/self/exe".into(),
             source,
@@ -168,8 +169,6 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
         (Vec::new(), spec.config.env.clone(), None)
     };
     let argv = worker_argv(program, &serve_args, spec.port);
-    // `sh` sets LISTEN_PID to its own pid, then execs the program in place: that is the pid the
-    // program runs as, which is what sd_listen_fds() checks.
     let mut command = Command::new("/bin/sh");
     if let Some(base) = spec.base_env {
         command
@@ -178,7 +177,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> Result<Spawned, SpawnError> {
     }
     command
         .arg("-c")
-        .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"")
+        .arg(crate::inherited::EXEC_WITH_LISTEN_PID)
         .arg("chatctl-worker")
         .args(&argv)
         .env(IPC_FD_ENV, IPC_FD.to_string())

@@ -22,6 +22,10 @@ pub fn unit(exe: &Path, home: &Path, user: Option<&str>) -> String {
         "# chatctl@.service, written by `chatctl startup`: instance chatctl@NAME runs the app NAME
 # that `chatctl save` recorded, with its saved settings.
 #   systemctl enable --now chatctl@NAME      start it now and at every boot
+# To keep the port open across `systemctl restart`, let systemd hold it: install
+# ops/systemd/chatctl@.socket next to this unit and `systemctl enable --now chatctl@NAME.socket`
+# (the master then serves on that socket). `chatctl upgrade NAME` moves to a new binary
+# without closing the port either way.
 [Unit]
 Description=chatctl app %i
 After=network-online.target

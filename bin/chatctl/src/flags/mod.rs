@@ -69,6 +69,20 @@ pub enum Command {
     Reload(AppArgs),
     /// Stop and start every worker (not zero-downtime: see reload; `all`: every app).
     Restart { name: String },
+    /// Move an app to the chatctl executable now on disk without closing its port: a new
+    /// master starts from it, takes the listening socket and starts its workers; once they
+    /// are online the old master stops accepting, its workers drain and it exits. If the new
+    /// master fails, the old one keeps serving and this says why.
+    Upgrade {
+        name: String,
+        /// The new executable (default: the file the master was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long the new master may take to have every worker online (default: the app's
+        /// --ready-timeout plus 10s).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
     /// Change the number of workers.
     Scale {
         name: String,

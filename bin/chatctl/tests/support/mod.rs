@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod admin;
+pub mod http_load;
 
 /// How long any condition may take before the test fails. Generous: the machine may be busy
 /// running other tests, and a deadline only costs time when something is broken.
@@ -81,7 +82,13 @@ impl App {
 
     /// `chatctl ARGS` against this app's state directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(chatctl_exe());
+        self.command_of(Path::new(chatctl_exe()), args)
+    }
+
+    /// Like [`App::command`], running the chatctl executable at `exe` (a copy of the one
+    /// under test).
+    pub fn command_of(&self, exe: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(exe);
         command
             .args(args)
             .env("CHATCTL_HOME", &self.home)
@@ -412,6 +419,22 @@ impl ClientScript {
         writeln!(stdin, "{line}")
             .and_then(|()| stdin.flush())
             .unwrap_or_else(|e| panic!("cannot write to {}: {e}", self.name));
+    }
+
+    /// Tells the program `line` (what the test did), and returns its `done` report once it
+    /// exited successfully; `log` (the app's) goes into a failure's message.
+    pub fn tell_and_wait_done(&mut self, line: &str, log: impl Fn() -> String) -> Value {
+        self.tell(line);
+        let done = self.next_report();
+        assert_eq!(
+            done["event"],
+            "done",
+            "{}: {done}\nlog:\n{}",
+            self.name,
+            log()
+        );
+        self.wait_success();
+        done
     }
 
     pub fn wait_success(&mut self) {

@@ -174,6 +174,23 @@ impl MasterService for StoreService {
         })
     }
 
+    /// The logged-in sessions: without them every user's cookie would be refused by the new
+    /// master's workers. Room presence comes back as the users rejoin; the recovery logs do
+    /// not move (the users start new Socket.IO sessions).
+    fn hand_over(&self) -> Option<Value> {
+        Some(json!({ "sessions": self.store.session_records() }))
+    }
+
+    fn take_over(&self, state: Value) {
+        let records = state
+            .get("sessions")
+            .cloned()
+            .and_then(|sessions| serde_json::from_value(sessions).ok())
+            .unwrap_or_default();
+        let taken = self.store.restore_sessions(records);
+        tracing::info!(sessions = taken, "took over the old master's sessions");
+    }
+
     fn worker_gone(&self, worker: u64) -> Vec<Box<RawValue>> {
         self.recovery.worker_gone(worker);
         let owned = self

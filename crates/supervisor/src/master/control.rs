@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::state::{Proc, State};
 use super::{update, Inner};
 use crate::config::Scheduling;
-use crate::control::{AppStatus, Request, Response, SpareStatus, Status, WorkerStatus};
+use crate::control::{AppStatus, Request, Response, SpareStatus, WorkerStatus};
 use crate::ipc::{message_lines, read_message, write_message};
 use crate::procstat::rss_bytes;
 use sticky::route_tag::{self, Owner};
@@ -55,6 +55,7 @@ impl Inner {
         AppStatus {
             name: state.config.name.clone(),
             master_pid: std::process::id(),
+            version: self.version.clone(),
             listen: match &self.listener {
                 Some(listener) => listener
                     .local_addr()
@@ -106,8 +107,9 @@ impl Inner {
             tracing::info!("{line}");
             let _ = progress_tx.send(line);
         };
-        // Once a stop is answered, the master exits.
-        let stops = matches!(request, Request::Stop);
+        // Once a stop is answered, the master exits; once an upgrade is, it stops.
+        let mut stops = matches!(request, Request::Stop);
+        let mut upgraded = false;
         let answer = match request {
             Request::Status => Response::Status(self.status()),
             Request::Reload { config, env } => {
@@ -120,6 +122,12 @@ impl Inner {
             Request::Restart => done(self.restart(&progress).await),
             Request::Scale { instances } => done(self.scale(instances).await),
             Request::Signal { signal, worker } => done(self.send_signal(signal, worker)),
+            Request::Upgrade { binary, timeout_ms } => {
+                let timeout = timeout_ms.map(Duration::from_millis);
+                let result = self.upgrade(binary, timeout, &progress).await;
+                upgraded = result.is_ok();
+                done(result)
+            }
             Request::Stop => {
                 self.stop().await;
                 Response::Done {
@@ -134,21 +142,21 @@ impl Inner {
             let _ = write_message(&mut *write, &answer).await;
             let _ = write.flush().await;
         }
+        if upgraded {
+            // The new master serves; this one's workers drain as on `stop`, once what it
+            // accepted is theirs.
+            self.finish_dispatching().await;
+            self.stop().await;
+            stops = true;
+        }
         if stops {
             self.finish();
         }
     }
 
     pub(super) async fn notify_when_online(self: Arc<Self>, on_online: impl FnOnce()) {
-        let all_online = |state: &State| {
-            state
-                .slots
-                .iter()
-                .filter(|s| !s.retired)
-                .all(|s| s.status == Status::Online)
-        };
         if self
-            .wait_until(Duration::from_secs(24 * 3600), all_online)
+            .wait_until(Duration::from_secs(24 * 3600), State::all_online)
             .await
         {
             on_online();

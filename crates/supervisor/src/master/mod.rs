@@ -35,6 +35,7 @@ mod signals;
 mod spare;
 mod state;
 mod update;
+mod upgrade;
 
 use state::{Proc, Role, State};
 
@@ -59,6 +60,13 @@ pub trait MasterService: Send + Sync + 'static {
     fn status(&self) -> Option<serde_json::Value> {
         None
     }
+    /// What a new master's service should carry on with after an upgrade (see
+    /// [`crate::upgrade`]): called once the old master no longer accepts connections.
+    fn hand_over(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Takes what the old master's service handed over.
+    fn take_over(&self, _state: serde_json::Value) {}
 }
 
 /// Why the master could not start; each names the fix.
@@ -122,6 +130,25 @@ struct Inner {
     next_gathering: std::sync::atomic::AtomicU64,
     /// Restarts by cause, durations and recent events, for the admin address.
     observer: admin::Observer,
+    /// The file this master was started from: what `chatctl upgrade` runs without
+    /// `--binary`.
+    binary: Option<std::path::PathBuf>,
+    /// The build this master runs (see [`crate::version`]), for `chatctl list`.
+    version: String,
+    /// Whether the master accepts connections (sticky scheduling): false once it handed the
+    /// listening socket to a new master.
+    accepting: watch::Sender<bool>,
+    /// Whose `control.sock` and `master.pid` are, for the master to remove what is its own
+    /// when it exits.
+    files: Mutex<Files>,
+    /// Set while an upgrade is under way (and in a new master until it took over): one at
+    /// a time.
+    upgrading: std::sync::atomic::AtomicBool,
+    /// The connections accepted and not yet handed to a worker (sticky scheduling): an old
+    /// master that stopped accepting finishes them before its workers drain.
+    dispatching: tokio_util::task::TaskTracker,
+    /// A copy of the admin address's socket, for a new master to inherit.
+    admin_listener: std::sync::OnceLock<std::net::TcpListener>,
 }
 
 /// One worker's question to all the others (e.g. which sockets are in a room).
@@ -141,26 +168,64 @@ pub struct Master {
     watcher: Option<crate::triggers::Watcher>,
     /// `--admin`: bound in `prepare`, so a taken port or a bad token file fails `start`.
     admin: Option<(std::net::TcpListener, admin::Access)>,
+    /// The channel to the old master this one succeeds (`chatctl upgrade`).
+    predecessor: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Master {
     /// Does everything that can fail before workers start, so `start` can report it at once.
     pub async fn prepare(config: AppConfig, paths: AppPaths) -> Result<Master, MasterError> {
-        paths.create().map_err(files_error(&paths.dir))?;
-        if crate::control::is_alive(&paths.control).await {
-            return Err(MasterError::AlreadyRunning(config.name.clone()));
+        Self::prepare_with(config, paths, crate::upgrade::Inheritance::default()).await
+    }
+
+    /// [`Master::prepare`] with what this process inherited: a listening socket from systemd
+    /// (used instead of binding `--listen`), or everything an old master hands its successor.
+    /// A successor that cannot start tells the old master why.
+    pub async fn prepare_with(
+        config: AppConfig,
+        paths: AppPaths,
+        mut inherited: crate::upgrade::Inheritance,
+    ) -> Result<Master, MasterError> {
+        let channel = inherited.channel.take();
+        let report = channel.as_ref().and_then(|c| c.try_clone().ok());
+        let prepared = Self::prepare_inherited(config, paths, inherited, channel).await;
+        if let (Err(error), Some(mut report)) = (&prepared, report) {
+            crate::upgrade::report_failure(&mut report, &error.to_string());
         }
-        // A master that was killed leaves its socket and pid file behind: clear them.
-        paths.remove_runtime_files();
+        prepared
+    }
+
+    async fn prepare_inherited(
+        config: AppConfig,
+        paths: AppPaths,
+        inherited: crate::upgrade::Inheritance,
+        predecessor: Option<std::os::unix::net::UnixStream>,
+    ) -> Result<Master, MasterError> {
         paths.create().map_err(files_error(&paths.dir))?;
+        let control_path = if predecessor.is_some() {
+            // The old master answers on `control.sock` until this one takes over.
+            let _ = std::fs::remove_file(&paths.control_next);
+            paths.control_next.clone()
+        } else {
+            if crate::control::is_alive(&paths.control).await {
+                return Err(MasterError::AlreadyRunning(config.name.clone()));
+            }
+            // A master that was killed leaves its socket and pid file behind: clear them.
+            paths.remove_runtime_files();
+            paths.create().map_err(files_error(&paths.dir))?;
+            paths.control.clone()
+        };
 
         let run_as = workers_account(config.user.as_deref())?;
-        let listener = if config.no_listen {
-            None
-        } else {
-            let bound = sticky::listen::bind(config.listen)
-                .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
-            Some(bound)
+        let listener = match (config.no_listen, inherited.listener) {
+            (true, _) => None,
+            // systemd's socket (or the old master's): the address is the socket unit's.
+            (false, Some(inherited)) => Some(inherited),
+            (false, None) => {
+                let bound = sticky::listen::bind(config.listen)
+                    .map_err(|e| MasterError::Bind(config.listen.to_string(), e))?;
+                Some(bound)
+            }
         };
         let log = LogSink::open_app(&paths, &config).map_err(files_error(&paths.logs))?;
         let admin = match config.admin.listen {
@@ -168,17 +233,22 @@ impl Master {
                 let default_token = paths.dir.join("admin-token");
                 let token = admin::load_token(config.admin.token_file.as_deref(), &default_token)
                     .map_err(MasterError::Invalid)?;
-                let listener = std::net::TcpListener::bind(address)
-                    .map_err(|e| MasterError::Bind(address.to_string(), e))?;
+                let listener = match inherited.admin {
+                    Some(listener) => listener,
+                    None => std::net::TcpListener::bind(address)
+                        .map_err(|e| MasterError::Bind(address.to_string(), e))?,
+                };
                 let bound = listener.local_addr().unwrap_or(address);
                 Some((listener, admin::Access::new(token, bound)))
             }
             None => None,
         };
-        let control = UnixListener::bind(&paths.control).map_err(files_error(&paths.control))?;
-        set_mode(&paths.control, 0o600).map_err(files_error(&paths.control))?;
-        std::fs::write(&paths.pid, std::process::id().to_string())
-            .map_err(files_error(&paths.pid))?;
+        let control = UnixListener::bind(&control_path).map_err(files_error(&control_path))?;
+        set_mode(&control_path, 0o600).map_err(files_error(&control_path))?;
+        if predecessor.is_none() {
+            std::fs::write(&paths.pid, std::process::id().to_string())
+                .map_err(files_error(&paths.pid))?;
+        }
         let json = serde_json::to_vec_pretty(&config).unwrap_or_default();
         std::fs::write(&paths.config, json).map_err(files_error(&paths.config))?;
         // Checked here, so a watch that cannot start fails `start` with its reason.
@@ -192,7 +262,10 @@ impl Master {
             .map_err(MasterError::Invalid)?;
 
         let observer = admin::Observer::new(&config.name, paths.log_file.clone(), log.clone());
-        let state = State::new(config, run_as);
+        let mut state = State::new(config, run_as);
+        if let Some(first) = inherited.first_generation {
+            state.next_generation = first.max(1);
+        }
         let peers_token =
             handoff::new_token().map_err(files_error(std::path::Path::new("/dev/urandom")))?;
         let inner = Inner {
@@ -210,12 +283,24 @@ impl Master {
             gatherings: Mutex::new(std::collections::HashMap::new()),
             next_gathering: std::sync::atomic::AtomicU64::new(1),
             observer,
+            binary: crate::upgrade::started_from(),
+            version: crate::version::of_this_process(),
+            accepting: watch::channel(true).0,
+            files: Mutex::new(if predecessor.is_some() {
+                Files::Pending
+            } else {
+                Files::Owned
+            }),
+            upgrading: std::sync::atomic::AtomicBool::new(predecessor.is_some()),
+            admin_listener: std::sync::OnceLock::new(),
+            dispatching: tokio_util::task::TaskTracker::new(),
         };
         Ok(Master {
             inner: Arc::new(inner),
             control,
             watcher,
             admin,
+            predecessor,
         })
     }
 
@@ -240,10 +325,13 @@ impl Master {
     pub async fn run(self, on_online: impl FnOnce() + Send + 'static) {
         let inner = self.inner;
         let config = inner.lock().config.clone();
-        let listen = if config.no_listen {
-            "none".to_owned()
-        } else {
-            config.listen.to_string()
+        // The socket's own address: an inherited one (systemd, an old master) is not
+        // necessarily `--listen`.
+        let listen = match &inner.listener {
+            Some(listener) => listener
+                .local_addr()
+                .map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
+            None => "none".to_owned(),
         };
         tracing::info!(app = %config.name, %listen, workers = config.instances, "master started");
         for slot in 0..config.instances {
@@ -262,6 +350,9 @@ impl Master {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             tracing::info!(%address, "admin address: metrics at /metrics, dashboard at /");
+            if let Ok(copy) = listener.try_clone() {
+                let _ = inner.admin_listener.set(copy);
+            }
             tokio::spawn(inner.clone().serve_admin(listener, access));
         }
         if let Some(watcher) = self.watcher {
@@ -269,6 +360,9 @@ impl Master {
         }
         if let Some(expression) = &config.cron_restart {
             tokio::spawn(inner.clone().reload_on_schedule(expression.clone()));
+        }
+        if let Some(channel) = self.predecessor {
+            tokio::spawn(inner.clone().succeed(channel));
         }
         let control = self.control;
         loop {
@@ -282,7 +376,14 @@ impl Master {
                 () = inner.finished() => break,
             }
         }
-        inner.paths.remove_runtime_files();
+        match inner.files() {
+            Files::Owned => inner.paths.remove_runtime_files(),
+            // A successor that never took over: the old master's files stay its own.
+            Files::Pending => {
+                let _ = std::fs::remove_file(&inner.paths.control_next);
+            }
+            Files::HandedOver => {}
+        }
         inner.hooks.kill_all();
         // The workers are gone; what they wrote last is still in their pipes and the log
         // writers' queues: keep it (bounded, as a worker's child may hold a pipe open).
@@ -291,6 +392,18 @@ impl Master {
         tracing::info!("master stopped");
         inner.log.flush(LAST_WORDS);
     }
+}
+
+/// Whose the app's `control.sock` and `master.pid` are (see [`crate::upgrade`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Files {
+    /// This master's: it removes them when it exits.
+    Owned,
+    /// A new master's before it takes over: they are still the old master's, and only
+    /// `control.sock.next` is its own.
+    Pending,
+    /// An old master's once a new one took over: they are the new master's.
+    HandedOver,
 }
 
 /// One health probe of one process.
@@ -310,6 +423,20 @@ impl Inner {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn files(&self) -> Files {
+        *self
+            .files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_files(&self, files: Files) {
+        *self
+            .files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = files;
     }
 
     fn bump(&self) {

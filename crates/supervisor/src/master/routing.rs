@@ -27,11 +27,34 @@ impl Inner {
                 return;
             }
         };
-        sticky::listen::accept_bounded(&listener, MAX_PEEKING, |stream| {
+        // Until a worker is online there is nobody to hand a connection to: connections wait
+        // in the socket's queue, rather than get a 503 from a master started by socket
+        // activation, or from a new master taking its share of the queue during an upgrade.
+        let some_online = |state: &super::state::State| {
+            state.phase != super::state::Phase::Running
+                || state
+                    .slots
+                    .iter()
+                    .any(|s| s.status == Status::Online && s.current.is_some())
+        };
+        self.wait_until(std::time::Duration::from_secs(24 * 3600), some_online)
+            .await;
+        let mut accepting = self.accepting.subscribe();
+        self.dispatching.reopen();
+        let serve = sticky::listen::accept_bounded(&listener, MAX_PEEKING, |stream| {
             let inner = self.clone();
-            async move { inner.dispatch(stream).await }
-        })
-        .await;
+            let dispatching = self.dispatching.token();
+            async move {
+                inner.dispatch(stream).await;
+                drop(dispatching);
+            }
+        });
+        // Handed to a new master (`chatctl upgrade`): the connections queued on the shared
+        // socket are its to accept from now on; those accepted here are still dispatched.
+        tokio::select! {
+            () = serve => {}
+            _ = accepting.wait_for(|accepting| !*accepting) => {}
+        }
     }
 
     /// Reads the request line of one connection without consuming it and hands the

@@ -416,6 +416,7 @@ mod tests {
             status: AppStatus {
                 name: "chat".into(),
                 master_pid: 1,
+                version: "0.1.0".into(),
                 listen: "127.0.0.1:3000".into(),
                 scheduling: "sticky".into(),
                 uptime_ms: 2000,

@@ -99,6 +99,14 @@ impl State {
         self.phase != Phase::Running
     }
 
+    /// Whether every worker (of the slots in use) is online.
+    pub(in crate::master) fn all_online(&self) -> bool {
+        self.slots
+            .iter()
+            .filter(|s| !s.retired)
+            .all(|s| s.status == crate::control::Status::Online)
+    }
+
     /// Whether no process is left, spares included.
     pub(in crate::master) fn all_gone(&self) -> bool {
         self.spares.is_empty()

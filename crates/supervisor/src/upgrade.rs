@@ -1,0 +1,343 @@
+//! Upgrading a running master to the executable now on disk without closing its port
+//! (`chatctl upgrade NAME`, DESIGN §10): the old master starts the new one as if it were
+//! systemd activating a socket, and the two talk over a private socketpair until the new one
+//! has every worker online and the old one hands it the app.
+//!
+//! What the new master inherits:
+//!
+//! | what | descriptor | variable |
+//! | --- | --- | --- |
+//! | the public listening socket (none with `--no-listen`) | 3 | `LISTEN_FDS=1`, `LISTEN_PID` |
+//! | the upgrade channel to the old master | 4 | `CHATCTL_UPGRADE_FD` |
+//! | the admin address's listening socket (`--admin`) | 5 | `CHATCTL_ADMIN_FD` |
+//! | where the old master's worker generations ended (so session ids stay distinct) | – | `CHATCTL_UPGRADE_GENERATION` |
+//!
+//! The conversation on the channel, one JSON line each (see [`FromSuccessor`], [`ToSuccessor`]):
+//!
+//! 1. new → old: `ready` once every worker is online (its pid, version and what a live
+//!    hand-off of sessions to its workers needs), or `failed` with the reason;
+//! 2. old → new: `take_over`, once the old master no longer accepts, with what its service
+//!    keeps (the embedded store's sessions);
+//! 3. new → old: `took_over`; the old master points `control.sock` and `master.pid` at the
+//!    new master, drains its own workers and exits.
+//!
+//! Secrets (the peers token) travel only on the channel, never in argv or the environment.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::inherited::LISTEN_FD;
+pub const CHANNEL_FD: RawFd = 4;
+pub const ADMIN_FD: RawFd = 5;
+pub const CHANNEL_FD_ENV: &str = "CHATCTL_UPGRADE_FD";
+pub const ADMIN_FD_ENV: &str = "CHATCTL_ADMIN_FD";
+pub const GENERATION_ENV: &str = "CHATCTL_UPGRADE_GENERATION";
+
+/// The longest line on the channel: the embedded store's sessions ride on it (100 000 at
+/// most, about 100 bytes each).
+pub const MAX_LINE: usize = 64 << 20;
+
+/// What a new master tells the old one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromSuccessor {
+    /// Every worker is online.
+    Ready {
+        pid: u32,
+        version: String,
+        peers: Peers,
+    },
+    /// The new master cannot run (its reason, as it would print it).
+    Failed { message: String },
+    /// It has the app: the old master may let go.
+    TookOver,
+}
+
+/// What the old master tells the new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToSuccessor {
+    /// The old master no longer accepts connections; `service` is what its
+    /// [`crate::MasterService::hand_over`] gave.
+    TakeOver {
+        #[serde(default)]
+        service: Option<serde_json::Value>,
+    },
+}
+
+impl crate::ipc::Line for FromSuccessor {}
+impl crate::ipc::Line for ToSuccessor {}
+
+/// Where the new master's workers can be reached, for a live hand-off of sessions from the
+/// old workers (issue 16): the token naming their private sockets
+/// ([`crate::handoff::bind_private`]) and their worker ids. A secret: it lets a process
+/// address the workers' private sockets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peers {
+    pub token: String,
+    pub worker_ids: Vec<u16>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("token", &"..")
+            .field("worker_ids", &self.worker_ids)
+            .finish()
+    }
+}
+
+/// What a master process was given by whoever started it: systemd (the listening socket of
+/// a `.socket` unit) or an old master handing over. Taken once, before the runtime starts
+/// threads (it edits the environment, so no worker or hook inherits it).
+#[derive(Debug, Default)]
+pub struct Inheritance {
+    /// The public listening socket to use instead of binding `--listen`.
+    pub listener: Option<std::net::TcpListener>,
+    /// The admin address's socket, from an old master.
+    pub admin: Option<std::net::TcpListener>,
+    /// The channel to the old master, when this master is its successor.
+    pub channel: Option<std::os::unix::net::UnixStream>,
+    /// Where the old master's worker generations ended.
+    pub first_generation: Option<u64>,
+}
+
+impl Inheritance {
+    /// Takes what this process inherited and removes the variables that named it.
+    pub fn take() -> Result<Inheritance, sticky::Error> {
+        let listener = sticky::listen::inherited()?;
+        for name in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+            std::env::remove_var(name);
+        }
+        let fd = |name: &str| {
+            let fd = std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<RawFd>().ok());
+            std::env::remove_var(name);
+            fd.filter(|fd| *fd > 2)
+        };
+        // SAFETY (each): an old master passed these descriptors to this process alone, under
+        // these variables, which are removed here: each is taken once.
+        let channel =
+            fd(CHANNEL_FD_ENV).map(|fd| unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) });
+        let admin = fd(ADMIN_FD_ENV).map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd) });
+        let first_generation = std::env::var(GENERATION_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        std::env::remove_var(GENERATION_ENV);
+        Ok(Inheritance {
+            listener,
+            admin,
+            channel,
+            first_generation,
+        })
+    }
+}
+
+/// Why an upgrade did not happen; the old master keeps serving in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("cannot run {path}: {reason} — install the new chatctl there (mode 0755), or give its path with --binary")]
+    Binary { path: String, reason: String },
+    #[error("cannot start the new master: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Checks that `path` is a file this process may execute, so a missing or broken binary is
+/// refused with its reason before anything starts.
+pub fn check_binary(path: &Path) -> Result<(), UpgradeError> {
+    let refuse = |reason: String| UpgradeError::Binary {
+        path: path.display().to_string(),
+        reason,
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| refuse(format!("not executable ({e})")))?;
+    let mut magic = [0u8; 4];
+    let read = std::io::Read::read_exact(
+        &mut std::fs::File::open(path).map_err(|e| refuse(e.to_string()))?,
+        &mut magic,
+    );
+    if read.is_err() || (&magic != b"\x7fELF" && !magic.starts_with(b"#!")) {
+        return Err(refuse("not an executable (no ELF header)".into()));
+    }
+    Ok(())
+}
+
+/// What the new master is started with.
+pub struct Successor<'a> {
+    pub binary: &'a Path,
+    pub app: &'a str,
+    pub listener: Option<&'a std::net::TcpListener>,
+    pub admin: Option<&'a std::net::TcpListener>,
+    pub first_generation: u64,
+    /// Where its stderr goes (the app's `master.stderr`), appended to.
+    pub stderr: &'a Path,
+}
+
+/// Starts `binary master --name APP` as a daemon of its own (its own session and process
+/// group, as `chatctl start` starts masters), with the descriptors of the table above.
+/// Returns the child and the old master's end of the channel.
+pub fn spawn_successor(
+    successor: &Successor<'_>,
+) -> Result<(tokio::process::Child, std::os::unix::net::UnixStream), UpgradeError> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Spawn)?;
+    // Copies above the target numbers, so the dup2s in the child cannot overwrite each other.
+    let copy = |fd: &dyn AsFd| {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
+            // SAFETY: a fresh descriptor, ours alone.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .map_err(|e| UpgradeError::Spawn(e.into()))
+    };
+    let mut inherited: Vec<(OwnedFd, RawFd)> = vec![(copy(&theirs)?, CHANNEL_FD)];
+    drop(theirs);
+    if let Some(listener) = successor.listener {
+        inherited.push((copy(listener)?, LISTEN_FD));
+    }
+    if let Some(admin) = successor.admin {
+        inherited.push((copy(admin)?, ADMIN_FD));
+    }
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(successor.stderr)
+        .map_err(UpgradeError::Spawn)?;
+    // Under a systemd watchdog, the new master is the one to feed it once it is the main
+    // process: its pid, which `sh` names in LISTEN_PID, goes in WATCHDOG_PID too.
+    let script = if std::env::var_os("WATCHDOG_USEC").is_some() {
+        "WATCHDOG_PID=$$; export WATCHDOG_PID; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\""
+    } else {
+        crate::inherited::EXEC_WITH_LISTEN_PID
+    };
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(script)
+        .arg("chatctl-master")
+        .arg(successor.binary)
+        .arg("master")
+        .arg("--name")
+        .arg(successor.app)
+        .env(CHANNEL_FD_ENV, CHANNEL_FD.to_string())
+        .env(GENERATION_ENV, successor.first_generation.to_string())
+        .env_remove("LISTEN_FDNAMES")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(false);
+    if successor.listener.is_some() {
+        command.env("LISTEN_FDS", "1");
+    } else {
+        command.env_remove("LISTEN_FDS");
+    }
+    if successor.admin.is_some() {
+        command.env(ADMIN_FD_ENV, ADMIN_FD.to_string());
+    } else {
+        command.env_remove(ADMIN_FD_ENV);
+    }
+    let highest = inherited
+        .iter()
+        .map(|(_, target)| *target)
+        .max()
+        .unwrap_or(2);
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (setsid, dup2, close_range) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            for (source, target) in &inherited {
+                // Kept open across exec: forgotten, not closed.
+                std::mem::forget(nix::unistd::dup2_raw(source, *target)?);
+            }
+            // Nothing else of the old master's (its workers' sockets, its control socket).
+            libc::syscall(libc::SYS_close_range, (highest + 1) as u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(UpgradeError::Spawn)?;
+    Ok((child, ours))
+}
+
+/// Points `control.sock` and `master.pid` at the new master: its control socket, bound next
+/// to the old one, is renamed over it (clients connect to one or the other, never to
+/// nothing), and the pid file is replaced whole.
+pub fn commit_files(paths: &crate::AppPaths, pid: u32) -> std::io::Result<()> {
+    std::fs::rename(&paths.control_next, &paths.control)?;
+    let partial = paths.pid.with_extension("pid.partial");
+    std::fs::write(&partial, pid.to_string())?;
+    std::fs::rename(&partial, &paths.pid)
+}
+
+/// The binary a master was started from, for an upgrade without `--binary`: the path it was
+/// run as (not `/proc/self/exe`, which names the old file once a new one replaced it).
+pub fn started_from() -> Option<PathBuf> {
+    let arg0 = PathBuf::from(std::env::args_os().next()?);
+    if arg0.is_absolute() {
+        return Some(arg0);
+    }
+    // A relative name was resolved by `PATH` or the working directory at start; the
+    // executable's path then is the best answer.
+    std::env::current_exe()
+        .ok()
+        .map(|exe| {
+            let text = exe.display().to_string();
+            PathBuf::from(text.trim_end_matches(" (deleted)"))
+        })
+        .or(Some(arg0))
+}
+
+/// Tells the old master why this successor cannot run (best effort: it also sees the exit).
+pub fn report_failure(channel: &mut std::os::unix::net::UnixStream, message: &str) {
+    let failed = FromSuccessor::Failed {
+        message: message.to_owned(),
+    };
+    if let Ok(mut line) = serde_json::to_vec(&failed) {
+        line.push(b'\n');
+        let _ = std::io::Write::write_all(channel, &line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_that_cannot_run_is_refused_with_its_reason() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("chatctl-upgrade-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let reason = |path: &Path| check_binary(path).unwrap_err().to_string();
+        assert!(reason(&dir.join("missing")).contains("No such file"));
+        assert!(reason(&dir).contains("not a regular file"));
+        let text = dir.join("text");
+        std::fs::write(&text, "not a program").unwrap();
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Even for root: no execute bit at all.
+        assert!(reason(&text).contains("not executable"));
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(reason(&text).contains("no ELF header"));
+        check_binary(Path::new("/proc/self/exe")).expect("this test's own executable runs");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_peers_token_is_never_in_a_log_line() {
+        let ready = FromSuccessor::Ready {
+            pid: 7,
+            version: "0.1.0+abc".into(),
+            peers: Peers {
+                token: "s3cret-token".into(),
+                worker_ids: vec![65, 66],
+            },
+        };
+        assert!(!format!("{ready:?}").contains("s3cret"));
+        let line = serde_json::to_string(&ready).unwrap();
+        let back: FromSuccessor = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ready);
+    }
+}
