@@ -4,13 +4,15 @@
 //! serialises access.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
 use engineio::Frame;
 
+use super::kept::{Detached, Kept, KeptSockets};
 use super::{Digest, RecoveryConfig, RestoreRequest, Restored, Sequenced, SessionRecord};
 use crate::adapter::BroadcastOptions;
-use crate::{Room, Sid};
+use crate::Room;
 
 /// Who owns a kept socket: the process that serves it (a worker's id for its master), or
 /// none once its connection broke.
@@ -32,7 +34,9 @@ pub struct RecoveryLog {
     /// Bytes of the events kept.
     bytes: usize,
     /// By the hash of their private ids.
-    sessions: HashMap<Digest, Kept>,
+    sessions: KeptSockets,
+    /// What the times sockets were detached count from.
+    clock: Instant,
     /// Events evicted while a kept socket may still have needed them, and recoveries refused.
     evicted: u64,
 }
@@ -43,16 +47,6 @@ struct Logged {
     bytes: usize,
     opts: BroadcastOptions,
     frames: Vec<Frame>,
-}
-
-/// A socket as it was last told, and whether its connection is still up.
-struct Kept {
-    sid: Sid,
-    rooms: Vec<Room>,
-    binding: Option<Digest>,
-    owner: Owner,
-    /// When its connection broke; `None` while it is connected.
-    detached: Option<Instant>,
 }
 
 /// What a log holds, for status.
@@ -75,7 +69,8 @@ impl RecoveryLog {
             events: VecDeque::new(),
             floors: Floors::default(),
             bytes: 0,
-            sessions: HashMap::new(),
+            sessions: KeptSockets::default(),
+            clock: Instant::now(),
             evicted: 0,
         }
     }
@@ -126,21 +121,14 @@ impl RecoveryLog {
         } else if self.sessions.len() >= self.config.max_sessions && !self.make_room() {
             return;
         }
-        let rooms = record
-            .rooms
-            .into_iter()
-            .filter(|room| *room != record.sid)
-            .collect();
-        self.sessions.insert(
+        self.sessions.insert(Kept::new(
             record.pid_hash,
-            Kept {
-                sid: record.sid,
-                rooms,
-                binding: record.binding,
-                owner,
-                detached: detached.then_some(now),
-            },
-        );
+            &record.sid,
+            &record.rooms,
+            record.binding,
+            owner,
+            detached.then(|| Detached::at(self.clock, now)),
+        ));
     }
 
     /// A socket `owner` served left on purpose: nothing to keep.
@@ -151,15 +139,15 @@ impl RecoveryLog {
             .is_some_and(|kept| kept.owner == owner)
         {
             if let Some(kept) = self.sessions.remove(pid_hash) {
-                self.floors.rooms.remove(&kept.sid);
+                self.floors.forget(kept.sid());
             }
         }
     }
 
     /// The process `owner` is gone: the sockets it served may come back elsewhere from now.
     pub fn owner_gone(&mut self, owner: Owner) {
-        let now = Instant::now();
-        for kept in self.sessions.values_mut() {
+        let now = Detached::at(self.clock, Instant::now());
+        for kept in self.sessions.iter_mut() {
             if kept.owner == owner && kept.detached.is_none() {
                 kept.detached = Some(now);
             }
@@ -176,17 +164,20 @@ impl RecoveryLog {
             return None;
         }
         let kept = self.sessions.get(&request.pid_hash)?;
-        if kept.binding != request.binding || request.after < self.floors.of(&kept.sid, &kept.rooms)
-        {
+        if kept.binding != request.binding {
             return None;
         }
-        let kept = self.sessions.remove(&request.pid_hash)?;
+        let (sid, rooms) = kept.unpack();
+        if request.after < self.floors.of(&sid, &rooms) {
+            return None;
+        }
+        self.sessions.remove(&request.pid_hash)?;
         // From here on its client's offsets are past anything evicted for it.
-        self.floors.rooms.remove(&kept.sid);
+        self.floors.forget(&sid);
         let missed = self
             .events
             .iter()
-            .filter(|event| event.seq > request.after && event.opts.is_for(&kept.sid, &kept.rooms))
+            .filter(|event| event.seq > request.after && event.opts.is_for(&sid, &rooms))
             .map(|event| Sequenced {
                 seq: event.seq,
                 frames: event.frames.clone(),
@@ -194,8 +185,8 @@ impl RecoveryLog {
             })
             .collect();
         Some(Restored {
-            sid: kept.sid,
-            rooms: kept.rooms,
+            sid,
+            rooms,
             missed,
             upto: self.next,
         })
@@ -204,7 +195,7 @@ impl RecoveryLog {
     pub fn stats(&self) -> LogStats {
         let kept = self
             .sessions
-            .values()
+            .iter()
             .filter(|kept| kept.detached.is_some())
             .count() as u64;
         LogStats {
@@ -222,10 +213,10 @@ impl RecoveryLog {
         let oldest = self
             .sessions
             .iter()
-            .filter_map(|(pid, kept)| Some((kept.detached?, pid)))
+            .filter_map(|kept| Some((kept.detached?, kept.pid_hash)))
             .min_by_key(|(at, _)| *at)
-            .map(|(_, pid)| *pid);
-        oldest.map(|pid| self.sessions.remove(&pid)).is_some()
+            .map(|(_, pid)| pid);
+        oldest.and_then(|pid| self.sessions.remove(&pid)).is_some()
     }
 
     fn evict_oldest(&mut self) {
@@ -244,11 +235,13 @@ impl RecoveryLog {
         while self.events.front().is_some_and(|event| old(event.at)) {
             self.evict_oldest();
         }
-        let floors = &mut self.floors;
-        self.sessions.retain(|_, kept| {
-            let keep = !kept.detached.is_some_and(old);
+        let (floors, clock) = (&mut self.floors, self.clock);
+        self.sessions.retain(|kept| {
+            let keep = !kept
+                .detached
+                .is_some_and(|at| at.is_older(clock, now, window));
             if !keep {
-                floors.rooms.remove(&kept.sid);
+                floors.forget(kept.sid());
             }
             keep
         });
@@ -261,10 +254,25 @@ impl RecoveryLog {
 struct Floors {
     /// Events for every socket of the namespace, and those of rooms beyond the bound.
     everyone: u64,
-    rooms: HashMap<Room, u64>,
+    /// By a 64-bit keyed hash of the room's name, not the name: most are sockets' own rooms,
+    /// one per socket that was sent an event, and a name would be an allocation each. Two
+    /// rooms with the same hash (about one chance in 2^64 per pair) share the higher floor, so
+    /// a socket may start afresh that could have recovered, never recover with a gap.
+    rooms: HashMap<u64, u64>,
+    hasher: RandomState,
 }
 
 impl Floors {
+    /// A socket taken back or gone: its own room needs no floor.
+    fn forget(&mut self, sid: &str) {
+        let key = self.key(sid);
+        self.rooms.remove(&key);
+    }
+
+    fn key(&self, room: &str) -> u64 {
+        self.hasher.hash_one(room)
+    }
+
     /// An event for the sockets `opts` selects, numbered `seq`, was evicted. At most `bound`
     /// rooms are tracked; beyond it every socket counts as having missed it.
     fn raise(&mut self, opts: &BroadcastOptions, seq: u64, bound: usize) {
@@ -273,10 +281,11 @@ impl Floors {
             return;
         }
         for room in &opts.rooms {
-            if let Some(floor) = self.rooms.get_mut(room) {
+            let key = self.key(room);
+            if let Some(floor) = self.rooms.get_mut(&key) {
                 *floor = seq;
             } else if self.rooms.len() < bound {
-                self.rooms.insert(room.clone(), seq);
+                self.rooms.insert(key, seq);
             } else {
                 // Too many to tell apart: the old floors are folded into everyone's.
                 self.everyone = seq;
@@ -287,10 +296,10 @@ impl Floors {
     }
 
     /// The last evicted event that may have been for socket `sid` in `rooms`.
-    fn of(&self, sid: &Sid, rooms: &[Room]) -> u64 {
+    fn of(&self, sid: &str, rooms: &[Room]) -> u64 {
         std::iter::once(sid)
-            .chain(rooms)
-            .filter_map(|room| self.rooms.get(room))
+            .chain(rooms.iter().map(|room| &**room))
+            .filter_map(|room| self.rooms.get(&self.key(room)))
             .fold(self.everyone, |floor, room| floor.max(*room))
     }
 }
@@ -308,6 +317,7 @@ mod tests {
 
     use super::*;
     use crate::recovery::Pid;
+    use crate::Sid;
 
     fn room(name: &str) -> Room {
         Room::from(name)

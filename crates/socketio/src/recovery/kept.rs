@@ -1,0 +1,242 @@
+//! The sockets a recovery log keeps, laid out for their bytes: a log in a master keeps every
+//! socket of every worker from its CONNECT on (two per chat connection, one per namespace), so
+//! what one costs is part of what an idle connection costs (docs/BENCHMARKS.md, "Where the
+//! bytes go"). A kept socket is two allocations, its record and its names, and a pointer in
+//! the table; a map from digest to a record with a `Sid` and a `Vec<Room>` took a slot of
+//! 136 bytes (a table has up to twice the slots of its entries) and an allocation per name.
+
+use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroU64;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashTable;
+
+use super::{Digest, Owner};
+use crate::{Room, Sid};
+
+/// A socket as it was last told, and whether its connection is still up.
+pub(super) struct Kept {
+    /// The hash of its private id: the key it is found by.
+    pub(super) pid_hash: Digest,
+    pub(super) binding: Option<Digest>,
+    pub(super) owner: Owner,
+    pub(super) detached: Option<Detached>,
+    names: Names,
+}
+
+impl Kept {
+    pub(super) fn new(
+        pid_hash: Digest,
+        sid: &str,
+        rooms: &[Room],
+        binding: Option<Digest>,
+        owner: Owner,
+        detached: Option<Detached>,
+    ) -> Box<Kept> {
+        // Its own room is implied by its id.
+        let rooms = rooms.iter().map(|room| &**room).filter(|room| *room != sid);
+        Box::new(Kept {
+            pid_hash,
+            binding,
+            owner,
+            detached,
+            names: Names::pack(std::iter::once(sid).chain(rooms)),
+        })
+    }
+
+    pub(super) fn sid(&self) -> &str {
+        self.names.iter().next().unwrap_or_default()
+    }
+
+    /// Its id and rooms as a restored socket gets them.
+    pub(super) fn unpack(&self) -> (Sid, Vec<Room>) {
+        let mut names = self.names.iter();
+        let sid = Sid::from(names.next().unwrap_or_default());
+        (sid, names.map(Room::from).collect())
+    }
+}
+
+/// When a socket's connection broke: milliseconds since its log's clock started, plus one.
+/// Eight bytes where an `Option<Instant>` takes sixteen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Detached(NonZeroU64);
+
+impl Detached {
+    pub(super) fn at(clock: Instant, now: Instant) -> Detached {
+        let millis = now.saturating_duration_since(clock).as_millis();
+        Detached(NonZeroU64::MIN.saturating_add(u64::try_from(millis).unwrap_or(u64::MAX - 1)))
+    }
+
+    /// Whether it broke `window` or longer before `now`.
+    pub(super) fn is_older(self, clock: Instant, now: Instant, window: Duration) -> bool {
+        let since = Duration::from_millis(self.0.get() - 1);
+        now.saturating_duration_since(clock).saturating_sub(since) >= window
+    }
+}
+
+/// A socket's id, then its rooms, in one allocation: each name after its length in bytes and
+/// a colon (`20:<sid>9:room:news`).
+struct Names(Box<str>);
+
+impl Names {
+    fn pack<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Names {
+        let len = names
+            .clone()
+            .map(|name| name.len() + decimal_digits(name.len()) + 1)
+            .sum();
+        let mut packed = String::with_capacity(len);
+        for name in names {
+            packed.push_str(&name.len().to_string());
+            packed.push(':');
+            packed.push_str(name);
+        }
+        Names(packed.into_boxed_str())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut rest: &str = &self.0;
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            let name = tail.get(..len)?;
+            rest = tail.get(len..)?;
+            Some(name)
+        })
+    }
+}
+
+fn decimal_digits(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// The kept sockets of a log, by the hash of their private ids. A slot is a pointer to the
+/// record, which carries its key.
+pub(super) struct KeptSockets {
+    table: HashTable<Box<Kept>>,
+    /// The table's hash of a digest. A digest of a pid the server made cannot be chosen, but
+    /// one a client brings back can, so it is hashed with a random key like any map's.
+    hasher: RandomState,
+}
+
+impl Default for KeptSockets {
+    fn default() -> Self {
+        KeptSockets {
+            table: HashTable::new(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl KeptSockets {
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(super) fn get(&self, pid_hash: &Digest) -> Option<&Kept> {
+        let hash = self.hasher.hash_one(pid_hash);
+        self.table
+            .find(hash, |kept| kept.pid_hash == *pid_hash)
+            .map(|kept| &**kept)
+    }
+
+    /// Keeps `kept`, in place of the socket with the same private id if there is one.
+    pub(super) fn insert(&mut self, kept: Box<Kept>) {
+        let hash = self.hasher.hash_one(kept.pid_hash);
+        let hasher = &self.hasher;
+        match self.table.entry(
+            hash,
+            |other| other.pid_hash == kept.pid_hash,
+            |other| hasher.hash_one(other.pid_hash),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => *slot.get_mut() = kept,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(kept);
+            }
+        }
+    }
+
+    pub(super) fn remove(&mut self, pid_hash: &Digest) -> Option<Box<Kept>> {
+        let hash = self.hasher.hash_one(pid_hash);
+        match self
+            .table
+            .find_entry(hash, |kept| kept.pid_hash == *pid_hash)
+        {
+            Ok(slot) => Some(slot.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Kept> {
+        self.table.iter().map(|kept| &**kept)
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Kept> {
+        self.table.iter_mut().map(|kept| &mut **kept)
+    }
+
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Kept) -> bool) {
+        self.table.retain(|kept| keep(kept));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_socket_gives_back_its_id_and_rooms_but_its_own() {
+        let rooms: Vec<Room> = ["s1", "room:news", "", "12:34:x", "é"]
+            .into_iter()
+            .map(Room::from)
+            .collect();
+        let kept = Kept::new(Digest::of("pid"), "s1", &rooms, None, 1, None);
+        assert_eq!(kept.sid(), "s1");
+        let (sid, rooms) = kept.unpack();
+        assert_eq!(&*sid, "s1");
+        let rooms: Vec<&str> = rooms.iter().map(|room| &**room).collect();
+        assert_eq!(rooms, ["room:news", "", "12:34:x", "é"]);
+        assert_eq!(kept.names.0.len(), "2:s19:room:news0:7:12:34:x2:é".len());
+    }
+
+    #[test]
+    fn a_kept_socket_stays_small() {
+        // The record in an allocation of 112 bytes (glibc: 104 and its header), a slot of a
+        // pointer and a control byte.
+        assert!(std::mem::size_of::<Kept>() <= 104);
+        assert_eq!(std::mem::size_of::<Box<Kept>>(), 8);
+    }
+
+    #[test]
+    fn the_table_finds_replaces_and_removes_by_digest() {
+        let mut sockets = KeptSockets::default();
+        let (a, b) = (Digest::of("a"), Digest::of("b"));
+        sockets.insert(Kept::new(a, "sa", &[], None, 1, None));
+        sockets.insert(Kept::new(b, "sb", &[], None, 1, None));
+        sockets.insert(Kept::new(a, "sa2", &[], None, 2, None));
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(
+            sockets.get(&a).map(|kept| (kept.sid(), kept.owner)),
+            Some(("sa2", 2))
+        );
+        assert_eq!(
+            sockets.remove(&b).map(|kept| kept.sid().to_owned()),
+            Some("sb".into())
+        );
+        assert!(sockets.get(&b).is_none() && sockets.remove(&b).is_none());
+        sockets.retain(|kept| kept.owner != 2);
+        assert_eq!(sockets.len(), 0);
+    }
+
+    #[test]
+    fn a_detachment_ages_with_the_clock() {
+        let clock = Instant::now();
+        let later = clock + Duration::from_secs(5);
+        let detached = Detached::at(clock, later);
+        assert!(!detached.is_older(clock, later, Duration::from_secs(1)));
+        assert!(detached.is_older(clock, later, Duration::ZERO));
+        let after = later + Duration::from_secs(1);
+        assert!(detached.is_older(clock, after, Duration::from_secs(1)));
+        assert!(!detached.is_older(clock, after, Duration::from_secs(2)));
+        assert!(Detached::at(clock, clock) < detached);
+    }
+}
