@@ -164,7 +164,7 @@ impl RecoveryLog {
             return None;
         }
         let kept = self.sessions.get(&request.pid_hash)?;
-        if kept.binding != request.binding {
+        if !kept.is_bound_to(request.binding.as_ref()) {
             return None;
         }
         let (sid, rooms) = kept.unpack();
@@ -210,13 +210,7 @@ impl RecoveryLog {
     /// Forgets the oldest disconnected socket to keep another. False when every kept socket
     /// is connected: the new one is then not kept (it will not recover).
     fn make_room(&mut self) -> bool {
-        let oldest = self
-            .sessions
-            .iter()
-            .filter_map(|kept| Some((kept.detached?, kept.pid_hash)))
-            .min_by_key(|(at, _)| *at)
-            .map(|(_, pid)| pid);
-        oldest.and_then(|pid| self.sessions.remove(&pid)).is_some()
+        self.sessions.remove_oldest_detached()
     }
 
     fn evict_oldest(&mut self) {
