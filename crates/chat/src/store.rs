@@ -128,7 +128,9 @@ impl Default for MemoryStore {
 
 #[derive(Debug, Default)]
 struct MemoryState {
-    sessions: HashMap<String, Session>,
+    /// Session id -> nickname: a session is one per user, so its bytes count per connection
+    /// (a `Session` value would keep the id twice).
+    sessions: HashMap<Box<str>, Box<str>>,
     /// When each session expires; swept a few per operation, never all at once.
     session_expiries: Expiries<String>,
     rooms: BTreeMap<String, RoomMembers>,
@@ -158,7 +160,7 @@ impl MemoryState {
             self.history.remove(&room);
         }
         for id in self.session_expiries.take_due(now, SWEEP_PER_OPERATION) {
-            self.sessions.remove(&id);
+            self.sessions.remove(id.as_str());
         }
     }
 
@@ -224,7 +226,9 @@ impl Store for MemoryStore {
                 }
                 let expires = Instant::now() + ttl;
                 state.session_expiries.set(session.id.clone(), expires);
-                state.sessions.insert(session.id.clone(), session.clone());
+                state
+                    .sessions
+                    .insert(session.id.as_str().into(), session.nickname.as_str().into());
                 Ok(session)
             })
             .and_then(|created| created),
@@ -239,7 +243,10 @@ impl Store for MemoryStore {
             {
                 return None;
             }
-            state.sessions.get(id).cloned()
+            state.sessions.get(id).map(|nickname| Session {
+                id: id.to_owned(),
+                nickname: nickname.to_string(),
+            })
         }))
     }
 
