@@ -46,7 +46,9 @@ PORT=$RESERVED_PORT
 
 HOME_DIR=$(mktemp -d /tmp/chatctl-idle-heap-home.XXXXXX)
 TRACKER= BENCH_PID= SERVER=
-WORKERS=() # of the master (PROCESS=master), which do not outlive it by much but may
+# The master's workers (PROCESS=master), stopped here too in case the master's end does not
+# take them along.
+WORKERS=()
 cleanup() {
   [[ -n $BENCH_PID ]] && kill "$BENCH_PID" 2>/dev/null
   [[ -n $SERVER ]] && kill -KILL "$SERVER" 2>/dev/null
@@ -61,8 +63,8 @@ SERVE_FLAGS=(--logins-per-address 1000000 --messages-per-second 1000000 --max-pe
   --max-connections 100000)
 case $PROCESS in
   serve) COMMAND=(serve --port "$PORT" --threads 1 "${SERVE_FLAGS[@]}") ;;
-  # heaptrack's library leaves the environment before main, so the workers (its children, run
-  # as /proc/self/fd/N) are not traced.
+  # Only the master is traced: the total would otherwise hold the workers' heaps, several times
+  # the master's (the workers are its children, run as /proc/self/fd/N).
   master) COMMAND=(run --name idle-heap --listen "127.0.0.1:$PORT" -i 2 -- serve "${SERVE_FLAGS[@]}") ;;
   *) die "PROCESS is serve or master, not $PROCESS" ;;
 esac
