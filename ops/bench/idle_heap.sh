@@ -6,8 +6,12 @@
 # sizes: that is the heap of one connection, without the process's own (docs/BENCHMARKS.md,
 # "Where the bytes go").
 #
+# With PROCESS=master it measures the master of `chatctl run -i 2` instead (the workers run
+# untraced): what a cluster keeps per connection in the master (the chat's login sessions and
+# presence, connection-state recovery's kept sockets).
+#
 # Usage: ops/bench/idle_heap.sh [OUT_DIR]     (about 20 s for 4,000 clients once built)
-#   CLIENTS=4000   CHATCTL=path/to/chatctl (built if not given)
+#   CLIENTS=4000   CHATCTL=path/to/chatctl (built if not given)   PROCESS=serve|master
 # Prints the heap left and the server's RSS; OUT_DIR keeps heaptrack's data (ht.zst) and
 # `heaptrack_print --print-leaks` by call site (leaks.txt).
 #
@@ -17,6 +21,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CLIENTS=${CLIENTS:-4000}
+PROCESS=${PROCESS:-serve}
 OUT=${1:-$(mktemp -d /tmp/chatctl-idle-heap.XXXXXX)}
 mkdir -p "$OUT"
 
@@ -40,26 +45,47 @@ reserve_port || die "no free loopback port"
 PORT=$RESERVED_PORT
 
 HOME_DIR=$(mktemp -d /tmp/chatctl-idle-heap-home.XXXXXX)
-TRACKER= BENCH_PID=
+TRACKER= BENCH_PID= SERVER=
+# The master's workers (PROCESS=master), stopped here too in case the master's end does not
+# take them along.
+WORKERS=()
 cleanup() {
   [[ -n $BENCH_PID ]] && kill "$BENCH_PID" 2>/dev/null
+  [[ -n $SERVER ]] && kill -KILL "$SERVER" 2>/dev/null
   [[ -n $TRACKER ]] && kill "$TRACKER" 2>/dev/null
+  ((${#WORKERS[@]} == 0)) || kill "${WORKERS[@]}" 2>/dev/null
   rm -rf "$HOME_DIR"
 }
 trap cleanup EXIT
 
 ulimit -n "$(ulimit -Hn)"
+SERVE_FLAGS=(--logins-per-address 1000000 --messages-per-second 1000000 --max-pending-per-address 100000
+  --max-connections 100000)
+case $PROCESS in
+  serve) COMMAND=(serve --port "$PORT" --threads 1 "${SERVE_FLAGS[@]}") ;;
+  # Only the master is traced: the total would otherwise hold the workers' heaps, several times
+  # the master's (the workers are its children, run as /proc/self/fd/N).
+  master) COMMAND=(run --name idle-heap --listen "127.0.0.1:$PORT" -i 2 -- serve "${SERVE_FLAGS[@]}") ;;
+  *) die "PROCESS is serve or master, not $PROCESS" ;;
+esac
 CHAT_SECRET=idle-heap-measurement-secret-0123456789 CHATCTL_HOME=$HOME_DIR \
-  heaptrack -o "$OUT/ht" "$CHATCTL" serve --port "$PORT" --threads 1 --logins-per-address 1000000 \
-  --messages-per-second 1000000 --max-pending-per-address 100000 --max-connections 100000 \
-  >"$OUT/serve.log" 2>&1 &
+  heaptrack -o "$OUT/ht" "$CHATCTL" "${COMMAND[@]}" >"$OUT/serve.log" 2>&1 &
 TRACKER=$!
 for _ in $(seq 100); do
   ss -Htln "( sport = :$PORT )" | grep -q . && break
   sleep 0.2
 done
 SERVER=$(pgrep -P "$TRACKER" -x chatctl || true)
-[[ -n $SERVER ]] || die "chatctl serve did not start under heaptrack: $(tail -3 "$OUT/serve.log")"
+[[ -n $SERVER ]] || die "chatctl $PROCESS did not start under heaptrack: $(tail -3 "$OUT/serve.log")"
+if [[ $PROCESS == master ]]; then
+  for _ in $(seq 150); do
+    mapfile -t WORKERS < <(pgrep -P "$SERVER" || true)
+    ((${#WORKERS[@]} == 2)) && grep -q "worker online worker=1" "$OUT/serve.log" &&
+      grep -q "worker online worker=0" "$OUT/serve.log" && break
+    sleep 0.2
+  done
+  ((${#WORKERS[@]} == 2)) || die "the master's two workers did not come online: $(tail -3 "$OUT/serve.log")"
+fi
 
 "$BENCH" --url "http://127.0.0.1:$PORT" --sources 127.0.0.1-127.0.0.16 --scenario idle \
   --clients "$CLIENTS" --room-size 10 --ramp 2000 --duration 60s >"$OUT/bench.log" 2>&1 &
@@ -72,8 +98,10 @@ done
 sleep 2
 echo "connections: $(ss -Htn state established "( sport = :$PORT )" | wc -l) of $CLIENTS"
 grep VmRSS "/proc/$SERVER/status"
+for worker in "${WORKERS[@]}"; do echo "worker $worker: $(grep VmRSS "/proc/$worker/status")"; done
 # Killed while held: nothing is freed, so heaptrack reports every live allocation as leaked.
 kill -KILL "$SERVER"
+SERVER=
 wait "$TRACKER" 2>/dev/null || true
 TRACKER=
 heaptrack_print -f "$OUT"/ht.*zst --print-leaks 1 --peak-limit 200 --sub-peak-limit 400 \

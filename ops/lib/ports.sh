@@ -31,7 +31,9 @@ reserve_port() {
   mkdir -p -m 1777 "$ports_lock_dir" 2>/dev/null || true
   for ((step = 0; step < span; step++)); do
     port=$((low + (start - low + step) % span))
-    exec {fd}<>"$ports_lock_dir/$port.lock" 2>/dev/null || exec {fd}<"$ports_lock_dir/$port.lock" || continue
+    # In braces: `exec` keeps its redirections, and a bare `2>/dev/null` on it would silence
+    # the calling script's stderr for good.
+    { exec {fd}<>"$ports_lock_dir/$port.lock"; } 2>/dev/null || exec {fd}<"$ports_lock_dir/$port.lock" || continue
     if flock -n "$fd" && ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       ports_next=$((port == high ? low : port + 1))
       RESERVED_PORT=$port

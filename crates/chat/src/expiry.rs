@@ -33,7 +33,11 @@ impl<K: Clone + Ord + Hash> Expiries<K> {
     }
 
     /// When `key` expires, if it has a deadline.
-    pub(crate) fn deadline_of(&self, key: &K) -> Option<Instant> {
+    pub(crate) fn deadline_of<Q>(&self, key: &Q) -> Option<Instant>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.deadlines.get(key).copied()
     }
 

@@ -128,7 +128,9 @@ impl Default for MemoryStore {
 
 #[derive(Debug, Default)]
 struct MemoryState {
-    sessions: HashMap<String, Session>,
+    /// Session id -> nickname: a session is one per user, so its bytes count per connection
+    /// (a `Session` value would keep the id twice).
+    sessions: HashMap<Box<str>, Box<str>>,
     /// When each session expires; swept a few per operation, never all at once.
     session_expiries: Expiries<String>,
     rooms: BTreeMap<String, RoomMembers>,
@@ -158,7 +160,7 @@ impl MemoryState {
             self.history.remove(&room);
         }
         for id in self.session_expiries.take_due(now, SWEEP_PER_OPERATION) {
-            self.sessions.remove(&id);
+            self.sessions.remove(id.as_str());
         }
     }
 
@@ -198,13 +200,13 @@ impl MemoryStore {
         self.with(|state| {
             state
                 .sessions
-                .values()
-                .filter_map(|session| {
-                    let expires = state.session_expiries.deadline_of(&session.id)?;
+                .iter()
+                .filter_map(|(id, nickname)| {
+                    let expires = state.session_expiries.deadline_of(&**id)?;
                     let left = expires.checked_duration_since(now)?;
                     Some(SessionRecord {
-                        id: session.id.clone(),
-                        nickname: session.nickname.clone(),
+                        id: id.to_string(),
+                        nickname: nickname.to_string(),
                         ttl_ms: left.as_millis().min(u128::from(u64::MAX)) as u64,
                     })
                 })
@@ -224,18 +226,14 @@ impl MemoryStore {
                 if state.sessions.len() >= max_sessions {
                     break;
                 }
-                if state.sessions.contains_key(&record.id) {
+                if state.sessions.contains_key(record.id.as_str()) {
                     continue;
                 }
                 let expires = now + Duration::from_millis(record.ttl_ms);
                 state.session_expiries.set(record.id.clone(), expires);
-                state.sessions.insert(
-                    record.id.clone(),
-                    Session {
-                        id: record.id,
-                        nickname: record.nickname,
-                    },
-                );
+                state
+                    .sessions
+                    .insert(record.id.into(), record.nickname.into());
                 taken += 1;
             }
             taken
@@ -284,7 +282,9 @@ impl Store for MemoryStore {
                 }
                 let expires = Instant::now() + ttl;
                 state.session_expiries.set(session.id.clone(), expires);
-                state.sessions.insert(session.id.clone(), session.clone());
+                state
+                    .sessions
+                    .insert(session.id.as_str().into(), session.nickname.as_str().into());
                 Ok(session)
             })
             .and_then(|created| created),
@@ -299,7 +299,10 @@ impl Store for MemoryStore {
             {
                 return None;
             }
-            state.sessions.get(id).cloned()
+            state.sessions.get(id).map(|nickname| Session {
+                id: id.to_owned(),
+                nickname: nickname.to_string(),
+            })
         }))
     }
 

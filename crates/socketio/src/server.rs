@@ -253,16 +253,25 @@ impl Dispatcher {
             Some(recovery) => restore(recovery, conn, &mut auth).await,
             None => None,
         };
-        let socket = Arc::new(match &restored {
-            Some(Attempt { pid, restored, .. }) => Socket::restored(
-                ns.clone(),
-                conn.clone(),
-                auth,
-                restored.sid.clone(),
-                pid.clone(),
+        // The private id goes to the client with the CONNECT reply; the socket keeps its hash.
+        let (socket, pid) = match &restored {
+            Some(Attempt { pid, restored, .. }) => (
+                Socket::restored(
+                    ns.clone(),
+                    conn.clone(),
+                    auth,
+                    restored.sid.clone(),
+                    pid.digest(),
+                ),
+                Some(pid.clone()),
             ),
-            None => Socket::new(ns.clone(), conn.clone(), auth),
-        });
+            None => {
+                let pid = ns.recovery().map(|_| Pid::new());
+                let pid_hash = pid.as_ref().map(Pid::digest);
+                (Socket::new(ns.clone(), conn.clone(), auth, pid_hash), pid)
+            }
+        };
+        let socket = Arc::new(socket);
         let handlers = ns.handlers();
         let release = || {
             if let (Some(attempt), Some(recovery)) = (&restored, ns.recovery()) {
@@ -286,7 +295,7 @@ impl Dispatcher {
         // A client in a namespace is a user, no longer a pending handshake.
         conn.admit();
         let mut reply = serde_json::json!({ "sid": socket.id().as_ref() });
-        if let Some(pid) = socket.pid() {
+        if let Some(pid) = pid {
             reply["pid"] = pid.as_str().into();
         }
         let reply = reply.to_string();

@@ -21,7 +21,7 @@ use crate::event::{AckResponse, AckSender, Event};
 use crate::handshake::Handshake;
 use crate::namespace::Namespace;
 use crate::packet::{encode, event_array, Packet, PacketType};
-use crate::recovery::{Pid, Recovery, SessionRecord};
+use crate::recovery::{Digest, Recovery, SessionRecord};
 use crate::{Room, Sid};
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -100,8 +100,10 @@ pub struct Socket {
     #[allow(clippy::box_collection)]
     acks: Mutex<Option<Box<PendingAcks>>>,
     connected: AtomicBool,
-    /// Its private id, with recovery on (see [`crate::RecoveryConfig`]).
-    pid: Option<Pid>,
+    /// The hash of its private id, with recovery on (see [`crate::RecoveryConfig`]): what its
+    /// store knows it by. The id itself goes to its client with the CONNECT reply, and is not
+    /// kept here.
+    pid_hash: Option<Digest>,
     /// It is the socket of an earlier connection, given back to a client that returned.
     recovered: bool,
     /// Application state attached to this socket (a nickname, a session).
@@ -109,28 +111,34 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// A new socket: a new id, and a private id if its namespace keeps sockets for recovery.
-    pub(crate) fn new(ns: Arc<Namespace>, conn: Conn, auth: Option<Box<RawValue>>) -> Self {
-        let pid = ns.recovery().map(|_| Pid::new());
+    /// A new socket: a new id, and the hash of its private id if its namespace keeps sockets
+    /// for recovery.
+    pub(crate) fn new(
+        ns: Arc<Namespace>,
+        conn: Conn,
+        auth: Option<Box<RawValue>>,
+        pid_hash: Option<Digest>,
+    ) -> Self {
         Socket::with_identity(
             ns,
             conn,
             auth,
             engineio::generate_sid("").into(),
-            pid,
+            pid_hash,
             false,
         )
     }
 
-    /// The socket of an earlier connection, for the client that returned with its `pid`.
+    /// The socket of an earlier connection, for the client that returned with the private id
+    /// of hash `pid_hash`.
     pub(crate) fn restored(
         ns: Arc<Namespace>,
         conn: Conn,
         auth: Option<Box<RawValue>>,
         id: Sid,
-        pid: Pid,
+        pid_hash: Digest,
     ) -> Self {
-        Socket::with_identity(ns, conn, auth, id, Some(pid), true)
+        Socket::with_identity(ns, conn, auth, id, Some(pid_hash), true)
     }
 
     fn with_identity(
@@ -138,7 +146,7 @@ impl Socket {
         conn: Conn,
         auth: Option<Box<RawValue>>,
         id: Sid,
-        pid: Option<Pid>,
+        pid_hash: Option<Digest>,
         recovered: bool,
     ) -> Self {
         let handshake = Handshake {
@@ -156,7 +164,7 @@ impl Socket {
             next_ack: AtomicU64::new(0),
             acks: Mutex::new(None),
             connected: AtomicBool::new(false),
-            pid,
+            pid_hash,
             recovered,
             extensions: RwLock::new(http::Extensions::new()),
         }
@@ -200,10 +208,6 @@ impl Socket {
     /// events it missed to a client that came back (connection-state recovery).
     pub fn recovered(&self) -> bool {
         self.recovered
-    }
-
-    pub(crate) fn pid(&self) -> Option<&Pid> {
-        self.pid.as_ref()
     }
 
     pub(crate) fn set_connected(&self) {
@@ -328,10 +332,10 @@ impl Socket {
     }
 
     /// This socket as a recovery store keeps it.
-    fn record(&self, recovery: &Recovery, pid: &Pid) -> SessionRecord {
+    fn record(&self, recovery: &Recovery, pid_hash: Digest) -> SessionRecord {
         SessionRecord {
             sid: self.id.clone(),
-            pid_hash: pid.digest(),
+            pid_hash,
             rooms: self.rooms(),
             binding: recovery.binding(self.handshake.headers()),
         }
@@ -340,9 +344,9 @@ impl Socket {
     /// Tells a store that keeps connected sockets (one other processes share) what this
     /// socket is now, so that it recovers even if this process dies.
     pub(crate) fn write_through(&self) {
-        if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid) {
+        if let (Some(recovery), Some(pid_hash)) = (self.ns.recovery(), self.pid_hash) {
             if recovery.store().is_shared() && self.connected() {
-                recovery.store().attached(&self.record(recovery, pid));
+                recovery.store().attached(&self.record(recovery, pid_hash));
             }
         }
     }
@@ -456,11 +460,11 @@ impl Socket {
             return;
         }
         // Kept as it is now, before the disconnect handler can leave rooms.
-        if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid) {
+        if let (Some(recovery), Some(pid_hash)) = (self.ns.recovery(), self.pid_hash) {
             if reason.is_recoverable() {
-                recovery.store().detached(self.record(recovery, pid));
+                recovery.store().detached(self.record(recovery, pid_hash));
             } else {
-                recovery.store().forgotten(&pid.digest());
+                recovery.store().forgotten(&pid_hash);
             }
         }
         let handler = self

@@ -17,8 +17,13 @@ use super::recovery::RecoveryService;
 use super::store_op::StoreOp;
 use crate::wire::WireBroadcast;
 
-/// A socket a worker put in a room: (room, socket id). The store knows its nickname.
-type Membership = (String, String);
+/// A socket a worker put in a room: (room, socket id). The store knows its nickname. Boxed
+/// strings: one entry per socket and room, kept as long as the socket is.
+type Membership = (Box<str>, Box<str>);
+
+fn membership(room: &str, socket: &str) -> Membership {
+    (room.into(), socket.into())
+}
 
 /// The master's side: one [`MemoryStore`] for every worker, and a record of which worker
 /// process put which socket in which room, so a worker that dies leaves no ghost users.
@@ -70,7 +75,7 @@ impl StoreService {
                     members
                         .entry(worker)
                         .or_default()
-                        .insert((room.clone(), socket.clone()));
+                        .insert(membership(&room, &socket));
                 }
                 now(async move {
                     store
@@ -83,7 +88,7 @@ impl StoreService {
             StoreOp::LeaveRoom { room, socket } => {
                 if let Ok(mut members) = self.members.lock() {
                     if let Some(owned) = members.get_mut(&worker) {
-                        owned.remove(&(room.clone(), socket.clone()));
+                        owned.remove(&membership(&room, &socket));
                     }
                 }
                 now(async move { Ok(json!(store.leave_room(&room, &socket).await?)) }.boxed())
@@ -97,7 +102,7 @@ impl StoreService {
                 if let Ok(mut members) = self.members.lock() {
                     if let Some(owned) = members.get_mut(&worker) {
                         for room in &rooms {
-                            owned.remove(&(room.clone(), socket.clone()));
+                            owned.remove(&membership(room, &socket));
                         }
                     }
                 }
@@ -210,13 +215,13 @@ impl MasterService for StoreService {
                 // they leave when the grace ends, unless they did (a worker's sweep tells).
                 let _ = self
                     .store
-                    .depart_later(&socket, vec![room], grace)
+                    .depart_later(&socket, vec![room.into()], grace)
                     .now_or_never();
                 continue;
             }
             let gone = self.store.leave_room(&room, &socket).now_or_never();
             if let Some(Ok(Some(nickname))) = gone {
-                left.push((room, nickname));
+                left.push((room.into(), nickname));
             }
         }
         // The others in those rooms hear who left, as if each had disconnected normally.

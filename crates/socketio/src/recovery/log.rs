@@ -4,13 +4,15 @@
 //! serialises access.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
 use engineio::Frame;
 
+use super::kept::{Detached, Kept, KeptSockets};
 use super::{Digest, RecoveryConfig, RestoreRequest, Restored, Sequenced, SessionRecord};
 use crate::adapter::BroadcastOptions;
-use crate::{Room, Sid};
+use crate::Room;
 
 /// Who owns a kept socket: the process that serves it (a worker's id for its master), or
 /// none once its connection broke.
@@ -32,11 +34,9 @@ pub struct RecoveryLog {
     /// Bytes of the events kept.
     bytes: usize,
     /// By the hash of their private ids.
-    sessions: HashMap<Digest, Kept>,
-    /// When sockets' connections broke, oldest first: what [`RecoveryLog::expire`] and
-    /// [`RecoveryLog::make_room`] look at, so neither walks every socket. An entry whose
-    /// socket came back, or broke again later, no longer matches it and is skipped.
-    detachments: VecDeque<(Instant, Digest)>,
+    sessions: KeptSockets,
+    /// What the times sockets were detached count from.
+    clock: Instant,
     /// Events evicted while a kept socket may still have needed them, and recoveries refused.
     evicted: u64,
 }
@@ -47,16 +47,6 @@ struct Logged {
     bytes: usize,
     opts: BroadcastOptions,
     frames: Vec<Frame>,
-}
-
-/// A socket as it was last told, and whether its connection is still up.
-struct Kept {
-    sid: Sid,
-    rooms: Vec<Room>,
-    binding: Option<Digest>,
-    owner: Owner,
-    /// When its connection broke; `None` while it is connected.
-    detached: Option<Instant>,
 }
 
 /// What a log holds, for status.
@@ -79,8 +69,8 @@ impl RecoveryLog {
             events: VecDeque::new(),
             floors: Floors::default(),
             bytes: 0,
-            sessions: HashMap::new(),
-            detachments: VecDeque::new(),
+            sessions: KeptSockets::default(),
+            clock: Instant::now(),
             evicted: 0,
         }
     }
@@ -131,24 +121,14 @@ impl RecoveryLog {
         } else if self.sessions.len() >= self.config.max_sessions && !self.make_room() {
             return;
         }
-        let rooms = record
-            .rooms
-            .into_iter()
-            .filter(|room| *room != record.sid)
-            .collect();
-        if detached {
-            self.detached_at(now, record.pid_hash);
-        }
-        self.sessions.insert(
+        self.sessions.insert(Kept::new(
             record.pid_hash,
-            Kept {
-                sid: record.sid,
-                rooms,
-                binding: record.binding,
-                owner,
-                detached: detached.then_some(now),
-            },
-        );
+            &record.sid,
+            &record.rooms,
+            record.binding,
+            owner,
+            detached.then(|| Detached::at(self.clock, now)),
+        ));
     }
 
     /// A socket `owner` served left on purpose: nothing to keep.
@@ -158,56 +138,16 @@ impl RecoveryLog {
             .get(pid_hash)
             .is_some_and(|kept| kept.owner == owner)
         {
-            self.drop_session(pid_hash);
+            if let Some(kept) = self.sessions.remove(pid_hash) {
+                self.floors.forget(kept.sid());
+            }
         }
     }
 
     /// The process `owner` is gone: the sockets it served may come back elsewhere from now.
     pub fn owner_gone(&mut self, owner: Owner) {
-        let now = Instant::now();
-        let mut gone = Vec::new();
-        for (pid_hash, kept) in self.sessions.iter_mut() {
-            if kept.owner == owner && kept.detached.is_none() {
-                kept.detached = Some(now);
-                gone.push(*pid_hash);
-            }
-        }
-        for pid_hash in gone {
-            self.detached_at(now, pid_hash);
-        }
-    }
-
-    /// Notes that socket `pid_hash` broke at `at`. Entries that no longer match their socket
-    /// are dropped when they outnumber the sockets kept, so the queue stays bounded however
-    /// often clients come and go.
-    fn detached_at(&mut self, at: Instant, pid_hash: Digest) {
-        self.detachments.push_back((at, pid_hash));
-        if self.detachments.len() > 2 * self.sessions.len() + 1024 {
-            let sessions = &self.sessions;
-            self.detachments.retain(|(at, pid)| {
-                sessions
-                    .get(pid)
-                    .is_some_and(|kept| kept.detached == Some(*at))
-            });
-        }
-    }
-
-    /// The oldest detachment that still holds, taken off the queue.
-    fn pop_detached(&mut self, until: impl Fn(Instant) -> bool) -> Option<Digest> {
-        while let Some(&(at, pid_hash)) = self.detachments.front() {
-            if !until(at) {
-                return None;
-            }
-            self.detachments.pop_front();
-            if self
-                .sessions
-                .get(&pid_hash)
-                .is_some_and(|kept| kept.detached == Some(at))
-            {
-                return Some(pid_hash);
-            }
-        }
-        None
+        let now = Detached::at(self.clock, Instant::now());
+        self.sessions.owner_gone(owner, now);
     }
 
     /// Takes back a kept socket with the events after the request's offset that were for it.
@@ -220,17 +160,20 @@ impl RecoveryLog {
             return None;
         }
         let kept = self.sessions.get(&request.pid_hash)?;
-        if kept.binding != request.binding || request.after < self.floors.of(&kept.sid, &kept.rooms)
-        {
+        if !kept.is_bound_to(request.binding.as_ref()) {
             return None;
         }
-        let kept = self.sessions.remove(&request.pid_hash)?;
+        let (sid, rooms) = kept.unpack();
+        if request.after < self.floors.of(&sid, &rooms) {
+            return None;
+        }
+        self.sessions.remove(&request.pid_hash)?;
         // From here on its client's offsets are past anything evicted for it.
-        self.floors.rooms.remove(&kept.sid);
+        self.floors.forget(&sid);
         let missed = self
             .events
             .iter()
-            .filter(|event| event.seq > request.after && event.opts.is_for(&kept.sid, &kept.rooms))
+            .filter(|event| event.seq > request.after && event.opts.is_for(&sid, &rooms))
             .map(|event| Sequenced {
                 seq: event.seq,
                 frames: event.frames.clone(),
@@ -238,8 +181,8 @@ impl RecoveryLog {
             })
             .collect();
         Some(Restored {
-            sid: kept.sid,
-            rooms: kept.rooms,
+            sid,
+            rooms,
             missed,
             upto: self.next,
         })
@@ -248,7 +191,7 @@ impl RecoveryLog {
     pub fn stats(&self) -> LogStats {
         let kept = self
             .sessions
-            .values()
+            .iter()
             .filter(|kept| kept.detached.is_some())
             .count() as u64;
         LogStats {
@@ -263,17 +206,7 @@ impl RecoveryLog {
     /// Forgets the oldest disconnected socket to keep another. False when every kept socket
     /// is connected: the new one is then not kept (it will not recover).
     fn make_room(&mut self) -> bool {
-        let Some(oldest) = self.pop_detached(|_| true) else {
-            return false;
-        };
-        self.drop_session(&oldest);
-        true
-    }
-
-    fn drop_session(&mut self, pid_hash: &Digest) {
-        if let Some(kept) = self.sessions.remove(pid_hash) {
-            self.floors.rooms.remove(&kept.sid);
-        }
+        self.sessions.remove_oldest_detached()
     }
 
     fn evict_oldest(&mut self) {
@@ -292,8 +225,12 @@ impl RecoveryLog {
         while self.events.front().is_some_and(|event| old(event.at)) {
             self.evict_oldest();
         }
-        while let Some(pid_hash) = self.pop_detached(old) {
-            self.drop_session(&pid_hash);
+        let clock = self.clock;
+        while let Some(kept) = self
+            .sessions
+            .pop_detached(|at| at.is_older(clock, now, window))
+        {
+            self.floors.forget(kept.sid());
         }
     }
 }
@@ -304,10 +241,25 @@ impl RecoveryLog {
 struct Floors {
     /// Events for every socket of the namespace, and those of rooms beyond the bound.
     everyone: u64,
-    rooms: HashMap<Room, u64>,
+    /// By a 64-bit keyed hash of the room's name, not the name: most are sockets' own rooms,
+    /// one per socket that was sent an event, and a name would be an allocation each. Two
+    /// rooms with the same hash (about one chance in 2^64 per pair) share the higher floor, so
+    /// a socket may start afresh that could have recovered, never recover with a gap.
+    rooms: HashMap<u64, u64>,
+    hasher: RandomState,
 }
 
 impl Floors {
+    /// A socket taken back or gone: its own room needs no floor.
+    fn forget(&mut self, sid: &str) {
+        let key = self.key(sid);
+        self.rooms.remove(&key);
+    }
+
+    fn key(&self, room: &str) -> u64 {
+        self.hasher.hash_one(room)
+    }
+
     /// An event for the sockets `opts` selects, numbered `seq`, was evicted. At most `bound`
     /// rooms are tracked; beyond it every socket counts as having missed it.
     fn raise(&mut self, opts: &BroadcastOptions, seq: u64, bound: usize) {
@@ -316,10 +268,11 @@ impl Floors {
             return;
         }
         for room in &opts.rooms {
-            if let Some(floor) = self.rooms.get_mut(room) {
+            let key = self.key(room);
+            if let Some(floor) = self.rooms.get_mut(&key) {
                 *floor = seq;
             } else if self.rooms.len() < bound {
-                self.rooms.insert(room.clone(), seq);
+                self.rooms.insert(key, seq);
             } else {
                 // Too many to tell apart: the old floors are folded into everyone's.
                 self.everyone = seq;
@@ -330,10 +283,10 @@ impl Floors {
     }
 
     /// The last evicted event that may have been for socket `sid` in `rooms`.
-    fn of(&self, sid: &Sid, rooms: &[Room]) -> u64 {
+    fn of(&self, sid: &str, rooms: &[Room]) -> u64 {
         std::iter::once(sid)
-            .chain(rooms)
-            .filter_map(|room| self.rooms.get(room))
+            .chain(rooms.iter().map(|room| &**room))
+            .filter_map(|room| self.rooms.get(&self.key(room)))
             .fold(self.everyone, |floor, room| floor.max(*room))
     }
 }
@@ -351,6 +304,7 @@ mod tests {
 
     use super::*;
     use crate::recovery::Pid;
+    use crate::Sid;
 
     fn room(name: &str) -> Room {
         Room::from(name)

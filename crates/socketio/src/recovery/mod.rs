@@ -12,6 +12,7 @@
 //! ([`Namespace::deliver_sequenced`]), so one offset says what a client has had. See
 //! docs/design/recovery.md.
 
+mod kept;
 mod log;
 mod store;
 
