@@ -29,7 +29,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.redis_url.is_none() {
         args.redis_url = inherited.secrets.remove(supervisor::secrets::REDIS_URL);
     }
-    let config = config(&args, inherited.identity.as_ref())?;
+    let successor = crate::hand_off::Successor::default();
+    let config = config(&args, inherited.identity.as_ref(), &successor)?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
             prefix: args.redis_prefix.clone(),
@@ -165,7 +166,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     link.clone(),
                     events.messages,
                 ));
-                until_drain(link, events.drain, server.clone(), drops, redis_link).boxed()
+                until_drain(link, events.drain, server.clone(), drops, redis_link, successor)
+                    .boxed()
             }
             None => async {
                 shutdown_signal().await;
@@ -197,7 +199,11 @@ async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyho
     Ok(chat::cookie_key(args.secret.as_deref(), shared, &file).await?)
 }
 
-fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatConfig> {
+fn config(
+    args: &ServeArgs,
+    identity: Option<&Identity>,
+    successor: &crate::hand_off::Successor,
+) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
@@ -273,6 +279,7 @@ fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatC
                 // The master started this process itself (its shell execs us in place).
                 master_pid: std::os::unix::process::parent_id(),
                 refused: Arc::new(Drops::new(args.drop_log_interval)),
+                successor: successor.clone(),
             }));
         }
     }
@@ -292,9 +299,22 @@ struct Workers {
     /// Requests not forwarded because another process holds the owner's private socket name
     /// (counted to bound the log lines a client can cause with such sids).
     refused: Arc<Drops>,
+    /// The worker this one handed its sessions to, once it did.
+    successor: crate::hand_off::Successor,
 }
 
 impl chat::Peers for Workers {
+    fn successor(&self) -> Option<chat::Connecting> {
+        let adopter = self.successor.get()?.clone();
+        Some(Box::pin(async move {
+            use std::os::linux::net::SocketAddrExt;
+            let address =
+                std::os::unix::net::SocketAddr::from_abstract_name(adopter.address.as_bytes())?;
+            supervisor::handoff::connect_checked(address, adopter.master_pid, "the new worker")
+                .await
+        }))
+    }
+
     fn owner(&self, sid: &str) -> Option<u16> {
         let owner = route_tag::decode(sid)?;
         (owner.node == self.node && owner.slot != self.id).then_some(owner.slot)
@@ -373,23 +393,33 @@ async fn shutdown_signal() {
 /// timeout when the master asks this worker to drain (or on SIGTERM).
 async fn until_drain(
     link: Arc<WorkerLink>,
-    drain: tokio::sync::oneshot::Receiver<std::time::Duration>,
+    drain: tokio::sync::oneshot::Receiver<supervisor::ipc::DrainOrder>,
     server: ChatServer,
     drops: Arc<Drops>,
     redis: Option<Arc<coord::RedisLink>>,
+    successor: crate::hand_off::Successor,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
     let io = server.io().clone();
     link.report_stats(move || worker_stats(&io, redis.as_deref()));
     link.ready(move || engine.session_count() as u64, drops);
-    tokio::select! {
+    let order = tokio::select! {
         drain = drain => match drain {
-            Ok(timeout) => timeout,
+            Ok(order) => order,
             // The master is gone (PR_SET_PDEATHSIG ends us too): stop quickly.
-            Err(_) => std::time::Duration::from_secs(1),
+            Err(_) => return std::time::Duration::from_secs(1),
         },
-        _ = shutdown_signal() => DEFAULT_DRAIN,
+        _ = shutdown_signal() => return DEFAULT_DRAIN,
+    };
+    // Replaced on reload: live sessions move to the new worker first, the rest drain.
+    if let Some(adopter) = order.hand_off_to {
+        let _ = successor.set(adopter.clone());
+        let counts = crate::hand_off::hand_off(server.io(), &adopter, order.timeout).await;
+        if let Err(error) = link.report_hand_off(counts).await {
+            tracing::warn!(%error, "cannot tell the master how the hand-off went");
+        }
     }
+    order.timeout
 }
 
 /// The worker's private socket, passed by the master: its HTTP health probes and the requests
@@ -418,6 +448,14 @@ fn serve_private_socket(
             }
             let server = server.clone();
             tokio::spawn(async move {
+                // A worker being replaced hands its live sessions over here (see
+                // `hand_off.rs`); everything else is HTTP.
+                if supervisor::adoption::is_hand_off(&stream)
+                    .await
+                    .unwrap_or(false)
+                {
+                    return crate::hand_off::adopt_from(stream, server.io().clone()).await;
+                }
                 server
                     .serve_connection(stream, chat::Origin::default(), std::future::pending())
                     .await
@@ -502,13 +540,17 @@ mod tests {
 
     #[test]
     fn header_read_timeout_reaches_the_chat_config() {
-        let config =
-            super::config(&serve_args(&["--header-read-timeout", "2s"]), None).expect("a config");
+        let config = super::config(
+            &serve_args(&["--header-read-timeout", "2s"]),
+            None,
+            &Default::default(),
+        )
+        .expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(2)
         );
-        let config = super::config(&serve_args(&[]), None).expect("a config");
+        let config = super::config(&serve_args(&[]), None, &Default::default()).expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(10)

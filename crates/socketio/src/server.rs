@@ -154,7 +154,7 @@ where
 
 impl Dispatcher {
     /// The namespace for a CONNECT, creating it if a dynamic pattern matches.
-    fn namespace(&self, path: &str) -> Option<Arc<Namespace>> {
+    pub(crate) fn namespace(&self, path: &str) -> Option<Arc<Namespace>> {
         if let Some(ns) = self.namespaces.read().ok()?.get(path) {
             return Some(ns.clone());
         }
@@ -326,11 +326,11 @@ impl Dispatcher {
 
 /// A returning client's socket, found: its private id, the events held here while it was
 /// looked up, and the epoch of its offsets.
-struct Attempt {
-    pid: Pid,
-    hold: u64,
-    epoch: String,
-    restored: Restored,
+pub(crate) struct Attempt {
+    pub(crate) pid: Pid,
+    pub(crate) hold: u64,
+    pub(crate) epoch: String,
+    pub(crate) restored: Restored,
 }
 
 /// Looks up the socket of a client that came back with `{pid, offset}` in its auth; `None`
@@ -341,8 +341,18 @@ async fn restore(
     auth: &mut Option<Box<RawValue>>,
 ) -> Option<Attempt> {
     let (pid, offset) = take_recovery_attempt(auth)?;
-    let (epoch, after) = parse_offset(&offset)?;
-    let pid = Pid::from(pid.as_str());
+    lookup_kept_socket(recovery, conn, Pid::from(pid.as_str()), &offset).await
+}
+
+/// Looks up the socket kept for `pid`, for a client that had every event up to `offset`;
+/// events delivered here meanwhile are held for it.
+pub(crate) async fn lookup_kept_socket(
+    recovery: &Recovery,
+    conn: &Conn,
+    pid: Pid,
+    offset: &str,
+) -> Option<Attempt> {
+    let (epoch, after) = parse_offset(offset)?;
     let request = RestoreRequest {
         pid_hash: pid.digest(),
         epoch: epoch.clone(),
@@ -393,6 +403,22 @@ impl engineio::Handler for Dispatcher {
     }
 
     fn on_connect(&self, _socket: &Arc<engineio::Socket<ConnState>>) {}
+
+    fn export(
+        &self,
+        socket: &Arc<engineio::Socket<ConnState>>,
+        close: &dyn Fn(),
+    ) -> Option<Box<RawValue>> {
+        self.export_conn(socket, close)
+    }
+
+    async fn import(
+        &self,
+        socket: &Arc<engineio::Socket<ConnState>>,
+        state: &RawValue,
+    ) -> Result<(), String> {
+        self.import_conn(socket, state).await
+    }
 
     /// A client that is in no namespace `connect_timeout` after its handshake is closed
     /// (`connectTimeout`).

@@ -229,7 +229,21 @@ pub async fn connect_private(
     id: u16,
     master_pid: u32,
 ) -> io::Result<tokio::net::UnixStream> {
-    let address = private_address(token, id)?;
+    connect_checked(
+        private_address(token, id)?,
+        master_pid,
+        &format!("the private socket of worker {id}"),
+    )
+    .await
+}
+
+/// Connects to the private socket at `address` (`what` names it in errors), and checks that
+/// its listening end was made by process `master_pid`, as [`connect_private`] does.
+pub async fn connect_checked(
+    address: SocketAddr,
+    master_pid: u32,
+    what: &str,
+) -> io::Result<tokio::net::UnixStream> {
     // A unix connect completes at once or fails; it blocks only while the listener's
     // backlog is full, which must not stall a runtime thread.
     let stream =
@@ -245,7 +259,7 @@ pub async fn connect_private(
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "the private socket of worker {id} is held by pid {} (uid {}), not by this \
+                "{what} is held by pid {} (uid {}), not by this \
                  app's master (pid {master_pid}): another local account took its name; run the \
                  workers under a dedicated account (see docs/PRODUCTION.md)",
                 cred.pid().unwrap_or(-1),

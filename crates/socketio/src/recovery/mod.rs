@@ -356,6 +356,16 @@ impl Recovery {
         (!feed.epoch.is_empty()).then(|| offset(&feed.epoch, feed.delivered))
     }
 
+    /// Runs `frozen` while no event is delivered here, and gives the offset of the last one
+    /// delivered (`None` before the first): a socket closed by `frozen` had every event up to
+    /// it that was meant for it, and none after.
+    pub(crate) fn while_frozen<T>(&self, frozen: impl FnOnce() -> T) -> (Option<String>, T) {
+        let feed = self.lock();
+        let done = frozen();
+        let offset = (!feed.epoch.is_empty()).then(|| offset(&feed.epoch, feed.delivered));
+        (offset, done)
+    }
+
     /// Starts holding the events delivered here for a socket about to be restored.
     pub(crate) fn hold(&self) -> u64 {
         let mut feed = self.lock();

@@ -275,9 +275,14 @@ impl Inner {
                 Action::Drain {
                     generation,
                     timeout,
+                    hand_off_to,
                 } => {
+                    let adopter = hand_off_to.and_then(|id| {
+                        crate::adoption::Adopter::worker(&self.peers_token, id, std::process::id())
+                            .ok()
+                    });
                     if let Some(proc) = self.lock().proc(generation) {
-                        super::drain(proc, timeout);
+                        super::drain(proc, timeout, adopter);
                     }
                 }
                 Action::Kill { generation, why } => {

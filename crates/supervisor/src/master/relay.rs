@@ -69,6 +69,18 @@ impl Inner {
                         drop(state);
                         self.bump();
                     }
+                    ToMaster::HandOff { id, counts } => {
+                        let mut state = self.lock();
+                        if let Some(slot) = state.slot_of(generation) {
+                            state.slots[slot].hand_off = Some((generation, counts));
+                        }
+                        drop(state);
+                        self.bump();
+                        let body = serde_json::Value::Bool(true);
+                        let line =
+                            serde_json::to_vec(&ToWorker::Reply { id, body }).unwrap_or_default();
+                        let _ = outbox.control_line(line);
+                    }
                     ToMaster::Load { connections } => {
                         if let Some(proc) = self.lock().proc_mut(generation) {
                             proc.connections = connections;

@@ -90,7 +90,8 @@ impl Inner {
             Target::Session(owner) if owner.node == node => Some(owner.slot),
             _ => None,
         };
-        // The owner first (`false` sorts before `true`), then the least loaded.
+        // The owner first (`false` sorts before `true`): the worker with that id, or the one
+        // that adopted its sessions on reload; then the least loaded.
         let chosen = state
             .slots
             .iter_mut()
@@ -101,6 +102,7 @@ impl Inner {
             .min_by_key(|proc| {
                 (
                     Some(proc.worker_id) != wanted,
+                    !wanted.is_some_and(|id| proc.adopted_ids.contains(&id)),
                     proc.connections.saturating_add(proc.handed),
                 )
             })?;

@@ -209,6 +209,7 @@ impl State {
                 actions.extend(generations.into_iter().map(|generation| Action::Drain {
                     generation,
                     timeout,
+                    hand_off_to: None,
                 }));
             }
             Event::StopTimedOut => {
@@ -252,6 +253,7 @@ impl State {
                 actions.extend(slot.procs_mut().map(|proc| Action::Drain {
                     generation: proc.generation,
                     timeout,
+                    hand_off_to: None,
                 }));
             }
         }

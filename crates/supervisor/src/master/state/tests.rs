@@ -390,6 +390,39 @@ fn a_replacement_swaps_in_a_ready_process_and_drains_the_old_one() {
 }
 
 #[test]
+fn a_replaced_worker_that_speaks_ipc_hands_its_sessions_to_its_replacement() {
+    let mut state = running(1);
+    let old_id = state.slots[0].current.as_ref().unwrap().worker_id;
+    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
+    state.begin_replace(0);
+    start(&mut state, 0, Role::Incoming, 5);
+    state.apply(Event::Ready {
+        generation: 5,
+        via_ipc: true,
+    });
+    let (_, actions) = state.finish_replace(0, 5);
+    let new = state.slots[0].current.as_ref().unwrap();
+    assert!(matches!(
+        &actions[..],
+        [Action::Drain { generation: 1, hand_off_to: Some(id), .. }] if *id == new.worker_id
+    ));
+    assert_eq!(new.adopted_ids, vec![old_id]);
+    // Replaced again: the next one answers for both earlier ids.
+    let second_id = new.worker_id;
+    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
+    state.begin_replace(0);
+    start(&mut state, 0, Role::Incoming, 9);
+    state.apply(Event::Ready {
+        generation: 9,
+        via_ipc: true,
+    });
+    let (swapped, _) = state.finish_replace(0, 9);
+    assert!(swapped.is_ok());
+    let newest = state.slots[0].current.as_ref().unwrap();
+    assert_eq!(newest.adopted_ids, vec![second_id, old_id]);
+}
+
+#[test]
 fn a_replacement_that_never_gets_ready_is_killed_and_the_old_process_keeps_serving() {
     let mut state = running(1);
     state.begin_replace(0);
@@ -434,7 +467,8 @@ fn a_restart_drains_the_slot_then_starts_it_again_with_a_fresh_backoff() {
         actions,
         vec![Action::Drain {
             generation: 1,
-            timeout
+            timeout,
+            hand_off_to: None,
         }]
     );
     // Its exit is expected: no restart of its own.

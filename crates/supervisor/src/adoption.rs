@@ -1,0 +1,318 @@
+//! Live hand-off between workers: the channel a worker being replaced sends its sessions
+//! down, to the worker that adopts them.
+//!
+//! The departing worker connects to the adopter's private socket (an abstract unix address,
+//! carried as data in [`Adopter`] so that any process of the app's master can be named, a new
+//! master's workers included) and checks that the master listens there, as for forwarding.
+//! The adopter accepts only peers [`crate::handoff::trusted_peer`] trusts. The stream starts
+//! with [`GREETING`] (an HTTP request, which the private socket also serves, never starts
+//! with a NUL byte), then carries records:
+//!
+//! ```text
+//! departing -> adopter: [u32 big-endian length][u8 1 if a descriptor rides on this byte] body
+//!                       (SCM_RIGHTS on the header: the session's connection)
+//! adopter -> departing: [u8 1 adopted, 0 refused]
+//! ```
+//!
+//! A record the adopter cannot use is refused alone; a header out of bounds ends the stream
+//! (the sessions not sent yet drain).
+
+use std::future::Future;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::SocketAddr;
+
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+/// Where a departing worker sends its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopter {
+    /// The abstract name of the adopter's private socket.
+    pub address: String,
+    /// The master that bound it: a socket of that name bound by anyone else is not used.
+    pub master_pid: u32,
+}
+
+impl Adopter {
+    /// Worker `id` of the master with `token` and pid `master_pid`.
+    pub fn worker(token: &str, id: u16, master_pid: u32) -> io::Result<Adopter> {
+        let address = crate::handoff::private_address(token, id)?;
+        let name = address
+            .as_abstract_name()
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .ok_or_else(|| io::Error::other("a private address is abstract"))?;
+        Ok(Adopter {
+            address: name,
+            master_pid,
+        })
+    }
+}
+
+/// What came of a worker's live hand-off: sessions adopted by the new worker, sessions that
+/// drained (could not be quiesced in time, or were in a state that cannot move: their clients
+/// reconnect), and sessions frozen for the move that the adopter did not take (their clients
+/// reconnect too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOffCounts {
+    pub handed_off: u64,
+    pub drained: u64,
+    pub failed: u64,
+}
+
+/// The first bytes of a hand-off stream.
+pub const GREETING: &[u8; 8] = b"\0chatho1";
+
+/// The largest record accepted (engineio's bound on a session record).
+pub const MAX_RECORD: usize = 8 << 20;
+
+/// The departing side of a hand-off stream.
+pub struct Courier {
+    stream: UnixStream,
+}
+
+impl Courier {
+    /// Connects to `adopter`, checking that its master listens there.
+    pub async fn connect(adopter: &Adopter) -> io::Result<Courier> {
+        let address = SocketAddr::from_abstract_name(adopter.address.as_bytes())?;
+        let mut stream =
+            crate::handoff::connect_checked(address, adopter.master_pid, "the adopting worker")
+                .await?;
+        stream.write_all(GREETING).await?;
+        Ok(Courier { stream })
+    }
+
+    /// Sends one session's record, and its connection if it has one; whether the adopter took
+    /// it.
+    pub async fn send(&mut self, record: &[u8], connection: Option<&OwnedFd>) -> io::Result<bool> {
+        let length = u32::try_from(record.len())
+            .ok()
+            .filter(|&length| length as usize <= MAX_RECORD)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
+        let mut header = [0u8; 5];
+        header[..4].copy_from_slice(&length.to_be_bytes());
+        header[4] = u8::from(connection.is_some());
+        let socket = self.stream.as_raw_fd();
+        let fds: Vec<RawFd> = connection.map(|fd| fd.as_raw_fd()).into_iter().collect();
+        // The header goes in one message with the descriptor: a stream socket keeps it with
+        // these bytes.
+        loop {
+            self.stream.writable().await?;
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                let cmsgs: &[ControlMessage] = if fds.is_empty() {
+                    &[]
+                } else {
+                    &[ControlMessage::ScmRights(&fds)]
+                };
+                socket::sendmsg::<()>(
+                    socket,
+                    &[IoSlice::new(&header)],
+                    cmsgs,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(n) if n == header.len() => break,
+                Ok(n) => {
+                    self.stream.write_all(&header[n..]).await?;
+                    break;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        self.stream.write_all(record).await?;
+        let mut answer = [0u8; 1];
+        self.stream.read_exact(&mut answer).await?;
+        Ok(answer[0] == 1)
+    }
+}
+
+/// Whether a connection to a private socket is a hand-off stream (its first byte is NUL),
+/// rather than HTTP. Reads nothing.
+pub async fn is_hand_off(stream: &UnixStream) -> io::Result<bool> {
+    let socket = stream.as_raw_fd();
+    loop {
+        stream.readable().await?;
+        let mut first = [0u8; 1];
+        let peeked = stream.try_io(Interest::READABLE, || {
+            socket::recv(socket, &mut first, MsgFlags::MSG_PEEK).map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(first[0] == 0),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Takes the sessions of a hand-off stream: each record and its connection go to `adopt`,
+/// whose answer goes back. Ends at the end of the stream or at a header out of bounds.
+pub async fn receive<F, Fut>(mut stream: UnixStream, mut adopt: F) -> io::Result<()>
+where
+    F: FnMut(Vec<u8>, Option<OwnedFd>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut greeting = [0u8; GREETING.len()];
+    stream.read_exact(&mut greeting).await?;
+    if &greeting != GREETING {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a hand-off stream of this version",
+        ));
+    }
+    while let Some((length, with_fd, fds)) = read_header(&mut stream).await? {
+        if length > MAX_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a hand-off record of {length} bytes, above {MAX_RECORD}"),
+            ));
+        }
+        let mut record = vec![0u8; length];
+        stream.read_exact(&mut record).await?;
+        let adopted = match (with_fd, <[OwnedFd; 1]>::try_from(fds)) {
+            (true, Ok([fd])) => adopt(record, Some(fd)).await,
+            (false, Err(fds)) if fds.is_empty() => adopt(record, None).await,
+            // The descriptors do not match the header: the record is refused, and whatever
+            // came is closed.
+            _ => false,
+        };
+        stream.write_all(&[u8::from(adopted)]).await?;
+    }
+    Ok(())
+}
+
+/// The next record header and the descriptors that came with it; `None` at the end.
+async fn read_header(stream: &mut UnixStream) -> io::Result<Option<(usize, bool, Vec<OwnedFd>)>> {
+    let mut header = [0u8; 5];
+    let socket = stream.as_raw_fd();
+    let (read, fds) = loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || recv_with_fds(socket, &mut header)) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            result => break result?,
+        }
+    };
+    if read == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut header[read..]).await?;
+    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    Ok(Some((length, header[4] == 1, fds)))
+}
+
+/// Reads into `buf` with room for a few descriptors; more than fit are closed by the kernel's
+/// truncation and the record refused.
+fn recv_with_fds(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut control = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let message = socket::recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    if let Ok(cmsgs) = message.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: the kernel installed these descriptors in this process for this
+                // message; nothing else knows them.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+    }
+    Ok((message.bytes, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (Courier, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut courier = Courier { stream: a };
+        courier.stream.write_all(GREETING).await.unwrap();
+        (courier, b)
+    }
+
+    #[tokio::test]
+    async fn records_and_their_connections_cross_and_each_is_answered() {
+        let (mut courier, adopter) = pair().await;
+        assert!(is_hand_off(&adopter).await.unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = received.clone();
+        let adopting = tokio::spawn(receive(adopter, move |record, fd| {
+            let into = into.clone();
+            async move {
+                let refuse = record == b"refuse";
+                into.lock().unwrap().push((record, fd));
+                !refuse
+            }
+        }));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let fd = OwnedFd::from(accepted);
+        assert!(courier.send(b"{\"a\":1}", Some(&fd)).await.unwrap());
+        assert!(courier.send(b"polling", None).await.unwrap());
+        assert!(!courier.send(b"refuse", None).await.unwrap());
+        drop(courier);
+        adopting.await.unwrap().unwrap();
+        let received = received.lock().unwrap();
+        assert_eq!(received.len(), 3);
+        assert_eq!(received[0].0, b"{\"a\":1}");
+        let moved = std::net::TcpStream::from(received[0].1.as_ref().unwrap().try_clone().unwrap());
+        assert_eq!(moved.peer_addr().unwrap(), client.local_addr().unwrap());
+        assert!(received[1].1.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_header_out_of_bounds_ends_the_stream_and_http_is_not_a_hand_off() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut a = a;
+        a.write_all(GREETING).await.unwrap();
+        a.write_all(&[0xff, 0xff, 0xff, 0xff, 0]).await.unwrap();
+        let ended = receive(b, |_, _| async { true }).await;
+        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::InvalidData);
+
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        assert!(!is_hand_off(&b).await.unwrap());
+
+        // A descriptor the header does not announce: that record is refused, the next taken.
+        let (mut courier, adopter) = pair().await;
+        let adopting = tokio::spawn(receive(adopter, |_, fd| async move { fd.is_none() }));
+        let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(x);
+        // Sent with a descriptor, but the header's flag says none.
+        let header = [0, 0, 0, 1, 0];
+        let raw = courier.stream.as_raw_fd();
+        courier.stream.writable().await.unwrap();
+        socket::sendmsg::<()>(
+            raw,
+            &[IoSlice::new(&header)],
+            &[ControlMessage::ScmRights(&[fd.as_raw_fd()])],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        courier.stream.write_all(b"x").await.unwrap();
+        let mut answer = [9u8];
+        courier.stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, [0]);
+        assert!(courier.send(b"y", None).await.unwrap());
+        drop(courier);
+        adopting.await.unwrap().unwrap();
+    }
+}
