@@ -61,6 +61,7 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
     assert_eq!(sending["event"], "sending", "{sending}");
     // Users and senders, each on a connection of its own.
     let connections = users as u64 + 4;
+    let mut reloads = Vec::new();
     for reload in 1..=RELOADS {
         let before = app.listed().expect("the app is listed");
         let output = support::succeeded(&app.run(&["reload", &app.name]));
@@ -71,30 +72,41 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
                 .all(|pid| !worker_pids(&before).contains(pid)),
             "reload {reload} replaced no worker: {output}"
         );
-        let counts = hand_off_lines(&output);
-        assert_eq!(
-            counts.len(),
-            2,
-            "a line per worker: {output}\nlog:\n{}",
-            app.log_text()
-        );
-        let handed_off: u64 = counts.iter().map(|c| c.0).sum();
-        let failed: u64 = counts.iter().map(|c| c.2).sum();
         eprintln!("reload {reload}: {output}");
-        assert_eq!(failed, 0, "reload {reload}: {output}\n{}", app.log_text());
-        assert_eq!(
-            handed_off, connections,
-            "reload {reload}: every connection handed off: {output}"
-        );
+        reloads.push(output);
     }
     room.tell("stop");
     let done = room.next_report();
     room.wait_success();
     eprintln!("after {RELOADS} reloads: {done}");
     assert_eq!(done["event"], "done", "{done}\nlog:\n{}", app.log_text());
-    assert_eq!(done["disconnects"], 0, "clients saw a disconnect: {done}");
+    for (reload, output) in reloads.iter().enumerate() {
+        let counts = hand_off_lines(output);
+        assert_eq!(counts.len(), 2, "a line per worker: {output}");
+        let handed_off: u64 = counts.iter().map(|c| c.0).sum();
+        let failed: u64 = counts.iter().map(|c| c.2).sum();
+        assert_eq!(failed, 0, "reload {}: {output}\n{done}", reload + 1);
+        assert_eq!(
+            handed_off,
+            connections,
+            "reload {}: every connection handed off: {output}\n{done}\nlog:\n{}",
+            reload + 1,
+            app.log_text()
+        );
+    }
+    assert_eq!(
+        done["disconnects"],
+        0,
+        "clients saw a disconnect: {done}\nlog:\n{}",
+        app.log_text()
+    );
     assert_eq!(done["reconnects"], 0, "{done}");
-    assert_eq!(done["lost"], 0, "messages lost: {done}");
+    assert_eq!(
+        done["lost"],
+        0,
+        "messages lost: {done}\nlog:\n{}",
+        app.log_text()
+    );
     assert_eq!(done["repeated"], 0, "messages repeated: {done}");
     assert_eq!(done["ack_failures"], 0, "acks not answered: {done}");
     assert_eq!(done["acked"], done["sent"], "{done}");

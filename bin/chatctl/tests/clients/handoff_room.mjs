@@ -31,7 +31,7 @@ const INTERVAL_MS = 100;
 const ACK_TIMEOUT_MS = 60_000;
 const WATCHDOG_MS = 540_000;
 // How long after the senders stop the receivers and acks may take to catch up.
-const SETTLE_MS = 60_000;
+const SETTLE_MS = 30_000;
 const KINDS = [["websocket"], ["polling"], ["polling", "websocket"]];
 
 function report(event, fields = {}) {
@@ -73,9 +73,13 @@ class User {
         if (!first) this.reconnects += 1;
         first = false;
       });
-      socket.on("disconnect", (reason) => {
+      socket.on("disconnect", (reason, details) => {
         this.disconnects += 1;
-        if (!this.firstDisconnect) this.firstDisconnect = `${socket.nsp}: ${reason}`;
+        if (!this.firstDisconnect) {
+          const why = details && (details.description || details.message);
+          const status = details && details.context && details.context.status;
+          this.firstDisconnect = `${socket.nsp}: ${reason} (${why || ""} ${status || ""})`;
+        }
       });
       socket.on("connect_error", (error) => {
         if (!socket.active) {

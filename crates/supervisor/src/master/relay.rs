@@ -74,6 +74,13 @@ impl Inner {
                         if let Some(slot) = state.slot_of(generation) {
                             state.slots[slot].hand_off = Some((generation, counts));
                         }
+                        // Its sessions are its replacement's now: no more connections for it.
+                        if let Some(proc) = state.proc_mut(generation) {
+                            proc.handing_off = false;
+                            if let Some(handoff) = &proc.handoff {
+                                handoff.close();
+                            }
+                        }
                         drop(state);
                         self.bump();
                         let body = serde_json::Value::Bool(true);

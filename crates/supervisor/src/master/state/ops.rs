@@ -96,7 +96,8 @@ impl State {
         position.status = Status::Online;
         position.backoff = Backoff::default();
         let mut actions = Vec::new();
-        let old = old.map(|old| {
+        let old = old.map(|mut old| {
+            old.handing_off = adopter.is_some();
             let identity = (old.pid, old.generation);
             actions.push(Action::Drain {
                 generation: old.generation,

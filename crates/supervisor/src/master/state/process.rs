@@ -51,6 +51,10 @@ pub(in crate::master) struct Proc {
     /// Worker ids of the processes whose live sessions it adopted (on reload): their session
     /// ids carry those ids, and are routed here.
     pub(in crate::master) adopted_ids: Vec<u16>,
+    /// Draining, it hands its live sessions to its replacement: until it says it is done,
+    /// connections for its sessions still come to it (it passes on those that moved), rather
+    /// than to a replacement that may not have them yet.
+    pub(in crate::master) handing_off: bool,
 }
 
 impl Proc {
@@ -86,6 +90,7 @@ impl Proc {
             port: config.worker_port(slot),
             epoch: 0,
             adopted_ids: Vec::new(),
+            handing_off: false,
         }
     }
 }
