@@ -64,6 +64,7 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
     let mut reloads = Vec::new();
     for reload in 1..=RELOADS {
         let before = app.listed().expect("the app is listed");
+        room.tell("reloading");
         let output = support::succeeded(&app.run(&["reload", &app.name]));
         let after = app.wait_listed("two online workers again", |a| all_online(a, 2));
         assert!(
@@ -74,6 +75,10 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
         );
         eprintln!("reload {reload}: {output}");
         reloads.push(output);
+        // The stream goes on between reloads too.
+        room.tell("more");
+        let sending = room.next_report();
+        assert_eq!(sending["event"], "sending", "{sending}");
     }
     room.tell("stop");
     let done = room.next_report();
@@ -110,8 +115,14 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
     assert_eq!(done["repeated"], 0, "messages repeated: {done}");
     assert_eq!(done["ack_failures"], 0, "acks not answered: {done}");
     assert_eq!(done["acked"], done["sent"], "{done}");
+    // Acks asked while a reload moved the senders: every one answered.
+    assert!(done["asked_during_reloads"].as_u64() > Some(0), "{done}");
+    assert_eq!(
+        done["acked_during_reloads"], done["asked_during_reloads"],
+        "{done}"
+    );
     assert!(
-        done["sent"].as_u64() > Some(4 * 20),
+        done["sent"].as_u64() >= Some(4 * 20 * (RELOADS as u64 + 1)),
         "the senders went on through the reloads: {done}"
     );
     assert_eq!(done["user_left"], serde_json::json!([]), "{done}");

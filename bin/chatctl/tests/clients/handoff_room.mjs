@@ -6,10 +6,10 @@
 //
 // User i is in room "handoff-<i mod rooms>" and connects /chat_infra and /chat_com on one
 // connection of its own, on websocket only, long-polling only, or polling upgraded to websocket
-// (i mod 3). Once all are in, it prints {"event":"ready"}. On a first line on stdin, one sender
-// per room says numbered messages to its room, each asking for an acknowledgement, one every
-// 100 ms per room; after 20 per room it prints {"event":"sending"}. On a second line the senders
-// stop; once every ack came back and every receiver has every number its room's sender said, or
+// (i mod 3). Once all are in, it prints {"event":"ready"}. On "go" on stdin, one sender per room
+// says numbered messages to its room, each asking for an acknowledgement, one every 100 ms per
+// room; after 20 per room it prints {"event":"sending"}, and again 20 later after each "more".
+// On "stop" the senders stop; once every ack came back and every receiver has every number its room's sender said, or
 // at the deadline, it prints {"event":"done",...}: acks asked and answered, numbers lost or
 // repeated per receiver, every `disconnect` and reconnect of any socket, and user_left
 // announcements. It exits 0; the test judges the counts.
@@ -55,6 +55,8 @@ class User {
     this.sent = 0;
     this.acked = 0;
     this.ackFailures = 0;
+    this.askedDuringReload = 0;
+    this.ackedDuringReload = 0;
   }
 
   async start() {
@@ -103,13 +105,19 @@ class User {
     if (!this.com.connected) await new Promise((resolve) => this.com.once("connect", resolve));
   }
 
-  /** Says the next number to its room, and counts the ack. */
+  /** Says the next number to its room, and counts the ack (apart for those asked while the
+   * test reloads: in flight across a hand-off). */
   say() {
     this.sent += 1;
     const line = JSON.stringify({ type: "userMessage", message: `m-${this.sent}` });
+    const duringReload = reloading;
+    if (duringReload) this.askedDuringReload += 1;
     this.com.timeout(ACK_TIMEOUT_MS).emit("message", line, (error) => {
       if (error) this.ackFailures += 1;
-      else this.acked += 1;
+      else {
+        this.acked += 1;
+        if (duringReload) this.ackedDuringReload += 1;
+      }
     });
   }
 }
@@ -142,6 +150,8 @@ function totals() {
     sent: sum(senders, "sent"),
     acked: sum(senders, "acked"),
     ack_failures: sum(senders, "ackFailures"),
+    asked_during_reloads: sum(senders, "askedDuringReload"),
+    acked_during_reloads: sum(senders, "ackedDuringReload"),
     lost: each.reduce((n, l) => n + l.lost.length, 0),
     repeated: each.reduce((n, l) => n + l.repeated.length, 0),
     examples: each.filter((l) => l.lost.length || l.repeated.length).slice(0, 3)
@@ -166,13 +176,24 @@ for (let at = 0; at < everyone.length; at += 20) {
 report("ready");
 
 const input = readline.createInterface({ input: process.stdin });
+// Between "reloading" and "more": the test runs `chatctl reload`.
+let reloading = false;
 let timer;
-input.once("line", () => {
-  timer = setInterval(() => {
-    for (const sender of senders) sender.say();
-    if (senders[0].sent === 20) report("sending");
-  }, INTERVAL_MS);
-  input.once("line", () => {
+// The number of messages per room after which "sending" is said next.
+let nextMark = 20;
+input.on("line", (line) => {
+  if (line === "go") {
+    timer = setInterval(() => {
+      for (const sender of senders) sender.say();
+      if (senders[0].sent === nextMark) report("sending", { sent: nextMark });
+    }, INTERVAL_MS);
+  } else if (line === "reloading") {
+    reloading = true;
+  } else if (line === "more") {
+    // Said after a reload: "sending" again once 20 more went out (the stream goes on).
+    reloading = false;
+    nextMark = senders[0].sent + 20;
+  } else if (line === "stop") {
     clearInterval(timer);
     const stopped = Date.now();
     const check = setInterval(() => {
@@ -182,5 +203,5 @@ input.once("line", () => {
         process.exit(0);
       }
     }, 100);
-  });
+  }
 });
