@@ -153,7 +153,7 @@ impl Dispatcher {
         let recovery = ns.recovery();
         let attempt = match (recovery, &pid, &record.offset) {
             (Some(recovery), Some(pid), Some(offset)) => {
-                lookup_kept_socket(recovery, conn, pid.clone(), offset).await
+                lookup_kept_socket(recovery, conn, pid.clone(), offset, false).await
             }
             _ => None,
         };

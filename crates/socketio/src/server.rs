@@ -341,16 +341,18 @@ async fn restore(
     auth: &mut Option<Box<RawValue>>,
 ) -> Option<Attempt> {
     let (pid, offset) = take_recovery_attempt(auth)?;
-    lookup_kept_socket(recovery, conn, Pid::from(pid.as_str()), &offset).await
+    lookup_kept_socket(recovery, conn, Pid::from(pid.as_str()), &offset, true).await
 }
 
 /// Looks up the socket kept for `pid`, for a client that had every event up to `offset`;
-/// events delivered here meanwhile are held for it.
+/// events delivered here meanwhile are held for it. `counted`: a recovery (see
+/// [`crate::RecoveryStats`]), not a hand-off.
 pub(crate) async fn lookup_kept_socket(
     recovery: &Recovery,
     conn: &Conn,
     pid: Pid,
     offset: &str,
+    counted: bool,
 ) -> Option<Attempt> {
     let (epoch, after) = parse_offset(offset)?;
     let request = RestoreRequest {
@@ -359,7 +361,7 @@ pub(crate) async fn lookup_kept_socket(
         after,
         binding: recovery.binding(conn.headers()),
     };
-    let hold = recovery.hold();
+    let hold = recovery.hold(counted);
     match recovery.store().restore(request).await {
         Some(restored) => Some(Attempt {
             pid,

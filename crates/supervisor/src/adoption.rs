@@ -18,12 +18,12 @@
 //! (the sessions not sent yet drain).
 
 use std::future::Future;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::SocketAddr;
 
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{self, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
@@ -194,7 +194,9 @@ async fn read_header(stream: &mut UnixStream) -> io::Result<Option<(usize, bool,
     let socket = stream.as_raw_fd();
     let (read, fds) = loop {
         stream.readable().await?;
-        match stream.try_io(Interest::READABLE, || recv_with_fds(socket, &mut header)) {
+        match stream.try_io(Interest::READABLE, || {
+            crate::handoff::recv_with_descriptors(socket, &mut header)
+        }) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             result => break result?,
         }
@@ -205,34 +207,6 @@ async fn read_header(stream: &mut UnixStream) -> io::Result<Option<(usize, bool,
     stream.read_exact(&mut header[read..]).await?;
     let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     Ok(Some((length, header[4] == 1, fds)))
-}
-
-/// Reads into `buf` with room for a few descriptors; more than fit are closed by the kernel's
-/// truncation and the record refused.
-fn recv_with_fds(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut control = nix::cmsg_space!([RawFd; 4]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let message = socket::recvmsg::<()>(
-        socket,
-        &mut iov,
-        Some(&mut control),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    if let Ok(cmsgs) = message.cmsgs() {
-        for cmsg in cmsgs {
-            if let ControlMessageOwned::ScmRights(received) = cmsg {
-                // SAFETY: the kernel installed these descriptors in this process for this
-                // message; nothing else knows them.
-                fds.extend(
-                    received
-                        .into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-    }
-    Ok((message.bytes, fds))
 }
 
 #[cfg(test)]
