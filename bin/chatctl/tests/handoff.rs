@@ -4,7 +4,8 @@
 //! and `chatctl reload` three times under them. Each worker hands its sessions to its
 //! replacement: no client sees a `disconnect`, every receiver gets every number exactly once,
 //! every ack comes back (those in flight across a hand-off included), and `chatctl reload`
-//! says how many connections each worker handed off.
+//! says how many connections each worker handed off. A scale down to one worker ends it: the
+//! retired worker's users move to the other one just as unnoticed.
 //!
 //! `CHATCTL_HANDOFF_USERS` sets the number of users (default 200).
 
@@ -80,6 +81,13 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
         let sending = room.next_report();
         assert_eq!(sending["event"], "sending", "{sending}");
     }
+    // Scaled down to one worker: the retired one hands its sessions to the one that stays.
+    room.tell("reloading");
+    support::succeeded(&app.run(&["scale", &app.name, "1"]));
+    app.wait_listed("one online worker", |a| all_online(a, 1));
+    room.tell("more");
+    let sending = room.next_report();
+    assert_eq!(sending["event"], "sending", "{sending}");
     room.tell("stop");
     let done = room.next_report();
     room.wait_success();
@@ -122,7 +130,7 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
         "{done}"
     );
     assert!(
-        done["sent"].as_u64() >= Some(4 * 20 * (RELOADS as u64 + 1)),
+        done["sent"].as_u64() >= Some(4 * 20 * (RELOADS as u64 + 2)),
         "the senders went on through the reloads: {done}"
     );
     assert_eq!(done["user_left"], serde_json::json!([]), "{done}");

@@ -96,7 +96,7 @@ impl Inner {
             state
                 .slots
                 .iter()
-                .flat_map(|slot| slot.draining.iter())
+                .flat_map(|slot| slot.current.iter().chain(slot.draining.iter()))
                 .filter(|proc| proc.handing_off && !skipped.contains(&proc.worker_id))
                 .find(|proc| proc.worker_id == wanted || proc.adopted_ids.contains(&wanted))
                 .and_then(|proc| Some((proc.worker_id, proc.handoff.clone()?)))

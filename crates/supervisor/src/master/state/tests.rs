@@ -324,6 +324,36 @@ fn scaling_down_drains_the_retired_slots_and_up_starts_new_ones_without_restarts
 }
 
 #[test]
+fn scaling_down_hands_the_retired_workers_sessions_to_the_least_loaded_that_stays() {
+    let mut state = running(3);
+    for (slot, connections) in [(0, 50), (1, 10), (2, 30)] {
+        let proc = state.slots[slot].current.as_mut().unwrap();
+        proc.speaks_ipc = true;
+        proc.connections = connections;
+    }
+    let retired = state.slots[2].current.as_ref().unwrap().worker_id;
+    let actions = state.apply(Event::Scaled { instances: 2 });
+    let adopter = state.slots[1].current.as_ref().unwrap();
+    assert!(matches!(
+        &actions[..],
+        [Action::Drain { generation: 3, hand_off_to: Some(id), .. }] if *id == adopter.worker_id
+    ));
+    assert_eq!(adopter.adopted_ids, vec![retired]);
+    assert!(state.slots[2].current.as_ref().unwrap().handing_off);
+    // Down to one: nobody stays to adopt from a worker that does not speak IPC.
+    state.slots[1].current.as_mut().unwrap().speaks_ipc = false;
+    let actions = state.apply(Event::Scaled { instances: 1 });
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Drain {
+            generation: 2,
+            hand_off_to: None,
+            ..
+        }
+    )));
+}
+
+#[test]
 fn a_stop_drains_every_process_and_their_exits_restart_nothing() {
     let mut state = running(2);
     let actions = state.apply(Event::StopRequested);
