@@ -16,8 +16,7 @@
 
 import readline from "node:readline";
 
-import { login } from "./login.mjs";
-import { Manager } from "./socket_io_client.mjs";
+import { connectUser, joinRoom, report, watchdog } from "./room_user.mjs";
 
 const [base, usersText, roomsText] = process.argv.slice(2);
 const userCount = Number(usersText);
@@ -34,14 +33,7 @@ const WATCHDOG_MS = 540_000;
 const SETTLE_MS = 30_000;
 const KINDS = [["websocket"], ["polling"], ["polling", "websocket"]];
 
-function report(event, fields = {}) {
-  process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
-}
-
-setTimeout(() => {
-  report("error", { message: "watchdog: the scenario did not finish in time", ...totals() });
-  process.exit(1);
-}, WATCHDOG_MS).unref();
+watchdog(WATCHDOG_MS, totals);
 
 class User {
   constructor(nickname, room, transports) {
@@ -60,16 +52,7 @@ class User {
   }
 
   async start() {
-    const cookie = await login(base, this.nickname);
-    const manager = new Manager(base, {
-      transports: this.transports,
-      extraHeaders: { Cookie: cookie },
-      reconnectionDelay: 100,
-      reconnectionDelayMax: 500,
-    });
-    this.infra = manager.socket("/chat_infra");
-    this.com = manager.socket("/chat_com");
-    for (const socket of [this.infra, this.com]) {
+    const watch = (socket) => {
       let first = true;
       socket.on("connect", () => {
         if (!first) this.reconnects += 1;
@@ -83,26 +66,9 @@ class User {
           this.firstDisconnect = `${socket.nsp}: ${reason} (${why || ""} ${status || ""})`;
         }
       });
-      socket.on("connect_error", (error) => {
-        if (!socket.active) {
-          report("error", { message: `${this.nickname} was refused: ${error.message}` });
-          process.exit(1);
-        }
-      });
-    }
-    this.com.on("message", (line) => {
-      const parsed = JSON.parse(line);
-      const match = /^m-(\d+)$/.exec(parsed.message || "");
-      if (parsed.type === "userMessage" && match) {
-        const n = Number(match[1]);
-        this.got.set(n, (this.got.get(n) || 0) + 1);
-      }
-    });
-    this.infra.on("user_left", (data) => this.userLeft.push(data && data.name));
-    await new Promise((resolve) => this.infra.once("connect", resolve));
-    this.infra.emit("join_room", { name: this.room });
-    await new Promise((resolve) => this.infra.once("name_set", resolve));
-    if (!this.com.connected) await new Promise((resolve) => this.com.once("connect", resolve));
+    };
+    await connectUser(base, this, this.transports, { report, watch });
+    await joinRoom(this, this.room);
   }
 
   /** Says the next number to its room, and counts the ack (apart for those asked while the
