@@ -14,6 +14,9 @@ use supervisor::ipc::WorkerLink;
 
 use crate::flags::ServeArgs;
 
+/// How long a connection to the private socket may take to send its first byte.
+const PRIVATE_FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a worker stopped by a signal lets its requests finish.
 const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -450,11 +453,18 @@ fn serve_private_socket(
             tokio::spawn(async move {
                 // A worker being replaced hands its live sessions over here (see
                 // `hand_off.rs`); everything else is HTTP.
-                if supervisor::adoption::is_hand_off(&stream)
-                    .await
-                    .unwrap_or(false)
-                {
-                    return crate::hand_off::adopt_from(stream, server.io().clone()).await;
+                // A connection that says nothing is dropped, as HTTP would drop it.
+                let peeked = tokio::time::timeout(
+                    PRIVATE_FIRST_BYTE_TIMEOUT,
+                    supervisor::adoption::is_hand_off(&stream),
+                )
+                .await;
+                match peeked {
+                    Ok(Ok(true)) => {
+                        return crate::hand_off::adopt_from(stream, server.io().clone()).await
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(_)) | Err(_) => return,
                 }
                 server
                     .serve_connection(stream, chat::Origin::default(), std::future::pending())

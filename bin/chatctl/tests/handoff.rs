@@ -42,13 +42,25 @@ fn hand_off_lines(output: &str) -> Vec<(u64, u64, u64)> {
 
 #[test]
 fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
+    reloads_under_a_chat("handoff", users(), RELOADS, None);
+}
+
+#[test]
+fn a_reload_through_redis_disconnects_nobody_and_loses_nothing() {
+    let redis = support::RedisServer::start();
+    reloads_under_a_chat("handoff-redis", 40, 1, Some(&redis.url()));
+}
+
+/// The scenario: `users` in rooms, `reloads` reloads, then a scale down to one worker; the
+/// store through the master, or through Redis at `redis`.
+fn reloads_under_a_chat(name: &str, users: usize, reloads: usize, redis: Option<&str>) {
     let node = node_program();
-    let app = App::new("handoff");
-    let users = users();
-    app.start_ok(
-        &["-i", "2", "--drain-timeout", "20s"],
-        &["serve", "--logins-per-address", "100000"],
-    );
+    let app = App::new(name);
+    let mut flags = vec!["-i", "2", "--drain-timeout", "20s"];
+    if let Some(url) = redis {
+        flags.extend(["--redis", url]);
+    }
+    app.start_ok(&flags, &["serve", "--logins-per-address", "100000"]);
     app.wait_listed("two online workers", |a| all_online(a, 2));
     let mut room = ClientScript::start(
         &node,
@@ -62,8 +74,8 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
     assert_eq!(sending["event"], "sending", "{sending}");
     // Users and senders, each on a connection of its own.
     let connections = users as u64 + 4;
-    let mut reloads = Vec::new();
-    for reload in 1..=RELOADS {
+    let mut outputs = Vec::new();
+    for reload in 1..=reloads {
         let before = app.listed().expect("the app is listed");
         room.tell("reloading");
         let output = support::succeeded(&app.run(&["reload", &app.name]));
@@ -75,7 +87,7 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
             "reload {reload} replaced no worker: {output}"
         );
         eprintln!("reload {reload}: {output}");
-        reloads.push(output);
+        outputs.push(output);
         // The stream goes on between reloads too.
         room.tell("more");
         let sending = room.next_report();
@@ -91,9 +103,9 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
     room.tell("stop");
     let done = room.next_report();
     room.wait_success();
-    eprintln!("after {RELOADS} reloads: {done}");
+    eprintln!("after {reloads} reloads: {done}");
     assert_eq!(done["event"], "done", "{done}\nlog:\n{}", app.log_text());
-    for (reload, output) in reloads.iter().enumerate() {
+    for (reload, output) in outputs.iter().enumerate() {
         let counts = hand_off_lines(output);
         assert_eq!(counts.len(), 2, "a line per worker: {output}");
         let handed_off: u64 = counts.iter().map(|c| c.0).sum();
@@ -130,7 +142,7 @@ fn three_reloads_under_a_chat_disconnect_nobody_and_lose_nothing() {
         "{done}"
     );
     assert!(
-        done["sent"].as_u64() >= Some(4 * 20 * (RELOADS as u64 + 2)),
+        done["sent"].as_u64() >= Some(4 * 20 * (reloads as u64 + 2)),
         "the senders went on through the reloads: {done}"
     );
     assert_eq!(done["user_left"], serde_json::json!([]), "{done}");

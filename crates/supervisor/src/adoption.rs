@@ -69,6 +69,10 @@ pub const GREETING: &[u8; 8] = b"\0chatho1";
 /// The largest record accepted (engineio's bound on a session record).
 pub const MAX_RECORD: usize = 8 << 20;
 
+/// Longest a record may take to arrive once its header has: a departing worker that stalls
+/// mid-record ends the stream (its remaining sessions drain) rather than hold the adopter.
+const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The departing side of a hand-off stream.
 pub struct Courier {
     stream: UnixStream,
@@ -175,7 +179,9 @@ where
             ));
         }
         let mut record = vec![0u8; length];
-        stream.read_exact(&mut record).await?;
+        tokio::time::timeout(RECORD_TIMEOUT, stream.read_exact(&mut record))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "a hand-off record stalled"))??;
         let adopted = match (with_fd, <[OwnedFd; 1]>::try_from(fds)) {
             (true, Ok([fd])) => adopt(record, Some(fd)).await,
             (false, Err(fds)) if fds.is_empty() => adopt(record, None).await,
