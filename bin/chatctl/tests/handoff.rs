@@ -78,7 +78,9 @@ fn reloads_under_a_chat(name: &str, users: usize, reloads: usize, redis: Option<
     for reload in 1..=reloads {
         let before = app.listed().expect("the app is listed");
         room.tell("reloading");
+        let began = std::time::Instant::now();
         let output = support::succeeded(&app.run(&["reload", &app.name]));
+        let took = began.elapsed();
         let after = app.wait_listed("two online workers again", |a| all_online(a, 2));
         assert!(
             worker_pids(&after)
@@ -86,7 +88,7 @@ fn reloads_under_a_chat(name: &str, users: usize, reloads: usize, redis: Option<
                 .all(|pid| !worker_pids(&before).contains(pid)),
             "reload {reload} replaced no worker: {output}"
         );
-        eprintln!("reload {reload}: {output}");
+        eprintln!("reload {reload} took {took:?}: {output}");
         outputs.push(output);
         // The stream goes on between reloads too.
         room.tell("more");

@@ -314,6 +314,7 @@ impl<H: Handler> Engine<H> {
         }
         // Whoever still holds the socket, its place among pending sessions is free again.
         socket.release_pending();
+        self.ended_before_departure(&socket);
         let reason = socket
             .close_reason()
             .unwrap_or(DisconnectReason::ServerClose);

@@ -70,6 +70,8 @@ pub enum DepartureError {
     Flush(String, String),
     #[error("session {0}: its connection cannot be detached from this process")]
     NotDetachable(String),
+    #[error("session {0}: it ended before it could move")]
+    Gone(String),
 }
 
 impl DepartureError {
@@ -78,7 +80,9 @@ impl DepartureError {
     pub fn frozen(&self) -> Option<&str> {
         match self {
             DepartureError::Flush(sid, _) | DepartureError::NotDetachable(sid) => Some(sid),
-            DepartureError::Busy(_) | DepartureError::NotExported(_) => None,
+            DepartureError::Busy(_) | DepartureError::NotExported(_) | DepartureError::Gone(_) => {
+                None
+            }
         }
     }
 }
@@ -309,11 +313,25 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// Sends one outcome of [`Engine::hand_off_all`].
-    pub(crate) fn depart(&self, outcome: Result<Departure, DepartureError>) {
+    /// Sends the one outcome of [`Engine::hand_off_all`] for `socket`; the first said counts.
+    pub(crate) fn depart(
+        &self,
+        socket: &Socket<H::Data>,
+        outcome: Result<Departure, DepartureError>,
+    ) {
+        if !socket.handing_off.swap(false, Ordering::AcqRel) {
+            return;
+        }
         if let Some(departures) = self.departures.get() {
             let _ = departures.send(outcome);
         }
+    }
+
+    /// A session asked to leave that ended before it could (its client went away, its
+    /// upgrade failed): its outcome all the same, so that the hand-off does not wait for it.
+    pub(crate) fn ended_before_departure(&self, socket: &Socket<H::Data>) {
+        let sid = socket.id().to_owned();
+        self.depart(socket, Err(DepartureError::Gone(sid)));
     }
 
     /// A session handed off (to its adopter, or not: then its client reconnects) leaves the
@@ -338,7 +356,10 @@ impl<H: Handler> Engine<H> {
         let Some(socket) = self.session(sid) else {
             return true;
         };
-        if !socket.handing_off.load(Ordering::Acquire) {
+        // Asked to leave, or frozen and on its way.
+        let leaving = socket.handing_off.load(Ordering::Acquire)
+            || socket.close_reason() == Some(DisconnectReason::HandOff);
+        if !leaving {
             return false;
         }
         let gone = async {
@@ -429,7 +450,7 @@ impl<H: Handler> Engine<H> {
 async fn hand_off_polling<H: Handler>(engine: Arc<Engine<H>>, socket: Arc<Socket<H::Data>>) {
     let sid = socket.id().to_owned();
     if socket.upgrading.load(Ordering::Acquire) {
-        return engine.depart(Err(DepartureError::Busy(sid)));
+        return engine.depart(&socket, Err(DepartureError::Busy(sid)));
     }
     // A POST in flight finishes first: its packets are handled here, their answers queued.
     let _in_order = socket.post_lock.lock().await;
@@ -446,17 +467,20 @@ async fn hand_off_polling<H: Handler>(engine: Arc<Engine<H>>, socket: Arc<Socket
         return;
     }
     let Some(upper) = engine.freeze(&socket) else {
-        return engine.depart(Err(DepartureError::NotExported(sid)));
+        return engine.depart(&socket, Err(DepartureError::NotExported(sid)));
     };
     let mut queued = Vec::new();
     while let Some(frame) = outbox.try_next(&socket.queue) {
         queued.push(frame);
     }
     let record = engine.record(&socket, queued, Vec::new(), upper);
-    engine.depart(Ok(Departure {
-        record,
-        stream: None,
-    }));
+    engine.depart(
+        &socket,
+        Ok(Departure {
+            record,
+            stream: None,
+        }),
+    );
 }
 
 #[cfg(test)]

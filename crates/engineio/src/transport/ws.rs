@@ -324,12 +324,12 @@ async fn hand_off<H: Handler>(
     let detachable =
         matches!(ws_io(&ws), WsIo::Adopted(_)) || engine.config.detach_stream.is_some();
     let upper = if ws.is_mid_message() || !detachable {
-        engine.depart(Err(DepartureError::Busy(sid.clone())));
+        engine.depart(socket, Err(DepartureError::Busy(sid.clone())));
         None
     } else {
         let upper = engine.freeze(socket);
         if upper.is_none() {
-            engine.depart(Err(DepartureError::NotExported(sid.clone())));
+            engine.depart(socket, Err(DepartureError::NotExported(sid.clone())));
         }
         upper
     };
@@ -392,7 +392,7 @@ async fn hand_off<H: Handler>(
             "the client does not read".into(),
         )),
     };
-    engine.depart(outcome);
+    engine.depart(socket, outcome);
     if ends_session {
         engine.end_session(socket.clone()).await;
     }
