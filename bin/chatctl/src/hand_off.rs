@@ -34,7 +34,10 @@ pub(crate) async fn hand_off(
         }
     };
     let (departures, mut departing) = tokio::sync::mpsc::unbounded_channel();
-    let asked = engine.hand_off_all(departures) as u64;
+    let open = engine.session_count() as u64;
+    let asked = engine.hand_off_all(departures, adopter.polling) as u64;
+    // Those not asked to move (long-polling ones, when they cannot) drain.
+    counts.drained += open.saturating_sub(asked);
     let deadline = tokio::time::Instant::now() + within.min(MOST_HAND_OFF);
     let mut outcomes = 0;
     while outcomes < asked {

@@ -254,7 +254,11 @@ impl<H: Handler> Engine<H> {
     /// sends exactly one outcome (a departure or the reason it stays), unless it closes for
     /// another reason first. Once called, requests for sessions not here are for the adopter
     /// (see [`Engine::moved_away`]).
-    pub fn hand_off_all(self: &Arc<Self>, departures: Departures) -> usize {
+    ///
+    /// `polling`: whether long-polling sessions leave too; only when requests for them will
+    /// reach the adopter (or this process, which passes them on while it lives). Otherwise
+    /// they stay, to drain.
+    pub fn hand_off_all(self: &Arc<Self>, departures: Departures, polling: bool) -> usize {
         if self.departures.set(departures).is_err() {
             return 0;
         }
@@ -264,7 +268,8 @@ impl<H: Handler> Engine<H> {
         };
         let mut asked = 0;
         for socket in sessions {
-            if socket.is_closed() || socket.handing_off.swap(true, Ordering::AcqRel) {
+            let moves = socket.transport() == Transport::Websocket || polling;
+            if !moves || socket.is_closed() || socket.handing_off.swap(true, Ordering::AcqRel) {
                 continue;
             }
             asked += 1;

@@ -77,7 +77,7 @@ async fn serve(name: &'static str) -> (Arc<Engine<Portable>>, std::net::SocketAd
 /// encoding); how many moved.
 async fn move_all(from: &Arc<Engine<Portable>>, to: &Arc<Engine<Portable>>) -> usize {
     let (departures, mut departing) = tokio::sync::mpsc::unbounded_channel();
-    let asked = from.hand_off_all(departures);
+    let asked = from.hand_off_all(departures, true);
     let mut moved = 0;
     for _ in 0..asked {
         let departure = within("a departure", departing.recv())

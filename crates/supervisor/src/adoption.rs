@@ -35,11 +35,17 @@ pub struct Adopter {
     pub address: String,
     /// The master that bound it: a socket of that name bound by anyone else is not used.
     pub master_pid: u32,
+    /// Whether long-polling sessions move too: only when every request for them reaches the
+    /// adopter (sticky scheduling, where the master routes their ids to it). Otherwise they
+    /// drain, and their clients reconnect.
+    #[serde(default)]
+    pub polling: bool,
 }
 
 impl Adopter {
-    /// Worker `id` of the master with `token` and pid `master_pid`.
-    pub fn worker(token: &str, id: u16, master_pid: u32) -> io::Result<Adopter> {
+    /// Worker `id` of the master with `token` and pid `master_pid`; `polling`: see
+    /// [`Adopter::polling`].
+    pub fn worker(token: &str, id: u16, master_pid: u32, polling: bool) -> io::Result<Adopter> {
         let address = crate::handoff::private_address(token, id)?;
         let name = address
             .as_abstract_name()
@@ -48,6 +54,7 @@ impl Adopter {
         Ok(Adopter {
             address: name,
             master_pid,
+            polling,
         })
     }
 }
