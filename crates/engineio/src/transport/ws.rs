@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 
 use super::websocket::{put_frame, WebSocket};
 use crate::engine::{error_response, Body, Engine, ErrorCode, Handler, SessionTime};
@@ -23,58 +24,9 @@ use crate::socket::{DisconnectReason, Outbox, Queue, Socket, Transport};
 /// The websocket of a session of ours.
 pub(crate) type Ws = WebSocket<WsIo>;
 
-/// The connection under a websocket: one hyper upgraded, or one another process handed over
-/// (see `handoff.rs`).
-pub(crate) enum WsIo {
-    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
-    Adopted(tokio::net::TcpStream),
-}
-
-impl tokio::io::AsyncRead for WsIo {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Upgraded(io) => std::pin::Pin::new(io).poll_read(cx, buf),
-            WsIo::Adopted(io) => std::pin::Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for WsIo {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            WsIo::Upgraded(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-            WsIo::Adopted(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Upgraded(io) => std::pin::Pin::new(io).poll_flush(cx),
-            WsIo::Adopted(io) => std::pin::Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Upgraded(io) => std::pin::Pin::new(io).poll_shutdown(cx),
-            WsIo::Adopted(io) => std::pin::Pin::new(io).poll_shutdown(cx),
-        }
-    }
-}
+/// The connection under a websocket: one hyper upgraded (`Left`), or one another process handed
+/// over (`Right`, see `handoff.rs`).
+pub(crate) type WsIo = Either<TokioIo<hyper::upgrade::Upgraded>, tokio::net::TcpStream>;
 
 /// The websocket of an external transport: tungstenite's, whose messages it reads itself.
 pub(crate) type ExternalWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -321,8 +273,7 @@ async fn hand_off<H: Handler>(
 ) {
     use crate::handoff::{Departure, DepartureError};
     let sid = socket.id().to_owned();
-    let detachable =
-        matches!(ws_io(&ws), WsIo::Adopted(_)) || engine.config.detach_stream.is_some();
+    let detachable = matches!(ws.io(), Either::Right(_)) || engine.config.detach_stream.is_some();
     let upper = if ws.is_mid_message() || !detachable {
         engine.depart(socket, Err(DepartureError::Busy(sid.clone())));
         None
@@ -363,11 +314,11 @@ async fn hand_off<H: Handler>(
         Ok(Ok(())) => {
             let (io, unread) = ws.into_parts();
             let detached = match io {
-                WsIo::Adopted(stream) => stream
+                Either::Right(stream) => stream
                     .into_std()
                     .ok()
                     .map(|stream| (std::os::fd::OwnedFd::from(stream), bytes::Bytes::new())),
-                WsIo::Upgraded(io) => engine
+                Either::Left(io) => engine
                     .config
                     .detach_stream
                     .as_ref()
@@ -398,10 +349,6 @@ async fn hand_off<H: Handler>(
     }
 }
 
-fn ws_io(ws: &Ws) -> &WsIo {
-    ws.io()
-}
-
 /// Serves a websocket handed over by another process (see `handoff.rs`): the session is in
 /// the table already, with its state; `unread` are bytes the old process read and did not
 /// decode. Its heartbeat starts at `opened`.
@@ -415,7 +362,7 @@ pub(crate) fn adopt<H: Handler>(
     let stream = std::net::TcpStream::from(stream);
     stream.set_nonblocking(true)?;
     let stream = tokio::net::TcpStream::from_std(stream)?;
-    let ws = WebSocket::resumed(WsIo::Adopted(stream), engine.config.max_payload, unread);
+    let ws = WebSocket::resumed(Either::Right(stream), engine.config.max_payload, unread);
     let heartbeat = Heartbeat::new(opened, engine.rhythm(), None);
     let ready = boxed(async move { Some(ws) });
     tokio::spawn(carry_session(
@@ -711,7 +658,7 @@ pub(crate) async fn accept<H: Handler>(
 ) -> Option<Ws> {
     let upgraded = upgraded(on_upgrade).await?;
     Some(WebSocket::new(
-        WsIo::Upgraded(TokioIo::new(upgraded)),
+        Either::Left(TokioIo::new(upgraded)),
         engine.config.max_payload,
     ))
 }
