@@ -251,13 +251,14 @@ fn record_frames(frames: Vec<Frame>) -> Vec<RecordFrame> {
 
 impl<H: Handler> Engine<H> {
     /// Asks every session to leave through `departures`; returns how many were asked. Each
-    /// sends exactly one outcome (a departure or the reason it stays), unless it closes for
-    /// another reason first. Once called, requests for sessions not here are for the adopter
-    /// (see [`Engine::moved_away`]).
+    /// sends exactly one outcome: a departure, or why it did not leave (it could not, or it
+    /// ended first). Once called, requests for sessions not here are for the adopter (see
+    /// [`Engine::moved_away`]).
     ///
     /// `polling`: whether long-polling sessions leave too; only when requests for them will
     /// reach the adopter (or this process, which passes them on while it lives). Otherwise
-    /// they stay, to drain.
+    /// they stay, to drain, as do sessions of external transports, whose connections are
+    /// not this crate's.
     pub fn hand_off_all(self: &Arc<Self>, departures: Departures, polling: bool) -> usize {
         if self.departures.set(departures).is_err() {
             return 0;
@@ -268,12 +269,13 @@ impl<H: Handler> Engine<H> {
         };
         let mut asked = 0;
         for socket in sessions {
-            let moves = socket.transport() == Transport::Websocket || polling;
+            let websocket = socket.transport() == Transport::Websocket;
+            let moves = !socket.is_external() && (websocket || polling);
             if !moves || socket.is_closed() || socket.handing_off.swap(true, Ordering::AcqRel) {
                 continue;
             }
             asked += 1;
-            if socket.transport() == Transport::Websocket && !socket.is_external() {
+            if websocket {
                 // Its task takes the turn at its next packet boundary.
                 socket.queue.ready.wake();
             } else {
