@@ -220,6 +220,33 @@ async fn a_polling_session_moves_with_its_queue() {
 }
 
 #[tokio::test]
+async fn a_websocket_the_adopter_refuses_is_closed_and_gone_from_both() {
+    let (old, address) = serve("old").await;
+    let (new, _) = serve("new").await;
+    let url = testkit::engineio::websocket_url(address, None);
+    let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    let open = Handshake::parse(&next_text(&mut ws).await);
+    let (departures, mut departing) = tokio::sync::mpsc::unbounded_channel();
+    assert_eq!(old.hand_off_all(departures, true), 1);
+    let mut departure = within("a departure", departing.recv())
+        .await
+        .unwrap()
+        .expect("the session leaves");
+    departure.record.upper = RawValue::from_string("\"not ours\"".into()).unwrap();
+    let refused = new.adopt(departure.record, departure.stream).await;
+    assert!(
+        matches!(refused, Err(RecordError::Refused(_))),
+        "{refused:?}"
+    );
+    old.departed(&open.sid);
+    assert!(old.session(&open.sid).is_none() && new.session(&open.sid).is_none());
+    // Its connection went with the refused record: the client sees it end, and reconnects.
+    common::expect_ws_closed(&mut ws).await;
+}
+
+#[tokio::test]
 async fn an_adopter_refuses_what_it_cannot_serve() {
     let (new, _) = serve("new").await;
     let record = |sid: &str, websocket: bool, upper: &str| SessionRecord {

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use crate::connection::{Conn, ConnState};
 use crate::recovery::{parse_offset, Pid, Recovery};
 use crate::server::{lookup_kept_socket, Dispatcher};
-use crate::socket::Socket;
+use crate::socket::{DisconnectReason, Socket};
 
 /// The Socket.IO state of one connection, as it crosses to the adopter.
 #[derive(Debug, Serialize, Deserialize)]
@@ -139,7 +139,15 @@ impl Dispatcher {
         let record = ConnRecord::parse(state)?;
         let conn = Conn(socket.clone());
         for socket in record.sockets {
-            self.adopt_socket(&conn, socket).await?;
+            if let Err(refusal) = self.adopt_socket(&conn, socket).await {
+                // The sockets adopted already leave this process quietly: the session is
+                // refused whole, and its client, which reconnects, finds them in the store.
+                let quietly = DisconnectReason::Transport(engineio::DisconnectReason::HandOff);
+                for adopted in conn.forget_all() {
+                    adopted.leave_namespace(quietly).await;
+                }
+                return Err(refusal);
+            }
         }
         conn.admit();
         Ok(())
