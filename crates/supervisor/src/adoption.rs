@@ -93,6 +93,18 @@ impl Courier {
             crate::handoff::connect_checked(address, adopter.master_pid, "the adopting worker")
                 .await?;
         stream.write_all(GREETING).await?;
+        // The adopter answers with its own: one that speaks another version of the records
+        // (a new binary) is known before any session is frozen for it.
+        let mut answer = [0u8; GREETING.len()];
+        tokio::time::timeout(RECORD_TIMEOUT, stream.read_exact(&mut answer))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the adopter did not answer"))??;
+        if &answer != GREETING {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the adopting worker speaks another hand-off version: its sessions drain",
+            ));
+        }
         Ok(Courier { stream })
     }
 
@@ -178,6 +190,7 @@ where
             "not a hand-off stream of this version",
         ));
     }
+    stream.write_all(GREETING).await?;
     while let Some((length, with_fd, fds)) = read_header(&mut stream).await? {
         if length > MAX_RECORD {
             return Err(io::Error::new(
@@ -226,11 +239,19 @@ async fn read_header(stream: &mut UnixStream) -> io::Result<Option<(usize, bool,
 mod tests {
     use super::*;
 
+    /// A courier whose greeting is on its way, and the adopter's end; the courier reads the
+    /// adopter's answer to it first.
     async fn pair() -> (Courier, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         let mut courier = Courier { stream: a };
         courier.stream.write_all(GREETING).await.unwrap();
         (courier, b)
+    }
+
+    async fn greeted(courier: &mut Courier) {
+        let mut answer = [0u8; GREETING.len()];
+        courier.stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, GREETING);
     }
 
     #[tokio::test]
@@ -247,6 +268,7 @@ mod tests {
                 !refuse
             }
         }));
+        greeted(&mut courier).await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
@@ -273,6 +295,12 @@ mod tests {
         let ended = receive(b, |_, _| async { true }).await;
         assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::InvalidData);
 
+        // Another version of the records is refused at the greeting, before anything is sent.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"\0chatho0").await.unwrap();
+        let ended = receive(b, |_, _| async { true }).await;
+        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::InvalidData);
+
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
         assert!(!is_hand_off(&b).await.unwrap());
@@ -280,6 +308,7 @@ mod tests {
         // A descriptor the header does not announce: that record is refused, the next taken.
         let (mut courier, adopter) = pair().await;
         let adopting = tokio::spawn(receive(adopter, |_, fd| async move { fd.is_none() }));
+        greeted(&mut courier).await;
         let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = OwnedFd::from(x);
         // Sent with a descriptor, but the header's flag says none.
