@@ -263,6 +263,9 @@ impl State {
     /// The workers of slots a scale-down retired hand their live sessions to the least loaded
     /// worker that stays, as a reload does (see `finish_replace`), rather than drain them.
     fn hand_off_retired(&mut self, actions: &mut [Action]) {
+        if !self.config.capabilities().moves_sessions {
+            return;
+        }
         for action in actions.iter_mut() {
             let Action::Drain {
                 generation,

@@ -84,8 +84,10 @@ impl State {
         let new_pid = new.as_ref().map_or(0, |p| p.pid);
         // A worker that speaks IPC hands its live sessions to its replacement, which from now
         // on also answers for the ids in their session ids (its own and those it had adopted).
+        let moves_sessions = self.config.capabilities().moves_sessions;
+        let position = &mut self.slots[slot];
         let adopter = match (&mut new, &position.current) {
-            (Some(new), Some(old)) if old.speaks_ipc && old.ready => {
+            (Some(new), Some(old)) if moves_sessions && old.speaks_ipc && old.ready => {
                 new.adopted_ids.push(old.worker_id);
                 new.adopted_ids.extend(old.adopted_ids.iter().copied());
                 Some(new.worker_id)

@@ -453,6 +453,28 @@ fn a_replaced_worker_that_speaks_ipc_hands_its_sessions_to_its_replacement() {
 }
 
 #[test]
+fn a_program_other_than_the_chat_drains_without_a_hand_off() {
+    let mut state = running(1);
+    state.config.command = vec!["./api".into()];
+    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
+    state.begin_replace(0);
+    start(&mut state, 0, Role::Incoming, 5);
+    state.apply(Event::Ready {
+        generation: 5,
+        via_ipc: true,
+    });
+    let (_, actions) = state.finish_replace(0, 5);
+    assert!(matches!(
+        &actions[..],
+        [Action::Drain {
+            generation: 1,
+            hand_off_to: None,
+            ..
+        }]
+    ));
+}
+
+#[test]
 fn a_replacement_that_never_gets_ready_is_killed_and_the_old_process_keeps_serving() {
     let mut state = running(1);
     state.begin_replace(0);
