@@ -73,6 +73,16 @@ async fn serve(name: &'static str) -> (Arc<Engine<Portable>>, std::net::SocketAd
     (engine, address)
 }
 
+/// A session opened on a websocket to the engine at `address`, and its open packet.
+async fn websocket_session(address: std::net::SocketAddr) -> (common::Ws, Handshake) {
+    let url = testkit::engineio::websocket_url(address, None);
+    let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    let open = Handshake::parse(&next_text(&mut ws).await);
+    (ws, open)
+}
+
 /// Hands every session of `from` to `to` as the supervisor does (the record through its
 /// encoding); how many moved.
 async fn move_all(from: &Arc<Engine<Portable>>, to: &Arc<Engine<Portable>>) -> usize {
@@ -103,11 +113,7 @@ async fn move_all(from: &Arc<Engine<Portable>>, to: &Arc<Engine<Portable>>) -> u
 async fn a_websocket_session_moves_with_its_connection_and_keeps_its_sid() {
     let (old, address) = serve("old").await;
     let (new, _) = serve("new").await;
-    let url = testkit::engineio::websocket_url(address, None);
-    let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap();
-    let open = Handshake::parse(&next_text(&mut ws).await);
+    let (mut ws, open) = websocket_session(address).await;
     send_text(&mut ws, "4a").await;
     assert_eq!(next_text(&mut ws).await, "4old:a");
     assert_eq!(move_all(&old, &new).await, 1);
@@ -223,11 +229,7 @@ async fn a_polling_session_moves_with_its_queue() {
 async fn a_websocket_the_adopter_refuses_is_closed_and_gone_from_both() {
     let (old, address) = serve("old").await;
     let (new, _) = serve("new").await;
-    let url = testkit::engineio::websocket_url(address, None);
-    let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap();
-    let open = Handshake::parse(&next_text(&mut ws).await);
+    let (mut ws, open) = websocket_session(address).await;
     let (departures, mut departing) = tokio::sync::mpsc::unbounded_channel();
     assert_eq!(old.hand_off_all(departures, true), 1);
     let mut departure = within("a departure", departing.recv())

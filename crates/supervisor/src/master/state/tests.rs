@@ -419,18 +419,25 @@ fn a_replacement_swaps_in_a_ready_process_and_drains_the_old_one() {
         .any(|a| matches!(a, Action::RestartAfter { .. })));
 }
 
+/// Replaces slot 0's process, which speaks IPC, by a new one of `generation` that got ready.
+fn replaced_by(state: &mut State, generation: u64) -> Vec<Action> {
+    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
+    state.begin_replace(0);
+    start(state, 0, Role::Incoming, generation);
+    state.apply(Event::Ready {
+        generation,
+        via_ipc: true,
+    });
+    let (swapped, actions) = state.finish_replace(0, generation);
+    assert!(swapped.is_ok());
+    actions
+}
+
 #[test]
 fn a_replaced_worker_that_speaks_ipc_hands_its_sessions_to_its_replacement() {
     let mut state = running(1);
     let old_id = state.slots[0].current.as_ref().unwrap().worker_id;
-    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
-    state.begin_replace(0);
-    start(&mut state, 0, Role::Incoming, 5);
-    state.apply(Event::Ready {
-        generation: 5,
-        via_ipc: true,
-    });
-    let (_, actions) = state.finish_replace(0, 5);
+    let actions = replaced_by(&mut state, 5);
     let new = state.slots[0].current.as_ref().unwrap();
     assert!(matches!(
         &actions[..],
@@ -439,15 +446,7 @@ fn a_replaced_worker_that_speaks_ipc_hands_its_sessions_to_its_replacement() {
     assert_eq!(new.adopted_ids, vec![old_id]);
     // Replaced again: the next one answers for both earlier ids.
     let second_id = new.worker_id;
-    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
-    state.begin_replace(0);
-    start(&mut state, 0, Role::Incoming, 9);
-    state.apply(Event::Ready {
-        generation: 9,
-        via_ipc: true,
-    });
-    let (swapped, _) = state.finish_replace(0, 9);
-    assert!(swapped.is_ok());
+    replaced_by(&mut state, 9);
     let newest = state.slots[0].current.as_ref().unwrap();
     assert_eq!(newest.adopted_ids, vec![second_id, old_id]);
 }
@@ -456,14 +455,7 @@ fn a_replaced_worker_that_speaks_ipc_hands_its_sessions_to_its_replacement() {
 fn a_program_other_than_the_chat_drains_without_a_hand_off() {
     let mut state = running(1);
     state.config.command = vec!["./api".into()];
-    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
-    state.begin_replace(0);
-    start(&mut state, 0, Role::Incoming, 5);
-    state.apply(Event::Ready {
-        generation: 5,
-        via_ipc: true,
-    });
-    let (_, actions) = state.finish_replace(0, 5);
+    let actions = replaced_by(&mut state, 5);
     assert!(matches!(
         &actions[..],
         [Action::Drain {
