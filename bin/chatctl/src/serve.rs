@@ -32,8 +32,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.redis_url.is_none() {
         args.redis_url = inherited.secrets.remove(supervisor::secrets::REDIS_URL);
     }
-    let successor = crate::hand_off::Successor::default();
-    let config = config(&args, inherited.identity.as_ref(), &successor)?;
+    let moving = Moving::default();
+    let config = config(&args, inherited.identity.as_ref(), &moving)?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
             prefix: args.redis_prefix.clone(),
@@ -150,7 +150,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             store.start_heartbeat(server.io().clone());
         }
         if let Some(private) = inherited.private.take() {
-            serve_private_socket(&server, private)?;
+            serve_private_socket(&server, private, &moving.privates)?;
         }
         match &incoming {
             Incoming::Listener(listener) => {
@@ -169,8 +169,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     link.clone(),
                     events.messages,
                 ));
-                until_drain(link, events.drain, server.clone(), drops, redis_link, successor)
-                    .boxed()
+                until_drain(link, events.drain, server.clone(), drops, redis_link, moving).boxed()
             }
             None => async {
                 shutdown_signal().await;
@@ -205,7 +204,7 @@ async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyho
 fn config(
     args: &ServeArgs,
     identity: Option<&Identity>,
-    successor: &crate::hand_off::Successor,
+    moving: &Moving,
 ) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
@@ -282,7 +281,8 @@ fn config(
                 // The master started this process itself (its shell execs us in place).
                 master_pid: std::os::unix::process::parent_id(),
                 refused: Arc::new(Drops::new(args.drop_log_interval)),
-                successor: successor.clone(),
+                successor: moving.successor.clone(),
+                privates: moving.privates.clone(),
             }));
         }
     }
@@ -304,6 +304,8 @@ struct Workers {
     refused: Arc<Drops>,
     /// The worker this one handed its sessions to, once it did.
     successor: crate::hand_off::Successor,
+    /// The private sockets this process accepts on (its own, and adopted ones).
+    privates: crate::hand_off::PrivateSockets,
 }
 
 impl chat::Peers for Workers {
@@ -320,7 +322,13 @@ impl chat::Peers for Workers {
 
     fn owner(&self, sid: &str) -> Option<u16> {
         let owner = route_tag::decode(sid)?;
-        (owner.node == self.node && owner.slot != self.id).then_some(owner.slot)
+        if owner.node != self.node || owner.slot == self.id {
+            return None;
+        }
+        // A worker whose sessions, and private socket, this one adopted: its sessions are
+        // here or nowhere.
+        let address = supervisor::handoff::private_address(&self.token, owner.slot).ok()?;
+        (!self.privates.serves(&address)).then_some(owner.slot)
     }
 
     fn connect(&self, id: u16) -> chat::Connecting {
@@ -400,7 +408,7 @@ async fn until_drain(
     server: ChatServer,
     drops: Arc<Drops>,
     redis: Option<Arc<coord::RedisLink>>,
-    successor: crate::hand_off::Successor,
+    moving: Moving,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
     let io = server.io().clone();
@@ -416,8 +424,9 @@ async fn until_drain(
     };
     // Replaced on reload: live sessions move to the new worker first, the rest drain.
     if let Some(adopter) = order.hand_off_to {
-        let _ = successor.set(adopter.clone());
-        let counts = crate::hand_off::hand_off(server.io(), &adopter, order.timeout).await;
+        let _ = moving.successor.set(adopter.clone());
+        let counts =
+            crate::hand_off::hand_off(server.io(), &moving.privates, &adopter, order.timeout).await;
         if let Err(error) = link.report_hand_off(counts).await {
             tracing::warn!(%error, "cannot tell the master how the hand-off went");
         }
@@ -425,12 +434,23 @@ async fn until_drain(
     order.timeout
 }
 
-/// The worker's private socket, passed by the master: its HTTP health probes and the requests
-/// other workers forward arrive here.
-fn serve_private_socket(
+/// What a worker replaced on reload needs to hand its sessions over (see `hand_off.rs`).
+#[derive(Default)]
+struct Moving {
+    successor: crate::hand_off::Successor,
+    privates: crate::hand_off::PrivateSockets,
+}
+
+/// The worker's private socket, passed by the master (or one adopted from a worker this one
+/// replaced): its HTTP health probes, the requests other workers forward, and the sessions of
+/// a worker being replaced arrive here.
+pub(crate) fn serve_private_socket(
     server: &ChatServer,
     listener: std::os::unix::net::UnixListener,
+    privates: &crate::hand_off::PrivateSockets,
 ) -> anyhow::Result<()> {
+    privates.add(&listener);
+    let privates = privates.clone();
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)
         .context("invalid private socket from the master")?;
@@ -450,10 +470,11 @@ fn serve_private_socket(
                 continue;
             }
             let server = server.clone();
+            let privates = privates.clone();
             tokio::spawn(async move {
                 // A worker being replaced hands its live sessions over here (see
-                // `hand_off.rs`); everything else is HTTP.
-                // A connection that says nothing is dropped, as HTTP would drop it.
+                // `hand_off.rs`); everything else is HTTP. A connection that says nothing is
+                // dropped, as HTTP would drop it.
                 let peeked = tokio::time::timeout(
                     PRIVATE_FIRST_BYTE_TIMEOUT,
                     supervisor::adoption::is_hand_off(&stream),
@@ -461,7 +482,7 @@ fn serve_private_socket(
                 .await;
                 match peeked {
                     Ok(Ok(true)) => {
-                        return crate::hand_off::adopt_from(stream, server.io().clone()).await
+                        return crate::hand_off::adopt_from(stream, server, privates).await
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(_)) | Err(_) => return,
@@ -560,7 +581,8 @@ mod tests {
             config.header_read_timeout,
             std::time::Duration::from_secs(2)
         );
-        let config = super::config(&serve_args(&[]), None, &Default::default()).expect("a config");
+        let config =
+            super::config(&serve_args(&[]), None, &super::Moving::default()).expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(10)

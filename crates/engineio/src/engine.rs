@@ -266,7 +266,7 @@ impl<H: Handler> Engine<H> {
             tokio::spawn(run_session(
                 self.clone(),
                 socket.clone(),
-                tokio::time::Instant::now(),
+                self.heartbeat(tokio::time::Instant::now()),
             ));
         }
         self.handler.on_connect(&socket);
@@ -362,9 +362,8 @@ impl<H: Handler> Engine<H> {
 pub(crate) async fn run_session<H: Handler>(
     engine: Arc<Engine<H>>,
     socket: Arc<Socket<H::Data>>,
-    opened: tokio::time::Instant,
+    mut heartbeat: Heartbeat,
 ) {
-    let mut heartbeat = engine.heartbeat(opened);
     let beat = async {
         loop {
             tokio::select! {

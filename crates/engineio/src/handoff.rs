@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::{Engine, Handler};
+use crate::heartbeat::Heartbeat;
 use crate::packet::Frame;
 use crate::socket::{DisconnectReason, SessionRequest, Socket, Transport};
 
@@ -429,9 +430,12 @@ impl<H: Handler> Engine<H> {
             }
             return Err(RecordError::Refused(refusal));
         }
-        // The client's timer runs since the last ping of the old process: ping at once.
+        // The client's timer runs since the last ping of the old process: ping at once. The
+        // layer above's deadline after the handshake is not kept: its time was the old
+        // process's to count.
         let now = tokio::time::Instant::now();
         let opened = now.checked_sub(self.config.ping_interval).unwrap_or(now);
+        let heartbeat = Heartbeat::new(opened, self.rhythm(), None);
         match stream {
             Some(stream) => {
                 if let Err(error) = crate::transport::ws::adopt(
@@ -439,14 +443,14 @@ impl<H: Handler> Engine<H> {
                     socket.clone(),
                     stream,
                     record.unread.0,
-                    opened,
+                    heartbeat,
                 ) {
                     socket.close(DisconnectReason::TransportClose);
                     return Err(RecordError::Refused(error.to_string()));
                 }
             }
             None => {
-                tokio::spawn(crate::engine::run_session(self.clone(), socket, opened));
+                tokio::spawn(crate::engine::run_session(self.clone(), socket, heartbeat));
             }
         }
         Ok(())

@@ -9,10 +9,17 @@
 //! with a NUL byte), then carries records:
 //!
 //! ```text
-//! departing -> adopter: [u32 big-endian length][u8 1 if a descriptor rides on this byte] body
-//!                       (SCM_RIGHTS on the header: the session's connection)
-//! adopter -> departing: [u8 1 adopted, 0 refused]
+//! departing -> adopter: [u32 big-endian length][u8 kind] body
+//!                       kind 0: a session without a connection (long-polling)
+//!                       kind 1: a session, its connection by SCM_RIGHTS on the header
+//!                       kind 2: no body, a private socket's listener by SCM_RIGHTS
+//! adopter -> departing: [u8 1 taken, 0 refused]
 //! ```
+//!
+//! After its sessions, the departing worker passes its private socket's listener (and those it
+//! had adopted): the adopter accepts on it from then on, so that another worker passing on a
+//! request for a moved session, by the worker id its sid carries, reaches the adopter; and the
+//! master, which sees the name still bound, does not give that id to a new worker meanwhile.
 //!
 //! A record the adopter cannot use is refused alone; a header out of bounds ends the stream
 //! (the sessions not sent yet drain).
@@ -70,6 +77,22 @@ pub struct HandOffCounts {
     pub failed: u64,
 }
 
+/// What comes down a hand-off stream.
+#[derive(Debug)]
+pub enum Handed {
+    /// A session's record, and its connection if it has one (a websocket).
+    Session {
+        record: Vec<u8>,
+        connection: Option<OwnedFd>,
+    },
+    /// A private socket's listener, to accept on from now on.
+    Listener(std::os::unix::net::UnixListener),
+}
+
+const SESSION: u8 = 0;
+const SESSION_WITH_CONNECTION: u8 = 1;
+const LISTENER: u8 = 2;
+
 /// The first bytes of a hand-off stream.
 pub const GREETING: &[u8; 8] = b"\0chatho1";
 
@@ -111,15 +134,33 @@ impl Courier {
     /// Sends one session's record, and its connection if it has one; whether the adopter took
     /// it.
     pub async fn send(&mut self, record: &[u8], connection: Option<&OwnedFd>) -> io::Result<bool> {
+        let kind = match connection {
+            Some(_) => SESSION_WITH_CONNECTION,
+            None => SESSION,
+        };
+        self.send_kind(kind, record, connection).await
+    }
+
+    /// Passes a private socket's listener; whether the adopter took it.
+    pub async fn send_listener(&mut self, listener: &OwnedFd) -> io::Result<bool> {
+        self.send_kind(LISTENER, &[], Some(listener)).await
+    }
+
+    async fn send_kind(
+        &mut self,
+        kind: u8,
+        record: &[u8],
+        descriptor: Option<&OwnedFd>,
+    ) -> io::Result<bool> {
         let length = u32::try_from(record.len())
             .ok()
             .filter(|&length| length as usize <= MAX_RECORD)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
         let mut header = [0u8; 5];
         header[..4].copy_from_slice(&length.to_be_bytes());
-        header[4] = u8::from(connection.is_some());
+        header[4] = kind;
         let socket = self.stream.as_raw_fd();
-        let fds: Vec<RawFd> = connection.map(|fd| fd.as_raw_fd()).into_iter().collect();
+        let fds: Vec<RawFd> = descriptor.map(|fd| fd.as_raw_fd()).into_iter().collect();
         // The header goes in one message with the descriptor: a stream socket keeps it with
         // these bytes.
         loop {
@@ -175,11 +216,11 @@ pub async fn is_hand_off(stream: &UnixStream) -> io::Result<bool> {
     }
 }
 
-/// Takes the sessions of a hand-off stream: each record and its connection go to `adopt`,
-/// whose answer goes back. Ends at the end of the stream or at a header out of bounds.
-pub async fn receive<F, Fut>(mut stream: UnixStream, mut adopt: F) -> io::Result<()>
+/// Takes what a hand-off stream brings: each session or listener goes to `take`, whose answer
+/// goes back. Ends at the end of the stream or at a header out of bounds.
+pub async fn receive<F, Fut>(mut stream: UnixStream, mut take: F) -> io::Result<()>
 where
-    F: FnMut(Vec<u8>, Option<OwnedFd>) -> Fut,
+    F: FnMut(Handed) -> Fut,
     Fut: Future<Output = bool>,
 {
     let mut greeting = [0u8; GREETING.len()];
@@ -191,7 +232,7 @@ where
         ));
     }
     stream.write_all(GREETING).await?;
-    while let Some((length, with_fd, fds)) = read_header(&mut stream).await? {
+    while let Some((length, kind, fds)) = read_header(&mut stream).await? {
         if length > MAX_RECORD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -202,20 +243,39 @@ where
         tokio::time::timeout(RECORD_TIMEOUT, stream.read_exact(&mut record))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "a hand-off record stalled"))??;
-        let adopted = match (with_fd, <[OwnedFd; 1]>::try_from(fds)) {
-            (true, Ok([fd])) => adopt(record, Some(fd)).await,
-            (false, Err(fds)) if fds.is_empty() => adopt(record, None).await,
-            // The descriptors do not match the header: the record is refused, and whatever
-            // came is closed.
-            _ => false,
+        let handed = match (kind, <[OwnedFd; 1]>::try_from(fds)) {
+            (SESSION_WITH_CONNECTION, Ok([fd])) => Some(Handed::Session {
+                record,
+                connection: Some(fd),
+            }),
+            (SESSION, Err(fds)) if fds.is_empty() => Some(Handed::Session {
+                record,
+                connection: None,
+            }),
+            (LISTENER, Ok([fd])) if record.is_empty() => listener(fd).map(Handed::Listener),
+            // The descriptors do not match the header: refused, and whatever came is closed.
+            _ => None,
         };
-        stream.write_all(&[u8::from(adopted)]).await?;
+        let taken = match handed {
+            Some(handed) => take(handed).await,
+            None => false,
+        };
+        stream.write_all(&[u8::from(taken)]).await?;
     }
     Ok(())
 }
 
+/// `fd` as a listener, if it is a listening unix socket on an abstract name (a private
+/// socket); `None` for anything else.
+fn listener(fd: OwnedFd) -> Option<std::os::unix::net::UnixListener> {
+    let listening = socket::getsockopt(&fd, socket::sockopt::AcceptConn).ok()?;
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    let address = listener.local_addr().ok()?;
+    (listening && address.as_abstract_name().is_some()).then_some(listener)
+}
+
 /// The next record header and the descriptors that came with it; `None` at the end.
-async fn read_header(stream: &mut UnixStream) -> io::Result<Option<(usize, bool, Vec<OwnedFd>)>> {
+async fn read_header(stream: &mut UnixStream) -> io::Result<Option<(usize, u8, Vec<OwnedFd>)>> {
     let mut header = [0u8; 5];
     let socket = stream.as_raw_fd();
     let (read, fds) = loop {
@@ -232,7 +292,7 @@ async fn read_header(stream: &mut UnixStream) -> io::Result<Option<(usize, bool,
     }
     stream.read_exact(&mut header[read..]).await?;
     let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    Ok(Some((length, header[4] == 1, fds)))
+    Ok(Some((length, header[4], fds)))
 }
 
 #[cfg(test)]
@@ -260,11 +320,14 @@ mod tests {
         assert!(is_hand_off(&adopter).await.unwrap());
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let into = received.clone();
-        let adopting = tokio::spawn(receive(adopter, move |record, fd| {
+        let adopting = tokio::spawn(receive(adopter, move |handed| {
             let into = into.clone();
             async move {
+                let Handed::Session { record, connection } = handed else {
+                    return false;
+                };
                 let refuse = record == b"refuse";
-                into.lock().unwrap().push((record, fd));
+                into.lock().unwrap().push((record, connection));
                 !refuse
             }
         }));
@@ -276,6 +339,16 @@ mod tests {
         assert!(courier.send(b"{\"a\":1}", Some(&fd)).await.unwrap());
         assert!(courier.send(b"polling", None).await.unwrap());
         assert!(!courier.send(b"refuse", None).await.unwrap());
+        // A listener is refused by this taker, and a TCP socket is not a private socket's.
+        let private = std::os::unix::net::UnixListener::bind_addr(
+            &SocketAddr::from_abstract_name(format!("chatctl-test-{}", std::process::id()))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(!courier
+            .send_listener(&OwnedFd::from(private))
+            .await
+            .unwrap());
         drop(courier);
         adopting.await.unwrap().unwrap();
         let received = received.lock().unwrap();
@@ -292,13 +365,13 @@ mod tests {
         let mut a = a;
         a.write_all(GREETING).await.unwrap();
         a.write_all(&[0xff, 0xff, 0xff, 0xff, 0]).await.unwrap();
-        let ended = receive(b, |_, _| async { true }).await;
+        let ended = receive(b, |_| async { true }).await;
         assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::InvalidData);
 
         // Another version of the records is refused at the greeting, before anything is sent.
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(b"\0chatho0").await.unwrap();
-        let ended = receive(b, |_, _| async { true }).await;
+        let ended = receive(b, |_| async { true }).await;
         assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::InvalidData);
 
         let (mut a, b) = UnixStream::pair().unwrap();
@@ -307,7 +380,12 @@ mod tests {
 
         // A descriptor the header does not announce: that record is refused, the next taken.
         let (mut courier, adopter) = pair().await;
-        let adopting = tokio::spawn(receive(adopter, |_, fd| async move { fd.is_none() }));
+        let adopting = tokio::spawn(receive(adopter, |handed| async move {
+            match handed {
+                Handed::Session { connection, .. } => connection.is_none(),
+                Handed::Listener(_) => true,
+            }
+        }));
         greeted(&mut courier).await;
         let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = OwnedFd::from(x);
@@ -328,6 +406,18 @@ mod tests {
         courier.stream.read_exact(&mut answer).await.unwrap();
         assert_eq!(answer, [0]);
         assert!(courier.send(b"y", None).await.unwrap());
+        // A TCP listener is no private socket: refused before the taker sees it.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!courier.send_listener(&OwnedFd::from(tcp)).await.unwrap());
+        let private = std::os::unix::net::UnixListener::bind_addr(
+            &SocketAddr::from_abstract_name(format!("chatctl-test2-{}", std::process::id()))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(courier
+            .send_listener(&OwnedFd::from(private))
+            .await
+            .unwrap());
         drop(courier);
         adopting.await.unwrap().unwrap();
     }

@@ -351,19 +351,18 @@ async fn hand_off<H: Handler>(
 
 /// Serves a websocket handed over by another process (see `handoff.rs`): the session is in
 /// the table already, with its state; `unread` are bytes the old process read and did not
-/// decode. Its heartbeat starts at `opened`.
+/// decode.
 pub(crate) fn adopt<H: Handler>(
     engine: &Arc<Engine<H>>,
     socket: Arc<Socket<H::Data>>,
     stream: std::os::fd::OwnedFd,
     unread: Vec<u8>,
-    opened: tokio::time::Instant,
+    heartbeat: Heartbeat,
 ) -> std::io::Result<()> {
     let stream = std::net::TcpStream::from(stream);
     stream.set_nonblocking(true)?;
     let stream = tokio::net::TcpStream::from_std(stream)?;
     let ws = WebSocket::resumed(Either::Right(stream), engine.config.max_payload, unread);
-    let heartbeat = Heartbeat::new(opened, engine.rhythm(), None);
     let ready = boxed(async move { Some(ws) });
     tokio::spawn(carry_session(
         engine.clone(),
