@@ -3,6 +3,7 @@
 mod app_config;
 mod apps;
 mod flags;
+mod hand_off;
 mod master_process;
 mod monit;
 mod serve;

@@ -14,6 +14,9 @@ use supervisor::ipc::WorkerLink;
 
 use crate::flags::ServeArgs;
 
+/// How long a connection to the private socket may take to send its first byte.
+const PRIVATE_FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a worker stopped by a signal lets its requests finish.
 const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -29,7 +32,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.redis_url.is_none() {
         args.redis_url = inherited.secrets.remove(supervisor::secrets::REDIS_URL);
     }
-    let config = config(&args, inherited.identity.as_ref())?;
+    let moving = Moving::default();
+    let config = config(&args, inherited.identity.as_ref(), &moving)?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
             prefix: args.redis_prefix.clone(),
@@ -146,7 +150,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             store.start_heartbeat(server.io().clone());
         }
         if let Some(private) = inherited.private.take() {
-            serve_private_socket(&server, private)?;
+            serve_private_socket(&server, private, &moving.privates)?;
         }
         match &incoming {
             Incoming::Listener(listener) => {
@@ -165,7 +169,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                     link.clone(),
                     events.messages,
                 ));
-                until_drain(link, events.drain, server.clone(), drops, redis_link).boxed()
+                until_drain(link, events.drain, server.clone(), drops, redis_link, moving).boxed()
             }
             None => async {
                 shutdown_signal().await;
@@ -197,7 +201,11 @@ async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyho
     Ok(chat::cookie_key(args.secret.as_deref(), shared, &file).await?)
 }
 
-fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatConfig> {
+fn config(
+    args: &ServeArgs,
+    identity: Option<&Identity>,
+    moving: &Moving,
+) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
@@ -273,6 +281,8 @@ fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatC
                 // The master started this process itself (its shell execs us in place).
                 master_pid: std::os::unix::process::parent_id(),
                 refused: Arc::new(Drops::new(args.drop_log_interval)),
+                successor: moving.successor.clone(),
+                privates: moving.privates.clone(),
             }));
         }
     }
@@ -292,12 +302,33 @@ struct Workers {
     /// Requests not forwarded because another process holds the owner's private socket name
     /// (counted to bound the log lines a client can cause with such sids).
     refused: Arc<Drops>,
+    /// The worker this one handed its sessions to, once it did.
+    successor: crate::hand_off::Successor,
+    /// The private sockets this process accepts on (its own, and adopted ones).
+    privates: crate::hand_off::PrivateSockets,
 }
 
 impl chat::Peers for Workers {
+    fn successor(&self) -> Option<chat::Connecting> {
+        let adopter = self.successor.get()?.clone();
+        Some(Box::pin(async move {
+            use std::os::linux::net::SocketAddrExt;
+            let address =
+                std::os::unix::net::SocketAddr::from_abstract_name(adopter.address.as_bytes())?;
+            supervisor::handoff::connect_checked(address, adopter.master_pid, "the new worker")
+                .await
+        }))
+    }
+
     fn owner(&self, sid: &str) -> Option<u16> {
         let owner = route_tag::decode(sid)?;
-        (owner.node == self.node && owner.slot != self.id).then_some(owner.slot)
+        if owner.node != self.node || owner.slot == self.id {
+            return None;
+        }
+        // A worker whose sessions, and private socket, this one adopted: its sessions are
+        // here or nowhere.
+        let address = supervisor::handoff::private_address(&self.token, owner.slot).ok()?;
+        (!self.privates.serves(&address)).then_some(owner.slot)
     }
 
     fn connect(&self, id: u16) -> chat::Connecting {
@@ -373,31 +404,53 @@ async fn shutdown_signal() {
 /// timeout when the master asks this worker to drain (or on SIGTERM).
 async fn until_drain(
     link: Arc<WorkerLink>,
-    drain: tokio::sync::oneshot::Receiver<std::time::Duration>,
+    drain: tokio::sync::oneshot::Receiver<supervisor::ipc::DrainOrder>,
     server: ChatServer,
     drops: Arc<Drops>,
     redis: Option<Arc<coord::RedisLink>>,
+    moving: Moving,
 ) -> std::time::Duration {
     let engine = server.io().engine().clone();
     let io = server.io().clone();
     link.report_stats(move || worker_stats(&io, redis.as_deref()));
     link.ready(move || engine.session_count() as u64, drops);
-    tokio::select! {
+    let order = tokio::select! {
         drain = drain => match drain {
-            Ok(timeout) => timeout,
+            Ok(order) => order,
             // The master is gone (PR_SET_PDEATHSIG ends us too): stop quickly.
-            Err(_) => std::time::Duration::from_secs(1),
+            Err(_) => return std::time::Duration::from_secs(1),
         },
-        _ = shutdown_signal() => DEFAULT_DRAIN,
+        _ = shutdown_signal() => return DEFAULT_DRAIN,
+    };
+    // Replaced on reload: live sessions move to the new worker first, the rest drain.
+    if let Some(adopter) = order.hand_off_to {
+        let _ = moving.successor.set(adopter.clone());
+        let counts =
+            crate::hand_off::hand_off(server.io(), &moving.privates, &adopter, order.timeout).await;
+        if let Err(error) = link.report_hand_off(counts).await {
+            tracing::warn!(%error, "cannot tell the master how the hand-off went");
+        }
     }
+    order.timeout
 }
 
-/// The worker's private socket, passed by the master: its HTTP health probes and the requests
-/// other workers forward arrive here.
-fn serve_private_socket(
+/// What a worker replaced on reload needs to hand its sessions over (see `hand_off.rs`).
+#[derive(Default)]
+struct Moving {
+    successor: crate::hand_off::Successor,
+    privates: crate::hand_off::PrivateSockets,
+}
+
+/// The worker's private socket, passed by the master (or one adopted from a worker this one
+/// replaced): its HTTP health probes, the requests other workers forward, and the sessions of
+/// a worker being replaced arrive here.
+pub(crate) fn serve_private_socket(
     server: &ChatServer,
     listener: std::os::unix::net::UnixListener,
+    privates: &crate::hand_off::PrivateSockets,
 ) -> anyhow::Result<()> {
+    privates.add(&listener);
+    let privates = privates.clone();
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)
         .context("invalid private socket from the master")?;
@@ -417,7 +470,23 @@ fn serve_private_socket(
                 continue;
             }
             let server = server.clone();
+            let privates = privates.clone();
             tokio::spawn(async move {
+                // A worker being replaced hands its live sessions over here (see
+                // `hand_off.rs`); everything else is HTTP. A connection that says nothing is
+                // dropped, as HTTP would drop it.
+                let peeked = tokio::time::timeout(
+                    PRIVATE_FIRST_BYTE_TIMEOUT,
+                    supervisor::adoption::is_hand_off(&stream),
+                )
+                .await;
+                match peeked {
+                    Ok(Ok(true)) => {
+                        return crate::hand_off::adopt_from(stream, server, privates).await
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(_)) | Err(_) => return,
+                }
                 server
                     .serve_connection(stream, chat::Origin::default(), std::future::pending())
                     .await
@@ -502,13 +571,18 @@ mod tests {
 
     #[test]
     fn header_read_timeout_reaches_the_chat_config() {
-        let config =
-            super::config(&serve_args(&["--header-read-timeout", "2s"]), None).expect("a config");
+        let config = super::config(
+            &serve_args(&["--header-read-timeout", "2s"]),
+            None,
+            &Default::default(),
+        )
+        .expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(2)
         );
-        let config = super::config(&serve_args(&[]), None).expect("a config");
+        let config =
+            super::config(&serve_args(&[]), None, &super::Moving::default()).expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(10)

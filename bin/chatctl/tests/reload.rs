@@ -10,7 +10,7 @@ use support::{all_online, node_program, worker_pids, App, ClientScript};
 const CROWD: usize = 50;
 
 #[test]
-fn reload_fails_no_request_and_every_socketio_client_reconnects() {
+fn reload_fails_no_request_and_disconnects_no_socketio_client() {
     let node = node_program();
     let app = App::new("reload");
     app.start_ok(&["-i", "2", "--drain-timeout", "5s"], &[]);
@@ -47,9 +47,7 @@ fn reload_fails_no_request_and_every_socketio_client_reconnects() {
     );
     eprintln!("crowd across the reload: {done}");
     assert_eq!(done["connected"], CROWD, "crowd: {done}");
-    assert!(
-        done["disconnects"].as_u64() >= Some(CROWD as u64)
-            && done["connects"].as_u64() >= Some(2 * CROWD as u64),
-        "every user must have been moved by the reload: {done}"
-    );
+    // Every user was handed to a new worker without noticing (live hand-off).
+    assert_eq!(done["disconnects"], 0, "users disconnected: {done}");
+    assert_eq!(done["connects"], CROWD, "users connected again: {done}");
 }

@@ -165,6 +165,33 @@ fn one_keep_alive_connection_carries_sessions_of_both_workers() {
     assert_eq!((head[0], payload.as_slice()), (0x81, &b"3probe"[..]));
 }
 
+#[test]
+fn sessions_a_reload_moved_are_still_reached_on_a_connection_of_the_other_worker() {
+    let app = two_workers("keepalive-reload");
+    let tags = worker_tags(&app);
+    let sids = one_session_per_worker(&app, &tags);
+    // Both sessions move to the new workers, and the old ones exit (reload waits for that).
+    support::succeeded(&app.run(&["reload", &app.name]));
+    app.wait_listed("two online workers after the reload", |a| all_online(a, 2));
+    // The connection goes to the first session's new worker; a request of the second session
+    // on it is passed on by the id in its sid, that of a worker gone: its private socket went
+    // to the worker that adopted its sessions, which answers.
+    let mut connection = Connection::open(app.port);
+    for sid in &sids {
+        let answer = connection.send("POST", &polling(sid), "40/chat_infra,");
+        assert_eq!(answer, (200, "ok".to_owned()), "{sid}\n{}", app.log_text());
+        let (status, body) = connection.send("GET", &polling(sid), "");
+        assert_eq!(status, 200, "{sid}: {body}");
+        // The new worker's first ping may come first.
+        let body = if body == "2" {
+            connection.send("GET", &polling(sid), "").1
+        } else {
+            body
+        };
+        assert!(body.contains("No cookie"), "{sid}: {body}");
+    }
+}
+
 /// A client's websocket text frame (clients mask).
 fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     let mask = [0x12, 0x34, 0x56, 0x78];

@@ -28,6 +28,13 @@ impl<T> SlottedIo<T> {
     }
 }
 
+impl<T> SlottedIo<T> {
+    /// The connection, its place given back (it moves to another process).
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for SlottedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -520,6 +520,10 @@ async fn chat_message(state: Arc<ChatState>, socket: Arc<Socket>, event: Event) 
     // The users on this worker got the line, so the sender sees it as sent; a loss on the
     // way to the other workers is said right after it, not kept silent.
     let _ = socket.emit("message", &line("myMessage"));
+    // A client that asked for an acknowledgement learns whether every worker got the line.
+    if let Some(ack) = event.ack {
+        let _ = ack.send(&json!({ "relayed": relayed.is_ok() }));
+    }
     if let Err(error) = relayed {
         send_error(&socket, not_relayed(&error));
     }

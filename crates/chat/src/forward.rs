@@ -23,6 +23,11 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn owner(&self, sid: &str) -> Option<u16>;
     /// Opens a connection to peer `id`.
     fn connect(&self, id: u16) -> Connecting;
+    /// Opens a connection to the process this one handed its live sessions to (on reload),
+    /// once it has: requests for those sessions that still come here go there.
+    fn successor(&self) -> Option<Connecting> {
+        None
+    }
 }
 
 /// The session id of a request, by the rule every router shares.

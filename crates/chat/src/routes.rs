@@ -30,10 +30,23 @@ impl ChatServer {
         let path = req.uri().path();
         if self.io.handles(path) || self.legacy.handles(path) {
             let peers = self.state.config.peers.as_ref();
-            let owner =
-                peers.and_then(|peers| Some((peers, peers.owner(crate::forward::sid_of(&req)?)?)));
+            let max_body = self.state.config.io.engine.max_payload.saturating_mul(2);
+            let sid = crate::forward::sid_of(&req);
+            // A session handed to another process on reload is served there, whatever the id
+            // in its sid; one adopted from another process is served here.
+            if let (Some(peers), Some(sid)) = (peers, sid) {
+                let wait = self.state.config.io.engine.ws_write_timeout;
+                if self.io.engine().moved_away(sid, wait).await {
+                    if let Some(successor) = peers.successor() {
+                        return crate::forward::forward(req, successor, max_body).await;
+                    }
+                }
+            }
+            let here = sid.is_some_and(|sid| self.io.engine().session(sid).is_some());
+            let owner = peers
+                .filter(|_| !here)
+                .and_then(|peers| Some((peers, peers.owner(sid?)?)));
             if let Some((peers, owner)) = owner {
-                let max_body = self.state.config.io.engine.max_payload.saturating_mul(2);
                 return crate::forward::forward(req, peers.connect(owner), max_body).await;
             }
             if self.legacy.handles(path) {

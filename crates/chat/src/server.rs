@@ -61,6 +61,14 @@ impl ChatServer {
                 signer.verify(cookie).ok().map(str::to_owned)
             }));
         }
+        // A websocket moves to the worker that replaces this one (live hand-off on reload)
+        // as the TCP connection this server accepted.
+        io_config.engine.detach_stream = Some(engineio::DetachStream(Arc::new(|upgraded| {
+            type Accepted = hyper_util::rt::TokioIo<crate::connection_slot::SlottedIo<TcpStream>>;
+            let parts = upgraded.downcast::<Accepted>().ok()?;
+            let stream = parts.io.into_inner().into_inner().into_std().ok()?;
+            Some((std::os::fd::OwnedFd::from(stream), parts.read_buf))
+        })));
         let io = SocketIo::new(io_config);
         let login_rate = Rate {
             burst: config.logins_per_address,

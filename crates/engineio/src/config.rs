@@ -102,6 +102,9 @@ pub struct EngineConfig {
     /// Prefix written at the start of every session id, for sticky routing (DESIGN §5). The rest
     /// of the id is 128 random bits, so a tag never weakens it.
     pub sid_tag: String,
+    /// How a websocket's connection is taken back from hyper to be handed to another process
+    /// (see `Engine::hand_off_all`); `None`: websockets cannot move, and drain.
+    pub detach_stream: Option<crate::handoff::DetachStream>,
 }
 
 impl Default for EngineConfig {
@@ -130,6 +133,7 @@ impl Default for EngineConfig {
             ws_write_buffer_size: 0,
             ws_write_timeout: Duration::from_secs(10),
             sid_tag: String::new(),
+            detach_stream: None,
         }
     }
 }

@@ -58,6 +58,30 @@ pub trait Handler: Send + Sync + 'static {
         message: Message,
     ) -> impl Future<Output = ()> + Send;
 
+    /// Freezes the session's state for a hand-off to another process (see `handoff.rs`): the
+    /// session is quiesced (no packet of it is being handled), and `close` must be called,
+    /// under whatever keeps new frames for it from being made elsewhere, for the state
+    /// returned to be all there is. `None`: this session cannot move (it drains instead,
+    /// `close` not called). By default nothing can move.
+    fn export(
+        &self,
+        _socket: &Arc<Socket<Self::Data>>,
+        _close: &dyn Fn(),
+    ) -> Option<Box<serde_json::value::RawValue>> {
+        None
+    }
+
+    /// Rebuilds the state [`Handler::export`] made, in the process that adopts the session,
+    /// before its transport serves it. `Err` refuses the session (its record came from a
+    /// trusted peer, but may still be malformed or name what does not exist here).
+    fn import(
+        &self,
+        _socket: &Arc<Socket<Self::Data>>,
+        _state: &serde_json::value::RawValue,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        async { Err("this server does not adopt sessions".to_owned()) }
+    }
+
     /// The session ended; called exactly once, after it left the session table.
     fn on_disconnect(
         &self,
@@ -100,17 +124,19 @@ pub(crate) enum SessionTime {
 }
 
 /// Open sessions by id: the table every request with a `sid` is looked up in.
-type SessionTable<D> = RwLock<HashMap<Arc<str>, Arc<Socket<D>>>>;
+pub(crate) type SessionTable<D> = RwLock<HashMap<Arc<str>, Arc<Socket<D>>>>;
 
 /// An Engine.IO server for one path. Cheap to share: handlers and transports hold an `Arc`.
 pub struct Engine<H: Handler> {
     pub(crate) config: EngineConfig,
     pub(crate) handler: H,
-    sessions: SessionTable<H::Data>,
+    pub(crate) sessions: SessionTable<H::Data>,
     /// Caps on sessions the handler has not admitted yet, apart from `max_sessions`.
     pending: Arc<PendingSessions>,
     /// Keeps a handshake flood from writing one log line per refused request.
     refusal_log: LogThrottle,
+    /// Where sessions go once [`Engine::hand_off_all`] was called (a worker being replaced).
+    pub(crate) departures: std::sync::OnceLock<crate::handoff::Departures>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -124,6 +150,7 @@ impl<H: Handler> Engine<H> {
             config,
             handler,
             sessions: RwLock::new(HashMap::new()),
+            departures: std::sync::OnceLock::new(),
         })
     }
 
@@ -239,7 +266,7 @@ impl<H: Handler> Engine<H> {
             tokio::spawn(run_session(
                 self.clone(),
                 socket.clone(),
-                tokio::time::Instant::now(),
+                self.heartbeat(tokio::time::Instant::now()),
             ));
         }
         self.handler.on_connect(&socket);
@@ -278,11 +305,16 @@ impl<H: Handler> Engine<H> {
     /// Ends a closed session: it leaves the table, frees its place among pending sessions, and
     /// the handler hears of it.
     pub(crate) async fn end_session(&self, socket: Arc<Socket<H::Data>>) {
-        if let Ok(mut sessions) = self.sessions.write() {
-            sessions.remove(socket.id());
+        // A session handed off stays in the table until its adopter has it (see
+        // `Engine::departed`): requests for it wait meanwhile, rather than find no session.
+        if socket.close_reason() != Some(DisconnectReason::HandOff) {
+            if let Ok(mut sessions) = self.sessions.write() {
+                sessions.remove(socket.id());
+            }
         }
         // Whoever still holds the socket, its place among pending sessions is free again.
         socket.release_pending();
+        self.ended_before_departure(&socket);
         let reason = socket
             .close_reason()
             .unwrap_or(DisconnectReason::ServerClose);
@@ -327,12 +359,11 @@ impl<H: Handler> Engine<H> {
 
 /// Keeps the heartbeat of a session that has no task of its own (polling, an upgraded
 /// websocket, an external transport), then ends it: one task per session.
-async fn run_session<H: Handler>(
+pub(crate) async fn run_session<H: Handler>(
     engine: Arc<Engine<H>>,
     socket: Arc<Socket<H::Data>>,
-    opened: tokio::time::Instant,
+    mut heartbeat: Heartbeat,
 ) {
-    let mut heartbeat = engine.heartbeat(opened);
     let beat = async {
         loop {
             tokio::select! {

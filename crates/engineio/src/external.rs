@@ -27,7 +27,11 @@ impl<H: Handler> Engine<H> {
         req: &Request<B>,
     ) -> Result<Arc<Socket<H::Data>>, Response<Body>> {
         // A push transport, as far as the layer above is concerned.
-        self.open_session(Transport::Websocket, SessionTime::OwnTask, req)
+        let socket = self.open_session(Transport::Websocket, SessionTime::OwnTask, req)?;
+        socket
+            .external
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(socket)
     }
 
     /// Accepts a websocket handshake for an external transport, with the engine's limits

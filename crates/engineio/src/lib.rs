@@ -13,6 +13,7 @@ mod config;
 mod counters;
 mod engine;
 mod external;
+mod handoff;
 mod heartbeat;
 mod log_throttle;
 mod packet;
@@ -27,6 +28,10 @@ pub use config::{CorsPolicy, EngineConfig};
 pub use counters::{packet_counts, PacketCounts, Sharded};
 pub use engine::{unknown_session, Body, Engine, Handler};
 pub use external::ExternalWebSocket;
+pub use handoff::{
+    Base64, Departure, DepartureError, Departures, DetachStream, RecordError, RecordFrame,
+    SessionRecord, MAX_RECORD_BYTES,
+};
 pub use log_throttle::LogThrottle;
 pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEPARATOR};
 pub use pending::PeerAddr;

@@ -47,6 +47,9 @@ pub enum DisconnectReason {
     SlowClient,
     /// The server closed the session (application request or shutdown).
     ServerClose,
+    /// The session moved to another process, which serves it from now on (see
+    /// [`crate::Engine::hand_off_all`]): for this process it ends, for its client it goes on.
+    HandOff,
 }
 
 impl DisconnectReason {
@@ -61,6 +64,7 @@ impl DisconnectReason {
             DisconnectReason::MultipleRequests => "transport error",
             DisconnectReason::SlowClient => "slow client",
             DisconnectReason::ServerClose => "server shutting down",
+            DisconnectReason::HandOff => "handed off",
         }
     }
 
@@ -75,6 +79,7 @@ impl DisconnectReason {
             DisconnectReason::MultipleRequests => "multiple_requests",
             DisconnectReason::SlowClient => "slow_client",
             DisconnectReason::ServerClose => "server_close",
+            DisconnectReason::HandOff => "handed_off",
         }
     }
 }
@@ -96,7 +101,7 @@ pub(crate) struct Queue {
     /// The one transport that writes (whoever holds the outbox) waits here; woken by every
     /// frame queued and by the session's close. A waker slot, not a `Notify`: waiting on it
     /// needs no future, so the websocket's task keeps nothing for it while idle.
-    ready: AtomicWaker,
+    pub(crate) ready: AtomicWaker,
     limit: usize,
 }
 
@@ -195,6 +200,12 @@ pub struct Socket<D> {
     transport: AtomicU8,
     /// Set while a websocket is probing this polling session, so a second probe is refused.
     pub(crate) upgrading: AtomicBool,
+    /// Set when the session is asked to move to another process (see `handoff.rs`): its
+    /// transport stops reading at the next packet boundary.
+    pub(crate) handing_off: AtomicBool,
+    /// Carried by a transport of another crate ([`crate::ExternalWebSocket`]), which cannot
+    /// hand its connection off.
+    pub(crate) external: AtomicBool,
     /// Serialises polling POSTs: packets of one client are handled in order.
     pub(crate) post_lock: Mutex<()>,
     /// Woken when the session's transports change hands: a websocket probes it (a pending GET
@@ -233,6 +244,8 @@ impl<D> Socket<D> {
             outbox: Mutex::new(Outbox { carry: None }),
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
+            handing_off: AtomicBool::new(false),
+            external: AtomicBool::new(false),
             post_lock: Mutex::new(()),
             transport_changes: Notify::new(),
             pong: Notify::new(),
@@ -243,6 +256,15 @@ impl<D> Socket<D> {
             request: Arc::new(request),
             data,
         }
+    }
+
+    /// Whether the session is on its way to another process.
+    pub fn is_handing_off(&self) -> bool {
+        self.handing_off.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_external(&self) -> bool {
+        self.external.load(Ordering::Acquire)
     }
 
     /// The session id the client sends back as `sid`.

@@ -40,6 +40,15 @@ impl Conn {
             .cloned()
     }
 
+    /// The client's sockets, one per namespace it joined.
+    pub(crate) fn sockets(&self) -> Vec<Arc<Socket>> {
+        self.data
+            .sockets
+            .lock()
+            .map(|sockets| sockets.clone())
+            .unwrap_or_default()
+    }
+
     /// Attaches the client's socket in its namespace, in place of one it had there.
     pub(crate) fn insert(&self, socket: Arc<Socket>) {
         if let Ok(mut sockets) = self.data.sockets.lock() {

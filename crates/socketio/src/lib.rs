@@ -22,6 +22,7 @@ mod connection;
 mod counters;
 mod error;
 mod event;
+mod handoff;
 mod handshake;
 mod namespace;
 pub mod packet;

@@ -16,7 +16,7 @@ use crate::error::ConnectError;
 use crate::namespace::{ConnectHandler, Namespace, NamespaceHandlers};
 use crate::packet::{encode, Packet, PacketType, ParseError};
 use crate::reassembly::{AttachmentLimits, Refusal};
-use crate::recovery::{parse_offset, Pid, Recovery, RestoreRequest, Restored};
+use crate::recovery::{parse_offset, Digest, Pid, Recovery, RestoreRequest, Restored};
 use crate::socket::{DisconnectReason, Socket};
 use crate::EmitError;
 
@@ -154,7 +154,7 @@ where
 
 impl Dispatcher {
     /// The namespace for a CONNECT, creating it if a dynamic pattern matches.
-    fn namespace(&self, path: &str) -> Option<Arc<Namespace>> {
+    pub(crate) fn namespace(&self, path: &str) -> Option<Arc<Namespace>> {
         if let Some(ns) = self.namespaces.read().ok()?.get(path) {
             return Some(ns.clone());
         }
@@ -249,23 +249,24 @@ impl Dispatcher {
         // A client that lost its connection comes back with `{pid, offset}` in its auth. They
         // are not the application's: its handshake keeps the rest of the auth.
         let mut auth = packet.data;
-        let restored = match ns.recovery() {
+        let (pid, restored) = match ns.recovery() {
             Some(recovery) => restore(recovery, conn, &mut auth).await,
             None => None,
-        };
+        }
+        .unzip();
         // The private id goes to the client with the CONNECT reply; the socket keeps its hash.
-        let (socket, pid) = match &restored {
-            Some(Attempt { pid, restored, .. }) => (
+        let (socket, pid) = match (pid, &restored) {
+            (Some(pid), Some(attempt)) => (
                 Socket::restored(
                     ns.clone(),
                     conn.clone(),
                     auth,
-                    restored.sid.clone(),
-                    pid.digest(),
+                    attempt.restored.sid.clone(),
+                    attempt.pid_hash,
                 ),
-                Some(pid.clone()),
+                Some(pid),
             ),
-            None => {
+            _ => {
                 let pid = ns.recovery().map(|_| Pid::new());
                 let pid_hash = pid.as_ref().map(Pid::digest);
                 (Socket::new(ns.clone(), conn.clone(), auth, pid_hash), pid)
@@ -335,11 +336,11 @@ impl Dispatcher {
 
 /// A returning client's socket, found: its private id, the events held here while it was
 /// looked up, and the epoch of its offsets.
-struct Attempt {
-    pid: Pid,
-    hold: u64,
-    epoch: String,
-    restored: Restored,
+pub(crate) struct Attempt {
+    pub(crate) pid_hash: Digest,
+    pub(crate) hold: u64,
+    pub(crate) epoch: String,
+    pub(crate) restored: Restored,
 }
 
 /// Looks up the socket of a client that came back with `{pid, offset}` in its auth; `None`
@@ -348,20 +349,34 @@ async fn restore(
     recovery: &Recovery,
     conn: &Conn,
     auth: &mut Option<Box<RawValue>>,
-) -> Option<Attempt> {
+) -> Option<(Pid, Attempt)> {
     let (pid, offset) = take_recovery_attempt(auth)?;
-    let (epoch, after) = parse_offset(&offset)?;
     let pid = Pid::from(pid.as_str());
+    let attempt = lookup_kept_socket(recovery, conn, pid.digest(), &offset, true).await?;
+    Some((pid, attempt))
+}
+
+/// Looks up the socket kept for `pid`, for a client that had every event up to `offset`;
+/// events delivered here meanwhile are held for it. `counted`: a recovery (see
+/// [`crate::RecoveryStats`]), not a hand-off.
+pub(crate) async fn lookup_kept_socket(
+    recovery: &Recovery,
+    conn: &Conn,
+    pid_hash: Digest,
+    offset: &str,
+    counted: bool,
+) -> Option<Attempt> {
+    let (epoch, after) = parse_offset(offset)?;
     let request = RestoreRequest {
-        pid_hash: pid.digest(),
+        pid_hash,
         epoch: epoch.clone(),
         after,
         binding: recovery.binding(conn.headers()),
     };
-    let hold = recovery.hold();
+    let hold = recovery.hold(counted);
     match recovery.store().restore(request).await {
         Some(restored) => Some(Attempt {
-            pid,
+            pid_hash,
             hold,
             epoch,
             restored,
@@ -402,6 +417,22 @@ impl engineio::Handler for Dispatcher {
     }
 
     fn on_connect(&self, _socket: &Arc<engineio::Socket<ConnState>>) {}
+
+    fn export(
+        &self,
+        socket: &Arc<engineio::Socket<ConnState>>,
+        close: &dyn Fn(),
+    ) -> Option<Box<RawValue>> {
+        self.export_conn(socket, close)
+    }
+
+    async fn import(
+        &self,
+        socket: &Arc<engineio::Socket<ConnState>>,
+        state: &RawValue,
+    ) -> Result<(), String> {
+        self.import_conn(socket, state).await
+    }
 
     /// A client that is in no namespace `connect_timeout` after its handshake is closed
     /// (`connectTimeout`).

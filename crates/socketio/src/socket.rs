@@ -141,6 +141,32 @@ impl Socket {
         Socket::with_identity(ns, conn, auth, id, Some(pid_hash), true)
     }
 
+    /// A socket handed over by another process (live hand-off): the same id and private id,
+    /// and, for the application, a recovered socket.
+    pub(crate) fn adopted(
+        ns: Arc<Namespace>,
+        conn: Conn,
+        auth: Option<Box<RawValue>>,
+        id: Sid,
+        pid_hash: Option<Digest>,
+    ) -> Self {
+        Socket::with_identity(ns, conn, auth, id, pid_hash, true)
+    }
+
+    /// The hash of its private id, with recovery on.
+    pub(crate) fn pid_hash(&self) -> Option<Digest> {
+        self.pid_hash
+    }
+
+    /// The id of the next ack this socket asks its client for.
+    pub(crate) fn next_ack(&self) -> u64 {
+        self.next_ack.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_next_ack(&self, id: u64) {
+        self.next_ack.store(id, Ordering::Relaxed);
+    }
+
     fn with_identity(
         ns: Arc<Namespace>,
         conn: Conn,
@@ -457,6 +483,15 @@ impl Socket {
     /// Runs the disconnect handler, then leaves every room and the namespace. Idempotent.
     pub(crate) async fn leave_namespace(self: &Arc<Self>, reason: DisconnectReason) {
         if !self.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // A socket handed to another process lives on there: the store keeps it as it is,
+        // and the application is not told it left (see `handoff.rs`).
+        if reason == DisconnectReason::Transport(engineio::DisconnectReason::HandOff) {
+            self.ns.remove(self);
+            if let Ok(mut acks) = self.acks.lock() {
+                *acks = None;
+            }
             return;
         }
         // Kept as it is now, before the disconnect handler can leave rooms.

@@ -156,17 +156,40 @@ impl Receiver {
 
 fn recv_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
+    let (read, received) = recv_with_descriptors(socket, &mut byte)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    // Our master sends one descriptor per message: any other count is closed (on drop),
+    // not taken for a client.
+    match <[OwnedFd; 1]>::try_from(received) {
+        Ok([fd]) => Ok(Some(fd)),
+        Err(received) if received.is_empty() => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "hand-off message without a descriptor",
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "hand-off message with more than one descriptor",
+        )),
+    }
+}
+
+/// Reads into `buf` from a unix stream socket, with the descriptors that came with those
+/// bytes (close-on-exec). Room is kept for as many as a message can carry, so that none is
+/// lost to truncation: the caller closes (drops) those it does not expect.
+pub(crate) fn recv_with_descriptors(
+    socket: RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut control = nix::cmsg_space!([RawFd; MOST_DESCRIPTORS_PER_MESSAGE]);
-    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut iov = [IoSliceMut::new(buf)];
     let message = socket::recvmsg::<()>(
         socket,
         &mut iov,
         Some(&mut control),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
-    if message.bytes == 0 {
-        return Ok(None);
-    }
     // Control data larger than the room for SCM_MAX_FD descriptors is not our master's;
     // nix reads nothing from a truncated buffer.
     let cmsgs = message.cmsgs().map_err(|_| {
@@ -186,19 +209,7 @@ fn recv_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
             );
         }
     }
-    // Our master sends one descriptor per message: any other count is closed (on drop),
-    // not taken for a client.
-    match <[OwnedFd; 1]>::try_from(received) {
-        Ok([fd]) => Ok(Some(fd)),
-        Err(received) if received.is_empty() => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "hand-off message without a descriptor",
-        )),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "hand-off message with more than one descriptor",
-        )),
-    }
+    Ok((message.bytes, received))
 }
 
 /// The abstract socket address of worker `id` of the master with `token`:
@@ -229,7 +240,21 @@ pub async fn connect_private(
     id: u16,
     master_pid: u32,
 ) -> io::Result<tokio::net::UnixStream> {
-    let address = private_address(token, id)?;
+    connect_checked(
+        private_address(token, id)?,
+        master_pid,
+        &format!("the private socket of worker {id}"),
+    )
+    .await
+}
+
+/// Connects to the private socket at `address` (`what` names it in errors), and checks that
+/// its listening end was made by process `master_pid`, as [`connect_private`] does.
+pub async fn connect_checked(
+    address: SocketAddr,
+    master_pid: u32,
+    what: &str,
+) -> io::Result<tokio::net::UnixStream> {
     // A unix connect completes at once or fails; it blocks only while the listener's
     // backlog is full, which must not stall a runtime thread.
     let stream =
@@ -245,7 +270,7 @@ pub async fn connect_private(
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "the private socket of worker {id} is held by pid {} (uid {}), not by this \
+                "{what} is held by pid {} (uid {}), not by this \
                  app's master (pid {master_pid}): another local account took its name; run the \
                  workers under a dedicated account (see docs/PRODUCTION.md)",
                 cred.pid().unwrap_or(-1),

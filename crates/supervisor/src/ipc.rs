@@ -26,8 +26,13 @@ pub enum ToWorker {
     /// Answer with a pong carrying the same sequence number.
     Ping { seq: u64 },
     /// Stop accepting, let clients go (Socket.IO clients reconnect elsewhere), finish what is in
-    /// flight within the timeout, then exit 0.
-    Drain { timeout_ms: u64 },
+    /// flight within the timeout, then exit 0. With `hand_off_to`, live sessions first move to
+    /// that process (see [`crate::adoption`]), and the rest drain.
+    Drain {
+        timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hand_off_to: Option<crate::adoption::Adopter>,
+    },
     /// The answer to a [`ToMaster::Request`].
     Reply { id: u64, body: Value },
     /// A message another worker published (a broadcast to deliver locally), as that worker
@@ -81,6 +86,12 @@ pub enum ToMaster {
     Gather { id: u64, body: Value },
     /// This worker's answer to a [`ToWorker::Query`].
     Answer { id: u64, body: Value },
+    /// What came of the live hand-off a drain asked for; the master answers with a
+    /// [`ToWorker::Reply`] of the same id once it has it (the worker may exit right after).
+    HandOff {
+        id: u64,
+        counts: crate::adoption::HandOffCounts,
+    },
 }
 
 /// A message of the IPC and control channels, one JSON line each.
@@ -251,11 +262,19 @@ type QueryHandler = Box<dyn Fn(Value) -> Value + Send + Sync>;
 
 /// What the master sends that the worker acts on.
 pub struct LinkEvents {
-    /// Completes with the drain timeout when the master asks for a drain, or `None` when the
-    /// master is gone.
-    pub drain: oneshot::Receiver<Duration>,
+    /// Completes when the master asks for a drain (an error when the master is gone).
+    pub drain: oneshot::Receiver<DrainOrder>,
     /// Messages other workers published.
     pub messages: mpsc::UnboundedReceiver<Box<RawValue>>,
+}
+
+/// A drain the master asked for.
+#[derive(Debug, Clone)]
+pub struct DrainOrder {
+    /// How long what is in flight may take to finish.
+    pub timeout: Duration,
+    /// Where live sessions go first, if anywhere.
+    pub hand_off_to: Option<crate::adoption::Adopter>,
 }
 
 /// How long a request to the master may take before it counts as lost.
@@ -312,9 +331,15 @@ impl WorkerLink {
                             stats,
                         });
                     }
-                    ToWorker::Drain { timeout_ms } => {
+                    ToWorker::Drain {
+                        timeout_ms,
+                        hand_off_to,
+                    } => {
                         if let Some(tx) = drain_tx.take() {
-                            let _ = tx.send(Duration::from_millis(timeout_ms));
+                            let _ = tx.send(DrainOrder {
+                                timeout: Duration::from_millis(timeout_ms),
+                                hand_off_to,
+                            });
                         }
                     }
                     ToWorker::Reply { id, body } => {
@@ -423,6 +448,16 @@ impl WorkerLink {
 
     /// Sends the master's service a request without waiting for it to be done; requests
     /// sent this way and with [`WorkerLink::request`] are served in the order they were sent.
+    /// Tells the master what came of a live hand-off, and waits until it has it.
+    pub async fn report_hand_off(
+        &self,
+        counts: crate::adoption::HandOffCounts,
+    ) -> Result<(), LinkError> {
+        self.ask(|id| ToMaster::HandOff { id, counts })
+            .await
+            .map(|_| ())
+    }
+
     pub fn tell(&self, body: Value) {
         let _ = self.tx.send(ToMaster::Tell { body });
     }

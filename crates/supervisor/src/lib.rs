@@ -3,6 +3,7 @@
 //! socket the CLI talks to. Works for our chat workers and for any program that takes its
 //! socket from `LISTEN_FDS`.
 
+pub mod adoption;
 pub mod backoff;
 pub mod client;
 pub mod config;

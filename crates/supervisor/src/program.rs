@@ -29,6 +29,9 @@ pub struct Capabilities {
     pub serves_http: bool,
     /// Gets its secrets (cookie key, Redis URL) through a pipe rather than its environment.
     pub reads_secrets_pipe: bool,
+    /// Hands its live sessions to the worker that replaces it, on the master's word (see
+    /// [`crate::adoption`]), rather than only drain them.
+    pub moves_sessions: bool,
 }
 
 impl<'a> Program<'a> {
@@ -53,6 +56,7 @@ impl<'a> Program<'a> {
             health_endpoint: built_in,
             serves_http: built_in,
             reads_secrets_pipe: built_in,
+            moves_sessions: built_in,
         }
     }
 }

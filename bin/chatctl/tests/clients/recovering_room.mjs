@@ -15,8 +15,7 @@
 
 import readline from "node:readline";
 
-import { login } from "./login.mjs";
-import { Manager } from "./socket_io_client.mjs";
+import { connectUser, joinRoom, report, watchdog } from "./room_user.mjs";
 
 const [base, receiversText, transport, messagesText] = process.argv.slice(2);
 const receivers = Number(receiversText);
@@ -34,15 +33,7 @@ const WATCHDOG_MS = 100_000;
 // How long after the last message the receivers may take to catch up.
 const SETTLE_MS = 30_000;
 
-function report(event, fields = {}) {
-  // Writes to a pipe are synchronous in Node on Linux, so nothing is lost by process.exit.
-  process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
-}
-
-setTimeout(() => {
-  report("error", { message: "watchdog: the scenario did not finish in time", ...totals() });
-  process.exit(1);
-}, WATCHDOG_MS).unref();
+watchdog(WATCHDOG_MS, totals);
 
 /** One user: a login, one connection, its /chat_infra and /chat_com sockets. */
 class User {
@@ -56,16 +47,7 @@ class User {
   }
 
   async start() {
-    const cookie = await login(base, this.nickname);
-    const manager = new Manager(base, {
-      transports: [transport],
-      extraHeaders: { Cookie: cookie },
-      reconnectionDelay: 100,
-      reconnectionDelayMax: 500,
-    });
-    this.infra = manager.socket("/chat_infra");
-    this.com = manager.socket("/chat_com");
-    for (const socket of [this.infra, this.com]) {
+    const watch = (socket) => {
       let first = true;
       socket.on("connect", () => {
         if (!first) {
@@ -77,27 +59,9 @@ class User {
       socket.on("disconnect", () => {
         this.disconnects += 1;
       });
-      socket.on("connect_error", (error) => {
-        if (!socket.active) {
-          report("error", { message: `${this.nickname} was refused: ${error.message}` });
-          process.exit(1);
-        }
-      });
-    }
-    this.com.on("message", (line) => {
-      const parsed = JSON.parse(line);
-      const match = /^m-(\d+)$/.exec(parsed.message || "");
-      if (parsed.type === "userMessage" && match) {
-        const n = Number(match[1]);
-        this.got.set(n, (this.got.get(n) || 0) + 1);
-        progress();
-      }
-    });
-    this.infra.on("user_left", (data) => this.userLeft.push(data && data.name));
-    await new Promise((resolve) => this.infra.once("connect", resolve));
-    this.infra.emit("join_room", { name: ROOM });
-    await new Promise((resolve) => this.infra.once("name_set", resolve));
-    if (!this.com.connected) await new Promise((resolve) => this.com.once("connect", resolve));
+    };
+    await connectUser(base, this, [transport], { report, watch, onMessage: progress });
+    await joinRoom(this, ROOM);
   }
 
   /** The accepted numbers it never got, and those it got more than once. */

@@ -72,10 +72,14 @@ impl StoreService {
                 socket,
             } => {
                 if let Ok(mut members) = self.members.lock() {
-                    members
-                        .entry(worker)
-                        .or_default()
-                        .insert(membership(&room, &socket));
+                    let membership = membership(&room, &socket);
+                    // A socket handed to another worker (live hand-off on reload) joins again
+                    // there: the membership is that worker's now, and the old one's exit must
+                    // not end it.
+                    for (_, owned) in members.iter_mut().filter(|(owner, _)| **owner != worker) {
+                        owned.remove(&membership);
+                    }
+                    members.entry(worker).or_default().insert(membership);
                 }
                 now(async move {
                     store

@@ -55,6 +55,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// A websocket that carries on with `unread` bytes already read from `io` (a connection
+    /// handed over by another process).
+    pub(crate) fn resumed(io: S, max_message: usize, unread: Vec<u8>) -> Self {
+        WebSocket {
+            unread,
+            ..WebSocket::new(io, max_message)
+        }
+    }
+
+    /// Whether a fragmented message is half received: its fragments so far live only here.
+    pub(crate) fn is_mid_message(&self) -> bool {
+        self.fragments.is_some()
+    }
+
+    pub(crate) fn io(&self) -> &S {
+        &self.io
+    }
+
+    /// The stream, and the bytes read from it but not decoded yet.
+    pub(crate) fn into_parts(self) -> (S, Vec<u8>) {
+        (self.io, self.unread)
+    }
+
     /// The next message from the client; `None` once the stream has ended. Pings come out
     /// like any message: answering them ([`WebSocket::pong`]) is the caller's, as is the
     /// answer to a close ([`WebSocket::answer_close`]).

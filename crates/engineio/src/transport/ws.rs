@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 
 use super::websocket::{put_frame, WebSocket};
 use crate::engine::{error_response, Body, Engine, ErrorCode, Handler, SessionTime};
@@ -21,7 +22,11 @@ use crate::packet::{Frame, Message, Packet};
 use crate::socket::{DisconnectReason, Outbox, Queue, Socket, Transport};
 
 /// The websocket of a session of ours.
-pub(crate) type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Ws = WebSocket<WsIo>;
+
+/// The connection under a websocket: one hyper upgraded (`Left`), or one another process handed
+/// over (`Right`, see `handoff.rs`).
+pub(crate) type WsIo = Either<TokioIo<hyper::upgrade::Upgraded>, tokio::net::TcpStream>;
 
 /// The websocket of an external transport: tungstenite's, whose messages it reads itself.
 pub(crate) type ExternalWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -222,6 +227,14 @@ async fn finish<H: Handler>(
     ending: Ending<'_>,
     ends_session: bool,
 ) {
+    let ending = match ending {
+        // Here rather than in the session's task: a `match` there would keep its scrutinee
+        // in every idle session's state.
+        Ending::HandOff(outbox) => {
+            return boxed(hand_off(engine, socket, ws, outbox, ends_session)).await
+        }
+        ending => ending,
+    };
     let farewell = async {
         match ending {
             // What was queued before the close still goes out, then the websocket ends.
@@ -235,7 +248,7 @@ async fn finish<H: Handler>(
             }
             // The client ended the websocket: its close is answered, and nothing follows.
             Ending::AnswerClose(close) => ws.answer_close(close).await,
-            Ending::Abrupt => Ok(()),
+            Ending::Abrupt | Ending::HandOff(_) => Ok(()),
         }
     };
     let farewell = async {
@@ -248,6 +261,118 @@ async fn finish<H: Handler>(
     }
 }
 
+/// Moves a session quiesced at a packet boundary to another process (see `handoff.rs`):
+/// freezes it, writes what is queued, and gives its connection and unread bytes up. A
+/// session that cannot move is closed as a drain would close it.
+async fn hand_off<H: Handler>(
+    engine: &Arc<Engine<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    ws: Ws,
+    mut outbox: tokio::sync::MutexGuard<'_, Outbox>,
+    ends_session: bool,
+) {
+    use crate::handoff::{Departure, DepartureError};
+    let sid = socket.id().to_owned();
+    let detachable = matches!(ws.io(), Either::Right(_)) || engine.config.detach_stream.is_some();
+    let upper = if ws.is_mid_message() || !detachable {
+        engine.depart(socket, Err(DepartureError::Busy(sid.clone())));
+        None
+    } else {
+        let upper = engine.freeze(socket);
+        if upper.is_none() {
+            engine.depart(socket, Err(DepartureError::NotExported(sid.clone())));
+        }
+        upper
+    };
+    let mut ws = ws;
+    let deadline = engine.config.ws_write_timeout;
+    let Some(upper) = upper else {
+        // Closed as a drain closes it: what is queued goes out, then a close frame.
+        socket.close(DisconnectReason::ServerClose);
+        let mut frames = Vec::new();
+        while let Some(frame) = outbox.try_next(&socket.queue) {
+            frames.push(frame);
+        }
+        drop(outbox);
+        let farewell = async {
+            write_frames(&mut ws, &frames).await?;
+            ws.close().await
+        };
+        let _ = tokio::time::timeout(deadline, farewell).await;
+        if ends_session {
+            engine.end_session(socket.clone()).await;
+        }
+        return;
+    };
+    let mut frames = Vec::new();
+    while let Some(frame) = outbox.try_next(&socket.queue) {
+        frames.push(frame);
+    }
+    drop(outbox);
+    let flushed = tokio::time::timeout(deadline, write_frames(&mut ws, &frames)).await;
+    let outcome = match flushed {
+        Ok(Ok(())) => {
+            let (io, unread) = ws.into_parts();
+            let detached = match io {
+                Either::Right(stream) => stream
+                    .into_std()
+                    .ok()
+                    .map(|stream| (std::os::fd::OwnedFd::from(stream), bytes::Bytes::new())),
+                Either::Left(io) => engine
+                    .config
+                    .detach_stream
+                    .as_ref()
+                    .and_then(|detach| (detach.0)(io.into_inner())),
+            };
+            match detached {
+                // Bytes of the websocket read already come first, then those hyper kept.
+                Some((fd, kept)) => {
+                    let mut unread = unread;
+                    unread.extend_from_slice(&kept);
+                    Ok(Departure {
+                        record: engine.record(socket, Vec::new(), unread, upper),
+                        stream: Some(fd),
+                    })
+                }
+                None => Err(DepartureError::NotDetachable(sid)),
+            }
+        }
+        Ok(Err(error)) => Err(DepartureError::Flush(sid, error.to_string())),
+        Err(_) => Err(DepartureError::Flush(
+            sid,
+            "the client does not read".into(),
+        )),
+    };
+    engine.depart(socket, outcome);
+    if ends_session {
+        engine.end_session(socket.clone()).await;
+    }
+}
+
+/// Serves a websocket handed over by another process (see `handoff.rs`): the session is in
+/// the table already, with its state; `unread` are bytes the old process read and did not
+/// decode.
+pub(crate) fn adopt<H: Handler>(
+    engine: &Arc<Engine<H>>,
+    socket: Arc<Socket<H::Data>>,
+    stream: std::os::fd::OwnedFd,
+    unread: Vec<u8>,
+    heartbeat: Heartbeat,
+) -> std::io::Result<()> {
+    let stream = std::net::TcpStream::from(stream);
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::TcpStream::from_std(stream)?;
+    let ws = WebSocket::resumed(Either::Right(stream), engine.config.max_payload, unread);
+    let ready = boxed(async move { Some(ws) });
+    tokio::spawn(carry_session(
+        engine.clone(),
+        socket,
+        ready,
+        Some(heartbeat),
+    ));
+    Ok(())
+}
+
 /// How a websocket ends once its session is closed.
 enum Ending<'a> {
     /// Frames still queued go out, then a close frame.
@@ -256,6 +381,8 @@ enum Ending<'a> {
     AnswerClose(Option<CloseFrame>),
     /// Nothing more is written: the websocket failed.
     Abrupt,
+    /// The session moves to another process (see `handoff.rs`).
+    HandOff(tokio::sync::MutexGuard<'a, Outbox>),
 }
 
 /// The session's life on the websocket, both directions and its heartbeat, until it closes.
@@ -303,6 +430,10 @@ async fn exchange<'a, H: Handler>(
             }
         }
         let turn = std::future::poll_fn(|cx| {
+            // Between two turns: no packet of the client is half handled.
+            if socket.handing_off.load(Ordering::Acquire) && !socket.is_closed() {
+                return Poll::Ready(Turn::HandOff);
+            }
             if let Poll::Ready(frame) = socket.poll_next_frame(&mut outbox, cx) {
                 return Poll::Ready(Turn::Write(frame));
             }
@@ -317,6 +448,7 @@ async fn exchange<'a, H: Handler>(
         .await;
         let take = match turn {
             Turn::Write(None) => return Ending::Flush(outbox),
+            Turn::HandOff => return Ending::HandOff(outbox),
             Turn::Beat => {
                 timer_fired = true;
                 let ended = heartbeat
@@ -383,7 +515,7 @@ async fn take_turn<H: Handler>(
             }
             return Flow::Continue;
         }
-        Turn::Write(None) | Turn::Beat => return Flow::Continue,
+        Turn::Write(None) | Turn::Beat | Turn::HandOff => return Flow::Continue,
         Turn::Read(message) => message,
     };
     let packet = match message {
@@ -439,6 +571,8 @@ enum Turn {
     Read(Option<Result<WsMessage, tungstenite::Error>>),
     /// The session's heartbeat has something due.
     Beat,
+    /// The session is asked to move to another process.
+    HandOff,
 }
 
 /// `future` on the heap. A task reserves room for every future it awaits in place, for its
@@ -523,7 +657,7 @@ pub(crate) async fn accept<H: Handler>(
 ) -> Option<Ws> {
     let upgraded = upgraded(on_upgrade).await?;
     Some(WebSocket::new(
-        TokioIo::new(upgraded),
+        Either::Left(TokioIo::new(upgraded)),
         engine.config.max_payload,
     ))
 }

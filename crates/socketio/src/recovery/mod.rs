@@ -229,6 +229,9 @@ struct Hold {
     /// More events came than a replay may hold (`max_packets`): the restore fails rather
     /// than replay part of them.
     overflowed: bool,
+    /// A returning client's, counted in [`RecoveryStats`]; a socket handed over by another
+    /// process (live hand-off) is not a recovery.
+    counted: bool,
 }
 
 /// What recovery did in this process, for status.
@@ -357,8 +360,19 @@ impl Recovery {
         (!feed.epoch.is_empty()).then(|| offset(&feed.epoch, feed.delivered))
     }
 
-    /// Starts holding the events delivered here for a socket about to be restored.
-    pub(crate) fn hold(&self) -> u64 {
+    /// Runs `frozen` while no event is delivered here, and gives the offset of the last one
+    /// delivered (`None` before the first): a socket closed by `frozen` had every event up to
+    /// it that was meant for it, and none after.
+    pub(crate) fn while_frozen<T>(&self, frozen: impl FnOnce() -> T) -> (Option<String>, T) {
+        let feed = self.lock();
+        let done = frozen();
+        let offset = (!feed.epoch.is_empty()).then(|| offset(&feed.epoch, feed.delivered));
+        (offset, done)
+    }
+
+    /// Starts holding the events delivered here for a socket about to be restored; `counted`:
+    /// a returning client's (see [`Hold::counted`]).
+    pub(crate) fn hold(&self, counted: bool) -> u64 {
         let mut feed = self.lock();
         feed.next_hold += 1;
         let id = feed.next_hold;
@@ -366,8 +380,11 @@ impl Recovery {
             id,
             events: Vec::new(),
             overflowed: false,
+            counted,
         });
-        self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+        if counted {
+            self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+        }
         id
     }
 
@@ -393,6 +410,7 @@ impl Recovery {
         if held.overflowed {
             return None;
         }
+        let counted = held.counted;
         let held = held.events;
         if feed.epoch != epoch || feed.delivered < restored.upto {
             feed.replayed_ahead
@@ -410,10 +428,12 @@ impl Recovery {
                 .filter(|(_, _, opts)| opts.is_for(&restored.sid, rooms))
                 .flat_map(|(_, frames, _)| frames),
         );
-        self.counters.recovered.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .replayed
-            .fetch_add(restored.missed.len() as u64, Ordering::Relaxed);
+        if counted {
+            self.counters.recovered.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .replayed
+                .fetch_add(restored.missed.len() as u64, Ordering::Relaxed);
+        }
         Some(adopt(frames))
     }
 

@@ -275,9 +275,18 @@ impl Inner {
                 Action::Drain {
                     generation,
                     timeout,
+                    hand_off_to,
                 } => {
+                    // The master routes polling requests by their session ids only when it
+                    // dispatches every connection (sticky scheduling).
+                    let polling = self.lock().config.scheduling == Scheduling::Sticky;
+                    let adopter = hand_off_to.and_then(|id| {
+                        let master = std::process::id();
+                        crate::adoption::Adopter::worker(&self.peers_token, id, master, polling)
+                            .ok()
+                    });
                     if let Some(proc) = self.lock().proc(generation) {
-                        super::drain(proc, timeout);
+                        super::drain(proc, timeout, adopter);
                     }
                 }
                 Action::Kill { generation, why } => {

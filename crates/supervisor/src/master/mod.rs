@@ -462,12 +462,15 @@ impl Inner {
 
 /// Asks a process to finish: over IPC when it speaks it, else its kill signal. It gets no new
 /// connections from then on; those already handed over are its to answer.
-fn drain(proc: &Proc, timeout: Duration) {
-    if let Some(handoff) = &proc.handoff {
+fn drain(proc: &Proc, timeout: Duration, hand_off_to: Option<crate::adoption::Adopter>) {
+    // One handing its sessions off still gets the connections for them until it is done
+    // (see `Proc::handing_off`).
+    if let (Some(handoff), false) = (&proc.handoff, proc.handing_off) {
         handoff.close();
     }
     let request = ToWorker::Drain {
         timeout_ms: timeout.as_millis() as u64,
+        hand_off_to,
     };
     let sent = proc.speaks_ipc && proc.ipc.control(&request).is_ok();
     if !sent {

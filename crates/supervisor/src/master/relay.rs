@@ -69,6 +69,25 @@ impl Inner {
                         drop(state);
                         self.bump();
                     }
+                    ToMaster::HandOff { id, counts } => {
+                        let mut state = self.lock();
+                        if let Some(slot) = state.slot_of(generation) {
+                            state.slots[slot].hand_off = Some((generation, counts));
+                        }
+                        // Its sessions are its replacement's now: no more connections for it.
+                        if let Some(proc) = state.proc_mut(generation) {
+                            proc.handing_off = false;
+                            if let Some(handoff) = &proc.handoff {
+                                handoff.close();
+                            }
+                        }
+                        drop(state);
+                        self.bump();
+                        let body = serde_json::Value::Bool(true);
+                        let line =
+                            serde_json::to_vec(&ToWorker::Reply { id, body }).unwrap_or_default();
+                        let _ = outbox.control_line(line);
+                    }
                     ToMaster::Load { connections } => {
                         if let Some(proc) = self.lock().proc_mut(generation) {
                             proc.connections = connections;

@@ -113,7 +113,22 @@ impl Inner {
             Target::Session(owner) if owner.node == node => Some(owner.slot),
             _ => None,
         };
-        // The owner first (`false` sorts before `true`), then the least loaded.
+        // A process still handing its sessions over takes the connections for them: those
+        // that moved already it passes on to its replacement.
+        let handing_off = wanted.and_then(|wanted| {
+            state
+                .slots
+                .iter()
+                .flat_map(|slot| slot.current.iter().chain(slot.draining.iter()))
+                .filter(|proc| proc.handing_off && !skipped.contains(&proc.worker_id))
+                .find(|proc| proc.worker_id == wanted || proc.adopted_ids.contains(&wanted))
+                .and_then(|proc| Some((proc.worker_id, proc.handoff.clone()?)))
+        });
+        if handing_off.is_some() {
+            return handing_off;
+        }
+        // The owner first (`false` sorts before `true`): the worker with that id, or the one
+        // that adopted its sessions on reload; then the least loaded.
         let chosen = state
             .slots
             .iter_mut()
@@ -124,6 +139,7 @@ impl Inner {
             .min_by_key(|proc| {
                 (
                     Some(proc.worker_id) != wanted,
+                    !wanted.is_some_and(|id| proc.adopted_ids.contains(&id)),
                     proc.connections.saturating_add(proc.handed),
                 )
             })?;

@@ -56,6 +56,29 @@ impl Inner {
             "worker {slot_id}: pid {new_pid} online, pid {old_pid} draining"
         ));
         let drain_timeout = self.lock().config.drain_timeout;
+        // A worker that hands its sessions over says how that went before it exits.
+        let report = |state: &State| {
+            state.slots[slot_id]
+                .hand_off
+                .filter(|(generation, _)| *generation == old_generation)
+                .map(|(_, counts)| counts)
+        };
+        let reported =
+            |state: &State| report(state).is_some() || state.proc(old_generation).is_none();
+        let handing_off = self.lock().slots[slot_id]
+            .current
+            .as_ref()
+            .is_some_and(|p| !p.adopted_ids.is_empty());
+        if handing_off {
+            self.wait_until(drain_timeout, reported).await;
+        }
+        let counts = report(&self.lock());
+        if let Some(counts) = counts {
+            progress(format!(
+                "worker {slot_id}: {} connections handed off, {} drained, {} failed",
+                counts.handed_off, counts.drained, counts.failed
+            ));
+        }
         self.reap(slot_id, old_generation, drain_timeout).await;
         Ok(())
     }

@@ -24,6 +24,7 @@ impl Inner {
                 Action::Drain {
                     generation,
                     timeout,
+                    ..
                 } => Some((*generation, *timeout)),
                 _ => None,
             })

@@ -71,10 +71,12 @@ pub(in crate::master) enum Action {
     SparesAfter {
         delay: Duration,
     },
-    /// Ask a process to finish its requests and exit within `timeout`.
+    /// Ask a process to finish its requests and exit within `timeout`; with `hand_off_to`
+    /// (the worker id of its replacement), to hand its live sessions to that worker first.
     Drain {
         generation: u64,
         timeout: Duration,
+        hand_off_to: Option<u16>,
     },
     /// SIGKILL a process if it is still tracked; `why` is logged (with its pid) if it was.
     Kill {

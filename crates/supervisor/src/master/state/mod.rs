@@ -217,6 +217,7 @@ impl State {
                 actions.extend(generations.into_iter().map(|generation| Action::Drain {
                     generation,
                     timeout,
+                    hand_off_to: None,
                 }));
             }
             Event::StopTimedOut => {
@@ -260,7 +261,52 @@ impl State {
                 actions.extend(slot.procs_mut().map(|proc| Action::Drain {
                     generation: proc.generation,
                     timeout,
+                    hand_off_to: None,
                 }));
+            }
+        }
+        self.hand_off_retired(actions);
+    }
+
+    /// The workers of slots a scale-down retired hand their live sessions to the least loaded
+    /// worker that stays, as a reload does (see `finish_replace`), rather than drain them.
+    fn hand_off_retired(&mut self, actions: &mut [Action]) {
+        if !self.config.capabilities().moves_sessions {
+            return;
+        }
+        for action in actions.iter_mut() {
+            let Action::Drain {
+                generation,
+                hand_off_to: hand_off_to @ None,
+                ..
+            } = action
+            else {
+                continue;
+            };
+            let Some(at) = self.slot_of(*generation) else {
+                continue;
+            };
+            let departing = match &self.slots[at].current {
+                Some(proc) if proc.generation == *generation && proc.speaks_ipc && proc.ready => {
+                    (proc.worker_id, proc.adopted_ids.clone())
+                }
+                _ => continue,
+            };
+            let adopter = self
+                .slots
+                .iter_mut()
+                .filter(|slot| !slot.retired && slot.status == Status::Online)
+                .filter_map(|slot| slot.current.as_mut())
+                .filter(|proc| proc.ready && proc.speaks_ipc)
+                .min_by_key(|proc| proc.connections);
+            let Some(adopter) = adopter else {
+                continue;
+            };
+            adopter.adopted_ids.push(departing.0);
+            adopter.adopted_ids.extend(departing.1);
+            *hand_off_to = Some(adopter.worker_id);
+            if let Some(proc) = self.slots[at].current.as_mut() {
+                proc.handing_off = true;
             }
         }
     }

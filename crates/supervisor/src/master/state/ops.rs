@@ -80,17 +80,31 @@ impl State {
                 .unwrap_or_else(|| "it did not become ready".into());
             return (Err(reason), actions);
         }
-        let new = position.incoming.take();
+        let mut new = position.incoming.take();
         let new_pid = new.as_ref().map_or(0, |p| p.pid);
+        // A worker that speaks IPC hands its live sessions to its replacement, which from now
+        // on also answers for the ids in their session ids (its own and those it had adopted).
+        let moves_sessions = self.config.capabilities().moves_sessions;
+        let position = &mut self.slots[slot];
+        let adopter = match (&mut new, &position.current) {
+            (Some(new), Some(old)) if moves_sessions && old.speaks_ipc && old.ready => {
+                new.adopted_ids.push(old.worker_id);
+                new.adopted_ids.extend(old.adopted_ids.iter().copied());
+                Some(new.worker_id)
+            }
+            _ => None,
+        };
         let old = std::mem::replace(&mut position.current, new);
         position.status = Status::Online;
         position.backoff = Backoff::default();
         let mut actions = Vec::new();
-        let old = old.map(|old| {
+        let old = old.map(|mut old| {
+            old.handing_off = adopter.is_some();
             let identity = (old.pid, old.generation);
             actions.push(Action::Drain {
                 generation: old.generation,
                 timeout,
+                hand_off_to: adopter,
             });
             position.draining.push(old);
             identity
@@ -116,6 +130,7 @@ impl State {
             vec![Action::Drain {
                 generation,
                 timeout,
+                hand_off_to: None,
             }],
         )
     }
@@ -145,6 +160,7 @@ impl State {
             actions.push(Action::Drain {
                 generation: spare.generation,
                 timeout,
+                hand_off_to: None,
             });
             actions.push(Action::KillAfter {
                 generation: spare.generation,

@@ -48,6 +48,13 @@ pub(in crate::master) struct Proc {
     pub(in crate::master) port: Option<u16>,
     /// The settings epoch it started in (see `State::epoch`).
     pub(in crate::master) epoch: u64,
+    /// Worker ids of the processes whose live sessions it adopted (on reload): their session
+    /// ids carry those ids, and are routed here.
+    pub(in crate::master) adopted_ids: Vec<u16>,
+    /// Draining, it hands its live sessions to its replacement: until it says it is done,
+    /// connections for its sessions still come to it (it passes on those that moved), rather
+    /// than to a replacement that may not have them yet.
+    pub(in crate::master) handing_off: bool,
 }
 
 impl Proc {
@@ -82,6 +89,8 @@ impl Proc {
             kill_signal: config.kill_signal,
             port: config.worker_port(slot),
             epoch: 0,
+            adopted_ids: Vec::new(),
+            handing_off: false,
         }
     }
 }
@@ -97,6 +106,9 @@ pub(in crate::master) struct Slot {
     pub(in crate::master) retired: bool,
     /// A reload or memory replacement of this slot is under way.
     pub(in crate::master) replacing: bool,
+    /// What the last process replaced here said of its live hand-off (its generation, the
+    /// counts): kept past its exit, for `reload` to print.
+    pub(in crate::master) hand_off: Option<(u64, crate::adoption::HandOffCounts)>,
     pub(in crate::master) current: Option<Proc>,
     /// The replacement started by a reload, until it is ready.
     pub(in crate::master) incoming: Option<Proc>,
@@ -114,6 +126,7 @@ impl Slot {
             last_error: None,
             retired: false,
             replacing: false,
+            hand_off: None,
             current: None,
             incoming: None,
             draining: Vec::new(),

@@ -324,6 +324,36 @@ fn scaling_down_drains_the_retired_slots_and_up_starts_new_ones_without_restarts
 }
 
 #[test]
+fn scaling_down_hands_the_retired_workers_sessions_to_the_least_loaded_that_stays() {
+    let mut state = running(3);
+    for (slot, connections) in [(0, 50), (1, 10), (2, 30)] {
+        let proc = state.slots[slot].current.as_mut().unwrap();
+        proc.speaks_ipc = true;
+        proc.connections = connections;
+    }
+    let retired = state.slots[2].current.as_ref().unwrap().worker_id;
+    let actions = state.apply(Event::Scaled { instances: 2 });
+    let adopter = state.slots[1].current.as_ref().unwrap();
+    assert!(matches!(
+        &actions[..],
+        [Action::Drain { generation: 3, hand_off_to: Some(id), .. }] if *id == adopter.worker_id
+    ));
+    assert_eq!(adopter.adopted_ids, vec![retired]);
+    assert!(state.slots[2].current.as_ref().unwrap().handing_off);
+    // Down to one: nobody stays to adopt from a worker that does not speak IPC.
+    state.slots[1].current.as_mut().unwrap().speaks_ipc = false;
+    let actions = state.apply(Event::Scaled { instances: 1 });
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Drain {
+            generation: 2,
+            hand_off_to: None,
+            ..
+        }
+    )));
+}
+
+#[test]
 fn a_stop_drains_every_process_and_their_exits_restart_nothing() {
     let mut state = running(2);
     let actions = state.apply(Event::StopRequested);
@@ -389,6 +419,53 @@ fn a_replacement_swaps_in_a_ready_process_and_drains_the_old_one() {
         .any(|a| matches!(a, Action::RestartAfter { .. })));
 }
 
+/// Replaces slot 0's process, which speaks IPC, by a new one of `generation` that got ready.
+fn replaced_by(state: &mut State, generation: u64) -> Vec<Action> {
+    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
+    state.begin_replace(0);
+    start(state, 0, Role::Incoming, generation);
+    state.apply(Event::Ready {
+        generation,
+        via_ipc: true,
+    });
+    let (swapped, actions) = state.finish_replace(0, generation);
+    assert!(swapped.is_ok());
+    actions
+}
+
+#[test]
+fn a_replaced_worker_that_speaks_ipc_hands_its_sessions_to_its_replacement() {
+    let mut state = running(1);
+    let old_id = state.slots[0].current.as_ref().unwrap().worker_id;
+    let actions = replaced_by(&mut state, 5);
+    let new = state.slots[0].current.as_ref().unwrap();
+    assert!(matches!(
+        &actions[..],
+        [Action::Drain { generation: 1, hand_off_to: Some(id), .. }] if *id == new.worker_id
+    ));
+    assert_eq!(new.adopted_ids, vec![old_id]);
+    // Replaced again: the next one answers for both earlier ids.
+    let second_id = new.worker_id;
+    replaced_by(&mut state, 9);
+    let newest = state.slots[0].current.as_ref().unwrap();
+    assert_eq!(newest.adopted_ids, vec![second_id, old_id]);
+}
+
+#[test]
+fn a_program_other_than_the_chat_drains_without_a_hand_off() {
+    let mut state = running(1);
+    state.config.command = vec!["./api".into()];
+    let actions = replaced_by(&mut state, 5);
+    assert!(matches!(
+        &actions[..],
+        [Action::Drain {
+            generation: 1,
+            hand_off_to: None,
+            ..
+        }]
+    ));
+}
+
 #[test]
 fn a_replacement_that_never_gets_ready_is_killed_and_the_old_process_keeps_serving() {
     let mut state = running(1);
@@ -434,7 +511,8 @@ fn a_restart_drains_the_slot_then_starts_it_again_with_a_fresh_backoff() {
         actions,
         vec![Action::Drain {
             generation: 1,
-            timeout
+            timeout,
+            hand_off_to: None,
         }]
     );
     // Its exit is expected: no restart of its own.
