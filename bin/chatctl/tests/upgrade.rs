@@ -119,12 +119,18 @@ fn an_upgrade_under_load_fails_no_connection_and_runs_the_new_binary() {
     );
     assert!(printed.contains("upgraded: master"), "{printed}");
 
-    // The users were on the old workers, which drain: each reconnects, to a new worker, with
-    // the session cookie of its one login (the sessions moved to the new master's store).
-    // TODO(issue 16, live hand-off): once the old workers hand their sessions to the new
-    // master's workers, assert zero disconnects here instead.
+    // The users were on the old workers, which hand their websockets to the new master's
+    // workers as the old master stops (live hand-off): once it is gone, every user is still
+    // connected and none saw a disconnect.
+    wait_until("the old master to exit", || !alive(old_master));
     let done = crowd.tell_and_wait_done("upgraded", || app.log_text());
     assert_eq!(done["connected"], CROWD, "crowd: {done}");
+    assert_eq!(
+        done["disconnects"],
+        0,
+        "crowd: {done}\nlog:\n{}",
+        app.log_text()
+    );
 
     eprintln!("crowd across the upgrade: {done}");
     loops.finish_without_failures("upgrade");

@@ -289,6 +289,15 @@ impl Inner {
                         super::drain(proc, timeout, adopter);
                     }
                 }
+                Action::HandOver {
+                    generation,
+                    timeout,
+                    to,
+                } => {
+                    if let Some(proc) = self.lock().proc(generation) {
+                        super::drain(proc, timeout, Some(to));
+                    }
+                }
                 Action::Kill { generation, why } => {
                     if let (Some(pid), Some(why)) = (self.kill_tracked(generation), why) {
                         emit(&Log {

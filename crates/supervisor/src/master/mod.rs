@@ -144,6 +144,9 @@ struct Inner {
     /// Set while an upgrade is under way (and in a new master until it took over): one at
     /// a time.
     upgrading: std::sync::atomic::AtomicBool,
+    /// The new master's workers, once it took the app over: this master's workers hand their
+    /// sessions to them as they stop.
+    successor_workers: Mutex<Vec<crate::adoption::Adopter>>,
     /// The connections accepted and not yet handed to a worker (sticky scheduling): an old
     /// master that stopped accepting finishes them before its workers drain.
     dispatching: tokio_util::task::TaskTracker,
@@ -292,6 +295,7 @@ impl Master {
                 Files::Owned
             }),
             upgrading: std::sync::atomic::AtomicBool::new(predecessor.is_some()),
+            successor_workers: Mutex::new(Vec::new()),
             admin_listener: std::sync::OnceLock::new(),
             dispatching: tokio_util::task::TaskTracker::new(),
         };

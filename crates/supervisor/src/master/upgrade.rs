@@ -215,7 +215,7 @@ impl Inner {
 
         // Under systemd, the new master is the service's main process from now on.
         crate::client::sd_notify(&format!("MAINPID={pid}"));
-        let handed = self.hand_sessions_to(pid, &peers);
+        let adopters = self.hand_sessions_to(pid, &peers);
         let draining = self.lock().slots.iter().filter(|s| !s.retired).count();
         self.observer.record(
             "upgrade",
@@ -224,7 +224,7 @@ impl Inner {
             format!("master {pid} ({version}) took over"),
         );
         Ok(format!(
-            "upgraded: master {pid} ({version}) serves the app; this master ({}) hands off {handed} sessions, drains its {draining} workers and exits",
+            "upgraded: master {pid} ({version}) serves the app; this master ({}) hands the live sessions of its {draining} workers to the new master's {adopters} workers and exits",
             std::process::id()
         ))
     }
@@ -246,22 +246,27 @@ impl Inner {
         }
     }
 
-    /// The seam for live hand-off across an upgrade (issue 16): where the old workers are to
-    /// be told to pass their sessions (websocket descriptors, unparsed bytes, state) to the new
-    /// master's workers instead of draining. The new master (`successor`, pid) named its
-    /// workers in `peers` (the private-socket token, never in argv or the environment, and
-    /// their worker ids). With the live hand-off of reloads (a worker's `Drain` carrying the
-    /// address of its adopter): give each old worker, in turn, the adopter at
-    /// `peers.token`/`peers.worker_ids[k]` bound by `successor`, in place of the plain drain
-    /// of `stop`, and sum the counts they report. Not built yet: returns how many sessions
-    /// were handed off (none); every old worker drains, its clients reconnect to the new ones.
-    fn hand_sessions_to(&self, successor: u32, peers: &Peers) -> u64 {
-        tracing::info!(
-            successor,
-            new_workers = ?peers.worker_ids,
-            "live hand-off to the new master's workers is not built yet: the old workers drain"
-        );
-        0
+    /// Live hand-off across an upgrade: the new master (`successor`, pid) named its workers in
+    /// `peers` (the private-socket token, never in argv or the environment, and their worker
+    /// ids). As this master stops, each of its workers hands its websocket sessions (their
+    /// descriptors, unparsed bytes and state) to one of them in turn, instead of draining;
+    /// long-polling sessions drain, since the new master does not route this one's session
+    /// ids. Returns how many workers will adopt.
+    fn hand_sessions_to(&self, successor: u32, peers: &Peers) -> usize {
+        let adopters: Vec<_> = peers
+            .worker_ids
+            .iter()
+            .filter_map(|id| {
+                crate::adoption::Adopter::worker(&peers.token, *id, successor, false)
+                    .map_err(|error| tracing::warn!(%error, worker = id, "cannot address a new worker: its share drains"))
+                    .ok()
+            })
+            .collect();
+        let count = adopters.len();
+        if let Ok(mut successor_workers) = self.successor_workers.lock() {
+            *successor_workers = adopters;
+        }
+        count
     }
 
     /// Why the new master ended before it was ready: its exit, and its last words on stderr.

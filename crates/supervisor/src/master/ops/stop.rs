@@ -10,7 +10,16 @@ use super::super::Inner;
 impl Inner {
     /// Stops every worker: drain (or the kill signal), then SIGKILL after the stop timeout.
     pub(in crate::master) async fn stop(self: &Arc<Self>) {
-        self.apply(Event::StopRequested);
+        let adopters = self
+            .successor_workers
+            .lock()
+            .map(|mut adopters| std::mem::take(&mut *adopters))
+            .unwrap_or_default();
+        self.apply(if adopters.is_empty() {
+            Event::StopRequested
+        } else {
+            Event::HandOverRequested { adopters }
+        });
         let timeout = self.lock().config.stop_timeout;
         if !self.wait_until(timeout, State::all_gone).await {
             self.apply(Event::StopTimedOut);

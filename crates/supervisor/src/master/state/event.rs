@@ -46,6 +46,11 @@ pub(in crate::master) enum Event {
     Scaled { instances: usize },
     /// `chatctl stop`, SIGTERM or SIGINT: every process is asked to finish.
     StopRequested,
+    /// A new master took the app over (`chatctl upgrade`): every process is asked to finish,
+    /// those that can move their sessions handing them to the new master's workers, in turn.
+    HandOverRequested {
+        adopters: Vec<crate::adoption::Adopter>,
+    },
     /// The stop timeout passed with processes left.
     StopTimedOut,
     /// Every process of a stop is gone (or was killed).
@@ -77,6 +82,13 @@ pub(in crate::master) enum Action {
         generation: u64,
         timeout: Duration,
         hand_off_to: Option<u16>,
+    },
+    /// Ask a process to hand its live sessions to `to`, a worker of another master, then
+    /// finish as [`Action::Drain`] does.
+    HandOver {
+        generation: u64,
+        timeout: Duration,
+        to: crate::adoption::Adopter,
     },
     /// SIGKILL a process if it is still tracked; `why` is logged (with its pid) if it was.
     Kill {

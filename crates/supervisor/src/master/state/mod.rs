@@ -202,24 +202,8 @@ impl State {
                 }
             }
             Event::Scaled { instances } => self.scaled(instances, &mut actions),
-            Event::StopRequested => {
-                self.phase = Phase::Stopping;
-                let timeout = self.config.stop_timeout;
-                for slot in self.slots.iter_mut() {
-                    slot.status = Status::Stopping;
-                }
-                let generations: Vec<u64> = self.procs_mut().map(|p| p.generation).collect();
-                actions.push(Log::without_worker(
-                    Level::Info,
-                    None,
-                    format!("stopping {} workers", generations.len()),
-                ));
-                actions.extend(generations.into_iter().map(|generation| Action::Drain {
-                    generation,
-                    timeout,
-                    hand_off_to: None,
-                }));
-            }
+            Event::StopRequested => self.stop(Vec::new(), &mut actions),
+            Event::HandOverRequested { adopters } => self.stop(adopters, &mut actions),
             Event::StopTimedOut => {
                 let generations: Vec<u64> = self.procs_mut().map(|p| p.generation).collect();
                 actions.extend(generations.into_iter().map(|generation| Action::Kill {
@@ -266,6 +250,41 @@ impl State {
             }
         }
         self.hand_off_retired(actions);
+    }
+
+    /// Every process is asked to finish; with `adopters` (a new master's workers), those that
+    /// can move their sessions hand them over first, spread over the adopters in turn.
+    fn stop(&mut self, adopters: Vec<crate::adoption::Adopter>, actions: &mut Vec<Action>) {
+        self.phase = Phase::Stopping;
+        let timeout = self.config.stop_timeout;
+        let moves_sessions = self.config.capabilities().moves_sessions;
+        for slot in self.slots.iter_mut() {
+            slot.status = Status::Stopping;
+        }
+        let procs: Vec<(u64, bool)> = self
+            .procs_mut()
+            .map(|p| (p.generation, p.ready && p.speaks_ipc))
+            .collect();
+        actions.push(Log::without_worker(
+            Level::Info,
+            None,
+            format!("stopping {} workers", procs.len()),
+        ));
+        let mut adopters = adopters.into_iter().cycle();
+        actions.extend(procs.into_iter().map(|(generation, can_move)| {
+            match adopters.next().filter(|_| can_move && moves_sessions) {
+                Some(to) => Action::HandOver {
+                    generation,
+                    timeout,
+                    to,
+                },
+                None => Action::Drain {
+                    generation,
+                    timeout,
+                    hand_off_to: None,
+                },
+            }
+        }));
     }
 
     /// The workers of slots a scale-down retired hand their live sessions to the least loaded

@@ -382,6 +382,54 @@ fn a_stop_drains_every_process_and_their_exits_restart_nothing() {
 }
 
 #[test]
+fn after_an_upgrade_the_workers_hand_their_sessions_to_the_new_masters_in_turn() {
+    let mut state = running(3);
+    for slot in &mut state.slots {
+        slot.current.as_mut().unwrap().speaks_ipc = true;
+    }
+    // One worker cannot move its sessions: it drains.
+    state.slots[2].current.as_mut().unwrap().speaks_ipc = false;
+    let adopter = |id| crate::adoption::Adopter {
+        address: format!("new-{id}"),
+        master_pid: 42,
+        polling: false,
+    };
+    let actions = state.apply(Event::HandOverRequested {
+        adopters: vec![adopter(7), adopter(8)],
+    });
+    let ends: Vec<(u64, Option<String>)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::HandOver { generation, to, .. } => {
+                Some((*generation, Some(to.address.clone())))
+            }
+            Action::Drain { generation, .. } => Some((*generation, None)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        vec![
+            (1, Some("new-7".into())),
+            (2, Some("new-8".into())),
+            (3, None)
+        ]
+    );
+    assert_eq!(state.phase, Phase::Stopping);
+    // A program other than the chat cannot move sessions: every worker drains.
+    let mut state = running(1);
+    state.config.command = vec!["./api".into()];
+    state.slots[0].current.as_mut().unwrap().speaks_ipc = true;
+    let actions = state.apply(Event::HandOverRequested {
+        adopters: vec![adopter(7)],
+    });
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Drain { generation: 1, .. })));
+    assert!(!actions.iter().any(|a| matches!(a, Action::HandOver { .. })));
+}
+
+#[test]
 fn a_replacement_swaps_in_a_ready_process_and_drains_the_old_one() {
     let mut state = running(1);
     let actions = state.begin_replace(0).expect("a replacement begins");
