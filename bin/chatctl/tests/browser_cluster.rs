@@ -2,8 +2,9 @@
 //! state through the master), and real Chromium users driven by npm `playwright-core` through
 //! the same scenario as crates/chat's browser test (crates/chat/tests/js/browser_e2e.mjs): login,
 //! two users chatting in one room, a third room kept apart, `/rooms` counts, markup as text.
-//! Then every worker is reloaded under the two users: their pages come back by
-//! connection-state recovery, with nothing missed or repeated and nobody leaving.
+//! Then every worker is reloaded under the two users: each old worker hands their connections to
+//! its replacement, and their pages never see a reconnect, miss or repeat nothing, and nobody
+//! leaves.
 
 mod support;
 
