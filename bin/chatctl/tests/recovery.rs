@@ -21,6 +21,9 @@ enum Fault {
     KillWorker,
     /// `chatctl reload`: every worker replaced.
     Reload,
+    /// `chatctl upgrade`: a new master and new workers; the old workers drain while both
+    /// masters run, one app over the bridge between them.
+    Upgrade,
 }
 
 /// Runs the scenario over `transport` with `fault` mid-stream, with the embedded store or
@@ -59,6 +62,12 @@ fn fault_mid_stream(name: &str, transport: &str, fault: Fault, redis: Option<&st
         }
         Fault::Reload => {
             support::succeeded(&app.run(&["reload", &app.name]));
+            worker_pids(&listed)
+        }
+        Fault::Upgrade => {
+            support::succeeded(&app.run(&["upgrade", &app.name]));
+            let old_master = listed["master_pid"].as_u64();
+            app.wait_listed("the new master", |a| a["master_pid"].as_u64() != old_master);
             worker_pids(&listed)
         }
     };
@@ -136,16 +145,29 @@ fn kill_9_of_a_worker_loses_no_message_over_long_polling() {
     assert_nothing_lost(&done);
 }
 
-#[test]
-fn a_reload_loses_no_message_and_nobody_leaves() {
-    let done = fault_mid_stream("recovery-reload", "websocket", Fault::Reload, None);
-    eprintln!("reload: {done}");
+/// Every worker replaced (`reload`), or the master and every worker (`upgrade`): every
+/// user's sockets moved, each recovered, nothing lost.
+fn every_worker_replaced_loses_nothing(name: &str, fault: Fault) {
+    let done = fault_mid_stream(name, "websocket", fault, None);
+    eprintln!("{name}: {done}");
     assert_nothing_lost(&done);
-    // Every socket was moved to a new worker.
     assert!(
         done["disconnects"].as_u64() >= Some(80),
         "every receiver's two sockets were moved: {done}"
     );
+}
+
+#[test]
+fn a_reload_loses_no_message_and_nobody_leaves() {
+    every_worker_replaced_loses_nothing("recovery-reload", Fault::Reload);
+}
+
+/// Users of the old workers, moved by `chatctl upgrade` to the new master's, miss nothing and
+/// get nothing twice: the recovery logs move with the app (see upgrade.rs for users on both
+/// masters' workers at once).
+#[test]
+fn an_upgrade_loses_no_message_and_nobody_leaves() {
+    every_worker_replaced_loses_nothing("recovery-upgrade", Fault::Upgrade);
 }
 
 #[test]

@@ -109,7 +109,7 @@ impl Line for ToWorker {
 }
 
 /// The body of a `prefix BODY }` line, checked to be JSON but not parsed into a tree.
-fn raw_body(line: String, prefix: &str) -> Result<Box<RawValue>, String> {
+pub(crate) fn raw_body(line: String, prefix: &str) -> Result<Box<RawValue>, String> {
     let body = match line
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_suffix('}'))
@@ -121,7 +121,9 @@ fn raw_body(line: String, prefix: &str) -> Result<Box<RawValue>, String> {
 }
 
 /// A raw body from a message that took the slow path (see [`Line::fast`]).
-fn raw_from_any<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Box<RawValue>, D::Error> {
+pub(crate) fn raw_from_any<'de, D: serde::Deserializer<'de>>(
+    from: D,
+) -> Result<Box<RawValue>, D::Error> {
     let value = Value::deserialize(from)?;
     serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)
 }

@@ -21,12 +21,20 @@
 //! 3. new → old: `took_over`; the old master points `control.sock` and `master.pid` at the
 //!    new master, drains its own workers and exits.
 //!
+//! From `take_over` until the old master exits, the channel is the bridge between the old
+//! workers and the new master's service, so that old and new workers are one app (one
+//! numbering of events, one store): the old master forwards what its workers ask of the
+//! service ([`FromOldWorkers`]: events to number, broadcasts, store requests, a worker gone),
+//! and the new master sends back what is for them ([`ToOldWorkers`]: numbered events and
+//! broadcasts, replies). Questions to every worker (`gather`) stay on each side.
+//!
 //! Secrets (the peers token) travel only on the channel, never in argv or the environment.
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 pub use crate::inherited::LISTEN_FD;
 pub const CHANNEL_FD: RawFd = 4;
@@ -64,11 +72,70 @@ pub enum ToSuccessor {
     TakeOver {
         #[serde(default)]
         service: Option<serde_json::Value>,
+        /// The old master's workers (their process ids for the service): what they owned
+        /// in the service is forgotten when they are gone, or when the bridge closes.
+        #[serde(default)]
+        workers: Vec<u64>,
+    },
+}
+
+/// What the old master forwards from its workers to the new master's service, after
+/// `take_over` (each as [`crate::ipc::ToMaster`] says, with the worker it came from).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromOldWorkers {
+    Sequence {
+        worker: u64,
+        #[serde(deserialize_with = "crate::ipc::raw_from_any")]
+        body: Box<RawValue>,
+    },
+    Publish {
+        worker: u64,
+        #[serde(deserialize_with = "crate::ipc::raw_from_any")]
+        body: Box<RawValue>,
+    },
+    Request {
+        worker: u64,
+        id: u64,
+        body: serde_json::Value,
+    },
+    Tell {
+        worker: u64,
+        body: serde_json::Value,
+    },
+    /// The worker ended: what it owned in the service goes.
+    WorkerGone { worker: u64 },
+}
+
+/// What the new master sends the old master's workers over the bridge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToOldWorkers {
+    /// For every old worker: a numbered event, a broadcast, a departure. The same line as
+    /// [`crate::ipc::ToWorker::Message`], so the new master queues one copy for all.
+    Message {
+        #[serde(deserialize_with = "crate::ipc::raw_from_any")]
+        body: Box<RawValue>,
+    },
+    /// The answer to one old worker's request.
+    Reply {
+        worker: u64,
+        id: u64,
+        body: serde_json::Value,
     },
 }
 
 impl crate::ipc::Line for FromSuccessor {}
 impl crate::ipc::Line for ToSuccessor {}
+
+impl crate::ipc::Line for FromOldWorkers {}
+
+impl crate::ipc::Line for ToOldWorkers {
+    fn fast(line: String) -> Result<Self, String> {
+        crate::ipc::raw_body(line, r#"{"type":"message","body":"#)
+            .map(|body| ToOldWorkers::Message { body })
+    }
+}
 
 /// Where the new master's workers can be reached, for a live hand-off of sessions from the
 /// old workers (issue 16): the token naming their private sockets

@@ -174,21 +174,34 @@ impl MasterService for StoreService {
         })
     }
 
-    /// The logged-in sessions: without them every user's cookie would be refused by the new
-    /// master's workers. Room presence comes back as the users rejoin; the recovery logs do
-    /// not move (the users start new Socket.IO sessions).
+    /// The logged-in sessions (without them every user's cookie would be refused by the new
+    /// master's workers) and the recovery logs (so the users of the old workers come back to
+    /// the new ones recovered, numbering and all). Room presence comes back as the users
+    /// rejoin.
     fn hand_over(&self) -> Option<Value> {
-        Some(json!({ "sessions": self.store.session_records() }))
+        Some(json!({
+            "sessions": self.store.session_records(),
+            "recovery": self.recovery.hand_over(),
+        }))
     }
 
-    fn take_over(&self, state: Value) {
-        let records = state
-            .get("sessions")
-            .cloned()
-            .and_then(|sessions| serde_json::from_value(sessions).ok())
-            .unwrap_or_default();
+    fn take_over(&self, mut state: Value) -> Result<String, String> {
+        let records = match state.get_mut("sessions").map(Value::take) {
+            Some(sessions) => serde_json::from_value(sessions)
+                .map_err(|error| format!("the sessions handed over are malformed: {error}"))?,
+            None => Vec::new(),
+        };
+        let sockets = match state.get_mut("recovery").map(Value::take) {
+            Some(logs) => self.recovery.take_over(logs)?,
+            None => 0,
+        };
         let taken = self.store.restore_sessions(records);
-        tracing::info!(sessions = taken, "took over the old master's sessions");
+        tracing::info!(
+            sessions = taken,
+            sockets,
+            "took over the old master's sessions and recovery logs"
+        );
+        Ok(format!("{taken} sessions, {sockets} recoverable sockets"))
     }
 
     fn worker_gone(&self, worker: u64) -> Vec<Box<RawValue>> {

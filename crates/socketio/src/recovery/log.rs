@@ -3,6 +3,8 @@
 //! or in a master or store every worker reaches). Plain data, no locks and no I/O: its owner
 //! serialises access.
 
+mod snapshot;
+
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -11,6 +13,8 @@ use engineio::Frame;
 use super::{Digest, RecoveryConfig, RestoreRequest, Restored, Sequenced, SessionRecord};
 use crate::adapter::BroadcastOptions;
 use crate::{Room, Sid};
+
+pub use snapshot::{Audience, EventSnapshot, KeptSnapshot, LogBounds, LogSnapshot, SnapshotError};
 
 /// Who owns a kept socket: the process that serves it (a worker's id for its master), or
 /// none once its connection broke.

@@ -24,6 +24,7 @@ const MAX_PEEKING: usize = 4096;
 
 mod admin;
 mod auto;
+mod bridge;
 mod control;
 mod health;
 mod hooks;
@@ -65,8 +66,11 @@ pub trait MasterService: Send + Sync + 'static {
     fn hand_over(&self) -> Option<serde_json::Value> {
         None
     }
-    /// Takes what the old master's service handed over.
-    fn take_over(&self, _state: serde_json::Value) {}
+    /// Takes what the old master's service handed over; says what it took, or why it
+    /// refuses it (a malformed hand-over: the upgrade is then given up).
+    fn take_over(&self, _state: serde_json::Value) -> Result<String, String> {
+        Ok(String::new())
+    }
 }
 
 /// Why the master could not start; each names the fix.
@@ -149,6 +153,14 @@ struct Inner {
     dispatching: tokio_util::task::TaskTracker,
     /// A copy of the admin address's socket, for a new master to inherit.
     admin_listener: std::sync::OnceLock<std::net::TcpListener>,
+    /// An old master's, once it handed the app over: the queue to the new master, where its
+    /// workers' messages for the service go (see [`bridge`]).
+    bridge: std::sync::RwLock<Option<Arc<Outbox>>>,
+    /// A new master's, once it took over: the queue to the old master's workers, for the
+    /// events and broadcasts they are to get.
+    old_workers: std::sync::OnceLock<Arc<Outbox>>,
+    /// What the new master could not send the old master's workers.
+    bridge_drops: crate::drops::Drops,
 }
 
 /// One worker's question to all the others (e.g. which sockets are in a room).
@@ -262,6 +274,7 @@ impl Master {
             .map_err(MasterError::Invalid)?;
 
         let observer = admin::Observer::new(&config.name, paths.log_file.clone(), log.clone());
+        let drop_log_interval = config.drop_log_interval;
         let mut state = State::new(config, run_as);
         if let Some(first) = inherited.first_generation {
             state.next_generation = first.max(1);
@@ -294,6 +307,9 @@ impl Master {
             upgrading: std::sync::atomic::AtomicBool::new(predecessor.is_some()),
             admin_listener: std::sync::OnceLock::new(),
             dispatching: tokio_util::task::TaskTracker::new(),
+            bridge: std::sync::RwLock::new(None),
+            old_workers: std::sync::OnceLock::new(),
+            bridge_drops: crate::drops::Drops::new(drop_log_interval),
         };
         Ok(Master {
             inner: Arc::new(inner),

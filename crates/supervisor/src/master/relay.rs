@@ -10,6 +10,7 @@ use super::state::{Proc, State};
 use super::{Gathering, Inner};
 use crate::ipc::{message_lines, read_message, ReadEnd, ToMaster, ToWorker};
 use crate::outbox::{relay_line, LineBytes, Outbox, Refused};
+use crate::upgrade::FromOldWorkers;
 
 impl Inner {
     /// Talks to one worker over its IPC channel until either side closes it. A worker that
@@ -76,10 +77,27 @@ impl Inner {
                         }
                     }
                     ToMaster::Request { id, body } => {
-                        let body = match self.service.get() {
-                            Some(service) => service.request(generation, body),
-                            None => serde_json::json!({ "error": "this master offers no service" }),
+                        let answered = {
+                            let bridge = self.bridged();
+                            match bridge.as_ref() {
+                                Some(bridge) => {
+                                    let request = FromOldWorkers::Request {
+                                        worker: generation,
+                                        id,
+                                        body,
+                                    };
+                                    self.forward_request(bridge, &request);
+                                    None
+                                }
+                                None => Some(match self.service.get() {
+                                    Some(service) => service.request(generation, body),
+                                    None => {
+                                        serde_json::json!({ "error": "this master offers no service" })
+                                    }
+                                }),
+                            }
                         };
+                        let Some(body) = answered else { continue };
                         let mut line =
                             serde_json::to_vec(&ToWorker::Reply { id, body }).unwrap_or_default();
                         if line.len() > max_line {
@@ -101,16 +119,28 @@ impl Inner {
                         }
                     }
                     ToMaster::Tell { body } => {
-                        if let Some(service) = self.service.get() {
-                            let answer = service.request(generation, body);
-                            if answer.get("error").is_some() {
-                                if let Some(proc) = self.lock().proc(generation) {
-                                    proc.drops.count(
-                                        "store_write_failed",
-                                        1,
-                                        "a worker's store write (e.g. a history entry) failed",
-                                    );
+                        let answer = {
+                            let bridge = self.bridged();
+                            match (bridge.as_ref(), self.service.get()) {
+                                (Some(bridge), _) => {
+                                    let tell = FromOldWorkers::Tell {
+                                        worker: generation,
+                                        body,
+                                    };
+                                    self.forward_request(bridge, &tell);
+                                    None
                                 }
+                                (None, Some(service)) => Some(service.request(generation, body)),
+                                (None, None) => None,
+                            }
+                        };
+                        if answer.is_some_and(|answer| answer.get("error").is_some()) {
+                            if let Some(proc) = self.lock().proc(generation) {
+                                proc.drops.count(
+                                    "store_write_failed",
+                                    1,
+                                    "a worker's store write (e.g. a history entry) failed",
+                                );
                             }
                         }
                     }
@@ -223,27 +253,48 @@ impl Inner {
         }
     }
 
-    /// Hands a worker's message to every other live worker that speaks IPC.
+    /// Hands a worker's message to every other live worker that speaks IPC: this master's,
+    /// and during an upgrade those of the other master (see [`super::bridge`]).
     pub(super) fn relay(&self, from: u64, body: &serde_json::value::RawValue) {
         let line = relay_line(body);
         let mut state = self.lock();
-        Self::relay_to(&mut state, line, |proc| proc.generation != from);
+        Self::relay_to(&mut state, line.clone(), |proc| proc.generation != from);
+        self.relay_to_old_workers(&line);
+        let bridge = self.bridged();
+        if let Some(bridge) = bridge.as_ref() {
+            let publish = FromOldWorkers::Publish {
+                worker: from,
+                body: body.to_owned(),
+            };
+            self.forward_relay(bridge, &publish);
+        }
     }
 
     /// Has the service number a worker's message, and hands the numbered message to every
     /// live worker that speaks IPC, the sender included. Numbered and queued under the state
-    /// lock: every worker's queue gets the messages in number order.
+    /// lock: every worker's queue gets the messages in number order. Once this master
+    /// handed the app over, the new master's service numbers it (see [`super::bridge`]).
     pub(super) fn sequence(&self, from: u64, body: &serde_json::value::RawValue) {
         let Some(service) = self.service.get() else {
             return;
         };
         let mut state = self.lock();
+        let bridge = self.bridged();
+        if let Some(bridge) = bridge.as_ref() {
+            let sequence = FromOldWorkers::Sequence {
+                worker: from,
+                body: body.to_owned(),
+            };
+            return self.forward_relay(bridge, &sequence);
+        }
         if let Some(numbered) = service.sequence(from, body) {
-            Self::relay_to(&mut state, relay_line(&numbered), |_| true);
+            let line = relay_line(&numbered);
+            Self::relay_to(&mut state, line.clone(), |_| true);
+            self.relay_to_old_workers(&line);
         }
     }
 
-    fn relay_to(state: &mut State, line: LineBytes, to: impl Fn(&Proc) -> bool) {
+    pub(super) fn relay_to(state: &mut State, line: LineBytes, to: impl Fn(&Proc) -> bool) {
         for slot in state.slots.iter_mut() {
             for proc in slot.procs_mut() {
                 if to(proc) && proc.speaks_ipc {

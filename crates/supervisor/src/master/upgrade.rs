@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::state::{Phase, State};
 use super::{Files, Inner};
 use crate::ipc::{message_lines, read_message, write_message};
+use crate::outbox::Outbox;
 use crate::upgrade::{
     check_binary, commit_files, spawn_successor, FromSuccessor, Peers, Successor, ToSuccessor,
     MAX_LINE,
@@ -111,7 +112,7 @@ impl Inner {
             .map_err(|e| format!("cannot talk to the new master: {e}"));
         let handed = match channel {
             Ok(channel) => {
-                let (read, mut write) = channel.into_split();
+                let (read, write) = channel.into_split();
                 let mut lines = message_lines(read, MAX_LINE);
                 let ready = tokio::time::timeout(timeout, async {
                     let heard = tokio::select! {
@@ -137,10 +138,7 @@ impl Inner {
                     ))
                 });
                 match ready {
-                    Ok(ready) => {
-                        self.take_over_by(ready, &mut lines, &mut write, progress)
-                            .await
-                    }
+                    Ok(ready) => self.take_over_by(ready, lines, write, progress).await,
                     Err(error) => Err(error),
                 }
             }
@@ -160,15 +158,16 @@ impl Inner {
         handed
     }
 
-    /// Once the new master is ready: stop accepting, hand it the service's state, point the
-    /// app's files at it. Undone (accepting again) if it does not take over.
+    /// Once the new master is ready: stop accepting, hand it the service's state (and from
+    /// then on what the workers send the service: see [`super::bridge`]), point the app's
+    /// files at it. Undone (accepting again) if it does not take over.
     async fn take_over_by(
         self: &Arc<Self>,
         ready: ReadySuccessor,
-        lines: &mut crate::lines::BoundedLines<
+        mut lines: crate::lines::BoundedLines<
             tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
         >,
-        write: &mut tokio::net::unix::OwnedWriteHalf,
+        mut write: tokio::net::unix::OwnedWriteHalf,
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<String, String> {
         let ReadySuccessor {
@@ -181,13 +180,16 @@ impl Inner {
             peers.worker_ids.len()
         ));
         self.accepting.send_replace(false);
-        let service = self.service.get().and_then(|service| service.hand_over());
+        let (service, workers, bridge) = self.open_bridge();
         let took_over = tokio::time::timeout(TAKE_OVER_TIMEOUT, async {
-            write_message(write, &ToSuccessor::TakeOver { service })
+            write_message(&mut write, &ToSuccessor::TakeOver { service, workers })
                 .await
                 .map_err(|e| format!("cannot reach the new master: {e}"))?;
-            match read_message::<FromSuccessor, _>(lines).await {
+            match read_message::<FromSuccessor, _>(&mut lines).await {
                 Ok(FromSuccessor::TookOver) => Ok(()),
+                Ok(FromSuccessor::Failed { message }) => {
+                    Err(format!("the new master refused the hand-over: {message}"))
+                }
                 Ok(other) => Err(format!("the new master said {other:?} out of turn")),
                 Err(_) => Err("the new master went away while taking over".to_owned()),
             }
@@ -207,11 +209,13 @@ impl Inner {
             })
         });
         if let Err(error) = took_over {
+            self.close_bridge(&bridge);
             self.accepting.send_replace(true);
             tokio::spawn(self.clone().dispatch_loop());
             return Err(error);
         }
         self.set_files(Files::HandedOver);
+        self.clone().run_bridge_to_successor(lines, write, bridge);
 
         // Under systemd, the new master is the service's main process from now on.
         crate::client::sd_notify(&format!("MAINPID={pid}"));
@@ -330,19 +334,42 @@ impl Inner {
         };
         let took_over = async {
             write_message(&mut write, &ready).await.ok()?;
-            let ToSuccessor::TakeOver { service } =
+            let ToSuccessor::TakeOver { service, workers } =
                 read_message::<ToSuccessor, _>(&mut lines).await.ok()?;
-            if let (Some(kept), Some(service)) = (service, self.service.get()) {
-                service.take_over(kept);
+            let old_workers = Outbox::new(self.lock().config.ipc_queue_size);
+            let taken = {
+                // Under the state lock, as events are numbered: from the first number of the
+                // old log on, every numbered event goes to the old master's workers too,
+                // queued behind `took_over`.
+                let _numbering = self.lock();
+                let taken = match (service, self.service.get()) {
+                    (Some(kept), Some(service)) => service.take_over(kept),
+                    _ => Ok(String::new()),
+                };
+                if taken.is_ok() {
+                    let _ = self.old_workers.set(old_workers.clone());
+                }
+                taken
+            };
+            match taken {
+                Ok(taken) => tracing::info!("took over the old master's service: {taken}"),
+                Err(message) => {
+                    tracing::error!("cannot take the old master's state: {message}");
+                    let _ = write_message(&mut write, &FromSuccessor::Failed { message }).await;
+                    return None;
+                }
             }
             self.set_files(Files::Owned);
             self.upgrading.store(false, Ordering::Release);
             write_message(&mut write, &FromSuccessor::TookOver)
                 .await
-                .ok()
+                .ok()?;
+            Some((old_workers, workers))
         };
-        if took_over.await.is_some() {
+        if let Some((old_workers, workers)) = took_over.await {
             tracing::info!(version = %self.version, "took over from the old master");
+            self.serve_old_workers(lines, write, old_workers, workers)
+                .await;
             return;
         }
         tracing::error!("the old master gave the upgrade up: stopping");
