@@ -9,7 +9,8 @@ mod support;
 
 use serde_json::Value;
 use support::{
-    all_online, node_program, signal, wait_for_value, worker_pids, workers, App, ClientScript,
+    all_online, assert_nothing_lost, node_program, signal, wait_for_value, worker_pids, workers,
+    App, ClientScript,
 };
 
 const RECEIVERS: &str = "40";
@@ -104,31 +105,6 @@ fn fault_mid_stream(name: &str, transport: &str, fault: Fault, redis: Option<&st
         assert!(kept["packets"].as_u64() > Some(0), "{status}");
     }
     done
-}
-
-fn assert_nothing_lost(done: &Value) {
-    assert_eq!(done["lost"], 0, "messages lost: {done}");
-    // What the sender said on its connection as its worker died never reached the server
-    // (a client's emit without an ack has no delivery guarantee): one message at 70 ms
-    // intervals, two with long-polling's batching.
-    assert!(
-        done["never_arrived"].as_u64() <= Some(2),
-        "messages said while the worker died: {done}"
-    );
-    assert_eq!(done["repeated"], 0, "messages repeated: {done}");
-    // The kill hit users: their sockets came back, each recovered.
-    assert!(
-        done["disconnects"].as_u64() > Some(0),
-        "the kill disconnected nobody: {done}"
-    );
-    assert_eq!(done["not_recovered"], 0, "sockets not recovered: {done}");
-    assert_eq!(done["sender_not_recovered"], 0, "{done}");
-    assert_eq!(
-        done["recovered"], done["disconnects"],
-        "every disconnected socket comes back recovered: {done}"
-    );
-    // Back within the presence grace: nobody was announced as leaving.
-    assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
 }
 
 #[test]

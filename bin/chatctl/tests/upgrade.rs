@@ -283,20 +283,18 @@ fn accept_queue(port: u16) -> Option<u64> {
     })
 }
 
-/// A client whose connection the old master accepted, but whose request comes only after the
-/// upgrade is done (a slow client), is answered: the old master routes what it accepted to its
-/// workers before they drain.
-#[test]
-fn a_request_accepted_before_the_hand_over_is_answered() {
-    use std::io::{BufRead, BufReader, Write};
-    let app = App::new("upslow");
-    let exe = installed_copy(&app);
-    start_from(&app, &exe, &["-i", "2"]);
-    let mut slow = std::net::TcpStream::connect(("127.0.0.1", app.port)).expect("cannot connect");
-    wait_until("the old master to accept the slow connection", || {
+/// A connection the app's master accepted, whose request has not come yet (a slow client).
+fn slow_connection(app: &App) -> std::net::TcpStream {
+    let slow = std::net::TcpStream::connect(("127.0.0.1", app.port)).expect("cannot connect");
+    wait_until("the master to accept the slow connection", || {
         accept_queue(app.port) == Some(0)
     });
-    succeeded(&app.run(&["upgrade", &app.name]));
+    slow
+}
+
+/// Sends the slow connection's request at last: it is answered.
+fn slow_request_is_answered(mut slow: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Write};
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .expect("cannot send the slow request");
     slow.set_read_timeout(Some(support::DEADLINE))
@@ -306,4 +304,70 @@ fn a_request_accepted_before_the_hand_over_is_answered() {
         .read_line(&mut status_line)
         .expect("no answer to the slow request");
     assert!(status_line.starts_with("HTTP/1.1 200 "), "{status_line:?}");
+}
+
+/// A client whose connection the old master accepted, but whose request comes only after the
+/// upgrade is done (a slow client), is answered: the old master routes what it accepted to its
+/// workers before they drain.
+#[test]
+fn a_request_accepted_before_the_hand_over_is_answered() {
+    let app = App::new("upslow");
+    let exe = installed_copy(&app);
+    start_from(&app, &exe, &["-i", "2"]);
+    let slow = slow_connection(&app);
+    succeeded(&app.run(&["upgrade", &app.name]));
+    slow_request_is_answered(slow);
+}
+
+/// While both masters run, their workers are one app (the bridge between the masters): users
+/// still on the old workers (the old master holds off draining them while a connection it
+/// accepted has not sent its request) and users who came after the hand-over, on the new
+/// master's workers, in one room, a sender on each side. Every message reaches every member
+/// exactly once: across the masters while both run, and, once the old workers drain, through
+/// the recovery logs the new master took over.
+#[test]
+fn users_of_both_masters_are_one_room_during_an_upgrade() {
+    let node = node_program();
+    let app = App::new("upbridge");
+    app.start_ok(&["-i", "2", "--peek-timeout", "120s"], &[]);
+    let before = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let (old_master, _) = master_of(&before);
+    let mut room = ClientScript::start(
+        &node,
+        "recovering_room.mjs",
+        &[&app.url(), "20", "websocket", "60", "20"],
+    );
+    let ready = room.next_report();
+    assert_eq!(ready["event"], "ready", "{ready}");
+
+    let slow = slow_connection(&app);
+    succeeded(&app.run(&["upgrade", &app.name]));
+    room.tell("late");
+    let late = room.next_report();
+    assert_eq!(
+        late["event"],
+        "late_ready",
+        "{late}\nlog:\n{}",
+        app.log_text()
+    );
+    room.tell("go");
+    let sending = room.next_report();
+    assert_eq!(sending["event"], "sending", "{sending}");
+    // Twenty messages from each side so far, with the old workers still serving their users.
+    assert!(alive(old_master), "the old master drained too early");
+    let old_workers = worker_pids(&before);
+    assert!(old_workers.iter().all(|pid| alive(*pid)), "{before}");
+
+    // The slow request lets the old master go: its workers drain, their users move.
+    slow_request_is_answered(slow);
+
+    let done = room.next_report();
+    room.wait_success();
+    eprintln!("users of both masters across an upgrade: {done}");
+    assert_eq!(done["event"], "done", "{done}\nlog:\n{}", app.log_text());
+    assert_eq!(done["receivers"], 40, "{done}");
+    support::assert_nothing_lost(&done);
+    // The old workers' users (20 receivers, two sockets each) moved; the late ones did not.
+    assert_eq!(done["disconnects"], 40, "{done}");
+    wait_until("the old master to exit", || !alive(old_master));
 }

@@ -407,4 +407,32 @@ mod tests {
         let back: FromSuccessor = serde_json::from_str(&line).unwrap();
         assert_eq!(back, ready);
     }
+
+    #[tokio::test]
+    async fn the_bridge_carries_worker_messages_and_takes_a_relay_line_as_it_is() {
+        use crate::ipc::{message_lines, read_message};
+        let body = RawValue::from_string(r#"{"ns":"/","frames":["t2[\"a\"]"]}"#.into()).unwrap();
+        let mut text = Vec::new();
+        text.extend_from_slice(&crate::outbox::relay_line(&body));
+        let forwarded = FromOldWorkers::Sequence {
+            worker: 9,
+            body: body.clone(),
+        };
+        text.extend_from_slice(&serde_json::to_vec(&forwarded).unwrap());
+        text.extend_from_slice(b"\n{\"type\":\"nonsense\"}\n");
+        let mut lines = message_lines(&text[..], 1 << 20);
+        match read_message::<ToOldWorkers, _>(&mut lines).await {
+            Ok(ToOldWorkers::Message { body: relayed }) => assert_eq!(relayed.get(), body.get()),
+            other => panic!("{other:?}"),
+        }
+        match read_message::<FromOldWorkers, _>(&mut lines).await {
+            Ok(FromOldWorkers::Sequence { worker, body: got }) => {
+                let value = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get());
+                assert_eq!((worker, value(&got).unwrap()), (9, value(&body).unwrap()))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A line neither side sends is skipped, without a panic.
+        assert!(read_message::<FromOldWorkers, _>(&mut lines).await.is_err());
+    }
 }

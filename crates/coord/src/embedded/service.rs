@@ -325,4 +325,56 @@ mod tests {
         );
         assert!(ask(&service, 2, json!({"op": "nonsense"}))["error"].is_string());
     }
+
+    #[test]
+    fn a_new_master_carries_on_with_the_sessions_and_the_numbering_and_refuses_a_bad_hand_over() {
+        let old = StoreService::default();
+        let created = ask(
+            &old,
+            1,
+            json!({"op": "create_session", "nickname": "ann", "ttl_ms": 60000}),
+        );
+        let id = created["ok"]["id"].as_str().unwrap().to_owned();
+        let open = json!({"op": "recovery_open", "ns": "/", "window_ms": 60000,
+            "max_packets": 10, "max_bytes": 4096, "max_sessions": 10});
+        ask(&old, 1, open.clone());
+        let event = serde_json::value::to_raw_value(&WireBroadcast::new(
+            "/",
+            &[engineio::Frame::Text("2[\"hi\"]".into())],
+            &BroadcastOptions::default(),
+        ))
+        .unwrap();
+        let numbered = |service: &StoreService| -> WireBroadcast {
+            serde_json::from_str(service.sequence(1, &event).unwrap().get()).unwrap()
+        };
+        let first = numbered(&old);
+        let handed = old.hand_over().unwrap();
+
+        let new = StoreService::default();
+        // The new master's workers opened the namespace with a log of their own.
+        ask(&new, 2, open);
+        assert!(new.take_over(handed.clone()).is_ok());
+        assert_eq!(
+            ask(&new, 2, json!({"op": "session", "id": id}))["ok"]["nickname"],
+            "ann"
+        );
+        let next = numbered(&new);
+        assert_eq!(next.epoch, first.epoch);
+        assert_eq!(next.seq, Some(2));
+
+        let mut bad = handed;
+        bad["recovery"]["/"]["epoch"] = json!("");
+        let refused = StoreService::default().take_over(bad).unwrap_err();
+        assert!(
+            refused.contains("namespace /") && refused.contains("epoch"),
+            "{refused}"
+        );
+        let refused = StoreService::default()
+            .take_over(json!({"sessions": "nonsense"}))
+            .unwrap_err();
+        assert!(
+            refused.contains("sessions handed over are malformed"),
+            "{refused}"
+        );
+    }
 }
