@@ -11,7 +11,8 @@
 // or got twice, how many numbers never reached the server (said on a connection that died with
 // its worker: a client's emit has no delivery guarantee without an ack), how many times the
 // sockets disconnected and how many came back recovered (`socket.recovered`) or not, and the
-// user_left announcements the receivers saw. It exits 0; the test judges the counts.
+// user_left announcements the receivers saw, and the user_entered ones once the senders began
+// (a user who came back recovered is no news). It exits 0; the test judges the counts.
 //
 // With [late] > 0 (an upgrade, driven by upgrade.rs): after "ready", a first line on stdin
 // brings `late` more receivers and a second sender into the room (on whatever workers serve
@@ -59,6 +60,7 @@ class User {
     this.recovered = 0;
     this.notRecovered = 0;
     this.userLeft = [];
+    this.userEntered = [];
   }
 
   async start() {
@@ -100,6 +102,9 @@ class User {
       }
     });
     this.infra.on("user_left", (data) => this.userLeft.push(data && data.name));
+    this.infra.on("user_entered", (data) => {
+      if (sent > 0) this.userEntered.push(data && data.name);
+    });
     await new Promise((resolve) => this.infra.once("connect", resolve));
     this.infra.emit("join_room", { name: ROOM });
     await new Promise((resolve) => this.infra.once("name_set", resolve));
@@ -150,6 +155,7 @@ function totals() {
     sender_recovered: sender.recovered,
     sender_not_recovered: sender.notRecovered + (lateSender ? lateSender.notRecovered : 0),
     user_left: users.flatMap((user) => user.userLeft),
+    user_entered: users.flatMap((user) => user.userEntered),
   };
 }
 

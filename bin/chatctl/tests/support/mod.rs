@@ -483,4 +483,6 @@ pub fn assert_nothing_lost(done: &Value) {
     );
     // Back within the presence grace: nobody was announced as leaving.
     assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
+    // Nor as entering again when it came back.
+    assert_eq!(done["user_entered"], serde_json::json!([]), "{done}");
 }

@@ -175,33 +175,63 @@ impl MasterService for StoreService {
     }
 
     /// The logged-in sessions (without them every user's cookie would be refused by the new
-    /// master's workers) and the recovery logs (so the users of the old workers come back to
-    /// the new ones recovered, numbering and all). Room presence comes back as the users
-    /// rejoin.
+    /// master's workers), the rooms (members, history, departures) with which worker put
+    /// whom in them (so the old workers' users are not announced again as they come back, and
+    /// leave no ghosts when the old workers end), and the recovery logs (so the users of the
+    /// old workers come back to the new ones recovered, numbering and all).
     fn hand_over(&self) -> Option<Value> {
+        let members: Vec<(u64, Vec<Membership>)> = self
+            .members
+            .lock()
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|(worker, owned)| (*worker, owned.iter().cloned().collect()))
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(json!({
             "sessions": self.store.session_records(),
+            "rooms": self.store.room_records(),
+            "members": members,
             "recovery": self.recovery.hand_over(),
         }))
     }
 
     fn take_over(&self, mut state: Value) -> Result<String, String> {
-        let records = match state.get_mut("sessions").map(Value::take) {
-            Some(sessions) => serde_json::from_value(sessions)
-                .map_err(|error| format!("the sessions handed over are malformed: {error}"))?,
-            None => Vec::new(),
-        };
+        fn part<T: serde::de::DeserializeOwned + Default>(
+            state: &mut Value,
+            name: &str,
+        ) -> Result<T, String> {
+            match state.get_mut(name).map(Value::take) {
+                Some(part) => serde_json::from_value(part)
+                    .map_err(|error| format!("the {name} handed over are malformed: {error}")),
+                None => Ok(T::default()),
+            }
+        }
+        let sessions: Vec<chat::SessionRecord> = part(&mut state, "sessions")?;
+        let rooms: Vec<chat::RoomRecord> = part(&mut state, "rooms")?;
+        let members: Vec<(u64, Vec<Membership>)> = part(&mut state, "members")?;
         let sockets = match state.get_mut("recovery").map(Value::take) {
             Some(logs) => self.recovery.take_over(logs)?,
             None => 0,
         };
-        let taken = self.store.restore_sessions(records);
+        let taken = self.store.restore_sessions(sessions);
+        let memberships = self.store.restore_rooms(rooms);
+        if let Ok(mut mine) = self.members.lock() {
+            for (worker, owned) in members {
+                mine.entry(worker).or_default().extend(owned);
+            }
+        }
         tracing::info!(
             sessions = taken,
+            memberships,
             sockets,
-            "took over the old master's sessions and recovery logs"
+            "took over the old master's store and recovery logs"
         );
-        Ok(format!("{taken} sessions, {sockets} recoverable sockets"))
+        Ok(format!(
+            "{taken} sessions, {memberships} room memberships, {sockets} recoverable sockets"
+        ))
     }
 
     fn worker_gone(&self, worker: u64) -> Vec<Box<RawValue>> {
