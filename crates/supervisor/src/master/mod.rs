@@ -279,6 +279,7 @@ impl Master {
         if let Some(first) = inherited.first_generation {
             state.next_generation = first.max(1);
         }
+        state.base_env = inherited.workers_env.map_err(MasterError::Invalid)?;
         let peers_token =
             handoff::new_token().map_err(files_error(std::path::Path::new("/dev/urandom")))?;
         let inner = Inner {

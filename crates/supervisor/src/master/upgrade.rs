@@ -74,11 +74,12 @@ impl Inner {
         timeout: Option<Duration>,
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<String, String> {
-        let (config, first_generation) = {
+        let (config, first_generation, workers_env) = {
             let state = self.lock();
             (
                 state.config.clone(),
                 state.next_generation + GENERATION_MARGIN,
+                state.base_env.clone(),
             )
         };
         // The new master reads the app's settings from its definition: the ones running now
@@ -98,6 +99,7 @@ impl Inner {
             admin,
             first_generation,
             stderr: &self.paths.master_stderr,
+            workers_env: workers_env.as_deref(),
         })
         .map_err(|e| e.to_string())?;
         let pid = child.id().unwrap_or(0);
