@@ -29,7 +29,7 @@
 //! numbering of events, one store): the old master forwards what its workers ask of the
 //! service ([`FromOldWorkers`]: events to number, broadcasts, store requests, a worker gone),
 //! and the new master sends back what is for them ([`ToOldWorkers`]: numbered events and
-//! broadcasts, replies). Questions to every worker (`gather`) stay on each side.
+//! broadcasts, replies). A question to every worker (`gather`) is asked on both sides.
 //!
 //! Secrets (the peers token) travel only on the channel, never in argv or the environment.
 
@@ -123,6 +123,14 @@ pub enum FromOldWorkers {
     },
     /// The worker ended: what it owned in the service goes.
     WorkerGone { worker: u64 },
+    /// An old worker's question for every worker ([`crate::ipc::ToMaster::Gather`]): the
+    /// new master asks its own and sends their answers back under `key`.
+    Gather { key: u64, body: serde_json::Value },
+    /// The old workers' answers to the new master's question `key`.
+    Answers {
+        key: u64,
+        answers: Vec<serde_json::Value>,
+    },
 }
 
 /// What the new master sends the old master's workers over the bridge.
@@ -140,6 +148,14 @@ pub enum ToOldWorkers {
         worker: u64,
         id: u64,
         body: serde_json::Value,
+    },
+    /// A new worker's question for every worker: the old master asks its own and sends
+    /// their answers back under `key`.
+    Gather { key: u64, body: serde_json::Value },
+    /// The new workers' answers to the old master's question `key`.
+    Answers {
+        key: u64,
+        answers: Vec<serde_json::Value>,
     },
 }
 

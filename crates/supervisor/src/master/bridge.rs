@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLockReadGuard};
 use serde_json::value::RawValue;
 
 use super::state::{Slot, State};
-use super::Inner;
+use super::{Inner, Requester};
 use crate::ipc::{read_message, ToWorker};
 use crate::lines::BoundedLines;
 use crate::outbox::{relay_line, Outbox, Refused};
@@ -23,8 +23,42 @@ use crate::upgrade::{FromOldWorkers, ToOldWorkers};
 
 type ChannelLines = BoundedLines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>;
 
-fn encoded(message: &FromOldWorkers) -> Vec<u8> {
+fn encoded(message: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// The asker of a question that came from the other master: none of this master's workers.
+const NO_WORKER: u64 = u64::MAX;
+
+impl Requester {
+    /// Gives the asker the answers to its question `id`.
+    pub(super) fn reply(&self, id: u64, answers: Vec<serde_json::Value>) {
+        let _ = match self {
+            Requester::Worker(outbox) => outbox.control(&ToWorker::Reply {
+                id,
+                body: serde_json::Value::Array(answers),
+            }),
+            Requester::NewMaster(outbox) => {
+                outbox.control_line(encoded(&FromOldWorkers::Answers { key: id, answers }))
+            }
+            Requester::OldMaster(outbox) => {
+                outbox.control_line(encoded(&ToOldWorkers::Answers { key: id, answers }))
+            }
+        };
+    }
+
+    /// Asks the other master's workers question `key` (for a gathering of this master's):
+    /// false when it cannot be asked.
+    pub(super) fn ask(&self, key: u64, body: serde_json::Value) -> bool {
+        let (outbox, line) = match self {
+            Requester::Worker(_) => return false,
+            Requester::NewMaster(outbox) => {
+                (outbox, encoded(&FromOldWorkers::Gather { key, body }))
+            }
+            Requester::OldMaster(outbox) => (outbox, encoded(&ToOldWorkers::Gather { key, body })),
+        };
+        outbox.control_line(line).is_ok()
+    }
 }
 
 impl Inner {
@@ -140,11 +174,26 @@ impl Inner {
                             let _ = proc.ipc.control(&ToWorker::Reply { id, body });
                         }
                     }
+                    ToOldWorkers::Gather { key, body } => {
+                        let asker = Requester::NewMaster(outbox.clone());
+                        self.clone().gather(NO_WORKER, key, body, asker, false)
+                    }
+                    ToOldWorkers::Answers { key, answers } => self.answer(key, answers),
                 }
             }
             tracing::info!("the bridge to the new master closed");
             outbox.close();
         });
+    }
+
+    /// The other master while an upgrade's two masters run, to ask its workers too.
+    pub(super) fn other_master(&self) -> Option<Requester> {
+        if let Some(bridge) = self.bridged().as_ref() {
+            return Some(Requester::NewMaster(bridge.clone()));
+        }
+        self.old_workers
+            .get()
+            .map(|old| Requester::OldMaster(old.clone()))
     }
 
     // The new master's side.
@@ -210,6 +259,11 @@ impl Inner {
                     alive.remove(&worker);
                     self.forget_worker(worker);
                 }
+                FromOldWorkers::Gather { key, body } => {
+                    let asker = Requester::OldMaster(outbox.clone());
+                    self.clone().gather(NO_WORKER, key, body, asker, false)
+                }
+                FromOldWorkers::Answers { key, answers } => self.answer(key, answers),
             }
         }
         // The old master exited (or died): its workers are gone with it.

@@ -165,11 +165,23 @@ struct Inner {
 
 /// One worker's question to all the others (e.g. which sockets are in a room).
 struct Gathering {
-    requester: Arc<Outbox>,
+    requester: Requester,
     /// The requester's id for the reply.
     id: u64,
+    /// How many are asked: each worker, and the other master during an upgrade.
     expected: usize,
+    responded: usize,
     answers: Vec<serde_json::Value>,
+}
+
+/// Who asked a question of every worker, and gets their answers.
+enum Requester {
+    /// One of this master's workers.
+    Worker(Arc<Outbox>),
+    /// The other master during an upgrade (see [`bridge`]), for its own workers: the new
+    /// master when this one handed the app over, the old one when this one took it.
+    NewMaster(Arc<Outbox>),
+    OldMaster(Arc<Outbox>),
 }
 
 /// A master ready to run: checks done, socket bound, log open.

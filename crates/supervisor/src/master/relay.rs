@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 
 use super::state::{Proc, State};
-use super::{Gathering, Inner};
+use super::{Gathering, Inner, Requester};
 use crate::ipc::{message_lines, read_message, ReadEnd, ToMaster, ToWorker};
 use crate::outbox::{relay_line, LineBytes, Outbox, Refused};
 use crate::upgrade::FromOldWorkers;
@@ -146,10 +146,14 @@ impl Inner {
                     }
                     ToMaster::Publish { body } => self.relay(generation, &body),
                     ToMaster::Sequence { body } => self.sequence(generation, &body),
-                    ToMaster::Gather { id, body } => {
-                        self.clone().gather(generation, id, body, outbox.clone())
-                    }
-                    ToMaster::Answer { id, body } => self.answer(id, body),
+                    ToMaster::Gather { id, body } => self.clone().gather(
+                        generation,
+                        id,
+                        body,
+                        Requester::Worker(outbox.clone()),
+                        true,
+                    ),
+                    ToMaster::Answer { id, body } => self.answer(id, vec![body]),
                 }
             }
         };
@@ -171,14 +175,17 @@ impl Inner {
         }
     }
 
-    /// Asks every other live worker `body` on behalf of `from`, and replies to it with their
-    /// answers once all have answered or the app's `gather_timeout` has passed.
+    /// Asks every other live worker `body` on behalf of `from` (during an upgrade, the other
+    /// master's too, unless the question comes from there: `across`), and replies to the
+    /// requester with their answers once all have answered or the app's `gather_timeout` has
+    /// passed.
     pub(super) fn gather(
         self: Arc<Self>,
         from: u64,
         id: u64,
         body: serde_json::Value,
-        requester: Arc<Outbox>,
+        requester: Requester,
+        across: bool,
     ) {
         let (targets, timeout): (Vec<Arc<Outbox>>, Duration) = {
             let mut state = self.lock();
@@ -195,16 +202,17 @@ impl Inner {
         let key = self
             .next_gathering
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let query = ToWorker::Query { id: key, body };
+        let peer = if across { self.other_master() } else { None };
+        let query = ToWorker::Query {
+            id: key,
+            body: body.clone(),
+        };
         let asked = targets
             .iter()
             .filter(|target| target.control(&query).is_ok())
             .count();
-        if asked == 0 {
-            let _ = requester.control(&ToWorker::Reply {
-                id,
-                body: serde_json::json!([]),
-            });
+        if asked == 0 && peer.is_none() {
+            requester.reply(id, Vec::new());
             return;
         }
         if let Ok(mut gatherings) = self.gatherings.lock() {
@@ -213,10 +221,16 @@ impl Inner {
                 Gathering {
                     requester,
                     id,
-                    expected: asked,
+                    expected: asked + usize::from(peer.is_some()),
+                    responded: 0,
                     answers: Vec::new(),
                 },
             );
+        }
+        if let Some(peer) = peer {
+            if !peer.ask(key, body) {
+                self.answer(key, Vec::new());
+            }
         }
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
@@ -224,14 +238,16 @@ impl Inner {
         });
     }
 
-    pub(super) fn answer(&self, key: u64, body: serde_json::Value) {
+    /// Answers to gathering `key`: one worker's, or all the other master's workers' at once.
+    pub(super) fn answer(&self, key: u64, answers: Vec<serde_json::Value>) {
         let complete = self.gatherings.lock().ok().is_some_and(|mut gatherings| {
             gatherings.get_mut(&key).is_some_and(|g| {
                 // More answers than questions asked come from a worker that answers twice.
-                if g.answers.len() < g.expected {
-                    g.answers.push(body);
+                if g.responded < g.expected {
+                    g.responded += 1;
+                    g.answers.extend(answers);
                 }
-                g.answers.len() >= g.expected
+                g.responded >= g.expected
             })
         });
         if complete {
@@ -246,10 +262,7 @@ impl Inner {
             .ok()
             .and_then(|mut gatherings| gatherings.remove(&key));
         if let Some(g) = done {
-            let _ = g.requester.control(&ToWorker::Reply {
-                id: g.id,
-                body: serde_json::Value::Array(g.answers),
-            });
+            g.requester.reply(g.id, g.answers);
         }
     }
 
