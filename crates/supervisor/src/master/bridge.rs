@@ -221,6 +221,7 @@ impl Inner {
     ) {
         let writer = outbox.clone();
         tokio::spawn(async move { writer.write_to(&mut write).await });
+        self.predecessor_draining.send_replace(true);
         let max_line = self.lock().config.ipc_max_line;
         let mut alive: HashSet<u64> = workers.into_iter().collect();
         while let Ok(message) = read_message::<FromOldWorkers, _>(&mut lines).await {
@@ -271,6 +272,7 @@ impl Inner {
         for worker in alive {
             self.forget_worker(worker);
         }
+        self.predecessor_draining.send_replace(false);
         tracing::info!("the old master is gone: this master serves every worker of the app");
     }
 

@@ -159,8 +159,11 @@ struct Inner {
     /// A new master's, once it took over: the queue to the old master's workers, for the
     /// events and broadcasts they are to get.
     old_workers: std::sync::OnceLock<Arc<Outbox>>,
-    /// What the new master could not send the old master's workers.
+    /// What either master could not send over the bridge.
     bridge_drops: crate::drops::Drops,
+    /// A new master's, from take-over until the old master exited: the next upgrade waits
+    /// for it (one bridge at a time).
+    predecessor_draining: watch::Sender<bool>,
 }
 
 /// One worker's question to all the others (e.g. which sockets are in a room).
@@ -323,6 +326,7 @@ impl Master {
             bridge: std::sync::RwLock::new(None),
             old_workers: std::sync::OnceLock::new(),
             bridge_drops: crate::drops::Drops::new(drop_log_interval),
+            predecessor_draining: watch::channel(false).0,
         };
         Ok(Master {
             inner: Arc::new(inner),

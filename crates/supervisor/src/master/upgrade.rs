@@ -58,6 +58,7 @@ impl Inner {
         if self.lock().phase != Phase::Running {
             return Err(keeps("the app is stopping".into()));
         }
+        self.wait_for_predecessor(progress).await.map_err(keeps)?;
         if self.upgrading.swap(true, Ordering::AcqRel) {
             return Err(keeps("another upgrade is under way".into()));
         }
@@ -66,6 +67,32 @@ impl Inner {
             self.upgrading.store(false, Ordering::Release);
         }
         result.map_err(keeps)
+    }
+
+    /// Right after an upgrade, the previous master may still drain its workers over the
+    /// bridge to this one: the next upgrade waits for it to exit (one bridge at a time).
+    async fn wait_for_predecessor(&self, progress: &(dyn Fn(String) + Sync)) -> Result<(), String> {
+        let mut draining = self.predecessor_draining.subscribe();
+        if !*draining.borrow() {
+            return Ok(());
+        }
+        let wait = {
+            let config = &self.lock().config;
+            config.drain_timeout
+                + config.peek_timeout
+                + config.handoff_timeout
+                + Duration::from_secs(10)
+        };
+        progress("the previous master still drains its workers: waiting for it to exit".into());
+        let exited = tokio::time::timeout(wait, draining.wait_for(|draining| !draining))
+            .await
+            .is_ok();
+        if exited {
+            return Ok(());
+        }
+        Err(format!(
+            "the previous master still drains its workers after {wait:?}: try again once it exited"
+        ))
     }
 
     async fn hand_to_successor(
