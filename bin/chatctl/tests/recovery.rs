@@ -123,8 +123,8 @@ fn kill_9_of_a_worker_loses_no_message_over_long_polling() {
 
 /// Every worker replaced (`reload`), or the master and every worker (`upgrade`): every
 /// user's sockets moved, each recovered, nothing lost.
-fn every_worker_replaced_loses_nothing(name: &str, fault: Fault) {
-    let done = fault_mid_stream(name, "websocket", fault, None);
+fn every_worker_replaced_loses_nothing(name: &str, transport: &str, fault: Fault) {
+    let done = fault_mid_stream(name, transport, fault, None);
     eprintln!("{name}: {done}");
     assert_nothing_lost(&done);
     assert!(
@@ -135,7 +135,7 @@ fn every_worker_replaced_loses_nothing(name: &str, fault: Fault) {
 
 #[test]
 fn a_reload_loses_no_message_and_nobody_leaves() {
-    every_worker_replaced_loses_nothing("recovery-reload", Fault::Reload);
+    every_worker_replaced_loses_nothing("recovery-reload", "websocket", Fault::Reload);
 }
 
 /// Users of the old workers, moved by `chatctl upgrade` to the new master's, miss nothing and
@@ -143,7 +143,12 @@ fn a_reload_loses_no_message_and_nobody_leaves() {
 /// masters' workers at once).
 #[test]
 fn an_upgrade_loses_no_message_and_nobody_leaves() {
-    every_worker_replaced_loses_nothing("recovery-upgrade", Fault::Upgrade);
+    every_worker_replaced_loses_nothing("recovery-upgrade", "websocket", Fault::Upgrade);
+}
+
+#[test]
+fn an_upgrade_loses_no_message_over_long_polling() {
+    every_worker_replaced_loses_nothing("recovery-upgrade-polling", "polling", Fault::Upgrade);
 }
 
 #[test]

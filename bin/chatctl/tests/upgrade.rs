@@ -325,6 +325,10 @@ fn a_request_accepted_before_the_hand_over_is_answered() {
 /// master's workers, in one room, a sender on each side. Every message reaches every member
 /// exactly once: across the masters while both run, and, once the old workers drain, through
 /// the recovery logs the new master took over.
+///
+/// Over websocket only: a long-polling client's requests may reach a worker of the other
+/// master on a keep-alive connection that master accepted, and workers pass a request for a
+/// session they do not hold only to the workers of their own master.
 #[test]
 fn users_of_both_masters_are_one_room_during_an_upgrade() {
     let node = node_program();
