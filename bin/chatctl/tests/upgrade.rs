@@ -374,4 +374,7 @@ fn users_of_both_masters_are_one_room_during_an_upgrade() {
     // The old workers' users (20 receivers, two sockets each) moved; the late ones did not.
     assert_eq!(done["disconnects"], 40, "{done}");
     wait_until("the old master to exit", || !alive(old_master));
+    // Nothing was dropped on the way between the masters.
+    let status = app.status().expect("the new master answers");
+    assert!(status["bridge_dropped"].is_null(), "{status}");
 }
