@@ -140,7 +140,7 @@ struct Inner {
     /// The build this master runs (see [`crate::version`]), for `chatctl list`.
     version: String,
     /// Whether the master accepts connections (sticky scheduling): false once it handed the
-    /// listening socket to a new master.
+    /// listening socket to a new master, and in a new master until it took over.
     accepting: watch::Sender<bool>,
     /// Whose `control.sock` and `master.pid` are, for the master to remove what is its own
     /// when it exits.
@@ -314,7 +314,7 @@ impl Master {
             observer,
             binary: crate::upgrade::started_from(),
             version: crate::version::of_this_process(),
-            accepting: watch::channel(true).0,
+            accepting: watch::channel(predecessor.is_none()).0,
             files: Mutex::new(if predecessor.is_some() {
                 Files::Pending
             } else {

@@ -1,7 +1,7 @@
 //! `chatctl upgrade`: both sides of handing the app to a master started from a new executable
 //! (the protocol is in [`crate::upgrade`]). The listening socket stays open throughout: the
-//! old master stops accepting only once the new one has every worker online, and connections
-//! that arrive meanwhile wait in the socket's queue for whichever accepts first.
+//! old master accepts until the new one has every worker online and takes the app over, the
+//! new one from then on; connections that arrive in between wait in the socket's queue.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -390,6 +390,8 @@ impl Inner {
             }
             self.set_files(Files::Owned);
             self.upgrading.store(false, Ordering::Release);
+            // The old master accepts no more: the connections queued are this one's.
+            self.accepting.send_replace(true);
             write_message(&mut write, &FromSuccessor::TookOver)
                 .await
                 .ok()?;
