@@ -29,7 +29,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.redis_url.is_none() {
         args.redis_url = inherited.secrets.remove(supervisor::secrets::REDIS_URL);
     }
-    let config = config(&args, inherited.identity.as_ref())?;
+    let other_workers = OtherWorkers::default();
+    let config = config(&args, inherited.identity.as_ref(), other_workers.clone())?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
             prefix: args.redis_prefix.clone(),
@@ -84,6 +85,14 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             .ipc
             .take()
             .and_then(|(channel, max_line)| WorkerLink::over(channel, max_line));
+        if let Some((link, _)) = &link {
+            link.on_other_master(move |master_pid, peers| {
+                if let Ok(mut others) = other_workers.write() {
+                    // One other master at a time (upgrades wait for each other): the latest.
+                    *others = vec![(master_pid, peers)];
+                }
+            });
+        }
         // What this process drops on purpose, for `chatctl status` (one count for the bus and
         // the store, whichever they are).
         let drops = match &redis {
@@ -197,7 +206,11 @@ async fn cookie_key(args: &ServeArgs, redis: Option<&coord::RedisLink>) -> anyho
     Ok(chat::cookie_key(args.secret.as_deref(), shared, &file).await?)
 }
 
-fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatConfig> {
+fn config(
+    args: &ServeArgs,
+    identity: Option<&Identity>,
+    other_workers: OtherWorkers,
+) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
         messages_per_second: args.messages_per_second,
@@ -273,13 +286,19 @@ fn config(args: &ServeArgs, identity: Option<&Identity>) -> anyhow::Result<ChatC
                 // The master started this process itself (its shell execs us in place).
                 master_pid: std::os::unix::process::parent_id(),
                 refused: Arc::new(Drops::new(args.drop_log_interval)),
+                others: other_workers,
             }));
         }
     }
     Ok(config)
 }
 
-/// The other workers of this worker's master.
+/// The workers of the other master during an upgrade, with the pid of that master (which
+/// made their private sockets): told by this worker's master (see
+/// [`supervisor::ipc::ToWorker::OtherMaster`]).
+type OtherWorkers = Arc<std::sync::RwLock<Vec<(u32, supervisor::upgrade::Peers)>>>;
+
+/// The other workers of this worker's master (and, during an upgrade, of the other master).
 #[derive(Debug)]
 struct Workers {
     token: String,
@@ -292,6 +311,7 @@ struct Workers {
     /// Requests not forwarded because another process holds the owner's private socket name
     /// (counted to bound the log lines a client can cause with such sids).
     refused: Arc<Drops>,
+    others: OtherWorkers,
 }
 
 impl chat::Peers for Workers {
@@ -301,8 +321,14 @@ impl chat::Peers for Workers {
     }
 
     fn connect(&self, id: u16) -> chat::Connecting {
-        let token = self.token.clone();
-        let master_pid = self.master_pid;
+        let of_other_master = self.others.read().ok().and_then(|others| {
+            others
+                .iter()
+                .find(|(_, peers)| peers.worker_ids.contains(&id))
+                .map(|(pid, peers)| (peers.token.clone(), *pid))
+        });
+        let (token, master_pid) =
+            of_other_master.unwrap_or_else(|| (self.token.clone(), self.master_pid));
         let refused = self.refused.clone();
         let connected = async move {
             let connected = supervisor::handoff::connect_private(&token, id, master_pid).await;
@@ -502,13 +528,17 @@ mod tests {
 
     #[test]
     fn header_read_timeout_reaches_the_chat_config() {
-        let config =
-            super::config(&serve_args(&["--header-read-timeout", "2s"]), None).expect("a config");
+        let config = super::config(
+            &serve_args(&["--header-read-timeout", "2s"]),
+            None,
+            Default::default(),
+        )
+        .expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(2)
         );
-        let config = super::config(&serve_args(&[]), None).expect("a config");
+        let config = super::config(&serve_args(&[]), None, Default::default()).expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(10)

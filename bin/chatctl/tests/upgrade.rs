@@ -325,21 +325,28 @@ fn a_request_accepted_before_the_hand_over_is_answered() {
 /// master's workers, in one room, a sender on each side. Every message reaches every member
 /// exactly once: across the masters while both run, and, once the old workers drain, through
 /// the recovery logs the new master took over.
-///
-/// Over websocket only: a long-polling client's requests may reach a worker of the other
-/// master on a keep-alive connection that master accepted, and workers pass a request for a
-/// session they do not hold only to the workers of their own master.
 #[test]
 fn users_of_both_masters_are_one_room_during_an_upgrade() {
+    both_masters_one_room("upbridge", "websocket");
+}
+
+/// The same over long-polling, whose requests may reach a worker of the other master on a
+/// keep-alive connection that master accepted: that worker passes them to the session's.
+#[test]
+fn users_of_both_masters_are_one_room_during_an_upgrade_over_long_polling() {
+    both_masters_one_room("upbridge-polling", "polling");
+}
+
+fn both_masters_one_room(name: &str, transport: &str) {
     let node = node_program();
-    let app = App::new("upbridge");
+    let app = App::new(name);
     app.start_ok(&["-i", "2", "--peek-timeout", "120s"], &[]);
     let before = app.wait_listed("two online workers", |a| all_online(a, 2));
     let (old_master, _) = master_of(&before);
     let mut room = ClientScript::start(
         &node,
         "recovering_room.mjs",
-        &[&app.url(), "20", "websocket", "60", "20"],
+        &[&app.url(), "20", transport, "60", "20"],
     );
     let ready = room.next_report();
     assert_eq!(ready["event"], "ready", "{ready}");
@@ -367,7 +374,7 @@ fn users_of_both_masters_are_one_room_during_an_upgrade() {
 
     let done = room.next_report();
     room.wait_success();
-    eprintln!("users of both masters across an upgrade: {done}");
+    eprintln!("users of both masters across an upgrade ({transport}): {done}");
     assert_eq!(done["event"], "done", "{done}\nlog:\n{}", app.log_text());
     assert_eq!(done["receivers"], 40, "{done}");
     support::assert_nothing_lost(&done);

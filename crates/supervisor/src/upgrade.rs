@@ -94,6 +94,10 @@ pub enum ToSuccessor {
         /// in the service is forgotten when they are gone, or when the bridge closes.
         #[serde(default)]
         workers: Vec<u64>,
+        /// Where the old master's workers can be reached (its pid made their private
+        /// sockets), for the new workers to pass them requests of their sessions.
+        #[serde(default)]
+        old_master: Option<(u32, Peers)>,
     },
 }
 
@@ -510,6 +514,14 @@ mod tests {
             },
         };
         assert!(!format!("{ready:?}").contains("s3cret"));
+        let FromSuccessor::Ready { peers, .. } = ready.clone() else {
+            unreachable!()
+        };
+        let introduction = crate::ipc::ToWorker::OtherMaster {
+            master_pid: 7,
+            peers,
+        };
+        assert!(!format!("{introduction:?}").contains("s3cret"));
         let line = serde_json::to_string(&ready).unwrap();
         let back: FromSuccessor = serde_json::from_str(&line).unwrap();
         assert_eq!(back, ready);

@@ -19,7 +19,7 @@ use super::{Inner, Requester};
 use crate::ipc::{read_message, ToWorker};
 use crate::lines::BoundedLines;
 use crate::outbox::{relay_line, Outbox, Refused};
-use crate::upgrade::{FromOldWorkers, ToOldWorkers};
+use crate::upgrade::{FromOldWorkers, Peers, ToOldWorkers};
 
 type ChannelLines = BoundedLines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>;
 
@@ -184,6 +184,39 @@ impl Inner {
             tracing::info!("the bridge to the new master closed");
             outbox.close();
         });
+    }
+
+    /// Where this master's workers can be reached: the token naming their private sockets
+    /// and their worker ids.
+    pub(super) fn peers(&self) -> Peers {
+        let state = self.lock();
+        Peers {
+            token: self.peers_token.clone(),
+            worker_ids: state
+                .slots
+                .iter()
+                .filter(|s| !s.retired)
+                .filter_map(|s| s.current.as_ref().map(|p| p.worker_id))
+                .collect(),
+        }
+    }
+
+    /// Tells this master's workers where the other master's are, so a request that reaches
+    /// one for a session of the other side (a keep-alive connection accepted by the other
+    /// master, a long-polling client) is passed to the session's worker.
+    pub(super) fn introduce_other_master(&self, pid: u32, peers: Peers) {
+        let introduction = ToWorker::OtherMaster {
+            master_pid: pid,
+            peers,
+        };
+        let mut state = self.lock();
+        for slot in state.slots.iter_mut() {
+            for proc in slot.procs_mut() {
+                if proc.speaks_ipc {
+                    let _ = proc.ipc.control(&introduction);
+                }
+            }
+        }
     }
 
     /// The other master while an upgrade's two masters run, to ask its workers too.

@@ -211,7 +211,12 @@ impl Inner {
         self.accepting.send_replace(false);
         let (service, workers, bridge) = self.open_bridge();
         let took_over = tokio::time::timeout(TAKE_OVER_TIMEOUT, async {
-            write_message(&mut write, &ToSuccessor::TakeOver { service, workers })
+            let take_over = ToSuccessor::TakeOver {
+                service,
+                workers,
+                old_master: Some((std::process::id(), self.peers())),
+            };
+            write_message(&mut write, &take_over)
                 .await
                 .map_err(|e| format!("cannot reach the new master: {e}"))?;
             match read_message::<FromSuccessor, _>(&mut lines).await {
@@ -245,6 +250,7 @@ impl Inner {
         }
         self.set_files(Files::HandedOver);
         self.clone().run_bridge_to_successor(lines, write, bridge);
+        self.introduce_other_master(pid, peers.clone());
 
         // Under systemd, the new master is the service's main process from now on.
         crate::client::sd_notify(&format!("MAINPID={pid}"));
@@ -344,27 +350,18 @@ impl Inner {
         // The old master's deadline bounds this wait: it kills this master when it passes.
         self.wait_until(Duration::from_secs(24 * 3600), State::all_online)
             .await;
-        let peers = {
-            let state = self.lock();
-            Peers {
-                token: self.peers_token.clone(),
-                worker_ids: state
-                    .slots
-                    .iter()
-                    .filter(|s| !s.retired)
-                    .filter_map(|s| s.current.as_ref().map(|p| p.worker_id))
-                    .collect(),
-            }
-        };
         let ready = FromSuccessor::Ready {
             pid: std::process::id(),
             version: self.version.clone(),
-            peers,
+            peers: self.peers(),
         };
         let took_over = async {
             write_message(&mut write, &ready).await.ok()?;
-            let ToSuccessor::TakeOver { service, workers } =
-                read_message::<ToSuccessor, _>(&mut lines).await.ok()?;
+            let ToSuccessor::TakeOver {
+                service,
+                workers,
+                old_master,
+            } = read_message::<ToSuccessor, _>(&mut lines).await.ok()?;
             let old_workers = Outbox::new(self.lock().config.ipc_queue_size);
             let taken = {
                 // Under the state lock, as events are numbered: from the first number of the
@@ -395,9 +392,12 @@ impl Inner {
             write_message(&mut write, &FromSuccessor::TookOver)
                 .await
                 .ok()?;
-            Some((old_workers, workers))
+            Some((old_workers, workers, old_master))
         };
-        if let Some((old_workers, workers)) = took_over.await {
+        if let Some((old_workers, workers, old_master)) = took_over.await {
+            if let Some((pid, peers)) = old_master {
+                self.introduce_other_master(pid, peers);
+            }
             tracing::info!(version = %self.version, "took over from the old master");
             self.serve_old_workers(lines, write, old_workers, workers)
                 .await;
