@@ -148,7 +148,12 @@ pub(crate) async fn hand_off(
         }
     }
     counts.drained += asked - outcomes;
-    if let Some(courier) = courier.as_mut() {
+    // A worker of this master takes over this one's private sockets too, so that requests
+    // other workers pass on by this worker's id still arrive. A worker of another master (an
+    // upgrade) does not: that master's workers reach this one's sessions by their own route
+    // (the masters' bridge), and would pass such requests back to themselves.
+    let same_master = adopter.master_pid == std::os::unix::process::parent_id();
+    if let Some(courier) = courier.as_mut().filter(|_| same_master) {
         for listener in privates.copies() {
             let passed = tokio::time::timeout_at(deadline, courier.send_listener(&listener)).await;
             if !matches!(passed, Ok(Ok(true))) {

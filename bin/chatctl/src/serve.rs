@@ -33,7 +33,13 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         args.redis_url = inherited.secrets.remove(supervisor::secrets::REDIS_URL);
     }
     let moving = Moving::default();
-    let config = config(&args, inherited.identity.as_ref(), &moving)?;
+    let other_workers = OtherWorkers::default();
+    let config = config(
+        &args,
+        inherited.identity.as_ref(),
+        &moving,
+        other_workers.clone(),
+    )?;
     let redis = match &args.redis_url {
         Some(url) => Some(coord::RedisLink::new(coord::RedisConfig {
             prefix: args.redis_prefix.clone(),
@@ -88,6 +94,14 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             .ipc
             .take()
             .and_then(|(channel, max_line)| WorkerLink::over(channel, max_line));
+        if let Some((link, _)) = &link {
+            link.on_other_master(move |master_pid, peers| {
+                if let Ok(mut others) = other_workers.write() {
+                    // One other master at a time (upgrades wait for each other): the latest.
+                    *others = vec![(master_pid, peers)];
+                }
+            });
+        }
         // What this process drops on purpose, for `chatctl status` (one count for the bus and
         // the store, whichever they are).
         let drops = match &redis {
@@ -205,6 +219,7 @@ fn config(
     args: &ServeArgs,
     identity: Option<&Identity>,
     moving: &Moving,
+    other_workers: OtherWorkers,
 ) -> anyhow::Result<ChatConfig> {
     let mut config = ChatConfig {
         max_message_chars: args.max_message_chars as usize,
@@ -283,13 +298,19 @@ fn config(
                 refused: Arc::new(Drops::new(args.drop_log_interval)),
                 successor: moving.successor.clone(),
                 privates: moving.privates.clone(),
+                others: other_workers,
             }));
         }
     }
     Ok(config)
 }
 
-/// The other workers of this worker's master.
+/// The workers of the other master during an upgrade, with the pid of that master (which
+/// made their private sockets): told by this worker's master (see
+/// [`supervisor::ipc::ToWorker::OtherMaster`]).
+type OtherWorkers = Arc<std::sync::RwLock<Vec<(u32, supervisor::upgrade::Peers)>>>;
+
+/// The other workers of this worker's master (and, during an upgrade, of the other master).
 #[derive(Debug)]
 struct Workers {
     token: String,
@@ -306,6 +327,7 @@ struct Workers {
     successor: crate::hand_off::Successor,
     /// The private sockets this process accepts on (its own, and adopted ones).
     privates: crate::hand_off::PrivateSockets,
+    others: OtherWorkers,
 }
 
 impl chat::Peers for Workers {
@@ -332,8 +354,14 @@ impl chat::Peers for Workers {
     }
 
     fn connect(&self, id: u16) -> chat::Connecting {
-        let token = self.token.clone();
-        let master_pid = self.master_pid;
+        let of_other_master = self.others.read().ok().and_then(|others| {
+            others
+                .iter()
+                .find(|(_, peers)| peers.worker_ids.contains(&id))
+                .map(|(pid, peers)| (peers.token.clone(), *pid))
+        });
+        let (token, master_pid) =
+            of_other_master.unwrap_or_else(|| (self.token.clone(), self.master_pid));
         let refused = self.refused.clone();
         let connected = async move {
             let connected = supervisor::handoff::connect_private(&token, id, master_pid).await;
@@ -575,14 +603,20 @@ mod tests {
             &serve_args(&["--header-read-timeout", "2s"]),
             None,
             &Default::default(),
+            Default::default(),
         )
         .expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(2)
         );
-        let config =
-            super::config(&serve_args(&[]), None, &super::Moving::default()).expect("a config");
+        let config = super::config(
+            &serve_args(&[]),
+            None,
+            &super::Moving::default(),
+            Default::default(),
+        )
+        .expect("a config");
         assert_eq!(
             config.header_read_timeout,
             std::time::Duration::from_secs(10)

@@ -9,7 +9,8 @@ mod support;
 
 use serde_json::Value;
 use support::{
-    all_online, node_program, signal, wait_for_value, worker_pids, workers, App, ClientScript,
+    all_online, assert_nothing_lost, node_program, signal, wait_for_value, worker_pids, workers,
+    App, ClientScript,
 };
 
 const RECEIVERS: &str = "40";
@@ -21,6 +22,9 @@ enum Fault {
     KillWorker,
     /// `chatctl reload`: every worker replaced.
     Reload,
+    /// `chatctl upgrade`: a new master and new workers; the old workers drain while both
+    /// masters run, one app over the bridge between them.
+    Upgrade,
 }
 
 /// Runs the scenario over `transport` with `fault` mid-stream, with the embedded store or
@@ -61,6 +65,12 @@ fn fault_mid_stream(name: &str, transport: &str, fault: Fault, redis: Option<&st
             support::succeeded(&app.run(&["reload", &app.name]));
             worker_pids(&listed)
         }
+        Fault::Upgrade => {
+            support::succeeded(&app.run(&["upgrade", &app.name]));
+            let old_master = listed["master_pid"].as_u64();
+            app.wait_listed("the new master", |a| a["master_pid"].as_u64() != old_master);
+            worker_pids(&listed)
+        }
     };
     let done = room.next_report();
     room.wait_success();
@@ -97,31 +107,6 @@ fn fault_mid_stream(name: &str, transport: &str, fault: Fault, redis: Option<&st
     done
 }
 
-fn assert_nothing_lost(done: &Value) {
-    assert_eq!(done["lost"], 0, "messages lost: {done}");
-    // What the sender said on its connection as its worker died never reached the server
-    // (a client's emit without an ack has no delivery guarantee): one message at 70 ms
-    // intervals, two with long-polling's batching.
-    assert!(
-        done["never_arrived"].as_u64() <= Some(2),
-        "messages said while the worker died: {done}"
-    );
-    assert_eq!(done["repeated"], 0, "messages repeated: {done}");
-    // The kill hit users: their sockets came back, each recovered.
-    assert!(
-        done["disconnects"].as_u64() > Some(0),
-        "the kill disconnected nobody: {done}"
-    );
-    assert_eq!(done["not_recovered"], 0, "sockets not recovered: {done}");
-    assert_eq!(done["sender_not_recovered"], 0, "{done}");
-    assert_eq!(
-        done["recovered"], done["disconnects"],
-        "every disconnected socket comes back recovered: {done}"
-    );
-    // Back within the presence grace: nobody was announced as leaving.
-    assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
-}
-
 #[test]
 fn kill_9_of_a_worker_loses_no_message_over_websocket() {
     let done = fault_mid_stream("recovery-ws", "websocket", Fault::KillWorker, None);
@@ -136,18 +121,46 @@ fn kill_9_of_a_worker_loses_no_message_over_long_polling() {
     assert_nothing_lost(&done);
 }
 
-#[test]
-fn a_reload_loses_no_message_and_nobody_leaves() {
-    let done = fault_mid_stream("recovery-reload", "websocket", Fault::Reload, None);
-    eprintln!("reload: {done}");
-    // Every socket was handed to a new worker (live hand-off, see handoff.rs): none had to
-    // come back, and none missed or repeated a message.
+/// Every socket was handed to a new worker (live hand-off, see handoff.rs): none had to come
+/// back, and none missed or repeated a message.
+fn assert_moved_live(done: &serde_json::Value) {
     assert_eq!(done["lost"], 0, "messages lost: {done}");
     assert_eq!(done["never_arrived"], 0, "{done}");
     assert_eq!(done["repeated"], 0, "messages repeated: {done}");
     assert_eq!(done["disconnects"], 0, "sockets disconnected: {done}");
     assert_eq!(done["sender_disconnects"], 0, "{done}");
     assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
+    assert_eq!(done["user_entered"], serde_json::json!([]), "{done}");
+}
+
+#[test]
+fn a_reload_loses_no_message_and_nobody_leaves() {
+    let done = fault_mid_stream("recovery-reload", "websocket", Fault::Reload, None);
+    eprintln!("reload: {done}");
+    assert_moved_live(&done);
+}
+
+/// Users of the old workers, moved by `chatctl upgrade` to the new master's: their websockets
+/// are handed to the new master's workers, and the recovery logs move with the app (see
+/// upgrade.rs for users on both masters' workers at once).
+#[test]
+fn an_upgrade_loses_no_message_and_nobody_leaves() {
+    let done = fault_mid_stream("recovery-upgrade", "websocket", Fault::Upgrade, None);
+    eprintln!("upgrade: {done}");
+    assert_moved_live(&done);
+}
+
+/// Long-polling sessions are not handed across masters: they drain, reconnect to the new
+/// master's workers, and recover there, nothing lost.
+#[test]
+fn an_upgrade_loses_no_message_over_long_polling() {
+    let done = fault_mid_stream("recovery-upgrade-polling", "polling", Fault::Upgrade, None);
+    eprintln!("upgrade over long-polling: {done}");
+    assert_nothing_lost(&done);
+    assert!(
+        done["disconnects"].as_u64() >= Some(80),
+        "every receiver's two sockets were moved: {done}"
+    );
 }
 
 #[test]

@@ -219,6 +219,16 @@ fn reload_applies_new_flags_and_the_callers_environment() {
     let (_, answer) = greeting(&app).expect("no answer after the reload");
     assert_eq!(answer, "bonjour from-the-shell");
 
+    // An upgrade keeps it: the new master's workers start from the same environment (handed
+    // over on the upgrade's channel, as it was never written to disk).
+    let (before, _) = greeting(&app).unwrap();
+    succeeded(&app.run(&["upgrade", &app.name]));
+    wait_until("a worker of the new master to answer", || {
+        greeting(&app).is_some_and(|(pid, _)| pid != before)
+    });
+    let (_, answer) = greeting(&app).expect("no answer after the upgrade");
+    assert_eq!(answer, "bonjour from-the-shell");
+
     // What the master itself holds cannot change under it: one line, and it serves on.
     let (pid, _) = greeting(&app).unwrap();
     let refused = app.run(&["reload", &app.name, "--listen", "127.0.0.1:1"]);

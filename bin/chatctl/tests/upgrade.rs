@@ -289,20 +289,18 @@ fn accept_queue(port: u16) -> Option<u64> {
     })
 }
 
-/// A client whose connection the old master accepted, but whose request comes only after the
-/// upgrade is done (a slow client), is answered: the old master routes what it accepted to its
-/// workers before they drain.
-#[test]
-fn a_request_accepted_before_the_hand_over_is_answered() {
-    use std::io::{BufRead, BufReader, Write};
-    let app = App::new("upslow");
-    let exe = installed_copy(&app);
-    start_from(&app, &exe, &["-i", "2"]);
-    let mut slow = std::net::TcpStream::connect(("127.0.0.1", app.port)).expect("cannot connect");
-    wait_until("the old master to accept the slow connection", || {
+/// A connection the app's master accepted, whose request has not come yet (a slow client).
+fn slow_connection(app: &App) -> std::net::TcpStream {
+    let slow = std::net::TcpStream::connect(("127.0.0.1", app.port)).expect("cannot connect");
+    wait_until("the master to accept the slow connection", || {
         accept_queue(app.port) == Some(0)
     });
-    succeeded(&app.run(&["upgrade", &app.name]));
+    slow
+}
+
+/// Sends the slow connection's request at last: it is answered.
+fn slow_request_is_answered(mut slow: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Write};
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .expect("cannot send the slow request");
     slow.set_read_timeout(Some(support::DEADLINE))
@@ -312,4 +310,96 @@ fn a_request_accepted_before_the_hand_over_is_answered() {
         .read_line(&mut status_line)
         .expect("no answer to the slow request");
     assert!(status_line.starts_with("HTTP/1.1 200 "), "{status_line:?}");
+}
+
+/// A client whose connection the old master accepted, but whose request comes only after the
+/// upgrade is done (a slow client), is answered: the old master routes what it accepted to its
+/// workers before they drain.
+#[test]
+fn a_request_accepted_before_the_hand_over_is_answered() {
+    let app = App::new("upslow");
+    let exe = installed_copy(&app);
+    start_from(&app, &exe, &["-i", "2"]);
+    let slow = slow_connection(&app);
+    succeeded(&app.run(&["upgrade", &app.name]));
+    slow_request_is_answered(slow);
+}
+
+/// While both masters run, their workers are one app (the bridge between the masters): users
+/// still on the old workers (the old master holds off draining them while a connection it
+/// accepted has not sent its request) and users who came after the hand-over, on the new
+/// master's workers, in one room, a sender on each side. Every message reaches every member
+/// exactly once: across the masters while both run, and then, as the old master stops, through
+/// the live hand-off of the old workers' websockets to the new master's workers (nobody
+/// disconnects), or over long-polling through the recovery logs the new master took over.
+#[test]
+fn users_of_both_masters_are_one_room_during_an_upgrade() {
+    both_masters_one_room("upbridge", "websocket");
+}
+
+/// The same over long-polling, whose requests may reach a worker of the other master on a
+/// keep-alive connection that master accepted: that worker passes them to the session's.
+#[test]
+fn users_of_both_masters_are_one_room_during_an_upgrade_over_long_polling() {
+    both_masters_one_room("upbridge-polling", "polling");
+}
+
+fn both_masters_one_room(name: &str, transport: &str) {
+    let node = node_program();
+    let app = App::new(name);
+    app.start_ok(&["-i", "2", "--peek-timeout", "120s"], &[]);
+    let before = app.wait_listed("two online workers", |a| all_online(a, 2));
+    let (old_master, _) = master_of(&before);
+    let mut room = ClientScript::start(
+        &node,
+        "recovering_room.mjs",
+        &[&app.url(), "20", transport, "60", "20"],
+    );
+    let ready = room.next_report();
+    assert_eq!(ready["event"], "ready", "{ready}");
+
+    let slow = slow_connection(&app);
+    succeeded(&app.run(&["upgrade", &app.name]));
+    room.tell("late");
+    let late = room.next_report();
+    assert_eq!(
+        late["event"],
+        "late_ready",
+        "{late}\nlog:\n{}",
+        app.log_text()
+    );
+    room.tell("go");
+    let sending = room.next_report();
+    assert_eq!(sending["event"], "sending", "{sending}");
+    // Twenty messages from each side so far, with the old workers still serving their users.
+    assert!(alive(old_master), "the old master drained too early");
+    let old_workers = worker_pids(&before);
+    assert!(old_workers.iter().all(|pid| alive(*pid)), "{before}");
+
+    // The slow request lets the old master go: its workers drain, their users move.
+    slow_request_is_answered(slow);
+
+    let done = room.next_report();
+    room.wait_success();
+    eprintln!("users of both masters across an upgrade ({transport}): {done}");
+    assert_eq!(done["event"], "done", "{done}\nlog:\n{}", app.log_text());
+    assert_eq!(done["receivers"], 40, "{done}");
+    if transport == "websocket" {
+        // The old workers' websockets were handed to the new master's workers: nobody noticed.
+        assert_eq!(done["lost"], 0, "messages lost: {done}");
+        assert_eq!(done["never_arrived"], 0, "{done}");
+        assert_eq!(done["repeated"], 0, "messages repeated: {done}");
+        assert_eq!(done["disconnects"], 0, "{done}");
+        assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
+        assert_eq!(done["user_entered"], serde_json::json!([]), "{done}");
+    } else {
+        // Long-polling sessions drain: the old workers' users (20 receivers, two sockets each)
+        // reconnect, recovered; the late ones, on the new workers, stay.
+        support::assert_nothing_lost(&done);
+        assert_eq!(done["disconnects"], 40, "{done}");
+    }
+    wait_until("the old master to exit", || !alive(old_master));
+    // Nothing was dropped on the way between the masters.
+    let status = app.status().expect("the new master answers");
+    assert!(status["bridge_dropped"].is_null(), "{status}");
 }

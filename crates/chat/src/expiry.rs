@@ -74,6 +74,13 @@ impl<K: Clone + Ord + Hash> Expiries<K> {
         due
     }
 
+    /// Every key with its deadline, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, Instant)> {
+        self.deadlines
+            .iter()
+            .map(|(key, deadline)| (key, *deadline))
+    }
+
     /// The earliest deadline, if any key has one.
     pub(crate) fn earliest(&self) -> Option<Instant> {
         self.by_deadline.first().map(|(deadline, _)| *deadline)

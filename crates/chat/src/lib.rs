@@ -25,7 +25,9 @@ pub use forward::{Connecting, Peers};
 pub use rooms::{room_key, COM, INFRA};
 pub use secret::{cookie_key, load_or_create_secret, new_secret, SecretError, MIN_SECRET_LEN};
 pub use server::{Accept, ChatServer, Origin};
-pub use store::{HistoryLimits, MemoryStore, Session, SessionRecord, Store, StoreError};
+pub use store::{
+    HistoryLimits, MemoryStore, RoomRecord, Session, SessionRecord, Store, StoreError,
+};
 
 /// Our browser Socket.IO client, served at `/socket.io/socket.io.js`.
 pub const CLIENT_JS: &str = include_str!("../assets/socket.io.js");

@@ -164,6 +164,21 @@ impl MemoryState {
         }
     }
 
+    /// Puts a socket in a room under `nickname`: `None` when it was there already, else
+    /// whether its nickname is new in the room.
+    fn join(&mut self, room: &str, nickname: &str, socket: &str) -> Option<bool> {
+        let members = self.rooms.entry(room.to_owned()).or_default();
+        if members.sockets.contains_key(socket) {
+            return None;
+        }
+        members
+            .sockets
+            .insert(socket.to_owned(), nickname.to_owned());
+        let sockets_of_nickname = members.users.entry(nickname.to_owned()).or_default();
+        *sockets_of_nickname += 1;
+        Some(*sockets_of_nickname == 1)
+    }
+
     /// Removes a socket from a room; the nickname it joined under when that nickname has now
     /// left the room entirely.
     fn leave(&mut self, room: &str, socket: &str) -> Option<String> {
@@ -182,6 +197,29 @@ impl MemoryState {
         }
         gone.then_some(nickname)
     }
+}
+
+/// A room as one store hands it to another (a master upgrade): who is in it, its recent
+/// history and the time that has left, and the members whose connection broke with the grace
+/// they have left (they leave when it ends, unless they come back).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoomRecord {
+    pub room: String,
+    /// (socket, the nickname it joined under)
+    #[serde(default)]
+    pub members: Vec<(String, String)>,
+    #[serde(default)]
+    pub history: Vec<String>,
+    #[serde(default)]
+    pub history_ttl_ms: u64,
+    /// (socket, milliseconds of grace left)
+    #[serde(default)]
+    pub departing: Vec<(String, u64)>,
+}
+
+/// Milliseconds from `now` to `deadline` (0 once it passed).
+fn left_ms(now: Instant, deadline: Instant) -> u64 {
+    u64::try_from(deadline.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A session and the time it has left, as one store hands it to another (a master upgrade).
@@ -213,6 +251,74 @@ impl MemoryStore {
                 .collect()
         })
         .unwrap_or_default()
+    }
+
+    /// Every room with its members, history and departures, for
+    /// [`MemoryStore::restore_rooms`] in another store.
+    pub fn room_records(&self) -> Vec<RoomRecord> {
+        let now = Instant::now();
+        self.with(|state| {
+            let mut records: BTreeMap<String, RoomRecord> = BTreeMap::new();
+            for (room, members) in &state.rooms {
+                let entry = records.entry(room.clone()).or_default();
+                entry.members = members
+                    .sockets
+                    .iter()
+                    .map(|(socket, nickname)| (socket.clone(), nickname.clone()))
+                    .collect();
+            }
+            for (room, history) in &state.history {
+                let Some(expires) = state.history_expiries.deadline_of(room) else {
+                    continue;
+                };
+                let entry = records.entry(room.clone()).or_default();
+                entry.history = history.iter().cloned().collect();
+                entry.history_ttl_ms = left_ms(now, expires);
+            }
+            for ((room, socket), deadline) in state.departures.iter() {
+                let entry = records.entry(room.clone()).or_default();
+                entry
+                    .departing
+                    .push((socket.clone(), left_ms(now, deadline)));
+            }
+            records
+                .into_iter()
+                .map(|(room, record)| RoomRecord { room, ..record })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Takes the rooms another store had: members join (as [`Store::join_room`] would), a
+    /// history this store lacks is kept for the time it had left, departures keep their
+    /// grace. Returns how many memberships were taken.
+    pub fn restore_rooms(&self, records: Vec<RoomRecord>) -> usize {
+        let now = Instant::now();
+        self.with(|state| {
+            let mut taken = 0;
+            for record in records {
+                for (socket, nickname) in record.members {
+                    if state.join(&record.room, &nickname, &socket).is_some() {
+                        taken += 1;
+                    }
+                }
+                if !record.history.is_empty() && !state.history.contains_key(&record.room) {
+                    let expires = now + Duration::from_millis(record.history_ttl_ms);
+                    state.history_expiries.set(record.room.clone(), expires);
+                    state
+                        .history
+                        .insert(record.room.clone(), record.history.into());
+                }
+                for (socket, left) in record.departing {
+                    let deadline = now + Duration::from_millis(left);
+                    state
+                        .departures
+                        .set((record.room.clone(), socket), deadline);
+                }
+            }
+            taken
+        })
+        .unwrap_or(0)
     }
 
     /// Keeps the sessions another store had (within this store's bound; a session this one
@@ -324,16 +430,7 @@ impl Store for MemoryStore {
             state
                 .departures
                 .cancel(&(room.to_owned(), socket.to_owned()));
-            let members = state.rooms.entry(room.to_owned()).or_default();
-            if members.sockets.contains_key(socket) {
-                return false;
-            }
-            members
-                .sockets
-                .insert(socket.to_owned(), nickname.to_owned());
-            let sockets_of_nickname = members.users.entry(nickname.to_owned()).or_default();
-            *sockets_of_nickname += 1;
-            *sockets_of_nickname == 1
+            state.join(room, nickname, socket).unwrap_or(false)
         }))
     }
 
@@ -543,6 +640,36 @@ mod tests {
         assert_eq!(new.session("beyond-the-bound").await.unwrap(), None);
         // A session already there stays as it is.
         assert_eq!(new.restore_sessions(records), 0);
+    }
+
+    #[tokio::test]
+    async fn rooms_move_to_another_store_with_their_members_history_and_departures() {
+        let old = MemoryStore::default();
+        let limits = HistoryLimits {
+            keep: 10,
+            ttl: Duration::from_secs(60),
+        };
+        assert!(old.join_room("r", "ann", "s1").await.unwrap());
+        assert!(!old.join_room("r", "ann", "s2").await.unwrap());
+        assert!(old.join_room("r", "bob", "s3").await.unwrap());
+        old.push_history("r", "hello".into(), limits).await.unwrap();
+        old.depart_later("s3", vec!["r".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        let records = old.room_records();
+
+        let new = MemoryStore::default();
+        assert_eq!(new.restore_rooms(records), 3);
+        // The members are there: coming back is no news, and their count is right.
+        assert!(!new.join_room("r", "ann", "s1").await.unwrap());
+        assert_eq!(new.room_counts().await.unwrap(), vec![("r".to_owned(), 2)]);
+        assert_eq!(new.history("r").await.unwrap(), vec!["hello"]);
+        // Bob's grace ended: he leaves, from the new store.
+        assert_eq!(
+            new.expired_departures().await.unwrap(),
+            vec![("r".to_owned(), "bob".to_owned())]
+        );
+        assert_eq!(new.room_users("r").await.unwrap(), vec!["ann"]);
     }
 
     #[tokio::test]

@@ -137,6 +137,9 @@ pub struct Engine<H: Handler> {
     refusal_log: LogThrottle,
     /// Where sessions go once [`Engine::hand_off_all`] was called (a worker being replaced).
     pub(crate) departures: std::sync::OnceLock<crate::handoff::Departures>,
+    /// The sessions that left for the adopter: requests for them are its now. Empty unless
+    /// this process hands its sessions off, and never more than it had.
+    pub(crate) moved: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -151,6 +154,7 @@ impl<H: Handler> Engine<H> {
             handler,
             sessions: RwLock::new(HashMap::new()),
             departures: std::sync::OnceLock::new(),
+            moved: std::sync::Mutex::default(),
         })
     }
 

@@ -345,6 +345,9 @@ impl<H: Handler> Engine<H> {
     /// A session handed off (to its adopter, or not: then its client reconnects) leaves the
     /// table; requests for it are now the adopter's ([`Engine::moved_away`]).
     pub fn departed(&self, sid: &str) {
+        if let Ok(mut moved) = self.moved.lock() {
+            moved.insert(sid.into());
+        }
         let socket = match self.sessions.write() {
             Ok(mut sessions) => sessions.remove(sid),
             Err(_) => None,
@@ -356,13 +359,15 @@ impl<H: Handler> Engine<H> {
 
     /// Whether a request for `sid` should go to the process this one handed its sessions to:
     /// sessions handed off are, as soon as they are out of the table; one on its way is
-    /// waited for (up to `wait`). `false` before any hand-off.
+    /// waited for (up to `wait`). `false` before any hand-off, and for a session that ended
+    /// here (a long-polling one that drained rather than moved: its client is told the
+    /// session is unknown, and starts another).
     pub async fn moved_away(&self, sid: &str, wait: Duration) -> bool {
         if self.departures.get().is_none() {
             return false;
         }
         let Some(socket) = self.session(sid) else {
-            return true;
+            return self.moved.lock().is_ok_and(|moved| moved.contains(sid));
         };
         // Asked to leave, or frozen and on its way.
         let leaving = socket.handing_off.load(Ordering::Acquire)

@@ -43,8 +43,9 @@ pub use event::{AckResponse, AckSender, Event};
 pub use handshake::{cookie, Handshake};
 pub use namespace::Namespace;
 pub use recovery::{
-    Digest, LocalStore, LogStats, Owner, RecoveryConfig, RecoveryLog, RecoveryStats,
-    RestoreRequest, Restored, Sequenced, SessionRecord, SessionStore, StoreFactory,
+    Audience, Digest, EventSnapshot, KeptSnapshot, LocalStore, LogBounds, LogSnapshot, LogStats,
+    Owner, RecoveryConfig, RecoveryLog, RecoveryStats, RestoreRequest, Restored, Sequenced,
+    SessionRecord, SessionStore, SnapshotError, StoreFactory,
 };
 pub use server::{Dispatcher, SocketIo};
 pub use socket::{DisconnectReason, Socket};

@@ -79,6 +79,10 @@ pub struct AppStatus {
     /// evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<serde_json::Value>,
+    /// Messages the master could not pass over the bridge between an upgrade's two masters
+    /// (see `chatctl upgrade`), by cause.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bridge_dropped: std::collections::BTreeMap<String, u64>,
 }
 
 /// A warm worker (`--spare`): started, given no connection until it takes a worker's place.

@@ -44,6 +44,13 @@ pub enum ToWorker {
     /// A question from another worker (which of your sockets match?), to answer with
     /// [`ToMaster::Answer`] and the same id.
     Query { id: u64, body: Value },
+    /// During an upgrade (`chatctl upgrade`), the workers of the other master: a request for
+    /// one of their sessions is passed to them over their private sockets (made by
+    /// `master_pid`), as to this master's other workers.
+    OtherMaster {
+        master_pid: u32,
+        peers: crate::upgrade::Peers,
+    },
 }
 
 /// From a worker to the master.
@@ -120,7 +127,7 @@ impl Line for ToWorker {
 }
 
 /// The body of a `prefix BODY }` line, checked to be JSON but not parsed into a tree.
-fn raw_body(line: String, prefix: &str) -> Result<Box<RawValue>, String> {
+pub(crate) fn raw_body(line: String, prefix: &str) -> Result<Box<RawValue>, String> {
     let body = match line
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_suffix('}'))
@@ -132,7 +139,9 @@ fn raw_body(line: String, prefix: &str) -> Result<Box<RawValue>, String> {
 }
 
 /// A raw body from a message that took the slow path (see [`Line::fast`]).
-fn raw_from_any<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Box<RawValue>, D::Error> {
+pub(crate) fn raw_from_any<'de, D: serde::Deserializer<'de>>(
+    from: D,
+) -> Result<Box<RawValue>, D::Error> {
     let value = Value::deserialize(from)?;
     serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)
 }
@@ -252,7 +261,12 @@ pub struct WorkerLink {
     /// Counts reported with every pong (see [`WorkerLink::report_stats`]).
     stats: OnceLock<StatsSource>,
     queries: OnceLock<QueryHandler>,
+    other_masters: OnceLock<OtherMasterHandler>,
 }
+
+/// Learns of the other master's workers during an upgrade (see
+/// [`WorkerLink::on_other_master`]).
+type OtherMasterHandler = Box<dyn Fn(u32, crate::upgrade::Peers) + Send + Sync>;
 
 /// Takes a worker's counts (see [`WorkerLink::report_stats`]).
 type StatsSource = Box<dyn Fn() -> crate::worker_stats::WorkerStats + Send + Sync>;
@@ -303,6 +317,7 @@ impl WorkerLink {
             drops: OnceLock::new(),
             stats: OnceLock::new(),
             queries: OnceLock::new(),
+            other_masters: OnceLock::new(),
         });
         tokio::spawn(async move { write_queue(&mut write, &mut outgoing).await });
         let (drain_tx, drain) = oneshot::channel();
@@ -357,6 +372,11 @@ impl WorkerLink {
                             .get()
                             .map_or(Value::Null, |answer| answer(body));
                         let _ = reader.tx.send(ToMaster::Answer { id, body });
+                    }
+                    ToWorker::OtherMaster { master_pid, peers } => {
+                        if let Some(learn) = reader.other_masters.get() {
+                            learn(master_pid, peers);
+                        }
                     }
                 }
             }
@@ -414,6 +434,15 @@ impl WorkerLink {
     /// Sets how this worker answers other workers' questions.
     pub fn on_query(&self, answer: impl Fn(Value) -> Value + Send + Sync + 'static) {
         let _ = self.queries.set(Box::new(answer));
+    }
+
+    /// Sets what this worker does when it hears of the other master's workers during an
+    /// upgrade ([`ToWorker::OtherMaster`]).
+    pub fn on_other_master(
+        &self,
+        learn: impl Fn(u32, crate::upgrade::Peers) + Send + Sync + 'static,
+    ) {
+        let _ = self.other_masters.set(Box::new(learn));
     }
 
     /// Asks every other worker and returns their answers (those that answered within a second).

@@ -11,9 +11,12 @@
 //! | the upgrade channel to the old master | 4 | `CHATCTL_UPGRADE_FD` |
 //! | the admin address's listening socket (`--admin`) | 5 | `CHATCTL_ADMIN_FD` |
 //! | where the old master's worker generations ended (so session ids stay distinct) | – | `CHATCTL_UPGRADE_GENERATION` |
+//! | that the channel's first line is the workers' environment (`reload --update-env`) | – | `CHATCTL_UPGRADE_ENV=1` |
 //!
 //! The conversation on the channel, one JSON line each (see [`FromSuccessor`], [`ToSuccessor`]):
 //!
+//! 0. old → new, at once and only with `CHATCTL_UPGRADE_ENV`: the environment the workers
+//!    start from ([`WorkersEnvironment`]), read before the new master starts any;
 //! 1. new → old: `ready` once every worker is online (its pid, version and what a live
 //!    hand-off of sessions to its workers needs), or `failed` with the reason;
 //! 2. old → new: `take_over`, once the old master no longer accepts, with what its service
@@ -21,12 +24,20 @@
 //! 3. new → old: `took_over`; the old master points `control.sock` and `master.pid` at the
 //!    new master, drains its own workers and exits.
 //!
+//! From `take_over` until the old master exits, the channel is the bridge between the old
+//! workers and the new master's service, so that old and new workers are one app (one
+//! numbering of events, one store): the old master forwards what its workers ask of the
+//! service ([`FromOldWorkers`]: events to number, broadcasts, store requests, a worker gone),
+//! and the new master sends back what is for them ([`ToOldWorkers`]: numbered events and
+//! broadcasts, replies). A question to every worker (`gather`) is asked on both sides.
+//!
 //! Secrets (the peers token) travel only on the channel, never in argv or the environment.
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 pub use crate::inherited::LISTEN_FD;
 pub const CHANNEL_FD: RawFd = 4;
@@ -34,6 +45,21 @@ pub const ADMIN_FD: RawFd = 5;
 pub const CHANNEL_FD_ENV: &str = "CHATCTL_UPGRADE_FD";
 pub const ADMIN_FD_ENV: &str = "CHATCTL_ADMIN_FD";
 pub const GENERATION_ENV: &str = "CHATCTL_UPGRADE_GENERATION";
+pub const WORKERS_ENV_ENV: &str = "CHATCTL_UPGRADE_ENV";
+
+/// The longest environment line: far more than any environment a shell passes.
+const MAX_ENV_LINE: usize = 4 << 20;
+
+/// How long a new master waits for the environment line the old master writes at once.
+const ENV_LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The environment the old master's workers start from since a `reload --update-env` (the
+/// caller's environment then, never written to disk): the new master's workers start from it
+/// too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkersEnvironment {
+    pub env: Vec<(String, String)>,
+}
 
 /// The longest line on the channel: the embedded store's sessions ride on it (100 000 at
 /// most, about 100 bytes each).
@@ -64,11 +90,90 @@ pub enum ToSuccessor {
     TakeOver {
         #[serde(default)]
         service: Option<serde_json::Value>,
+        /// The old master's workers (their process ids for the service): what they owned
+        /// in the service is forgotten when they are gone, or when the bridge closes.
+        #[serde(default)]
+        workers: Vec<u64>,
+        /// Where the old master's workers can be reached (its pid made their private
+        /// sockets), for the new workers to pass them requests of their sessions.
+        #[serde(default)]
+        old_master: Option<(u32, Peers)>,
+    },
+}
+
+/// What the old master forwards from its workers to the new master's service, after
+/// `take_over` (each as [`crate::ipc::ToMaster`] says, with the worker it came from).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromOldWorkers {
+    Sequence {
+        worker: u64,
+        #[serde(deserialize_with = "crate::ipc::raw_from_any")]
+        body: Box<RawValue>,
+    },
+    Publish {
+        worker: u64,
+        #[serde(deserialize_with = "crate::ipc::raw_from_any")]
+        body: Box<RawValue>,
+    },
+    Request {
+        worker: u64,
+        id: u64,
+        body: serde_json::Value,
+    },
+    Tell {
+        worker: u64,
+        body: serde_json::Value,
+    },
+    /// The worker ended: what it owned in the service goes.
+    WorkerGone { worker: u64 },
+    /// An old worker's question for every worker ([`crate::ipc::ToMaster::Gather`]): the
+    /// new master asks its own and sends their answers back under `key`.
+    Gather { key: u64, body: serde_json::Value },
+    /// The old workers' answers to the new master's question `key`.
+    Answers {
+        key: u64,
+        answers: Vec<serde_json::Value>,
+    },
+}
+
+/// What the new master sends the old master's workers over the bridge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToOldWorkers {
+    /// For every old worker: a numbered event, a broadcast, a departure. The same line as
+    /// [`crate::ipc::ToWorker::Message`], so the new master queues one copy for all.
+    Message {
+        #[serde(deserialize_with = "crate::ipc::raw_from_any")]
+        body: Box<RawValue>,
+    },
+    /// The answer to one old worker's request.
+    Reply {
+        worker: u64,
+        id: u64,
+        body: serde_json::Value,
+    },
+    /// A new worker's question for every worker: the old master asks its own and sends
+    /// their answers back under `key`.
+    Gather { key: u64, body: serde_json::Value },
+    /// The new workers' answers to the old master's question `key`.
+    Answers {
+        key: u64,
+        answers: Vec<serde_json::Value>,
     },
 }
 
 impl crate::ipc::Line for FromSuccessor {}
 impl crate::ipc::Line for ToSuccessor {}
+
+impl crate::ipc::Line for FromOldWorkers {}
+
+impl crate::ipc::Line for ToOldWorkers {
+    fn fast(line: String) -> Result<Self, String> {
+        crate::ipc::raw_body(line, r#"{"type":"message","body":"#)
+            .map(|body| ToOldWorkers::Message { body })
+    }
+}
 
 /// Where the new master's workers can be reached, for a live hand-off of sessions from the
 /// old workers (issue 16): the token naming their private sockets
@@ -92,7 +197,7 @@ impl std::fmt::Debug for Peers {
 /// What a master process was given by whoever started it: systemd (the listening socket of
 /// a `.socket` unit) or an old master handing over. Taken once, before the runtime starts
 /// threads (it edits the environment, so no worker or hook inherits it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inheritance {
     /// The public listening socket to use instead of binding `--listen`.
     pub listener: Option<std::net::TcpListener>,
@@ -102,6 +207,21 @@ pub struct Inheritance {
     pub channel: Option<std::os::unix::net::UnixStream>,
     /// Where the old master's worker generations ended.
     pub first_generation: Option<u64>,
+    /// The environment the workers start from (see [`WorkersEnvironment`]), or why it could
+    /// not be read (the new master then refuses to start, and says so).
+    pub workers_env: Result<Option<Vec<(String, String)>>, String>,
+}
+
+impl Default for Inheritance {
+    fn default() -> Self {
+        Inheritance {
+            listener: None,
+            admin: None,
+            channel: None,
+            first_generation: None,
+            workers_env: Ok(None),
+        }
+    }
 }
 
 impl Inheritance {
@@ -127,13 +247,51 @@ impl Inheritance {
             .ok()
             .and_then(|v| v.parse().ok());
         std::env::remove_var(GENERATION_ENV);
+        let env_first = std::env::var_os(WORKERS_ENV_ENV).is_some();
+        std::env::remove_var(WORKERS_ENV_ENV);
+        let workers_env = match (&channel, env_first) {
+            (Some(channel), true) => read_workers_env(channel).map(Some),
+            _ => Ok(None),
+        };
         Ok(Inheritance {
             listener,
             admin,
             channel,
             first_generation,
+            workers_env,
         })
     }
+}
+
+/// Reads the channel's first line, the workers' environment, byte by byte: nothing after it
+/// is taken from the channel (the old master writes nothing more until it hears `ready`).
+fn read_workers_env(
+    channel: &std::os::unix::net::UnixStream,
+) -> Result<Vec<(String, String)>, String> {
+    use std::io::Read;
+    let failed =
+        |why: String| format!("cannot read the workers' environment from the old master: {why}");
+    channel
+        .set_read_timeout(Some(ENV_LINE_TIMEOUT))
+        .map_err(|e| failed(e.to_string()))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match (&*channel).read(&mut byte) {
+            Ok(0) => return Err(failed("the channel closed".into())),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= MAX_ENV_LINE => {
+                return Err(failed(format!("longer than {MAX_ENV_LINE} bytes")))
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    }
+    let _ = channel.set_read_timeout(None);
+    serde_json::from_slice::<WorkersEnvironment>(&line)
+        .map(|given| given.env)
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// Why an upgrade did not happen; the old master keeps serving in every case.
@@ -178,6 +336,8 @@ pub struct Successor<'a> {
     pub first_generation: u64,
     /// Where its stderr goes (the app's `master.stderr`), appended to.
     pub stderr: &'a Path,
+    /// The environment the workers start from, if a `reload --update-env` set one.
+    pub workers_env: Option<&'a [(String, String)]>,
 }
 
 /// Starts `binary master --name APP` as a daemon of its own (its own session and process
@@ -239,6 +399,24 @@ pub fn spawn_successor(
         command.env(ADMIN_FD_ENV, ADMIN_FD.to_string());
     } else {
         command.env_remove(ADMIN_FD_ENV);
+    }
+    if let Some(env) = successor.workers_env {
+        // On the channel, not in the new master's environment: it may hold secrets. Written
+        // before the new master runs, into the socketpair's buffer: without blocking, so an
+        // environment larger than the buffer fails the upgrade instead of hanging it.
+        let given = WorkersEnvironment { env: env.to_vec() };
+        let mut line = serde_json::to_vec(&given).map_err(|e| UpgradeError::Spawn(e.into()))?;
+        line.push(b'\n');
+        ours.set_nonblocking(true).map_err(UpgradeError::Spawn)?;
+        std::io::Write::write_all(&mut &ours, &line).map_err(|e| {
+            UpgradeError::Spawn(std::io::Error::other(format!(
+                "cannot hand it the workers' environment ({} bytes): {e}",
+                line.len()
+            )))
+        })?;
+        command.env(WORKERS_ENV_ENV, "1");
+    } else {
+        command.env_remove(WORKERS_ENV_ENV);
     }
     let highest = inherited
         .iter()
@@ -336,8 +514,70 @@ mod tests {
             },
         };
         assert!(!format!("{ready:?}").contains("s3cret"));
+        let FromSuccessor::Ready { peers, .. } = ready.clone() else {
+            unreachable!()
+        };
+        let introduction = crate::ipc::ToWorker::OtherMaster {
+            master_pid: 7,
+            peers,
+        };
+        assert!(!format!("{introduction:?}").contains("s3cret"));
         let line = serde_json::to_string(&ready).unwrap();
         let back: FromSuccessor = serde_json::from_str(&line).unwrap();
         assert_eq!(back, ready);
+    }
+
+    #[tokio::test]
+    async fn the_bridge_carries_worker_messages_and_takes_a_relay_line_as_it_is() {
+        use crate::ipc::{message_lines, read_message};
+        let body = RawValue::from_string(r#"{"ns":"/","frames":["t2[\"a\"]"]}"#.into()).unwrap();
+        let mut text = Vec::new();
+        text.extend_from_slice(&crate::outbox::relay_line(&body));
+        let forwarded = FromOldWorkers::Sequence {
+            worker: 9,
+            body: body.clone(),
+        };
+        text.extend_from_slice(&serde_json::to_vec(&forwarded).unwrap());
+        text.extend_from_slice(b"\n{\"type\":\"nonsense\"}\n");
+        let mut lines = message_lines(&text[..], 1 << 20);
+        match read_message::<ToOldWorkers, _>(&mut lines).await {
+            Ok(ToOldWorkers::Message { body: relayed }) => assert_eq!(relayed.get(), body.get()),
+            other => panic!("{other:?}"),
+        }
+        match read_message::<FromOldWorkers, _>(&mut lines).await {
+            Ok(FromOldWorkers::Sequence { worker, body: got }) => {
+                let value = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get());
+                assert_eq!((worker, value(&got).unwrap()), (9, value(&body).unwrap()))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A line neither side sends is skipped, without a panic.
+        assert!(read_message::<FromOldWorkers, _>(&mut lines).await.is_err());
+    }
+
+    #[test]
+    fn the_workers_environment_is_read_alone_and_a_bad_one_is_refused() {
+        use std::io::Write;
+        let (mut old, new) = std::os::unix::net::UnixStream::pair().unwrap();
+        let given = WorkersEnvironment {
+            env: vec![("A".into(), "1".into())],
+        };
+        let mut line = serde_json::to_vec(&given).unwrap();
+        line.extend_from_slice(b"\n{\"type\":\"take_over\"}\n");
+        old.write_all(&line).unwrap();
+        assert_eq!(read_workers_env(&new).unwrap(), given.env);
+        // What follows stays on the channel for the conversation.
+        let mut rest = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&new), &mut rest).unwrap();
+        assert_eq!(rest, "{\"type\":\"take_over\"}\n");
+
+        old.write_all(b"[1, 2]\n").unwrap();
+        let refused = read_workers_env(&new).unwrap_err();
+        assert!(
+            refused.contains("cannot read the workers' environment"),
+            "{refused}"
+        );
+        drop(old);
+        assert!(read_workers_env(&new).unwrap_err().contains("closed"));
     }
 }

@@ -1,7 +1,7 @@
 // Chat users on the official Node.js Socket.IO client (npm socket.io-client 4.x) in one room while
 // a fault hits the server (a worker killed, a reload), driven by bin/chatctl/tests/recovery.rs.
 //
-//   node recovering_room.mjs <base url> <receivers> <websocket|polling> <messages>
+//   node recovering_room.mjs <base url> <receivers> <websocket|polling> <messages> [late]
 //
 // Every user logs in, connects /chat_infra and /chat_com on one connection of its own, and joins
 // room "recovery"; then it prints {"event":"ready"}. On one line on stdin a sender says numbered
@@ -11,18 +11,26 @@
 // or got twice, how many numbers never reached the server (said on a connection that died with
 // its worker: a client's emit has no delivery guarantee without an ack), how many times the
 // sockets disconnected and how many came back recovered (`socket.recovered`) or not, and the
-// user_left announcements the receivers saw. It exits 0; the test judges the counts.
+// user_left announcements the receivers saw, and the user_entered ones of users who were in the
+// room from the start that came after a message (one who came back recovered is no news). It
+// exits 0; the test judges the counts.
+//
+// With [late] > 0 (an upgrade, driven by upgrade.rs): after "ready", a first line on stdin
+// brings `late` more receivers and a second sender into the room (on whatever workers serve
+// new connections then), reported by {"event":"late_ready"}; the next line starts both
+// senders, the second saying n-1, n-2, ... as the first says m-1, m-2, ...
 
 import readline from "node:readline";
 
 import { connectUser, joinRoom, report, watchdog } from "./room_user.mjs";
 
-const [base, receiversText, transport, messagesText] = process.argv.slice(2);
+const [base, receiversText, transport, messagesText, lateText = "0"] = process.argv.slice(2);
 const receivers = Number(receiversText);
 const messages = Number(messagesText);
-if (!/^http:\/\//.test(base || "") || !(receivers > 0) || !(messages > 20)
+const late = Number(lateText);
+if (!/^http:\/\//.test(base || "") || !(receivers > 0) || !(messages > 20) || !(late >= 0)
     || !["websocket", "polling"].includes(transport)) {
-  console.error("usage: node recovering_room.mjs http://HOST:PORT RECEIVERS websocket|polling MESSAGES (> 20)");
+  console.error("usage: node recovering_room.mjs http://HOST:PORT RECEIVERS websocket|polling MESSAGES (> 20) [LATE]");
   process.exit(2);
 }
 
@@ -44,6 +52,7 @@ class User {
     this.recovered = 0;
     this.notRecovered = 0;
     this.userLeft = [];
+    this.userEntered = [];
   }
 
   async start() {
@@ -60,7 +69,14 @@ class User {
         this.disconnects += 1;
       });
     };
-    await connectUser(base, this, [transport], { report, watch, onMessage: progress });
+    // Both senders' lines count, by their text: m-1, n-1, ...
+    const keyOf = (text) => (/^[mn]-\d+$/.test(text) ? text : null);
+    await connectUser(base, this, [transport], { report, watch, onMessage: progress, keyOf });
+    this.infra.on("user_entered", (data) => {
+      const name = data && data.name;
+      // After a message of the senders: an entry from before "ready" came before it.
+      if (this.got.size > 0 && inRoomFromTheStart.has(name)) this.userEntered.push(name);
+    });
     await joinRoom(this, ROOM);
   }
 
@@ -79,6 +95,8 @@ class User {
 
 const sender = new User("sender");
 const users = Array.from({ length: receivers }, (_, i) => new User(`recv${i}`));
+const lateSender = late > 0 ? new User("late-sender") : null;
+const inRoomFromTheStart = new Set([sender, ...users].map((user) => user.nickname));
 let sent = 0;
 let finished = false;
 
@@ -86,7 +104,7 @@ let finished = false;
 function accepted() {
   const numbers = new Set();
   for (const user of users) for (const n of user.got.keys()) numbers.add(n);
-  return [...numbers].sort((a, b) => a - b);
+  return [...numbers].sort();
 }
 
 function totals() {
@@ -94,9 +112,9 @@ function totals() {
   const numbers = accepted();
   const losses = users.map((user) => ({ user: user.nickname, ...user.losses(numbers) }));
   return {
-    receivers,
     sent,
-    never_arrived: sent - numbers.length,
+    receivers: users.length,
+    never_arrived: sent * (lateSender ? 2 : 1) - numbers.length,
     lost: losses.reduce((n, l) => n + l.lost.length, 0),
     repeated: losses.reduce((n, l) => n + l.repeated.length, 0),
     examples: losses.filter((l) => l.lost.length || l.repeated.length).slice(0, 3),
@@ -105,8 +123,9 @@ function totals() {
     not_recovered: sum("notRecovered"),
     sender_disconnects: sender.disconnects,
     sender_recovered: sender.recovered,
-    sender_not_recovered: sender.notRecovered,
+    sender_not_recovered: sender.notRecovered + (lateSender ? lateSender.notRecovered : 0),
     user_left: users.flatMap((user) => user.userLeft),
+    user_entered: users.flatMap((user) => user.userEntered),
   };
 }
 
@@ -129,18 +148,28 @@ await Promise.all([sender, ...users].map((user) => user.start()));
 report("ready");
 
 const input = readline.createInterface({ input: process.stdin });
-input.once("line", () => {
-  const timer = setInterval(() => {
-    sent += 1;
-    // Said while the sender's own connection is down, it is buffered by the client and sent
-    // once it is back.
-    sender.com.emit("message", JSON.stringify({ type: "userMessage", message: `m-${sent}` }));
-    if (sent === 20) report("sending");
-    if (sent === messages) {
-      clearInterval(timer);
-      lastSentAt = Date.now();
-      setTimeout(finish, SETTLE_MS).unref();
-      setInterval(progress, 100).unref();
-    }
-  }, INTERVAL_MS);
-});
+const nextLine = () => new Promise((resolve) => input.once("line", resolve));
+await nextLine();
+if (lateSender) {
+  const newcomers = Array.from({ length: late }, (_, i) => new User(`late${i}`));
+  await Promise.all([lateSender, ...newcomers].map((user) => user.start()));
+  users.push(...newcomers);
+  report("late_ready");
+  await nextLine();
+}
+const timer = setInterval(() => {
+  sent += 1;
+  // Said while the sender's own connection is down, it is buffered by the client and sent
+  // once it is back.
+  sender.com.emit("message", JSON.stringify({ type: "userMessage", message: `m-${sent}` }));
+  if (lateSender) {
+    lateSender.com.emit("message", JSON.stringify({ type: "userMessage", message: `n-${sent}` }));
+  }
+  if (sent === 20) report("sending");
+  if (sent === messages) {
+    clearInterval(timer);
+    lastSentAt = Date.now();
+    setTimeout(finish, SETTLE_MS).unref();
+    setInterval(progress, 100).unref();
+  }
+}, INTERVAL_MS);

@@ -21,11 +21,12 @@ export function watchdog(ms, totals) {
 
 /**
  * Logs `user.nickname` in and connects its two namespaces on one connection over `transports`
- * (user.infra, user.com). Counts in `user.got` each `m-N` room message by N (calling
- * `onMessage` after each), and in `user.userLeft` the user_left announcements. `watch(socket)`
- * is called for each socket before it connects. A refusal for good reports an error and exits.
+ * (user.infra, user.com). Counts in `user.got` each room message `keyOf` gives a key (by
+ * default `m-N`, by N), calling `onMessage` after each, and in `user.userLeft` the user_left
+ * announcements. `watch(socket)` is called for each socket before it connects. A refusal for
+ * good reports an error and exits.
  */
-export async function connectUser(base, user, transports, { report, watch, onMessage }) {
+export async function connectUser(base, user, transports, { report, watch, onMessage, keyOf = numberOf }) {
   const cookie = await login(base, user.nickname);
   const manager = new Manager(base, {
     transports,
@@ -46,14 +47,19 @@ export async function connectUser(base, user, transports, { report, watch, onMes
   }
   user.com.on("message", (line) => {
     const parsed = JSON.parse(line);
-    const match = /^m-(\d+)$/.exec(parsed.message || "");
-    if (parsed.type === "userMessage" && match) {
-      const n = Number(match[1]);
-      user.got.set(n, (user.got.get(n) || 0) + 1);
+    const key = parsed.type === "userMessage" ? keyOf(parsed.message || "") : null;
+    if (key !== null) {
+      user.got.set(key, (user.got.get(key) || 0) + 1);
       if (onMessage) onMessage();
     }
   });
   user.infra.on("user_left", (data) => user.userLeft.push(data && data.name));
+}
+
+/** The N of a message `m-N`, else null. */
+function numberOf(text) {
+  const match = /^m-(\d+)$/.exec(text);
+  return match ? Number(match[1]) : null;
 }
 
 /** Joins `room` on the user's /chat_infra and waits until both its namespaces are connected. */

@@ -456,3 +456,33 @@ impl Drop for ClientScript {
 }
 
 pub use testkit::redis::RedisServer;
+
+/// The report of clients/recovering_room.mjs after a fault: every receiver got every message
+/// the server accepted exactly once, every socket that was disconnected came back recovered,
+/// and nobody was announced as leaving.
+pub fn assert_nothing_lost(done: &Value) {
+    assert_eq!(done["lost"], 0, "messages lost: {done}");
+    // What the sender said on its connection as its worker died never reached the server
+    // (a client's emit without an ack has no delivery guarantee): one message at 70 ms
+    // intervals, two with long-polling's batching.
+    assert!(
+        done["never_arrived"].as_u64() <= Some(2),
+        "messages said while the worker died: {done}"
+    );
+    assert_eq!(done["repeated"], 0, "messages repeated: {done}");
+    // The kill hit users: their sockets came back, each recovered.
+    assert!(
+        done["disconnects"].as_u64() > Some(0),
+        "the kill disconnected nobody: {done}"
+    );
+    assert_eq!(done["not_recovered"], 0, "sockets not recovered: {done}");
+    assert_eq!(done["sender_not_recovered"], 0, "{done}");
+    assert_eq!(
+        done["recovered"], done["disconnects"],
+        "every disconnected socket comes back recovered: {done}"
+    );
+    // Back within the presence grace: nobody was announced as leaving.
+    assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
+    // Nor as entering again when it came back.
+    assert_eq!(done["user_entered"], serde_json::json!([]), "{done}");
+}

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use socketio::{
-    BroadcastOptions, Digest, EmitError, LogStats, Namespace, RecoveryConfig, RecoveryLog,
-    RestoreRequest, Restored, Sequenced, SessionRecord, SessionStore, StoreFactory,
+    BroadcastOptions, Digest, EmitError, LogSnapshot, LogStats, Namespace, RecoveryConfig,
+    RecoveryLog, RestoreRequest, Restored, Sequenced, SessionRecord, SessionStore, StoreFactory,
 };
 use supervisor::ipc::WorkerLink;
 
@@ -265,6 +265,45 @@ impl RecoveryService {
                 log.owner_gone(worker);
             }
         }
+    }
+
+    /// Every namespace's log as data, for a new master to carry on with (`chatctl upgrade`).
+    pub(super) fn hand_over(&self) -> Value {
+        let logs = self.logs.lock().map(|logs| {
+            logs.iter()
+                .map(|(ns, log)| (ns.clone(), json!(log.snapshot())))
+                .collect::<serde_json::Map<String, Value>>()
+        });
+        Value::Object(logs.unwrap_or_default())
+    }
+
+    /// Takes the logs an old master handed over, in place of this master's (whose workers
+    /// opened them, and which no client has used yet): the same epochs and numbering, so a
+    /// client of the old workers is recovered by the new ones. Each keeps this master's
+    /// bounds where it has a log already. All or nothing: a malformed one refuses them all.
+    /// Returns how many sockets were taken.
+    pub(super) fn take_over(&self, handed: Value) -> Result<usize, String> {
+        let snapshots: HashMap<String, LogSnapshot> = serde_json::from_value(handed)
+            .map_err(|error| format!("the recovery logs handed over are malformed: {error}"))?;
+        let mut logs = self
+            .logs
+            .lock()
+            .map_err(|_| "the recovery logs are unavailable".to_owned())?;
+        let mut taken = Vec::with_capacity(snapshots.len());
+        for (ns, snapshot) in snapshots {
+            let bounds = logs.get(&ns).map_or(snapshot.bounds, RecoveryLog::bounds);
+            let log = RecoveryLog::from_snapshot(snapshot, bounds.config()).map_err(|error| {
+                format!("the recovery log of namespace {ns} handed over is refused: {error}")
+            })?;
+            taken.push((ns, log));
+        }
+        let mut sockets = 0;
+        for (ns, log) in taken {
+            let stats = log.stats();
+            sockets += stats.sessions_connected + stats.sessions_kept;
+            logs.insert(ns, log);
+        }
+        Ok(usize::try_from(sockets).unwrap_or(usize::MAX))
     }
 
     /// What each namespace's log holds.

@@ -183,21 +183,64 @@ impl MasterService for StoreService {
         })
     }
 
-    /// The logged-in sessions: without them every user's cookie would be refused by the new
-    /// master's workers. Room presence comes back as the users rejoin; the recovery logs do
-    /// not move (the users start new Socket.IO sessions).
+    /// The logged-in sessions (without them every user's cookie would be refused by the new
+    /// master's workers), the rooms (members, history, departures) with which worker put
+    /// whom in them (so the old workers' users are not announced again as they come back, and
+    /// leave no ghosts when the old workers end), and the recovery logs (so the users of the
+    /// old workers come back to the new ones recovered, numbering and all).
     fn hand_over(&self) -> Option<Value> {
-        Some(json!({ "sessions": self.store.session_records() }))
+        let members: Vec<(u64, Vec<Membership>)> = self
+            .members
+            .lock()
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|(worker, owned)| (*worker, owned.iter().cloned().collect()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(json!({
+            "sessions": self.store.session_records(),
+            "rooms": self.store.room_records(),
+            "members": members,
+            "recovery": self.recovery.hand_over(),
+        }))
     }
 
-    fn take_over(&self, state: Value) {
-        let records = state
-            .get("sessions")
-            .cloned()
-            .and_then(|sessions| serde_json::from_value(sessions).ok())
-            .unwrap_or_default();
-        let taken = self.store.restore_sessions(records);
-        tracing::info!(sessions = taken, "took over the old master's sessions");
+    fn take_over(&self, mut state: Value) -> Result<String, String> {
+        fn part<T: serde::de::DeserializeOwned + Default>(
+            state: &mut Value,
+            name: &str,
+        ) -> Result<T, String> {
+            match state.get_mut(name).map(Value::take) {
+                Some(part) => serde_json::from_value(part)
+                    .map_err(|error| format!("the {name} handed over are malformed: {error}")),
+                None => Ok(T::default()),
+            }
+        }
+        let sessions: Vec<chat::SessionRecord> = part(&mut state, "sessions")?;
+        let rooms: Vec<chat::RoomRecord> = part(&mut state, "rooms")?;
+        let members: Vec<(u64, Vec<Membership>)> = part(&mut state, "members")?;
+        let sockets = match state.get_mut("recovery").map(Value::take) {
+            Some(logs) => self.recovery.take_over(logs)?,
+            None => 0,
+        };
+        let taken = self.store.restore_sessions(sessions);
+        let memberships = self.store.restore_rooms(rooms);
+        if let Ok(mut mine) = self.members.lock() {
+            for (worker, owned) in members {
+                mine.entry(worker).or_default().extend(owned);
+            }
+        }
+        tracing::info!(
+            sessions = taken,
+            memberships,
+            sockets,
+            "took over the old master's store and recovery logs"
+        );
+        Ok(format!(
+            "{taken} sessions, {memberships} room memberships, {sockets} recoverable sockets"
+        ))
     }
 
     fn worker_gone(&self, worker: u64) -> Vec<Box<RawValue>> {
@@ -320,5 +363,57 @@ mod tests {
             "ann"
         );
         assert!(ask(&service, 2, json!({"op": "nonsense"}))["error"].is_string());
+    }
+
+    #[test]
+    fn a_new_master_carries_on_with_the_sessions_and_the_numbering_and_refuses_a_bad_hand_over() {
+        let old = StoreService::default();
+        let created = ask(
+            &old,
+            1,
+            json!({"op": "create_session", "nickname": "ann", "ttl_ms": 60000}),
+        );
+        let id = created["ok"]["id"].as_str().unwrap().to_owned();
+        let open = json!({"op": "recovery_open", "ns": "/", "window_ms": 60000,
+            "max_packets": 10, "max_bytes": 4096, "max_sessions": 10});
+        ask(&old, 1, open.clone());
+        let event = serde_json::value::to_raw_value(&WireBroadcast::new(
+            "/",
+            &[engineio::Frame::Text("2[\"hi\"]".into())],
+            &BroadcastOptions::default(),
+        ))
+        .unwrap();
+        let numbered = |service: &StoreService| -> WireBroadcast {
+            serde_json::from_str(service.sequence(1, &event).unwrap().get()).unwrap()
+        };
+        let first = numbered(&old);
+        let handed = old.hand_over().unwrap();
+
+        let new = StoreService::default();
+        // The new master's workers opened the namespace with a log of their own.
+        ask(&new, 2, open);
+        assert!(new.take_over(handed.clone()).is_ok());
+        assert_eq!(
+            ask(&new, 2, json!({"op": "session", "id": id}))["ok"]["nickname"],
+            "ann"
+        );
+        let next = numbered(&new);
+        assert_eq!(next.epoch, first.epoch);
+        assert_eq!(next.seq, Some(2));
+
+        let mut bad = handed;
+        bad["recovery"]["/"]["epoch"] = json!("");
+        let refused = StoreService::default().take_over(bad).unwrap_err();
+        assert!(
+            refused.contains("namespace /") && refused.contains("epoch"),
+            "{refused}"
+        );
+        let refused = StoreService::default()
+            .take_over(json!({"sessions": "nonsense"}))
+            .unwrap_err();
+        assert!(
+            refused.contains("sessions handed over are malformed"),
+            "{refused}"
+        );
     }
 }

@@ -54,6 +54,36 @@ impl Kept {
         self.names.iter().next().unwrap_or_default()
     }
 
+    /// The halves of its digests kept, in hex: its key and its binding (see [`Kept::from_parts`]).
+    pub(super) fn keys_hex(&self) -> (String, Option<String>) {
+        (self.pid_hash.to_hex(), self.binding.map(HalfDigest::to_hex))
+    }
+
+    /// A socket as [`Kept::keys_hex`] and [`Kept::unpack`] gave it out (another process's
+    /// log, carried over). `None` when a key is not 32 hex digits.
+    pub(super) fn from_parts(
+        pid_hash: &str,
+        binding: Option<&str>,
+        sid: &str,
+        rooms: &[Room],
+        owner: Owner,
+        detached: Option<Detached>,
+    ) -> Option<Box<Kept>> {
+        let pid_hash = HalfDigest::from_hex(pid_hash)?;
+        let binding = match binding {
+            Some(hex) => Some(HalfDigest::from_hex(hex)?),
+            None => None,
+        };
+        let rooms = rooms.iter().map(|room| &**room).filter(|room| *room != sid);
+        Some(Box::new(Kept {
+            pid_hash,
+            binding,
+            owner,
+            detached,
+            names: Names::pack(std::iter::once(sid).chain(rooms)),
+        }))
+    }
+
     /// Its id and rooms as a restored socket gets them.
     pub(super) fn unpack(&self) -> (Sid, Vec<Room>) {
         let mut names = self.names.iter();
@@ -75,6 +105,21 @@ impl HalfDigest {
         half.copy_from_slice(&digest.0[..16]);
         HalfDigest(half)
     }
+
+    fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_hex(hex: &str) -> Option<HalfDigest> {
+        if hex.len() != 32 || !hex.is_ascii() {
+            return None;
+        }
+        let mut half = [0; 16];
+        for (byte, pair) in half.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(HalfDigest(half))
+    }
 }
 
 /// When a socket's connection broke: milliseconds since its log's clock started, plus one.
@@ -86,6 +131,11 @@ impl Detached {
     pub(super) fn at(clock: Instant, now: Instant) -> Detached {
         let millis = now.saturating_duration_since(clock).as_millis();
         Detached(NonZeroU64::MIN.saturating_add(u64::try_from(millis).unwrap_or(u64::MAX - 1)))
+    }
+
+    /// When it broke.
+    pub(super) fn instant(self, clock: Instant) -> Instant {
+        clock + Duration::from_millis(self.0.get() - 1)
     }
 
     /// Whether it broke `window` or longer before `now`.

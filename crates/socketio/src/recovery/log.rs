@@ -3,6 +3,8 @@
 //! or in a master or store every worker reaches). Plain data, no locks and no I/O: its owner
 //! serialises access.
 
+mod snapshot;
+
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
@@ -13,6 +15,8 @@ use super::kept::{Detached, Kept, KeptSockets};
 use super::{Digest, RecoveryConfig, RestoreRequest, Restored, Sequenced, SessionRecord};
 use crate::adapter::BroadcastOptions;
 use crate::Room;
+
+pub use snapshot::{Audience, EventSnapshot, KeptSnapshot, LogBounds, LogSnapshot, SnapshotError};
 
 /// Who owns a kept socket: the process that serves it (a worker's id for its master), or
 /// none once its connection broke.
@@ -250,6 +254,18 @@ struct Floors {
 }
 
 impl Floors {
+    /// The highest floor of all: what a log that cannot tell this one's rooms apart (another
+    /// process's, whose hashes differ) takes for everyone's.
+    fn highest(&self) -> u64 {
+        self.rooms.values().copied().fold(self.everyone, u64::max)
+    }
+
+    /// Sets the floor of `room`.
+    fn set(&mut self, room: &str, seq: u64) {
+        let key = self.key(room);
+        self.rooms.insert(key, seq);
+    }
+
     /// A socket taken back or gone: its own room needs no floor.
     fn forget(&mut self, sid: &str) {
         let key = self.key(sid);

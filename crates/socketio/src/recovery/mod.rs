@@ -29,7 +29,10 @@ use crate::error::EmitError;
 use crate::namespace::Namespace;
 use crate::{Room, Sid};
 
-pub use log::{LogStats, Owner, RecoveryLog};
+pub use log::{
+    Audience, EventSnapshot, KeptSnapshot, LogBounds, LogSnapshot, LogStats, Owner, RecoveryLog,
+    SnapshotError,
+};
 pub use store::{LocalStore, SessionStore, StoreFactory};
 
 /// Who a client is, from its handshake's headers (an application's login cookie): a socket is

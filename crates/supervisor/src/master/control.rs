@@ -81,6 +81,7 @@ impl Inner {
                 })
                 .collect(),
             recovery: self.service.get().and_then(|service| service.status()),
+            bridge_dropped: self.bridge_drops.snapshot(),
         }
     }
 

@@ -315,11 +315,7 @@ impl Inner {
                 }
                 Action::Forget { generation } => {
                     // What the process owned in the shared store goes, and the others are told.
-                    if let Some(service) = self.service.get() {
-                        for message in service.worker_gone(generation) {
-                            self.relay(generation, &message);
-                        }
-                    }
+                    self.forget_worker(generation);
                 }
                 Action::Replace { slot } => {
                     let inner = self.clone();

@@ -24,6 +24,7 @@ const MAX_PEEKING: usize = 4096;
 
 mod admin;
 mod auto;
+mod bridge;
 mod control;
 mod health;
 mod hooks;
@@ -65,8 +66,11 @@ pub trait MasterService: Send + Sync + 'static {
     fn hand_over(&self) -> Option<serde_json::Value> {
         None
     }
-    /// Takes what the old master's service handed over.
-    fn take_over(&self, _state: serde_json::Value) {}
+    /// Takes what the old master's service handed over; says what it took, or why it
+    /// refuses it (a malformed hand-over: the upgrade is then given up).
+    fn take_over(&self, _state: serde_json::Value) -> Result<String, String> {
+        Ok(String::new())
+    }
 }
 
 /// Why the master could not start; each names the fix.
@@ -136,7 +140,7 @@ struct Inner {
     /// The build this master runs (see [`crate::version`]), for `chatctl list`.
     version: String,
     /// Whether the master accepts connections (sticky scheduling): false once it handed the
-    /// listening socket to a new master.
+    /// listening socket to a new master, and in a new master until it took over.
     accepting: watch::Sender<bool>,
     /// Whose `control.sock` and `master.pid` are, for the master to remove what is its own
     /// when it exits.
@@ -152,15 +156,38 @@ struct Inner {
     dispatching: tokio_util::task::TaskTracker,
     /// A copy of the admin address's socket, for a new master to inherit.
     admin_listener: std::sync::OnceLock<std::net::TcpListener>,
+    /// An old master's, once it handed the app over: the queue to the new master, where its
+    /// workers' messages for the service go (see [`bridge`]).
+    bridge: std::sync::RwLock<Option<Arc<Outbox>>>,
+    /// A new master's, once it took over: the queue to the old master's workers, for the
+    /// events and broadcasts they are to get.
+    old_workers: std::sync::OnceLock<Arc<Outbox>>,
+    /// What either master could not send over the bridge.
+    bridge_drops: crate::drops::Drops,
+    /// A new master's, from take-over until the old master exited: the next upgrade waits
+    /// for it (one bridge at a time).
+    predecessor_draining: watch::Sender<bool>,
 }
 
 /// One worker's question to all the others (e.g. which sockets are in a room).
 struct Gathering {
-    requester: Arc<Outbox>,
+    requester: Requester,
     /// The requester's id for the reply.
     id: u64,
+    /// How many are asked: each worker, and the other master during an upgrade.
     expected: usize,
+    responded: usize,
     answers: Vec<serde_json::Value>,
+}
+
+/// Who asked a question of every worker, and gets their answers.
+enum Requester {
+    /// One of this master's workers.
+    Worker(Arc<Outbox>),
+    /// The other master during an upgrade (see [`bridge`]), for its own workers: the new
+    /// master when this one handed the app over, the old one when this one took it.
+    NewMaster(Arc<Outbox>),
+    OldMaster(Arc<Outbox>),
 }
 
 /// A master ready to run: checks done, socket bound, log open.
@@ -265,10 +292,12 @@ impl Master {
             .map_err(MasterError::Invalid)?;
 
         let observer = admin::Observer::new(&config.name, paths.log_file.clone(), log.clone());
+        let drop_log_interval = config.drop_log_interval;
         let mut state = State::new(config, run_as);
         if let Some(first) = inherited.first_generation {
             state.next_generation = first.max(1);
         }
+        state.base_env = inherited.workers_env.map_err(MasterError::Invalid)?;
         let peers_token =
             handoff::new_token().map_err(files_error(std::path::Path::new("/dev/urandom")))?;
         let inner = Inner {
@@ -288,7 +317,7 @@ impl Master {
             observer,
             binary: crate::upgrade::started_from(),
             version: crate::version::of_this_process(),
-            accepting: watch::channel(true).0,
+            accepting: watch::channel(predecessor.is_none()).0,
             files: Mutex::new(if predecessor.is_some() {
                 Files::Pending
             } else {
@@ -298,6 +327,10 @@ impl Master {
             successor_workers: Mutex::new(Vec::new()),
             admin_listener: std::sync::OnceLock::new(),
             dispatching: tokio_util::task::TaskTracker::new(),
+            bridge: std::sync::RwLock::new(None),
+            old_workers: std::sync::OnceLock::new(),
+            bridge_drops: crate::drops::Drops::new(drop_log_interval),
+            predecessor_draining: watch::channel(false).0,
         };
         Ok(Master {
             inner: Arc::new(inner),

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 
 use super::state::{Proc, State};
-use super::{Gathering, Inner};
+use super::{Gathering, Inner, Requester};
 use crate::ipc::{message_lines, read_message, ReadEnd, ToMaster, ToWorker};
 use crate::outbox::{relay_line, LineBytes, Outbox, Refused};
+use crate::upgrade::FromOldWorkers;
 
 impl Inner {
     /// Talks to one worker over its IPC channel until either side closes it. A worker that
@@ -95,10 +96,27 @@ impl Inner {
                         }
                     }
                     ToMaster::Request { id, body } => {
-                        let body = match self.service.get() {
-                            Some(service) => service.request(generation, body),
-                            None => serde_json::json!({ "error": "this master offers no service" }),
+                        let answered = {
+                            let bridge = self.bridged();
+                            match bridge.as_ref() {
+                                Some(bridge) => {
+                                    let request = FromOldWorkers::Request {
+                                        worker: generation,
+                                        id,
+                                        body,
+                                    };
+                                    self.forward_request(bridge, &request);
+                                    None
+                                }
+                                None => Some(match self.service.get() {
+                                    Some(service) => service.request(generation, body),
+                                    None => {
+                                        serde_json::json!({ "error": "this master offers no service" })
+                                    }
+                                }),
+                            }
                         };
+                        let Some(body) = answered else { continue };
                         let mut line =
                             serde_json::to_vec(&ToWorker::Reply { id, body }).unwrap_or_default();
                         if line.len() > max_line {
@@ -120,25 +138,41 @@ impl Inner {
                         }
                     }
                     ToMaster::Tell { body } => {
-                        if let Some(service) = self.service.get() {
-                            let answer = service.request(generation, body);
-                            if answer.get("error").is_some() {
-                                if let Some(proc) = self.lock().proc(generation) {
-                                    proc.drops.count(
-                                        "store_write_failed",
-                                        1,
-                                        "a worker's store write (e.g. a history entry) failed",
-                                    );
+                        let answer = {
+                            let bridge = self.bridged();
+                            match (bridge.as_ref(), self.service.get()) {
+                                (Some(bridge), _) => {
+                                    let tell = FromOldWorkers::Tell {
+                                        worker: generation,
+                                        body,
+                                    };
+                                    self.forward_request(bridge, &tell);
+                                    None
                                 }
+                                (None, Some(service)) => Some(service.request(generation, body)),
+                                (None, None) => None,
+                            }
+                        };
+                        if answer.is_some_and(|answer| answer.get("error").is_some()) {
+                            if let Some(proc) = self.lock().proc(generation) {
+                                proc.drops.count(
+                                    "store_write_failed",
+                                    1,
+                                    "a worker's store write (e.g. a history entry) failed",
+                                );
                             }
                         }
                     }
                     ToMaster::Publish { body } => self.relay(generation, &body),
                     ToMaster::Sequence { body } => self.sequence(generation, &body),
-                    ToMaster::Gather { id, body } => {
-                        self.clone().gather(generation, id, body, outbox.clone())
-                    }
-                    ToMaster::Answer { id, body } => self.answer(id, body),
+                    ToMaster::Gather { id, body } => self.clone().gather(
+                        generation,
+                        id,
+                        body,
+                        Requester::Worker(outbox.clone()),
+                        true,
+                    ),
+                    ToMaster::Answer { id, body } => self.answer(id, vec![body]),
                 }
             }
         };
@@ -160,14 +194,17 @@ impl Inner {
         }
     }
 
-    /// Asks every other live worker `body` on behalf of `from`, and replies to it with their
-    /// answers once all have answered or the app's `gather_timeout` has passed.
+    /// Asks every other live worker `body` on behalf of `from` (during an upgrade, the other
+    /// master's too, unless the question comes from there: `across`), and replies to the
+    /// requester with their answers once all have answered or the app's `gather_timeout` has
+    /// passed.
     pub(super) fn gather(
         self: Arc<Self>,
         from: u64,
         id: u64,
         body: serde_json::Value,
-        requester: Arc<Outbox>,
+        requester: Requester,
+        across: bool,
     ) {
         let (targets, timeout): (Vec<Arc<Outbox>>, Duration) = {
             let mut state = self.lock();
@@ -184,16 +221,17 @@ impl Inner {
         let key = self
             .next_gathering
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let query = ToWorker::Query { id: key, body };
+        let peer = if across { self.other_master() } else { None };
+        let query = ToWorker::Query {
+            id: key,
+            body: body.clone(),
+        };
         let asked = targets
             .iter()
             .filter(|target| target.control(&query).is_ok())
             .count();
-        if asked == 0 {
-            let _ = requester.control(&ToWorker::Reply {
-                id,
-                body: serde_json::json!([]),
-            });
+        if asked == 0 && peer.is_none() {
+            requester.reply(id, Vec::new());
             return;
         }
         if let Ok(mut gatherings) = self.gatherings.lock() {
@@ -202,10 +240,16 @@ impl Inner {
                 Gathering {
                     requester,
                     id,
-                    expected: asked,
+                    expected: asked + usize::from(peer.is_some()),
+                    responded: 0,
                     answers: Vec::new(),
                 },
             );
+        }
+        if let Some(peer) = peer {
+            if !peer.ask(key, body) {
+                self.answer(key, Vec::new());
+            }
         }
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
@@ -213,14 +257,16 @@ impl Inner {
         });
     }
 
-    pub(super) fn answer(&self, key: u64, body: serde_json::Value) {
+    /// Answers to gathering `key`: one worker's, or all the other master's workers' at once.
+    pub(super) fn answer(&self, key: u64, answers: Vec<serde_json::Value>) {
         let complete = self.gatherings.lock().ok().is_some_and(|mut gatherings| {
             gatherings.get_mut(&key).is_some_and(|g| {
                 // More answers than questions asked come from a worker that answers twice.
-                if g.answers.len() < g.expected {
-                    g.answers.push(body);
+                if g.responded < g.expected {
+                    g.responded += 1;
+                    g.answers.extend(answers);
                 }
-                g.answers.len() >= g.expected
+                g.responded >= g.expected
             })
         });
         if complete {
@@ -235,34 +281,52 @@ impl Inner {
             .ok()
             .and_then(|mut gatherings| gatherings.remove(&key));
         if let Some(g) = done {
-            let _ = g.requester.control(&ToWorker::Reply {
-                id: g.id,
-                body: serde_json::Value::Array(g.answers),
-            });
+            g.requester.reply(g.id, g.answers);
         }
     }
 
-    /// Hands a worker's message to every other live worker that speaks IPC.
+    /// Hands a worker's message to every other live worker that speaks IPC: this master's,
+    /// and during an upgrade those of the other master (see [`super::bridge`]).
     pub(super) fn relay(&self, from: u64, body: &serde_json::value::RawValue) {
         let line = relay_line(body);
         let mut state = self.lock();
-        Self::relay_to(&mut state, line, |proc| proc.generation != from);
+        Self::relay_to(&mut state, line.clone(), |proc| proc.generation != from);
+        self.relay_to_old_workers(&line);
+        let bridge = self.bridged();
+        if let Some(bridge) = bridge.as_ref() {
+            let publish = FromOldWorkers::Publish {
+                worker: from,
+                body: body.to_owned(),
+            };
+            self.forward_relay(bridge, &publish);
+        }
     }
 
     /// Has the service number a worker's message, and hands the numbered message to every
     /// live worker that speaks IPC, the sender included. Numbered and queued under the state
-    /// lock: every worker's queue gets the messages in number order.
+    /// lock: every worker's queue gets the messages in number order. Once this master
+    /// handed the app over, the new master's service numbers it (see [`super::bridge`]).
     pub(super) fn sequence(&self, from: u64, body: &serde_json::value::RawValue) {
         let Some(service) = self.service.get() else {
             return;
         };
         let mut state = self.lock();
+        let bridge = self.bridged();
+        if let Some(bridge) = bridge.as_ref() {
+            let sequence = FromOldWorkers::Sequence {
+                worker: from,
+                body: body.to_owned(),
+            };
+            return self.forward_relay(bridge, &sequence);
+        }
         if let Some(numbered) = service.sequence(from, body) {
-            Self::relay_to(&mut state, relay_line(&numbered), |_| true);
+            let line = relay_line(&numbered);
+            Self::relay_to(&mut state, line.clone(), |_| true);
+            self.relay_to_old_workers(&line);
         }
     }
 
-    fn relay_to(state: &mut State, line: LineBytes, to: impl Fn(&Proc) -> bool) {
+    pub(super) fn relay_to(state: &mut State, line: LineBytes, to: impl Fn(&Proc) -> bool) {
         for slot in state.slots.iter_mut() {
             for proc in slot.procs_mut() {
                 if to(proc) && proc.speaks_ipc {

@@ -39,7 +39,13 @@ impl Inner {
         };
         self.wait_until(std::time::Duration::from_secs(24 * 3600), some_online)
             .await;
+        // A new master accepts once it took the app over (`chatctl upgrade`): until then the
+        // old master accepts them all, so no user lands on a new worker before the new
+        // master's store and recovery logs are the app's.
         let mut accepting = self.accepting.subscribe();
+        if accepting.wait_for(|accepting| *accepting).await.is_err() {
+            return;
+        }
         self.dispatching.reopen();
         let serve = sticky::listen::accept_bounded(&listener, MAX_PEEKING, |stream| {
             let inner = self.clone();

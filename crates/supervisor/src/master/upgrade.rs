@@ -1,7 +1,7 @@
 //! `chatctl upgrade`: both sides of handing the app to a master started from a new executable
 //! (the protocol is in [`crate::upgrade`]). The listening socket stays open throughout: the
-//! old master stops accepting only once the new one has every worker online, and connections
-//! that arrive meanwhile wait in the socket's queue for whichever accepts first.
+//! old master accepts until the new one has every worker online and takes the app over, the
+//! new one from then on; connections that arrive in between wait in the socket's queue.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::state::{Phase, State};
 use super::{Files, Inner};
 use crate::ipc::{message_lines, read_message, write_message};
+use crate::outbox::Outbox;
 use crate::upgrade::{
     check_binary, commit_files, spawn_successor, FromSuccessor, Peers, Successor, ToSuccessor,
     MAX_LINE,
@@ -57,6 +58,7 @@ impl Inner {
         if self.lock().phase != Phase::Running {
             return Err(keeps("the app is stopping".into()));
         }
+        self.wait_for_predecessor(progress).await.map_err(keeps)?;
         if self.upgrading.swap(true, Ordering::AcqRel) {
             return Err(keeps("another upgrade is under way".into()));
         }
@@ -67,17 +69,44 @@ impl Inner {
         result.map_err(keeps)
     }
 
+    /// Right after an upgrade, the previous master may still drain its workers over the
+    /// bridge to this one: the next upgrade waits for it to exit (one bridge at a time).
+    async fn wait_for_predecessor(&self, progress: &(dyn Fn(String) + Sync)) -> Result<(), String> {
+        let mut draining = self.predecessor_draining.subscribe();
+        if !*draining.borrow() {
+            return Ok(());
+        }
+        let wait = {
+            let config = &self.lock().config;
+            config.drain_timeout
+                + config.peek_timeout
+                + config.handoff_timeout
+                + Duration::from_secs(10)
+        };
+        progress("the previous master still drains its workers: waiting for it to exit".into());
+        let exited = tokio::time::timeout(wait, draining.wait_for(|draining| !draining))
+            .await
+            .is_ok();
+        if exited {
+            return Ok(());
+        }
+        Err(format!(
+            "the previous master still drains its workers after {wait:?}: try again once it exited"
+        ))
+    }
+
     async fn hand_to_successor(
         self: &Arc<Self>,
         binary: &std::path::Path,
         timeout: Option<Duration>,
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<String, String> {
-        let (config, first_generation) = {
+        let (config, first_generation, workers_env) = {
             let state = self.lock();
             (
                 state.config.clone(),
                 state.next_generation + GENERATION_MARGIN,
+                state.base_env.clone(),
             )
         };
         // The new master reads the app's settings from its definition: the ones running now
@@ -97,6 +126,7 @@ impl Inner {
             admin,
             first_generation,
             stderr: &self.paths.master_stderr,
+            workers_env: workers_env.as_deref(),
         })
         .map_err(|e| e.to_string())?;
         let pid = child.id().unwrap_or(0);
@@ -111,7 +141,7 @@ impl Inner {
             .map_err(|e| format!("cannot talk to the new master: {e}"));
         let handed = match channel {
             Ok(channel) => {
-                let (read, mut write) = channel.into_split();
+                let (read, write) = channel.into_split();
                 let mut lines = message_lines(read, MAX_LINE);
                 let ready = tokio::time::timeout(timeout, async {
                     let heard = tokio::select! {
@@ -137,10 +167,7 @@ impl Inner {
                     ))
                 });
                 match ready {
-                    Ok(ready) => {
-                        self.take_over_by(ready, &mut lines, &mut write, progress)
-                            .await
-                    }
+                    Ok(ready) => self.take_over_by(ready, lines, write, progress).await,
                     Err(error) => Err(error),
                 }
             }
@@ -160,15 +187,16 @@ impl Inner {
         handed
     }
 
-    /// Once the new master is ready: stop accepting, hand it the service's state, point the
-    /// app's files at it. Undone (accepting again) if it does not take over.
+    /// Once the new master is ready: stop accepting, hand it the service's state (and from
+    /// then on what the workers send the service: see [`super::bridge`]), point the app's
+    /// files at it. Undone (accepting again) if it does not take over.
     async fn take_over_by(
         self: &Arc<Self>,
         ready: ReadySuccessor,
-        lines: &mut crate::lines::BoundedLines<
+        mut lines: crate::lines::BoundedLines<
             tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
         >,
-        write: &mut tokio::net::unix::OwnedWriteHalf,
+        mut write: tokio::net::unix::OwnedWriteHalf,
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<String, String> {
         let ReadySuccessor {
@@ -181,13 +209,21 @@ impl Inner {
             peers.worker_ids.len()
         ));
         self.accepting.send_replace(false);
-        let service = self.service.get().and_then(|service| service.hand_over());
+        let (service, workers, bridge) = self.open_bridge();
         let took_over = tokio::time::timeout(TAKE_OVER_TIMEOUT, async {
-            write_message(write, &ToSuccessor::TakeOver { service })
+            let take_over = ToSuccessor::TakeOver {
+                service,
+                workers,
+                old_master: Some((std::process::id(), self.peers())),
+            };
+            write_message(&mut write, &take_over)
                 .await
                 .map_err(|e| format!("cannot reach the new master: {e}"))?;
-            match read_message::<FromSuccessor, _>(lines).await {
+            match read_message::<FromSuccessor, _>(&mut lines).await {
                 Ok(FromSuccessor::TookOver) => Ok(()),
+                Ok(FromSuccessor::Failed { message }) => {
+                    Err(format!("the new master refused the hand-over: {message}"))
+                }
                 Ok(other) => Err(format!("the new master said {other:?} out of turn")),
                 Err(_) => Err("the new master went away while taking over".to_owned()),
             }
@@ -207,11 +243,14 @@ impl Inner {
             })
         });
         if let Err(error) = took_over {
+            self.close_bridge(&bridge);
             self.accepting.send_replace(true);
             tokio::spawn(self.clone().dispatch_loop());
             return Err(error);
         }
         self.set_files(Files::HandedOver);
+        self.clone().run_bridge_to_successor(lines, write, bridge);
+        self.introduce_other_master(pid, peers.clone());
 
         // Under systemd, the new master is the service's main process from now on.
         crate::client::sd_notify(&format!("MAINPID={pid}"));
@@ -316,38 +355,57 @@ impl Inner {
         // The old master's deadline bounds this wait: it kills this master when it passes.
         self.wait_until(Duration::from_secs(24 * 3600), State::all_online)
             .await;
-        let peers = {
-            let state = self.lock();
-            Peers {
-                token: self.peers_token.clone(),
-                worker_ids: state
-                    .slots
-                    .iter()
-                    .filter(|s| !s.retired)
-                    .filter_map(|s| s.current.as_ref().map(|p| p.worker_id))
-                    .collect(),
-            }
-        };
         let ready = FromSuccessor::Ready {
             pid: std::process::id(),
             version: self.version.clone(),
-            peers,
+            peers: self.peers(),
         };
         let took_over = async {
             write_message(&mut write, &ready).await.ok()?;
-            let ToSuccessor::TakeOver { service } =
-                read_message::<ToSuccessor, _>(&mut lines).await.ok()?;
-            if let (Some(kept), Some(service)) = (service, self.service.get()) {
-                service.take_over(kept);
+            let ToSuccessor::TakeOver {
+                service,
+                workers,
+                old_master,
+            } = read_message::<ToSuccessor, _>(&mut lines).await.ok()?;
+            let old_workers = Outbox::new(self.lock().config.ipc_queue_size);
+            let taken = {
+                // Under the state lock, as events are numbered: from the first number of the
+                // old log on, every numbered event goes to the old master's workers too,
+                // queued behind `took_over`.
+                let _numbering = self.lock();
+                let taken = match (service, self.service.get()) {
+                    (Some(kept), Some(service)) => service.take_over(kept),
+                    _ => Ok(String::new()),
+                };
+                if taken.is_ok() {
+                    let _ = self.old_workers.set(old_workers.clone());
+                }
+                taken
+            };
+            match taken {
+                Ok(taken) => tracing::info!("took over the old master's service: {taken}"),
+                Err(message) => {
+                    tracing::error!("cannot take the old master's state: {message}");
+                    let _ = write_message(&mut write, &FromSuccessor::Failed { message }).await;
+                    return None;
+                }
             }
             self.set_files(Files::Owned);
             self.upgrading.store(false, Ordering::Release);
+            // The old master accepts no more: the connections queued are this one's.
+            self.accepting.send_replace(true);
             write_message(&mut write, &FromSuccessor::TookOver)
                 .await
-                .ok()
+                .ok()?;
+            Some((old_workers, workers, old_master))
         };
-        if took_over.await.is_some() {
+        if let Some((old_workers, workers, old_master)) = took_over.await {
+            if let Some((pid, peers)) = old_master {
+                self.introduce_other_master(pid, peers);
+            }
             tracing::info!(version = %self.version, "took over from the old master");
+            self.serve_old_workers(lines, write, old_workers, workers)
+                .await;
             return;
         }
         tracing::error!("the old master gave the upgrade up: stopping");

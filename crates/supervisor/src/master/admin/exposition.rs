@@ -423,6 +423,7 @@ mod tests {
                 workers: vec![worker(0, Status::Online), worker(1, Status::WaitingRestart)],
                 spares: Vec::new(),
                 recovery: None,
+                bridge_dropped: Default::default(),
             },
             time_ms: 0,
             details: vec![details(0), details(1)],
