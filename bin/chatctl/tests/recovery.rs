@@ -121,23 +121,11 @@ fn kill_9_of_a_worker_loses_no_message_over_long_polling() {
     assert_nothing_lost(&done);
 }
 
-/// Every socket was handed to a new worker (live hand-off, see handoff.rs): none had to come
-/// back, and none missed or repeated a message.
-fn assert_moved_live(done: &serde_json::Value) {
-    assert_eq!(done["lost"], 0, "messages lost: {done}");
-    assert_eq!(done["never_arrived"], 0, "{done}");
-    assert_eq!(done["repeated"], 0, "messages repeated: {done}");
-    assert_eq!(done["disconnects"], 0, "sockets disconnected: {done}");
-    assert_eq!(done["sender_disconnects"], 0, "{done}");
-    assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
-    assert_eq!(done["user_entered"], serde_json::json!([]), "{done}");
-}
-
 #[test]
 fn a_reload_loses_no_message_and_nobody_leaves() {
     let done = fault_mid_stream("recovery-reload", "websocket", Fault::Reload, None);
     eprintln!("reload: {done}");
-    assert_moved_live(&done);
+    support::assert_moved_live(&done);
 }
 
 /// Users of the old workers, moved by `chatctl upgrade` to the new master's: their websockets
@@ -147,7 +135,7 @@ fn a_reload_loses_no_message_and_nobody_leaves() {
 fn an_upgrade_loses_no_message_and_nobody_leaves() {
     let done = fault_mid_stream("recovery-upgrade", "websocket", Fault::Upgrade, None);
     eprintln!("upgrade: {done}");
-    assert_moved_live(&done);
+    support::assert_moved_live(&done);
 }
 
 /// Long-polling sessions are not handed across masters: they drain, reconnect to the new

@@ -486,3 +486,15 @@ pub fn assert_nothing_lost(done: &Value) {
     // Nor as entering again when it came back.
     assert_eq!(done["user_entered"], serde_json::json!([]), "{done}");
 }
+
+/// Every socket was handed to a new worker (live hand-off, see handoff.rs): none had to come
+/// back, and none missed or repeated a message.
+pub fn assert_moved_live(done: &serde_json::Value) {
+    assert_eq!(done["lost"], 0, "messages lost: {done}");
+    assert_eq!(done["never_arrived"], 0, "{done}");
+    assert_eq!(done["repeated"], 0, "messages repeated: {done}");
+    assert_eq!(done["disconnects"], 0, "sockets disconnected: {done}");
+    assert_eq!(done["sender_disconnects"], 0, "{done}");
+    assert_eq!(done["user_left"], serde_json::json!([]), "{done}");
+    assert_eq!(done["user_entered"], serde_json::json!([]), "{done}");
+}
