@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fault of run.sh's reload scenario, run by chat-bench (--fault-command) in the middle of a chat
 # load: COUNT reloads one after the other, each timed, and for chatctl one master upgrade after them
-# when the binary has `chatctl upgrade`. One line per step goes to TIMES ("reload 1 1234 ms").
+# when the binary has `chatctl upgrade` (and RELOAD_UPGRADE is not 0). One line per step goes to TIMES ("reload 1 1234 ms").
 #
 # Usage: reloads.sh chatctl CHATCTL APP COUNT TIMES        (CHATCTL_HOME as for the app)
 #        reloads.sh node-chat PRIMARY_PID LOG COUNT TIMES  (SIGUSR2: node-chat's rolling restart,
@@ -18,7 +18,7 @@ chatctl)
     "$chatctl" reload "$app" >&2
     echo "reload $i $(($(ms) - began)) ms" >>"$times"
   done
-  if "$chatctl" upgrade --help >/dev/null 2>&1; then
+  if [[ ${RELOAD_UPGRADE:-1} == 1 ]] && "$chatctl" upgrade --help >/dev/null 2>&1; then
     began=$(ms)
     "$chatctl" upgrade "$app" >&2
     echo "upgrade 1 $(($(ms) - began)) ms" >>"$times"

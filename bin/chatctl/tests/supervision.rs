@@ -5,8 +5,8 @@
 mod support;
 
 use support::{
-    alive, all_online, group_members, pid_of, signal, wait_until, worker_pids, workers, App,
-    QUICK_HEALTH,
+    alive, all_online, group_members, node_program, pid_of, signal, wait_until, worker_pids,
+    workers, App, ClientScript, QUICK_HEALTH,
 };
 
 #[test]
@@ -131,6 +131,7 @@ fn stop_also_ends_what_the_workers_started() {
 
 /// `chatctl stop`, then: no worker, no master, nothing in the master's process group, no
 /// runtime files.
+/// Its websocket users are handed to the replacement, as on a reload: none of them notices.
 #[test]
 fn a_worker_above_max_memory_is_replaced_like_a_reload() {
     let app = App::new("memory");
@@ -142,12 +143,15 @@ fn a_worker_above_max_memory_is_replaced_like_a_reload() {
             "--max-memory",
             "1M",
             "--health-interval",
-            "200ms",
+            "500ms",
         ],
         &[],
     );
     let first = app.wait_listed("one online worker", |a| all_online(a, 1));
     let first_pid = pid_of(&first, 0);
+    let mut crowd = ClientScript::start(&node_program(), "crowd.mjs", &[&app.url(), "10"]);
+    let connected = crowd.next_report();
+    assert_eq!(connected["event"], "connected", "crowd: {connected}");
     let replaced = app.wait_listed("a new worker in place of the big one", |a| {
         all_online(a, 1) && pid_of(a, 0) != first_pid
     });
@@ -159,6 +163,14 @@ fn a_worker_above_max_memory_is_replaced_like_a_reload() {
         app.log_text()
     );
     wait_until("the big worker gone", || !alive(first_pid));
+    let done = crowd.tell_and_wait_done("replaced", || app.log_text());
+    assert_eq!(done["connected"], 10, "crowd: {done}");
+    assert_eq!(
+        done["disconnects"],
+        0,
+        "crowd: {done}\nlog:\n{}",
+        app.log_text()
+    );
 }
 
 fn stop_and_check_nothing_is_left(app: &App, master: u32, pids: &[u32]) {

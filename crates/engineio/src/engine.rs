@@ -140,6 +140,9 @@ pub struct Engine<H: Handler> {
     /// The sessions that left for the adopter: requests for them are its now. Empty unless
     /// this process hands its sessions off, and never more than it had.
     pub(crate) moved: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
+    /// Websocket sessions to hand off once those on their way have gone (see
+    /// [`Engine::hand_off_all`]).
+    pub(crate) waiting: std::sync::Mutex<std::collections::VecDeque<Arc<Socket<H::Data>>>>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -155,6 +158,7 @@ impl<H: Handler> Engine<H> {
             sessions: RwLock::new(HashMap::new()),
             departures: std::sync::OnceLock::new(),
             moved: std::sync::Mutex::default(),
+            waiting: std::sync::Mutex::default(),
         })
     }
 

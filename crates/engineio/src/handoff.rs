@@ -269,21 +269,55 @@ impl<H: Handler> Engine<H> {
             Err(_) => return 0,
         };
         let mut asked = 0;
+        let mut websockets = std::collections::VecDeque::new();
         for socket in sessions {
             let websocket = socket.transport() == Transport::Websocket;
             let moves = !socket.is_external() && (websocket || polling);
-            if !moves || socket.is_closed() || socket.handing_off.swap(true, Ordering::AcqRel) {
+            if !moves || socket.is_closed() || socket.handing_off.load(Ordering::Acquire) {
                 continue;
             }
             asked += 1;
             if websocket {
-                // Its task takes the turn at its next packet boundary.
-                socket.queue.ready.wake();
+                websockets.push_back(socket);
             } else {
+                socket.handing_off.store(true, Ordering::Release);
                 tokio::spawn(hand_off_polling(self.clone(), socket));
             }
         }
+        // A few websockets at a time: each stays frozen only while the few before it move,
+        // not while every session of the process does (the events it misses meanwhile are
+        // replayed from its store, which keeps only so many).
+        if let Ok(mut waiting) = self.waiting.lock() {
+            *waiting = websockets;
+        }
+        for _ in 0..HAND_OFF_WINDOW {
+            self.ask_next_to_leave();
+        }
         asked
+    }
+
+    /// Asks the next waiting websocket session to leave (its task takes the turn at its next
+    /// packet boundary): the caller of [`Engine::hand_off_all`] calls it once per outcome it
+    /// is done with, so that a few sessions at a time are frozen. One that ended meanwhile
+    /// says so, and the next is asked.
+    pub fn ask_next_to_leave(&self) {
+        loop {
+            let Some(socket) = self.waiting.lock().ok().and_then(|mut w| w.pop_front()) else {
+                return;
+            };
+            if socket.handing_off.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            if socket.is_closed() {
+                socket.handing_off.store(false, Ordering::Release);
+                if let Some(departures) = self.departures.get() {
+                    let _ = departures.send(Err(DepartureError::Gone(socket.id().to_owned())));
+                }
+                continue;
+            }
+            socket.queue.ready.wake();
+            return;
+        }
     }
 
     /// Freezes a quiesced session: the layer above exports its state and the session closes
@@ -461,6 +495,9 @@ impl<H: Handler> Engine<H> {
         Ok(())
     }
 }
+
+/// Websocket sessions frozen for the move at once (see [`Engine::ask_next_to_leave`]).
+const HAND_OFF_WINDOW: usize = 16;
 
 /// Quiesces a polling session and sends it off as state.
 async fn hand_off_polling<H: Handler>(engine: Arc<Engine<H>>, socket: Arc<Socket<H::Data>>) {

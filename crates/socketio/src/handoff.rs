@@ -208,6 +208,15 @@ impl Dispatcher {
                 }
             }
             _ => {
+                if recovery.is_some() && record.pid_hash.is_some() && record.offset.is_some() {
+                    // Its store no longer keeps what was sent while it moved (beyond the log's
+                    // bounds): what it missed meanwhile is lost, and said.
+                    tracing::warn!(
+                        sid = %record.sid,
+                        "a socket handed over could not be given the events sent while it moved \
+                         (its recovery store no longer keeps them: raise --recovery-max-packets)"
+                    );
+                }
                 // Not in the store (recovery off, or no event yet): its rooms as they were.
                 ns.insert(&socket);
                 let rooms: Vec<crate::Room> = record
