@@ -388,6 +388,30 @@ def run_header(meta):
     ]
 
 
+# The columns a run with a fault or a reload shows for every server (see disruption_cells).
+DISRUPTION_COLUMNS = ["connected / clients", "sent", "delivered / owed", "lost", "dup", "never reached the server"]
+
+
+def disruption_cells(d, base):
+    """What the clients went through, and the load as the run started: the cells of the fault and
+    reload tables, in the order of DISRUPTION_COLUMNS, then reconnections, sockets and times back."""
+    back = get(d, "back_after_ms") or {}
+    return {
+        "head": [
+            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
+            num(get(d, "sent")),
+            f"{num(get(d, 'delivered'))} / {num(get(d, 'expected'))}",
+            num(get(d, "lost")),
+            num(get(d, "duplicates")),
+            num(get(d, "never_arrived")),
+            f"{num(get(d, 'reconnects'))} ({num(get(d, 'reconnects_failed'))} failed)",
+            f"{num(get(d, 'sockets_recovered'))} / {num(get(d, 'sockets_not_recovered'))}",
+            f"{num(back.get('p50'), 1)} / {num(back.get('p99'), 1)} / {num(back.get('max'), 1)}",
+        ],
+        "load": (read_text(base + ".load") or "?").split("load average:")[-1].strip(),
+    }
+
+
 def section_fault(results, meta, servers):
     """The fault scenario, with what a reader needs to repeat it: command, commit, load."""
     runs = collect(results, "fault", servers)
@@ -399,24 +423,15 @@ def section_fault(results, meta, servers):
     rows = []
     for server, (d, rc, notes) in runs.items():
         base = os.path.join(results, f"fault__{server}.json")
-        back = get(d, "back_after_ms") or {}
+        cells = disruption_cells(d, base)
         rows.append([
             LABEL[server],
-            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
-            num(get(d, "sent")),
-            f"{num(get(d, 'delivered'))} / {num(get(d, 'expected'))}",
-            num(get(d, "lost")),
-            num(get(d, "duplicates")),
-            num(get(d, "never_arrived")),
-            f"{num(get(d, 'reconnects'))} ({num(get(d, 'reconnects_failed'))} failed)",
-            f"{num(get(d, 'sockets_recovered'))} / {num(get(d, 'sockets_not_recovered'))}",
-            f"{num(back.get('p50'), 1)} / {num(back.get('p99'), 1)} / {num(back.get('max'), 1)}",
+            *cells["head"],
             f"pid {read_text(base + '.victim') or '?'}: {(get(d, 'fault', 'exit') or 'not run')}",
-            (read_text(base + ".load") or "?").split("load average:")[-1].strip(),
+            cells["load"],
             status(rc, notes, d),
         ])
-    out += table(["server", "connected / clients", "sent", "delivered / owed", "lost", "dup", "never reached the server",
-                  "clients reconnected", "sockets recovered / not", "back after the kill p50 / p99 / max (ms)",
+    out += table(["server", *DISRUPTION_COLUMNS, "clients reconnected", "sockets recovered / not", "back after the kill p50 / p99 / max (ms)",
                   "worker killed", "load (1, 5, 15 min) as it started", "run"], rows)
     out += [
         "",
@@ -452,27 +467,13 @@ def section_reload(results, meta, servers):
     rows = []
     for server, (d, rc, notes) in runs.items():
         base = os.path.join(results, f"reload__{server}.json")
-        back = get(d, "back_after_ms") or {}
         times = (read_text(base + ".times") or "").splitlines()
         steps = ", ".join(
             f"{kind} {int(ms) / 1000:.1f} s" for kind, _, ms, _ in (line.split() for line in times if len(line.split()) == 4)
         )
-        rows.append([
-            LABEL[server],
-            f"{num(get(d, 'connected'))} / {num(get(d, 'clients'))}",
-            num(get(d, "sent")),
-            f"{num(get(d, 'delivered'))} / {num(get(d, 'expected'))}",
-            num(get(d, "lost")),
-            num(get(d, "duplicates")),
-            f"{num(get(d, 'reconnects'))} ({num(get(d, 'reconnects_failed'))} failed)",
-            f"{num(get(d, 'sockets_recovered'))} / {num(get(d, 'sockets_not_recovered'))}",
-            f"{num(back.get('p50'), 1)} / {num(back.get('p99'), 1)} / {num(back.get('max'), 1)}",
-            steps or "none recorded",
-            (read_text(base + ".load") or "?").split("load average:")[-1].strip(),
-            status(rc, notes, d),
-        ])
-    out += table(["server", "connected / clients", "sent", "delivered / owed", "lost", "dup",
-                  "clients disconnected (reconnected)", "sockets recovered / not", "back after a disconnect p50 / p99 / max (ms)",
+        cells = disruption_cells(d, base)
+        rows.append([LABEL[server], *cells["head"], steps or "none recorded", cells["load"], status(rc, notes, d)])
+    out += table(["server", *DISRUPTION_COLUMNS, "clients disconnected (reconnected)", "sockets recovered / not", "back after a disconnect p50 / p99 / max (ms)",
                   "each reload (and upgrade) took", "load (1, 5, 15 min) as it started", "run"], rows)
     out += [
         "",
@@ -481,7 +482,7 @@ def section_reload(results, meta, servers):
         "  its cluster primary, a rolling restart as PM2's `reload` does it for a cluster app (start the replacement,",
         "  wait until it is ready, stop the old worker), with socket.io's `connectionStateRecovery` on.",
         "- *clients disconnected*: connections a client saw end and opened again; the goal is 0. *lost*, *dup*,",
-        "  *sockets* and *back* as in the fault scenario above.",
+        "  *never reached the server*, *sockets* and *back* as in the fault scenario above.",
     ]
     return out
 

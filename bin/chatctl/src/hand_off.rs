@@ -68,15 +68,6 @@ impl PrivateSockets {
     }
 }
 
-/// Asks the engine for the next session to leave once the outcome at hand is dealt with.
-struct AskNext<'a, H: engineio::Handler>(&'a engineio::Engine<H>);
-
-impl<H: engineio::Handler> Drop for AskNext<'_, H> {
-    fn drop(&mut self) {
-        self.0.ask_next_to_leave();
-    }
-}
-
 /// Longest a hand-off may take before the sessions not moved yet drain.
 const MOST_HAND_OFF: Duration = Duration::from_secs(10);
 
@@ -110,8 +101,6 @@ pub(crate) async fn hand_off(
             break;
         };
         outcomes += 1;
-        // One more session may freeze now that this one is dealt with (below).
-        let _next = AskNext(&**engine);
         match outcome {
             Ok(departure) => {
                 let sid = departure.record.sid.clone();
@@ -157,6 +146,8 @@ pub(crate) async fn hand_off(
                 counts.drained += 1;
             }
         }
+        // This one is dealt with: one more session may freeze.
+        engine.ask_next_to_leave();
     }
     counts.drained += asked - outcomes;
     // A worker of this master takes over this one's private sockets too, so that requests

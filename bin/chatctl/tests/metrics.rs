@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::admin::ChattingApp;
-use support::{all_online, worker_pids, App};
+use support::{all_online, succeeded, worker_pids, App};
 use testkit::prometheus::{Prometheus, Sample};
 
 /// Prometheus scrapes this often; the workers report as often (`--health-interval`).
@@ -191,16 +191,12 @@ fn prometheus_scrapes_every_workers_connections_packets_and_crashes() {
     assert!(!prometheus.query(connections).is_empty());
     // ... and ops/prometheus's configuration and alerts are ones Prometheus accepts.
     let config = workspace.join("ops/prometheus/prometheus.yml");
-    let checked = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(&config)
-        .output()
-        .expect("promtool");
-    assert!(
-        checked.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
+    succeeded(
+        &Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&config)
+            .output()
+            .expect("promtool"),
     );
     let rules =
         std::fs::read_to_string(workspace.join("ops/prometheus/chatctl.rules.yml")).unwrap();

@@ -67,15 +67,10 @@ fn start_from(app: &App, exe: &Path, flags: &[&str]) -> Value {
     let listen = app.listen();
     let mut args = vec!["start", "--name", &app.name, "--listen", &listen];
     args.extend_from_slice(flags);
-    let output = app
-        .command_of(exe, &args)
-        .output()
-        .expect("cannot run chatctl start");
-    assert!(
-        output.status.success(),
-        "chatctl start failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    succeeded(
+        &app.command_of(exe, &args)
+            .output()
+            .expect("cannot run chatctl start"),
     );
     app.wait_listed("two online workers", |a| all_online(a, 2))
 }
