@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, StatusCode};
@@ -173,9 +174,14 @@ impl ChatServer {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         // Requests and handshakes go out at once; a websocket lets the kernel coalesce its
-        // frames once open, unless --tcp-nodelay (see `engineio::CoalesceWrites`).
+        // frames once open, unless --tcp-nodelay (see `engineio::TcpConnection`).
         let _ = stream.set_nodelay(true);
-        let coalesce = (!self.state.config.tcp_nodelay).then(|| coalesce_writes(&stream));
+        // SAFETY: the descriptor travels only in the extensions of requests read from this
+        // connection (see `serve_connection`), and the connection's I/O object owns it until
+        // it closes, the websocket's after an upgrade. tokio's streams are non-blocking.
+        let tcp = unsafe {
+            engineio::TcpConnection::new(stream.as_raw_fd(), !self.state.config.tcp_nodelay)
+        };
         let peer = stream.peer_addr().ok().map(|address| address.ip());
         // The socket holds its place under max_connections, also after a websocket upgrade.
         let stream = SlottedIo::new(stream, permit);
@@ -183,9 +189,16 @@ impl ChatServer {
         let mut drain = draining.subscribe();
         tokio::spawn(async move {
             server
-                .serve_connection(stream, Origin { peer, coalesce }, async move {
-                    let _ = drain.wait_for(|d| *d).await;
-                })
+                .serve_connection(
+                    stream,
+                    Origin {
+                        peer,
+                        tcp: Some(tcp),
+                    },
+                    async move {
+                        let _ = drain.wait_for(|d| *d).await;
+                    },
+                )
                 .await;
         });
     }
@@ -204,19 +217,16 @@ impl ChatServer {
         // rather than on one this worker is about to close.
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing_flag = closing.clone();
-        let Origin { peer, coalesce } = origin;
+        let Origin { peer, tcp } = origin;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let server = server.clone();
             let closing = closing_flag.clone();
             if let Some(peer) = peer {
                 req.extensions_mut().insert(engineio::PeerAddr(peer));
             }
-            // Only a websocket upgrade uses it: a polling request is spared the clone.
-            if let Some(coalesce) = coalesce
-                .as_ref()
-                .filter(|_| req.headers().contains_key(header::UPGRADE))
-            {
-                req.extensions_mut().insert(coalesce.clone());
+            // Only a websocket upgrade uses it: a polling request is spared the insertion.
+            if let Some(tcp) = tcp.filter(|_| req.headers().contains_key(header::UPGRADE)) {
+                req.extensions_mut().insert(tcp);
             }
             async move {
                 let mut response = server.handle(req).await;
@@ -266,22 +276,8 @@ pub struct Origin {
     /// The client's address, when the transport has one: Engine.IO bounds the handshakes one
     /// address may leave pending, and the login budget is per address.
     pub peer: Option<IpAddr>,
-    /// How to let the kernel coalesce small writes on it, for a TCP connection.
-    pub coalesce: Option<engineio::CoalesceWrites>,
-}
-
-/// Turns TCP_NODELAY off on `stream` when called: the hook a websocket calls once its session
-/// is open.
-fn coalesce_writes(stream: &TcpStream) -> engineio::CoalesceWrites {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    let fd = stream.as_raw_fd();
-    engineio::CoalesceWrites(Arc::new(move || {
-        // SAFETY: the hook travels only in the extensions of requests read from this
-        // connection, and runs in the websocket task that owns the connection afterwards:
-        // the descriptor is open whenever it runs.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(false);
-    }))
+    /// The TCP connection, for a websocket on it (see `engineio::TcpConnection`).
+    pub tcp: Option<engineio::TcpConnection>,
 }
 
 #[cfg(test)]

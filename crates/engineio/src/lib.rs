@@ -13,6 +13,7 @@ mod config;
 mod counters;
 mod engine;
 mod external;
+mod flush;
 mod handoff;
 mod heartbeat;
 mod log_throttle;
@@ -28,6 +29,7 @@ pub use config::{CorsPolicy, EngineConfig};
 pub use counters::{packet_counts, PacketCounts, Sharded};
 pub use engine::{unknown_session, Body, Engine, Handler};
 pub use external::ExternalWebSocket;
+pub use flush::FlushPass;
 pub use handoff::{
     Base64, Departure, DepartureError, Departures, DetachStream, RecordError, RecordFrame,
     SessionRecord, MAX_RECORD_BYTES,
@@ -37,7 +39,7 @@ pub use packet::{decode_payload, Frame, Message, Packet, PacketError, RECORD_SEP
 pub use pending::PeerAddr;
 pub use sid::generate_sid;
 pub use socket::{DisconnectReason, SendError, SessionRequest, Socket, Transport};
-pub use transport::ws::CoalesceWrites;
+pub use transport::ws::TcpConnection;
 
 /// UTF-8 text that clones without copying; what websocket text frames are made of.
 pub use tokio_tungstenite::tungstenite::Utf8Bytes as Str;

@@ -4,6 +4,7 @@
 //! and the engine; neither calls it.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use crate::engine::{error_response, json_error, Body, Engine, ErrorCode, Handler, SessionTime};
 use crate::pending::PeerAddr;
 use crate::socket::{Socket, Transport};
+use crate::transport::ws::TcpConnection;
 use crate::transport::{polling, ws};
 
 /// The query parameters Engine.IO reads.
@@ -154,10 +156,17 @@ impl<H: Handler> Engine<H> {
                 }
             };
             let engine = self.clone();
+            // SAFETY: the descriptor travels only in requests read from this connection, whose
+            // I/O object owns it until it closes (the websocket's, after an upgrade); tokio's
+            // streams are non-blocking. Nagle's algorithm stays as the listener made it.
+            let tcp = unsafe { TcpConnection::new(stream.as_raw_fd(), false) };
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |mut req: Request<_>| {
                     let engine = engine.clone();
                     req.extensions_mut().insert(PeerAddr(peer.ip()));
+                    if req.headers().contains_key(header::UPGRADE) {
+                        req.extensions_mut().insert(tcp);
+                    }
                     async move {
                         let response = if engine.handles(req.uri().path()) {
                             engine.handle(req).await

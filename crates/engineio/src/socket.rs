@@ -1,6 +1,7 @@
 //! One Engine.IO session: its outgoing queue, its state, and how it ends.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -96,13 +97,43 @@ pub enum SendError {
 /// The frames waiting for the client. A plain deque under a lock, not a channel: an idle
 /// session holds no buffer at all (a channel keeps a block of slots for good), and the deque
 /// is given back once it has been emptied after a burst.
+///
+/// The same lock decides who writes to a websocket: while its task waits with nothing to
+/// write (`Waiting::writer_idle`), a frame sent to one client goes straight to the connection
+/// from the code that sent it ([`Queue::push_now`]): no task is woken and no frame queued,
+/// which is most of what a delivery costs in user space. As soon as the task has something of
+/// its own to do it takes the right back under the lock, so writes never interleave.
 pub(crate) struct Queue {
-    frames: std::sync::Mutex<VecDeque<Frame>>,
+    waiting: std::sync::Mutex<Waiting>,
     /// The one transport that writes (whoever holds the outbox) waits here; woken by every
     /// frame queued and by the session's close. A waker slot, not a `Notify`: waiting on it
     /// needs no future, so the websocket's task keeps nothing for it while idle.
     pub(crate) ready: AtomicWaker,
     limit: usize,
+}
+
+struct Waiting {
+    frames: VecDeque<Frame>,
+    /// The end of a frame written straight to the connection in part (the kernel's send
+    /// buffer was nearly full): the task writes it before anything else.
+    unwritten: Vec<u8>,
+    /// The websocket's TCP connection, while a task carries it and the server that accepted
+    /// it said which descriptor it is (see [`crate::TcpConnection`]).
+    connection: Option<RawFd>,
+    /// Whether that task waits with nothing to write: only then may a frame go straight to
+    /// the connection. Set by the task as it parks, cleared by the task before it writes or
+    /// lets go of the connection, and by a straight write that could not write everything.
+    writer_idle: bool,
+    /// Frames are queued for a flush pass (see [`crate::FlushPass`]) and the writer was not
+    /// woken for them: the pass writes them, or wakes the writer.
+    flush_due: bool,
+}
+
+/// What the websocket's writer takes from the queue.
+pub(crate) enum Outgoing {
+    Frame(Frame),
+    /// See [`Waiting::unwritten`].
+    Unwritten(Vec<u8>),
 }
 
 /// Capacity an emptied queue keeps; more is given back.
@@ -111,38 +142,186 @@ const IDLE_CAPACITY: usize = 4;
 impl Queue {
     fn new(limit: usize) -> Self {
         Queue {
-            frames: std::sync::Mutex::new(VecDeque::new()),
+            waiting: std::sync::Mutex::new(Waiting {
+                frames: VecDeque::new(),
+                unwritten: Vec::new(),
+                connection: None,
+                writer_idle: false,
+                flush_due: false,
+            }),
             ready: AtomicWaker::new(),
             limit: limit.max(1),
         }
     }
 
-    fn frames(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
-        self.frames
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a frame; gives it back when `limit` frames are already waiting.
+    /// Queues a frame for the writer; gives it back when `limit` frames are already waiting.
     fn push(&self, frame: Frame) -> Result<(), Frame> {
         {
-            let mut frames = self.frames();
-            if frames.len() >= self.limit {
+            let mut waiting = self.waiting();
+            if waiting.frames.len() >= self.limit {
                 return Err(frame);
             }
-            frames.push_back(frame);
+            waiting.frames.push_back(frame);
+            // Behind this frame, nothing may go straight to the connection.
+            waiting.writer_idle = false;
         }
         self.ready.wake();
         Ok(())
     }
 
+    /// Writes a frame straight to the websocket's connection when its writer is idle, and
+    /// queues it otherwise (or what the kernel did not take of it).
+    fn push_now(&self, frame: Frame) -> Result<(), Frame> {
+        let mut waiting = self.waiting();
+        let Some(fd) = waiting.connection.filter(|_| waiting.writer_idle) else {
+            drop(waiting);
+            return self.push(frame);
+        };
+        if waiting.flush_due {
+            // Behind frames a flush pass is about to write: it writes this one too.
+            if waiting.frames.len() >= self.limit {
+                return Err(frame);
+            }
+            waiting.frames.push_back(frame);
+            return Ok(());
+        }
+        // Under the lock: the task cannot take the connection back, or close it, meanwhile.
+        match crate::transport::ws::write_now(fd, &frame) {
+            Ok(None) => return Ok(()),
+            Ok(Some(unwritten)) => waiting.unwritten = unwritten,
+            // Full, or failed: the task writes it, and meets the error if there is one.
+            Err(_) => waiting.frames.push_back(frame),
+        }
+        waiting.writer_idle = false;
+        drop(waiting);
+        self.ready.wake();
+        Ok(())
+    }
+
+    /// Queues a frame for a flush pass when the writer is idle, without waking it; wakes it
+    /// otherwise, as [`Queue::push`] does. `Ok(true)`: the caller is to schedule a pass for
+    /// this session (the first frame it owes one).
+    fn push_deferred(&self, frame: Frame) -> Result<bool, Frame> {
+        let mut waiting = self.waiting();
+        if waiting.frames.len() >= self.limit {
+            return Err(frame);
+        }
+        waiting.frames.push_back(frame);
+        if waiting.writer_idle && waiting.connection.is_some() {
+            return Ok(!std::mem::replace(&mut waiting.flush_due, true));
+        }
+        drop(waiting);
+        self.ready.wake();
+        Ok(false)
+    }
+
+    /// The flush pass's turn: writes everything queued to the connection in one write while
+    /// the writer is idle; wakes the writer for what the kernel did not take, or when it is
+    /// not idle (it writes them itself).
+    fn flush(&self, scratch: &mut Vec<u8>) {
+        let mut waiting = self.waiting();
+        waiting.flush_due = false;
+        if waiting.frames.is_empty() {
+            return;
+        }
+        let fd = waiting.connection.filter(|_| waiting.writer_idle);
+        if let Some(fd) = fd {
+            scratch.clear();
+            crate::transport::ws::frame_all(scratch, &waiting.frames);
+            match crate::transport::ws::send_now(fd, [&scratch[..], &[]]) {
+                Ok(None) => {
+                    waiting.frames.clear();
+                    if waiting.frames.capacity() > IDLE_CAPACITY {
+                        waiting.frames = VecDeque::new();
+                    }
+                    return;
+                }
+                Ok(Some(unwritten)) => {
+                    waiting.frames.clear();
+                    waiting.unwritten = unwritten;
+                }
+                Err(_) => {}
+            }
+            waiting.writer_idle = false;
+        }
+        drop(waiting);
+        self.ready.wake();
+    }
+
     fn pop(&self) -> Option<Frame> {
-        let mut frames = self.frames();
-        let frame = frames.pop_front();
-        if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
-            *frames = VecDeque::new();
+        let mut waiting = self.waiting();
+        let frame = waiting.frames.pop_front();
+        if waiting.frames.is_empty() && waiting.frames.capacity() > IDLE_CAPACITY {
+            waiting.frames = VecDeque::new();
         }
         frame
+    }
+
+    /// The websocket's next write, for its task: what a straight write left, then the queue.
+    /// The task writes next, so nothing else may.
+    fn next_outgoing(&self) -> Option<Outgoing> {
+        let mut waiting = self.waiting();
+        waiting.writer_idle = false;
+        waiting.flush_due = false;
+        if !waiting.unwritten.is_empty() {
+            return Some(Outgoing::Unwritten(std::mem::take(&mut waiting.unwritten)));
+        }
+        let frame = waiting.frames.pop_front()?;
+        if waiting.frames.is_empty() && waiting.frames.capacity() > IDLE_CAPACITY {
+            waiting.frames = VecDeque::new();
+        }
+        Some(Outgoing::Frame(frame))
+    }
+
+    /// The websocket's task parks: frames may go straight to its connection until it takes
+    /// the right back. Not when something is left to write: it comes first.
+    fn writer_parks(&self) -> Option<Outgoing> {
+        let mut waiting = self.waiting();
+        if waiting.unwritten.is_empty() && waiting.frames.is_empty() {
+            waiting.writer_idle = waiting.connection.is_some();
+            return None;
+        }
+        drop(waiting);
+        self.next_outgoing()
+    }
+
+    /// The websocket's task is about to write, or read and handle a packet: nothing goes
+    /// straight to the connection until it parks again.
+    pub(crate) fn writer_busy(&self) {
+        self.waiting().writer_idle = false;
+    }
+
+    /// A task carries the websocket on connection `fd` (`None`: one it cannot write to
+    /// directly) from now on; it calls this with `None` before it lets go of the connection.
+    pub(crate) fn carried_on(&self, fd: Option<RawFd>) {
+        let mut waiting = self.waiting();
+        waiting.connection = fd;
+        waiting.writer_idle = false;
+    }
+}
+
+/// Clears the connection of a websocket's queue when the task that carries it ends, however
+/// it ends (a dropped task too): declared after the websocket, it is dropped before it, so no
+/// frame is written to a descriptor closed, or reused, meanwhile.
+pub(crate) struct CarriedConnection<'a, D>(pub(crate) &'a Arc<Socket<D>>);
+
+impl<D> std::ops::Deref for CarriedConnection<'_, D> {
+    type Target = Arc<Socket<D>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+impl<D> Drop for CarriedConnection<'_, D> {
+    fn drop(&mut self) {
+        self.0.queue.carried_on(None);
     }
 }
 
@@ -329,32 +508,63 @@ impl<D> Socket<D> {
         self.request.clone()
     }
 
-    /// Queues a frame for the client without waiting. A client whose queue is full is too slow
-    /// to keep; its session is closed rather than letting it pin unbounded memory.
+    /// Sends a frame to the client without waiting: straight to its websocket's connection
+    /// when its writer is idle (see [`Queue`]), queued for the writer otherwise. A client
+    /// whose queue is full is too slow to keep; its session is closed rather than letting it
+    /// pin unbounded memory.
     pub fn send(&self, frame: Frame) -> Result<(), SendError> {
+        self.enqueue(frame, false)
+    }
+
+    /// Sends a frame the client may miss (volatile): dropped, not fatal, when the queue is
+    /// full. Returns whether it was sent.
+    pub fn send_volatile(&self, frame: Frame) -> bool {
+        self.enqueue(frame, true).is_ok()
+    }
+
+    /// Queues a frame for a broadcast to many clients: a writer that is idle is not woken,
+    /// a [`crate::FlushPass`] writes what is queued for it, several frames at once when
+    /// broadcasts come faster than passes. `Ok(true)`: the caller is to give the session to its
+    /// pass (see [`crate::FlushPass::schedule`]). `volatile` as in [`Socket::send_volatile`].
+    pub fn send_deferred(&self, frame: Frame, volatile: bool) -> Result<bool, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        match self.queue.push(frame) {
-            Ok(()) => {
+        match self.queue.push_deferred(frame) {
+            Ok(due) => {
                 crate::counters::sent();
-                Ok(())
+                Ok(due)
             }
             Err(_) => {
-                self.close(DisconnectReason::SlowClient);
+                if !volatile {
+                    self.close(DisconnectReason::SlowClient);
+                }
                 Err(SendError::Full)
             }
         }
     }
 
-    /// Queues a frame the client may miss (volatile): dropped, not fatal, when the queue is
-    /// full. Returns whether it was queued.
-    pub fn send_volatile(&self, frame: Frame) -> bool {
-        let queued = !self.is_closed() && self.queue.push(frame).is_ok();
-        if queued {
-            crate::counters::sent();
+    /// The flush pass's turn for this session (see [`crate::FlushPass`]); `scratch` is the
+    /// pass's buffer.
+    pub(crate) fn flush(&self, scratch: &mut Vec<u8>) {
+        self.queue.flush(scratch);
+    }
+
+    fn enqueue(&self, frame: Frame, volatile: bool) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
         }
-        queued
+        match self.queue.push_now(frame) {
+            Ok(()) => {
+                crate::counters::sent();
+                Ok(())
+            }
+            Err(_) if volatile => Err(SendError::Full),
+            Err(_) => {
+                self.close(DisconnectReason::SlowClient);
+                Err(SendError::Full)
+            }
+        }
     }
 
     /// Ends the session. Idempotent: the first reason wins. Frames already queued are still
@@ -365,23 +575,43 @@ impl<D> Socket<D> {
             tracing::debug!(sid = %self.id, reason = reason.as_str(), "session closing");
             self.is_closed.store(true, Ordering::Release);
             self.closing.notify_waiters();
-            // The websocket writer waits on the queue alone (see `Socket::poll_next_frame`).
+            // The websocket writer waits on the queue alone (see `Socket::poll_next_outgoing`).
             self.queue.ready.wake();
         }
     }
 
-    /// The next frame for the client, once there is one; `None` once the session is closed
-    /// and nothing is queued. A writer waiting here needs no second future for the close.
-    pub(crate) fn poll_next_frame(
+    /// The websocket's next write, if there is one now: what the last polling response could
+    /// not take, what a straight write left, then the queue.
+    pub(crate) fn take_outgoing(&self, outbox: &mut Outbox) -> Option<Outgoing> {
+        match outbox.carry.take() {
+            Some(frame) => {
+                self.queue.writer_busy();
+                Some(Outgoing::Frame(frame))
+            }
+            None => self.queue.next_outgoing(),
+        }
+    }
+
+    /// The websocket's next write, once there is one; `None` once the session is closed and
+    /// nothing is left to write. A writer waiting here needs no second future for the close.
+    /// While it waits, frames go straight to its connection (see [`Queue`]).
+    pub(crate) fn poll_next_outgoing(
         &self,
         outbox: &mut Outbox,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Frame>> {
-        match outbox.poll_next(&self.queue, cx) {
-            Poll::Ready(frame) => Poll::Ready(Some(frame)),
-            // Registered for the close's wake-up before looking: none is missed.
-            Poll::Pending if self.is_closed() => Poll::Ready(outbox.try_next(&self.queue)),
-            Poll::Pending => Poll::Pending,
+    ) -> Poll<Option<Outgoing>> {
+        if let Some(outgoing) = self.take_outgoing(outbox) {
+            return Poll::Ready(Some(outgoing));
+        }
+        self.queue.ready.register(cx.waker());
+        // A frame queued after the registration wakes the task; one queued before it is
+        // found here. Registered for the close's wake-up before looking: none is missed.
+        if self.is_closed() {
+            return Poll::Ready(self.queue.next_outgoing());
+        }
+        match self.queue.writer_parks() {
+            Some(outgoing) => Poll::Ready(Some(outgoing)),
+            None => Poll::Pending,
         }
     }
 
@@ -413,5 +643,136 @@ impl<D> std::fmt::Debug for Socket<D> {
             .field("transport", &self.transport())
             .field("closed", &self.is_closed())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A queue whose websocket's connection is one end of a socket pair; the other end, where
+    /// the client would read.
+    fn carried_queue() -> (Queue, UnixStream, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let queue = Queue::new(100);
+        queue.carried_on(Some(server.as_raw_fd()));
+        (queue, server, client)
+    }
+
+    /// What the client can read now.
+    fn readable(client: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    fn frame_of(outgoing: Option<Outgoing>) -> Frame {
+        match outgoing {
+            Some(Outgoing::Frame(frame)) => frame,
+            _ => panic!("no queued frame"),
+        }
+    }
+
+    #[test]
+    fn a_frame_for_an_idle_writer_goes_straight_to_the_connection() {
+        let (queue, _server, mut client) = carried_queue();
+        assert!(queue.writer_parks().is_none());
+        queue.push_now(Frame::message("hi")).unwrap();
+        assert!(queue.waiting().frames.is_empty(), "the frame was queued");
+        assert_eq!(readable(&mut client), [0x81, 3, b'4', b'h', b'i']);
+        queue.push_now(Frame::binary(vec![1, 2].into())).unwrap();
+        assert_eq!(readable(&mut client), [0x82, 2, 1, 2]);
+    }
+
+    #[test]
+    fn a_writer_that_is_not_idle_gets_the_frame_queued() {
+        let (queue, _server, mut client) = carried_queue();
+        // Never parked: busy.
+        queue.push_now(Frame::message("a")).unwrap();
+        // Parked, then busy again (a packet from the client to handle).
+        assert_eq!(frame_of(queue.writer_parks()), Frame::message("a"));
+        assert!(queue.writer_parks().is_none());
+        queue.writer_busy();
+        queue.push_now(Frame::message("b")).unwrap();
+        // Parked, but its connection let go of.
+        assert_eq!(frame_of(queue.writer_parks()), Frame::message("b"));
+        queue.carried_on(None);
+        assert!(queue.writer_parks().is_none());
+        queue.push_now(Frame::message("c")).unwrap();
+        assert_eq!(frame_of(queue.next_outgoing()), Frame::message("c"));
+        assert!(readable(&mut client).is_empty(), "a frame went straight");
+    }
+
+    #[test]
+    fn a_straight_frame_never_overtakes_a_queued_one() {
+        let (queue, _server, mut client) = carried_queue();
+        assert!(queue.writer_parks().is_none());
+        // A broadcast to many queues for the writer, which has not run yet.
+        queue.push(Frame::message("first")).unwrap();
+        queue.push_now(Frame::message("second")).unwrap();
+        assert!(readable(&mut client).is_empty(), "the second went ahead");
+        assert_eq!(frame_of(queue.next_outgoing()), Frame::message("first"));
+        assert_eq!(frame_of(queue.next_outgoing()), Frame::message("second"));
+    }
+
+    #[test]
+    fn what_the_kernel_did_not_take_goes_first_then_the_queue() {
+        let (queue, _server, mut client) = carried_queue();
+        assert!(queue.writer_parks().is_none());
+        // More than a socket buffer holds: the kernel takes a part of it.
+        let payload = "x".repeat(4 << 20);
+        queue.push_now(Frame::message(&payload)).unwrap();
+        queue.push_now(Frame::message("next")).unwrap();
+        let sent = readable(&mut client);
+        let Some(Outgoing::Unwritten(rest)) = queue.next_outgoing() else {
+            panic!("nothing left of a frame larger than the socket's buffer");
+        };
+        // Header: 0x81, 127, 8 bytes of length; then `4` and the payload.
+        assert_eq!(sent.len() + rest.len(), 10 + 1 + payload.len());
+        assert_eq!(&sent[..2], [0x81, 127]);
+        assert_eq!(frame_of(queue.next_outgoing()), Frame::message("next"));
+    }
+
+    #[test]
+    fn a_flush_pass_writes_what_a_broadcast_queued_in_one_write() {
+        let (queue, _server, mut client) = carried_queue();
+        assert!(queue.writer_parks().is_none());
+        assert_eq!(queue.push_deferred(Frame::message("a")), Ok(true));
+        // Owed one pass already.
+        assert_eq!(queue.push_deferred(Frame::message("b")), Ok(false));
+        // A frame for this client alone waits behind them, for the same pass.
+        queue.push_now(Frame::message("c")).unwrap();
+        assert!(readable(&mut client).is_empty(), "written before the pass");
+        queue.flush(&mut Vec::new());
+        assert_eq!(
+            readable(&mut client),
+            [0x81, 2, b'4', b'a', 0x81, 2, b'4', b'b', 0x81, 2, b'4', b'c']
+        );
+        // Idle again: the next frame goes straight.
+        queue.push_now(Frame::message("d")).unwrap();
+        assert_eq!(readable(&mut client), [0x81, 2, b'4', b'd']);
+    }
+
+    #[test]
+    fn a_busy_writer_is_woken_for_a_broadcast_and_owes_no_pass() {
+        let (queue, _server, mut client) = carried_queue();
+        assert_eq!(queue.push_deferred(Frame::message("a")), Ok(false));
+        queue.flush(&mut Vec::new());
+        assert!(
+            readable(&mut client).is_empty(),
+            "the pass wrote for a busy writer"
+        );
+        assert_eq!(frame_of(queue.next_outgoing()), Frame::message("a"));
     }
 }

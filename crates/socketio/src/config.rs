@@ -34,6 +34,12 @@ pub struct SocketIoConfig {
     /// Connection-state recovery: off (`None`) by default. With it, a client whose connection
     /// broke gets its socket, rooms and missed events back if it returns within the window.
     pub recovery: Option<RecoveryConfig>,
+    /// A broadcast to at most this many local sockets writes each frame straight to an idle
+    /// websocket's connection (no task woken: a chat room's messages); one to more queues
+    /// them for a flush pass (one task woken per broadcast, see `engineio::FlushPass`), which
+    /// writes several frames per client at once when broadcasts come faster than it passes
+    /// (a large room's fan-out), where straight writes would make one write per frame.
+    pub max_straight_recipients: usize,
 }
 
 impl Default for SocketIoConfig {
@@ -45,6 +51,7 @@ impl Default for SocketIoConfig {
             max_attachments: 10,
             adapter: Arc::new(|_| Arc::new(LocalAdapter::default()) as Arc<dyn Adapter>),
             recovery: None,
+            max_straight_recipients: 64,
         }
     }
 }
@@ -57,6 +64,7 @@ impl std::fmt::Debug for SocketIoConfig {
             .field("ack_timeout", &self.ack_timeout)
             .field("max_attachments", &self.max_attachments)
             .field("recovery", &self.recovery)
+            .field("max_straight_recipients", &self.max_straight_recipients)
             .finish_non_exhaustive()
     }
 }

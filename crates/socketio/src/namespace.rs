@@ -43,6 +43,8 @@ pub struct Namespace {
     sockets: RwLock<HashMap<Sid, Arc<Socket>>>,
     /// What is kept for clients that come back (with [`SocketIoConfig::recovery`]).
     recovery: Option<Recovery>,
+    /// Writes what a broadcast to many of this namespace's sockets queued for them.
+    flush: engineio::FlushPass<crate::connection::ConnState>,
 }
 
 impl Namespace {
@@ -64,6 +66,7 @@ impl Namespace {
             handlers: RwLock::new(handlers),
             events: RwLock::new(HashMap::new()),
             sockets: RwLock::new(HashMap::new()),
+            flush: engineio::FlushPass::new(),
         })
     }
 
@@ -231,12 +234,16 @@ impl Namespace {
         }
     }
 
-    /// Queues encoded frames to local sockets. A volatile frame is dropped for a client whose
-    /// queue is full instead of closing its session.
+    /// Sends encoded frames to local sockets: straight to their connections when they are
+    /// few, through the namespace's flush pass when they are many (see
+    /// [`SocketIoConfig::max_straight_recipients`] and [`engineio::FlushPass`]). A volatile
+    /// frame is dropped for a client whose queue is full instead of closing its session.
     pub fn deliver(&self, sids: &[Sid], frames: &[Frame], volatile: bool) {
         let Ok(sockets) = self.sockets.read() else {
             return;
         };
+        let straight = sids.len() <= self.config.max_straight_recipients;
+        let mut due = Vec::new();
         let mut reached = 0;
         for sid in sids {
             let Some(socket) = sockets.get(sid) else {
@@ -244,16 +251,25 @@ impl Namespace {
             };
             reached += 1;
             for frame in frames {
-                let sent = if volatile {
-                    socket.conn.send_volatile(frame.clone())
-                } else {
-                    socket.conn.send(frame.clone()).is_ok()
+                let sent = match (straight, volatile) {
+                    (true, true) => socket.conn.send_volatile(frame.clone()),
+                    (true, false) => socket.conn.send(frame.clone()).is_ok(),
+                    (false, volatile) => match socket.conn.send_deferred(frame.clone(), volatile) {
+                        Ok(true) => {
+                            due.push(socket.conn.0.clone());
+                            true
+                        }
+                        Ok(false) => true,
+                        Err(_) => false,
+                    },
                 };
                 if !sent {
                     break;
                 }
             }
         }
+        drop(sockets);
+        self.flush.schedule(due);
         crate::counters::delivered(reached);
     }
 }

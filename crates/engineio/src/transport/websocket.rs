@@ -335,16 +335,39 @@ fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Appends one final, unmasked data frame (a server does not mask), its header written by
-/// tungstenite's own encoder.
+/// Appends one final, unmasked data frame (a server does not mask).
 pub(crate) fn put_frame(out: &mut Vec<u8>, data: Data, payload: &[u8]) {
+    out.extend_from_slice(frame_head(data, payload.len()).as_slice());
+    out.extend_from_slice(payload);
+}
+
+/// The header of a final, unmasked data frame whose payload is `length` bytes, written by
+/// tungstenite's own encoder: 2 to 10 bytes, on the stack.
+pub(crate) fn frame_head(data: Data, length: usize) -> FrameHead {
     let header = FrameHeader {
         opcode: OpCode::Data(data),
         ..FrameHeader::default()
     };
-    // Writing into a Vec cannot fail.
-    let _ = header.format(payload.len() as u64, out);
-    out.extend_from_slice(payload);
+    let mut bytes = [0u8; MAX_HEAD];
+    let mut rest = &mut bytes[..];
+    // An unmasked header fits in MAX_HEAD bytes: writing it cannot fail.
+    let _ = header.format(length as u64, &mut rest);
+    let len = MAX_HEAD - rest.len();
+    FrameHead { bytes, len }
+}
+
+/// Longest header of an unmasked frame: 2 bytes, and 8 of length.
+const MAX_HEAD: usize = 10;
+
+pub(crate) struct FrameHead {
+    bytes: [u8; MAX_HEAD],
+    len: usize,
+}
+
+impl FrameHead {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! one (`2probe` / `3probe`, a noop to end the pending GET, then `5`).
 
 use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -15,11 +16,13 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
 
-use super::websocket::{put_frame, WebSocket};
+use super::websocket::{frame_head, put_frame, WebSocket};
 use crate::engine::{error_response, Body, Engine, ErrorCode, Handler, SessionTime};
 use crate::heartbeat::Heartbeat;
 use crate::packet::{Frame, Message, Packet};
-use crate::socket::{DisconnectReason, Outbox, Queue, Socket, Transport};
+use crate::socket::{
+    CarriedConnection, DisconnectReason, Outbox, Outgoing, Queue, Socket, Transport,
+};
 
 /// The websocket of a session of ours.
 pub(crate) type Ws = WebSocket<WsIo>;
@@ -31,23 +34,56 @@ pub(crate) type WsIo = Either<TokioIo<hyper::upgrade::Upgraded>, tokio::net::Tcp
 /// The websocket of an external transport: tungstenite's, whose messages it reads itself.
 pub(crate) type ExternalWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// How to let the kernel coalesce small writes on the connection of a request (turn
-/// TCP_NODELAY off), put in its extensions by the server that accepted it. A websocket calls it
-/// once its session is open: the handshake goes out at once (a client waits for the open packet
-/// before it says anything, so a held write would wait for its delayed acknowledgement), and
-/// from then on the frames a busy room sends a client share packets.
-#[derive(Clone)]
-pub struct CoalesceWrites(pub Arc<dyn Fn() + Send + Sync>);
+/// The TCP connection a request came on, put in its extensions by the server that accepted it
+/// (a connection of another kind, a unix socket say, has none). A websocket on it
+/// - lets the kernel coalesce its small writes once its session is open (TCP_NODELAY off),
+///   unless the server keeps them immediate: the handshake goes out at once (a client waits
+///   for the open packet before it says anything, so a held write would wait for its delayed
+///   acknowledgement), and from then on the frames a busy room sends a client share packets;
+/// - takes frames straight from the code that sends them while its task is idle (see
+///   `Queue::push_now`), a write on this descriptor.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConnection {
+    fd: RawFd,
+    coalesce: bool,
+}
 
-impl CoalesceWrites {
-    fn of<B>(req: &Request<B>) -> Option<Self> {
-        req.extensions().get::<CoalesceWrites>().cloned()
+impl TcpConnection {
+    /// The connection on descriptor `fd`; `coalesce`: whether its websocket turns Nagle's
+    /// algorithm back on once open.
+    ///
+    /// # Safety
+    /// `fd` is the TCP connection hyper serves the request on, non-blocking, and stays open
+    /// for as long as that connection's I/O object (the websocket's, after an upgrade) lives.
+    pub unsafe fn new(fd: RawFd, coalesce: bool) -> Self {
+        TcpConnection { fd, coalesce }
     }
 
-    fn start(coalesce: Option<Self>) {
-        if let Some(CoalesceWrites(start)) = coalesce {
-            start();
+    fn of<B>(req: &Request<B>) -> Option<Self> {
+        req.extensions().get::<TcpConnection>().copied()
+    }
+
+    /// The session is open on the websocket: from now on the connection may coalesce, and
+    /// take frames straight from their senders.
+    fn start<D>(connection: Option<Self>, socket: &Socket<D>) {
+        let Some(TcpConnection { fd, coalesce }) = connection else {
+            return;
+        };
+        if coalesce {
+            let off: libc::c_int = 0;
+            // SAFETY: `fd` is open (see `new`): the websocket that owns it is being started.
+            // A failure leaves Nagle off, which costs writes, not correctness.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&off as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
         }
+        socket.queue.carried_on(Some(fd));
     }
 }
 
@@ -67,7 +103,7 @@ pub(crate) fn open<H: Handler, B: Send + 'static>(
     };
     let opened = tokio::time::Instant::now();
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let coalesce = CoalesceWrites::of(&req);
+    let connection = TcpConnection::of(&req);
     // Boxed, and gone once done: the session's task keeps no room for the handshake.
     let handshake = boxed({
         let engine = engine.clone();
@@ -78,7 +114,7 @@ pub(crate) fn open<H: Handler, B: Send + 'static>(
             let deadline = engine.config.ws_write_timeout;
             match tokio::time::timeout(deadline, ws.write_text(&open)).await {
                 Ok(Ok(())) => {
-                    CoalesceWrites::start(coalesce);
+                    TcpConnection::start(connection, &socket);
                     Some(ws)
                 }
                 _ => None,
@@ -107,7 +143,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
         Err(response) => return response,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let coalesce = CoalesceWrites::of(&req);
+    let connection = TcpConnection::of(&req);
     let engine = engine.clone();
     if socket.transport() != Transport::Polling || socket.upgrading.swap(true, Ordering::AcqRel) {
         // Already upgraded, or another websocket is probing: this one is opened and closed at
@@ -149,7 +185,7 @@ pub(crate) fn upgrade<H: Handler, B: Send + 'static>(
             // The transport switches before `upgrading` clears, so no GET slips in between.
             socket.set_transport(Transport::Websocket);
             socket.end_upgrade();
-            CoalesceWrites::start(coalesce);
+            TcpConnection::start(connection, &socket);
             ws
         }
     });
@@ -212,7 +248,8 @@ fn carry_session<H: Handler>(
             }
             return;
         };
-        let ending = exchange(&engine, &socket, &mut ws, &mut heartbeat).await;
+        let carried = CarriedConnection(&socket);
+        let ending = exchange(&engine, carried, &mut ws, &mut heartbeat).await;
         // Boxed: only a closing session needs room for it, not every open one.
         boxed(finish(&engine, &socket, ws, ending, ends_session)).await;
     }
@@ -239,11 +276,8 @@ async fn finish<H: Handler>(
         match ending {
             // What was queued before the close still goes out, then the websocket ends.
             Ending::Flush(mut outbox) => {
-                let mut frames = Vec::new();
-                while let Some(frame) = outbox.try_next(&socket.queue) {
-                    frames.push(frame);
-                }
-                write_frames(&mut ws, &frames).await?;
+                let left = everything_left(socket, &mut outbox);
+                ws.write_all(&left).await?;
                 ws.close().await
             }
             // The client ended the websocket: its close is answered, and nothing follows.
@@ -289,13 +323,10 @@ async fn hand_off<H: Handler>(
     let Some(upper) = upper else {
         // Closed as a drain closes it: what is queued goes out, then a close frame.
         socket.close(DisconnectReason::ServerClose);
-        let mut frames = Vec::new();
-        while let Some(frame) = outbox.try_next(&socket.queue) {
-            frames.push(frame);
-        }
+        let left = everything_left(socket, &mut outbox);
         drop(outbox);
         let farewell = async {
-            write_frames(&mut ws, &frames).await?;
+            ws.write_all(&left).await?;
             ws.close().await
         };
         let _ = tokio::time::timeout(deadline, farewell).await;
@@ -304,12 +335,9 @@ async fn hand_off<H: Handler>(
         }
         return;
     };
-    let mut frames = Vec::new();
-    while let Some(frame) = outbox.try_next(&socket.queue) {
-        frames.push(frame);
-    }
+    let left = everything_left(socket, &mut outbox);
     drop(outbox);
-    let flushed = tokio::time::timeout(deadline, write_frames(&mut ws, &frames)).await;
+    let flushed = tokio::time::timeout(deadline, ws.write_all(&left)).await;
     let outcome = match flushed {
         Ok(Ok(())) => {
             let (io, unread) = ws.into_parts();
@@ -362,6 +390,9 @@ pub(crate) fn adopt<H: Handler>(
     let stream = std::net::TcpStream::from(stream);
     stream.set_nonblocking(true)?;
     let stream = tokio::net::TcpStream::from_std(stream)?;
+    // The connection came from a process that had it open already: no coalescing to turn on.
+    let fd = stream.as_raw_fd();
+    socket.queue.carried_on(Some(fd));
     let ws = WebSocket::resumed(Either::Right(stream), engine.config.max_payload, unread);
     let ready = boxed(async move { Some(ws) });
     tokio::spawn(carry_session(
@@ -397,15 +428,17 @@ enum Ending<'a> {
 /// future it awaits in place, for its whole life.
 async fn exchange<'a, H: Handler>(
     engine: &Arc<Engine<H>>,
-    socket: &'a Arc<Socket<H::Data>>,
+    // Dropped with this future, before the websocket: see `CarriedConnection`.
+    socket: CarriedConnection<'a, H::Data>,
     ws: &mut Ws,
     heartbeat: &mut Option<Heartbeat>,
 ) -> Ending<'a> {
     // Waits for a GET still pending from before the upgrade to hand the queue over.
-    let outbox = boxed(async {
+    let session: &'a Arc<Socket<H::Data>> = socket.0;
+    let outbox = boxed(async move {
         tokio::select! {
-            outbox = socket.outbox.lock() => Some(outbox),
-            _ = socket.closed() => None,
+            outbox = session.outbox.lock() => Some(outbox),
+            _ = session.closed() => None,
         }
     });
     let Some(mut outbox) = outbox.await else {
@@ -434,8 +467,8 @@ async fn exchange<'a, H: Handler>(
             if socket.handing_off.load(Ordering::Acquire) && !socket.is_closed() {
                 return Poll::Ready(Turn::HandOff);
             }
-            if let Poll::Ready(frame) = socket.poll_next_frame(&mut outbox, cx) {
-                return Poll::Ready(Turn::Write(frame));
+            if let Poll::Ready(outgoing) = socket.poll_next_outgoing(&mut outbox, cx) {
+                return Poll::Ready(Turn::Write(outgoing));
             }
             if let Poll::Ready(message) = ws.poll_read(cx) {
                 return Poll::Ready(Turn::Read(message));
@@ -446,6 +479,10 @@ async fn exchange<'a, H: Handler>(
             Poll::Pending
         })
         .await;
+        if !matches!(turn, Turn::Write(_)) {
+            // The task may write from here on (a pong, an answer, its close).
+            socket.queue.writer_busy();
+        }
         let take = match turn {
             Turn::Write(None) => return Ending::Flush(outbox),
             Turn::HandOff => return Ending::HandOff(outbox),
@@ -453,7 +490,7 @@ async fn exchange<'a, H: Handler>(
                 timer_fired = true;
                 let ended = heartbeat
                     .as_mut()
-                    .is_some_and(|heartbeat| !engine.beat(socket, heartbeat));
+                    .is_some_and(|heartbeat| !engine.beat(&socket, heartbeat));
                 if ended {
                     return Ending::Flush(outbox);
                 }
@@ -462,7 +499,7 @@ async fn exchange<'a, H: Handler>(
             // Boxed, and `turn` moved in: nothing of the turn stays in this task.
             turn => boxed(take_turn(
                 engine,
-                socket,
+                &socket,
                 ws,
                 &mut outbox,
                 heartbeat,
@@ -501,8 +538,8 @@ async fn take_turn<H: Handler>(
 ) -> Flow {
     let deadline = engine.config.ws_write_timeout;
     let message = match turn {
-        Turn::Write(Some(frame)) => {
-            let written = write_queued(ws, frame, outbox, &socket.queue, *replies, deadline).await;
+        Turn::Write(Some(first)) => {
+            let written = write_queued(ws, first, outbox, &socket.queue, *replies, deadline).await;
             *replies = false;
             if let Err(reason) = written {
                 tracing::debug!(
@@ -565,8 +602,9 @@ fn far_future() -> tokio::time::Instant {
 
 /// What woke the session's task.
 enum Turn {
-    /// A frame for the client, or `None` once the session is closed and nothing is queued.
-    Write(Option<Frame>),
+    /// Something to write to the client, or `None` once the session is closed and nothing is
+    /// left to write.
+    Write(Option<Outgoing>),
     /// A message from the client, or the end of its stream.
     Read(Option<Result<WsMessage, tungstenite::Error>>),
     /// The session's heartbeat has something due.
@@ -594,7 +632,7 @@ type BoxedFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> 
 /// the event the server sent right after it, and misses it when both came in one read.
 async fn write_queued(
     ws: &mut Ws,
-    first: Frame,
+    first: Outgoing,
     outbox: &mut Outbox,
     queue: &Queue,
     replies: bool,
@@ -602,7 +640,17 @@ async fn write_queued(
 ) -> Result<(), DisconnectReason> {
     let write = async {
         let mut batch = Vec::new();
-        let mut next = Some(first);
+        let mut next = match first {
+            Outgoing::Frame(frame) => Some(frame),
+            // The end of a frame that went out in part: it goes on, alone or with what follows.
+            Outgoing::Unwritten(bytes) => {
+                batch = bytes;
+                outbox.try_next(queue)
+            }
+        };
+        if next.is_none() {
+            ws.write_all(&batch).await?;
+        }
         while let Some(frame) = next.take() {
             put_engine_frame(&mut batch, &frame);
             next = outbox.try_next(queue);
@@ -633,8 +681,73 @@ async fn write_frames(ws: &mut Ws, frames: &[Frame]) -> std::io::Result<()> {
     ws.write_all(&out).await
 }
 
+/// Everything still to write to a websocket whose task stops writing, as the bytes to write.
+fn everything_left<D>(socket: &Socket<D>, outbox: &mut Outbox) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(outgoing) = socket.take_outgoing(outbox) {
+        match outgoing {
+            Outgoing::Frame(frame) => put_engine_frame(&mut out, &frame),
+            Outgoing::Unwritten(bytes) => out.extend_from_slice(&bytes),
+        }
+    }
+    out
+}
+
+/// Writes `frame` as one websocket frame to the connection `fd` without waiting (see
+/// `Queue::push_now`): `None` once all of it went, what is left when the kernel took a part.
+/// An error when it took nothing (its send buffer is full: `WouldBlock`), or the connection
+/// failed; the caller then queues the frame for the task, which meets the failure itself.
+pub(crate) fn write_now(fd: RawFd, frame: &Frame) -> std::io::Result<Option<Vec<u8>>> {
+    let (data, payload) = match frame {
+        Frame::Text(text) => (Data::Text, text.as_bytes()),
+        Frame::Binary(data) => (Data::Binary, &data[..]),
+    };
+    let head = frame_head(data, payload.len());
+    send_now(fd, [head.as_slice(), payload])
+}
+
+/// Appends the frames to `out` as websocket frames, for [`send_now`].
+pub(crate) fn frame_all<'a>(out: &mut Vec<u8>, frames: impl IntoIterator<Item = &'a Frame>) {
+    for frame in frames {
+        put_engine_frame(out, frame);
+    }
+}
+
+/// Writes the two `parts`, in order, to the connection `fd` in one call without waiting:
+/// `None` once all went, the bytes left when the kernel took a part, an error when it took
+/// nothing.
+pub(crate) fn send_now(fd: RawFd, parts: [&[u8]; 2]) -> std::io::Result<Option<Vec<u8>>> {
+    let mut iov = parts.map(|part| libc::iovec {
+        iov_base: part.as_ptr() as *mut libc::c_void,
+        iov_len: part.len(),
+    });
+    // SAFETY: a zeroed msghdr is an empty one; it points at `iov`, which outlives the call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = iov.as_mut_ptr();
+    message.msg_iovlen = parts.len() as _;
+    // SAFETY: `fd` is the open connection of the websocket whose queue's lock the caller
+    // holds (see `Queue`); sendmsg reads the buffers `iov` points at and nothing else. No
+    // SIGPIPE for a connection the client closed: an EPIPE error instead.
+    let sent = unsafe { libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    let mut sent = usize::try_from(sent).map_err(|_| std::io::Error::last_os_error())?;
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    if sent >= total {
+        return Ok(None);
+    }
+    if sent == 0 {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    let mut unwritten = Vec::with_capacity(total - sent);
+    for part in parts {
+        let skip = sent.min(part.len());
+        unwritten.extend_from_slice(&part[skip..]);
+        sent -= skip;
+    }
+    Ok(Some(unwritten))
+}
+
 /// Bytes of frames written at once when more are queued.
-const BATCH_BYTES: usize = 64 * 1024;
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
 /// Appends `frame` as one websocket frame: text as text, binary as binary.
 fn put_engine_frame(out: &mut Vec<u8>, frame: &Frame) {
