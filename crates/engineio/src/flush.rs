@@ -30,8 +30,8 @@ struct Shared<D> {
 
 struct Due<D> {
     sockets: Vec<Arc<Socket<D>>>,
-    /// Whether the pass's task runs: started with the first broadcast (a runtime is there),
-    /// ended when the pass is dropped.
+    /// Whether the pass's task runs: started by a broadcast in a runtime, ended when the pass
+    /// is dropped (or its runtime drops it).
     started: bool,
 }
 
@@ -50,21 +50,31 @@ impl<D: Send + Sync + 'static> FlushPass<D> {
     }
 
     /// Makes a pass over `sockets` soon: those [`Socket::send_deferred`] said are due.
+    /// Outside a tokio runtime (no task can run) the pass is made in place.
     pub fn schedule(&self, sockets: impl IntoIterator<Item = Arc<Socket<D>>>) {
-        let start = {
-            let mut due = self
-                .shared
-                .due
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            due.sockets.extend(sockets);
-            if due.sockets.is_empty() {
-                return;
+        let runtime = tokio::runtime::Handle::try_current();
+        let mut due = self
+            .shared
+            .due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        due.sockets.extend(sockets);
+        if due.sockets.is_empty() {
+            return;
+        }
+        let Ok(runtime) = runtime else {
+            let sockets = std::mem::take(&mut due.sockets);
+            drop(due);
+            let mut scratch = Vec::new();
+            for socket in sockets {
+                socket.flush(&mut scratch);
             }
-            !std::mem::replace(&mut due.started, true)
+            return;
         };
+        let start = !std::mem::replace(&mut due.started, true);
+        drop(due);
         if start {
-            tokio::spawn(run(self.shared.clone()));
+            runtime.spawn(run(Stopped(self.shared.clone())));
         }
         self.shared.wake.notify_one();
     }
@@ -84,7 +94,9 @@ impl<D: Send + Sync + 'static> Default for FlushPass<D> {
 }
 
 /// The pass's task: waits for sockets, writes to them, until the pass is dropped.
-async fn run<D: Send + Sync + 'static>(shared: Arc<Shared<D>>) {
+/// `stopped` is an argument, not a local: a task dropped before it first ran drops it too.
+async fn run<D: Send + Sync + 'static>(stopped: Stopped<D>) {
+    let shared = &stopped.0;
     let mut sockets = Vec::new();
     let mut scratch = Vec::new();
     loop {
@@ -113,5 +125,126 @@ async fn run<D: Send + Sync + 'static>(shared: Arc<Shared<D>>) {
     }
 }
 
+/// Ends the pass's task, however it ends: when its runtime drops it before the pass is
+/// dropped (a runtime shutting down), what is due is written in place, and the next broadcast
+/// starts another task.
+struct Stopped<D>(Arc<Shared<D>>);
+
+impl<D> Drop for Stopped<D> {
+    fn drop(&mut self) {
+        let sockets = {
+            let mut due = self
+                .0
+                .due
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            due.started = false;
+            std::mem::take(&mut due.sockets)
+        };
+        let mut scratch = Vec::new();
+        for socket in sockets {
+            socket.flush(&mut scratch);
+        }
+    }
+}
+
 /// Room for this many sockets is kept between passes.
 const SOCKETS_KEPT: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::{SessionRequest, Transport};
+    use crate::Frame;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A websocket session whose writer waits, idle, on one end of a socket pair; the other
+    /// end, where the client reads.
+    fn idle_session() -> (Arc<Socket<()>>, UnixStream, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let request = SessionRequest {
+            headers: Default::default(),
+            uri: "/".parse().unwrap(),
+        };
+        let socket = Arc::new(Socket::new(
+            "sid".into(),
+            Transport::Websocket,
+            16,
+            None,
+            request,
+            (),
+        ));
+        socket.queue.carried_on(Some(server.as_raw_fd()));
+        assert!(socket.queue.writer_parks().is_none());
+        (socket, server, client)
+    }
+
+    fn broadcast(pass: &FlushPass<()>, socket: &Arc<Socket<()>>, text: &str) {
+        if socket.send_deferred(Frame::message(text), false).unwrap() {
+            pass.schedule([socket.clone()]);
+        }
+    }
+
+    #[test]
+    fn outside_a_runtime_the_pass_is_made_in_place() {
+        let (socket, _server, mut client) = idle_session();
+        let pass = FlushPass::new();
+        broadcast(&pass, &socket, "a");
+        let mut read = [0u8; 4];
+        client.read_exact(&mut read).unwrap();
+        assert_eq!(read, [0x81, 2, b'4', b'a']);
+    }
+
+    #[tokio::test]
+    async fn the_pass_writes_what_broadcasts_queued_in_one_write() {
+        let (socket, _server, client) = idle_session();
+        let pass = FlushPass::new();
+        // Two broadcasts before the pass's task runs: one write for both.
+        broadcast(&pass, &socket, "a");
+        broadcast(&pass, &socket, "b");
+        let read = tokio::task::spawn_blocking(move || {
+            let mut client = client;
+            let mut read = [0u8; 8];
+            client.read_exact(&mut read).unwrap();
+            read
+        });
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), read)
+            .await
+            .expect("the pass wrote nothing")
+            .unwrap();
+        assert_eq!(read, [0x81, 2, b'4', b'a', 0x81, 2, b'4', b'b']);
+    }
+
+    #[test]
+    fn what_a_task_dropped_by_its_runtime_owed_is_written_and_the_next_broadcast_starts_another() {
+        let (socket, _server, mut client) = idle_session();
+        let pass = FlushPass::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The task is spawned, never run: the runtime goes away first.
+        runtime.block_on(async { broadcast(&pass, &socket, "a") });
+        drop(runtime);
+        let mut read = [0u8; 4];
+        client.read_exact(&mut read).unwrap();
+        assert_eq!(read, [0x81, 2, b'4', b'a']);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            broadcast(&pass, &socket, "b");
+            let read = tokio::task::spawn_blocking(move || {
+                let mut read = [0u8; 4];
+                client.read_exact(&mut read).unwrap();
+                read
+            });
+            let read = tokio::time::timeout(std::time::Duration::from_secs(30), read)
+                .await
+                .expect("no task wrote the second broadcast")
+                .unwrap();
+            assert_eq!(read, [0x81, 2, b'4', b'b']);
+        });
+    }
+}

@@ -281,7 +281,7 @@ impl Queue {
 
     /// The websocket's task parks: frames may go straight to its connection until it takes
     /// the right back. Not when something is left to write: it comes first.
-    fn writer_parks(&self) -> Option<Outgoing> {
+    pub(crate) fn writer_parks(&self) -> Option<Outgoing> {
         let mut waiting = self.waiting();
         if waiting.unwritten.is_empty() && waiting.frames.is_empty() {
             waiting.writer_idle = waiting.connection.is_some();

@@ -385,6 +385,76 @@ fn python_clients_get_room_broadcast_minus_excepted_room() {
     room_broadcast_skips_excepted_room(ClientKind::Python);
 }
 
+/// Every broadcast through the flush pass (`max_straight_recipients` 0): the members of "r"
+/// get its news in order over their websockets, whether the broadcasts came from the server's
+/// runtime (the pass's task writes them) or from outside any runtime (written in place), and
+/// the client in no room gets none.
+fn broadcasts_through_the_flush_pass_arrive_in_order(kind: ClientKind) {
+    let mut config = socketio::SocketIoConfig {
+        max_straight_recipients: 0,
+        ..common::test_config()
+    };
+    // No ping wakes a writer during the test: a frame the pass failed to write would stay.
+    config.engine.ping_interval = std::time::Duration::from_secs(300);
+    config.engine.ping_timeout = std::time::Duration::from_secs(300);
+    config.engine.upgrade_timeout = std::time::Duration::from_secs(300);
+    config.connect_timeout = std::time::Duration::from_secs(300);
+    let server = TestServer::start_with(config, interop_app(1, Observations::default()));
+    let memberships = ["r", "r", ""];
+    let mut clients: Vec<ClientProcess> = memberships
+        .iter()
+        .map(|rooms| ClientProcess::spawn(kind, &server.url(), "rooms", "websocket", rooms))
+        .collect();
+    for client in &mut clients {
+        client.expect("connected");
+    }
+    let ns = root(&server);
+    wait_until("three sockets, two in r", CONDITION_DEADLINE, || {
+        ns.sockets().len() == 3
+            && ns
+                .rooms()
+                .iter()
+                .any(|(name, count)| name.as_ref() == "r" && *count == 2)
+    });
+
+    for i in 0..10 {
+        ns.to("r").emit("news", &i).expect("news is JSON");
+    }
+    server.block_on(async {
+        for i in 10..20 {
+            ns.to("r").emit("news", &i).expect("news is JSON");
+        }
+    });
+    ns.emit("finish", &()).expect("finish is JSON");
+
+    for (rooms, client) in memberships.iter().zip(&mut clients) {
+        let finish = client.expect("finish");
+        let expected: Vec<u32> = if *rooms == "r" {
+            (0..20).collect()
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            finish["news"],
+            json!(expected),
+            "client in rooms {rooms:?}: {finish}"
+        );
+    }
+    for client in clients {
+        client.finish();
+    }
+}
+
+#[test]
+fn node_clients_get_broadcasts_through_the_flush_pass_in_order() {
+    broadcasts_through_the_flush_pass_arrive_in_order(ClientKind::Node);
+}
+
+#[test]
+fn python_clients_get_broadcasts_through_the_flush_pass_in_order() {
+    broadcasts_through_the_flush_pass_arrive_in_order(ClientKind::Python);
+}
+
 // --- server-side disconnect -------------------------------------------------------------------
 
 /// The server disconnects the client's "/" socket; "/" sees the server-disconnect reason, and

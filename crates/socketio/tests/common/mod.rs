@@ -136,6 +136,14 @@ impl TestServer {
         self.addr.port()
     }
 
+    /// Runs `work` on the server's runtime, as its handlers run, and waits for it.
+    pub fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.runtime
+            .as_ref()
+            .expect("the server runs until stopped")
+            .block_on(work)
+    }
+
     pub fn session_count(&self) -> usize {
         self.io.engine().session_count()
     }
