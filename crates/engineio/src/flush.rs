@@ -188,34 +188,36 @@ mod tests {
         }
     }
 
+    /// The next `n` bytes the client reads, waiting for them at most 30 s.
+    fn read(client: &mut UnixStream, n: usize) -> Vec<u8> {
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut read = vec![0; n];
+        client.read_exact(&mut read).expect("nothing written");
+        read
+    }
+
     #[test]
     fn outside_a_runtime_the_pass_is_made_in_place() {
         let (socket, _server, mut client) = idle_session();
         let pass = FlushPass::new();
         broadcast(&pass, &socket, "a");
-        let mut read = [0u8; 4];
-        client.read_exact(&mut read).unwrap();
-        assert_eq!(read, [0x81, 2, b'4', b'a']);
+        assert_eq!(read(&mut client, 4), [0x81, 2, b'4', b'a']);
     }
 
-    #[tokio::test]
+    // The test's body blocks on its reads: the pass's task runs on the runtime's worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_pass_writes_what_broadcasts_queued_in_one_write() {
-        let (socket, _server, client) = idle_session();
+        let (socket, _server, mut client) = idle_session();
         let pass = FlushPass::new();
         // Two broadcasts before the pass's task runs: one write for both.
         broadcast(&pass, &socket, "a");
         broadcast(&pass, &socket, "b");
-        let read = tokio::task::spawn_blocking(move || {
-            let mut client = client;
-            let mut read = [0u8; 8];
-            client.read_exact(&mut read).unwrap();
-            read
-        });
-        let read = tokio::time::timeout(std::time::Duration::from_secs(30), read)
-            .await
-            .expect("the pass wrote nothing")
-            .unwrap();
-        assert_eq!(read, [0x81, 2, b'4', b'a', 0x81, 2, b'4', b'b']);
+        assert_eq!(
+            read(&mut client, 8),
+            [0x81, 2, b'4', b'a', 0x81, 2, b'4', b'b']
+        );
     }
 
     #[test]
@@ -229,22 +231,12 @@ mod tests {
         // The task is spawned, never run: the runtime goes away first.
         runtime.block_on(async { broadcast(&pass, &socket, "a") });
         drop(runtime);
-        let mut read = [0u8; 4];
-        client.read_exact(&mut read).unwrap();
-        assert_eq!(read, [0x81, 2, b'4', b'a']);
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            broadcast(&pass, &socket, "b");
-            let read = tokio::task::spawn_blocking(move || {
-                let mut read = [0u8; 4];
-                client.read_exact(&mut read).unwrap();
-                read
-            });
-            let read = tokio::time::timeout(std::time::Duration::from_secs(30), read)
-                .await
-                .expect("no task wrote the second broadcast")
-                .unwrap();
-            assert_eq!(read, [0x81, 2, b'4', b'b']);
-        });
+        assert_eq!(read(&mut client, 4), [0x81, 2, b'4', b'a']);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        runtime.block_on(async { broadcast(&pass, &socket, "b") });
+        assert_eq!(read(&mut client, 4), [0x81, 2, b'4', b'b']);
     }
 }

@@ -330,13 +330,7 @@ fn python_client_sends_and_receives_binary_over_websocket() {
 fn room_broadcast_skips_excepted_room(kind: ClientKind) {
     let (server, _seen) = start_app();
     let memberships = ["r", "r,x", ""];
-    let mut clients: Vec<ClientProcess> = memberships
-        .iter()
-        .map(|rooms| ClientProcess::spawn(kind, &server.url(), "rooms", "default", rooms))
-        .collect();
-    for client in &mut clients {
-        client.expect("connected");
-    }
+    let clients = room_clients(kind, &server, "default", &memberships);
     let ns = root(&server);
     let members = |room: &str| {
         ns.rooms()
@@ -358,19 +352,36 @@ fn room_broadcast_skips_excepted_room(kind: ClientKind) {
     // meant for it.
     ns.emit("finish", &()).expect("finish is JSON");
 
-    for (rooms, client) in memberships.iter().zip(&mut clients) {
+    news_reached_r_alone(&memberships, clients, json!(["for r but not x"]));
+}
+
+/// One client per entry of `memberships` (its rooms, comma-separated) on the "rooms" scenario,
+/// each connected.
+fn room_clients(
+    kind: ClientKind,
+    server: &TestServer,
+    transport: &str,
+    memberships: &[&str],
+) -> Vec<ClientProcess> {
+    let mut clients: Vec<ClientProcess> = memberships
+        .iter()
+        .map(|rooms| ClientProcess::spawn(kind, &server.url(), "rooms", transport, rooms))
+        .collect();
+    for client in &mut clients {
+        client.expect("connected");
+    }
+    clients
+}
+
+/// Once "finish" reaches them, the clients in room "r" alone have seen `news`, the others none.
+fn news_reached_r_alone(memberships: &[&str], clients: Vec<ClientProcess>, news: Value) {
+    for (rooms, mut client) in memberships.iter().zip(clients) {
         let finish = client.expect("finish");
-        let expected = if *rooms == "r" {
-            json!(["for r but not x"])
-        } else {
-            json!([])
-        };
+        let expected = if *rooms == "r" { &news } else { &json!([]) };
         assert_eq!(
-            finish["news"], expected,
+            &finish["news"], expected,
             "client in rooms {rooms:?}: {finish}"
         );
-    }
-    for client in clients {
         client.finish();
     }
 }
@@ -401,13 +412,7 @@ fn broadcasts_through_the_flush_pass_arrive_in_order(kind: ClientKind) {
     config.connect_timeout = std::time::Duration::from_secs(300);
     let server = TestServer::start_with(config, interop_app(1, Observations::default()));
     let memberships = ["r", "r", ""];
-    let mut clients: Vec<ClientProcess> = memberships
-        .iter()
-        .map(|rooms| ClientProcess::spawn(kind, &server.url(), "rooms", "websocket", rooms))
-        .collect();
-    for client in &mut clients {
-        client.expect("connected");
-    }
+    let clients = room_clients(kind, &server, "websocket", &memberships);
     let ns = root(&server);
     wait_until("three sockets, two in r", CONDITION_DEADLINE, || {
         ns.sockets().len() == 3
@@ -427,22 +432,7 @@ fn broadcasts_through_the_flush_pass_arrive_in_order(kind: ClientKind) {
     });
     ns.emit("finish", &()).expect("finish is JSON");
 
-    for (rooms, client) in memberships.iter().zip(&mut clients) {
-        let finish = client.expect("finish");
-        let expected: Vec<u32> = if *rooms == "r" {
-            (0..20).collect()
-        } else {
-            vec![]
-        };
-        assert_eq!(
-            finish["news"],
-            json!(expected),
-            "client in rooms {rooms:?}: {finish}"
-        );
-    }
-    for client in clients {
-        client.finish();
-    }
+    news_reached_r_alone(&memberships, clients, json!((0..20).collect::<Vec<u32>>()));
 }
 
 #[test]
