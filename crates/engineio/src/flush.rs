@@ -50,33 +50,41 @@ impl<D: Send + Sync + 'static> FlushPass<D> {
     }
 
     /// Makes a pass over `sockets` soon: those [`Socket::send_deferred`] said are due.
-    /// Outside a tokio runtime (no task can run) the pass is made in place.
-    pub fn schedule(&self, sockets: impl IntoIterator<Item = Arc<Socket<D>>>) {
-        let runtime = tokio::runtime::Handle::try_current();
-        let mut due = self
-            .shared
-            .due
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        due.sockets.extend(sockets);
-        if due.sockets.is_empty() {
+    /// Outside a tokio runtime (no task can run) the pass is made in place. A broadcast that
+    /// owes no pass costs nothing here.
+    pub fn schedule(&self, sockets: Vec<Arc<Socket<D>>>) {
+        if sockets.is_empty() {
             return;
         }
-        let Ok(runtime) = runtime else {
-            let sockets = std::mem::take(&mut due.sockets);
-            drop(due);
-            let mut scratch = Vec::new();
-            for socket in sockets {
-                socket.flush(&mut scratch);
-            }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            flush_in_place(sockets);
             return;
         };
-        let start = !std::mem::replace(&mut due.started, true);
-        drop(due);
+        let start = {
+            let mut due = self.shared.due();
+            due.sockets.extend(sockets);
+            !std::mem::replace(&mut due.started, true)
+        };
         if start {
             runtime.spawn(run(Stopped(self.shared.clone())));
         }
         self.shared.wake.notify_one();
+    }
+}
+
+impl<D> Shared<D> {
+    fn due(&self) -> std::sync::MutexGuard<'_, Due<D>> {
+        self.due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A pass made by the caller, where no task can make it.
+fn flush_in_place<D>(sockets: Vec<Arc<Socket<D>>>) {
+    let mut scratch = Vec::new();
+    for socket in sockets {
+        socket.flush(&mut scratch);
     }
 }
 
@@ -100,13 +108,7 @@ async fn run<D: Send + Sync + 'static>(stopped: Stopped<D>) {
     let mut sockets = Vec::new();
     let mut scratch = Vec::new();
     loop {
-        {
-            let mut due = shared
-                .due
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            std::mem::swap(&mut sockets, &mut due.sockets);
-        }
+        std::mem::swap(&mut sockets, &mut shared.due().sockets);
         if sockets.is_empty() {
             if shared.closed.load(Ordering::Acquire) {
                 return;
@@ -133,18 +135,11 @@ struct Stopped<D>(Arc<Shared<D>>);
 impl<D> Drop for Stopped<D> {
     fn drop(&mut self) {
         let sockets = {
-            let mut due = self
-                .0
-                .due
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut due = self.0.due();
             due.started = false;
             std::mem::take(&mut due.sockets)
         };
-        let mut scratch = Vec::new();
-        for socket in sockets {
-            socket.flush(&mut scratch);
-        }
+        flush_in_place(sockets);
     }
 }
 
@@ -184,7 +179,7 @@ mod tests {
 
     fn broadcast(pass: &FlushPass<()>, socket: &Arc<Socket<()>>, text: &str) {
         if socket.send_deferred(Frame::message(text), false).unwrap() {
-            pass.schedule([socket.clone()]);
+            pass.schedule(vec![socket.clone()]);
         }
     }
 

@@ -129,6 +129,31 @@ struct Waiting {
     flush_due: bool,
 }
 
+impl Waiting {
+    /// The connection to write to now: the writer waits, idle, on one.
+    fn idle_connection(&self) -> Option<RawFd> {
+        self.connection.filter(|_| self.writer_idle)
+    }
+
+    /// Queues a frame; gives it back when `limit` frames are already waiting.
+    fn enqueue(&mut self, frame: Frame, limit: usize) -> Result<(), Frame> {
+        if self.frames.len() >= limit {
+            return Err(frame);
+        }
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
+    /// The first frame queued; a queue emptied after a burst gives its room back.
+    fn pop_front(&mut self) -> Option<Frame> {
+        let frame = self.frames.pop_front();
+        if self.frames.is_empty() && self.frames.capacity() > IDLE_CAPACITY {
+            self.frames = VecDeque::new();
+        }
+        frame
+    }
+}
+
 /// What the websocket's writer takes from the queue.
 pub(crate) enum Outgoing {
     Frame(Frame),
@@ -160,36 +185,20 @@ impl Queue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a frame for the writer; gives it back when `limit` frames are already waiting.
-    fn push(&self, frame: Frame) -> Result<(), Frame> {
-        {
-            let mut waiting = self.waiting();
-            if waiting.frames.len() >= self.limit {
-                return Err(frame);
-            }
-            waiting.frames.push_back(frame);
-            // Behind this frame, nothing may go straight to the connection.
-            waiting.writer_idle = false;
-        }
-        self.ready.wake();
-        Ok(())
-    }
-
     /// Writes a frame straight to the websocket's connection when its writer is idle, and
-    /// queues it otherwise (or what the kernel did not take of it).
+    /// queues it for the writer otherwise (or what the kernel did not take of it); gives it
+    /// back when `limit` frames are already waiting.
     fn push_now(&self, frame: Frame) -> Result<(), Frame> {
         let mut waiting = self.waiting();
-        let Some(fd) = waiting.connection.filter(|_| waiting.writer_idle) else {
+        let Some(fd) = waiting.idle_connection() else {
+            waiting.enqueue(frame, self.limit)?;
             drop(waiting);
-            return self.push(frame);
+            self.ready.wake();
+            return Ok(());
         };
         if waiting.flush_due {
             // Behind frames a flush pass is about to write: it writes this one too.
-            if waiting.frames.len() >= self.limit {
-                return Err(frame);
-            }
-            waiting.frames.push_back(frame);
-            return Ok(());
+            return waiting.enqueue(frame, self.limit);
         }
         // Under the lock: the task cannot take the connection back, or close it, meanwhile.
         match crate::transport::ws::write_now(fd, &frame) {
@@ -205,15 +214,12 @@ impl Queue {
     }
 
     /// Queues a frame for a flush pass when the writer is idle, without waking it; wakes it
-    /// otherwise, as [`Queue::push`] does. `Ok(true)`: the caller is to schedule a pass for
+    /// otherwise, as [`Queue::push_now`] does. `Ok(true)`: the caller is to schedule a pass for
     /// this session (the first frame it owes one).
     fn push_deferred(&self, frame: Frame) -> Result<bool, Frame> {
         let mut waiting = self.waiting();
-        if waiting.frames.len() >= self.limit {
-            return Err(frame);
-        }
-        waiting.frames.push_back(frame);
-        if waiting.writer_idle && waiting.connection.is_some() {
+        waiting.enqueue(frame, self.limit)?;
+        if waiting.idle_connection().is_some() {
             return Ok(!std::mem::replace(&mut waiting.flush_due, true));
         }
         drop(waiting);
@@ -230,23 +236,16 @@ impl Queue {
         if waiting.frames.is_empty() {
             return;
         }
-        let fd = waiting.connection.filter(|_| waiting.writer_idle);
-        if let Some(fd) = fd {
+        if let Some(fd) = waiting.idle_connection() {
             scratch.clear();
             crate::transport::ws::frame_all(scratch, &waiting.frames);
-            match crate::transport::ws::send_now(fd, [&scratch[..], &[]]) {
-                Ok(None) => {
-                    waiting.frames.clear();
-                    if waiting.frames.capacity() > IDLE_CAPACITY {
-                        waiting.frames = VecDeque::new();
-                    }
+            let sent = crate::transport::ws::send_now(fd, [&scratch[..], &[]]);
+            if let Ok(unwritten) = sent {
+                waiting.frames = VecDeque::new();
+                let Some(unwritten) = unwritten else {
                     return;
-                }
-                Ok(Some(unwritten)) => {
-                    waiting.frames.clear();
-                    waiting.unwritten = unwritten;
-                }
-                Err(_) => {}
+                };
+                waiting.unwritten = unwritten;
             }
             waiting.writer_idle = false;
         }
@@ -255,12 +254,7 @@ impl Queue {
     }
 
     fn pop(&self) -> Option<Frame> {
-        let mut waiting = self.waiting();
-        let frame = waiting.frames.pop_front();
-        if waiting.frames.is_empty() && waiting.frames.capacity() > IDLE_CAPACITY {
-            waiting.frames = VecDeque::new();
-        }
-        frame
+        self.waiting().pop_front()
     }
 
     /// The websocket's next write, for its task: what a straight write left, then the queue.
@@ -272,11 +266,7 @@ impl Queue {
         if !waiting.unwritten.is_empty() {
             return Some(Outgoing::Unwritten(std::mem::take(&mut waiting.unwritten)));
         }
-        let frame = waiting.frames.pop_front()?;
-        if waiting.frames.is_empty() && waiting.frames.capacity() > IDLE_CAPACITY {
-            waiting.frames = VecDeque::new();
-        }
-        Some(Outgoing::Frame(frame))
+        waiting.pop_front().map(Outgoing::Frame)
     }
 
     /// The websocket's task parks: frames may go straight to its connection until it takes
@@ -513,13 +503,13 @@ impl<D> Socket<D> {
     /// whose queue is full is too slow to keep; its session is closed rather than letting it
     /// pin unbounded memory.
     pub fn send(&self, frame: Frame) -> Result<(), SendError> {
-        self.enqueue(frame, false)
+        self.offer(frame, false, Queue::push_now)
     }
 
     /// Sends a frame the client may miss (volatile): dropped, not fatal, when the queue is
     /// full. Returns whether it was sent.
     pub fn send_volatile(&self, frame: Frame) -> bool {
-        self.enqueue(frame, true).is_ok()
+        self.offer(frame, true, Queue::push_now).is_ok()
     }
 
     /// Queues a frame for a broadcast to many clients: a writer that is idle is not woken,
@@ -527,21 +517,7 @@ impl<D> Socket<D> {
     /// broadcasts come faster than passes. `Ok(true)`: the caller is to give the session to its
     /// pass (see [`crate::FlushPass::schedule`]). `volatile` as in [`Socket::send_volatile`].
     pub fn send_deferred(&self, frame: Frame, volatile: bool) -> Result<bool, SendError> {
-        if self.is_closed() {
-            return Err(SendError::Closed);
-        }
-        match self.queue.push_deferred(frame) {
-            Ok(due) => {
-                crate::counters::sent();
-                Ok(due)
-            }
-            Err(_) => {
-                if !volatile {
-                    self.close(DisconnectReason::SlowClient);
-                }
-                Err(SendError::Full)
-            }
-        }
+        self.offer(frame, volatile, Queue::push_deferred)
     }
 
     /// The flush pass's turn for this session (see [`crate::FlushPass`]); `scratch` is the
@@ -550,18 +526,26 @@ impl<D> Socket<D> {
         self.queue.flush(scratch);
     }
 
-    fn enqueue(&self, frame: Frame, volatile: bool) -> Result<(), SendError> {
+    /// Gives a frame to the queue by `push`, for an open session, and counts it. A full queue
+    /// closes the session unless the frame is `volatile` (then only that frame is dropped).
+    fn offer<T>(
+        &self,
+        frame: Frame,
+        volatile: bool,
+        push: impl FnOnce(&Queue, Frame) -> Result<T, Frame>,
+    ) -> Result<T, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        match self.queue.push_now(frame) {
-            Ok(()) => {
+        match push(&self.queue, frame) {
+            Ok(pushed) => {
                 crate::counters::sent();
-                Ok(())
+                Ok(pushed)
             }
-            Err(_) if volatile => Err(SendError::Full),
             Err(_) => {
-                self.close(DisconnectReason::SlowClient);
+                if !volatile {
+                    self.close(DisconnectReason::SlowClient);
+                }
                 Err(SendError::Full)
             }
         }
@@ -718,8 +702,8 @@ mod tests {
     fn a_straight_frame_never_overtakes_a_queued_one() {
         let (queue, _server, mut client) = carried_queue();
         assert!(queue.writer_parks().is_none());
-        // A broadcast to many queues for the writer, which has not run yet.
-        queue.push(Frame::message("first")).unwrap();
+        // A broadcast to many queues for a pass, which has not run yet.
+        assert_eq!(queue.push_deferred(Frame::message("first")), Ok(true));
         queue.push_now(Frame::message("second")).unwrap();
         assert!(readable(&mut client).is_empty(), "the second went ahead");
         assert_eq!(frame_of(queue.next_outgoing()), Frame::message("first"));

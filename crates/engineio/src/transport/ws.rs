@@ -2,7 +2,7 @@
 //! one (`2probe` / `3probe`, a noop to end the pending GET, then `5`).
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -70,18 +70,10 @@ impl TcpConnection {
             return;
         };
         if coalesce {
-            let off: libc::c_int = 0;
             // SAFETY: `fd` is open (see `new`): the websocket that owns it is being started.
+            let connection = unsafe { BorrowedFd::borrow_raw(fd) };
             // A failure leaves Nagle off, which costs writes, not correctness.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_NODELAY,
-                    (&off as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
+            let _ = socket2::SockRef::from(&connection).set_tcp_nodelay(false);
         }
         socket.queue.carried_on(Some(fd));
     }
@@ -208,9 +200,7 @@ async fn probe<D>(socket: &Socket<D>, ws: &mut Ws) -> Result<(), ()> {
         };
         match Packet::decode_text(text) {
             Ok(Packet::Ping(payload)) if payload == "probe" && !probed => {
-                write_frames(ws, &[Frame::PONG_PROBE])
-                    .await
-                    .map_err(|_| ())?;
+                write_frame(ws, &Frame::PONG_PROBE).await.map_err(|_| ())?;
                 // Ends the pending GET so the client can pause polling.
                 socket.transport_changes.notify_waiters();
                 probed = true;
@@ -639,25 +629,21 @@ async fn write_queued(
     deadline: std::time::Duration,
 ) -> Result<(), DisconnectReason> {
     let write = async {
-        let mut batch = Vec::new();
-        let mut next = match first {
-            Outgoing::Frame(frame) => Some(frame),
-            // The end of a frame that went out in part: it goes on, alone or with what follows.
-            Outgoing::Unwritten(bytes) => {
-                batch = bytes;
-                outbox.try_next(queue)
-            }
+        let (mut batch, mut next) = match first {
+            Outgoing::Frame(frame) => (Vec::new(), Some(frame)),
+            // The end of a frame that went out in part: it goes on, with what follows.
+            Outgoing::Unwritten(bytes) => (bytes, outbox.try_next(queue)),
         };
-        if next.is_none() {
-            ws.write_all(&batch).await?;
-        }
         while let Some(frame) = next.take() {
             put_engine_frame(&mut batch, &frame);
             next = outbox.try_next(queue);
-            if replies || next.is_none() || batch.len() >= BATCH_BYTES {
+            if replies || batch.len() >= BATCH_BYTES {
                 ws.write_all(&batch).await?;
                 batch.clear();
             }
+        }
+        if !batch.is_empty() {
+            ws.write_all(&batch).await?;
         }
         Ok::<(), std::io::Error>(())
     };
@@ -669,15 +655,10 @@ async fn write_queued(
     }
 }
 
-/// Writes `frames` in one write.
-async fn write_frames(ws: &mut Ws, frames: &[Frame]) -> std::io::Result<()> {
-    if frames.is_empty() {
-        return Ok(());
-    }
+/// Writes one frame.
+async fn write_frame(ws: &mut Ws, frame: &Frame) -> std::io::Result<()> {
     let mut out = Vec::new();
-    for frame in frames {
-        put_engine_frame(&mut out, frame);
-    }
+    put_engine_frame(&mut out, frame);
     ws.write_all(&out).await
 }
 
@@ -717,19 +698,14 @@ pub(crate) fn frame_all<'a>(out: &mut Vec<u8>, frames: impl IntoIterator<Item = 
 /// `None` once all went, the bytes left when the kernel took a part, an error when it took
 /// nothing.
 pub(crate) fn send_now(fd: RawFd, parts: [&[u8]; 2]) -> std::io::Result<Option<Vec<u8>>> {
-    let mut iov = parts.map(|part| libc::iovec {
-        iov_base: part.as_ptr() as *mut libc::c_void,
-        iov_len: part.len(),
-    });
-    // SAFETY: a zeroed msghdr is an empty one; it points at `iov`, which outlives the call.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = iov.as_mut_ptr();
-    message.msg_iovlen = parts.len() as _;
     // SAFETY: `fd` is the open connection of the websocket whose queue's lock the caller
-    // holds (see `Queue`); sendmsg reads the buffers `iov` points at and nothing else. No
-    // SIGPIPE for a connection the client closed: an EPIPE error instead.
-    let sent = unsafe { libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    let mut sent = usize::try_from(sent).map_err(|_| std::io::Error::last_os_error())?;
+    // holds (see `Queue`).
+    let connection = unsafe { BorrowedFd::borrow_raw(fd) };
+    // No SIGPIPE for a connection the client closed: an EPIPE error instead.
+    let mut sent = socket2::SockRef::from(&connection).send_vectored_with_flags(
+        &parts.map(std::io::IoSlice::new),
+        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+    )?;
     let total: usize = parts.iter().map(|part| part.len()).sum();
     if sent >= total {
         return Ok(None);
