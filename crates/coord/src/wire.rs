@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use engineio::{Frame, Str};
 use serde::{Deserialize, Serialize};
-use socketio::{BroadcastOptions, Room};
+use socketio::{BroadcastOptions, Mark, Own, Room};
 
 /// A broadcast for the other workers: the encoded packet and who it is for.
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +29,21 @@ pub struct WireBroadcast {
     pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// Its sender's mark, from a worker that delivers its own events first (see
+    /// [`socketio::SessionStore::own_first`]), and whether it did with this one: the master
+    /// then hands it to the other workers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<Mark>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first: bool,
+    /// For its sender's sockets alone (a socket's own emit): numbered and kept, but handed to
+    /// no other worker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
+    /// How many of its sender's events the master has handed on, this one included, for a
+    /// worker to tell one it missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed: Option<u64>,
 }
 
 impl WireBroadcast {
@@ -52,7 +67,20 @@ impl WireBroadcast {
             except_sids: opts.except_sids.iter().map(|s| s.to_string()).collect(),
             seq: None,
             epoch: None,
+            mark: None,
+            first: false,
+            local: false,
+            handed: None,
         }
+    }
+
+    /// The sender's side of it, as a store hands it on.
+    pub fn own(&self) -> Option<Own> {
+        self.mark.map(|mark| Own {
+            mark,
+            delivered: self.first,
+            handed: self.handed,
+        })
     }
 
     /// An order to disconnect the matching sockets, for the other workers.
@@ -68,12 +96,13 @@ impl WireBroadcast {
     pub fn apply(self, io: &socketio::SocketIo) -> bool {
         let disconnect = self.disconnect;
         let numbered = self.seq.zip(self.epoch.clone());
+        let own = self.own();
         let Some((ns, frames, opts)) = self.decode() else {
             return false;
         };
         if let Some(ns) = io.of(&ns) {
             if let Some((seq, epoch)) = numbered {
-                ns.deliver_sequenced(&epoch, seq, &frames, &opts);
+                ns.deliver_sequenced(&epoch, seq, own, &frames, &opts);
                 return true;
             }
             let sids = ns.adapter().sockets(&opts);

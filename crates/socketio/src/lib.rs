@@ -44,8 +44,8 @@ pub use handshake::{cookie, Handshake};
 pub use namespace::Namespace;
 pub use recovery::{
     Audience, Digest, EventSnapshot, KeptSnapshot, LocalStore, LogBounds, LogSnapshot, LogStats,
-    Owner, RecoveryConfig, RecoveryLog, RecoveryStats, RestoreRequest, Restored, Sequenced,
-    SessionRecord, SessionStore, SnapshotError, StoreFactory,
+    Mark, Own, Owner, RecoveryConfig, RecoveryLog, RecoveryStats, RestoreRequest, Restored,
+    Sequenced, SessionRecord, SessionStore, SnapshotError, StoreFactory,
 };
 pub use server::{Dispatcher, SocketIo};
 pub use socket::{DisconnectReason, Socket};

@@ -87,16 +87,18 @@ impl Namespace {
     }
 
     /// Delivers an event its recovery store numbered (see [`crate::SessionStore`]) to the
-    /// local sockets it is for. A store calls it for every event, in number order.
+    /// local sockets it is for. A store calls it for every event, in number order, with the
+    /// sender's mark it was given (see [`crate::SessionStore::own_first`]).
     pub fn deliver_sequenced(
         &self,
         epoch: &str,
         seq: u64,
+        own: Option<crate::Own>,
         frames: &[Frame],
         opts: &BroadcastOptions,
     ) {
         match &self.recovery {
-            Some(recovery) => recovery.deliver_sequenced(self, epoch, seq, frames, opts),
+            Some(recovery) => recovery.deliver_sequenced(self, epoch, seq, own, frames, opts),
             None => self.deliver(&self.adapter.sockets(opts), frames, opts.volatile),
         }
     }

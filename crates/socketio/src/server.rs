@@ -366,11 +366,14 @@ pub(crate) async fn lookup_kept_socket(
     offset: &str,
     counted: bool,
 ) -> Option<Attempt> {
-    let (epoch, after) = parse_offset(offset)?;
+    let offset = parse_offset(offset)?;
+    let epoch = offset.epoch;
     let request = RestoreRequest {
         pid_hash,
         epoch: epoch.clone(),
-        after,
+        after: offset.seq,
+        had_own: offset.own,
+        asker: Some(recovery.process()),
         binding: recovery.binding(conn.headers()),
     };
     let hold = recovery.hold(counted);

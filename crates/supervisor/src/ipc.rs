@@ -83,7 +83,8 @@ pub enum ToMaster {
         body: Box<RawValue>,
     },
     /// A message the master's service numbers (see [`crate::master::MasterService::sequence`])
-    /// and hands to every worker, this one included, in number order.
+    /// and hands, in number order, to every worker it is for (this one too unless it had it
+    /// already: [`crate::master::Numbered`]).
     Sequence {
         #[serde(deserialize_with = "raw_from_any")]
         body: Box<RawValue>,
@@ -498,8 +499,8 @@ impl WorkerLink {
             .map_err(|_| LinkError::Closed)
     }
 
-    /// Sends a message for the master's service to number and hand to every worker, this one
-    /// included; fails when the master is gone.
+    /// Sends a message for the master's service to number and hand to the workers it is for;
+    /// fails when the master is gone.
     pub fn sequence(&self, body: Box<RawValue>) -> Result<(), LinkError> {
         self.tx
             .send(ToMaster::Sequence { body })

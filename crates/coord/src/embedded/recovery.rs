@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use socketio::{
-    BroadcastOptions, Digest, EmitError, LogSnapshot, LogStats, Namespace, RecoveryConfig,
+    BroadcastOptions, Digest, EmitError, LogSnapshot, LogStats, Namespace, Own, RecoveryConfig,
     RecoveryLog, RestoreRequest, Restored, Sequenced, SessionRecord, SessionStore, StoreFactory,
 };
 use supervisor::ipc::WorkerLink;
+use supervisor::master::Numbered;
 
 use crate::wire::WireBroadcast;
 
@@ -53,6 +54,8 @@ struct WireRestored {
     sid: String,
     rooms: Vec<String>,
     upto: u64,
+    #[serde(default)]
+    own_upto: u64,
     /// Numbered events, `seq` set.
     missed: Vec<WireBroadcast>,
 }
@@ -100,8 +103,15 @@ impl SessionStore for MasterSessionStore {
         _ns: &Namespace,
         frames: &[Frame],
         opts: &BroadcastOptions,
+        own: Option<Own>,
     ) -> Result<(), EmitError> {
-        let body = serde_json::value::to_raw_value(&WireBroadcast::new(&self.ns, frames, opts))
+        let event = WireBroadcast {
+            mark: own.map(|own| own.mark),
+            first: own.is_some_and(|own| own.delivered),
+            local: opts.local,
+            ..WireBroadcast::new(&self.ns, frames, opts)
+        };
+        let body = serde_json::value::to_raw_value(&event)
             .map_err(|error| EmitError::NotRelayed(format!("cannot encode it: {error}")))?;
         // Fails only when the master is gone, and this worker with it.
         self.link
@@ -110,6 +120,13 @@ impl SessionStore for MasterSessionStore {
     }
 
     fn is_shared(&self) -> bool {
+        true
+    }
+
+    /// The master numbers events in the order workers send them, so a worker's own are
+    /// numbered after everything it had delivered when it sent them: it delivers them at
+    /// once, and the master hands them to the other workers only.
+    fn own_first(&self) -> bool {
         true
     }
 
@@ -154,6 +171,7 @@ impl SessionStore for MasterSessionStore {
                 rooms: restored.rooms.into_iter().map(Into::into).collect(),
                 missed,
                 upto: restored.upto,
+                own_upto: restored.own_upto,
             })
         }
         .boxed()
@@ -164,7 +182,14 @@ impl SessionStore for MasterSessionStore {
 #[derive(Default)]
 pub struct RecoveryService {
     logs: Mutex<HashMap<String, RecoveryLog>>,
+    /// How many events of each sending process (its [`socketio::Mark::process`]) were handed
+    /// to other workers, at most [`MAX_SENDERS`] of them.
+    handed: Mutex<HashMap<u64, u64>>,
 }
+
+/// Senders whose handed events the master counts; beyond, it starts over (a worker that
+/// sees no count cannot tell a gap for one event).
+const MAX_SENDERS: usize = 1024;
 
 impl RecoveryService {
     /// Whether `body` is a recovery request.
@@ -234,28 +259,54 @@ impl RecoveryService {
                     sid: restored.sid.to_string(),
                     rooms: restored.rooms.iter().map(|r| r.to_string()).collect(),
                     upto: restored.upto,
+                    own_upto: restored.own_upto,
                     missed,
                 }})
             }
         }
     }
 
-    /// Numbers a worker's event in its namespace's log: the line every worker gets, the
-    /// event with its number and epoch. `None` for a malformed one or an unknown namespace.
-    pub(super) fn sequence(&self, body: &RawValue) -> Option<Box<RawValue>> {
+    /// Numbers a worker's event in its namespace's log: the line the workers get, the event
+    /// with its number and epoch, and whether its sender delivered it already. `None` for a
+    /// malformed one or an unknown namespace.
+    pub(super) fn sequence(&self, body: &RawValue) -> Option<Numbered> {
         let event: WireBroadcast = serde_json::from_str(body.get()).ok()?;
+        let (mark, first, local) = (event.mark, event.first, event.local);
         let (ns, frames, mut opts) = event.decode()?;
         opts.local = false;
         let mut logs = self.logs.lock().ok()?;
         let log = logs.get_mut(&ns)?;
-        let seq = log.append(&frames, &opts);
+        let seq = log.append_marked(&frames, &opts, mark);
+        let epoch = serde_json::to_string(log.epoch()).ok()?;
+        drop(logs);
+        let to_others = !local;
+        let handed = match mark.filter(|_| to_others) {
+            Some(mark) => format!(r#","handed":{}"#, self.count_handed(mark.process)),
+            None => String::new(),
+        };
         // The worker's own JSON, with the number in front: not encoded again.
         let numbered = format!(
-            r#"{{"seq":{seq},"epoch":{},{}"#,
-            serde_json::to_string(log.epoch()).ok()?,
+            r#"{{"seq":{seq},"epoch":{epoch}{handed},{}"#,
             body.get().trim_start().strip_prefix('{')?
         );
-        RawValue::from_string(numbered).ok()
+        Some(Numbered {
+            line: RawValue::from_string(numbered).ok()?,
+            to_sender: !first,
+            to_others,
+        })
+    }
+
+    /// Counts an event of `process` handed to the other workers; returns the count.
+    fn count_handed(&self, process: u64) -> u64 {
+        let Ok(mut handed) = self.handed.lock() else {
+            return 0;
+        };
+        if handed.len() >= MAX_SENDERS && !handed.contains_key(&process) {
+            handed.clear();
+        }
+        let count = handed.entry(process).or_default();
+        *count += 1;
+        *count
     }
 
     /// The sockets a dead worker served may come back elsewhere from now.
@@ -349,6 +400,41 @@ mod tests {
         .unwrap()
     }
 
+    /// An event of process 5's `index`th, delivered by it first, for a room or its own socket.
+    fn own_event(index: u64, local: bool) -> Box<RawValue> {
+        let opts = BroadcastOptions::default();
+        let event = WireBroadcast {
+            mark: Some(socketio::Mark { process: 5, index }),
+            first: true,
+            local,
+            ..WireBroadcast::new("/", &[Frame::Text("2[\"a\"]".into())], &opts)
+        };
+        serde_json::value::to_raw_value(&event).unwrap()
+    }
+
+    #[test]
+    fn an_event_its_sender_delivered_goes_to_the_others_counted_and_one_for_its_socket_to_none() {
+        let service = RecoveryService::default();
+        open(&service, 10);
+        let handed = |numbered: &Numbered| {
+            serde_json::from_str::<WireBroadcast>(numbered.line.get())
+                .unwrap()
+                .handed
+        };
+        let first = service.sequence(&own_event(1, false)).unwrap();
+        assert!(!first.to_sender && first.to_others);
+        assert_eq!(handed(&first), Some(1));
+        // A socket's own emit: kept for its replay, handed to nobody, not counted.
+        let local = service.sequence(&own_event(2, true)).unwrap();
+        assert!(!local.to_sender && !local.to_others);
+        let third = service.sequence(&own_event(3, false)).unwrap();
+        assert_eq!(handed(&third), Some(2), "the others tell no gap");
+        // An event numbered before its sender delivers it goes back to it too.
+        let echoed = service.sequence(&event("2[\"b\"]", &[])).unwrap();
+        assert!(echoed.to_sender && echoed.to_others);
+        assert_eq!(service.stats()[0].1.packets, 4);
+    }
+
     #[test]
     fn events_are_numbered_in_order_and_keep_the_workers_json() {
         let service = RecoveryService::default();
@@ -357,11 +443,22 @@ mod tests {
             "not open"
         );
         open(&service, 10);
-        let first: WireBroadcast =
-            serde_json::from_str(service.sequence(&event("2[\"a\"]", &["r"])).unwrap().get())
-                .unwrap();
-        let second: WireBroadcast =
-            serde_json::from_str(service.sequence(&event("2[\"b\"]", &[])).unwrap().get()).unwrap();
+        let first: WireBroadcast = serde_json::from_str(
+            service
+                .sequence(&event("2[\"a\"]", &["r"]))
+                .unwrap()
+                .line
+                .get(),
+        )
+        .unwrap();
+        let second: WireBroadcast = serde_json::from_str(
+            service
+                .sequence(&event("2[\"b\"]", &[]))
+                .unwrap()
+                .line
+                .get(),
+        )
+        .unwrap();
         assert_eq!((first.seq, second.seq), (Some(1), Some(2)));
         assert_eq!(first.epoch, second.epoch);
         assert_eq!(first.rooms, vec!["r".to_owned()]);
@@ -376,6 +473,7 @@ mod tests {
             service
                 .sequence(&event("2[\"seen\"]", &["r"]))
                 .unwrap()
+                .line
                 .get(),
         )
         .unwrap();
@@ -405,6 +503,8 @@ mod tests {
                         pid_hash,
                         epoch: numbered.epoch.clone().unwrap(),
                         after: 1,
+                        had_own: None,
+                        asker: None,
                         binding: None,
                     },
                 }),

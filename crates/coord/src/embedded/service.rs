@@ -168,7 +168,7 @@ impl MasterService for StoreService {
         }
     }
 
-    fn sequence(&self, _worker: u64, body: &RawValue) -> Option<Box<RawValue>> {
+    fn sequence(&self, _worker: u64, body: &RawValue) -> Option<supervisor::master::Numbered> {
         self.recovery.sequence(body)
     }
 
@@ -384,7 +384,7 @@ mod tests {
         ))
         .unwrap();
         let numbered = |service: &StoreService| -> WireBroadcast {
-            serde_json::from_str(service.sequence(1, &event).unwrap().get()).unwrap()
+            serde_json::from_str(service.sequence(1, &event).unwrap().line.get()).unwrap()
         };
         let first = numbered(&old);
         let handed = old.hand_over().unwrap();

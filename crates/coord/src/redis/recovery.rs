@@ -24,7 +24,7 @@ use engineio::Frame;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use socketio::{
-    BroadcastOptions, Digest, EmitError, Namespace, RecoveryConfig, RestoreRequest, Restored,
+    BroadcastOptions, Digest, EmitError, Namespace, Own, RecoveryConfig, RestoreRequest, Restored,
     Sequenced, SessionRecord, SessionStore, StoreFactory,
 };
 
@@ -263,6 +263,7 @@ impl SessionStore for RedisSessionStore {
         ns: &Namespace,
         frames: &[Frame],
         opts: &BroadcastOptions,
+        _own: Option<Own>,
     ) -> Result<(), EmitError> {
         let event = WireBroadcast::new(ns.path(), frames, opts);
         let json = serde_json::to_string(&event)
@@ -401,10 +402,12 @@ fn claimed_socket(found: Vec<String>, max_bytes: usize) -> Option<Restored> {
         }
         missed.push(Sequenced { seq, frames, opts });
     }
+    // Every worker delivers its own events through the feed here (no `own_first`).
     Some(Restored {
         sid,
         rooms,
         missed,
         upto,
+        own_upto: 0,
     })
 }

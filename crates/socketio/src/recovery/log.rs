@@ -12,7 +12,7 @@ use std::time::Instant;
 use engineio::Frame;
 
 use super::kept::{Detached, Kept, KeptSockets};
-use super::{Digest, RecoveryConfig, RestoreRequest, Restored, Sequenced, SessionRecord};
+use super::{Digest, Mark, RecoveryConfig, RestoreRequest, Restored, Sequenced, SessionRecord};
 use crate::adapter::BroadcastOptions;
 use crate::Room;
 
@@ -51,6 +51,8 @@ struct Logged {
     bytes: usize,
     opts: BroadcastOptions,
     frames: Vec<Frame>,
+    /// Its sender's, when its sender delivered it first (see [`crate::SessionStore::own_first`]).
+    mark: Option<Mark>,
 }
 
 /// What a log holds, for status.
@@ -87,6 +89,17 @@ impl RecoveryLog {
     /// Numbers an event and keeps it for replay; a volatile one is numbered only (never
     /// replayed). Returns its number.
     pub fn append(&mut self, frames: &[Frame], opts: &BroadcastOptions) -> u64 {
+        self.append_marked(frames, opts, None)
+    }
+
+    /// [`RecoveryLog::append`] of an event with its sender's mark: a client whose offset
+    /// says it had that event is not given it again.
+    pub fn append_marked(
+        &mut self,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+        mark: Option<Mark>,
+    ) -> u64 {
         self.next += 1;
         let seq = self.next;
         if opts.volatile {
@@ -108,6 +121,7 @@ impl RecoveryLog {
             bytes,
             opts: opts.clone(),
             frames: frames.to_vec(),
+            mark,
         });
         seq
     }
@@ -154,7 +168,8 @@ impl RecoveryLog {
         self.sessions.owner_gone(owner, now);
     }
 
-    /// Takes back a kept socket with the events after the request's offset that were for it.
+    /// Takes back a kept socket with the events after the request's offset that were for it,
+    /// but those its offset says it had from its process ([`RestoreRequest::had_own`]).
     /// `None`, and nothing taken, when the socket is unknown or expired, the client is not the
     /// one it was bound to, the offset is not one of this log's, or events it missed are no
     /// longer kept.
@@ -168,27 +183,46 @@ impl RecoveryLog {
             return None;
         }
         let (sid, rooms) = kept.unpack();
-        if request.after < self.floors.of(&sid, &rooms) {
+        if self
+            .floors
+            .passed(&sid, &rooms, request.after, request.had_own)
+        {
             return None;
         }
         self.sessions.remove(&request.pid_hash)?;
         // From here on its client's offsets are past anything evicted for it.
         self.floors.forget(&sid);
+        let had = |mark: Option<Mark>| {
+            mark.zip(request.had_own)
+                .is_some_and(|(mark, had)| mark.process == had.process && mark.index <= had.index)
+        };
         let missed = self
             .events
             .iter()
-            .filter(|event| event.seq > request.after && event.opts.is_for(&sid, &rooms))
+            .filter(|event| event.seq > request.after && !had(event.mark))
+            .filter(|event| event.opts.is_for(&sid, &rooms))
             .map(|event| Sequenced {
                 seq: event.seq,
                 frames: event.frames.clone(),
                 opts: event.opts.clone(),
             })
             .collect();
+        // The asker holds its own events from before it asked; those numbered by now are in
+        // the replay if they were for the socket.
+        let own_upto = self
+            .events
+            .iter()
+            .filter_map(|event| event.mark)
+            .filter(|mark| Some(mark.process) == request.asker)
+            .map(|mark| mark.index)
+            .max()
+            .unwrap_or(0);
         Some(Restored {
             sid,
             rooms,
             missed,
             upto: self.next,
+            own_upto,
         })
     }
 
@@ -216,7 +250,7 @@ impl RecoveryLog {
     fn evict_oldest(&mut self) {
         if let Some(event) = self.events.pop_front() {
             self.floors
-                .raise(&event.opts, event.seq, self.config.max_sessions);
+                .raise(&event.opts, event.seq, event.mark, self.config.max_sessions);
             self.bytes -= event.bytes;
             self.evicted += 1;
         }
@@ -239,31 +273,74 @@ impl RecoveryLog {
     }
 }
 
-/// The number of the last evicted event for each room (a socket's own room included) and for
-/// everyone.
+/// The last evicted event for each room (a socket's own room included) and for everyone.
 #[derive(Default)]
 struct Floors {
     /// Events for every socket of the namespace, and those of rooms beyond the bound.
-    everyone: u64,
+    everyone: Floor,
     /// By a 64-bit keyed hash of the room's name, not the name: most are sockets' own rooms,
     /// one per socket that was sent an event, and a name would be an allocation each. Two
     /// rooms with the same hash (about one chance in 2^64 per pair) share the higher floor, so
     /// a socket may start afresh that could have recovered, never recover with a gap.
-    rooms: HashMap<u64, u64>,
+    rooms: HashMap<u64, Floor>,
     hasher: RandomState,
 }
 
-impl Floors {
-    /// The highest floor of all: what a log that cannot tell this one's rooms apart (another
-    /// process's, whose hashes differ) takes for everyone's.
-    fn highest(&self) -> u64 {
-        self.rooms.values().copied().fold(self.everyone, u64::max)
+/// The evicted events for a room: the number of the last, and when the last ones came from
+/// one process that delivered them first (see [`crate::SessionStore::own_first`]), its mark
+/// and the number of the last evicted event before them. A client of that process had those
+/// without its offset's number reaching them: its offset's mark says so.
+#[derive(Clone, Copy, Default)]
+struct Floor {
+    last: u64,
+    run: Option<(Mark, u64)>,
+}
+
+impl Floor {
+    /// An event numbered `seq`, with `mark`, was evicted after those already counted.
+    fn raise(&mut self, seq: u64, mark: Option<Mark>) {
+        self.run = match (mark, self.run) {
+            (Some(mark), Some((run, before))) if run.process == mark.process => {
+                Some((mark, before))
+            }
+            (Some(mark), _) => Some((mark, self.last)),
+            (None, _) => None,
+        };
+        self.last = seq;
     }
 
+    /// Whether a client with an offset at `after` and own events `had_own` missed an event
+    /// counted here.
+    fn passed(&self, after: u64, had_own: Option<Mark>) -> bool {
+        match (self.run, had_own) {
+            (Some((run, before)), Some(had)) if run.process == had.process => {
+                before > after || run.index > had.index
+            }
+            _ => self.last > after,
+        }
+    }
+}
+
+impl Floors {
     /// Sets the floor of `room`.
     fn set(&mut self, room: &str, seq: u64) {
         let key = self.key(room);
-        self.rooms.insert(key, seq);
+        self.rooms.insert(
+            key,
+            Floor {
+                last: seq,
+                run: None,
+            },
+        );
+    }
+
+    fn get(&self, room: &str) -> Option<&Floor> {
+        self.rooms.get(&self.key(room))
+    }
+
+    fn get_mut(&mut self, room: &str) -> Option<&mut Floor> {
+        let key = self.key(room);
+        self.rooms.get_mut(&key)
     }
 
     /// A socket taken back or gone: its own room needs no floor.
@@ -276,34 +353,41 @@ impl Floors {
         self.hasher.hash_one(room)
     }
 
-    /// An event for the sockets `opts` selects, numbered `seq`, was evicted. At most `bound`
-    /// rooms are tracked; beyond it every socket counts as having missed it.
-    fn raise(&mut self, opts: &BroadcastOptions, seq: u64, bound: usize) {
+    /// An event for the sockets `opts` selects, numbered `seq`, with `mark`, was evicted. At
+    /// most `bound` rooms are tracked; beyond it every socket counts as having missed it.
+    fn raise(&mut self, opts: &BroadcastOptions, seq: u64, mark: Option<Mark>, bound: usize) {
         if opts.rooms.is_empty() {
-            self.everyone = seq;
+            self.everyone.raise(seq, mark);
             return;
         }
         for room in &opts.rooms {
             let key = self.key(room);
             if let Some(floor) = self.rooms.get_mut(&key) {
-                *floor = seq;
+                floor.raise(seq, mark);
             } else if self.rooms.len() < bound {
-                self.rooms.insert(key, seq);
+                let mut floor = Floor::default();
+                floor.raise(seq, mark);
+                self.rooms.insert(key, floor);
             } else {
                 // Too many to tell apart: the old floors are folded into everyone's.
-                self.everyone = seq;
+                self.everyone = Floor {
+                    last: seq,
+                    run: None,
+                };
                 self.rooms.clear();
                 return;
             }
         }
     }
 
-    /// The last evicted event that may have been for socket `sid` in `rooms`.
-    fn of(&self, sid: &str, rooms: &[Room]) -> u64 {
+    /// Whether an event evicted may have been for socket `sid` in `rooms`, and missed by a
+    /// client with an offset at `after` that had `had_own`.
+    fn passed(&self, sid: &str, rooms: &[Room], after: u64, had_own: Option<Mark>) -> bool {
         std::iter::once(sid)
             .chain(rooms.iter().map(|room| &**room))
             .filter_map(|room| self.rooms.get(&self.key(room)))
-            .fold(self.everyone, |floor, room| floor.max(*room))
+            .chain(std::iter::once(&self.everyone))
+            .any(|floor| floor.passed(after, had_own))
     }
 }
 
@@ -352,6 +436,8 @@ mod tests {
             pid_hash: pid.digest(),
             epoch: log.epoch().to_owned(),
             after,
+            had_own: None,
+            asker: None,
             binding,
         }
     }
@@ -557,5 +643,83 @@ mod tests {
         // Every kept socket connected: a new one is not kept.
         log.keep(record(&d, "d", &[], None), 1, false);
         assert_eq!(log.stats().sessions_connected, 2);
+    }
+
+    /// Sends `text` to room `r` from process `process`'s `index`th own event.
+    fn send_own(log: &mut RecoveryLog, text: &str, process: u64, index: u64) -> u64 {
+        let mark = Mark { process, index };
+        log.append_marked(&[Frame::Text(text.into())], &to(&["r"]), Some(mark))
+    }
+
+    #[test]
+    fn a_client_that_had_its_processs_own_events_first_gets_the_others_and_no_copy() {
+        let (w, other) = (7, 9);
+        let mut log = RecoveryLog::new(RecoveryConfig::default());
+        let pid = Pid::new();
+        // The client's worker w delivered "w1" and "w2" at once; the feed then brought
+        // "o1", numbered before "w2". Its offset: the feed at "o1", w's own up to 2.
+        send_own(&mut log, "w1", w, 1);
+        let o1 = send_own(&mut log, "o1", other, 1);
+        send_own(&mut log, "w2", w, 2);
+        // It lost its connection then; "o2" and "w3" came after.
+        log.keep(record(&pid, "s1", &["r"], None), 1, true);
+        send_own(&mut log, "o2", other, 2);
+        send_own(&mut log, "w3", w, 3);
+        let had = RestoreRequest {
+            had_own: Some(Mark {
+                process: w,
+                index: 2,
+            }),
+            asker: Some(other),
+            ..ask(&log, &pid, o1, None)
+        };
+        let restored = log.restore(&had).expect("recovered");
+        assert_eq!(replayed(&restored), vec!["o2", "w3"]);
+        // The asking process's own events numbered by then: they are in the replay, not held.
+        assert_eq!(restored.own_upto, 2);
+    }
+
+    #[test]
+    fn evicted_own_events_a_client_had_do_not_stop_its_recovery_but_others_do() {
+        let w = 7;
+        let config = RecoveryConfig {
+            max_packets: 2,
+            ..RecoveryConfig::default()
+        };
+        let had = |log: &RecoveryLog, pid: &Pid, after: u64, index: u64| RestoreRequest {
+            had_own: Some(Mark { process: w, index }),
+            ..ask(log, pid, after, None)
+        };
+        // Its worker's own events, all evicted: it had them.
+        let mut log = RecoveryLog::new(config.clone());
+        let pid = Pid::new();
+        let seen = send(&mut log, "feed", &to(&["r"]));
+        for index in 1..=4 {
+            send_own(&mut log, "own", w, index);
+        }
+        log.keep(record(&pid, "s1", &["r"], None), 1, true);
+        let restored = log.restore(&had(&log, &pid, seen, 4)).expect("recovered");
+        assert!(restored.missed.is_empty());
+        // Five, the first three evicted: one that had two missed the third; one that had
+        // three gets the fourth and the fifth.
+        let mut log = RecoveryLog::new(config.clone());
+        let seen = send(&mut log, "feed", &to(&["r"]));
+        for index in 1..=5 {
+            send_own(&mut log, &format!("own{index}"), w, index);
+        }
+        log.keep(record(&pid, "s1", &["r"], None), 1, true);
+        assert!(log.restore(&had(&log, &pid, seen, 2)).is_none());
+        let restored = log.restore(&had(&log, &pid, seen, 3)).expect("recovered");
+        assert_eq!(replayed(&restored), vec!["own4", "own5"]);
+        // Another process's event evicted between them: it missed that one.
+        let mut log = RecoveryLog::new(config);
+        let seen = send(&mut log, "feed", &to(&["r"]));
+        send_own(&mut log, "own", w, 1);
+        send_own(&mut log, "theirs", 8, 1);
+        for index in 2..=4 {
+            send_own(&mut log, "own", w, index);
+        }
+        log.keep(record(&pid, "s1", &["r"], None), 1, true);
+        assert!(log.restore(&had(&log, &pid, seen, 4)).is_none());
     }
 }

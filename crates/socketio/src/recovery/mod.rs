@@ -9,13 +9,16 @@
 //! default ([`LocalStore`]), or somewhere every worker reaches (a master, Redis), so that a
 //! client whose worker died is recovered by the next one. Every event of a namespace is
 //! numbered by its store and reaches every process's sockets in that order
-//! ([`Namespace::deliver_sequenced`]), so one offset says what a client has had. See
-//! docs/design/recovery.md.
+//! ([`Namespace::deliver_sequenced`]), so one offset says what a client has had. A store may
+//! let a process deliver its own events before they are numbered ([`SessionStore::own_first`]):
+//! its offsets then also say how many of that process's own events a client had ([`Mark`]).
+//! See docs/design/recovery.md.
 
 mod kept;
 mod log;
 mod store;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -177,9 +180,39 @@ pub struct SessionRecord {
 pub struct RestoreRequest {
     pub pid_hash: Digest,
     pub epoch: String,
-    /// The number of the last event it had.
+    /// The number of the last event it had through the ordered feed.
     pub after: u64,
+    /// The own events of its process it had too, delivered before they were numbered (see
+    /// [`SessionStore::own_first`]): it had those of `mark.process` up to `mark.index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub had_own: Option<Mark>,
+    /// The process asking, for [`Restored::own_upto`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asker: Option<u64>,
     pub binding: Option<Digest>,
+}
+
+/// An event's place among those the process that sent it sent: the process (a number it drew
+/// when its namespace opened) and how many it had sent, this one included. A store that lets
+/// processes deliver their own events first keeps it with each event (see
+/// [`SessionStore::own_first`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Mark {
+    #[serde(rename = "p")]
+    pub process: u64,
+    #[serde(rename = "i")]
+    pub index: u64,
+}
+
+/// The sender of an event handed to a store: its [`Mark`], and whether its process delivered
+/// it to its own sockets already (the store then feeds it to the other processes only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Own {
+    pub mark: Mark,
+    pub delivered: bool,
+    /// As the store feeds it: how many of its sender's events it has handed on, this one
+    /// included, when it counts them (a process tells by it that it missed one).
+    pub handed: Option<u64>,
 }
 
 /// A numbered event: its frames (without the offset) and who it is for.
@@ -200,6 +233,9 @@ pub struct Restored {
     /// The number of the last event of the log when it was read: later ones reach the
     /// socket live.
     pub upto: u64,
+    /// The index of the asking process's last own event numbered by then (see
+    /// [`RestoreRequest::asker`]): its later ones reach the socket live.
+    pub own_upto: u64,
 }
 
 /// A namespace's side of recovery in this process: its store, the position of the ordered
@@ -213,9 +249,19 @@ pub(crate) struct Recovery {
 
 #[derive(Default)]
 struct Feed {
-    /// The epoch and number of the last event delivered here.
+    /// The epoch and number of the last event delivered here through the ordered feed.
     epoch: String,
     delivered: u64,
+    /// This process's [`Mark::process`], when its store lets it deliver its own events first.
+    process: u64,
+    /// Its own events: how many it sent, and the index of the last one delivered here.
+    sent: u64,
+    own_had: u64,
+    /// One of its own events went to be numbered before being delivered here, and has not
+    /// come back: later ones wait their turn the same way, or they would overtake it.
+    echoing: bool,
+    /// The index of the last event delivered here from each other process, to tell a gap.
+    last_from: HashMap<u64, u64>,
     /// Events delivered while a returning client's socket was being looked up, for it to
     /// catch up with.
     holds: Vec<Hold>,
@@ -228,7 +274,7 @@ struct Feed {
 
 struct Hold {
     id: u64,
-    events: Vec<(u64, Vec<Frame>, BroadcastOptions)>,
+    events: Vec<Held>,
     /// More events came than a replay may hold (`max_packets`): the restore fails rather
     /// than replay part of them.
     overflowed: bool,
@@ -236,6 +282,33 @@ struct Hold {
     /// process (live hand-off) is not a recovery.
     counted: bool,
 }
+
+/// An event delivered here while a socket was being restored: where the feed stood when it
+/// was, which event it is, and its frames without an offset.
+struct Held {
+    at: Position,
+    event: Place,
+    frames: Vec<Frame>,
+    opts: BroadcastOptions,
+}
+
+/// Which event: a numbered one, or one of this process's own delivered before its number.
+#[derive(Clone, Copy)]
+enum Place {
+    Numbered(u64),
+    Own(u64),
+}
+
+/// Where the events delivered here stand: the last numbered one through the feed and, with
+/// a store that lets this process deliver its own first, the last of those.
+#[derive(Clone, Copy)]
+struct Position {
+    seq: u64,
+    own: Option<Mark>,
+}
+
+/// How many processes' last events a feed remembers to tell gaps; beyond, it starts over.
+const MAX_SENDERS: usize = 1024;
 
 /// What recovery did in this process, for status.
 #[derive(Default)]
@@ -271,10 +344,14 @@ impl Recovery {
             Some(factory) => factory(path, &config),
             None => Arc::new(LocalStore::new(config.clone())),
         };
+        let feed = Feed {
+            process: rand::random(),
+            ..Feed::default()
+        };
         Recovery {
             config,
             store,
-            feed: Mutex::new(Feed::default()),
+            feed: Mutex::new(feed),
             counters: Counters::default(),
         }
     }
@@ -283,16 +360,78 @@ impl Recovery {
         &self.store
     }
 
-    /// Has the store number an event for every process. When it cannot (a shared store out of
-    /// reach), this process's sockets still get it, with the offset of the last event
-    /// delivered here, and the error says the others will not.
+    /// This process's [`Mark::process`].
+    pub(crate) fn process(&self) -> u64 {
+        self.lock().process
+    }
+
+    /// Has the store number an event for every process. With a store that lets this process
+    /// deliver its own events first, its sockets get it at once, offset with where this
+    /// process stands, and the store hands it to the others. When the store cannot take it
+    /// (a shared store out of reach), this process's sockets still get it, and the error says
+    /// the others will not.
     pub(crate) fn append(
         &self,
         ns: &Namespace,
         frames: &[Frame],
         opts: &BroadcastOptions,
     ) -> Result<(), EmitError> {
-        let appended = self.store.append(ns, frames, opts);
+        if !self.store.own_first() {
+            return self.append_numbered(ns, frames, opts, None);
+        }
+        let mut feed = self.lock();
+        feed.sent += 1;
+        let mark = Mark {
+            process: feed.process,
+            index: feed.sent,
+        };
+        // Before the first numbered event the epoch of the offsets is not known here, and
+        // while one of its own events is on its way back, another delivered first would
+        // overtake it: the store numbers it and hands it back.
+        if feed.epoch.is_empty() || feed.echoing {
+            feed.echoing = true;
+            drop(feed);
+            let own = Own {
+                mark,
+                delivered: false,
+                handed: None,
+            };
+            return self.append_numbered(ns, frames, opts, Some(own));
+        }
+        feed.own_had = mark.index;
+        let at = feed.position();
+        let offset = feed.offset(at);
+        ns.deliver(
+            &ns.adapter().sockets(opts),
+            &with_offset(frames, &offset),
+            opts.volatile,
+        );
+        feed.hold_event(
+            at,
+            Place::Own(mark.index),
+            frames,
+            opts,
+            self.config.max_packets,
+        );
+        // Handed to the store under the feed's lock: a restore that starts holding events
+        // after this one asks the store after it, so the store has it numbered by then.
+        let own = Own {
+            mark,
+            delivered: true,
+            handed: None,
+        };
+        self.store.append(ns, frames, opts, Some(own))
+    }
+
+    /// Has the store number an event and deliver it here as to every process.
+    fn append_numbered(
+        &self,
+        ns: &Namespace,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+        own: Option<Own>,
+    ) -> Result<(), EmitError> {
+        let appended = self.store.append(ns, frames, opts, own);
         // A store of this process delivered here already: only its relay failed.
         if let (Err(EmitError::NotRelayed(_)), true) = (&appended, self.store.is_shared()) {
             let frames = match self.watermark() {
@@ -300,6 +439,8 @@ impl Recovery {
                 None => frames.to_vec(),
             };
             ns.deliver(&ns.adapter().sockets(opts), &frames, opts.volatile);
+            // It will not come back to be delivered.
+            self.lock().echoing = false;
         }
         appended
     }
@@ -311,12 +452,14 @@ impl Recovery {
     }
 
     /// Delivers a numbered event to the local sockets it is for, with its offset, and to the
-    /// sockets being restored. Called in number order by the store.
+    /// sockets being restored. Called in number order by the store. An event of this process
+    /// delivered here before it was numbered is not delivered again.
     pub(crate) fn deliver_sequenced(
         &self,
         ns: &Namespace,
         epoch: &str,
         seq: u64,
+        own: Option<Own>,
         frames: &[Frame],
         opts: &BroadcastOptions,
     ) {
@@ -324,14 +467,21 @@ impl Recovery {
         if feed.epoch != epoch {
             // The first event here, or a store that started again: numbers start afresh.
             feed.epoch = epoch.to_owned();
-        } else if seq != feed.delivered + 1 {
-            // This process missed events (a relay queue overflowed): its clients may miss them
-            // for good.
-            self.counters
-                .gaps
-                .fetch_add(seq.saturating_sub(feed.delivered + 1), Ordering::Relaxed);
+        } else {
+            self.count_gap(&mut feed, seq, own);
         }
-        let frames = with_offset(frames, &offset(epoch, seq));
+        feed.delivered = seq;
+        if let Some(own) = own.filter(|own| own.mark.process == feed.process) {
+            if own.delivered {
+                return;
+            }
+            feed.own_had = own.mark.index;
+            if own.mark.index == feed.sent {
+                feed.echoing = false;
+            }
+        }
+        let at = feed.position();
+        let frames_out = with_offset(frames, &feed.offset(at));
         let mut recipients = ns.adapter().sockets(opts);
         if !feed.replayed_ahead.is_empty() {
             recipients.retain(|sid| {
@@ -342,25 +492,40 @@ impl Recovery {
             });
             feed.replayed_ahead.retain(|(_, upto)| seq < *upto);
         }
-        ns.deliver(&recipients, &frames, opts.volatile);
-        let max = self.config.max_packets;
-        for hold in &mut feed.holds {
-            if hold.events.len() >= max {
-                hold.overflowed = true;
-                hold.events = Vec::new();
+        ns.deliver(&recipients, &frames_out, opts.volatile);
+        feed.hold_event(
+            at,
+            Place::Numbered(seq),
+            frames,
+            opts,
+            self.config.max_packets,
+        );
+    }
+
+    /// Counts the events this process's feed missed before `seq` (a relay queue overflowed):
+    /// its clients may miss them for good. With a store that lets processes deliver their own
+    /// events first, not every number comes here: by the store's count of each sender's
+    /// events handed on, where it gives one.
+    fn count_gap(&self, feed: &mut Feed, seq: u64, own: Option<Own>) {
+        let missed = match own.map(|own| (own.mark.process, own.handed)) {
+            _ if !self.store.own_first() => seq.saturating_sub(feed.delivered + 1),
+            Some((process, Some(handed))) if process != feed.process => {
+                if feed.last_from.len() >= MAX_SENDERS && !feed.last_from.contains_key(&process) {
+                    feed.last_from.clear();
+                }
+                let last = feed.last_from.insert(process, handed);
+                last.map_or(0, |last| handed.saturating_sub(last + 1))
             }
-            if !hold.overflowed {
-                hold.events.push((seq, frames.clone(), opts.clone()));
-            }
-        }
-        feed.delivered = seq;
+            _ => 0,
+        };
+        self.counters.gaps.fetch_add(missed, Ordering::Relaxed);
     }
 
     /// The offset of the last event delivered here, for events that are not numbered (sent
     /// with `local()`): a client that gets one has had everything up to it.
     pub(crate) fn watermark(&self) -> Option<String> {
         let feed = self.lock();
-        (!feed.epoch.is_empty()).then(|| offset(&feed.epoch, feed.delivered))
+        (!feed.epoch.is_empty()).then(|| feed.offset(feed.position()))
     }
 
     /// Runs `frozen` while no event is delivered here, and gives the offset of the last one
@@ -369,7 +534,7 @@ impl Recovery {
     pub(crate) fn while_frozen<T>(&self, frozen: impl FnOnce() -> T) -> (Option<String>, T) {
         let feed = self.lock();
         let done = frozen();
-        let offset = (!feed.epoch.is_empty()).then(|| offset(&feed.epoch, feed.delivered));
+        let offset = (!feed.epoch.is_empty()).then(|| feed.offset(feed.position()));
         (offset, done)
     }
 
@@ -414,7 +579,6 @@ impl Recovery {
             return None;
         }
         let counted = held.counted;
-        let held = held.events;
         if feed.epoch != epoch || feed.delivered < restored.upto {
             feed.replayed_ahead
                 .push((restored.sid.clone(), restored.upto));
@@ -422,15 +586,24 @@ impl Recovery {
         let mut frames: Vec<Frame> = restored
             .missed
             .iter()
-            .flat_map(|event| with_offset(&event.frames, &offset(epoch, event.seq)))
+            .flat_map(|event| with_offset(&event.frames, &offset(epoch, event.seq, None)))
             .collect();
         let rooms = &restored.rooms;
-        frames.extend(
-            held.into_iter()
-                .filter(|(seq, _, opts)| *seq > restored.upto && !opts.volatile)
-                .filter(|(_, _, opts)| opts.is_for(&restored.sid, rooms))
-                .flat_map(|(_, frames, _)| frames),
-        );
+        let missed = |event: &Place| match *event {
+            Place::Numbered(seq) => seq > restored.upto,
+            Place::Own(index) => index > restored.own_upto,
+        };
+        for event in held.events {
+            if missed(&event.event)
+                && !event.opts.volatile
+                && event.opts.is_for(&restored.sid, rooms)
+            {
+                // The socket had everything up to the replay's end too.
+                let seq = event.at.seq.max(restored.upto);
+                let offset = offset(epoch, seq, event.at.own);
+                frames.extend(with_offset(&event.frames, &offset));
+            }
+        }
         if counted {
             self.counters.recovered.fetch_add(1, Ordering::Relaxed);
             self.counters
@@ -458,15 +631,83 @@ impl Recovery {
     }
 }
 
-/// An offset as clients see it.
-pub(crate) fn offset(epoch: &str, seq: u64) -> String {
-    format!("{epoch}-{seq}")
+impl Feed {
+    fn position(&self) -> Position {
+        let own = (self.own_had > 0).then_some(Mark {
+            process: self.process,
+            index: self.own_had,
+        });
+        Position {
+            seq: self.delivered,
+            own,
+        }
+    }
+
+    fn offset(&self, at: Position) -> String {
+        offset(&self.epoch, at.seq, at.own)
+    }
+
+    /// Keeps an event delivered here for the sockets being restored.
+    fn hold_event(
+        &mut self,
+        at: Position,
+        event: Place,
+        frames: &[Frame],
+        opts: &BroadcastOptions,
+        max: usize,
+    ) {
+        for hold in &mut self.holds {
+            if hold.events.len() >= max {
+                hold.overflowed = true;
+                hold.events = Vec::new();
+            }
+            if !hold.overflowed {
+                hold.events.push(Held {
+                    at,
+                    event,
+                    frames: frames.to_vec(),
+                    opts: opts.clone(),
+                });
+            }
+        }
+    }
 }
 
-/// The epoch and number of an offset a client brought back.
-pub(crate) fn parse_offset(offset: &str) -> Option<(String, u64)> {
-    let (epoch, seq) = offset.rsplit_once('-')?;
-    Some((epoch.to_owned(), seq.parse().ok()?))
+/// An offset as clients see it: `EPOCH-SEQ`, and `.PROCESS.INDEX` (the process in hex) when
+/// the client had own events of a process delivered before they were numbered.
+pub(crate) fn offset(epoch: &str, seq: u64, own: Option<Mark>) -> String {
+    match own {
+        Some(mark) => format!("{epoch}-{seq}.{:x}.{}", mark.process, mark.index),
+        None => format!("{epoch}-{seq}"),
+    }
+}
+
+/// An offset a client brought back, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Offset {
+    pub(crate) epoch: String,
+    pub(crate) seq: u64,
+    pub(crate) own: Option<Mark>,
+}
+
+/// The parts of an offset a client brought back; `None` for anything else.
+pub(crate) fn parse_offset(offset: &str) -> Option<Offset> {
+    let (epoch, rest) = offset.rsplit_once('-')?;
+    let mut parts = rest.split('.');
+    let seq = parts.next()?.parse().ok()?;
+    let own = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some(process), Some(index), None) => Some(Mark {
+            process: u64::from_str_radix(process, 16).ok()?,
+            index: index.parse().ok()?,
+        }),
+        _ => return None,
+    };
+    Some(Offset {
+        epoch: epoch.to_owned(),
+        seq,
+        own,
+    })
 }
 
 /// An event's frames with `offset` appended as its last argument, where clients look for it:
@@ -507,8 +748,28 @@ mod tests {
             Frame::Text(r#"51-/x,["up",{"_placeholder":true,"num":0},"e-2"]"#.into())
         );
         assert_eq!(frames[1], binary[1]);
-        assert_eq!(parse_offset("ab-cd-12"), Some(("ab-cd".into(), 12)));
-        assert_eq!(parse_offset("ab"), None);
+        let plain = Offset {
+            epoch: "ab-cd".into(),
+            seq: 12,
+            own: None,
+        };
+        assert_eq!(parse_offset("ab-cd-12"), Some(plain.clone()));
+        let own = Some(Mark {
+            process: 0xfe,
+            index: 3,
+        });
+        assert_eq!(offset("ab-cd", 12, own), "ab-cd-12.fe.3");
+        assert_eq!(parse_offset("ab-cd-12.fe.3"), Some(Offset { own, ..plain }));
+        for bad in [
+            "ab",
+            "ab-",
+            "ab-1.fe",
+            "ab-1.fe.3.4",
+            "ab-1.zz.3",
+            "ab-1.fe.x",
+        ] {
+            assert_eq!(parse_offset(bad), None, "{bad}");
+        }
         assert_eq!(format!("{:?}", Pid::new()), "Pid(..)");
     }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use engineio::Frame;
 use futures_util::future::BoxFuture;
 
-use super::{Digest, RecoveryConfig, RecoveryLog, RestoreRequest, Restored, SessionRecord};
+use super::{Digest, Own, RecoveryConfig, RecoveryLog, RestoreRequest, Restored, SessionRecord};
 use crate::adapter::BroadcastOptions;
 use crate::error::EmitError;
 use crate::namespace::Namespace;
@@ -16,15 +16,27 @@ pub type StoreFactory = Arc<dyn Fn(&str, &RecoveryConfig) -> Arc<dyn SessionStor
 /// Numbers a namespace's events, keeps them and the sockets that may come back, and gives
 /// them back. An implementation shared by several processes (a master, Redis) must hand every
 /// process every event in number order, through [`Namespace::deliver_sequenced`], this
-/// process included: the sender's own sockets get the event that way too.
+/// process included: the sender's own sockets get the event that way too, unless the store
+/// lets processes deliver their own events first ([`SessionStore::own_first`]).
 pub trait SessionStore: Send + Sync + 'static {
     /// Numbers an event and has every process deliver it. The frames carry no offset yet.
+    /// `own`: its sender's mark, from a process whose store lets it deliver its own events
+    /// first; the store keeps it with the event and hands it on with it.
     fn append(
         &self,
         ns: &Namespace,
         frames: &[Frame],
         opts: &BroadcastOptions,
+        own: Option<Own>,
     ) -> Result<(), EmitError>;
+
+    /// Whether a process delivers its own events to its own sockets itself, before the store
+    /// numbers them, which saves them the wait for the numbered copy. The store then hands
+    /// such an event to the other processes only, keeps its [`crate::Mark`], and restores a
+    /// client by its offset's marks too (see [`RestoreRequest::had_own`]).
+    fn own_first(&self) -> bool {
+        false
+    }
 
     /// A socket of this process connected, or its rooms changed. A store in this process
     /// needs nothing: it outlives the socket only as long as the process does.
@@ -78,11 +90,12 @@ impl SessionStore for LocalStore {
         ns: &Namespace,
         frames: &[Frame],
         opts: &BroadcastOptions,
+        _own: Option<Own>,
     ) -> Result<(), EmitError> {
         // Delivered under the log's lock: every socket gets the events in number order.
         let mut log = self.lock();
         let seq = log.append(frames, opts);
-        ns.deliver_sequenced(log.epoch(), seq, frames, opts);
+        ns.deliver_sequenced(log.epoch(), seq, None, frames, opts);
         drop(log);
         ns.adapter().relay(ns, frames, opts)
     }

@@ -40,6 +40,15 @@ mod upgrade;
 
 use state::{Proc, Role, State};
 
+/// A worker's message a [`MasterService`] numbered, and who gets it: its sender unless it
+/// had it already (it delivered its own event first), the other workers unless it is not for
+/// them (it was for the sender's sockets alone).
+pub struct Numbered {
+    pub line: Box<serde_json::value::RawValue>,
+    pub to_sender: bool,
+    pub to_others: bool,
+}
+
 /// What the master offers its workers beyond supervision: the embedded store of an app that
 /// runs without Redis. The master itself stays ignorant of what the requests mean.
 pub trait MasterService: Send + Sync + 'static {
@@ -48,13 +57,9 @@ pub trait MasterService: Send + Sync + 'static {
     /// A worker process ended: forget what it owned (its users' presence). Returns messages
     /// for the remaining workers (telling their clients who left).
     fn worker_gone(&self, worker: u64) -> Vec<Box<serde_json::value::RawValue>>;
-    /// Numbers a worker's message (see [`crate::ipc::ToMaster::Sequence`]): the line every
-    /// worker then gets, in the order of the calls. `None` drops it.
-    fn sequence(
-        &self,
-        _worker: u64,
-        _body: &serde_json::value::RawValue,
-    ) -> Option<Box<serde_json::value::RawValue>> {
+    /// Numbers a worker's message (see [`crate::ipc::ToMaster::Sequence`]): the line the
+    /// workers then get, in the order of the calls. `None` drops it.
+    fn sequence(&self, _worker: u64, _body: &serde_json::value::RawValue) -> Option<Numbered> {
         None
     }
     /// What the service keeps, for `chatctl status` (see [`crate::control::AppStatus`]).

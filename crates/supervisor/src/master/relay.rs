@@ -303,8 +303,9 @@ impl Inner {
     }
 
     /// Has the service number a worker's message, and hands the numbered message to every
-    /// live worker that speaks IPC, the sender included. Numbered and queued under the state
-    /// lock: every worker's queue gets the messages in number order. Once this master
+    /// live worker that speaks IPC it is for (see [`super::Numbered`]; an old master's
+    /// workers get what any worker gets: they know their own). Numbered and queued under the
+    /// state lock: every worker's queue gets the messages in number order. Once this master
     /// handed the app over, the new master's service numbers it (see [`super::bridge`]).
     pub(super) fn sequence(&self, from: u64, body: &serde_json::value::RawValue) {
         let Some(service) = self.service.get() else {
@@ -319,11 +320,22 @@ impl Inner {
             };
             return self.forward_relay(bridge, &sequence);
         }
-        if let Some(numbered) = service.sequence(from, body) {
-            let line = relay_line(&numbered);
-            Self::relay_to(&mut state, line.clone(), |_| true);
-            self.relay_to_old_workers(&line);
+        let Some(numbered) = service.sequence(from, body) else {
+            return;
+        };
+        if !numbered.to_sender && !numbered.to_others {
+            return;
         }
+        let line = relay_line(&numbered.line);
+        Self::relay_to(&mut state, line.clone(), |proc| {
+            if proc.generation == from {
+                numbered.to_sender
+            } else {
+                numbered.to_others
+            }
+        });
+        // The sender may be one of them: it needs it as much as the others.
+        self.relay_to_old_workers(&line);
     }
 
     pub(super) fn relay_to(state: &mut State, line: LineBytes, to: impl Fn(&Proc) -> bool) {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{Floors, Logged, RecoveryLog};
 use crate::adapter::BroadcastOptions;
 use crate::recovery::kept::{Detached, Kept, KeptSockets};
-use crate::recovery::RecoveryConfig;
+use crate::recovery::{Mark, RecoveryConfig};
 use crate::Room;
 
 /// The longest epoch a snapshot may carry (a log's own are 8 characters).
@@ -36,8 +36,12 @@ pub struct LogSnapshot {
     /// Oldest first.
     pub events: Vec<EventSnapshot>,
     pub sessions: Vec<KeptSnapshot>,
-    /// The last evicted event for everyone, then for each room.
+    /// The last evicted event for everyone, then for each room a kept socket is in.
     pub floors: (u64, Vec<(String, u64)>),
+    /// Those of the floors above (`None`: everyone's) whose last events came from one process
+    /// that delivered them first: its last mark, and the last evicted event before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floor_runs: Vec<(Option<String>, Mark, u64)>,
     pub evicted: u64,
 }
 
@@ -54,7 +58,8 @@ pub struct LogBounds {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventSnapshot(pub u64, pub u64, pub Audience, pub Vec<String>);
 
-/// The recipients of an event ([`BroadcastOptions`] without what a kept event never has).
+/// The recipients of an event ([`BroadcastOptions`] without what a kept event never has), and
+/// its sender's mark when it has one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Audience {
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "r")]
@@ -63,6 +68,8 @@ pub struct Audience {
     pub except: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "s")]
     pub except_sids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "m")]
+    pub mark: Option<Mark>,
 }
 
 /// A kept socket: the half of its private id's hash that a log keeps (32 hex digits), its id,
@@ -174,6 +181,7 @@ impl RecoveryLog {
                         rooms: names(&event.opts.rooms),
                         except: names(&event.opts.except),
                         except_sids: names(&event.opts.except_sids),
+                        mark: event.mark,
                     },
                     event.frames.iter().map(encode_frame).collect(),
                 )
@@ -196,16 +204,36 @@ impl RecoveryLog {
             })
             .collect();
         // Floors are kept by a hash of each room keyed for this process, which another cannot
-        // match: the highest goes as everyone's. A socket may then start afresh that could have
-        // recovered, never recover with a gap.
-        let floors = Vec::new();
+        // match: they go by name, for the rooms of the kept sockets (no other socket can be
+        // restored).
+        let mut floors = Vec::new();
+        let mut floor_runs = Vec::new();
+        if let Some((mark, before)) = self.floors.everyone.run {
+            floor_runs.push((None, mark, before));
+        }
+        let mut named = std::collections::HashSet::new();
+        for kept in self.sessions.iter() {
+            let (sid, rooms) = kept.unpack();
+            for room in std::iter::once(&sid).chain(&rooms) {
+                let Some(floor) = self.floors.get(room) else {
+                    continue;
+                };
+                if named.insert(room.to_string()) {
+                    floors.push((room.to_string(), floor.last));
+                    if let Some((mark, before)) = floor.run {
+                        floor_runs.push((Some(room.to_string()), mark, before));
+                    }
+                }
+            }
+        }
         LogSnapshot {
             epoch: self.epoch.clone(),
             next: self.next,
             bounds: self.bounds(),
             events,
             sessions,
-            floors: (self.floors.highest(), floors),
+            floors: (self.floors.everyone.last, floors),
+            floor_runs,
             evicted: self.evicted,
         }
     }
@@ -248,15 +276,23 @@ impl RecoveryLog {
                     ..BroadcastOptions::default()
                 },
                 frames,
+                mark: audience.mark,
             });
         }
         let (everyone, floor_rooms) = snapshot.floors;
-        let mut floors = Floors {
-            everyone: everyone.min(next),
-            ..Floors::default()
-        };
+        let mut floors = Floors::default();
+        floors.everyone.last = everyone.min(next);
         for (room, seq) in floor_rooms.into_iter().take(config.max_sessions) {
             floors.set(&room, seq.min(next));
+        }
+        for (room, mark, before) in snapshot.floor_runs {
+            let floor = match room {
+                Some(room) => floors.get_mut(&room),
+                None => Some(&mut floors.everyone),
+            };
+            if let Some(floor) = floor {
+                floor.run = Some((mark, before.min(floor.last)));
+            }
         }
         // Connected sockets first, then those that broke most recently.
         let mut sessions = snapshot.sessions;
@@ -327,6 +363,8 @@ mod tests {
             pid_hash: pid.digest(),
             epoch: epoch.to_owned(),
             after,
+            had_own: None,
+            asker: None,
             binding: None,
         }
     }
@@ -433,5 +471,36 @@ mod tests {
         );
         // Garbage JSON is a serde error, not a panic.
         assert!(serde_json::from_str::<LogSnapshot>(r#"{"epoch":1}"#).is_err());
+    }
+
+    #[test]
+    fn floors_of_own_events_a_client_had_are_carried_over() {
+        let mut old = RecoveryLog::new(RecoveryConfig {
+            max_packets: 1,
+            ..RecoveryConfig::default()
+        });
+        let pid = Pid::new();
+        let seen = old.append(&[Frame::Text("feed".into())], &to(&["r"]));
+        let mark = |index| Some(crate::recovery::Mark { process: 7, index });
+        for index in 1..=3 {
+            old.append_marked(&[Frame::Text("own".into())], &to(&["r"]), mark(index));
+        }
+        old.keep(record(&pid, "s1", &["r"]), 1, true);
+        let snapshot = old.snapshot();
+        let json = serde_json::to_string(&snapshot).unwrap();
+        let mut new = RecoveryLog::from_snapshot(
+            serde_json::from_str(&json).unwrap(),
+            RecoveryConfig::default(),
+        )
+        .unwrap();
+        let epoch = new.epoch().to_owned();
+        let had = |index| RestoreRequest {
+            had_own: mark(index),
+            ..ask(&epoch, &pid, seen)
+        };
+        // The second and third were evicted; having had only the first is not enough.
+        assert!(new.restore(&had(1)).is_none());
+        let restored = new.restore(&had(3)).expect("recovered");
+        assert!(restored.missed.is_empty());
     }
 }
