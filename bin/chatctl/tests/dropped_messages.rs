@@ -78,8 +78,8 @@ fn broadcasts_a_stopped_worker_cannot_take_are_counted_for_it_in_status() {
             "--health-misses",
             "1000",
             // A small relay queue, so that the storm fills it for the stopped worker; big
-            // enough for a chunk of the storm (1,000 lines, each numbered for recovery and
-            // relayed back to ann's worker with her echo) on its way to the running one.
+            // enough for a chunk of the storm (1,000 lines, each numbered for recovery) on its
+            // way to the running one.
             "--ipc-queue-size",
             "1M",
             "--ipc-max-line",
@@ -123,6 +123,18 @@ fn broadcasts_a_stopped_worker_cannot_take_are_counted_for_it_in_status() {
         "status never showed the broadcasts dropped for the stopped worker: {:?}\nlog:\n{}",
         app.status(),
         app.log_text()
+    );
+    // Back, the worker reads on and tells from the master's count of ann's worker's lines
+    // that it missed some: its clients may have lost them.
+    let gaps = wait_for_value("the missed lines counted as recovery gaps", || {
+        let status = app.status()?;
+        let gaps = workers(&status)[stopped]["recovery"]["gaps"].as_u64()?;
+        (gaps > 0).then_some(gaps)
+    });
+    assert!(
+        gaps.is_some(),
+        "the stopped worker never counted the lines it missed: {:?}",
+        app.status()
     );
     ann.wait_success();
 }
