@@ -124,8 +124,11 @@ fn broadcasts_a_stopped_worker_cannot_take_are_counted_for_it_in_status() {
         app.status(),
         app.log_text()
     );
-    // Back, the worker reads on and tells from the master's count of ann's worker's lines
-    // that it missed some: its clients may have lost them.
+    // Back, the worker reads on; the next line from ann's worker tells it, by the master's
+    // count of that worker's lines, that it missed some: its clients may have lost them.
+    ann.tell("the other worker is back");
+    let said = ann.next_report();
+    assert_eq!(said["event"], "said", "{said}");
     let gaps = wait_for_value("the missed lines counted as recovery gaps", || {
         let status = app.status()?;
         let gaps = workers(&status)[stopped]["recovery"]["gaps"].as_u64()?;
