@@ -124,16 +124,18 @@ fn broadcasts_a_stopped_worker_cannot_take_are_counted_for_it_in_status() {
         app.status(),
         app.log_text()
     );
-    // Back, the worker reads on; the next line from ann's worker tells it, by the master's
-    // count of that worker's lines, that it missed some: its clients may have lost them.
+    // Back, the worker reads on; the first line from ann's worker that reaches it once its
+    // queue has room again tells it, by the master's count of that worker's lines, that it
+    // missed some: its clients may have lost them. Ann says a line every 200 ms meanwhile.
     ann.tell("the other worker is back");
-    let said = ann.next_report();
-    assert_eq!(said["event"], "said", "{said}");
     let gaps = wait_for_value("the missed lines counted as recovery gaps", || {
         let status = app.status()?;
         let gaps = workers(&status)[stopped]["recovery"]["gaps"].as_u64()?;
         (gaps > 0).then_some(gaps)
     });
+    ann.tell("enough");
+    let said = ann.next_report();
+    assert_eq!(said["event"], "said", "{said}");
     assert!(
         gaps.is_some(),
         "the stopped worker never counted the lines it missed: {:?}",

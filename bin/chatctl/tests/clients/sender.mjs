@@ -12,8 +12,8 @@
 //   one with an `error` event about the other workers; it prints {"event":"told","message":...}
 //   and exits 0;
 // - flood: says COUNT lines, a thousand at a time, as fast as the server answers them, then
-//   prints {"event":"sent"}; on a second line on stdin it says one more line, prints
-//   {"event":"said"} once the server answered it, and exits 0.
+//   prints {"event":"sent"}; on a second line on stdin it says a line every 200 ms until a
+//   third, then prints {"event":"said"} and exits 0.
 // On its deadline it prints {"event":"error",...} and exits 1.
 
 import readline from "node:readline";
@@ -95,16 +95,19 @@ function flood() {
   };
   com.on("message", (line) => {
     const parsed = JSON.parse(line);
-    if (parsed.type === "myMessage" && parsed.message === "after-the-flood") {
-      report("said");
-      process.exit(0);
-    }
     if (parsed.type !== "myMessage" || parsed.message !== `flood-${said}`) {
       return;
     }
     if (said === count) {
       report("sent");
-      input.once("line", () => say("after-the-flood"));
+      input.once("line", () => {
+        let n = 0;
+        setInterval(() => say(`after-the-flood-${++n}`), 200);
+        input.once("line", () => {
+          report("said", { lines: n });
+          process.exit(0);
+        });
+      });
       return;
     }
     sayChunk();
