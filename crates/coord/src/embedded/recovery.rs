@@ -400,6 +400,11 @@ mod tests {
         .unwrap()
     }
 
+    /// The line the master hands the workers.
+    fn line_of(numbered: &Numbered) -> WireBroadcast {
+        serde_json::from_str(numbered.line.get()).unwrap()
+    }
+
     /// An event of process 5's `index`th, delivered by it first, for a room or its own socket.
     fn own_event(index: u64, local: bool) -> Box<RawValue> {
         let opts = BroadcastOptions::default();
@@ -416,11 +421,7 @@ mod tests {
     fn an_event_its_sender_delivered_goes_to_the_others_counted_and_one_for_its_socket_to_none() {
         let service = RecoveryService::default();
         open(&service, 10);
-        let handed = |numbered: &Numbered| {
-            serde_json::from_str::<WireBroadcast>(numbered.line.get())
-                .unwrap()
-                .handed
-        };
+        let handed = |numbered: &Numbered| line_of(numbered).handed;
         let first = service.sequence(&own_event(1, false)).unwrap();
         assert!(!first.to_sender && first.to_others);
         assert_eq!(handed(&first), Some(1));
@@ -443,22 +444,8 @@ mod tests {
             "not open"
         );
         open(&service, 10);
-        let first: WireBroadcast = serde_json::from_str(
-            service
-                .sequence(&event("2[\"a\"]", &["r"]))
-                .unwrap()
-                .line
-                .get(),
-        )
-        .unwrap();
-        let second: WireBroadcast = serde_json::from_str(
-            service
-                .sequence(&event("2[\"b\"]", &[]))
-                .unwrap()
-                .line
-                .get(),
-        )
-        .unwrap();
+        let first = line_of(&service.sequence(&event("2[\"a\"]", &["r"])).unwrap());
+        let second = line_of(&service.sequence(&event("2[\"b\"]", &[])).unwrap());
         assert_eq!((first.seq, second.seq), (Some(1), Some(2)));
         assert_eq!(first.epoch, second.epoch);
         assert_eq!(first.rooms, vec!["r".to_owned()]);
@@ -469,14 +456,7 @@ mod tests {
     fn a_dead_workers_socket_is_restored_on_another_with_what_it_missed() {
         let service = RecoveryService::default();
         open(&service, 10);
-        let numbered: WireBroadcast = serde_json::from_str(
-            service
-                .sequence(&event("2[\"seen\"]", &["r"]))
-                .unwrap()
-                .line
-                .get(),
-        )
-        .unwrap();
+        let numbered = line_of(&service.sequence(&event("2[\"seen\"]", &["r"])).unwrap());
         let pid_hash = Digest::of("pid");
         let record = SessionRecord {
             sid: "s1".into(),

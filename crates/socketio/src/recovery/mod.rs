@@ -377,7 +377,8 @@ impl Recovery {
         opts: &BroadcastOptions,
     ) -> Result<(), EmitError> {
         if !self.store.own_first() {
-            return self.append_numbered(ns, frames, opts, None);
+            let appended = self.store.append(ns, frames, opts, None);
+            return self.unless_relayed(appended, ns, frames, opts);
         }
         let mut feed = self.lock();
         feed.sent += 1;
@@ -388,58 +389,55 @@ impl Recovery {
         // Before the first numbered event the epoch of the offsets is not known here, and
         // while one of its own events is on its way back, another delivered first would
         // overtake it: the store numbers it and hands it back.
-        if feed.epoch.is_empty() || feed.echoing {
+        let delivered = !feed.epoch.is_empty() && !feed.echoing;
+        if delivered {
+            feed.own_had = mark.index;
+            let at = feed.position();
+            let offset = feed.offset(at);
+            ns.deliver(
+                &ns.adapter().sockets(opts),
+                &with_offset(frames, &offset),
+                opts.volatile,
+            );
+            let max = self.config.max_packets;
+            feed.hold_event(at, Place::Own(mark.index), frames, opts, max);
+        } else {
             feed.echoing = true;
-            drop(feed);
-            let own = Own {
-                mark,
-                delivered: false,
-                handed: None,
-            };
-            return self.append_numbered(ns, frames, opts, Some(own));
         }
-        feed.own_had = mark.index;
-        let at = feed.position();
-        let offset = feed.offset(at);
-        ns.deliver(
-            &ns.adapter().sockets(opts),
-            &with_offset(frames, &offset),
-            opts.volatile,
-        );
-        feed.hold_event(
-            at,
-            Place::Own(mark.index),
-            frames,
-            opts,
-            self.config.max_packets,
-        );
-        // Handed to the store under the feed's lock: a restore that starts holding events
-        // after this one asks the store after it, so the store has it numbered by then.
+        // Handed to the store under the feed's lock: its own events reach it in their order,
+        // and a restore that starts holding events after this one asks the store after it,
+        // so the store has it numbered by then.
         let own = Own {
             mark,
-            delivered: true,
+            delivered,
             handed: None,
         };
-        self.store.append(ns, frames, opts, Some(own))
+        let appended = self.store.append(ns, frames, opts, Some(own));
+        drop(feed);
+        if delivered {
+            appended
+        } else {
+            self.unless_relayed(appended, ns, frames, opts)
+        }
     }
 
-    /// Has the store number an event and deliver it here as to every process.
-    fn append_numbered(
+    /// A shared store that could not take an event its feed was to deliver here: this
+    /// process's sockets get it anyway, with the offset of the last event delivered here, and
+    /// it will not come back. (A store of this process delivered it already: only its relay
+    /// failed.)
+    fn unless_relayed(
         &self,
+        appended: Result<(), EmitError>,
         ns: &Namespace,
         frames: &[Frame],
         opts: &BroadcastOptions,
-        own: Option<Own>,
     ) -> Result<(), EmitError> {
-        let appended = self.store.append(ns, frames, opts, own);
-        // A store of this process delivered here already: only its relay failed.
         if let (Err(EmitError::NotRelayed(_)), true) = (&appended, self.store.is_shared()) {
             let frames = match self.watermark() {
                 Some(offset) => with_offset(frames, &offset),
                 None => frames.to_vec(),
             };
             ns.deliver(&ns.adapter().sockets(opts), &frames, opts.volatile);
-            // It will not come back to be delivered.
             self.lock().echoing = false;
         }
         appended
