@@ -8,8 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engineio::Frame;
+use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
-use socketio::{Event, RecoveryConfig, Socket, SocketIo, SocketIoConfig};
+use socketio::{
+    BroadcastOptions, EmitError, Event, Namespace, Own, RecoveryConfig, RestoreRequest, Restored,
+    SessionRecord, SessionStore, Socket, SocketIo, SocketIoConfig,
+};
 
 use common::{test_config, ClientKind, ClientProcess, Observations, TestServer};
 
@@ -173,4 +178,76 @@ fn a_client_that_missed_more_than_the_log_keeps_gets_a_new_socket() {
     });
     let (back, live, connects) = run_with(config, "websocket", "", Duration::ZERO);
     assert_fresh(&back, &live, &connects);
+}
+
+/// A store shared with other processes that lets this one deliver its own events first, and
+/// keeps the marks of the events it was handed: the test plays its feed back.
+#[derive(Default)]
+struct HandedStore {
+    handed: std::sync::Mutex<Vec<Own>>,
+}
+
+impl HandedStore {
+    fn handed(&self) -> Vec<Own> {
+        self.handed.lock().unwrap().clone()
+    }
+}
+
+impl SessionStore for HandedStore {
+    fn append(
+        &self,
+        _ns: &Namespace,
+        _frames: &[Frame],
+        _opts: &BroadcastOptions,
+        own: Option<Own>,
+    ) -> Result<(), EmitError> {
+        self.handed.lock().unwrap().extend(own);
+        Ok(())
+    }
+
+    fn own_first(&self) -> bool {
+        true
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn detached(&self, _record: SessionRecord) {}
+
+    fn restore(&self, _request: RestoreRequest) -> BoxFuture<'static, Option<Restored>> {
+        Box::pin(std::future::ready(None))
+    }
+}
+
+#[test]
+fn an_own_event_that_never_comes_back_numbered_is_counted_as_a_gap() {
+    let store = Arc::new(HandedStore::default());
+    let shared = store.clone();
+    let io = SocketIo::new(config_with(RecoveryConfig {
+        store: Some(Arc::new(move |_, _| shared.clone())),
+        ..RecoveryConfig::default()
+    }));
+    let ns = io.ns("/", |_socket: Arc<Socket>| async {});
+    let gaps = || io.recovery_stats().expect("recovery is on").gaps;
+    // Before the first numbered event the offsets' epoch is not known here: each own event
+    // goes to be numbered, and is delivered here when it comes back.
+    for n in 1..=3 {
+        ns.emit("n", &n).expect("handed to the store");
+    }
+    let handed = store.handed();
+    assert_eq!(handed.len(), 3, "{handed:?}");
+    assert!(handed.iter().all(|own| !own.delivered), "{handed:?}");
+    let frames = [Frame::Text(r#"2["n",0]"#.into())];
+    let opts = BroadcastOptions::default();
+    ns.deliver_sequenced("e", 1, Some(handed[0]), &frames, &opts);
+    assert_eq!(gaps(), 0, "the first came back");
+    // The second is lost on its way back (the store's queue to this process was full).
+    ns.deliver_sequenced("e", 3, Some(handed[2]), &frames, &opts);
+    assert_eq!(gaps(), 1, "the second never came back");
+    // Every own event sent has come back or is counted: the next is delivered here first.
+    ns.emit("n", &4).expect("handed to the store");
+    let fourth = store.handed()[3];
+    assert!(fourth.delivered, "{fourth:?}");
+    assert_eq!(gaps(), 1);
 }

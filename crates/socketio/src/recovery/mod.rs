@@ -378,7 +378,7 @@ impl Recovery {
     ) -> Result<(), EmitError> {
         if !self.store.own_first() {
             let appended = self.store.append(ns, frames, opts, None);
-            return self.unless_relayed(appended, ns, frames, opts);
+            return self.unless_relayed(appended, ns, frames, opts, None);
         }
         let mut feed = self.lock();
         feed.sent += 1;
@@ -417,20 +417,22 @@ impl Recovery {
         if delivered {
             appended
         } else {
-            self.unless_relayed(appended, ns, frames, opts)
+            self.unless_relayed(appended, ns, frames, opts, Some(mark))
         }
     }
 
     /// A shared store that could not take an event its feed was to deliver here: this
     /// process's sockets get it anyway, with the offset of the last event delivered here, and
     /// it will not come back. (A store of this process delivered it already: only its relay
-    /// failed.)
+    /// failed.) `own`: the event's mark, when it was one of this process's own sent to be
+    /// numbered first.
     fn unless_relayed(
         &self,
         appended: Result<(), EmitError>,
         ns: &Namespace,
         frames: &[Frame],
         opts: &BroadcastOptions,
+        own: Option<Mark>,
     ) -> Result<(), EmitError> {
         if let (Err(EmitError::NotRelayed(_)), true) = (&appended, self.store.is_shared()) {
             let frames = match self.watermark() {
@@ -438,7 +440,13 @@ impl Recovery {
                 None => frames.to_vec(),
             };
             ns.deliver(&ns.adapter().sockets(opts), &frames, opts.volatile);
-            self.lock().echoing = false;
+            let mut feed = self.lock();
+            feed.echoing = false;
+            // Had here in its turn (its own events before it came back), so not missed; one
+            // still on its way back keeps the offsets where they are.
+            if own.is_some_and(|own| own.index == feed.own_had + 1) {
+                feed.own_had += 1;
+            }
         }
         appended
     }
@@ -473,7 +481,11 @@ impl Recovery {
             if own.delivered {
                 return;
             }
-            feed.own_had = own.mark.index;
+            // Its own events sent to be numbered first come back in their order: one that did
+            // not (the store's queue to this process overflowed) is lost for its sockets.
+            let missed = own.mark.index.saturating_sub(feed.own_had + 1);
+            self.counters.gaps.fetch_add(missed, Ordering::Relaxed);
+            feed.own_had = feed.own_had.max(own.mark.index);
             if own.mark.index == feed.sent {
                 feed.echoing = false;
             }
