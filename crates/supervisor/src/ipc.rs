@@ -76,7 +76,10 @@ pub enum ToMaster {
     /// A question for the master's [`crate::master::MasterService`] (the embedded store).
     Request { id: u64, body: Value },
     /// A request for the master's service that needs no answer (e.g. recording history).
-    Tell { body: Value },
+    Tell {
+        #[serde(deserialize_with = "raw_from_any")]
+        body: Box<RawValue>,
+    },
     /// A message for every other worker of the app (the embedded bus).
     Publish {
         #[serde(deserialize_with = "raw_from_any")]
@@ -117,7 +120,11 @@ impl Line for ToMaster {
             Ok(body) => return Ok(ToMaster::Publish { body }),
             Err(line) => line,
         };
-        raw_body(line, r#"{"type":"sequence","body":"#).map(|body| ToMaster::Sequence { body })
+        let line = match raw_body(line, r#"{"type":"sequence","body":"#) {
+            Ok(body) => return Ok(ToMaster::Sequence { body }),
+            Err(line) => line,
+        };
+        raw_body(line, r#"{"type":"tell","body":"#).map(|body| ToMaster::Tell { body })
     }
 }
 
@@ -488,7 +495,7 @@ impl WorkerLink {
             .map(|_| ())
     }
 
-    pub fn tell(&self, body: Value) {
+    pub fn tell(&self, body: Box<RawValue>) {
         let _ = self.tx.send(ToMaster::Tell { body });
     }
 
@@ -554,6 +561,24 @@ mod tests {
             relayed,
             r#"{"type":"message","body":{"ns":"/x","frames":["t42"],"z":[1, 2]}}"#
         );
+    }
+
+    #[test]
+    fn told_bodies_are_read_as_written() {
+        let body = RawValue::from_string(r#"{"op":"push_history","entry":"a \"b\""}"#.into());
+        let line = serde_json::to_string(&ToMaster::Tell {
+            body: body.unwrap(),
+        })
+        .unwrap();
+        let Ok(ToMaster::Tell { body: fast }) = ToMaster::fast(line.clone()) else {
+            panic!("not read as a tell: {line}");
+        };
+        let Ok(ToMaster::Tell { body: parsed }) = serde_json::from_str::<ToMaster>(&line) else {
+            panic!("not a tell: {line}");
+        };
+        assert_eq!(fast.get(), r#"{"op":"push_history","entry":"a \"b\""}"#);
+        let parsed: Value = serde_json::from_str(parsed.get()).unwrap();
+        assert_eq!(parsed, serde_json::from_str::<Value>(fast.get()).unwrap());
     }
 
     #[tokio::test]

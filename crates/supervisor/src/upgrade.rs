@@ -123,7 +123,8 @@ pub enum FromOldWorkers {
     },
     Tell {
         worker: u64,
-        body: serde_json::Value,
+        #[serde(deserialize_with = "crate::ipc::raw_from_any")]
+        body: Box<RawValue>,
     },
     /// The worker ended: what it owned in the service goes.
     WorkerGone { worker: u64 },

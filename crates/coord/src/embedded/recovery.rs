@@ -70,7 +70,7 @@ impl MasterSessionStore {
     /// The stores of a worker's namespaces, each opened with the master as it is made.
     pub fn factory(link: Arc<WorkerLink>) -> StoreFactory {
         Arc::new(move |ns: &str, config: &RecoveryConfig| {
-            link.tell(op(RecoveryOp::Open {
+            link.tell(told(RecoveryOp::Open {
                 ns: ns.to_owned(),
                 window_ms: crate::millis(config.window),
                 max_packets: config.max_packets,
@@ -85,7 +85,7 @@ impl MasterSessionStore {
     }
 
     fn keep(&self, record: SessionRecord, detached: bool) {
-        self.link.tell(op(RecoveryOp::Keep {
+        self.link.tell(told(RecoveryOp::Keep {
             ns: self.ns.clone(),
             record,
             detached,
@@ -95,6 +95,11 @@ impl MasterSessionStore {
 
 fn op(op: RecoveryOp) -> Value {
     serde_json::to_value(op).unwrap_or(Value::Null)
+}
+
+/// An operation the master carries out without an answer, as the JSON a worker tells it.
+fn told(op: RecoveryOp) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&op).unwrap_or_default()
 }
 
 impl SessionStore for MasterSessionStore {
@@ -139,7 +144,7 @@ impl SessionStore for MasterSessionStore {
     }
 
     fn forgotten(&self, pid_hash: &Digest) {
-        self.link.tell(op(RecoveryOp::Forget {
+        self.link.tell(told(RecoveryOp::Forget {
             ns: self.ns.clone(),
             pid_hash: *pid_hash,
         }));

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chat::{Departure, HistoryLimits, MemoryStore, Store, StoreError};
+use chat::{Departure, MemoryStore, Store, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
@@ -14,7 +14,7 @@ use socketio::BroadcastOptions;
 use supervisor::MasterService;
 
 use super::recovery::RecoveryService;
-use super::store_op::StoreOp;
+use super::store_op::{HistoryEntry, StoreOp};
 use crate::wire::WireBroadcast;
 
 /// A socket a worker put in a room: (room, socket id). The store knows its nickname. Boxed
@@ -40,6 +40,16 @@ pub struct StoreService {
 }
 
 impl StoreService {
+    /// Keeps a line of a room's history.
+    fn push_history(&self, entry: HistoryEntry) -> Result<(), StoreError> {
+        let limits = entry.limits();
+        // The memory store answers at once: its future is ready when created.
+        self.store
+            .push_history(&entry.room, entry.entry, limits)
+            .now_or_never()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("store busy".into())))
+    }
+
     fn run(&self, worker: u64, op: StoreOp) -> Result<Value, StoreError> {
         // The memory store answers at once; its futures are ready when created.
         let now = |f: BoxFuture<'_, Result<Value, StoreError>>| {
@@ -130,22 +140,7 @@ impl StoreService {
             StoreOp::RoomUsers { room } => {
                 now(async move { Ok(json!(store.room_users(&room).await?)) }.boxed())
             }
-            StoreOp::PushHistory {
-                room,
-                entry,
-                keep,
-                ttl_ms,
-            } => now(async move {
-                let limits = HistoryLimits {
-                    keep,
-                    ttl: Duration::from_millis(ttl_ms),
-                };
-                store
-                    .push_history(&room, entry, limits)
-                    .await
-                    .map(|()| Value::Null)
-            }
-            .boxed()),
+            StoreOp::PushHistory(entry) => self.push_history(entry).map(|()| Value::Null),
             StoreOp::History { room } => {
                 now(async move { Ok(json!(store.history(&room).await?)) }.boxed())
             }
@@ -166,6 +161,13 @@ impl MasterService for StoreService {
             Ok(value) => json!({ "ok": value }),
             Err(error) => json!({ "error": error.to_string() }),
         }
+    }
+
+    fn tell(&self, worker: u64, body: &RawValue) -> Result<(), String> {
+        if let Some(entry) = HistoryEntry::read(body.get()) {
+            return self.push_history(entry).map_err(|error| error.to_string());
+        }
+        supervisor::master::tell_by_request(self, worker, body)
     }
 
     fn sequence(&self, _worker: u64, body: &RawValue) -> Option<supervisor::master::Numbered> {
@@ -415,5 +417,39 @@ mod tests {
             refused.contains("sessions handed over are malformed"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn history_told_as_workers_write_it_is_kept_whichever_way_it_is_read() {
+        let service = StoreService::default();
+        let limits = chat::HistoryLimits {
+            keep: 2,
+            ttl: Duration::from_secs(60),
+        };
+        let told = |entry: &str| {
+            let op = StoreOp::push_history("r", entry.to_owned(), limits);
+            serde_json::value::to_raw_value(&op).unwrap()
+        };
+        // As workers write it: read straight into its fields.
+        let first = told("one");
+        assert!(HistoryEntry::read(first.get()).is_some(), "{first}");
+        service.tell(1, &first).unwrap();
+        service.tell(1, &told("two \"quoted\"")).unwrap();
+        // Written another way (keys in another order): read as any other request.
+        let reordered = RawValue::from_string(
+            r#"{"room":"r","entry":"three","keep":2,"ttl_ms":60000,"op":"push_history"}"#
+                .to_owned(),
+        )
+        .unwrap();
+        assert!(HistoryEntry::read(reordered.get()).is_none());
+        service.tell(1, &reordered).unwrap();
+        assert_eq!(
+            ask(&service, 1, json!({"op": "history", "room": "r"})),
+            json!({"ok": ["two \"quoted\"", "three"]})
+        );
+        let unknown = RawValue::from_string(r#"{"op":"push_histories"}"#.to_owned()).unwrap();
+        assert!(service.tell(1, &unknown).is_err());
+        let malformed = RawValue::from_string(r#"{"op":"push_history","room":1}"#.to_owned());
+        assert!(service.tell(1, &malformed.unwrap()).is_err());
     }
 }

@@ -25,7 +25,7 @@ impl EmbeddedStore {
     /// The store of a worker whose users' memberships outlive a broken connection (or this
     /// worker's death) by `presence_grace`, for them to come back (connection-state recovery).
     pub fn new(link: Arc<WorkerLink>, drops: Arc<Drops>, presence_grace: Duration) -> Self {
-        if let Ok(body) = serde_json::to_value(StoreOp::PresenceGrace {
+        if let Ok(body) = serde_json::value::to_raw_value(&StoreOp::PresenceGrace {
             grace_ms: crate::millis(presence_grace),
         }) {
             link.tell(body);
@@ -157,7 +157,7 @@ impl Store for EmbeddedStore {
 
     fn record_history(&self, room: &str, entry: String, limits: HistoryLimits) {
         let op = StoreOp::push_history(room, entry, limits);
-        match serde_json::to_value(op) {
+        match serde_json::value::to_raw_value(&op) {
             Ok(body) => self.link.tell(body),
             Err(error) => self.drops.count(
                 "history_write_failed",

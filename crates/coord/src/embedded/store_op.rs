@@ -42,24 +42,50 @@ pub(super) enum StoreOp {
     RoomUsers {
         room: String,
     },
-    PushHistory {
-        room: String,
-        entry: String,
-        keep: usize,
-        ttl_ms: u64,
-    },
+    PushHistory(HistoryEntry),
     History {
         room: String,
     },
 }
 
+/// A line for a room's history: one per chat line, so the master reads it straight into these
+/// fields (see [`HistoryEntry::read`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct HistoryEntry {
+    pub(super) room: String,
+    pub(super) entry: String,
+    pub(super) keep: usize,
+    pub(super) ttl_ms: u64,
+}
+
+impl HistoryEntry {
+    /// How a [`StoreOp::PushHistory`] begins, as workers write it (the tag first).
+    const START: &'static str = r#"{"op":"push_history","#;
+
+    /// The entry of a [`StoreOp::PushHistory`] in `text`, read without the buffering that
+    /// finding the tag of an enum costs (its other fields are ignored); `None` for any other
+    /// text.
+    pub(super) fn read(text: &str) -> Option<HistoryEntry> {
+        text.starts_with(Self::START)
+            .then(|| serde_json::from_str(text).ok())
+            .flatten()
+    }
+
+    pub(super) fn limits(&self) -> chat::HistoryLimits {
+        chat::HistoryLimits {
+            keep: self.keep,
+            ttl: std::time::Duration::from_millis(self.ttl_ms),
+        }
+    }
+}
+
 impl StoreOp {
     pub(super) fn push_history(room: &str, entry: String, limits: chat::HistoryLimits) -> Self {
-        StoreOp::PushHistory {
+        StoreOp::PushHistory(HistoryEntry {
             room: room.to_owned(),
             entry,
             keep: limits.keep,
             ttl_ms: crate::millis(limits.ttl),
-        }
+        })
     }
 }

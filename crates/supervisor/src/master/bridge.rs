@@ -286,7 +286,7 @@ impl Inner {
                 FromOldWorkers::Tell { worker, body } => {
                     alive.insert(worker);
                     if let Some(service) = self.service.get() {
-                        service.request(worker, body);
+                        let _ = service.tell(worker, &body);
                     }
                 }
                 FromOldWorkers::WorkerGone { worker } => {

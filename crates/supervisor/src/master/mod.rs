@@ -54,6 +54,11 @@ pub struct Numbered {
 pub trait MasterService: Send + Sync + 'static {
     /// Answers a worker's request. `worker` identifies the process for as long as it lives.
     fn request(&self, worker: u64, body: serde_json::Value) -> serde_json::Value;
+    /// Serves a worker's request that needs no answer (see [`crate::ipc::ToMaster::Tell`]);
+    /// says why it failed.
+    fn tell(&self, worker: u64, body: &serde_json::value::RawValue) -> Result<(), String> {
+        tell_by_request(self, worker, body)
+    }
     /// A worker process ended: forget what it owned (its users' presence). Returns messages
     /// for the remaining workers (telling their clients who left).
     fn worker_gone(&self, worker: u64) -> Vec<Box<serde_json::value::RawValue>>;
@@ -75,6 +80,19 @@ pub trait MasterService: Send + Sync + 'static {
     /// refuses it (a malformed hand-over: the upgrade is then given up).
     fn take_over(&self, _state: serde_json::Value) -> Result<String, String> {
         Ok(String::new())
+    }
+}
+
+/// Serves a [`MasterService::tell`] as a request whose answer only says whether it failed.
+pub fn tell_by_request<S: MasterService + ?Sized>(
+    service: &S,
+    worker: u64,
+    body: &serde_json::value::RawValue,
+) -> Result<(), String> {
+    let body = serde_json::from_str(body.get()).map_err(|error| error.to_string())?;
+    match service.request(worker, body).get("error") {
+        Some(error) => Err(error.to_string()),
+        None => Ok(()),
     }
 }
 

@@ -138,7 +138,7 @@ impl Inner {
                         }
                     }
                     ToMaster::Tell { body } => {
-                        let answer = {
+                        let told = {
                             let bridge = self.bridged();
                             match (bridge.as_ref(), self.service.get()) {
                                 (Some(bridge), _) => {
@@ -147,13 +147,13 @@ impl Inner {
                                         body,
                                     };
                                     self.forward_request(bridge, &tell);
-                                    None
+                                    Ok(())
                                 }
-                                (None, Some(service)) => Some(service.request(generation, body)),
-                                (None, None) => None,
+                                (None, Some(service)) => service.tell(generation, &body),
+                                (None, None) => Ok(()),
                             }
                         };
-                        if answer.is_some_and(|answer| answer.get("error").is_some()) {
+                        if told.is_err() {
                             if let Some(proc) = self.lock().proc(generation) {
                                 proc.drops.count(
                                     "store_write_failed",
