@@ -185,6 +185,8 @@ fn a_client_that_missed_more_than_the_log_keeps_gets_a_new_socket() {
 #[derive(Default)]
 struct HandedStore {
     handed: std::sync::Mutex<Vec<Own>>,
+    /// Takes the next event as if the master could not be reached.
+    refuse: std::sync::atomic::AtomicBool,
 }
 
 impl HandedStore {
@@ -202,7 +204,13 @@ impl SessionStore for HandedStore {
         own: Option<Own>,
     ) -> Result<(), EmitError> {
         self.handed.lock().unwrap().extend(own);
-        Ok(())
+        match self
+            .refuse
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            true => Err(EmitError::NotRelayed("the master is out of reach".into())),
+            false => Ok(()),
+        }
     }
 
     fn own_first(&self) -> bool {
@@ -231,23 +239,32 @@ fn an_own_event_that_never_comes_back_numbered_is_counted_as_a_gap() {
     let ns = io.ns("/", |_socket: Arc<Socket>| async {});
     let gaps = || io.recovery_stats().expect("recovery is on").gaps;
     // Before the first numbered event the offsets' epoch is not known here: each own event
-    // goes to be numbered, and is delivered here when it comes back.
+    // goes to be numbered, and is delivered here when it comes back. The first one the
+    // store cannot take: delivered here at once, and never to come back.
+    store
+        .refuse
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(ns.emit("n", &0).is_err(), "the store refused it");
     for n in 1..=3 {
         ns.emit("n", &n).expect("handed to the store");
     }
     let handed = store.handed();
-    assert_eq!(handed.len(), 3, "{handed:?}");
+    assert_eq!(handed.len(), 4, "{handed:?}");
     assert!(handed.iter().all(|own| !own.delivered), "{handed:?}");
     let frames = [Frame::Text(r#"2["n",0]"#.into())];
     let opts = BroadcastOptions::default();
-    ns.deliver_sequenced("e", 1, Some(handed[0]), &frames, &opts);
-    assert_eq!(gaps(), 0, "the first came back");
-    // The second is lost on its way back (the store's queue to this process was full).
-    ns.deliver_sequenced("e", 3, Some(handed[2]), &frames, &opts);
-    assert_eq!(gaps(), 1, "the second never came back");
+    ns.deliver_sequenced("e", 1, Some(handed[1]), &frames, &opts);
+    assert_eq!(
+        gaps(),
+        0,
+        "the refused one was had here, the next came back"
+    );
+    // The next is lost on its way back (the store's queue to this process was full).
+    ns.deliver_sequenced("e", 3, Some(handed[3]), &frames, &opts);
+    assert_eq!(gaps(), 1, "one never came back");
     // Every own event sent has come back or is counted: the next is delivered here first.
     ns.emit("n", &4).expect("handed to the store");
-    let fourth = store.handed()[3];
-    assert!(fourth.delivered, "{fourth:?}");
+    let next = store.handed()[4];
+    assert!(next.delivered, "{next:?}");
     assert_eq!(gaps(), 1);
 }

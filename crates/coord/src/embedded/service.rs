@@ -25,6 +25,13 @@ fn membership(room: &str, socket: &str) -> Membership {
     (room.into(), socket.into())
 }
 
+/// The answer of the memory store, which answers at once: its futures are ready when created.
+fn now<T>(answer: BoxFuture<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
+    answer
+        .now_or_never()
+        .unwrap_or_else(|| Err(StoreError::Unavailable("store busy".into())))
+}
+
 /// The master's side: one [`MemoryStore`] for every worker, and a record of which worker
 /// process put which socket in which room, so a worker that dies leaves no ghost users.
 #[derive(Default)]
@@ -43,19 +50,10 @@ impl StoreService {
     /// Keeps a line of a room's history.
     fn push_history(&self, entry: HistoryEntry) -> Result<(), StoreError> {
         let limits = entry.limits();
-        // The memory store answers at once: its future is ready when created.
-        self.store
-            .push_history(&entry.room, entry.entry, limits)
-            .now_or_never()
-            .unwrap_or_else(|| Err(StoreError::Unavailable("store busy".into())))
+        now(self.store.push_history(&entry.room, entry.entry, limits))
     }
 
     fn run(&self, worker: u64, op: StoreOp) -> Result<Value, StoreError> {
-        // The memory store answers at once; its futures are ready when created.
-        let now = |f: BoxFuture<'_, Result<Value, StoreError>>| {
-            f.now_or_never()
-                .unwrap_or_else(|| Err(StoreError::Unavailable("store busy".into())))
-        };
         let store = &self.store;
         match op {
             StoreOp::CreateSession { nickname, ttl_ms } => now(async move {
